@@ -1,0 +1,192 @@
+"""The Store protocol: what the messaging core asks of durable state, and the values it trades.
+
+Every implementation (memory, sqlite) passes the one shared suite in tests/store_suite.py.
+
+Invariants every implementation keeps:
+- `seq` counts from 1 within a conversation, with no gap and no reuse, in acceptance order.
+- `(sender_id, id)` is an idempotency key: appending it again returns the stored message with
+  `duplicate=True` and changes nothing.
+- An `append_many` that returned has made its messages durable (for a durable store: committed).
+  If it raises, none of the messages it did not return is stored.
+- Watermarks only move forward: a mark at or below the current value changes nothing.
+- `read` implies `delivered`: marking read at seq N also marks delivered at N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from attrs import frozen
+
+#: Conversation keys are opaque strings built only by these two functions.
+#: 1:1 keys are length-prefixed so that no pair of user ids can collide.
+
+
+def direct_conversation(a: str, b: str) -> str:
+    """The key of the 1:1 conversation between users `a` and `b` (order does not matter)."""
+    lo, hi = (a, b) if a <= b else (b, a)
+    return f"d:{len(lo)}:{lo}:{hi}"
+
+
+def group_conversation(group_id: str) -> str:
+    """The key of group `group_id`'s conversation."""
+    return f"g:{group_id}"
+
+
+@frozen
+class NewMessage:
+    """A message the core accepted for storing; exactly one of recipient_id/group_id is set."""
+
+    conversation: str
+    id: str
+    sender_id: str
+    text: str
+    server_timestamp: str
+    recipient_id: str | None = None
+    group_id: str | None = None
+    sender_name: str | None = None
+    sender_avatar: str | None = None
+    client_timestamp: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@frozen
+class StoredMessage:
+    """A message as stored: a NewMessage plus its conversation sequence number."""
+
+    conversation: str
+    seq: int
+    id: str
+    sender_id: str
+    text: str
+    server_timestamp: str
+    recipient_id: str | None = None
+    group_id: str | None = None
+    sender_name: str | None = None
+    sender_avatar: str | None = None
+    client_timestamp: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+@frozen
+class Appended:
+    """Result of appending one message: the stored message, and whether it was already there."""
+
+    message: StoredMessage
+    duplicate: bool
+
+
+@frozen
+class Group:
+    group_id: str
+    name: str
+    members: tuple[str, ...]  # sorted, unique
+    created_by: str
+    created_at: str
+
+
+@frozen
+class ConversationSummary:
+    """One row of a user's conversation list (newest first by `updated_at`)."""
+
+    conversation: str
+    peer_id: str | None  # set for 1:1
+    group_id: str | None  # set for groups
+    last_message: StoredMessage | None
+    unread: int  # messages from others with seq > read_seq
+    last_seq: int
+    read_seq: int  # the user's read watermark in this conversation
+    updated_at: str  # server timestamp of the last message (or creation, for an empty group)
+
+
+@frozen
+class Watermarks:
+    """A user's watermarks in one conversation (0 = nothing yet)."""
+
+    delivered_seq: int
+    read_seq: int
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable state of the relay. All methods are async; none blocks the event loop."""
+
+    async def open(self) -> None:
+        """Prepare the store (create/migrate schema). Raises StoreUnavailable with a clear reason."""
+
+    async def close(self) -> None:
+        """Flush and release everything; idempotent."""
+
+    # --- messages -------------------------------------------------------------------------------
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        """Store messages in order, assigning seqs; idempotent on (sender_id, id). Durable on return."""
+
+    async def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page of a conversation, oldest first, and whether more lie beyond it.
+
+        `before=N`: the `limit` newest messages with seq < N (has_more: older ones exist).
+        `after=N`: the `limit` oldest messages with seq > N (has_more: newer ones exist).
+        Neither: the newest `limit` messages.
+        """
+
+    async def undelivered(
+        self, user_id: str, device_id: str, *, limit: int = 1000
+    ) -> list[StoredMessage]:
+        """Messages to `user_id` from others that this device has not had delivered, oldest first
+        (in acceptance order across conversations).
+
+        A device is identified by (user_id, device_id); device_id "" is the user's anonymous device.
+        A device with no cursor yet in a conversation starts at the user's delivered watermark there.
+        """
+
+    async def latest_by_sender(
+        self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
+    ) -> list[StoredMessage]:
+        """For each sender other than `exclude_sender` with messages in (after_seq, upto_seq]:
+        that sender's newest such message. Used to address receipts to senders."""
+
+    async def last_seq(self, conversation: str) -> int:
+        """The highest seq of the conversation, 0 when empty."""
+
+    # --- watermarks -----------------------------------------------------------------------------
+    async def mark_delivered(
+        self, conversation: str, user_id: str, device_id: str, seq: int
+    ) -> Watermarks:
+        """Move the device cursor and the user's delivered watermark up to `seq` (forward only).
+        Returns the user's watermarks before the call, so the caller can tell what moved."""
+
+    async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
+        """Move the user's read (and delivered) watermark up to `seq` (forward only).
+        Returns the user's watermarks before the call."""
+
+    async def watermarks(self, conversation: str, user_id: str) -> Watermarks: ...
+
+    # --- conversation list ----------------------------------------------------------------------
+    async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:
+        """The user's conversations (1:1 and groups they belong to), newest first."""
+
+    async def contacts(self, user_id: str) -> set[str]:
+        """Everyone who shares a conversation with `user_id` (1:1 peers and fellow group members)."""
+
+    # --- groups ---------------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> Group:
+        """Create a group; raises Conflict when the id is taken."""
+
+    async def get_group(self, group_id: str) -> Group | None: ...
+
+    async def set_group_members(self, group_id: str, members: Sequence[str]) -> Group:
+        """Replace the member list; raises NotFound for an unknown group."""
+
+    # --- presence -------------------------------------------------------------------------------
+    async def set_last_seen(self, user_id: str, timestamp: str) -> None: ...
+
+    async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """Last-seen timestamps of the users that have one."""
