@@ -1,0 +1,1 @@
+"""`python -m bench`: load scenarios against relay and its baselines, with budgets."""
