@@ -1,0 +1,111 @@
+"""The one import point of the hot path: compiled relay._fastpath or its pure-Python twin.
+
+Selection (made once, at import):
+- RELAY_PURE=1 forces the twin (relay._fastpath_py);
+- otherwise relay._fastpath is used; when it cannot be imported the twin is used with a
+  RuntimeWarning naming the reason, unless RELAY_REQUIRE_EXT=1 makes that an ImportError.
+IMPLEMENTATION says which one ("cython" or "python"). Both have the same API and results.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import TYPE_CHECKING, Literal
+
+__all__ = [
+    "IMPLEMENTATION",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONT",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameParser",
+    "Outbox",
+    "encode_close",
+    "encode_frame",
+    "fanout",
+    "parse_close",
+]
+
+IMPLEMENTATION: Literal["cython", "python"]
+
+if TYPE_CHECKING:
+    # The twin is the reference; relay/_fastpath.pyi declares the same API for the compiled one.
+    from relay._fastpath_py import (
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONT,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameParser,
+        Outbox,
+        encode_close,
+        encode_frame,
+        fanout,
+        parse_close,
+    )
+elif os.environ.get("RELAY_PURE") == "1":
+    from relay._fastpath_py import (
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONT,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameParser,
+        Outbox,
+        encode_close,
+        encode_frame,
+        fanout,
+        parse_close,
+    )
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from relay._fastpath import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONT,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            FrameParser,
+            Outbox,
+            encode_close,
+            encode_frame,
+            fanout,
+            parse_close,
+        )
+    except ImportError as exc:
+        if os.environ.get("RELAY_REQUIRE_EXT") == "1":
+            raise ImportError(
+                f"relay._fastpath is required (RELAY_REQUIRE_EXT=1) but cannot be imported: {exc}"
+                " — build it with `python setup.py build_ext --inplace`"
+            ) from exc
+        warnings.warn(
+            f"relay._fastpath cannot be imported ({exc}); using the pure-Python twin",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        from relay._fastpath_py import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONT,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            FrameParser,
+            Outbox,
+            encode_close,
+            encode_frame,
+            fanout,
+            parse_close,
+        )
+
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "cython"
