@@ -11,11 +11,13 @@ from relay.store.base import (
     direct_conversation,
     group_conversation,
 )
+from relay.store.memory import MemoryStore
 
 __all__ = [
     "Appended",
     "ConversationSummary",
     "Group",
+    "MemoryStore",
     "NewMessage",
     "Store",
     "StoredMessage",

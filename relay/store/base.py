@@ -10,6 +10,10 @@ Invariants every implementation keeps:
   If it raises, none of the messages it did not return is stored.
 - Watermarks only move forward: a mark at or below the current value changes nothing.
 - `read` implies `delivered`: marking read at seq N also marks delivered at N.
+- Watermarks never pass the conversation's last seq: a mark above it counts as the last seq, so a
+  receipt for a seq not yet assigned cannot hide messages still to come.
+- A user added to a group joins at its present: their watermarks (and device cursors) move up to
+  the group's last seq; what was said before is history, not backlog and not unread.
 """
 
 from __future__ import annotations

@@ -1,0 +1,284 @@
+"""MemoryStore: the Store protocol kept in process memory (nothing survives the process).
+
+Pure Python, no I/O: every method completes without awaiting anything, so the event loop never
+waits on it. It is the reference behaviour the shared suite (tests/store_suite.py) pins down and
+the store of `relay serve --memory` and of tests.
+
+Invariants:
+- `_messages[c][i].seq == i + 1` for every conversation `c` (seq from 1, no gap, no reuse).
+- `_by_key[(sender_id, id)]` is the stored message for every stored message.
+- `_order[(c, seq)]` is a process-wide counter increasing with acceptance: it orders the
+  undelivered backlog across conversations.
+- Watermarks and device cursors never exceed the conversation's last seq and never decrease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import count
+
+from attrs import define, field
+
+from relay.errors import Conflict, NotFound
+from relay.store.base import (
+    Appended,
+    ConversationSummary,
+    Group,
+    NewMessage,
+    StoredMessage,
+    Watermarks,
+    group_conversation,
+)
+
+
+def _stored(message: NewMessage, seq: int) -> StoredMessage:
+    return StoredMessage(
+        conversation=message.conversation,
+        seq=seq,
+        id=message.id,
+        sender_id=message.sender_id,
+        text=message.text,
+        server_timestamp=message.server_timestamp,
+        recipient_id=message.recipient_id,
+        group_id=message.group_id,
+        sender_name=message.sender_name,
+        sender_avatar=message.sender_avatar,
+        client_timestamp=message.client_timestamp,
+        meta=dict(message.meta) if message.meta is not None else None,
+    )
+
+
+@define
+class _Marks:
+    delivered: int = 0
+    read: int = 0
+
+
+@define
+class MemoryStore:
+    """In-memory Store. `open`/`close` only flip a flag; data lives as long as the object."""
+
+    _messages: dict[str, list[StoredMessage]] = field(factory=dict, init=False)
+    _by_key: dict[tuple[str, str], StoredMessage] = field(factory=dict, init=False)
+    _order: dict[tuple[str, int], int] = field(factory=dict, init=False)
+    _counter: count[int] = field(factory=lambda: count(1), init=False)
+    # 1:1 conversation -> its two participants (one, for a note to self)
+    _direct: dict[str, frozenset[str]] = field(factory=dict, init=False)
+    # user -> the 1:1 conversations they take part in
+    _direct_by_user: dict[str, set[str]] = field(factory=dict, init=False)
+    _groups: dict[str, Group] = field(factory=dict, init=False)
+    # user -> ids of the groups they belong to
+    _groups_by_user: dict[str, set[str]] = field(factory=dict, init=False)
+    _marks: dict[tuple[str, str], _Marks] = field(factory=dict, init=False)
+    # (conversation, user) -> device id -> that device's delivered cursor
+    _cursors: dict[tuple[str, str], dict[str, int]] = field(factory=dict, init=False)
+    _last_seen: dict[str, str] = field(factory=dict, init=False)
+    _open: bool = field(default=False, init=False)
+
+    async def open(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    # --- messages -------------------------------------------------------------------------------
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        results: list[Appended] = []
+        for message in messages:
+            key = (message.sender_id, message.id)
+            existing = self._by_key.get(key)
+            if existing is not None:
+                results.append(Appended(existing, duplicate=True))
+                continue
+            log = self._messages.setdefault(message.conversation, [])
+            stored = _stored(message, len(log) + 1)
+            log.append(stored)
+            self._by_key[key] = stored
+            self._order[(stored.conversation, stored.seq)] = next(self._counter)
+            if message.group_id is None:
+                self._note_direct(message)
+            results.append(Appended(stored, duplicate=False))
+        return results
+
+    def _note_direct(self, message: NewMessage) -> None:
+        if message.conversation in self._direct:
+            return
+        people = frozenset({message.sender_id, message.recipient_id or message.sender_id})
+        self._direct[message.conversation] = people
+        for user in people:
+            self._direct_by_user.setdefault(user, set()).add(message.conversation)
+
+    async def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[StoredMessage], bool]:
+        log = self._messages.get(conversation, [])
+        limit = max(limit, 0)
+        if after is not None:
+            start = max(after, 0)
+            page = log[start : start + limit]
+            has_more = start + limit < len(log)
+            return page, has_more
+        end = len(log) if before is None else min(max(before - 1, 0), len(log))
+        start = max(end - limit, 0)
+        return log[start:end], start > 0
+
+    async def undelivered(
+        self, user_id: str, device_id: str, *, limit: int = 1000
+    ) -> list[StoredMessage]:
+        found: list[StoredMessage] = []
+        for conversation in self._conversations_of(user_id):
+            start = self._cursors.get((conversation, user_id), {}).get(device_id)
+            if start is None:
+                start = self._marks_of(conversation, user_id).delivered
+            found.extend(
+                m for m in self._messages.get(conversation, [])[start:] if m.sender_id != user_id
+            )
+        found.sort(key=lambda m: self._order[(m.conversation, m.seq)])
+        return found[: max(limit, 0)]
+
+    async def latest_by_sender(
+        self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
+    ) -> list[StoredMessage]:
+        log = self._messages.get(conversation, [])
+        newest: dict[str, StoredMessage] = {}
+        for message in log[max(after_seq, 0) : max(upto_seq, 0)]:
+            if message.sender_id != exclude_sender:
+                newest[message.sender_id] = message
+        return sorted(newest.values(), key=lambda m: m.seq)
+
+    async def last_seq(self, conversation: str) -> int:
+        return len(self._messages.get(conversation, []))
+
+    # --- watermarks -----------------------------------------------------------------------------
+    def _marks_of(self, conversation: str, user_id: str) -> _Marks:
+        return self._marks.get((conversation, user_id)) or _Marks()
+
+    def _set_marks(self, conversation: str, user_id: str, delivered: int, read: int) -> None:
+        self._marks[(conversation, user_id)] = _Marks(delivered, read)
+
+    async def mark_delivered(
+        self, conversation: str, user_id: str, device_id: str, seq: int
+    ) -> Watermarks:
+        before = self._marks_of(conversation, user_id)
+        seq = min(seq, len(self._messages.get(conversation, [])))
+        devices = self._cursors.setdefault((conversation, user_id), {})
+        devices[device_id] = max(devices.get(device_id, before.delivered), seq)
+        self._set_marks(conversation, user_id, max(before.delivered, seq), before.read)
+        return Watermarks(before.delivered, before.read)
+
+    async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
+        before = self._marks_of(conversation, user_id)
+        seq = min(seq, len(self._messages.get(conversation, [])))
+        read = max(before.read, seq)
+        self._set_marks(conversation, user_id, max(before.delivered, read), read)
+        return Watermarks(before.delivered, before.read)
+
+    async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
+        marks = self._marks_of(conversation, user_id)
+        return Watermarks(marks.delivered, marks.read)
+
+    # --- conversation list ----------------------------------------------------------------------
+    def _conversations_of(self, user_id: str) -> list[str]:
+        direct = self._direct_by_user.get(user_id, set())
+        groups = self._groups_by_user.get(user_id, set())
+        return [*direct, *(group_conversation(g) for g in groups)]
+
+    async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:
+        rows: list[tuple[tuple[str, int], ConversationSummary]] = []
+        for conversation in self._conversations_of(user_id):
+            log = self._messages.get(conversation, [])
+            last = log[-1] if log else None
+            marks = self._marks_of(conversation, user_id)
+            unread = sum(1 for m in log[marks.read :] if m.sender_id != user_id)
+            peer_id: str | None = None
+            group_id: str | None = None
+            if conversation in self._direct:
+                people = self._direct[conversation]
+                peer_id = next((p for p in people if p != user_id), user_id)
+                updated_at = last.server_timestamp if last else ""
+            else:
+                group_id = conversation[2:]
+                created = self._groups[group_id].created_at
+                updated_at = last.server_timestamp if last else created
+            summary = ConversationSummary(
+                conversation=conversation,
+                peer_id=peer_id,
+                group_id=group_id,
+                last_message=last,
+                unread=unread,
+                last_seq=len(log),
+                read_seq=marks.read,
+                updated_at=updated_at,
+            )
+            order = self._order[(conversation, last.seq)] if last else 0
+            rows.append(((updated_at, order), summary))
+        rows.sort(key=lambda row: row[0], reverse=True)
+        return [summary for _, summary in rows[: max(limit, 0)]]
+
+    async def contacts(self, user_id: str) -> set[str]:
+        found: set[str] = set()
+        for conversation in self._direct_by_user.get(user_id, set()):
+            found |= self._direct[conversation]
+        for group_id in self._groups_by_user.get(user_id, set()):
+            found.update(self._groups[group_id].members)
+        found.discard(user_id)
+        return found
+
+    # --- groups ---------------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> Group:
+        if group.group_id in self._groups:
+            raise Conflict(f"group {group.group_id!r} exists already")
+        stored = Group(
+            group_id=group.group_id,
+            name=group.name,
+            members=tuple(sorted(set(group.members))),
+            created_by=group.created_by,
+            created_at=group.created_at,
+        )
+        self._groups[group.group_id] = stored
+        self._join(stored.group_id, stored.members)
+        return stored
+
+    async def get_group(self, group_id: str) -> Group | None:
+        return self._groups.get(group_id)
+
+    async def set_group_members(self, group_id: str, members: Sequence[str]) -> Group:
+        old = self._groups.get(group_id)
+        if old is None:
+            raise NotFound(f"group {group_id!r} does not exist")
+        new = Group(
+            group_id=old.group_id,
+            name=old.name,
+            members=tuple(sorted(set(members))),
+            created_by=old.created_by,
+            created_at=old.created_at,
+        )
+        for user in set(old.members) - set(new.members):
+            self._groups_by_user[user].discard(group_id)
+        self._groups[group_id] = new
+        self._join(group_id, tuple(set(new.members) - set(old.members)))
+        return new
+
+    def _join(self, group_id: str, users: Sequence[str]) -> None:
+        # A member joins at the group's present: what was said before (or while they were out of
+        # the group) is history, not backlog; their devices start again at the new watermark.
+        conversation = group_conversation(group_id)
+        last = len(self._messages.get(conversation, []))
+        for user in users:
+            self._groups_by_user.setdefault(user, set()).add(group_id)
+            self._cursors.pop((conversation, user), None)
+            marks = self._marks_of(conversation, user)
+            if marks.delivered < last or marks.read < last:
+                self._set_marks(conversation, user, max(marks.delivered, last), max(marks.read, last))
+
+    # --- presence -------------------------------------------------------------------------------
+    async def set_last_seen(self, user_id: str, timestamp: str) -> None:
+        self._last_seen[user_id] = timestamp
+
+    async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
+        return {u: self._last_seen[u] for u in user_ids if u in self._last_seen}

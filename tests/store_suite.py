@@ -1,0 +1,396 @@
+"""The one behavioural suite every Store implementation passes.
+
+A test module runs it by defining a `store` fixture (an opened, empty store) and a class
+`class TestXStore(StoreSuite): ...`. Nothing here knows which implementation it runs on.
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import trio
+
+from relay.errors import Conflict, NotFound
+from relay.store.base import (
+    Group,
+    NewMessage,
+    Store,
+    StoredMessage,
+    Watermarks,
+    direct_conversation,
+    group_conversation,
+)
+
+_EPOCH = datetime(2026, 2, 5, 10, 30, tzinfo=UTC)
+_clock = itertools.count()
+_ids = itertools.count(1)
+
+
+def stamp() -> str:
+    """A fresh server timestamp, later than every one before (1 ms apart)."""
+    moment = _EPOCH + timedelta(milliseconds=next(_clock))
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def msg(
+    sender: str,
+    recipient: str | None = None,
+    *,
+    group: str | None = None,
+    id: str | None = None,
+    text: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> NewMessage:
+    """A message from `sender` to `recipient` (1:1) or to `group`."""
+    assert (recipient is None) != (group is None)
+    conversation = (
+        group_conversation(group) if group is not None else direct_conversation(sender, recipient or "")
+    )
+    mid = id if id is not None else f"m{next(_ids)}"
+    return NewMessage(
+        conversation=conversation,
+        id=mid,
+        sender_id=sender,
+        text=text if text is not None else f"text of {mid}",
+        server_timestamp=stamp(),
+        recipient_id=recipient,
+        group_id=group,
+        sender_name=f"{sender} name",
+        sender_avatar=sender[:2].upper(),
+        client_timestamp="2026-02-05T10:30:15Z",
+        meta=meta,
+    )
+
+
+def group(group_id: str, members: list[str], created_by: str = "a") -> Group:
+    return Group(
+        group_id=group_id,
+        name=f"{group_id} name",
+        members=tuple(members),
+        created_by=created_by,
+        created_at=stamp(),
+    )
+
+
+async def put(store: Store, *messages: NewMessage) -> list[StoredMessage]:
+    """Append, and check none was a duplicate."""
+    results = await store.append_many(messages)
+    assert [r.duplicate for r in results] == [False] * len(messages)
+    return [r.message for r in results]
+
+
+def seqs(messages: list[StoredMessage]) -> list[int]:
+    return [m.seq for m in messages]
+
+
+def keys(messages: list[StoredMessage]) -> list[tuple[str, int]]:
+    return [(m.conversation, m.seq) for m in messages]
+
+
+AB = direct_conversation("a", "b")
+AC = direct_conversation("a", "c")
+
+
+class StoreSuite:
+    # --- seq and idempotency --------------------------------------------------------------------
+    async def test_seq_counts_from_one_per_conversation_without_gaps(self, store: Store) -> None:
+        assert await store.last_seq(AB) == 0
+        first = await put(store, msg("a", "b"), msg("a", "c"), msg("b", "a"))
+        second = await put(store, msg("a", "b"), msg("c", "a"), msg("a", "b"))
+        assert keys(first + second) == [(AB, 1), (AC, 1), (AB, 2), (AB, 3), (AC, 2), (AB, 4)]
+        assert await store.last_seq(AB) == 4
+        assert await store.last_seq(AC) == 2
+        assert await store.last_seq(direct_conversation("b", "c")) == 0
+
+    async def test_stored_message_keeps_every_field(self, store: Store) -> None:
+        new = msg("a", "b", text="Hello there! ✓", meta={"k": [1, "two", {"x": None}]})
+        [stored] = await put(store, new)
+        assert stored.conversation == AB and stored.seq == 1
+        assert (stored.id, stored.sender_id, stored.recipient_id, stored.group_id) == (
+            new.id, "a", "b", None,
+        )
+        assert stored.text == "Hello there! ✓"
+        assert stored.server_timestamp == new.server_timestamp
+        assert stored.client_timestamp == new.client_timestamp
+        assert (stored.sender_name, stored.sender_avatar) == ("a name", "A")
+        assert stored.meta == {"k": [1, "two", {"x": None}]}
+        [again], _ = await store.history(AB)
+        assert again == stored
+
+    async def test_sender_and_id_is_an_idempotency_key(self, store: Store) -> None:
+        [original] = await put(store, msg("a", "b", id="x1", text="first"))
+        [r] = await store.append_many([msg("a", "b", id="x1", text="changed")])
+        assert r.duplicate
+        assert r.message == original  # the stored one, not the resent copy
+        assert await store.last_seq(AB) == 1
+        # the same id from another sender is another message
+        [other] = await put(store, msg("b", "a", id="x1"))
+        assert other.seq == 2
+        page, _ = await store.history(AB)
+        assert [(m.sender_id, m.id, m.text) for m in page] == [
+            ("a", "x1", "first"), ("b", "x1", "text of x1"),
+        ]
+
+    async def test_duplicate_within_one_batch(self, store: Store) -> None:
+        results = await store.append_many(
+            [msg("a", "b", id="d"), msg("a", "b", id="d", text="again"), msg("a", "b", id="e")]
+        )
+        assert [(r.message.seq, r.duplicate) for r in results] == [(1, False), (1, True), (2, False)]
+        assert results[1].message == results[0].message
+        assert await store.last_seq(AB) == 2
+
+    async def test_concurrent_batches_get_distinct_gapless_seqs(self, store: Store) -> None:
+        got: list[tuple[str, int, bool]] = []
+
+        async def sender(n: int) -> None:
+            for batch in range(5):
+                messages = [msg("a", "b", id=f"{n}-{batch}-{i}") for i in range(4)]
+                messages.append(msg("a", "b", id=f"{n}-{batch}-0"))  # a resend in the batch
+                for r in await store.append_many(messages):
+                    got.append((r.message.id, r.message.seq, r.duplicate))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(12):
+                nursery.start_soon(sender, n)
+        fresh = sorted(seq for _, seq, dup in got if not dup)
+        assert fresh == list(range(1, 12 * 5 * 4 + 1))
+        by_id = {mid: seq for mid, seq, dup in got if not dup}
+        assert all(by_id[mid] == seq for mid, seq, dup in got if dup)
+        assert await store.last_seq(AB) == 240
+
+    # --- history --------------------------------------------------------------------------------
+    async def test_history_pages(self, store: Store) -> None:
+        await put(store, *(msg("a" if i % 2 else "b", "b" if i % 2 else "a") for i in range(7)))
+        page, more = await store.history(AB, limit=3)
+        assert (seqs(page), more) == ([5, 6, 7], True)
+        page, more = await store.history(AB, before=5, limit=3)
+        assert (seqs(page), more) == ([2, 3, 4], True)
+        page, more = await store.history(AB, before=3, limit=3)
+        assert (seqs(page), more) == ([1, 2], False)
+        page, more = await store.history(AB, before=4, limit=3)
+        assert (seqs(page), more) == ([1, 2, 3], False)
+        page, more = await store.history(AB, after=4, limit=2)
+        assert (seqs(page), more) == ([5, 6], True)
+        page, more = await store.history(AB, after=4, limit=3)
+        assert (seqs(page), more) == ([5, 6, 7], False)
+        page, more = await store.history(AB, after=0, limit=50)
+        assert (seqs(page), more) == ([1, 2, 3, 4, 5, 6, 7], False)
+        page, more = await store.history(AB, after=7)
+        assert (page, more) == ([], False)
+        page, more = await store.history(AB, before=1)
+        assert (page, more) == ([], False)
+        page, more = await store.history(AB, limit=7)
+        assert (seqs(page), more) == ([1, 2, 3, 4, 5, 6, 7], False)
+        assert await store.history(AC) == ([], False)
+
+    # --- undelivered ----------------------------------------------------------------------------
+    async def test_undelivered_oldest_first_across_conversations_excluding_own(
+        self, store: Store
+    ) -> None:
+        await store.create_group(group("g", ["a", "b", "c"]))
+        sent = await put(
+            store,
+            msg("a", "b"),           # AB 1
+            msg("c", "b"),           # BC 1
+            msg("b", "a"),           # AB 2, b's own
+            msg("c", group="g"),     # g 1
+            msg("a", "b"),           # AB 3
+            msg("b", group="g"),     # g 2, b's own
+            msg("a", "c"),           # AC 1, not b's
+        )
+        backlog = await store.undelivered("b", "")
+        assert backlog == [sent[0], sent[1], sent[3], sent[4]]
+        assert await store.undelivered("b", "", limit=2) == [sent[0], sent[1]]
+        assert await store.undelivered("b", "phone") == backlog
+        assert keys(await store.undelivered("a", "")) == [(AB, 2), (group_conversation("g"), 1),
+                                                          (group_conversation("g"), 2)]
+        assert await store.undelivered("nobody", "") == []
+
+    async def test_undelivered_per_device(self, store: Store) -> None:
+        await put(store, *(msg("a", "b") for _ in range(4)))
+        assert seqs(await store.undelivered("b", "")) == [1, 2, 3, 4]
+        await store.mark_delivered(AB, "b", "old", 1)
+        assert seqs(await store.undelivered("b", "old")) == [2, 3, 4]
+        # a device with no cursor starts at the user's delivered watermark
+        assert seqs(await store.undelivered("b", "new")) == [2, 3, 4]
+        assert seqs(await store.undelivered("b", "")) == [2, 3, 4]
+        await store.mark_delivered(AB, "b", "phone", 3)
+        assert seqs(await store.undelivered("b", "phone")) == [4]
+        assert seqs(await store.undelivered("b", "watch")) == [4]
+        # a device that has its own cursor keeps it: what it never acknowledged comes again
+        assert seqs(await store.undelivered("b", "old")) == [2, 3, 4]
+        await store.mark_delivered(AB, "b", "old", 2)
+        assert seqs(await store.undelivered("b", "old")) == [3, 4]
+        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
+        await store.mark_delivered(AB, "b", "", 4)
+        assert await store.undelivered("b", "") == []
+        assert await store.undelivered("b", "brand-new") == []
+        assert seqs(await store.undelivered("b", "old")) == [3, 4]
+
+    # --- watermarks -----------------------------------------------------------------------------
+    async def test_watermarks_move_forward_only(self, store: Store) -> None:
+        await put(store, *(msg("a", "b") for _ in range(5)))
+        assert await store.watermarks(AB, "b") == Watermarks(0, 0)
+        assert await store.mark_delivered(AB, "b", "", 3) == Watermarks(0, 0)
+        assert await store.mark_delivered(AB, "b", "", 2) == Watermarks(3, 0)
+        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
+        assert await store.mark_read(AB, "b", 2) == Watermarks(3, 0)
+        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
+        assert await store.mark_read(AB, "b", 1) == Watermarks(3, 2)
+        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
+        # the other participant's marks are their own
+        assert await store.watermarks(AB, "a") == Watermarks(0, 0)
+
+    async def test_read_implies_delivered(self, store: Store) -> None:
+        await put(store, *(msg("a", "b") for _ in range(5)))
+        assert await store.mark_read(AB, "b", 4) == Watermarks(0, 0)
+        assert await store.watermarks(AB, "b") == Watermarks(4, 4)
+        assert seqs(await store.undelivered("b", "tablet")) == [5]
+
+    async def test_marks_never_pass_the_last_message(self, store: Store) -> None:
+        # a receipt for a seq that does not exist yet must not swallow the messages still to come
+        await put(store, msg("a", "b"), msg("a", "b"))
+        await store.mark_read(AB, "b", 100)
+        await store.mark_delivered(AB, "b", "phone", 100)
+        assert await store.watermarks(AB, "b") == Watermarks(2, 2)
+        [later] = await put(store, msg("a", "b"))
+        assert await store.undelivered("b", "phone") == [later]
+        [summary] = await store.conversations("b")
+        assert (summary.unread, summary.read_seq, summary.last_seq) == (1, 2, 3)
+
+    # --- receipts addressing --------------------------------------------------------------------
+    async def test_latest_by_sender(self, store: Store) -> None:
+        await store.create_group(group("g", ["a", "b", "c"]))
+        g = group_conversation("g")
+        sent = await put(
+            store,
+            msg("a", group="g"), msg("b", group="g"), msg("a", group="g"),
+            msg("c", group="g"), msg("b", group="g"),
+        )
+        assert await store.latest_by_sender(g, 0, 5, "b") == [sent[2], sent[3]]
+        assert await store.latest_by_sender(g, 3, 5, "a") == [sent[3], sent[4]]
+        assert await store.latest_by_sender(g, 0, 2, "c") == [sent[0], sent[1]]
+        assert await store.latest_by_sender(g, 4, 5, "b") == []
+        assert await store.latest_by_sender(g, 5, 5, "x") == []
+
+    # --- conversation list ----------------------------------------------------------------------
+    async def test_conversations_newest_first_with_unread_and_last_message(
+        self, store: Store
+    ) -> None:
+        await put(store, msg("b", "a"), msg("a", "b"), msg("b", "a"), msg("b", "a"))
+        await store.create_group(group("g", ["a", "b", "d"], created_by="b"))  # empty group
+        [ac_last] = await put(store, msg("c", "a"))
+        [ab_last] = await put(store, msg("b", "a"))
+        await store.create_group(group("empty", ["a"]))
+        await store.mark_read(AB, "a", 2)
+
+        items = await store.conversations("a")
+        assert [(i.conversation, i.peer_id, i.group_id) for i in items] == [
+            (group_conversation("empty"), None, "empty"),
+            (AB, "b", None),
+            (AC, "c", None),
+            (group_conversation("g"), None, "g"),
+        ]
+        empty, ab, ac, g = items
+        assert (empty.last_message, empty.unread, empty.last_seq, empty.read_seq) == (None, 0, 0, 0)
+        # unread: messages from others after the read watermark (seqs 3, 4 and 5 are b's)
+        assert (ab.last_message, ab.unread, ab.last_seq, ab.read_seq) == (ab_last, 3, 5, 2)
+        assert ab.updated_at == ab_last.server_timestamp
+        assert (ac.last_message, ac.unread, ac.last_seq) == (ac_last, 1, 1)
+        assert g.updated_at == (await store.get_group("g")).created_at  # type: ignore[union-attr]
+        assert [i.conversation for i in await store.conversations("a", limit=2)] == [
+            group_conversation("empty"), AB,
+        ]
+        # b sees the same 1:1 conversation from its side: a's one message is unread
+        [ab_b, g_b] = await store.conversations("b")
+        assert (ab_b.peer_id, ab_b.unread, g_b.group_id) == ("a", 1, "g")
+        assert await store.conversations("nobody") == []
+
+    async def test_conversation_order_follows_the_newest_message(self, store: Store) -> None:
+        await store.create_group(group("g", ["a", "c"]))
+        await put(store, msg("a", "b"), msg("c", group="g"), msg("a", "c"))
+        assert [i.conversation for i in await store.conversations("a")] == [
+            AC, group_conversation("g"), AB,
+        ]
+        await put(store, msg("b", "a"))
+        assert [i.conversation for i in await store.conversations("a")] == [
+            AB, AC, group_conversation("g"),
+        ]
+        [g] = [i for i in await store.conversations("c") if i.group_id == "g"]
+        assert g.unread == 0  # c's own message
+
+    async def test_contacts(self, store: Store) -> None:
+        await put(store, msg("a", "b"), msg("c", "a"), msg("d", "e"))
+        await store.create_group(group("g", ["a", "f", "h"]))
+        assert await store.contacts("a") == {"b", "c", "f", "h"}
+        assert await store.contacts("f") == {"a", "h"}
+        assert await store.contacts("e") == {"d"}
+        assert await store.contacts("nobody") == set()
+        await store.set_group_members("g", ["a", "f"])
+        assert await store.contacts("a") == {"b", "c", "f"}
+        assert await store.contacts("h") == set()
+
+    # --- groups ---------------------------------------------------------------------------------
+    async def test_groups_create_get_conflict_and_members(self, store: Store) -> None:
+        created = await store.create_group(group("g1", ["c", "a", "b", "a"], created_by="c"))
+        assert created.members == ("a", "b", "c")
+        assert (created.group_id, created.name, created.created_by) == ("g1", "g1 name", "c")
+        assert await store.get_group("g1") == created
+        assert await store.get_group("nope") is None
+        try:
+            await store.create_group(group("g1", ["x"]))
+        except Conflict:
+            pass
+        else:
+            raise AssertionError("a taken group id must raise Conflict")
+        assert await store.get_group("g1") == created
+        updated = await store.set_group_members("g1", ["d", "a", "d"])
+        assert updated.members == ("a", "d")
+        assert (updated.name, updated.created_by, updated.created_at) == (
+            created.name, created.created_by, created.created_at,
+        )
+        assert await store.get_group("g1") == updated
+        try:
+            await store.set_group_members("nope", ["a"])
+        except NotFound:
+            pass
+        else:
+            raise AssertionError("an unknown group must raise NotFound")
+
+    async def test_group_membership_scopes_backlog_and_list(self, store: Store) -> None:
+        await store.create_group(group("g", ["a", "b"]))
+        g = group_conversation("g")
+        await put(store, msg("a", group="g"), msg("a", group="g"))
+        assert seqs(await store.undelivered("b", "")) == [1, 2]
+        await store.set_group_members("g", ["a", "c"])
+        # b left: no backlog, no list entry
+        assert await store.undelivered("b", "") == []
+        assert await store.conversations("b") == []
+        # c joined at the present: the past is history, not backlog, and not unread
+        assert await store.undelivered("c", "") == []
+        [item] = await store.conversations("c")
+        assert (item.group_id, item.unread, item.last_seq) == ("g", 0, 2)
+        page, _ = await store.history(g)
+        assert seqs(page) == [1, 2]
+        [third] = await put(store, msg("a", group="g"))
+        assert await store.undelivered("c", "") == [third]
+        # b comes back: what was said while b was out is not backlog either
+        await store.set_group_members("g", ["a", "b", "c"])
+        assert await store.undelivered("b", "") == []
+        [fourth] = await put(store, msg("c", group="g"))
+        assert await store.undelivered("b", "") == [fourth]
+
+    # --- presence -------------------------------------------------------------------------------
+    async def test_last_seen(self, store: Store) -> None:
+        assert await store.last_seen(["a", "b"]) == {}
+        await store.set_last_seen("a", "2026-02-05T10:30:00.000Z")
+        await store.set_last_seen("b", "2026-02-05T10:31:00.000Z")
+        await store.set_last_seen("a", "2026-02-05T10:32:00.000Z")
+        assert await store.last_seen(["a", "b", "c"]) == {
+            "a": "2026-02-05T10:32:00.000Z",
+            "b": "2026-02-05T10:31:00.000Z",
+        }
+        assert await store.last_seen(["b"]) == {"b": "2026-02-05T10:31:00.000Z"}
+        assert await store.last_seen([]) == {}
