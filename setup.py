@@ -25,9 +25,17 @@ def _extensions() -> list:
             raise
         print("WARNING: Cython is missing; relay installs its pure-Python hot path", file=sys.stderr)
         return []
-    sources = [p for p in ("relay/_fastpath.pyx", "bench/_loadgen.pyx") if (HERE / p).exists()]
+    from setuptools import Extension
+
+    # Dotted names spelled out: cythonize would otherwise name a module after its directory
+    # only when that directory has an __init__.py.
+    extensions = [
+        Extension(path[: -len(".pyx")].replace("/", "."), [path])
+        for path in ("relay/_fastpath.pyx", "bench/_loadgen.pyx")
+        if (HERE / path).exists()
+    ]
     return cythonize(
-        sources,
+        extensions,
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,

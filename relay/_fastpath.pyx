@@ -1,0 +1,527 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled hot path: RFC 6455 server-side framing, Outbox and fanout.
+
+Invariant: for every input this module and relay._fastpath_py (the reference) give equal events,
+equal failed/close_code/close_reason, equal encoded bytes and equal Outbox states
+(tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memcpy, memmove
+
+OP_CONT = 0
+OP_TEXT = 1
+OP_BINARY = 2
+OP_CLOSE = 8
+OP_PING = 9
+OP_PONG = 10
+
+# Close reasons; the twin uses the same words.
+R_RSV = "reserved bits set without a negotiated extension"
+R_OPCODE = "unknown opcode"
+R_UNMASKED = "client frame is not masked"
+R_CONTROL_FRAGMENTED = "fragmented control frame"
+R_CONTROL_TOO_LONG = "control frame payload over 125 bytes"
+R_CONT_WITHOUT_START = "continuation frame without a message to continue"
+R_DATA_IN_FRAGMENTED = "new data frame while a fragmented message is open"
+R_LENGTH_TOP_BIT = "64-bit payload length with the top bit set"
+R_TOO_BIG = "message over max_message_bytes"
+R_TEXT_UTF8 = "invalid UTF-8 in a text message"
+R_CLOSE_ONE_BYTE = "close payload of 1 byte"
+R_CLOSE_CODE = "invalid close code"
+R_CLOSE_UTF8 = "invalid UTF-8 in a close reason"
+
+cdef Py_ssize_t _MAX_CLOSE_REASON = 123  # 125 bytes of control payload minus the 2-byte code
+# An empty receive buffer bigger than this is freed, so idle connections stay small.
+cdef Py_ssize_t _KEEP_BUFFER = 16384
+cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
+
+
+cdef inline bint _known_opcode(int op) noexcept nogil:
+    return op <= 2 or 8 <= op <= 10
+
+
+cdef inline bint _valid_close_code(long code) noexcept nogil:
+    """RFC 6455 7.4: 1000-1003, 1007-1014 (registered) and 3000-4999 (libraries, apps)."""
+    return (1000 <= code <= 1003) or (1007 <= code <= 1014) or (3000 <= code <= 4999)
+
+
+cdef inline void _unmask(
+    const unsigned char* src, const unsigned char* mask, unsigned char* dst, Py_ssize_t n
+) noexcept nogil:
+    """dst[i] = src[i] ^ mask[i % 4], eight bytes per step."""
+    cdef uint32_t m32
+    cdef uint64_t m64, v
+    cdef Py_ssize_t i = 0
+    memcpy(&m32, mask, 4)
+    m64 = (<uint64_t>m32 << 32) | <uint64_t>m32  # both halves equal: byte order does not matter
+    while i + 8 <= n:
+        memcpy(&v, src + i, 8)
+        v ^= m64
+        memcpy(dst + i, &v, 8)
+        i += 8
+    while i < n:
+        dst[i] = src[i] ^ mask[i & 3]
+        i += 1
+
+
+cdef bint _utf8_valid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing above U+10FFFF."""
+    cdef Py_ssize_t i = 0
+    cdef uint64_t v
+    cdef unsigned char c, c1
+    while i < n:
+        while i + 8 <= n:
+            memcpy(&v, s + i, 8)
+            if v & _HIGH_BITS:
+                break
+            i += 8
+        if i >= n:
+            break
+        c = s[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xC2:
+            return False
+        elif c < 0xE0:
+            if i + 1 >= n or (s[i + 1] & 0xC0) != 0x80:
+                return False
+            i += 2
+        elif c < 0xF0:
+            if i + 2 >= n:
+                return False
+            c1 = s[i + 1]
+            if (c1 & 0xC0) != 0x80 or (s[i + 2] & 0xC0) != 0x80:
+                return False
+            if (c == 0xE0 and c1 < 0xA0) or (c == 0xED and c1 > 0x9F):
+                return False
+            i += 3
+        elif c < 0xF5:
+            if i + 3 >= n:
+                return False
+            c1 = s[i + 1]
+            if (c1 & 0xC0) != 0x80 or (s[i + 2] & 0xC0) != 0x80 or (s[i + 3] & 0xC0) != 0x80:
+                return False
+            if (c == 0xF0 and c1 < 0x90) or (c == 0xF4 and c1 > 0x8F):
+                return False
+            i += 4
+        else:
+            return False
+    return True
+
+
+cdef int _close_violation(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """0 when a received close payload is valid; else 1 (1 byte), 2 (code), 3 (reason UTF-8)."""
+    if n == 0:
+        return 0
+    if n == 1:
+        return 1
+    if not _valid_close_code((<long>p[0] << 8) | p[1]):
+        return 2
+    if not _utf8_valid(p + 2, n - 2):
+        return 3
+    return 0
+
+
+cdef class FrameParser:
+    """Parses masked client frames from a byte stream, reassembling fragmented messages.
+
+    Invariants: `_buf[_start:_end]` holds only bytes of frames not yet complete (frames are
+    parsed straight from the caller's bytes when nothing is buffered); `_frag_op` is 0 exactly
+    when no fragmented message is open, and then `_frag_parts` is empty and `_frag_len` 0.
+    Once `failed` (or after a close frame) the parser is finished: feeds return [].
+    """
+
+    cdef readonly Py_ssize_t max_message_bytes
+    cdef readonly bint failed
+    cdef readonly int close_code
+    cdef readonly str close_reason
+    cdef unsigned char* _buf
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
+    cdef Py_ssize_t _cap
+    cdef int _frag_op
+    cdef list _frag_parts
+    cdef Py_ssize_t _frag_len
+    cdef bint _done
+
+    def __cinit__(self, Py_ssize_t max_message_bytes):
+        self.max_message_bytes = max_message_bytes
+        self.failed = False
+        self.close_code = 0
+        self.close_reason = ""
+        self._buf = NULL
+        self._start = 0
+        self._end = 0
+        self._cap = 0
+        self._frag_op = 0
+        self._frag_parts = []
+        self._frag_len = 0
+        self._done = False
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
+
+    def feed(self, data):
+        """Parse and unmask every complete client frame in the buffered bytes.
+
+        Returns events (opcode, payload) in order: OP_TEXT with the whole (defragmented,
+        UTF-8-validated) message, OP_BINARY likewise, OP_PING/OP_PONG with their payload,
+        OP_CLOSE with the raw close payload (already validated). Incomplete data stays
+        buffered. On a violation it stops: `failed` becomes True, `close_code`/`close_reason`
+        say why (1002 protocol, 1007 bad UTF-8, 1009 too big), and later feeds return [].
+        The events before the violation are still returned.
+        """
+        cdef list events = []
+        cdef Py_buffer view
+        cdef Py_ssize_t used
+        if self._done:
+            return events
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            if self._start == self._end:
+                used = self._parse(<const unsigned char*>view.buf, view.len, events)
+                if not self._done and used < view.len:
+                    self._append(<const unsigned char*>view.buf + used, view.len - used)
+            else:
+                self._append(<const unsigned char*>view.buf, view.len)
+                used = self._parse(self._buf + self._start, self._end - self._start, events)
+                if not self._done:
+                    self._start += used
+                    if self._start == self._end:
+                        self._start = 0
+                        self._end = 0
+                        if self._cap > _KEEP_BUFFER:
+                            self._release()
+        finally:
+            PyBuffer_Release(&view)
+        return events
+
+    cdef int _append(self, const unsigned char* p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t cap
+        cdef unsigned char* grown
+        if self._end + n > self._cap:
+            if self._start > 0:
+                memmove(self._buf, self._buf + self._start, live)
+                self._start = 0
+                self._end = live
+            if live + n > self._cap:
+                cap = max(self._cap * 2, live + n, 256)
+                grown = <unsigned char*>PyMem_Realloc(self._buf, cap)
+                if grown == NULL:
+                    raise MemoryError()
+                self._buf = grown
+                self._cap = cap
+        memcpy(self._buf + self._end, p, n)
+        self._end += n
+        return 0
+
+    cdef void _release(self) noexcept:
+        PyMem_Free(self._buf)
+        self._buf = NULL
+        self._cap = 0
+        self._start = 0
+        self._end = 0
+
+    cdef Py_ssize_t _parse(self, const unsigned char* p, Py_ssize_t n, list events) except -1:
+        """Parse complete frames from p[0:n] into `events`; returns the bytes consumed."""
+        cdef Py_ssize_t pos = 0
+        cdef Py_ssize_t head, size
+        cdef unsigned char b0, b1
+        cdef int opcode, violation
+        cdef bint fin
+        cdef uint64_t length
+        cdef bytes payload
+        while n - pos >= 2:
+            b0 = p[pos]
+            b1 = p[pos + 1]
+            opcode = b0 & 0x0F
+            if b0 & 0x70:
+                return self._fail(1002, R_RSV)
+            if not _known_opcode(opcode):
+                return self._fail(1002, R_OPCODE)
+            if not (b1 & 0x80):
+                return self._fail(1002, R_UNMASKED)
+            fin = (b0 & 0x80) != 0
+            length = b1 & 0x7F
+            if opcode >= 8:
+                if not fin:
+                    return self._fail(1002, R_CONTROL_FRAGMENTED)
+                if length > 125:
+                    return self._fail(1002, R_CONTROL_TOO_LONG)
+            elif opcode == 0:
+                if self._frag_op == 0:
+                    return self._fail(1002, R_CONT_WITHOUT_START)
+            elif self._frag_op != 0:
+                return self._fail(1002, R_DATA_IN_FRAGMENTED)
+            head = pos + 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length = (<uint64_t>p[head] << 8) | p[head + 1]
+                head += 2
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length = (
+                    (<uint64_t>p[head] << 56) | (<uint64_t>p[head + 1] << 48)
+                    | (<uint64_t>p[head + 2] << 40) | (<uint64_t>p[head + 3] << 32)
+                    | (<uint64_t>p[head + 4] << 24) | (<uint64_t>p[head + 5] << 16)
+                    | (<uint64_t>p[head + 6] << 8) | <uint64_t>p[head + 7]
+                )
+                if length >> 63:
+                    return self._fail(1002, R_LENGTH_TOP_BIT)
+                head += 8
+            if opcode < 8 and <uint64_t>self._frag_len + length > <uint64_t>self.max_message_bytes:
+                return self._fail(1009, R_TOO_BIG)
+            # From here length <= max(125, max_message_bytes): it fits a Py_ssize_t.
+            size = <Py_ssize_t>length
+            if n - head - 4 < size:
+                break
+            payload = PyBytes_FromStringAndSize(NULL, size)
+            _unmask(p + head + 4, p + head, <unsigned char*>PyBytes_AS_STRING(payload), size)
+            pos = head + 4 + size
+            if opcode >= 8:
+                if opcode == 8:
+                    violation = _close_violation(<const unsigned char*>PyBytes_AS_STRING(payload), size)
+                    if violation == 1:
+                        return self._fail(1002, R_CLOSE_ONE_BYTE)
+                    if violation == 2:
+                        return self._fail(1002, R_CLOSE_CODE)
+                    if violation == 3:
+                        return self._fail(1007, R_CLOSE_UTF8)
+                    events.append((opcode, payload))
+                    self._finish()
+                    return pos
+                events.append((opcode, payload))
+                continue
+            if not fin:
+                if opcode != 0:
+                    self._frag_op = opcode
+                self._frag_parts.append(payload)
+                self._frag_len += size
+                continue
+            if opcode == 0:
+                self._frag_parts.append(payload)
+                payload = b"".join(self._frag_parts)
+                opcode = self._frag_op
+                self._frag_op = 0
+                self._frag_parts = []
+                self._frag_len = 0
+            if opcode == 1 and not _utf8_valid(
+                <const unsigned char*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload)
+            ):
+                return self._fail(1007, R_TEXT_UTF8)
+            events.append((opcode, payload))
+        return pos
+
+    cdef Py_ssize_t _fail(self, int code, str reason) noexcept:
+        self.failed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._finish()
+        return 0
+
+    cdef void _finish(self) noexcept:
+        self._done = True
+        self._release()
+        self._frag_parts = []
+        self._frag_op = 0
+        self._frag_len = 0
+
+
+def encode_frame(int opcode, payload):
+    """One unmasked FIN server frame. ValueError for an opcode a server cannot send alone
+    (continuation, unknown) or a control payload over 125 bytes."""
+    cdef Py_ssize_t n, hlen
+    cdef bytes out
+    cdef unsigned char* o
+    cdef int i
+    if opcode == 0 or not _known_opcode(opcode):
+        raise ValueError(f"cannot encode a frame with opcode {opcode}")
+    if type(payload) is not bytes:
+        payload = bytes(payload)
+    n = PyBytes_GET_SIZE(payload)
+    if n < 126:
+        hlen = 2
+    elif opcode >= 8:
+        raise ValueError(f"control frame payload of {n} bytes (max 125)")
+    elif n < 65536:
+        hlen = 4
+    else:
+        hlen = 10
+    out = PyBytes_FromStringAndSize(NULL, hlen + n)
+    o = <unsigned char*>PyBytes_AS_STRING(out)
+    o[0] = 0x80 | opcode
+    if hlen == 2:
+        o[1] = <unsigned char>n
+    elif hlen == 4:
+        o[1] = 126
+        o[2] = <unsigned char>(n >> 8)
+        o[3] = <unsigned char>n
+    else:
+        o[1] = 127
+        for i in range(8):
+            o[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
+    memcpy(o + hlen, PyBytes_AS_STRING(payload), n)
+    return out
+
+
+def encode_close(int code, str reason=""):
+    """A close frame. The reason is cut to 123 bytes of UTF-8 at a character boundary.
+    ValueError for a code an endpoint may not send (RFC 6455 7.4)."""
+    if not _valid_close_code(code):
+        raise ValueError(f"{code} is not a close code an endpoint may send")
+    raw = reason.encode("utf-8")
+    if len(raw) > _MAX_CLOSE_REASON:
+        raw = raw[:_MAX_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+    return encode_frame(8, code.to_bytes(2, "big") + raw)
+
+
+def parse_close(payload):
+    """(code, reason) of a close payload; (1005, "") for an empty one. ValueError when the
+    payload breaks RFC 6455 (1 byte, invalid code, reason not UTF-8)."""
+    cdef bytes raw = payload if type(payload) is bytes else bytes(payload)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(raw)
+    cdef int violation
+    if n == 0:
+        return 1005, ""
+    violation = _close_violation(p, n)
+    if violation == 1:
+        raise ValueError(R_CLOSE_ONE_BYTE)
+    if violation == 2:
+        raise ValueError(R_CLOSE_CODE)
+    if violation == 3:
+        raise ValueError(R_CLOSE_UTF8)
+    return (p[0] << 8) | p[1], raw[2:].decode("utf-8")
+
+
+cdef class Outbox:
+    """The bounded queue of encoded frames for one connection.
+
+    Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable[i]`
+    says whether `_chunks[i]` may still be dropped (never a tail put back by unsend).
+    Limits bound push, never unsend: bytes handed back were already promised to the peer.
+    """
+
+    cdef readonly Py_ssize_t max_bytes
+    cdef readonly Py_ssize_t max_frames
+    cdef readonly Py_ssize_t pending_bytes
+    cdef readonly Py_ssize_t pending_frames
+    cdef list _chunks
+    cdef list _droppable
+    cdef Py_ssize_t _droppable_bytes
+    cdef Py_ssize_t _droppable_frames
+
+    def __cinit__(self, Py_ssize_t max_bytes, Py_ssize_t max_frames):
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self.pending_bytes = 0
+        self.pending_frames = 0
+        self._chunks = []
+        self._droppable = []
+        self._droppable_bytes = 0
+        self._droppable_frames = 0
+
+    cpdef bint push(self, frame, bint droppable=False) except -1:
+        """Queue a frame. Droppable frames (typing, presence) are refused when the outbox is
+        over half full; when a non-droppable frame does not fit, droppable frames queued are
+        dropped first; returns False when it still does not fit (the caller then closes with
+        1013).
+
+        "Over half full": more than max_bytes/2 bytes or more than max_frames/2 frames queued.
+        Droppable frames are dropped oldest first, only as many as needed, and only when
+        dropping them makes room: a refused push leaves the outbox unchanged.
+        """
+        cdef Py_ssize_t n = len(frame)
+        cdef Py_ssize_t new_bytes = self.pending_bytes + n
+        cdef Py_ssize_t new_frames = self.pending_frames + 1
+        if droppable:
+            if (
+                self.pending_bytes * 2 > self.max_bytes
+                or self.pending_frames * 2 > self.max_frames
+                or new_bytes > self.max_bytes
+                or new_frames > self.max_frames
+            ):
+                return False
+            self._droppable_bytes += n
+            self._droppable_frames += 1
+        elif new_bytes > self.max_bytes or new_frames > self.max_frames:
+            if (
+                new_bytes - self._droppable_bytes > self.max_bytes
+                or new_frames - self._droppable_frames > self.max_frames
+            ):
+                return False
+            self._drop_until(new_bytes - self.max_bytes, new_frames - self.max_frames)
+        self._chunks.append(frame)
+        self._droppable.append(droppable)
+        self.pending_bytes = new_bytes
+        self.pending_frames = new_frames
+        return True
+
+    cdef void _drop_until(self, Py_ssize_t excess_bytes, Py_ssize_t excess_frames) except *:
+        """Drop droppable frames, oldest first, until `excess_*` (<= their sums) are freed."""
+        cdef list chunks = []
+        cdef list flags = []
+        cdef Py_ssize_t freed_bytes = 0
+        cdef Py_ssize_t freed_frames = 0
+        cdef Py_ssize_t i
+        cdef object chunk
+        cdef bint drop
+        for i in range(len(self._chunks)):
+            chunk = self._chunks[i]
+            drop = self._droppable[i]
+            if drop and (freed_bytes < excess_bytes or freed_frames < excess_frames):
+                freed_bytes += len(chunk)
+                freed_frames += 1
+                continue
+            chunks.append(chunk)
+            flags.append(drop)
+        self._chunks = chunks
+        self._droppable = flags
+        self.pending_bytes -= freed_bytes
+        self.pending_frames -= freed_frames
+        self._droppable_bytes -= freed_bytes
+        self._droppable_frames -= freed_frames
+
+    def take(self):
+        """Everything queued, joined; the outbox is then empty."""
+        cdef list chunks = self._chunks
+        if not chunks:
+            return b""
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._droppable = []
+        self.pending_bytes = 0
+        self.pending_frames = 0
+        self._droppable_bytes = 0
+        self._droppable_frames = 0
+        return data
+
+    def unsend(self, rest):
+        """Put back the unwritten tail of what take() gave (partial send), ahead of anything
+        queued since; it counts as one frame that cannot be dropped."""
+        if not rest:
+            return
+        self._chunks.insert(0, bytes(rest))
+        self._droppable.insert(0, False)
+        self.pending_bytes += len(rest)
+        self.pending_frames += 1
+
+
+def fanout(outboxes, frame, bint droppable):
+    """Push the same bytes to every outbox; returns the indexes whose push failed."""
+    cdef list failed = []
+    cdef Py_ssize_t i = 0
+    cdef Outbox ob
+    for obj in outboxes:
+        ob = <Outbox?>obj
+        if not ob.push(frame, droppable):
+            failed.append(i)
+        i += 1
+    return failed
