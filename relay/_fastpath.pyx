@@ -41,7 +41,7 @@ cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
 
 
 cdef inline bint _known_opcode(int op) noexcept nogil:
-    return op <= 2 or 8 <= op <= 10
+    return 0 <= op <= 2 or 8 <= op <= 10
 
 
 cdef inline bint _valid_close_code(long code) noexcept nogil:
@@ -460,8 +460,8 @@ cdef class Outbox:
             self._drop_until(new_bytes - self.max_bytes, new_frames - self.max_frames)
         self._chunks.append(frame)
         self._droppable.append(droppable)
-        self.pending_bytes = new_bytes
-        self.pending_frames = new_frames
+        self.pending_bytes += n
+        self.pending_frames += 1
         return True
 
     cdef void _drop_until(self, Py_ssize_t excess_bytes, Py_ssize_t excess_frames) except *:
