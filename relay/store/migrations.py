@@ -1,0 +1,120 @@
+"""The SQLite schema of relay, as numbered migrations tracked by `PRAGMA user_version`.
+
+Invariant: `MIGRATIONS[n - 1]` takes a database from user_version n-1 to n; a database at
+version `len(MIGRATIONS)` is current. A migration is never edited once released: a change to the
+schema is a new entry. `migrate` runs inside the caller's write transaction, so a database is
+either fully at the new version or untouched.
+
+Tables (version 1):
+- messages: one row per stored message. `pos` (the rowid) grows with acceptance and orders the
+  undelivered backlog across conversations; (conversation, seq) and (sender_id, id) are unique.
+- conversations: one row per conversation that has a message or is a group: its seq counter
+  `last_seq` (kept here, not derived from messages, so retention never makes a seq reusable), the
+  `pos` of its newest message and `updated_at` for the conversation list.
+- participants: who is in a conversation: both users of a 1:1 (with `peer_id`, the other one)
+  and the current members of a group (`peer_id` NULL). The member list of a group lives here.
+- watermarks: a user's delivered/read seq per conversation.
+- device_cursors: a device's delivered seq per conversation (absent = the user's watermark).
+- groups, last_seen.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE messages (
+        pos INTEGER PRIMARY KEY,
+        conversation TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        id TEXT NOT NULL,
+        sender_id TEXT NOT NULL,
+        text TEXT NOT NULL,
+        server_timestamp TEXT NOT NULL,
+        recipient_id TEXT,
+        group_id TEXT,
+        sender_name TEXT,
+        sender_avatar TEXT,
+        client_timestamp TEXT,
+        meta TEXT
+    );
+    -- history pages, backlog ranges, unread counts, receipts addressing
+    CREATE UNIQUE INDEX messages_by_seq ON messages (conversation, seq);
+    -- the idempotency key
+    CREATE UNIQUE INDEX messages_by_key ON messages (sender_id, id);
+
+    CREATE TABLE conversations (
+        conversation TEXT PRIMARY KEY,
+        group_id TEXT,
+        last_seq INTEGER NOT NULL,
+        last_pos INTEGER NOT NULL,
+        updated_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE participants (
+        user_id TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        peer_id TEXT,
+        PRIMARY KEY (user_id, conversation)
+    ) WITHOUT ROWID;
+    -- members of a conversation (group member lists, contacts)
+    CREATE INDEX participants_by_conversation ON participants (conversation, user_id);
+
+    CREATE TABLE watermarks (
+        conversation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        delivered_seq INTEGER NOT NULL,
+        read_seq INTEGER NOT NULL,
+        PRIMARY KEY (conversation, user_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE device_cursors (
+        conversation TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (conversation, user_id, device_id)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE groups (
+        group_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE last_seen (
+        user_id TEXT PRIMARY KEY,
+        timestamp TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer relay (user_version above SCHEMA_VERSION)."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to SCHEMA_VERSION inside the open transaction; returns the version the
+    database had. Always writes user_version, so a database that cannot be written fails here."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"schema version {version} is newer than this relay supports ({SCHEMA_VERSION})"
+        )
+    for script in MIGRATIONS[version:]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return int(version)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements (no migration has a ';' inside a literal)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]

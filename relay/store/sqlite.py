@@ -1,0 +1,889 @@
+"""SqliteStore: the durable Store, on the standard library's sqlite3 (WAL, synchronous=NORMAL).
+
+Threads: ONE writer thread owns the write connection and does every write. Trio tasks hand it
+requests through a bounded queue (a trio.Semaphore keeps the queue from ever being full, so the
+event loop never blocks on it) and wait on a per-request trio.Event that the writer sets through
+`TrioToken.run_sync_soon` once the request's transaction has committed. Reads run on a small pool
+of read-only connections in Trio worker threads (`trio.to_thread.run_sync`). The event loop never
+waits on the database.
+
+Group commit: the writer takes everything queued (up to `max_batch` messages), waiting at most
+`commit_interval` for more, and runs it in one transaction, each request inside its own SAVEPOINT
+so one request's failure (a taken group id) does not undo the others. Results are handed back
+only after COMMIT: `append_many` returns only when its messages are durable. In WAL mode with
+synchronous=NORMAL a committed transaction survives the process being killed.
+
+Invariants:
+- seq comes from `conversations.last_seq`, read and advanced inside the writer's transaction, so
+  it is gapless and never reused, across restarts and retention alike.
+- the idempotency check reads `messages (sender_id, id)` in the same transaction that inserts.
+- a request whose transaction did not commit (disk full, I/O error, lock timeout) fails with
+  StoreError; nothing it asked for is reported as done.
+
+Retention (relay/store/retention.py) runs in the writer thread between batches, never inside an
+append.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar, cast
+
+import orjson
+import trio
+from attrs import define, field
+
+from relay.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from relay.store.base import (
+    Appended,
+    ConversationSummary,
+    Group,
+    NewMessage,
+    StoredMessage,
+    Watermarks,
+    group_conversation,
+)
+from relay.store.migrations import SchemaTooNew, migrate
+from relay.store.retention import RetentionJob
+
+log = logging.getLogger("relay.store")
+
+T = TypeVar("T")
+
+_COLUMNS: Final = (
+    "conversation, seq, id, sender_id, text, server_timestamp, recipient_id, group_id, "
+    "sender_name, sender_avatar, client_timestamp, meta"
+)
+
+_REASONS: Final = {
+    "SQLITE_BUSY": "the database is locked by another connection (busy timeout passed)",
+    "SQLITE_LOCKED": "the database is locked",
+    "SQLITE_READONLY": "the database is read-only (file, directory or filesystem)",
+    "SQLITE_NOTADB": "the file is not a SQLite database (corrupt or another kind of file)",
+    "SQLITE_CORRUPT": "the database file is corrupt",
+    "SQLITE_CANTOPEN": "the file cannot be opened (missing directory or no permission)",
+    "SQLITE_FULL": "the disk (or the database's page limit) is full",
+    "SQLITE_IOERR": "an I/O error occurred",
+    "SQLITE_PERM": "permission denied",
+}
+
+
+def _describe(error: sqlite3.Error) -> str:
+    name = getattr(error, "sqlite_errorname", "")
+    for prefix, reason in _REASONS.items():
+        if name.startswith(prefix):
+            return f"{reason} [{name}: {error}]"
+    return f"{error} [{name or type(error).__name__}]"
+
+
+def _message(row: Sequence[Any]) -> StoredMessage:
+    return StoredMessage(
+        conversation=row[0],
+        seq=row[1],
+        id=row[2],
+        sender_id=row[3],
+        text=row[4],
+        server_timestamp=row[5],
+        recipient_id=row[6],
+        group_id=row[7],
+        sender_name=row[8],
+        sender_avatar=row[9],
+        client_timestamp=row[10],
+        meta=orjson.loads(row[11]) if row[11] is not None else None,
+    )
+
+
+# --- writes (writer thread, inside the batch transaction) -----------------------------------------
+
+
+def _last_seq(conn: sqlite3.Connection, conversation: str) -> int:
+    row = conn.execute(
+        "SELECT last_seq FROM conversations WHERE conversation = ?", (conversation,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _marks(conn: sqlite3.Connection, conversation: str, user_id: str) -> Watermarks:
+    row = conn.execute(
+        "SELECT delivered_seq, read_seq FROM watermarks WHERE conversation = ? AND user_id = ?",
+        (conversation, user_id),
+    ).fetchone()
+    return Watermarks(row[0], row[1]) if row else Watermarks(0, 0)
+
+
+def _set_marks(
+    conn: sqlite3.Connection, conversation: str, user_id: str, delivered: int, read: int
+) -> None:
+    conn.execute(
+        "INSERT INTO watermarks (conversation, user_id, delivered_seq, read_seq) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (conversation, user_id) DO UPDATE SET "
+        "delivered_seq = excluded.delivered_seq, read_seq = excluded.read_seq",
+        (conversation, user_id, delivered, read),
+    )
+
+
+@define
+class _Tip:
+    """A conversation's counter while a request appends to it."""
+
+    last_seq: int
+    exists: bool
+    group_id: str | None
+    last_pos: int = 0
+    updated_at: str = ""
+
+
+def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Appended]:
+    tips: dict[str, _Tip] = {}
+    results: list[Appended] = []
+    for m in messages:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE sender_id = ? AND id = ?", (m.sender_id, m.id)
+        ).fetchone()
+        if row is not None:
+            results.append(Appended(_message(row), duplicate=True))
+            continue
+        tip = tips.get(m.conversation)
+        if tip is None:
+            found = conn.execute(
+                "SELECT last_seq FROM conversations WHERE conversation = ?", (m.conversation,)
+            ).fetchone()
+            tip = _Tip(found[0] if found else 0, found is not None, m.group_id)
+            tips[m.conversation] = tip
+            if found is None and m.group_id is None:
+                recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
+                conn.executemany(
+                    "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) "
+                    "VALUES (?, ?, ?)",
+                    [
+                        (m.sender_id, m.conversation, recipient),
+                        (recipient, m.conversation, m.sender_id),
+                    ],
+                )
+        seq = tip.last_seq + 1
+        meta = orjson.dumps(m.meta).decode() if m.meta is not None else None
+        cursor = conn.execute(
+            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                m.conversation,
+                seq,
+                m.id,
+                m.sender_id,
+                m.text,
+                m.server_timestamp,
+                m.recipient_id,
+                m.group_id,
+                m.sender_name,
+                m.sender_avatar,
+                m.client_timestamp,
+                meta,
+            ),
+        )
+        tip.last_seq = seq
+        tip.last_pos = cast(int, cursor.lastrowid)
+        tip.updated_at = m.server_timestamp
+        results.append(
+            Appended(
+                StoredMessage(
+                    conversation=m.conversation,
+                    seq=seq,
+                    id=m.id,
+                    sender_id=m.sender_id,
+                    text=m.text,
+                    server_timestamp=m.server_timestamp,
+                    recipient_id=m.recipient_id,
+                    group_id=m.group_id,
+                    sender_name=m.sender_name,
+                    sender_avatar=m.sender_avatar,
+                    client_timestamp=m.client_timestamp,
+                    meta=dict(m.meta) if m.meta is not None else None,
+                ),
+                duplicate=False,
+            )
+        )
+    for conversation, tip in tips.items():
+        if tip.exists:
+            conn.execute(
+                "UPDATE conversations SET last_seq = ?, last_pos = ?, updated_at = ? "
+                "WHERE conversation = ?",
+                (tip.last_seq, tip.last_pos, tip.updated_at, conversation),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (conversation, tip.group_id, tip.last_seq, tip.last_pos, tip.updated_at),
+            )
+    return results
+
+
+def _mark_delivered(
+    conn: sqlite3.Connection, conversation: str, user_id: str, device_id: str, seq: int
+) -> Watermarks:
+    before = _marks(conn, conversation, user_id)
+    seq = min(seq, _last_seq(conn, conversation))
+    row = conn.execute(
+        "SELECT seq FROM device_cursors WHERE conversation = ? AND user_id = ? AND device_id = ?",
+        (conversation, user_id, device_id),
+    ).fetchone()
+    cursor = max(row[0] if row else before.delivered_seq, seq)
+    if row is None or cursor != row[0]:
+        conn.execute(
+            "INSERT INTO device_cursors (conversation, user_id, device_id, seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (conversation, user_id, device_id) DO UPDATE SET seq = excluded.seq",
+            (conversation, user_id, device_id, cursor),
+        )
+    if seq > before.delivered_seq:
+        _set_marks(conn, conversation, user_id, seq, before.read_seq)
+    return before
+
+
+def _mark_read(conn: sqlite3.Connection, conversation: str, user_id: str, seq: int) -> Watermarks:
+    before = _marks(conn, conversation, user_id)
+    seq = min(seq, _last_seq(conn, conversation))
+    if seq > before.read_seq:
+        _set_marks(conn, conversation, user_id, max(before.delivered_seq, seq), seq)
+    return before
+
+
+def _join(conn: sqlite3.Connection, group_id: str, users: Sequence[str]) -> None:
+    # A member joins at the group's present: what was said before (or while they were out of
+    # the group) is history, not backlog; their devices start again at the new watermark.
+    conversation = group_conversation(group_id)
+    last = _last_seq(conn, conversation)
+    for user in users:
+        conn.execute(
+            "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, NULL)",
+            (user, conversation),
+        )
+        conn.execute(
+            "DELETE FROM device_cursors WHERE conversation = ? AND user_id = ?",
+            (conversation, user),
+        )
+        marks = _marks(conn, conversation, user)
+        if marks.delivered_seq < last or marks.read_seq < last:
+            _set_marks(conn, conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last))
+
+
+def _create_group(conn: sqlite3.Connection, group: Group) -> Group:
+    taken = conn.execute("SELECT 1 FROM groups WHERE group_id = ?", (group.group_id,)).fetchone()
+    if taken:
+        raise Conflict(f"group {group.group_id!r} exists already")
+    stored = Group(
+        group_id=group.group_id,
+        name=group.name,
+        members=tuple(sorted(set(group.members))),
+        created_by=group.created_by,
+        created_at=group.created_at,
+    )
+    conn.execute(
+        "INSERT INTO groups (group_id, name, created_by, created_at) VALUES (?, ?, ?, ?)",
+        (stored.group_id, stored.name, stored.created_by, stored.created_at),
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
+        "VALUES (?, ?, 0, 0, ?)",
+        (group_conversation(stored.group_id), stored.group_id, stored.created_at),
+    )
+    _join(conn, stored.group_id, stored.members)
+    return stored
+
+
+def _set_group_members(conn: sqlite3.Connection, group_id: str, members: Sequence[str]) -> Group:
+    old = _get_group(conn, group_id)
+    if old is None:
+        raise NotFound(f"group {group_id!r} does not exist")
+    new = Group(
+        group_id=old.group_id,
+        name=old.name,
+        members=tuple(sorted(set(members))),
+        created_by=old.created_by,
+        created_at=old.created_at,
+    )
+    conversation = group_conversation(group_id)
+    conn.executemany(
+        "DELETE FROM participants WHERE user_id = ? AND conversation = ?",
+        [(user, conversation) for user in set(old.members) - set(new.members)],
+    )
+    _join(conn, group_id, sorted(set(new.members) - set(old.members)))
+    return new
+
+
+def _set_last_seen(conn: sqlite3.Connection, user_id: str, timestamp: str) -> None:
+    conn.execute(
+        "INSERT INTO last_seen (user_id, timestamp) VALUES (?, ?) "
+        "ON CONFLICT (user_id) DO UPDATE SET timestamp = excluded.timestamp",
+        (user_id, timestamp),
+    )
+
+
+# --- reads (a read connection in a worker thread, inside one read transaction) --------------------
+
+
+def _get_group(conn: sqlite3.Connection, group_id: str) -> Group | None:
+    row = conn.execute(
+        "SELECT name, created_by, created_at FROM groups WHERE group_id = ?", (group_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    members = conn.execute(
+        "SELECT user_id FROM participants WHERE conversation = ?", (group_conversation(group_id),)
+    ).fetchall()
+    return Group(
+        group_id=group_id,
+        name=row[0],
+        members=tuple(sorted(m[0] for m in members)),
+        created_by=row[1],
+        created_at=row[2],
+    )
+
+
+def _history(
+    conn: sqlite3.Connection, conversation: str, before: int | None, after: int | None, limit: int
+) -> tuple[list[StoredMessage], bool]:
+    limit = max(limit, 0)
+    if after is not None:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (conversation, after, limit + 1),
+        ).fetchall()
+        return [_message(r) for r in rows[:limit]], len(rows) > limit
+    if before is not None:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND seq < ? "
+            "ORDER BY seq DESC LIMIT ?",
+            (conversation, before, limit + 1),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? ORDER BY seq DESC LIMIT ?",
+            (conversation, limit + 1),
+        ).fetchall()
+    return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
+
+
+_UNDELIVERED: Final = f"""
+    SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
+    FROM participants AS p
+    JOIN messages AS m ON m.conversation = p.conversation AND m.seq > COALESCE(
+        (SELECT d.seq FROM device_cursors AS d
+         WHERE d.conversation = p.conversation AND d.user_id = ?1 AND d.device_id = ?2),
+        (SELECT w.delivered_seq FROM watermarks AS w
+         WHERE w.conversation = p.conversation AND w.user_id = ?1),
+        0)
+    WHERE p.user_id = ?1 AND m.sender_id != ?1
+    ORDER BY m.pos
+    LIMIT ?3
+"""
+
+
+def _undelivered(
+    conn: sqlite3.Connection, user_id: str, device_id: str, limit: int
+) -> list[StoredMessage]:
+    rows = conn.execute(_UNDELIVERED, (user_id, device_id, max(limit, 0))).fetchall()
+    return [_message(r) for r in rows]
+
+
+def _latest_by_sender(
+    conn: sqlite3.Connection, conversation: str, after_seq: int, upto_seq: int, exclude: str
+) -> list[StoredMessage]:
+    # SQLite takes the bare columns of a MAX() aggregate from the row holding the maximum.
+    rows = conn.execute(
+        f"SELECT {_COLUMNS}, MAX(seq) FROM messages WHERE conversation = ? AND seq > ? "
+        "AND seq <= ? AND sender_id != ? GROUP BY sender_id",
+        (conversation, after_seq, upto_seq, exclude),
+    ).fetchall()
+    return sorted((_message(r) for r in rows), key=lambda m: m.seq)
+
+
+def _conversations(conn: sqlite3.Connection, user_id: str, limit: int) -> list[ConversationSummary]:
+    rows = conn.execute(
+        "SELECT c.conversation, p.peer_id, c.group_id, c.last_seq, c.updated_at, "
+        "COALESCE(w.read_seq, 0) "
+        "FROM participants AS p JOIN conversations AS c ON c.conversation = p.conversation "
+        "LEFT JOIN watermarks AS w ON w.conversation = p.conversation AND w.user_id = p.user_id "
+        "WHERE p.user_id = ? ORDER BY c.updated_at DESC, c.last_pos DESC LIMIT ?",
+        (user_id, max(limit, 0)),
+    ).fetchall()
+    items: list[ConversationSummary] = []
+    for conversation, peer_id, group_id, last_seq, updated_at, read_seq in rows:
+        last = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND seq = ?",
+            (conversation, last_seq),
+        ).fetchone()
+        (unread,) = conn.execute(
+            "SELECT COUNT(*) FROM messages WHERE conversation = ? AND seq > ? AND sender_id != ?",
+            (conversation, read_seq, user_id),
+        ).fetchone()
+        items.append(
+            ConversationSummary(
+                conversation=conversation,
+                peer_id=peer_id,
+                group_id=group_id if peer_id is None else None,
+                last_message=_message(last) if last else None,
+                unread=unread,
+                last_seq=last_seq,
+                read_seq=read_seq,
+                updated_at=updated_at,
+            )
+        )
+    return items
+
+
+def _contacts(conn: sqlite3.Connection, user_id: str) -> set[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT other.user_id FROM participants AS mine "
+        "JOIN participants AS other ON other.conversation = mine.conversation "
+        "WHERE mine.user_id = ?1 AND other.user_id != ?1",
+        (user_id,),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _last_seen(conn: sqlite3.Connection, user_ids: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    unique = list(dict.fromkeys(user_ids))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT user_id, timestamp FROM last_seen WHERE user_id IN ({marks})", chunk
+        ).fetchall()
+        found.update({r[0]: r[1] for r in rows})
+    return found
+
+
+def _watermarks(conn: sqlite3.Connection, conversation: str, user_id: str) -> Watermarks:
+    return _marks(conn, conversation, user_id)
+
+
+# --- the writer thread ----------------------------------------------------------------------------
+
+
+@define(eq=False)
+class _Request:
+    """One write: `work` runs in the writer thread inside the batch transaction."""
+
+    work: Callable[[sqlite3.Connection], Any]
+    weight: int  # messages it appends (1 for other writes): what `max_batch` counts
+    done: trio.Event = field(factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+_STOP: Final = object()
+
+
+@define(eq=False)
+class _Writer:
+    conn: sqlite3.Connection
+    requests: queue.Queue[_Request | object]
+    token: trio.lowlevel.TrioToken
+    resolve: Callable[[list[_Request]], None]  # runs in the Trio thread
+    commit_interval: float
+    max_batch: int
+    retention: RetentionJob
+
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    first = self.requests.get(timeout=self.retention.seconds_until_due())
+                except queue.Empty:
+                    self._retention()
+                    continue
+                if first is _STOP:
+                    return
+                batch, stop = self._gather(cast(_Request, first))
+                self._execute(batch)
+                if stop:
+                    return
+                if self.retention.seconds_until_due() == 0 and self.requests.empty():
+                    self._retention()
+        finally:
+            self._fail_queued()
+            self.conn.close()
+
+    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        batch = [first]
+        weight = first.weight
+        until = time.monotonic() + self.commit_interval
+        while weight < self.max_batch:
+            try:
+                item = self.requests.get_nowait()
+            except queue.Empty:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = self.requests.get(timeout=remaining)
+                except queue.Empty:
+                    break
+            if item is _STOP:
+                return batch, True
+            request = cast(_Request, item)
+            batch.append(request)
+            weight += request.weight
+        return batch, False
+
+    def _execute(self, batch: list[_Request]) -> None:
+        try:
+            self._transaction(batch)
+        except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
+            for request in batch:
+                if request.error is None:
+                    request.result = None
+                    request.error = StoreError(f"store write failed: {exc!r}")
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("store writer failed a batch")
+        finally:
+            self._hand_back(batch)
+
+    def _transaction(self, batch: list[_Request]) -> None:
+        conn = self.conn
+        done: list[_Request] = []  # requests whose work stands in the open transaction
+        pending = list(batch)
+        while pending:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                self._fail(pending, f"could not start a write: {_describe(exc)}")
+                return
+            while pending:
+                request = pending.pop(0)
+                try:
+                    conn.execute("SAVEPOINT request")
+                    request.result = request.work(conn)
+                    conn.execute("RELEASE request")
+                    done.append(request)
+                except Exception as exc:
+                    request.result = None
+                    request.error = (
+                        exc
+                        if isinstance(exc, StoreError)
+                        else StoreError(
+                            _describe(exc) if isinstance(exc, sqlite3.Error) else repr(exc)
+                        )
+                    )
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("ROLLBACK TO request")
+                            conn.execute("RELEASE request")
+                        except sqlite3.Error:
+                            conn.execute("ROLLBACK")
+                    if not conn.in_transaction:
+                        # SQLite undid the whole transaction (disk full, I/O error): nothing done
+                        # in it stands, so none of it may be reported as done.
+                        self._fail(done, f"the transaction was rolled back: {request.error}")
+                        done = []
+                        break
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    self._fail(done, f"commit failed: {_describe(exc)}")
+                return
+
+    @staticmethod
+    def _fail(requests: list[_Request], reason: str) -> None:
+        for request in requests:
+            request.result = None
+            request.error = StoreError(reason)
+
+    def _hand_back(self, batch: list[_Request]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):  # else nobody is waiting any more
+            self.token.run_sync_soon(self.resolve, batch)
+
+    def _retention(self) -> None:
+        try:
+            gone = self.retention.run_chunk(self.conn)
+        except sqlite3.Error as exc:
+            log.warning("retention failed, retrying later: %s", _describe(exc))
+            return
+        if gone:
+            log.info("retention deleted %d messages", gone)
+
+    def _fail_queued(self) -> None:
+        left: list[_Request] = []
+        while True:
+            try:
+                item = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _STOP:
+                left.append(cast(_Request, item))
+        if left:
+            self._fail(left, "the store is closed")
+            self._hand_back(left)
+
+
+# --- the store ------------------------------------------------------------------------------------
+
+
+class SqliteStore:
+    """The durable Store on one SQLite file. `open()` before use, `close()` after (idempotent).
+
+    `commit_interval`: how long the writer waits for more requests before committing a batch.
+    `busy_timeout`: how long a write waits for a lock held by another process before failing.
+    `max_batch`: messages per transaction at most. `max_pending`: write requests queued at most
+    (further writers wait in Trio). `readers`: read connections (and worker threads) at most.
+    `pragmas`: extra `PRAGMA name = value` for every connection, applied after migration (e.g.
+    `cache_size`, or `max_page_count` to bound the file size).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        commit_interval: float = 0.002,
+        busy_timeout: float = 5.0,
+        max_batch: int = 2000,
+        max_pending: int = 10_000,
+        readers: int = 2,
+        retention_days: float | None = None,
+        retention_max_messages: int | None = None,
+        retention_interval: float = 60.0,
+        pragmas: Sequence[tuple[str, int | str]] = (),
+    ) -> None:
+        self.path = os.fspath(path)
+        self.commit_interval = commit_interval
+        self.busy_timeout = busy_timeout
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.retention = RetentionJob(
+            retention_days, retention_max_messages, interval=retention_interval
+        )
+        self._pragmas = tuple(pragmas)
+        self._state = "new"  # new -> open -> closing -> closed
+        self._requests: queue.Queue[_Request | object] = queue.Queue(max_pending + 1)
+        self._slots = trio.Semaphore(max_pending)
+        self._reader_count = readers
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
+        self._read_limiter = trio.CapacityLimiter(readers)
+        self._thread: threading.Thread | None = None
+        self._closed = trio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._state == "open":
+            return
+        if self._state != "new":
+            raise StoreError("a closed SqliteStore cannot be opened again; make a new one")
+        token = trio.lowlevel.current_trio_token()
+        conn, readers = await trio.to_thread.run_sync(self._connect)
+        for reader in readers:
+            self._readers.put(reader)
+        writer = _Writer(
+            conn=conn,
+            requests=self._requests,
+            token=token,
+            resolve=self._resolve,
+            commit_interval=self.commit_interval,
+            max_batch=self.max_batch,
+            retention=self.retention,
+        )
+        self._thread = threading.Thread(target=writer.run, name="relay-sqlite-writer", daemon=True)
+        self._thread.start()
+        self._state = "open"
+
+    def _connect(self) -> tuple[sqlite3.Connection, list[sqlite3.Connection]]:
+        where = f"cannot open the database {self.path!r}"
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise StoreUnavailable(f"{where}: the directory {directory!r} does not exist")
+        opened: list[sqlite3.Connection] = []
+        try:
+            conn = self._connection()
+            opened.append(conn)
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if str(mode).lower() != "wal":
+                raise StoreUnavailable(
+                    f"{where}: cannot switch it to WAL mode (journal_mode is {mode!r}); "
+                    "is the file or its directory read-only?"
+                )
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                migrate(conn)
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            self._apply_pragmas(conn)
+            readers = []
+            for _ in range(self._reader_count):
+                reader = self._connection()
+                opened.append(reader)
+                reader.execute("PRAGMA query_only = ON")
+                self._apply_pragmas(reader)
+                readers.append(reader)
+            return conn, readers
+        except sqlite3.Error as exc:
+            for c in opened:
+                c.close()
+            raise StoreUnavailable(f"{where}: {_describe(exc)}") from exc
+        except SchemaTooNew as exc:
+            for c in opened:
+                c.close()
+            raise StoreUnavailable(f"{where}: {exc}") from exc
+        except BaseException:
+            for c in opened:
+                c.close()
+            raise
+
+    def _connection(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        return conn
+
+    def _apply_pragmas(self, conn: sqlite3.Connection) -> None:
+        for name, value in self._pragmas:
+            if not name.replace("_", "").isalnum():
+                raise StoreError(f"not a pragma name: {name!r}")
+            conn.execute(f"PRAGMA {name} = {int(value) if isinstance(value, int) else repr(value)}")
+
+    async def close(self) -> None:
+        if self._state == "closing":
+            await self._closed.wait()
+        if self._state != "open":
+            self._state = "closed"
+            return
+        self._state = "closing"
+        self._requests.put_nowait(_STOP)  # room guaranteed: the semaphore holds back one slot
+        assert self._thread is not None
+        await trio.to_thread.run_sync(self._thread.join)
+        async with self._read_limiter:  # (held: no read is using a connection while closing)
+            while True:
+                try:
+                    self._readers.get_nowait().close()
+                except queue.Empty:
+                    break
+        self._state = "closed"
+        self._closed.set()
+
+    def _check_open(self) -> None:
+        if self._state != "open":
+            raise StoreError(f"the store is {self._state}, not open")
+
+    # --- plumbing -------------------------------------------------------------------------------
+    async def _write(self, work: Callable[[sqlite3.Connection], T], weight: int = 1) -> T:
+        self._check_open()
+        await self._slots.acquire()
+        if self._state != "open":
+            self._slots.release()
+            self._check_open()
+        request = _Request(work, weight)
+        self._requests.put_nowait(request)
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return cast(T, request.result)
+
+    def _resolve(self, batch: list[_Request]) -> None:
+        for request in batch:
+            request.done.set()
+            self._slots.release()
+
+    async def _read(self, work: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        return await trio.to_thread.run_sync(
+            self._read_sync, work, args, limiter=self._read_limiter
+        )
+
+    def _read_sync(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        conn = self._readers.get_nowait()  # the limiter guarantees one is free
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole read
+            try:
+                return work(conn, *args)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {_describe(exc)}") from exc
+        finally:
+            self._readers.put(conn)
+
+    # --- messages -------------------------------------------------------------------------------
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        if not messages:
+            self._check_open()
+            return []
+        batch = list(messages)
+        return await self._write(lambda conn: _append(conn, batch), weight=len(batch))
+
+    async def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[StoredMessage], bool]:
+        return await self._read(_history, conversation, before, after, limit)
+
+    async def undelivered(
+        self, user_id: str, device_id: str, *, limit: int = 1000
+    ) -> list[StoredMessage]:
+        return await self._read(_undelivered, user_id, device_id, limit)
+
+    async def latest_by_sender(
+        self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
+    ) -> list[StoredMessage]:
+        return await self._read(
+            _latest_by_sender, conversation, after_seq, upto_seq, exclude_sender
+        )
+
+    async def last_seq(self, conversation: str) -> int:
+        return await self._read(_last_seq, conversation)
+
+    # --- watermarks -----------------------------------------------------------------------------
+    async def mark_delivered(
+        self, conversation: str, user_id: str, device_id: str, seq: int
+    ) -> Watermarks:
+        return await self._write(
+            lambda conn: _mark_delivered(conn, conversation, user_id, device_id, seq)
+        )
+
+    async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
+        return await self._write(lambda conn: _mark_read(conn, conversation, user_id, seq))
+
+    async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
+        return await self._read(_watermarks, conversation, user_id)
+
+    # --- conversation list ----------------------------------------------------------------------
+    async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:
+        return await self._read(_conversations, user_id, limit)
+
+    async def contacts(self, user_id: str) -> set[str]:
+        return await self._read(_contacts, user_id)
+
+    # --- groups ---------------------------------------------------------------------------------
+    async def create_group(self, group: Group) -> Group:
+        return await self._write(lambda conn: _create_group(conn, group))
+
+    async def get_group(self, group_id: str) -> Group | None:
+        return await self._read(_get_group, group_id)
+
+    async def set_group_members(self, group_id: str, members: Sequence[str]) -> Group:
+        wanted = tuple(members)
+        return await self._write(lambda conn: _set_group_members(conn, group_id, wanted))
+
+    # --- presence -------------------------------------------------------------------------------
+    async def set_last_seen(self, user_id: str, timestamp: str) -> None:
+        await self._write(lambda conn: _set_last_seen(conn, user_id, timestamp))
+
+    async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
+        return await self._read(_last_seen, tuple(user_ids))
