@@ -431,14 +431,8 @@ class RelayClient:
 
     async def _run(self) -> None:
         failures = 0  # consecutive attempts that did not reach auth_ok
-        reason = ""
         try:
             while not self._closing:
-                if failures:
-                    if failures > self.policy.attempts:
-                        self._give_up(f"gave up after {self.policy.attempts} attempts: {reason}")
-                        return
-                    await trio.sleep(self.policy.delay_before(failures, self._rng))
                 self._set_connection(ConnectionState.CONNECTING, failures)
                 reached = self._generation
                 try:
@@ -450,11 +444,19 @@ class RelayClient:
                 except _DROPS as exc:
                     reason = _describe(exc)
                 except BaseExceptionGroup as group:
-                    reason = self._unwrap(group)
+                    try:
+                        reason = self._unwrap(group)
+                    except _AuthRejected as exc:
+                        self._give_up(str(exc))
+                        return
                 if self._closing:
                     return
                 failures = 1 if self._generation != reached else failures + 1
+                if failures > self.policy.attempts:
+                    self._give_up(f"gave up after {self.policy.attempts} attempts: {reason}")
+                    return
                 self._set_connection(ConnectionState.OFFLINE, failures, reason)
+                await trio.sleep(self.policy.delay_before(failures, self._rng))
         finally:
             self._running = False
 
