@@ -1,15 +1,33 @@
-"""The shared store suite on SqliteStore, plus what only a durable store promises."""
+"""The shared store suite on SqliteStore, plus what only a durable store promises: data survives
+a reopen, a bad database file is refused at open with a clear reason, and a write that did not
+commit is never reported as stored."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from store_suite import StoreSuite
+import trio
+from store_suite import AB, AC, StoreSuite, group, msg, put, seqs
 
-from relay.store.base import Store
+from relay.config import RelayConfig
+from relay.errors import StoreError, StoreUnavailable
+from relay.store import MemoryStore, store_from_config
+from relay.store.base import NewMessage, Store, Watermarks, group_conversation
+from relay.store.retention import iso_utc
 from relay.store.sqlite import SqliteStore
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -23,3 +41,382 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 class TestSqliteStore(StoreSuite):
     async def test_is_a_store(self, store: Store) -> None:
         assert isinstance(store, Store)
+
+
+async def snapshot(store: Store) -> dict[str, Any]:
+    """Everything a user can observe about users a, b, c and group g."""
+    seen: dict[str, Any] = {}
+    for user in ("a", "b", "c"):
+        seen[f"conversations {user}"] = await store.conversations(user)
+        seen[f"contacts {user}"] = await store.contacts(user)
+        for device in ("", "phone", "watch"):
+            seen[f"undelivered {user}/{device}"] = await store.undelivered(user, device)
+        seen[f"watermarks {user}"] = await store.watermarks(AB, user)
+    seen["history ab"] = await store.history(AB)
+    seen["history g"] = await store.history(group_conversation("g"))
+    seen["group"] = await store.get_group("g")
+    seen["last seen"] = await store.last_seen(["a", "b", "c"])
+    return seen
+
+
+async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    first = SqliteStore(path)
+    await first.open()
+    await first.create_group(group("g", ["a", "b", "c"]))
+    await put(first, msg("a", "b", id="k1"), msg("b", "a"), msg("a", "b"), msg("c", group="g"))
+    await put(first, msg("a", group="g", meta={"reply": 1}), msg("c", "b"))
+    await first.mark_delivered(AB, "b", "phone", 3)
+    await first.mark_read(AB, "a", 2)
+    await first.set_group_members("g", ["a", "c"])
+    await first.set_last_seen("b", "2026-02-05T10:30:00.000Z")
+    before = await snapshot(first)
+    await first.close()
+
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert await snapshot(second) == before
+        assert await second.watermarks(AB, "b") == Watermarks(3, 0)
+        # the idempotency key is kept: a resend is the stored message, not a new one
+        [again] = await second.append_many([msg("a", "b", id="k1", text="resent")])
+        assert again.duplicate and again.message.seq == 1 and again.message.text == "text of k1"
+        # seq continues: no reuse, no gap
+        [next_ab, next_g] = await put(second, msg("b", "a"), msg("c", group="g"))
+        assert (next_ab.seq, next_g.seq) == (4, 3)
+    finally:
+        await second.close()
+
+
+async def test_device_cursors_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    first = SqliteStore(path)
+    await first.open()
+    await put(first, *(msg("a", "b") for _ in range(4)))
+    await first.mark_delivered(AB, "b", "phone", 1)
+    await first.mark_delivered(AB, "b", "watch", 3)
+    await first.close()
+    second = SqliteStore(path)
+    await second.open()
+    try:
+        assert seqs(await second.undelivered("b", "phone")) == [2, 3, 4]
+        assert seqs(await second.undelivered("b", "watch")) == [4]
+        assert seqs(await second.undelivered("b", "new")) == [4]
+    finally:
+        await second.close()
+
+
+# --- a bad database is refused at open ------------------------------------------------------------
+
+
+async def open_fails(path: Path, **kwargs: Any) -> str:
+    store = SqliteStore(path, **kwargs)
+    with pytest.raises(StoreUnavailable) as caught:
+        await store.open()
+    await store.close()
+    return str(caught.value)
+
+
+async def test_missing_directory(tmp_path: Path) -> None:
+    reason = await open_fails(tmp_path / "nowhere" / "relay.db")
+    assert "does not exist" in reason and "nowhere" in reason
+
+
+async def test_garbage_file(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    path.write_bytes(b"this is not a database, just some bytes\n" * 200)
+    reason = await open_fails(path)
+    assert "not a SQLite database" in reason
+    assert path.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+async def test_database_from_a_newer_relay(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    assert "newer" in await open_fails(path)
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["relay-db", "fresh-file"])
+async def test_locked_by_another_connection(tmp_path: Path, existing: bool) -> None:
+    path = tmp_path / "relay.db"
+    if existing:
+        made = SqliteStore(path)
+        await made.open()
+        await made.close()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        assert "locked" in await open_fails(path, busy_timeout=0.2)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    store = SqliteStore(path, busy_timeout=0.2)
+    await store.open()  # the lock is gone: it opens
+    await store.close()
+
+
+def _unprivileged_open(path: Path) -> str:
+    """Open `path` in a child process that file permissions apply to (root's override dropped)."""
+    script = textwrap.dedent(
+        f"""
+        import trio
+        from relay.errors import StoreUnavailable
+        from relay.store.sqlite import SqliteStore
+
+        async def main():
+            store = SqliteStore({str(path)!r}, busy_timeout=0.2)
+            try:
+                await store.open()
+            except StoreUnavailable as exc:
+                print("unavailable:", exc)
+            else:
+                print("opened")
+                await store.close()
+
+        trio.run(main)
+        """
+    )
+    command = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv: root ignores file permissions")
+        command = [setpriv, "--bounding-set", "-dac_override,-dac_read_search", *command]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def test_read_only_file(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    made = SqliteStore(path)
+    await made.open()
+    await made.close()
+    assert _unprivileged_open(path) == "opened"  # the check itself can open a writable one
+    path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+    try:
+        reason = _unprivileged_open(path)
+    finally:
+        path.chmod(0o644)
+    assert reason.startswith("unavailable:") and "read-only" in reason, reason
+
+
+async def test_read_only_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "data"
+    directory.mkdir()
+    path = directory / "relay.db"
+    directory.chmod(0o555)
+    try:
+        fresh = _unprivileged_open(path)  # cannot even create the file
+        assert fresh.startswith("unavailable:"), fresh
+        assert "cannot be opened" in fresh or "read-only" in fresh, fresh
+    finally:
+        directory.chmod(0o755)
+    made = SqliteStore(path)
+    await made.open()
+    await made.close()  # leaves no -wal/-shm file: a reopen must create them
+    directory.chmod(0o555)
+    try:
+        existing = _unprivileged_open(path)
+    finally:
+        directory.chmod(0o755)
+    assert existing.startswith("unavailable:"), existing
+
+
+# --- a write that did not commit is never reported as stored ---------------------------------------
+
+
+async def test_full_disk_fails_the_append_and_stores_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    setup = SqliteStore(path)
+    await setup.open()
+    kept = await put(setup, msg("a", "b"), msg("b", "a"))
+    await setup.close()
+
+    # max_page_count at or below the current size: the file cannot grow by one page
+    full = SqliteStore(path, pragmas=[("max_page_count", 1)])
+    await full.open()
+    try:
+        big = [msg("a", "b", text="x" * 4000) for _ in range(40)]
+        with pytest.raises(StoreError) as caught:
+            await full.append_many(big)
+        assert "full" in str(caught.value)
+        assert await full.last_seq(AB) == 2
+        with pytest.raises(StoreError):
+            await full.append_many([msg("a", "c", text="y" * 4000) for _ in range(40)])
+    finally:
+        await full.close()
+
+    after = SqliteStore(path)
+    await after.open()
+    try:
+        page, more = await after.history(AB)
+        assert (page, more) == (kept, False)
+        assert await after.undelivered("b", "") == [kept[0]]
+        # nothing of the failed batches was stored: their ids are free, seq continues at 3
+        results = await after.append_many(big[:2])
+        assert [(r.message.seq, r.duplicate) for r in results] == [(3, False), (4, False)]
+    finally:
+        await after.close()
+
+
+async def test_a_lock_held_at_run_time_fails_the_append_then_it_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path, busy_timeout=0.2)
+    await store.open()
+    try:
+        await put(store, msg("a", "b"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreError) as caught:
+                await store.append_many([msg("a", "b", id="during-lock")])
+            assert "locked" in str(caught.value)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        [again] = await put(store, msg("a", "b", id="during-lock"))
+        assert again.seq == 2  # not stored before: no duplicate, no gap
+    finally:
+        await store.close()
+
+
+# --- concurrency and lifecycle --------------------------------------------------------------------
+
+
+async def test_cancelled_appends_free_their_slot_and_commit_whole(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "relay.db", max_pending=2, commit_interval=0.01)
+    await store.open()
+    try:
+        with trio.move_on_after(0.005):
+            async with trio.open_nursery() as nursery:
+                for n in range(30):
+                    nursery.start_soon(store.append_many, [msg("a", "b", id=f"c{n}")])
+        # the store still takes writes (no slot leaked) and what landed has gapless seqs
+        for n in range(30):
+            await store.append_many([msg("a", "b", id=f"c{n}")])
+        page, _ = await store.history(AB, limit=100)
+        assert seqs(page) == list(range(1, 31))
+        assert sorted(m.id for m in page) == sorted(f"c{n}" for n in range(30))
+    finally:
+        await store.close()
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "relay.db")
+    await store.open()
+    await store.open()  # idempotent
+    await put(store, msg("a", "b"))
+    await store.close()
+    await store.close()  # idempotent
+    with pytest.raises(StoreError):
+        await store.append_many([msg("a", "b")])
+    with pytest.raises(StoreError):
+        await store.history(AB)
+
+
+async def test_close_waits_for_queued_writes(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path, commit_interval=0.05)
+    await store.open()
+    results: list[int] = []
+
+    async def append(n: int) -> None:
+        [r] = await store.append_many([msg("a", "b", id=f"q{n}")])
+        results.append(r.message.seq)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(20):
+            nursery.start_soon(append, n)
+        await trio.sleep(0.01)  # all queued, the writer is still gathering
+        await store.close()
+    assert sorted(results) == list(range(1, 21))
+    reopened = SqliteStore(path)
+    await reopened.open()
+    assert await reopened.last_seq(AB) == 20
+    await reopened.close()
+
+
+# --- retention ------------------------------------------------------------------------------------
+
+
+def old_msg(sender: str, recipient: str, when: str) -> NewMessage:
+    fresh = msg(sender, recipient)
+    return NewMessage(
+        conversation=fresh.conversation,
+        id=fresh.id,
+        sender_id=sender,
+        text=fresh.text,
+        server_timestamp=when,
+        recipient_id=recipient,
+    )
+
+
+async def eventually(predicate: Any) -> None:
+    """Poll until `predicate()` holds: retention runs in the writer thread, with no event to await."""
+    while not await predicate():  # noqa: ASYNC110
+        await trio.sleep(0.02)
+
+
+async def test_retention_by_age_deletes_old_messages_and_keeps_seq(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "relay.db", retention_days=30, retention_interval=0.05)
+    await store.open()
+    try:
+        now = iso_utc(datetime.now(UTC))
+        await put(store, *(old_msg("a", "b", "2020-01-01T00:00:00.000Z") for _ in range(3)))
+        await put(store, old_msg("b", "a", now), old_msg("a", "b", now))
+
+        async def old_gone() -> bool:
+            page, _ = await store.history(AB)
+            return seqs(page) == [4, 5]
+
+        with trio.fail_after(2):
+            await eventually(old_gone)
+        [summary] = await store.conversations("a")
+        assert (summary.last_seq, summary.unread, summary.last_message.seq) == (5, 1, 5)  # type: ignore[union-attr]
+        [later] = await put(store, msg("b", "a"))
+        assert later.seq == 6
+    finally:
+        await store.close()
+
+
+async def test_retention_by_count_keeps_the_newest_per_conversation(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "relay.db", retention_max_messages=3, retention_interval=0.05)
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b") for _ in range(10)))
+        await put(store, msg("a", "c"), msg("a", "c"))
+
+        async def trimmed() -> bool:
+            page, more = await store.history(AB)
+            return seqs(page) == [8, 9, 10] and not more
+
+        with trio.fail_after(2):
+            await eventually(trimmed)
+        page, _ = await store.history(AC)
+        assert seqs(page) == [1, 2]
+        [later] = await put(store, msg("a", "b"))
+        assert later.seq == 11
+    finally:
+        await store.close()
+
+
+# --- the factory ----------------------------------------------------------------------------------
+
+
+async def test_store_from_config(tmp_path: Path) -> None:
+    assert isinstance(store_from_config(RelayConfig(db_path=None)), MemoryStore)
+    made = store_from_config(
+        RelayConfig(db_path=str(tmp_path / "x.db"), commit_interval=0.0, retention_days=7)
+    )
+    assert isinstance(made, SqliteStore)
+    assert (made.path, made.commit_interval, made.retention.days) == (
+        str(tmp_path / "x.db"), 0.0, 7,
+    )
+    await made.open()
+    await put(made, msg("a", "b"))
+    await made.close()
+    assert (tmp_path / "x.db").exists()

@@ -1,5 +1,10 @@
-"""Durable state behind the relay: the Store protocol and its implementations."""
+"""Durable state behind the relay: the Store protocol, its implementations, and the factory.
 
+Importing this package imports neither trio nor sqlite3 (the sans-IO core may import it):
+SqliteStore lives in relay.store.sqlite and is loaded only when a config asks for it.
+"""
+
+from relay.config import RelayConfig
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -13,6 +18,22 @@ from relay.store.base import (
 )
 from relay.store.memory import MemoryStore
 
+
+def store_from_config(config: RelayConfig) -> Store:
+    """The store a relay with `config` uses (not yet opened): MemoryStore when `db_path` is None,
+    else SqliteStore on that file with the config's commit interval and retention."""
+    if config.db_path is None:
+        return MemoryStore()
+    from relay.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.db_path,
+        commit_interval=config.commit_interval,
+        retention_days=config.retention_days,
+        retention_max_messages=config.retention_max_messages,
+    )
+
+
 __all__ = [
     "Appended",
     "ConversationSummary",
@@ -24,4 +45,5 @@ __all__ = [
     "Watermarks",
     "direct_conversation",
     "group_conversation",
+    "store_from_config",
 ]
