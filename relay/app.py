@@ -1,0 +1,123 @@
+"""Relay: the embedding API — one relay inside a Trio program.
+
+    relay = Relay(RelayConfig(host="127.0.0.1", port=0, db_path=None))
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(relay.serve)   # listening once this returns
+        ...                                         # relay.url, relay.publish(...)
+        nursery.cancel_scope.cancel()               # drains: 1012 to every client
+
+Invariants: `serve` runs at most once per Relay; the store it was given (or built) is opened
+before the first connection is accepted and closed after the last one ended.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from attrs import define, field
+
+from relay.config import RelayConfig
+from relay.echo import EchoHandler
+from relay.errors import RelayError
+from relay.metrics import RelayMetrics
+from relay.server import BoundAddress, ConnectionHandler, Server
+from relay.store.base import Store
+
+log = logging.getLogger("relay")
+
+
+def default_store(config: RelayConfig) -> Store:
+    """The store a relay uses when none is given: in-memory for db_path=None, else SQLite."""
+    if config.db_path is None:
+        from relay.store.memory import MemoryStore
+
+        return MemoryStore()
+    from relay.store.sqlite import SqliteStore
+
+    return SqliteStore(
+        config.db_path,
+        commit_interval=config.commit_interval,
+        retention_days=config.retention_days,
+        retention_max_messages=config.retention_max_messages,
+    )
+
+
+@define(eq=False)
+class Relay:
+    """A relay server: `await nursery.start(relay.serve)`, then `relay.url`."""
+
+    config: RelayConfig
+    handler: ConnectionHandler | None = field(default=None, kw_only=True)
+    store: Store | None = field(default=None, kw_only=True)
+    metrics: RelayMetrics = field(factory=RelayMetrics, kw_only=True)
+    _server: Server | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> BoundAddress | None:
+        """Where the relay listens, once started (None before)."""
+        return None if self._server is None else self._server.address
+
+    @property
+    def url(self) -> str:
+        """ws://host:port (wss:// with a certificate) once started."""
+        address = self.address
+        if address is None:
+            raise RelayError("the relay is not started: await nursery.start(relay.serve) first")
+        return address.url
+
+    @property
+    def draining(self) -> bool:
+        return self._server is not None and self._server.draining
+
+    def _default_handler(self) -> ConnectionHandler:
+        # ==== DEFAULT HANDLER: the messaging service replaces the echo handler here. ====
+        # The messaging-core engineer makes this edit, e.g.:
+        #     from relay.service import MessagingService
+        #     if self.store is None:
+        #         self.store = default_store(self.config)
+        #     return MessagingService(self.config, self.store)
+        # ================================================================================
+        return EchoHandler()
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve until cancelled, then drain (see relay.server.Server.serve).
+
+        `task_status.started(address)` once listening: with port 0, `address.port` and
+        `relay.url` name the port actually bound."""
+        if self._server is not None:
+            raise RelayError("Relay.serve runs once per Relay")
+        if self.handler is None:
+            self.handler = self._default_handler()
+        handler = self.handler
+        server = self._server = Server(self.config, handler, self.metrics)
+        store = self.store
+        if store is not None:
+            await store.open()
+        try:
+            start = getattr(handler, "start", None)
+            if start is not None:
+                await start()
+            try:
+                await server.serve(task_status=task_status)
+            finally:
+                aclose = getattr(handler, "aclose", None)
+                if aclose is not None:
+                    with trio.CancelScope(shield=True):
+                        await aclose()
+        finally:
+            if store is not None:
+                with trio.CancelScope(shield=True):
+                    await store.close()
+
+    async def publish(self, **message: Any) -> Any:
+        """Send a message from inside the process (e.g. a system notice), through the same
+        validation, store and delivery path as a client's; delegates to the handler's
+        `publish` (the messaging service). Raises RelayError when the handler has none."""
+        publish = getattr(self.handler, "publish", None)
+        if publish is None:
+            raise RelayError("this relay's handler cannot publish (no messaging service)")
+        return await publish(**message)

@@ -1,0 +1,849 @@
+"""The Trio shell: accept, opening handshake (h11 + wsproto), read/flush loops, heartbeat, drain.
+
+Shape of one server (every task lives in a visible nursery):
+
+    Server.serve ── root nursery
+      ├─ accept loop (trio.serve_listeners) ── starts one task per TCP connection in ...
+      └─ host (shielded, so a cancelled serve can still drain) ── host nursery
+           ├─ flusher: ONE task writing every dirty outbox, one `send` per connection per tick
+           ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
+           └─ per connection: its task (handshake, then the reader) and a nursery in which a
+              writer task exists only while the kernel send buffer is full
+
+Invariants:
+- After the 101 response the socket is a plain non-blocking stdlib socket owned by its
+  connection; only the reader waits for readability and only the writer task (or nobody)
+  waits for writability, so no two tasks ever wait on the same direction of one socket.
+- A connection is in `Server.dirty` at most once (`Connection.dirty` says so); a connection
+  whose writer task is active is skipped by the flusher (the writer owns its outbox then).
+- Nothing is written after a close frame: once closing, at most `_close_remaining` more
+  bytes leave (everything queued before the close frame, and the close frame itself).
+- `handler.on_close` is called exactly once per connection that got `on_open`.
+
+Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
+1011 handler failure and heartbeat timeout (a peer silent for heartbeat_interval +
+heartbeat_timeout), 1012 shutdown. `on_close` receives the code the connection ended with:
+the peer's code when the peer closed first (1005 when it gave none), ours when we closed
+first, 1006 when the TCP connection ended without a close handshake.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+import time
+from typing import Any, Protocol, cast
+
+import h11
+import trio
+from attrs import define, field, frozen
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import Request as WsRequest
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+from relay import http
+from relay.config import RelayConfig
+from relay.fastpath import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    Outbox,
+    encode_close,
+    encode_frame,
+    parse_close,
+)
+from relay.metrics import RelayMetrics, Stats
+
+log = logging.getLogger("relay.server")
+
+#: Largest opening HTTP request (request line + headers) accepted; more is answered 431.
+MAX_REQUEST_BYTES = 16 * 1024
+#: Size of the one receive buffer the readers of a server share (reads never interleave).
+RECV_SIZE = 256 * 1024
+#: How long a closing connection waits for the peer's close frame and its TCP end.
+CLOSE_TIMEOUT = 2.0
+#: Period of handler.tick(now).
+TICK_INTERVAL = 0.25
+#: How long a plain-HTTP connection may take to read its response before it is cut.
+HTTP_LINGER = 1.0
+
+_PING_FRAME = encode_frame(OP_PING, b"")
+_EMPTY_CLOSE = encode_frame(OP_CLOSE, b"")
+_ids = itertools.count(1)
+_monotonic = time.monotonic
+
+
+class Connection(Protocol):
+    """What the core sees of one WebSocket (docs/ARCHITECTURE.md, "Shell ↔ core")."""
+
+    id: int
+    remote: str
+    path: str
+    outbox: Outbox
+    state: Any
+
+    def send(self, frame: bytes, droppable: bool = False) -> bool: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+    def flush_soon(self) -> None: ...
+
+
+class ConnectionHandler(Protocol):
+    """What the shell calls (docs/ARCHITECTURE.md); the messaging core implements it."""
+
+    def on_open(self, conn: Connection) -> None: ...
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None: ...
+
+    def on_flushed(self, conn: Connection) -> None: ...
+
+    def on_close(self, conn: Connection, code: int) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+
+@frozen
+class BoundAddress:
+    """Where a started relay listens; `url` is what a client connects to."""
+
+    host: str
+    port: int
+    scheme: str = "ws"
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+class _HttpFailure(Exception):
+    """The opening request cannot be served; `status` is the HTTP answer (never escapes)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@frozen
+class _OpeningRequest:
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    raw: bytes  # every byte received so far
+    parser: h11.Connection
+
+
+@define(eq=False)
+class WsConnection:
+    """One WebSocket after its handshake: the Connection the core is handed."""
+
+    id: int
+    remote: str
+    path: str
+    outbox: Outbox
+    parser: FrameParser
+    server: Server
+    sock: socket.socket | None  # raw path (ws://)
+    stream: trio.abc.Stream | None  # TLS path (wss://): trio.SSLStream
+    state: Any = None
+    dirty: bool = False
+    closing: bool = False
+    close_code: int = 1006
+    last_rx: float = field(factory=_monotonic)
+    pinged_at: float = 0.0
+    _close_remaining: int = 0
+    _close_deadline: float = 0.0
+    _writer_active: bool = False
+    _broken: bool = False
+    _ended: bool = False
+    _opened: bool = False
+    _read_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    _nursery: trio.Nursery | None = None
+    _idle: trio.Event | None = None
+
+    # --- the Connection protocol (called by the core) -----------------------------------------
+
+    def send(self, frame: bytes, droppable: bool = False) -> bool:
+        """Queue an encoded server frame; written at the end of this scheduler tick.
+        False when the outbox is full (the caller closes 1013) or the connection is closing."""
+        if self.closing:
+            return False
+        ob = self.outbox
+        before = ob.pending_frames
+        if not ob.push(frame, droppable):
+            if droppable:
+                self.server.stats.messages_dropped += 1
+            return False
+        if ob.pending_frames <= before:  # droppable frames were dropped to make room
+            self.server.stats.messages_dropped += before + 1 - ob.pending_frames
+        if not self.dirty:
+            self.dirty = True
+            self.server.add_dirty(self)
+        return True
+
+    def flush_soon(self) -> None:
+        """Have what was pushed to `outbox` directly (relay.fastpath.fanout) written at the end
+        of this tick. Idempotent and cheap; call it for every outbox a fanout pushed to."""
+        if not self.dirty and not self._ended:
+            self.dirty = True
+            self.server.add_dirty(self)
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Queue a close frame after what is queued, then end the connection: wait (bounded
+        by CLOSE_TIMEOUT) for the peer's close, then close the socket. Idempotent."""
+        self._close(code, reason, wait_peer=True)
+
+    # --- closing --------------------------------------------------------------------------------
+
+    def _close(
+        self, code: int, reason: str = "", *, wait_peer: bool = True, frame: bytes | None = None
+    ) -> None:
+        if self.closing or self._ended:
+            return
+        close_frame = frame if frame is not None else encode_close(code, reason)
+        self.closing = True
+        self.close_code = code
+        if code == 1013:
+            self.server.stats.slow_consumer_closes += 1
+        ob = self.outbox
+        if not ob.push(close_frame):
+            # The outbox limits bound push, not unsend: the close frame goes in regardless.
+            ob.unsend(ob.take() + close_frame)
+        self._close_remaining = ob.pending_bytes
+        now = trio.current_time()
+        if wait_peer:
+            self._close_deadline = now + CLOSE_TIMEOUT
+            self._read_scope.deadline = min(self._read_scope.deadline, self._close_deadline)
+        else:
+            self._close_deadline = now
+            self._read_scope.cancel()
+        self.flush_soon()
+
+    def _mark_broken(self) -> None:
+        self._broken = True
+        self._read_scope.cancel()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def write_some(self) -> bool:
+        """One non-blocking `send` of everything queued (raw path). True while bytes remain
+        that the kernel did not take (the caller then lets the writer task wait)."""
+        ob = self.outbox
+        frames = ob.pending_frames
+        data = ob.take()
+        if not data:
+            return False
+        clipped = False
+        if self.closing:
+            if self._close_remaining <= 0:
+                return False  # everything after the close frame is discarded
+            if len(data) > self._close_remaining:
+                data = data[: self._close_remaining]
+                clipped = True
+        sock = self.sock
+        assert sock is not None
+        try:
+            n = sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError:
+            self._mark_broken()
+            return False
+        stats = self.server.stats
+        stats.bytes_out += n
+        if self.closing:
+            self._close_remaining -= n
+        if n < len(data):
+            ob.unsend(data[n:])
+            stats.frames_out += frames - 1
+            return True
+        stats.frames_out += frames
+        if not clipped:
+            self.server.flushed(self)
+        return bool(ob.pending_bytes) and not (self.closing and self._close_remaining <= 0)
+
+    def start_writer(self) -> None:
+        """Hand the rest of the outbox to a writer task (only while the kernel buffer is full,
+        or always on the TLS path)."""
+        if self._writer_active or self._ended or self._nursery is None:
+            return
+        self._writer_active = True
+        self._nursery.start_soon(self._writer_raw if self.sock is not None else self._writer_tls)
+
+    async def _writer_raw(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        try:
+            while not self._broken:
+                await trio.lowlevel.wait_writable(sock)
+                if not self.write_some():
+                    break
+        finally:
+            self._writer_active = False
+            if self._idle is not None:
+                self._idle.set()
+
+    async def _writer_tls(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        ob = self.outbox
+        stats = self.server.stats
+        try:
+            while not self._broken and ob.pending_bytes:
+                frames = ob.pending_frames
+                data = ob.take()
+                clipped = False
+                if self.closing:
+                    if self._close_remaining <= 0:
+                        break
+                    if len(data) > self._close_remaining:
+                        data = data[: self._close_remaining]
+                        clipped = True
+                    self._close_remaining -= len(data)
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._mark_broken()
+                    break
+                stats.bytes_out += len(data)
+                stats.frames_out += frames
+                if not clipped:
+                    self.server.flushed(self)
+        finally:
+            self._writer_active = False
+            if self._idle is not None:
+                self._idle.set()
+
+    async def _wait_flushed(self) -> None:
+        """Return once everything up to the close frame reached the kernel (or the peer broke)."""
+        while not self._broken:
+            if self._writer_active:
+                self._idle = trio.Event()
+                await self._idle.wait()
+                continue
+            if not self.outbox.pending_bytes or (self.closing and self._close_remaining <= 0):
+                return
+            if self.sock is None or self.write_some():
+                self.start_writer()
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def _process(self, data: bytes | bytearray | memoryview) -> bool:
+        """Feed received bytes to the parser and act on the events; True: stop reading."""
+        parser = self.parser
+        events = parser.feed(cast(bytes, data))
+        self.server.stats.frames_in += len(events)
+        payloads: list[bytes] = []
+        stop_op = -1
+        stop_payload = b""
+        for op, payload in events:
+            if op == OP_TEXT:
+                payloads.append(payload)
+            elif op == OP_PING:
+                self.send(encode_frame(OP_PONG, payload))
+            elif op != OP_PONG:
+                stop_op = op
+                stop_payload = payload
+                break
+        if payloads and not self.closing:
+            try:
+                await self.server.handler.on_messages(self, payloads)
+            except Exception:
+                log.exception("handler.on_messages failed on connection %d", self.id)
+                self.close(1011, "internal error")
+                return True
+        if stop_op == OP_CLOSE:
+            self._peer_closed(stop_payload)
+            return True
+        if stop_op == OP_BINARY:
+            self.close(1003, "binary frames are not supported")
+            return True
+        if parser.failed:
+            self.close(parser.close_code, parser.close_reason)
+            return True
+        return False
+
+    def _peer_closed(self, payload: bytes) -> None:
+        if self.closing:
+            return  # the reply to our close: the handshake is complete
+        code, _reason = parse_close(payload)
+        # Echo the peer's code (RFC 6455 5.5.1); an empty close is answered with an empty one.
+        self._close(code, frame=_EMPTY_CLOSE if code == 1005 else encode_close(code))
+
+    async def _read_raw(self) -> None:
+        sock = self.sock
+        assert sock is not None
+        server = self.server
+        buf = server.recv_buffer
+        view = server.recv_view
+        stats = server.stats
+        wait_readable = trio.lowlevel.wait_readable
+        process = self._process
+        while True:
+            await wait_readable(sock)
+            try:
+                n = sock.recv_into(buf)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                self._broken = True
+                return
+            if n == 0:
+                return
+            stats.bytes_in += n
+            self.last_rx = _monotonic()
+            # The shared buffer is consumed (copied by the parser) before the next await.
+            if await process(view[:n]):
+                return
+
+    async def _read_tls(self) -> None:
+        stream = self.stream
+        assert stream is not None
+        stats = self.server.stats
+        while True:
+            try:
+                data = await stream.receive_some(RECV_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._broken = True
+                return
+            if not data:
+                return
+            stats.bytes_in += len(data)
+            self.last_rx = _monotonic()
+            if await self._process(data):
+                return
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def run(self, trailing: bytes) -> None:
+        """Serve the connection until it ends; the caller registered it with the server."""
+        server = self.server
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._opened = True
+                try:
+                    server.handler.on_open(self)
+                except Exception:
+                    log.exception("handler.on_open failed on connection %d", self.id)
+                    self.close(1011, "internal error")
+                with self._read_scope:
+                    if not self.closing and not (trailing and await self._process(trailing)):
+                        await (self._read_raw() if self.sock is not None else self._read_tls())
+                if self.closing and not self._broken:
+                    with trio.move_on_at(self._close_deadline):
+                        await self._wait_flushed()
+                        await self._linger()
+                nursery.cancel_scope.cancel()
+        finally:
+            await self._teardown()
+
+    async def _linger(self) -> None:
+        """After our close frame: half-close and wait for the peer's end of the TCP stream, so
+        that unread bytes never turn our close into a reset."""
+        sock = self.sock
+        if sock is None or self._broken:
+            return
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return
+        buf = self.server.recv_buffer
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                if sock.recv_into(buf) == 0:
+                    return
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                return
+
+    async def _teardown(self) -> None:
+        self._ended = True
+        self.closing = True
+        if self.sock is not None:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+        elif self.stream is not None:
+            await trio.aclose_forcefully(self.stream)
+        self.server.forget(self)
+        if self._opened:
+            try:
+                self.server.handler.on_close(self, self.close_code)
+            except Exception:
+                log.exception("handler.on_close failed on connection %d", self.id)
+
+
+@define(eq=False)
+class Server:
+    """One listening relay: its connections, its flusher, its ticker, its drain."""
+
+    config: RelayConfig
+    handler: ConnectionHandler
+    metrics: RelayMetrics = field(factory=RelayMetrics)
+    address: BoundAddress | None = None
+    draining: bool = False
+    conns: dict[int, WsConnection] = field(factory=dict)
+    dirty: list[WsConnection] = field(factory=list)
+    recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
+    recv_view: memoryview = field(init=False)
+    _ssl: ssl.SSLContext | None = None
+    _lot: trio.lowlevel.ParkingLot = field(factory=trio.lowlevel.ParkingLot)
+    _flusher_parked: bool = False
+    _all_closed: trio.Event = field(factory=trio.Event)
+    _host_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    _accept_scope: trio.CancelScope = field(factory=trio.CancelScope)
+
+    def __attrs_post_init__(self) -> None:
+        self.recv_view = memoryview(self.recv_buffer)
+        if self.config.certfile is not None and self.config.keyfile is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            self._ssl = ctx
+
+    @property
+    def stats(self) -> Stats:
+        return self.metrics.stats
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve until cancelled, then drain: new WebSocket upgrades get 503, /healthz
+        503, every connection is closed with 1012, and up to drain_timeout is given to them
+        to finish before the rest are cut and this returns (by raising the cancellation)."""
+        config = self.config
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+        sockname = listeners[0].socket.getsockname()
+        self.address = BoundAddress(
+            host=config.host or sockname[0],
+            port=sockname[1],
+            scheme="wss" if self._ssl is not None else "ws",
+        )
+        async with trio.open_nursery() as root:
+            conn_nursery: trio.Nursery = await root.start(self._host)
+            await root.start(self._accept, listeners, conn_nursery)
+            log.info("listening on %s", self.address.url)
+            task_status.started(self.address)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._drain()
+                    self._accept_scope.cancel()
+                    self._host_scope.cancel()
+
+    async def _host(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        # Shielded: cancelling serve() must not cut the connections before they are drained.
+        self._host_scope.shield = True
+        with self._host_scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flusher)
+                nursery.start_soon(self._ticker)
+                task_status.started(nursery)
+                await trio.sleep_forever()
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with self._accept_scope:
+            await trio.serve_listeners(
+                self._handle_tcp, listeners, handler_nursery=nursery, task_status=task_status
+            )
+
+    async def _drain(self) -> None:
+        self.draining = True
+        self.stats.draining = 1
+        log.info("draining %d connection(s)", len(self.conns))
+        for conn in list(self.conns.values()):
+            conn.close(1012, "service restart")
+        with trio.move_on_after(self.config.drain_timeout):
+            while self.conns:
+                await self._all_closed.wait()
+        if self.conns:
+            log.warning("drain timeout: cutting %d connection(s)", len(self.conns))
+
+    # --- the flusher ----------------------------------------------------------------------------
+
+    def add_dirty(self, conn: WsConnection) -> None:
+        self.dirty.append(conn)
+        if self._flusher_parked:
+            self._flusher_parked = False
+            self._lot.unpark()
+
+    async def _flusher(self) -> None:
+        """Write every dirty outbox once per scheduler tick: woken by the first send of a tick,
+        it runs after the tasks of that tick have queued their frames."""
+        while True:
+            if not self.dirty:
+                self._flusher_parked = True
+                await self._lot.park()
+                continue
+            dirty = self.dirty
+            self.dirty = []
+            for conn in dirty:
+                conn.dirty = False
+                if conn._writer_active or conn._ended:
+                    continue
+                if conn.sock is None or conn.write_some():
+                    conn.start_writer()
+            await trio.lowlevel.checkpoint()
+
+    def flushed(self, conn: WsConnection) -> None:
+        try:
+            self.handler.on_flushed(conn)
+        except Exception:
+            log.exception("handler.on_flushed failed on connection %d", conn.id)
+
+    # --- the ticker -----------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        config = self.config
+        sweep_every = max(0.05, min(config.heartbeat_interval, config.heartbeat_timeout) / 4)
+        next_tick = next_sweep = trio.current_time()
+        while True:
+            await trio.sleep_until(min(next_tick, next_sweep))
+            t = trio.current_time()
+            if t >= next_tick:
+                next_tick = t + TICK_INTERVAL
+                try:
+                    self.handler.tick(_monotonic())
+                except Exception:
+                    log.exception("handler.tick failed")
+            if t >= next_sweep:
+                next_sweep = t + sweep_every
+                self._sweep(_monotonic())
+
+    def _sweep(self, now: float) -> None:
+        """Heartbeat every connection; also flush outboxes filled without flush_soon()."""
+        interval = self.config.heartbeat_interval
+        deadline = interval + self.config.heartbeat_timeout
+        stats = self.stats
+        for conn in list(self.conns.values()):
+            if conn.closing:
+                continue
+            if conn.outbox.pending_bytes and not conn.dirty and not conn._writer_active:
+                stats.late_flushes += 1
+                conn.flush_soon()
+            silent = now - conn.last_rx
+            if silent >= deadline:
+                stats.heartbeat_timeouts += 1
+                conn._close(1011, "heartbeat timeout", wait_peer=False)
+            elif silent >= interval and now - conn.pinged_at >= interval:
+                conn.pinged_at = now
+                conn.send(_PING_FRAME)
+
+    def forget(self, conn: WsConnection) -> None:
+        if self.conns.pop(conn.id, None) is not None:
+            self.stats.connections_open -= 1
+        if not self.conns:
+            self._all_closed.set()
+
+    # --- one TCP connection ---------------------------------------------------------------------
+
+    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+        try:
+            await self._handle(tcp)
+        except Exception:
+            log.exception("connection task failed")
+            await trio.aclose_forcefully(tcp)
+
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        stats = self.stats
+        try:
+            peer = tcp.socket.getpeername()
+            remote = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            await trio.aclose_forcefully(tcp)
+            return
+        stream: trio.abc.Stream = tcp
+        request: _OpeningRequest | None = None
+        failure: _HttpFailure | None = None
+        with trio.move_on_after(self.config.handshake_timeout) as timeout:
+            try:
+                if self._ssl is not None:
+                    tls = trio.SSLStream(tcp, self._ssl, server_side=True, https_compatible=True)
+                    stream = tls
+                    await tls.do_handshake()
+                request = await _read_request(stream)
+            except _HttpFailure as exc:
+                failure = exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stats.handshake_failures += 1
+                await trio.aclose_forcefully(stream)
+                return
+        if timeout.cancelled_caught:
+            log.debug("handshake timeout from %s", remote)
+            stats.handshake_failures += 1
+            await trio.aclose_forcefully(stream)
+            return
+        if failure is not None:
+            stats.handshake_failures += 1
+            self._count_http(failure.status)
+            await _answer_and_close(stream, http.error(failure.status, failure.message))
+            return
+        if request is None:  # closed before sending a request
+            await trio.aclose_forcefully(stream)
+            return
+        if not _is_upgrade(request):
+            status, response = http.respond(
+                request.method, request.target, draining=self.draining, metrics=self.metrics
+            )
+            self._count_http(status)
+            await _answer_and_close(stream, response)
+            return
+        await self._upgrade(tcp, stream, request, remote)
+
+    def _count_http(self, status: int) -> None:
+        counts = self.stats.http_requests
+        counts[status] = counts.get(status, 0) + 1
+
+    async def _upgrade(
+        self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: _OpeningRequest, remote: str
+    ) -> None:
+        stats = self.stats
+        if self.draining or len(self.conns) >= self.config.max_connections:
+            stats.handshake_failures += 1
+            self._count_http(503)
+            reason = "draining" if self.draining else "too many connections"
+            await _answer_and_close(stream, http.error(503, reason))
+            return
+        handshake = H11Handshake(ConnectionType.SERVER)
+        try:
+            handshake.receive_data(request.raw)
+            events = list(handshake.events())
+        except WsRemoteProtocolError as exc:
+            hint = exc.event_hint
+            status = hint.status_code if isinstance(hint, RejectConnection) else 400
+            stats.handshake_failures += 1
+            self._count_http(status)
+            await _answer_and_close(stream, http.error(status, str(exc)))
+            return
+        if not events or not isinstance(events[0], WsRequest):
+            stats.handshake_failures += 1
+            self._count_http(400)
+            await _answer_and_close(stream, http.error(400))
+            return
+        trailing = _trailing_after_request(request.parser)
+        if trailing is None:
+            stats.handshake_failures += 1
+            self._count_http(400)
+            await _answer_and_close(stream, http.error(400, "an upgrade request has no body"))
+            return
+        with trio.move_on_after(self.config.handshake_timeout) as timeout:
+            try:
+                await stream.send_all(handshake.send(AcceptConnection()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stats.handshake_failures += 1
+                await trio.aclose_forcefully(stream)
+                return
+        if timeout.cancelled_caught:
+            stats.handshake_failures += 1
+            await trio.aclose_forcefully(stream)
+            return
+        sock: socket.socket | None = None
+        tls: trio.abc.Stream | None = None
+        if self._ssl is None:
+            # From here on the socket is ours: no trio wrapper on the data path.
+            sock = socket.socket(fileno=tcp.socket.detach())
+            sock.setblocking(False)
+        else:
+            tls = stream
+        conn = WsConnection(
+            id=next(_ids),
+            remote=remote,
+            path=request.target,
+            outbox=Outbox(self.config.outbox_max_bytes, self.config.outbox_max_frames),
+            parser=FrameParser(self.config.max_message_bytes),
+            server=self,
+            sock=sock,
+            stream=tls,
+        )
+        self.conns[conn.id] = conn
+        if self._all_closed.is_set():
+            self._all_closed = trio.Event()
+        stats.connections_open += 1
+        stats.connections_total += 1
+        await conn.run(trailing)
+
+
+# --- the opening request ------------------------------------------------------------------------
+
+
+async def _read_request(stream: trio.abc.Stream) -> _OpeningRequest | None:
+    """Read the opening HTTP request (bounded by MAX_REQUEST_BYTES); None when the peer closed
+    first. Raises _HttpFailure for a request h11 rejects."""
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    raw = bytearray()
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise _HttpFailure(exc.error_status_hint, "bad request") from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            raw += data
+            parser.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            return _OpeningRequest(
+                method=event.method.decode("ascii", "replace"),
+                target=event.target.decode("ascii", "replace"),
+                headers=[(bytes(name), bytes(value)) for name, value in event.headers],
+                raw=bytes(raw),
+                parser=parser,
+            )
+        return None  # ConnectionClosed (or nothing more will come)
+
+
+def _is_upgrade(request: _OpeningRequest) -> bool:
+    return any(
+        name == b"upgrade" and b"websocket" in value.lower() for name, value in request.headers
+    )
+
+
+def _trailing_after_request(parser: h11.Connection) -> bytes | None:
+    """The bytes the client sent after its upgrade request (early WebSocket frames), or None
+    when the request has a body or is incomplete."""
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if event is h11.PAUSED:
+            return bytes(parser.trailing_data[0])
+        if not isinstance(event, h11.EndOfMessage):
+            return None
+
+
+async def _answer_and_close(stream: trio.abc.Stream, response: bytes) -> None:
+    """Write a whole HTTP response, then end the connection gracefully (bounded)."""
+    with trio.move_on_after(HTTP_LINGER):
+        try:
+            await stream.send_all(response)
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+                while await stream.receive_some(4096):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)

@@ -1,0 +1,199 @@
+"""Helpers for tests that run a real relay over loopback.
+
+- `start_relay(nursery, **config_overrides)`: a started Relay on 127.0.0.1, port 0, in-memory.
+- `ws_connect(url)`: a trio-websocket client connection (async context manager).
+- `RawWs`: a WebSocket client on a raw socket, for frames no polite client would send.
+- `http_get(relay, path)`: a plain HTTP/1.1 request on a raw socket.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, open_websocket_url
+
+from relay import Relay, RelayConfig
+
+#: Settings every test relay gets unless a test overrides them: short waits, no files.
+TEST_DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "db_path": None,
+    "handshake_timeout": 2.0,
+    "drain_timeout": 1.0,
+}
+
+
+async def start_relay(nursery: trio.Nursery, **config_overrides: Any) -> Relay:
+    """Start a Relay in `nursery` and return it listening (`relay.url` usable).
+
+    Keyword arguments override RelayConfig fields; `handler=` and `store=` go to Relay.
+    Cancelling the nursery drains and stops it.
+    """
+    handler = config_overrides.pop("handler", None)
+    store = config_overrides.pop("store", None)
+    config = RelayConfig(**{**TEST_DEFAULTS, **config_overrides})
+    relay = Relay(config, handler=handler, store=store)
+    await nursery.start(relay.serve)
+    return relay
+
+
+@asynccontextmanager
+async def ws_connect(url: str, **kwargs: Any) -> AsyncIterator[WebSocketConnection]:
+    """A trio-websocket client connection to `url` (closed on exit)."""
+    async with open_websocket_url(url, **kwargs) as ws:
+        yield ws
+
+
+def mask_frame(
+    opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True, rsv: int = 0
+) -> bytes:
+    """A client frame as RFC 6455 says (masked unless told otherwise)."""
+    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head.append(mask_bit | n)
+    elif n < 65536:
+        head.append(mask_bit | 126)
+        head += struct.pack("!H", n)
+    else:
+        head.append(mask_bit | 127)
+        head += struct.pack("!Q", n)
+    if not masked:
+        return bytes(head) + payload
+    key = os.urandom(4)
+    body = bytes(b ^ key[i & 3] for i, b in enumerate(payload)) if n < 256 else _xor(payload, key)
+    return bytes(head) + key + body
+
+
+def _xor(payload: bytes, key: bytes) -> bytes:
+    n = len(payload)
+    k = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(k, "little")).to_bytes(n, "little")
+
+
+class RawWs:
+    """A WebSocket client speaking raw bytes on a trio socket stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+        self.eof = False
+
+    @classmethod
+    async def connect(cls, relay: Relay, path: str = "/", extra: bytes = b"") -> RawWs:
+        """Connect and complete the opening handshake; `extra` is sent with the request."""
+        address = relay.address
+        assert address is not None
+        stream = await trio.open_tcp_stream("127.0.0.1", address.port)
+        ws = cls(stream)
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{address.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        await stream.send_all(request + extra)
+        head = await ws._read_until(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            raise AssertionError(f"handshake refused: {head!r}")
+        return ws
+
+    async def _fill(self) -> bool:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    async def _read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            if not await self._fill():
+                raise AssertionError(f"EOF before {marker!r}: {bytes(self.buf)!r}")
+        i = self.buf.index(marker) + len(marker)
+        head = bytes(self.buf[:i])
+        del self.buf[:i]
+        return head
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def send_text(self, text: str | bytes) -> None:
+        raw = text.encode() if isinstance(text, str) else text
+        await self.send(mask_frame(0x1, raw))
+
+    async def recv_frame(self) -> tuple[int, bytes]:
+        """The next server frame (opcode, payload); raises EOFError when the server hung up."""
+        while True:
+            frame = self._parse_one()
+            if frame is not None:
+                return frame
+            if not await self._fill():
+                raise EOFError("server closed the connection")
+
+    def _parse_one(self) -> tuple[int, bytes] | None:
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        opcode = buf[0] & 0x0F
+        if buf[1] & 0x80:
+            raise AssertionError("server frame is masked")
+        n = buf[1] & 0x7F
+        pos = 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            n = struct.unpack("!H", buf[2:4])[0]
+            pos = 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            n = struct.unpack("!Q", buf[2:10])[0]
+            pos = 10
+        if len(buf) < pos + n:
+            return None
+        payload = bytes(buf[pos : pos + n])
+        del buf[: pos + n]
+        return opcode, payload
+
+    async def expect_close(self) -> tuple[int, str]:
+        """Skip frames until the server's close frame; (code, reason)."""
+        while True:
+            opcode, payload = await self.recv_frame()
+            if opcode == 0x8:
+                if not payload:
+                    return 1005, ""
+                return struct.unpack("!H", payload[:2])[0], payload[2:].decode()
+
+    async def wait_eof(self) -> None:
+        """Read (and drop) until the server ends the TCP stream."""
+        while await self._fill():
+            pass
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+async def http_get(relay: Relay, path: str, method: str = "GET") -> tuple[int, bytes]:
+    """(status, body) of a plain HTTP request to the relay."""
+    address = relay.address
+    assert address is not None
+    return await http_request(address.port, f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+
+
+async def http_request(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send raw request bytes; (status, body) of the response (read until the server closes)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = bytearray()
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
