@@ -420,3 +420,43 @@ async def test_store_from_config(tmp_path: Path) -> None:
     await put(made, msg("a", "b"))
     await made.close()
     assert (tmp_path / "x.db").exists()
+
+
+async def test_in_a_failing_batch_reported_stored_means_stored(tmp_path: Path) -> None:
+    # Small and large appends share one transaction; the large ones hit the page limit (and
+    # SQLite then undoes the whole transaction). Every append that returned must be on disk,
+    # every append that raised must not be, and a large one does not take its neighbours down.
+    path = tmp_path / "relay.db"
+    setup = SqliteStore(path)
+    await setup.open()
+    await put(setup, msg("a", "b"))
+    await setup.close()
+    store = SqliteStore(path, pragmas=[("max_page_count", 1)], commit_interval=0.05)
+    await store.open()
+    reported: set[str] = set()
+    failed: set[str] = set()
+
+    async def append(n: int) -> None:
+        text = "z" * (20_000 if n % 3 == 2 else 10)
+        message = msg("a", "b", id=f"batch{n}", text=text)
+        try:
+            await store.append_many([message])
+        except StoreError:
+            failed.add(message.id)
+        else:
+            reported.add(message.id)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(12):
+            nursery.start_soon(append, n)
+    await store.close()
+    assert failed == {f"batch{n}" for n in range(12) if n % 3 == 2}
+
+    reopened = SqliteStore(path)
+    await reopened.open()
+    try:
+        page, _ = await reopened.history(AB, limit=100)
+        assert {m.id for m in page} - {page[0].id} == reported
+        assert seqs(page) == list(range(1, len(page) + 1))
+    finally:
+        await reopened.close()

@@ -582,8 +582,12 @@ class _Writer:
                             conn.execute("ROLLBACK")
                     if not conn.in_transaction:
                         # SQLite undid the whole transaction (disk full, I/O error): nothing done
-                        # in it stands, so none of it may be reported as done.
-                        self._fail(done, f"the transaction was rolled back: {request.error}")
+                        # in it stands. The requests before this one run again in a new
+                        # transaction; this one has failed. Each round drops one request, so
+                        # it ends.
+                        for earlier in done:
+                            earlier.result = None
+                        pending[:0] = done
                         done = []
                         break
             else:
