@@ -1,0 +1,27 @@
+"""Time as the protocol writes it: ISO-8601 UTC with milliseconds and a `Z`.
+
+Two clocks are used by the core and both are injectable for tests: a monotonic clock for
+deadlines (auth timeout, presence grace, typing lapse, rate limits) and a wall clock for the
+timestamps that go on the wire and into the store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+#: A wall clock: seconds since the Unix epoch.
+WallClock = Callable[[], float]
+
+
+def iso_utc(epoch: float) -> str:
+    """`epoch` (seconds) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, truncated to the millisecond."""
+    millis = int(epoch * 1000)
+    moment = datetime.fromtimestamp(millis // 1000, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
+
+
+def utc_now(wall: WallClock = time.time) -> str:
+    """The current wall-clock time as the protocol writes it."""
+    return iso_utc(wall())
