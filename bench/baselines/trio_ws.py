@@ -13,6 +13,7 @@ prints "listening on ws://HOST:PORT" once it accepts connections.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import itertools
 from typing import Any
@@ -48,17 +49,17 @@ class Router:
         for ws in list(self.sockets.get(user_id, ())):
             if ws is except_ws:
                 continue
-            try:
+            with contextlib.suppress(ConnectionClosed):
                 await ws.send_message(text)
-            except ConnectionClosed:
-                pass
 
 
 async def _reply(ws: WebSocketConnection, frame: dict[str, Any]) -> None:
     await ws.send_message(orjson.dumps(frame).decode())
 
 
-async def _handle(router: Router, ws: WebSocketConnection, user: str | None, raw: str) -> str | None:
+async def _handle(
+    router: Router, ws: WebSocketConnection, user: str | None, raw: str
+) -> str | None:
     """Handle one client frame; returns the authenticated user id (or None)."""
     try:
         frame = orjson.loads(raw)
@@ -93,7 +94,13 @@ async def _handle(router: Router, ws: WebSocketConnection, user: str | None, raw
     if kind == "message":
         if frame.get("senderId") != user:
             await _reply(
-                ws, {"type": "receipt", "id": frame.get("id"), "status": "failed", "reason": "forbidden"}
+                ws,
+                {
+                    "type": "receipt",
+                    "id": frame.get("id"),
+                    "status": "failed",
+                    "reason": "forbidden",
+                },
             )
             return user
         stamp = _now_iso()
@@ -103,14 +110,25 @@ async def _handle(router: Router, ws: WebSocketConnection, user: str | None, raw
             if members is None or user not in members:
                 await _reply(
                     ws,
-                    {"type": "receipt", "id": frame.get("id"), "status": "failed", "reason": "forbidden"},
+                    {
+                        "type": "receipt",
+                        "id": frame.get("id"),
+                        "status": "failed",
+                        "reason": "forbidden",
+                    },
                 )
                 return user
             seq = router.next_seq("g:" + group_id)
             await _reply(
                 ws,
-                {"type": "receipt", "id": frame.get("id"), "groupId": group_id, "status": "sent",
-                 "seq": seq, "timestamp": stamp},
+                {
+                    "type": "receipt",
+                    "id": frame.get("id"),
+                    "groupId": group_id,
+                    "status": "sent",
+                    "seq": seq,
+                    "timestamp": stamp,
+                },
             )
             frame.update(status="delivered", seq=seq, serverTimestamp=stamp)
             text = orjson.dumps(frame).decode()
@@ -120,14 +138,21 @@ async def _handle(router: Router, ws: WebSocketConnection, user: str | None, raw
         peer = frame.get("recipientId")
         if not isinstance(peer, str):
             await _reply(
-                ws, {"type": "receipt", "id": frame.get("id"), "status": "failed", "reason": "invalid"}
+                ws,
+                {"type": "receipt", "id": frame.get("id"), "status": "failed", "reason": "invalid"},
             )
             return user
         seq = router.next_seq(f"{min(user, peer)}\0{max(user, peer)}")
         await _reply(
             ws,
-            {"type": "receipt", "id": frame.get("id"), "peerId": peer, "status": "sent", "seq": seq,
-             "timestamp": stamp},
+            {
+                "type": "receipt",
+                "id": frame.get("id"),
+                "peerId": peer,
+                "status": "sent",
+                "seq": seq,
+                "timestamp": stamp,
+            },
         )
         frame.update(status="delivered", seq=seq, serverTimestamp=stamp)
         text = orjson.dumps(frame).decode()
@@ -141,7 +166,9 @@ async def _handle(router: Router, ws: WebSocketConnection, user: str | None, raw
             members.append(user)
         router.groups[str(frame.get("groupId"))] = members
         reply: dict[str, Any] = {
-            "type": "group", "groupId": frame.get("groupId"), "name": frame.get("name", ""),
+            "type": "group",
+            "groupId": frame.get("groupId"),
+            "name": frame.get("name", ""),
             "members": members,
         }
         if "ref" in frame:
@@ -185,9 +212,7 @@ async def serve(host: str, port: int) -> None:
         await _connection(router, request)
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            serve_websocket, handler, host, port, None
-        )
+        server = await nursery.start(serve_websocket, handler, host, port, None)
         print(f"listening on ws://{host}:{server.port}", flush=True)
 
 
@@ -196,10 +221,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         trio.run(serve, args.host, args.port)
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -1,0 +1,345 @@
+"""`python -m bench`: run the load scenarios against relay and its baselines, check the budgets.
+
+Each (scenario, server) run starts a fresh server pinned to one core and a fresh compiled load
+generator process pinned to another, measures one window, and stops both. Repeats are
+interleaved (every scenario and server once, then again) and summarised by their median.
+
+Exit status: 0 when every run produced its figures and every budget passed (or --no-budgets);
+1 when a run failed; 2 when a budget was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import budgets as budgets_mod
+from bench import report, scenarios, servers
+
+ROOT = servers.ROOT
+RESULTS = ROOT / "bench" / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="every scenario briefly with small sizes (checks the harness end to end)",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(scenarios.ALL_SCENARIOS),
+        help="comma-separated: " + ",".join(scenarios.ALL_SCENARIOS),
+    )
+    p.add_argument(
+        "--servers",
+        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite")),
+        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite",
+    )
+    p.add_argument("--repeat", type=int, default=1, help="runs per scenario and server (median)")
+    p.add_argument("--duration", type=float, help="measured window per run, s (5; quick 0.6)")
+    p.add_argument("--warmup", type=float, help="warm-up before the window, s (1; quick 0.2)")
+    p.add_argument("--drain", type=float, help="wait for in-flight messages after, s (2)")
+    p.add_argument("--clients", type=int, help="pairwise/durable clients (100; quick 10)")
+    p.add_argument("--inflight", type=int, help="pairwise messages in flight per client (16)")
+    p.add_argument("--rates", help="rate scenario offered msg/s, comma-separated (20000,40000)")
+    p.add_argument("--rate-clients", type=int, help="rate scenario clients (100)")
+    p.add_argument("--fanout-members", type=int, help="fan-out group size (1000)")
+    p.add_argument("--fanout-inflight", type=int, help="fan-out messages in flight (4)")
+    p.add_argument("--idle-connections", type=int, help="idle connections (10000)")
+    p.add_argument("--idle-hold", type=float, help="idle: hold before measuring RSS, s (2)")
+    p.add_argument("--text-bytes", type=int, help="message text length (100)")
+    p.add_argument("--no-budgets", action="store_true", help="report budgets, do not enforce them")
+    p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
+    p.add_argument("--json", type=Path, help="where to write the JSON (bench/results/<ts>.json)")
+    p.add_argument("--budgets", type=Path, default=budgets_mod.BUDGETS_PATH)
+    return p.parse_args(argv)
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def ensure_loadgen() -> None:
+    """Build bench/_loadgen.pyx in place when its compiled module is missing."""
+    try:
+        import bench._loadgen
+    except ImportError:
+        say("building the load generator: python setup.py build_ext --inplace -q")
+        subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+            cwd=ROOT,
+            check=False,
+            capture_output=True,
+        )
+        import bench._loadgen  # noqa: F401
+
+
+def machine_info() -> dict[str, Any]:
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), ""
+            )
+    except OSError:
+        pass
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "loadavg": [float(x) for x in load],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "relay_pure": os.environ.get("RELAY_PURE") == "1",
+    }
+
+
+def cores() -> tuple[int | None, int | None]:
+    avail = sorted(os.sched_getaffinity(0))
+    if len(avail) >= 2:
+        return avail[0], avail[1]
+    return None, None
+
+
+def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
+    timeout = (
+        cfg.get("warmup", 0)
+        + cfg.get("duration", 0)
+        + cfg.get("drain", 0)
+        + cfg.get("hold", 0)
+        + 120
+    )
+    cfg = dict(cfg, cpu=cpu)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.loadgen"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
+    )
+    try:
+        out, _ = proc.communicate(json.dumps(cfg).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return {"error": f"load generator timed out after {timeout:.0f} s"}
+    try:
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {"error": f"load generator exited {proc.returncode} without a result"}
+    if proc.returncode != 0 and "error" not in result:
+        result["error"] = f"load generator exited {proc.returncode}"
+    return result
+
+
+def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
+    if run.scenario == "idle":
+        return (
+            f"{fig['kb_per_conn']:.1f} kB/conn, {fig['connect_rate']:,.0f} conn/s, "
+            f"server RSS {fig['server_rss_mb']:.0f} MB"
+        )
+    text = (
+        f"{fig['delivered_per_s']:,.0f} msg/s  p50 {fig['p50_ms']} ms  p99 {fig['p99_ms']} ms  "
+        f"p99.9 {fig['p999_ms']} ms  server cpu {fig['server_cpu']:.0%}  "
+        f"loadgen cpu {fig['loadgen_cpu']:.0%}"
+    )
+    if run.scenario == "rate":
+        text += "  kept up" if fig["kept_up"] else "  DID NOT KEEP UP"
+    if fig.get("client_bound"):
+        text += "  CLIENT-BOUND"
+    return text
+
+
+def median_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        grouped.setdefault((r["key"], r["server"]), []).append(r)
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for (key, server), recs in grouped.items():
+        good = [r["figures"] for r in recs if not r.get("error")]
+        entry: dict[str, Any] = {"repeats": len(good)}
+        if not good:
+            entry["error"] = recs[-1]["error"]
+        else:
+            for name in good[0]:
+                vals = [g[name] for g in good if name in g]
+                if all(isinstance(v, bool) for v in vals):
+                    # a flag that must hold in every repeat (kept_up) or is a warning (client_bound)
+                    entry[name] = any(vals) if name == "client_bound" else all(vals)
+                elif all(isinstance(v, (int, float)) for v in vals):
+                    entry[name] = statistics.median(vals)
+            failed = [r for r in recs if r.get("error")]
+            if failed:
+                entry["error"] = (
+                    f"{len(failed)} of {len(recs)} repeats failed: {failed[-1]['error']}"
+                )
+        summary.setdefault(key, {})[server] = entry
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = scenarios.settings(args)
+    names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    wanted = {s.strip() for s in args.servers.split(",") if s.strip()}
+    runs = scenarios.plan(names, sizes)
+    ensure_loadgen()
+
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_path = args.json or RESULTS / f"{stamp}.json"
+    log_dir = RESULTS / "logs" / stamp
+    srv_core, lg_core = cores()
+    started = time.monotonic()
+    machine = machine_info()
+    say(
+        f"bench: {machine['cpus']} cpus ({machine['cpu_model']}), load {machine['loadavg']}, "
+        f"server core {srv_core}, load generator core {lg_core}"
+        + (", RELAY_PURE=1" if machine["relay_pure"] else "")
+    )
+
+    specs: dict[str, servers.ServerSpec] = {}
+    unavailable: dict[str, str] = {}
+    needed = {s for r in runs for s in r.servers} & wanted
+    if "node-ws" in needed:
+        spec, why = servers.node_spec()
+        if spec is None:
+            unavailable["node-ws"] = why
+            say(f"node-ws baseline skipped: {why}")
+        else:
+            specs["node-ws"] = spec
+    if "trio-websocket" in needed:
+        specs["trio-websocket"] = servers.trio_spec()
+    if "relay" in needed:
+        specs["relay"] = servers.relay_spec(None)
+    if "relay-sqlite" in needed:
+        specs["relay-sqlite"] = servers.relay_spec("<tmpfile>")
+    for name in ("relay", "relay-sqlite"):
+        if name in specs:
+            say(f"{name}: {' '.join(specs[name].argv[1:])}  [{specs[name].note}]")
+
+    todo = [
+        (rep, run, srv)
+        for rep in range(args.repeat)
+        for run in runs
+        for srv in run.servers
+        if srv in specs
+    ]
+    records: list[dict[str, Any]] = []
+    for i, (rep, run, srv) in enumerate(todo, 1):
+        rep_txt = f" (repeat {rep + 1}/{args.repeat})" if args.repeat > 1 else ""
+        say(f"[{i}/{len(todo)}] {run.key} · {srv}{rep_txt}: {run.describe}")
+        record: dict[str, Any] = {
+            "key": run.key,
+            "scenario": run.scenario,
+            "server": srv,
+            "repeat": rep,
+            "loadgen_config": run.loadgen,
+        }
+        spec = specs[srv]
+        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
+            if srv == "relay-sqlite":
+                spec = servers.relay_spec(str(Path(tmp) / "bench.db"))
+            log_path = log_dir / f"{run.key}-{srv}-{rep}.log"
+            try:
+                server = servers.start(spec, log_path, srv_core)
+            except servers.ServerError as exc:
+                record["error"] = str(exc)
+                say(f"    ERROR: {exc}")
+                records.append(record)
+                continue
+            try:
+                time.sleep(0.2)  # let the server settle before the RSS/CPU baseline
+                raw = run_loadgen(
+                    dict(run.loadgen, port=server.port, server_pid=server.pid), lg_core
+                )
+                alive = server.alive()
+            finally:
+                server.stop()
+        record["raw"] = raw
+        if "error" in raw:
+            record["error"] = raw["error"]
+        elif not alive:
+            record["error"] = f"{srv} died during the run; log tail:\n{server.log_tail()}"
+        else:
+            fig, problems = scenarios.figures(run, raw)
+            record["figures"] = fig
+            if problems:
+                record["error"] = "; ".join(problems)
+        if record.get("error"):
+            say(f"    ERROR: {record['error']}")
+            if server.log_tail():
+                say("    server log tail:\n      " + server.log_tail(8).replace("\n", "\n      "))
+        else:
+            say(f"    {one_line(run, record['figures'])}")
+        records.append(record)
+
+    summary = median_summary(records)
+    order = list(dict.fromkeys(r.key for r in runs))
+    budget_list = budgets_mod.load(args.budgets)
+    verdicts = budgets_mod.check(budget_list, summary, set(order))
+    failed_runs = [r for r in records if r.get("error")]
+
+    say("")
+    say(report.table(summary, order))
+    say("")
+    for name, why in unavailable.items():
+        say(f"{name}: skipped ({why})")
+    for name in ("relay", "relay-sqlite"):
+        if name in specs:
+            say(f"{name}: {specs[name].note}")
+    say("budgets" + (" (not enforced: --no-budgets)" if args.no_budgets else "") + ":")
+    for v in verdicts:
+        say(f"  [{v.status}] {v.budget.name}: {v.detail}")
+
+    machine["loadavg_end"] = machine_info()["loadavg"]
+    doc = {
+        "started_utc": stamp,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "machine": machine,
+        "settings": sizes | {"quick": args.quick, "repeat": args.repeat},
+        "cores": {"server": srv_core, "loadgen": lg_core},
+        "servers": {n: {"argv": s.argv, "env": s.env, "note": s.note} for n, s in specs.items()},
+        "servers_available": sorted(specs),
+        "servers_unavailable": unavailable,
+        "scenarios": order,
+        "summary": summary,
+        "budgets": [v.as_dict() for v in verdicts],
+        "errors": [
+            {"key": r["key"], "server": r["server"], "repeat": r["repeat"], "error": r["error"]}
+            for r in failed_runs
+        ],
+        "runs": records,
+    }
+    report.write_json(json_path, doc)
+    say(f"results: {json_path}")
+    if not args.no_chart:
+        say(report.chart(json_path.with_suffix(".png"), summary, order))
+
+    if failed_runs:
+        say(
+            f"FAILED: {len(failed_runs)} run(s) produced no valid figures: "
+            + ", ".join(f"{r['key']}/{r['server']}" for r in failed_runs)
+        )
+        return 1
+    missed = [v for v in verdicts if v.status == "FAIL"]
+    if missed and not args.no_budgets:
+        say("MISSED BUDGETS: " + "; ".join(v.budget.name for v in missed))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The load generator's own process: `python -m bench.loadgen` < config.json > result.json.
+
+It reads one JSON config on stdin, runs bench._loadgen.LoadGen on it and writes one JSON object
+on stdout (`{"error": ...}` when the run failed). Progress lines go to stderr.
+
+Invariant: CPU and memory figures are taken from the OS at exactly the instants the compiled
+loop calls `snapshot()` (the measured window's edges): this process's user+system time from
+os.times(), the server's utime+stime and VmRSS from /proc/<server_pid>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_nofile_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def make_snapshot(server_pid: int) -> Any:
+    def snapshot() -> dict[str, float]:
+        t = os.times()
+        return {
+            "t": time.monotonic(),
+            "loadgen_cpu_s": t.user + t.system,
+            "server_cpu_s": proc_cpu_seconds(server_pid),
+            "server_rss_kb": proc_rss_kb(server_pid),
+        }
+
+    return snapshot
+
+
+def main() -> int:
+    cfg = json.loads(sys.stdin.read())
+    limit = raise_nofile_limit()
+    if cfg.get("cpu") is not None:
+        os.sched_setaffinity(0, {int(cfg["cpu"])})
+    if cfg["clients"] + 64 > limit:
+        print(json.dumps({"error": f"{cfg['clients']} clients need more than ulimit -n {limit}"}))
+        return 1
+
+    from bench._loadgen import LoadGen
+
+    def progress(msg: str) -> None:
+        print(f"      {msg}", file=sys.stderr, flush=True)
+
+    try:
+        gen = LoadGen(cfg, progress=progress)
+        result = gen.run(make_snapshot(int(cfg["server_pid"])))
+    except (OSError, RuntimeError, ValueError) as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    result["nofile_limit"] = limit
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

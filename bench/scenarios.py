@@ -1,0 +1,213 @@
+"""The scenarios: what load each one offers, against which servers, and which figures it yields.
+
+Invariant: every figure is computed from what the load generator counted inside the measured
+window and from the OS snapshots taken at that window's edges; nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_SCENARIOS = ("pairwise", "pingpong", "rate", "fanout", "idle", "durable")
+BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
+DURABLE_SERVERS = ("relay", "relay-sqlite")
+
+CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
+
+# name: (full run, --quick)
+DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "duration": (5.0, 0.6),
+    "warmup": (1.0, 0.2),
+    "clients": (100, 10),
+    "inflight": (16, 4),
+    "rates": ("20000,40000", "2000,4000"),
+    "rate_clients": (100, 10),
+    "fanout_members": (1000, 50),
+    "fanout_inflight": (4, 2),
+    "idle_connections": (10000, 200),
+    "idle_hold": (2.0, 0.3),
+    "text_bytes": (100, 100),
+    "drain": (2.0, 0.5),
+    "setup_timeout": (60.0, 20.0),
+}
+
+
+@dataclass
+class Run:
+    """One scenario variant against one server: the key figures are named `<key>/<server>/<fig>`."""
+
+    key: str  # "pairwise", "rate@20000", ...
+    scenario: str
+    servers: tuple[str, ...]
+    loadgen: dict[str, Any]
+    describe: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every size and duration, from the flags or from the full/quick defaults."""
+    out = {}
+    for name, (full, quick) in DEFAULTS.items():
+        value = getattr(args, name, None)
+        out[name] = value if value is not None else (quick if args.quick else full)
+    out["rates"] = [float(r) for r in str(out["rates"]).split(",") if r.strip()]
+    return out
+
+
+def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
+    timing = {
+        "warmup": s["warmup"],
+        "duration": s["duration"],
+        "drain": s["drain"],
+        "text_bytes": s["text_bytes"],
+        "setup_timeout": s["setup_timeout"],
+    }
+    runs: list[Run] = []
+    for name in names:
+        if name == "pairwise":
+            runs.append(
+                Run(
+                    "pairwise",
+                    name,
+                    BASE_SERVERS,
+                    {"mode": "closed", "clients": s["clients"], "window": s["inflight"], **timing},
+                    f"{s['clients']} clients in {s['clients'] // 2} pairs, "
+                    f"{s['inflight']} in flight each",
+                )
+            )
+        elif name == "pingpong":
+            runs.append(
+                Run(
+                    "pingpong",
+                    name,
+                    BASE_SERVERS,
+                    {"mode": "closed", "clients": 2, "window": 1, "senders": "even", **timing},
+                    "one pair, one message in flight",
+                )
+            )
+        elif name == "rate":
+            for rate in s["rates"]:
+                runs.append(
+                    Run(
+                        f"rate@{rate:g}",
+                        name,
+                        BASE_SERVERS,
+                        {"mode": "open", "clients": s["rate_clients"], "rate": rate, **timing},
+                        f"open loop at {rate:,.0f} msg/s over {s['rate_clients']} clients",
+                        {"rate": rate},
+                    )
+                )
+        elif name == "fanout":
+            runs.append(
+                Run(
+                    "fanout",
+                    name,
+                    BASE_SERVERS,
+                    {
+                        "mode": "fanout",
+                        "clients": s["fanout_members"],
+                        "window": s["fanout_inflight"],
+                        **timing,
+                    },
+                    f"1 sender, group of {s['fanout_members']}, {s['fanout_inflight']} in flight",
+                )
+            )
+        elif name == "idle":
+            runs.append(
+                Run(
+                    "idle",
+                    name,
+                    BASE_SERVERS,
+                    {
+                        "mode": "idle",
+                        "clients": s["idle_connections"],
+                        "hold": s["idle_hold"],
+                        "connect_concurrency": 256,
+                        "setup_timeout": s["setup_timeout"],
+                    },
+                    f"{s['idle_connections']:,} authenticated idle connections",
+                )
+            )
+        elif name == "durable":
+            runs.append(
+                Run(
+                    "durable",
+                    name,
+                    DURABLE_SERVERS,
+                    {"mode": "closed", "clients": s["clients"], "window": s["inflight"], **timing},
+                    "pairwise, in-memory store vs SQLite --db <tmpfile>",
+                )
+            )
+        else:
+            raise ValueError(f"unknown scenario {name!r}; known: {', '.join(ALL_SCENARIOS)}")
+    return runs
+
+
+def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The figures of one measured run, and the problems that make it invalid (empty: valid)."""
+    problems: list[str] = []
+    before, after = raw["before"], raw["after"]
+    window = after["t"] - before["t"]
+    fig: dict[str, Any] = {
+        "window_s": round(window, 3),
+        "server_cpu": (after["server_cpu_s"] - before["server_cpu_s"]) / window,
+        "loadgen_cpu": (after["loadgen_cpu_s"] - before["loadgen_cpu_s"]) / window,
+    }
+    if raw.get("closed"):
+        problems.append(
+            f"{raw['closed']} connections closed during the run "
+            f"(first error: {raw.get('first_error')})"
+        )
+    if run.scenario == "idle":
+        n = raw["clients"]
+        fig.update(
+            connections=n,
+            kb_per_conn=(after["server_rss_kb"] - before["server_rss_kb"]) / n,
+            server_rss_mb=after["server_rss_kb"] / 1024,
+            connect_rate=raw["connect_rate"],
+        )
+        fig["client_bound"] = False
+        return fig, problems
+
+    lat = raw["latency"]
+    fig["client_bound"] = fig["loadgen_cpu"] > CLIENT_BOUND_CPU
+    fig.update(
+        delivered_per_s=raw["delivered_per_s"],
+        receipts_per_s=raw["receipts_per_s"],
+        p50_ms=lat.get("p50_ms"),
+        p99_ms=lat.get("p99_ms"),
+        p999_ms=lat.get("p999_ms"),
+        max_ms=lat.get("max_ms"),
+    )
+    if raw["delivered"] == 0:
+        problems.append(f"nothing delivered in the window (first error: {raw.get('first_error')})")
+    if raw.get("total_failed"):
+        problems.append(
+            f"{raw['total_failed']} messages refused by the server "
+            f"(first: {raw.get('first_error')})"
+        )
+    if raw.get("total_errors"):
+        problems.append(f"{raw['total_errors']} error frames (first: {raw.get('first_error')})")
+    if run.scenario == "fanout":
+        fig["messages_per_s"] = raw["messages_per_s"]
+        fig["delivery_p99_ms"] = raw["delivery_latency"].get("p99_ms")
+        if raw.get("echoes"):
+            problems.append(f"{raw['echoes']} group messages echoed to the sending connection")
+    if run.scenario == "rate":
+        offered = raw["offered_per_s"]
+        fig.update(
+            offered_per_s=offered,
+            sent_per_s=raw["sent_per_s"],
+            send_lag_p99_ms=raw["send_lag"].get("p99_ms"),
+            backlog_at_end=raw["backlog_at_end"],
+        )
+        # Kept up: delivered at least 99% of the offered rate in the window, and what was
+        # still in flight at the window's end is under 50 ms worth of offered traffic.
+        fig["kept_up"] = bool(
+            raw["delivered_per_s"] >= 0.99 * offered
+            and raw["backlog_at_end"] <= max(0.05 * offered, 10)
+            and not raw.get("blocked_sends")
+        )
+    return fig, problems
