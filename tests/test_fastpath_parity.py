@@ -1,0 +1,447 @@
+"""The compiled fast path and its pure-Python twin agree on every input; relay.fastpath picks
+the implementation the environment asks for.
+
+The compiled module is imported directly: when it is not built this module fails, unless
+RELAY_PURE=1 is set, in which case the comparisons are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import relay
+import relay._fastpath_py as pure
+import relay.fastpath
+
+PURE_RUN = os.environ.get("RELAY_PURE") == "1"
+SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.fixture(scope="module")
+def compiled() -> ModuleType:
+    try:
+        import relay._fastpath as module
+    except ImportError as exc:
+        if PURE_RUN:
+            pytest.skip(f"relay._fastpath is not built and RELAY_PURE=1 is set ({exc})")
+        pytest.fail(
+            f"relay._fastpath is not built ({exc}): run `python setup.py build_ext --inplace`, "
+            "or set RELAY_PURE=1 to test the pure-Python twin alone",
+            pytrace=False,
+        )
+    return module
+
+
+# --- strategies ------------------------------------------------------------------------------
+
+KNOWN_OPCODES = [0, 1, 2, 8, 9, 10]
+
+
+def masked_frame(
+    opcode: int,
+    payload: bytes,
+    *,
+    fin: bool,
+    rsv: int,
+    masked: bool,
+    mask: bytes,
+    form: int | None,
+    length: int | None,
+) -> bytes:
+    n = len(payload) if length is None else length
+    if form is None or n > 65535:
+        form = 7 if n < 126 else 16 if n < 65536 else 64
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mbit = 0x80 if masked else 0
+    if form == 7:
+        head = bytes((b0, mbit | n))
+    elif form == 16:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not masked:
+        return head + payload
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+close_codes = st.one_of(
+    st.sampled_from([1000, 1001, 1003, 1008, 1011, 1014, 3000, 4999]),
+    st.integers(0, 65535),
+)
+close_payloads = st.one_of(
+    st.just(b""),
+    st.binary(min_size=1, max_size=1),
+    st.builds(
+        lambda code, reason: code.to_bytes(2, "big") + reason,
+        close_codes,
+        st.one_of(st.text(max_size=40).map(str.encode), st.binary(max_size=10)),
+    ),
+)
+# Byte sequences at the edges of UTF-8 validity (overlongs, surrogates, U+10FFFF, stray bytes).
+UTF8_PIECES = [
+    b"a",
+    b"abcdefgh",
+    b"\xc2\x80",
+    b"\xc1\xbf",
+    b"\xdf\xbf",
+    b"\xe0\x9f\xbf",
+    b"\xe0\xa0\x80",
+    b"\xed\x9f\xbf",
+    b"\xed\xa0\x80",
+    b"\xee\x80\x80",
+    b"\xef\xbf\xbf",
+    b"\xf0\x8f\xbf\xbf",
+    b"\xf0\x90\x80\x80",
+    b"\xf4\x8f\xbf\xbf",
+    b"\xf4\x90\x80\x80",
+    b"\xf5\x80\x80\x80",
+    b"\x80",
+    b"\xbf",
+    b"\xc3",
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+    b"\xfe",
+    b"\xff",
+]
+
+
+def _decodes(piece: bytes) -> bool:
+    try:
+        piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+_valid_runs = st.lists(st.sampled_from([p for p in UTF8_PIECES if _decodes(p)]), max_size=5)
+# valid text around one edge piece, so that piece alone decides validity
+utf8_edges = st.builds(
+    lambda before, piece, after: b"".join([*before, piece, *after]),
+    _valid_runs,
+    st.sampled_from(UTF8_PIECES),
+    _valid_runs,
+)
+payloads = st.one_of(
+    st.text(max_size=50).map(str.encode),
+    utf8_edges,
+    st.binary(max_size=40),
+    st.binary(min_size=120, max_size=300),
+    close_payloads,
+)
+
+
+@st.composite
+def raw_frames(draw: st.DrawFn) -> bytes:
+    """One frame of any shape, mostly well-formed."""
+    return masked_frame(
+        draw(st.sampled_from(KNOWN_OPCODES) | st.integers(0, 15)),
+        draw(payloads),
+        fin=draw(st.booleans()),
+        rsv=draw(st.sampled_from([0] * 12 + [1, 2, 4])),
+        masked=draw(st.sampled_from([True] * 12 + [False])),
+        mask=draw(st.binary(min_size=4, max_size=4)),
+        form=draw(st.sampled_from([None] * 6 + [16, 64])),
+        length=draw(st.sampled_from([None] * 30 + [70000, (1 << 63) - 1, 1 << 63, (1 << 64) - 1])),
+    )
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    """A well-formed (possibly fragmented) data message with control frames between parts."""
+    opcode = draw(st.sampled_from([1, 2]))
+    body = draw(st.text(max_size=80).map(str.encode) if opcode == 1 else st.binary(max_size=80))
+    cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
+    parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    out = b""
+    for i, part in enumerate(parts):
+        out += masked_frame(
+            opcode if i == 0 else 0,
+            part,
+            fin=i == len(parts) - 1,
+            rsv=0,
+            masked=True,
+            mask=draw(st.binary(min_size=4, max_size=4)),
+            form=draw(st.sampled_from([None, None, 16, 64])),
+            length=None,
+        )
+        if i < len(parts) - 1 and draw(st.booleans()):
+            out += masked_frame(
+                draw(st.sampled_from([8, 9, 10])),
+                draw(st.one_of(close_payloads, st.binary(max_size=20))),
+                fin=True,
+                rsv=0,
+                masked=True,
+                mask=b"\x01\x02\x03\x04",
+                form=None,
+                length=None,
+            )
+    return out
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    """Concatenated frames, maybe with one byte corrupted, and the points to cut it at."""
+    data = b"".join(draw(st.lists(st.one_of(messages(), raw_frames()), min_size=1, max_size=8)))
+    if data and draw(st.booleans()):
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + bytes((data[at] ^ draw(st.integers(1, 255)),)) + data[at + 1 :]
+    if draw(st.booleans()):
+        data = data[: draw(st.integers(0, len(data)))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=10)))
+    return data, cuts
+
+
+def chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+
+def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
+    """What a call gave: its result, or its exception's type and message."""
+    try:
+        return "ok", call()
+    except (ValueError, TypeError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+# --- parity: parser --------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(stream=streams(), limit=st.sampled_from([1 << 20, 100, 300]) | st.integers(1, 400))
+def test_parsers_agree(compiled: ModuleType, stream: tuple[bytes, list[int]], limit: int) -> None:
+    data, cuts = stream
+    fast, slow = compiled.FrameParser(limit), pure.FrameParser(limit)
+    all_events = []
+    for chunk in chunks(data, cuts):
+        events = fast.feed(chunk)
+        assert events == slow.feed(chunk)
+        assert all(type(payload) is bytes for _, payload in events)
+        all_events += events
+    state = (fast.failed, fast.close_code, fast.close_reason)
+    assert state == (slow.failed, slow.close_code, slow.close_reason)
+    # chunking never changes the outcome
+    whole = compiled.FrameParser(limit)
+    assert whole.feed(data) == all_events
+    assert (whole.failed, whole.close_code, whole.close_reason) == state
+
+
+@SETTINGS
+@given(payload=utf8_edges | st.binary(max_size=40))
+def test_text_validation_is_strict_utf8(compiled: ModuleType, payload: bytes) -> None:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        expected: tuple[list[tuple[int, bytes]], int] = ([], 1007)
+    else:
+        expected = ([(1, payload)], 0)
+    frame = masked_frame(
+        1, payload, fin=True, rsv=0, masked=True, mask=b"\x0f\xf0\x55\xaa", form=None, length=None
+    )
+    for module in (compiled, pure):
+        parser = module.FrameParser(1000)
+        assert (parser.feed(frame), parser.close_code) == expected
+        reason = masked_frame(
+            8,
+            b"\x03\xe8" + payload,
+            fin=True,
+            rsv=0,
+            masked=True,
+            mask=b"abcd",
+            form=None,
+            length=None,
+        )
+        parser = module.FrameParser(1000)
+        parser.feed(reason)
+        assert parser.close_code == expected[1]
+
+
+def test_close_reasons_are_worded_alike(compiled: ModuleType) -> None:
+    names = [name for name in dir(pure) if name.startswith("R_")]
+    assert len(names) == 13
+    assert {name: getattr(compiled, name) for name in names} == {
+        name: getattr(pure, name) for name in names
+    }
+
+
+def test_opcodes_are_equal(compiled: ModuleType) -> None:
+    for name in ("OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG"):
+        assert getattr(compiled, name) == getattr(pure, name) == getattr(relay.fastpath, name)
+
+
+# --- parity: encoders ------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    opcode=st.integers(-2, 17),
+    payload=st.one_of(
+        st.binary(max_size=300),
+        st.sampled_from([125, 126, 127, 65535, 65536, 70000]).map(lambda n: b"\xa5" * n),
+    ),
+)
+def test_encode_frame_agrees(compiled: ModuleType, opcode: int, payload: bytes) -> None:
+    fast = outcome(lambda: compiled.encode_frame(opcode, payload))
+    assert fast == outcome(lambda: pure.encode_frame(opcode, payload))
+    if fast[0] == "ok":
+        # what the server sends, a parser reads back (once masked, as a client would)
+        parser = pure.FrameParser(1 << 20)
+        frame = fast[1]
+        head = 2 + (0 if len(payload) < 126 else 2 if len(payload) < 65536 else 8)
+        remasked = bytes((frame[0], frame[1] | 0x80)) + frame[2:head] + b"\0\0\0\0" + payload
+        events = parser.feed(remasked)
+        if not parser.failed:
+            assert events == [(opcode, payload)]
+
+
+@SETTINGS
+@given(
+    code=st.integers(-5, 70000) | st.sampled_from([1000, 1011, 4000]), reason=st.text(max_size=80)
+)
+def test_encode_close_agrees(compiled: ModuleType, code: int, reason: str) -> None:
+    assert outcome(lambda: compiled.encode_close(code, reason)) == outcome(
+        lambda: pure.encode_close(code, reason)
+    )
+
+
+@SETTINGS
+@given(payload=close_payloads | st.binary(max_size=130))
+def test_parse_close_agrees(compiled: ModuleType, payload: bytes) -> None:
+    fast = outcome(lambda: compiled.parse_close(payload))
+    assert fast == outcome(lambda: pure.parse_close(payload))
+    if fast[0] == "ok" and payload:
+        code, reason = fast[1]
+        assert pure.parse_close(pure.encode_close(code, reason)[2:]) == (code, reason)
+
+
+# --- parity: Outbox and fanout ---------------------------------------------------------------
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(0, 120), st.booleans()),
+        st.tuples(st.just("take"), st.floats(0, 1), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+@SETTINGS
+@given(max_bytes=st.integers(1, 300), max_frames=st.integers(1, 12), ops=operations)
+def test_outboxes_agree(
+    compiled: ModuleType, max_bytes: int, max_frames: int, ops: list[tuple[str, Any, bool]]
+) -> None:
+    fast, slow = compiled.Outbox(max_bytes, max_frames), pure.Outbox(max_bytes, max_frames)
+    for i, (op, arg, flag) in enumerate(ops):
+        if op == "push":
+            frame = bytes([i % 256]) * arg
+            assert fast.push(frame, flag) == slow.push(frame, flag)
+        else:
+            data = fast.take()
+            assert data == slow.take()
+            if flag and data:
+                sent = int(len(data) * arg)
+                fast.unsend(data[sent:])
+                slow.unsend(data[sent:])
+        assert (fast.pending_bytes, fast.pending_frames) == (
+            slow.pending_bytes,
+            slow.pending_frames,
+        )
+    assert fast.take() == slow.take()
+
+
+@SETTINGS
+@given(
+    limits=st.lists(st.tuples(st.integers(1, 100), st.integers(1, 4)), max_size=6),
+    frames=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=8),
+)
+def test_fanout_agrees(
+    compiled: ModuleType, limits: list[tuple[int, int]], frames: list[tuple[int, bool]]
+) -> None:
+    fast = [compiled.Outbox(b, f) for b, f in limits]
+    slow = [pure.Outbox(b, f) for b, f in limits]
+    for i, (size, droppable) in enumerate(frames):
+        frame = bytes([i]) * size
+        assert compiled.fanout(fast, frame, droppable) == pure.fanout(slow, frame, droppable)
+    assert [o.take() for o in fast] == [o.take() for o in slow]
+
+
+# --- selection: relay.fastpath -------------------------------------------------------------
+
+
+def test_selected_implementation_matches_the_environment(compiled: ModuleType) -> None:
+    if PURE_RUN:
+        assert relay.fastpath.IMPLEMENTATION == "python"
+        assert relay.fastpath.FrameParser is pure.FrameParser
+    else:
+        assert relay.fastpath.IMPLEMENTATION == "cython"
+        assert relay.fastpath.FrameParser is compiled.FrameParser
+
+
+def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environ.update(env, PYTHONPATH=str(cwd))
+    return subprocess.run(
+        [sys.executable, "-W", "always::RuntimeWarning", "-c", code],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+SHOW = "import relay.fastpath as f; print(f.IMPLEMENTATION, f.__file__)"
+
+
+@pytest.fixture
+def unbuilt_tree(tmp_path: Path) -> Path:
+    """A copy of the relay package as a machine that could not compile it has it."""
+    source = Path(relay._fastpath_py.__file__).parent
+    shutil.copytree(
+        source, tmp_path / "relay", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__")
+    )
+    (tmp_path / "relay" / "__init__.py").touch()  # a regular package: no namespace merging
+    return tmp_path
+
+
+def test_missing_extension_falls_back_with_a_warning(unbuilt_tree: Path) -> None:
+    done = run_python(SHOW, unbuilt_tree)
+    assert done.returncode == 0, done.stderr
+    implementation, path = done.stdout.split()
+    assert implementation == "python"
+    assert Path(path).is_relative_to(unbuilt_tree)
+    assert "RuntimeWarning" in done.stderr
+    assert "relay._fastpath" in done.stderr
+
+
+def test_missing_extension_is_an_error_when_required(unbuilt_tree: Path) -> None:
+    done = run_python(SHOW, unbuilt_tree, RELAY_REQUIRE_EXT="1")
+    assert done.returncode != 0
+    assert "ImportError" in done.stderr
+    assert "RELAY_REQUIRE_EXT=1" in done.stderr
+
+
+def test_relay_pure_needs_no_extension_and_warns_nothing(unbuilt_tree: Path) -> None:
+    done = run_python(SHOW, unbuilt_tree, RELAY_PURE="1", RELAY_REQUIRE_EXT="1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "python"
+    assert "Warning" not in done.stderr
+
+
+def test_relay_pure_wins_over_a_built_extension(compiled: ModuleType) -> None:
+    tree = Path(relay._fastpath_py.__file__).parent.parent
+    done = run_python(SHOW, tree, RELAY_PURE="1")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "python"
+    assert run_python(SHOW, tree).stdout.split()[0] == "cython"
