@@ -170,6 +170,7 @@ class WsConnection:
     _broken: bool = False
     _ended: bool = False
     _opened: bool = False
+    _peer_close_seen: bool = False
     _read_scope: trio.CancelScope = field(factory=trio.CancelScope)
     _nursery: trio.Nursery | None = None
     _idle: trio.Event | None = None
@@ -364,19 +365,20 @@ class WsConnection:
             except Exception:
                 log.exception("handler.on_messages failed on connection %d", self.id)
                 self.close(1011, "internal error")
-                return True
         if stop_op == OP_CLOSE:
             self._peer_closed(stop_payload)
             return True
         if stop_op == OP_BINARY:
+            # Keep reading: the peer's close reply ends the connection without a linger.
             self.close(1003, "binary frames are not supported")
-            return True
+            return False
         if parser.failed:
             self.close(parser.close_code, parser.close_reason)
             return True
         return False
 
     def _peer_closed(self, payload: bytes) -> None:
+        self._peer_close_seen = True
         if self.closing:
             return  # the reply to our close: the handshake is complete
         code, _reason = parse_close(payload)
@@ -452,14 +454,17 @@ class WsConnection:
             await self._teardown()
 
     async def _linger(self) -> None:
-        """After our close frame: half-close and wait for the peer's end of the TCP stream, so
-        that unread bytes never turn our close into a reset."""
+        """After our close frame: half-close; unless the peer's close frame was read, wait for
+        the peer's end of the TCP stream, so that bytes the peer still sends cannot turn our
+        close into a reset that destroys the close frame before the peer reads it."""
         sock = self.sock
         if sock is None or self._broken:
             return
         try:
             sock.shutdown(socket.SHUT_WR)
         except OSError:
+            return
+        if self._peer_close_seen:
             return
         buf = self.server.recv_buffer
         while True:
@@ -629,6 +634,13 @@ class Server:
                     self.handler.tick(_monotonic())
                 except Exception:
                     log.exception("handler.tick failed")
+                # store work the handler's sync callbacks queued (MessagingService.maintain)
+                maintain = getattr(self.handler, "maintain", None)
+                if maintain is not None:
+                    try:
+                        await maintain()
+                    except Exception:
+                        log.exception("handler.maintain failed")
             if t >= next_sweep:
                 next_sweep = t + sweep_every
                 self._sweep(_monotonic())
