@@ -136,6 +136,19 @@ class EventStream:
         """The next event; raises EndOfChannel when the client closed."""
         return await self._receive.receive()
 
+    def receive_nowait(self) -> Event:
+        """The next queued event; raises trio.WouldBlock when none is queued."""
+        return self._receive.receive_nowait()
+
+    def drain(self) -> list[Event]:
+        """Every event queued now, without waiting."""
+        events: list[Event] = []
+        while True:
+            try:
+                events.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return events
+
     def close(self) -> None:
         self._receive.close()
 
