@@ -1,0 +1,123 @@
+"""Presence (sans-IO): who is online, the grace before `offline`, and who may hear about it.
+
+Invariants:
+- a user is online from their first authenticated connection until `grace` seconds after their
+  last one closed; a connection within the grace cancels the pending `offline` (nothing is
+  announced either way), so a quick reconnect is invisible to others;
+- `lastSeen` is the moment the last connection closed (not the end of the grace);
+- the interest scope of U is U's contacts (store.contacts: everyone sharing a 1:1 conversation
+  or a group with U); the tracker caches it for online users and drops it when they go offline;
+- an online user's status is `online` unless they announced `away` or `busy`; it resets to
+  `online` when they go offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from attrs import define, field
+
+
+@define
+class PresenceTracker:
+    grace: float
+    _devices: dict[str, int] = field(factory=dict, init=False)
+    _status: dict[str, str] = field(factory=dict, init=False)
+    # user -> (deadline of the offline announcement, lastSeen timestamp)
+    _leaving: dict[str, tuple[float, str]] = field(factory=dict, init=False)
+    _contacts: dict[str, set[str]] = field(factory=dict, init=False)
+
+    # --- connections ------------------------------------------------------------------------------
+    def connect(self, user_id: str) -> bool:
+        """A connection of the user authenticated; True when `online` is to be announced."""
+        count = self._devices.get(user_id, 0)
+        self._devices[user_id] = count + 1
+        if count:
+            return False
+        return self._leaving.pop(user_id, None) is None
+
+    def disconnect(self, user_id: str, now: float, left_at: str) -> bool:
+        """An authenticated connection closed; True when the user is offline at once (no grace).
+        A user gone offline (here or via `expired`) keeps their contacts until `forget`."""
+        count = self._devices.get(user_id, 0) - 1
+        if count > 0:
+            self._devices[user_id] = count
+            return False
+        self._devices.pop(user_id, None)
+        if self.grace > 0:
+            self._leaving[user_id] = (now + self.grace, left_at)
+            return False
+        return True
+
+    def expired(self, now: float) -> list[tuple[str, str]]:
+        """Users whose grace ended: (user id, lastSeen). They are offline from now on."""
+        gone = [(user, seen) for user, (deadline, seen) in self._leaving.items() if deadline <= now]
+        for user, _ in gone:
+            del self._leaving[user]
+        return gone
+
+    def forget(self, user_id: str) -> None:
+        """Drop what is kept for an online user (status, contacts) once `offline` was announced;
+        a no-op for a user who is connected again."""
+        if self.is_online(user_id):
+            return
+        self._status.pop(user_id, None)
+        self._contacts.pop(user_id, None)
+
+    # --- state ------------------------------------------------------------------------------------
+    def is_online(self, user_id: str) -> bool:
+        """Connected, or within the grace after the last connection closed."""
+        return user_id in self._devices or user_id in self._leaving
+
+    def status_of(self, user_id: str) -> str:
+        if not self.is_online(user_id):
+            return "offline"
+        return self._status.get(user_id, "online")
+
+    def set_status(self, user_id: str, status: str) -> bool:
+        """The user announced online/away/busy; True when it changed."""
+        before = self._status.get(user_id, "online")
+        if status == "online":
+            self._status.pop(user_id, None)
+        else:
+            self._status[user_id] = status
+        return before != status
+
+    def leaving_since(self, user_id: str) -> str | None:
+        """lastSeen of a user within the grace (None otherwise)."""
+        entry = self._leaving.get(user_id)
+        return entry[1] if entry else None
+
+    # --- interest scope ---------------------------------------------------------------------------
+    def has_contacts(self, user_id: str) -> bool:
+        return user_id in self._contacts
+
+    def set_contacts(self, user_id: str, contacts: Iterable[str]) -> None:
+        self._contacts[user_id] = set(contacts) - {user_id}
+
+    def contacts_of(self, user_id: str) -> set[str]:
+        return self._contacts.get(user_id, set())
+
+    def link(self, users: Iterable[str], others: Iterable[str]) -> None:
+        """Each of `users` now shares a conversation with each of `others` (kept for cached ones)."""
+        users = set(users)
+        others = set(others)
+        for user in users:
+            known = self._contacts.get(user)
+            if known is not None:
+                known.update(others - {user})
+        for other in others:
+            known = self._contacts.get(other)
+            if known is not None:
+                known.update(users - {other})
+
+    def unlink(self, user_id: str, others: Iterable[str]) -> None:
+        """`user_id` and each of `others` no longer share any conversation."""
+        others = set(others)
+        known = self._contacts.get(user_id)
+        if known is not None:
+            known.difference_update(others)
+        for other in others:
+            theirs = self._contacts.get(other)
+            if theirs is not None:
+                theirs.discard(user_id)

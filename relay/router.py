@@ -1,0 +1,68 @@
+"""Routing (sans-IO): user id -> that user's live connections; group id -> its members.
+
+Invariants:
+- a connection is registered under its user from auth_ok until on_close, at most once; a user
+  may have any number of connections at once (phone and wristband), kept in connect order;
+- the group cache holds the last Group this process read from or wrote to the store; every
+  membership change made here replaces the cached entry before anyone is told about it.
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+
+from relay.session import Connection
+from relay.store.base import Group, Store
+
+
+@define
+class Router:
+    _by_user: dict[str, dict[int, Connection]] = field(factory=dict, init=False)
+    _groups: dict[str, Group] = field(factory=dict, init=False)
+
+    # --- connections ------------------------------------------------------------------------------
+    def add(self, user_id: str, conn: Connection) -> int:
+        """Register a connection; returns the user's connection count."""
+        conns = self._by_user.setdefault(user_id, {})
+        conns[conn.id] = conn
+        return len(conns)
+
+    def remove(self, user_id: str, conn: Connection) -> int:
+        """Unregister a connection; returns how many the user still has."""
+        conns = self._by_user.get(user_id)
+        if conns is None:
+            return 0
+        conns.pop(conn.id, None)
+        if not conns:
+            del self._by_user[user_id]
+            return 0
+        return len(conns)
+
+    def connections(self, user_id: str) -> list[Connection]:
+        conns = self._by_user.get(user_id)
+        return list(conns.values()) if conns else []
+
+    def is_connected(self, user_id: str) -> bool:
+        return user_id in self._by_user
+
+    def users(self) -> list[str]:
+        return list(self._by_user)
+
+    # --- groups -----------------------------------------------------------------------------------
+    async def group(self, store: Store, group_id: str) -> Group | None:
+        """The group, from the cache or else the store (then cached). None when it does not exist."""
+        group = self._groups.get(group_id)
+        if group is None:
+            group = await store.get_group(group_id)
+            if group is not None:
+                self._groups[group_id] = group
+        return group
+
+    def cached_group(self, group_id: str) -> Group | None:
+        return self._groups.get(group_id)
+
+    def put_group(self, group: Group) -> None:
+        self._groups[group.group_id] = group
+
+    def forget_group(self, group_id: str) -> None:
+        self._groups.pop(group_id, None)

@@ -1,0 +1,1190 @@
+"""MessagingService: the messaging core of relay — client frames in, store calls, frames out.
+
+It implements the shell's ConnectionHandler (docs/ARCHITECTURE.md) and imports no trio: the shell
+calls `on_open`, awaits `on_messages` inline, calls `on_flushed`/`on_close`, calls `tick(now)`
+about every 250 ms and awaits `maintain()` about as often (store work that sync callbacks cannot
+do: delivery marks of flushed frames, lastSeen, backlog continuation).
+
+Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig):
+- Session: the first frame must be `auth` within `auth_timeout` (else close 1008); any other
+  valid frame before it gets error `unauthenticated` (the connection stays); a failed auth gets
+  error `auth_failed`, then close 1008. A second `auth` on an active connection gets `invalid`.
+  See relay/session.py for how a missing `deviceId` maps (the user's anonymous device).
+- Messages: the consecutive `message` frames of one read are checked in order (senderId must be
+  the user -> failed/forbidden; contract field checks -> failed/invalid or too_long; group
+  unknown -> failed/not_found, not a member -> failed/forbidden; then the per-user token bucket
+  `rate_limit_messages`/s, burst `rate_limit_burst` -> failed/rate_limited) and the accepted
+  ones stored with ONE store.append_many. Only after it returned does the sender get `sent`
+  (seq); then the message goes to every live device of the recipient(s) and to the sender's
+  other devices. A duplicate (senderId, id) gets the same `sent` receipt and seq and is not
+  delivered again. A store failure answers every message of the batch failed/internal.
+  Deliveries of concurrent batches are released in the order the batches were handed to the
+  store, so every device sees a conversation in seq order.
+- Delivered: a device with acks=true marks delivered with `delivered` (or `read`) receipts; a
+  device with acks=false counts as delivered once its outbox was flushed. Either way the store
+  records it, and each sender whose messages the reader's delivered/read watermark newly covers
+  gets a `receipt` (id and seq of its newest covered message, `userId` the reader); a `read`
+  also reaches the reader's other devices. Receipts are clamped to the conversation's last seq;
+  a receipt for a conversation the user is not in (no such 1:1 conversation, or a group they
+  are not a member of) gets error `forbidden`; stale ones are ignored.
+- Backlog: after auth_ok, store.undelivered for this device, oldest first, in batches of
+  `backlog_batch`; the next batch is fetched once the previous one was marked delivered (flushed
+  for acks=false, acknowledged for acks=true), so an acks=true device that stops acknowledging
+  stops receiving until it acknowledges again.
+- Groups: group_create (the creator is always a member; at most `max_group_members`),
+  group_add (any member may add), group_remove (only the group's creator, while a member, may
+  remove others; anyone may remove themselves, which is the same as group_leave), group_leave
+  (any member). The `group` frame (with `event`: create/add/remove/leave) goes to every member
+  after the change and to everyone removed; the requesting connection's copy carries `ref`.
+  Unknown group -> error `not_found`; a non-member asking about it -> `forbidden`.
+- Presence and typing: see relay/presence.py and relay/typing_state.py. Their frames are sent
+  droppable (the outbox drops them first when a connection is slow). A `presence` query may name
+  any user ids (at most 1000) and answers online/away/busy or offline with lastSeen.
+- Flow control: a message, receipt or answer that does not fit a connection's outbox closes it
+  with 1013 (what it missed stays in the store for its next connection).
+- Robustness: an unexpected exception while handling one frame is logged and answered with
+  error `internal`; the connection stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from attrs import define, field, frozen
+
+from relay.auth import Authenticator, TrustingAuthenticator
+from relay.clock import WallClock, iso_utc
+from relay.config import RelayConfig
+from relay.errors import Conflict, FrameError, NotFound
+from relay.fastpath import OP_TEXT, encode_frame
+from relay.presence import PresenceTracker
+from relay.protocol import (
+    AuthFrame,
+    ClientFrame,
+    ConversationsFrame,
+    GroupAddFrame,
+    GroupCreateFrame,
+    GroupLeaveFrame,
+    GroupRemoveFrame,
+    HistoryFrame,
+    Limits,
+    MessageFrame,
+    MessageRefused,
+    PingFrame,
+    PresenceFrame,
+    ReceiptFrame,
+    StatusFrame,
+    TypingFrame,
+    conversation_item,
+    encode_auth_ok,
+    encode_conversations,
+    encode_error,
+    encode_group,
+    encode_history,
+    encode_message,
+    encode_pong,
+    encode_presence,
+    encode_receipt_failed,
+    encode_receipt_sent,
+    encode_receipt_status,
+    encode_status,
+    encode_typing,
+    parse_client_frame,
+    validate_message,
+)
+from relay.ratelimit import RateLimiter
+from relay.router import Router
+from relay.session import Connection, Phase, Session
+from relay.store.base import (
+    Appended,
+    Group,
+    NewMessage,
+    Store,
+    StoredMessage,
+    direct_conversation,
+    group_conversation,
+)
+from relay.typing_state import TypingKey, TypingTracker
+
+log = logging.getLogger("relay.service")
+
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN_LATER = 1013
+
+
+def _wire(json_bytes: bytes) -> bytes:
+    """One unfragmented WebSocket text frame around an encoded server frame."""
+    return encode_frame(OP_TEXT, json_bytes)
+
+
+@frozen
+class _Refusal:
+    """A message of a batch answered with a `failed` receipt (already encoded)."""
+
+    frame: bytes
+
+
+@frozen
+class _Accepted:
+    """A message of a batch handed to the store, with the users it is for."""
+
+    message: NewMessage
+    audience: tuple[str, ...]
+
+
+@define
+class _InOrder:
+    """Releases completions in the order their tickets were taken.
+
+    Tickets are taken just before store.append_many is called, so the release order is the
+    store's acceptance order and deliveries leave in seq order per conversation, whichever
+    append returns first. A ticket whose append failed or was cancelled completes empty.
+    """
+
+    _next: int = 0
+    _issued: int = 0
+    _ready: dict[int, Callable[[], None] | None] = field(factory=dict)
+
+    def take(self) -> int:
+        ticket = self._issued
+        self._issued += 1
+        return ticket
+
+    def complete(self, ticket: int, action: Callable[[], None] | None) -> None:
+        self._ready[ticket] = action
+        while self._next in self._ready:
+            run = self._ready.pop(self._next)
+            self._next += 1
+            if run is not None:
+                try:
+                    run()
+                except Exception:
+                    log.exception("delivery failed")
+
+
+@define(init=False)
+class MessagingService:
+    """The messaging core; see the module docstring for the behaviour it guarantees."""
+
+    config: RelayConfig
+    store: Store
+    authenticator: Authenticator
+    clock: Callable[[], float]
+    wall: WallClock
+    limits: Limits
+    router: Router
+    presence: PresenceTracker
+    typing: TypingTracker
+    limiter: RateLimiter
+    _awaiting: dict[int, Connection]
+    _order: _InOrder
+    # (conversation, user, store device) -> (seq, group id) flushed but not yet in the store
+    _flushed: dict[tuple[str, str, str], tuple[int, str | None]]
+    _last_seen: dict[str, str]
+    _backlog_ready: dict[int, Connection]
+    _maintaining: bool
+    _manage_store: bool
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        store: Store,
+        *,
+        authenticator: Authenticator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: WallClock = time.time,
+        manage_store: bool = True,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.authenticator = authenticator or TrustingAuthenticator()
+        self.clock = clock
+        self.wall = wall
+        self.limits = Limits.from_config(config)
+        self.router = Router()
+        self.presence = PresenceTracker(config.presence_grace)
+        self.typing = TypingTracker(config.typing_lapse, config.typing_rate_limit)
+        self.limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_burst)
+        self._awaiting = {}
+        self._order = _InOrder()
+        self._flushed = {}
+        self._last_seen = {}
+        self._backlog_ready = {}
+        self._maintaining = False
+        self._manage_store = manage_store
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, unless `manage_store=False` (its owner opens and closes it)."""
+        if self._manage_store:
+            await self.store.open()
+
+    async def aclose(self) -> None:
+        """Write what is pending (delivery marks, lastSeen), then close the store (unless
+        `manage_store=False`)."""
+        await self.maintain()
+        if self._manage_store:
+            await self.store.close()
+
+    def _now_iso(self) -> str:
+        return iso_utc(self.wall())
+
+    # --- ConnectionHandler ------------------------------------------------------------------------
+    def on_open(self, conn: Connection) -> None:
+        conn.state = Session(auth_deadline=self.clock() + self.config.auth_timeout)
+        self._awaiting[conn.id] = conn
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        session = conn.state
+        if not isinstance(session, Session):
+            return
+        batch: list[MessageFrame | MessageRefused] = []
+        for payload in payloads:
+            if session.closing:
+                return
+            try:
+                frame: ClientFrame = parse_client_frame(payload, self.limits)
+            except MessageRefused as refused:
+                if session.active:
+                    batch.append(refused)
+                else:
+                    self._error(
+                        conn, session, "unauthenticated", "authenticate first", ref=refused.ref
+                    )
+                continue
+            except FrameError as exc:
+                if batch:
+                    await self._guarded_batch(conn, session, batch)
+                    batch = []
+                self._on_frame_error(conn, session, exc)
+                continue
+            if isinstance(frame, MessageFrame) and session.active:
+                batch.append(frame)
+                continue
+            if batch:
+                await self._guarded_batch(conn, session, batch)
+                batch = []
+                if session.closing:
+                    return
+            try:
+                await self._dispatch(conn, session, frame)
+            except Exception:
+                log.exception("internal error handling a %s frame", type(frame).__name__)
+                self._error(conn, session, "internal", "internal error", ref=frame.ref)
+        if batch and not session.closing:
+            await self._guarded_batch(conn, session, batch)
+
+    def on_flushed(self, conn: Connection) -> None:
+        session = conn.state
+        if not isinstance(session, Session) or not session.active:
+            return
+        if conn.outbox.pending_frames:
+            return  # frames queued after this flush began: their marks wait for the next one
+        if session.pending_marks:
+            for conversation, (seq, group_id) in session.pending_marks.items():
+                key = (conversation, session.user_id, session.store_device)
+                known = self._flushed.get(key)
+                if known is None or known[0] < seq:
+                    self._flushed[key] = (seq, group_id)
+            session.pending_marks.clear()
+        if session.backlog_waiting and not session.acks:
+            session.backlog_need.clear()
+            self._backlog_ready[conn.id] = conn
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        session = conn.state
+        if not isinstance(session, Session):
+            return
+        self._awaiting.pop(conn.id, None)
+        self._backlog_ready.pop(conn.id, None)
+        was_registered = session.registered
+        session.phase = Phase.CLOSING
+        session.registered = False
+        session.pending_marks.clear()  # not flushed: those messages stay undelivered
+        session.held.clear()
+        if not was_registered:
+            return
+        user = session.user_id
+        if self.router.remove(user, conn):
+            return
+        for key in self.typing.clear_user(user):
+            self._send_typing(key, "stop")
+        left_at = self._now_iso()
+        if self.presence.disconnect(user, self.clock(), left_at):
+            self._announce_offline(user, left_at)
+
+    def tick(self, now: float) -> None:
+        for conn in [c for c in self._awaiting.values() if c.state.auth_expired(now)]:
+            self._awaiting.pop(conn.id, None)
+            conn.state.phase = Phase.CLOSING
+            conn.close(CLOSE_POLICY, "authentication timeout")
+        for user, seen in self.presence.expired(now):
+            self._announce_offline(user, seen)
+        for key in self.typing.lapsed(now):
+            self._send_typing(key, "stop")
+        self.limiter.prune(now)
+
+    async def maintain(self) -> None:
+        """Store work the sync callbacks queued: delivery marks of flushed frames (and the
+        receipts they cause), lastSeen of users gone offline, backlog batches waiting for those
+        marks. Safe to call concurrently; cheap when there is nothing to do."""
+        if self._maintaining:
+            return
+        self._maintaining = True
+        try:
+            while self._flushed or self._last_seen or self._backlog_ready:
+                marks, self._flushed = self._flushed, {}
+                for (conversation, user, device), (seq, group_id) in marks.items():
+                    try:
+                        before = await self.store.mark_delivered(conversation, user, device, seq)
+                        if seq > before.delivered_seq:
+                            await self._notify_senders(
+                                conversation,
+                                before.delivered_seq,
+                                seq,
+                                user,
+                                "delivered",
+                                group_id,
+                            )
+                    except Exception:
+                        log.exception("recording delivery in %s failed", conversation)
+                seen, self._last_seen = self._last_seen, {}
+                for user, timestamp in seen.items():
+                    try:
+                        await self.store.set_last_seen(user, timestamp)
+                    except Exception:
+                        log.exception("recording lastSeen of %s failed", user)
+                ready, self._backlog_ready = self._backlog_ready, {}
+                for conn in ready.values():
+                    session = conn.state
+                    if isinstance(session, Session) and session.active:
+                        await self._pump_backlog(conn, session)
+        finally:
+            self._maintaining = False
+
+    # --- sending ----------------------------------------------------------------------------------
+    def _send(self, conn: Connection, session: Session, json_bytes: bytes) -> bool:
+        """Queue a frame that must not be dropped; a full outbox closes the connection (1013)."""
+        if session.closing:
+            return False
+        if conn.send(_wire(json_bytes)):
+            return True
+        self._slow(conn, session)
+        return False
+
+    def _slow(self, conn: Connection, session: Session) -> None:
+        session.phase = Phase.CLOSING
+        session.pending_marks.clear()
+        conn.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+
+    def _error(
+        self,
+        conn: Connection,
+        session: Session,
+        code: str,
+        message: str,
+        *,
+        ref: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self._send(conn, session, encode_error(code, message, ref=ref, field=field))
+
+    def _to_users(
+        self,
+        users: Iterable[str],
+        wire: bytes,
+        *,
+        droppable: bool = False,
+        exclude: Connection | None = None,
+    ) -> None:
+        """The same encoded frame to every active connection of `users`."""
+        for user in users:
+            for conn in self.router.connections(user):
+                if conn is exclude:
+                    continue
+                session = conn.state
+                if not isinstance(session, Session) or not session.active:
+                    continue
+                if droppable:
+                    conn.send(wire, True)
+                elif not conn.send(wire):
+                    self._slow(conn, session)
+
+    def _on_frame_error(self, conn: Connection, session: Session, exc: FrameError) -> None:
+        if exc.code == "auth_failed" and not session.active:
+            self._fail_auth(conn, session, exc.message, field=exc.field)
+            return
+        code = "invalid" if exc.code == "auth_failed" else exc.code
+        self._error(conn, session, code, exc.message, ref=exc.ref, field=exc.field)
+
+    # --- dispatch ---------------------------------------------------------------------------------
+    async def _dispatch(self, conn: Connection, session: Session, frame: ClientFrame) -> None:
+        if isinstance(frame, AuthFrame):
+            await self._on_auth(conn, session, frame)
+            return
+        if not session.active:
+            self._error(conn, session, "unauthenticated", "authenticate first", ref=frame.ref)
+            return
+        if isinstance(frame, ReceiptFrame):
+            await self._on_receipt(conn, session, frame)
+        elif isinstance(frame, TypingFrame):
+            await self._on_typing(conn, session, frame)
+        elif isinstance(frame, StatusFrame):
+            self._on_status(conn, session, frame)
+        elif isinstance(frame, PresenceFrame):
+            await self._on_presence(conn, session, frame)
+        elif isinstance(frame, ConversationsFrame):
+            await self._on_conversations(conn, session, frame)
+        elif isinstance(frame, HistoryFrame):
+            await self._on_history(conn, session, frame)
+        elif isinstance(frame, GroupCreateFrame):
+            await self._on_group_create(conn, session, frame)
+        elif isinstance(frame, GroupAddFrame):
+            await self._on_group_add(conn, session, frame)
+        elif isinstance(frame, GroupRemoveFrame):
+            await self._on_group_remove(conn, session, frame)
+        elif isinstance(frame, GroupLeaveFrame):
+            await self._on_group_leave(conn, session, frame)
+        elif isinstance(frame, PingFrame):
+            self._send(conn, session, encode_pong(self._now_iso(), ref=frame.ref))
+        else:  # MessageFrame is batched by on_messages
+            raise AssertionError(f"unhandled frame {frame!r}")
+
+    # --- auth -------------------------------------------------------------------------------------
+    def _fail_auth(
+        self, conn: Connection, session: Session, message: str, *, field: str | None = None
+    ) -> None:
+        self._awaiting.pop(conn.id, None)
+        self._send(conn, session, encode_error("auth_failed", message, field=field))
+        session.phase = Phase.CLOSING
+        conn.close(CLOSE_POLICY, "authentication failed")
+
+    async def _on_auth(self, conn: Connection, session: Session, frame: AuthFrame) -> None:
+        if session.phase is not Phase.AWAITING_AUTH:
+            self._error(
+                conn, session, "invalid", "already authenticated", ref=frame.ref, field="type"
+            )
+            return
+        session.phase = Phase.AUTHENTICATING
+        try:
+            user = await self.authenticator.authenticate(frame)
+        except FrameError as exc:
+            if not session.closing:
+                self._fail_auth(conn, session, exc.message)
+            return
+        except Exception:
+            log.exception("authenticator failed")
+            if not session.closing:
+                self._awaiting.pop(conn.id, None)
+                self._send(conn, session, encode_error("internal", "authentication unavailable"))
+                session.phase = Phase.CLOSING
+                conn.close(CLOSE_INTERNAL, "authentication unavailable")
+            return
+        if not self.presence.has_contacts(user):
+            contacts = await self.store.contacts(user)
+            if not self.presence.has_contacts(user):
+                self.presence.set_contacts(user, contacts)
+        if session.closing:
+            return
+        self._awaiting.pop(conn.id, None)
+        session.activate(
+            user,
+            device_id=frame.device_id,
+            acks=frame.acks,
+            user_name=frame.user_name,
+            user_avatar=frame.user_avatar,
+        )
+        session.registered = True
+        self.router.add(user, conn)
+        announce = self.presence.connect(user)
+        now_iso = self._now_iso()
+        self._send(
+            conn, session, encode_auth_ok(user, session.device_id, session.session_id, now_iso)
+        )
+        if announce:
+            self._announce(user, encode_status(user, "online", now_iso))
+        if self._flushed:
+            await self.maintain()  # this device's marks from an earlier connection first
+        await self._pump_backlog(conn, session)
+
+    # --- backlog ----------------------------------------------------------------------------------
+    async def _pump_backlog(self, conn: Connection, session: Session) -> None:
+        """Send the next batches of this device's undelivered messages (see the module doc)."""
+        if session.backlog_running or not session.backlog_active:
+            return
+        session.backlog_running = True
+        try:
+            limit = self.config.backlog_batch
+            while session.active:
+                session.backlog_skipped = False
+                session.backlog_waiting = False
+                batch = await self.store.undelivered(
+                    session.user_id, session.store_device, limit=limit
+                )
+                if not session.active:
+                    return
+                fresh = [m for m in batch if m.seq > session.sent_upto.get(m.conversation, 0)]
+                for message in fresh:
+                    if not self._queue_message(
+                        conn, session, message, _wire(encode_message(message))
+                    ):
+                        return
+                    if session.acks:
+                        session.backlog_need[message.conversation] = message.seq
+                if len(batch) < limit:
+                    if session.backlog_skipped:
+                        continue  # live messages arrived meanwhile: they are in the store now
+                    self._finish_backlog(conn, session)
+                    return
+                unpersisted = not session.acks and self._unpersisted(session)
+                if fresh or session.pending_marks or session.backlog_need or unpersisted:
+                    session.backlog_waiting = True
+                    if not session.acks and not session.pending_marks:
+                        self._backlog_ready[conn.id] = conn  # flushed already: maintain() goes on
+                    return
+                # a full batch of messages this connection already has, with nothing pending:
+                # the store cannot tell us more; what remains comes with the next connection
+                self._finish_backlog(conn, session)
+                return
+        finally:
+            session.backlog_running = False
+
+    def _unpersisted(self, session: Session) -> bool:
+        """Whether marks of this device were flushed but not yet written to the store."""
+        return any(
+            user == session.user_id and device == session.store_device
+            for _, user, device in self._flushed
+        )
+
+    def _finish_backlog(self, conn: Connection, session: Session) -> None:
+        session.backlog_active = False
+        session.backlog_waiting = False
+        session.backlog_need.clear()
+        held, session.held = session.held, []
+        for message, wire in held:
+            if not self._queue_message(conn, session, message, wire):
+                return
+
+    # --- messages ---------------------------------------------------------------------------------
+    def _queue_message(
+        self, conn: Connection, session: Session, message: StoredMessage, wire: bytes
+    ) -> bool:
+        """Queue a message frame to one connection unless it has it; False if it was closed."""
+        conversation = message.conversation
+        if message.seq <= session.sent_upto.get(conversation, 0):
+            return True
+        if not conn.send(wire):
+            self._slow(conn, session)
+            return False
+        session.sent_upto[conversation] = message.seq
+        if not session.acks and message.sender_id != session.user_id:
+            session.pending_marks[conversation] = (message.seq, message.group_id)
+        return True
+
+    def _deliver(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> None:
+        """A newly stored message to every active connection of its audience but `exclude`."""
+        wire = _wire(encode_message(message))
+        for user in audience:
+            for conn in self.router.connections(user):
+                if conn is exclude:
+                    continue
+                session = conn.state
+                if not isinstance(session, Session) or not session.active:
+                    continue
+                if session.backlog_active:
+                    if message.sender_id == session.user_id:
+                        session.held.append((message, wire))
+                    else:
+                        session.backlog_skipped = True
+                    continue
+                self._queue_message(conn, session, message, wire)
+
+    async def _guarded_batch(
+        self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
+    ) -> None:
+        try:
+            await self._message_batch(conn, session, batch)
+        except Exception:
+            log.exception("internal error handling messages")
+            self._error(conn, session, "internal", "internal error")
+
+    async def _check_message(
+        self, session: Session, frame: MessageFrame, now: float, timestamp: str
+    ) -> _Accepted | _Refusal:
+        user = session.user_id
+
+        def refuse(reason: str, detail: str, field: str | None = None) -> _Refusal:
+            return _Refusal(
+                encode_receipt_failed(
+                    frame.id,
+                    reason,
+                    peer_id=frame.recipient_id,
+                    group_id=frame.group_id,
+                    field=field,
+                    detail=detail,
+                )
+            )
+
+        if frame.sender_id is not None and frame.sender_id != user:
+            return refuse("forbidden", "senderId is not the authenticated user", "senderId")
+        if frame.group_id is not None:
+            group = await self.router.group(self.store, frame.group_id)
+            if group is None:
+                return refuse("not_found", "no such group", "groupId")
+            if user not in group.members:
+                return refuse("forbidden", "not a member of this group", "groupId")
+            audience: tuple[str, ...] = group.members
+            conversation = group_conversation(group.group_id)
+        else:
+            assert frame.recipient_id is not None
+            audience = (
+                (frame.recipient_id,) if frame.recipient_id == user else (frame.recipient_id, user)
+            )
+            conversation = direct_conversation(user, frame.recipient_id)
+        if not self.limiter.allow(user, now):
+            return refuse("rate_limited", "too many messages; slow down")
+        message = NewMessage(
+            conversation=conversation,
+            id=frame.id,
+            sender_id=user,
+            text=frame.text,
+            server_timestamp=timestamp,
+            recipient_id=frame.recipient_id,
+            group_id=frame.group_id,
+            sender_name=frame.sender_name if frame.sender_name is not None else session.user_name,
+            sender_avatar=(
+                frame.sender_avatar if frame.sender_avatar is not None else session.user_avatar
+            ),
+            client_timestamp=frame.client_timestamp,
+            meta=frame.meta,
+        )
+        return _Accepted(message, audience)
+
+    async def _message_batch(
+        self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
+    ) -> None:
+        now = self.clock()
+        timestamp = self._now_iso()
+        entries: list[_Accepted | _Refusal] = []
+        for item in batch:
+            if isinstance(item, MessageRefused):
+                entries.append(
+                    _Refusal(
+                        encode_receipt_failed(
+                            item.message_id,
+                            item.code,
+                            peer_id=item.peer_id,
+                            group_id=item.group_id,
+                            field=item.field,
+                            detail=item.message,
+                        )
+                    )
+                )
+            else:
+                entries.append(await self._check_message(session, item, now, timestamp))
+        accepted = [e.message for e in entries if isinstance(e, _Accepted)]
+        results: list[Appended] | None = None
+        ticket = self._order.take()
+        action: Callable[[], None] | None = None
+        try:
+            if accepted:
+                try:
+                    results = await self.store.append_many(accepted)
+                except Exception:
+                    log.exception("storing %d message(s) failed", len(accepted))
+            action = self._batch_action(conn, session, entries, results, timestamp)
+        finally:
+            self._order.complete(ticket, action)
+
+    def _batch_action(
+        self,
+        conn: Connection,
+        session: Session,
+        entries: list[_Accepted | _Refusal],
+        results: list[Appended] | None,
+        timestamp: str,
+    ) -> Callable[[], None]:
+        def run() -> None:
+            stored = iter(results or ())
+            for entry in entries:
+                if isinstance(entry, _Refusal):
+                    self._send(conn, session, entry.frame)
+                    continue
+                if results is None:
+                    self._send(
+                        conn,
+                        session,
+                        encode_receipt_failed(
+                            entry.message.id,
+                            "internal",
+                            peer_id=entry.message.recipient_id,
+                            group_id=entry.message.group_id,
+                            detail="the message was not stored",
+                        ),
+                    )
+                    continue
+                appended = next(stored)
+                self._send(conn, session, encode_receipt_sent(appended.message, timestamp))
+                if appended.duplicate:
+                    continue
+                if entry.message.group_id is None:
+                    self.presence.link([entry.message.sender_id], entry.audience)
+                self._deliver(appended.message, entry.audience, conn)
+
+        return run
+
+    # --- receipts ---------------------------------------------------------------------------------
+    async def _notify_senders(
+        self,
+        conversation: str,
+        after: int,
+        upto: int,
+        reader: str,
+        status: str,
+        group_id: str | None,
+    ) -> None:
+        """Tell each sender whose messages in (after, upto] the reader's watermark now covers."""
+        newest = await self.store.latest_by_sender(conversation, after, upto, reader)
+        timestamp = self._now_iso()
+        for message in newest:
+            wire = _wire(
+                encode_receipt_status(
+                    message_id=message.id,
+                    seq=message.seq,
+                    status=status,
+                    user_id=reader,
+                    timestamp=timestamp,
+                    peer_id=None if group_id is not None else reader,
+                    group_id=group_id,
+                )
+            )
+            self._to_users([message.sender_id], wire)
+
+    async def _on_receipt(self, conn: Connection, session: Session, frame: ReceiptFrame) -> None:
+        user = session.user_id
+        if frame.group_id is not None:
+            group = await self.router.group(self.store, frame.group_id)
+            if group is None or user not in group.members:
+                self._error(
+                    conn,
+                    session,
+                    "forbidden",
+                    "not a member of this group",
+                    ref=frame.ref,
+                    field="groupId",
+                )
+                return
+            conversation = group_conversation(frame.group_id)
+        else:
+            assert frame.peer_id is not None
+            conversation = direct_conversation(user, frame.peer_id)
+        last = await self.store.last_seq(conversation)
+        if last == 0:
+            self._error(
+                conn,
+                session,
+                "forbidden",
+                "no such conversation of yours",
+                ref=frame.ref,
+                field="peerId",
+            )
+            return
+        seq = min(frame.seq, last)
+        before = await self.store.mark_delivered(conversation, user, session.store_device, seq)
+        if frame.status == "read":
+            before_read = await self.store.mark_read(conversation, user, seq)
+            if seq > before_read.read_seq:
+                await self._notify_senders(
+                    conversation, before_read.read_seq, seq, user, "read", frame.group_id
+                )
+                self._to_users(
+                    [user],
+                    _wire(
+                        encode_receipt_status(
+                            message_id=None,
+                            seq=seq,
+                            status="read",
+                            user_id=user,
+                            timestamp=self._now_iso(),
+                            peer_id=frame.peer_id,
+                            group_id=frame.group_id,
+                        )
+                    ),
+                    exclude=conn,
+                )
+        elif seq > before.delivered_seq:
+            await self._notify_senders(
+                conversation, before.delivered_seq, seq, user, "delivered", frame.group_id
+            )
+        if session.backlog_need:
+            if session.backlog_need.get(conversation, 0) <= seq:
+                session.backlog_need.pop(conversation, None)
+            if not session.backlog_need and session.backlog_waiting:
+                await self._pump_backlog(conn, session)
+
+    # --- presence ---------------------------------------------------------------------------------
+    def _announce(self, user: str, json_bytes: bytes) -> None:
+        """A presence frame about `user` to every connected contact of theirs (droppable)."""
+        wire = _wire(json_bytes)
+        audience = [u for u in self.presence.contacts_of(user) if self.router.is_connected(u)]
+        self._to_users(audience, wire, droppable=True)
+
+    def _announce_offline(self, user: str, left_at: str) -> None:
+        self._announce(user, encode_status(user, "offline", self._now_iso(), last_seen=left_at))
+        self.presence.forget(user)
+        self._last_seen[user] = left_at
+
+    def _on_status(self, conn: Connection, session: Session, frame: StatusFrame) -> None:
+        user = session.user_id
+        if frame.user_id is not None and frame.user_id != user:
+            self._error(
+                conn,
+                session,
+                "forbidden",
+                "userId is not the authenticated user",
+                ref=frame.ref,
+                field="userId",
+            )
+            return
+        self.presence.set_status(user, frame.status)
+        self._announce(user, encode_status(user, frame.status, self._now_iso()))
+
+    async def _on_presence(self, conn: Connection, session: Session, frame: PresenceFrame) -> None:
+        offline = [u for u in frame.user_ids if not self.presence.is_online(u)]
+        seen = await self.store.last_seen(offline) if offline else {}
+        for user in offline:  # gone offline, lastSeen not yet written
+            if user in self._last_seen:
+                seen[user] = self._last_seen[user]
+        users = [
+            (u, self.presence.status_of(u), None if self.presence.is_online(u) else seen.get(u))
+            for u in frame.user_ids
+        ]
+        self._send(conn, session, encode_presence(users, ref=frame.ref))
+
+    # --- typing -----------------------------------------------------------------------------------
+    def _typing_audience(self, key: TypingKey) -> list[str]:
+        if key.group_id is not None:
+            group = self.router.cached_group(key.group_id)
+            return [m for m in group.members if m != key.user_id] if group else []
+        return [key.recipient_id] if key.recipient_id is not None else []
+
+    def _send_typing(self, key: TypingKey, state: str) -> None:
+        wire = _wire(encode_typing(key.user_id, state, group_id=key.group_id))
+        self._to_users(self._typing_audience(key), wire, droppable=True)
+
+    async def _on_typing(self, conn: Connection, session: Session, frame: TypingFrame) -> None:
+        user = session.user_id
+        if frame.group_id is not None:
+            group = await self.router.group(self.store, frame.group_id)
+            if group is None or user not in group.members:
+                self._error(
+                    conn,
+                    session,
+                    "forbidden",
+                    "not a member of this group",
+                    ref=frame.ref,
+                    field="groupId",
+                )
+                return
+        key = TypingKey(user, frame.recipient_id, frame.group_id)
+        if frame.state == "start":
+            forward = self.typing.start(key, self.clock())
+        else:
+            forward = self.typing.stop(key)
+        if forward:
+            self._send_typing(key, frame.state)
+
+    # --- conversations and history ----------------------------------------------------------------
+    async def _on_conversations(
+        self, conn: Connection, session: Session, frame: ConversationsFrame
+    ) -> None:
+        summaries = await self.store.conversations(session.user_id, limit=frame.limit)
+        items = []
+        for summary in summaries:
+            name = None
+            if summary.group_id is not None:
+                group = await self.router.group(self.store, summary.group_id)
+                name = group.name if group else None
+            items.append(conversation_item(summary, group_name=name))
+        self._send(conn, session, encode_conversations(items, ref=frame.ref))
+
+    async def _on_history(self, conn: Connection, session: Session, frame: HistoryFrame) -> None:
+        user = session.user_id
+        if frame.group_id is not None:
+            group = await self.router.group(self.store, frame.group_id)
+            if group is None:
+                self._error(
+                    conn, session, "not_found", "no such group", ref=frame.ref, field="groupId"
+                )
+                return
+            if user not in group.members:
+                self._error(
+                    conn,
+                    session,
+                    "forbidden",
+                    "not a member of this group",
+                    ref=frame.ref,
+                    field="groupId",
+                )
+                return
+            conversation = group_conversation(frame.group_id)
+        else:
+            assert frame.peer_id is not None
+            conversation = direct_conversation(user, frame.peer_id)
+        messages, has_more = await self.store.history(
+            conversation, before=frame.before, after=frame.after, limit=frame.limit
+        )
+        self._send(
+            conn,
+            session,
+            encode_history(
+                messages, has_more, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
+            ),
+        )
+
+    # --- groups -----------------------------------------------------------------------------------
+    def _group_changed(
+        self,
+        conn: Connection,
+        session: Session,
+        group: Group,
+        event: str,
+        ref: str | None,
+        also: Iterable[str] = (),
+    ) -> None:
+        """The `group` frame to every member and to `also` (those removed); `ref` to the asker."""
+        self.router.put_group(group)
+        wire = _wire(encode_group(group, event=event))
+        audience = dict.fromkeys([*group.members, *also])
+        self._to_users(audience, wire, exclude=conn)
+        self._send(conn, session, encode_group(group, event=event, ref=ref))
+
+    async def _member_group(
+        self, conn: Connection, session: Session, group_id: str, ref: str | None
+    ) -> Group | None:
+        group = await self.router.group(self.store, group_id)
+        if group is None:
+            self._error(conn, session, "not_found", "no such group", ref=ref, field="groupId")
+            return None
+        if session.user_id not in group.members:
+            self._error(
+                conn, session, "forbidden", "not a member of this group", ref=ref, field="groupId"
+            )
+            return None
+        return group
+
+    def _too_many(
+        self, conn: Connection, session: Session, count: int, ref: str | None, field: str
+    ) -> bool:
+        if count <= self.config.max_group_members:
+            return False
+        self._error(
+            conn,
+            session,
+            "invalid",
+            f"a group has at most {self.config.max_group_members} members",
+            ref=ref,
+            field=field,
+        )
+        return True
+
+    async def _on_group_create(
+        self, conn: Connection, session: Session, frame: GroupCreateFrame
+    ) -> None:
+        user = session.user_id
+        members = tuple(sorted({*frame.members, user}))
+        if self._too_many(conn, session, len(members), frame.ref, "members"):
+            return
+        try:
+            group = await self.store.create_group(
+                Group(
+                    group_id=frame.group_id,
+                    name=frame.name,
+                    members=members,
+                    created_by=user,
+                    created_at=self._now_iso(),
+                )
+            )
+        except Conflict:
+            self._error(
+                conn, session, "invalid", "this group id is taken", ref=frame.ref, field="groupId"
+            )
+            return
+        self.presence.link(group.members, group.members)
+        self._group_changed(conn, session, group, "create", frame.ref)
+
+    async def _on_group_add(self, conn: Connection, session: Session, frame: GroupAddFrame) -> None:
+        group = await self._member_group(conn, session, frame.group_id, frame.ref)
+        if group is None:
+            return
+        members = tuple(sorted({*group.members, *frame.user_ids}))
+        if self._too_many(conn, session, len(members), frame.ref, "userIds"):
+            return
+        group = await self._set_members(conn, session, group, members, frame.ref)
+        if group is None:
+            return
+        self.presence.link(frame.user_ids, group.members)
+        self._group_changed(conn, session, group, "add", frame.ref)
+
+    async def _on_group_remove(
+        self, conn: Connection, session: Session, frame: GroupRemoveFrame
+    ) -> None:
+        user = session.user_id
+        group = await self._member_group(conn, session, frame.group_id, frame.ref)
+        if group is None:
+            return
+        if group.created_by != user and set(frame.user_ids) != {user}:
+            self._error(
+                conn,
+                session,
+                "forbidden",
+                "only the group's creator removes members",
+                ref=frame.ref,
+                field="userIds",
+            )
+            return
+        removed = [u for u in frame.user_ids if u in group.members]
+        event = "leave" if removed == [user] else "remove"
+        await self._remove_members(conn, session, group, removed, event, frame.ref)
+
+    async def _on_group_leave(
+        self, conn: Connection, session: Session, frame: GroupLeaveFrame
+    ) -> None:
+        group = await self._member_group(conn, session, frame.group_id, frame.ref)
+        if group is None:
+            return
+        await self._remove_members(conn, session, group, [session.user_id], "leave", frame.ref)
+
+    async def _set_members(
+        self,
+        conn: Connection,
+        session: Session,
+        group: Group,
+        members: Sequence[str],
+        ref: str | None,
+    ) -> Group | None:
+        try:
+            return await self.store.set_group_members(group.group_id, members)
+        except NotFound:
+            self.router.forget_group(group.group_id)
+            self._error(conn, session, "not_found", "no such group", ref=ref, field="groupId")
+            return None
+
+    async def _remove_members(
+        self,
+        conn: Connection,
+        session: Session,
+        group: Group,
+        removed: Sequence[str],
+        event: str,
+        ref: str | None,
+    ) -> None:
+        gone = set(removed)
+        updated = await self._set_members(
+            conn, session, group, [m for m in group.members if m not in gone], ref
+        )
+        if updated is None:
+            return
+        self._group_changed(conn, session, updated, event, ref, also=removed)
+        for user in removed:
+            for key in [k for k in self.typing.keys_of(user) if k.group_id == group.group_id]:
+                if self.typing.stop(key):
+                    self._send_typing(key, "stop")
+            if self.presence.has_contacts(user) or any(
+                self.presence.has_contacts(m) for m in updated.members
+            ):
+                still = await self.store.contacts(user)
+                self.presence.unlink(user, [m for m in group.members if m not in still])
+
+    # --- in-process publishing --------------------------------------------------------------------
+    async def publish(
+        self,
+        *,
+        sender_id: str,
+        text: str,
+        recipient_id: str | None = None,
+        group_id: str | None = None,
+        message_id: str | None = None,
+        sender_name: str | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> StoredMessage:
+        """Send a message as `sender_id` from inside the process (no connection).
+
+        The same checks as a client's message (raises MessageRefused, a FrameError, with the
+        receipt reason as `code`: invalid, too_long, not_found, forbidden) except the rate limit;
+        the same store and delivery path (every live device of the recipients and of the
+        sender). `message_id` defaults to a random one; publishing an id again returns the
+        stored message without delivering it again.
+        """
+        if not isinstance(sender_id, str) or not sender_id:
+            raise FrameError("invalid", "sender_id must be a non-empty string", field="senderId")
+        mid = message_id if message_id is not None else secrets.token_hex(16)
+        if not isinstance(mid, str) or not 1 <= len(mid) <= 64:
+            raise FrameError("invalid", "message_id must be 1-64 characters", field="id")
+        obj = {
+            "text": text,
+            "recipientId": recipient_id,
+            "groupId": group_id,
+            "senderId": sender_id,
+            "senderName": sender_name,
+            "meta": meta,
+        }
+        frame = validate_message(obj, self.limits, message_id=mid)
+        if frame.group_id is not None:
+            group = await self.router.group(self.store, frame.group_id)
+            if group is None:
+                raise MessageRefused(
+                    "not_found",
+                    "no such group",
+                    message_id=mid,
+                    field="groupId",
+                    group_id=frame.group_id,
+                )
+            if sender_id not in group.members:
+                raise MessageRefused(
+                    "forbidden",
+                    "the sender is not a member of this group",
+                    message_id=mid,
+                    field="groupId",
+                    group_id=frame.group_id,
+                )
+            audience: tuple[str, ...] = group.members
+            conversation = group_conversation(frame.group_id)
+        else:
+            assert frame.recipient_id is not None
+            audience = tuple(dict.fromkeys((frame.recipient_id, sender_id)))
+            conversation = direct_conversation(sender_id, frame.recipient_id)
+        message = NewMessage(
+            conversation=conversation,
+            id=mid,
+            sender_id=sender_id,
+            text=frame.text,
+            server_timestamp=self._now_iso(),
+            recipient_id=frame.recipient_id,
+            group_id=frame.group_id,
+            sender_name=sender_name,
+            meta=frame.meta,
+        )
+        ticket = self._order.take()
+        action: Callable[[], None] | None = None
+        try:
+            appended = (await self.store.append_many([message]))[0]
+
+            def deliver() -> None:
+                if appended.duplicate:
+                    return
+                if message.group_id is None:
+                    self.presence.link([sender_id], audience)
+                self._deliver(appended.message, audience, None)
+
+            action = deliver
+        finally:
+            self._order.complete(ticket, action)
+        return appended.message

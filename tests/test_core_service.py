@@ -1,0 +1,1010 @@
+"""MessagingService without sockets: fake Connections with a real Outbox, the real MemoryStore.
+
+Every frame type and error path of the contract, the delivery semantics (sent / delivered /
+read, acks, backlog, redelivery) and the server-side limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import pytest
+import trio
+
+from relay.config import RelayConfig
+from relay.errors import FrameError, StoreError
+from relay.fastpath import Outbox
+from relay.protocol import AuthFrame, MessageRefused
+from relay.service import MessagingService
+from relay.store.base import Appended, NewMessage
+from relay.store.memory import MemoryStore
+
+_ids = itertools.count(1)
+
+
+def decode_server_frames(data: bytes) -> list[dict[str, Any]]:
+    """Unmasked server text frames (what the relay queued) -> their JSON objects."""
+    out = []
+    i = 0
+    while i < len(data):
+        b0, b1 = data[i], data[i + 1]
+        assert b0 == 0x81, f"expected a FIN text frame, got {b0:#x}"
+        n = b1 & 0x7F
+        i += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, i)
+            i += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, i)
+            i += 8
+        out.append(orjson.loads(data[i : i + n]))
+        i += n
+    return out
+
+
+class FakeConn:
+    """The Connection protocol over a real Outbox; records close()."""
+
+    def __init__(self, max_bytes: int = 1 << 20, max_frames: int = 4096) -> None:
+        self.id = next(_ids)
+        self.remote = "127.0.0.1:40000"
+        self.path = "/"
+        self.outbox = Outbox(max_bytes, max_frames)
+        self.state: Any = None
+        self.closed: tuple[int, str] | None = None
+
+    def send(self, frame: bytes, droppable: bool = False) -> bool:
+        if self.closed is not None:
+            return False
+        return self.outbox.push(frame, droppable)
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+
+
+class CountingStore(MemoryStore):
+    """MemoryStore that records append_many batch sizes (and can be told to fail)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.fail_appends = False
+        self.fail_conversations = False
+
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        if self.fail_appends:
+            raise StoreError("disk full")
+        self.batches.append(len(messages))
+        return await super().append_many(messages)
+
+    async def conversations(self, user_id: str, *, limit: int = 100) -> Any:
+        if self.fail_conversations:
+            raise RuntimeError("boom")
+        return await super().conversations(user_id, limit=limit)
+
+
+class Harness:
+    def __init__(self, **config: Any) -> None:
+        self.now = 1000.0
+        self.wall = 1_770_000_000.0
+        self.config = RelayConfig(db_path=None, **config)
+        self.store = CountingStore()
+        self.svc = MessagingService(
+            self.config, self.store, clock=lambda: self.now, wall=lambda: self.wall
+        )
+        self.conns: list[FakeConn] = []
+
+    def open(self, **outbox: int) -> FakeConn:
+        conn = FakeConn(**outbox)
+        self.svc.on_open(conn)
+        self.conns.append(conn)
+        return conn
+
+    async def send(self, conn: FakeConn, *frames: dict[str, Any] | bytes) -> None:
+        payloads = [f if isinstance(f, bytes) else orjson.dumps(f) for f in frames]
+        await self.svc.on_messages(conn, payloads)
+
+    def frames(self, conn: FakeConn, *, flush: bool = True) -> list[dict[str, Any]]:
+        """What the relay queued for `conn` since last asked; `flush` reports it written."""
+        got = decode_server_frames(conn.outbox.take())
+        if flush:
+            self.svc.on_flushed(conn)
+        return got
+
+    async def settle(self) -> None:
+        """What the shell does every tick: flush everything, tick, maintain."""
+        self.svc.tick(self.now)
+        await self.svc.maintain()
+
+    async def connect(self, user: str, **auth: Any) -> FakeConn:
+        conn = self.open()
+        await self.send(conn, {"type": "auth", "userId": user, **auth})
+        first = decode_server_frames(conn.outbox.take())
+        assert first[0]["type"] == "auth_ok", first
+        conn.backlog = first[1:]  # type: ignore[attr-defined]
+        self.svc.on_flushed(conn)
+        return conn
+
+    def close(self, conn: FakeConn, code: int = 1000) -> None:
+        self.svc.on_close(conn, code)
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        self.wall += seconds
+        await self.settle()
+
+
+def msg(ident: str, to: str | None = None, text: str = "hi", **extra: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "message", "id": ident, "text": text, **extra}
+    if to is not None:
+        frame["recipientId"] = to
+    return frame
+
+
+def of_type(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [f for f in frames if f["type"] == kind]
+
+
+# --- session --------------------------------------------------------------------------------------
+
+
+async def test_auth_ok_and_session_fields() -> None:
+    h = Harness()
+    conn = h.open()
+    await h.send(conn, {"type": "auth", "userId": "alice", "deviceId": "phone", "acks": True})
+    (ok,) = h.frames(conn)
+    assert ok["type"] == "auth_ok"
+    assert (ok["userId"], ok["deviceId"]) == ("alice", "phone")
+    assert len(ok["sessionId"]) >= 16
+    assert ok["serverTime"].endswith("Z")
+    anon = h.open()
+    await h.send(anon, {"type": "auth", "userId": "alice"})
+    (ok2,) = h.frames(anon)
+    assert ok2["deviceId"].startswith("anon-") and ok2["sessionId"] != ok["sessionId"]
+
+
+async def test_frames_before_auth_are_unauthenticated_and_the_connection_stays() -> None:
+    h = Harness()
+    conn = h.open()
+    await h.send(conn, {"type": "ping", "ref": "p"}, msg("m1", "bob"), {"type": "conversations"})
+    errors = h.frames(conn)
+    assert [(e["code"], e.get("ref")) for e in errors] == [
+        ("unauthenticated", "p"),
+        ("unauthenticated", "m1"),
+        ("unauthenticated", None),
+    ]
+    assert conn.closed is None
+    await h.send(conn, {"type": "auth", "userId": "alice"})
+    assert h.frames(conn)[0]["type"] == "auth_ok"
+    assert h.store.batches == []  # nothing was stored before auth
+
+
+async def test_no_auth_within_the_timeout_closes_1008() -> None:
+    h = Harness(auth_timeout=2.0)
+    slow = h.open()
+    await h.advance(1.9)
+    assert slow.closed is None
+    await h.advance(0.2)
+    assert slow.closed is not None and slow.closed[0] == 1008
+    fast = h.open()
+    await h.send(fast, {"type": "auth", "userId": "u"})
+    await h.advance(5)
+    assert fast.closed is None
+
+
+async def test_auth_failure_sends_auth_failed_then_closes_1008() -> None:
+    class Refuse:
+        async def authenticate(self, frame: AuthFrame) -> str:
+            raise FrameError("auth_failed", "bad token")
+
+    h = Harness()
+    h.svc = MessagingService(h.config, h.store, authenticator=Refuse(), clock=lambda: h.now)
+    conn = h.open()
+    await h.send(conn, {"type": "auth", "userId": "alice", "token": "x"}, {"type": "ping"})
+    frames = h.frames(conn)
+    assert [(f["type"], f.get("code")) for f in frames] == [("error", "auth_failed")]
+    assert conn.closed is not None and conn.closed[0] == 1008
+
+
+async def test_invalid_auth_frame_fails_auth() -> None:
+    h = Harness()
+    conn = h.open()
+    await h.send(conn, {"type": "auth", "userName": "no id"})
+    (err,) = h.frames(conn)
+    assert (err["code"], err["field"]) == ("auth_failed", "userId")
+    assert conn.closed is not None and conn.closed[0] == 1008
+
+
+async def test_authenticator_decides_the_user() -> None:
+    class Tokens:
+        async def authenticate(self, frame: AuthFrame) -> str:
+            if frame.token != "secret":
+                raise FrameError("auth_failed", "bad token")
+            return frame.user_id
+
+    h = Harness()
+    h.svc = MessagingService(h.config, h.store, authenticator=Tokens(), clock=lambda: h.now)
+    good = h.open()
+    await h.send(good, {"type": "auth", "userId": "alice", "token": "secret"})
+    assert h.frames(good)[0]["type"] == "auth_ok"
+
+
+async def test_second_auth_is_invalid_and_harmless() -> None:
+    h = Harness()
+    conn = await h.connect("alice")
+    await h.send(conn, {"type": "auth", "userId": "mallory"}, {"type": "ping", "ref": "p"})
+    err, pong = h.frames(conn)
+    assert (err["code"], pong["type"]) == ("invalid", "pong")
+    assert conn.state.user_id == "alice"
+
+
+async def test_ping_pong() -> None:
+    h = Harness()
+    conn = await h.connect("alice")
+    await h.send(conn, {"type": "ping", "ref": "p1"})
+    (pong,) = h.frames(conn)
+    assert pong["type"] == "pong" and pong["ref"] == "p1"
+    assert pong["serverTime"].startswith("2026-02-")
+
+
+async def test_bad_input_is_answered_and_the_connection_keeps_working() -> None:
+    h = Harness()
+    conn = await h.connect("alice")
+    await h.send(conn, b"{nope", b"[]", {"type": "fly", "ref": "f"}, {"type": "history"})
+    frames = h.frames(conn)
+    assert [f["code"] for f in frames] == ["bad_json", "bad_frame", "unknown_type", "invalid"]
+    assert frames[2]["ref"] == "f" and frames[3]["field"] == "peerId"
+    await h.send(conn, {"type": "ping"})
+    assert h.frames(conn)[0]["type"] == "pong"
+    assert conn.closed is None
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+
+async def test_one_to_one_message_reaches_every_device_but_the_sending_one() -> None:
+    h = Harness()
+    a1 = await h.connect("alice", deviceId="a-phone")
+    a2 = await h.connect("alice", deviceId="a-watch")
+    b1 = await h.connect("bob", deviceId="b-phone")
+    b2 = await h.connect("bob", deviceId="b-watch")
+    h.frames(a1), h.frames(b1)
+    original = msg("1707116400000", "bob", "Hello there!", senderId="alice", senderName="Alice",
+                   senderAvatar="AL", timestamp="2026-02-05T10:30:15Z", status="pending")  # fmt: skip
+    await h.send(a1, original)
+    (sent,) = h.frames(a1)
+    assert sent == {
+        "type": "receipt", "id": "1707116400000", "peerId": "bob", "status": "sent", "seq": 1,
+        "timestamp": sent["timestamp"],
+    }  # fmt: skip
+    for conn in (a2, b1, b2):
+        (got,) = of_type(h.frames(conn), "message")
+        assert got["status"] == "delivered" and got["seq"] == 1
+        assert {k: got[k] for k in ("id", "senderId", "senderName", "senderAvatar", "recipientId",
+                                    "text", "timestamp")} == {
+            k: original[k] for k in ("id", "senderId", "senderName", "senderAvatar",
+                                     "recipientId", "text", "timestamp")
+        }  # fmt: skip
+        assert got["serverTimestamp"].endswith("Z")
+    await h.send(b1, msg("r1", "alice", "back"))
+    assert h.frames(b1)[0]["seq"] == 2  # one conversation, seq counts on
+
+
+async def test_resend_of_the_same_id_gets_the_same_seq_and_no_second_delivery() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))
+    first = h.frames(a)
+    assert [r["seq"] for r in first] == [1, 2]
+    assert len(of_type(h.frames(b), "message")) == 2
+    await h.send(a, msg("m1", "bob", "changed"))
+    (again,) = h.frames(a)
+    assert (again["status"], again["seq"], again["id"]) == ("sent", 1, "m1")
+    assert of_type(h.frames(b), "message") == []
+
+
+async def test_consecutive_messages_of_one_read_are_stored_in_one_append() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(5)), {"type": "ping"}, msg("m5", "bob"))
+    frames = h.frames(a)
+    assert [f["type"] for f in frames] == ["receipt"] * 5 + ["pong", "receipt"]
+    assert [f["seq"] for f in of_type(frames, "receipt")] == [1, 2, 3, 4, 5, 6]
+    assert h.store.batches == [5, 1]
+
+
+async def test_refused_messages_get_failed_receipts_in_order_and_are_not_stored() -> None:
+    h = Harness(max_text_chars=5)
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(
+        a,
+        msg("ok1", "bob"),
+        msg("spoof", "bob", senderId="mallory"),
+        msg("long", "bob", "x" * 6),
+        msg("both", "bob", groupId="g"),
+        msg("empty", "bob", ""),
+        msg("ok2", "bob"),
+    )
+    frames = h.frames(a)
+    assert [(f["id"], f["status"], f.get("reason")) for f in frames] == [
+        ("ok1", "sent", None),
+        ("spoof", "failed", "forbidden"),
+        ("long", "failed", "too_long"),
+        ("both", "failed", "invalid"),
+        ("empty", "failed", "invalid"),
+        ("ok2", "sent", None),
+    ]
+    assert [m["id"] for m in of_type(h.frames(b), "message")] == ["ok1", "ok2"]
+    assert [f["seq"] for f in frames if f["status"] == "sent"] == [1, 2]
+
+
+async def test_message_without_id_gets_an_invalid_error() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.send(a, {"type": "message", "recipientId": "bob", "text": "hi"})
+    (err,) = h.frames(a)
+    assert (err["type"], err["code"], err["field"]) == ("error", "invalid", "id")
+
+
+async def test_meta_is_stored_and_forwarded_untouched_within_its_limit() -> None:
+    h = Harness(max_meta_bytes=64)
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    meta = {"reply_to": "m0", "n": [1, 2.5, None]}
+    await h.send(a, msg("m1", "bob", meta=meta), msg("m2", "bob", meta={"x": "y" * 80}))
+    sent, failed = h.frames(a)
+    assert sent["status"] == "sent" and (failed["reason"], failed["field"]) == ("too_long", "meta")
+    (got,) = of_type(h.frames(b), "message")
+    assert got["meta"] == meta
+
+
+async def test_flood_is_rate_limited_per_user() -> None:
+    h = Harness(rate_limit_messages=1.0, rate_limit_burst=3)
+    a = await h.connect("alice")
+    c = await h.connect("carol")
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(5)))
+    assert [f.get("reason") for f in h.frames(a)] == [
+        None,
+        None,
+        None,
+        "rate_limited",
+        "rate_limited",
+    ]
+    await h.send(c, msg("c1", "bob"))  # another user is not affected
+    assert h.frames(c)[0]["status"] == "sent"
+    h.now += 1.0  # one token back
+    await h.send(a, msg("m9", "bob"), msg("m10", "bob"))
+    assert [f["status"] for f in h.frames(a)] == ["sent", "failed"]
+
+
+async def test_store_failure_answers_failed_internal() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    h.store.fail_appends = True
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))
+    assert [(f["status"], f["reason"]) for f in h.frames(a)] == [("failed", "internal")] * 2
+    assert of_type(h.frames(b), "message") == []
+    h.store.fail_appends = False
+    await h.send(a, msg("m1", "bob"))
+    assert h.frames(a)[0]["seq"] == 1  # nothing was half-stored
+
+
+async def test_unexpected_exception_answers_internal_and_the_connection_stays() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    h.store.fail_conversations = True
+    await h.send(a, {"type": "conversations", "ref": "c"}, {"type": "ping", "ref": "p"})
+    err, pong = h.frames(a)
+    assert (err["code"], err["ref"], pong["type"]) == ("internal", "c", "pong")
+    assert a.closed is None
+
+
+async def test_message_to_self_reaches_own_other_devices_once() -> None:
+    h = Harness()
+    a1 = await h.connect("alice", deviceId="1")
+    a2 = await h.connect("alice", deviceId="2")
+    await h.send(a1, msg("note", "alice"))
+    assert h.frames(a1)[0]["status"] == "sent"
+    assert [m["id"] for m in of_type(h.frames(a2), "message")] == ["note"]
+
+
+# --- delivered / read -------------------------------------------------------------------------------
+
+
+async def test_acks_false_device_counts_as_delivered_once_flushed() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))
+    h.frames(a)
+    await h.settle()
+    assert h.frames(a) == []  # queued for bob but not written yet: not delivered
+    assert len(of_type(h.frames(b, flush=True), "message")) == 2
+    await h.settle()
+    (receipt,) = h.frames(a)
+    assert receipt == {
+        "type": "receipt", "id": "m2", "peerId": "bob", "seq": 2, "status": "delivered",
+        "userId": "bob", "timestamp": receipt["timestamp"],
+    }  # fmt: skip
+    marks = await h.store.watermarks("d:3:bob:alice" if False else _conv("alice", "bob"), "bob")
+    assert marks.delivered_seq == 2
+
+
+def _conv(a: str, b: str) -> str:
+    from relay.store.base import direct_conversation
+
+    return direct_conversation(a, b)
+
+
+async def test_unflushed_messages_are_lost_with_the_connection_and_come_again() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a)
+    b.outbox.take()  # "written" partially: the shell never reported the flush
+    h.close(b, 1006)
+    await h.settle()
+    assert h.frames(a) == []  # no delivered receipt
+    b2 = await h.connect("bob")
+    assert [m["id"] for m in b2.backlog] == ["m1"]  # type: ignore[attr-defined]
+
+
+async def test_acks_true_device_delivers_by_receipt_and_gets_unacked_again() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob", deviceId="bphone", acks=True)
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"), msg("m3", "bob"))
+    h.frames(a)
+    assert [m["seq"] for m in of_type(h.frames(b), "message")] == [1, 2, 3]
+    await h.settle()
+    assert h.frames(a) == []  # flushed is not delivered for an acks device
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 1, "status": "delivered"})
+    (r,) = h.frames(a)
+    assert (r["id"], r["seq"], r["status"], r["userId"]) == ("m1", 1, "delivered", "bob")
+    h.close(b)
+    b2 = await h.connect("bob", deviceId="bphone", acks=True)
+    assert [m["seq"] for m in b2.backlog] == [2, 3]  # type: ignore[attr-defined]
+    await h.send(b2, {"type": "receipt", "peerId": "alice", "seq": 3, "status": "delivered"})
+    h.close(b2)
+    b3 = await h.connect("bob", deviceId="bphone", acks=True)
+    assert b3.backlog == []  # type: ignore[attr-defined]
+
+
+async def test_read_receipt_reaches_the_sender_and_the_readers_other_devices() -> None:
+    h = Harness()
+    a1 = await h.connect("alice", deviceId="a1")
+    a2 = await h.connect("alice", deviceId="a2")
+    b1 = await h.connect("bob", deviceId="b1")
+    b2 = await h.connect("bob", deviceId="b2")
+    await h.send(a1, msg("m1", "bob"), msg("m2", "bob"))
+    for conn in (a1, a2, b1, b2):
+        h.frames(conn)
+    await h.settle()
+    assert [r["status"] for r in h.frames(a1)] == ["delivered"]
+    assert [r["status"] for r in h.frames(a2)] == ["delivered"]  # every sender device
+    await h.send(b1, {"type": "receipt", "peerId": "alice", "seq": 2, "status": "read"})
+    for conn in (a1, a2):
+        (r,) = h.frames(conn)
+        assert (r["id"], r["seq"], r["status"], r["userId"], r["peerId"]) == (
+            "m2", 2, "read", "bob", "bob",
+        )  # fmt: skip
+    (sync,) = h.frames(b2)
+    assert (sync["status"], sync["seq"], sync["peerId"], sync["userId"]) == (
+        "read", 2, "alice", "bob",
+    )  # fmt: skip
+    assert "id" not in sync
+    assert h.frames(b1) == []
+    summary = (await h.store.conversations("bob"))[0]
+    assert (summary.unread, summary.read_seq) == (0, 2)
+
+
+async def test_stale_receipts_are_ignored_and_status_only_moves_forward() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob", acks=True, deviceId="b")
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))
+    h.frames(a), h.frames(b)
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 2, "status": "read"})
+    assert [r["status"] for r in h.frames(a)] == ["read"]
+    await h.send(
+        b,
+        {"type": "receipt", "peerId": "alice", "seq": 2, "status": "delivered"},
+        {"type": "receipt", "peerId": "alice", "seq": 1, "status": "read"},
+        {"type": "receipt", "peerId": "alice", "seq": 2, "status": "read"},
+    )
+    assert h.frames(a) == [] and h.frames(b) == []
+
+
+async def test_receipt_seq_is_clamped_to_the_conversation() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob", acks=True, deviceId="b")
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a), h.frames(b)
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 99, "status": "read"})
+    (r,) = h.frames(a)
+    assert r["seq"] == 1
+    await h.send(a, msg("m2", "bob"))  # a later message is not already read
+    h.frames(a)
+    assert (await h.store.conversations("bob"))[0].unread == 1
+
+
+async def test_receipt_for_a_conversation_the_user_is_not_in_is_forbidden() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.connect("bob")
+    c = await h.connect("carol")
+    await h.send(a, msg("m1", "bob"))
+    await h.send(c, {"type": "receipt", "peerId": "alice", "seq": 1, "status": "read", "ref": "x"})
+    (err,) = h.frames(c)
+    assert (err["code"], err["ref"]) == ("forbidden", "x")
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["bob"]})
+    await h.send(c, {"type": "receipt", "groupId": "g", "seq": 1, "status": "read"})
+    assert h.frames(c)[0]["code"] == "forbidden"
+    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).read_seq == 0
+
+
+async def test_only_recipients_receipts_move_senders_status() -> None:
+    h = Harness()
+    a = await h.connect("alice", acks=True, deviceId="a")
+    await h.connect("bob")
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a)
+    # the sender acknowledging its own message covers nothing of anyone else's
+    await h.send(a, {"type": "receipt", "peerId": "bob", "seq": 1, "status": "read"})
+    assert h.frames(a) == []
+    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).read_seq == 0
+
+
+# --- backlog ----------------------------------------------------------------------------------------
+
+
+async def test_offline_recipient_gets_the_backlog_in_seq_order_then_live() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    c = await h.connect("carol")
+    await h.send(a, *(msg(f"a{i}", "bob") for i in range(3)))
+    await h.send(c, msg("c0", "bob"))
+    await h.send(a, msg("a3", "bob"))
+    b = await h.connect("bob")
+    assert [(m["id"], m["seq"]) for m in b.backlog] == [  # type: ignore[attr-defined]
+        ("a0", 1), ("a1", 2), ("a2", 3), ("c0", 1), ("a3", 4),
+    ]  # fmt: skip
+    await h.send(a, msg("a4", "bob"))
+    assert [m["id"] for m in of_type(h.frames(b), "message")] == ["a4"]
+
+
+async def test_backlog_comes_in_batches_acks_false() -> None:
+    h = Harness(backlog_batch=2)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(5)))
+    b = await h.connect("bob")
+    got = [m["seq"] for m in b.backlog]  # type: ignore[attr-defined]
+    assert got == [1, 2]
+    for _ in range(5):
+        await h.settle()
+        got += [m["seq"] for m in of_type(h.frames(b), "message")]
+    assert got == [1, 2, 3, 4, 5]
+    await h.send(a, msg("live", "bob"))
+    assert [m["seq"] for m in of_type(h.frames(b), "message")] == [6]
+
+
+async def test_backlog_comes_in_batches_acks_true_as_they_are_acknowledged() -> None:
+    h = Harness(backlog_batch=2)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(5)))
+    b = await h.connect("bob", acks=True, deviceId="b")
+    assert [m["seq"] for m in b.backlog] == [1, 2]  # type: ignore[attr-defined]
+    await h.settle()
+    assert of_type(h.frames(b), "message") == []  # waits for the acknowledgement
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 2, "status": "delivered"})
+    assert [m["seq"] for m in of_type(h.frames(b), "message")] == [3, 4]
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 4, "status": "delivered"})
+    assert [m["seq"] for m in of_type(h.frames(b), "message")] == [5]
+
+
+async def test_live_messages_during_a_backlog_keep_seq_order() -> None:
+    h = Harness(backlog_batch=2)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(3)))
+    b = await h.connect("bob")
+    seen = [m["seq"] for m in b.backlog]  # type: ignore[attr-defined]
+    await h.send(a, msg("live1", "bob"))  # arrives while the backlog is still going
+    seen += [m["seq"] for m in of_type(h.frames(b, flush=False), "message")]
+    for _ in range(4):
+        h.svc.on_flushed(b)
+        await h.settle()
+        seen += [m["seq"] for m in of_type(h.frames(b, flush=False), "message")]
+    assert seen == [1, 2, 3, 4]
+
+
+async def test_group_member_gets_group_backlog_from_when_they_joined() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["bob"]})
+    await h.send(a, {"type": "message", "id": "g1", "groupId": "g", "text": "one"})
+    await h.send(a, {"type": "group_add", "groupId": "g", "userIds": ["carol"]})
+    await h.send(a, {"type": "message", "id": "g2", "groupId": "g", "text": "two"})
+    b = await h.connect("bob")
+    c = await h.connect("carol")
+    assert [m["id"] for m in b.backlog] == ["g1", "g2"]  # type: ignore[attr-defined]
+    assert [m["id"] for m in c.backlog] == ["g2"]  # type: ignore[attr-defined]
+
+
+# --- presence -------------------------------------------------------------------------------------
+
+
+async def test_presence_online_offline_with_grace_to_contacts_only() -> None:
+    h = Harness(presence_grace=5.0)
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    stranger = await h.connect("stranger")
+    await h.send(a, msg("m1", "bob"))  # now alice and bob share a conversation
+    h.frames(a), h.frames(b), h.frames(stranger)
+    h.close(b)
+    await h.advance(4.0)
+    assert of_type(h.frames(a), "status") == []
+    b = await h.connect("bob")  # back within the grace: nothing announced
+    assert of_type(h.frames(a), "status") == []
+    h.close(b)
+    left_at = h.svc._now_iso()
+    await h.advance(5.1)
+    (off,) = of_type(h.frames(a), "status")
+    assert (off["userId"], off["status"], off["lastSeen"]) == ("bob", "offline", left_at)
+    assert h.frames(stranger) == []
+    b = await h.connect("bob")
+    (on,) = of_type(h.frames(a), "status")
+    assert (on["userId"], on["status"]) == ("bob", "online")
+    assert h.frames(stranger) == []
+    b2 = await h.connect("bob", deviceId="watch")  # second device: no announcement
+    assert of_type(h.frames(a), "status") == []
+    h.close(b2)
+    await h.advance(10)
+    assert of_type(h.frames(a), "status") == []  # one device still there
+
+
+async def test_presence_query_and_last_seen() -> None:
+    h = Harness(presence_grace=0.0)
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    h.close(b)
+    left = h.svc._now_iso()
+    await h.settle()
+    await h.send(a, {"type": "presence", "userIds": ["alice", "bob", "nobody"], "ref": "q"})
+    (answer,) = h.frames(a)
+    assert answer == {
+        "type": "presence",
+        "users": [
+            {"userId": "alice", "status": "online", "lastSeen": None},
+            {"userId": "bob", "status": "offline", "lastSeen": left},
+            {"userId": "nobody", "status": "offline", "lastSeen": None},
+        ],
+        "ref": "q",
+    }
+    assert await h.store.last_seen(["bob"]) == {"bob": left}
+
+
+async def test_status_frames_are_passed_on_to_contacts_and_must_be_own() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a), h.frames(b)
+    await h.send(a, {"type": "status", "status": "away", "userId": "alice", "timestamp": "t"})
+    (st,) = h.frames(b)
+    assert (st["type"], st["status"], st["userId"]) == ("status", "away", "alice")
+    await h.send(b, {"type": "presence", "userIds": ["alice"]})
+    assert h.frames(b)[0]["users"][0]["status"] == "away"
+    await h.send(a, {"type": "status", "status": "busy", "userId": "bob"})
+    (err,) = h.frames(a)
+    assert (err["code"], err["field"]) == ("forbidden", "userId")
+    assert h.frames(b) == []
+
+
+# --- typing ---------------------------------------------------------------------------------------
+
+
+async def test_typing_forwarded_lapses_and_is_droppable() -> None:
+    h = Harness(typing_lapse=10.0)
+    a = await h.connect("alice")
+    b1 = await h.connect("bob", deviceId="1")
+    b2 = await h.connect("bob", deviceId="2")
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    for conn in (b1, b2):
+        assert h.frames(conn) == [{"type": "typing", "userId": "alice", "state": "start"}]
+    await h.advance(9.0)
+    assert h.frames(b1) == []
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})  # refresh
+    h.frames(b1), h.frames(b2)
+    await h.advance(9.0)
+    assert h.frames(b1) == []
+    await h.advance(1.5)
+    assert h.frames(b1) == [{"type": "typing", "userId": "alice", "state": "stop"}]
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "stop"})
+    assert h.frames(b1) == []  # nothing active: nothing to stop
+    assert h.frames(a) == []  # typing is never answered or stored
+    assert h.store.batches == []
+
+
+async def test_typing_stop_and_disconnect_end_the_indicator() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "stop"})
+    assert [f["state"] for f in h.frames(b)] == ["start", "stop"]
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    h.frames(b)
+    h.close(a)
+    assert h.frames(b) == [{"type": "typing", "userId": "alice", "state": "stop"}]
+
+
+async def test_typing_is_rate_limited_per_user() -> None:
+    h = Harness(typing_rate_limit=2.0)
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    for _ in range(6):
+        await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    assert len(h.frames(b)) == 2
+    assert h.frames(a) == []
+
+
+async def test_group_typing_and_non_member_typing() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    c = await h.connect("carol")
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["bob"]})
+    h.frames(a), h.frames(b)
+    await h.send(b, {"type": "typing", "groupId": "g", "state": "start"})
+    assert h.frames(a) == [{"type": "typing", "userId": "bob", "state": "start", "groupId": "g"}]
+    assert h.frames(b) == []
+    await h.send(c, {"type": "typing", "groupId": "g", "state": "start"})
+    assert h.frames(c)[0]["code"] == "forbidden"
+    assert h.frames(a) == []
+
+
+# --- conversations and history --------------------------------------------------------------------
+
+
+async def test_conversations_list_with_unread_and_watermarks() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"), msg("m3", "bob"))
+    await h.send(a, {"type": "group_create", "groupId": "g", "name": "Runners", "members": ["bob"]})
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 1, "status": "read"})
+    h.frames(b)
+    await h.send(b, {"type": "conversations", "ref": "c1"})
+    (answer,) = h.frames(b)
+    assert answer["type"] == "conversations" and answer["ref"] == "c1"
+    by_key = {i.get("peerId") or i.get("groupId"): i for i in answer["items"]}
+    alice = by_key["alice"]
+    assert (alice["unread"], alice["lastSeq"], alice["readSeq"]) == (2, 3, 1)
+    assert alice["lastMessage"]["id"] == "m3" and alice["updatedAt"].endswith("Z")
+    group = by_key["g"]
+    assert (group["name"], group["lastMessage"], group["unread"]) == ("Runners", None, 0)
+
+
+async def test_history_paging_before_after_and_has_more() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob", f"t{i}") for i in range(1, 8)))
+    h.frames(a)
+    await h.send(a, {"type": "history", "peerId": "bob", "limit": 3, "ref": "h1"})
+    page = h.frames(a)[0]
+    assert (page["ref"], page["peerId"], page["hasMore"]) == ("h1", "bob", True)
+    assert [m["seq"] for m in page["messages"]] == [5, 6, 7]
+    await h.send(a, {"type": "history", "peerId": "bob", "before": 5, "limit": 3})
+    page = h.frames(a)[0]
+    assert ([m["seq"] for m in page["messages"]], page["hasMore"]) == ([2, 3, 4], True)
+    await h.send(a, {"type": "history", "peerId": "bob", "before": 2, "limit": 3})
+    page = h.frames(a)[0]
+    assert ([m["seq"] for m in page["messages"]], page["hasMore"]) == ([1], False)
+    await h.send(a, {"type": "history", "peerId": "bob", "after": 5})
+    page = h.frames(a)[0]
+    assert ([m["seq"] for m in page["messages"]], page["hasMore"]) == ([6, 7], False)
+    await h.send(a, {"type": "history", "peerId": "bob", "after": 0, "limit": 2})
+    page = h.frames(a)[0]
+    assert ([m["text"] for m in page["messages"]], page["hasMore"]) == (["t1", "t2"], True)
+    await h.send(a, {"type": "history", "peerId": "bob"})
+    assert len(h.frames(a)[0]["messages"]) == 7  # default limit 50
+
+
+async def test_history_of_a_group_is_for_members_only() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    c = await h.connect("carol")
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["bob"]})
+    await h.send(a, {"type": "message", "id": "g1", "groupId": "g", "text": "secret"})
+    h.frames(a)
+    await h.send(c, {"type": "history", "groupId": "g"}, {"type": "history", "groupId": "nope"})
+    forbidden, missing = h.frames(c)
+    assert (forbidden["code"], missing["code"]) == ("forbidden", "not_found")
+    await h.send(a, {"type": "history", "groupId": "g"})
+    page = h.frames(a)[0]
+    assert page["groupId"] == "g" and [m["text"] for m in page["messages"]] == ["secret"]
+
+
+# --- groups ---------------------------------------------------------------------------------------
+
+
+async def test_group_lifecycle_and_permissions() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+    c = await h.connect("carol")
+    d = await h.connect("dave")
+    await h.send(a, {"type": "group_create", "groupId": "g1", "name": "Runners",
+                     "members": ["bob", "carol"], "ref": "r1"})  # fmt: skip
+    (created,) = h.frames(a)
+    assert created == {
+        "type": "group", "groupId": "g1", "name": "Runners", "members": ["alice", "bob", "carol"],
+        "createdBy": "alice", "event": "create", "ref": "r1",
+    }  # fmt: skip
+    for conn in (b, c):
+        (g,) = h.frames(conn)
+        assert g["members"] == ["alice", "bob", "carol"] and "ref" not in g
+    assert h.frames(d) == []
+    # a member sends: every member's devices get it, the sender gets sent
+    await h.send(b, {"type": "message", "id": "x1", "groupId": "g1", "text": "run?"})
+    (sent,) = h.frames(b)
+    assert (sent["status"], sent["groupId"], sent["seq"]) == ("sent", "g1", 1)
+    for conn in (a, c):
+        (m,) = h.frames(conn)
+        assert (m["groupId"], m["senderId"], m["text"]) == ("g1", "bob", "run?")
+    # a non-member cannot send, add or leave; an unknown group is not_found
+    await h.send(d, {"type": "message", "id": "x2", "groupId": "g1", "text": "hi"})
+    assert (h.frames(d)[0]["status"],) == ("failed",)
+    await h.send(d, {"type": "group_add", "groupId": "g1", "userIds": ["dave"]})
+    assert h.frames(d)[0]["code"] == "forbidden"
+    await h.send(d, {"type": "message", "id": "x3", "groupId": "nope", "text": "hi"})
+    assert h.frames(d)[0]["reason"] == "not_found"
+    await h.send(d, {"type": "group_leave", "groupId": "nope"})
+    assert h.frames(d)[0]["code"] == "not_found"
+    # any member may add
+    await h.send(c, {"type": "group_add", "groupId": "g1", "userIds": ["dave"], "ref": "add"})
+    assert h.frames(c)[0]["ref"] == "add"
+    for conn in (a, b, d):
+        assert h.frames(conn)[0]["members"] == ["alice", "bob", "carol", "dave"]
+    # only the creator removes others
+    await h.send(b, {"type": "group_remove", "groupId": "g1", "userIds": ["carol"]})
+    assert h.frames(b)[0]["code"] == "forbidden"
+    await h.send(a, {"type": "group_remove", "groupId": "g1", "userIds": ["carol"]})
+    assert h.frames(a)[0]["members"] == ["alice", "bob", "dave"]
+    (told,) = h.frames(c)  # the removed member learns it
+    assert (told["event"], told["members"]) == ("remove", ["alice", "bob", "dave"])
+    h.frames(b), h.frames(d)
+    await h.send(a, {"type": "message", "id": "x4", "groupId": "g1", "text": "bye carol"})
+    assert [r["status"] for r in h.frames(a)] == ["sent"]
+    assert h.frames(c) == []
+    assert [m["id"] for m in h.frames(d)] == ["x4"]
+    # leaving
+    await h.send(d, {"type": "group_leave", "groupId": "g1"})
+    left = h.frames(d)[0]
+    assert (left["event"], left["members"]) == ("leave", ["alice", "bob"])
+    assert h.frames(a)[0]["members"] == ["alice", "bob"]
+
+
+async def test_group_create_limits_and_conflicts() -> None:
+    h = Harness(max_group_members=3)
+    a = await h.connect("alice")
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["b", "c", "d"]})
+    (err,) = h.frames(a)
+    assert (err["code"], err["field"]) == ("invalid", "members")  # 4 with the creator
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": ["b", "c"]})
+    assert h.frames(a)[0]["type"] == "group"
+    await h.send(a, {"type": "group_create", "groupId": "g", "members": []})
+    (err,) = h.frames(a)
+    assert (err["code"], err["field"]) == ("invalid", "groupId")
+    await h.send(a, {"type": "group_add", "groupId": "g", "userIds": ["x"]})
+    assert h.frames(a)[0]["field"] == "userIds"
+
+
+# --- flow control ---------------------------------------------------------------------------------
+
+
+async def test_slow_consumer_is_closed_1013_and_others_keep_working() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    slow = h.open(max_frames=3)
+    await h.send(slow, {"type": "auth", "userId": "bob"})
+    fine = await h.connect("bob", deviceId="fine", acks=True)
+    await h.send(a, *(msg(f"m{i}", "bob") for i in range(5)))
+    assert slow.closed is not None and slow.closed[0] == 1013
+    assert [m["seq"] for m in of_type(h.frames(fine), "message")] == [1, 2, 3, 4, 5]
+    assert [r["status"] for r in h.frames(a)] == ["sent"] * 5
+    h.close(slow, 1013)
+    back = await h.connect("bob")
+    # nothing reached bob (the other device has not acknowledged): it all comes again
+    assert [m["seq"] for m in back.backlog] == [1, 2, 3, 4, 5]  # type: ignore[attr-defined]
+
+
+async def test_typing_to_a_full_outbox_is_dropped_not_closed() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = h.open(max_frames=4)
+    await h.send(b, {"type": "auth", "userId": "bob"})
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))  # 3 of 4 frames queued for bob
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    assert b.closed is None
+    frames = h.frames(b)
+    assert [f["type"] for f in frames] == ["auth_ok", "message", "message"]  # typing dropped
+
+
+# --- in-process publish ---------------------------------------------------------------------------
+
+
+async def test_publish_goes_through_validation_store_and_delivery() -> None:
+    h = Harness(max_text_chars=10)
+    b1 = await h.connect("bob", deviceId="1")
+    b2 = await h.connect("bob", deviceId="2")
+    stored = await h.svc.publish(sender_id="system", recipient_id="bob", text="welcome",
+                                 message_id="w1", sender_name="Relay")  # fmt: skip
+    assert (stored.seq, stored.id, stored.sender_name) == (1, "w1", "Relay")
+    for conn in (b1, b2):
+        (m,) = of_type(h.frames(conn), "message")
+        assert (m["id"], m["senderId"], m["text"]) == ("w1", "system", "welcome")
+    again = await h.svc.publish(sender_id="system", recipient_id="bob", text="welcome",
+                                message_id="w1")  # fmt: skip
+    assert again.seq == 1 and h.frames(b1) == []
+    with pytest.raises(MessageRefused) as info:
+        await h.svc.publish(sender_id="system", recipient_id="bob", text="x" * 11)
+    assert info.value.code == "too_long"
+    with pytest.raises(FrameError):
+        await h.svc.publish(sender_id="system", recipient_id="bob", group_id="g", text="x")
+    with pytest.raises(MessageRefused) as info:
+        await h.svc.publish(sender_id="system", group_id="nope", text="x")
+    assert info.value.code == "not_found"
+
+
+# --- ordering under concurrent appends ------------------------------------------------------------
+
+
+class GatedStore(MemoryStore):
+    """The first append_many waits for a gate while a later one completes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+        self.calls = 0
+
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        self.calls += 1
+        result = await super().append_many(messages)  # seq assigned in call order
+        if self.calls == 1:
+            await self.gate.wait()
+        return result
+
+
+async def test_deliveries_leave_in_seq_order_when_appends_return_out_of_order() -> None:
+    config = RelayConfig(db_path=None)
+    store = GatedStore()
+    svc = MessagingService(config, store)
+    conns = {}
+    for user in ("alice", "carol", "bob"):
+        conn = FakeConn()
+        svc.on_open(conn)
+        await svc.on_messages(conn, [orjson.dumps({"type": "auth", "userId": user})])
+        conn.outbox.take()
+        conns[user] = conn
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(svc.on_messages, conns["alice"], [orjson.dumps(msg("a1", "bob"))])
+        await trio.testing.wait_all_tasks_blocked()
+        await svc.on_messages(conns["alice"], [orjson.dumps(msg("a2", "bob"))])
+        assert decode_server_frames(conns["bob"].outbox.take()) == []  # a1 not yet released
+        store.gate.set()
+    got = decode_server_frames(conns["bob"].outbox.take())
+    assert [m["seq"] for m in got] == [1, 2]
+
+
+import trio.testing  # noqa: E402  (used above; kept next to its only user)
