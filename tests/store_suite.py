@@ -121,10 +121,13 @@ class StoreSuite:
 
     async def test_sender_and_id_is_an_idempotency_key(self, store: Store) -> None:
         [original] = await put(store, msg("a", "b", id="x1", text="first"))
+        listed = await store.conversations("b")
         [r] = await store.append_many([msg("a", "b", id="x1", text="changed")])
         assert r.duplicate
         assert r.message == original  # the stored one, not the resent copy
         assert await store.last_seq(AB) == 1
+        assert await store.conversations("b") == listed  # a resend changes nothing
+        assert await store.undelivered("b", "") == [original]
         # the same id from another sender is another message
         [other] = await put(store, msg("b", "a", id="x1"))
         assert other.seq == 2

@@ -144,12 +144,6 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
     tips: dict[str, _Tip] = {}
     results: list[Appended] = []
     for m in messages:
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM messages WHERE sender_id = ? AND id = ?", (m.sender_id, m.id)
-        ).fetchone()
-        if row is not None:
-            results.append(Appended(_message(row), duplicate=True))
-            continue
         tip = tips.get(m.conversation)
         if tip is None:
             found = conn.execute(
@@ -157,20 +151,12 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
             ).fetchone()
             tip = _Tip(found[0] if found else 0, found is not None, m.group_id)
             tips[m.conversation] = tip
-            if found is None and m.group_id is None:
-                recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
-                conn.executemany(
-                    "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) "
-                    "VALUES (?, ?, ?)",
-                    [
-                        (m.sender_id, m.conversation, recipient),
-                        (recipient, m.conversation, m.sender_id),
-                    ],
-                )
         seq = tip.last_seq + 1
         meta = orjson.dumps(m.meta).decode() if m.meta is not None else None
+        # One statement per message: the unique (sender_id, id) index is the idempotency check.
         cursor = conn.execute(
-            f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR IGNORE INTO messages ({_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 m.conversation,
                 seq,
@@ -186,6 +172,25 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
                 meta,
             ),
         )
+        if cursor.rowcount == 0:
+            row = conn.execute(
+                f"SELECT {_COLUMNS} FROM messages WHERE sender_id = ? AND id = ?",
+                (m.sender_id, m.id),
+            ).fetchone()
+            if row is None:  # ignored for another reason: (conversation, seq) was taken
+                raise StoreError(f"seq {seq} of {m.conversation!r} is taken; the counter is off")
+            results.append(Appended(_message(row), duplicate=True))
+            continue
+        if not tip.exists and tip.last_pos == 0 and m.group_id is None:
+            recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
+            conn.executemany(
+                "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) "
+                "VALUES (?, ?, ?)",
+                [
+                    (m.sender_id, m.conversation, recipient),
+                    (recipient, m.conversation, m.sender_id),
+                ],
+            )
         tip.last_seq = seq
         tip.last_pos = cast(int, cursor.lastrowid)
         tip.updated_at = m.server_timestamp
@@ -209,6 +214,8 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
             )
         )
     for conversation, tip in tips.items():
+        if tip.last_pos == 0:
+            continue  # only duplicates: nothing moved
         if tip.exists:
             conn.execute(
                 "UPDATE conversations SET last_seq = ?, last_pos = ?, updated_at = ? "
