@@ -3,8 +3,8 @@
 Shape of one server (every task lives in a visible nursery):
 
     Server.serve ── root nursery
-      ├─ accept loop (trio.serve_listeners) ── starts one task per TCP connection in ...
       └─ host (shielded, so a cancelled serve can still drain) ── host nursery
+           ├─ accept loop (trio.serve_listeners), starting one task per TCP connection here
            ├─ flusher: ONE task writing every dirty outbox, one `send` per connection per tick
            ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
            └─ per connection: its task (handshake, then the reader) and a nursery in which a
@@ -542,7 +542,8 @@ class Server:
         )
         async with trio.open_nursery() as root:
             conn_nursery: trio.Nursery = await root.start(self._host)
-            await root.start(self._accept, listeners, conn_nursery)
+            # In the shielded host nursery: /healthz keeps answering (503) while draining.
+            await conn_nursery.start(self._accept, listeners, conn_nursery)
             log.info("listening on %s", self.address.url)
             task_status.started(self.address)
             try:

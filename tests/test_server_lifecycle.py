@@ -1,0 +1,336 @@
+"""Life cycle of the shell: drain on shutdown, heartbeat, slow consumers, TLS, and the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from attrs import define, field
+from support import RawWs, http_get, http_request, mask_frame, start_relay, ws_connect
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from relay import Relay, RelayConfig
+from relay.cli import build_parser, config_from
+from relay.echo import EchoHandler
+from relay.fastpath import OP_TEXT, encode_frame
+from relay.server import Connection
+
+ROOT = Path(__file__).parent.parent
+URL_LINE = re.compile(r"WebSocket server running on (ws://\S+:(\d+))")
+
+
+async def start_echo(nursery: trio.Nursery, **overrides: Any) -> Relay:
+    overrides.setdefault("handler", EchoHandler())
+    return await start_relay(nursery, **overrides)
+
+
+# --- shutdown -----------------------------------------------------------------------------------
+
+
+async def test_shutdown_closes_clients_with_1012_and_returns() -> None:
+    async with trio.open_nursery() as outer:
+        relay_scope = trio.CancelScope()
+
+        async def run_relay(task_status: trio.TaskStatus[Relay]) -> None:
+            with relay_scope:
+                async with trio.open_nursery() as inner:
+                    task_status.started(await start_echo(inner))
+
+        relay = await outer.start(run_relay)
+        async with ws_connect(relay.url) as ws1, ws_connect(relay.url) as ws2:
+            await ws1.send_message("hi")
+            assert await ws1.get_message() == "hi"
+            started = trio.current_time()
+            relay_scope.cancel()
+            for ws in (ws1, ws2):
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.get_message()
+                assert info.value.reason.code == 1012
+        # The polite clients answered the close, so the drain ended well before drain_timeout.
+    assert trio.current_time() - started < 1.0
+    assert relay.draining
+
+
+async def test_draining_answers_503_and_refuses_upgrades_until_drain_timeout() -> None:
+    async with trio.open_nursery() as relay_nursery:
+        relay = await start_echo(relay_nursery, drain_timeout=1.0)
+        address = relay.address
+        assert address is not None
+        stubborn = await RawWs.connect(relay)  # reads nothing, never answers the close
+        await stubborn.send_text("hi")
+        started = trio.current_time()
+        relay_nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await trio.sleep(0.1)
+            assert await http_get(relay, "/healthz") == (503, b"draining")
+            metrics = (await http_get(relay, "/metrics"))[1]
+            assert b"relay_draining 1.0" in metrics
+            with pytest.raises(Exception, match="503"):
+                async with open_websocket_url(relay.url):
+                    pass
+            assert await stubborn.expect_close() == (1012, "service restart")
+    # serve() returned after at most drain_timeout (plus scheduling slack).
+    elapsed = trio.current_time() - started
+    assert 0.9 < elapsed < 1.8
+    await stubborn.aclose()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", address.port)
+
+
+# --- heartbeat ----------------------------------------------------------------------------------
+
+
+async def test_heartbeat_pings_then_closes_a_silent_peer(nursery: trio.Nursery) -> None:
+    relay = await start_echo(nursery, heartbeat_interval=0.2, heartbeat_timeout=0.3)
+    raw = await RawWs.connect(relay)
+    started = trio.current_time()
+    with trio.fail_after(2):
+        opcode, _ = await raw.recv_frame()
+        assert opcode == 0x9  # ping after heartbeat_interval of silence
+        assert await raw.expect_close() == (1011, "heartbeat timeout")
+        await raw.wait_eof()
+    assert trio.current_time() - started >= 0.45  # interval + timeout of silence
+    await raw.aclose()
+
+
+async def test_heartbeat_keeps_a_peer_that_answers(nursery: trio.Nursery) -> None:
+    relay = await start_echo(nursery, heartbeat_interval=0.1, heartbeat_timeout=0.2)
+    async with ws_connect(relay.url) as ws:  # trio-websocket answers pings with pongs
+        await trio.sleep(1.0)
+        await ws.send_message("still open")
+        assert await ws.get_message() == "still open"
+
+
+# --- slow consumer ------------------------------------------------------------------------------
+
+
+@define(eq=False)
+class Broadcast(EchoHandler):
+    """Every message is sent to every open connection (a tiny chat room)."""
+
+    conns: dict[int, Connection] = field(factory=dict)
+
+    def on_open(self, conn: Connection) -> None:
+        self.conns[conn.id] = conn
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        self.conns.pop(conn.id, None)
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            frame = encode_frame(OP_TEXT, payload)
+            for other in list(self.conns.values()):
+                if not other.send(frame):
+                    other.close(1013, "outbox full")
+
+
+async def test_slow_consumer_is_closed_without_stalling_others(nursery: trio.Nursery) -> None:
+    handler = Broadcast()
+    relay = await start_relay(nursery, handler=handler, outbox_max_bytes=256 * 1024)
+    address = relay.address
+    assert address is not None
+    # A reader that never reads, with a tiny receive buffer so the kernel fills fast.
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", address.port))
+    slow = RawWs(trio.SocketStream(sock))
+    await slow.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await slow._read_until(b"\r\n\r\n")
+
+    chunk = "z" * 60_000
+    async with ws_connect(relay.url) as fast:
+        with trio.fail_after(10):
+            sent = 0
+            while len(handler.conns) == 2:  # until the slow one is closed
+                await fast.send_message(chunk)
+                assert await fast.get_message() == chunk  # the fast reader is never held up
+                sent += 1
+        text = (await http_get(relay, "/metrics"))[1].decode()
+        assert "relay_slow_consumer_closes_total 1.0" in text
+        # Several MB went through the kernel buffers before the outbox overflowed.
+        assert sent * len(chunk) > 256 * 1024
+        await fast.send_message("after")
+        assert await fast.get_message() == "after"
+    await slow.aclose()
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_wss_echo(nursery: trio.Nursery, certificate: tuple[str, str]) -> None:
+    import ssl
+
+    cert, key = certificate
+    relay = await start_echo(nursery, certfile=cert, keyfile=key)
+    assert relay.url.startswith("wss://127.0.0.1:")
+    context = ssl.create_default_context(cafile=cert)
+    async with ws_connect(relay.url, ssl_context=context) as ws:
+        for size in (0, 10, 70_000 - 1):
+            await ws.send_message("s" * min(size, 65536))
+            assert await ws.get_message() == "s" * min(size, 65536)
+        await ws.send_message(b"bin")
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.get_message()
+        assert info.value.reason.code == 1003
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+
+
+def test_config_from_flags_env_and_port_precedence() -> None:
+    parser = build_parser()
+    env = {"PORT": "9001", "RELAY_MAX_MESSAGE_BYTES": "1234", "RELAY_RETENTION_DAYS": "none"}
+    config = config_from(parser.parse_args(["serve"]), env)
+    assert (config.port, config.max_message_bytes, config.retention_days) == (9001, 1234, None)
+    config = config_from(parser.parse_args(["serve"]), {**env, "RELAY_PORT": "9002"})
+    assert config.port == 9002
+    args = parser.parse_args(["serve", "--port", "9003", "--max-message-bytes", "99", "--memory"])
+    config = config_from(args, {**env, "RELAY_PORT": "9002"})
+    assert (config.port, config.max_message_bytes, config.db_path) == (9003, 99, None)
+    config = config_from(parser.parse_args(["serve", "--db", "x.db", "--web-chat"]), {})
+    assert (config.db_path, config.web_chat) == ("x.db", True)
+    assert config_from(parser.parse_args(["serve"]), {}) == RelayConfig()
+
+
+def test_every_config_field_is_a_flag() -> None:
+    import attrs
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()  # type: ignore[union-attr]
+    for f in attrs.fields(RelayConfig):
+        flag = "--db" if f.name == "db_path" else "--" + f.name.replace("_", "-")
+        assert flag in help_text, flag
+
+
+def test_bad_flag_values_are_refused() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--max-message-bytes", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "max_message_bytes must be > 0" in result.stderr
+
+
+def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _url_of(process: subprocess.Popen[str]) -> tuple[str, int]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        match = URL_LINE.search(line)
+        if match:
+            return match.group(1), int(match.group(2))
+        if not line and process.poll() is not None:
+            break
+    process.kill()
+    raise AssertionError(f"no URL line; stderr: {process.communicate()[1]}")
+
+
+async def test_python_m_relay_serve_prints_url_serves_and_exits_0_on_sigterm() -> None:
+    process = _spawn(["serve", "--host", "127.0.0.1", "--port", "0", "--memory"])
+    try:
+        url, port = await trio.to_thread.run_sync(_url_of, process)
+        assert port != 0
+        assert (await http_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")) == (
+            200,
+            b"ok",
+        )
+        async with ws_connect(url) as ws:
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1012
+        code = await trio.to_thread.run_sync(lambda: process.wait(timeout=10))
+        assert code == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("variable", ["PORT", "RELAY_PORT"])
+async def test_port_from_the_environment(variable: str) -> None:
+    port = _free_port()
+    process = _spawn(["serve", "--host", "127.0.0.1", "--memory"], env={variable: str(port)})
+    try:
+        url, bound = await trio.to_thread.run_sync(_url_of, process)
+        assert bound == port
+        assert url == f"ws://127.0.0.1:{port}"
+        process.send_signal(signal.SIGINT)
+        assert await trio.to_thread.run_sync(lambda: process.wait(timeout=10)) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def test_chat_subcommand_is_dispatched() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "chat", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # Either relay.client.chat answers its own --help, or the CLI says clearly why it cannot.
+    if result.returncode == 2 and "relay chat is not available" in result.stderr:
+        assert "relay.client.chat" in result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
+        assert "usage" in result.stdout.lower()
+
+
+async def test_frames_pipelined_with_the_request_and_shutdown_mid_stream(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await start_echo(nursery)
+    raw = await RawWs.connect(relay, extra=b"".join(mask_frame(1, b"%d" % i) for i in range(50)))
+    for i in range(50):
+        assert await raw.recv_frame() == (1, b"%d" % i)
+    await raw.aclose()
