@@ -1,7 +1,8 @@
 """`python -m bench`: run the load scenarios against relay and its baselines, check the budgets.
 
-Each (scenario, server) run starts a fresh server pinned to one core and a fresh compiled load
-generator process pinned to another, measures one window, and stops both. Repeats are
+Each (scenario, server) run starts a fresh server pinned to one core (--quick and
+--reuse-servers start each server once and run every scenario against it) and a fresh compiled
+load generator process pinned to another, measures one window, and stops both. Repeats are
 interleaved (every scenario and server once, then again) and summarised by their median.
 
 Exit status: 0 when every run produced its figures and every budget passed (or --no-budgets);
@@ -60,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-connections", type=int, help="idle connections (10000)")
     p.add_argument("--idle-hold", type=float, help="idle: hold before measuring RSS, s (2)")
     p.add_argument("--text-bytes", type=int, help="message text length (100)")
+    p.add_argument(
+        "--reuse-servers",
+        action="store_true",
+        help="start each server once per repeat instead of once per scenario (--quick does)",
+    )
     p.add_argument("--no-budgets", action="store_true", help="report budgets, do not enforce them")
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
     p.add_argument("--json", type=Path, help="where to write the JSON (bench/results/<ts>.json)")
@@ -237,54 +243,75 @@ def main(argv: list[str] | None = None) -> int:
         for srv in run.servers
         if srv in specs
     ]
+    reuse = args.quick or args.reuse_servers
+    if reuse:
+        # one server process per (repeat, server), every scenario run against it in turn
+        order_of = {name: n for n, name in enumerate(specs)}
+        todo.sort(key=lambda t: (t[0], order_of[t[2]]))
+    settle = 0.1 if args.quick else 0.3
     records: list[dict[str, Any]] = []
-    for i, (rep, run, srv) in enumerate(todo, 1):
-        rep_txt = f" (repeat {rep + 1}/{args.repeat})" if args.repeat > 1 else ""
-        say(f"[{i}/{len(todo)}] {run.key} · {srv}{rep_txt}: {run.describe}")
-        record: dict[str, Any] = {
-            "key": run.key,
-            "scenario": run.scenario,
-            "server": srv,
-            "repeat": rep,
-            "loadgen_config": run.loadgen,
-        }
-        spec = specs[srv]
-        with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp:
-            if srv == "relay-sqlite":
-                spec = servers.relay_spec(str(Path(tmp) / "bench.db"))
-            log_path = log_dir / f"{run.key}-{srv}-{rep}.log"
-            try:
-                server = servers.start(spec, log_path, srv_core)
-            except servers.ServerError as exc:
-                record["error"] = str(exc)
-                say(f"    ERROR: {exc}")
-                records.append(record)
-                continue
-            try:
-                time.sleep(0.2)  # let the server settle before the RSS/CPU baseline
-                raw = run_loadgen(
-                    dict(run.loadgen, port=server.port, server_pid=server.pid), lg_core
-                )
-                alive = server.alive()
-            finally:
+    current: servers.RunningServer | None = None
+    tmp = tempfile.TemporaryDirectory(prefix="relay-bench-")
+    try:
+        for i, (rep, run, srv) in enumerate(todo, 1):
+            rep_txt = f" (repeat {rep + 1}/{args.repeat})" if args.repeat > 1 else ""
+            say(f"[{i}/{len(todo)}] {run.key} · {srv}{rep_txt}: {run.describe}")
+            record: dict[str, Any] = {
+                "key": run.key,
+                "scenario": run.scenario,
+                "server": srv,
+                "repeat": rep,
+                "loadgen_config": run.loadgen,
+            }
+            if current is not None and (
+                not reuse or current.spec.name != srv or not current.alive()
+            ):
+                current.stop()
+                current = None
+            if current is None:
+                spec = specs[srv]
+                if srv == "relay-sqlite":
+                    spec = servers.relay_spec(str(Path(tmp.name) / f"bench-{i}.db"))
+                try:
+                    current = servers.start(spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core)
+                except servers.ServerError as exc:
+                    record["error"] = str(exc)
+                    say(f"    ERROR: {exc}")
+                    records.append(record)
+                    continue
+                time.sleep(settle)  # let the server settle before the RSS/CPU baseline
+            server = current
+            # a user id prefix per run: a reused server never sees the same user twice
+            cfg = dict(run.loadgen, port=server.port, server_pid=server.pid, user_prefix=f"r{i}u")
+            raw = run_loadgen(cfg, lg_core)
+            alive = server.alive()
+            record["raw"] = raw
+            if "error" in raw:
+                record["error"] = raw["error"]
+            elif not alive:
+                record["error"] = f"{srv} died during the run; log tail:\n{server.log_tail()}"
+            else:
+                fig, problems = scenarios.figures(run, raw)
+                record["figures"] = fig
+                if problems:
+                    record["error"] = "; ".join(problems)
+            if record.get("error"):
+                say(f"    ERROR: {record['error']}")
+                if server.log_tail():
+                    say(
+                        "    server log tail:\n      "
+                        + server.log_tail(8).replace("\n", "\n      ")
+                    )
+            else:
+                say(f"    {one_line(run, record['figures'])}")
+            records.append(record)
+            if not reuse:
                 server.stop()
-        record["raw"] = raw
-        if "error" in raw:
-            record["error"] = raw["error"]
-        elif not alive:
-            record["error"] = f"{srv} died during the run; log tail:\n{server.log_tail()}"
-        else:
-            fig, problems = scenarios.figures(run, raw)
-            record["figures"] = fig
-            if problems:
-                record["error"] = "; ".join(problems)
-        if record.get("error"):
-            say(f"    ERROR: {record['error']}")
-            if server.log_tail():
-                say("    server log tail:\n      " + server.log_tail(8).replace("\n", "\n      "))
-        else:
-            say(f"    {one_line(run, record['figures'])}")
-        records.append(record)
+                current = None
+    finally:
+        if current is not None:
+            current.stop()
+        tmp.cleanup()
 
     summary = median_summary(records)
     order = list(dict.fromkeys(r.key for r in runs))

@@ -18,8 +18,8 @@ CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be 
 
 # name: (full run, --quick)
 DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "duration": (5.0, 0.6),
-    "warmup": (1.0, 0.2),
+    "duration": (5.0, 0.5),
+    "warmup": (1.0, 0.15),
     "clients": (100, 10),
     "inflight": (16, 4),
     "rates": ("20000,40000", "2000,4000"),

@@ -12,6 +12,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import resource
@@ -122,6 +123,7 @@ def start(
         time.sleep(0.02)
 
 
+@functools.cache
 def _relay_help() -> str:
     try:
         out = subprocess.run(

@@ -1,0 +1,67 @@
+"""`python -m bench --quick` end to end: every scenario, every server, real processes.
+
+The harness must never rot: this runs it exactly as a user would (a subprocess from the
+repository root, budgets reported but not enforced) and checks that every scenario produced
+real figures for every server, so a crashed scenario or a server that stopped answering
+cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIO_KEYS = {"pairwise", "pingpong", "rate@2000", "rate@4000", "fanout", "idle", "durable"}
+
+
+def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--no-budgets", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == []
+
+    available = set(doc["servers_available"])
+    expected = {"relay", "relay-sqlite", "trio-websocket"}
+    if os.environ.get("RELAY_SKIP_NODE") != "1":
+        # node-ws is skipped only when node is absent, and then it must say so.
+        if shutil.which("node"):
+            expected.add("node-ws")
+        else:
+            assert "node-ws" in doc["servers_unavailable"]
+    assert expected <= available
+
+    summary = doc["summary"]
+    assert set(summary) == SCENARIO_KEYS
+    for key, per_server in summary.items():
+        servers = {"relay", "relay-sqlite"} if key == "durable" else available - {"relay-sqlite"}
+        assert set(per_server) == servers, key
+        for server, fig in per_server.items():
+            assert "error" not in fig, (key, server, fig)
+            assert fig["server_cpu"] > 0, (key, server)
+            if key == "idle":
+                assert fig["connections"] == 200
+                assert fig["kb_per_conn"] > 0 and fig["connect_rate"] > 0, (server, fig)
+                continue
+            assert fig["delivered_per_s"] > 0, (key, server)
+            assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
+            if key.startswith("rate"):
+                assert fig["sent_per_s"] > 0 and isinstance(fig["kept_up"], bool)
+
+    # Each budget is judged in the JSON, even when not enforced.
+    assert len(doc["budgets"]) == 6
+    assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
+    # The summary table is printed at the end.
+    assert "scenario" in proc.stdout and "budgets" in proc.stdout

@@ -1,0 +1,66 @@
+"""Budget judging for `python -m bench`: ratios against same-run baselines, missing = failure."""
+
+from __future__ import annotations
+
+from bench import budgets
+
+
+def _summary(**figs: float) -> dict[str, dict[str, dict[str, float]]]:
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for path, value in figs.items():
+        key, server, name = path.split("__")
+        out.setdefault(key, {}).setdefault(server, {})[name] = value
+    return out
+
+
+RATIO = budgets.Budget(
+    "pairwise 3x", "pairwise/relay/delivered_per_s", ">=", 3.0, "pairwise/node-ws/delivered_per_s"
+)
+ABSOLUTE = budgets.Budget("p99", "rate@20000/relay/p99_ms", "<=", 1.0)
+
+
+def test_ratio_budget_passes_and_fails_on_the_ratio() -> None:
+    good = _summary(
+        pairwise__relay__delivered_per_s=150_000, **{"pairwise__node-ws__delivered_per_s": 45_000}
+    )
+    bad = _summary(
+        pairwise__relay__delivered_per_s=120_000, **{"pairwise__node-ws__delivered_per_s": 45_000}
+    )
+    assert budgets.check([RATIO], good, {"pairwise"})[0].status == "pass"
+    verdict = budgets.check([RATIO], bad, {"pairwise"})[0]
+    assert verdict.status == "FAIL"
+    assert "2.67x" in verdict.detail
+
+
+def test_absolute_budget() -> None:
+    assert (
+        budgets.check([ABSOLUTE], _summary(**{"rate@20000__relay__p99_ms": 0.8}), {"rate@20000"})[
+            0
+        ].status
+        == "pass"
+    )
+    assert (
+        budgets.check([ABSOLUTE], _summary(**{"rate@20000__relay__p99_ms": 1.2}), {"rate@20000"})[
+            0
+        ].status
+        == "FAIL"
+    )
+
+
+def test_missing_figure_fails_and_unrun_scenario_is_skipped() -> None:
+    only_relay = _summary(pairwise__relay__delivered_per_s=150_000)
+    assert budgets.check([RATIO], only_relay, {"pairwise"})[0].status == "FAIL"
+    assert budgets.check([RATIO], {}, {"pairwise"})[0].status == "FAIL"
+    assert budgets.check([RATIO], {}, {"fanout"})[0].status == "skipped"
+
+
+def test_shipped_budgets_are_the_issue_budgets() -> None:
+    shipped = {b.figure: (b.op, b.value, b.ratio_of) for b in budgets.load()}
+    assert shipped == {
+        "pairwise/relay/delivered_per_s": (">=", 3.0, "pairwise/node-ws/delivered_per_s"),
+        "fanout/relay/delivered_per_s": (">=", 2.0, "fanout/node-ws/delivered_per_s"),
+        "idle/relay/kb_per_conn": ("<=", 1.0, "idle/node-ws/kb_per_conn"),
+        "rate@20000/relay/p99_ms": ("<=", 1.0, None),
+        "rate@40000/relay/p99_ms": ("<=", 2.0, None),
+        "durable/relay-sqlite/delivered_per_s": (">=", 0.5, "durable/relay/delivered_per_s"),
+    }
