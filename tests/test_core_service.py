@@ -434,7 +434,7 @@ async def test_acks_false_device_counts_as_delivered_once_flushed() -> None:
         "type": "receipt", "id": "m2", "peerId": "bob", "seq": 2, "status": "delivered",
         "userId": "bob", "timestamp": receipt["timestamp"],
     }  # fmt: skip
-    marks = await h.store.watermarks("d:3:bob:alice" if False else _conv("alice", "bob"), "bob")
+    marks = await h.store.watermarks(_conv("alice", "bob"), "bob")
     assert marks.delivered_seq == 2
 
 
