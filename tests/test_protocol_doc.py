@@ -8,6 +8,7 @@ tables of close codes, error codes and limits match the contract and relay/confi
 
 from __future__ import annotations
 
+import argparse
 import ast
 import copy
 import re
@@ -22,6 +23,7 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from relay.cli import build_parser, config_from
 from relay.config import RelayConfig
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
@@ -169,12 +171,14 @@ COUNTEREXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("client/history", dict(_example("client/history"), after=3)),  # before and after
     ("client/typing", dict(_example("client/typing"), state="typing")),
     ("client/presence", dict(_example("client/presence"), userIds="user_456")),
-    ("client/group_create", _without(_example("client/group_create"), "members")),
+    ("client/group_create", _without(_example("client/group_create"), "groupId")),
+    ("client/group_create", dict(_example("client/group_create"), members="user_456")),
     ("server/auth_ok", _without(_example("server/auth_ok"), "sessionId")),
     ("server/auth_ok", dict(_example("server/auth_ok"), serverTime="2026-02-05 10:30:00")),
     ("server/error", dict(_example("server/error"), code="teapot")),
     ("server/error", _without(_example("server/error"), "field")),  # invalid names its field
     ("server/receipt", _without(_example("server/receipt", 0), "seq")),  # sent without seq
+    ("server/receipt", _without(_example("server/receipt", 0), "peerId")),  # sent: to whom?
     ("server/receipt", _without(_example("server/receipt", 1), "reason")),  # failed, no reason
     ("server/receipt", dict(_example("server/receipt", 1), seq=4)),  # failed has no seq
     ("server/receipt", _without(_example("server/receipt", 2), "userId")),  # whose watermark?
@@ -186,6 +190,7 @@ COUNTEREXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("server/history", _without(_example("server/history"), "hasMore")),
     ("server/conversations", {"type": "conversations", "items": [{"peerId": "a"}]}),
     ("server/group", dict(_example("server/group"), members=["a", "a"])),
+    ("server/group", dict(_example("server/group"), event="rename")),
     ("server/pong", _without(_example("server/pong"), "serverTime")),
 ]
 
@@ -209,17 +214,42 @@ def test_close_codes_table_covers_every_code() -> None:
     assert table == CLOSE_CODES
 
 
-def _kebab(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _serve_flags() -> dict[str, set[str]]:
+    """`relay serve`'s option strings by destination (the RelayConfig field they set)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags: dict[str, set[str]] = {}
+    for action in sub.choices["serve"]._actions:
+        flags.setdefault(action.dest, set()).update(action.option_strings)
+    return flags
 
 
-def test_limits_table_matches_relay_config() -> None:
+def test_limits_table_matches_relay_config_and_the_cli() -> None:
     rows = {row[0].strip("`"): row for row in doc.table_rows("## Limits")}
     fields = {f.name: f for f in attrs.fields(RelayConfig)}
     assert set(rows) == set(fields), "the limits table must list every RelayConfig field"
-    for name, (_, default, flag, env, meaning) in rows.items():
+    flags = _serve_flags()
+    for name, (_, default, flag_cell, env, meaning) in rows.items():
         assert ast.literal_eval(default.strip("`")) == fields[name].default, name
-        assert flag == f"`{_kebab(name)}`", name
+        documented = set(re.findall(r"`(--[a-z-]+)", flag_cell))
+        assert documented and documented <= flags.get(name, set()), (name, flags.get(name))
         assert f"`RELAY_{name.upper()}`" in env, name
         assert meaning, name
     assert "`PORT`" in rows["port"][3]
+
+
+@pytest.mark.parametrize(
+    "name,env,text,value",
+    [
+        ("max_text_chars", "RELAY_MAX_TEXT_CHARS", "100", 100),
+        ("presence_grace", "RELAY_PRESENCE_GRACE", "0.5", 0.5),
+        ("retention_days", "RELAY_RETENTION_DAYS", "none", None),
+        ("web_chat", "RELAY_WEB_CHAT", "true", True),
+        ("port", "PORT", "9000", 9000),
+    ],
+)
+def test_documented_environment_variables_configure_the_relay(
+    name: str, env: str, text: str, value: object
+) -> None:
+    args = build_parser().parse_args(["serve"])
+    assert getattr(config_from(args, {env: text}), name) == value
