@@ -62,7 +62,7 @@ class RunningRelay:
 
     async def start(self) -> None:
         cfg = config(self.port)
-        relay = Relay(cfg, handler=MessagingService(cfg, self.store), store=self.store)
+        relay = Relay(cfg, handler=MessagingService(cfg, self.store))
         scope = trio.CancelScope()
 
         async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

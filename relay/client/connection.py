@@ -202,7 +202,8 @@ class RelayClient:
         self.state = ClientState(user_id, user_name, user_avatar, max_outbox=max_outbox)
         self._rng = rng or random.Random()
         self._nursery: trio.Nursery | None = None
-        self._ws: trio_websocket.WebSocketConnection | None = None
+        self._link_scope: trio.CancelScope | None = None  # the session, once the socket is open
+        self._stopped = trio.Event()  # set when the connection manager has returned
         self._closing = False
         self._running = False
         self._lost: str | None = None  # why the client gave up; None while it keeps trying
@@ -261,13 +262,13 @@ class RelayClient:
             self._subscribers.clear()
 
     async def _close_socket(self) -> None:
-        """Say goodbye (close 1000) so the relay need not wait for a timeout; at most 1 s."""
+        """Stop the connection manager, saying goodbye (close 1000) if a socket is open, so the
+        relay need not wait for a timeout; at most about 1 s. (Still connecting: nothing to say.)"""
         self._closing = True
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            # a socket already gone has nobody to say goodbye to
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0), suppress(*_DROPS):
-                await ws.aclose()
+        if self._link_scope is not None and self._running:
+            self._link_scope.cancel()  # the manager closes the socket on its way out
+            with trio.CancelScope(shield=True), trio.move_on_after(1.5):
+                await self._stopped.wait()
 
     async def aclose(self) -> None:
         """Close the connection and stop every task (the same as leaving the context)."""
@@ -286,6 +287,7 @@ class RelayClient:
     def _start_manager(self) -> None:
         assert self._nursery is not None
         self._running = True
+        self._stopped = trio.Event()
         self._nursery.start_soon(self._run)
 
     # --- reading state ----------------------------------------------------------------------------
@@ -471,16 +473,20 @@ class RelayClient:
                 self._set_connection(ConnectionState.OFFLINE, failures, reason)
                 await trio.sleep(self.policy.delay_before(failures, self._rng))
         finally:
+            self._link_scope = None
             self._running = False
+            self._stopped.set()
 
     def _unwrap(self, group: BaseExceptionGroup[BaseException]) -> str:
-        """The reason of a group made only of drops; anything else (Cancelled included) goes on."""
+        """The reason of the drops in a group; anything else in it (Cancelled included) is
+        raised on without them."""
         fatal, rest = group.split(_AuthRejected)
         if fatal is not None and rest is None:
             raise _AuthRejected(str(fatal.exceptions[0]))
         drops, rest = group.split(_DROPS)
-        if rest is not None or drops is None:
-            raise group
+        if rest is not None:
+            raise rest  # the drops are handled here; cancellation and bugs go on
+        assert drops is not None
         first: BaseException = drops
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
@@ -494,21 +500,29 @@ class RelayClient:
             message_queue_size=64,
             max_message_size=4 * 1024 * 1024,
         ) as ws:
-            self._ws = ws
+            # Cancelling `_link_scope` ends the session normally, so that leaving this block
+            # closes the WebSocket (1000) in this task: trio-websocket's close handshake is not
+            # safe against a concurrent aclose() from another task.
+            self._link_scope = trio.CancelScope()
             try:
-                await ws.send_message(orjson.dumps(self._auth_frame()).decode())
-                with trio.fail_after(self.connect_timeout):
-                    ok = await self._await_auth(ws)
-                self.device_id = ok.get("deviceId") or self.device_id
-                self.session_id = ok.get("sessionId")
-                self._generation += 1
-                self._set_connection(ConnectionState.ONLINE)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._writer, ws, self._generation)
-                    nursery.start_soon(self._resync)
-                    await self._reader(ws)
+                with self._link_scope:
+                    await self._session_body(ws)
             finally:
-                self._ws = None
+                self._link_scope = None
+
+    async def _session_body(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """Authenticate, then read and write until the link ends."""
+        await ws.send_message(orjson.dumps(self._auth_frame()).decode())
+        with trio.fail_after(self.connect_timeout):
+            ok = await self._await_auth(ws)
+        self.device_id = ok.get("deviceId") or self.device_id
+        self.session_id = ok.get("sessionId")
+        self._generation += 1
+        self._set_connection(ConnectionState.ONLINE)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, ws, self._generation)
+            nursery.start_soon(self._resync)
+            await self._reader(ws)
 
     def _auth_frame(self) -> Frame:
         frame: Frame = {
