@@ -19,29 +19,12 @@ import trio
 from attrs import define, field
 
 from relay.config import RelayConfig
-from relay.echo import EchoHandler
 from relay.errors import RelayError
 from relay.metrics import RelayMetrics
 from relay.server import BoundAddress, ConnectionHandler, Server
 from relay.store.base import Store
 
 log = logging.getLogger("relay")
-
-
-def default_store(config: RelayConfig) -> Store:
-    """The store a relay uses when none is given: in-memory for db_path=None, else SQLite."""
-    if config.db_path is None:
-        from relay.store.memory import MemoryStore
-
-        return MemoryStore()
-    from relay.store.sqlite import SqliteStore
-
-    return SqliteStore(
-        config.db_path,
-        commit_interval=config.commit_interval,
-        retention_days=config.retention_days,
-        retention_max_messages=config.retention_max_messages,
-    )
 
 
 @define(eq=False)
@@ -72,14 +55,14 @@ class Relay:
         return self._server is not None and self._server.draining
 
     def _default_handler(self) -> ConnectionHandler:
-        # ==== DEFAULT HANDLER: the messaging service replaces the echo handler here. ====
-        # The messaging-core engineer makes this edit, e.g.:
-        #     from relay.service import MessagingService
-        #     if self.store is None:
-        #         self.store = default_store(self.config)
-        #     return MessagingService(self.config, self.store)
-        # ================================================================================
-        return EchoHandler()
+        # The messaging service over the given store (opened and closed by serve), or over the
+        # default store for the config (opened and closed by the service itself).
+        from relay.service import MessagingService
+        from relay.store import store_from_config
+
+        if self.store is not None:
+            return MessagingService(self.config, self.store, manage_store=False)
+        return MessagingService(self.config, store_from_config(self.config))
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
