@@ -87,7 +87,8 @@ def _utf8_valid(data: bytes) -> bool:
 class FrameParser:
     """Parses masked client frames from a byte stream, reassembling fragmented messages.
 
-    Invariants: `_buf` holds only bytes of frames not yet complete; `_frag_op` is 0 exactly
+    Invariants: `_buf` holds only bytes of frames not yet complete (frames are parsed straight
+    from the caller's bytes when nothing is buffered); `_frag_op` is 0 exactly
     when no fragmented message is open, and then `_frag_parts` is empty and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
     """
@@ -114,8 +115,12 @@ class FrameParser:
         """
         if self._done:
             return []
-        buf = self._buf
-        buf += data
+        buf: bytes | bytearray
+        if self._buf:
+            self._buf += data
+            buf = self._buf
+        else:
+            buf = bytes(data)  # nothing buffered: parse the caller's bytes without copying them
         events: list[tuple[int, bytes]] = []
         pos = 0
         end = len(buf)
@@ -188,7 +193,10 @@ class FrameParser:
             if opcode == OP_TEXT and not _utf8_valid(payload):
                 return self._fail(events, 1007, R_TEXT_UTF8)
             events.append((opcode, payload))
-        del buf[:pos]
+        if buf is self._buf:
+            del buf[:pos]
+        elif pos < end:
+            self._buf += buf[pos:]
         return events
 
     def _fail(
