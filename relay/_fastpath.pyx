@@ -36,7 +36,7 @@ R_CLOSE_UTF8 = "invalid UTF-8 in a close reason"
 
 cdef Py_ssize_t _MAX_CLOSE_REASON = 123  # 125 bytes of control payload minus the 2-byte code
 # An empty receive buffer bigger than this is freed, so idle connections stay small.
-cdef Py_ssize_t _KEEP_BUFFER = 16384
+cdef Py_ssize_t _KEEP_BUFFER = 1024
 cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
 
 
