@@ -103,7 +103,7 @@ class FrameParser:
     _frag_len: int = field(init=False, default=0)
     _done: bool = field(init=False, default=False)
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
         """Parse and unmask every complete client frame in the buffered bytes.
 
         Returns events (opcode, payload) in order: OP_TEXT with the whole (defragmented,
