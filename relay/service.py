@@ -337,7 +337,7 @@ class MessagingService:
             return
         self._maintaining = True
         try:
-            while self._flushed or self._last_seen or self._backlog_ready:
+            while self._flushed or self._last_seen:
                 marks, self._flushed = self._flushed, {}
                 for (conversation, user, device), (seq, group_id) in marks.items():
                     try:
@@ -359,11 +359,12 @@ class MessagingService:
                         await self.store.set_last_seen(user, timestamp)
                     except Exception:
                         log.exception("recording lastSeen of %s failed", user)
-                ready, self._backlog_ready = self._backlog_ready, {}
-                for conn in ready.values():
-                    session = conn.state
-                    if isinstance(session, Session) and session.active:
-                        await self._pump_backlog(conn, session)
+            # once per call: a batch that fails or waits again is retried by the next call
+            ready, self._backlog_ready = self._backlog_ready, {}
+            for conn in ready.values():
+                session = conn.state
+                if isinstance(session, Session) and session.active:
+                    await self._pump_backlog(conn, session)
         finally:
             self._maintaining = False
 
@@ -486,7 +487,12 @@ class MessagingService:
                 conn.close(CLOSE_INTERNAL, "authentication unavailable")
             return
         if not self.presence.has_contacts(user):
-            contacts = await self.store.contacts(user)
+            try:
+                contacts = await self.store.contacts(user)
+            except Exception:
+                if not session.closing:
+                    session.phase = Phase.AWAITING_AUTH  # the client may try again
+                raise
             if not self.presence.has_contacts(user):
                 self.presence.set_contacts(user, contacts)
         if session.closing:
@@ -519,40 +525,45 @@ class MessagingService:
             return
         session.backlog_running = True
         try:
-            limit = self.config.backlog_batch
-            while session.active:
-                session.backlog_skipped = False
-                session.backlog_waiting = False
-                batch = await self.store.undelivered(
-                    session.user_id, session.store_device, limit=limit
-                )
-                if not session.active:
-                    return
-                fresh = [m for m in batch if m.seq > session.sent_upto.get(m.conversation, 0)]
-                for message in fresh:
-                    if not self._queue_message(
-                        conn, session, message, _wire(encode_message(message))
-                    ):
-                        return
-                    if session.acks:
-                        session.backlog_need[message.conversation] = message.seq
-                if len(batch) < limit:
-                    if session.backlog_skipped:
-                        continue  # live messages arrived meanwhile: they are in the store now
-                    self._finish_backlog(conn, session)
-                    return
-                unpersisted = not session.acks and self._unpersisted(session)
-                if fresh or session.pending_marks or session.backlog_need or unpersisted:
-                    session.backlog_waiting = True
-                    if not session.acks and not session.pending_marks:
-                        self._backlog_ready[conn.id] = conn  # flushed already: maintain() goes on
-                    return
-                # a full batch of messages this connection already has, with nothing pending:
-                # the store cannot tell us more; what remains comes with the next connection
-                self._finish_backlog(conn, session)
-                return
+            await self._backlog_batches(conn, session)
+        except Exception:
+            # live messages from others keep waiting for the backlog: retry on the next maintain()
+            log.exception("backlog of %s failed; retrying", session.user_id)
+            session.backlog_waiting = True
+            self._backlog_ready[conn.id] = conn
         finally:
             session.backlog_running = False
+
+    async def _backlog_batches(self, conn: Connection, session: Session) -> None:
+        """One pass of the backlog: batches until done or waiting for marks."""
+        limit = self.config.backlog_batch
+        while session.active:
+            session.backlog_skipped = False
+            session.backlog_waiting = False
+            batch = await self.store.undelivered(session.user_id, session.store_device, limit=limit)
+            if not session.active:
+                return
+            fresh = [m for m in batch if m.seq > session.sent_upto.get(m.conversation, 0)]
+            for message in fresh:
+                if not self._queue_message(conn, session, message, _wire(encode_message(message))):
+                    return
+                if session.acks:
+                    session.backlog_need[message.conversation] = message.seq
+            if len(batch) < limit:
+                if session.backlog_skipped:
+                    continue  # live messages arrived meanwhile: they are in the store now
+                self._finish_backlog(conn, session)
+                return
+            unpersisted = not session.acks and self._unpersisted(session)
+            if fresh or session.pending_marks or session.backlog_need or unpersisted:
+                session.backlog_waiting = True
+                if not session.acks and not session.pending_marks:
+                    self._backlog_ready[conn.id] = conn  # flushed already: maintain() goes on
+                return
+            # a full batch of messages this connection already has, with nothing pending:
+            # the store cannot tell us more; what remains comes with the next connection
+            self._finish_backlog(conn, session)
+            return
 
     def _unpersisted(self, session: Session) -> bool:
         """Whether marks of this device were flushed but not yet written to the store."""

@@ -75,12 +75,19 @@ class CountingStore(MemoryStore):
         self.batches: list[int] = []
         self.fail_appends = False
         self.fail_conversations = False
+        self.fail_undelivered = 0
 
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
         if self.fail_appends:
             raise StoreError("disk full")
         self.batches.append(len(messages))
         return await super().append_many(messages)
+
+    async def undelivered(self, user_id: str, device_id: str, *, limit: int = 1000) -> Any:
+        if self.fail_undelivered:
+            self.fail_undelivered -= 1
+            raise StoreError("read failed")
+        return await super().undelivered(user_id, device_id, limit=limit)
 
     async def conversations(self, user_id: str, *, limit: int = 100) -> Any:
         if self.fail_conversations:
@@ -625,6 +632,20 @@ async def test_live_messages_during_a_backlog_keep_seq_order() -> None:
         await h.settle()
         seen += [m["seq"] for m in of_type(h.frames(b, flush=False), "message")]
     assert seen == [1, 2, 3, 4]
+
+
+async def test_a_failed_backlog_read_is_retried_and_live_messages_wait_for_it() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    await h.send(a, msg("m1", "bob"), msg("m2", "bob"))
+    h.store.fail_undelivered = 1
+    b = await h.connect("bob")
+    assert b.backlog == []  # type: ignore[attr-defined]
+    assert b.closed is None
+    await h.send(a, msg("m3", "bob"))  # live, but behind the backlog
+    assert of_type(h.frames(b), "message") == []
+    await h.settle()
+    assert [m["seq"] for m in of_type(h.frames(b), "message")] == [1, 2, 3]
 
 
 async def test_group_member_gets_group_backlog_from_when_they_joined() -> None:
