@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     specs: dict[str, servers.ServerSpec] = {}
     unavailable: dict[str, str] = {}
     needed = {s for r in runs for s in r.servers} & wanted
+    if "relay" in needed:
+        specs["relay"] = servers.relay_spec(None)
+    if "relay-sqlite" in needed:
+        specs["relay-sqlite"] = servers.relay_spec("<tmpfile>")
     if "node-ws" in needed:
         spec, why = servers.node_spec()
         if spec is None:
@@ -228,10 +232,6 @@ def main(argv: list[str] | None = None) -> int:
             specs["node-ws"] = spec
     if "trio-websocket" in needed:
         specs["trio-websocket"] = servers.trio_spec()
-    if "relay" in needed:
-        specs["relay"] = servers.relay_spec(None)
-    if "relay-sqlite" in needed:
-        specs["relay-sqlite"] = servers.relay_spec("<tmpfile>")
     for name in ("relay", "relay-sqlite"):
         if name in specs:
             say(f"{name}: {' '.join(specs[name].argv[1:])}  [{specs[name].note}]")
