@@ -318,7 +318,8 @@ async def test_closed_store_refuses_work(tmp_path: Path) -> None:
         await store.history(AB)
 
 
-async def test_close_waits_for_queued_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cancelled", [False, True], ids=["close", "close-while-cancelled"])
+async def test_close_waits_for_queued_writes(tmp_path: Path, cancelled: bool) -> None:
     path = tmp_path / "relay.db"
     store = SqliteStore(path, commit_interval=0.05)
     await store.open()
@@ -332,7 +333,10 @@ async def test_close_waits_for_queued_writes(tmp_path: Path) -> None:
         for n in range(20):
             nursery.start_soon(append, n)
         await trio.sleep(0.01)  # all queued, the writer is still gathering
-        await store.close()
+        with trio.CancelScope() as scope:
+            if cancelled:
+                scope.cancel()  # e.g. a relay shutting down by cancellation closes its store
+            await store.close()
     assert sorted(results) == list(range(1, 21))
     reopened = SqliteStore(path)
     await reopened.open()

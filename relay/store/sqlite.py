@@ -8,7 +8,8 @@ of read-only connections in Trio worker threads (`trio.to_thread.run_sync`). The
 waits on the database.
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waiting at most
-`commit_interval` for more, and runs it in one transaction, each request inside its own SAVEPOINT
+`commit_interval` for more (only while writers are concurrent: a lone request is committed at
+once), and runs it in one transaction, each request inside its own SAVEPOINT
 so one request's failure (a taken group id) does not undo the others. Results are handed back
 only after COMMIT: `append_many` returns only when its messages are durable. In WAL mode with
 synchronous=NORMAL a committed transaction survives the process being killed.
@@ -498,6 +499,7 @@ class _Writer:
     commit_interval: float
     max_batch: int
     retention: RetentionJob
+    _company: bool = field(default=True, init=False)  # the last batch had several requests
 
     def run(self) -> None:
         try:
@@ -510,6 +512,7 @@ class _Writer:
                 if first is _STOP:
                     return
                 batch, stop = self._gather(cast(_Request, first))
+                self._company = len(batch) > 1
                 self._execute(batch)
                 if stop:
                     return
@@ -520,9 +523,12 @@ class _Writer:
             self.conn.close()
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
+        """Everything queued after `first` (up to `max_batch` messages). When the last batch had
+        company (several requests: writers are concurrent), wait up to `commit_interval` for
+        more; a lone writer is not kept waiting for company that is not coming."""
         batch = [first]
         weight = first.weight
-        until = time.monotonic() + self.commit_interval
+        until = time.monotonic() + (self.commit_interval if self._company else 0.0)
         while weight < self.max_batch:
             try:
                 item = self.requests.get_nowait()
@@ -775,13 +781,20 @@ class SqliteStore:
         self._state = "closing"
         self._requests.put_nowait(_STOP)  # room guaranteed: the semaphore holds back one slot
         assert self._thread is not None
-        await trio.to_thread.run_sync(self._thread.join)
-        async with self._read_limiter:  # (held: no read is using a connection while closing)
+        # Closing is a bounded flush (what is queued, then the readers in flight); it completes
+        # even when the caller is being cancelled, so nothing queued is left unanswered.
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._thread.join)
+            borrowers = [object() for _ in range(self._reader_count)]
+            for borrower in borrowers:  # every read connection is back in the pool
+                await self._read_limiter.acquire_on_behalf_of(borrower)
             while True:
                 try:
                     self._readers.get_nowait().close()
                 except queue.Empty:
                     break
+            for borrower in borrowers:
+                self._read_limiter.release_on_behalf_of(borrower)
         self._state = "closed"
         self._closed.set()
 
