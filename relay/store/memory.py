@@ -2,7 +2,8 @@
 
 Pure Python, no I/O: every method completes without awaiting anything, so the event loop never
 waits on it. It is the reference behaviour the shared suite (tests/store_suite.py) pins down and
-the store of `relay serve --memory` and of tests.
+the store of `relay serve --memory` and of tests. It keeps every message (retention settings
+apply to the SQLite store only).
 
 Invariants:
 - `_messages[c][i].seq == i + 1` for every conversation `c` (seq from 1, no gap, no reuse).
