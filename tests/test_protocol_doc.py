@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextvars
 import copy
+import functools
+import itertools
 import re
-from collections.abc import Iterator
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,20 @@ import attrs
 import jsonschema
 import orjson
 import pytest
+import trio
+from attrs import define
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+from support import TEST_DEFAULTS, RawWs, mask_frame
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+from relay.app import Relay
 from relay.cli import build_parser, config_from
 from relay.config import RelayConfig
+from relay.errors import FrameError
+from relay.protocol import AuthFrame
+from relay.service import MessagingService
+from relay.store.memory import MemoryStore
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
 ID_PREFIX = "urn:relay:v1:"
@@ -253,3 +267,702 @@ def test_documented_environment_variables_configure_the_relay(
 ) -> None:
     args = build_parser().parse_args(["serve"])
     assert getattr(config_from(args, {env: text}), name) == value
+
+
+# --- the running relay against the document ------------------------------------------------------
+#
+# Every frame the relay sends in these tests is validated against its documented schema, every
+# valid frame the tests send against the client schemas, and every frame the relay refuses as
+# malformed must be refused by the client schema too. Each test declares the server frame
+# variants (and close codes) it must see; together they must cover everything documented.
+
+WAIT = 3.0  # seconds any expected frame may take; a missing frame fails instead of hanging
+
+#: Every server frame variant and close code the end-to-end tests must observe. Error
+#: `rate_limited` is documented as not sent by this relay (floods get a failed receipt).
+REQUIRED_COVERAGE = (
+    {"auth_ok", "message", "presence", "typing", "conversations", "history", "pong"}
+    | {f"receipt:{s}" for s in ("sent", "failed", "delivered", "read")}
+    | {f"error:{c}" for c in ERROR_CODES - {"rate_limited"}}
+    | {f"status:{s}" for s in ("online", "offline", "away", "busy")}
+    | {f"group:{e}" for e in ("create", "add", "remove", "leave")}
+    | {f"close:{c}" for c in CLOSE_CODES}
+)
+COVERS: dict[str, set[str]] = {}
+_SEEN: contextvars.ContextVar[set[str]] = contextvars.ContextVar("seen")
+
+
+def variant(frame: dict[str, Any]) -> str:
+    kind = str(frame["type"])
+    key = {"receipt": "status", "error": "code", "status": "status", "group": "event"}.get(kind)
+    return f"{kind}:{frame[key]}" if key else kind
+
+
+def covers(*variants: str) -> Callable[[Callable[..., Awaitable[None]]], Callable[..., Any]]:
+    """Declare what a test must see from the relay; the test fails if it does not."""
+
+    def decorate(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+        COVERS[test.__name__] = set(variants)
+
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> None:
+            seen: set[str] = set()
+            token = _SEEN.set(seen)
+            try:
+                await test(*args, **kwargs)
+            finally:
+                _SEEN.reset(token)
+            assert set(variants) <= seen, f"never seen: {sorted(set(variants) - seen)}"
+
+        return run
+
+    return decorate
+
+
+def _seen(item: str) -> None:
+    _SEEN.get().add(item)
+
+
+class Peer:
+    """A trio-websocket client that checks both directions against docs/PROTOCOL.md."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.pending: list[dict[str, Any]] = []
+        self.auth_ok: dict[str, Any] = {}
+        self._pings = itertools.count()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send a frame the contract allows (checked against its client schema)."""
+        doc.check("client", frame)
+        await self.ws.send_message(orjson.dumps(frame).decode())
+
+    async def send_refused(self, frame: dict[str, Any]) -> None:
+        """Send a frame the document says is malformed (its client schema must refuse it)."""
+        name = f"client/{frame.get('type')}"
+        if name in doc.schemas:
+            assert doc.errors(name, frame), f"{name} schema accepts {frame!r}"
+        await self.ws.send_message(orjson.dumps(frame).decode())
+
+    async def send_text(self, text: str) -> None:
+        await self.ws.send_message(text)
+
+    async def _next(self) -> dict[str, Any]:
+        with trio.fail_after(WAIT):
+            raw = await self.ws.get_message()
+        assert isinstance(raw, str), "the relay sends text frames only"
+        frame = orjson.loads(raw)
+        doc.check("server", frame)
+        _seen(variant(frame))
+        return frame  # type: ignore[no-any-return]
+
+    async def expect(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The first frame of `kind` with these field values; other frames stay pending."""
+
+        def fits(frame: dict[str, Any]) -> bool:
+            return frame["type"] == kind and all(
+                k in frame and frame[k] == v for k, v in fields.items()
+            )
+
+        for i, frame in enumerate(self.pending):
+            if fits(frame):
+                return self.pending.pop(i)
+        while True:
+            frame = await self._next()
+            if fits(frame):
+                return frame
+            self.pending.append(frame)
+
+    async def barrier(self) -> list[dict[str, Any]]:
+        """Everything the relay queued to this connection before it handled a fresh `ping`."""
+        ref = f"barrier-{next(self._pings)}"
+        await self.send({"type": "ping", "ref": ref})
+        got, self.pending = self.pending, []
+        while True:
+            frame = await self._next()
+            if frame["type"] == "pong" and frame.get("ref") == ref:
+                return got
+            got.append(frame)
+
+    async def closed(self) -> int:
+        """Read (and check) frames until the relay closes; its close code."""
+        with trio.fail_after(WAIT):
+            while True:
+                try:
+                    frame = orjson.loads(await self.ws.get_message())
+                except ConnectionClosed as exc:
+                    assert exc.reason is not None
+                    _seen(f"close:{exc.reason.code}")
+                    return exc.reason.code
+                doc.check("server", frame)
+                _seen(variant(frame))
+
+
+@asynccontextmanager
+async def peer(url: str, user: str | None = None, **auth: Any) -> AsyncIterator[Peer]:
+    """A connected Peer; authenticated as `user` (auth fields in `auth`) when given."""
+    async with open_websocket_url(url) as ws:
+        p = Peer(ws)
+        if user is not None:
+            await p.send({"type": "auth", "userId": user, **auth})
+            p.auth_ok = await p.expect("auth_ok")
+        yield p
+
+
+def text_message(mid: str, sender: str, text: str, **target: str) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": mid,
+        "senderId": sender,
+        "senderName": sender.title(),
+        "senderAvatar": sender[:2].upper(),
+        "text": text,
+        "timestamp": "2026-02-05T10:30:15Z",
+        "status": "pending",
+        **target,
+    }
+
+
+def of_type(frames: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [f for f in frames if f["type"] == kind]
+
+
+async def relay_on(nursery: trio.Nursery, **overrides: Any) -> Relay:
+    """The real relay (MessagingService over MemoryStore) on 127.0.0.1, any free port."""
+    config = RelayConfig(**{**TEST_DEFAULTS, **overrides})
+    relay = Relay(config, handler=MessagingService(config, MemoryStore()))
+    await nursery.start(relay.serve)
+    return relay
+
+
+def test_end_to_end_tests_cover_every_documented_server_frame() -> None:
+    covered = set().union(*COVERS.values())
+    assert covered == REQUIRED_COVERAGE, (
+        f"not covered: {sorted(REQUIRED_COVERAGE - covered)}; "
+        f"undocumented: {sorted(covered - REQUIRED_COVERAGE)}"
+    )
+
+
+@covers(
+    "auth_ok",
+    "pong",
+    "error:unauthenticated",
+    "error:bad_json",
+    "error:bad_frame",
+    "error:unknown_type",
+    "error:invalid",
+    "error:auth_failed",
+    "close:1008",
+)
+async def test_e2e_session_and_malformed_frames(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery, auth_timeout=0.5)
+    async with peer(relay.url) as a:
+        await a.send({"type": "ping", "ref": "early"})
+        assert (await a.expect("error", code="unauthenticated"))["ref"] == "early"
+        await a.send_text("{not json")
+        await a.expect("error", code="bad_json")
+        await a.send_text("[1, 2]")
+        await a.expect("error", code="bad_frame")
+        await a.send_text('{"type": 7, "ref": "r7"}')
+        assert (await a.expect("error", code="bad_frame"))["ref"] == "r7"
+        await a.send_refused({"type": "whisper", "ref": "w1"})
+        assert (await a.expect("error", code="unknown_type"))["ref"] == "w1"
+
+        await a.send({"type": "auth", "userId": "alice", "deviceId": "phone", "acks": True})
+        ok = await a.expect("auth_ok")
+        assert (ok["userId"], ok["deviceId"]) == ("alice", "phone")
+        await a.send({"type": "auth", "userId": "alice", "ref": "again"})
+        again = await a.expect("error", code="invalid", ref="again")
+        assert again["field"] == "type"
+        await a.send_refused({"type": "presence", "userIds": "bob", "ref": "q"})
+        assert (await a.expect("error", code="invalid", ref="q"))["field"] == "userIds"
+        await a.send_refused({"type": "message", "id": "", "recipientId": "bob", "text": "x"})
+        assert (await a.expect("error", code="invalid"))["field"] == "id"
+        await a.send_refused(
+            {"type": "history", "peerId": "bob", "before": 3, "after": 1, "ref": "h"}
+        )
+        await a.expect("error", code="invalid", ref="h")
+        await a.send_refused({"type": "receipt", "peerId": "bob", "seq": 0, "status": "read"})
+        assert (await a.expect("error", code="invalid"))["field"] == "seq"
+        await a.send({"type": "ping", "ref": "p1"})
+        await a.expect("pong", ref="p1")
+
+    async with peer(relay.url) as original:  # no deviceId, no acks: the anonymous device
+        await original.send({"type": "auth", "userId": "bob", "userName": "Bob"})
+        ok = await original.expect("auth_ok")
+        assert ok["deviceId"].startswith("anon-") and ok["userId"] == "bob"
+
+    async with peer(relay.url) as bad:
+        await bad.send_refused({"type": "auth", "userId": ""})
+        assert (await bad.expect("error", code="auth_failed"))["field"] == "userId"
+        assert await bad.closed() == 1008
+
+    async with peer(relay.url) as silent:  # no auth within auth_timeout
+        assert await silent.closed() == 1008
+
+
+@covers(
+    "message",
+    "receipt:sent",
+    "receipt:delivered",
+    "receipt:read",
+    "receipt:failed",
+    "error:forbidden",
+    "status:away",
+)
+async def test_e2e_messages_receipts_and_devices(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery)
+    url = relay.url
+    async with (
+        peer(url, "alice", deviceId="phone", acks=True) as a1,
+        peer(url, "alice", deviceId="watch", acks=True) as a2,
+        peer(url, "bob", deviceId="phone", acks=True) as b1,
+        peer(url, "bob", userName="Bob", userAvatar="BO") as b2,  # an original client
+    ):
+        # pending -> sent: once durable, with the conversation's seq
+        await a1.send(text_message("m1", "alice", "Hello there!", recipientId="bob"))
+        sent = await a1.expect("receipt", status="sent", id="m1")
+        assert (sent["seq"], sent["peerId"]) == (1, "bob")
+        for device in (b1, b2, a2):  # every device of the recipient, the sender's other ones
+            got = await device.expect("message", id="m1")
+            assert (got["seq"], got["senderId"], got["text"]) == (1, "alice", "Hello there!")
+            assert got["status"] == "delivered" and got["recipientId"] == "bob"
+        # b2 (acks false) counts as delivered once written to its socket
+        delivered = await a1.expect("receipt", status="delivered", id="m1")
+        assert (delivered["userId"], delivered["peerId"], delivered["seq"]) == ("bob", "bob", 1)
+        await a2.expect("receipt", status="delivered", id="m1")
+
+        # read: to the sender's devices, and a copy without id to the reader's other device
+        await b1.send({"type": "receipt", "peerId": "alice", "seq": 1, "status": "read"})
+        for device in (a1, a2):
+            read = await device.expect("receipt", status="read", id="m1")
+            assert (read["userId"], read["seq"]) == ("bob", 1)
+        copy = await b2.expect("receipt", status="read", peerId="alice")
+        assert "id" not in copy and copy["userId"] == "bob"
+
+        # stale receipt: ignored; resend of m1: same seq, delivered to nobody again
+        await b1.send({"type": "receipt", "peerId": "alice", "seq": 1, "status": "delivered"})
+        await b1.barrier()
+        assert of_type(await a1.barrier(), "receipt") == []
+        await a1.send(text_message("m1", "alice", "Hello there!", recipientId="bob"))
+        assert (await a1.expect("receipt", status="sent", id="m1"))["seq"] == 1
+        for device in (b1, b2, a2):
+            assert of_type(await device.barrier(), "message") == []
+
+        # the original client's own frames: message without deviceId/acks, status
+        await b2.send(
+            {
+                "type": "message",
+                "id": "1707116400000",
+                "senderId": "bob",
+                "senderName": "Bob",
+                "senderAvatar": "BO",
+                "recipientId": "alice",
+                "text": "Hi Alice",
+                "timestamp": "2026-02-05T10:30:15.123",
+                "status": "pending",
+            }
+        )
+        assert (await b2.expect("receipt", status="sent", id="1707116400000"))["seq"] == 2
+        assert (await b1.expect("message", id="1707116400000"))["seq"] == 2
+        await a1.expect("message", id="1707116400000", senderName="Bob")
+        await a2.expect("message", id="1707116400000")
+        await a1.send({"type": "receipt", "peerId": "bob", "seq": 2, "status": "delivered"})
+        for device in (b1, b2):
+            ack = await device.expect("receipt", status="delivered", id="1707116400000")
+            assert (ack["userId"], ack["peerId"]) == ("alice", "alice")
+        await b2.send(
+            {"type": "status", "status": "away", "userId": "bob", "timestamp": "2026-02-05T10:40"}
+        )
+        assert (await a1.expect("status", userId="bob"))["status"] == "away"
+
+        # refusals: a failed receipt with the reason, nothing stored or delivered
+        # (the schema cannot know who is authenticated, which groups exist, or meta's size)
+        refusals: list[tuple[dict[str, Any], str, str, bool]] = [
+            (text_message("f1", "bob", "spoof", recipientId="bob"), "forbidden", "senderId", False),
+            (text_message("f2", "alice", "x" * 4097, recipientId="bob"), "too_long", "text", True),
+            (
+                dict(text_message("f3", "alice", "big", recipientId="bob"), meta={"k": "v" * 5000}),
+                "too_long",
+                "meta",
+                False,
+            ),
+            (
+                text_message("f4", "alice", "nowhere", groupId="no-such-group"),
+                "not_found",
+                "groupId",
+                False,
+            ),
+        ]
+        for frame, reason, field, schema_refuses in refusals:
+            await (a1.send_refused if schema_refuses else a1.send)(frame)
+            failed = await a1.expect("receipt", status="failed", id=frame["id"])
+            assert (failed["reason"], failed["field"]) == (reason, field)
+        await a1.send_refused(text_message("f5", "alice", "", recipientId="bob"))
+        assert (await a1.expect("receipt", id="f5"))["reason"] == "invalid"
+        await a1.send_refused(text_message("f6", "alice", "two", recipientId="bob", groupId="g"))
+        assert (await a1.expect("receipt", id="f6"))["reason"] == "invalid"
+        for device in (b1, b2, a2):
+            assert of_type(await device.barrier(), "message") == []
+
+        # forbidden: receipts for a conversation the user has none in, someone else's status
+        await a1.send({"type": "receipt", "peerId": "carol", "seq": 1, "status": "read"})
+        await a1.expect("error", code="forbidden", field="peerId")
+        await a1.send({"type": "status", "status": "busy", "userId": "bob", "ref": "s"})
+        await a1.expect("error", code="forbidden", ref="s")
+
+
+@covers("message", "receipt:sent", "receipt:delivered")
+async def test_e2e_store_and_forward_in_seq_order_with_redelivery(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery)
+    url = relay.url
+    async with peer(url, "alice", deviceId="phone", acks=True) as alice:
+        for n in (1, 2, 3):
+            await alice.send(text_message(f"m{n}", "alice", f"text {n}", recipientId="bob"))
+            assert (await alice.expect("receipt", status="sent", id=f"m{n}"))["seq"] == n
+
+        async def backlog(p: Peer) -> list[int]:
+            return [(await p.expect("message"))["seq"] for _ in range(3)]
+
+        async with peer(url, "bob", deviceId="phone", acks=True) as bob:
+            assert await backlog(bob) == [1, 2, 3]  # the backlog follows auth_ok, oldest first
+        # not acknowledged (acks: true): sent again on the next connection
+        async with peer(url, "bob", deviceId="phone", acks=True) as bob:
+            assert await backlog(bob) == [1, 2, 3]
+            await bob.send({"type": "receipt", "peerId": "alice", "seq": 3, "status": "delivered"})
+            ack = await alice.expect("receipt", status="delivered")
+            assert (ack["id"], ack["seq"], ack["userId"]) == ("m3", 3, "bob")
+            await bob.barrier()
+        async with peer(url, "bob", deviceId="phone", acks=True) as bob:
+            assert of_type(await bob.barrier(), "message") == []
+        async with peer(url, "bob", deviceId="tablet", acks=True) as tablet:
+            # a new device starts at the user's delivered watermark
+            assert of_type(await tablet.barrier(), "message") == []
+        await alice.send(text_message("m4", "alice", "text 4", recipientId="bob"))
+        await alice.expect("receipt", status="sent", id="m4")
+        async with peer(url, "bob") as original:  # acks false: delivered once written
+            assert (await original.expect("message"))["id"] == "m4"
+            assert (await alice.expect("receipt", status="delivered"))["id"] == "m4"
+
+
+@covers("status:online", "status:away", "status:busy", "status:offline", "presence", "typing")
+async def test_e2e_presence_and_typing(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery, presence_grace=0.4, typing_lapse=0.3)
+    url = relay.url
+    async with peer(url, "alice", deviceId="phone") as alice:
+        async with peer(url, "bob", deviceId="phone") as bob:
+            await bob.send(text_message("hi", "bob", "hi", recipientId="alice"))
+            await alice.expect("message", id="hi")  # now they share a conversation
+        offline = await alice.expect("status", userId="bob", status="offline")
+        assert offline["lastSeen"] <= offline["timestamp"]
+        await alice.send({"type": "presence", "userIds": ["bob", "carol"], "ref": "q1"})
+        answer = await alice.expect("presence", ref="q1")
+        assert [(u["userId"], u["status"]) for u in answer["users"]] == [
+            ("bob", "offline"),
+            ("carol", "offline"),
+        ]
+        assert answer["users"][0]["lastSeen"] == offline["lastSeen"]
+        assert answer["users"][1]["lastSeen"] is None
+
+        async with peer(url, "bob", deviceId="phone") as bob:
+            await alice.expect("status", userId="bob", status="online")
+            for status in ("away", "busy"):
+                await bob.send({"type": "status", "status": status})
+                await alice.expect("status", userId="bob", status=status)
+            await alice.send({"type": "presence", "userIds": ["bob"]})
+            assert (await alice.expect("presence"))["users"] == [
+                {"userId": "bob", "status": "busy", "lastSeen": None}
+            ]
+
+            await alice.send({"type": "typing", "recipientId": "bob", "state": "start"})
+            await bob.expect("typing", userId="alice", state="start")
+            await alice.send({"type": "typing", "recipientId": "bob", "state": "stop"})
+            await bob.expect("typing", userId="alice", state="stop")
+            await alice.send({"type": "typing", "recipientId": "bob", "state": "start"})
+            await bob.expect("typing", userId="alice", state="start")
+            await bob.expect("typing", userId="alice", state="stop")  # the lapse
+
+        # a reconnect within the grace announces nothing
+        async with peer(url, "bob", deviceId="phone"):
+            pass
+        async with peer(url, "bob", deviceId="phone") as bob:
+            await trio.sleep(0.6)  # past the grace of the first close
+            await bob.barrier()
+            assert of_type(await alice.barrier(), "status") == []
+
+
+@covers(
+    "group:create",
+    "group:add",
+    "group:remove",
+    "group:leave",
+    "conversations",
+    "history",
+    "typing",
+    "receipt:read",
+    "receipt:failed",
+    "error:not_found",
+    "error:forbidden",
+    "error:invalid",
+)
+async def test_e2e_groups_conversations_and_history(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery)
+    url = relay.url
+    async with (
+        peer(url, "alice", deviceId="phone", acks=True) as alice,
+        peer(url, "bob", deviceId="phone", acks=True) as bob,
+        peer(url, "carol", deviceId="phone", acks=True) as carol,
+    ):
+        create = {"type": "group_create", "groupId": "g1", "name": "Runners", "members": ["bob"]}
+        await alice.send({**create, "ref": "c"})
+        made = await alice.expect("group", ref="c")
+        assert (made["members"], made["createdBy"], made["event"]) == (
+            ["alice", "bob"],
+            "alice",
+            "create",
+        )
+        assert "ref" not in await bob.expect("group", groupId="g1", event="create")
+        await alice.send({**create, "ref": "c2"})
+        assert (await alice.expect("error", code="invalid", ref="c2"))["field"] == "groupId"
+
+        for n in (1, 2, 3):
+            await alice.send(text_message(f"g{n}", "alice", f"group {n}", groupId="g1"))
+            assert (await alice.expect("receipt", status="sent", id=f"g{n}"))["groupId"] == "g1"
+            assert (await bob.expect("message", id=f"g{n}"))["seq"] == n
+        await alice.send({"type": "typing", "groupId": "g1", "state": "start"})
+        assert (await bob.expect("typing", userId="alice"))["groupId"] == "g1"
+        assert of_type(await carol.barrier(), "message") == []
+
+        # outsiders: no send, no history, no changes; unknown groups are not_found
+        await carol.send(text_message("c1", "carol", "let me in", groupId="g1"))
+        assert (await carol.expect("receipt", id="c1"))["reason"] == "forbidden"
+        await carol.send({"type": "history", "groupId": "g1", "ref": "h"})
+        await carol.expect("error", code="forbidden", ref="h")
+        await carol.send({"type": "group_add", "groupId": "g1", "userIds": ["carol"], "ref": "a"})
+        await carol.expect("error", code="forbidden", ref="a")
+        await carol.send({"type": "typing", "groupId": "g1", "state": "start", "ref": "t"})
+        await carol.expect("error", code="forbidden", ref="t")
+        await carol.send({"type": "group_leave", "groupId": "nope", "ref": "n"})
+        await carol.expect("error", code="not_found", ref="n")
+        await carol.send({"type": "history", "groupId": "nope", "ref": "n2"})
+        await carol.expect("error", code="not_found", ref="n2")
+
+        # the conversation list and the read watermark in a group
+        for n in (1, 2, 3, 4, 5):
+            await alice.send(text_message(f"d{n}", "alice", f"direct {n}", recipientId="bob"))
+            await bob.expect("message", id=f"d{n}")
+        await bob.send({"type": "conversations", "ref": "l"})
+        items = (await bob.expect("conversations", ref="l"))["items"]
+        assert [(i.get("peerId"), i.get("groupId")) for i in items] == [
+            ("alice", None),
+            (None, "g1"),
+        ]
+        assert (items[0]["unread"], items[0]["lastSeq"], items[0]["readSeq"]) == (5, 5, 0)
+        assert items[0]["lastMessage"]["id"] == "d5"
+        assert (items[1]["name"], items[1]["unread"]) == ("Runners", 3)
+        await bob.send({"type": "receipt", "groupId": "g1", "seq": 3, "status": "read"})
+        read = await alice.expect("receipt", status="read", groupId="g1")
+        assert (read["id"], read["userId"]) == ("g3", "bob")
+        await bob.send({"type": "conversations"})
+        items = (await bob.expect("conversations"))["items"]
+        assert [i["unread"] for i in items] == [5, 0]
+
+        # history pages, oldest first within a page
+        async def page(**query: Any) -> tuple[list[int], bool]:
+            await bob.send({"type": "history", "peerId": "alice", **query, "ref": "p"})
+            got = await bob.expect("history", ref="p")
+            assert got["peerId"] == "alice"
+            return [m["seq"] for m in got["messages"]], got["hasMore"]
+
+        assert await page(limit=2) == ([4, 5], True)
+        assert await page(before=4, limit=2) == ([2, 3], True)
+        assert await page(before=2) == ([1], False)
+        assert await page(after=3, limit=10) == ([4, 5], False)
+        assert await page(after=0, limit=5) == ([1, 2, 3, 4, 5], False)
+
+        # membership: any member adds, only the creator removes others, anyone leaves
+        await bob.send({"type": "group_add", "groupId": "g1", "userIds": ["carol"], "ref": "add"})
+        added = await bob.expect("group", ref="add")
+        assert (added["event"], added["members"]) == ("add", ["alice", "bob", "carol"])
+        for other in (alice, carol):
+            await other.expect("group", event="add")
+        await bob.send({"type": "group_remove", "groupId": "g1", "userIds": ["alice"], "ref": "r"})
+        await bob.expect("error", code="forbidden", ref="r")
+        await alice.send({"type": "group_remove", "groupId": "g1", "userIds": ["carol"]})
+        for member in (alice, bob, carol):  # the removed user learns it too
+            gone = await member.expect("group", event="remove")
+            assert gone["members"] == ["alice", "bob"]
+        await bob.send({"type": "group_leave", "groupId": "g1", "ref": "bye"})
+        assert (await bob.expect("group", ref="bye"))["members"] == ["alice"]
+        assert (await alice.expect("group", event="leave"))["members"] == ["alice"]
+
+
+@covers("receipt:sent", "receipt:failed")
+async def test_e2e_message_rate_limit(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery, rate_limit_messages=0.01, rate_limit_burst=3)
+    async with peer(relay.url, "alice") as alice:
+        for n in range(4):
+            await alice.send(text_message(f"r{n}", "alice", "flood", recipientId="bob"))
+        answers = [(await alice.expect("receipt", id=f"r{n}"))["status"] for n in range(4)]
+        assert answers == ["sent", "sent", "sent", "failed"]
+        assert alice.pending == [] or of_type(alice.pending, "receipt") == []
+        await alice.send(text_message("r4", "alice", "flood", recipientId="bob"))
+        assert (await alice.expect("receipt", id="r4"))["reason"] == "rate_limited"
+
+
+@define
+class TokenFile:
+    """An Authenticator: each line of the file is `<token> <userId>`; read at every auth."""
+
+    path: Path
+
+    async def authenticate(self, frame: AuthFrame) -> str:
+        text = await trio.Path(self.path).read_text()
+        tokens = dict(line.split() for line in text.splitlines() if line.strip())
+        user = tokens.get(frame.token or "")
+        if user is None:
+            raise FrameError("auth_failed", "unknown token")
+        if user != frame.user_id:
+            raise FrameError("auth_failed", "the token belongs to another user")
+        return user
+
+
+@covers("auth_ok", "error:auth_failed", "error:internal", "close:1008", "close:1011")
+async def test_e2e_token_authentication(nursery: trio.Nursery, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t-alice alice\n")
+    config = RelayConfig(**TEST_DEFAULTS)
+    service = MessagingService(config, MemoryStore(), authenticator=TokenFile(tokens))
+    relay = Relay(config, handler=service)
+    await nursery.start(relay.serve)
+    async with peer(relay.url, "alice", token="t-alice") as alice:
+        assert alice.auth_ok["userId"] == "alice"
+    for token in ("t-alice", "forged"):  # someone else's token, an unknown one
+        async with peer(relay.url) as mallory:
+            await mallory.send({"type": "auth", "userId": "mallory", "token": token})
+            await mallory.expect("error", code="auth_failed")
+            assert await mallory.closed() == 1008
+    tokens.unlink()  # the token backend is gone: the relay cannot authenticate anyone
+    async with peer(relay.url) as alice:
+        await alice.send({"type": "auth", "userId": "alice", "token": "t-alice"})
+        await alice.expect("error", code="internal")
+        assert await alice.closed() == 1011
+
+
+@covers("close:1000", "close:1001", "close:1002", "close:1003", "close:1007", "close:1009")
+async def test_e2e_transport_close_codes(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery, max_message_bytes=1024)
+    async with peer(relay.url, "alice") as alice:
+        await alice.ws.send_message(b"\x00binary")
+        assert await alice.closed() == 1003
+    async with peer(relay.url, "alice") as alice:
+        await alice.send_text('{"type":"ping","ref":"' + "x" * 1024 + '"}')
+        assert await alice.closed() == 1009
+    for close_code in (1000, 1001):  # the relay echoes the client's close code
+        raw = await RawWs.connect(relay)
+        await raw.send(mask_frame(0x8, struct.pack("!H", close_code)))
+        code, _ = await raw.expect_close()
+        _seen(f"close:{code}")
+        assert code == close_code
+        await raw.aclose()
+    raw = await RawWs.connect(relay)
+    await raw.send(mask_frame(0x1, b'{"type":"ping"}', masked=False))
+    code, _ = await raw.expect_close()
+    _seen(f"close:{code}")
+    assert code == 1002
+    await raw.aclose()
+    raw = await RawWs.connect(relay)
+    await raw.send(mask_frame(0x1, b'{"type":"\xff"}'))
+    code, _ = await raw.expect_close()
+    _seen(f"close:{code}")
+    assert code == 1007
+    await raw.aclose()
+
+
+@covers("close:1011")
+async def test_e2e_heartbeat_closes_a_silent_peer_with_1011(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery, heartbeat_interval=0.2, heartbeat_timeout=0.2)
+    raw = await RawWs.connect(relay)  # never answers the relay's pings
+    with trio.fail_after(WAIT):
+        code, _ = await raw.expect_close()
+    _seen(f"close:{code}")
+    assert code == 1011
+    await raw.aclose()
+
+
+@covers("auth_ok", "close:1012")
+async def test_e2e_shutdown_closes_with_1012(nursery: trio.Nursery) -> None:
+    scope = trio.CancelScope()
+
+    async def run_relay(*, task_status: trio.TaskStatus[Relay]) -> None:
+        with scope:
+            async with trio.open_nursery() as inner:
+                task_status.started(await relay_on(inner))
+
+    relay = await nursery.start(run_relay)
+    async with peer(relay.url, "alice", deviceId="phone") as alice:
+        scope.cancel()
+        assert await alice.closed() == 1012
+
+
+@covers("receipt:sent", "history", "close:1013")
+async def test_e2e_slow_consumer_is_closed_with_1013_and_its_messages_stay_stored(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await relay_on(
+        nursery,
+        outbox_max_frames=32,
+        outbox_max_bytes=64 * 1024,
+        rate_limit_messages=10_000.0,
+        rate_limit_burst=10_000,
+    )
+    raw = await RawWs.connect(relay)
+    await raw.send_text(b'{"type":"auth","userId":"bob","deviceId":"phone","acks":true}')
+    _, payload = await raw.recv_frame()
+    doc.check("server", orjson.loads(payload))
+    sent = 0
+    async with peer(relay.url, "alice") as alice:
+        while relay.metrics.stats.slow_consumer_closes == 0:  # bob never reads
+            assert sent < 5000, "the relay never gave up on a consumer that does not read"
+            batch = [
+                text_message(f"s{sent + i}", "alice", "y" * 4000, recipientId="bob")
+                for i in range(50)
+            ]
+            for frame in batch:
+                await alice.send(frame)
+            for frame in batch:
+                await alice.expect("receipt", status="sent", id=frame["id"])
+            sent += len(batch)
+        code, _ = await raw.expect_close()
+        _seen(f"close:{code}")
+        assert code == 1013
+        await raw.aclose()
+        seqs: list[int] = []
+        while len(seqs) < sent:  # every message acknowledged `sent` is in the store
+            await alice.send({"type": "history", "peerId": "bob", "after": len(seqs), "limit": 10})
+            seqs += [m["seq"] for m in (await alice.expect("history"))["messages"]]
+        assert seqs == list(range(1, sent + 1))
+
+
+@covers("message", "receipt:sent", "receipt:delivered")
+async def test_e2e_a_backlog_larger_than_the_outbox_reaches_the_next_connection(
+    nursery: trio.Nursery,
+) -> None:
+    # Contract: what a connection could not take "waits in the store for the next connection.
+    # Nothing is lost." A device that reads and acknowledges as it goes must get its backlog.
+    relay = await relay_on(
+        nursery, outbox_max_bytes=64 * 1024, rate_limit_messages=10_000.0, rate_limit_burst=10_000
+    )
+    count = 40  # 40 x 4000 characters: more than one outbox holds
+    async with peer(relay.url, "alice") as alice:
+        for n in range(count):
+            await alice.send(text_message(f"b{n}", "alice", "z" * 4000, recipientId="bob"))
+        for n in range(count):
+            await alice.expect("receipt", status="sent", id=f"b{n}")
+    async with peer(relay.url, "bob", deviceId="phone", acks=True) as bob:
+        for seq in range(1, count + 1):
+            got = await bob.expect("message")
+            assert got["seq"] == seq
+            await bob.send(
+                {"type": "receipt", "peerId": "alice", "seq": seq, "status": "delivered"}
+            )
