@@ -203,11 +203,17 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             send_lag_p99_ms=raw["send_lag"].get("p99_ms"),
             backlog_at_end=raw["backlog_at_end"],
         )
-        # Kept up: delivered at least 99% of the offered rate in the window, and what was
-        # still in flight at the window's end is under 50 ms worth of offered traffic.
+        # Kept up: the generator offered the rate, the server delivered at least 99% of it
+        # in the window, and the messages in flight did not grow over the window (by more
+        # than 1% of what was sent): a steady state, whatever its latency.
+        growth = raw["backlog_at_end"] - raw["backlog_at_start"]
+        fig["backlog_growth"] = growth
         fig["kept_up"] = bool(
-            raw["delivered_per_s"] >= 0.99 * offered
-            and raw["backlog_at_end"] <= max(0.05 * offered, 10)
+            raw["sent_per_s"] >= 0.99 * offered
+            and raw["delivered_per_s"] >= 0.99 * offered
+            and growth <= max(0.01 * raw["sent"], 10)
             and not raw.get("blocked_sends")
         )
+        if raw["sent_per_s"] < 0.99 * offered:
+            fig["client_bound"] = True  # the generator could not hold its own schedule
     return fig, problems
