@@ -379,11 +379,15 @@ async def test_history_pages_of_fifty() -> None:
         for i in range(120):
             await alice.send_message("bob", f"m{i}")
         await within(alice.flush())
-        await within(bob.wait_online())
+        conv = ConversationId.direct("alice")
+        await within(bob.wait_until(lambda s: len(s.messages(conv)) == 120))
+        await within(bob.ping())  # its delivered receipts went out before the ping
         async with client(relay.url, "bob", sync_on_connect=False) as fresh:
             await within(fresh.wait_online())
-            conv = ConversationId.direct("alice")
-            pages = []
+            opened = await within(fresh.open_conversation("alice"))
+            assert fresh.state.active == conv
+            assert [m.seq for m in opened] == list(range(71, 121))
+            pages = [[m.seq for m in opened]]
             while True:
                 page = await within(fresh.load_history(conv))
                 pages.append([m.seq for m in page.messages])

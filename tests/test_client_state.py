@@ -351,3 +351,12 @@ def test_malformed_frames_change_nothing() -> None:
     ):
         assert s.apply(frame) == []
     assert s.conversations() == []
+
+
+def test_active_conversation() -> None:
+    s = alice()
+    assert s.active_messages() == []
+    s.apply(incoming("b1", 1))
+    s.apply(incoming("c1", 1, sender="carol"))
+    s.active = BOB
+    assert [m.id for m in s.active_messages()] == ["b1"]

@@ -240,9 +240,10 @@ class ChatUI:
             return
         self.active = ConversationId.parse(rest.split()[0])
         self.say(f"* conversation with {self.active}")
-        if self.client.connection_state is ConnectionState.ONLINE:
-            with trio.move_on_after(ANSWER_TIMEOUT):
-                await self.client.load_history(self.active, before=None)
+        with trio.move_on_after(ANSWER_TIMEOUT) as scope:
+            await self.client.open_conversation(self.active)
+        if scope.cancelled_caught:
+            self.say("! no answer from the relay; showing what is known")
         self._print_messages(self.client.state.messages(self.active))
 
     async def _more(self, rest: str) -> None:

@@ -385,6 +385,17 @@ class RelayClient:
         if self.state.connection is ConnectionState.ONLINE:
             self._queue(frame, keep_offline=False)
 
+    async def open_conversation(self, conversation: Target) -> list[Message]:
+        """Make `conversation` the active one (`state.active`) and return its messages, loading
+        the newest page from the relay first when online and fewer than a page are known."""
+        cid = _cid(conversation)
+        self.state.active = cid
+        self._notify()
+        known = self.state.messages(cid)
+        if len(known) < 50 and self.state.connection is ConnectionState.ONLINE:
+            await self.load_history(cid)
+        return self.state.active_messages()
+
     async def load_history(
         self, conversation: Target, *, before: int | None = None, limit: int = 50
     ) -> HistoryPage:

@@ -86,6 +86,7 @@ class ClientState:
     user_avatar: str | None = None
     max_outbox: int = 1000
     connection: ConnectionState = ConnectionState.DISCONNECTED
+    active: ConversationId | None = None  # the conversation the UI shows
     presence: dict[str, Presence] = field(factory=dict)
     groups: dict[str, GroupInfo] = field(factory=dict)
     _convs: dict[ConversationId, _Conv] = field(factory=dict)
@@ -121,6 +122,10 @@ class ClientState:
             unstored = [m for m in conv.messages.values() if m.seq is None]
             conv.sorted_cache = stored + unstored
         return list(conv.sorted_cache)
+
+    def active_messages(self) -> list[Message]:
+        """The messages of the active conversation (see `messages`); [] when none is open."""
+        return [] if self.active is None else self.messages(self.active)
 
     def find(self, message_id: str, sender_id: str | None = None) -> Message | None:
         """A known message by id (this user's own by default)."""
