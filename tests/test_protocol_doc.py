@@ -32,6 +32,7 @@ from referencing.jsonschema import DRAFT202012
 from support import TEST_DEFAULTS, RawWs, mask_frame
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
+from relay import protocol
 from relay.app import Relay
 from relay.cli import build_parser, config_from
 from relay.config import RelayConfig
@@ -966,3 +967,32 @@ async def test_e2e_a_backlog_larger_than_the_outbox_reaches_the_next_connection(
             await bob.send(
                 {"type": "receipt", "peerId": "alice", "seq": seq, "status": "delivered"}
             )
+
+
+def test_schema_limits_match_the_relay() -> None:
+    """The limits the schemas bake in are the ones relay.protocol and RelayConfig enforce."""
+    defs = doc.schemas["common"]["$defs"]
+    config = RelayConfig()
+    assert defs["messageId"]["maxLength"] == protocol.MESSAGE_ID_MAX
+    assert defs["userId"]["maxLength"] == defs["groupId"]["maxLength"] == protocol.IDENT_MAX
+    assert defs["shortText"]["maxLength"] == defs["clientTime"]["maxLength"]
+    assert defs["shortText"]["maxLength"] == protocol.SHORT_TEXT_MAX
+    props = {n: s.get("properties", {}) for n, s in doc.schemas.items()}
+    assert props["client/message"]["text"]["maxLength"] == config.max_text_chars
+    assert props["client/auth"]["token"]["maxLength"] == protocol.TOKEN_MAX
+    assert props["client/auth"]["deviceId"]["maxLength"] == protocol.IDENT_MAX
+    assert props["client/presence"]["userIds"]["maxItems"] == protocol.PRESENCE_QUERY_MAX
+    assert props["client/history"]["limit"]["maximum"] == protocol.HISTORY_LIMIT_MAX
+    assert props["client/history"]["limit"]["default"] == protocol.HISTORY_LIMIT_DEFAULT
+    assert props["client/conversations"]["limit"]["maximum"] == protocol.CONVERSATIONS_LIMIT_MAX
+    assert props["client/conversations"]["limit"]["default"] == protocol.CONVERSATIONS_LIMIT_DEFAULT
+    assert props["client/group_create"]["name"]["maxLength"] == protocol.GROUP_NAME_MAX
+    for name, key in (
+        ("client/group_create", "members"),
+        ("client/group_add", "userIds"),
+        ("client/group_remove", "userIds"),
+    ):
+        assert props[name][key]["maxItems"] == config.max_group_members
+    assert set(props["client/status"]["status"]["enum"]) == set(protocol.USER_STATUSES)
+    assert set(props["client/receipt"]["status"]["enum"]) == set(protocol.RECEIPT_STATUSES)
+    assert set(protocol.CLIENT_FRAME_TYPES) == CLIENT_TYPES
