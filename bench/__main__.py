@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets as budgets_mod
-from bench import report, scenarios, servers
+from bench import profiling, report, scenarios, servers
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--reuse-servers",
         action="store_true",
         help="start each server once per repeat instead of once per scenario (--quick does)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample relay servers with py-spy over each measured window (figures perturbed)",
     )
     p.add_argument("--no-budgets", action="store_true", help="report budgets, do not enforce them")
     p.add_argument("--no-chart", action="store_true", help="do not draw the PNG chart")
@@ -243,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         for srv in run.servers
         if srv in specs
     ]
+    profile = args.profile
+    if profile and not profiling.available():
+        say("profile skipped: py-spy is not installed (pip install py-spy)")
+        profile = False
     reuse = args.quick or args.reuse_servers
     if reuse:
         # one server process per (repeat, server), every scenario run against it in turn
@@ -283,7 +292,18 @@ def main(argv: list[str] | None = None) -> int:
             server = current
             # a user id prefix per run: a reused server never sees the same user twice
             cfg = dict(run.loadgen, port=server.port, server_pid=server.pid, user_prefix=f"r{i}u")
+            prof_path = None
+            if profile and srv.startswith("relay"):
+                prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
+                cfg["profile"] = str(prof_path)
             raw = run_loadgen(cfg, lg_core)
+            if prof_path is not None:
+                record["profiled"] = True
+                if prof_path.exists():
+                    record["profile"] = profiling.summarise(prof_path)
+                    record["profile"]["file"] = str(prof_path)
+                    for share, frame in record["profile"].get("self", [])[:6]:
+                        say(f"      profile {share:6.1%} self  {frame}")
             alive = server.alive()
             record["raw"] = raw
             if "error" in raw:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -46,8 +48,13 @@ def proc_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def make_snapshot(server_pid: int) -> Any:
+def make_snapshot(server_pid: int, on_first: Any = None) -> Any:
+    calls = [on_first]
+
     def snapshot() -> dict[str, float]:
+        if calls[0] is not None:
+            calls.pop()()  # the window opens: e.g. start the profiler
+            calls.append(None)
         t = os.times()
         return {
             "t": time.monotonic(),
@@ -73,12 +80,29 @@ def main() -> int:
     def progress(msg: str) -> None:
         print(f"      {msg}", file=sys.stderr, flush=True)
 
+    profiler: list[subprocess.Popen[bytes]] = []
+    on_first = None
+    if cfg.get("profile"):
+        from bench import profiling
+
+        seconds = float(cfg.get("duration", cfg.get("hold", 1.0)))
+
+        def on_first() -> None:
+            profiler.append(profiling.start(int(cfg["server_pid"]), seconds, Path(cfg["profile"])))
+
     try:
         gen = LoadGen(cfg, progress=progress)
-        result = gen.run(make_snapshot(int(cfg["server_pid"])))
+        result = gen.run(make_snapshot(int(cfg["server_pid"]), on_first))
     except (OSError, RuntimeError, ValueError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1
+    finally:
+        for p in profiler:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
     result["nofile_limit"] = limit
     print(json.dumps(result))
     return 0
