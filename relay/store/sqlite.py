@@ -8,8 +8,8 @@ of read-only connections in Trio worker threads (`trio.to_thread.run_sync`). The
 waits on the database.
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waiting at most
-`commit_interval` for more (only while writers are concurrent: a lone request is committed at
-once), and runs it in one transaction, each request inside its own SAVEPOINT
+`commit_interval` for more (only while such waits bring more: see `_Writer._gather`), and runs
+it in one transaction, each request inside its own SAVEPOINT
 so one request's failure (a taken group id) does not undo the others. Results are handed back
 only after COMMIT: `append_many` returns only when its messages are durable. In WAL mode with
 synchronous=NORMAL a committed transaction survives the process being killed.
@@ -488,6 +488,7 @@ class _Request:
 
 
 _STOP: Final = object()
+_PROBE_EVERY: Final = 16  # batches between trial waits while waiting does not pay
 
 
 @define(eq=False)
@@ -499,7 +500,8 @@ class _Writer:
     commit_interval: float
     max_batch: int
     retention: RetentionJob
-    _company: bool = field(default=True, init=False)  # the last batch had several requests
+    _wait_pays: bool = field(default=True, init=False)  # the last wait brought requests
+    _since_wait: int = field(default=0, init=False)  # batches since the last wait
 
     def run(self) -> None:
         try:
@@ -512,7 +514,6 @@ class _Writer:
                 if first is _STOP:
                     return
                 batch, stop = self._gather(cast(_Request, first))
-                self._company = len(batch) > 1
                 self._execute(batch)
                 if stop:
                     return
@@ -523,29 +524,50 @@ class _Writer:
             self.conn.close()
 
     def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        """Everything queued after `first` (up to `max_batch` messages). When the last batch had
-        company (several requests: writers are concurrent), wait up to `commit_interval` for
-        more; a lone writer is not kept waiting for company that is not coming."""
+        """`first` and everything queued after it, up to `max_batch` messages; then, if waiting
+        pays, up to `commit_interval` more for further requests.
+
+        Waiting pays when requests arrive during the wait. When every writer is already in the
+        batch (each awaits its result before writing again), nothing can arrive and the wait is
+        pure latency: after a wait that brought nothing the writer stops waiting, and tries a
+        wait again every `_PROBE_EVERY` batches.
+        """
         batch = [first]
         weight = first.weight
-        until = time.monotonic() + (self.commit_interval if self._company else 0.0)
-        while weight < self.max_batch:
-            try:
-                item = self.requests.get_nowait()
-            except queue.Empty:
-                remaining = until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self.requests.get(timeout=remaining)
-                except queue.Empty:
-                    break
+        stop = False
+
+        def take(item: object) -> None:
+            nonlocal weight, stop
             if item is _STOP:
-                return batch, True
-            request = cast(_Request, item)
-            batch.append(request)
-            weight += request.weight
-        return batch, False
+                stop = True
+            else:
+                request = cast(_Request, item)
+                batch.append(request)
+                weight += request.weight
+
+        while weight < self.max_batch and not stop:
+            try:
+                take(self.requests.get_nowait())
+            except queue.Empty:
+                break
+        self._since_wait += 1
+        if stop or weight >= self.max_batch or self.commit_interval <= 0:
+            return batch, stop
+        if not self._wait_pays and self._since_wait < _PROBE_EVERY:
+            return batch, stop
+        self._since_wait = 0
+        before = len(batch)
+        until = time.monotonic() + self.commit_interval
+        while weight < self.max_batch and not stop:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                take(self.requests.get(timeout=remaining))
+            except queue.Empty:
+                break
+        self._wait_pays = len(batch) > before
+        return batch, stop
 
     def _execute(self, batch: list[_Request]) -> None:
         try:
