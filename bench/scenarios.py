@@ -30,7 +30,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "idle_hold": (2.0, 0.3),
     "text_bytes": (100, 100),
     "drain": (2.0, 0.5),
-    "setup_timeout": (60.0, 20.0),
+    "setup_timeout": (180.0, 20.0),
 }
 
 
