@@ -15,11 +15,18 @@ from datetime import UTC, datetime
 WallClock = Callable[[], float]
 
 
+_second_cache: list[tuple[int, str]] = [(-1, "")]  # (whole second, its "YYYY-MM-DDTHH:MM:SS")
+
+
 def iso_utc(epoch: float) -> str:
     """`epoch` (seconds) as `YYYY-MM-DDTHH:MM:SS.mmmZ`, truncated to the millisecond."""
     millis = int(epoch * 1000)
-    moment = datetime.fromtimestamp(millis // 1000, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis % 1000:03d}Z"
+    second, ms = divmod(millis, 1000)
+    cached_second, prefix = _second_cache[0]
+    if cached_second != second:
+        prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}"
+        _second_cache[0] = (second, prefix)
+    return f"{prefix}.{ms:03d}Z"
 
 
 def utc_now(wall: WallClock = time.time) -> str:

@@ -111,6 +111,17 @@ class PresenceTracker:
             if known is not None:
                 known.update(users - {other})
 
+    def pair(self, a: str, b: str) -> None:
+        """`a` and `b` share a 1:1 conversation (cheap when already known: the hot path)."""
+        if a == b:
+            return
+        known = self._contacts.get(a)
+        if known is not None and b not in known:
+            known.add(b)
+        known = self._contacts.get(b)
+        if known is not None and a not in known:
+            known.add(a)
+
     def unlink(self, user_id: str, others: Iterable[str]) -> None:
         """`user_id` and each of `others` no longer share any conversation."""
         others = set(others)

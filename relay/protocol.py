@@ -367,6 +367,28 @@ def _message(f: _Fields, limits: Limits) -> MessageFrame:
     return validate_message(f.obj, limits, message_id=ident, ref=f.ref)
 
 
+def _check_str(value: object, min_len: int, max_len: int) -> str | None:
+    """Why `value` is not an optional string of min_len..max_len characters (None: it is)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be a string"
+    if not min_len <= len(value) <= max_len:
+        return f"must be {min_len}-{max_len} characters"
+    return None
+
+
+#: optional string fields of a message: (name, min length, max length)
+_MESSAGE_STRINGS = (
+    ("recipientId", 1, IDENT_MAX),
+    ("groupId", 1, IDENT_MAX),
+    ("senderId", 1, IDENT_MAX),
+    ("senderName", 0, SHORT_TEXT_MAX),
+    ("senderAvatar", 0, SHORT_TEXT_MAX),
+    ("timestamp", 0, SHORT_TEXT_MAX),
+)
+
+
 def validate_message(
     obj: Mapping[str, Any], limits: Limits, *, message_id: str, ref: str | None = None
 ) -> MessageFrame:
@@ -374,9 +396,9 @@ def validate_message(
 
     Shared by client frames and the in-process publish API so both refuse the same things.
     """
-    f = _Fields(obj, ref)
-    peer: str | None = None
-    group: str | None = None
+    get = obj.get
+    peer = get("recipientId")
+    group = get("groupId")
 
     def refuse(code: str, field: str, why: str) -> MessageRefused:
         return MessageRefused(
@@ -384,53 +406,39 @@ def validate_message(
             f"{field}: {why}",
             message_id=message_id,
             field=field,
-            peer_id=peer,
-            group_id=group,
+            peer_id=peer if isinstance(peer, str) else None,
+            group_id=group if isinstance(group, str) else None,
         )
 
-    try:
-        peer = f.string("recipientId")
-    except FrameError as exc:
-        raise refuse("invalid", "recipientId", exc.message.partition(": ")[2]) from None
-    try:
-        group = f.string("groupId")
-    except FrameError as exc:
-        raise refuse("invalid", "groupId", exc.message.partition(": ")[2]) from None
+    for name, min_len, max_len in _MESSAGE_STRINGS:
+        why = _check_str(get(name), min_len, max_len)
+        if why is not None:
+            peer = group = None
+            raise refuse("invalid", name, why)
     if (peer is None) == (group is None):
         raise refuse("invalid", "recipientId", "exactly one of recipientId and groupId is required")
-    text = obj.get("text")
+    text = get("text")
     if not isinstance(text, str):
         raise refuse("invalid", "text", "must be a string")
     if not text:
         raise refuse("invalid", "text", "must not be empty")
     if len(text) > limits.max_text_chars:
         raise refuse("too_long", "text", f"longer than {limits.max_text_chars} characters")
-    meta = obj.get("meta")
+    meta = get("meta")
     if meta is not None:
         if not isinstance(meta, dict):
             raise refuse("invalid", "meta", "must be an object")
         if len(orjson.dumps(meta)) > limits.max_meta_bytes:
             raise refuse("too_long", "meta", f"larger than {limits.max_meta_bytes} bytes as JSON")
-    values: dict[str, str | None] = {}
-    for name, max_len, min_len in (
-        ("senderId", IDENT_MAX, 1),
-        ("senderName", SHORT_TEXT_MAX, 0),
-        ("senderAvatar", SHORT_TEXT_MAX, 0),
-        ("timestamp", SHORT_TEXT_MAX, 0),
-    ):
-        try:
-            values[name] = f.string(name, max_len=max_len, min_len=min_len)
-        except FrameError as exc:
-            raise refuse("invalid", name, exc.message.partition(": ")[2]) from None
     return MessageFrame(
         id=message_id,
         text=text,
-        sender_id=values["senderId"],
+        sender_id=get("senderId"),
         recipient_id=peer,
         group_id=group,
-        sender_name=values["senderName"],
-        sender_avatar=values["senderAvatar"],
-        client_timestamp=values["timestamp"],
+        sender_name=get("senderName"),
+        sender_avatar=get("senderAvatar"),
+        client_timestamp=get("timestamp"),
         meta=meta,
         ref=ref,
     )

@@ -745,8 +745,9 @@ class MessagingService:
                 self._send(conn, session, encode_receipt_sent(appended.message, timestamp))
                 if appended.duplicate:
                     continue
-                if entry.message.group_id is None:
-                    self.presence.link([entry.message.sender_id], entry.audience)
+                message = entry.message
+                if message.group_id is None and message.recipient_id is not None:
+                    self.presence.pair(message.sender_id, message.recipient_id)
                 self._deliver(appended.message, entry.audience, conn)
 
         return run
@@ -1191,8 +1192,8 @@ class MessagingService:
             def deliver() -> None:
                 if appended.duplicate:
                     return
-                if message.group_id is None:
-                    self.presence.link([sender_id], audience)
+                if message.group_id is None and message.recipient_id is not None:
+                    self.presence.pair(sender_id, message.recipient_id)
                 self._deliver(appended.message, audience, None)
 
             action = deliver

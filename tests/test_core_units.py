@@ -64,6 +64,10 @@ def test_presence_links_and_unlinks_cached_contacts() -> None:
     assert p.contacts_of("c") == set()  # not cached: loaded from the store when c connects
     p.unlink("a", ["b"])
     assert p.contacts_of("a") == {"c"} and p.contacts_of("b") == set()
+    p.pair("b", "a")
+    assert "b" in p.contacts_of("a") and p.contacts_of("b") == {"a"}
+    p.pair("a", "a")
+    assert "a" not in p.contacts_of("a")
 
 
 def test_typing_lapse_stop_and_rate() -> None:
