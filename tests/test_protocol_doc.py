@@ -996,3 +996,20 @@ def test_schema_limits_match_the_relay() -> None:
     assert set(props["client/status"]["status"]["enum"]) == set(protocol.USER_STATUSES)
     assert set(props["client/receipt"]["status"]["enum"]) == set(protocol.RECEIPT_STATUSES)
     assert set(protocol.CLIENT_FRAME_TYPES) == CLIENT_TYPES
+
+
+@covers("history")
+async def test_e2e_a_history_page_larger_than_the_outbox_is_answered(
+    nursery: trio.Nursery,
+) -> None:
+    # Contract: `limit` may be up to 100. With the default 1 MiB outbox, 100 messages of 4096
+    # four-byte characters (1.6 MiB) make the same page; here the outbox is scaled down.
+    relay = await relay_on(nursery, outbox_max_bytes=64 * 1024)
+    async with peer(relay.url, "alice") as alice:
+        for n in range(20):
+            await alice.send(text_message(f"h{n}", "alice", "\U0001f600" * 1000, recipientId="bob"))
+        for n in range(20):
+            await alice.expect("receipt", status="sent", id=f"h{n}")
+        await alice.send({"type": "history", "peerId": "bob", "limit": 20, "ref": "big"})
+        page = await alice.expect("history", ref="big")
+        assert [m["seq"] for m in page["messages"]] == list(range(1, 21))
