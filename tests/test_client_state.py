@@ -360,3 +360,36 @@ def test_active_conversation() -> None:
     s.apply(incoming("c1", 1, sender="carol"))
     s.active = BOB
     assert [m.id for m in s.active_messages()] == ["b1"]
+
+
+def test_a_seq_learned_late_takes_the_status_the_peer_already_reached() -> None:
+    s = alice()
+    s.compose(BOB, "one", timestamp=TS, message_id="m1")
+    s.compose(BOB, "two", timestamp=TS, message_id="m2")
+    s.apply(sent("m1", 1))
+    s.apply(watermark("read", 2, mid="m2"))  # names m2: its seq is learned from the receipt
+    s.apply(sent("m2", 2))  # the late `sent` does not move it back
+    assert [m.status for m in s.messages(BOB)] == [MessageStatus.READ, MessageStatus.READ]
+    # this user's copy from another device, already covered by bob's read watermark
+    s.apply(incoming("m0", 3, sender="alice", recipientId="bob"))
+    s.apply(watermark("read", 3, mid="m0"))
+    assert s.find("m0").status is MessageStatus.READ  # type: ignore[union-attr]
+
+
+def test_many_messages_keep_counts_and_order_consistent() -> None:
+    s = alice()
+    n = 400
+    for i in range(1, n + 1):
+        s.apply(incoming(f"b{i}", 2 * i - 1))
+        s.compose(BOB, "y", timestamp=TS, message_id=f"a{i}")
+        s.apply(sent(f"a{i}", 2 * i))
+        if i % 7 == 0:
+            s.apply(watermark("delivered", 2 * i, mid=f"a{i}"))
+    conv = s.conversation(BOB)
+    assert conv is not None and conv.unread == n and conv.last_seq == 2 * n
+    msgs = s.messages(BOB)
+    assert [m.seq for m in msgs] == list(range(1, 2 * n + 1))
+    delivered = [m.seq for m in msgs if m.outgoing and m.status is MessageStatus.DELIVERED]
+    assert delivered == [2 * i for i in range(1, n + 1) if i <= (n // 7) * 7]
+    s.apply({"type": "receipt", "peerId": "bob", "seq": 300, "status": "read", "userId": "alice"})
+    assert s.conversation(BOB).unread == n - 150  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from bisect import bisect_right, insort
 from typing import Any
 
 from attrs import define, evolve, field
@@ -74,6 +75,13 @@ class _Conv:
     name: str | None = None
     members: tuple[str, ...] = ()
     typing: dict[str, float] = field(factory=dict)  # user id -> local time of the last start
+    # indexes kept by _store, so that each frame costs O(log n), not O(n)
+    others: list[int] = field(factory=list)  # sorted seqs of messages from others
+    mine: list[tuple[int, MessageKey]] = field(factory=list)  # (seq, key) of own, sorted
+    unstored: dict[MessageKey, None] = field(factory=dict)  # own messages without seq, in order
+    last_stored: Message | None = None  # the message with the highest seq
+    # furthest status the peers' receipts gave this user's messages: status -> up to seq
+    reached: dict[MessageStatus, int] = field(factory=dict)
     sorted_cache: list[Message] | None = None
 
 
@@ -90,6 +98,7 @@ class ClientState:
     presence: dict[str, Presence] = field(factory=dict)
     groups: dict[str, GroupInfo] = field(factory=dict)
     _convs: dict[ConversationId, _Conv] = field(factory=dict)
+    _where: dict[MessageKey, ConversationId] = field(factory=dict)
     _outbox: dict[str, Message] = field(factory=dict)  # id -> message, insertion order = send order
     _written: dict[str, int] = field(factory=dict)  # outbox id -> generation it was last written in
     _acks_due: dict[ConversationId, int] = field(factory=dict)
@@ -119,8 +128,7 @@ class ClientState:
             stored = sorted(
                 (m for m in conv.messages.values() if m.seq is not None), key=lambda m: m.seq or 0
             )
-            unstored = [m for m in conv.messages.values() if m.seq is None]
-            conv.sorted_cache = stored + unstored
+            conv.sorted_cache = stored + [conv.messages[k] for k in conv.unstored]
         return list(conv.sorted_cache)
 
     def active_messages(self) -> list[Message]:
@@ -130,11 +138,8 @@ class ClientState:
     def find(self, message_id: str, sender_id: str | None = None) -> Message | None:
         """A known message by id (this user's own by default)."""
         key = (sender_id or self.user_id, message_id)
-        for conv in self._convs.values():
-            found = conv.messages.get(key)
-            if found is not None:
-                return found
-        return None
+        cid = self._where.get(key)
+        return None if cid is None else self._convs[cid].messages.get(key)
 
     @property
     def outbox(self) -> list[Message]:
@@ -149,8 +154,10 @@ class ClientState:
         conv = self._convs.get(cid)
         if conv is None:
             return None
-        seqs = [m.seq for m in conv.messages.values() if m.seq is not None]
-        return min(seqs) if seqs else None
+        firsts = [conv.others[0]] if conv.others else []
+        if conv.mine:
+            firsts.append(conv.mine[0][0])
+        return min(firsts) if firsts else None
 
     def typing_users(self, cid: ConversationId, now: float) -> list[str]:
         conv = self._convs.get(cid)
@@ -370,16 +377,20 @@ class ClientState:
             if named is not None and named.seq is None:
                 self._outbox.pop(mid, None)
                 events += self._put(conv, evolve(named, seq=seq), replace=True)
-        for key, msg in list(conv.messages.items()):
-            if (
-                msg.outgoing
-                and msg.seq is not None
-                and msg.seq <= seq
-                and 0 <= msg.status.rank < status.rank
-            ):
-                conv.messages[key] = evolve(msg, status=status)
-                conv.sorted_cache = None
-                events.append(MessageUpdated(conv.messages[key]))
+        before = conv.reached.get(status, 0)
+        if seq > before:
+            conv.reached[status] = seq
+            if status is MessageStatus.READ:
+                conv.reached[MessageStatus.DELIVERED] = max(
+                    seq, conv.reached.get(MessageStatus.DELIVERED, 0)
+                )
+            lo = bisect_right(conv.mine, before, key=lambda t: t[0])
+            hi = bisect_right(conv.mine, seq, key=lambda t: t[0])
+            for _, key in conv.mine[lo:hi]:
+                msg = conv.messages[key]
+                if 0 <= msg.status.rank < status.rank:
+                    self._store(conv, evolve(msg, status=status), msg)
+                    events.append(MessageUpdated(conv.messages[key]))
         if events:
             events.append(ConversationChanged(self._snapshot(conv)))
         return events
@@ -532,8 +543,7 @@ class ClientState:
             if merged == old:
                 return []
             msg = merged
-        conv.messages[key] = msg
-        conv.sorted_cache = None
+        msg = self._store(conv, msg, old)
         stamp = msg.server_timestamp or touch
         if stamp and (conv.updated_at is None or stamp > conv.updated_at):
             conv.updated_at = stamp
@@ -543,23 +553,52 @@ class ClientState:
         events.append(ConversationChanged(self._snapshot(conv)))
         return events
 
+    def _store(self, conv: _Conv, msg: Message, old: Message | None) -> Message:
+        """Put `msg` in place of `old` (None: new) and keep the indexes; returns what was stored
+        (an own message whose seq is already covered by a peer's receipt gets that status)."""
+        key = (msg.sender_id, msg.id)
+        if msg.outgoing and msg.seq is not None and msg.status.rank >= 0:
+            for status in (MessageStatus.READ, MessageStatus.DELIVERED):
+                if msg.seq <= conv.reached.get(status, 0) and msg.status.rank < status.rank:
+                    msg = evolve(msg, status=status)
+                    break
+        conv.messages[key] = msg
+        self._where[key] = conv.cid
+        conv.sorted_cache = None
+        if old is None or old.seq is None:
+            if msg.seq is not None:
+                conv.unstored.pop(key, None)
+                if msg.outgoing:
+                    insort(conv.mine, (msg.seq, key), key=lambda t: t[0])
+                else:
+                    insort(conv.others, msg.seq)
+            elif msg.outgoing:
+                conv.unstored[key] = None
+        last = conv.last_stored
+        if msg.seq is not None and (
+            last is None or msg.seq > (last.seq or 0) or (last.sender_id, last.id) == key
+        ):
+            conv.last_stored = msg
+        return msg
+
     def _unread(self, conv: _Conv) -> int:
-        others = [m.seq for m in conv.messages.values() if not m.outgoing and m.seq is not None]
+        others = conv.others
         read = conv.read_seq
+
+        def after(seq: int) -> int:
+            return len(others) - bisect_right(others, seq)
+
         if read >= conv.base_last:
-            return sum(1 for s in others if s > read)
+            return after(read)
         # messages up to base_last that this client never loaded are known only by the count
-        read_since_base = sum(1 for s in others if conv.base_read < s <= read)
+        read_since_base = after(conv.base_read) - after(read)
         before = max(0, conv.base_unread - read_since_base)
-        return before + sum(1 for s in others if s > conv.base_last)
+        return before + after(conv.base_last)
 
     def _snapshot(self, conv: _Conv) -> Conversation:
-        pending = [m for m in conv.messages.values() if m.seq is None and m.outgoing]
-        if pending:
-            last: Message | None = pending[-1]
-        else:
-            stored = [m for m in conv.messages.values() if m.seq is not None]
-            last = max(stored, key=lambda m: m.seq or 0) if stored else None
+        last: Message | None = conv.last_stored
+        if conv.unstored:
+            last = conv.messages[next(reversed(conv.unstored))]
         return Conversation(
             id=conv.cid,
             last_message=last,
