@@ -581,13 +581,17 @@ class RelayClient:
             await self._wake_recv.receive()
 
     async def _resync(self) -> None:
-        """After auth_ok: refresh the conversation list, then fill each gap left by the outage."""
+        """After auth_ok: refresh the conversation list, then fill each gap left by the outage.
+        A refusal (e.g. a group this user has left) is reported as an event and skipped."""
         seen = self.state.known_conversations()
-        try:
-            if self.sync_on_connect:
+        if self.sync_on_connect:
+            try:
                 await self._request({"type": "conversations"}, "conversations")
-            for cid, last in seen:
-                after = last
+            except RequestFailed as exc:
+                self._publish([ErrorReceived(exc.code, exc.message)])
+        for cid, last in seen:
+            after = last
+            try:
                 while True:
                     answer = await self._request(
                         {"type": "history", **cid.target(), "after": after, "limit": 100},
@@ -597,8 +601,8 @@ class RelayClient:
                     if not seqs or not answer.get("hasMore"):
                         break
                     after = max(seqs)
-        except RequestFailed as exc:
-            self._publish_error(exc)
+            except RequestFailed as exc:
+                self._publish([ErrorReceived(exc.code, exc.message)])
         self._wake()  # acks for what the history brought
 
     async def _sweep_typing(self) -> None:
@@ -700,9 +704,6 @@ class RelayClient:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
-
-    def _publish_error(self, exc: RequestFailed) -> None:
-        self._publish([ErrorReceived(exc.code, exc.message)])
 
     def _page(self, cid: ConversationId, answer: Frame) -> HistoryPage:
         found: list[Message] = []
