@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,37 @@ async def test_garbage_file(tmp_path: Path) -> None:
     reason = await open_fails(path)
     assert "not a SQLite database" in reason
     assert path.read_bytes().startswith(b"this is not a database")  # left as it was
+
+
+async def test_corrupt_pages(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    made = SqliteStore(path)
+    await made.open()
+    for n in range(20):
+        await put(made, *(msg("a", "b", text=f"{n} " + "x" * 500) for _ in range(10)))
+    await made.close()
+    data = bytearray(path.read_bytes())
+    (page_size,) = struct.unpack(">H", data[16:18])
+    assert len(data) > 12 * page_size
+    for page in range(3, len(data) // page_size):  # keep the header and schema pages
+        offset = page * page_size
+        data[offset : offset + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    reason = await open_fails(path)
+    assert "corrupt" in reason, reason
+
+
+async def test_another_applications_database(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+    conn.commit()
+    conn.close()
+    reason = await open_fails(path)
+    assert "not a relay database" in reason and "invoices" in reason, reason
+    conn = sqlite3.connect(path)  # and it was left alone
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("invoices",)]
+    conn.close()
 
 
 async def test_database_from_a_newer_relay(tmp_path: Path) -> None:

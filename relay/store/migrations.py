@@ -95,8 +95,9 @@ MIGRATIONS: tuple[str, ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class SchemaTooNew(Exception):
-    """The database was written by a newer relay (user_version above SCHEMA_VERSION)."""
+class SchemaMismatch(Exception):
+    """The database is not one this relay can use: written by a newer relay (user_version above
+    SCHEMA_VERSION), or another application's database (tables, but no relay version)."""
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -104,9 +105,21 @@ def migrate(conn: sqlite3.Connection) -> int:
     database had. Always writes user_version, so a database that cannot be written fails here."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version > SCHEMA_VERSION:
-        raise SchemaTooNew(
+        raise SchemaMismatch(
             f"schema version {version} is newer than this relay supports ({SCHEMA_VERSION})"
         )
+    if version == 0:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        if tables:
+            raise SchemaMismatch(
+                f"it is not a relay database (it has tables {', '.join(sorted(tables)[:5])} "
+                "but no relay schema version)"
+            )
     for script in MIGRATIONS[version:]:
         for statement in _statements(script):
             conn.execute(statement)

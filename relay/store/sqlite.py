@@ -51,7 +51,7 @@ from relay.store.base import (
     Watermarks,
     group_conversation,
 )
-from relay.store.migrations import SchemaTooNew, migrate
+from relay.store.migrations import SchemaMismatch, migrate
 from relay.store.retention import RetentionJob
 
 log = logging.getLogger("relay.store")
@@ -678,7 +678,9 @@ class SqliteStore:
     `max_batch`: messages per transaction at most. `max_pending`: write requests queued at most
     (further writers wait in Trio). `readers`: read connections (and worker threads) at most.
     `pragmas`: extra `PRAGMA name = value` for every connection, applied after migration (e.g.
-    `cache_size`, or `max_page_count` to bound the file size).
+    `cache_size`, or `max_page_count` to bound the file size). `check_on_open`: run SQLite's
+    `quick_check` at open, so a corrupt file is refused then rather than failing writes later
+    (it reads the whole file: about 0.2 s per 100 MB when cached).
     """
 
     def __init__(
@@ -694,6 +696,7 @@ class SqliteStore:
         retention_max_messages: int | None = None,
         retention_interval: float = 60.0,
         pragmas: Sequence[tuple[str, int | str]] = (),
+        check_on_open: bool = True,
     ) -> None:
         self.path = os.fspath(path)
         self.commit_interval = commit_interval
@@ -704,6 +707,7 @@ class SqliteStore:
             retention_days, retention_max_messages, interval=retention_interval
         )
         self._pragmas = tuple(pragmas)
+        self.check_on_open = check_on_open
         self._state = "new"  # new -> open -> closing -> closed
         self._requests: queue.Queue[_Request | object] = queue.Queue(max_pending + 1)
         self._slots = trio.Semaphore(max_pending)
@@ -752,6 +756,12 @@ class SqliteStore:
                     "is the file or its directory read-only?"
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
+            if self.check_on_open:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+                if problems != ["ok"]:
+                    raise StoreUnavailable(
+                        f"{where}: the database file is corrupt (quick_check: {'; '.join(problems)})"
+                    )
             conn.execute("BEGIN IMMEDIATE")
             try:
                 migrate(conn)
@@ -772,7 +782,7 @@ class SqliteStore:
             for c in opened:
                 c.close()
             raise StoreUnavailable(f"{where}: {_describe(exc)}") from exc
-        except SchemaTooNew as exc:
+        except SchemaMismatch as exc:
             for c in opened:
                 c.close()
             raise StoreUnavailable(f"{where}: {exc}") from exc
