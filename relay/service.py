@@ -28,9 +28,13 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   a receipt for a conversation the user is not in (no such 1:1 conversation, or a group they
   are not a member of) gets error `forbidden`; stale ones are ignored.
 - Backlog: after auth_ok, store.undelivered for this device, oldest first, in batches of
-  `backlog_batch`; the next batch is fetched once the previous one was marked delivered (flushed
-  for acks=false, acknowledged for acks=true), so an acks=true device that stops acknowledging
-  stops receiving until it acknowledges again.
+  `backlog_batch`, queued as the outbox drains (never filling more than half of it, so a
+  backlog larger than the outbox reaches a device that reads); the next batch is fetched once
+  the previous one was marked delivered (flushed for acks=false, acknowledged for acks=true),
+  so an acks=true device that stops acknowledging stops receiving until it acknowledges again.
+- History: a page is at most `limit` messages and at most half of `outbox_max_bytes` encoded;
+  a page cut short by the size keeps the end the client pages toward (the oldest for `after`,
+  the newest otherwise) and says `hasMore: true`.
 - Groups: group_create (the creator is always a member; at most `max_group_members`),
   group_add (any member may add), group_remove (only the group's creator, while a member, may
   remove others; anyone may remove themselves, which is the same as group_leave), group_leave
@@ -292,6 +296,11 @@ class MessagingService:
                 if known is None or known[0] < seq:
                     self._flushed[key] = (seq, group_id)
             session.pending_marks.clear()
+        if session.backlog_queue:
+            fed = self._feed_backlog(conn, session) and not session.backlog_queue
+            if fed and self._batch_verdict(conn, session) == "again":
+                self._backlog_ready[conn.id] = conn
+            return  # what was just queued must be flushed first
         if session.backlog_waiting and not session.acks:
             session.backlog_need.clear()
             self._backlog_ready[conn.id] = conn
@@ -307,6 +316,7 @@ class MessagingService:
         session.registered = False
         session.pending_marks.clear()  # not flushed: those messages stay undelivered
         session.held.clear()
+        session.backlog_queue.clear()
         if not was_registered:
             return
         user = session.user_id
@@ -535,35 +545,61 @@ class MessagingService:
             session.backlog_running = False
 
     async def _backlog_batches(self, conn: Connection, session: Session) -> None:
-        """One pass of the backlog: batches until done or waiting for marks."""
+        """Fetch batches until the backlog is done, or it waits for a flush or for marks."""
         limit = self.config.backlog_batch
-        while session.active:
+        while session.active and not session.backlog_queue:
             session.backlog_skipped = False
             session.backlog_waiting = False
             batch = await self.store.undelivered(session.user_id, session.store_device, limit=limit)
             if not session.active:
                 return
             fresh = [m for m in batch if m.seq > session.sent_upto.get(m.conversation, 0)]
-            for message in fresh:
-                if not self._queue_message(conn, session, message, _wire(encode_message(message))):
-                    return
-                if session.acks:
-                    session.backlog_need[message.conversation] = message.seq
-            if len(batch) < limit:
-                if session.backlog_skipped:
-                    continue  # live messages arrived meanwhile: they are in the store now
-                self._finish_backlog(conn, session)
+            session.backlog_queue.extend(fresh)
+            session.backlog_full = len(batch) >= limit
+            session.backlog_fresh = bool(fresh)
+            if not self._feed_backlog(conn, session) or session.backlog_queue:
+                return  # closed, or the rest is fed as the outbox drains (on_flushed)
+            if self._batch_verdict(conn, session) != "again":
                 return
-            unpersisted = not session.acks and self._unpersisted(session)
-            if fresh or session.pending_marks or session.backlog_need or unpersisted:
-                session.backlog_waiting = True
-                if not session.acks and not session.pending_marks:
-                    self._backlog_ready[conn.id] = conn  # flushed already: maintain() goes on
-                return
-            # a full batch of messages this connection already has, with nothing pending:
-            # the store cannot tell us more; what remains comes with the next connection
+
+    def _feed_backlog(self, conn: Connection, session: Session) -> bool:
+        """Queue fetched backlog messages while the outbox is under half full (one at least when
+        it is empty). False when the connection was closed."""
+        queue = session.backlog_queue
+        outbox = conn.outbox
+        max_bytes = self.config.outbox_max_bytes // 2
+        max_frames = self.config.outbox_max_frames // 2
+        while queue:
+            if outbox.pending_frames and (
+                outbox.pending_bytes >= max_bytes or outbox.pending_frames >= max_frames
+            ):
+                return True
+            message = queue.popleft()
+            if not self._queue_message(conn, session, message, _wire(encode_message(message))):
+                queue.clear()
+                return False
+            if session.acks:
+                session.backlog_need[message.conversation] = message.seq
+        return True
+
+    def _batch_verdict(self, conn: Connection, session: Session) -> str:
+        """A fetched batch is all queued: "done" (backlog over), "wait" (for this batch to be
+        marked delivered: flushed for acks=false, acknowledged for acks=true) or "again"."""
+        if not session.backlog_full:
+            if session.backlog_skipped:
+                return "again"  # live messages arrived meanwhile: they are in the store now
             self._finish_backlog(conn, session)
-            return
+            return "done"
+        unpersisted = not session.acks and self._unpersisted(session)
+        if session.backlog_fresh or session.pending_marks or session.backlog_need or unpersisted:
+            session.backlog_waiting = True
+            if not session.acks and not session.pending_marks:
+                self._backlog_ready[conn.id] = conn  # flushed already: maintain() goes on
+            return "wait"
+        # a whole batch of messages this connection already has, with nothing pending: the
+        # store cannot tell us more; what remains comes with the next connection
+        self._finish_backlog(conn, session)
+        return "done"
 
     def _unpersisted(self, session: Session) -> bool:
         """Whether marks of this device were flushed but not yet written to the store."""
@@ -953,13 +989,27 @@ class MessagingService:
         messages, has_more = await self.store.history(
             conversation, before=frame.before, after=frame.after, limit=frame.limit
         )
-        self._send(
-            conn,
-            session,
-            encode_history(
-                messages, has_more, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
-            ),
+        page = encode_history(
+            messages, has_more, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
         )
+        budget = self.config.outbox_max_bytes // 2
+        if len(page) > budget:
+            # a page must fit in half an outbox: keep the end the client paged toward
+            # (the oldest for `after`, the newest otherwise) and say there is more
+            sizes = [len(encode_message(m)) + 1 for m in messages]
+            room = budget - (len(page) - sum(sizes))
+            keep = 0
+            for size in sizes if frame.after is not None else reversed(sizes):
+                if room < size:
+                    break
+                room -= size
+                keep += 1
+            keep = max(keep, 1)
+            kept = messages[:keep] if frame.after is not None else messages[len(messages) - keep :]
+            page = encode_history(
+                kept, True, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
+            )
+        self._send(conn, session, page)
 
     # --- groups -----------------------------------------------------------------------------------
     def _group_changed(

@@ -17,13 +17,16 @@ Delivery bookkeeping per session (the invariants the service keeps):
   flushed to the socket; on flush it is handed to the store, on close it is dropped (those
   messages stay undelivered and come again with the next connection's backlog);
 - while `backlog_active`, messages from others are not delivered live (the backlog brings them
-  in seq order); own messages from other devices wait in `held` and follow the backlog.
+  in seq order); own messages from other devices wait in `held` and follow the backlog;
+- the backlog never fills more than half the outbox: a fetched batch waits in `backlog_queue`
+  and is fed on each flush, so a backlog larger than the outbox reaches a reading device.
 """
 
 from __future__ import annotations
 
 import enum
 import secrets
+from collections import deque
 from typing import Any, Protocol
 
 from attrs import define, field
@@ -81,6 +84,10 @@ class Session:
     backlog_skipped: bool = False
     backlog_waiting: bool = False
     backlog_need: dict[str, int] = field(factory=dict)
+    # the fetched batch not yet queued: fed as the outbox drains (never over half of it)
+    backlog_queue: deque[Any] = field(factory=deque)
+    backlog_full: bool = False  # the last fetch returned a whole batch: more may follow
+    backlog_fresh: bool = False  # the last fetch brought messages this connection lacked
     held: list[tuple[Any, bytes]] = field(factory=list)
 
     @property

@@ -107,6 +107,8 @@ class Harness:
         self.conns: list[FakeConn] = []
 
     def open(self, **outbox: int) -> FakeConn:
+        outbox.setdefault("max_bytes", self.config.outbox_max_bytes)
+        outbox.setdefault("max_frames", self.config.outbox_max_frames)
         conn = FakeConn(**outbox)
         self.svc.on_open(conn)
         self.conns.append(conn)
@@ -632,6 +634,43 @@ async def test_live_messages_during_a_backlog_keep_seq_order() -> None:
         await h.settle()
         seen += [m["seq"] for m in of_type(h.frames(b, flush=False), "message")]
     assert seen == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("acks", [False, True])
+async def test_a_backlog_larger_than_the_outbox_reaches_a_reading_device(acks: bool) -> None:
+    h = Harness(outbox_max_bytes=16 * 1024, rate_limit_burst=1000)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob", "z" * 1000) for i in range(40)))  # ~44 KiB
+    b = await h.connect("bob", deviceId="b", acks=acks)
+    got = [m["seq"] for m in b.backlog]  # type: ignore[attr-defined]
+    assert 0 < len(got) < 40
+    for _ in range(40):
+        frames = h.frames(b)  # read (and flush) what came, acknowledge it
+        seqs = [m["seq"] for m in of_type(frames, "message")]
+        got += seqs
+        if acks and seqs:
+            await h.send(b, {"type": "receipt", "peerId": "alice", "seq": seqs[-1],
+                             "status": "delivered"})  # fmt: skip
+        await h.settle()
+    assert got == list(range(1, 41))
+    assert b.closed is None
+
+
+async def test_a_history_page_is_cut_to_half_the_outbox_and_says_has_more() -> None:
+    h = Harness(outbox_max_bytes=16 * 1024, rate_limit_burst=1000)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", "bob", "z" * 1000) for i in range(20)))
+    h.frames(a)
+    await h.send(a, {"type": "history", "peerId": "bob", "limit": 20, "ref": "new"})
+    (page,) = h.frames(a)
+    newest = [m["seq"] for m in page["messages"]]
+    assert page["hasMore"] and 1 < len(newest) < 20 and newest[-1] == 20
+    assert newest == list(range(21 - len(newest), 21))
+    await h.send(a, {"type": "history", "peerId": "bob", "after": 0, "limit": 20, "ref": "old"})
+    (page,) = h.frames(a)
+    oldest = [m["seq"] for m in page["messages"]]
+    assert page["hasMore"] and oldest == list(range(1, len(oldest) + 1))
+    assert a.closed is None
 
 
 async def test_a_failed_backlog_read_is_retried_and_live_messages_wait_for_it() -> None:
