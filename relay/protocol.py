@@ -719,11 +719,16 @@ def conversation_item(
     return item
 
 
-def encode_conversations(items: list[dict[str, Any]], *, ref: str | None = None) -> bytes:
+def encode_conversations(
+    items: list[dict[str, Any]], *, ref: str | None = None, has_more: bool = False
+) -> bytes:
+    """The conversation list; `hasMore: true` only when the list was cut short (by size)."""
     body: dict[str, Any] = {"type": "conversations"}
     if ref is not None:
         body["ref"] = ref
     body["items"] = items
+    if has_more:
+        body["hasMore"] = True
     return orjson.dumps(body)
 
 

@@ -34,7 +34,8 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   so an acks=true device that stops acknowledging stops receiving until it acknowledges again.
 - History: a page is at most `limit` messages and at most half of `outbox_max_bytes` encoded;
   a page cut short by the size keeps the end the client pages toward (the oldest for `after`,
-  the newest otherwise) and says `hasMore: true`.
+  the newest otherwise) and says `hasMore: true`. The `conversations` answer is cut the same
+  way (newest first), with `hasMore: true` only when it was cut.
 - Groups: group_create (the creator is always a member; at most `max_group_members`),
   group_add (any member may add), group_remove (only the group's creator, while a member, may
   remove others; anyone may remove themselves, which is the same as group_leave), group_leave
@@ -58,6 +59,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import orjson
 from attrs import define, field, frozen
 
 from relay.auth import Authenticator, TrustingAuthenticator
@@ -961,7 +963,19 @@ class MessagingService:
                 group = await self.router.group(self.store, summary.group_id)
                 name = group.name if group else None
             items.append(conversation_item(summary, group_name=name))
-        self._send(conn, session, encode_conversations(items, ref=frame.ref))
+        answer = encode_conversations(items, ref=frame.ref)
+        budget = self.config.outbox_max_bytes // 2
+        if len(answer) > budget:
+            # like a history page: at most half an outbox, newest first, `hasMore` when cut
+            room = budget - 64
+            keep = 0
+            for item in items:
+                room -= len(orjson.dumps(item)) + 1
+                if room < 0:
+                    break
+                keep += 1
+            answer = encode_conversations(items[: max(keep, 1)], ref=frame.ref, has_more=True)
+        self._send(conn, session, answer)
 
     async def _on_history(self, conn: Connection, session: Session, frame: HistoryFrame) -> None:
         user = session.user_id

@@ -673,6 +673,21 @@ async def test_a_history_page_is_cut_to_half_the_outbox_and_says_has_more() -> N
     assert a.closed is None
 
 
+async def test_the_conversation_list_is_cut_to_half_the_outbox() -> None:
+    h = Harness(outbox_max_bytes=16 * 1024, rate_limit_burst=1000)
+    a = await h.connect("alice")
+    await h.send(a, *(msg(f"m{i}", f"peer{i}", "z" * 1000) for i in range(20)))
+    h.frames(a)
+    await h.send(a, {"type": "conversations"})
+    (answer,) = h.frames(a)
+    peers = [i["peerId"] for i in answer["items"]]
+    assert answer["hasMore"] is True and 1 < len(peers) < 20
+    assert peers == [f"peer{i}" for i in range(19, 19 - len(peers), -1)]  # newest first
+    await h.send(a, {"type": "conversations", "limit": 3})
+    (answer,) = h.frames(a)
+    assert len(answer["items"]) == 3 and "hasMore" not in answer
+
+
 async def test_a_failed_backlog_read_is_retried_and_live_messages_wait_for_it() -> None:
     h = Harness()
     a = await h.connect("alice")
