@@ -113,6 +113,15 @@ async def test_two_chats_talk_through_every_status() -> None:
             await alice.expect(r"^<bob> hi alice$")
             await bob.expect(r"^\[delivered\] to alice: hi alice$")
 
+            await alice.say("/group runners Runners bob")
+            await alice.expect(r'^\* group #runners "Runners": alice, bob$')
+            await bob.expect(r'^\* group #runners "Runners": alice, bob$')
+            await alice.say("/open #runners")
+            await alice.expect(r"^\* conversation with #runners$")
+            await alice.say("hi all")
+            await bob.expect(r"^<alice in #runners> hi all$")
+            await alice.expect(r"^\[delivered\] to #runners: hi all$")
+
             await alice.say("/who bob")
             await alice.expect(r"^  bob: online$")
             await bob.say("/quit")

@@ -215,7 +215,10 @@ class ChatUI:
         return True
 
     async def _help(self, rest: str) -> None:
-        for line in (__doc__ or "").splitlines()[6:19]:
+        lines = (__doc__ or "").splitlines()
+        start = next(i for i, line in enumerate(lines) if line.strip().startswith("/list"))
+        end = next(i for i, line in enumerate(lines) if line.strip().startswith("/help"))
+        for line in lines[start : end + 1]:
             self.say(line.strip())
 
     async def _list(self, rest: str) -> None:

@@ -96,6 +96,8 @@ def _describe(exc: BaseException) -> str:
         return f"closed {reason.code} {reason.reason or reason.name}".strip()
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if exc.__cause__ is not None and not str(exc):
+        return _describe(exc.__cause__)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
