@@ -16,6 +16,8 @@ from attrs import define, field
 
 from relay.app import Relay
 from relay.client import (
+    ConnectionChanged,
+    ConnectionLost,
     ConnectionState,
     ConversationId,
     MessageAdded,
@@ -25,6 +27,7 @@ from relay.client import (
     RequestFailed,
 )
 from relay.config import RelayConfig
+from relay.errors import FrameError
 from relay.service import MessagingService
 from relay.store.base import Store, direct_conversation
 from relay.store.memory import MemoryStore
@@ -104,6 +107,7 @@ class CutProxy:
     port: int = 0
     accepting: bool = True
     _scopes: set[trio.CancelScope] = field(factory=set)
+    _thaw: dict[trio.CancelScope, trio.Event] = field(factory=dict)
 
     @property
     def url(self) -> str:
@@ -119,6 +123,11 @@ class CutProxy:
         for scope in self._scopes:
             scope.cancel()
 
+    def freeze(self) -> None:
+        """Stop forwarding on every current connection without closing it: a silent network."""
+        for scope in self._scopes:
+            self._thaw[scope] = trio.Event()  # never set: those bytes are never forwarded
+
     async def _handle(self, downstream: trio.SocketStream) -> None:
         async with downstream:
             if not self.accepting:
@@ -132,19 +141,29 @@ class CutProxy:
                     self._scopes.add(scope)
                     try:
                         async with trio.open_nursery() as nursery:
-                            nursery.start_soon(_pump, downstream, upstream, nursery.cancel_scope)
-                            nursery.start_soon(_pump, upstream, downstream, nursery.cancel_scope)
+                            for src, dst in ((downstream, upstream), (upstream, downstream)):
+                                nursery.start_soon(
+                                    self._pump, src, dst, scope, nursery.cancel_scope
+                                )
                     finally:
                         self._scopes.discard(scope)
 
-
-async def _pump(src: trio.SocketStream, dst: trio.SocketStream, done: trio.CancelScope) -> None:
-    try:
-        async for data in src:
-            await dst.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass  # either side went away: the pair ends below
-    done.cancel()
+    async def _pump(
+        self,
+        src: trio.SocketStream,
+        dst: trio.SocketStream,
+        pair: trio.CancelScope,
+        done: trio.CancelScope,
+    ) -> None:
+        try:
+            async for data in src:
+                thaw = self._thaw.get(pair)
+                if thaw is not None:
+                    await thaw.wait()
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # either side went away: the pair ends below
+        done.cancel()
 
 
 @asynccontextmanager
@@ -456,3 +475,54 @@ async def test_a_refused_request_raises_request_failed() -> None:
             raise AssertionError("history of an unknown group must fail")
         assert alice.connection_state is ConnectionState.ONLINE
         assert await within(alice.ping())
+
+
+async def test_a_silent_link_is_detected_by_the_heartbeat_and_replaced() -> None:
+    async with (
+        running_relay() as relay,
+        proxy_to(relay) as proxy,
+        client(proxy.url, "alice", heartbeat_interval=0.1, heartbeat_timeout=0.3) as alice,
+        client(relay.url, "bob") as bob,
+    ):
+        events = alice.events()
+        await within(alice.wait_online())
+        await within(bob.wait_online())
+        proxy.freeze()  # no FIN, no RST: only the missing pong tells
+        await within(alice.wait_until(lambda s: s.connection is not ConnectionState.ONLINE))
+        drops = [
+            e
+            for e in events.drain()
+            if isinstance(e, ConnectionChanged) and e.state is ConnectionState.OFFLINE
+        ]
+        assert drops and drops[0].reason is not None and "pong" in drops[0].reason
+        await within(alice.wait_online())
+        m = await alice.send_message("bob", "still here")
+        await within(alice.wait_message(m.id, MessageStatus.DELIVERED))
+
+
+class _Refuse:
+    async def authenticate(self, frame: Any) -> str:
+        raise FrameError("auth_failed", "bad token")
+
+
+async def test_refused_authentication_is_final_and_not_retried() -> None:
+    async with trio.open_nursery() as nursery:
+        cfg = config()
+        relay = Relay(cfg, handler=MessagingService(cfg, MemoryStore(), authenticator=_Refuse()))
+        await nursery.start(relay.serve)
+        c = client(relay.url, "alice", token="nope")
+        events = c.events()
+        async with c:
+            try:
+                await within(c.wait_online())
+            except ConnectionLost as exc:
+                assert "auth_failed" in str(exc)
+            else:
+                raise AssertionError("a refused client must not come online")
+        attempts = [
+            e
+            for e in events.drain()
+            if isinstance(e, ConnectionChanged) and e.state is ConnectionState.CONNECTING
+        ]
+        assert len(attempts) == 1  # refused is refused: no reconnection storm
+        nursery.cancel_scope.cancel()

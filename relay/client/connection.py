@@ -26,7 +26,9 @@ does not keep up loses events, never blocks the client: the events that do not f
 and the next one it receives is `Lagged(dropped=n)`; the state (`client.state`) stays complete.
 
 Timeouts are the caller's: no method here gives up on a slow relay by itself, except the
-connection attempt (`connect_timeout`, which also bounds the wait for `auth_ok`).
+connection attempt (`connect_timeout`, which also bounds the wait for `auth_ok`) and the
+heartbeat: a WebSocket ping every `heartbeat_interval` (20 s; None = off) unanswered for
+`heartbeat_timeout` (20 s) ends the link, which then counts as dropped.
 """
 
 from __future__ import annotations
@@ -63,6 +65,15 @@ from relay.errors import ClientError, ConnectionLost
 
 Target = str | ConversationId
 
+
+class _NoPong(ClientError):
+    """The relay did not answer a WebSocket ping within heartbeat_timeout: the link is dead."""
+
+
+class _AuthRejected(ClientError):
+    """The relay answered `auth` with `auth_failed`; trying again would not help."""
+
+
 #: Failures that end one connection attempt or session; the client then tries again.
 _DROPS: tuple[type[BaseException], ...] = (
     OSError,
@@ -71,11 +82,8 @@ _DROPS: tuple[type[BaseException], ...] = (
     trio_websocket.HandshakeError,
     trio_websocket.ConnectionClosed,
     trio_websocket.DisconnectionTimeout,
+    _NoPong,
 )
-
-
-class _AuthRejected(ClientError):
-    """The relay answered `auth` with `auth_failed`; trying again would not help."""
 
 
 def now_iso() -> str:
@@ -89,6 +97,7 @@ def _cid(target: Target) -> ConversationId:
 
 
 def _describe(exc: BaseException) -> str:
+    """A short human reason for a dropped link or failed attempt."""
     if isinstance(exc, trio_websocket.ConnectionClosed):
         reason = exc.reason
         if reason is None:
@@ -96,6 +105,8 @@ def _describe(exc: BaseException) -> str:
         return f"closed {reason.code} {reason.reason or reason.name}".strip()
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
+    if isinstance(exc, ClientError):
+        return str(exc)
     if exc.__cause__ is not None and not str(exc):
         return _describe(exc.__cause__)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -181,6 +192,8 @@ class RelayClient:
         max_outbox: int = 1000,
         event_buffer: int = 256,
         connect_timeout: float = 10.0,
+        heartbeat_interval: float | None = 20.0,
+        heartbeat_timeout: float = 20.0,
         sync_on_connect: bool = True,
         rng: random.Random | None = None,
     ) -> None:
@@ -199,6 +212,8 @@ class RelayClient:
             jitter=jitter,
         )
         self.connect_timeout = connect_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
         self.sync_on_connect = sync_on_connect
         self.event_buffer = event_buffer
         self.state = ClientState(user_id, user_name, user_avatar, max_outbox=max_outbox)
@@ -535,6 +550,8 @@ class RelayClient:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._writer, ws, self._generation)
             nursery.start_soon(self._resync)
+            if self.heartbeat_interval is not None:
+                nursery.start_soon(self._heartbeat, ws, self.heartbeat_interval)
             await self._reader(ws)
 
     def _auth_frame(self) -> Frame:
@@ -606,6 +623,17 @@ class RelayClient:
             except RequestFailed as exc:
                 self._publish([ErrorReceived(exc.code, exc.message)])
         self._wake()  # acks for what the history brought
+
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, interval: float) -> None:
+        """A WebSocket ping every `interval`; a pong missing for `heartbeat_timeout` means the
+        link is dead even if TCP has not noticed (a silent network): the session ends and the
+        client reconnects."""
+        while True:
+            await trio.sleep(interval)
+            with trio.move_on_after(self.heartbeat_timeout):
+                await ws.ping()
+                continue
+            raise _NoPong(f"no pong within {self.heartbeat_timeout} s")
 
     async def _sweep_typing(self) -> None:
         while True:
