@@ -671,7 +671,8 @@ class _Writer:
 
 
 class SqliteStore:
-    """The durable Store on one SQLite file. `open()` before use, `close()` after (idempotent).
+    """The durable Store on one SQLite file. `open()` before use, `close()` after (idempotent);
+    every call between them from the same Trio run (the writer answers through its TrioToken).
 
     `commit_interval`: how long the writer waits for more requests before committing a batch.
     `busy_timeout`: how long a write waits for a lock held by another process before failing.
@@ -860,7 +861,10 @@ class SqliteStore:
         )
 
     def _read_sync(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
-        conn = self._readers.get_nowait()  # the limiter guarantees one is free
+        try:
+            conn = self._readers.get_nowait()  # the limiter guarantees one is free while open
+        except queue.Empty:
+            raise StoreError("the store is closed") from None
         try:
             conn.execute("BEGIN")  # one snapshot for the whole read
             try:
