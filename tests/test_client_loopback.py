@@ -526,3 +526,24 @@ async def test_refused_authentication_is_final_and_not_retried() -> None:
         ]
         assert len(attempts) == 1  # refused is refused: no reconnection storm
         nursery.cancel_scope.cancel()
+
+
+async def test_a_read_marked_while_offline_reaches_the_sender_after_reconnecting() -> None:
+    async with (
+        running_relay() as relay,
+        proxy_to(relay) as proxy,
+        client(relay.url, "alice") as alice,
+        client(proxy.url, "bob") as bob,
+    ):
+        await within(alice.wait_online())
+        await within(bob.wait_online())
+        m = await alice.send_message("bob", "read me")
+        await within(alice.wait_message(m.id, MessageStatus.DELIVERED))
+        proxy.accepting = False
+        proxy.cut()
+        await within(bob.wait_until(lambda s: s.connection is not ConnectionState.ONLINE))
+        await bob.mark_read("alice")
+        assert bob.state.conversation(ConversationId.direct("alice")).unread == 0  # type: ignore[union-attr]
+        assert alice.state.find(m.id).status is MessageStatus.DELIVERED  # type: ignore[union-attr]
+        proxy.accepting = True
+        await within(alice.wait_message(m.id, MessageStatus.READ))
