@@ -585,6 +585,8 @@ class _Writer:
 
     def _transaction(self, batch: list[_Request]) -> None:
         conn = self.conn
+        if conn.in_transaction:  # left open by a failed ROLLBACK: start from a clean slate
+            conn.execute("ROLLBACK")
         done: list[_Request] = []  # requests whose work stands in the open transaction
         pending = list(batch)
         while pending:
