@@ -322,12 +322,14 @@ class MessagingService:
         if not was_registered:
             return
         user = session.user_id
-        if self.router.remove(user, conn):
+        remaining = self.router.remove(user, conn)
+        left_at = self._now_iso()
+        offline_now = self.presence.disconnect(user, self.clock(), left_at)  # counts every one
+        if remaining:
             return
         for key in self.typing.clear_user(user):
             self._send_typing(key, "stop")
-        left_at = self._now_iso()
-        if self.presence.disconnect(user, self.clock(), left_at):
+        if offline_now:
             self._announce_offline(user, left_at)
 
     def tick(self, now: float) -> None:

@@ -747,6 +747,24 @@ async def test_presence_online_offline_with_grace_to_contacts_only() -> None:
     assert of_type(h.frames(a), "status") == []  # one device still there
 
 
+async def test_a_user_with_two_devices_goes_offline_when_both_left() -> None:
+    h = Harness(presence_grace=1.0)
+    a = await h.connect("alice")
+    b1 = await h.connect("bob", deviceId="1")
+    b2 = await h.connect("bob", deviceId="2")
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a)
+    h.close(b1)
+    await h.advance(2.0)
+    assert of_type(h.frames(a), "status") == []
+    h.close(b2)
+    await h.advance(2.0)
+    (off,) = of_type(h.frames(a), "status")
+    assert (off["userId"], off["status"]) == ("bob", "offline")
+    await h.connect("bob", deviceId="1")
+    assert [s["status"] for s in of_type(h.frames(a), "status")] == ["online"]
+
+
 async def test_presence_query_and_last_seen() -> None:
     h = Harness(presence_grace=0.0)
     a = await h.connect("alice")
