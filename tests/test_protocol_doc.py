@@ -97,7 +97,8 @@ class ProtocolDoc:
         name = f"{direction}/{frame.get('type')}"
         assert name in self.schemas, f"no schema {name} for {frame!r}"
         errors = self.errors(name, frame)
-        assert not errors, f"{name} does not match docs/PROTOCOL.md: {errors}\n{frame!r}"
+        shown = repr(frame) if len(repr(frame)) < 800 else repr(frame)[:800] + "..."
+        assert not errors, f"{name} does not match docs/PROTOCOL.md: {errors}\n{shown}"
 
     def table_rows(self, heading: str) -> Iterator[list[str]]:
         """Cells of the first table after `heading`."""
@@ -920,7 +921,7 @@ async def test_e2e_shutdown_closes_with_1012(nursery: trio.Nursery) -> None:
 
 
 @covers("receipt:sent", "history", "close:1013")
-async def test_e2e_slow_consumer_is_closed_with_1013_and_its_messages_stay_stored(
+async def test_e2e_slow_consumer_is_closed_with_1013_and_loses_nothing(
     nursery: trio.Nursery,
 ) -> None:
     relay = await relay_on(
@@ -956,9 +957,15 @@ async def test_e2e_slow_consumer_is_closed_with_1013_and_its_messages_stay_store
             await alice.send({"type": "history", "peerId": "bob", "after": len(seqs), "limit": 10})
             seqs += [m["seq"] for m in (await alice.expect("history"))["messages"]]
         assert seqs == list(range(1, sent + 1))
+    async with peer(relay.url, "bob", deviceId="phone", acks=True) as bob:  # and reach bob
+        for seq in range(1, sent + 1):
+            assert (await bob.expect("message"))["seq"] == seq
+            await bob.send(
+                {"type": "receipt", "peerId": "alice", "seq": seq, "status": "delivered"}
+            )
 
 
-@covers("message", "receipt:sent", "receipt:delivered")
+@covers("message", "receipt:sent")
 async def test_e2e_a_backlog_larger_than_the_outbox_reaches_the_next_connection(
     nursery: trio.Nursery,
 ) -> None:
@@ -1012,17 +1019,51 @@ def test_schema_limits_match_the_relay() -> None:
 
 
 @covers("history")
-async def test_e2e_a_history_page_larger_than_the_outbox_is_answered(
+async def test_e2e_history_pages_larger_than_the_outbox_are_answered(
     nursery: trio.Nursery,
 ) -> None:
     # Contract: `limit` may be up to 100. With the default 1 MiB outbox, 100 messages of 4096
-    # four-byte characters (1.6 MiB) make the same page; here the outbox is scaled down.
+    # four-byte characters (1.6 MiB) make such a page; here the outbox is scaled down. The
+    # relay answers (a page cut short by size says hasMore), it does not close with 1013.
     relay = await relay_on(nursery, outbox_max_bytes=64 * 1024)
     async with peer(relay.url, "alice") as alice:
         for n in range(20):
             await alice.send(text_message(f"h{n}", "alice", "\U0001f600" * 1000, recipientId="bob"))
         for n in range(20):
             await alice.expect("receipt", status="sent", id=f"h{n}")
-        await alice.send({"type": "history", "peerId": "bob", "limit": 20, "ref": "big"})
-        page = await alice.expect("history", ref="big")
-        assert [m["seq"] for m in page["messages"]] == list(range(1, 21))
+        for direction in ("before", "after"):
+            seqs: list[int] = []
+            cursor = 21 if direction == "before" else 0
+            more = True
+            while more:
+                await alice.send(
+                    {"type": "history", "peerId": "bob", direction: cursor, "limit": 20, "ref": "p"}
+                )
+                page = await alice.expect("history", ref="p")
+                got = [m["seq"] for m in page["messages"]]
+                assert got and got == sorted(got)  # never empty while more, oldest first
+                seqs = got + seqs if direction == "before" else seqs + got
+                cursor = got[0] if direction == "before" else got[-1]
+                more = page["hasMore"]
+            assert seqs == list(range(1, 21))
+
+
+@covers("conversations")
+async def test_e2e_a_conversation_list_larger_than_the_outbox_is_answered(
+    nursery: trio.Nursery,
+) -> None:
+    # With the default 1 MiB outbox, 100 conversations whose last messages are 4096 four-byte
+    # characters make a 1.6 MiB list; here the outbox is scaled down. The list is answered
+    # (newest first, `hasMore` when cut short), not with a 1013 close on every request.
+    relay = await relay_on(nursery, outbox_max_bytes=64 * 1024)
+    peers = [f"user_{n:02d}" for n in range(20)]
+    async with peer(relay.url, "alice") as alice:
+        for n, other in enumerate(peers):
+            await alice.send(text_message(f"c{n}", "alice", "\U0001f600" * 1000, recipientId=other))
+        for n in range(len(peers)):
+            await alice.expect("receipt", status="sent", id=f"c{n}")
+        await alice.send({"type": "conversations", "ref": "all"})
+        answer = await alice.expect("conversations", ref="all")
+        listed = [i["peerId"] for i in answer["items"]]
+        assert listed and listed == peers[::-1][: len(listed)]  # the newest, newest first
+        assert answer.get("hasMore", False) == (len(listed) < len(peers))
