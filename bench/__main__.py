@@ -162,6 +162,10 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
             f"{fig['kb_per_conn']:.1f} kB/conn, {fig['connect_rate']:,.0f} conn/s, "
             f"server RSS {fig['server_rss_mb']:.0f} MB"
         )
+    if fig.get("note"):
+        return f"{fig['delivered_per_s']:,.0f} msg/s, {fig['note']}" + (
+            "  DID NOT KEEP UP" if fig.get("kept_up") is False else ""
+        )
     text = (
         f"{fig['delivered_per_s']:,.0f} msg/s  p50 {fig['p50_ms']} ms  p99 {fig['p99_ms']} ms  "
         f"p99.9 {fig['p999_ms']} ms  server cpu {fig['server_cpu']:.0%}  "
@@ -192,6 +196,9 @@ def median_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
                     entry[name] = any(vals) if name == "client_bound" else all(vals)
                 elif all(isinstance(v, (int, float)) for v in vals):
                     entry[name] = statistics.median(vals)
+            notes = sorted({g["note"] for g in good if g.get("note")})
+            if notes:
+                entry["note"] = "; ".join(notes)
             failed = [r for r in recs if r.get("error")]
             if failed:
                 entry["error"] = (

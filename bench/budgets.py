@@ -89,7 +89,13 @@ def check(
             continue
         lhs = lookup(summary, b.figure)
         if not isinstance(lhs, (int, float)):
-            verdicts.append(Verdict(b, "FAIL", f"{b.figure} was not measured"))
+            key, server, _ = b.figure.split("/")
+            why = summary.get(key, {}).get(server, {}).get("note") or summary.get(key, {}).get(
+                server, {}
+            ).get("error")
+            verdicts.append(
+                Verdict(b, "FAIL", f"{b.figure} was not measured" + (f" ({why})" if why else ""))
+            )
             continue
         if b.ratio_of is None:
             ok = _OPS[b.op](lhs, b.value)

@@ -39,6 +39,8 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                 )
             if fig.get("client_bound"):
                 notes.append("CLIENT-BOUND")
+            if fig.get("note"):
+                notes.append(str(fig["note"]))
             if fig.get("error"):
                 notes.append("ERROR: " + str(fig["error"])[:60])
             if fig.get("repeats", 1) > 1:

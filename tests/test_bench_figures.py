@@ -1,0 +1,79 @@
+"""How `python -m bench` turns load-generator counters into figures and verdicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench import budgets, scenarios
+
+
+def _rate_run() -> scenarios.Run:
+    s = scenarios.settings(_Args())
+    return next(r for r in scenarios.plan(["rate"], s) if r.key == "rate@20000")
+
+
+class _Args:
+    quick = False
+
+
+def _raw(**over: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "clients": 100,
+        "closed": 0,
+        "before": {"t": 10.0, "loadgen_cpu_s": 1.0, "server_cpu_s": 2.0, "server_rss_kb": 1000},
+        "after": {"t": 15.0, "loadgen_cpu_s": 2.0, "server_cpu_s": 6.5, "server_rss_kb": 1000},
+        "sent": 100_000,
+        "delivered": 100_000,
+        "sent_per_s": 20_000.0,
+        "delivered_per_s": 20_000.0,
+        "receipts_per_s": 20_000.0,
+        "offered_per_s": 20_000.0,
+        "backlog_at_start": 40,
+        "backlog_at_end": 45,
+        "blocked_sends": 0,
+        "total_failed": 0,
+        "total_errors": 0,
+        "latency": {"p50_ms": 0.2, "p99_ms": 0.8, "p999_ms": 1.5, "max_ms": 3.0},
+        "send_lag": {"p99_ms": 0.1},
+    }
+    raw.update(over)
+    return raw
+
+
+def test_cpu_shares_come_from_the_window_edges() -> None:
+    fig, problems = scenarios.figures(_rate_run(), _raw())
+    assert problems == []
+    assert fig["server_cpu"] == 0.9  # 4.5 s of CPU over a 5 s window
+    assert fig["loadgen_cpu"] == 0.2
+    assert fig["client_bound"] is False
+    assert fig["kept_up"] is True
+
+
+def test_growing_backlog_means_the_server_did_not_keep_up() -> None:
+    fig, _ = scenarios.figures(_rate_run(), _raw(backlog_at_end=40 + 5_000))
+    assert fig["kept_up"] is False
+
+
+def test_generator_off_schedule_is_client_bound() -> None:
+    fig, _ = scenarios.figures(_rate_run(), _raw(sent_per_s=15_000.0))
+    assert fig["kept_up"] is False and fig["client_bound"] is True
+    busy = _raw()
+    busy["after"] = dict(busy["after"], loadgen_cpu_s=1.0 + 4.7)
+    assert scenarios.figures(_rate_run(), busy)[0]["client_bound"] is True
+
+
+def test_refused_messages_invalidate_a_run() -> None:
+    _, problems = scenarios.figures(_rate_run(), _raw(total_failed=3, first_error="rate_limited"))
+    assert problems and "refused" in problems[0]
+
+
+def test_open_loop_with_nothing_delivered_is_a_result_that_fails_its_budget() -> None:
+    fig, problems = scenarios.figures(
+        _rate_run(), _raw(delivered=0, delivered_per_s=0.0, latency={"count": 0})
+    )
+    assert problems == []
+    assert fig["kept_up"] is False and fig["p99_ms"] is None
+    summary = {"rate@20000": {"relay": fig}}
+    budget = budgets.Budget("p99", "rate@20000/relay/p99_ms", "<=", 1.0)
+    verdict = budgets.check([budget], summary, {"rate@20000"})[0]
+    assert verdict.status == "FAIL" and "no message delivered" in verdict.detail
