@@ -29,7 +29,7 @@ import trio
 from attrs import define
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from support import TEST_DEFAULTS, RawWs, mask_frame
+from support import TEST_DEFAULTS, RawWs, http_get, mask_frame
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay import protocol
@@ -1067,3 +1067,18 @@ async def test_e2e_a_conversation_list_larger_than_the_outbox_is_answered(
         listed = [i["peerId"] for i in answer["items"]]
         assert listed and listed == peers[::-1][: len(listed)]  # the newest, newest first
         assert answer.get("hasMore", False) == (len(listed) < len(peers))
+
+
+async def test_e2e_http_endpoints_as_documented(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery)
+    assert await http_get(relay, "/healthz") == (200, b"ok")
+    assert await http_get(relay, "/healthz", method="HEAD") == (200, b"")
+    assert (await http_get(relay, "/metrics", method="POST"))[0] == 405
+    assert (await http_get(relay, "/nope"))[0] == 404
+    assert (await http_get(relay, "/"))[0] == 404  # documented: no web chat served yet
+    status, body = await http_get(relay, "/metrics")
+    assert status == 200
+    exposed = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines()}
+    documented = {row[0].strip("`").split("{")[0] for row in doc.table_rows("| metric | kind |")}
+    assert len(documented) >= 10
+    assert documented <= exposed, f"documented but not exposed: {documented - exposed}"
