@@ -9,14 +9,15 @@ waits on the database.
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waiting at most
 `commit_interval` for more (only while such waits bring more: see `_Writer._gather`), and runs
-it in one transaction, each request inside its own SAVEPOINT
-so one request's failure (a taken group id) does not undo the others. Results are handed back
-only after COMMIT: `append_many` returns only when its messages are durable. In WAL mode with
-synchronous=NORMAL a committed transaction survives the process being killed.
+it in one transaction, each request inside its own SAVEPOINT so that one request's failure (a
+taken group id) does not undo the others. Results are handed back only after COMMIT:
+`append_many` returns only when its messages are durable. In WAL mode with synchronous=NORMAL a
+committed transaction survives the process being killed (not necessarily a power loss).
 
 Invariants:
 - seq comes from `conversations.last_seq`, read and advanced inside the writer's transaction, so
-  it is gapless and never reused, across restarts and retention alike.
+  it is gapless and never reused, across restarts and retention alike (and even with a second
+  process writing the same file: SQLite's write lock serialises the transactions).
 - the idempotency check reads `messages (sender_id, id)` in the same transaction that inserts.
 - a request whose transaction did not commit (disk full, I/O error, lock timeout) fails with
   StoreError; nothing it asked for is reported as done.
