@@ -149,3 +149,27 @@ async def test_a_lagging_subscriber_gets_lagged_and_the_state_stays_complete() -
         *(f"m{i}" for i in range(10)),
         "after",
     ]
+
+
+async def test_aclose_stops_the_client_but_not_the_callers_code(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    url = f"ws://127.0.0.1:{closed_port()}"
+    outcome: list[str] = []
+    async with RelayClient(url, user_id="alice") as c:
+
+        async def waiter() -> None:
+            try:
+                await c.wait_online()
+            except ConnectionLost as exc:
+                outcome.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter)
+            await trio.sleep(1.0)  # still retrying (3 s apart)
+            await c.aclose()
+        assert outcome == ["client closed"]
+        await trio.sleep(30.0)  # this body was not cancelled, and no attempt runs any more
+        assert c.connection_state is ConnectionState.DISCONNECTED
+        with pytest.raises(ConnectionLost):
+            await c.send_message("bob", "too late")

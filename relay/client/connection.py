@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from types import TracebackType
@@ -232,6 +232,7 @@ class RelayClient:
         self._refs = itertools.count(1)
         self._control: list[tuple[Frame, bool]] = []  # (frame, keep while offline)
         self._lifetime_cm: Any = None
+        self._task_scopes: set[trio.CancelScope] = set()
 
     # --- lifetime ---------------------------------------------------------------------------------
 
@@ -259,7 +260,7 @@ class RelayClient:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._start_manager()
-                nursery.start_soon(self._sweep_typing)
+                self._spawn(self._sweep_typing)
                 try:
                     yield
                 except BaseException as exc:
@@ -268,7 +269,7 @@ class RelayClient:
                     body_error = exc
                 finally:
                     await self._close_socket()
-                    nursery.cancel_scope.cancel()
+                    self._stop_tasks()
             if body_error is not None:
                 raise body_error
         finally:
@@ -288,10 +289,31 @@ class RelayClient:
                 await self._stopped.wait()
 
     async def aclose(self) -> None:
-        """Close the connection and stop every task (the same as leaving the context)."""
+        """Close the connection and stop the client's tasks now (leaving the context does it
+        too); pending waits raise ConnectionLost. The caller's own code is not cancelled."""
         await self._close_socket()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._stop_tasks()
+        self._give_up("client closed")
+
+    def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
+        """Run `fn` in the client's nursery under its own cancel scope (see _stop_tasks): the
+        nursery's scope also covers the caller's `async with` body, which must not be cancelled."""
+        assert self._nursery is not None
+        scope = trio.CancelScope()
+        self._task_scopes.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await fn()
+            finally:
+                self._task_scopes.discard(scope)
+
+        self._nursery.start_soon(run, name=getattr(fn, "__qualname__", None))
+
+    def _stop_tasks(self) -> None:
+        for scope in list(self._task_scopes):
+            scope.cancel()
 
     def reconnect(self) -> None:
         """Start connecting again after the client gave up (attempts counted afresh)."""
@@ -305,7 +327,7 @@ class RelayClient:
         assert self._nursery is not None
         self._running = True
         self._stopped = trio.Event()
-        self._nursery.start_soon(self._run)
+        self._spawn(self._run)
 
     # --- reading state ----------------------------------------------------------------------------
 
