@@ -66,7 +66,7 @@ from relay.auth import Authenticator, TrustingAuthenticator
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
 from relay.errors import Conflict, FrameError, NotFound
-from relay.fastpath import OP_TEXT, encode_frame
+from relay.fastpath import OP_TEXT, encode_frame, fanout
 from relay.presence import PresenceTracker
 from relay.protocol import (
     AuthFrame,
@@ -640,8 +640,12 @@ class MessagingService:
     def _deliver(
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
-        """A newly stored message to every active connection of its audience but `exclude`."""
+        """A newly stored message to every active connection of its audience but `exclude`:
+        encoded once, the same bytes pushed to every outbox with one fanout."""
         wire = _wire(encode_message(message))
+        conversation = message.conversation
+        seq = message.seq
+        targets: list[tuple[Connection, Session]] = []
         for user in audience:
             for conn in self.router.connections(user):
                 if conn is exclude:
@@ -655,7 +659,21 @@ class MessagingService:
                     else:
                         session.backlog_skipped = True
                     continue
-                self._queue_message(conn, session, message, wire)
+                if seq > session.sent_upto.get(conversation, 0):
+                    targets.append((conn, session))
+        if not targets:
+            return
+        failed = fanout([conn.outbox for conn, _ in targets], wire, False)
+        refused = set(failed) if failed else None
+        mark = (seq, message.group_id)
+        for i, (conn, session) in enumerate(targets):
+            if refused is not None and i in refused:
+                self._slow(conn, session)
+                continue
+            conn.flush_soon()
+            session.sent_upto[conversation] = seq
+            if not session.acks and message.sender_id != session.user_id:
+                session.pending_marks[conversation] = mark
 
     async def _guarded_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]

@@ -53,6 +53,11 @@ class Connection(Protocol):
         """Queue a close frame after what is queued, then end the connection (idempotent)."""
         ...
 
+    def flush_soon(self) -> None:
+        """Have what was pushed to `outbox` directly (relay.fastpath.fanout) written at the end
+        of this tick (bytes pushed after a close frame are discarded by the shell)."""
+        ...
+
 
 class Phase(enum.Enum):
     AWAITING_AUTH = "awaiting_auth"

@@ -56,6 +56,7 @@ class FakeConn:
         self.outbox = Outbox(max_bytes, max_frames)
         self.state: Any = None
         self.closed: tuple[int, str] | None = None
+        self.flush_requests = 0
 
     def send(self, frame: bytes, droppable: bool = False) -> bool:
         if self.closed is not None:
@@ -65,6 +66,9 @@ class FakeConn:
     def close(self, code: int, reason: str = "") -> None:
         if self.closed is None:
             self.closed = (code, reason)
+
+    def flush_soon(self) -> None:
+        self.flush_requests += 1
 
 
 class CountingStore(MemoryStore):
@@ -292,6 +296,7 @@ async def test_one_to_one_message_reaches_every_device_but_the_sending_one() -> 
         "timestamp": sent["timestamp"],
     }  # fmt: skip
     for conn in (a2, b1, b2):
+        assert conn.flush_requests == 1  # fanned out: the shell is asked to write it
         (got,) = of_type(h.frames(conn), "message")
         assert got["status"] == "delivered" and got["seq"] == 1
         assert {k: got[k] for k in ("id", "senderId", "senderName", "senderAvatar", "recipientId",
