@@ -496,3 +496,31 @@ async def test_in_a_failing_batch_reported_stored_means_stored(tmp_path: Path) -
         assert seqs(page) == list(range(1, len(page) + 1))
     finally:
         await reopened.close()
+
+
+async def test_two_stores_on_one_file_keep_seq_and_idempotency(tmp_path: Path) -> None:
+    # e.g. a second relay started by mistake on the same file: writes serialise, nothing breaks
+    path = tmp_path / "relay.db"
+    first, second = SqliteStore(path), SqliteStore(path)
+    await first.open()
+    await second.open()
+    got: list[tuple[str, int, bool]] = []
+
+    async def writer(store: SqliteStore, name: str) -> None:
+        for n in range(30):
+            results = await store.append_many(
+                [msg("a", "b", id=f"{name}{n}"), msg("a", "b", id=f"shared{n}")]
+            )
+            got.extend((r.message.id, r.message.seq, r.duplicate) for r in results)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer, first, "x")
+            nursery.start_soon(writer, second, "y")
+    finally:
+        await first.close()
+        await second.close()
+    fresh = sorted(seq for _, seq, dup in got if not dup)
+    assert fresh == list(range(1, 91))  # 30 x + 30 y + 30 shared, each stored once
+    seq_of = {mid: seq for mid, seq, dup in got if not dup}
+    assert all(seq_of[mid] == seq for mid, seq, dup in got if dup)
