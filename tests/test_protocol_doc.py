@@ -1082,3 +1082,13 @@ async def test_e2e_http_endpoints_as_documented(nursery: trio.Nursery) -> None:
     documented = {row[0].strip("`").split("{")[0] for row in doc.table_rows("| metric | kind |")}
     assert len(documented) >= 10
     assert documented <= exposed, f"documented but not exposed: {documented - exposed}"
+
+
+@pytest.mark.parametrize(
+    "example",
+    [e for n, e in doc.examples if n.startswith("client/")],
+    ids=[f"{n}-{i}" for i, (n, _) in enumerate(doc.examples) if n.startswith("client/")],
+)
+def test_client_examples_are_accepted_by_the_relays_parser(example: dict[str, Any]) -> None:
+    frame = protocol.parse_client_frame(orjson.dumps(example), protocol.Limits())
+    assert type(frame).__name__.lower().startswith(example["type"].replace("_", ""))
