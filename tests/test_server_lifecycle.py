@@ -334,3 +334,50 @@ async def test_frames_pipelined_with_the_request_and_shutdown_mid_stream(
     for i in range(50):
         assert await raw.recv_frame() == (1, b"%d" % i)
     await raw.aclose()
+
+
+@define(eq=False)
+class Burst(EchoHandler):
+    """On any message, queue `count` frames of `size` bytes with distinct contents."""
+
+    count: int = 48
+    size: int = 65_000
+    flushed: int = 0
+    flushed_event: trio.Event = field(factory=trio.Event)
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        for i in range(self.count):
+            body = bytes([0x41 + i % 26]) * self.size
+            assert conn.send(encode_frame(OP_TEXT, body))
+
+    def on_flushed(self, conn: Connection) -> None:
+        self.flushed += 1
+        self.flushed_event.set()
+
+
+async def test_partial_writes_resume_intact_when_the_reader_catches_up(
+    nursery: trio.Nursery,
+) -> None:
+    handler = Burst()
+    relay = await start_relay(nursery, handler=handler, outbox_max_bytes=8 * 1024 * 1024)
+    address = relay.address
+    assert address is not None
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", address.port))
+    reader = RawWs(trio.SocketStream(sock))
+    await reader.send(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await reader._read_until(b"\r\n\r\n")
+    await reader.send_text("go")
+    await trio.sleep(0.3)  # the kernel buffers fill; the rest waits in the outbox/writer
+    assert handler.flushed == 0
+    with trio.fail_after(10):
+        for i in range(handler.count):
+            assert await reader.recv_frame() == (1, bytes([0x41 + i % 26]) * handler.size)
+        await handler.flushed_event.wait()  # after the last byte reached the kernel
+        await reader.send_text("again")
+        assert (await reader.recv_frame())[0] == 1
+    await reader.aclose()
