@@ -397,39 +397,43 @@ def validate_message(
     Shared by client frames and the in-process publish API so both refuse the same things.
     """
     get = obj.get
+    for name, min_len, max_len in _MESSAGE_STRINGS:
+        value = get(name)
+        if value is not None and (
+            value.__class__ is not str or not min_len <= len(value) <= max_len
+        ):
+            raise _refused(obj, message_id, "invalid", name, _check_str(value, min_len, max_len))
     peer = get("recipientId")
     group = get("groupId")
-
-    def refuse(code: str, field: str, why: str) -> MessageRefused:
-        return MessageRefused(
-            code,
-            f"{field}: {why}",
-            message_id=message_id,
-            field=field,
-            peer_id=peer if isinstance(peer, str) else None,
-            group_id=group if isinstance(group, str) else None,
-        )
-
-    for name, min_len, max_len in _MESSAGE_STRINGS:
-        why = _check_str(get(name), min_len, max_len)
-        if why is not None:
-            peer = group = None
-            raise refuse("invalid", name, why)
     if (peer is None) == (group is None):
-        raise refuse("invalid", "recipientId", "exactly one of recipientId and groupId is required")
+        raise _refused(
+            obj,
+            message_id,
+            "invalid",
+            "recipientId",
+            "exactly one of recipientId and groupId is required",
+        )
     text = get("text")
-    if not isinstance(text, str):
-        raise refuse("invalid", "text", "must be a string")
+    if text.__class__ is not str:
+        raise _refused(obj, message_id, "invalid", "text", "must be a string")
     if not text:
-        raise refuse("invalid", "text", "must not be empty")
+        raise _refused(obj, message_id, "invalid", "text", "must not be empty")
     if len(text) > limits.max_text_chars:
-        raise refuse("too_long", "text", f"longer than {limits.max_text_chars} characters")
+        raise _refused(
+            obj, message_id, "too_long", "text", f"longer than {limits.max_text_chars} characters"
+        )
     meta = get("meta")
     if meta is not None:
         if not isinstance(meta, dict):
-            raise refuse("invalid", "meta", "must be an object")
+            raise _refused(obj, message_id, "invalid", "meta", "must be an object")
         if len(orjson.dumps(meta)) > limits.max_meta_bytes:
-            raise refuse("too_long", "meta", f"larger than {limits.max_meta_bytes} bytes as JSON")
+            raise _refused(
+                obj,
+                message_id,
+                "too_long",
+                "meta",
+                f"larger than {limits.max_meta_bytes} bytes as JSON",
+            )
     return MessageFrame(
         id=message_id,
         text=text,
@@ -441,6 +445,22 @@ def validate_message(
         client_timestamp=get("timestamp"),
         meta=meta,
         ref=ref,
+    )
+
+
+def _refused(
+    obj: Mapping[str, Any], message_id: str, code: str, field: str, why: str | None
+) -> MessageRefused:
+    peer = obj.get("recipientId")
+    group = obj.get("groupId")
+    valid = _check_str(peer, 1, IDENT_MAX) is None and _check_str(group, 1, IDENT_MAX) is None
+    return MessageRefused(
+        code,
+        f"{field}: {why}",
+        message_id=message_id,
+        field=field,
+        peer_id=peer if valid and isinstance(peer, str) else None,
+        group_id=group if valid and isinstance(group, str) else None,
     )
 
 

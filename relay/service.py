@@ -684,41 +684,49 @@ class MessagingService:
             log.exception("internal error handling messages")
             self._error(conn, session, "internal", "internal error")
 
-    async def _check_message(
-        self, session: Session, frame: MessageFrame, now: float, timestamp: str
-    ) -> _Accepted | _Refusal:
-        user = session.user_id
-
-        def refuse(reason: str, detail: str, field: str | None = None) -> _Refusal:
-            return _Refusal(
-                encode_receipt_failed(
-                    frame.id,
-                    reason,
-                    peer_id=frame.recipient_id,
-                    group_id=frame.group_id,
-                    field=field,
-                    detail=detail,
-                )
+    @staticmethod
+    def _refuse(
+        frame: MessageFrame, reason: str, detail: str, field: str | None = None
+    ) -> _Refusal:
+        return _Refusal(
+            encode_receipt_failed(
+                frame.id,
+                reason,
+                peer_id=frame.recipient_id,
+                group_id=frame.group_id,
+                field=field,
+                detail=detail,
             )
+        )
 
+    def _check_message(
+        self,
+        session: Session,
+        frame: MessageFrame,
+        now: float,
+        timestamp: str,
+        group: Group | None = None,
+    ) -> _Accepted | _Refusal:
+        """The checks of a message that need the session (a group's: `group`, looked up)."""
+        user = session.user_id
         if frame.sender_id is not None and frame.sender_id != user:
-            return refuse("forbidden", "senderId is not the authenticated user", "senderId")
+            return self._refuse(
+                frame, "forbidden", "senderId is not the authenticated user", "senderId"
+            )
         if frame.group_id is not None:
-            group = await self.router.group(self.store, frame.group_id)
             if group is None:
-                return refuse("not_found", "no such group", "groupId")
+                return self._refuse(frame, "not_found", "no such group", "groupId")
             if user not in group.members:
-                return refuse("forbidden", "not a member of this group", "groupId")
+                return self._refuse(frame, "forbidden", "not a member of this group", "groupId")
             audience: tuple[str, ...] = group.members
             conversation = group_conversation(group.group_id)
         else:
-            assert frame.recipient_id is not None
-            audience = (
-                (frame.recipient_id,) if frame.recipient_id == user else (frame.recipient_id, user)
-            )
-            conversation = direct_conversation(user, frame.recipient_id)
+            peer = frame.recipient_id
+            assert peer is not None
+            audience = (peer,) if peer == user else (peer, user)
+            conversation = direct_conversation(user, peer)
         if not self.limiter.allow(user, now):
-            return refuse("rate_limited", "too many messages; slow down")
+            return self._refuse(frame, "rate_limited", "too many messages; slow down")
         message = NewMessage(
             conversation=conversation,
             id=frame.id,
@@ -756,8 +764,11 @@ class MessagingService:
                         )
                     )
                 )
+            elif item.group_id is None:
+                entries.append(self._check_message(session, item, now, timestamp))
             else:
-                entries.append(await self._check_message(session, item, now, timestamp))
+                group = await self.router.group(self.store, item.group_id)
+                entries.append(self._check_message(session, item, now, timestamp, group))
         accepted = [e.message for e in entries if isinstance(e, _Accepted)]
         results: list[Appended] | None = None
         ticket = self._order.take()
