@@ -158,4 +158,6 @@ async def test_chat_reports_an_unreachable_relay_and_exits() -> None:
         await chat.expect(r"^\* disconnected: gave up after 2 attempts")
         await chat.say("/msg bob hello")
         await chat.expect(r"^! disconnected: ")
+        await chat.say("/reconnect")
+        await chat.expect(r"^\* disconnected: gave up after 2 attempts")
         assert await chat.quit() == 1

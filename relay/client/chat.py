@@ -14,6 +14,7 @@ happened, so a script (or a test) can drive it through pipes:
     /who bob [carol]   presence
     /group g1 Name alice bob    create a group (you are a member)
     /status away       announce a status (online, away, busy)
+    /reconnect         try again after the client gave up
     /help, /quit       (end of input quits too)
 
 Output lines: `<bob> text` (incoming), `<bob in #g1> text` (incoming, group), `[sent] to bob:
@@ -207,6 +208,7 @@ class ChatUI:
             "who": self._who,
             "group": self._group,
             "status": self._status,
+            "reconnect": self._reconnect,
         }.get(name)
         if handler is None:
             self.say(f"! unknown command /{name} (try /help)")
@@ -322,6 +324,12 @@ class ChatUI:
         status = rest or "online"
         await self.client.set_status(status)
         self.say(f"* status {status}")
+
+    async def _reconnect(self, rest: str) -> None:
+        if self.client.connection_state is not ConnectionState.DISCONNECTED:
+            self.say("* still connected or trying")
+            return
+        self.client.reconnect()
 
     async def _flush_before_quit(self) -> None:
         if self.client.state.outbox and not self.lost:
