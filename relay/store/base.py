@@ -54,6 +54,23 @@ class NewMessage:
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
 
+    def stored(self, seq: int) -> StoredMessage:
+        """This message as stored with sequence number `seq` (its own copy of `meta`)."""
+        return StoredMessage(
+            conversation=self.conversation,
+            seq=seq,
+            id=self.id,
+            sender_id=self.sender_id,
+            text=self.text,
+            server_timestamp=self.server_timestamp,
+            recipient_id=self.recipient_id,
+            group_id=self.group_id,
+            sender_name=self.sender_name,
+            sender_avatar=self.sender_avatar,
+            client_timestamp=self.client_timestamp,
+            meta=dict(self.meta) if self.meta is not None else None,
+        )
+
 
 @frozen
 class StoredMessage:

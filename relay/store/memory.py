@@ -31,33 +31,12 @@ from relay.store.base import (
     group_conversation,
 )
 
-
-def _stored(message: NewMessage, seq: int) -> StoredMessage:
-    return StoredMessage(
-        conversation=message.conversation,
-        seq=seq,
-        id=message.id,
-        sender_id=message.sender_id,
-        text=message.text,
-        server_timestamp=message.server_timestamp,
-        recipient_id=message.recipient_id,
-        group_id=message.group_id,
-        sender_name=message.sender_name,
-        sender_avatar=message.sender_avatar,
-        client_timestamp=message.client_timestamp,
-        meta=dict(message.meta) if message.meta is not None else None,
-    )
-
-
-@define
-class _Marks:
-    delivered: int = 0
-    read: int = 0
+_NO_MARKS = Watermarks(0, 0)
 
 
 @define
 class MemoryStore:
-    """In-memory Store. `open`/`close` only flip a flag; data lives as long as the object."""
+    """In-memory Store. `open`/`close` have nothing to do; data lives as long as the object."""
 
     _messages: dict[str, list[StoredMessage]] = field(factory=dict, init=False)
     _by_key: dict[tuple[str, str], StoredMessage] = field(factory=dict, init=False)
@@ -70,17 +49,16 @@ class MemoryStore:
     _groups: dict[str, Group] = field(factory=dict, init=False)
     # user -> ids of the groups they belong to
     _groups_by_user: dict[str, set[str]] = field(factory=dict, init=False)
-    _marks: dict[tuple[str, str], _Marks] = field(factory=dict, init=False)
+    _marks: dict[tuple[str, str], Watermarks] = field(factory=dict, init=False)
     # (conversation, user) -> device id -> that device's delivered cursor
     _cursors: dict[tuple[str, str], dict[str, int]] = field(factory=dict, init=False)
     _last_seen: dict[str, str] = field(factory=dict, init=False)
-    _open: bool = field(default=False, init=False)
 
     async def open(self) -> None:
-        self._open = True
+        pass
 
     async def close(self) -> None:
-        self._open = False
+        pass
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
@@ -92,7 +70,7 @@ class MemoryStore:
                 results.append(Appended(existing, duplicate=True))
                 continue
             log = self._messages.setdefault(message.conversation, [])
-            stored = _stored(message, len(log) + 1)
+            stored = message.stored(len(log) + 1)
             log.append(stored)
             self._by_key[key] = stored
             self._order[(stored.conversation, stored.seq)] = next(self._counter)
@@ -135,7 +113,7 @@ class MemoryStore:
         for conversation in self._conversations_of(user_id):
             start = self._cursors.get((conversation, user_id), {}).get(device_id)
             if start is None:
-                start = self._marks_of(conversation, user_id).delivered
+                start = self._marks_of(conversation, user_id).delivered_seq
             found.extend(
                 m for m in self._messages.get(conversation, [])[start:] if m.sender_id != user_id
             )
@@ -156,11 +134,11 @@ class MemoryStore:
         return len(self._messages.get(conversation, []))
 
     # --- watermarks -----------------------------------------------------------------------------
-    def _marks_of(self, conversation: str, user_id: str) -> _Marks:
-        return self._marks.get((conversation, user_id)) or _Marks()
+    def _marks_of(self, conversation: str, user_id: str) -> Watermarks:
+        return self._marks.get((conversation, user_id), _NO_MARKS)
 
     def _set_marks(self, conversation: str, user_id: str, delivered: int, read: int) -> None:
-        self._marks[(conversation, user_id)] = _Marks(delivered, read)
+        self._marks[(conversation, user_id)] = Watermarks(delivered, read)
 
     async def mark_delivered(
         self, conversation: str, user_id: str, device_id: str, seq: int
@@ -168,20 +146,19 @@ class MemoryStore:
         before = self._marks_of(conversation, user_id)
         seq = min(seq, len(self._messages.get(conversation, [])))
         devices = self._cursors.setdefault((conversation, user_id), {})
-        devices[device_id] = max(devices.get(device_id, before.delivered), seq)
-        self._set_marks(conversation, user_id, max(before.delivered, seq), before.read)
-        return Watermarks(before.delivered, before.read)
+        devices[device_id] = max(devices.get(device_id, before.delivered_seq), seq)
+        self._set_marks(conversation, user_id, max(before.delivered_seq, seq), before.read_seq)
+        return before
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         before = self._marks_of(conversation, user_id)
         seq = min(seq, len(self._messages.get(conversation, [])))
-        read = max(before.read, seq)
-        self._set_marks(conversation, user_id, max(before.delivered, read), read)
-        return Watermarks(before.delivered, before.read)
+        read = max(before.read_seq, seq)
+        self._set_marks(conversation, user_id, max(before.delivered_seq, read), read)
+        return before
 
     async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
-        marks = self._marks_of(conversation, user_id)
-        return Watermarks(marks.delivered, marks.read)
+        return self._marks_of(conversation, user_id)
 
     # --- conversation list ----------------------------------------------------------------------
     def _conversations_of(self, user_id: str) -> list[str]:
@@ -195,7 +172,7 @@ class MemoryStore:
             log = self._messages.get(conversation, [])
             last = log[-1] if log else None
             marks = self._marks_of(conversation, user_id)
-            unread = sum(1 for m in log[marks.read :] if m.sender_id != user_id)
+            unread = sum(1 for m in log[marks.read_seq :] if m.sender_id != user_id)
             peer_id: str | None = None
             group_id: str | None = None
             if conversation in self._direct:
@@ -213,7 +190,7 @@ class MemoryStore:
                 last_message=last,
                 unread=unread,
                 last_seq=len(log),
-                read_seq=marks.read,
+                read_seq=marks.read_seq,
                 updated_at=updated_at,
             )
             order = self._order[(conversation, last.seq)] if last else 0
@@ -274,8 +251,8 @@ class MemoryStore:
             self._groups_by_user.setdefault(user, set()).add(group_id)
             self._cursors.pop((conversation, user), None)
             marks = self._marks_of(conversation, user)
-            if marks.delivered < last or marks.read < last:
-                self._set_marks(conversation, user, max(marks.delivered, last), max(marks.read, last))
+            if marks.delivered_seq < last or marks.read_seq < last:
+                self._set_marks(conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last))
 
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:

@@ -23,16 +23,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 
 from attrs import define, field
 
-
-def iso_utc(moment: datetime) -> str:
-    """The timestamp format of the protocol: `2026-02-05T10:30:15.123Z`."""
-    moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+from relay.clock import WallClock, iso_utc
 
 
 @define
@@ -43,7 +37,7 @@ class RetentionJob:
     max_messages: int | None
     interval: float = 60.0
     chunk: int = 500
-    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    now: WallClock = time.time
     _next_run: float = field(default=0.0, init=False)  # time.monotonic() of the next chunk
     # where the per-conversation pass resumes (inclusive); "" = from the first conversation
     _conversation_cursor: str = field(default="", init=False)
@@ -81,7 +75,7 @@ class RetentionJob:
 
     def _by_age(self, conn: sqlite3.Connection, budget: int) -> int:
         assert self.days is not None
-        cutoff = iso_utc(self.now() - timedelta(days=self.days))
+        cutoff = iso_utc(self.now() - self.days * 86400.0)
         rows = conn.execute(
             "SELECT pos, server_timestamp FROM messages ORDER BY pos LIMIT ?", (budget,)
         ).fetchall()

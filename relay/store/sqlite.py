@@ -196,25 +196,7 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
         tip.last_seq = seq
         tip.last_pos = cast(int, cursor.lastrowid)
         tip.updated_at = m.server_timestamp
-        results.append(
-            Appended(
-                StoredMessage(
-                    conversation=m.conversation,
-                    seq=seq,
-                    id=m.id,
-                    sender_id=m.sender_id,
-                    text=m.text,
-                    server_timestamp=m.server_timestamp,
-                    recipient_id=m.recipient_id,
-                    group_id=m.group_id,
-                    sender_name=m.sender_name,
-                    sender_avatar=m.sender_avatar,
-                    client_timestamp=m.client_timestamp,
-                    meta=dict(m.meta) if m.meta is not None else None,
-                ),
-                duplicate=False,
-            )
-        )
+        results.append(Appended(m.stored(seq), duplicate=False))
     for conversation, tip in tips.items():
         if tip.last_pos == 0:
             continue  # only duplicates: nothing moved
