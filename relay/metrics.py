@@ -30,6 +30,7 @@ class Stats:
     frames_out: int = 0  # WebSocket frames handed to the kernel
     bytes_in: int = 0  # bytes received on WebSocket connections (after the handshake)
     bytes_out: int = 0  # bytes written on WebSocket connections (after the handshake)
+    socket_writes: int = 0  # send calls on WebSocket connections (frames coalesce into few)
     messages_dropped: int = 0  # droppable frames (typing, presence) dropped by a full outbox
     slow_consumer_closes: int = 0  # connections closed 1013 because their outbox was full
     heartbeat_timeouts: int = 0  # connections closed because the peer stayed silent
@@ -44,6 +45,7 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("frames_sent", "frames_out", "WebSocket frames written to the kernel"),
     ("bytes_received", "bytes_in", "Bytes received on WebSocket connections"),
     ("bytes_sent", "bytes_out", "Bytes written on WebSocket connections"),
+    ("socket_writes", "socket_writes", "Socket writes on WebSocket connections"),
     ("messages_dropped", "messages_dropped", "Droppable frames dropped by a full outbox"),
     (
         "slow_consumer_closes",

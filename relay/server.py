@@ -264,6 +264,7 @@ class WsConnection:
             self._mark_broken()
             return False
         stats = self.server.stats
+        stats.socket_writes += 1
         stats.bytes_out += n
         if self.closing:
             self._close_remaining -= n
@@ -319,6 +320,7 @@ class WsConnection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._mark_broken()
                     break
+                stats.socket_writes += 1
                 stats.bytes_out += len(data)
                 stats.frames_out += frames
                 if not clipped:

@@ -381,3 +381,20 @@ async def test_partial_writes_resume_intact_when_the_reader_catches_up(
         await reader.send_text("again")
         assert (await reader.recv_frame())[0] == 1
     await reader.aclose()
+
+
+async def test_fanout_writes_each_connection_once_per_tick(nursery: trio.Nursery) -> None:
+    handler = Broadcast()
+    relay = await start_relay(nursery, handler=handler)
+    receivers = [await RawWs.connect(relay) for _ in range(10)]
+    sender = await RawWs.connect(relay)
+    stats = relay.metrics.stats
+    writes_before = stats.socket_writes
+    await sender.send(b"".join(mask_frame(1, b"msg %d" % i) for i in range(5)))
+    for ws in [*receivers, sender]:
+        for i in range(5):
+            assert await ws.recv_frame() == (1, b"msg %d" % i)
+    # 5 messages x 11 connections = 55 frames, written with one send per connection.
+    assert stats.socket_writes - writes_before == 11
+    for ws in [*receivers, sender]:
+        await ws.aclose()

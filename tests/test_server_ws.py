@@ -211,9 +211,11 @@ async def test_many_frames_in_one_write_are_one_batch_answered_in_order(
     await raw.send(b"".join(mask_frame(0x1, m) for m in messages))
     for m in messages:
         assert await raw.recv_frame() == (1, m)
-    # One TCP write on loopback arrives in one read: one on_messages call with all 200.
+    # One TCP write on loopback arrives in one read: one on_messages call with all 200,
+    # and their 200 echoes leave in one socket write (two if the read was split).
     assert sum(len(b) for b in handler.batches) == 200
     assert len(handler.batches) <= 2
+    assert relay.metrics.stats.socket_writes <= len(handler.batches)
     await raw.aclose()
 
 
