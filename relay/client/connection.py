@@ -202,7 +202,10 @@ class RelayClient:
         self.user_name = user_name
         self.user_avatar = user_avatar
         self.token = token
-        self.device_id = device_id  # the relay's choice is kept once known, for reconnects
+        # None: the user's anonymous device (one delivery cursor shared by every connection of
+        # the user without a deviceId); give a stable id per installation for a cursor of its own
+        self.device_id = device_id
+        self.connection_device_id: str | None = None  # as auth_ok named it (`anon-…` when None)
         self.session_id: str | None = None
         self.policy = ReconnectPolicy(
             attempts=reconnect_attempts,
@@ -565,7 +568,7 @@ class RelayClient:
         await ws.send_message(orjson.dumps(self._auth_frame()).decode())
         with trio.fail_after(self.connect_timeout):
             ok = await self._await_auth(ws)
-        self.device_id = ok.get("deviceId") or self.device_id
+        self.connection_device_id = ok.get("deviceId")
         self.session_id = ok.get("sessionId")
         self._generation += 1
         self._set_connection(ConnectionState.ONLINE)
