@@ -213,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     wanted = {s.strip() for s in args.servers.split(",") if s.strip()}
+    known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS}
+    unknown = sorted(set(names) - set(scenarios.ALL_SCENARIOS)) + sorted(wanted - known_servers)
+    if unknown or not names or args.repeat < 1:
+        say(
+            f"python -m bench: unknown or empty selection {unknown or names}; scenarios are "
+            f"{', '.join(scenarios.ALL_SCENARIOS)}; servers {', '.join(sorted(known_servers))}"
+        )
+        return 1
     runs = scenarios.plan(names, sizes)
     ensure_loadgen()
 
