@@ -312,6 +312,12 @@ def main(argv: list[str] | None = None) -> int:
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
                 cfg["profile"] = str(prof_path)
             raw = run_loadgen(cfg, lg_core)
+            record["server_argv"] = server.spec.argv
+            if srv == "relay-sqlite":
+                db = Path(server.spec.argv[server.spec.argv.index("--db") + 1])
+                record["db_bytes"] = sum(
+                    p.stat().st_size for p in db.parent.glob(db.name + "*") if p.is_file()
+                )
             if prof_path is not None:
                 record["profiled"] = True
                 if prof_path.exists():

@@ -60,6 +60,11 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             if key.startswith("rate"):
                 assert fig["sent_per_s"] > 0 and isinstance(fig["kept_up"], bool)
 
+    # The durable scenario really ran on SQLite: the database file was written.
+    sqlite_runs = [r for r in doc["runs"] if r["server"] == "relay-sqlite"]
+    assert sqlite_runs and all(r["db_bytes"] > 0 for r in sqlite_runs)
+    assert all("--db" in r["server_argv"] for r in sqlite_runs)
+
     # Each budget is judged in the JSON, even when not enforced.
     assert len(doc["budgets"]) == 6
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
