@@ -18,8 +18,9 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   (seq); then the message goes to every live device of the recipient(s) and to the sender's
   other devices. A duplicate (senderId, id) gets the same `sent` receipt and seq and is not
   delivered again. A store failure answers every message of the batch failed/internal.
-  Deliveries of concurrent batches are released in the order the batches were handed to the
-  store, so every device sees a conversation in seq order.
+  Live deliveries are released in seq order per conversation whatever order concurrent
+  appends return in (a later seq waits for the earlier ones), so every device sees a
+  conversation in seq order.
 - Delivered: a device with acks=true marks delivered with `delivered` (or `read`) receipts; a
   device with acks=false counts as delivered once its outbox was flushed. Either way the store
   records it, and each sender whose messages the reader's delivered/read watermark newly covers
@@ -106,7 +107,6 @@ from relay.ratelimit import RateLimiter
 from relay.router import Router
 from relay.session import Connection, Phase, Session
 from relay.store.base import (
-    Appended,
     Group,
     NewMessage,
     Store,
@@ -143,34 +143,83 @@ class _Accepted:
     audience: tuple[str, ...]
 
 
-@define
-class _InOrder:
-    """Releases completions in the order their tickets were taken.
+#: a conversation's last released seq is forgotten after this long without appends
+SEQUENCER_IDLE = 60.0
 
-    Tickets are taken just before store.append_many is called, so the release order is the
-    store's acceptance order and deliveries leave in seq order per conversation, whichever
-    append returns first. A ticket whose append failed or was cancelled completes empty.
+
+@define
+class _Sequencer:
+    """Releases live deliveries in seq order per conversation, whatever order appends return in.
+
+    A store assigns seqs in its acceptance order, which need not be the order append_many was
+    called in, and concurrent callers resume in any order. Invariants:
+    - `_inflight[c]` counts the appends touching conversation c whose caller has not resumed;
+    - `_released[c]` is the highest seq of c released (kept while c is in use, forgotten after
+      SEQUENCER_IDLE seconds without appends);
+    - a delivery of seq s of c is released when s == _released[c] + 1, or when no append of c is
+      in flight (then every lower seq was accepted earlier and its caller has already resumed
+      and released it); otherwise it is held. Failed and cancelled appends only end.
     """
 
-    _next: int = 0
-    _issued: int = 0
-    _ready: dict[int, Callable[[], None] | None] = field(factory=dict)
+    _inflight: dict[str, int] = field(factory=dict)
+    _released: dict[str, int] = field(factory=dict)
+    _held: dict[str, dict[int, Callable[[], None]]] = field(factory=dict)
+    _used: dict[str, float] = field(factory=dict)
 
-    def take(self) -> int:
-        ticket = self._issued
-        self._issued += 1
-        return ticket
+    def begin(self, conversations: Iterable[str], now: float) -> None:
+        inflight = self._inflight
+        for conversation in conversations:
+            inflight[conversation] = inflight.get(conversation, 0) + 1
+            self._used[conversation] = now
 
-    def complete(self, ticket: int, action: Callable[[], None] | None) -> None:
-        self._ready[ticket] = action
-        while self._next in self._ready:
-            run = self._ready.pop(self._next)
-            self._next += 1
-            if run is not None:
-                try:
-                    run()
-                except Exception:
-                    log.exception("delivery failed")
+    def end(
+        self,
+        conversations: Iterable[str],
+        deliveries: Iterable[tuple[str, int, Callable[[], None]]],
+    ) -> None:
+        inflight = self._inflight
+        for conversation in conversations:
+            left = inflight[conversation] - 1
+            if left:
+                inflight[conversation] = left
+            else:
+                del inflight[conversation]
+        for conversation, seq, action in deliveries:
+            self._held.setdefault(conversation, {})[seq] = action
+        for conversation in conversations:
+            self._drain(conversation)
+
+    def _drain(self, conversation: str) -> None:
+        held = self._held.get(conversation)
+        if not held:
+            return
+        busy = conversation in self._inflight
+        last = self._released.get(conversation)
+        while held:
+            low = min(held)
+            if busy and (last is None or low != last + 1):
+                break
+            action = held.pop(low)
+            last = low if last is None else max(last, low)
+            try:
+                action()
+            except Exception:
+                log.exception("delivery of %s #%d failed", conversation, low)
+        if last is not None:
+            self._released[conversation] = last
+        if not held:
+            del self._held[conversation]
+
+    def prune(self, now: float) -> None:
+        """Forget conversations idle for SEQUENCER_IDLE seconds (nothing in flight or held)."""
+        idle = [
+            c
+            for c, used in self._used.items()
+            if now - used >= SEQUENCER_IDLE and c not in self._inflight and c not in self._held
+        ]
+        for conversation in idle:
+            del self._used[conversation]
+            self._released.pop(conversation, None)
 
 
 @define(init=False)
@@ -188,7 +237,7 @@ class MessagingService:
     typing: TypingTracker
     limiter: RateLimiter
     _awaiting: dict[int, Connection]
-    _order: _InOrder
+    _sequencer: _Sequencer
     # (conversation, user, store device) -> (seq, group id) flushed but not yet in the store
     _flushed: dict[tuple[str, str, str], tuple[int, str | None]]
     _last_seen: dict[str, str]
@@ -217,7 +266,7 @@ class MessagingService:
         self.typing = TypingTracker(config.typing_lapse, config.typing_rate_limit)
         self.limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_burst)
         self._awaiting = {}
-        self._order = _InOrder()
+        self._sequencer = _Sequencer()
         self._flushed = {}
         self._last_seen = {}
         self._backlog_ready = {}
@@ -342,6 +391,7 @@ class MessagingService:
         for key in self.typing.lapsed(now):
             self._send_typing(key, "stop")
         self.limiter.prune(now)
+        self._sequencer.prune(now)
 
     async def maintain(self) -> None:
         """Store work the sync callbacks queued: delivery marks of flushed frames (and the
@@ -770,56 +820,61 @@ class MessagingService:
                 group = await self.router.group(self.store, item.group_id)
                 entries.append(self._check_message(session, item, now, timestamp, group))
         accepted = [e.message for e in entries if isinstance(e, _Accepted)]
-        results: list[Appended] | None = None
-        ticket = self._order.take()
-        action: Callable[[], None] | None = None
+        if not accepted:
+            for entry in entries:
+                assert isinstance(entry, _Refusal)
+                self._send(conn, session, entry.frame)
+            return
+        conversations = {m.conversation for m in accepted}
+        deliveries: list[tuple[str, int, Callable[[], None]]] = []
+        self._sequencer.begin(conversations, now)
         try:
-            if accepted:
-                try:
-                    results = await self.store.append_many(accepted)
-                except Exception:
-                    log.exception("storing %d message(s) failed", len(accepted))
-            action = self._batch_action(conn, session, entries, results, timestamp)
-        finally:
-            self._order.complete(ticket, action)
-
-    def _batch_action(
-        self,
-        conn: Connection,
-        session: Session,
-        entries: list[_Accepted | _Refusal],
-        results: list[Appended] | None,
-        timestamp: str,
-    ) -> Callable[[], None]:
-        def run() -> None:
+            try:
+                results = await self.store.append_many(accepted)
+            except Exception:
+                log.exception("storing %d message(s) failed", len(accepted))
+                results = None
             stored = iter(results or ())
             for entry in entries:
                 if isinstance(entry, _Refusal):
                     self._send(conn, session, entry.frame)
                     continue
+                message = entry.message
                 if results is None:
                     self._send(
                         conn,
                         session,
                         encode_receipt_failed(
-                            entry.message.id,
+                            message.id,
                             "internal",
-                            peer_id=entry.message.recipient_id,
-                            group_id=entry.message.group_id,
+                            peer_id=message.recipient_id,
+                            group_id=message.group_id,
                             detail="the message was not stored",
                         ),
                     )
                     continue
                 appended = next(stored)
                 self._send(conn, session, encode_receipt_sent(appended.message, timestamp))
-                if appended.duplicate:
-                    continue
-                message = entry.message
-                if message.group_id is None and message.recipient_id is not None:
-                    self.presence.pair(message.sender_id, message.recipient_id)
-                self._deliver(appended.message, entry.audience, conn)
+                if not appended.duplicate:
+                    deliveries.append(
+                        (
+                            message.conversation,
+                            appended.message.seq,
+                            self._delivery(appended.message, entry.audience, conn),
+                        )
+                    )
+        finally:
+            self._sequencer.end(conversations, deliveries)
 
-        return run
+    def _delivery(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> Callable[[], None]:
+        def deliver() -> None:
+            if message.group_id is None and message.recipient_id is not None:
+                self.presence.pair(message.sender_id, message.recipient_id)
+            self._deliver(message, audience, exclude)
+
+        return deliver
 
     # --- receipts ---------------------------------------------------------------------------------
     async def _notify_senders(
@@ -1279,19 +1334,18 @@ class MessagingService:
             sender_name=sender_name,
             meta=frame.meta,
         )
-        ticket = self._order.take()
-        action: Callable[[], None] | None = None
+        deliveries: list[tuple[str, int, Callable[[], None]]] = []
+        self._sequencer.begin([conversation], self.clock())
         try:
             appended = (await self.store.append_many([message]))[0]
-
-            def deliver() -> None:
-                if appended.duplicate:
-                    return
-                if message.group_id is None and message.recipient_id is not None:
-                    self.presence.pair(sender_id, message.recipient_id)
-                self._deliver(appended.message, audience, None)
-
-            action = deliver
+            if not appended.duplicate:
+                deliveries.append(
+                    (
+                        conversation,
+                        appended.message.seq,
+                        self._delivery(appended.message, audience, None),
+                    )
+                )
         finally:
-            self._order.complete(ticket, action)
+            self._sequencer.end([conversation], deliveries)
         return appended.message

@@ -1084,10 +1084,23 @@ class GatedStore(MemoryStore):
         return result
 
 
-async def test_deliveries_leave_in_seq_order_when_appends_return_out_of_order() -> None:
-    config = RelayConfig(db_path=None)
-    store = GatedStore()
-    svc = MessagingService(config, store)
+class LateAcceptingStore(MemoryStore):
+    """The first append_many is accepted only after a later one (as a store whose caller must
+    first wait for a slot may do): the first caller gets the higher seq."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+        self.calls = 0
+
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        self.calls += 1
+        if self.calls == 1:
+            await self.gate.wait()
+        return await super().append_many(messages)
+
+
+async def three_users(svc: MessagingService) -> dict[str, FakeConn]:
     conns = {}
     for user in ("alice", "carol", "bob"):
         conn = FakeConn()
@@ -1095,6 +1108,36 @@ async def test_deliveries_leave_in_seq_order_when_appends_return_out_of_order() 
         await svc.on_messages(conn, [orjson.dumps({"type": "auth", "userId": user})])
         conn.outbox.take()
         conns[user] = conn
+    return conns
+
+
+async def test_deliveries_keep_seq_order_when_the_store_accepts_out_of_call_order() -> None:
+    store = LateAcceptingStore()
+    svc = MessagingService(RelayConfig(db_path=None), store)
+    conns = await three_users(svc)
+    watch = FakeConn()  # bob's second device sees both messages of the conversation
+    svc.on_open(watch)
+    await svc.on_messages(watch, [orjson.dumps({"type": "auth", "userId": "bob"})])
+    watch.outbox.take()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(svc.on_messages, conns["alice"], [orjson.dumps(msg("first", "bob"))])
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(svc.on_messages, conns["bob"], [orjson.dumps(msg("second", "alice"))])
+        await trio.testing.wait_all_tasks_blocked()
+        # "second" is stored as seq 1 and its sender has its receipt, but its delivery waits:
+        # an append of the same conversation is still on its way
+        (receipt,) = decode_server_frames(conns["bob"].outbox.take())
+        assert (receipt["id"], receipt["seq"]) == ("second", 1)
+        assert decode_server_frames(watch.outbox.take()) == []
+        store.gate.set()
+    seen = [(m["id"], m["seq"]) for m in decode_server_frames(watch.outbox.take())]
+    assert seen == [("second", 1), ("first", 2)]
+
+
+async def test_deliveries_leave_in_seq_order_when_appends_return_out_of_order() -> None:
+    store = GatedStore()
+    svc = MessagingService(RelayConfig(db_path=None), store)
+    conns = await three_users(svc)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(svc.on_messages, conns["alice"], [orjson.dumps(msg("a1", "bob"))])
         await trio.testing.wait_all_tasks_blocked()
