@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -108,7 +109,10 @@ def machine_info() -> dict[str, Any]:
             )
     except OSError:
         pass
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return {
+        "nofile_soft": soft,
+        "nofile_hard": hard,
         "cpus": len(os.sched_getaffinity(0)),
         "cpu_model": model,
         "loadavg": [float(x) for x in load],
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info()
     say(
         f"bench: {machine['cpus']} cpus ({machine['cpu_model']}), load {machine['loadavg']}, "
-        f"server core {srv_core}, load generator core {lg_core}"
+        f"server core {srv_core}, load generator core {lg_core}, ulimit -n {machine['nofile_soft']}"
+        f" (both processes raise it to the hard limit {machine['nofile_hard']})"
         + (", RELAY_PURE=1" if machine["relay_pure"] else "")
     )
 
