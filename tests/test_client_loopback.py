@@ -547,3 +547,29 @@ async def test_a_read_marked_while_offline_reaches_the_sender_after_reconnecting
         assert alice.state.find(m.id).status is MessageStatus.DELIVERED  # type: ignore[union-attr]
         proxy.accepting = True
         await within(alice.wait_message(m.id, MessageStatus.READ))
+
+
+async def test_a_long_absence_backlog_arrives_complete_and_in_order() -> None:
+    count = 1200
+    async with running_relay() as relay, client(relay.url, "alice") as alice:
+        await within(alice.wait_online())
+        for i in range(count):
+            await alice.send_message("bob", f"m{i}")
+            if i % 400 == 399:
+                await within(alice.flush())  # the outbox holds 1000 unconfirmed at most
+        conv = ConversationId.direct("alice")
+        added: list[int] = []
+        async with client(relay.url, "bob") as bob:
+            events = bob.events(buffer=10 * count)
+            await within(bob.wait_online())
+            with trio.fail_after(TIMEOUT):
+                async for event in events:
+                    if isinstance(event, MessageAdded) and event.message.conversation == conv:
+                        added.append(event.message.seq or 0)
+                        if len(added) == count:
+                            break
+            assert sorted(added) == list(range(1, count + 1))  # each once
+            assert [m.seq for m in bob.state.messages(conv)] == list(range(1, count + 1))
+            assert bob.state.conversation(conv).unread == count  # type: ignore[union-attr]
+        last = alice.state.messages(ConversationId.direct("bob"))[-1]
+        await within(alice.wait_message(last.id, MessageStatus.DELIVERED))

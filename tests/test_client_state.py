@@ -393,3 +393,20 @@ def test_many_messages_keep_counts_and_order_consistent() -> None:
     assert delivered == [2 * i for i in range(1, n + 1) if i <= (n // 7) * 7]
     s.apply({"type": "receipt", "peerId": "bob", "seq": 300, "status": "read", "userId": "alice"})
     assert s.conversation(BOB).unread == n - 150  # type: ignore[union-attr]
+
+
+def test_has_unsent_follows_take_unsent() -> None:
+    s = alice()
+    assert not s.has_unsent(1)
+    s.compose(BOB, "a", timestamp=TS, message_id="a")
+    assert s.has_unsent(1)
+    s.take_unsent(1)
+    assert not s.has_unsent(1)
+    s.compose(BOB, "b", timestamp=TS, message_id="b")
+    assert s.has_unsent(1)
+    s.take_unsent(1)
+    assert s.has_unsent(2)  # a new connection writes everything again
+    s.apply({"type": "receipt", "id": "a", "status": "failed", "reason": "invalid"})
+    s.apply(sent("b", 1))
+    s.retry("a")
+    assert s.has_unsent(1) and [f["id"] for f in s.take_unsent(1)] == ["a"]

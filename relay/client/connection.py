@@ -17,7 +17,8 @@ the state becomes DISCONNECTED for good and every pending wait raises Connection
 
 Delivery: messages are written from the state's outbox, each once per connection and again on
 the next connection until the relay answers `sent` or `failed`; ids are chosen here, so a message
-written twice is stored once. Incoming messages are acknowledged with `delivered` receipts.
+written twice is stored once. Incoming messages are acknowledged with `delivered` receipts, one
+per conversation for a burst (written at most `ack_delay`, default 50 ms, after the message).
 After every (re)connection the client re-reads the conversation list and fills the gap of each
 conversation it had seen with `history after=<last seen seq>`.
 
@@ -195,6 +196,7 @@ class RelayClient:
         heartbeat_interval: float | None = 20.0,
         heartbeat_timeout: float = 20.0,
         sync_on_connect: bool = True,
+        ack_delay: float = 0.05,
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
@@ -218,6 +220,7 @@ class RelayClient:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.sync_on_connect = sync_on_connect
+        self.ack_delay = ack_delay
         self.event_buffer = event_buffer
         self.state = ClientState(user_id, user_name, user_avatar, max_outbox=max_outbox)
         self._rng = rng or random.Random()
@@ -623,6 +626,18 @@ class RelayClient:
             for frame in frames:
                 await ws.send_message(orjson.dumps(frame).decode())
             await self._wake_recv.receive()
+            if self.ack_delay and not self._urgent(generation):
+                # only delivered receipts are due: let a burst of messages end, then send one
+                # receipt per conversation instead of one per message
+                await trio.sleep(self.ack_delay)
+
+    def _urgent(self, generation: int) -> bool:
+        """Frames other than delivered receipts wait to be written on this connection."""
+        return bool(
+            self._control
+            or self.state.has_unsent(generation)
+            or any(r.written != generation for r in self._requests.values())
+        )
 
     async def _resync(self) -> None:
         """After auth_ok: refresh the conversation list, then fill each gap left by the outage.

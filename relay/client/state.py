@@ -270,6 +270,13 @@ class ClientState:
             frames.append(_message_frame(msg))
         return frames
 
+    def has_unsent(self, generation: int) -> bool:
+        """Whether `take_unsent(generation)` would return anything. (Unwritten messages are
+        always a suffix of the outbox: new ones are appended, all are written in order.)"""
+        if not self._outbox:
+            return False
+        return self._written.get(next(reversed(self._outbox))) != generation
+
     def take_acks(self) -> list[Frame]:
         """Delivered receipts owed to the relay (one per conversation, its highest seq)."""
         frames: list[Frame] = []
@@ -418,7 +425,7 @@ class ClientState:
             if isinstance(lm, dict):
                 msg = self._parse_message(lm)
                 if msg is not None and msg.conversation == cid:
-                    self._put(conv, msg)
+                    events += [e for e in self._put(conv, msg) if isinstance(e, MessageAdded)]
             events.append(ConversationChanged(self._snapshot(conv)))
         return events
 
