@@ -1,11 +1,12 @@
 """The messaging core end to end: a real Relay on 127.0.0.1 (port 0) with MessagingService over
-the MemoryStore, driven by real trio-websocket clients."""
+the MemoryStore and over the SQLite store, driven by real trio-websocket clients."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,14 +18,25 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from relay import Relay, RelayConfig
 from relay.protocol import MessageRefused
 from relay.service import MessagingService
+from relay.store.base import Store
 from relay.store.memory import MemoryStore
+from relay.store.sqlite import SqliteStore
 
 WAIT = 2.0  # seconds any expected frame may take (receipts from flushes come within a tick)
 
 
-async def start(nursery: trio.Nursery, **overrides: Any) -> Relay:
+@pytest.fixture(params=["memory", "sqlite"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Each test runs on the in-memory store and on the durable SQLite store."""
+    if request.param == "memory":
+        return MemoryStore
+    return lambda: SqliteStore(str(tmp_path / "relay.db"))
+
+
+async def start(nursery: trio.Nursery, new_store: Callable[[], Store], **overrides: Any) -> Relay:
+    """A Relay with MessagingService over a fresh store (opened and closed by the service)."""
     config = RelayConfig(**{**TEST_DEFAULTS, **overrides})
-    relay = Relay(config, handler=MessagingService(config, MemoryStore()))
+    relay = Relay(config, handler=MessagingService(config, new_store()))
     await nursery.start(relay.serve)
     return relay
 
@@ -94,9 +106,11 @@ def message(to: str, text: str = "hi", *, ident: str | None = None, **extra: Any
     return frame
 
 
-async def test_two_users_with_two_devices_each_exchange_direct_and_group_messages() -> None:
+async def test_two_users_with_two_devices_each_exchange_direct_and_group_messages(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with (
             connect(relay, "alice", deviceId="a-phone", acks=True) as a1,
             connect(relay, "alice", deviceId="a-watch", acks=True) as a2,
@@ -130,11 +144,11 @@ async def test_two_users_with_two_devices_each_exchange_direct_and_group_message
         nursery.cancel_scope.cancel()
 
 
-async def test_pending_sent_delivered_read_as_the_sender_and_the_readers_other_device_see_it() -> (
-    None
-):
+async def test_pending_sent_delivered_read_as_the_sender_and_the_readers_other_device_see_it(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with (
             connect(relay, "alice") as alice,
             connect(relay, "bob", deviceId="phone") as phone,
@@ -162,9 +176,11 @@ async def test_pending_sent_delivered_read_as_the_sender_and_the_readers_other_d
         nursery.cancel_scope.cancel()
 
 
-async def test_offline_recipient_gets_the_backlog_in_seq_order_on_connect() -> None:
+async def test_offline_recipient_gets_the_backlog_in_seq_order_on_connect(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery, backlog_batch=3)
+        relay = await start(nursery, new_store, backlog_batch=3)
         async with connect(relay, "alice") as alice, connect(relay, "carol") as carol:
             for i in range(4):
                 await alice.send(message("bob", f"a{i}", ident=f"a{i}"))
@@ -185,9 +201,11 @@ async def test_offline_recipient_gets_the_backlog_in_seq_order_on_connect() -> N
         nursery.cancel_scope.cancel()
 
 
-async def test_resend_of_the_same_id_gets_the_same_seq_and_no_second_delivery() -> None:
+async def test_resend_of_the_same_id_gets_the_same_seq_and_no_second_delivery(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with connect(relay, "alice") as alice, connect(relay, "bob") as bob:
             await alice.send(message("bob", "once", ident="dup"))
             first = await alice.expect("receipt", id="dup", status="sent")
@@ -199,11 +217,11 @@ async def test_resend_of_the_same_id_gets_the_same_seq_and_no_second_delivery() 
         nursery.cancel_scope.cancel()
 
 
-async def test_acks_device_gets_again_what_it_did_not_acknowledge_after_a_dropped_connection() -> (
-    None
-):
+async def test_acks_device_gets_again_what_it_did_not_acknowledge_after_a_dropped_connection(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with connect(relay, "alice") as alice:
             async with connect(relay, "bob", deviceId="bphone", acks=True) as bob:
                 for i in range(3):
@@ -224,9 +242,9 @@ async def test_acks_device_gets_again_what_it_did_not_acknowledge_after_a_droppe
         nursery.cancel_scope.cancel()
 
 
-async def test_presence_online_and_offline_after_the_grace() -> None:
+async def test_presence_online_and_offline_after_the_grace(new_store: Callable[[], Store]) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery, presence_grace=0.5)
+        relay = await start(nursery, new_store, presence_grace=0.5)
         async with connect(relay, "alice") as alice, connect(relay, "stranger") as stranger:
             async with connect(relay, "bob") as bob:
                 await bob.send(message("alice", "hey"))
@@ -250,9 +268,9 @@ async def test_presence_online_and_offline_after_the_grace() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_typing_start_stop_and_lapse() -> None:
+async def test_typing_start_stop_and_lapse(new_store: Callable[[], Store]) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery, typing_lapse=0.5)
+        relay = await start(nursery, new_store, typing_lapse=0.5)
         async with connect(relay, "alice") as alice, connect(relay, "bob") as bob:
             await alice.send({"type": "typing", "recipientId": "bob", "state": "start"})
             assert await bob.expect("typing") == {"type": "typing", "userId": "alice",
@@ -267,9 +285,9 @@ async def test_typing_start_stop_and_lapse() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_conversations_and_history_paging() -> None:
+async def test_conversations_and_history_paging(new_store: Callable[[], Store]) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with connect(relay, "alice") as alice:
             for i in range(1, 8):
                 await alice.send(message("bob", f"t{i}", ident=f"h{i}"))
@@ -305,9 +323,11 @@ async def test_conversations_and_history_paging() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_bad_input_is_answered_as_the_contract_says_and_everyone_keeps_working() -> None:
+async def test_bad_input_is_answered_as_the_contract_says_and_everyone_keeps_working(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery, max_text_chars=20, rate_limit_messages=1.0,
+        relay = await start(nursery, new_store, max_text_chars=20, rate_limit_messages=1.0,
                             rate_limit_burst=5)  # fmt: skip
         async with (
             connect(relay, "alice") as alice,
@@ -358,9 +378,11 @@ async def test_bad_input_is_answered_as_the_contract_says_and_everyone_keeps_wor
         nursery.cancel_scope.cancel()
 
 
-async def test_a_client_of_the_original_guide_works_unchanged() -> None:
+async def test_a_client_of_the_original_guide_works_unchanged(
+    new_store: Callable[[], Store],
+) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with (
             open_websocket_url(relay.url) as ws_a,
             open_websocket_url(relay.url) as ws_b,
@@ -392,9 +414,9 @@ async def test_a_client_of_the_original_guide_works_unchanged() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_auth_rules_over_the_wire() -> None:
+async def test_auth_rules_over_the_wire(new_store: Callable[[], Store]) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery, auth_timeout=0.3)
+        relay = await start(nursery, new_store, auth_timeout=0.3)
         async with open_websocket_url(relay.url) as ws:
             client = Client(ws, "?")
             await client.send({"type": "ping"})
@@ -412,9 +434,9 @@ async def test_auth_rules_over_the_wire() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_relay_publish_delivers_through_the_same_path() -> None:
+async def test_relay_publish_delivers_through_the_same_path(new_store: Callable[[], Store]) -> None:
     async with trio.open_nursery() as nursery:
-        relay = await start(nursery)
+        relay = await start(nursery, new_store)
         async with connect(relay, "bob") as bob:
             stored = await relay.publish(sender_id="system", recipient_id="bob",
                                          text="maintenance at 22:00", message_id="n1")  # fmt: skip
