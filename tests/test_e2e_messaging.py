@@ -445,3 +445,32 @@ async def test_relay_publish_delivers_through_the_same_path(new_store: Callable[
             with pytest.raises(MessageRefused):
                 await relay.publish(sender_id="system", recipient_id="bob", text="")
         nursery.cancel_scope.cancel()
+
+
+async def test_every_device_sees_a_busy_conversation_in_seq_order(
+    new_store: Callable[[], Store],
+) -> None:
+    async with trio.open_nursery() as nursery:
+        relay = await start(nursery, new_store, rate_limit_burst=1000)
+        count = 60
+        async with (
+            connect(relay, "alice", deviceId="a1") as alice,
+            connect(relay, "alice", deviceId="a2") as alice2,
+            connect(relay, "bob", deviceId="b1") as bob,
+            connect(relay, "bob", deviceId="b2") as bob2,
+        ):
+
+            async def burst(client: Client, to: str) -> None:
+                for i in range(count):
+                    await client.send(message(to, f"{client.user} {i}"))
+
+            async with trio.open_nursery() as senders:  # both sides at once
+                senders.start_soon(burst, alice, "bob")
+                senders.start_soon(burst, bob, "alice")
+            for watcher, expected in ((alice2, 2 * count), (bob2, 2 * count)):
+                seqs = [(await watcher.expect("message"))["seq"] for _ in range(expected)]
+                assert seqs == list(range(1, 2 * count + 1))
+            for sender in (alice, bob):  # and the sending devices see the other side in order
+                seqs = [(await sender.expect("message"))["seq"] for _ in range(count)]
+                assert seqs == sorted(seqs) and len(set(seqs)) == count
+        nursery.cancel_scope.cancel()
