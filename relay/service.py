@@ -20,12 +20,14 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   delivered again. A store failure answers every message of the batch failed/internal.
   Live deliveries are released in seq order per conversation whatever order concurrent
   appends return in (a later seq waits for the earlier ones), so every device sees a
-  conversation in seq order.
+  conversation in seq order. A message without senderName/senderAvatar carries the
+  userName/userAvatar its sender authenticated with.
 - Delivered: a device with acks=true marks delivered with `delivered` (or `read`) receipts; a
   device with acks=false counts as delivered once its outbox was flushed. Either way the store
   records it, and each sender whose messages the reader's delivered/read watermark newly covers
   gets a `receipt` (id and seq of its newest covered message, `userId` the reader); a `read`
-  also reaches the reader's other devices. Receipts are clamped to the conversation's last seq;
+  also reaches the reader's other devices. The `delivered` receipt for acks=false devices
+  comes with the next `maintain()` after the flush (within a tick, ~250 ms). Receipts are clamped to the conversation's last seq;
   a receipt for a conversation the user is not in (no such 1:1 conversation, or a group they
   are not a member of) gets error `forbidden`; stale ones are ignored.
 - Backlog: after auth_ok, store.undelivered for this device, oldest first, in batches of
@@ -42,7 +44,8 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   remove others; anyone may remove themselves, which is the same as group_leave), group_leave
   (any member). The `group` frame (with `event`: create/add/remove/leave) goes to every member
   after the change and to everyone removed; the requesting connection's copy carries `ref`.
-  Unknown group -> error `not_found`; a non-member asking about it -> `forbidden`.
+  Unknown group -> error `not_found`; a non-member asking about it -> `forbidden`; a taken
+  group id -> `invalid` (field groupId). Group items of `conversations` carry the group `name`.
 - Presence and typing: see relay/presence.py and relay/typing_state.py. Their frames are sent
   droppable (the outbox drops them first when a connection is slow). A `presence` query may name
   any user ids (at most 1000) and answers online/away/busy or offline with lastSeen.
