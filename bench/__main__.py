@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite")),
-        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite",
+        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite; `null` (a C "
+        "server that does nothing else) measures the load generator's own ceiling",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario and server (median)")
     p.add_argument("--duration", type=float, help="measured window per run, s (5; quick 0.6)")
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     wanted = {s.strip() for s in args.servers.split(",") if s.strip()}
-    known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS}
+    known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS, scenarios.NULL_SERVER}
     unknown = sorted(set(names) - set(scenarios.ALL_SCENARIOS)) + sorted(wanted - known_servers)
     if unknown or not names or args.repeat < 1:
         say(
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
             specs["node-ws"] = spec
     if "trio-websocket" in needed:
         specs["trio-websocket"] = servers.trio_spec()
+    if scenarios.NULL_SERVER in needed:
+        specs[scenarios.NULL_SERVER] = servers.null_spec()
     for name in ("relay", "relay-sqlite"):
         if name in specs:
             say(f"{name}: {' '.join(specs[name].argv[1:])}  [{specs[name].note}]")

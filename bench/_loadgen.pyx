@@ -12,6 +12,7 @@ Invariants:
 - Only what happens inside the measured window [w0, w1) is counted in the window figures.
 """
 
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport malloc, realloc, free, calloc
 from libc.string cimport memcpy, memmove, memcmp, memset, strlen
 from libc.errno cimport errno, EAGAIN, EINTR
@@ -46,6 +47,11 @@ cdef extern from "<sys/socket.h>" nogil:
         pass
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr* addr, socklen_t len)
+    int bind(int fd, const sockaddr* addr, socklen_t len)
+    int listen(int fd, int backlog)
+    int accept4(int fd, sockaddr* addr, socklen_t* len, int flags)
+    int getsockname(int fd, sockaddr* addr, socklen_t* len)
+    int SO_REUSEADDR
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
     int setsockopt(int fd, int level, int name, const void* val, socklen_t len)
@@ -65,6 +71,7 @@ cdef extern from "<netinet/in.h>" nogil:
         in_addr sin_addr
     int IPPROTO_TCP
     unsigned short htons(unsigned short)
+    unsigned short ntohs(unsigned short)
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
@@ -225,6 +232,27 @@ cdef dict hist_summary(Hist* h):
         "p999_ms": hist_pct(h, 0.999),
         "max_ms": h.max_ns / 1e6,
     }
+
+
+cdef inline const char* _json_str(const char* d, Py_ssize_t n, const char* key, int klen,
+                                  Py_ssize_t* vlen) noexcept:
+    """The string value of "key" in a flat JSON text (NULL when absent)."""
+    cdef const char* k = <const char*>memmem(d, n, key, klen)
+    cdef const char* e = d + n
+    cdef const char* v
+    if k == NULL:
+        return NULL
+    k += klen
+    while k < e and (k[0] == b' ' or k[0] == b':'):
+        k += 1
+    if k >= e or k[0] != b'"':
+        return NULL
+    v = k + 1
+    k = v
+    while k < e and k[0] != b'"':
+        k += 1
+    vlen[0] = k - v
+    return v
 
 
 cdef class LoadGen:
@@ -697,23 +725,7 @@ cdef class LoadGen:
 
     cdef inline const char* json_str(self, const char* d, Py_ssize_t n, const char* key,
                                      int klen, Py_ssize_t* vlen) noexcept:
-        """The string value of "key" in a flat JSON text (NULL when absent)."""
-        cdef const char* k = <const char*>memmem(d, n, key, klen)
-        cdef const char* e = d + n
-        cdef const char* v
-        if k == NULL:
-            return NULL
-        k += klen
-        while k < e and (k[0] == b' ' or k[0] == b':'):
-            k += 1
-        if k >= e or k[0] != b'"':
-            return NULL
-        v = k + 1
-        k = v
-        while k < e and k[0] != b'"':
-            k += 1
-        vlen[0] = k - v
-        return v
+        return _json_str(d, n, key, klen, vlen)
 
     cdef int on_text(self, int idx, const char* d, Py_ssize_t n, int64_t now) except -1:
         cdef Conn* c = &self.conns[idx]
@@ -1094,3 +1106,342 @@ cdef class LoadGen:
                 self.conns[i].fd = -1
                 self.conns[i].state = CS_CLOSED
         return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# NullRelay: the cheapest server that speaks what the load generator needs, to measure the
+# load generator's own ceiling (`python -m bench --calibrate`). Not a relay: no store, no
+# validation, users are told apart by the number their id ends with.
+
+cdef enum:
+    NR_MAX_FD = 65536
+    NR_MAX_USERS = 65536
+
+ctypedef struct NConn:
+    int open
+    int upgraded
+    int user
+    int dirty
+    char* rbuf
+    Py_ssize_t rlen
+    Py_ssize_t rcap
+    char* wbuf
+    Py_ssize_t wlen
+    Py_ssize_t wcap
+
+
+cdef inline int trailing_int(const char* v, Py_ssize_t n) noexcept:
+    cdef int x = 0, mul = 1
+    cdef Py_ssize_t i = n - 1
+    while i >= 0 and v[i] >= 48 and v[i] <= 57:
+        x += (v[i] - 48) * mul
+        mul *= 10
+        i -= 1
+    return x
+
+
+cdef class NullRelay:
+    cdef NConn* conns
+    cdef int* user_fd
+    cdef int* group
+    cdef int group_n
+    cdef int lfd
+    cdef int epfd
+    cdef int* dirtyq
+    cdef int ndirty
+    cdef public int port
+    cdef char* scratch
+    cdef Py_ssize_t scap
+
+    def __cinit__(self):
+        self.conns = <NConn*>calloc(NR_MAX_FD, sizeof(NConn))
+        self.user_fd = <int*>malloc(NR_MAX_USERS * sizeof(int))
+        self.group = <int*>calloc(NR_MAX_USERS, sizeof(int))
+        self.dirtyq = <int*>calloc(NR_MAX_FD, sizeof(int))
+        self.scap = 1 << 20
+        self.scratch = <char*>malloc(self.scap)
+        if (self.conns == NULL or self.user_fd == NULL or self.group == NULL
+                or self.dirtyq == NULL or self.scratch == NULL):
+            raise MemoryError()
+        memset(self.user_fd, 0xFF, NR_MAX_USERS * sizeof(int))
+        self.lfd = -1
+        self.epfd = -1
+
+    def __dealloc__(self):
+        cdef int i
+        if self.conns != NULL:
+            for i in range(NR_MAX_FD):
+                free(self.conns[i].rbuf)
+                free(self.conns[i].wbuf)
+            free(self.conns)
+        free(self.user_fd)
+        free(self.group)
+        free(self.dirtyq)
+        free(self.scratch)
+
+    def listen(self, str host="127.0.0.1"):
+        cdef sockaddr_in a
+        cdef socklen_t alen = sizeof(a)
+        cdef int one = 1
+        cdef epoll_event ev
+        cdef bytes h = host.encode()
+        memset(&a, 0, sizeof(a))
+        a.sin_family = AF_INET
+        a.sin_port = 0
+        inet_pton(AF_INET, h, &a.sin_addr)
+        self.lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+        setsockopt(self.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))
+        if bind(self.lfd, <sockaddr*>&a, sizeof(a)) != 0 or listen(self.lfd, 4096) != 0:
+            raise OSError(errno, "bind/listen failed")
+        getsockname(self.lfd, <sockaddr*>&a, &alen)
+        self.port = ntohs(a.sin_port)
+        self.epfd = epoll_create1(0)
+        ev.events = EPOLLIN
+        ev.data.u64 = 0
+        ev.data.u32 = TIMER_IDX
+        epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.lfd, &ev)
+        return self.port
+
+    cdef int out(self, int fd, const char* a, Py_ssize_t alen, const char* b, Py_ssize_t blen,
+                 const char* d, Py_ssize_t dlen) except -1:
+        """Queue one unmasked text frame a + b + d to fd."""
+        cdef NConn* c = &self.conns[fd]
+        cdef Py_ssize_t plen = alen + blen + dlen
+        cdef Py_ssize_t need = c.wlen + plen + 10
+        cdef uint8_t* p
+        cdef int j
+        if not c.open:
+            return 0
+        if need > c.wcap:
+            c.wcap = max(need, 2 * c.wcap, 4096)
+            c.wbuf = <char*>realloc(c.wbuf, c.wcap)
+            if c.wbuf == NULL:
+                raise MemoryError()
+        p = <uint8_t*>(c.wbuf + c.wlen)
+        p[0] = 0x81
+        if plen < 126:
+            p[1] = <uint8_t>plen
+            j = 2
+        elif plen < 65536:
+            p[1] = 126
+            p[2] = (plen >> 8) & 0xFF
+            p[3] = plen & 0xFF
+            j = 4
+        else:
+            p[1] = 127
+            for i in range(8):
+                p[2 + i] = (plen >> (8 * (7 - i))) & 0xFF
+            j = 10
+        memcpy(p + j, a, alen)
+        if blen:
+            memcpy(p + j + alen, b, blen)
+        if dlen:
+            memcpy(p + j + alen + blen, d, dlen)
+        c.wlen += j + plen
+        if not c.dirty:
+            c.dirty = 1
+            self.dirtyq[self.ndirty] = fd
+            self.ndirty += 1
+        return 0
+
+    cdef void drop(self, int fd) noexcept:
+        cdef NConn* c = &self.conns[fd]
+        if c.open:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, fd, NULL)
+            close(fd)
+            c.open = 0
+            c.upgraded = 0
+            c.rlen = 0
+            c.wlen = 0
+            if c.user >= 0 and self.user_fd[c.user] == fd:
+                self.user_fd[c.user] = -1
+
+    cdef int on_text(self, int fd, const char* d, Py_ssize_t n) except -1:
+        cdef Py_ssize_t tl = 0, vl = 0
+        cdef const char* t = _json_str(d, n, b'"type"', 6, &tl)
+        cdef const char* v
+        cdef const char* m
+        cdef const char* e
+        cdef int u, k, to
+        if t == NULL:
+            return 0
+        if tl == 4 and memcmp(t, b"auth", 4) == 0:
+            v = _json_str(d, n, b'"userId"', 8, &vl)
+            if v == NULL:
+                return 0
+            u = trailing_int(v, vl) % NR_MAX_USERS
+            self.conns[fd].user = u
+            self.user_fd[u] = fd
+            self.out(fd, b'{"type":"auth_ok","userId":"', 28, v, vl, b'"}', 2)
+        elif tl == 7 and memcmp(t, b"message", 7) == 0:
+            v = _json_str(d, n, b'"id"', 4, &vl)
+            if v == NULL:
+                return 0
+            self.out(fd, b'{"type":"receipt","id":"', 24, v, vl, b'","status":"sent","seq":1}', 26)
+            v = _json_str(d, n, b'"recipientId"', 13, &vl)
+            if v != NULL:
+                to = self.user_fd[trailing_int(v, vl) % NR_MAX_USERS]
+                if to >= 0:
+                    self.out(to, d, n, NULL, 0, NULL, 0)
+            else:
+                for k in range(self.group_n):
+                    to = self.user_fd[self.group[k]]
+                    if to >= 0 and to != fd:
+                        self.out(to, d, n, NULL, 0, NULL, 0)
+        elif tl == 12 and memcmp(t, b"group_create", 12) == 0:
+            m = <const char*>memmem(d, n, b'"members"', 9)
+            if m == NULL:
+                return 0
+            e = d + n
+            self.group_n = 0
+            while m < e and m[0] != b']':
+                if m[0] == b'"' and m + 1 < e and m[1] != b':' and m[1] != b']':
+                    v = m + 1
+                    m = v
+                    while m < e and m[0] != b'"':
+                        m += 1
+                    if memcmp(v, b"members", 7) != 0 and self.group_n < NR_MAX_USERS:
+                        self.group[self.group_n] = trailing_int(v, m - v) % NR_MAX_USERS
+                        self.group_n += 1
+                m += 1
+            for k in range(self.group_n):
+                to = self.user_fd[self.group[k]]
+                if to >= 0:
+                    self.out(to, b'{"type":"group","groupId":"g"}', 30, NULL, 0, NULL, 0)
+        return 0
+
+    cdef int consume(self, int fd) except -1:
+        cdef NConn* c = &self.conns[fd]
+        cdef Py_ssize_t pos = 0, hl, plen, i
+        cdef uint8_t* p
+        cdef uint8_t* mk
+        cdef char* end
+        cdef int op
+        if not c.upgraded:
+            end = <char*>memmem(c.rbuf, c.rlen, b"\r\n\r\n", 4)
+            if end == NULL:
+                return 0
+            pos = (end - c.rbuf) + 4
+            c.upgraded = 1
+            resp = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+            if c.wlen + len(resp) > c.wcap:
+                c.wcap = max(c.wlen + len(resp), 4096)
+                c.wbuf = <char*>realloc(c.wbuf, c.wcap)
+            memcpy(c.wbuf + c.wlen, <char*>resp, len(resp))
+            c.wlen += len(resp)
+            if not c.dirty:
+                c.dirty = 1
+                self.dirtyq[self.ndirty] = fd
+                self.ndirty += 1
+        while c.rlen - pos >= 6:
+            p = <uint8_t*>(c.rbuf + pos)
+            op = p[0] & 0x0F
+            plen = p[1] & 0x7F
+            hl = 2
+            if plen == 126:
+                if c.rlen - pos < 8:
+                    break
+                plen = (p[2] << 8) | p[3]
+                hl = 4
+            elif plen == 127:
+                if c.rlen - pos < 14:
+                    break
+                plen = 0
+                for i in range(8):
+                    plen = (plen << 8) | p[2 + i]
+                hl = 10
+            if c.rlen - pos < hl + 4 + plen:
+                break
+            mk = p + hl
+            if plen > self.scap:
+                self.drop(fd)
+                return 0
+            for i in range(plen):
+                self.scratch[i] = p[hl + 4 + i] ^ mk[i & 3]
+            if op == 1:
+                self.on_text(fd, self.scratch, plen)
+            elif op == 8:
+                self.drop(fd)
+                return 0
+            pos += hl + 4 + plen
+        if pos > 0:
+            memmove(c.rbuf, c.rbuf + pos, c.rlen - pos)
+            c.rlen -= pos
+        return 0
+
+    def serve(self):
+        """Serve until SIGINT (KeyboardInterrupt) or the process is killed."""
+        cdef epoll_event evs[MAX_EVENTS]
+        cdef epoll_event ev
+        cdef int n, i, fd, k
+        cdef ssize_t r
+        cdef NConn* c
+        cdef int one = 1
+        while True:
+            with nogil:
+                n = epoll_wait(self.epfd, evs, MAX_EVENTS, 100)
+            if PyErr_CheckSignals() != 0:
+                return  # SIGINT: KeyboardInterrupt propagates
+            for i in range(n):
+                if evs[i].data.u32 == TIMER_IDX:
+                    while True:
+                        fd = accept4(self.lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+                        if fd < 0:
+                            break
+                        if fd >= NR_MAX_FD:
+                            close(fd)
+                            continue
+                        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+                        c = &self.conns[fd]
+                        c.open = 1
+                        c.upgraded = 0
+                        c.user = -1
+                        c.rlen = 0
+                        c.wlen = 0
+                        if c.rbuf == NULL:
+                            c.rcap = 65536
+                            c.rbuf = <char*>malloc(c.rcap)
+                        ev.events = EPOLLIN
+                        ev.data.u64 = 0
+                        ev.data.u32 = <uint32_t>fd
+                        epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+                    continue
+                fd = <int>evs[i].data.u32
+                c = &self.conns[fd]
+                if not c.open:
+                    continue
+                if c.rlen == c.rcap:
+                    c.rcap *= 2
+                    c.rbuf = <char*>realloc(c.rbuf, c.rcap)
+                r = recv(fd, c.rbuf + c.rlen, c.rcap - c.rlen, 0)
+                if r > 0:
+                    c.rlen += r
+                    self.consume(fd)
+                elif r == 0 or (errno != EAGAIN and errno != EINTR):
+                    self.drop(fd)
+            # one blocking-free send per connection per loop; the rest is dropped if the
+            # socket is full (calibration only: the load generator never fills it)
+            k = self.ndirty
+            self.ndirty = 0
+            for i in range(k):
+                fd = self.dirtyq[i]
+                c = &self.conns[fd]
+                c.dirty = 0
+                if c.open and c.wlen > 0:
+                    r = send(fd, c.wbuf, c.wlen, MSG_NOSIGNAL)
+                    if r > 0 and r < c.wlen:
+                        memmove(c.wbuf, c.wbuf + r, c.wlen - r)
+                        c.wlen -= r
+                        c.dirty = 1
+                        self.dirtyq[self.ndirty] = fd
+                        self.ndirty += 1
+                    elif r < 0 and errno != EAGAIN:
+                        self.drop(fd)
+                    else:
+                        if r == c.wlen:
+                            c.wlen = 0
+                        elif not c.dirty:
+                            c.dirty = 1
+                            self.dirtyq[self.ndirty] = fd
+                            self.ndirty += 1

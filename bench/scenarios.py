@@ -12,6 +12,8 @@ from typing import Any
 
 ALL_SCENARIOS = ("pairwise", "pingpong", "rate", "fanout", "idle", "durable")
 BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
+# the load generator's calibration target (bench/nullrelay.py): only when asked for by name
+NULL_SERVER = "null"
 DURABLE_SERVERS = ("relay", "relay-sqlite")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
@@ -71,7 +73,7 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                 Run(
                     "pairwise",
                     name,
-                    BASE_SERVERS,
+                    (*BASE_SERVERS, NULL_SERVER),
                     {"mode": "closed", "clients": s["clients"], "window": s["inflight"], **timing},
                     f"{s['clients']} clients in {s['clients'] // 2} pairs, "
                     f"{s['inflight']} in flight each",
@@ -82,7 +84,7 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                 Run(
                     "pingpong",
                     name,
-                    BASE_SERVERS,
+                    (*BASE_SERVERS, NULL_SERVER),
                     {"mode": "closed", "clients": 2, "window": 1, "senders": "even", **timing},
                     "one pair, one message in flight",
                 )
@@ -93,7 +95,7 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     Run(
                         f"rate@{rate:g}",
                         name,
-                        BASE_SERVERS,
+                        (*BASE_SERVERS, NULL_SERVER),
                         {"mode": "open", "clients": s["rate_clients"], "rate": rate, **timing},
                         f"open loop at {rate:,.0f} msg/s over {s['rate_clients']} clients",
                         {"rate": rate},
@@ -104,7 +106,7 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                 Run(
                     "fanout",
                     name,
-                    BASE_SERVERS,
+                    (*BASE_SERVERS, NULL_SERVER),
                     {
                         "mode": "fanout",
                         "clients": s["fanout_members"],
@@ -119,7 +121,7 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                 Run(
                     "idle",
                     name,
-                    BASE_SERVERS,
+                    (*BASE_SERVERS, NULL_SERVER),
                     {
                         "mode": "idle",
                         "clients": s["idle_connections"],

@@ -204,3 +204,11 @@ def trio_spec() -> ServerSpec:
         [sys.executable, "-m", "bench.baselines.trio_ws", "--host", "127.0.0.1", "--port", "0"],
         note="trio-websocket, a task per connection",
     )
+
+
+def null_spec() -> ServerSpec:
+    return ServerSpec(
+        "null",
+        [sys.executable, "-m", "bench.nullrelay"],
+        note="calibration: C server with no store or validation (the load generator's ceiling)",
+    )

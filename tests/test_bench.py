@@ -22,7 +22,17 @@ SCENARIO_KEYS = {"pairwise", "pingpong", "rate@2000", "rate@4000", "fanout", "id
 def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--no-budgets", "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--no-budgets",
+            "--json",
+            str(out),
+            "--servers",
+            "relay,relay-sqlite,node-ws,trio-websocket,null",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -34,7 +44,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert doc["errors"] == []
 
     available = set(doc["servers_available"])
-    expected = {"relay", "relay-sqlite", "trio-websocket"}
+    expected = {"relay", "relay-sqlite", "trio-websocket", "null"}
     if os.environ.get("RELAY_SKIP_NODE") != "1":
         # node-ws is skipped only when node is absent, and then it must say so.
         if shutil.which("node"):
