@@ -60,12 +60,18 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
         assert set(per_server) == servers, key
         for server, fig in per_server.items():
             assert "error" not in fig, (key, server, fig)
-            assert fig["server_cpu"] > 0, (key, server)
+            # measured from /proc in 10 ms ticks: 200 idle connects may cost less than one
+            assert fig["server_cpu"] >= 0 and fig["loadgen_cpu"] >= 0, (key, server)
             if key == "idle":
                 assert fig["connections"] == 200
                 assert fig["kb_per_conn"] > 0 and fig["connect_rate"] > 0, (server, fig)
                 continue
-            assert fig["delivered_per_s"] > 0, (key, server)
+            assert (
+                fig["delivered_per_s"] > 0 and fig["server_cpu"] > 0 and fig["loadgen_cpu"] > 0
+            ), (
+                key,
+                server,
+            )
             assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
             if key.startswith("rate"):
                 assert fig["sent_per_s"] > 0 and isinstance(fig["kept_up"], bool)
