@@ -180,6 +180,8 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
         text += "  kept up" if fig["kept_up"] else "  DID NOT KEEP UP"
     if fig.get("client_bound"):
         text += "  CLIENT-BOUND"
+    if fig.get("contended"):
+        text += f"  contended (server waited {fig['server_waited']:.0%} for its core)"
     return text
 
 
@@ -198,7 +200,7 @@ def median_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
                 vals = [g[name] for g in good if name in g]
                 if all(isinstance(v, bool) for v in vals):
                     # a flag that must hold in every repeat (kept_up) or is a warning (client_bound)
-                    entry[name] = any(vals) if name == "client_bound" else all(vals)
+                    entry[name] = any(vals) if name in ("client_bound", "contended") else all(vals)
                 elif all(isinstance(v, (int, float)) for v in vals):
                     entry[name] = statistics.median(vals)
             notes = sorted({g["note"] for g in good if g.get("note")})

@@ -5,7 +5,8 @@ on stdout (`{"error": ...}` when the run failed). Progress lines go to stderr.
 
 Invariant: CPU and memory figures are taken from the OS at exactly the instants the compiled
 loop calls `snapshot()` (the measured window's edges): this process's user+system time from
-os.times(), the server's utime+stime and VmRSS from /proc/<server_pid>.
+os.times(), the server's utime+stime and VmRSS from /proc/<server_pid>, and for both the time
+their main thread waited for a CPU (/proc/<pid>/schedstat): other load on the machine.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
 
 
+def runqueue_wait_s(pid: int | str) -> float:
+    """Time the process's main thread spent runnable but waiting for a CPU (schedstat)."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def proc_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -61,6 +71,8 @@ def make_snapshot(server_pid: int, on_first: Any = None) -> Any:
             "loadgen_cpu_s": t.user + t.system,
             "server_cpu_s": proc_cpu_seconds(server_pid),
             "server_rss_kb": proc_rss_kb(server_pid),
+            "server_runq_s": runqueue_wait_s(server_pid),
+            "loadgen_runq_s": runqueue_wait_s("self"),
         }
 
     return snapshot

@@ -39,6 +39,11 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                 )
             if fig.get("client_bound"):
                 notes.append("CLIENT-BOUND")
+            if fig.get("contended"):
+                notes.append(
+                    f"contended (waited for a core: server {_num(fig.get('server_waited'), '.0%')}, "
+                    f"loadgen {_num(fig.get('loadgen_waited'), '.0%')})"
+                )
             if fig.get("note"):
                 notes.append(str(fig["note"]))
             if fig.get("error"):

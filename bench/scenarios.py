@@ -17,6 +17,7 @@ NULL_SERVER = "null"
 DURABLE_SERVERS = ("relay", "relay-sqlite")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
+CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
 
 # name: (full run, --quick)
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -157,6 +158,11 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         "server_cpu": (after["server_cpu_s"] - before["server_cpu_s"]) / window,
         "loadgen_cpu": (after["loadgen_cpu_s"] - before["loadgen_cpu_s"]) / window,
     }
+    if "server_runq_s" in after:
+        # share of the window each side was runnable but waiting for its core: other load
+        fig["server_waited"] = (after["server_runq_s"] - before["server_runq_s"]) / window
+        fig["loadgen_waited"] = (after["loadgen_runq_s"] - before["loadgen_runq_s"]) / window
+        fig["contended"] = max(fig["server_waited"], fig["loadgen_waited"]) > CONTENDED
     if raw.get("closed"):
         problems.append(
             f"{raw['closed']} connections closed during the run "

@@ -77,3 +77,14 @@ def test_open_loop_with_nothing_delivered_is_a_result_that_fails_its_budget() ->
     budget = budgets.Budget("p99", "rate@20000/relay/p99_ms", "<=", 1.0)
     verdict = budgets.check([budget], summary, {"rate@20000"})[0]
     assert verdict.status == "FAIL" and "no message delivered" in verdict.detail
+
+
+def test_waiting_for_the_core_marks_a_run_contended() -> None:
+    raw = _raw()
+    raw["before"] = dict(raw["before"], server_runq_s=1.0, loadgen_runq_s=1.0)
+    raw["after"] = dict(raw["after"], server_runq_s=1.1, loadgen_runq_s=1.05)
+    fig, _ = scenarios.figures(_rate_run(), raw)
+    assert fig["contended"] is False
+    raw["after"] = dict(raw["after"], server_runq_s=2.5)  # waited 1.5 s of a 5 s window
+    fig, _ = scenarios.figures(_rate_run(), raw)
+    assert fig["contended"] is True and abs(fig["server_waited"] - 0.3) < 1e-9
