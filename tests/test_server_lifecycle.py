@@ -80,7 +80,7 @@ async def test_draining_answers_503_and_refuses_upgrades_until_drain_timeout() -
             assert await stubborn.expect_close() == (1012, "service restart")
     # serve() returned after at most drain_timeout (plus scheduling slack).
     elapsed = trio.current_time() - started
-    assert 0.9 < elapsed < 1.8
+    assert 0.9 < elapsed < 2.5
     await stubborn.aclose()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", address.port)
@@ -103,7 +103,7 @@ async def test_heartbeat_pings_then_closes_a_silent_peer(nursery: trio.Nursery) 
 
 
 async def test_heartbeat_keeps_a_peer_that_answers(nursery: trio.Nursery) -> None:
-    relay = await start_echo(nursery, heartbeat_interval=0.1, heartbeat_timeout=0.2)
+    relay = await start_echo(nursery, heartbeat_interval=0.2, heartbeat_timeout=0.5)
     async with ws_connect(relay.url) as ws:  # trio-websocket answers pings with pongs
         await trio.sleep(1.0)
         await ws.send_message("still open")
