@@ -178,6 +178,9 @@ async def proxy_to(relay: RunningRelay) -> AsyncIterator[CutProxy]:
 def client(url: str, user: str, **kw: Any) -> RelayClient:
     kw.setdefault("reconnect_delay", 0.05)
     kw.setdefault("reconnect_attempts", 50)
+    # trio-websocket notices a TCP close during the opening handshake only at connect_timeout
+    # (as the proxy does while not accepting), so keep that short here
+    kw.setdefault("connect_timeout", 1.0)
     return RelayClient(
         url, user_id=user, user_name=user.title(), user_avatar=user[:1].upper(), **kw
     )

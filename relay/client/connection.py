@@ -27,7 +27,9 @@ does not keep up loses events, never blocks the client: the events that do not f
 and the next one it receives is `Lagged(dropped=n)`; the state (`client.state`) stays complete.
 
 Timeouts are the caller's: no method here gives up on a slow relay by itself, except the
-connection attempt (`connect_timeout`, which also bounds the wait for `auth_ok`) and the
+connection attempt (`connect_timeout`, 10 s, which also bounds the wait for `auth_ok`; note
+that trio-websocket notices a server closing TCP during the opening handshake only when this
+timeout expires, so such an attempt takes that long to fail) and the
 heartbeat: a WebSocket ping every `heartbeat_interval` (20 s; None = off) unanswered for
 `heartbeat_timeout` (20 s) ends the link, which then counts as dropped.
 """
@@ -227,6 +229,8 @@ class RelayClient:
         self._nursery: trio.Nursery | None = None
         self._link_scope: trio.CancelScope | None = None  # the session, once the socket is open
         self._stopped = trio.Event()  # set when the connection manager has returned
+        self._hurry = trio.Event()  # set when closing: held-back receipts go out at once
+        self._drained = trio.Event()  # set by the writer once it wrote everything, closing
         self._closing = False
         self._running = False
         self._lost: str | None = None  # why the client gave up; None while it keeps trying
@@ -290,6 +294,12 @@ class RelayClient:
         relay need not wait for a timeout; at most about 1 s. (Still connecting: nothing to say.)"""
         self._closing = True
         if self._link_scope is not None and self._running:
+            if self.state.connection is ConnectionState.ONLINE:
+                # receipts held back by ack_delay go out first, so the senders see them now
+                self._hurry.set()
+                self._wake()
+                with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                    await self._drained.wait()
             self._link_scope.cancel()  # the manager closes the socket on its way out
             with trio.CancelScope(shield=True), trio.move_on_after(1.5):
                 await self._stopped.wait()
@@ -625,11 +635,14 @@ class RelayClient:
                     frames.append(req.frame)
             for frame in frames:
                 await ws.send_message(orjson.dumps(frame).decode())
+            if self._closing:
+                self._drained.set()
             await self._wake_recv.receive()
-            if self.ack_delay and not self._urgent(generation):
+            if self.ack_delay and not self._urgent(generation) and not self._closing:
                 # only delivered receipts are due: let a burst of messages end, then send one
                 # receipt per conversation instead of one per message
-                await trio.sleep(self.ack_delay)
+                with trio.move_on_after(self.ack_delay):
+                    await self._hurry.wait()
 
     def _urgent(self, generation: int) -> bool:
         """Frames other than delivered receipts wait to be written on this connection."""
