@@ -593,26 +593,25 @@ def encode_frame_error(exc: FrameError) -> bytes:
 
 
 def message_dict(message: StoredMessage, status: str = "delivered") -> dict[str, Any]:
-    """A stored message in the contract's message shape (delivery, history, conversations)."""
-    return {
-        k: v
-        for k, v in (
-            ("type", "message"),
-            ("id", message.id),
-            ("senderId", message.sender_id),
-            ("senderName", message.sender_name),
-            ("senderAvatar", message.sender_avatar),
-            ("recipientId", message.recipient_id),
-            ("groupId", message.group_id),
-            ("text", message.text),
-            ("timestamp", message.client_timestamp or message.server_timestamp),
-            ("status", status),
-            ("seq", message.seq),
-            ("serverTimestamp", message.server_timestamp),
-            ("meta", message.meta),
-        )
-        if v is not None
-    }
+    """A stored message in the contract's message shape (delivery, history, conversations);
+    absent optional fields are left out. Built field by field: it is on the hot path."""
+    body: dict[str, Any] = {"type": "message", "id": message.id, "senderId": message.sender_id}
+    if message.sender_name is not None:
+        body["senderName"] = message.sender_name
+    if message.sender_avatar is not None:
+        body["senderAvatar"] = message.sender_avatar
+    if message.recipient_id is not None:
+        body["recipientId"] = message.recipient_id
+    if message.group_id is not None:
+        body["groupId"] = message.group_id
+    body["text"] = message.text
+    body["timestamp"] = message.client_timestamp or message.server_timestamp
+    body["status"] = status
+    body["seq"] = message.seq
+    body["serverTimestamp"] = message.server_timestamp
+    if message.meta is not None:
+        body["meta"] = message.meta
+    return body
 
 
 def encode_message(message: StoredMessage) -> bytes:

@@ -9,6 +9,8 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from attrs import define, field
 
 from relay.session import Connection
@@ -39,8 +41,15 @@ class Router:
         return len(conns)
 
     def connections(self, user_id: str) -> list[Connection]:
+        """A snapshot of the user's connections (safe to hold across changes)."""
         conns = self._by_user.get(user_id)
         return list(conns.values()) if conns else []
+
+    def live(self, user_id: str) -> Iterable[Connection]:
+        """The user's connections without a copy: iterate at once, registering or dropping
+        nothing meanwhile (the hot path of delivery)."""
+        conns = self._by_user.get(user_id)
+        return conns.values() if conns else ()
 
     def is_connected(self, user_id: str) -> bool:
         return user_id in self._by_user

@@ -243,6 +243,7 @@ class MessagingService:
     _sequencer: _Sequencer
     # (conversation, user, store device) -> (seq, group id) flushed but not yet in the store
     _flushed: dict[tuple[str, str, str], tuple[int, str | None]]
+    _persisting: dict[tuple[str, str, str], tuple[int, str | None]]  # being written now
     _last_seen: dict[str, str]
     _backlog_ready: dict[int, Connection]
     _maintaining: bool
@@ -271,6 +272,7 @@ class MessagingService:
         self._awaiting = {}
         self._sequencer = _Sequencer()
         self._flushed = {}
+        self._persisting = {}
         self._last_seen = {}
         self._backlog_ready = {}
         self._maintaining = False
@@ -404,9 +406,10 @@ class MessagingService:
             return
         self._maintaining = True
         try:
-            while self._flushed or self._last_seen:
-                marks, self._flushed = self._flushed, {}
-                for (conversation, user, device), (seq, group_id) in marks.items():
+            while self._flushed:
+                marks = self._persisting = self._flushed
+                self._flushed = {}
+                for (conversation, user, device), (seq, group_id) in list(marks.items()):
                     try:
                         before = await self.store.mark_delivered(conversation, user, device, seq)
                         if seq > before.delivered_seq:
@@ -420,12 +423,16 @@ class MessagingService:
                             )
                     except Exception:
                         log.exception("recording delivery in %s failed", conversation)
-                seen, self._last_seen = self._last_seen, {}
-                for user, timestamp in seen.items():
-                    try:
-                        await self.store.set_last_seen(user, timestamp)
-                    except Exception:
-                        log.exception("recording lastSeen of %s failed", user)
+                    del marks[(conversation, user, device)]
+            # kept in _last_seen until written, so presence answers have it meanwhile
+            for user, timestamp in list(self._last_seen.items()):
+                try:
+                    await self.store.set_last_seen(user, timestamp)
+                except Exception:
+                    log.exception("recording lastSeen of %s failed; retrying", user)
+                    continue
+                if self._last_seen.get(user) == timestamp:
+                    del self._last_seen[user]
             # once per call: a batch that fails or waits again is retried by the next call
             ready, self._backlog_ready = self._backlog_ready, {}
             for conn in ready.values():
@@ -433,6 +440,12 @@ class MessagingService:
                 if isinstance(session, Session) and session.active:
                     await self._pump_backlog(conn, session)
         finally:
+            # marks not written (cancelled) go back to the queue for the next call
+            for key, mark in self._persisting.items():
+                known = self._flushed.get(key)
+                if known is None or known[0] < mark[0]:
+                    self._flushed[key] = mark
+            self._persisting = {}
             self._maintaining = False
 
     # --- sending ----------------------------------------------------------------------------------
@@ -610,7 +623,13 @@ class MessagingService:
             batch = await self.store.undelivered(session.user_id, session.store_device, limit=limit)
             if not session.active:
                 return
-            fresh = [m for m in batch if m.seq > session.sent_upto.get(m.conversation, 0)]
+            # not what this connection has, nor what the device had flushed (marks not yet written)
+            fresh = [
+                m
+                for m in batch
+                if m.seq > session.sent_upto.get(m.conversation, 0)
+                and m.seq > self._marked_upto(session, m.conversation)
+            ]
             session.backlog_queue.extend(fresh)
             session.backlog_full = len(batch) >= limit
             session.backlog_fresh = bool(fresh)
@@ -662,8 +681,19 @@ class MessagingService:
         """Whether marks of this device were flushed but not yet written to the store."""
         return any(
             user == session.user_id and device == session.store_device
-            for _, user, device in self._flushed
+            for marks in (self._flushed, self._persisting)
+            for _, user, device in marks
         )
+
+    def _marked_upto(self, session: Session, conversation: str) -> int:
+        """The highest seq this device had flushed in `conversation` that the store may not
+        know yet (0: none)."""
+        if not self._flushed and not self._persisting:
+            return 0
+        key = (conversation, session.user_id, session.store_device)
+        flushed = self._flushed.get(key)
+        persisting = self._persisting.get(key)
+        return max(flushed[0] if flushed else 0, persisting[0] if persisting else 0)
 
     def _finish_backlog(self, conn: Connection, session: Session) -> None:
         session.backlog_active = False
@@ -698,35 +728,37 @@ class MessagingService:
         wire = _wire(encode_message(message))
         conversation = message.conversation
         seq = message.seq
-        targets: list[tuple[Connection, Session]] = []
+        sender = message.sender_id
+        conns: list[Connection] = []
+        sessions: list[Session] = []
+        live = self.router.live
         for user in audience:
-            for conn in self.router.connections(user):
+            for conn in live(user):
                 if conn is exclude:
                     continue
                 session = conn.state
-                if not isinstance(session, Session) or not session.active:
+                if session.__class__ is not Session or session.phase is not Phase.ACTIVE:
                     continue
                 if session.backlog_active:
-                    if message.sender_id == session.user_id:
+                    if sender == session.user_id:
                         session.held.append((message, wire))
                     else:
                         session.backlog_skipped = True
                     continue
                 if seq > session.sent_upto.get(conversation, 0):
-                    targets.append((conn, session))
-        if not targets:
+                    conns.append(conn)
+                    sessions.append(session)
+        if not conns:
             return
-        failed = fanout([conn.outbox for conn, _ in targets], wire, False)
-        refused = set(failed) if failed else None
+        failed = fanout([conn.outbox for conn in conns], wire, False)
         mark = (seq, message.group_id)
-        for i, (conn, session) in enumerate(targets):
-            if refused is not None and i in refused:
-                self._slow(conn, session)
-                continue
+        for conn, session in zip(conns, sessions, strict=True):
             conn.flush_soon()
             session.sent_upto[conversation] = seq
-            if not session.acks and message.sender_id != session.user_id:
+            if not session.acks and sender != session.user_id:
                 session.pending_marks[conversation] = mark
+        for i in failed:  # did not fit: the connection ends (its marks are dropped with it)
+            self._slow(conns[i], sessions[i])
 
     async def _guarded_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]

@@ -1149,3 +1149,42 @@ async def test_deliveries_leave_in_seq_order_when_appends_return_out_of_order() 
 
 
 import trio.testing  # noqa: E402  (used above; kept next to its only user)
+
+
+class SlowWritesStore(MemoryStore):
+    """mark_delivered and set_last_seen wait for a gate (a durable store mid-commit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = trio.Event()
+
+    async def mark_delivered(
+        self, conversation: str, user_id: str, device_id: str, seq: int
+    ) -> Any:
+        await self.gate.wait()
+        return await super().mark_delivered(conversation, user_id, device_id, seq)
+
+    async def set_last_seen(self, user_id: str, timestamp: str) -> None:
+        await self.gate.wait()
+        await super().set_last_seen(user_id, timestamp)
+
+
+async def test_what_was_flushed_is_not_sent_again_while_its_marks_are_being_written() -> None:
+    h = Harness(presence_grace=0.0)
+    h.store = SlowWritesStore()  # type: ignore[assignment]
+    h.svc = MessagingService(h.config, h.store, clock=lambda: h.now, wall=lambda: h.wall)
+    a = await h.connect("alice")
+    b = await h.connect("bob")  # the anonymous device
+    await h.send(a, msg("m1", "bob"))
+    assert [m["id"] for m in of_type(h.frames(b), "message")] == ["m1"]  # flushed
+    h.close(b)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.svc.maintain)  # writing bob's mark and lastSeen: not done yet
+        await trio.testing.wait_all_tasks_blocked()
+        await h.send(a, {"type": "presence", "userIds": ["bob"]})
+        (answer,) = of_type(h.frames(a), "presence")
+        assert answer["users"][0]["lastSeen"] is not None  # known before it is written
+        again = await h.connect("bob")
+        assert again.backlog == []  # type: ignore[attr-defined]
+        h.store.gate.set()
+    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).delivered_seq == 1
