@@ -20,9 +20,14 @@ Invariants:
   bytes leave (everything queued before the close frame, and the close frame itself).
 - `handler.on_close` is called exactly once per connection that got `on_open`.
 
+Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
+and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
++ heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
+dead). Checked by one sweep over all connections every min(interval, timeout)/4 (>= 50 ms).
+
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
-1011 handler failure and heartbeat timeout (a peer silent for heartbeat_interval +
-heartbeat_timeout), 1012 shutdown. `on_close` receives the code the connection ended with:
+1011 handler failure and heartbeat timeout, 1012 shutdown, 503 (HTTP) for upgrades while
+draining or over max_connections. `on_close` receives the code the connection ended with:
 the peer's code when the peer closed first (1005 when it gave none), ours when we closed
 first, 1006 when the TCP connection ended without a close handshake.
 """
