@@ -31,6 +31,7 @@ class Budget:
     op: str
     value: float
     ratio_of: str | None = None
+    requires: str | None = None  # a flag figure that must be true (e.g. the server kept up)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ def load(path: Path = BUDGETS_PATH) -> list[Budget]:
             str(entry["op"]),
             float(entry["value"]),
             entry.get("ratio_of"),
+            entry.get("requires"),
         )
         if b.op not in _OPS:
             raise ValueError(f"budget {b.name!r}: unknown op {b.op!r}")
@@ -95,6 +97,11 @@ def check(
             ).get("error")
             verdicts.append(
                 Verdict(b, "FAIL", f"{b.figure} was not measured" + (f" ({why})" if why else ""))
+            )
+            continue
+        if b.requires is not None and lookup(summary, b.requires) is not True:
+            verdicts.append(
+                Verdict(b, "FAIL", f"{b.requires} is not true ({b.figure} = {lhs:.4g})")
             )
             continue
         if b.ratio_of is None:

@@ -55,12 +55,27 @@ def test_missing_figure_fails_and_unrun_scenario_is_skipped() -> None:
 
 
 def test_shipped_budgets_are_the_issue_budgets() -> None:
-    shipped = {b.figure: (b.op, b.value, b.ratio_of) for b in budgets.load()}
+    shipped = {b.figure: (b.op, b.value, b.ratio_of, b.requires) for b in budgets.load()}
     assert shipped == {
-        "pairwise/relay/delivered_per_s": (">=", 3.0, "pairwise/node-ws/delivered_per_s"),
-        "fanout/relay/delivered_per_s": (">=", 2.0, "fanout/node-ws/delivered_per_s"),
-        "idle/relay/kb_per_conn": ("<=", 1.0, "idle/node-ws/kb_per_conn"),
-        "rate@20000/relay/p99_ms": ("<=", 1.0, None),
-        "rate@40000/relay/p99_ms": ("<=", 2.0, None),
-        "durable/relay-sqlite/delivered_per_s": (">=", 0.5, "durable/relay/delivered_per_s"),
+        "pairwise/relay/delivered_per_s": (">=", 3.0, "pairwise/node-ws/delivered_per_s", None),
+        "fanout/relay/delivered_per_s": (">=", 2.0, "fanout/node-ws/delivered_per_s", None),
+        "idle/relay/kb_per_conn": ("<=", 1.0, "idle/node-ws/kb_per_conn", None),
+        "rate@20000/relay/p99_ms": ("<=", 1.0, None, "rate@20000/relay/kept_up"),
+        "rate@40000/relay/p99_ms": ("<=", 2.0, None, "rate@40000/relay/kept_up"),
+        "durable/relay-sqlite/delivered_per_s": (
+            ">=",
+            0.5,
+            "durable/relay/delivered_per_s",
+            None,
+        ),
     }
+
+
+def test_a_latency_budget_needs_the_server_to_have_kept_up() -> None:
+    budget = budgets.Budget(
+        "p99", "rate@20000/relay/p99_ms", "<=", 1.0, requires="rate@20000/relay/kept_up"
+    )
+    fast_but_behind = {"rate@20000": {"relay": {"p99_ms": 0.5, "kept_up": False}}}
+    fast_and_steady = {"rate@20000": {"relay": {"p99_ms": 0.5, "kept_up": True}}}
+    assert budgets.check([budget], fast_but_behind, {"rate@20000"})[0].status == "FAIL"
+    assert budgets.check([budget], fast_and_steady, {"rate@20000"})[0].status == "pass"
