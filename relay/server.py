@@ -176,7 +176,7 @@ class WsConnection:
     _ended: bool = False
     _opened: bool = False
     _peer_close_seen: bool = False
-    _read_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    _scope: trio.CancelScope | None = None  # the connection nursery's: close deadline, breakage
     _nursery: trio.Nursery | None = None
     _idle: trio.Event | None = None
 
@@ -230,17 +230,17 @@ class WsConnection:
             ob.unsend(ob.take() + close_frame)
         self._close_remaining = ob.pending_bytes
         now = trio.current_time()
-        if wait_peer:
-            self._close_deadline = now + CLOSE_TIMEOUT
-            self._read_scope.deadline = min(self._read_scope.deadline, self._close_deadline)
-        else:
-            self._close_deadline = now
-            self._read_scope.cancel()
+        self._close_deadline = now + CLOSE_TIMEOUT if wait_peer else now
+        if self._scope is not None:
+            self._scope.deadline = min(self._scope.deadline, self._close_deadline)
         self.flush_soon()
+        if not wait_peer and self.sock is not None and not self._writer_active:
+            self.write_some()  # best effort, right now: the connection ends at once
 
     def _mark_broken(self) -> None:
         self._broken = True
-        self._read_scope.cancel()
+        if self._scope is not None:
+            self._scope.cancel()
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -442,20 +442,22 @@ class WsConnection:
         server = self.server
         try:
             async with trio.open_nursery() as nursery:
+                # One cancel scope per connection (memory per idle connection counts): a close
+                # sets its deadline, so the wait for the peer's close, the flush of ours and the
+                # linger are bounded together; a broken socket cancels it.
                 self._nursery = nursery
+                self._scope = nursery.cancel_scope
                 self._opened = True
                 try:
                     server.handler.on_open(self)
                 except Exception:
                     log.exception("handler.on_open failed on connection %d", self.id)
                     self.close(1011, "internal error")
-                with self._read_scope:
-                    if not self.closing and not (trailing and await self._process(trailing)):
-                        await (self._read_raw() if self.sock is not None else self._read_tls())
+                if not self.closing and not (trailing and await self._process(trailing)):
+                    await (self._read_raw() if self.sock is not None else self._read_tls())
                 if self.closing and not self._broken:
-                    with trio.move_on_at(self._close_deadline):
-                        await self._wait_flushed()
-                        await self._linger()
+                    await self._wait_flushed()
+                    await self._linger()
                 nursery.cancel_scope.cancel()
         finally:
             await self._teardown()
@@ -681,20 +683,32 @@ class Server:
     # --- one TCP connection ---------------------------------------------------------------------
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+        # The handshake runs in its own frame, so that none of its state (h11 and wsproto
+        # objects, the request) stays referenced while the WebSocket lives.
         try:
-            await self._handle(tcp)
+            opened = await self._handle(tcp)
         except Exception:
             log.exception("connection task failed")
             await trio.aclose_forcefully(tcp)
+            return
+        if opened is not None:
+            conn, trailing = opened
+            del opened
+            try:
+                await conn.run(trailing)
+            except Exception:
+                log.exception("connection %d failed", conn.id)
 
-    async def _handle(self, tcp: trio.SocketStream) -> None:
+    async def _handle(self, tcp: trio.SocketStream) -> tuple[WsConnection, bytes] | None:
+        """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
+        returns its registered connection and the bytes that followed the request."""
         stats = self.stats
         try:
             peer = tcp.socket.getpeername()
             remote = f"{peer[0]}:{peer[1]}"
         except OSError:
             await trio.aclose_forcefully(tcp)
-            return
+            return None
         stream: trio.abc.Stream = tcp
         request: _OpeningRequest | None = None
         failure: _HttpFailure | None = None
@@ -710,28 +724,33 @@ class Server:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 stats.handshake_failures += 1
                 await trio.aclose_forcefully(stream)
-                return
+                return None
         if timeout.cancelled_caught:
             log.debug("handshake timeout from %s", remote)
             stats.handshake_failures += 1
             await trio.aclose_forcefully(stream)
-            return
+            return None
         if failure is not None:
             stats.handshake_failures += 1
             self._count_http(failure.status)
             await _answer_and_close(stream, http.error(failure.status, failure.message))
-            return
+            return None
         if request is None:  # closed before sending a request
             await trio.aclose_forcefully(stream)
-            return
+            return None
         if not _is_upgrade(request):
             status, response = http.respond(
-                request.method, request.target, draining=self.draining, metrics=self.metrics
+                request.method,
+                request.target,
+                draining=self.draining,
+                metrics=self.metrics,
+                web_chat=self.config.web_chat,
+                host=next((v for n, v in request.headers if n == b"host"), None),
             )
             self._count_http(status)
             await _answer_and_close(stream, response)
-            return
-        await self._upgrade(tcp, stream, request, remote)
+            return None
+        return await self._upgrade(tcp, stream, request, remote)
 
     def _count_http(self, status: int) -> None:
         counts = self.stats.http_requests
@@ -739,14 +758,14 @@ class Server:
 
     async def _upgrade(
         self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: _OpeningRequest, remote: str
-    ) -> None:
+    ) -> tuple[WsConnection, bytes] | None:
         stats = self.stats
         if self.draining or len(self.conns) >= self.config.max_connections:
             stats.handshake_failures += 1
             self._count_http(503)
             reason = "draining" if self.draining else "too many connections"
             await _answer_and_close(stream, http.error(503, reason))
-            return
+            return None
         handshake = H11Handshake(ConnectionType.SERVER)
         try:
             handshake.receive_data(request.raw)
@@ -757,29 +776,29 @@ class Server:
             stats.handshake_failures += 1
             self._count_http(status)
             await _answer_and_close(stream, http.error(status, str(exc)))
-            return
+            return None
         if not events or not isinstance(events[0], WsRequest):
             stats.handshake_failures += 1
             self._count_http(400)
             await _answer_and_close(stream, http.error(400))
-            return
+            return None
         trailing = _trailing_after_request(request.parser)
         if trailing is None:
             stats.handshake_failures += 1
             self._count_http(400)
             await _answer_and_close(stream, http.error(400, "an upgrade request has no body"))
-            return
+            return None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:
             try:
                 await stream.send_all(handshake.send(AcceptConnection()))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 stats.handshake_failures += 1
                 await trio.aclose_forcefully(stream)
-                return
+                return None
         if timeout.cancelled_caught:
             stats.handshake_failures += 1
             await trio.aclose_forcefully(stream)
-            return
+            return None
         sock: socket.socket | None = None
         tls: trio.abc.Stream | None = None
         if self._ssl is None:
@@ -803,7 +822,7 @@ class Server:
             self._all_closed = trio.Event()
         stats.connections_open += 1
         stats.connections_total += 1
-        await conn.run(trailing)
+        return conn, trailing
 
 
 # --- the opening request ------------------------------------------------------------------------
