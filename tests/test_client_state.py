@@ -148,6 +148,8 @@ def test_message_ids_are_unique_and_a_reused_id_is_refused() -> None:
     assert a.id != b.id and 1 <= len(a.id) <= 64
     with pytest.raises(ClientError):
         s.compose(BOB, "c", timestamp=TS, message_id=a.id)
+    with pytest.raises(ClientError):  # unique per sender across conversations
+        s.compose(ConversationId.direct("carol"), "c", timestamp=TS, message_id=a.id)
 
 
 def test_failed_receipt_marks_the_message_failed_and_retry_requeues_it() -> None:

@@ -198,9 +198,9 @@ class ClientState:
             group_id=cid.id if cid.is_group else None,
             meta=meta,
         )
-        conv = self._conv(cid)
-        if (msg.sender_id, mid) in conv.messages:
+        if (self.user_id, mid) in self._where:  # ids are unique per sender, not per conversation
             raise ClientError(f"message id {mid!r} is already used")
+        conv = self._conv(cid)
         self._outbox[mid] = msg
         events = self._put(conv, msg, touch=timestamp)
         return msg, events
