@@ -52,6 +52,7 @@ from attrs import define, field
 from relay.client.backoff import ReconnectPolicy
 from relay.client.model import (
     ConnectionState,
+    Conversation,
     ConversationId,
     ErrorReceived,
     Event,
@@ -465,7 +466,7 @@ class RelayClient:
         answer = await self._request(frame, "history")
         return self._page(cid, answer)
 
-    async def refresh_conversations(self) -> list[Any]:
+    async def refresh_conversations(self) -> list[Conversation]:
         """Ask the relay for the conversation list; returns the state's list (newest first)."""
         await self._request({"type": "conversations"}, "conversations")
         return self.state.conversations()
