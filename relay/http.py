@@ -1,4 +1,4 @@
-"""The plain-HTTP side of the relay's one port: /healthz, /metrics, and error responses.
+"""The plain-HTTP side of the relay's one port: /healthz, /metrics, the web chat, errors.
 
 Sans-IO: `respond()` maps a parsed request onto a complete HTTP/1.1 response (bytes); the
 shell writes it and closes the connection. Invariant: every response carries
@@ -7,12 +7,48 @@ shell writes it and closes the connection. Invariant: every response carries
 
 from __future__ import annotations
 
+import re
+from functools import cache
 from http import HTTPStatus
+from importlib import resources
 
 from relay.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from relay.metrics import RelayMetrics
 
 TEXT = "text/plain; charset=utf-8"
+
+#: The web chat's files (relay/web/), by request path. Served only when `web_chat` is on.
+WEB_FILES: dict[str, tuple[str, str]] = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/chat.js": ("chat.js", "text/javascript; charset=utf-8"),
+    "/chat.css": ("chat.css", "text/css; charset=utf-8"),
+}
+
+#: A Host header value that is safe to put into a CSP source expression.
+_HOST = re.compile(rb"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def web_csp(host: bytes | None) -> bytes:
+    """The web chat's Content-Security-Policy: its own files, and WebSockets to this host only.
+
+    `'self'` already covers ws(s) to the same host in CSP 3; the explicit ws:// and wss://
+    sources keep browsers that predate that rule working. A missing or odd Host leaves `'self'`.
+    """
+    connect = b"'self'"
+    if host is not None and _HOST.match(host):
+        connect += b" ws://" + host + b" wss://" + host
+    return (
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"connect-src " + connect + b"; base-uri 'none'; form-action 'none'; "
+        b"frame-ancestors 'none'"
+    )
+
+
+@cache
+def web_file(name: str) -> bytes:
+    """The bytes of one file of the packaged web chat."""
+    return resources.files("relay").joinpath("web", name).read_bytes()
 
 
 def render(
@@ -46,20 +82,38 @@ def error(status: int, message: str | None = None) -> bytes:
 
 
 def respond(
-    method: str, target: str, *, draining: bool, metrics: RelayMetrics
+    method: str,
+    target: str,
+    *,
+    draining: bool,
+    metrics: RelayMetrics,
+    web_chat: bool = False,
+    host: bytes | None = None,
 ) -> tuple[int, bytes]:
     """(status, response bytes) for a plain (non-upgrade) HTTP request.
 
     GET /healthz: 200 "ok" while serving, 503 "draining" during shutdown.
-    GET /metrics: Prometheus text of this relay. Other paths: 404. Other methods on a known
-    path: 405. HEAD behaves as GET without a body.
+    GET /metrics: Prometheus text of this relay. With `web_chat`: GET / (or /index.html) the
+    chat page and its /chat.js and /chat.css, under a CSP that `host` (the request's Host)
+    narrows. Other paths: 404. Other methods on a known path: 405. HEAD behaves as GET
+    without a body.
     """
     path = target.split("?", 1)[0]
-    if path not in ("/healthz", "/metrics"):
+    web = WEB_FILES.get(path) if web_chat else None
+    if web is None and path not in ("/healthz", "/metrics"):
         return 404, error(404)
     if method not in ("GET", "HEAD"):
         return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
     head = method == "HEAD"
+    if web is not None:
+        name, content_type = web
+        security = [
+            (b"Content-Security-Policy", web_csp(host)),
+            (b"X-Content-Type-Options", b"nosniff"),
+            (b"Referrer-Policy", b"no-referrer"),
+        ]
+        body = web_file(name)
+        return 200, render(200, body, content_type=content_type, headers=security, head=head)
     if path == "/healthz":
         if draining:
             return 503, render(503, b"draining", head=head)
