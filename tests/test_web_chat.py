@@ -1,0 +1,315 @@
+"""The web chat at `/`: served only when enabled, under its CSP, and working in a real browser.
+
+The browser test drives Debian's /usr/bin/chromium headless through playwright-core
+(tests/browser/). Without Chromium the test installs it when running as root, else FAILS with
+the command to run; RELAY_SKIP_BROWSER=1 skips it deliberately.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from support import RawWs, http_get, http_request, start_relay, ws_connect
+from trio_websocket import WebSocketConnection
+
+from relay import Relay
+
+BROWSER_DIR = Path(__file__).parent / "browser"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def response_head(raw: bytes) -> tuple[int, dict[str, str]]:
+    head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    headers = {}
+    for line in head[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(head[0].split(" ", 2)[1]), headers
+
+
+async def raw_get(
+    relay: Relay, path: str, host: str = "127.0.0.1"
+) -> tuple[int, dict[str, str], bytes]:
+    address = relay.address
+    assert address is not None
+    stream = await trio.open_tcp_stream("127.0.0.1", address.port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{address.port}\r\n\r\n".encode()
+        )
+        data = bytearray()
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    status, headers = response_head(bytes(data))
+    return status, headers, bytes(data).split(b"\r\n\r\n", 1)[1]
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+
+async def test_root_is_404_when_web_chat_is_off(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery)
+    for path in ("/", "/index.html", "/chat.js", "/chat.css"):
+        assert (await http_get(relay, path))[0] == 404, path
+
+
+async def test_page_served_with_csp_when_enabled(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery, web_chat=True)
+    address = relay.address
+    assert address is not None
+    status, headers, body = await raw_get(relay, "/")
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert b'<script src="chat.js"' in body and int(headers["content-length"]) == len(body)
+    csp = {d.split()[0]: d.split()[1:] for d in headers["content-security-policy"].split("; ")}
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+    host = f"127.0.0.1:{address.port}"
+    assert csp["connect-src"] == ["'self'", f"ws://{host}", f"wss://{host}"]
+    assert headers["x-content-type-options"] == "nosniff"
+    assert (await raw_get(relay, "/index.html"))[2] == body
+
+    status, headers, js = await raw_get(relay, "/chat.js?v=1")
+    assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
+    assert b"new WebSocket(" in js and b"innerHTML" not in js
+    status, headers, _ = await raw_get(relay, "/chat.css")
+    assert (status, headers["content-type"]) == (200, "text/css; charset=utf-8")
+    # A Host that is not a plain host[:port] never reaches the policy.
+    _, headers, _ = await raw_get(relay, "/", host="evil; script-src *")
+    assert "evil" not in headers["content-security-policy"]
+    assert "connect-src 'self';" in headers["content-security-policy"]
+    # Other methods on the page's paths: 405, as for /healthz.
+    port = address.port
+    status, _ = await http_request(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert status == 405
+    assert (await http_get(relay, "/other"))[0] == 404
+
+
+async def test_websocket_on_root_still_works_with_web_chat(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery, web_chat=True)
+    ws = await RawWs.connect(relay, "/")
+    await ws.stream.aclose()
+    async with ws_connect(relay.url + "/") as conn:
+        await conn.send_message(json.dumps({"type": "auth", "userId": "u1"}))
+        assert json.loads(await conn.get_message())["type"] == "auth_ok"
+
+
+# --- the browser --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser_node() -> str:
+    """`node` with tests/browser's playwright-core installed and /usr/bin/chromium present."""
+    if os.environ.get("RELAY_SKIP_BROWSER") == "1":
+        pytest.skip("RELAY_SKIP_BROWSER=1")
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        pytest.fail("the web chat test needs Node.js and npm (RELAY_SKIP_BROWSER=1 skips it)")
+    if not os.path.exists(CHROMIUM):
+        if os.geteuid() != 0:
+            pytest.fail(
+                f"{CHROMIUM} is missing: run `apt-get update && apt-get install -y chromium` "
+                "as root (RELAY_SKIP_BROWSER=1 skips the browser test)"
+            )
+        for command in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
+            result = subprocess.run(
+                command,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            )
+            if result.returncode != 0:
+                pytest.fail(f"`{' '.join(command)}` failed:\n{result.stdout}\n{result.stderr}")
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=BROWSER_DIR,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"`npm ci` in {BROWSER_DIR} failed:\n{result.stdout}\n{result.stderr}")
+    return node
+
+
+class Bob:
+    """The Python user: a trio-websocket connection with acks and a frame reader."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send_message(json.dumps(frame))
+
+    async def expect(self, **fields: Any) -> dict[str, Any]:
+        """The next frame whose fields include `fields` (other frames are passed over)."""
+        while True:
+            frame: dict[str, Any] = json.loads(await self.ws.get_message())
+            if all(frame.get(k) == v for k, v in fields.items()):
+                return frame
+
+    async def say(self, id: str, text: str) -> int:
+        await self.send(
+            {
+                "type": "message",
+                "id": id,
+                "senderId": "bob",
+                "senderName": "Bob Py",
+                "recipientId": "alice",
+                "text": text,
+                "timestamp": "2026-11-25T19:00:00Z",
+            }
+        )
+        receipt = await self.expect(type="receipt", id=id)
+        assert receipt["status"] == "sent"
+        return int(receipt["seq"])
+
+
+class Driver:
+    """The node process driving Chromium: JSON steps on its stdout, cues on its stdin."""
+
+    def __init__(self, process: trio.Process) -> None:
+        assert process.stdout is not None and process.stdin is not None
+        self.process = process
+        self.buffer = bytearray()
+
+    async def step(self, name: str) -> dict[str, Any]:
+        stdout = self.process.stdout
+        assert stdout is not None
+        while b"\n" not in self.buffer:
+            chunk = await stdout.receive_some(65536)
+            if not chunk:
+                raise AssertionError(f"browser driver ended before step {name!r}")
+            self.buffer += chunk
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        step: dict[str, Any] = json.loads(line)
+        assert step["step"] == name, f"expected step {name!r}, browser said {step}"
+        return step
+
+    async def cue(self, word: str) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(word.encode() + b"\n")
+
+
+def looks_rendered(png: Path) -> int:
+    """How many distinct colours the screenshot has (a blank page has one or two)."""
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(png))
+    return len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::7]})
+
+
+async def test_browser_chat_with_python_user(nursery: trio.Nursery, browser_node: str) -> None:
+    relay = await start_relay(nursery, web_chat=True)
+    address = relay.address
+    assert address is not None
+    tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
+    shot = tmp / "chat.png"
+    first = "<b>hello</b> & <img src=x onerror=alert(1)> from python"
+    try:
+        with trio.fail_after(20):
+            async with ws_connect(relay.url + "/") as ws:
+                bob = Bob(ws)
+                await bob.send(
+                    {
+                        "type": "auth",
+                        "userId": "bob",
+                        "userName": "Bob Py",
+                        "deviceId": "py-bob",
+                        "acks": True,
+                    }
+                )
+                await bob.expect(type="auth_ok")
+                await bob.say("py-1", first)
+
+                stderr = os.open(tmp / "driver.stderr", os.O_WRONLY | os.O_CREAT, 0o600)
+                process = await trio.lowlevel.open_process(
+                    [
+                        browser_node,
+                        str(BROWSER_DIR / "web_chat.mjs"),
+                        f"http://127.0.0.1:{address.port}/",
+                        str(shot),
+                        str(tmp / "profile"),
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    cwd=BROWSER_DIR,
+                )
+                driver = Driver(process)
+                try:
+                    await run_scenario(bob, driver, first)
+                except BaseException:
+                    process.kill()
+                    raise
+                finally:
+                    await process.wait()
+                    os.close(stderr)
+                assert process.returncode == 0, (tmp / "driver.stderr").read_text()
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert looks_rendered(shot) > 20
+    finally:
+        shutil.rmtree(tmp / "profile", ignore_errors=True)
+
+
+async def run_scenario(bob: Bob, driver: Driver, first: str) -> None:
+    # The conversation list: one unread message from bob, with its preview.
+    step = await driver.step("listed")
+    assert (step["unread"], step["preview"]) == ("1", first)
+    await bob.expect(type="status", status="online", userId="alice")
+
+    await bob.say("py-2", "second")
+    await driver.cue("sent2")
+    assert (await driver.step("unread2"))["unread"] == "2"
+
+    # Opening the conversation: both messages as plain text, bob online, a read receipt.
+    step = await driver.step("opened")
+    assert step["texts"] == [first, "second"]
+    assert step["htmlElementsInMessages"] == 0
+    assert (step["title"], step["presence"], step["unreadBadges"]) == ("bob", "online", 0)
+    read = await bob.expect(type="receipt", status="read")
+    assert (read["peerId"], read["userId"], read["seq"], read["id"]) == (
+        "alice",
+        "alice",
+        2,
+        "py-2",
+    )
+
+    await bob.send({"type": "typing", "recipientId": "alice", "state": "start"})
+    await driver.cue("typing")
+    await driver.step("typing-shown")
+
+    # alice's answer reaches bob; bob's read receipt turns her tick to read.
+    step = await driver.step("sent")
+    message = await bob.expect(type="message", senderId="alice")
+    assert (message["id"], message["text"], message["recipientId"]) == (
+        step["id"],
+        "hi from the browser",
+        "bob",
+    )
+    assert message["senderName"] == "Alice Web" and message["seq"] == 3
+    await bob.send({"type": "receipt", "peerId": "alice", "seq": message["seq"], "status": "read"})
+    await driver.cue("read")
+    step = await driver.step("read")
+    assert step["id"] == message["id"] and step["tick"] == "✓✓"
+
+    # Sent while the connection was down: pending, then delivered once, with the same id.
+    step = await driver.step("resent")
+    assert step["pendingStatus"] == "pending"
+    assert step["state"]["connected"] is True and step["state"]["pending"] == 0
+    again = await bob.expect(type="message", senderId="alice")
+    assert (again["id"], again["text"], again["seq"]) == (step["id"], "sent while offline", 4)
+
+    done = await driver.step("done")
+    assert done["pageErrors"] == [] and done["cspViolations"] == [] and done["external"] == []
