@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -210,55 +212,102 @@ def looks_rendered(png: Path) -> int:
     return len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])[::7]})
 
 
-async def test_browser_chat_with_python_user(nursery: trio.Nursery, browser_node: str) -> None:
-    relay = await start_relay(nursery, web_chat=True)
+@asynccontextmanager
+async def browser(node: str, relay: Relay, tmp: Path, scenario: str) -> AsyncIterator[Driver]:
+    """The node driver running `scenario` against `relay`; on exit it must have ended well."""
     address = relay.address
     assert address is not None
+    stderr = os.open(tmp / "driver.stderr", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        process = await trio.lowlevel.open_process(
+            [
+                node,
+                str(BROWSER_DIR / "web_chat.mjs"),
+                f"http://127.0.0.1:{address.port}/",
+                str(tmp / "chat.png"),
+                str(tmp / "profile"),
+                scenario,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            cwd=BROWSER_DIR,
+        )
+    finally:
+        os.close(stderr)
+    try:
+        yield Driver(process)
+    except BaseException:
+        process.kill()
+        raise
+    finally:
+        await process.wait()
+    assert process.returncode == 0, (tmp / "driver.stderr").read_text()
+
+
+async def connect_bob(relay: Relay, ws: WebSocketConnection, **auth: Any) -> Bob:
+    bob = Bob(ws)
+    await bob.send({"type": "auth", "userId": "bob", "userName": "Bob Py", **auth})
+    await bob.expect(type="auth_ok")
+    return bob
+
+
+async def test_browser_chat_with_python_user(nursery: trio.Nursery, browser_node: str) -> None:
+    relay = await start_relay(nursery, web_chat=True)
     tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
     shot = tmp / "chat.png"
     first = "<b>hello</b> & <img src=x onerror=alert(1)> from python"
     try:
         with trio.fail_after(20):
             async with ws_connect(relay.url + "/") as ws:
-                bob = Bob(ws)
-                await bob.send(
-                    {
-                        "type": "auth",
-                        "userId": "bob",
-                        "userName": "Bob Py",
-                        "deviceId": "py-bob",
-                        "acks": True,
-                    }
-                )
-                await bob.expect(type="auth_ok")
+                bob = await connect_bob(relay, ws, deviceId="py-bob", acks=True)
                 await bob.say("py-1", first)
-
-                stderr = os.open(tmp / "driver.stderr", os.O_WRONLY | os.O_CREAT, 0o600)
-                process = await trio.lowlevel.open_process(
-                    [
-                        browser_node,
-                        str(BROWSER_DIR / "web_chat.mjs"),
-                        f"http://127.0.0.1:{address.port}/",
-                        str(shot),
-                        str(tmp / "profile"),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    stderr=stderr,
-                    cwd=BROWSER_DIR,
-                )
-                driver = Driver(process)
-                try:
+                async with browser(browser_node, relay, tmp, "chat") as driver:
                     await run_scenario(bob, driver, first)
-                except BaseException:
-                    process.kill()
-                    raise
-                finally:
-                    await process.wait()
-                    os.close(stderr)
-                assert process.returncode == 0, (tmp / "driver.stderr").read_text()
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert looks_rendered(shot) > 20
+    finally:
+        shutil.rmtree(tmp / "profile", ignore_errors=True)
+
+
+async def test_browser_pages_history_and_lists_groups(
+    nursery: trio.Nursery, browser_node: str
+) -> None:
+    relay = await start_relay(nursery, web_chat=True)
+    tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
+    try:
+        with trio.fail_after(20):
+            async with ws_connect(relay.url + "/") as ws, ws_connect(relay.url) as phone:
+                bob = await connect_bob(relay, ws)
+                # alice's phone receives all 120, so her new browser device gets none as backlog.
+                await phone.send_message(json.dumps({"type": "auth", "userId": "alice"}))
+                for n in range(1, 121):
+                    await bob.say(f"p{n}", f"m{n}")
+                await bob.expect(type="receipt", status="delivered", seq=120)
+                await bob.send(
+                    {
+                        "type": "group_create",
+                        "groupId": "runners",
+                        "name": "Runners",
+                        "members": ["alice", "bob"],
+                    }
+                )
+                await bob.expect(type="group", groupId="runners")
+                async with browser(browser_node, relay, tmp, "paging") as driver:
+                    step = await driver.step("listed")
+                    assert step["keys"] == ["g:runners", "u:bob"]
+                    assert (step["group"], step["unread"], step["preview"]) == (
+                        "# Runners",
+                        "120",
+                        "m120",
+                    )
+                    want = [f"m{n}" for n in range(1, 121)]
+                    assert (await driver.step("page1"))["texts"] == want[-50:]
+                    assert (await driver.step("page2"))["texts"] == want[-100:]
+                    assert (await driver.step("page3"))["texts"] == want
+                    read = await bob.expect(type="receipt", status="read")
+                    assert (read["seq"], read["userId"]) == (120, "alice")
+                    await driver.step("done")
     finally:
         shutil.rmtree(tmp / "profile", ignore_errors=True)
 

@@ -1,13 +1,13 @@
 // Drives the relay's web chat in headless Chromium for tests/test_web_chat.py.
 //
-// Usage: node web_chat.mjs <relay http url> <screenshot path> <user-data-dir>
+// Usage: node web_chat.mjs <relay http url> <screenshot path> <user-data-dir> [chat|paging]
 // Talks to the Python test in lines: prints one JSON object per step on stdout
 // ({"step": ..., ...}) and, where the scenario needs the Python user to act first, waits for
 // a line on stdin naming what it did. Any failed expectation prints {"error": ...} and exits 1.
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
 
-const [url, screenshotPath, userDataDir] = process.argv.slice(2);
+const [url, screenshotPath, userDataDir, scenario = "chat"] = process.argv.slice(2);
 const STEP_MS = 5000;
 
 const lines = createInterface({ input: process.stdin });
@@ -51,11 +51,24 @@ try {
     if (u.host !== origin && u.protocol !== "data:") external.push(req.url());
   });
 
-  // Sign in as alice; bob (the Python user) already wrote to her while she was away.
   await page.goto(url);
   await page.fill("#login-user", "alice");
   await page.fill("#login-name", "Alice Web");
   await page.click("#login-form button[type=submit]");
+  if (scenario === "paging") await paging(page);
+  else await chat(page);
+  await page.screenshot({ path: screenshotPath });
+  say("done", { pageErrors, cspViolations, external });
+} catch (err) {
+  say("error", { error: String(err && err.stack || err), pageErrors, cspViolations });
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+  lines.close();
+}
+
+// A browser user and the Python user bob talk; bob already wrote to alice while she was away.
+async function chat(page) {
   const bobItem = page.locator('.conv[data-key="u:bob"]');
   await bobItem.locator(".unread", { hasText: /^1$/ }).waitFor({ timeout: STEP_MS });
   say("listed", {
@@ -107,13 +120,31 @@ try {
     .or(page.locator(`#message-list .msg.mine[data-id="${offlineId}"][data-status="delivered"]`))
     .waitFor({ timeout: STEP_MS });
   say("resent", { id: offlineId, pendingStatus, state: await page.evaluate(() => window.relayChat.state()) });
+}
 
-  await page.screenshot({ path: screenshotPath });
-  say("done", { pageErrors, cspViolations, external });
-} catch (err) {
-  say("error", { error: String(err && err.stack || err), pageErrors, cspViolations });
-  process.exitCode = 1;
-} finally {
-  await browser.close();
-  lines.close();
+// alice's other device already received bob's 120 messages, so this new device gets them
+// only as history: 50 at first, 50 more by the button, the rest by scrolling to the top.
+async function paging(page) {
+  await page.locator('.conv[data-key="g:runners"]').waitFor({ timeout: STEP_MS });
+  const bobItem = page.locator('.conv[data-key="u:bob"]');
+  await bobItem.locator(".unread").waitFor({ timeout: STEP_MS });
+  say("listed", {
+    keys: await page.locator(".conv").evaluateAll((items) => items.map((i) => i.dataset.key)),
+    group: await page.locator('.conv[data-key="g:runners"] .conv-name').textContent(),
+    unread: await bobItem.locator(".unread").textContent(),
+    preview: await bobItem.locator(".conv-preview").textContent(),
+  });
+  const texts = () => page.locator("#message-list .msg-text").allTextContents();
+  const count = (n) => page.locator("#message-list .msg").nth(n - 1).waitFor({ timeout: STEP_MS });
+  await bobItem.click();
+  await count(50);
+  await page.locator("#load-older").waitFor({ state: "visible", timeout: STEP_MS });
+  say("page1", { texts: await texts() });
+  await page.click("#load-older");
+  await count(100);
+  say("page2", { texts: await texts() });
+  await page.evaluate(() => { document.getElementById("messages").scrollTop = 0; });
+  await count(120);
+  await page.locator("#load-older").waitFor({ state: "hidden", timeout: STEP_MS });
+  say("page3", { texts: await texts() });
 }
