@@ -339,8 +339,11 @@ async def run_scenario(bob: Bob, driver: Driver, first: str) -> None:
     await driver.cue("typing")
     await driver.step("typing-shown")
 
-    # alice's answer reaches bob; bob's read receipt turns her tick to read.
+    # alice types (start, then stop as she sends) and her answer reaches bob; bob's read
+    # receipt turns her tick to read.
     step = await driver.step("sent")
+    await bob.expect(type="typing", userId="alice", state="start")
+    await bob.expect(type="typing", userId="alice", state="stop")
     message = await bob.expect(type="message", senderId="alice")
     assert (message["id"], message["text"], message["recipientId"]) == (
         step["id"],

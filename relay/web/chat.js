@@ -422,8 +422,8 @@
     rec.time = rec.timestamp;
     c.messages.set(msgKey(me.userId, rec.id), rec);
     outbox.set(rec.id, rec);
-    send(messageFrame(rec));
     stopTyping();
+    send(messageFrame(rec));
     render();
     const list = $("messages");
     list.scrollTop = list.scrollHeight;
