@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -215,15 +216,13 @@ def looks_rendered(png: Path) -> int:
 @asynccontextmanager
 async def browser(node: str, relay: Relay, tmp: Path, scenario: str) -> AsyncIterator[Driver]:
     """The node driver running `scenario` against `relay`; on exit it must have ended well."""
-    address = relay.address
-    assert address is not None
     stderr = os.open(tmp / "driver.stderr", os.O_WRONLY | os.O_CREAT, 0o600)
     try:
         process = await trio.lowlevel.open_process(
             [
                 node,
                 str(BROWSER_DIR / "web_chat.mjs"),
-                f"http://127.0.0.1:{address.port}/",
+                "http" + relay.url.removeprefix("ws") + "/",
                 str(tmp / "chat.png"),
                 str(tmp / "profile"),
                 scenario,
@@ -270,14 +269,38 @@ async def test_browser_chat_with_python_user(nursery: trio.Nursery, browser_node
         shutil.rmtree(tmp / "profile", ignore_errors=True)
 
 
-async def test_browser_pages_history_and_lists_groups(
-    nursery: trio.Nursery, browser_node: str
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_browser_over_tls_pages_history_and_lists_groups(
+    nursery: trio.Nursery, browser_node: str, certificate: tuple[str, str]
 ) -> None:
-    relay = await start_relay(nursery, web_chat=True)
+    cert, key = certificate
+    relay = await start_relay(nursery, web_chat=True, certfile=cert, keyfile=key)
+    address = relay.address
+    assert address is not None and relay.url.startswith("wss://")
+    tls = ssl.create_default_context(cafile=cert)
     tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
     try:
         with trio.fail_after(20):
-            async with ws_connect(relay.url + "/") as ws, ws_connect(relay.url) as phone:
+            async with (
+                ws_connect(relay.url + "/", ssl_context=tls) as ws,
+                ws_connect(relay.url, ssl_context=tls) as phone,
+            ):
                 bob = await connect_bob(relay, ws)
                 # alice's phone receives all 120, so her new browser device gets none as backlog.
                 await phone.send_message(json.dumps({"type": "auth", "userId": "alice"}))
@@ -304,7 +327,10 @@ async def test_browser_pages_history_and_lists_groups(
                     want = [f"m{n}" for n in range(1, 121)]
                     assert (await driver.step("page1"))["texts"] == want[-50:]
                     assert (await driver.step("page2"))["texts"] == want[-100:]
-                    assert (await driver.step("page3"))["texts"] == want
+                    step = await driver.step("page3")
+                    assert step["texts"] == want
+                    # Served over https, the page reached the relay over wss.
+                    assert step["socket"] == f"wss://127.0.0.1:{address.port}/"
                     read = await bob.expect(type="receipt", status="read")
                     assert (read["seq"], read["userId"]) == (120, "alice")
                     await driver.step("done")

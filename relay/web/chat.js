@@ -696,7 +696,7 @@
 
   // For tests and debugging: a read-only view of the connection.
   window.relayChat = Object.freeze({
-    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId }),
+    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url }),
     disconnect: () => { if (ws) ws.close(4000, "test"); },
   });
 

@@ -35,6 +35,8 @@ const browser = await chromium.launchPersistentContext(userDataDir, {
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
   ],
   viewport: { width: 1000, height: 640 },
+  // The TLS test's relay has a self-signed certificate.
+  ignoreHTTPSErrors: url.startsWith("https:"),
 });
 const pageErrors = [];
 const cspViolations = [];
@@ -146,5 +148,5 @@ async function paging(page) {
   await page.evaluate(() => { document.getElementById("messages").scrollTop = 0; });
   await count(120);
   await page.locator("#load-older").waitFor({ state: "hidden", timeout: STEP_MS });
-  say("page3", { texts: await texts() });
+  say("page3", { texts: await texts(), socket: await page.evaluate(() => window.relayChat.state().url) });
 }
