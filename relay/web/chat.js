@@ -616,9 +616,15 @@
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
     if (sock) sock.close(1000);
+    stopTyping();
+    clearTimeout(ackTimer);
+    ackTimer = null;
+    for (const c of convs.values()) for (const t of c.typing.values()) clearTimeout(t);
     convs.clear();
     outbox.clear();
     presence.clear();
+    historyRefs.clear();
+    acksDue.clear();
     openKey = null;
     $("app").hidden = true;
     $("login").hidden = false;
