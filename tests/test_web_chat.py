@@ -12,7 +12,6 @@ import os
 import shutil
 import ssl
 import subprocess
-import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -251,9 +250,11 @@ async def connect_bob(relay: Relay, ws: WebSocketConnection, **auth: Any) -> Bob
     return bob
 
 
-async def test_browser_chat_with_python_user(nursery: trio.Nursery, browser_node: str) -> None:
+async def test_browser_chat_with_python_user(
+    nursery: trio.Nursery, browser_node: str, tmp_path: Path
+) -> None:
     relay = await start_relay(nursery, web_chat=True)
-    tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
+    tmp = tmp_path  # chat.png (the screenshot) and driver.stderr stay for a look afterwards
     shot = tmp / "chat.png"
     first = "<b>hello</b> & <img src=x onerror=alert(1)> from python"
     try:
@@ -287,14 +288,14 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 async def test_browser_over_tls_pages_history_and_lists_groups(
-    nursery: trio.Nursery, browser_node: str, certificate: tuple[str, str]
+    nursery: trio.Nursery, browser_node: str, certificate: tuple[str, str], tmp_path: Path
 ) -> None:
     cert, key = certificate
     relay = await start_relay(nursery, web_chat=True, certfile=cert, keyfile=key)
     address = relay.address
     assert address is not None and relay.url.startswith("wss://")
     tls = ssl.create_default_context(cafile=cert)
-    tmp = Path(tempfile.mkdtemp(prefix="relay-web-chat-"))
+    tmp = tmp_path  # chat.png (the screenshot) and driver.stderr stay for a look afterwards
     try:
         with trio.fail_after(20):
             async with (
