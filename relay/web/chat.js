@@ -505,6 +505,7 @@
       let preview = "";
       if (c.typing.size) preview = "typing…";
       else if (c.lastMessage) preview = (c.lastMessage.senderId === me.userId ? "You: " : "") + c.lastMessage.text;
+      else preview = "no messages yet";
       li.append(el("span", "conv-preview", preview));
       if (c.unread > 0 && c.key !== openKey) li.append(el("span", "unread", String(c.unread)));
       else li.append(el("span"));
