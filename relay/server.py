@@ -12,13 +12,20 @@ Shape of one server (every task lives in a visible nursery):
 
 Invariants:
 - After the 101 response the socket is a plain non-blocking stdlib socket owned by its
-  connection; only the reader waits for readability and only the writer task (or nobody)
-  waits for writability, so no two tasks ever wait on the same direction of one socket.
+  connection; only the reader (then its linger) waits for readability and only the writer
+  task (or nobody) waits for writability, so no two tasks wait on one direction of a socket.
+  wss:// keeps trio.SSLStream instead (TLS needs it): every flush there is a writer task.
 - A connection is in `Server.dirty` at most once (`Connection.dirty` says so); a connection
   whose writer task is active is skipped by the flusher (the writer owns its outbox then).
 - Nothing is written after a close frame: once closing, at most `_close_remaining` more
   bytes leave (everything queued before the close frame, and the close frame itself).
 - `handler.on_close` is called exactly once per connection that got `on_open`.
+- Frames pushed straight into `conn.outbox` (relay.fastpath.fanout) are written once the
+  pusher calls `conn.flush_soon()`; the heartbeat sweep also flushes any outbox left pending
+  (counted as relay_late_flushes_total, which should stay 0).
+- Closing is bounded: the wait for the peer's close, the flush of ours and the wait for the
+  peer's FIN share one deadline, CLOSE_TIMEOUT after close(); the drain adds drain_timeout
+  over all connections.
 
 Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
 and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
