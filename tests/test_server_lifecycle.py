@@ -21,7 +21,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from relay import Relay, RelayConfig
 from relay.cli import build_parser, config_from
 from relay.echo import EchoHandler
-from relay.fastpath import OP_TEXT, encode_frame
+from relay.fastpath import OP_TEXT, encode_frame, fanout
 from relay.server import Connection
 
 ROOT = Path(__file__).parent.parent
@@ -398,3 +398,35 @@ async def test_fanout_writes_each_connection_once_per_tick(nursery: trio.Nursery
     assert stats.socket_writes - writes_before == 11
     for ws in [*receivers, sender]:
         await ws.aclose()
+
+
+@define(eq=False)
+class FanoutHandler(Broadcast):
+    """Broadcast through relay.fastpath.fanout, calling flush_soon() only when told to."""
+
+    call_flush_soon: bool = True
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        conns = list(self.conns.values())
+        for payload in payloads:
+            failed = fanout([c.outbox for c in conns], encode_frame(OP_TEXT, payload), False)
+            assert failed == []
+        if self.call_flush_soon:
+            for c in conns:
+                c.flush_soon()
+
+
+@pytest.mark.parametrize("call_flush_soon", [True, False])
+async def test_fanout_outboxes_are_written(nursery: trio.Nursery, call_flush_soon: bool) -> None:
+    handler = FanoutHandler(call_flush_soon=call_flush_soon)
+    # Heartbeat sweep every 0.1 s: the safety net for outboxes nobody asked to flush.
+    relay = await start_relay(nursery, handler=handler, heartbeat_interval=0.4)
+    a, b = await RawWs.connect(relay), await RawWs.connect(relay)
+    await a.send_text("to everyone")
+    with trio.fail_after(2):
+        assert await a.recv_frame() == (1, b"to everyone")
+        assert await b.recv_frame() == (1, b"to everyone")
+    late = relay.metrics.stats.late_flushes
+    assert late == 0 if call_flush_soon else late >= 2
+    await a.aclose()
+    await b.aclose()
