@@ -1029,10 +1029,10 @@ class MessagingService:
 
     async def _on_presence(self, conn: Connection, session: Session, frame: PresenceFrame) -> None:
         offline = [u for u in frame.user_ids if not self.presence.is_online(u)]
+        # lastSeen not yet written, taken before reading (the write may finish meanwhile)
+        pending = {u: self._last_seen[u] for u in offline if u in self._last_seen}
         seen = await self.store.last_seen(offline) if offline else {}
-        for user in offline:  # gone offline, lastSeen not yet written
-            if user in self._last_seen:
-                seen[user] = self._last_seen[user]
+        seen.update(pending)
         users = [
             (u, self.presence.status_of(u), None if self.presence.is_online(u) else seen.get(u))
             for u in frame.user_ids
