@@ -17,7 +17,8 @@ Delivery bookkeeping per session (the invariants the service keeps):
   flushed to the socket; on flush it is handed to the store, on close it is dropped (those
   messages stay undelivered and come again with the next connection's backlog);
 - while `backlog_active`, messages from others are not delivered live (the backlog brings them
-  in seq order); own messages from other devices wait in `held` and follow the backlog;
+  in seq order); own messages from other devices wait in `held` and follow the backlog (one
+  whose seq the backlog already passed is not sent live: `history` has it);
 - the backlog never fills more than half the outbox: a fetched batch waits in `backlog_queue`
   and is fed on each flush, so a backlog larger than the outbox reaches a reading device.
 """
