@@ -4,7 +4,7 @@ Shape of one server (every task lives in a visible nursery):
 
     Server.serve ── root nursery
       └─ host (shielded, so a cancelled serve can still drain) ── host nursery
-           ├─ accept loop (trio.serve_listeners), starting one task per TCP connection here
+           ├─ accept loops (one per listener), starting one task per TCP connection here
            ├─ flusher: ONE task writing every dirty outbox, one `send` per connection per tick
            ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
            └─ per connection: its task (handshake, then the reader) and a nursery in which a
@@ -41,8 +41,10 @@ first, 1006 when the TCP connection ended without a close handshake.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import os
 import socket
 import ssl
 import time
@@ -83,6 +85,10 @@ RECV_SIZE = 256 * 1024
 CLOSE_TIMEOUT = 2.0
 #: Period of handler.tick(now).
 TICK_INTERVAL = 0.25
+#: Pause before accepting again after accept() failed for lack of descriptors or memory.
+ACCEPT_RETRY = 0.1
+#: accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 #: How long a plain-HTTP connection may take to read its response before it is cut.
 HTTP_LINGER = 1.0
 
@@ -587,10 +593,33 @@ class Server:
         *,
         task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        # Not trio.serve_listeners: its per-connection wrapper keeps the SocketStream alive for
+        # the connection's whole life; here the connection task holds the only reference.
         with self._accept_scope:
-            await trio.serve_listeners(
-                self._handle_tcp, listeners, handler_nursery=nursery, task_status=task_status
-            )
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, nursery)
+                task_status.started(listeners)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error(
+                        "accept returned %s (%s); retrying in %s s",
+                        errno.errorcode[exc.errno],
+                        os.strerror(exc.errno),
+                        ACCEPT_RETRY,
+                        exc_info=True,
+                    )
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                nursery.start_soon(self._handle_tcp, stream)
+                del stream
 
     async def _drain(self) -> None:
         self.draining = True
@@ -691,13 +720,17 @@ class Server:
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
         # The handshake runs in its own frame, so that none of its state (h11 and wsproto
-        # objects, the request) stays referenced while the WebSocket lives.
+        # objects, the request) stays referenced while the WebSocket lives; nor does `tcp`
+        # (the raw path detached its socket, the TLS path's stream wraps it).
+        opened: tuple[WsConnection, bytes] | None = None
         try:
             opened = await self._handle(tcp)
         except Exception:
             log.exception("connection task failed")
-            await trio.aclose_forcefully(tcp)
-            return
+        finally:
+            if opened is None:
+                await trio.aclose_forcefully(tcp)
+        del tcp
         if opened is not None:
             conn, trailing = opened
             del opened
