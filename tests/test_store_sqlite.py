@@ -524,3 +524,53 @@ async def test_two_stores_on_one_file_keep_seq_and_idempotency(tmp_path: Path) -
     assert fresh == list(range(1, 91))  # 30 x + 30 y + 30 shared, each stored once
     seq_of = {mid: seq for mid, seq, dup in got if not dup}
     assert all(seq_of[mid] == seq for mid, seq, dup in got if dup)
+
+
+async def test_concurrent_appends_with_duplicates_in_one_transaction(tmp_path: Path) -> None:
+    # The writer stores the appends of a batch together; a duplicate among them (of a message
+    # stored before, or of another request in the same batch) still comes back as the stored one.
+    store = SqliteStore(tmp_path / "relay.db", commit_interval=0.05)
+    await store.open()
+    try:
+        [first] = await put(store, msg("a", "b", id="old"))
+        got: dict[int, list[tuple[str, int, bool]]] = {}
+
+        async def append(n: int, ids: list[str]) -> None:
+            results = await store.append_many([msg("a", "b", id=i) for i in ids])
+            got[n] = [(r.message.id, r.message.seq, r.duplicate) for r in results]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, 0, ["p", "q"])
+            nursery.start_soon(append, 1, ["r", "old"])
+            nursery.start_soon(append, 2, ["q", "s"])
+            nursery.start_soon(append, 3, ["t"])
+        fresh = sorted(seq for results in got.values() for _, seq, dup in results if not dup)
+        assert fresh == [2, 3, 4, 5, 6]  # p q r s t, once each, no gap
+        seq_of = {i: s for results in got.values() for i, s, dup in results if not dup}
+        seq_of["old"] = first.seq
+        for results in got.values():
+            assert all(seq_of[i] == s for i, s, _ in results)
+        assert sum(dup for results in got.values() for _, _, dup in results) == 2
+        page, _ = await store.history(AB)
+        assert page[0].id == "old" and seqs(page) == [1, 2, 3, 4, 5, 6]
+        [later] = await put(store, msg("b", "a"))
+        assert later.seq == 7
+    finally:
+        await store.close()
+
+
+async def test_a_second_store_writing_between_batches_moves_the_counter(tmp_path: Path) -> None:
+    # The writer remembers conversation counters between batches; a commit by another
+    # connection must not let it hand out a seq twice or leave a gap.
+    path = tmp_path / "relay.db"
+    first, second = SqliteStore(path), SqliteStore(path)
+    await first.open()
+    await second.open()
+    try:
+        for n in range(5):
+            [a] = await put(first, msg("a", "b", id=f"f{n}"))
+            [b] = await put(second, msg("b", "a", id=f"s{n}"))
+            assert (a.seq, b.seq) == (2 * n + 1, 2 * n + 2)
+    finally:
+        await first.close()
+        await second.close()

@@ -215,6 +215,95 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
     return results
 
 
+_INSERT_MESSAGE: Final = (
+    f"INSERT OR IGNORE INTO messages (pos, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _append_fused(
+    conn: sqlite3.Connection, requests: Sequence[Sequence[NewMessage]], known: dict[str, int]
+) -> tuple[list[list[Appended]], dict[str, int]] | None:
+    """Every message of several append requests in a few statements (`executemany`), in order.
+
+    `known` maps conversations to their committed `last_seq` (rows that exist). Returns each
+    request's results and the conversations' new last_seq, or None when a message was not
+    inserted (a duplicate, or a (conversation, seq) taken): the caller then undoes this and
+    runs the requests one by one, which sorts such cases out. Runs in the caller's savepoint.
+    """
+    tips: dict[str, _Tip] = {}
+    rows: list[tuple[Any, ...]] = []
+    peers: list[tuple[str, str, str]] = []
+    answers: list[list[Appended]] = []
+    (pos,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM messages").fetchone()
+    for messages in requests:
+        results: list[Appended] = []
+        for m in messages:
+            conversation = m.conversation
+            tip = tips.get(conversation)
+            if tip is None:
+                last = known.get(conversation)
+                if last is None:
+                    found = conn.execute(
+                        "SELECT last_seq FROM conversations WHERE conversation = ?",
+                        (conversation,),
+                    ).fetchone()
+                    tip = _Tip(found[0] if found else 0, found is not None, m.group_id)
+                else:
+                    tip = _Tip(last, True, m.group_id)
+                tips[conversation] = tip
+                if not tip.exists and m.group_id is None:
+                    recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
+                    peers.append((m.sender_id, conversation, recipient))
+                    peers.append((recipient, conversation, m.sender_id))
+            pos += 1
+            seq = tip.last_seq = tip.last_seq + 1
+            tip.last_pos = pos
+            tip.updated_at = m.server_timestamp
+            meta = m.meta
+            rows.append(
+                (
+                    pos,
+                    conversation,
+                    seq,
+                    m.id,
+                    m.sender_id,
+                    m.text,
+                    m.server_timestamp,
+                    m.recipient_id,
+                    m.group_id,
+                    m.sender_name,
+                    m.sender_avatar,
+                    m.client_timestamp,
+                    orjson.dumps(meta).decode() if meta is not None else None,
+                )
+            )
+            results.append(Appended(m.stored(seq), duplicate=False))
+        answers.append(results)
+    # The unique indexes are the idempotency and counter checks: every row went in, or this
+    # attempt is void.
+    if conn.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
+        return None
+    if peers:
+        conn.executemany(
+            "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",
+            peers,
+        )
+    conn.executemany(
+        "UPDATE conversations SET last_seq = ?, last_pos = ?, updated_at = ? WHERE conversation = ?",
+        [(t.last_seq, t.last_pos, t.updated_at, c) for c, t in tips.items() if t.exists],
+    )
+    conn.executemany(
+        "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (c, t.group_id, t.last_seq, t.last_pos, t.updated_at)
+            for c, t in tips.items()
+            if not t.exists
+        ],
+    )
+    return answers, {c: t.last_seq for c, t in tips.items()}
+
+
 def _mark_delivered(
     conn: sqlite3.Connection, conversation: str, user_id: str, device_id: str, seq: int
 ) -> Watermarks:
@@ -465,6 +554,9 @@ class _Request:
 
     work: Callable[[sqlite3.Connection], Any]
     weight: int  # messages it appends (1 for other writes): what `max_batch` counts
+    # set for an append: its messages, which the writer may store together with other appends'
+    # (`work` does the same alone)
+    messages: Sequence[NewMessage] | None = None
     done: trio.Event = field(factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
@@ -484,6 +576,10 @@ class _Writer:
     max_batch: int
     retention: RetentionJob
     _wait_pays: bool = field(default=True, init=False)  # the last wait brought requests
+    # conversation -> its committed last_seq, as of `_data_version`; only this connection
+    # writes in between (another connection's commit changes data_version, and then it is dropped)
+    _known: dict[str, int] = field(factory=dict, init=False)
+    _data_version: int = field(default=-1, init=False)
     _since_wait: int = field(default=0, init=False)  # batches since the last wait
 
     def run(self) -> None:
@@ -572,14 +668,35 @@ class _Writer:
             conn.execute("ROLLBACK")
         done: list[_Request] = []  # requests whose work stands in the open transaction
         pending = list(batch)
-        while pending:
+        staged: dict[str, int] | None = None  # last_seqs the fused appends leave, if they stand
+        began = False  # a transaction is open (with `done` in it) that the loop must finish
+        appends = [r for r in batch if r.messages is not None]
+        if appends:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 self._fail(pending, f"could not start a write: {_describe(exc)}")
                 return
+            began = True
+            staged = self._fused(appends)
+            if staged is not None:
+                done = appends
+                pending = [r for r in batch if r.messages is None]
+            elif not conn.in_transaction:
+                began = False
+        while pending or began:
+            if not began:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as exc:
+                    self._fail(pending, f"could not start a write: {_describe(exc)}")
+                    return
+            began = False
             while pending:
                 request = pending.pop(0)
+                if request.messages is not None:
+                    staged = None  # appended one by one: the counters cached may be behind
+                    self._known.clear()
                 try:
                     conn.execute("SAVEPOINT request")
                     request.result = request.work(conn)
@@ -602,13 +719,14 @@ class _Writer:
                             conn.execute("ROLLBACK")
                     if not conn.in_transaction:
                         # SQLite undid the whole transaction (disk full, I/O error): nothing done
-                        # in it stands. The requests before this one run again in a new
-                        # transaction; this one has failed. Each round drops one request, so
-                        # it ends.
+                        # in it stands. The requests before this one run again (one by one) in
+                        # a new transaction; this one has failed. Each round drops one request,
+                        # so it ends.
                         for earlier in done:
                             earlier.result = None
                         pending[:0] = done
                         done = []
+                        staged = None
                         break
             else:
                 try:
@@ -616,8 +734,44 @@ class _Writer:
                 except sqlite3.Error as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    self._known.clear()
                     self._fail(done, f"commit failed: {_describe(exc)}")
+                    return
+                if staged is not None:
+                    self._known.update(staged)
                 return
+
+    def _fused(self, appends: list[_Request]) -> dict[str, int] | None:
+        """Run the append requests together inside the open transaction, in a savepoint. On
+        success their results are set and the conversations' new last_seqs returned; otherwise
+        nothing of it stands (the transaction may be gone, if SQLite undid it) and None."""
+        conn = self.conn
+        try:
+            (version,) = conn.execute("PRAGMA data_version").fetchone()
+            if version != self._data_version:  # another connection committed: counters may move
+                self._known.clear()
+                self._data_version = version
+            conn.execute("SAVEPOINT fused")
+            outcome = _append_fused(
+                conn, [cast(Sequence[NewMessage], r.messages) for r in appends], self._known
+            )
+            if outcome is None:
+                conn.execute("ROLLBACK TO fused")
+            conn.execute("RELEASE fused")
+        except Exception:  # the requests run one by one next, which sorts out whose fault it was
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK TO fused")
+                    conn.execute("RELEASE fused")
+                except sqlite3.Error:
+                    conn.execute("ROLLBACK")
+            return None
+        if outcome is None:
+            return None
+        answers, tips = outcome
+        for request, results in zip(appends, answers, strict=True):
+            request.result = results
+        return tips
 
     @staticmethod
     def _fail(requests: list[_Request], reason: str) -> None:
@@ -821,13 +975,18 @@ class SqliteStore:
             raise StoreError(f"the store is {self._state}, not open")
 
     # --- plumbing -------------------------------------------------------------------------------
-    async def _write(self, work: Callable[[sqlite3.Connection], T], weight: int = 1) -> T:
+    async def _write(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        weight: int = 1,
+        messages: Sequence[NewMessage] | None = None,
+    ) -> T:
         self._check_open()
         await self._slots.acquire()
         if self._state != "open":
             self._slots.release()
             self._check_open()
-        request = _Request(work, weight)
+        request = _Request(work, weight, messages)
         self._requests.put_nowait(request)
         await request.done.wait()
         if request.error is not None:
@@ -867,7 +1026,7 @@ class SqliteStore:
             self._check_open()
             return []
         batch = list(messages)
-        return await self._write(lambda conn: _append(conn, batch), weight=len(batch))
+        return await self._write(lambda conn: _append(conn, batch), len(batch), batch)
 
     async def history(
         self,
