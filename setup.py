@@ -66,7 +66,12 @@ class OptionalBuildExt(build_ext):
         if REQUIRE_EXT:
             raise
         print(
-            f"WARNING: could not compile {name} ({exc}); the pure-Python twin will be used",
+            f"WARNING: could not compile {name} ({exc}); "
+            + (
+                "`python -m bench` will build it when run"
+                if name.startswith("bench.")
+                else "the pure-Python twin will be used"
+            ),
             file=sys.stderr,
         )
 
