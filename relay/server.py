@@ -7,8 +7,10 @@ Shape of one server (every task lives in a visible nursery):
            ├─ accept loops (one per listener), starting one task per TCP connection here
            ├─ flusher: ONE task writing every dirty outbox, one `send` per connection per tick
            ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
-           └─ per connection: its task (handshake, then the reader) and a nursery in which a
-              writer task exists only while the kernel send buffer is full
+           ├─ expirer: ends raw connections whose close deadline passed
+           ├─ per connection: its task (handshake, then the reader); wss:// adds a nursery
+           │  for its writer task
+           └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
 
 Invariants:
 - After the 101 response the socket is a plain non-blocking stdlib socket owned by its
@@ -42,8 +44,10 @@ first, 1006 when the TCP connection ended without a close handshake.
 from __future__ import annotations
 
 import errno
+import heapq
 import itertools
 import logging
+import math
 import os
 import socket
 import ssl
@@ -189,7 +193,9 @@ class WsConnection:
     _ended: bool = False
     _opened: bool = False
     _peer_close_seen: bool = False
-    _scope: trio.CancelScope | None = None  # the connection nursery's: close deadline, breakage
+    # TLS path only: the connection nursery (its writer task) and its scope (close deadline,
+    # breakage). The raw path has neither: see WsConnection.run.
+    _scope: trio.CancelScope | None = None
     _nursery: trio.Nursery | None = None
     _idle: trio.Event | None = None
 
@@ -246,14 +252,26 @@ class WsConnection:
         self._close_deadline = now + CLOSE_TIMEOUT if wait_peer else now
         if self._scope is not None:
             self._scope.deadline = min(self._scope.deadline, self._close_deadline)
+        else:
+            self.server.expire_at(self, self._close_deadline)
         self.flush_soon()
         if not wait_peer and self.sock is not None and not self._writer_active:
             self.write_some()  # best effort, right now: the connection ends at once
 
     def _mark_broken(self) -> None:
+        """Stop the connection: every wait on its socket ends and none starts again."""
         self._broken = True
         if self._scope is not None:
             self._scope.cancel()
+        elif self.sock is not None and not self._ended:
+            # Wakes the reader, the linger and the writer task (ClosedResourceError); the
+            # flag keeps them from waiting again.
+            trio.lowlevel.notify_closing(self.sock)
+
+    def expire(self) -> None:
+        """The close deadline passed (raw path): end the connection now."""
+        if not self._ended:
+            self._mark_broken()
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -298,19 +316,35 @@ class WsConnection:
     def start_writer(self) -> None:
         """Hand the rest of the outbox to a writer task (only while the kernel buffer is full,
         or always on the TLS path)."""
-        if self._writer_active or self._ended or self._nursery is None:
+        if self._writer_active or self._ended:
+            return
+        if self.sock is not None:
+            nursery = self.server.host_nursery
+            writer = self._writer_raw
+        else:
+            nursery = self._nursery
+            writer = self._writer_tls
+        if nursery is None:
             return
         self._writer_active = True
-        self._nursery.start_soon(self._writer_raw if self.sock is not None else self._writer_tls)
+        nursery.start_soon(writer)
 
     async def _writer_raw(self) -> None:
+        # Runs in the server's host nursery; the connection's teardown waits for it to end
+        # before the socket is closed, after _mark_broken() woke it.
         sock = self.sock
         assert sock is not None
         try:
             while not self._broken:
-                await trio.lowlevel.wait_writable(sock)
+                try:
+                    await trio.lowlevel.wait_writable(sock)
+                except trio.ClosedResourceError:
+                    break
                 if not self.write_some():
                     break
+        except Exception:
+            log.exception("writer of connection %d failed", self.id)
+            self._mark_broken()
         finally:
             self._writer_active = False
             if self._idle is not None:
@@ -414,8 +448,11 @@ class WsConnection:
         stats = server.stats
         wait_readable = trio.lowlevel.wait_readable
         process = self._process
-        while True:
-            await wait_readable(sock)
+        while not self._broken:
+            try:
+                await wait_readable(sock)
+            except trio.ClosedResourceError:
+                return  # _mark_broken(): a write failed or the close deadline passed
             try:
                 n = sock.recv_into(buf)
             except (BlockingIOError, InterruptedError):
@@ -451,29 +488,37 @@ class WsConnection:
     # --- life cycle -----------------------------------------------------------------------------
 
     async def run(self, trailing: bytes) -> None:
-        """Serve the connection until it ends; the caller registered it with the server."""
-        server = self.server
+        """Serve the connection until it ends; the caller registered it with the server.
+
+        Raw path: no nursery and no cancel scope per connection (memory per idle connection
+        counts). Every wait is on the socket, so _mark_broken() (a failed write, or the close
+        deadline via Server.expire_at) ends them all with notify_closing; the writer task
+        lives in the host nursery. TLS path: a nursery for the writer, whose scope carries
+        the close deadline and is cancelled on breakage."""
         try:
-            async with trio.open_nursery() as nursery:
-                # One cancel scope per connection (memory per idle connection counts): a close
-                # sets its deadline, so the wait for the peer's close, the flush of ours and the
-                # linger are bounded together; a broken socket cancels it.
-                self._nursery = nursery
-                self._scope = nursery.cancel_scope
-                self._opened = True
-                try:
-                    server.handler.on_open(self)
-                except Exception:
-                    log.exception("handler.on_open failed on connection %d", self.id)
-                    self.close(1011, "internal error")
-                if not self.closing and not (trailing and await self._process(trailing)):
-                    await (self._read_raw() if self.sock is not None else self._read_tls())
-                if self.closing and not self._broken:
-                    await self._wait_flushed()
-                    await self._linger()
-                nursery.cancel_scope.cancel()
+            if self.sock is not None:
+                await self._serve(trailing)
+            else:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._scope = nursery.cancel_scope
+                    await self._serve(trailing)
+                    nursery.cancel_scope.cancel()
         finally:
             await self._teardown()
+
+    async def _serve(self, trailing: bytes) -> None:
+        self._opened = True
+        try:
+            self.server.handler.on_open(self)
+        except Exception:
+            log.exception("handler.on_open failed on connection %d", self.id)
+            self.close(1011, "internal error")
+        if not self.closing and not (trailing and await self._process(trailing)):
+            await (self._read_raw() if self.sock is not None else self._read_tls())
+        if self.closing and not self._broken:
+            await self._wait_flushed()
+            await self._linger()
 
     async def _linger(self) -> None:
         """After our close frame: half-close; unless the peer's close frame was read, wait for
@@ -489,8 +534,11 @@ class WsConnection:
         if self._peer_close_seen:
             return
         buf = self.server.recv_buffer
-        while True:
-            await trio.lowlevel.wait_readable(sock)
+        while not self._broken:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return
             try:
                 if sock.recv_into(buf) == 0:
                     return
@@ -500,6 +548,14 @@ class WsConnection:
                 return
 
     async def _teardown(self) -> None:
+        if self._writer_active and self.sock is not None:
+            # The raw writer lives in the host nursery: wake it and let it end before the
+            # socket is closed (bounded: it waits on nothing else).
+            self._mark_broken()
+            with trio.CancelScope(shield=True):
+                while self._writer_active:
+                    self._idle = trio.Event()
+                    await self._idle.wait()
         self._ended = True
         self.closing = True
         if self.sock is not None:
@@ -534,6 +590,11 @@ class Server:
     _all_closed: trio.Event = field(factory=trio.Event)
     _host_scope: trio.CancelScope = field(factory=trio.CancelScope)
     _accept_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    #: where the raw path's writer tasks run (set once serving)
+    host_nursery: trio.Nursery | None = None
+    # close deadlines of raw connections: a heap of (deadline, connection id, connection)
+    _expiries: list[tuple[float, int, WsConnection]] = field(factory=list)
+    _expiry_changed: trio.Event = field(factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
@@ -581,8 +642,10 @@ class Server:
         self._host_scope.shield = True
         with self._host_scope:
             async with trio.open_nursery() as nursery:
+                self.host_nursery = nursery
                 nursery.start_soon(self._flusher)
                 nursery.start_soon(self._ticker)
+                nursery.start_soon(self._expirer)
                 task_status.started(nursery)
                 await trio.sleep_forever()
 
@@ -664,6 +727,25 @@ class Server:
             self.handler.on_flushed(conn)
         except Exception:
             log.exception("handler.on_flushed failed on connection %d", conn.id)
+
+    # --- close deadlines (raw path) ------------------------------------------------------------
+
+    def expire_at(self, conn: WsConnection, deadline: float) -> None:
+        """End `conn` (WsConnection.expire) once trio.current_time() reaches `deadline`."""
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, conn.id, conn))
+        if heap[0][2] is conn:
+            self._expiry_changed.set()
+
+    async def _expirer(self) -> None:
+        heap = self._expiries
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].expire()
+            changed = self._expiry_changed = trio.Event()
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await changed.wait()
 
     # --- the ticker -----------------------------------------------------------------------------
 
