@@ -26,6 +26,7 @@ from relay.config import RelayConfig
 from relay.errors import StoreError, StoreUnavailable
 from relay.store import MemoryStore, store_from_config
 from relay.store.base import NewMessage, Store, Watermarks, group_conversation
+from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from relay.store.sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parent.parent
@@ -574,3 +575,47 @@ async def test_a_second_store_writing_between_batches_moves_the_counter(tmp_path
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_version_1_database_is_carried_forward(tmp_path: Path) -> None:
+    # A file written by the first schema: its messages, counters and idempotency keys still hold.
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp, "
+        "recipient_id) VALUES (1, ?, 1, 'v1', 'a', 'from v1', '2026-01-01T00:00:00.000Z', 'b')",
+        (AB,),
+    )
+    conn.execute(
+        "INSERT INTO conversations VALUES (?, NULL, 1, 1, '2026-01-01T00:00:00.000Z')", (AB,)
+    )
+    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b'), ('b', ?, 'a')", (AB, AB))
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [again] = await store.append_many([msg("a", "b", id="v1")])
+        assert (again.duplicate, again.message.seq, again.message.text) == (True, 1, "from v1")
+        [fresh] = await put(store, msg("a", "b", id="v2"))
+        assert fresh.seq == 2
+        assert [m.id for m in await store.undelivered("b", "")] == ["v1", "v2"]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        with pytest.raises(sqlite3.IntegrityError):  # the key is still unique
+            conn.execute(
+                "INSERT INTO messages (conversation, seq, id, sender_id, text, server_timestamp) "
+                "VALUES (?, 9, 'v2', 'a', 'again', 'now')",
+                (AB,),
+            )
+    finally:
+        conn.close()

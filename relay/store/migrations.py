@@ -16,6 +16,11 @@ Tables (version 1):
 - watermarks: a user's delivered/read seq per conversation.
 - device_cursors: a device's delivered seq per conversation (absent = the user's watermark).
 - groups, last_seen.
+
+Version 2: the idempotency index is keyed (id, sender_id) instead of (sender_id, id): the same
+unique constraint, but message ids that grow with time (the client library's `<ms>-<random>`,
+ULIDs, timestamps) now land at the end of the index instead of at one place per sender, so a
+batch of appends dirties a few index pages rather than one or more per sender.
 """
 
 from __future__ import annotations
@@ -89,6 +94,11 @@ MIGRATIONS: tuple[str, ...] = (
         user_id TEXT PRIMARY KEY,
         timestamp TEXT NOT NULL
     ) WITHOUT ROWID;
+    """,
+    # 2: the idempotency index leads with the message id (see the module docstring)
+    """
+    DROP INDEX messages_by_key;
+    CREATE UNIQUE INDEX messages_by_key ON messages (id, sender_id);
     """,
 )
 
