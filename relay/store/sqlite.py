@@ -563,6 +563,7 @@ class _Request:
 
 
 _STOP: Final = object()
+_CHECKPOINT_PAGES: Final = 10_000  # WAL pages (of 4 kB) between automatic checkpoints
 _PROBE_EVERY: Final = 16  # batches between trial waits while waiting does not pay
 
 
@@ -896,6 +897,12 @@ class SqliteStore:
                     "is the file or its directory read-only?"
                 )
             conn.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoint every ~40 MB of WAL rather than SQLite's 4 MB: the pages appends keep
+            # rewriting (the tails of the table and indexes) are copied to the file once per
+            # checkpoint, not once per 4 MB, and the checkpoint's fsyncs stall commits 10x less
+            # often. The WAL file is cut back to 64 MB when it restarts.
+            conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
+            conn.execute(f"PRAGMA journal_size_limit = {64 << 20}")
             if self.check_on_open:
                 problems = [r[0] for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
                 if problems != ["ok"]:
