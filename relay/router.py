@@ -51,6 +51,11 @@ class Router:
         conns = self._by_user.get(user_id)
         return conns.values() if conns else ()
 
+    def table(self) -> dict[str, dict[int, Connection]]:
+        """user id -> {connection id: connection}, the router's own table, for the hot path of
+        delivery to look users up without a call each: read it, never change it."""
+        return self._by_user
+
     def is_connected(self, user_id: str) -> bool:
         return user_id in self._by_user
 

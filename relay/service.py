@@ -64,13 +64,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
-from attrs import define, field, frozen
+from attrs import define, field
 
 from relay.auth import Authenticator, TrustingAuthenticator
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
 from relay.errors import Conflict, FrameError, NotFound
-from relay.fastpath import OP_TEXT, encode_frame, fanout
+from relay.fastpath import OP_TEXT, encode_frame
 from relay.presence import PresenceTracker
 from relay.protocol import (
     AuthFrame,
@@ -99,8 +99,8 @@ from relay.protocol import (
     encode_pong,
     encode_presence,
     encode_receipt_failed,
-    encode_receipt_sent,
     encode_receipt_status,
+    encode_sent,
     encode_status,
     encode_typing,
     parse_client_frame,
@@ -124,6 +124,10 @@ log = logging.getLogger("relay.service")
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
+_ACTIVE = Phase.ACTIVE
+_CLOSING = Phase.CLOSING
+#: bound of the remembered 1:1 conversation keys (cleared when reached)
+DIRECT_KEYS_MAX = 100_000
 
 
 def _wire(json_bytes: bytes) -> bytes:
@@ -131,20 +135,8 @@ def _wire(json_bytes: bytes) -> bytes:
     return encode_frame(OP_TEXT, json_bytes)
 
 
-@frozen
-class _Refusal:
-    """A message of a batch answered with a `failed` receipt (already encoded)."""
-
-    frame: bytes
-
-
-@frozen
-class _Accepted:
-    """A message of a batch handed to the store, with the users it is for."""
-
-    message: NewMessage
-    audience: tuple[str, ...]
-
+#: a live delivery waiting for its turn: (message, audience, connection left out)
+_Delivery = tuple[StoredMessage, Sequence[str], Connection | None]
 
 #: a conversation's last released seq is forgotten after this long without appends
 SEQUENCER_IDLE = 60.0
@@ -161,24 +153,27 @@ class _Sequencer:
       SEQUENCER_IDLE seconds without appends);
     - a delivery of seq s of c is released when s == _released[c] + 1, or when no append of c is
       in flight (then every lower seq was accepted earlier and its caller has already resumed
-      and released it); otherwise it is held. Failed and cancelled appends only end.
+      and released it); otherwise it is held. Held deliveries of c are released lowest first.
+      Failed and cancelled appends only end.
     """
 
+    _release: Callable[[StoredMessage, Sequence[str], Connection | None], None]
     _inflight: dict[str, int] = field(factory=dict)
     _released: dict[str, int] = field(factory=dict)
-    _held: dict[str, dict[int, Callable[[], None]]] = field(factory=dict)
+    _held: dict[str, dict[int, _Delivery]] = field(factory=dict)
     _used: dict[str, float] = field(factory=dict)
 
     def begin(self, conversations: Iterable[str], now: float) -> None:
         inflight = self._inflight
+        used = self._used
         for conversation in conversations:
             inflight[conversation] = inflight.get(conversation, 0) + 1
-            self._used[conversation] = now
+            used[conversation] = now
 
     def end(
         self,
         conversations: Iterable[str],
-        deliveries: Iterable[tuple[str, int, Callable[[], None]]],
+        deliveries: Iterable[tuple[str, int, StoredMessage, Sequence[str], Connection | None]],
     ) -> None:
         inflight = self._inflight
         for conversation in conversations:
@@ -187,10 +182,23 @@ class _Sequencer:
                 inflight[conversation] = left
             else:
                 del inflight[conversation]
-        for conversation, seq, action in deliveries:
-            self._held.setdefault(conversation, {})[seq] = action
-        for conversation in conversations:
-            self._drain(conversation)
+        held = self._held
+        released = self._released
+        release = self._release
+        for conversation, seq, message, audience, exclude in deliveries:
+            # the common case, decided at once: the next seq of a conversation holding nothing
+            if conversation not in held and released.get(conversation, -1) == seq - 1:
+                released[conversation] = seq
+                try:
+                    release(message, audience, exclude)
+                except Exception:
+                    log.exception("delivery of %s #%d failed", conversation, seq)
+                continue
+            held.setdefault(conversation, {})[seq] = (message, audience, exclude)
+        if held:
+            for conversation in conversations:
+                if conversation in held:
+                    self._drain(conversation)
 
     def _drain(self, conversation: str) -> None:
         held = self._held.get(conversation)
@@ -202,10 +210,10 @@ class _Sequencer:
             low = min(held)
             if busy and (last is None or low != last + 1):
                 break
-            action = held.pop(low)
+            message, audience, exclude = held.pop(low)
             last = low if last is None else max(last, low)
             try:
-                action()
+                self._release(message, audience, exclude)
             except Exception:
                 log.exception("delivery of %s #%d failed", conversation, low)
         if last is not None:
@@ -248,6 +256,9 @@ class MessagingService:
     _backlog_ready: dict[int, Connection]
     _maintaining: bool
     _manage_store: bool
+    _direct_keys: dict[tuple[str, str], str]
+    _iso_ms: int  # the wall-clock millisecond `_iso` was formatted for
+    _iso: str
 
     def __init__(
         self,
@@ -270,7 +281,10 @@ class MessagingService:
         self.typing = TypingTracker(config.typing_lapse, config.typing_rate_limit)
         self.limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_burst)
         self._awaiting = {}
-        self._sequencer = _Sequencer()
+        self._sequencer = _Sequencer(self._release)
+        self._direct_keys = {}
+        self._iso_ms = -1
+        self._iso = ""
         self._flushed = {}
         self._persisting = {}
         self._last_seen = {}
@@ -292,7 +306,13 @@ class MessagingService:
             await self.store.close()
 
     def _now_iso(self) -> str:
-        return iso_utc(self.wall())
+        """The wall clock as the protocol writes it (formatted once per millisecond)."""
+        now = self.wall()
+        millis = int(now * 1000)
+        if millis != self._iso_ms:
+            self._iso = iso_utc(now)
+            self._iso_ms = millis
+        return self._iso
 
     # --- ConnectionHandler ------------------------------------------------------------------------
     def on_open(self, conn: Connection) -> None:
@@ -301,14 +321,15 @@ class MessagingService:
 
     async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
         session = conn.state
-        if not isinstance(session, Session):
+        if session.__class__ is not Session:
             return
+        limits = self.limits
         batch: list[MessageFrame | MessageRefused] = []
         for payload in payloads:
-            if session.closing:
+            if session.phase is _CLOSING:
                 return
             try:
-                frame: ClientFrame = parse_client_frame(payload, self.limits)
+                frame: ClientFrame = parse_client_frame(payload, limits)
             except MessageRefused as refused:
                 if session.active:
                     batch.append(refused)
@@ -323,7 +344,7 @@ class MessagingService:
                     batch = []
                 self._on_frame_error(conn, session, exc)
                 continue
-            if isinstance(frame, MessageFrame) and session.active:
+            if frame.__class__ is MessageFrame and session.phase is _ACTIVE:
                 batch.append(frame)
                 continue
             if batch:
@@ -451,9 +472,9 @@ class MessagingService:
     # --- sending ----------------------------------------------------------------------------------
     def _send(self, conn: Connection, session: Session, json_bytes: bytes) -> bool:
         """Queue a frame that must not be dropped; a full outbox closes the connection (1013)."""
-        if session.closing:
+        if session.phase is _CLOSING:
             return False
-        if conn.send(_wire(json_bytes)):
+        if conn.send(encode_frame(OP_TEXT, json_bytes)):
             return True
         self._slow(conn, session)
         return False
@@ -720,24 +741,35 @@ class MessagingService:
             session.pending_marks[conversation] = (message.seq, message.group_id)
         return True
 
+    def _release(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> None:
+        """A stored message's turn came (see _Sequencer): deliver it live."""
+        if message.group_id is None and message.recipient_id is not None:
+            self.presence.pair(message.sender_id, message.recipient_id)
+        self._deliver(message, audience, exclude)
+
     def _deliver(
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
         """A newly stored message to every active connection of its audience but `exclude`:
-        encoded once, the same bytes pushed to every outbox with one fanout."""
-        wire = _wire(encode_message(message))
+        encoded once, the same bytes pushed to every outbox."""
+        wire = encode_frame(OP_TEXT, encode_message(message))
         conversation = message.conversation
         seq = message.seq
         sender = message.sender_id
-        conns: list[Connection] = []
-        sessions: list[Session] = []
-        live = self.router.live
+        mark: tuple[int, str | None] | None = None
+        failed: list[tuple[Connection, Session]] | None = None
+        table = self.router.table()
         for user in audience:
-            for conn in live(user):
+            conns = table.get(user)
+            if conns is None:
+                continue
+            for conn in conns.values():
                 if conn is exclude:
                     continue
                 session = conn.state
-                if session.__class__ is not Session or session.phase is not Phase.ACTIVE:
+                if session.__class__ is not Session or session.phase is not _ACTIVE:
                     continue
                 if session.backlog_active:
                     if sender == session.user_id:
@@ -745,20 +777,23 @@ class MessagingService:
                     else:
                         session.backlog_skipped = True
                     continue
-                if seq > session.sent_upto.get(conversation, 0):
-                    conns.append(conn)
-                    sessions.append(session)
-        if not conns:
-            return
-        failed = fanout([conn.outbox for conn in conns], wire, False)
-        mark = (seq, message.group_id)
-        for conn, session in zip(conns, sessions, strict=True):
-            conn.flush_soon()
-            session.sent_upto[conversation] = seq
-            if not session.acks and sender != session.user_id:
-                session.pending_marks[conversation] = mark
-        for i in failed:  # did not fit: the connection ends (its marks are dropped with it)
-            self._slow(conns[i], sessions[i])
+                sent_upto = session.sent_upto
+                if seq <= sent_upto.get(conversation, 0):
+                    continue
+                if not conn.outbox.push(wire):
+                    if failed is None:
+                        failed = []
+                    failed.append((conn, session))
+                    continue
+                conn.flush_soon()
+                sent_upto[conversation] = seq
+                if not session.acks and sender != session.user_id:
+                    if mark is None:
+                        mark = (seq, message.group_id)
+                    session.pending_marks[conversation] = mark
+        if failed:  # did not fit: the connection ends (its marks are dropped with it)
+            for conn, session in failed:
+                self._slow(conn, session)
 
     async def _guarded_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
@@ -770,19 +805,26 @@ class MessagingService:
             self._error(conn, session, "internal", "internal error")
 
     @staticmethod
-    def _refuse(
-        frame: MessageFrame, reason: str, detail: str, field: str | None = None
-    ) -> _Refusal:
-        return _Refusal(
-            encode_receipt_failed(
-                frame.id,
-                reason,
-                peer_id=frame.recipient_id,
-                group_id=frame.group_id,
-                field=field,
-                detail=detail,
-            )
+    def _refuse(frame: MessageFrame, reason: str, detail: str, field: str | None = None) -> bytes:
+        return encode_receipt_failed(
+            frame.id,
+            reason,
+            peer_id=frame.recipient_id,
+            group_id=frame.group_id,
+            field=field,
+            detail=detail,
         )
+
+    def _direct_key(self, user: str, peer: str) -> str:
+        """direct_conversation(user, peer), remembered (bounded) for the hot path."""
+        keys = self._direct_keys
+        pair = (user, peer)
+        key = keys.get(pair)
+        if key is None:
+            if len(keys) >= DIRECT_KEYS_MAX:
+                keys.clear()
+            key = keys[pair] = direct_conversation(user, peer)
+        return key
 
     def _check_message(
         self,
@@ -791,14 +833,17 @@ class MessagingService:
         now: float,
         timestamp: str,
         group: Group | None = None,
-    ) -> _Accepted | _Refusal:
-        """The checks of a message that need the session (a group's: `group`, looked up)."""
+    ) -> tuple[NewMessage, tuple[str, ...]] | bytes:
+        """The checks of a message that need the session (a group's: `group`, looked up):
+        (the message to store, the users it is for), or the encoded `failed` receipt."""
         user = session.user_id
-        if frame.sender_id is not None and frame.sender_id != user:
+        sender_id = frame.sender_id
+        if sender_id is not None and sender_id != user:
             return self._refuse(
                 frame, "forbidden", "senderId is not the authenticated user", "senderId"
             )
-        if frame.group_id is not None:
+        group_id = frame.group_id
+        if group_id is not None:
             if group is None:
                 return self._refuse(frame, "not_found", "no such group", "groupId")
             if user not in group.members:
@@ -809,60 +854,67 @@ class MessagingService:
             peer = frame.recipient_id
             assert peer is not None
             audience = (peer,) if peer == user else (peer, user)
-            conversation = direct_conversation(user, peer)
+            conversation = self._direct_key(user, peer)
         if not self.limiter.allow(user, now):
             return self._refuse(frame, "rate_limited", "too many messages; slow down")
+        sender_name = frame.sender_name
+        sender_avatar = frame.sender_avatar
         message = NewMessage(
-            conversation=conversation,
-            id=frame.id,
-            sender_id=user,
-            text=frame.text,
-            server_timestamp=timestamp,
-            recipient_id=frame.recipient_id,
-            group_id=frame.group_id,
-            sender_name=frame.sender_name if frame.sender_name is not None else session.user_name,
-            sender_avatar=(
-                frame.sender_avatar if frame.sender_avatar is not None else session.user_avatar
-            ),
-            client_timestamp=frame.client_timestamp,
-            meta=frame.meta,
+            conversation,
+            frame.id,
+            user,
+            frame.text,
+            timestamp,
+            frame.recipient_id,
+            group_id,
+            session.user_name if sender_name is None else sender_name,
+            session.user_avatar if sender_avatar is None else sender_avatar,
+            frame.client_timestamp,
+            frame.meta,
         )
-        return _Accepted(message, audience)
+        return message, audience
 
     async def _message_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
     ) -> None:
         now = self.clock()
         timestamp = self._now_iso()
-        entries: list[_Accepted | _Refusal] = []
+        # per message: the encoded `failed` receipt, or (message, audience) to store
+        entries: list[tuple[NewMessage, tuple[str, ...]] | bytes] = []
+        accepted: list[NewMessage] = []
         for item in batch:
-            if isinstance(item, MessageRefused):
+            if item.__class__ is MessageFrame:
+                assert isinstance(item, MessageFrame)
+                if item.group_id is None:
+                    entry = self._check_message(session, item, now, timestamp)
+                else:
+                    group = await self.router.group(self.store, item.group_id)
+                    entry = self._check_message(session, item, now, timestamp, group)
+                if entry.__class__ is not bytes:
+                    assert isinstance(entry, tuple)
+                    accepted.append(entry[0])
+                entries.append(entry)
+            else:
+                assert isinstance(item, MessageRefused)
                 entries.append(
-                    _Refusal(
-                        encode_receipt_failed(
-                            item.message_id,
-                            item.code,
-                            peer_id=item.peer_id,
-                            group_id=item.group_id,
-                            field=item.field,
-                            detail=item.message,
-                        )
+                    encode_receipt_failed(
+                        item.message_id,
+                        item.code,
+                        peer_id=item.peer_id,
+                        group_id=item.group_id,
+                        field=item.field,
+                        detail=item.message,
                     )
                 )
-            elif item.group_id is None:
-                entries.append(self._check_message(session, item, now, timestamp))
-            else:
-                group = await self.router.group(self.store, item.group_id)
-                entries.append(self._check_message(session, item, now, timestamp, group))
-        accepted = [e.message for e in entries if isinstance(e, _Accepted)]
         if not accepted:
             for entry in entries:
-                assert isinstance(entry, _Refusal)
-                self._send(conn, session, entry.frame)
+                assert isinstance(entry, bytes)
+                self._send(conn, session, entry)
             return
         conversations = {m.conversation for m in accepted}
-        deliveries: list[tuple[str, int, Callable[[], None]]] = []
-        self._sequencer.begin(conversations, now)
+        deliveries: list[tuple[str, int, StoredMessage, Sequence[str], Connection | None]] = []
+        sequencer = self._sequencer
+        sequencer.begin(conversations, now)
         try:
             try:
                 results = await self.store.append_many(accepted)
@@ -871,10 +923,12 @@ class MessagingService:
                 results = None
             stored = iter(results or ())
             for entry in entries:
-                if isinstance(entry, _Refusal):
-                    self._send(conn, session, entry.frame)
+                if entry.__class__ is bytes:
+                    assert isinstance(entry, bytes)
+                    self._send(conn, session, entry)
                     continue
-                message = entry.message
+                assert isinstance(entry, tuple)
+                message, audience = entry
                 if results is None:
                     self._send(
                         conn,
@@ -889,27 +943,16 @@ class MessagingService:
                     )
                     continue
                 appended = next(stored)
-                self._send(conn, session, encode_receipt_sent(appended.message, timestamp))
+                done = appended.message
+                self._send(
+                    conn,
+                    session,
+                    encode_sent(done.id, done.recipient_id, done.group_id, done.seq, timestamp),
+                )
                 if not appended.duplicate:
-                    deliveries.append(
-                        (
-                            message.conversation,
-                            appended.message.seq,
-                            self._delivery(appended.message, entry.audience, conn),
-                        )
-                    )
+                    deliveries.append((message.conversation, done.seq, done, audience, conn))
         finally:
-            self._sequencer.end(conversations, deliveries)
-
-    def _delivery(
-        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
-    ) -> Callable[[], None]:
-        def deliver() -> None:
-            if message.group_id is None and message.recipient_id is not None:
-                self.presence.pair(message.sender_id, message.recipient_id)
-            self._deliver(message, audience, exclude)
-
-        return deliver
+            sequencer.end(conversations, deliveries)
 
     # --- receipts ---------------------------------------------------------------------------------
     async def _notify_senders(
@@ -1369,17 +1412,13 @@ class MessagingService:
             sender_name=sender_name,
             meta=frame.meta,
         )
-        deliveries: list[tuple[str, int, Callable[[], None]]] = []
+        deliveries: list[tuple[str, int, StoredMessage, Sequence[str], Connection | None]] = []
         self._sequencer.begin([conversation], self.clock())
         try:
             appended = (await self.store.append_many([message]))[0]
             if not appended.duplicate:
                 deliveries.append(
-                    (
-                        conversation,
-                        appended.message.seq,
-                        self._delivery(appended.message, audience, None),
-                    )
+                    (conversation, appended.message.seq, appended.message, audience, None)
                 )
         finally:
             self._sequencer.end([conversation], deliveries)

@@ -7,9 +7,9 @@ apply to the SQLite store only).
 
 Invariants:
 - `_messages[c][i].seq == i + 1` for every conversation `c` (seq from 1, no gap, no reuse).
-- `_by_key[(sender_id, id)]` is the stored message for every stored message.
-- `_order[(c, seq)]` is a process-wide counter increasing with acceptance: it orders the
-  undelivered backlog across conversations.
+- `_by_sender[sender_id][id]` is the stored message for every stored message.
+- `_order[c][seq - 1]` is a process-wide counter increasing with acceptance: it orders the
+  undelivered backlog across conversations (a list beside `_messages[c]`, same length).
 - Watermarks and device cursors never exceed the conversation's last seq and never decrease.
 """
 
@@ -39,8 +39,8 @@ class MemoryStore:
     """In-memory Store. `open`/`close` have nothing to do; data lives as long as the object."""
 
     _messages: dict[str, list[StoredMessage]] = field(factory=dict, init=False)
-    _by_key: dict[tuple[str, str], StoredMessage] = field(factory=dict, init=False)
-    _order: dict[tuple[str, int], int] = field(factory=dict, init=False)
+    _by_sender: dict[str, dict[str, StoredMessage]] = field(factory=dict, init=False)
+    _order: dict[str, list[int]] = field(factory=dict, init=False)
     _counter: count[int] = field(factory=lambda: count(1), init=False)
     # 1:1 conversation -> its two participants (one, for a note to self)
     _direct: dict[str, frozenset[str]] = field(factory=dict, init=False)
@@ -62,21 +62,47 @@ class MemoryStore:
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        # the hot path of every message: locals, positional constructors, no helper calls
         results: list[Appended] = []
+        by_sender = self._by_sender
+        logs = self._messages
+        orders = self._order
+        counter = self._counter
         for message in messages:
-            key = (message.sender_id, message.id)
-            existing = self._by_key.get(key)
+            sent = by_sender.get(message.sender_id)
+            if sent is None:
+                sent = by_sender[message.sender_id] = {}
+            existing = sent.get(message.id)
             if existing is not None:
-                results.append(Appended(existing, duplicate=True))
+                results.append(Appended(existing, True))
                 continue
-            log = self._messages.setdefault(message.conversation, [])
-            stored = message.stored(len(log) + 1)
+            conversation = message.conversation
+            log = logs.get(conversation)
+            if log is None:
+                log = logs[conversation] = []
+                orders[conversation] = []
+            seq = len(log) + 1
+            meta = message.meta
+            stored = StoredMessage(
+                conversation,
+                seq,
+                message.id,
+                message.sender_id,
+                message.text,
+                message.server_timestamp,
+                message.recipient_id,
+                message.group_id,
+                message.sender_name,
+                message.sender_avatar,
+                message.client_timestamp,
+                None if meta is None else dict(meta),  # its own copy, as NewMessage.stored
+            )
             log.append(stored)
-            self._by_key[key] = stored
-            self._order[(stored.conversation, stored.seq)] = next(self._counter)
-            if message.group_id is None:
+            sent[message.id] = stored
+            orders[conversation].append(next(counter))
+            if message.group_id is None and conversation not in self._direct:
                 self._note_direct(message)
-            results.append(Appended(stored, duplicate=False))
+            results.append(Appended(stored, False))
         return results
 
     def _note_direct(self, message: NewMessage) -> None:
@@ -117,7 +143,7 @@ class MemoryStore:
             found.extend(
                 m for m in self._messages.get(conversation, [])[start:] if m.sender_id != user_id
             )
-        found.sort(key=lambda m: self._order[(m.conversation, m.seq)])
+        found.sort(key=lambda m: self._order[m.conversation][m.seq - 1])
         return found[: max(limit, 0)]
 
     async def latest_by_sender(
@@ -193,7 +219,7 @@ class MemoryStore:
                 read_seq=marks.read_seq,
                 updated_at=updated_at,
             )
-            order = self._order[(conversation, last.seq)] if last else 0
+            order = self._order[conversation][last.seq - 1] if last else 0
             rows.append(((updated_at, order), summary))
         rows.sort(key=lambda row: row[0], reverse=True)
         return [summary for _, summary in rows[: max(limit, 0)]]
