@@ -619,3 +619,34 @@ async def test_a_version_1_database_is_carried_forward(tmp_path: Path) -> None:
             )
     finally:
         conn.close()
+
+
+async def test_a_batch_mixing_optional_fields_keeps_each_and_the_order(tmp_path: Path) -> None:
+    # Rows that set different optional columns are inserted by different statements; what is
+    # read back is each message as given, in acceptance order.
+    store = SqliteStore(tmp_path / "relay.db")
+    await store.open()
+    try:
+        base = msg("a", "b")
+        given = [
+            NewMessage(
+                conversation=base.conversation,
+                id=f"mix{n}",
+                sender_id="a",
+                text=f"text {n}",
+                server_timestamp=base.server_timestamp,
+                recipient_id="b",
+                sender_name="Ann" if n % 2 else None,
+                sender_avatar="https://a/x.png" if n % 3 == 0 else None,
+                client_timestamp="2026-01-01T00:00:00.000Z" if n % 4 < 2 else None,
+                meta={"n": n, "nested": [n, None]} if n % 5 else None,
+            )
+            for n in range(12)
+        ]
+        stored = await put(store, *given)
+        assert stored == [m.stored(n + 1) for n, m in enumerate(given)]
+        assert await store.undelivered("b", "") == stored
+        page, _ = await store.history(AB)
+        assert page == stored
+    finally:
+        await store.close()

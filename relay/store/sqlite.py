@@ -215,9 +215,30 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
     return results
 
 
-_INSERT_MESSAGE: Final = (
-    f"INSERT OR IGNORE INTO messages (pos, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_OPTIONAL: Final = (
+    "recipient_id",
+    "group_id",
+    "sender_name",
+    "sender_avatar",
+    "client_timestamp",
+    "meta",
 )
+_inserts: dict[int, str] = {}
+
+
+def _insert_message(present: int) -> str:
+    """The INSERT for messages whose optional columns set are the bits of `present` (bit i:
+    `_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
+    binds None through its adaptation lookup, which costs about as much as the row's insert."""
+    sql = _inserts.get(present)
+    if sql is None:
+        names = [name for bit, name in enumerate(_OPTIONAL) if present >> bit & 1]
+        columns = ", ".join(
+            ["pos", "conversation", "seq", "id", "sender_id", "text", "server_timestamp", *names]
+        )
+        marks = ", ".join("?" * (7 + len(names)))
+        sql = _inserts[present] = f"INSERT OR IGNORE INTO messages ({columns}) VALUES ({marks})"
+    return sql
 
 
 def _append_fused(
@@ -231,7 +252,8 @@ def _append_fused(
     runs the requests one by one, which sorts such cases out. Runs in the caller's savepoint.
     """
     tips: dict[str, _Tip] = {}
-    rows: list[tuple[Any, ...]] = []
+    rows: dict[int, list[list[Any]]] = {}  # by the optional columns they set
+    count = 0
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
     (pos,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM messages").fetchone()
@@ -259,29 +281,40 @@ def _append_fused(
             seq = tip.last_seq = tip.last_seq + 1
             tip.last_pos = pos
             tip.updated_at = m.server_timestamp
-            meta = m.meta
-            rows.append(
-                (
-                    pos,
-                    conversation,
-                    seq,
-                    m.id,
-                    m.sender_id,
-                    m.text,
-                    m.server_timestamp,
-                    m.recipient_id,
-                    m.group_id,
-                    m.sender_name,
-                    m.sender_avatar,
-                    m.client_timestamp,
-                    orjson.dumps(meta).decode() if meta is not None else None,
-                )
-            )
+            row: list[Any] = [pos, conversation, seq, m.id, m.sender_id, m.text, m.server_timestamp]
+            present = 0
+            if m.recipient_id is not None:
+                present = 1
+                row.append(m.recipient_id)
+            if m.group_id is not None:
+                present |= 2
+                row.append(m.group_id)
+            if m.sender_name is not None:
+                present |= 4
+                row.append(m.sender_name)
+            if m.sender_avatar is not None:
+                present |= 8
+                row.append(m.sender_avatar)
+            if m.client_timestamp is not None:
+                present |= 16
+                row.append(m.client_timestamp)
+            if m.meta is not None:
+                present |= 32
+                row.append(orjson.dumps(m.meta).decode())
+            same = rows.get(present)
+            if same is None:
+                rows[present] = [row]
+            else:
+                same.append(row)
+            count += 1
             results.append(Appended(m.stored(seq), duplicate=False))
         answers.append(results)
     # The unique indexes are the idempotency and counter checks: every row went in, or this
-    # attempt is void.
-    if conn.executemany(_INSERT_MESSAGE, rows).rowcount != len(rows):
+    # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
+    inserted = 0
+    for present, same in rows.items():
+        inserted += conn.executemany(_insert_message(present), same).rowcount
+    if inserted != count:
         return None
     if peers:
         conn.executemany(
