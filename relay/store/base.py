@@ -19,7 +19,7 @@ Invariants every implementation keeps:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from attrs import frozen
 
@@ -38,9 +38,12 @@ def group_conversation(group_id: str) -> str:
     return f"g:{group_id}"
 
 
-@frozen
-class NewMessage:
-    """A message the core accepted for storing; exactly one of recipient_id/group_id is set."""
+class NewMessage(NamedTuple):
+    """A message the core accepted for storing; exactly one of recipient_id/group_id is set.
+
+    NewMessage, StoredMessage and Appended are NamedTuples, not frozen attrs classes: one of
+    each is built per message on the hot path, and a frozen attrs __init__ costs several times
+    a tuple's. They are immutable values all the same."""
 
     conversation: str
     id: str
@@ -72,8 +75,7 @@ class NewMessage:
         )
 
 
-@frozen
-class StoredMessage:
+class StoredMessage(NamedTuple):
     """A message as stored: a NewMessage plus its conversation sequence number."""
 
     conversation: str
@@ -90,8 +92,7 @@ class StoredMessage:
     meta: dict[str, Any] | None = None
 
 
-@frozen
-class Appended:
+class Appended(NamedTuple):
     """Result of appending one message: the stored message, and whether it was already there."""
 
     message: StoredMessage
