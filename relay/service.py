@@ -745,8 +745,9 @@ class MessagingService:
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
         """A stored message's turn came (see _Sequencer): deliver it live."""
-        if message.group_id is None and message.recipient_id is not None:
-            self.presence.pair(message.sender_id, message.recipient_id)
+        recipient = message.recipient_id
+        if recipient is not None and message.group_id is None:
+            self.presence.pair(message.sender_id, recipient)
         self._deliver(message, audience, exclude)
 
     def _deliver(
@@ -882,9 +883,41 @@ class MessagingService:
         # per message: the encoded `failed` receipt, or (message, audience) to store
         entries: list[tuple[NewMessage, tuple[str, ...]] | bytes] = []
         accepted: list[NewMessage] = []
+        user = session.user_id
+        allow = self.limiter.allow
+        direct_keys = self._direct_keys
         for item in batch:
             if item.__class__ is MessageFrame:
                 assert isinstance(item, MessageFrame)
+                sender_id = item.sender_id
+                if item.group_id is None and (sender_id is None or sender_id == user):
+                    # _check_message of a 1:1 message, inlined (the hot path)
+                    peer = item.recipient_id
+                    assert peer is not None
+                    conversation = direct_keys.get((user, peer)) or self._direct_key(user, peer)
+                    if not allow(user, now):
+                        entries.append(
+                            self._refuse(item, "rate_limited", "too many messages; slow down")
+                        )
+                        continue
+                    sender_name = item.sender_name
+                    sender_avatar = item.sender_avatar
+                    message = NewMessage(
+                        conversation,
+                        item.id,
+                        user,
+                        item.text,
+                        timestamp,
+                        peer,
+                        None,
+                        session.user_name if sender_name is None else sender_name,
+                        session.user_avatar if sender_avatar is None else sender_avatar,
+                        item.client_timestamp,
+                        item.meta,
+                    )
+                    accepted.append(message)
+                    entries.append((message, (peer,) if peer == user else (peer, user)))
+                    continue
                 if item.group_id is None:
                     entry = self._check_message(session, item, now, timestamp)
                 else:
@@ -922,6 +955,7 @@ class MessagingService:
                 log.exception("storing %d message(s) failed", len(accepted))
                 results = None
             stored = iter(results or ())
+            send = conn.send
             for entry in entries:
                 if entry.__class__ is bytes:
                     assert isinstance(entry, bytes)
@@ -929,6 +963,22 @@ class MessagingService:
                     continue
                 assert isinstance(entry, tuple)
                 message, audience = entry
+                if results is not None:
+                    appended = next(stored)
+                    done = appended.message
+                    # _send, inlined
+                    if session.phase is not _CLOSING and not send(
+                        encode_frame(
+                            OP_TEXT,
+                            encode_sent(
+                                done.id, done.recipient_id, done.group_id, done.seq, timestamp
+                            ),
+                        )
+                    ):
+                        self._slow(conn, session)
+                    if not appended.duplicate:
+                        deliveries.append((message.conversation, done.seq, done, audience, conn))
+                    continue
                 if results is None:
                     self._send(
                         conn,
@@ -942,15 +992,6 @@ class MessagingService:
                         ),
                     )
                     continue
-                appended = next(stored)
-                done = appended.message
-                self._send(
-                    conn,
-                    session,
-                    encode_sent(done.id, done.recipient_id, done.group_id, done.seq, timestamp),
-                )
-                if not appended.duplicate:
-                    deliveries.append((message.conversation, done.seq, done, audience, conn))
         finally:
             sequencer.end(conversations, deliveries)
 
