@@ -131,7 +131,8 @@ cdef class FrameParser:
 
     Invariants: `_buf[_start:_end]` holds only bytes of frames not yet complete (frames are
     parsed straight from the caller's bytes when nothing is buffered); `_frag_op` is 0 exactly
-    when no fragmented message is open, and then `_frag_parts` is empty and `_frag_len` 0.
+    when no fragmented message is open, and then `_frag_parts` is None (no list is kept per
+    connection while idle) and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
     """
 
@@ -158,7 +159,7 @@ cdef class FrameParser:
         self._end = 0
         self._cap = 0
         self._frag_op = 0
-        self._frag_parts = []
+        self._frag_parts = None
         self._frag_len = 0
         self._done = False
 
@@ -236,6 +237,7 @@ cdef class FrameParser:
         cdef bint fin
         cdef uint64_t length
         cdef bytes payload
+        cdef list parts
         while n - pos >= 2:
             b0 = p[pos]
             b1 = p[pos + 1]
@@ -302,15 +304,19 @@ cdef class FrameParser:
             if not fin:
                 if opcode != 0:
                     self._frag_op = opcode
-                self._frag_parts.append(payload)
+                if self._frag_parts is None:
+                    self._frag_parts = [payload]
+                else:
+                    self._frag_parts.append(payload)
                 self._frag_len += size
                 continue
             if opcode == 0:
-                self._frag_parts.append(payload)
-                payload = b"".join(self._frag_parts)
+                parts = self._frag_parts  # not None: a continuation was accepted above
+                parts.append(payload)
+                payload = b"".join(parts)
                 opcode = self._frag_op
                 self._frag_op = 0
-                self._frag_parts = []
+                self._frag_parts = None
                 self._frag_len = 0
             if opcode == 1 and not _utf8_valid(
                 <const unsigned char*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload)
@@ -329,7 +335,7 @@ cdef class FrameParser:
     cdef void _finish(self) noexcept:
         self._done = True
         self._release()
-        self._frag_parts = []
+        self._frag_parts = None
         self._frag_op = 0
         self._frag_len = 0
 
@@ -404,8 +410,10 @@ def parse_close(payload):
 cdef class Outbox:
     """The bounded queue of encoded frames for one connection.
 
-    Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable[i]`
-    says whether `_chunks[i]` may still be dropped (never a tail put back by unsend).
+    Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable` is
+    None only while no queued frame is droppable, else `_droppable[i]` says whether
+    `_chunks[i]` may still be dropped (never a tail put back by unsend). `_chunks` is one list
+    for the outbox's life (take() empties it): nothing is allocated per flush.
     Limits bound push, never unsend: bytes handed back were already promised to the peer.
     """
 
@@ -424,7 +432,7 @@ cdef class Outbox:
         self.pending_bytes = 0
         self.pending_frames = 0
         self._chunks = []
-        self._droppable = []
+        self._droppable = None
         self._droppable_bytes = 0
         self._droppable_frames = 0
 
@@ -449,6 +457,8 @@ cdef class Outbox:
                 or new_frames > self.max_frames
             ):
                 return False
+            if self._droppable is None:
+                self._droppable = [False] * len(self._chunks)
             self._droppable_bytes += n
             self._droppable_frames += 1
         elif new_bytes > self.max_bytes or new_frames > self.max_frames:
@@ -459,7 +469,8 @@ cdef class Outbox:
                 return False
             self._drop_until(new_bytes - self.max_bytes, new_frames - self.max_frames)
         self._chunks.append(frame)
-        self._droppable.append(droppable)
+        if self._droppable is not None:
+            self._droppable.append(droppable)
         self.pending_bytes += n
         self.pending_frames += 1
         return True
@@ -473,9 +484,10 @@ cdef class Outbox:
         cdef Py_ssize_t i
         cdef object chunk
         cdef bint drop
+        cdef list droppable = self._droppable  # not None: droppable frames are queued
         for i in range(len(self._chunks)):
             chunk = self._chunks[i]
-            drop = self._droppable[i]
+            drop = droppable[i]
             if drop and (freed_bytes < excess_bytes or freed_frames < excess_frames):
                 freed_bytes += len(chunk)
                 freed_frames += 1
@@ -495,8 +507,8 @@ cdef class Outbox:
         if not chunks:
             return b""
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._droppable = []
+        chunks.clear()
+        self._droppable = None
         self.pending_bytes = 0
         self.pending_frames = 0
         self._droppable_bytes = 0
@@ -509,7 +521,8 @@ cdef class Outbox:
         if not rest:
             return
         self._chunks.insert(0, bytes(rest))
-        self._droppable.insert(0, False)
+        if self._droppable is not None:
+            self._droppable.insert(0, False)
         self.pending_bytes += len(rest)
         self.pending_frames += 1
 

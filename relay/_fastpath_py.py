@@ -257,8 +257,10 @@ def parse_close(payload: bytes) -> tuple[int, str]:
 class Outbox:
     """The bounded queue of encoded frames for one connection.
 
-    Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable[i]`
-    says whether `_chunks[i]` may still be dropped (never a tail put back by unsend).
+    Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable` is
+    None only while no queued frame is droppable, else `_droppable[i]` says whether
+    `_chunks[i]` may still be dropped (never a tail put back by unsend). `_chunks` is one list
+    for the outbox's life (take() empties it): nothing is allocated per flush.
     Limits bound push, never unsend: bytes handed back were already promised to the peer.
     """
 
@@ -267,7 +269,7 @@ class Outbox:
     pending_bytes: int = field(init=False, default=0)
     pending_frames: int = field(init=False, default=0)
     _chunks: list[bytes] = field(init=False, factory=list)
-    _droppable: list[bool] = field(init=False, factory=list)
+    _droppable: list[bool] | None = field(init=False, default=None)
     _droppable_bytes: int = field(init=False, default=0)
     _droppable_frames: int = field(init=False, default=0)
 
@@ -292,6 +294,8 @@ class Outbox:
                 or new_frames > self.max_frames
             ):
                 return False
+            if self._droppable is None:
+                self._droppable = [False] * len(self._chunks)
             self._droppable_bytes += n
             self._droppable_frames += 1
         elif new_bytes > self.max_bytes or new_frames > self.max_frames:
@@ -302,7 +306,8 @@ class Outbox:
                 return False
             self._drop_until(new_bytes - self.max_bytes, new_frames - self.max_frames)
         self._chunks.append(frame)
-        self._droppable.append(droppable)
+        if self._droppable is not None:
+            self._droppable.append(droppable)
         self.pending_bytes += n
         self.pending_frames += 1
         return True
@@ -313,7 +318,9 @@ class Outbox:
         flags: list[bool] = []
         freed_bytes = 0
         freed_frames = 0
-        for chunk, drop in zip(self._chunks, self._droppable, strict=True):
+        droppable = self._droppable
+        assert droppable is not None  # only called while droppable frames are queued
+        for chunk, drop in zip(self._chunks, droppable, strict=True):
             if drop and (freed_bytes < excess_bytes or freed_frames < excess_frames):
                 freed_bytes += len(chunk)
                 freed_frames += 1
@@ -333,8 +340,8 @@ class Outbox:
         if not chunks:
             return b""
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._droppable = []
+        chunks.clear()
+        self._droppable = None
         self.pending_bytes = 0
         self.pending_frames = 0
         self._droppable_bytes = 0
@@ -347,7 +354,8 @@ class Outbox:
         if not rest:
             return
         self._chunks.insert(0, bytes(rest))
-        self._droppable.insert(0, False)
+        if self._droppable is not None:
+            self._droppable.insert(0, False)
         self.pending_bytes += len(rest)
         self.pending_frames += 1
 

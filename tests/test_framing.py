@@ -108,6 +108,20 @@ def test_fragmented_text_is_reassembled() -> None:
     assert parse(data)[0] == [(OP_TEXT, b"hello world")]
 
 
+def test_fragmented_messages_one_after_another_across_feeds() -> None:
+    parser = FrameParser(BIG)
+    first = client_frame(OP_TEXT, b"ab", fin=False) + client_frame(OP_CONT, b"c")
+    second = client_frame(OP_TEXT, b"de", fin=False) + client_frame(OP_CONT, b"f")
+    assert parser.feed(first + client_frame(OP_TEXT, b"plain")) == [
+        (OP_TEXT, b"abc"),
+        (OP_TEXT, b"plain"),
+    ]
+    assert parser.feed(second[:5]) == []
+    assert parser.feed(second[5:]) == [(OP_TEXT, b"def")]
+    assert parser.feed(first) == [(OP_TEXT, b"abc")]
+    assert not parser.failed
+
+
 def test_fragmented_binary_is_reassembled() -> None:
     data = client_frame(OP_BINARY, b"\x01", fin=False) + client_frame(OP_CONT, b"\x02")
     assert parse(data)[0] == [(OP_BINARY, b"\x01\x02")]

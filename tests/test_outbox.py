@@ -183,3 +183,30 @@ def test_fanout_of_droppable_frames_respects_the_half_full_rule() -> None:
 
 def test_fanout_to_nobody() -> None:
     assert fanout([], b"x", False) == []
+
+
+def test_frames_queued_before_the_first_droppable_one_are_never_dropped() -> None:
+    outbox = Outbox(100, 100)
+    assert outbox.push(frame("a", 20))
+    assert outbox.push(frame("b", 20))
+    assert outbox.push(frame("t", 10), droppable=True)
+    assert outbox.push(frame("c", 45))  # 95
+    assert outbox.push(frame("d", 15))  # 110: only "t" may go, and it is enough
+    assert outbox.take() == frame("a", 20) + frame("b", 20) + frame("c", 45) + frame("d", 15)
+    assert not outbox.push(frame("e", 101))
+
+
+def test_droppable_frames_after_a_take_and_an_unsend_keep_their_places() -> None:
+    outbox = Outbox(100, 100)
+    for _ in range(3):  # the outbox is reused flush after flush
+        assert outbox.push(frame("t", 10), droppable=True)
+        assert outbox.push(frame("m", 10))
+        assert outbox.take() == frame("t", 10) + frame("m", 10)
+    outbox.unsend(frame("r", 30))
+    assert outbox.push(frame("q", 10))
+    assert outbox.push(frame("t", 10), droppable=True)
+    assert outbox.push(frame("u", 5), droppable=True)
+    assert state(outbox) == (55, 4)
+    assert outbox.push(frame("n", 55))  # 110: "t" (the oldest droppable) goes, "u" stays
+    assert outbox.take() == frame("r", 30) + frame("q", 10) + frame("u", 5) + frame("n", 55)
+    assert state(outbox) == (0, 0) and outbox.take() == b""
