@@ -98,6 +98,7 @@ HTTP_LINGER = 1.0
 
 _PING_FRAME = encode_frame(OP_PING, b"")
 _EMPTY_CLOSE = encode_frame(OP_CLOSE, b"")
+_CONNECTION_TASK = "relay.server connection"
 _ids = itertools.count(1)
 _monotonic = time.monotonic
 
@@ -681,7 +682,8 @@ class Server:
                     )
                     await trio.sleep(ACCEPT_RETRY)
                     continue
-                nursery.start_soon(self._handle_tcp, stream)
+                # A constant name: trio would otherwise build one string per task.
+                nursery.start_soon(self._handle_tcp, stream, name=_CONNECTION_TASK)
                 del stream
 
     async def _drain(self) -> None:
