@@ -337,6 +337,29 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
                 ref=ref,
                 field="id",
             )
+        # validate_message's common case inlined: every field present is right, no meta
+        get = obj.get
+        peer = get("recipientId")
+        group = get("groupId")
+        sender = get("senderId")
+        name = get("senderName")
+        avatar = get("senderAvatar")
+        stamp = get("timestamp")
+        text = get("text")
+        if (
+            get("meta") is None
+            and text.__class__ is str
+            and 0 < len(text) <= limits.max_text_chars
+            and (
+                (peer.__class__ is str and 0 < len(peer) <= IDENT_MAX and group is None)
+                or (group.__class__ is str and 0 < len(group) <= IDENT_MAX and peer is None)
+            )
+            and (sender is None or (sender.__class__ is str and 0 < len(sender) <= IDENT_MAX))
+            and (name is None or (name.__class__ is str and len(name) <= SHORT_TEXT_MAX))
+            and (avatar is None or (avatar.__class__ is str and len(avatar) <= SHORT_TEXT_MAX))
+            and (stamp is None or (stamp.__class__ is str and len(stamp) <= SHORT_TEXT_MAX))
+        ):
+            return MessageFrame(ident, text, sender, peer, group, name, avatar, stamp, None, ref)
         return validate_message(obj, limits, message_id=ident, ref=ref)
     ref = _ref_of(obj)
     if not isinstance(kind, str):
