@@ -650,3 +650,33 @@ async def test_a_batch_mixing_optional_fields_keeps_each_and_the_order(tmp_path:
         assert page == stored
     finally:
         await store.close()
+
+
+async def test_large_batches_store_every_message_once_in_order(tmp_path: Path) -> None:
+    # Appends go in as multi-row statements of 128, 64, ... rows: counts that are not a power of
+    # two, over several conversations and requests, store each message once with gapless seqs.
+    store = SqliteStore(tmp_path / "relay.db", commit_interval=0.05)
+    await store.open()
+    try:
+        sizes = [203, 1, 77, 300]
+
+        async def append(n: int, size: int) -> None:
+            sent = [msg("a", "b" if k % 3 else "c", id=f"big{n}.{k}") for k in range(size)]
+            results = await store.append_many(sent)
+            assert [r.message.id for r in results] == [m.id for m in sent]
+            assert not any(r.duplicate for r in results)
+
+        async with trio.open_nursery() as nursery:
+            for n, size in enumerate(sizes):
+                nursery.start_soon(append, n, size)
+        ab, _ = await store.history(AB, limit=1000)
+        ac, _ = await store.history(AC, limit=1000)
+        assert seqs(ab) == list(range(1, len(ab) + 1))
+        assert seqs(ac) == list(range(1, len(ac) + 1))
+        assert len(ab) + len(ac) == sum(sizes)
+        backlog = await store.undelivered("b", "", limit=1000)
+        assert backlog == ab
+        [later] = await put(store, msg("b", "a"))
+        assert later.seq == len(ab) + 1
+    finally:
+        await store.close()

@@ -35,7 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeVar, cast
 
 import orjson
@@ -223,21 +223,47 @@ _OPTIONAL: Final = (
     "client_timestamp",
     "meta",
 )
-_inserts: dict[int, str] = {}
+_CHUNK: Final = 128  # rows per multi-row statement at most (x 13 parameters << SQLite's 32766)
+_inserts: dict[tuple[int, int], str] = {}
+_UPDATE_TIPS: Final = (
+    "UPDATE conversations SET last_seq = v.column2, last_pos = v.column3, updated_at = v.column4 "
+    "FROM (VALUES {}) AS v WHERE conversations.conversation = v.column1"
+)
+_updates: dict[int, str] = {}
 
 
-def _insert_message(present: int) -> str:
-    """The INSERT for messages whose optional columns set are the bits of `present` (bit i:
-    `_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
+def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
+    """`rows` in runs whose lengths are powers of two (up to `_CHUNK`), each as (length, its
+    parameters in one list): a few cached statements cover any count. One statement per run
+    rather than one step per row matters beyond its own cost: sqlite3 releases the GIL around
+    every step, and with the Trio thread on the same core each release can cost a thread switch."""
+    start, total = 0, len(rows)
+    while start < total:
+        size = min(_CHUNK, 1 << ((total - start).bit_length() - 1))
+        yield size, [value for row in rows[start : start + size] for value in row]
+        start += size
+
+
+def _insert_messages(present: int, size: int) -> str:
+    """The INSERT of `size` messages whose optional columns set are the bits of `present` (bit
+    i: `_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
     binds None through its adaptation lookup, which costs about as much as the row's insert."""
-    sql = _inserts.get(present)
+    sql = _inserts.get((present, size))
     if sql is None:
         names = [name for bit, name in enumerate(_OPTIONAL) if present >> bit & 1]
         columns = ", ".join(
             ["pos", "conversation", "seq", "id", "sender_id", "text", "server_timestamp", *names]
         )
-        marks = ", ".join("?" * (7 + len(names)))
-        sql = _inserts[present] = f"INSERT OR IGNORE INTO messages ({columns}) VALUES ({marks})"
+        values = ", ".join([f"({', '.join('?' * (7 + len(names)))})"] * size)
+        sql = f"INSERT OR IGNORE INTO messages ({columns}) VALUES {values}"
+        _inserts[(present, size)] = sql
+    return sql
+
+
+def _update_tips(size: int) -> str:
+    sql = _updates.get(size)
+    if sql is None:
+        sql = _updates[size] = _UPDATE_TIPS.format(", ".join(["(?, ?, ?, ?)"] * size))
     return sql
 
 
@@ -313,7 +339,8 @@ def _append_fused(
     # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
     inserted = 0
     for present, same in rows.items():
-        inserted += conn.executemany(_insert_message(present), same).rowcount
+        for size, values in _chunks(same):
+            inserted += conn.execute(_insert_messages(present, size), values).rowcount
     if inserted != count:
         return None
     if peers:
@@ -321,10 +348,9 @@ def _append_fused(
             "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",
             peers,
         )
-    conn.executemany(
-        "UPDATE conversations SET last_seq = ?, last_pos = ?, updated_at = ? WHERE conversation = ?",
-        [(t.last_seq, t.last_pos, t.updated_at, c) for c, t in tips.items() if t.exists],
-    )
+    moved = [(c, t.last_seq, t.last_pos, t.updated_at) for c, t in tips.items() if t.exists]
+    for size, values in _chunks(moved):
+        conn.execute(_update_tips(size), values)
     conn.executemany(
         "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
         "VALUES (?, ?, ?, ?, ?)",
