@@ -32,6 +32,7 @@ from relay.store.base import (
 )
 
 _NO_MARKS = Watermarks(0, 0)
+_new_tuple = tuple.__new__
 
 
 @define
@@ -82,27 +83,18 @@ class MemoryStore:
                 log = logs[conversation] = []
                 orders[conversation] = []
             seq = len(log) + 1
-            meta = message.meta
-            stored = StoredMessage(
-                conversation,
-                seq,
-                message.id,
-                message.sender_id,
-                message.text,
-                message.server_timestamp,
-                message.recipient_id,
-                message.group_id,
-                message.sender_name,
-                message.sender_avatar,
-                message.client_timestamp,
-                None if meta is None else dict(meta),  # its own copy, as NewMessage.stored
-            )
+            if message.meta is None:
+                # StoredMessage's fields are NewMessage's with `seq` second: built from its
+                # tuple at C speed (NamedTuple.__new__ is this call after a Python frame)
+                stored = _new_tuple(StoredMessage, (conversation, seq, *message[1:]))
+            else:
+                stored = message.stored(seq)  # its own copy of `meta`
             log.append(stored)
             sent[message.id] = stored
             orders[conversation].append(next(counter))
             if message.group_id is None and conversation not in self._direct:
                 self._note_direct(message)
-            results.append(Appended(stored, False))
+            results.append(_new_tuple(Appended, (stored, False)))
         return results
 
     def _note_direct(self, message: NewMessage) -> None:
@@ -150,8 +142,18 @@ class MemoryStore:
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
     ) -> list[StoredMessage]:
         log = self._messages.get(conversation, [])
+        low = max(after_seq, 0)
+        people = self._direct.get(conversation)
+        if people is not None and exclude_sender in people:
+            # 1:1 seen by a participant: at most one other sender, whose newest message is the last one found
+            # walking back (called once per delivery watermark move: the hot path of acks)
+            for i in range(min(max(upto_seq, 0), len(log)) - 1, low - 1, -1):
+                message = log[i]
+                if message.sender_id != exclude_sender:
+                    return [message]
+            return []
         newest: dict[str, StoredMessage] = {}
-        for message in log[max(after_seq, 0) : max(upto_seq, 0)]:
+        for message in log[low : max(upto_seq, 0)]:
             if message.sender_id != exclude_sender:
                 newest[message.sender_id] = message
         return sorted(newest.values(), key=lambda m: m.seq)
@@ -278,7 +280,9 @@ class MemoryStore:
             self._cursors.pop((conversation, user), None)
             marks = self._marks_of(conversation, user)
             if marks.delivered_seq < last or marks.read_seq < last:
-                self._set_marks(conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last))
+                self._set_marks(
+                    conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last)
+                )
 
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:
