@@ -748,21 +748,15 @@ class MessagingService:
     def _release(
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
-        """A stored message's turn came (see _Sequencer): deliver it live."""
+        """A stored message's turn came (see _Sequencer): deliver it live to every active
+        connection of its audience but `exclude`, encoded once, the same bytes to every outbox."""
+        sender = message.sender_id
         recipient = message.recipient_id
         if recipient is not None and message.group_id is None:
-            self.presence.pair(message.sender_id, recipient)
-        self._deliver(message, audience, exclude)
-
-    def _deliver(
-        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
-    ) -> None:
-        """A newly stored message to every active connection of its audience but `exclude`:
-        encoded once, the same bytes pushed to every outbox."""
+            self.presence.pair(sender, recipient)
         wire = encode_frame(OP_TEXT, encode_message(message))
         conversation = message.conversation
         seq = message.seq
-        sender = message.sender_id
         mark: tuple[int, str | None] | None = None
         failed: list[tuple[Connection, Session]] | None = None
         table = self.router.table()
