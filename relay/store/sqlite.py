@@ -9,16 +9,25 @@ waits on the database.
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waiting at most
 `commit_interval` for more (only while such waits bring more: see `_Writer._gather`), and runs
-it in one transaction, each request inside its own SAVEPOINT so that one request's failure (a
-taken group id) does not undo the others. Results are handed back only after COMMIT:
-`append_many` returns only when its messages are durable. In WAL mode with synchronous=NORMAL a
-committed transaction survives the process being killed (not necessarily a power loss).
+it in one transaction. The batch's appends go first, together (`_append_fused`: multi-row
+INSERTs in one SAVEPOINT); if any row was not inserted (a duplicate, a taken seq) or a statement
+failed, that savepoint is undone and every request runs alone, each inside its own SAVEPOINT,
+so that one request's failure (a taken group id, a message too big for the disk) does not undo
+the others. The batch's requests were all pending at once, so running its appends before its
+other writes is a valid order. Results are handed back only after COMMIT: `append_many` returns
+only when its messages are durable. In WAL mode with synchronous=NORMAL a committed transaction
+survives the process being killed (not necessarily a power loss).
 
 Invariants:
-- seq comes from `conversations.last_seq`, read and advanced inside the writer's transaction, so
-  it is gapless and never reused, across restarts and retention alike (and even with a second
-  process writing the same file: SQLite's write lock serialises the transactions).
-- the idempotency check reads `messages (sender_id, id)` in the same transaction that inserts.
+- seq comes from `conversations.last_seq`, advanced inside the writer's transaction, so it is
+  gapless and never reused, across restarts and retention alike (and even with a second process
+  writing the same file: SQLite's write lock serialises the transactions). The writer remembers
+  the last_seqs it committed; that copy is used only while `PRAGMA data_version` (read inside
+  the write transaction) shows no other connection committed since, and the unique
+  (conversation, seq) index refuses a stale one anyway (the batch then runs request by request,
+  reading the counters from the table).
+- the idempotency check is the unique `messages (id, sender_id)` index, in the same transaction
+  that inserts.
 - a request whose transaction did not commit (disk full, I/O error, lock timeout) fails with
   StoreError; nothing it asked for is reported as done.
 
@@ -270,7 +279,7 @@ def _update_tips(size: int) -> str:
 def _append_fused(
     conn: sqlite3.Connection, requests: Sequence[Sequence[NewMessage]], known: dict[str, int]
 ) -> tuple[list[list[Appended]], dict[str, int]] | None:
-    """Every message of several append requests in a few statements (`executemany`), in order.
+    """Every message of several append requests in a few multi-row statements, in order.
 
     `known` maps conversations to their committed `last_seq` (rows that exist). Returns each
     request's results and the conversations' new last_seq, or None when a message was not
@@ -999,7 +1008,11 @@ class SqliteStore:
 
     def _connection(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            cached_statements=256,  # appends use one statement per (optional columns, run length)
         )
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         return conn
