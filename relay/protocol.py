@@ -55,6 +55,7 @@ TOKEN_MAX = 8192
 USER_STATUSES = ("online", "away", "busy")
 RECEIPT_STATUSES = ("delivered", "read")
 TYPING_STATES = ("start", "stop")
+_new_tuple = tuple.__new__
 
 
 class MessageRefused(FrameError):
@@ -359,7 +360,10 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
             and (avatar is None or (avatar.__class__ is str and len(avatar) <= SHORT_TEXT_MAX))
             and (stamp is None or (stamp.__class__ is str and len(stamp) <= SHORT_TEXT_MAX))
         ):
-            return MessageFrame(ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+            # MessageFrame(...) without NamedTuple.__new__'s Python frame: same fields, in order
+            return _new_tuple(
+                MessageFrame, (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+            )
         return validate_message(obj, limits, message_id=ident, ref=ref)
     ref = _ref_of(obj)
     if not isinstance(kind, str):

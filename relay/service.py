@@ -125,6 +125,7 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 _ACTIVE = Phase.ACTIVE
+_new_tuple = tuple.__new__
 _CLOSING = Phase.CLOSING
 #: bound of the remembered 1:1 conversation keys (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
@@ -900,18 +901,22 @@ class MessagingService:
                         continue
                     sender_name = item.sender_name
                     sender_avatar = item.sender_avatar
-                    message = NewMessage(
-                        conversation,
-                        item.id,
-                        user,
-                        item.text,
-                        timestamp,
-                        peer,
-                        None,
-                        session.user_name if sender_name is None else sender_name,
-                        session.user_avatar if sender_avatar is None else sender_avatar,
-                        item.client_timestamp,
-                        item.meta,
+                    # NewMessage(...) without NamedTuple.__new__'s Python frame: fields in order
+                    message: NewMessage = _new_tuple(
+                        NewMessage,
+                        (
+                            conversation,
+                            item.id,
+                            user,
+                            item.text,
+                            timestamp,
+                            peer,
+                            None,
+                            session.user_name if sender_name is None else sender_name,
+                            session.user_avatar if sender_avatar is None else sender_avatar,
+                            item.client_timestamp,
+                            item.meta,
+                        ),
                     )
                     accepted.append(message)
                     entries.append((message, (peer,) if peer == user else (peer, user)))
