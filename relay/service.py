@@ -367,7 +367,7 @@ class MessagingService:
 
     def on_flushed(self, conn: Connection) -> None:
         session = conn.state
-        if not isinstance(session, Session) or not session.active:
+        if session.__class__ is not Session or session.phase is not _ACTIVE:
             return
         if conn.outbox.pending_frames:
             return  # frames queued after this flush began: their marks wait for the next one
@@ -947,7 +947,12 @@ class MessagingService:
                 assert isinstance(entry, bytes)
                 self._send(conn, session, entry)
             return
-        conversations = {m.conversation for m in accepted}
+        # each conversation once (no comprehension: it is a function call of its own in 3.11)
+        conversations: Sequence[str]
+        if len(accepted) == 1:
+            conversations = (accepted[0].conversation,)
+        else:
+            conversations = list(dict.fromkeys([m.conversation for m in accepted]))
         deliveries: list[tuple[str, int, StoredMessage, Sequence[str], Connection | None]] = []
         sequencer = self._sequencer
         sequencer.begin(conversations, now)
