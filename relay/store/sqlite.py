@@ -239,6 +239,7 @@ _UPDATE_TIPS: Final = (
     "FROM (VALUES {}) AS v WHERE conversations.conversation = v.column1"
 )
 _updates: dict[int, str] = {}
+_new_tuple: Final = tuple.__new__
 
 
 def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
@@ -315,8 +316,8 @@ def _append_fused(
             pos += 1
             seq = tip.last_seq = tip.last_seq + 1
             tip.last_pos = pos
-            tip.updated_at = m.server_timestamp
-            row: list[Any] = [pos, conversation, seq, m.id, m.sender_id, m.text, m.server_timestamp]
+            timestamp = tip.updated_at = m.server_timestamp
+            row: list[Any] = [pos, conversation, seq, m.id, m.sender_id, m.text, timestamp]
             present = 0
             if m.recipient_id is not None:
                 present = 1
@@ -333,16 +334,21 @@ def _append_fused(
             if m.client_timestamp is not None:
                 present |= 16
                 row.append(m.client_timestamp)
-            if m.meta is not None:
+            if m.meta is None:
+                # StoredMessage's fields are NewMessage's with `seq` second: built from its
+                # tuple at C speed (NamedTuple.__new__ is this call after a Python frame)
+                stored = _new_tuple(StoredMessage, (conversation, seq, *m[1:]))
+            else:
                 present |= 32
                 row.append(orjson.dumps(m.meta).decode())
+                stored = m.stored(seq)  # its own copy of `meta`
             same = rows.get(present)
             if same is None:
                 rows[present] = [row]
             else:
                 same.append(row)
             count += 1
-            results.append(Appended(m.stored(seq), duplicate=False))
+            results.append(_new_tuple(Appended, (stored, False)))
         answers.append(results)
     # The unique indexes are the idempotency and counter checks: every row went in, or this
     # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
