@@ -205,18 +205,23 @@ class _Sequencer:
         held = self._held.get(conversation)
         if not held:
             return
-        busy = conversation in self._inflight
         last = self._released.get(conversation)
-        while held:
-            low = min(held)
-            if busy and (last is None or low != last + 1):
-                break
-            message, audience, exclude = held.pop(low)
-            last = low if last is None else max(last, low)
+        if conversation in self._inflight:
+            # appends still in flight: only the unbroken run after the last released seq may go
+            if last is None:
+                return
+            order: list[int] = []
+            while last + len(order) + 1 in held:
+                order.append(last + len(order) + 1)
+        else:
+            order = sorted(held)
+        for seq in order:
+            message, audience, exclude = held.pop(seq)
+            last = seq if last is None else max(last, seq)
             try:
                 self._release(message, audience, exclude)
             except Exception:
-                log.exception("delivery of %s #%d failed", conversation, low)
+                log.exception("delivery of %s #%d failed", conversation, seq)
         if last is not None:
             self._released[conversation] = last
         if not held:
