@@ -12,6 +12,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -389,10 +390,15 @@ def test_selected_implementation_matches_the_environment(compiled: ModuleType) -
 
 
 def run_python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    # -S: site-packages without their .pth files, so an editable install of relay (whose import
+    # hook would find the built extension by name) cannot reach into the tree under test.
+    paths = dict.fromkeys(
+        [str(cwd), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    )
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    environ.update(env, PYTHONPATH=str(cwd))
+    environ.update(env, PYTHONPATH=os.pathsep.join(paths))
     return subprocess.run(
-        [sys.executable, "-W", "always::RuntimeWarning", "-c", code],
+        [sys.executable, "-S", "-W", "always::RuntimeWarning", "-c", code],
         cwd=cwd,
         env=environ,
         capture_output=True,
