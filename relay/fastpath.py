@@ -9,8 +9,10 @@ IMPLEMENTATION says which one ("cython" or "python"). Both have the same API and
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
+from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 __all__ = [
@@ -31,6 +33,26 @@ __all__ = [
 
 IMPLEMENTATION: Literal["cython", "python"]
 
+
+def _choose() -> tuple[ModuleType, Literal["cython", "python"]]:
+    if os.environ.get("RELAY_PURE") == "1":
+        return importlib.import_module("relay._fastpath_py"), "python"
+    try:
+        return importlib.import_module("relay._fastpath"), "cython"
+    except ImportError as exc:
+        if os.environ.get("RELAY_REQUIRE_EXT") == "1":
+            raise ImportError(
+                f"relay._fastpath is required (RELAY_REQUIRE_EXT=1) but cannot be imported: {exc}"
+                " — build it with `python setup.py build_ext --inplace`"
+            ) from exc
+        warnings.warn(
+            f"relay._fastpath cannot be imported ({exc}); using the pure-Python twin",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return importlib.import_module("relay._fastpath_py"), "python"
+
+
 if TYPE_CHECKING:
     # The twin is the reference; relay/_fastpath.pyi declares the same API for the compiled one.
     from relay._fastpath_py import (
@@ -47,65 +69,8 @@ if TYPE_CHECKING:
         fanout,
         parse_close,
     )
-elif os.environ.get("RELAY_PURE") == "1":
-    from relay._fastpath_py import (
-        OP_BINARY,
-        OP_CLOSE,
-        OP_CONT,
-        OP_PING,
-        OP_PONG,
-        OP_TEXT,
-        FrameParser,
-        Outbox,
-        encode_close,
-        encode_frame,
-        fanout,
-        parse_close,
-    )
-
-    IMPLEMENTATION = "python"
 else:
-    try:
-        from relay._fastpath import (
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONT,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            FrameParser,
-            Outbox,
-            encode_close,
-            encode_frame,
-            fanout,
-            parse_close,
-        )
-    except ImportError as exc:
-        if os.environ.get("RELAY_REQUIRE_EXT") == "1":
-            raise ImportError(
-                f"relay._fastpath is required (RELAY_REQUIRE_EXT=1) but cannot be imported: {exc}"
-                " — build it with `python setup.py build_ext --inplace`"
-            ) from exc
-        warnings.warn(
-            f"relay._fastpath cannot be imported ({exc}); using the pure-Python twin",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        from relay._fastpath_py import (
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONT,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            FrameParser,
-            Outbox,
-            encode_close,
-            encode_frame,
-            fanout,
-            parse_close,
-        )
-
-        IMPLEMENTATION = "python"
-    else:
-        IMPLEMENTATION = "cython"
+    _implementation, IMPLEMENTATION = _choose()
+    globals().update(
+        {name: getattr(_implementation, name) for name in __all__ if name != "IMPLEMENTATION"}
+    )
