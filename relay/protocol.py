@@ -661,25 +661,8 @@ def message_dict(message: StoredMessage, status: str = "delivered") -> dict[str,
 
 
 def encode_message(message: StoredMessage) -> bytes:
-    """The delivery frame of a message (status `delivered`, with seq and serverTimestamp):
-    orjson.dumps(message_dict(message)), with the dict built here (once per message)."""
-    body: dict[str, Any] = {"type": "message", "id": message.id, "senderId": message.sender_id}
-    if message.sender_name is not None:
-        body["senderName"] = message.sender_name
-    if message.sender_avatar is not None:
-        body["senderAvatar"] = message.sender_avatar
-    if message.recipient_id is not None:
-        body["recipientId"] = message.recipient_id
-    if message.group_id is not None:
-        body["groupId"] = message.group_id
-    body["text"] = message.text
-    body["timestamp"] = message.client_timestamp or message.server_timestamp
-    body["status"] = "delivered"
-    body["seq"] = message.seq
-    body["serverTimestamp"] = message.server_timestamp
-    if message.meta is not None:
-        body["meta"] = message.meta
-    return orjson.dumps(body)
+    """The delivery frame of a message (status `delivered`, with seq and serverTimestamp)."""
+    return orjson.dumps(message_dict(message))
 
 
 def encode_receipt_sent(message: StoredMessage, timestamp: str) -> bytes:
