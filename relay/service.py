@@ -1044,16 +1044,10 @@ class MessagingService:
     async def _on_receipt(self, conn: Connection, session: Session, frame: ReceiptFrame) -> None:
         user = session.user_id
         if frame.group_id is not None:
-            group = await self.router.group(self.store, frame.group_id)
-            if group is None or user not in group.members:
-                self._error(
-                    conn,
-                    session,
-                    "forbidden",
-                    "not a member of this group",
-                    ref=frame.ref,
-                    field="groupId",
-                )
+            group = await self._member_group(
+                conn, session, frame.group_id, frame.ref, hide_unknown=True
+            )
+            if group is None:
                 return
             conversation = group_conversation(frame.group_id)
         else:
@@ -1156,16 +1150,10 @@ class MessagingService:
     async def _on_typing(self, conn: Connection, session: Session, frame: TypingFrame) -> None:
         user = session.user_id
         if frame.group_id is not None:
-            group = await self.router.group(self.store, frame.group_id)
-            if group is None or user not in group.members:
-                self._error(
-                    conn,
-                    session,
-                    "forbidden",
-                    "not a member of this group",
-                    ref=frame.ref,
-                    field="groupId",
-                )
+            group = await self._member_group(
+                conn, session, frame.group_id, frame.ref, hide_unknown=True
+            )
+            if group is None:
                 return
         key = TypingKey(user, frame.recipient_id, frame.group_id)
         if frame.state == "start":
@@ -1204,21 +1192,7 @@ class MessagingService:
     async def _on_history(self, conn: Connection, session: Session, frame: HistoryFrame) -> None:
         user = session.user_id
         if frame.group_id is not None:
-            group = await self.router.group(self.store, frame.group_id)
-            if group is None:
-                self._error(
-                    conn, session, "not_found", "no such group", ref=frame.ref, field="groupId"
-                )
-                return
-            if user not in group.members:
-                self._error(
-                    conn,
-                    session,
-                    "forbidden",
-                    "not a member of this group",
-                    ref=frame.ref,
-                    field="groupId",
-                )
+            if await self._member_group(conn, session, frame.group_id, frame.ref) is None:
                 return
             conversation = group_conversation(frame.group_id)
         else:
@@ -1267,13 +1241,22 @@ class MessagingService:
         self._send(conn, session, encode_group(group, event=event, ref=ref))
 
     async def _member_group(
-        self, conn: Connection, session: Session, group_id: str, ref: str | None
+        self,
+        conn: Connection,
+        session: Session,
+        group_id: str,
+        ref: str | None,
+        *,
+        hide_unknown: bool = False,
     ) -> Group | None:
+        """The group when the session's user is a member; else answers the error and returns None.
+        An unknown group is `not_found`, or, with hide_unknown, the same `forbidden` a
+        non-member gets."""
         group = await self.router.group(self.store, group_id)
-        if group is None:
+        if group is None and not hide_unknown:
             self._error(conn, session, "not_found", "no such group", ref=ref, field="groupId")
             return None
-        if session.user_id not in group.members:
+        if group is None or session.user_id not in group.members:
             self._error(
                 conn, session, "forbidden", "not a member of this group", ref=ref, field="groupId"
             )
