@@ -49,12 +49,14 @@ import itertools
 import logging
 import math
 import os
+import select
 import socket
 import ssl
 import time
 from typing import Any, Protocol, cast
 
 import h11
+import outcome
 import trio
 from attrs import define, field, frozen
 from wsproto.connection import ConnectionType
@@ -101,6 +103,16 @@ _EMPTY_CLOSE = encode_frame(OP_CLOSE, b"")
 _CONNECTION_TASK = "relay.server connection"
 _ids = itertools.count(1)
 _monotonic = time.monotonic
+#: Most readiness events the poller takes from the kernel per round.
+POLL_EVENTS = 1024
+
+#: What the poller hands a connection's task: (payloads left, stop op, its payload); see
+#: WsConnection._events.
+_Work = tuple[list[bytes], int, bytes]
+
+
+def _nothing_now(conn: Any, payloads: list[bytes]) -> int:
+    return 0
 
 
 class Connection(Protocol):
@@ -125,6 +137,10 @@ class ConnectionHandler(Protocol):
     def on_open(self, conn: Connection) -> None: ...
 
     async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None: ...
+
+    # Optional (looked up once per Server): handle payloads in order for as long as that needs
+    # no waiting and return how many were handled; the shell passes the rest to on_messages.
+    # def on_messages_nowait(self, conn: Connection, payloads: list[bytes]) -> int: ...
 
     def on_flushed(self, conn: Connection) -> None: ...
 
@@ -199,6 +215,13 @@ class WsConnection:
     _scope: trio.CancelScope | None = None
     _nursery: trio.Nursery | None = None
     _idle: trio.Event | None = None
+    # Raw path: the poller's hand-off to the connection's task (_read_raw). Invariant: the
+    # socket is in the server's poller only while the task waits for a hand-off, and
+    # `_reader_task` is set only while the task is parked waiting for one.
+    _polled: bool = False
+    _reader_task: trio.lowlevel.Task | None = None
+    _handed: _Work | None = None
+    _has_handed: bool = False
 
     # --- the Connection protocol (called by the core) -----------------------------------------
 
@@ -265,8 +288,10 @@ class WsConnection:
         if self._scope is not None:
             self._scope.cancel()
         elif self.sock is not None and not self._ended:
-            # Wakes the reader, the linger and the writer task (ClosedResourceError); the
-            # flag keeps them from waiting again.
+            # Wakes the linger and the writer task (ClosedResourceError), and the reader
+            # through a hand-off; the flag keeps them from waiting again.
+            if self._polled or self._reader_task is not None:
+                self._hand_off(None)
             trio.lowlevel.notify_closing(self.sock)
 
     def expire(self) -> None:
@@ -397,29 +422,39 @@ class WsConnection:
 
     # --- reading --------------------------------------------------------------------------------
 
-    async def _process(self, data: bytes | bytearray | memoryview) -> bool:
-        """Feed received bytes to the parser and act on the events; True: stop reading."""
-        parser = self.parser
-        events = parser.feed(cast(bytes, data))
+    def _events(self, data: bytes | bytearray | memoryview) -> tuple[list[bytes], int, bytes]:
+        """Feed received bytes to the parser: (text payloads, the op that stops this read or
+        -1, its payload). Pings are answered here; nothing after a close or binary frame."""
+        events = self.parser.feed(cast(bytes, data))
         self.server.stats.frames_in += len(events)
         payloads: list[bytes] = []
-        stop_op = -1
-        stop_payload = b""
         for op, payload in events:
             if op == OP_TEXT:
                 payloads.append(payload)
             elif op == OP_PING:
                 self.send(encode_frame(OP_PONG, payload))
             elif op != OP_PONG:
-                stop_op = op
-                stop_payload = payload
-                break
+                return payloads, op, payload
+        return payloads, -1, b""
+
+    async def _process(self, data: bytes | bytearray | memoryview) -> bool:
+        """Feed received bytes to the parser and act on the events; True: stop reading."""
+        payloads, stop_op, stop_payload = self._events(data)
+        return await self._handle_events(payloads, stop_op, stop_payload)
+
+    async def _handle_events(
+        self, payloads: list[bytes], stop_op: int, stop_payload: bytes
+    ) -> bool:
         if payloads and not self.closing:
             try:
                 await self.server.handler.on_messages(self, payloads)
             except Exception:
                 log.exception("handler.on_messages failed on connection %d", self.id)
                 self.close(1011, "internal error")
+        return self._after_events(stop_op, stop_payload)
+
+    def _after_events(self, stop_op: int, stop_payload: bytes) -> bool:
+        """Act on what ended a read's events (see _events); True: stop reading."""
         if stop_op == OP_CLOSE:
             self._peer_closed(stop_payload)
             return True
@@ -427,8 +462,8 @@ class WsConnection:
             # Keep reading: the peer's close reply ends the connection without a linger.
             self.close(1003, "binary frames are not supported")
             return False
-        if parser.failed:
-            self.close(parser.close_code, parser.close_reason)
+        if self.parser.failed:
+            self.close(self.parser.close_code, self.parser.close_reason)
             return True
         return False
 
@@ -440,34 +475,78 @@ class WsConnection:
         # Echo the peer's code (RFC 6455 5.5.1); an empty close is answered with an empty one.
         self._close(code, frame=_EMPTY_CLOSE if code == 1005 else encode_close(code))
 
-    async def _read_raw(self) -> None:
+    def on_readable(self, now: float) -> None:
+        """The poller saw the socket readable (raw path): one read, handled at once as far as
+        the handler can without waiting; the rest goes to the connection's task (_read_raw)."""
+        server = self.server
         sock = self.sock
         assert sock is not None
+        try:
+            n = sock.recv_into(server.recv_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._broken = True
+            self._hand_off(None)
+            return
+        if n == 0:
+            self._hand_off(None)
+            return
+        server.stats.bytes_in += n
+        self.last_rx = now
+        # The shared buffer is consumed (copied by the parser) before anything else reads.
+        payloads, stop_op, stop_payload = self._events(server.recv_view[:n])
+        if payloads and not self.closing:
+            try:
+                done = server.on_messages_nowait(self, payloads)
+            except Exception:
+                log.exception("handler.on_messages_nowait failed on connection %d", self.id)
+                self.close(1011, "internal error")
+                done = len(payloads)
+            if done < len(payloads):
+                self._hand_off((payloads[done:], stop_op, stop_payload))
+                return
+        if self._after_events(stop_op, stop_payload):
+            self._hand_off(None)
+
+    def _hand_off(self, work: _Work | None) -> None:
+        """Stop polling this socket and give the connection's task `work` (None: stop reading)."""
+        self.server.unpoll(self)
+        task = self._reader_task
+        if task is None:
+            self._handed = work
+            self._has_handed = True
+        else:
+            self._reader_task = None
+            trio.lowlevel.reschedule(task, outcome.Value(work))
+
+    async def _next_hand_off(self) -> _Work | None:
+        if self._has_handed:
+            self._has_handed = False
+            work, self._handed = self._handed, None
+            return work
+        self._reader_task = trio.lowlevel.current_task()
+
+        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+            self._reader_task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        return cast("_Work | None", await trio.lowlevel.wait_task_rescheduled(abort))
+
+    async def _read_raw(self) -> None:
+        """The raw path's reading: the server's poller reads and handles what needs no waiting
+        (on_readable); this task waits for what it hands off, then polling resumes."""
         server = self.server
-        buf = server.recv_buffer
-        view = server.recv_view
-        stats = server.stats
-        wait_readable = trio.lowlevel.wait_readable
-        process = self._process
-        while not self._broken:
-            try:
-                await wait_readable(sock)
-            except trio.ClosedResourceError:
-                return  # _mark_broken(): a write failed or the close deadline passed
-            try:
-                n = sock.recv_into(buf)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                self._broken = True
-                return
-            if n == 0:
-                return
-            stats.bytes_in += n
-            self.last_rx = _monotonic()
-            # The shared buffer is consumed (copied by the parser) before the next await.
-            if await process(view[:n]):
-                return
+        try:
+            while not self._broken:
+                server.poll(self)
+                work = await self._next_hand_off()
+                if work is None or self._broken:
+                    return
+                if await self._handle_events(*work):
+                    return
+        finally:
+            server.unpoll(self)
 
     async def _read_tls(self) -> None:
         stream = self.stream
@@ -560,6 +639,7 @@ class WsConnection:
         self._ended = True
         self.closing = True
         if self.sock is not None:
+            self.server.unpoll(self)
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
         elif self.stream is not None:
@@ -596,9 +676,17 @@ class Server:
     # close deadlines of raw connections: a heap of (deadline, connection id, connection)
     _expiries: list[tuple[float, int, WsConnection]] = field(factory=list)
     _expiry_changed: trio.Event = field(factory=trio.Event)
+    # The raw path's readiness: every ws:// connection waiting to be read is registered
+    # (level-triggered, EPOLLIN) in this one epoll, which a single task (the poller) waits on:
+    # one wake-up per batch of ready sockets, however many there are.
+    _epoll: select.epoll = field(factory=select.epoll)
+    _polled: dict[int, WsConnection] = field(factory=dict)  # fd -> connection
+    _polling: bool = False  # the poller is handling a batch (it flushes at the end)
+    on_messages_nowait: Any = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
+        self.on_messages_nowait = getattr(self.handler, "on_messages_nowait", _nothing_now)
         if self.config.certfile is not None and self.config.keyfile is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
@@ -641,14 +729,18 @@ class Server:
     async def _host(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
         # Shielded: cancelling serve() must not cut the connections before they are drained.
         self._host_scope.shield = True
-        with self._host_scope:
-            async with trio.open_nursery() as nursery:
-                self.host_nursery = nursery
-                nursery.start_soon(self._flusher)
-                nursery.start_soon(self._ticker)
-                nursery.start_soon(self._expirer)
-                task_status.started(nursery)
-                await trio.sleep_forever()
+        try:
+            with self._host_scope:
+                async with trio.open_nursery() as nursery:
+                    self.host_nursery = nursery
+                    nursery.start_soon(self._flusher)
+                    nursery.start_soon(self._poller)
+                    nursery.start_soon(self._ticker)
+                    nursery.start_soon(self._expirer)
+                    task_status.started(nursery)
+                    await trio.sleep_forever()
+        finally:
+            self._epoll.close()  # every connection (all in this nursery) has ended
 
     async def _accept(
         self,
@@ -702,27 +794,87 @@ class Server:
 
     def add_dirty(self, conn: WsConnection) -> None:
         self.dirty.append(conn)
-        if self._flusher_parked:
+        if self._flusher_parked and not self._polling:
             self._flusher_parked = False
             self._lot.unpark()
 
     async def _flusher(self) -> None:
         """Write every dirty outbox once per scheduler tick: woken by the first send of a tick,
-        it runs after the tasks of that tick have queued their frames."""
+        it runs after the tasks of that tick have queued their frames. (What the poller's
+        batches queue, the poller writes itself.)"""
         while True:
             if not self.dirty:
                 self._flusher_parked = True
                 await self._lot.park()
                 continue
-            dirty = self.dirty
-            self.dirty = []
-            for conn in dirty:
-                conn.dirty = False
-                if conn._writer_active or conn._ended:
-                    continue
-                if conn.sock is None or conn.write_some():
-                    conn.start_writer()
+            self._flush()
             await trio.lowlevel.checkpoint()
+
+    def _flush(self) -> None:
+        dirty = self.dirty
+        self.dirty = []
+        for conn in dirty:
+            conn.dirty = False
+            if conn._writer_active or conn._ended:
+                continue
+            if conn.sock is None or conn.write_some():
+                conn.start_writer()
+
+    # --- the poller (raw path) -------------------------------------------------------------------
+
+    def poll(self, conn: WsConnection) -> None:
+        """Have the poller read `conn` (its task waits for a hand-off meanwhile)."""
+        if conn._polled or conn._ended:
+            return
+        sock = conn.sock
+        assert sock is not None
+        fd = sock.fileno()
+        self._epoll.register(fd, select.EPOLLIN)
+        self._polled[fd] = conn
+        conn._polled = True
+
+    def unpoll(self, conn: WsConnection) -> None:
+        """Stop reading `conn` in the poller (idempotent; before its socket is closed)."""
+        if not conn._polled:
+            return
+        conn._polled = False
+        sock = conn.sock
+        assert sock is not None
+        fd = sock.fileno()
+        self._polled.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # pragma: no cover - the fd is registered while _polled says so
+            log.exception("unregistering connection %d from the poller failed", conn.id)
+
+    async def _poller(self) -> None:
+        """Read every ready ws:// connection in one task: wait for the epoll to be readable,
+        take its ready sockets, read each once (WsConnection.on_readable), then write what the
+        batch queued. Level-triggered: a socket not drained comes back in the next batch."""
+        epoll = self._epoll
+        epfd = epoll.fileno()
+        polled = self._polled
+        wait_readable = trio.lowlevel.wait_readable
+        while True:
+            await wait_readable(epfd)
+            ready = epoll.poll(0, POLL_EVENTS)
+            now = _monotonic()
+            self._polling = True
+            try:
+                for fd, _events in ready:
+                    conn = polled.get(fd)
+                    if conn is None:
+                        continue  # unpolled by an earlier event of this batch
+                    try:
+                        conn.on_readable(now)
+                    except Exception:
+                        log.exception("reading connection %d failed", conn.id)
+                        conn._broken = True
+                        conn._hand_off(None)
+            finally:
+                self._polling = False
+            if self.dirty:
+                self._flush()
 
     def flushed(self, conn: WsConnection) -> None:
         try:
