@@ -8,6 +8,7 @@ Precedence per setting: flag > RELAY_<NAME> > (port only: PORT) > the RelayConfi
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -220,6 +221,9 @@ async def _serve_until_signal(config: RelayConfig) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)
+            # What startup made (modules, config, the open store) lives as long as the
+            # process: moved out of the collector's sight, full collections stay short.
+            gc.freeze()
             print(f"WebSocket server running on {address.url}", flush=True)
             async for signum in signals:
                 log.info("%s: draining", signal.Signals(signum).name)

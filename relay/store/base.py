@@ -142,7 +142,11 @@ class Store(Protocol):
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
-        """Store messages in order, assigning seqs; idempotent on (sender_id, id). Durable on return."""
+        """Store messages in order, assigning seqs; idempotent on (sender_id, id). Durable on return.
+
+        A store whose appends complete without waiting may also offer
+        `append_now(messages) -> list[Appended]`, the same call made synchronously (MemoryStore
+        does); the core then stores messages inline as it reads them."""
 
     async def history(
         self,

@@ -11,12 +11,17 @@ Invariants:
 - `_order[c][seq - 1]` is a process-wide counter increasing with acceptance: it orders the
   undelivered backlog across conversations (a list beside `_messages[c]`, same length).
 - Watermarks and device cursors never exceed the conversation's last seq and never decrease.
+- Stored messages are kept as exact tuples in StoredMessage's field order (rows), handed out as
+  StoredMessage: the garbage collector stops tracking an exact tuple of strings, ints and None,
+  so a store of millions of messages adds nothing to each full collection (a NamedTuple
+  instance stays tracked, and every full collection would walk all of them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import count
+from typing import Any
 
 from attrs import define, field
 
@@ -33,14 +38,22 @@ from relay.store.base import (
 
 _NO_MARKS = Watermarks(0, 0)
 _new_tuple = tuple.__new__
+#: a stored message as kept: StoredMessage's fields, in order, in an exact tuple
+_Row = tuple[Any, ...]
+_SEQ = StoredMessage._fields.index("seq")
+_SENDER = StoredMessage._fields.index("sender_id")
+
+
+def _message(row: _Row) -> StoredMessage:
+    return _new_tuple(StoredMessage, row)
 
 
 @define
 class MemoryStore:
     """In-memory Store. `open`/`close` have nothing to do; data lives as long as the object."""
 
-    _messages: dict[str, list[StoredMessage]] = field(factory=dict, init=False)
-    _by_sender: dict[str, dict[str, StoredMessage]] = field(factory=dict, init=False)
+    _messages: dict[str, list[_Row]] = field(factory=dict, init=False)
+    _by_sender: dict[str, dict[str, _Row]] = field(factory=dict, init=False)
     _order: dict[str, list[int]] = field(factory=dict, init=False)
     _counter: count[int] = field(factory=lambda: count(1), init=False)
     # 1:1 conversation -> its two participants (one, for a note to self)
@@ -63,6 +76,11 @@ class MemoryStore:
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        return self.append_now(messages)
+
+    def append_now(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        """append_many without waiting (see Store.append_many): the core's poller appends
+        inline with it. A subclass that changes append_many must change this too."""
         # the hot path of every message: locals, positional constructors, no helper calls
         results: list[Appended] = []
         by_sender = self._by_sender
@@ -75,7 +93,7 @@ class MemoryStore:
                 sent = by_sender[message.sender_id] = {}
             existing = sent.get(message.id)
             if existing is not None:
-                results.append(Appended(existing, True))
+                results.append(Appended(_message(existing), True))
                 continue
             conversation = message.conversation
             log = logs.get(conversation)
@@ -84,13 +102,16 @@ class MemoryStore:
                 orders[conversation] = []
             seq = len(log) + 1
             if message.meta is None:
-                # StoredMessage's fields are NewMessage's with `seq` second: built from its
-                # tuple at C speed (NamedTuple.__new__ is this call after a Python frame)
-                stored = _new_tuple(StoredMessage, (conversation, seq, *message[1:]))
+                # StoredMessage's fields are NewMessage's with `seq` second: the row, and the
+                # StoredMessage built from it at C speed (NamedTuple.__new__ is this call
+                # after a Python frame)
+                row: _Row = (conversation, seq, *message[1:])
+                stored = _new_tuple(StoredMessage, row)
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
-            log.append(stored)
-            sent[message.id] = stored
+                row = tuple(stored)
+            log.append(row)
+            sent[message.id] = row
             orders[conversation].append(next(counter))
             if message.group_id is None and conversation not in self._direct:
                 self._note_direct(message)
@@ -119,24 +140,24 @@ class MemoryStore:
             start = max(after, 0)
             page = log[start : start + limit]
             has_more = start + limit < len(log)
-            return page, has_more
+            return [_message(row) for row in page], has_more
         end = len(log) if before is None else min(max(before - 1, 0), len(log))
         start = max(end - limit, 0)
-        return log[start:end], start > 0
+        return [_message(row) for row in log[start:end]], start > 0
 
     async def undelivered(
         self, user_id: str, device_id: str, *, limit: int = 1000
     ) -> list[StoredMessage]:
-        found: list[StoredMessage] = []
+        found: list[_Row] = []
         for conversation in self._conversations_of(user_id):
             start = self._cursors.get((conversation, user_id), {}).get(device_id)
             if start is None:
                 start = self._marks_of(conversation, user_id).delivered_seq
             found.extend(
-                m for m in self._messages.get(conversation, [])[start:] if m.sender_id != user_id
+                r for r in self._messages.get(conversation, [])[start:] if r[_SENDER] != user_id
             )
-        found.sort(key=lambda m: self._order[m.conversation][m.seq - 1])
-        return found[: max(limit, 0)]
+        found.sort(key=lambda r: self._order[r[0]][r[_SEQ] - 1])
+        return [_message(row) for row in found[: max(limit, 0)]]
 
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
@@ -148,15 +169,15 @@ class MemoryStore:
             # 1:1 seen by a participant: at most one other sender, whose newest message is the last one found
             # walking back (called once per delivery watermark move: the hot path of acks)
             for i in range(min(max(upto_seq, 0), len(log)) - 1, low - 1, -1):
-                message = log[i]
-                if message.sender_id != exclude_sender:
-                    return [message]
+                row = log[i]
+                if row[_SENDER] != exclude_sender:
+                    return [_message(row)]
             return []
-        newest: dict[str, StoredMessage] = {}
-        for message in log[low : max(upto_seq, 0)]:
-            if message.sender_id != exclude_sender:
-                newest[message.sender_id] = message
-        return sorted(newest.values(), key=lambda m: m.seq)
+        newest: dict[str, _Row] = {}
+        for row in log[low : max(upto_seq, 0)]:
+            if row[_SENDER] != exclude_sender:
+                newest[row[_SENDER]] = row
+        return [_message(row) for row in sorted(newest.values(), key=lambda r: r[_SEQ])]
 
     async def last_seq(self, conversation: str) -> int:
         return len(self._messages.get(conversation, []))
@@ -198,9 +219,9 @@ class MemoryStore:
         rows: list[tuple[tuple[str, int], ConversationSummary]] = []
         for conversation in self._conversations_of(user_id):
             log = self._messages.get(conversation, [])
-            last = log[-1] if log else None
+            last = _message(log[-1]) if log else None
             marks = self._marks_of(conversation, user_id)
-            unread = sum(1 for m in log[marks.read_seq :] if m.sender_id != user_id)
+            unread = sum(1 for r in log[marks.read_seq :] if r[_SENDER] != user_id)
             peer_id: str | None = None
             group_id: str | None = None
             if conversation in self._direct:
