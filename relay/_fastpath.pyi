@@ -1,6 +1,8 @@
 # Type stubs for the compiled hot path (relay/_fastpath.pyx); same API as relay/_fastpath_py.py.
 from typing import Final
 
+from relay.store.base import StoredMessage
+
 OP_CONT: Final[int]
 OP_TEXT: Final[int]
 OP_BINARY: Final[int]
@@ -39,3 +41,7 @@ class Outbox:
     def pending_frames(self) -> int: ...
 
 def fanout(outboxes: list[Outbox], frame: bytes, droppable: bool) -> list[int]: ...
+def encode_delivery(message: StoredMessage) -> bytes: ...
+def encode_sent_frame(
+    message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
+) -> bytes: ...

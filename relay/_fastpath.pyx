@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled hot path: RFC 6455 server-side framing, Outbox and fanout.
+"""The compiled hot path: RFC 6455 server-side framing, Outbox, fanout, and the JSON frames of
+the message path (delivery and `sent`).
 
 Invariant: for every input this module and relay._fastpath_py (the reference) give equal events,
 equal failed/close_code/close_reason, equal encoded bytes and equal Outbox states
@@ -9,6 +10,7 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
 
@@ -538,3 +540,230 @@ def fanout(outboxes, frame, bint droppable):
             failed.append(i)
         i += 1
     return failed
+
+
+# --- JSON frames of the message path -------------------------------------------------------------
+# The delivery and `sent` frames are written here directly: the JSON text, byte for byte what
+# orjson.dumps gives for the twin's dict (same keys, same order, same escapes), inside one
+# unfragmented text frame, in a single allocation. Any value of an unexpected type takes the
+# twin's way (a dict through orjson), so the two agree on every input.
+
+cdef const char* _HEX = b"0123456789abcdef"
+
+
+cdef inline Py_ssize_t _json_str_len(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    """Length of the JSON string literal of `s` (quotes included), escaped as orjson does."""
+    cdef Py_ssize_t size = n + 2
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = s[i]
+        if c < 0x20:
+            size += 1 if (c == 8 or c == 9 or c == 10 or c == 12 or c == 13) else 5
+        elif c == 34 or c == 92:
+            size += 1
+    return size
+
+
+cdef inline unsigned char* _json_str(
+    unsigned char* o, const unsigned char* s, Py_ssize_t n
+) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    o[0] = 34
+    o += 1
+    for i in range(n):
+        c = s[i]
+        if c >= 0x20 and c != 34 and c != 92:
+            o[0] = c
+            o += 1
+            continue
+        o[0] = 92
+        if c == 34 or c == 92:
+            o[1] = c
+        elif c == 8:
+            o[1] = 98  # b
+        elif c == 9:
+            o[1] = 116  # t
+        elif c == 10:
+            o[1] = 110  # n
+        elif c == 12:
+            o[1] = 102  # f
+        elif c == 13:
+            o[1] = 114  # r
+        else:
+            o[1] = 117  # u
+            o[2] = 48
+            o[3] = 48
+            o[4] = _HEX[c >> 4]
+            o[5] = _HEX[c & 15]
+            o += 6
+            continue
+        o += 2
+    o[0] = 34
+    return o + 1
+
+
+cdef struct _Part:
+    const unsigned char* key  # `,"key":` (or `{"key":` first), NULL: none
+    Py_ssize_t key_len
+    const unsigned char* raw  # the value's UTF-8, or its literal JSON (string=0)
+    Py_ssize_t raw_len
+    bint string  # raw is a string's UTF-8, written escaped in quotes
+
+
+cdef inline int _set_str(_Part* part, const char* key, Py_ssize_t key_len, object value) except -1:
+    cdef Py_ssize_t n
+    part.key = <const unsigned char*>key
+    part.key_len = key_len
+    part.raw = <const unsigned char*>PyUnicode_AsUTF8AndSize(value, &n)
+    part.raw_len = n
+    part.string = True
+    return 0
+
+
+cdef inline void _set_raw(_Part* part, const char* key, Py_ssize_t key_len, bytes value) noexcept:
+    part.key = <const unsigned char*>key
+    part.key_len = key_len
+    part.raw = <const unsigned char*>PyBytes_AS_STRING(value)
+    part.raw_len = PyBytes_GET_SIZE(value)
+    part.string = False
+
+
+cdef bytes _text_frame_of(_Part* parts, int count):
+    """One text frame holding the JSON object `parts` describe (keys carry their punctuation)."""
+    cdef Py_ssize_t n = 1  # the closing brace
+    cdef Py_ssize_t hlen
+    cdef int i
+    cdef bytes out
+    cdef unsigned char* o
+    for i in range(count):
+        n += parts[i].key_len
+        n += _json_str_len(parts[i].raw, parts[i].raw_len) if parts[i].string else parts[i].raw_len
+    hlen = 2 if n < 126 else (4 if n < 65536 else 10)
+    out = PyBytes_FromStringAndSize(NULL, hlen + n)
+    o = <unsigned char*>PyBytes_AS_STRING(out)
+    o[0] = 0x81
+    if hlen == 2:
+        o[1] = <unsigned char>n
+    elif hlen == 4:
+        o[1] = 126
+        o[2] = <unsigned char>(n >> 8)
+        o[3] = <unsigned char>n
+    else:
+        o[1] = 127
+        for i in range(8):
+            o[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
+    o += hlen
+    for i in range(count):
+        memcpy(o, parts[i].key, parts[i].key_len)
+        o += parts[i].key_len
+        if parts[i].string:
+            o = _json_str(o, parts[i].raw, parts[i].raw_len)
+        else:
+            memcpy(o, parts[i].raw, parts[i].raw_len)
+            o += parts[i].raw_len
+    o[0] = 125  # }
+    return out
+
+
+cdef inline bint _str_or_none(object value) noexcept:
+    return value is None or type(value) is str
+
+
+def encode_delivery(message):
+    """The delivery frame of a stored message: a text frame of its contract shape with status
+    `delivered`, seq and serverTimestamp (the twin: protocol.message_dict through orjson)."""
+    cdef _Part parts[13]
+    cdef int k = 0
+    cdef tuple m
+    if not isinstance(message, tuple) or len(message) != 12:
+        raise TypeError("encode_delivery needs a StoredMessage")
+    m = <tuple>message  # a StoredMessage: a tuple subclass, read by index
+    ident = m[2]
+    sender = m[3]
+    text = m[4]
+    server_ts = m[5]
+    recipient = m[6]
+    group = m[7]
+    name = m[8]
+    avatar = m[9]
+    client_ts = m[10]
+    meta = m[11]
+    seq = m[1]
+    if not (
+        type(ident) is str and type(sender) is str and type(text) is str
+        and type(server_ts) is str and type(seq) is int
+        and _str_or_none(recipient) and _str_or_none(group) and _str_or_none(name)
+        and _str_or_none(avatar) and _str_or_none(client_ts)
+    ):
+        return _delivery_by_dict(message)
+    stamp = client_ts if client_ts else server_ts
+    try:
+        _set_raw(&parts[k], b'{"type":', 8, b'"message"'); k += 1
+        _set_str(&parts[k], b',"id":', 6, ident); k += 1
+        _set_str(&parts[k], b',"senderId":', 12, sender); k += 1
+        if name is not None:
+            _set_str(&parts[k], b',"senderName":', 14, name); k += 1
+        if avatar is not None:
+            _set_str(&parts[k], b',"senderAvatar":', 16, avatar); k += 1
+        if recipient is not None:
+            _set_str(&parts[k], b',"recipientId":', 15, recipient); k += 1
+        if group is not None:
+            _set_str(&parts[k], b',"groupId":', 11, group); k += 1
+        _set_str(&parts[k], b',"text":', 8, text); k += 1
+        _set_str(&parts[k], b',"timestamp":', 13, stamp); k += 1
+        _set_raw(&parts[k], b',"status":', 10, b'"delivered"'); k += 1
+        seq_text = str(seq).encode("ascii")
+        _set_raw(&parts[k], b',"seq":', 7, seq_text); k += 1
+        _set_str(&parts[k], b',"serverTimestamp":', 19, server_ts); k += 1
+        if meta is not None:
+            meta_json = _orjson_dumps(meta)
+            _set_raw(&parts[k], b',"meta":', 8, meta_json); k += 1
+    except UnicodeEncodeError:  # a lone surrogate: orjson's error, through the twin
+        return _delivery_by_dict(message)
+    return _text_frame_of(parts, k)
+
+
+def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
+    """The `sent` receipt's text frame (the twin: protocol.encode_sent's dict through orjson)."""
+    cdef _Part parts[6]
+    cdef int k = 0
+    if not (
+        type(message_id) is str and type(timestamp) is str and type(seq) is int
+        and _str_or_none(peer_id) and _str_or_none(group_id)
+        and (group_id is not None or peer_id is not None)
+    ):
+        return _sent_by_dict(message_id, peer_id, group_id, seq, timestamp)
+    try:
+        _set_raw(&parts[k], b'{"type":', 8, b'"receipt"'); k += 1
+        _set_str(&parts[k], b',"id":', 6, message_id); k += 1
+        if group_id is None:
+            _set_str(&parts[k], b',"peerId":', 10, peer_id); k += 1
+        else:
+            _set_str(&parts[k], b',"groupId":', 11, group_id); k += 1
+        _set_raw(&parts[k], b',"status":', 10, b'"sent"'); k += 1
+        seq_text = str(seq).encode("ascii")
+        _set_raw(&parts[k], b',"seq":', 7, seq_text); k += 1
+        _set_str(&parts[k], b',"timestamp":', 13, timestamp); k += 1
+    except UnicodeEncodeError:
+        return _sent_by_dict(message_id, peer_id, group_id, seq, timestamp)
+    return _text_frame_of(parts, k)
+
+
+def _orjson_dumps(value):
+    import orjson
+
+    return orjson.dumps(value)
+
+
+def _delivery_by_dict(message):
+    from relay._fastpath_py import encode_delivery as by_dict
+
+    return by_dict(message)
+
+
+def _sent_by_dict(message_id, peer_id, group_id, seq, timestamp):
+    from relay._fastpath_py import encode_sent_frame as by_dict
+
+    return by_dict(message_id, peer_id, group_id, seq, timestamp)

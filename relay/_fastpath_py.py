@@ -8,8 +8,15 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
 
+import orjson
 from attrs import define, field
+
+from relay.protocol import encode_sent, message_dict
+
+if TYPE_CHECKING:
+    from relay.store.base import StoredMessage
 
 OP_CONT = 0
 OP_TEXT = 1
@@ -367,3 +374,19 @@ def fanout(outboxes: list[Outbox], frame: bytes, droppable: bool) -> list[int]:
         if not outbox.push(frame, droppable):
             failed.append(i)
     return failed
+
+
+# --- JSON frames of the message path --------------------------------------------------------------
+
+
+def encode_delivery(message: StoredMessage) -> bytes:
+    """The delivery frame of a stored message: a text frame of its contract shape with status
+    `delivered`, seq and serverTimestamp."""
+    return encode_frame(1, orjson.dumps(message_dict(message)))
+
+
+def encode_sent_frame(
+    message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
+) -> bytes:
+    """The `sent` receipt's text frame: to the sender once its message is durable."""
+    return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))

@@ -26,7 +26,9 @@ __all__ = [
     "FrameParser",
     "Outbox",
     "encode_close",
+    "encode_delivery",
     "encode_frame",
+    "encode_sent_frame",
     "fanout",
     "parse_close",
 ]
@@ -65,7 +67,9 @@ if TYPE_CHECKING:
         FrameParser,
         Outbox,
         encode_close,
+        encode_delivery,
         encode_frame,
+        encode_sent_frame,
         fanout,
         parse_close,
     )

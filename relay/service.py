@@ -70,7 +70,7 @@ from relay.auth import Authenticator, TrustingAuthenticator
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
 from relay.errors import Conflict, FrameError, NotFound
-from relay.fastpath import OP_TEXT, encode_frame
+from relay.fastpath import OP_TEXT, encode_delivery, encode_frame, encode_sent_frame
 from relay.presence import PresenceTracker
 from relay.protocol import (
     AuthFrame,
@@ -100,7 +100,6 @@ from relay.protocol import (
     encode_presence,
     encode_receipt_failed,
     encode_receipt_status,
-    encode_sent,
     encode_status,
     encode_typing,
     parse_client_frame,
@@ -110,6 +109,7 @@ from relay.ratelimit import RateLimiter
 from relay.router import Router
 from relay.session import Connection, Phase, Session
 from relay.store.base import (
+    Appended,
     Group,
     NewMessage,
     Store,
@@ -138,6 +138,8 @@ def _wire(json_bytes: bytes) -> bytes:
 
 #: a live delivery waiting for its turn: (message, audience, connection left out)
 _Delivery = tuple[StoredMessage, Sequence[str], Connection | None]
+#: a stored message ready for the sequencer: (conversation, seq, message, audience, left out)
+_Ready = tuple[str, int, StoredMessage, Sequence[str], Connection | None]
 
 #: a conversation's last released seq is forgotten after this long without appends
 SEQUENCER_IDLE = 60.0
@@ -174,7 +176,7 @@ class _Sequencer:
     def end(
         self,
         conversations: Iterable[str],
-        deliveries: Iterable[tuple[str, int, StoredMessage, Sequence[str], Connection | None]],
+        deliveries: Iterable[_Ready],
     ) -> None:
         inflight = self._inflight
         for conversation in conversations:
@@ -265,6 +267,8 @@ class MessagingService:
     _direct_keys: dict[tuple[str, str], str]
     _iso_ms: int  # the wall-clock millisecond `_iso` was formatted for
     _iso: str
+    # the store's append without waiting, when it has one (Store.append_now): on_messages_nowait
+    _append_now: Callable[[Sequence[NewMessage]], list[Appended]] | None
 
     def __init__(
         self,
@@ -297,6 +301,7 @@ class MessagingService:
         self._backlog_ready = {}
         self._maintaining = False
         self._manage_store = manage_store
+        self._append_now = getattr(store, "append_now", None)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -682,7 +687,7 @@ class MessagingService:
             ):
                 return True
             message = queue.popleft()
-            if not self._queue_message(conn, session, message, _wire(encode_message(message))):
+            if not self._queue_message(conn, session, message, encode_delivery(message)):
                 queue.clear()
                 return False
             if session.acks:
@@ -760,7 +765,7 @@ class MessagingService:
         recipient = message.recipient_id
         if recipient is not None and message.group_id is None:
             self.presence.pair(sender, recipient)
-        wire = encode_frame(OP_TEXT, encode_message(message))
+        wire = encode_delivery(message)
         conversation = message.conversation
         seq = message.seq
         mark: tuple[int, str | None] | None = None
@@ -879,12 +884,118 @@ class MessagingService:
         )
         return message, audience
 
+    def on_messages_nowait(self, conn: Connection, payloads: list[bytes]) -> int:
+        """The part of on_messages that needs no waiting, for the shell's poller: the leading
+        `message` frames of `payloads` (1:1, or to a group the router has cached) of an active
+        session, when the store appends without waiting (`append_now`). Returns how many
+        payloads it handled; the shell awaits on_messages with the rest, in order."""
+        append_now = self._append_now
+        session = conn.state
+        if append_now is None or session.__class__ is not Session or session.phase is not _ACTIVE:
+            return 0
+        limits = self.limits
+        cached_group = self.router.cached_group
+        batch: list[MessageFrame | MessageRefused] = []
+        for payload in payloads:
+            try:
+                frame = parse_client_frame(payload, limits)
+            except MessageRefused as refused:
+                batch.append(refused)
+                continue
+            except FrameError:
+                break  # answered by on_messages
+            if frame.__class__ is not MessageFrame:
+                break
+            assert isinstance(frame, MessageFrame)
+            if frame.group_id is not None and cached_group(frame.group_id) is None:
+                break
+            batch.append(frame)
+        if batch:
+            try:
+                self._message_batch_now(conn, session, batch, append_now)
+            except Exception:
+                log.exception("internal error handling messages")
+                self._error(conn, session, "internal", "internal error")
+        return len(batch)
+
     async def _message_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
     ) -> None:
+        for item in batch:  # the groups into the router's cache: _accept_batch reads it
+            if item.__class__ is MessageFrame:
+                assert isinstance(item, MessageFrame)
+                if item.group_id is not None:
+                    await self.router.group(self.store, item.group_id)
         now = self.clock()
         timestamp = self._now_iso()
-        # per message: the encoded `failed` receipt, or (message, audience) to store
+        entries, accepted = self._accept_batch(session, batch, now, timestamp)
+        if not accepted:
+            for entry in entries:
+                assert isinstance(entry, bytes)
+                self._send(conn, session, entry)
+            return
+        conversations = self._conversations(accepted)
+        deliveries: list[_Ready] = []
+        sequencer = self._sequencer
+        sequencer.begin(conversations, now)
+        try:
+            try:
+                results = await self.store.append_many(accepted)
+            except Exception:
+                log.exception("storing %d message(s) failed", len(accepted))
+                results = None
+            self._answer_batch(conn, session, entries, results, timestamp, deliveries)
+        finally:
+            sequencer.end(conversations, deliveries)
+
+    def _message_batch_now(
+        self,
+        conn: Connection,
+        session: Session,
+        batch: list[MessageFrame | MessageRefused],
+        append_now: Callable[[Sequence[NewMessage]], list[Appended]],
+    ) -> None:
+        """_message_batch with a store that appends without waiting, and every group of
+        `batch` in the router's cache."""
+        now = self.clock()
+        timestamp = self._now_iso()
+        entries, accepted = self._accept_batch(session, batch, now, timestamp)
+        if not accepted:
+            for entry in entries:
+                assert isinstance(entry, bytes)
+                self._send(conn, session, entry)
+            return
+        conversations = self._conversations(accepted)
+        deliveries: list[_Ready] = []
+        sequencer = self._sequencer
+        sequencer.begin(conversations, now)
+        try:
+            try:
+                results: list[Appended] | None = append_now(accepted)
+            except Exception:
+                log.exception("storing %d message(s) failed", len(accepted))
+                results = None
+            self._answer_batch(conn, session, entries, results, timestamp, deliveries)
+        finally:
+            sequencer.end(conversations, deliveries)
+
+    @staticmethod
+    def _conversations(accepted: list[NewMessage]) -> Sequence[str]:
+        """Each conversation of `accepted` once, in order."""
+        if len(accepted) == 1:
+            return (accepted[0].conversation,)
+        # no comprehension: it is a function call of its own in 3.11
+        return list(dict.fromkeys([m.conversation for m in accepted]))
+
+    def _accept_batch(
+        self,
+        session: Session,
+        batch: list[MessageFrame | MessageRefused],
+        now: float,
+        timestamp: str,
+    ) -> tuple[list[tuple[NewMessage, tuple[str, ...]] | bytes], list[NewMessage]]:
+        """Check each message of `batch` (groups from the router's cache): per message the
+        encoded `failed` receipt, or (message, audience) to store; and the messages to store."""
         entries: list[tuple[NewMessage, tuple[str, ...]] | bytes] = []
         accepted: list[NewMessage] = []
         user = session.user_id
@@ -929,7 +1040,7 @@ class MessagingService:
                 if item.group_id is None:
                     entry = self._check_message(session, item, now, timestamp)
                 else:
-                    group = await self.router.group(self.store, item.group_id)
+                    group = self.router.cached_group(item.group_id)
                     entry = self._check_message(session, item, now, timestamp, group)
                 if entry.__class__ is not bytes:
                     assert isinstance(entry, tuple)
@@ -947,72 +1058,58 @@ class MessagingService:
                         detail=item.message,
                     )
                 )
-        if not accepted:
-            for entry in entries:
+        return entries, accepted
+
+    def _answer_batch(
+        self,
+        conn: Connection,
+        session: Session,
+        entries: list[tuple[NewMessage, tuple[str, ...]] | bytes],
+        results: list[Appended] | None,
+        timestamp: str,
+        deliveries: list[_Ready],
+    ) -> None:
+        """The sender's answers in batch order (`sent`, or `failed` when `results` is None:
+        the store failed); the new messages' deliveries go to `deliveries` for the sequencer."""
+        stored = iter(results or ())
+        outbox = conn.outbox
+        flush = False
+        for entry in entries:
+            if entry.__class__ is bytes:
                 assert isinstance(entry, bytes)
                 self._send(conn, session, entry)
-            return
-        # each conversation once (no comprehension: it is a function call of its own in 3.11)
-        conversations: Sequence[str]
-        if len(accepted) == 1:
-            conversations = (accepted[0].conversation,)
-        else:
-            conversations = list(dict.fromkeys([m.conversation for m in accepted]))
-        deliveries: list[tuple[str, int, StoredMessage, Sequence[str], Connection | None]] = []
-        sequencer = self._sequencer
-        sequencer.begin(conversations, now)
-        try:
-            try:
-                results = await self.store.append_many(accepted)
-            except Exception:
-                log.exception("storing %d message(s) failed", len(accepted))
-                results = None
-            stored = iter(results or ())
-            outbox = conn.outbox
-            flush = False
-            for entry in entries:
-                if entry.__class__ is bytes:
-                    assert isinstance(entry, bytes)
-                    self._send(conn, session, entry)
-                    continue
-                assert isinstance(entry, tuple)
-                message, audience = entry
-                if results is not None:
-                    appended = next(stored)
-                    done = appended.message
-                    # _send, inlined: pushed like a delivery, written at the end of the tick
-                    if session.phase is not _CLOSING:
-                        if outbox.push(
-                            encode_frame(
-                                OP_TEXT,
-                                encode_sent(
-                                    done.id, done.recipient_id, done.group_id, done.seq, timestamp
-                                ),
-                            )
-                        ):
-                            flush = True
-                        else:
-                            self._slow(conn, session)
-                    if not appended.duplicate:
-                        deliveries.append((message.conversation, done.seq, done, audience, conn))
-                    continue
-                if results is None:
-                    self._send(
-                        conn,
-                        session,
-                        encode_receipt_failed(
-                            message.id,
-                            "internal",
-                            peer_id=message.recipient_id,
-                            group_id=message.group_id,
-                            detail="the message was not stored",
-                        ),
+                continue
+            assert isinstance(entry, tuple)
+            message, audience = entry
+            if results is None:
+                self._send(
+                    conn,
+                    session,
+                    encode_receipt_failed(
+                        message.id,
+                        "internal",
+                        peer_id=message.recipient_id,
+                        group_id=message.group_id,
+                        detail="the message was not stored",
+                    ),
+                )
+                continue
+            appended = next(stored)
+            done = appended.message
+            # _send, inlined: pushed like a delivery, written at the end of the tick
+            if session.phase is not _CLOSING:
+                if outbox.push(
+                    encode_sent_frame(
+                        done.id, done.recipient_id, done.group_id, done.seq, timestamp
                     )
-                    continue
-            if flush:
-                conn.flush_soon()
-        finally:
-            sequencer.end(conversations, deliveries)
+                ):
+                    flush = True
+                else:
+                    self._slow(conn, session)
+            if not appended.duplicate:
+                deliveries.append((message.conversation, done.seq, done, audience, conn))
+        if flush:
+            conn.flush_soon()
 
     # --- receipts ---------------------------------------------------------------------------------
     async def _notify_senders(

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 import relay
 import relay._fastpath_py as pure
 import relay.fastpath
+from relay.store.base import StoredMessage
 
 PURE_RUN = os.environ.get("RELAY_PURE") == "1"
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -375,6 +377,123 @@ def test_fanout_agrees(
         frame = bytes([i]) * size
         assert compiled.fanout(fast, frame, droppable) == pure.fanout(slow, frame, droppable)
     assert [o.take() for o in fast] == [o.take() for o in slow]
+
+
+# --- JSON frames of the message path ----------------------------------------------------------
+
+# Strings as a client may send them: quotes, backslashes, every control character, non-ASCII,
+# astral characters; and (rarely, from a broken peer) lone surrogates, which orjson refuses.
+json_text = st.text(
+    alphabet=st.one_of(
+        st.sampled_from('"\\/\b\f\n\r\t\x00\x1f\x7f\u2028é€😀'),
+        st.characters(max_codepoint=0x7F),
+        st.characters(blacklist_categories=("Cs",)),
+    ),
+    max_size=40,
+)
+maybe_text = st.none() | json_text
+json_meta = st.none() | st.dictionaries(
+    st.text(max_size=5),
+    st.recursive(
+        st.none() | st.booleans() | st.integers(-(2**53), 2**53) | json_text,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+        ),
+        max_leaves=6,
+    ),
+    max_size=3,
+)
+
+
+def both_ways(call: Callable[[ModuleType], Any]) -> tuple[Any, Any]:
+    """(result or exception type) of `call` on the compiled module and on the twin."""
+    results = []
+    for module in (relay._fastpath, pure) if not PURE_RUN else (pure, pure):
+        try:
+            results.append(call(module))
+        except Exception as exc:  # the same failure counts as agreement
+            results.append(type(exc))
+    return results[0], results[1]
+
+
+@SETTINGS
+@given(
+    seq=st.integers(1, 2**40),
+    ident=json_text,
+    sender=json_text,
+    text=json_text,
+    stamp=json_text,
+    peer=maybe_text,
+    group=maybe_text,
+    name=maybe_text,
+    avatar=maybe_text,
+    client_stamp=maybe_text,
+    meta=json_meta,
+)
+def test_delivery_frames_agree(
+    compiled: ModuleType,
+    seq: int,
+    ident: str,
+    sender: str,
+    text: str,
+    stamp: str,
+    peer: str | None,
+    group: str | None,
+    name: str | None,
+    avatar: str | None,
+    client_stamp: str | None,
+    meta: dict[str, Any] | None,
+) -> None:
+    message = StoredMessage(
+        "c", seq, ident, sender, text, stamp, peer, group, name, avatar, client_stamp, meta
+    )
+    fast, slow = both_ways(lambda m: m.encode_delivery(message))
+    assert fast == slow
+    if isinstance(fast, bytes):  # and it is the contract's frame
+        body = orjson.loads(pure.FrameParser(1 << 20).feed(mask(fast))[0][1])
+        assert body["seq"] == seq and body["text"] == text and body["status"] == "delivered"
+
+
+@SETTINGS
+@given(
+    ident=json_text,
+    peer=maybe_text,
+    group=maybe_text,
+    seq=st.integers(0, 2**40),
+    stamp=json_text,
+)
+def test_sent_frames_agree(
+    compiled: ModuleType, ident: str, peer: str | None, group: str | None, seq: int, stamp: str
+) -> None:
+    fast, slow = both_ways(lambda m: m.encode_sent_frame(ident, peer, group, seq, stamp))
+    assert fast == slow
+
+
+def test_frames_with_lone_surrogates_fail_alike(compiled: ModuleType) -> None:
+    message = StoredMessage("c", 1, "id", "a", "bad \ud800", "t", "b")
+    fast, slow = both_ways(lambda m: m.encode_delivery(message))
+    assert fast == slow == orjson.JSONEncodeError
+
+
+def test_delivery_frame_of_a_large_message_has_a_64_bit_length(compiled: ModuleType) -> None:
+    message = StoredMessage("c", 1, "id", "a", "x" * 70_000, "t", "b")
+    fast, slow = both_ways(lambda m: m.encode_delivery(message))
+    assert fast == slow
+    assert fast[1] == 127
+
+
+def mask(frame: bytes) -> bytes:
+    """A server frame as a client would send it (masked with a zero key), for FrameParser."""
+    head = frame[0:1]
+    length = frame[1]
+    rest = frame[2:]
+    return (
+        head
+        + bytes([length | 0x80])
+        + rest[: {126: 2, 127: 8}.get(length, 0)]
+        + b"\0\0\0\0"
+        + rest[{126: 2, 127: 8}.get(length, 0) :]
+    )
 
 
 # --- selection: relay.fastpath -------------------------------------------------------------
