@@ -99,6 +99,10 @@ def parse_algorithms(text: str) -> tuple[str, ...]:
     return names
 
 
+def _algorithm_names(algorithms: str | Iterable[str]) -> tuple[str, ...]:
+    return parse_algorithms(algorithms) if isinstance(algorithms, str) else tuple(algorithms)
+
+
 @frozen
 class JwtAuthenticator:
     """Token auth: see the module docstring. Build it with `from_secret`, `from_public_key`
@@ -136,20 +140,20 @@ class JwtAuthenticator:
         cls,
         secret: str | bytes,
         *,
-        algorithms: Iterable[str] = ("HS256",),
+        algorithms: str | Iterable[str] = ("HS256",),
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 10.0,
     ) -> JwtAuthenticator:
         key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        return cls(key, tuple(algorithms), issuer, audience, leeway)
+        return cls(key, _algorithm_names(algorithms), issuer, audience, leeway)
 
     @classmethod
     def from_public_key(
         cls,
         pem: bytes,
         *,
-        algorithms: Iterable[str] | None = None,
+        algorithms: str | Iterable[str] | None = None,
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 10.0,
@@ -157,7 +161,7 @@ class JwtAuthenticator:
         """`pem`: a PEM public key or X.509 certificate. `algorithms` default to the key's
         own: RS256 for RSA, ES256/ES384/ES512 by curve for EC, EdDSA for Ed25519/Ed448."""
         key = load_public_key(pem)
-        chosen = _default_algorithms(key) if algorithms is None else tuple(algorithms)
+        chosen = _default_algorithms(key) if algorithms is None else _algorithm_names(algorithms)
         return cls(key, chosen, issuer, audience, leeway)
 
     @classmethod
@@ -167,14 +171,14 @@ class JwtAuthenticator:
         algorithms = (
             None if config.auth_algorithms is None else parse_algorithms(config.auth_algorithms)
         )
-        claims: dict[str, Any] = {
+        checks: dict[str, Any] = {
             "issuer": config.auth_issuer,
             "audience": config.auth_audience,
             "leeway": config.auth_leeway,
         }
         if config.auth_public_key_file is not None:
             pem = _read("auth_public_key_file", config.auth_public_key_file)
-            return cls.from_public_key(pem, algorithms=algorithms, **claims)
+            return cls.from_public_key(pem, algorithms=algorithms, **checks)
         if config.auth_secret_file is not None:
             secret = _read("auth_secret_file", config.auth_secret_file).rstrip(b"\r\n")
             if not secret:
@@ -183,7 +187,7 @@ class JwtAuthenticator:
             secret = config.auth_secret.encode()
         else:
             return None
-        return cls.from_secret(secret, algorithms=algorithms or ("HS256",), **claims)
+        return cls.from_secret(secret, algorithms=algorithms or ("HS256",), **checks)
 
     def describe(self) -> str:
         """One line for the startup log (never the key)."""
