@@ -6,6 +6,10 @@
         ...                                         # relay.url, relay.publish(...)
         nursery.cancel_scope.cancel()               # drains: 1012 to every client
 
+Token auth: the default handler checks tokens when the config names a key (relay.auth); a
+key file that cannot be read or a key that does not fit raises ConfigError from `serve`,
+before the relay listens.
+
 Invariants: `serve` runs at most once per Relay; the store it was given (or built) is opened
 before the first connection is accepted and closed after the last one ended.
 """
@@ -13,7 +17,7 @@ before the first connection is accepted and closed after the last one ended.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from attrs import define, field
@@ -23,6 +27,9 @@ from relay.errors import RelayError
 from relay.metrics import RelayMetrics
 from relay.server import BoundAddress, ConnectionHandler, Server
 from relay.store.base import Store
+
+if TYPE_CHECKING:
+    from relay.auth import Authenticator
 
 log = logging.getLogger("relay")
 
@@ -35,7 +42,13 @@ class Relay:
     handler: ConnectionHandler | None = field(default=None, kw_only=True)
     store: Store | None = field(default=None, kw_only=True)
     metrics: RelayMetrics = field(factory=RelayMetrics, kw_only=True)
+    # For the default handler; None: the one the config asks for (relay.auth).
+    authenticator: Authenticator | None = field(default=None, kw_only=True)
     _server: Server | None = field(default=None, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.handler is not None and self.authenticator is not None:
+            raise RelayError("authenticator= is for the default handler; give it to your handler")
 
     @property
     def address(self) -> BoundAddress | None:
@@ -60,9 +73,10 @@ class Relay:
         from relay.service import MessagingService
         from relay.store import store_from_config
 
+        auth = self.authenticator
         if self.store is not None:
-            return MessagingService(self.config, self.store, manage_store=False)
-        return MessagingService(self.config, store_from_config(self.config))
+            return MessagingService(self.config, self.store, authenticator=auth, manage_store=False)
+        return MessagingService(self.config, store_from_config(self.config), authenticator=auth)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED

@@ -3,6 +3,9 @@
 Invariant: `relay serve` has one flag per RelayConfig field, derived from the attrs fields, so
 a new setting is a flag (and a RELAY_<NAME> variable) without touching this module.
 Precedence per setting: flag > RELAY_<NAME> > (port only: PORT) > the RelayConfig default.
+Token auth is built from the config before anything starts (a bad key is a usage error, exit
+2); without it `relay serve` logs a warning that it trusts every `userId`. The auth secret is
+never printed: not in --help, not in an error, not in the config's repr.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Union, get_args, get_origin
 
 import attrs
 
+from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_config
 from relay.config import RelayConfig
 from relay.errors import ConfigError
 
@@ -30,6 +34,21 @@ _FALSE = {"0", "false", "no", "off"}
 _NONE = {"", "none", "null"}
 # Settings with their own spelling on the command line.
 _SPECIAL = {"db_path"}
+# Secrets: taken verbatim (no `none` spelling turns token auth off; empty is refused by
+# RelayConfig), never shown in --help defaults or in error messages.
+_SECRET = {"auth_secret"}
+# Help beyond "(env ...; default ...)" for settings whose name does not say enough.
+_HELP = {
+    "auth_secret": "HMAC secret of token auth; prefer RELAY_AUTH_SECRET or --auth-secret-file, "
+    "as a flag is visible to other local users in the process list",
+    "auth_secret_file": "file holding the HMAC secret of token auth (trailing newline ignored)",
+    "auth_public_key_file": "PEM public key or certificate of token auth (RS*/PS*/ES*/EdDSA)",
+    "auth_algorithms": "comma-separated JWS algorithms accepted (default HS256 with a secret, "
+    "the key's own with a public key)",
+    "auth_issuer": "required `iss` of tokens",
+    "auth_audience": "required `aud` of tokens",
+    "auth_leeway": "seconds of clock skew allowed on exp/nbf/iat",
+}
 
 
 def _parse_bool(text: str) -> bool:
@@ -59,6 +78,8 @@ class _Setting:
         return "RELAY_" + self.name.upper()
 
     def parse(self, text: str) -> Any:
+        if self.name in _SECRET:
+            return text
         if self.optional and text.strip().lower() in _NONE:
             return None
         if self.base is bool:
@@ -99,6 +120,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         env = s.env + (" or PORT" if s.name == "port" else "")
         shown = "none" if s.default is None else s.default
         kwargs["help"] = f"(env {env}; default {shown})"
+        if s.name in _HELP:
+            kwargs["help"] = f"{_HELP[s.name]} {kwargs['help']}"
         if s.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -179,13 +202,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         config = config_from(args, os.environ)
+        authenticator = authenticator_from_config(config)
     except ConfigError as exc:
         parser.error(str(exc))
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return _serve(config)
+    if isinstance(authenticator, JwtAuthenticator):
+        log.info("token auth on: %s", authenticator.describe())
+    else:
+        log.warning(
+            "token auth is off: every auth frame's userId is trusted (set RELAY_AUTH_SECRET, "
+            "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)"
+        )
+    return _serve(config, authenticator)
 
 
 def _chat(argv: list[str]) -> int:
@@ -199,12 +230,12 @@ def _chat(argv: list[str]) -> int:
     return int(chat_main(argv) or 0)
 
 
-def _serve(config: RelayConfig) -> int:
+def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     import trio
 
     failed = False
     try:
-        trio.run(_serve_until_signal, config)
+        trio.run(_serve_until_signal, config, authenticator)
     except* OSError as group:
         for exc in group.exceptions:
             print(f"relay: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
@@ -212,12 +243,12 @@ def _serve(config: RelayConfig) -> int:
     return 1 if failed else 0
 
 
-async def _serve_until_signal(config: RelayConfig) -> None:
+async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator) -> None:
     import trio
 
     from relay.app import Relay
 
-    relay = Relay(config)
+    relay = Relay(config, authenticator=authenticator)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)

@@ -66,7 +66,7 @@ from typing import Any
 import orjson
 from attrs import define, field
 
-from relay.auth import Authenticator, TrustingAuthenticator
+from relay.auth import Authenticator, authenticator_from_config
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
 from relay.errors import Conflict, FrameError, NotFound
@@ -282,7 +282,10 @@ class MessagingService:
     ) -> None:
         self.config = config
         self.store = store
-        self.authenticator = authenticator or TrustingAuthenticator()
+        # None: what the config asks for (token auth when a key is configured, else trusting).
+        self.authenticator = (
+            authenticator if authenticator is not None else authenticator_from_config(config)
+        )
         self.clock = clock
         self.wall = wall
         self.limits = Limits.from_config(config)
@@ -592,7 +595,7 @@ class MessagingService:
             user = await self.authenticator.authenticate(frame)
         except FrameError as exc:
             if not session.closing:
-                self._fail_auth(conn, session, exc.message)
+                self._fail_auth(conn, session, exc.message, field=exc.field)
             return
         except Exception:
             log.exception("authenticator failed")

@@ -1,6 +1,8 @@
 """`relay chat`: a line-by-line terminal chat on RelayClient.
 
-    relay chat --url ws://localhost:8080 --user alice [--name Alice]
+    relay chat --url ws://localhost:8080 --user alice [--name Alice] [--token JWT]
+
+With token auth on, the token comes from --token or RELAY_TOKEN.
 
 Standard input carries commands, one per line; standard output gets one line per thing that
 happened, so a script (or a test) can drive it through pipes:
@@ -26,6 +28,7 @@ notices), `! ...` (errors).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -62,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--user", required=True, help="your user id")
     p.add_argument("--name", help="display name (default: the user id)")
     p.add_argument("--avatar", help="avatar text, e.g. initials")
-    p.add_argument("--token", help="auth token (JWT) when the relay checks tokens")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("RELAY_TOKEN"),
+        help="auth token (JWT) when the relay checks tokens (default: env RELAY_TOKEN, which "
+        "keeps it out of the process list)",
+    )
     p.add_argument("--device", help="stable device id (default: the relay chooses one)")
     p.add_argument("--reconnect-attempts", type=int, default=5)
     p.add_argument("--reconnect-delay", type=float, default=3.0)
