@@ -348,7 +348,9 @@ class MemoryStore:
         return {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
 
 
-def _newest_of(log: list[StoredMessage], sender_id: str, after: int, upto: int) -> MessageRef | None:
+def _newest_of(
+    log: list[StoredMessage], sender_id: str, after: int, upto: int
+) -> MessageRef | None:
     """The newest message of `sender_id` with after < seq <= upto in a conversation's log."""
     for i in range(min(upto, len(log)) - 1, max(after, 0) - 1, -1):
         message = log[i]
