@@ -12,11 +12,13 @@ import trio
 from test_e2e_messaging import WAIT, Client, connect, message, start
 
 from relay import Relay
+from relay.client import ConversationId, MessageStatus, RelayClient
 from relay.store.base import Store, Watermarks, direct_conversation, group_conversation
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SqliteStore
 
 AB = direct_conversation("alice", "bob")
+BOB = ConversationId.direct("bob")
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -235,4 +237,43 @@ async def test_no_catch_up_when_turned_off(store: Store) -> None:
         async with connect(relay, "alice") as alice:
             assert await alice.quiet(0.4, "receipt") == []
             assert await history(alice, peerId="bob") == {"x1": "read"}  # history still tells
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_client_library_ends_up_with_the_right_statuses_after_reconnecting(
+    store: Store,
+) -> None:
+    read, delivered = MessageStatus.READ, MessageStatus.DELIVERED
+    async with trio.open_nursery() as nursery:
+        relay = await start(nursery, lambda: store)
+        first = RelayClient(relay.url, user_id="alice", device_id="a-phone")
+        async with first:
+            m1 = await first.send_message("bob", "one")
+            m2 = await first.send_message("bob", "two")
+            with trio.fail_after(WAIT):
+                await first.wait_message(m2.id, MessageStatus.SENT)
+        async with connect(relay, "bob") as bob:
+            await bob.expect("message", id=m2.id)
+            await marks_reach(store, AB, "bob", Watermarks(2, 0))
+            await bob.send({"type": "receipt", "peerId": "alice", "seq": 1, "status": "read"})
+            await barrier(bob)
+        # the same state (an app restored from disk) on a new connection: the catch-up alone
+        again = RelayClient(relay.url, user_id="alice", device_id="a-phone", sync_on_connect=False)
+        again.state = first.state
+        assert [m.status for m in again.state.messages(BOB)] == [MessageStatus.SENT] * 2
+        async with again:
+            with trio.fail_after(WAIT):
+                await again.wait_message(m1.id, read)
+                await again.wait_message(m2.id, delivered)
+            assert [(m.id, m.status) for m in again.state.messages(BOB)] == [
+                (m1.id, read), (m2.id, delivered),
+            ]  # fmt: skip
+        # a new installation learns them too (catch-up, then the history it loads)
+        async with RelayClient(relay.url, user_id="alice", device_id="a-new") as fresh:
+            with trio.fail_after(WAIT):
+                await fresh.wait_online()
+                await fresh.load_history("bob")
+            assert [(m.id, m.status) for m in fresh.state.messages(BOB)] == [
+                (m1.id, read), (m2.id, delivered),
+            ]  # fmt: skip
         nursery.cancel_scope.cancel()
