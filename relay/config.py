@@ -60,6 +60,8 @@ class RelayConfig:
     typing_rate_limit: float = field(default=5.0, validator=_positive)
     max_group_members: int = field(default=1000, validator=_positive)
     backlog_batch: int = field(default=500, validator=_positive)
+    # peers' watermarks examined for the receipt catch-up after a device's backlog (0 = none)
+    receipt_catchup: int = field(default=500, validator=_non_negative)
 
     # --- token auth (JWT): on when one key source is set; see relay.auth ---
     auth_secret: str | None = field(default=None, repr=False)  # HMAC secret (HS256/384/512)

@@ -808,7 +808,9 @@ def encode_history(
     peer_id: str | None = None,
     group_id: str | None = None,
     ref: str | None = None,
+    statuses: Sequence[str] | None = None,
 ) -> bytes:
+    """A history page; `statuses[i]` is the status of `messages[i]` (default: `delivered`)."""
     body: dict[str, Any] = {"type": "history"}
     if ref is not None:
         body["ref"] = ref
@@ -816,7 +818,10 @@ def encode_history(
         body["groupId"] = group_id
     else:
         body["peerId"] = peer_id
-    body["messages"] = [message_dict(m) for m in messages]
+    if statuses is None:
+        body["messages"] = [message_dict(m) for m in messages]
+    else:
+        body["messages"] = [message_dict(m, s) for m, s in zip(messages, statuses, strict=True)]
     body["hasMore"] = has_more
     return orjson.dumps(body)
 

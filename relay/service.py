@@ -35,7 +35,21 @@ Behaviour (the v1 contract of /work/shared/protocol.md; limits from RelayConfig)
   backlog larger than the outbox reaches a device that reads); the next batch is fetched once
   the previous one was marked delivered (flushed for acks=false, acknowledged for acks=true),
   so an acks=true device that stops acknowledging stops receiving until it acknowledges again.
-- History: a page is at most `limit` messages and at most half of `outbox_max_bytes` encoded;
+- Receipt catch-up: once a device's backlog is done (in `_on_auth`, or in the `maintain()` after
+  the flush or acknowledgement that ended it), it gets the `delivered`/`read` receipts that the
+  other participants' current watermarks give its user's messages: per conversation and reader
+  (each group member apart, as live), a `delivered` receipt and, when the read watermark covers
+  one too, a `read` receipt, naming the newest covered message, in the shape of the live ones
+  (store.coverage: most recently active conversations first, at most `receipt_catchup`
+  watermarks examined). They are sent while the outbox is at most half full (the rest comes
+  with the next connection), never make a connection slow, and carry no device cursor: a
+  watermark receipt is idempotent (status only moves forward), so one bounded store read per
+  connect is cheaper than a per-device cursor written on every connect.
+- History: the user's own messages carry `status` as the other participants' watermarks give
+  it: `read` / `delivered` when every other current participant's read / delivered watermark
+  covers the message (the peer's in a 1:1; all the other members' in a group), else `sent`.
+  Messages of others, and pages of a conversation without another participant, say `delivered`.
+  A page is at most `limit` messages and at most half of `outbox_max_bytes` encoded;
   a page cut short by the size keeps the end the client pages toward (the oldest for `after`,
   the newest otherwise) and says `hasMore: true`. The `conversations` answer is cut the same
   way (newest first), with `hasMore: true` only when it was cut.
@@ -95,13 +109,13 @@ from relay.protocol import (
     encode_error,
     encode_group,
     encode_history,
-    encode_message,
     encode_pong,
     encode_presence,
     encode_receipt_failed,
     encode_receipt_status,
     encode_status,
     encode_typing,
+    message_dict,
     parse_client_frame,
     validate_message,
 )
@@ -262,6 +276,7 @@ class MessagingService:
     _persisting: dict[tuple[str, str, str], tuple[int, str | None]]  # being written now
     _last_seen: dict[str, str]
     _backlog_ready: dict[int, Connection]
+    _catchup_due: dict[int, Connection]  # backlog done, receipt catch-up not yet sent
     _maintaining: bool
     _manage_store: bool
     _direct_keys: dict[tuple[str, str], str]
@@ -302,6 +317,7 @@ class MessagingService:
         self._persisting = {}
         self._last_seen = {}
         self._backlog_ready = {}
+        self._catchup_due = {}
         self._maintaining = False
         self._manage_store = manage_store
         self._append_now = getattr(store, "append_now", None)
@@ -406,6 +422,7 @@ class MessagingService:
             return
         self._awaiting.pop(conn.id, None)
         self._backlog_ready.pop(conn.id, None)
+        self._catchup_due.pop(conn.id, None)
         was_registered = session.registered
         session.phase = Phase.CLOSING
         session.registered = False
@@ -440,7 +457,8 @@ class MessagingService:
     async def maintain(self) -> None:
         """Store work the sync callbacks queued: delivery marks of flushed frames (and the
         receipts they cause), lastSeen of users gone offline, backlog batches waiting for those
-        marks. Safe to call concurrently; cheap when there is nothing to do."""
+        marks, receipt catch-ups of finished backlogs. Safe to call concurrently; cheap when
+        there is nothing to do."""
         if self._maintaining:
             return
         self._maintaining = True
@@ -478,6 +496,12 @@ class MessagingService:
                 session = conn.state
                 if isinstance(session, Session) and session.active:
                     await self._pump_backlog(conn, session)
+            # after the pumps: the backlogs they finished are caught up in this call
+            due, self._catchup_due = self._catchup_due, {}
+            for conn in due.values():
+                session = conn.state
+                if isinstance(session, Session) and session.active:
+                    await self._catch_up(conn, session)
         finally:
             # marks not written (cancelled) go back to the queue for the next call
             for key, mark in self._persisting.items():
@@ -636,6 +660,8 @@ class MessagingService:
         if self._flushed:
             await self.maintain()  # this device's marks from an earlier connection first
         await self._pump_backlog(conn, session)
+        if self._catchup_due.pop(conn.id, None) is not None:  # the backlog is done already
+            await self._catch_up(conn, session)
 
     # --- backlog ----------------------------------------------------------------------------------
     async def _pump_backlog(self, conn: Connection, session: Session) -> None:
@@ -738,6 +764,8 @@ class MessagingService:
         session.backlog_active = False
         session.backlog_waiting = False
         session.backlog_need.clear()
+        if self.config.receipt_catchup:
+            self._catchup_due[conn.id] = conn  # sent by _on_auth or the next maintain()
         held, session.held = session.held, []
         for message, wire in held:
             if not self._queue_message(conn, session, message, wire):
@@ -1141,6 +1169,39 @@ class MessagingService:
             )
             self._to_users([message.sender_id], wire)
 
+    async def _catch_up(self, conn: Connection, session: Session) -> None:
+        """The receipts the peers' current watermarks give this user's messages, to this device
+        (see the module doc). A failed read is logged: the next connection tries again."""
+        user = session.user_id
+        try:
+            covered = await self.store.coverage(user, limit=self.config.receipt_catchup)
+        except Exception:
+            log.exception("receipt catch-up of %s failed", user)
+            return
+        if not covered or not session.active:
+            return
+        timestamp = self._now_iso()
+        outbox = conn.outbox
+        max_bytes = self.config.outbox_max_bytes // 2
+        max_frames = self.config.outbox_max_frames // 2
+        for coverage in covered:
+            for status, message in (("delivered", coverage.delivered), ("read", coverage.read)):
+                if message is None:
+                    continue
+                if outbox.pending_bytes >= max_bytes or outbox.pending_frames >= max_frames:
+                    return  # never the cause of a slow-consumer close
+                receipt = encode_receipt_status(
+                    message_id=message.id,
+                    seq=message.seq,
+                    status=status,
+                    user_id=coverage.reader,
+                    timestamp=timestamp,
+                    peer_id=None if coverage.group_id is not None else coverage.reader,
+                    group_id=coverage.group_id,
+                )
+                if not self._send(conn, session, receipt):
+                    return
+
     async def _on_receipt(self, conn: Connection, session: Session, frame: ReceiptFrame) -> None:
         user = session.user_id
         if frame.group_id is not None:
@@ -1301,14 +1362,23 @@ class MessagingService:
         messages, has_more = await self.store.history(
             conversation, before=frame.before, after=frame.after, limit=frame.limit
         )
+        statuses = await self._history_statuses(user, conversation, messages)
         page = encode_history(
-            messages, has_more, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
+            messages,
+            has_more,
+            peer_id=frame.peer_id,
+            group_id=frame.group_id,
+            ref=frame.ref,
+            statuses=statuses,
         )
         budget = self.config.outbox_max_bytes // 2
         if len(page) > budget:
             # a page must fit in half an outbox: keep the end the client paged toward
             # (the oldest for `after`, the newest otherwise) and say there is more
-            sizes = [len(encode_message(m)) + 1 for m in messages]
+            sizes = [
+                len(orjson.dumps(message_dict(m, status))) + 1
+                for m, status in zip(messages, statuses, strict=True)
+            ]
             room = budget - (len(page) - sum(sizes))
             keep = 0
             for size in sizes if frame.after is not None else reversed(sizes):
@@ -1317,11 +1387,38 @@ class MessagingService:
                 room -= size
                 keep += 1
             keep = max(keep, 1)
-            kept = messages[:keep] if frame.after is not None else messages[len(messages) - keep :]
+            cut = (
+                slice(None, keep) if frame.after is not None else slice(len(messages) - keep, None)
+            )
             page = encode_history(
-                kept, True, peer_id=frame.peer_id, group_id=frame.group_id, ref=frame.ref
+                messages[cut],
+                True,
+                peer_id=frame.peer_id,
+                group_id=frame.group_id,
+                ref=frame.ref,
+                statuses=statuses[cut],
             )
         self._send(conn, session, page)
+
+    async def _history_statuses(
+        self, user: str, conversation: str, messages: Sequence[StoredMessage]
+    ) -> list[str]:
+        """The `status` of each message of a history page (see the module doc)."""
+        statuses = ["delivered"] * len(messages)
+        if not any(m.sender_id == user for m in messages):
+            return statuses
+        others = [
+            w for u, w in (await self.store.member_watermarks(conversation)).items() if u != user
+        ]
+        if not others:
+            return statuses  # a note to self, or a group of one
+        delivered = min(w.delivered_seq for w in others)
+        read = min(w.read_seq for w in others)
+        for i, message in enumerate(messages):
+            if message.sender_id == user:
+                seq = message.seq
+                statuses[i] = "read" if seq <= read else "delivered" if seq <= delivered else "sent"
+        return statuses
 
     # --- groups -----------------------------------------------------------------------------------
     def _group_changed(

@@ -14,7 +14,9 @@ import trio
 
 from relay.errors import Conflict, NotFound
 from relay.store.base import (
+    Coverage,
     Group,
+    MessageRef,
     NewMessage,
     Store,
     StoredMessage,
@@ -277,6 +279,99 @@ class StoreSuite:
         assert await store.latest_by_sender(g, 0, 2, "c") == [sent[0], sent[1]]
         assert await store.latest_by_sender(g, 4, 5, "b") == []
         assert await store.latest_by_sender(g, 5, 5, "x") == []
+
+    async def test_member_watermarks(self, store: Store) -> None:
+        await put(store, msg("a", "b"), msg("b", "a"), msg("a", "b"))
+        await store.mark_read(AB, "b", 1)
+        await store.mark_delivered(AB, "a", "", 2)
+        assert await store.member_watermarks(AB) == {
+            "a": Watermarks(2, 0), "b": Watermarks(1, 1),
+        }
+        await store.create_group(group("g", ["a", "b", "c"]))
+        g = group_conversation("g")
+        await put(store, msg("a", group="g"), msg("b", group="g"))
+        await store.mark_read(g, "c", 2)
+        assert await store.member_watermarks(g) == {
+            "a": Watermarks(0, 0), "b": Watermarks(0, 0), "c": Watermarks(2, 2),
+        }
+        # removed members are not reported; a newcomer starts at the group's present
+        await store.set_group_members("g", ["a", "b", "d"])
+        assert await store.member_watermarks(g) == {
+            "a": Watermarks(0, 0), "b": Watermarks(0, 0), "d": Watermarks(2, 2),
+        }
+        assert await store.member_watermarks(direct_conversation("x", "y")) == {}
+        assert await store.member_watermarks(group_conversation("nope")) == {}
+
+    async def test_coverage_names_the_senders_newest_message_under_each_watermark(
+        self, store: Store
+    ) -> None:
+        a1, a2, b3, a4, a5 = await put(
+            store, msg("a", "b"), msg("a", "b"), msg("b", "a"), msg("a", "b"), msg("a", "b")
+        )
+        assert await store.coverage("a", limit=10) == []  # b's watermarks cover nothing yet
+        await store.mark_delivered(AB, "b", "", 3)
+        assert await store.coverage("a", limit=10) == [
+            Coverage(AB, None, "b", MessageRef(2, a2.id), None)
+        ]
+        await store.mark_read(AB, "b", 1)
+        await store.mark_delivered(AB, "b", "", 4)
+        assert await store.coverage("a", limit=10) == [
+            Coverage(AB, None, "b", MessageRef(4, a4.id), MessageRef(1, a1.id))
+        ]
+        await store.mark_read(AB, "b", 5)
+        assert await store.coverage("a", limit=10) == [
+            Coverage(AB, None, "b", MessageRef(5, a5.id), MessageRef(5, a5.id))
+        ]
+        # the other way round: a's watermark over b's message
+        assert await store.coverage("b", limit=10) == []
+        await store.mark_delivered(AB, "a", "", 5)
+        assert await store.coverage("b", limit=10) == [
+            Coverage(AB, None, "a", MessageRef(3, b3.id), None)
+        ]
+        assert await store.coverage("nobody", limit=10) == []
+
+    async def test_coverage_in_a_group_is_per_member_and_after_their_join(
+        self, store: Store
+    ) -> None:
+        await store.create_group(group("g", ["a", "b", "c"]))
+        g = group_conversation("g")
+        g1, g2, _ = await put(store, msg("a", group="g"), msg("a", group="g"), msg("b", group="g"))
+        await store.mark_read(g, "b", 1)
+        await store.mark_delivered(g, "b", "", 3)
+        await store.mark_delivered(g, "c", "", 1)
+        # d joins at seq 3: its watermarks (3, 3) speak for nothing a said before
+        await store.set_group_members("g", ["a", "b", "c", "d"])
+        assert await store.coverage("a", limit=10) == [
+            Coverage(g, "g", "b", MessageRef(2, g2.id), MessageRef(1, g1.id)),
+            Coverage(g, "g", "c", MessageRef(1, g1.id), None),
+        ]
+        [g4] = await put(store, msg("a", group="g"))
+        await store.mark_read(g, "d", 4)
+        assert (await store.coverage("a", limit=10))[-1] == Coverage(
+            g, "g", "d", MessageRef(4, g4.id), MessageRef(4, g4.id)
+        )
+        # a member who left and came back joins again at the present
+        await store.set_group_members("g", ["a", "b", "d"])
+        await store.set_group_members("g", ["a", "b", "c", "d"])
+        assert [c.reader for c in await store.coverage("a", limit=10)] == ["b", "d"]
+
+    async def test_coverage_takes_recent_conversations_first_and_examines_at_most_limit(
+        self, store: Store
+    ) -> None:
+        ad = direct_conversation("a", "d")
+        [ab] = await put(store, msg("a", "b"))
+        [ac] = await put(store, msg("a", "c"))
+        await put(store, msg("d", "a"), msg("a", "d"))
+        await store.mark_delivered(AB, "b", "", 1)
+        await store.mark_delivered(AC, "c", "", 1)
+        await store.mark_delivered(ad, "d", "", 1)  # covers only d's own message: nothing of a's
+        covered = [Coverage(AC, None, "c", MessageRef(1, ac.id), None)]
+        assert await store.coverage("a", limit=0) == []
+        assert await store.coverage("a", limit=1) == []  # d's watermark was examined
+        assert await store.coverage("a", limit=2) == covered
+        covered.append(Coverage(AB, None, "b", MessageRef(1, ab.id), None))
+        assert await store.coverage("a", limit=3) == covered
+        assert await store.coverage("a", limit=100) == covered
 
     # --- conversation list ----------------------------------------------------------------------
     async def test_conversations_newest_first_with_unread_and_last_message(

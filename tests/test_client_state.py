@@ -378,6 +378,37 @@ def test_a_seq_learned_late_takes_the_status_the_peer_already_reached() -> None:
     assert s.find("m0").status is MessageStatus.READ  # type: ignore[union-attr]
 
 
+def test_history_gives_own_messages_their_status_and_never_demotes_one() -> None:
+    s = alice()
+    s.compose(BOB, "mine", timestamp=TS, message_id="m1")  # pending: its `sent` was lost
+    page = {
+        "type": "history",
+        "peerId": "bob",
+        "hasMore": False,
+        "messages": [
+            incoming("m1", 1, sender="alice", recipientId="bob", status="read"),
+            incoming("m2", 2, sender="alice", recipientId="bob", status="delivered"),
+            incoming("m3", 3, sender="alice", recipientId="bob", status="sent"),
+            incoming("b4", 4),
+        ],
+    }
+    events = s.apply(page)
+    assert any(isinstance(e, MessageUpdated) and e.message.id == "m1" for e in events)
+    assert [(m.id, m.status) for m in s.messages(BOB)] == [
+        ("m1", MessageStatus.READ),
+        ("m2", MessageStatus.DELIVERED),
+        ("m3", MessageStatus.SENT),
+        ("b4", MessageStatus.DELIVERED),
+    ]
+    assert s.outbox == []
+    # a later page (or a live copy) with a lower status moves nothing back
+    s.apply(watermark("read", 3, mid="m3"))
+    assert s.apply({**page, "messages": [page["messages"][2]]}) == []
+    assert s.find("m3").status is MessageStatus.READ  # type: ignore[union-attr]
+    s.apply(incoming("m1", 1, sender="alice", recipientId="bob"))
+    assert s.find("m1").status is MessageStatus.READ  # type: ignore[union-attr]
+
+
 def test_many_messages_keep_counts_and_order_consistent() -> None:
     s = alice()
     n = 400

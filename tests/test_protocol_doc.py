@@ -199,6 +199,7 @@ COUNTEREXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("server/receipt", dict(_example("server/receipt", 1), seq=4)),  # failed has no seq
     ("server/receipt", _without(_example("server/receipt", 2), "userId")),  # whose watermark?
     ("server/message", dict(_example("server/message"), status="pending")),
+    ("server/message", dict(_example("server/message"), status="read")),  # history only
     ("server/message", _without(_example("server/message"), "seq")),
     ("server/message", dict(_example("server/message"), groupId="runners")),
     ("server/status", _without(_example("server/status", 1), "lastSeen")),
@@ -810,6 +811,41 @@ async def test_e2e_groups_conversations_and_history(nursery: trio.Nursery) -> No
         await bob.send({"type": "group_leave", "groupId": "g1", "ref": "bye"})
         assert (await bob.expect("group", ref="bye"))["members"] == ["alice"]
         assert (await alice.expect("group", event="leave"))["members"] == ["alice"]
+
+
+@covers("receipt:delivered", "receipt:read", "history")
+async def test_e2e_receipt_catch_up_and_history_statuses(nursery: trio.Nursery) -> None:
+    # the frames of "Catch-up after reconnecting" and the statuses of `history`, as documented
+    relay = await relay_on(nursery)
+    url = relay.url
+    async with peer(url, "alice", deviceId="phone") as alice:
+        await alice.send({"type": "group_create", "groupId": "g1", "name": "G",
+                          "members": ["bob"], "ref": "c"})  # fmt: skip
+        await alice.expect("group", ref="c")
+        for mid, target in (("d1", {"recipientId": "bob"}), ("d2", {"recipientId": "bob"}),
+                            ("g1", {"groupId": "g1"})):  # fmt: skip
+            await alice.send(text_message(mid, "alice", "hi", **target))
+            await alice.expect("receipt", status="sent", id=mid)
+    async with peer(url, "bob", deviceId="phone", acks=True) as bob:
+        for mid in ("d1", "d2", "g1"):
+            await bob.expect("message", id=mid)
+        await bob.send({"type": "receipt", "peerId": "alice", "seq": 2, "status": "delivered"})
+        await bob.send({"type": "receipt", "peerId": "alice", "seq": 1, "status": "read"})
+        await bob.send({"type": "receipt", "groupId": "g1", "seq": 1, "status": "read"})
+        await bob.barrier()
+    async with peer(url, "alice", deviceId="phone") as alice:
+        got = [await alice.expect("receipt") for _ in range(4)]
+        got += of_type(await alice.barrier(), "receipt")
+        assert sorted((r["status"], r["id"], r.get("peerId"), r.get("groupId")) for r in got) == [
+            ("delivered", "d2", "bob", None), ("delivered", "g1", None, "g1"),
+            ("read", "d1", "bob", None), ("read", "g1", None, "g1"),
+        ]  # fmt: skip
+        assert {r["userId"] for r in got} == {"bob"}
+        for target, statuses in (({"peerId": "bob"}, ["read", "delivered"]),
+                                 ({"groupId": "g1"}, ["read"])):  # fmt: skip
+            await alice.send({"type": "history", **target, "ref": "h"})
+            page = await alice.expect("history", ref="h")
+            assert [m["status"] for m in page["messages"]] == statuses
 
 
 @covers("receipt:sent", "receipt:failed")

@@ -83,6 +83,8 @@ async def step(rng: random.Random, stores: list[Store], members: dict[str, set[s
                 ("conversations", (rng.choice(USERS),), {"limit": rng.randint(1, 10)}),
                 ("contacts", (rng.choice(USERS),), {}),
                 ("watermarks", (conversations_of(rng), rng.choice(USERS)), {}),
+                ("member_watermarks", (conversations_of(rng),), {}),
+                ("coverage", (rng.choice(USERS),), {"limit": rng.randint(0, 8)}),
                 ("last_seq", (conversations_of(rng),), {}),
                 ("get_group", (rng.choice(GROUPS),), {}),
                 ("last_seen", (list(USERS),), {}),
@@ -128,5 +130,6 @@ async def test_memory_and_sqlite_agree(tmp_path: Path, seed: int) -> None:
             for device in DEVICES:
                 assert await memory.undelivered(user, device) == await sqlite.undelivered(user, device)
             assert await memory.conversations(user) == await sqlite.conversations(user)
+            assert await memory.coverage(user, limit=100) == await sqlite.coverage(user, limit=100)
     finally:
         await sqlite.close()

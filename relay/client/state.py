@@ -434,7 +434,21 @@ class ClientState:
         for item in frame["messages"]:
             if isinstance(item, dict):
                 events += self._on_message(item)
+                events += self._history_status(item)
         return events
+
+    def _history_status(self, item: Frame) -> list[Event]:
+        """A history page gives this user's own messages the status the readers' watermarks
+        have reached (only there: a live copy of an own message always says `delivered`)."""
+        if item.get("senderId") != self.user_id or item.get("status") not in ("delivered", "read"):
+            return []
+        msg = self.find(str(item["id"]))
+        status = MessageStatus(item["status"])
+        if msg is None or msg.seq is None or not 0 <= msg.status.rank < status.rank:
+            return []
+        conv = self._convs[msg.conversation]
+        new = self._store(conv, evolve(msg, status=status), msg)
+        return [MessageUpdated(new), ConversationChanged(self._snapshot(conv))]
 
     def _on_status(self, frame: Frame) -> list[Event]:
         user = str(frame["userId"])

@@ -8,7 +8,9 @@ from relay.config import RelayConfig
 from relay.store.base import (
     Appended,
     ConversationSummary,
+    Coverage,
     Group,
+    MessageRef,
     NewMessage,
     Store,
     StoredMessage,
@@ -37,8 +39,10 @@ def store_from_config(config: RelayConfig) -> Store:
 __all__ = [
     "Appended",
     "ConversationSummary",
+    "Coverage",
     "Group",
     "MemoryStore",
+    "MessageRef",
     "NewMessage",
     "Store",
     "StoredMessage",

@@ -13,7 +13,9 @@ Invariants every implementation keeps:
 - Watermarks never pass the conversation's last seq: a mark above it counts as the last seq, so a
   receipt for a seq not yet assigned cannot hide messages still to come.
 - A user added to a group joins at its present: their watermarks (and device cursors) move up to
-  the group's last seq; what was said before is history, not backlog and not unread.
+  the group's last seq; what was said before is history, not backlog and not unread. That seq is
+  remembered as their join point: their watermarks speak only for the messages after it (so a
+  newcomer never counts as having received or read what was said before they came).
 """
 
 from __future__ import annotations
@@ -130,6 +132,26 @@ class Watermarks:
     read_seq: int
 
 
+class MessageRef(NamedTuple):
+    """A message named by its place in a conversation and its id (what a receipt names)."""
+
+    seq: int
+    id: str
+
+
+@frozen
+class Coverage:
+    """How far one reader's watermarks cover one sender's messages in one conversation:
+    `delivered` / `read` name the sender's newest message at or below the reader's delivered /
+    read watermark (and after the reader's join point); None when that covers none of them."""
+
+    conversation: str
+    group_id: str | None  # set for groups
+    reader: str
+    delivered: MessageRef | None
+    read: MessageRef | None
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable state of the relay. All methods are async; none blocks the event loop."""
@@ -194,6 +216,20 @@ class Store(Protocol):
         Returns the user's watermarks before the call."""
 
     async def watermarks(self, conversation: str, user_id: str) -> Watermarks: ...
+
+    async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
+        """The watermarks of every current participant of the conversation (both users of a 1:1,
+        the members of a group), Watermarks(0, 0) for one without any; {} for no conversation."""
+
+    async def coverage(self, sender_id: str, *, limit: int) -> list[Coverage]:
+        """What the other participants' watermarks cover of `sender_id`'s messages.
+
+        For each conversation of `sender_id`, most recently active first (the order of
+        `conversations`), and each other current participant whose delivered watermark is past
+        their join point, in user id order: a Coverage, left out when it covers no message of
+        `sender_id`. At most `limit` such watermarks are examined (those covering nothing count
+        too), so the work is bounded for any account; `limit` 0 examines none.
+        """
 
     # --- conversation list ----------------------------------------------------------------------
     async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:

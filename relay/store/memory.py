@@ -15,6 +15,8 @@ Invariants:
   StoredMessage: the garbage collector stops tracking an exact tuple of strings, ints and None,
   so a store of millions of messages adds nothing to each full collection (a NamedTuple
   instance stays tracked, and every full collection would walk all of them).
+- `_joined[(g, u)]` is the seq of group conversation g when u last joined it (absent: 0, as for
+  every 1:1 participant); u's watermarks speak only for the seqs above it.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from relay.errors import Conflict, NotFound
 from relay.store.base import (
     Appended,
     ConversationSummary,
+    Coverage,
     Group,
+    MessageRef,
     NewMessage,
     StoredMessage,
     Watermarks,
@@ -42,6 +46,8 @@ _new_tuple = tuple.__new__
 _Row = tuple[Any, ...]
 _SEQ = StoredMessage._fields.index("seq")
 _SENDER = StoredMessage._fields.index("sender_id")
+_ID = StoredMessage._fields.index("id")
+_STAMP = StoredMessage._fields.index("server_timestamp")
 
 
 def _message(row: _Row) -> StoredMessage:
@@ -66,6 +72,8 @@ class MemoryStore:
     _marks: dict[tuple[str, str], Watermarks] = field(factory=dict, init=False)
     # (conversation, user) -> device id -> that device's delivered cursor
     _cursors: dict[tuple[str, str], dict[str, int]] = field(factory=dict, init=False)
+    # (group conversation, user) -> the group's last seq when the user joined
+    _joined: dict[tuple[str, str], int] = field(factory=dict, init=False)
     _last_seen: dict[str, str] = field(factory=dict, init=False)
 
     async def open(self) -> None:
@@ -209,11 +217,60 @@ class MemoryStore:
     async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
         return self._marks_of(conversation, user_id)
 
+    def _participants(self, conversation: str) -> tuple[str, ...]:
+        people = self._direct.get(conversation)
+        if people is not None:
+            return tuple(sorted(people))
+        group = self._groups.get(conversation[2:]) if conversation.startswith("g:") else None
+        return group.members if group is not None else ()
+
+    async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
+        return {u: self._marks_of(conversation, u) for u in self._participants(conversation)}
+
+    async def coverage(self, sender_id: str, *, limit: int) -> list[Coverage]:
+        found: list[Coverage] = []
+        budget = max(limit, 0)
+        for conversation in self._by_recency(sender_id):
+            log = self._messages.get(conversation, [])
+            group_id = None if conversation in self._direct else conversation[2:]
+            for reader in self._participants(conversation):
+                if reader == sender_id:
+                    continue
+                marks = self._marks_of(conversation, reader)
+                joined = self._joined.get((conversation, reader), 0)
+                if marks.delivered_seq <= joined:
+                    continue
+                if budget == 0:
+                    return found
+                budget -= 1
+                delivered = _newest_of(log, sender_id, joined, marks.delivered_seq)
+                if delivered is None:
+                    continue
+                if delivered.seq <= marks.read_seq:
+                    read: MessageRef | None = delivered
+                else:
+                    read = _newest_of(log, sender_id, joined, marks.read_seq)
+                found.append(Coverage(conversation, group_id, reader, delivered, read))
+        return found
+
     # --- conversation list ----------------------------------------------------------------------
     def _conversations_of(self, user_id: str) -> list[str]:
         direct = self._direct_by_user.get(user_id, set())
         groups = self._groups_by_user.get(user_id, set())
         return [*direct, *(group_conversation(g) for g in groups)]
+
+    def _by_recency(self, user_id: str) -> list[str]:
+        """The user's conversations in the order of `conversations` (newest first)."""
+        rows: list[tuple[tuple[str, int], str]] = []
+        for conversation in self._conversations_of(user_id):
+            log = self._messages.get(conversation)
+            last = log[-1] if log else None
+            if last is not None:
+                rows.append(((last[_STAMP], self._order[conversation][-1]), conversation))
+            elif conversation not in self._direct:
+                rows.append(((self._groups[conversation[2:]].created_at, 0), conversation))
+        rows.sort(key=lambda row: row[0], reverse=True)
+        return [conversation for _, conversation in rows]
 
     async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:
         rows: list[tuple[tuple[str, int], ConversationSummary]] = []
@@ -299,6 +356,7 @@ class MemoryStore:
         for user in users:
             self._groups_by_user.setdefault(user, set()).add(group_id)
             self._cursors.pop((conversation, user), None)
+            self._joined[(conversation, user)] = last
             marks = self._marks_of(conversation, user)
             if marks.delivered_seq < last or marks.read_seq < last:
                 self._set_marks(
@@ -311,3 +369,12 @@ class MemoryStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
+
+
+def _newest_of(log: list[_Row], sender_id: str, after: int, upto: int) -> MessageRef | None:
+    """The newest message of `sender_id` with after < seq <= upto in a conversation's log."""
+    for i in range(min(upto, len(log)) - 1, max(after, 0) - 1, -1):
+        row = log[i]
+        if row[_SENDER] == sender_id:
+            return MessageRef(row[_SEQ], row[_ID])
+    return None

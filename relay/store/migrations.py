@@ -21,6 +21,10 @@ Version 2: the idempotency index is keyed (id, sender_id) instead of (sender_id,
 unique constraint, but message ids that grow with time (the client library's `<ms>-<random>`,
 ULIDs, timestamps) now land at the end of the index instead of at one place per sender, so a
 batch of appends dirties a few index pages rather than one or more per sender.
+
+Version 3: `participants.joined_seq`, the group's last seq when the member joined (0 for 1:1
+participants, and for members who joined before version 3): a member's watermarks speak only for
+the messages after it (see Store.coverage).
 """
 
 from __future__ import annotations
@@ -99,6 +103,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DROP INDEX messages_by_key;
     CREATE UNIQUE INDEX messages_by_key ON messages (id, sender_id);
+    """,
+    # 3: a participant's join point (see the module docstring)
+    """
+    ALTER TABLE participants ADD COLUMN joined_seq INTEGER NOT NULL DEFAULT 0;
     """,
 )
 

@@ -55,7 +55,9 @@ from relay.errors import Conflict, NotFound, StoreError, StoreUnavailable
 from relay.store.base import (
     Appended,
     ConversationSummary,
+    Coverage,
     Group,
+    MessageRef,
     NewMessage,
     StoredMessage,
     Watermarks,
@@ -414,8 +416,9 @@ def _join(conn: sqlite3.Connection, group_id: str, users: Sequence[str]) -> None
     last = _last_seq(conn, conversation)
     for user in users:
         conn.execute(
-            "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, NULL)",
-            (user, conversation),
+            "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id, joined_seq) "
+            "VALUES (?, ?, NULL, ?)",
+            (user, conversation, last),
         )
         conn.execute(
             "DELETE FROM device_cursors WHERE conversation = ? AND user_id = ?",
@@ -617,6 +620,101 @@ def _last_seen(conn: sqlite3.Connection, user_ids: Sequence[str]) -> dict[str, s
 
 def _watermarks(conn: sqlite3.Connection, conversation: str, user_id: str) -> Watermarks:
     return _marks(conn, conversation, user_id)
+
+
+def _member_watermarks(conn: sqlite3.Connection, conversation: str) -> dict[str, Watermarks]:
+    rows = conn.execute(
+        "SELECT p.user_id, COALESCE(w.delivered_seq, 0), COALESCE(w.read_seq, 0) "
+        "FROM participants AS p LEFT JOIN watermarks AS w "
+        "ON w.conversation = p.conversation AND w.user_id = p.user_id "
+        "WHERE p.conversation = ? ORDER BY p.user_id",
+        (conversation,),
+    ).fetchall()
+    return {user: Watermarks(delivered, read) for user, delivered, read in rows}
+
+
+# the user's conversations in the order of `conversations`: the participants key, then a sort
+# of that user's rows only
+_RECENT: Final = (
+    "SELECT c.conversation, c.group_id "
+    "FROM participants AS p JOIN conversations AS c ON c.conversation = p.conversation "
+    "WHERE p.user_id = ? ORDER BY c.updated_at DESC, c.last_pos DESC"
+)
+# the other participants whose delivered watermark is past their join point (participants key
+# prefix, then the watermarks key)
+_READERS: Final = (
+    "SELECT p.user_id, p.joined_seq, w.delivered_seq, w.read_seq "
+    "FROM participants AS p JOIN watermarks AS w "
+    "ON w.conversation = p.conversation AND w.user_id = p.user_id "
+    "WHERE p.conversation = ?1 AND p.user_id != ?2 AND w.delivered_seq > p.joined_seq "
+    "ORDER BY p.user_id LIMIT ?3"
+)
+# the sender's messages of a seq range, newest first: a backward walk of messages_by_seq
+_OWN_DESC: Final = (
+    "SELECT seq, id FROM messages WHERE conversation = ? AND seq > ? AND seq <= ? "
+    "AND sender_id = ? ORDER BY seq DESC"
+)
+
+
+def _coverage(conn: sqlite3.Connection, sender_id: str, limit: int) -> list[Coverage]:
+    found: list[Coverage] = []
+    budget = max(limit, 0)
+    if budget == 0:
+        return found
+    recent = conn.execute(_RECENT, (sender_id,))
+    try:
+        for conversation, group_id in recent:
+            readers = conn.execute(_READERS, (conversation, sender_id, budget)).fetchall()
+            if not readers:
+                continue
+            found += _covered(conn, conversation, group_id, sender_id, readers)
+            budget -= len(readers)
+            if budget == 0:
+                break
+    finally:
+        recent.close()
+    return found
+
+
+def _covered(
+    conn: sqlite3.Connection,
+    conversation: str,
+    group_id: str | None,
+    sender_id: str,
+    readers: list[tuple[str, int, int, int]],
+) -> list[Coverage]:
+    """The Coverage of each reader (user, joined_seq, delivered_seq, read_seq) in one
+    conversation. One walk serves them all: the sender's messages from the highest watermark
+    down, consumed by the watermarks in decreasing order; it stops at the sender's newest message
+    at or below the lowest watermark (or at the lowest join point). Its cost is the messages of
+    others it passes (messages_by_seq, then each row's sender_id): no index by sender is kept,
+    as every append would pay for it."""
+    marks = sorted(
+        {d for _, _, d, _ in readers} | {r for _, j, _, r in readers if r > j}, reverse=True
+    )
+    newest: dict[int, MessageRef] = {}
+    lowest = min(joined for _, joined, _, _ in readers)
+    walk = conn.execute(_OWN_DESC, (conversation, lowest, marks[0], sender_id))
+    try:
+        row = walk.fetchone()
+        for mark in marks:
+            while row is not None and row[0] > mark:
+                row = walk.fetchone()
+            if row is None:
+                break
+            newest[mark] = MessageRef(row[0], row[1])
+    finally:
+        walk.close()
+    found: list[Coverage] = []
+    for reader, joined, delivered, read in readers:
+        got = newest.get(delivered)
+        if got is None or got.seq <= joined:
+            continue
+        seen = newest.get(read) if read > joined else None
+        if seen is not None and seen.seq <= joined:
+            seen = None
+        found.append(Coverage(conversation, group_id, reader, got, seen))
+    return found
 
 
 # --- the writer thread ----------------------------------------------------------------------------
@@ -1151,6 +1249,12 @@ class SqliteStore:
 
     async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
         return await self._read(_watermarks, conversation, user_id)
+
+    async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
+        return await self._read(_member_watermarks, conversation)
+
+    async def coverage(self, sender_id: str, *, limit: int) -> list[Coverage]:
+        return await self._read(_coverage, sender_id, limit)
 
     # --- conversation list ----------------------------------------------------------------------
     async def conversations(self, user_id: str, *, limit: int = 100) -> list[ConversationSummary]:
