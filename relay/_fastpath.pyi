@@ -1,5 +1,5 @@
 # Type stubs for the compiled hot path (relay/_fastpath.pyx); same API as relay/_fastpath_py.py.
-from typing import Final
+from typing import Any, Final
 
 from relay.store.base import StoredMessage
 
@@ -45,3 +45,4 @@ def encode_delivery(message: StoredMessage) -> bytes: ...
 def encode_sent_frame(
     message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
 ) -> bytes: ...
+def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None: ...

@@ -767,3 +767,55 @@ def _sent_by_dict(message_id, peer_id, group_id, seq, timestamp):
     from relay._fastpath_py import encode_sent_frame as by_dict
 
     return by_dict(message_id, peer_id, group_id, seq, timestamp)
+
+
+# --- the common `message` frame --------------------------------------------------------------------
+# Limits of the contract (relay.protocol has the same numbers: tests/test_fastpath_parity.py
+# compares the two modules on random frames, and tests/test_protocol_* the parser's answers).
+cdef Py_ssize_t _MESSAGE_ID_MAX = 64
+cdef Py_ssize_t _IDENT_MAX = 128
+cdef Py_ssize_t _SHORT_TEXT_MAX = 256
+
+
+cdef inline bint _ident_ok(object value) noexcept:
+    return type(value) is str and 0 < len(<str>value) <= _IDENT_MAX
+
+
+cdef inline bint _short_ok(object value) noexcept:
+    return value is None or (type(value) is str and len(<str>value) <= _SHORT_TEXT_MAX)
+
+
+def message_fields(obj, Py_ssize_t max_text_chars):
+    """The MessageFrame fields (id, text, senderId, recipientId, groupId, senderName,
+    senderAvatar, timestamp, meta=None, ref) of a decoded `message` frame whose every field is
+    right and that has no `meta`; None for anything else (relay.protocol then explains it)."""
+    if type(obj) is not dict:
+        return None
+    cdef dict d = <dict>obj
+    ident = d.get("id")
+    if type(ident) is not str or not 1 <= len(<str>ident) <= _MESSAGE_ID_MAX:
+        return None
+    ref = d.get("ref")
+    if type(ref) is not str:
+        ref = ident
+    if d.get("meta") is not None:
+        return None
+    text = d.get("text")
+    if type(text) is not str or not 0 < len(<str>text) <= max_text_chars:
+        return None
+    peer = d.get("recipientId")
+    group = d.get("groupId")
+    if group is None:
+        if not _ident_ok(peer):
+            return None
+    elif peer is not None or not _ident_ok(group):
+        return None
+    sender = d.get("senderId")
+    if sender is not None and not _ident_ok(sender):
+        return None
+    name = d.get("senderName")
+    avatar = d.get("senderAvatar")
+    stamp = d.get("timestamp")
+    if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
+        return None
+    return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)

@@ -8,12 +8,10 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from attrs import define, field
-
-from relay.protocol import encode_sent, message_dict
 
 if TYPE_CHECKING:
     from relay.store.base import StoredMessage
@@ -382,6 +380,8 @@ def fanout(outboxes: list[Outbox], frame: bytes, droppable: bool) -> list[int]:
 def encode_delivery(message: StoredMessage) -> bytes:
     """The delivery frame of a stored message: a text frame of its contract shape with status
     `delivered`, seq and serverTimestamp."""
+    from relay.protocol import message_dict  # here: relay.protocol imports this module
+
     return encode_frame(1, orjson.dumps(message_dict(message)))
 
 
@@ -389,4 +389,51 @@ def encode_sent_frame(
     message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
 ) -> bytes:
     """The `sent` receipt's text frame: to the sender once its message is durable."""
+    from relay.protocol import encode_sent
+
     return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))
+
+
+# --- the common `message` frame -------------------------------------------------------------------
+# Limits of the contract (the same numbers as relay.protocol's).
+_MESSAGE_ID_MAX = 64
+_IDENT_MAX = 128
+_SHORT_TEXT_MAX = 256
+
+
+def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None:
+    """The MessageFrame fields (id, text, senderId, recipientId, groupId, senderName,
+    senderAvatar, timestamp, meta=None, ref) of a decoded `message` frame whose every field is
+    right and that has no `meta`; None for anything else (relay.protocol then explains it)."""
+    if obj.__class__ is not dict:
+        return None
+    assert isinstance(obj, dict)
+    get = obj.get
+    ident = get("id")
+    if ident.__class__ is not str or not 1 <= len(ident) <= _MESSAGE_ID_MAX:
+        return None
+    ref = get("ref")
+    if ref.__class__ is not str:
+        ref = ident
+    if get("meta") is not None:
+        return None
+    text = get("text")
+    if text.__class__ is not str or not 0 < len(text) <= max_text_chars:
+        return None
+    peer = get("recipientId")
+    group = get("groupId")
+    if group is None:
+        if peer.__class__ is not str or not 0 < len(peer) <= _IDENT_MAX:
+            return None
+    elif peer is not None or group.__class__ is not str or not 0 < len(group) <= _IDENT_MAX:
+        return None
+    sender = get("senderId")
+    if sender is not None and (sender.__class__ is not str or not 0 < len(sender) <= _IDENT_MAX):
+        return None
+    name = get("senderName")
+    avatar = get("senderAvatar")
+    stamp = get("timestamp")
+    for short in (name, avatar, stamp):
+        if short is not None and (short.__class__ is not str or len(short) > _SHORT_TEXT_MAX):
+            return None
+    return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)

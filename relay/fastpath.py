@@ -30,6 +30,7 @@ __all__ = [
     "encode_frame",
     "encode_sent_frame",
     "fanout",
+    "message_fields",
     "parse_close",
 ]
 
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
         encode_frame,
         encode_sent_frame,
         fanout,
+        message_fields,
         parse_close,
     )
 else:

@@ -38,6 +38,7 @@ from attrs import frozen
 
 from relay.config import RelayConfig
 from relay.errors import FrameError
+from relay.fastpath import message_fields
 from relay.store.base import ConversationSummary, Group, StoredMessage
 
 MESSAGE_ID_MAX = 64
@@ -326,7 +327,10 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
         raise FrameError("bad_frame", "a frame must be a JSON object")
     kind = obj.get("type")
     if kind == "message":
-        # the hot path: the same checks as _message, without the _Fields reader
+        fields = message_fields(obj, limits.max_text_chars)  # the common case, compiled
+        if fields is not None:
+            # MessageFrame(...) without NamedTuple.__new__'s Python frame: same fields, in order
+            return _new_tuple(MessageFrame, fields)
         ident = obj.get("id")
         ref = obj.get("ref")
         if ref.__class__ is not str:
@@ -337,32 +341,6 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
                 f"id: must be a string of 1-{MESSAGE_ID_MAX} characters",
                 ref=ref,
                 field="id",
-            )
-        # validate_message's common case inlined: every field present is right, no meta
-        get = obj.get
-        peer = get("recipientId")
-        group = get("groupId")
-        sender = get("senderId")
-        name = get("senderName")
-        avatar = get("senderAvatar")
-        stamp = get("timestamp")
-        text = get("text")
-        if (
-            get("meta") is None
-            and text.__class__ is str
-            and 0 < len(text) <= limits.max_text_chars
-            and (
-                (peer.__class__ is str and 0 < len(peer) <= IDENT_MAX and group is None)
-                or (group.__class__ is str and 0 < len(group) <= IDENT_MAX and peer is None)
-            )
-            and (sender is None or (sender.__class__ is str and 0 < len(sender) <= IDENT_MAX))
-            and (name is None or (name.__class__ is str and len(name) <= SHORT_TEXT_MAX))
-            and (avatar is None or (avatar.__class__ is str and len(avatar) <= SHORT_TEXT_MAX))
-            and (stamp is None or (stamp.__class__ is str and len(stamp) <= SHORT_TEXT_MAX))
-        ):
-            # MessageFrame(...) without NamedTuple.__new__'s Python frame: same fields, in order
-            return _new_tuple(
-                MessageFrame, (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
             )
         return validate_message(obj, limits, message_id=ident, ref=ref)
     ref = _ref_of(obj)

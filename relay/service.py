@@ -243,6 +243,17 @@ class _Sequencer:
         if not held:
             del self._held[conversation]
 
+    def busy(self) -> bool:
+        """Whether any append is in flight or any delivery held (else each release may go
+        at once, in the order appends return: see `released`)."""
+        return bool(self._inflight) or bool(self._held)
+
+    def released(self, conversation: str, seq: int, now: float) -> None:
+        """`seq` of `conversation` was appended and released at once, the sequencer not being
+        busy: the same bookkeeping as begin() + end() of a lone delivery."""
+        self._released[conversation] = seq
+        self._used[conversation] = now
+
     def prune(self, now: float) -> None:
         """Forget conversations idle for SEQUENCER_IDLE seconds (nothing in flight or held)."""
         idle = [
@@ -943,11 +954,80 @@ class MessagingService:
             batch.append(frame)
         if batch:
             try:
-                self._message_batch_now(conn, session, batch, append_now)
+                if len(batch) > 1 or not self._direct_now(conn, session, batch[0], append_now):
+                    self._message_batch_now(conn, session, batch, append_now)
             except Exception:
                 log.exception("internal error handling messages")
                 self._error(conn, session, "internal", "internal error")
         return len(batch)
+
+    def _direct_now(
+        self,
+        conn: Connection,
+        session: Session,
+        item: MessageFrame | MessageRefused,
+        append_now: Callable[[Sequence[NewMessage]], list[Appended]],
+    ) -> bool:
+        """A read's single 1:1 message, appended inline, answered and delivered: what
+        _message_batch_now does with a batch of one, flattened (the open-loop hot path: one
+        message per read). False, with nothing done, when it is not that case: a refused
+        frame, a group, another senderId, or deliveries the sequencer holds or awaits."""
+        if item.__class__ is not MessageFrame:
+            return False
+        assert isinstance(item, MessageFrame)
+        user = session.user_id
+        sender_id = item.sender_id
+        sequencer = self._sequencer
+        if (
+            item.group_id is not None
+            or (sender_id is not None and sender_id != user)
+            or sequencer.busy()
+        ):
+            return False
+        now = self.clock()
+        timestamp = self._now_iso()
+        peer = item.recipient_id
+        assert peer is not None
+        conversation = self._direct_keys.get((user, peer)) or self._direct_key(user, peer)
+        if not self.limiter.allow(user, now):
+            self._send(
+                conn, session, self._refuse(item, "rate_limited", "too many messages; slow down")
+            )
+            return True
+        sender_name = item.sender_name
+        sender_avatar = item.sender_avatar
+        message: NewMessage = _new_tuple(
+            NewMessage,
+            (
+                conversation,
+                item.id,
+                user,
+                item.text,
+                timestamp,
+                peer,
+                None,
+                session.user_name if sender_name is None else sender_name,
+                session.user_avatar if sender_avatar is None else sender_avatar,
+                item.client_timestamp,
+                item.meta,
+            ),
+        )
+        try:
+            appended = append_now((message,))[0]
+        except Exception:
+            log.exception("storing 1 message failed")
+            self._answer_batch(conn, session, [(message, ())], None, timestamp, [])
+            return True
+        done = appended.message
+        if session.phase is not _CLOSING:
+            if conn.outbox.push(encode_sent_frame(done.id, peer, None, done.seq, timestamp)):
+                conn.flush_soon()
+            else:
+                self._slow(conn, session)
+        if not appended.duplicate:
+            sequencer.released(conversation, done.seq, now)
+            self._release(done, (peer,) if peer == user else (peer, user), conn)
+        return True
 
     async def _message_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]

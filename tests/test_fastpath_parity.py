@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import relay
 import relay._fastpath_py as pure
 import relay.fastpath
+from relay import protocol
 from relay.store.base import StoredMessage
 
 PURE_RUN = os.environ.get("RELAY_PURE") == "1"
@@ -494,6 +495,81 @@ def mask(frame: bytes) -> bytes:
         + b"\0\0\0\0"
         + rest[{126: 2, 127: 8}.get(length, 0) :]
     )
+
+
+# --- the common `message` frame -------------------------------------------------------------------
+
+field_value = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.text(max_size=3),
+    st.text(min_size=60, max_size=70),
+    st.text(min_size=120, max_size=130),
+    st.text(min_size=250, max_size=260),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
+)
+message_objects = st.one_of(
+    st.lists(st.integers(), max_size=2),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            key: field_value
+            for key in (
+                "id",
+                "ref",
+                "text",
+                "recipientId",
+                "groupId",
+                "senderId",
+                "senderName",
+                "senderAvatar",
+                "timestamp",
+                "meta",
+            )
+        },
+    ),
+)
+
+
+@SETTINGS
+@given(obj=message_objects, max_text=st.integers(0, 300))
+def test_message_fields_agree(compiled: ModuleType, obj: object, max_text: int) -> None:
+    assert compiled.message_fields(obj, max_text) == pure.message_fields(obj, max_text)
+
+
+def test_message_fields_accept_the_contract_example(compiled: ModuleType) -> None:
+    example = {
+        "type": "message",
+        "id": "1707116400000",
+        "senderId": "user_123",
+        "senderName": "John Doe",
+        "senderAvatar": "JD",
+        "recipientId": "user_456",
+        "text": "Hello there!",
+        "timestamp": "2026-02-05T10:30:15Z",
+        "status": "pending",
+    }
+    expected = (
+        "1707116400000",
+        "Hello there!",
+        "user_123",
+        "user_456",
+        None,
+        "John Doe",
+        "JD",
+        "2026-02-05T10:30:15Z",
+        None,
+        "1707116400000",
+    )
+    assert compiled.message_fields(example, 4096) == pure.message_fields(example, 4096) == expected
+
+
+def test_message_field_limits_are_the_protocols() -> None:
+    assert pure._MESSAGE_ID_MAX == protocol.MESSAGE_ID_MAX
+    assert pure._IDENT_MAX == protocol.IDENT_MAX
+    assert pure._SHORT_TEXT_MAX == protocol.SHORT_TEXT_MAX
 
 
 # --- selection: relay.fastpath -------------------------------------------------------------
