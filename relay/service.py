@@ -937,6 +937,8 @@ class MessagingService:
             return 0
         limits = self.limits
         cached_group = self.router.cached_group
+        direct_now = self._direct_now
+        handled = 0
         batch: list[MessageFrame | MessageRefused] = []
         for payload in payloads:
             try:
@@ -951,15 +953,26 @@ class MessagingService:
             assert isinstance(frame, MessageFrame)
             if frame.group_id is not None and cached_group(frame.group_id) is None:
                 break
-            batch.append(frame)
+            if batch:  # answers keep the frames' order: a batch, once begun, takes the rest
+                batch.append(frame)
+                continue
+            handled += 1
+            try:
+                if not direct_now(conn, session, frame, append_now):
+                    handled -= 1
+                    batch.append(frame)
+            except Exception:
+                log.exception("internal error handling a message")
+                self._error(conn, session, "internal", "internal error", ref=frame.ref)
+            if session.phase is not _ACTIVE:
+                return len(payloads)  # closed (slow consumer): on_messages drops the rest
         if batch:
             try:
-                if len(batch) > 1 or not self._direct_now(conn, session, batch[0], append_now):
-                    self._message_batch_now(conn, session, batch, append_now)
+                self._message_batch_now(conn, session, batch, append_now)
             except Exception:
                 log.exception("internal error handling messages")
                 self._error(conn, session, "internal", "internal error")
-        return len(batch)
+        return handled + len(batch)
 
     def _direct_now(
         self,
@@ -968,10 +981,10 @@ class MessagingService:
         item: MessageFrame | MessageRefused,
         append_now: Callable[[Sequence[NewMessage]], list[Appended]],
     ) -> bool:
-        """A read's single 1:1 message, appended inline, answered and delivered: what
-        _message_batch_now does with a batch of one, flattened (the open-loop hot path: one
-        message per read). False, with nothing done, when it is not that case: a refused
-        frame, a group, another senderId, or deliveries the sequencer holds or awaits."""
+        """One 1:1 message, appended inline, answered and delivered: what _message_batch_now
+        does with a batch of one, flattened (the hot path). False, with nothing done, when it
+        is not that case: a refused frame, a group, another senderId, or deliveries the
+        sequencer holds or awaits."""
         if item.__class__ is not MessageFrame:
             return False
         assert isinstance(item, MessageFrame)
