@@ -5,17 +5,23 @@ Shape of one server (every task lives in a visible nursery):
     Server.serve ── root nursery
       └─ host (shielded, so a cancelled serve can still drain) ── host nursery
            ├─ accept loops (one per listener), starting one task per TCP connection here
-           ├─ flusher: ONE task writing every dirty outbox, one `send` per connection per tick
+           ├─ poller: ONE task reading every ws:// connection (a private epoll, level-
+           │  triggered), handling what needs no waiting inline, handing the rest to the
+           │  connection's task; it writes what each batch queued
+           ├─ flusher: ONE task writing every other dirty outbox, one `send` per connection
+           │  per tick
            ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
            ├─ expirer: ends raw connections whose close deadline passed
-           ├─ per connection: its task (handshake, then the reader); wss:// adds a nursery
-           │  for its writer task
+           ├─ per connection: its task (handshake, then the poller's hand-offs; wss://: the
+           │  reader itself); wss:// adds a nursery for its writer task
            └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
 
 Invariants:
 - After the 101 response the socket is a plain non-blocking stdlib socket owned by its
-  connection; only the reader (then its linger) waits for readability and only the writer
-  task (or nobody) waits for writability, so no two tasks wait on one direction of a socket.
+  connection; only the poller (while the socket is in its epoll) or else the connection's
+  linger reads it, and only the writer task (or nobody) waits for writability, so no two
+  tasks wait on one direction of a socket. A socket leaves the poller's epoll before it is
+  closed, and while its task handles a hand-off (so its frames stay in order).
   wss:// keeps trio.SSLStream instead (TLS needs it): every flush there is a writer task.
 - A connection is in `Server.dirty` at most once (`Connection.dirty` says so); a connection
   whose writer task is active is skipped by the flusher (the writer owns its outbox then).

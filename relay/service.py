@@ -168,7 +168,8 @@ class _Sequencer:
     - `_inflight[c]` counts the appends touching conversation c whose caller has not resumed;
     - `_released[c]` is the highest seq of c released (kept while c is in use, forgotten after
       SEQUENCER_IDLE seconds without appends);
-    - a delivery of seq s of c is released when s == _released[c] + 1, or when no append of c is
+    - a delivery of seq s of c is released when s == _released[c] + 1 (0 for a c never released:
+      nothing precedes seq 1), or when no append of c is
       in flight (then every lower seq was accepted earlier and its caller has already resumed
       and released it); otherwise it is held. Held deliveries of c are released lowest first.
       Failed and cancelled appends only end.
@@ -204,7 +205,7 @@ class _Sequencer:
         release = self._release
         for conversation, seq, message, audience, exclude in deliveries:
             # the common case, decided at once: the next seq of a conversation holding nothing
-            if conversation not in held and released.get(conversation, -1) == seq - 1:
+            if conversation not in held and released.get(conversation, 0) == seq - 1:
                 released[conversation] = seq
                 try:
                     release(message, audience, exclude)
@@ -1033,7 +1034,9 @@ class MessagingService:
             return True
         done = appended.message
         if session.phase is not _CLOSING:
-            if conn.outbox.push(encode_sent_frame(done.id, peer, None, done.seq, timestamp)):
+            if conn.outbox.push(
+                encode_sent_frame(done.id, done.recipient_id, done.group_id, done.seq, timestamp)
+            ):
                 conn.flush_soon()
             else:
                 self._slow(conn, session)
