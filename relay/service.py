@@ -296,6 +296,9 @@ class MessagingService:
     _iso: str
     # the store's append without waiting, when it has one (Store.append_now): on_messages_nowait
     _append_now: Callable[[Sequence[NewMessage]], list[Appended]] | None
+    # the store's queued append and its room check, when it has them (Store.append_soon)
+    _append_soon: Callable[[Sequence[NewMessage], Callable[..., None]], None] | None
+    _store_has_room: Callable[[], bool]
 
     def __init__(
         self,
@@ -333,6 +336,8 @@ class MessagingService:
         self._maintaining = False
         self._manage_store = manage_store
         self._append_now = getattr(store, "append_now", None)
+        self._append_soon = getattr(store, "append_soon", None)
+        self._store_has_room = getattr(store, "has_room", lambda: False)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -934,8 +939,10 @@ class MessagingService:
         payloads it handled; the shell awaits on_messages with the rest, in order."""
         append_now = self._append_now
         session = conn.state
-        if append_now is None or session.__class__ is not Session or session.phase is not _ACTIVE:
+        if session.__class__ is not Session or session.phase is not _ACTIVE:
             return 0
+        if append_now is None:
+            return self._messages_soon(conn, session, payloads)
         limits = self.limits
         cached_group = self.router.cached_group
         direct_now = self._direct_now
@@ -974,6 +981,69 @@ class MessagingService:
                 log.exception("internal error handling messages")
                 self._error(conn, session, "internal", "internal error")
         return handled + len(batch)
+
+    def _leading_messages(self, payloads: list[bytes]) -> list[MessageFrame | MessageRefused]:
+        """The leading message frames of `payloads` (refused ones included) that need no
+        waiting: 1:1, or to a group in the router's cache."""
+        limits = self.limits
+        cached_group = self.router.cached_group
+        batch: list[MessageFrame | MessageRefused] = []
+        for payload in payloads:
+            try:
+                frame = parse_client_frame(payload, limits)
+            except MessageRefused as refused:
+                batch.append(refused)
+                continue
+            except FrameError:
+                break
+            if frame.__class__ is not MessageFrame:
+                break
+            assert isinstance(frame, MessageFrame)
+            if frame.group_id is not None and cached_group(frame.group_id) is None:
+                break
+            batch.append(frame)
+        return batch
+
+    def _messages_soon(self, conn: Connection, session: Session, payloads: list[bytes]) -> int:
+        """on_messages_nowait with a store that queues appends (Store.append_soon): the
+        leading message frames are checked now and queued as one append; the sender's answers
+        and the deliveries follow from the store's callback once the append is durable. While
+        the store has no room this does nothing (the awaited path then waits for room)."""
+        append_soon = self._append_soon
+        if append_soon is None or not self._store_has_room():
+            return 0
+        batch = self._leading_messages(payloads)
+        if not batch:
+            return 0
+        now = self.clock()
+        timestamp = self._now_iso()
+        entries, accepted = self._accept_batch(session, batch, now, timestamp)
+        if not accepted:
+            for entry in entries:
+                assert isinstance(entry, bytes)
+                self._send(conn, session, entry)
+            return len(batch)
+        conversations = self._conversations(accepted)
+        sequencer = self._sequencer
+        sequencer.begin(conversations, now)
+
+        def stored(results: list[Appended] | None, error: BaseException | None) -> None:
+            deliveries: list[_Ready] = []
+            try:
+                if error is not None:
+                    log.error("storing %d message(s) failed: %s", len(accepted), error)
+                self._answer_batch(conn, session, entries, results, timestamp, deliveries)
+            except Exception:
+                log.exception("internal error answering stored messages")
+            finally:
+                sequencer.end(conversations, deliveries)
+
+        try:
+            append_soon(accepted, stored)
+        except Exception:
+            sequencer.end(conversations, [])
+            raise
+        return len(batch)
 
     def _direct_now(
         self,

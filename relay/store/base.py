@@ -168,7 +168,12 @@ class Store(Protocol):
 
         A store whose appends complete without waiting may also offer
         `append_now(messages) -> list[Appended]`, the same call made synchronously (MemoryStore
-        does); the core then stores messages inline as it reads them."""
+        does); the core then stores messages inline as it reads them. A store that must wait
+        (for a commit) may offer `has_room() -> bool` and
+        `append_soon(messages, on_done) -> None` instead (SqliteStore does): the append is
+        queued at once and `on_done(results, error)` runs in the Trio thread when it is
+        durable (or failed), appends of one caller completing in the order they were queued;
+        the core then queues messages as it reads them and answers from the callback."""
 
     async def history(
         self,

@@ -426,7 +426,9 @@ def _join(conn: sqlite3.Connection, group_id: str, users: Sequence[str]) -> None
         )
         marks = _marks(conn, conversation, user)
         if marks.delivered_seq < last or marks.read_seq < last:
-            _set_marks(conn, conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last))
+            _set_marks(
+                conn, conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last)
+            )
 
 
 def _create_group(conn: sqlite3.Connection, group: Group) -> Group:
@@ -729,7 +731,9 @@ class _Request:
     # set for an append: its messages, which the writer may store together with other appends'
     # (`work` does the same alone)
     messages: Sequence[NewMessage] | None = None
-    done: trio.Event = field(factory=trio.Event)
+    # how the Trio side learns the outcome: an awaited write's event, or append_soon's callback
+    done: trio.Event | None = None
+    on_done: Callable[[Any, BaseException | None], None] | None = None
     result: Any = None
     error: BaseException | None = None
 
@@ -1169,17 +1173,42 @@ class SqliteStore:
         if self._state != "open":
             self._slots.release()
             self._check_open()
-        request = _Request(work, weight, messages)
+        request = _Request(work, weight, messages, done=trio.Event())
         self._requests.put_nowait(request)
-        await request.done.wait()
+        await request.done.wait()  # type: ignore[union-attr]
         if request.error is not None:
             raise request.error
         return cast(T, request.result)
 
+    def has_room(self) -> bool:
+        """Whether append_soon may be called now: the store is open and a write slot is free."""
+        return self._state == "open" and self._slots.value > 0
+
+    def append_soon(
+        self,
+        messages: Sequence[NewMessage],
+        on_done: Callable[[list[Appended] | None, BaseException | None], None],
+    ) -> None:
+        """append_many without waiting (call only right after has_room() said True): the
+        append is queued behind every write queued before it, and `on_done(results, None)`, or
+        `on_done(None, error)` with a StoreError, runs in the Trio thread once it committed or
+        failed. Appends queued by one caller complete in the order they were queued."""
+        self._check_open()
+        self._slots.acquire_nowait()  # trio.WouldBlock: the caller did not ask has_room()
+        batch = list(messages)
+        request = _Request(lambda conn: _append(conn, batch), len(batch), batch, on_done=on_done)
+        self._requests.put_nowait(request)
+
     def _resolve(self, batch: list[_Request]) -> None:
         for request in batch:
-            request.done.set()
             self._slots.release()
+            if request.on_done is None:
+                request.done.set()  # type: ignore[union-attr]
+                continue
+            try:
+                request.on_done(request.result, request.error)
+            except Exception:  # it runs in the run loop itself: a failure must stop here
+                log.exception("a store callback failed")
 
     async def _read(self, work: Callable[..., T], *args: Any) -> T:
         self._check_open()
