@@ -1,5 +1,5 @@
 # Type stubs for the compiled hot path (relay/_fastpath.pyx); same API as relay/_fastpath_py.py.
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from relay.store.base import StoredMessage
 
@@ -46,3 +46,7 @@ def encode_sent_frame(
     message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
 ) -> bytes: ...
 def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None: ...
+
+_T = TypeVar("_T")
+
+def record(cls: type[_T], items: tuple[Any, ...]) -> _T: ...

@@ -10,6 +10,9 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
+from cpython.type cimport PyType_GenericAlloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
@@ -342,40 +345,47 @@ cdef class FrameParser:
         self._frag_len = 0
 
 
+cdef inline Py_ssize_t _header_len(Py_ssize_t n) noexcept nogil:
+    """Bytes of an unmasked server frame's header for `n` payload bytes."""
+    return 2 if n < 126 else (4 if n < 65536 else 10)
+
+
+cdef inline unsigned char* _write_header(
+    unsigned char* o, int opcode, Py_ssize_t n
+) noexcept nogil:
+    """Write the header of an unmasked FIN frame of `n` payload bytes; where the payload goes."""
+    cdef int i
+    o[0] = 0x80 | opcode
+    if n < 126:
+        o[1] = <unsigned char>n
+        return o + 2
+    if n < 65536:
+        o[1] = 126
+        o[2] = <unsigned char>(n >> 8)
+        o[3] = <unsigned char>n
+        return o + 4
+    o[1] = 127
+    for i in range(8):
+        o[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
+    return o + 10
+
+
 def encode_frame(int opcode, payload):
     """One unmasked FIN server frame. ValueError for an opcode a server cannot send alone
     (continuation, unknown) or a control payload over 125 bytes."""
-    cdef Py_ssize_t n, hlen
+    cdef Py_ssize_t n
     cdef bytes out
     cdef unsigned char* o
-    cdef int i
     if opcode == 0 or not _known_opcode(opcode):
         raise ValueError(f"cannot encode a frame with opcode {opcode}")
     if type(payload) is not bytes:
         payload = bytes(payload)
     n = PyBytes_GET_SIZE(payload)
-    if n < 126:
-        hlen = 2
-    elif opcode >= 8:
+    if opcode >= 8 and n >= 126:
         raise ValueError(f"control frame payload of {n} bytes (max 125)")
-    elif n < 65536:
-        hlen = 4
-    else:
-        hlen = 10
-    out = PyBytes_FromStringAndSize(NULL, hlen + n)
-    o = <unsigned char*>PyBytes_AS_STRING(out)
-    o[0] = 0x80 | opcode
-    if hlen == 2:
-        o[1] = <unsigned char>n
-    elif hlen == 4:
-        o[1] = 126
-        o[2] = <unsigned char>(n >> 8)
-        o[3] = <unsigned char>n
-    else:
-        o[1] = 127
-        for i in range(8):
-            o[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
-    memcpy(o + hlen, PyBytes_AS_STRING(payload), n)
+    out = PyBytes_FromStringAndSize(NULL, _header_len(n) + n)
+    o = _write_header(<unsigned char*>PyBytes_AS_STRING(out), opcode, n)
+    memcpy(o, PyBytes_AS_STRING(payload), n)
     return out
 
 
@@ -633,28 +643,14 @@ cdef inline void _set_raw(_Part* part, const char* key, Py_ssize_t key_len, byte
 cdef bytes _text_frame_of(_Part* parts, int count):
     """One text frame holding the JSON object `parts` describe (keys carry their punctuation)."""
     cdef Py_ssize_t n = 1  # the closing brace
-    cdef Py_ssize_t hlen
     cdef int i
     cdef bytes out
     cdef unsigned char* o
     for i in range(count):
         n += parts[i].key_len
         n += _json_str_len(parts[i].raw, parts[i].raw_len) if parts[i].string else parts[i].raw_len
-    hlen = 2 if n < 126 else (4 if n < 65536 else 10)
-    out = PyBytes_FromStringAndSize(NULL, hlen + n)
-    o = <unsigned char*>PyBytes_AS_STRING(out)
-    o[0] = 0x81
-    if hlen == 2:
-        o[1] = <unsigned char>n
-    elif hlen == 4:
-        o[1] = 126
-        o[2] = <unsigned char>(n >> 8)
-        o[3] = <unsigned char>n
-    else:
-        o[1] = 127
-        for i in range(8):
-            o[2 + i] = <unsigned char>((<uint64_t>n) >> (56 - 8 * i))
-    o += hlen
+    out = PyBytes_FromStringAndSize(NULL, _header_len(n) + n)
+    o = _write_header(<unsigned char*>PyBytes_AS_STRING(out), 1, n)
     for i in range(count):
         memcpy(o, parts[i].key, parts[i].key_len)
         o += parts[i].key_len
@@ -819,3 +815,25 @@ def message_fields(obj, Py_ssize_t max_text_chars):
     if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
         return None
     return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+
+
+# --- records ---------------------------------------------------------------------------------------
+
+
+def record(type cls, tuple items):
+    """An instance of the tuple subclass `cls` (a NamedTuple: MessageFrame, NewMessage,
+    StoredMessage) holding `items`, in one allocation: what tuple.__new__(cls, items) gives
+    (the twin), without its copy of `items` and its checks. __init__ is not called (a
+    NamedTuple has none)."""
+    cdef Py_ssize_t n, i
+    if cls is tuple:
+        return items
+    if not issubclass(cls, tuple):
+        raise TypeError(f"record() needs a tuple subclass, not {cls!r}")
+    n = PyTuple_GET_SIZE(items)
+    result = PyType_GenericAlloc(cls, n)  # zeroed, sized, tracked: as tuple's own subclasses
+    for i in range(n):
+        item = <object>PyTuple_GET_ITEM(items, i)
+        Py_INCREF(item)  # PyTuple_SET_ITEM steals it
+        PyTuple_SET_ITEM(result, i, item)
+    return result

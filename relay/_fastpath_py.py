@@ -8,13 +8,15 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from attrs import define, field
 
 if TYPE_CHECKING:
     from relay.store.base import StoredMessage
+
+T = TypeVar("T")
 
 OP_CONT = 0
 OP_TEXT = 1
@@ -437,3 +439,14 @@ def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None:
         if short is not None and (short.__class__ is not str or len(short) > _SHORT_TEXT_MAX):
             return None
     return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+
+
+# --- records --------------------------------------------------------------------------------------
+
+
+def record(cls: type[T], items: tuple[Any, ...]) -> T:
+    """An instance of the tuple subclass `cls` (a NamedTuple: MessageFrame, NewMessage,
+    StoredMessage) holding `items`: cls(*items) without NamedTuple.__new__'s Python frame."""
+    if not issubclass(cls, tuple):
+        raise TypeError(f"record() needs a tuple subclass, not {cls!r}")
+    return tuple.__new__(cls, items)

@@ -32,6 +32,7 @@ __all__ = [
     "fanout",
     "message_fields",
     "parse_close",
+    "record",
 ]
 
 IMPLEMENTATION: Literal["cython", "python"]
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
         fanout,
         message_fields,
         parse_close,
+        record,
     )
 else:
     _implementation, IMPLEMENTATION = _choose()

@@ -75,7 +75,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from attrs import define, field
@@ -84,7 +84,7 @@ from relay.auth import Authenticator, authenticator_from_config
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
 from relay.errors import Conflict, FrameError, NotFound
-from relay.fastpath import OP_TEXT, encode_delivery, encode_frame, encode_sent_frame
+from relay.fastpath import OP_TEXT, encode_delivery, encode_frame, encode_sent_frame, record
 from relay.presence import PresenceTracker
 from relay.protocol import (
     AuthFrame,
@@ -139,7 +139,6 @@ CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 _ACTIVE = Phase.ACTIVE
-_new_tuple = tuple.__new__
 _CLOSING = Phase.CLOSING
 #: bound of the remembered 1:1 conversation keys (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
@@ -154,6 +153,42 @@ def _wire(json_bytes: bytes) -> bytes:
 _Delivery = tuple[StoredMessage, Sequence[str], Connection | None]
 #: a stored message ready for the sequencer: (conversation, seq, message, audience, left out)
 _Ready = tuple[str, int, StoredMessage, Sequence[str], Connection | None]
+
+
+def _new_message(
+    session: Session, item: MessageFrame, conversation: str, timestamp: str
+) -> NewMessage:
+    """The NewMessage of a checked message frame of the session's user (senderName and
+    senderAvatar default to what the user authenticated with)."""
+    sender_name = item.sender_name
+    sender_avatar = item.sender_avatar
+    # NewMessage(...) in one allocation (fastpath.record): its fields, in order
+    return record(
+        NewMessage,
+        (
+            conversation,
+            item.id,
+            session.user_id,
+            item.text,
+            timestamp,
+            item.recipient_id,
+            item.group_id,
+            session.user_name if sender_name is None else sender_name,
+            session.user_avatar if sender_avatar is None else sender_avatar,
+            item.client_timestamp,
+            item.meta,
+        ),
+    )
+
+
+class _Pending(NamedTuple):
+    """A checked batch of messages between its append and its answers (see _begin_batch)."""
+
+    entries: list[tuple[NewMessage, tuple[str, ...]] | bytes]  # per frame: to store, or refused
+    accepted: list[NewMessage]  # what to store, in order
+    conversations: Sequence[str]  # each once: the sequencer's turn
+    timestamp: str  # the server time of the batch
+
 
 #: a conversation's last released seq is forgotten after this long without appends
 SEQUENCER_IDLE = 60.0
@@ -915,22 +950,7 @@ class MessagingService:
             conversation = self._direct_key(user, peer)
         if not self.limiter.allow(user, now):
             return self._refuse(frame, "rate_limited", "too many messages; slow down")
-        sender_name = frame.sender_name
-        sender_avatar = frame.sender_avatar
-        message = NewMessage(
-            conversation,
-            frame.id,
-            user,
-            frame.text,
-            timestamp,
-            frame.recipient_id,
-            group_id,
-            session.user_name if sender_name is None else sender_name,
-            session.user_avatar if sender_avatar is None else sender_avatar,
-            frame.client_timestamp,
-            frame.meta,
-        )
-        return message, audience
+        return _new_message(session, frame, conversation, timestamp), audience
 
     def on_messages_nowait(self, conn: Connection, payloads: list[bytes]) -> int:
         """The part of on_messages that needs no waiting, for the shell's poller: the leading
@@ -943,27 +963,17 @@ class MessagingService:
             return 0
         if append_now is None:
             return self._messages_soon(conn, session, payloads)
-        limits = self.limits
-        cached_group = self.router.cached_group
         direct_now = self._direct_now
+        frames = self._leading_messages(payloads)
         handled = 0
         batch: list[MessageFrame | MessageRefused] = []
-        for payload in payloads:
-            try:
-                frame = parse_client_frame(payload, limits)
-            except MessageRefused as refused:
-                batch.append(refused)
-                continue
-            except FrameError:
-                break  # answered by on_messages
-            if frame.__class__ is not MessageFrame:
-                break
-            assert isinstance(frame, MessageFrame)
-            if frame.group_id is not None and cached_group(frame.group_id) is None:
-                break
-            if batch:  # answers keep the frames' order: a batch, once begun, takes the rest
+        for frame in frames:
+            # one at a time while it can; answers keep the frames' order: once a frame needs
+            # the batch (refused, a group, the sequencer busy), the batch takes the rest
+            if batch or frame.__class__ is not MessageFrame:
                 batch.append(frame)
                 continue
+            assert isinstance(frame, MessageFrame)
             handled += 1
             try:
                 if not direct_now(conn, session, frame, append_now):
@@ -1015,33 +1025,22 @@ class MessagingService:
         batch = self._leading_messages(payloads)
         if not batch:
             return 0
-        now = self.clock()
-        timestamp = self._now_iso()
-        entries, accepted = self._accept_batch(session, batch, now, timestamp)
-        if not accepted:
-            for entry in entries:
-                assert isinstance(entry, bytes)
-                self._send(conn, session, entry)
+        pending = self._begin_batch(conn, session, batch)
+        if pending is None:
             return len(batch)
-        conversations = self._conversations(accepted)
-        sequencer = self._sequencer
-        sequencer.begin(conversations, now)
 
         def stored(results: list[Appended] | None, error: BaseException | None) -> None:
-            deliveries: list[_Ready] = []
+            if error is not None:
+                log.error("storing %d message(s) failed: %s", len(pending.accepted), error)
             try:
-                if error is not None:
-                    log.error("storing %d message(s) failed: %s", len(accepted), error)
-                self._answer_batch(conn, session, entries, results, timestamp, deliveries)
+                self._finish_batch(conn, session, pending, results)
             except Exception:
                 log.exception("internal error answering stored messages")
-            finally:
-                sequencer.end(conversations, deliveries)
 
         try:
-            append_soon(accepted, stored)
-        except Exception:
-            sequencer.end(conversations, [])
+            append_soon(pending.accepted, stored)
+        except BaseException:
+            self._sequencer.end(pending.conversations, ())
             raise
         return len(batch)
 
@@ -1078,24 +1077,7 @@ class MessagingService:
                 conn, session, self._refuse(item, "rate_limited", "too many messages; slow down")
             )
             return True
-        sender_name = item.sender_name
-        sender_avatar = item.sender_avatar
-        message: NewMessage = _new_tuple(
-            NewMessage,
-            (
-                conversation,
-                item.id,
-                user,
-                item.text,
-                timestamp,
-                peer,
-                None,
-                session.user_name if sender_name is None else sender_name,
-                session.user_avatar if sender_avatar is None else sender_avatar,
-                item.client_timestamp,
-                item.meta,
-            ),
-        )
+        message = _new_message(session, item, conversation, timestamp)
         try:
             appended = append_now((message,))[0]
         except Exception:
@@ -1115,6 +1097,42 @@ class MessagingService:
             self._release(done, (peer,) if peer == user else (peer, user), conn)
         return True
 
+    def _begin_batch(
+        self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
+    ) -> _Pending | None:
+        """Check `batch` (groups from the router's cache) and give its deliveries their turn in
+        the sequencer: what to store and to answer once stored. None when nothing is to be
+        stored (the refusals were sent). Every _Pending must reach _finish_batch, or
+        sequencer.end with no deliveries."""
+        now = self.clock()
+        timestamp = self._now_iso()
+        entries, accepted = self._accept_batch(session, batch, now, timestamp)
+        if not accepted:
+            for entry in entries:
+                assert isinstance(entry, bytes)
+                self._send(conn, session, entry)
+            return None
+        conversations = self._conversations(accepted)
+        self._sequencer.begin(conversations, now)
+        return _Pending(entries, accepted, conversations, timestamp)
+
+    def _finish_batch(
+        self,
+        conn: Connection,
+        session: Session,
+        pending: _Pending,
+        results: list[Appended] | None,
+    ) -> None:
+        """Answer the sender (`failed` for all when `results` is None: the store failed), then
+        release the new messages' deliveries; the batch's turn ends whatever happens."""
+        deliveries: list[_Ready] = []
+        try:
+            self._answer_batch(
+                conn, session, pending.entries, results, pending.timestamp, deliveries
+            )
+        finally:
+            self._sequencer.end(pending.conversations, deliveries)
+
     async def _message_batch(
         self, conn: Connection, session: Session, batch: list[MessageFrame | MessageRefused]
     ) -> None:
@@ -1123,27 +1141,18 @@ class MessagingService:
                 assert isinstance(item, MessageFrame)
                 if item.group_id is not None:
                     await self.router.group(self.store, item.group_id)
-        now = self.clock()
-        timestamp = self._now_iso()
-        entries, accepted = self._accept_batch(session, batch, now, timestamp)
-        if not accepted:
-            for entry in entries:
-                assert isinstance(entry, bytes)
-                self._send(conn, session, entry)
+        pending = self._begin_batch(conn, session, batch)
+        if pending is None:
             return
-        conversations = self._conversations(accepted)
-        deliveries: list[_Ready] = []
-        sequencer = self._sequencer
-        sequencer.begin(conversations, now)
         try:
-            try:
-                results = await self.store.append_many(accepted)
-            except Exception:
-                log.exception("storing %d message(s) failed", len(accepted))
-                results = None
-            self._answer_batch(conn, session, entries, results, timestamp, deliveries)
-        finally:
-            sequencer.end(conversations, deliveries)
+            results: list[Appended] | None = await self.store.append_many(pending.accepted)
+        except Exception:
+            log.exception("storing %d message(s) failed", len(pending.accepted))
+            results = None
+        except BaseException:  # cancelled: nothing to answer, the turn ends
+            self._sequencer.end(pending.conversations, ())
+            raise
+        self._finish_batch(conn, session, pending, results)
 
     def _message_batch_now(
         self,
@@ -1154,27 +1163,15 @@ class MessagingService:
     ) -> None:
         """_message_batch with a store that appends without waiting, and every group of
         `batch` in the router's cache."""
-        now = self.clock()
-        timestamp = self._now_iso()
-        entries, accepted = self._accept_batch(session, batch, now, timestamp)
-        if not accepted:
-            for entry in entries:
-                assert isinstance(entry, bytes)
-                self._send(conn, session, entry)
+        pending = self._begin_batch(conn, session, batch)
+        if pending is None:
             return
-        conversations = self._conversations(accepted)
-        deliveries: list[_Ready] = []
-        sequencer = self._sequencer
-        sequencer.begin(conversations, now)
         try:
-            try:
-                results: list[Appended] | None = append_now(accepted)
-            except Exception:
-                log.exception("storing %d message(s) failed", len(accepted))
-                results = None
-            self._answer_batch(conn, session, entries, results, timestamp, deliveries)
-        finally:
-            sequencer.end(conversations, deliveries)
+            results: list[Appended] | None = append_now(pending.accepted)
+        except Exception:
+            log.exception("storing %d message(s) failed", len(pending.accepted))
+            results = None
+        self._finish_batch(conn, session, pending, results)
 
     @staticmethod
     def _conversations(accepted: list[NewMessage]) -> Sequence[str]:
@@ -1212,25 +1209,7 @@ class MessagingService:
                             self._refuse(item, "rate_limited", "too many messages; slow down")
                         )
                         continue
-                    sender_name = item.sender_name
-                    sender_avatar = item.sender_avatar
-                    # NewMessage(...) without NamedTuple.__new__'s Python frame: fields in order
-                    message: NewMessage = _new_tuple(
-                        NewMessage,
-                        (
-                            conversation,
-                            item.id,
-                            user,
-                            item.text,
-                            timestamp,
-                            peer,
-                            None,
-                            session.user_name if sender_name is None else sender_name,
-                            session.user_avatar if sender_avatar is None else sender_avatar,
-                            item.client_timestamp,
-                            item.meta,
-                        ),
-                    )
+                    message = _new_message(session, item, conversation, timestamp)
                     accepted.append(message)
                     entries.append((message, (peer,) if peer == user else (peer, user)))
                     continue

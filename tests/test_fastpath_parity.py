@@ -572,6 +572,33 @@ def test_message_field_limits_are_the_protocols() -> None:
     assert pure._SHORT_TEXT_MAX == protocol.SHORT_TEXT_MAX
 
 
+# --- records ---------------------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(items=st.lists(st.one_of(st.none(), st.integers(), st.text(max_size=5)), max_size=12))
+def test_records_agree(compiled: ModuleType, items: list[Any]) -> None:
+    for cls in (StoredMessage, tuple, protocol.MessageFrame):
+        fast = compiled.record(cls, tuple(items))
+        slow = pure.record(cls, tuple(items))
+        assert type(fast) is type(slow) is cls
+        assert tuple(fast) == tuple(slow) == tuple(items)
+
+
+def test_a_record_reads_like_its_class(compiled: ModuleType) -> None:
+    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None)
+    message = compiled.record(StoredMessage, fields)
+    assert message == StoredMessage(*fields)
+    assert (message.seq, message.sender_id, message.recipient_id) == (17, "ann", "bob")
+    assert message._replace(seq=18).seq == 18
+
+
+def test_record_refuses_what_is_not_a_tuple_class(compiled: ModuleType) -> None:
+    for module in (compiled, pure):
+        with pytest.raises(TypeError):
+            module.record(dict, ())
+
+
 # --- selection: relay.fastpath -------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from attrs import define, field
 
 from relay.errors import Conflict, NotFound
+from relay.fastpath import record
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -41,7 +42,6 @@ from relay.store.base import (
 )
 
 _NO_MARKS = Watermarks(0, 0)
-_new_tuple = tuple.__new__
 #: a stored message as kept: StoredMessage's fields, in order, in an exact tuple
 _Row = tuple[Any, ...]
 _SEQ = StoredMessage._fields.index("seq")
@@ -51,7 +51,7 @@ _STAMP = StoredMessage._fields.index("server_timestamp")
 
 
 def _message(row: _Row) -> StoredMessage:
-    return _new_tuple(StoredMessage, row)
+    return record(StoredMessage, row)
 
 
 @define
@@ -111,10 +111,9 @@ class MemoryStore:
             seq = len(log) + 1
             if message.meta is None:
                 # StoredMessage's fields are NewMessage's with `seq` second: the row, and the
-                # StoredMessage built from it at C speed (NamedTuple.__new__ is this call
-                # after a Python frame)
+                # StoredMessage made of it in one allocation (fastpath.record)
                 row: _Row = (conversation, seq, *message[1:])
-                stored = _new_tuple(StoredMessage, row)
+                stored = record(StoredMessage, row)
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
                 row = tuple(stored)
@@ -123,7 +122,7 @@ class MemoryStore:
             orders[conversation].append(next(counter))
             if message.group_id is None and conversation not in self._direct:
                 self._note_direct(message)
-            results.append(_new_tuple(Appended, (stored, False)))
+            results.append(record(Appended, (stored, False)))
         return results
 
     def _note_direct(self, message: NewMessage) -> None:

@@ -52,6 +52,7 @@ import trio
 from attrs import define, field
 
 from relay.errors import Conflict, NotFound, StoreError, StoreUnavailable
+from relay.fastpath import record
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -241,7 +242,6 @@ _UPDATE_TIPS: Final = (
     "FROM (VALUES {}) AS v WHERE conversations.conversation = v.column1"
 )
 _updates: dict[int, str] = {}
-_new_tuple: Final = tuple.__new__
 
 
 def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
@@ -337,9 +337,9 @@ def _append_fused(
                 present |= 16
                 row.append(m.client_timestamp)
             if m.meta is None:
-                # StoredMessage's fields are NewMessage's with `seq` second: built from its
-                # tuple at C speed (NamedTuple.__new__ is this call after a Python frame)
-                stored = _new_tuple(StoredMessage, (conversation, seq, *m[1:]))
+                # StoredMessage's fields are NewMessage's with `seq` second: made of them in
+                # one allocation (fastpath.record)
+                stored = record(StoredMessage, (conversation, seq, *m[1:]))
             else:
                 present |= 32
                 row.append(orjson.dumps(m.meta).decode())
@@ -350,7 +350,7 @@ def _append_fused(
             else:
                 same.append(row)
             count += 1
-            results.append(_new_tuple(Appended, (stored, False)))
+            results.append(record(Appended, (stored, False)))
         answers.append(results)
     # The unique indexes are the idempotency and counter checks: every row went in, or this
     # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
