@@ -334,6 +334,7 @@ class MessagingService:
     # the store's queued append and its room check, when it has them (Store.append_soon)
     _append_soon: Callable[[Sequence[NewMessage], Callable[..., None]], None] | None
     _store_has_room: Callable[[], bool]
+    _table: dict[str, dict[int, Connection]]  # the router's table (Router.table), for delivery
 
     def __init__(
         self,
@@ -371,6 +372,7 @@ class MessagingService:
         self._maintaining = False
         self._manage_store = manage_store
         self._append_now = getattr(store, "append_now", None)
+        self._table = self.router.table()
         self._append_soon = getattr(store, "append_soon", None)
         self._store_has_room = getattr(store, "has_room", lambda: False)
 
@@ -853,7 +855,7 @@ class MessagingService:
         seq = message.seq
         mark: tuple[int, str | None] | None = None
         failed: list[tuple[Connection, Session]] | None = None
-        table = self.router.table()
+        table = self._table
         for user in audience:
             conns = table.get(user)
             if conns is None:
@@ -963,34 +965,35 @@ class MessagingService:
             return 0
         if append_now is None:
             return self._messages_soon(conn, session, payloads)
-        direct_now = self._direct_now
         frames = self._leading_messages(payloads)
         handled = 0
-        batch: list[MessageFrame | MessageRefused] = []
-        for frame in frames:
-            # one at a time while it can; answers keep the frames' order: once a frame needs
-            # the batch (refused, a group, the sequencer busy), the batch takes the rest
-            if batch or frame.__class__ is not MessageFrame:
-                batch.append(frame)
-                continue
-            assert isinstance(frame, MessageFrame)
-            handled += 1
+        # One at a time while it can; answers keep the frames' order: from the first frame
+        # that needs a batch (refused, a group, another senderId) the batch takes the rest.
+        # Only a batch makes the sequencer busy: idle now, it stays idle until then.
+        if frames and not self._sequencer.busy():
+            direct_now = self._direct_now
+            now = self.clock()
+            timestamp = self._now_iso()
+            for frame in frames:
+                if frame.__class__ is not MessageFrame:
+                    break
+                assert isinstance(frame, MessageFrame)
+                try:
+                    if not direct_now(conn, session, frame, append_now, now, timestamp):
+                        break
+                except Exception:
+                    log.exception("internal error handling a message")
+                    self._error(conn, session, "internal", "internal error", ref=frame.ref)
+                handled += 1
+                if session.phase is not _ACTIVE:
+                    return len(payloads)  # closed (slow consumer): on_messages drops the rest
+        if handled < len(frames):
             try:
-                if not direct_now(conn, session, frame, append_now):
-                    handled -= 1
-                    batch.append(frame)
-            except Exception:
-                log.exception("internal error handling a message")
-                self._error(conn, session, "internal", "internal error", ref=frame.ref)
-            if session.phase is not _ACTIVE:
-                return len(payloads)  # closed (slow consumer): on_messages drops the rest
-        if batch:
-            try:
-                self._message_batch_now(conn, session, batch, append_now)
+                self._message_batch_now(conn, session, frames[handled:], append_now)
             except Exception:
                 log.exception("internal error handling messages")
                 self._error(conn, session, "internal", "internal error")
-        return handled + len(batch)
+        return len(frames)
 
     def _leading_messages(self, payloads: list[bytes]) -> list[MessageFrame | MessageRefused]:
         """The leading message frames of `payloads` (refused ones included) that need no
@@ -1048,27 +1051,19 @@ class MessagingService:
         self,
         conn: Connection,
         session: Session,
-        item: MessageFrame | MessageRefused,
+        item: MessageFrame,
         append_now: Callable[[Sequence[NewMessage]], list[Appended]],
+        now: float,
+        timestamp: str,
     ) -> bool:
         """One 1:1 message, appended inline, answered and delivered: what _message_batch_now
-        does with a batch of one, flattened (the hot path). False, with nothing done, when it
-        is not that case: a refused frame, a group, another senderId, or deliveries the
-        sequencer holds or awaits."""
-        if item.__class__ is not MessageFrame:
-            return False
-        assert isinstance(item, MessageFrame)
+        does with a batch of one, flattened (the hot path), the sequencer being idle (the
+        caller checked). False, with nothing done, when it is not that case: a group or
+        another senderId."""
         user = session.user_id
         sender_id = item.sender_id
-        sequencer = self._sequencer
-        if (
-            item.group_id is not None
-            or (sender_id is not None and sender_id != user)
-            or sequencer.busy()
-        ):
+        if item.group_id is not None or (sender_id is not None and sender_id != user):
             return False
-        now = self.clock()
-        timestamp = self._now_iso()
         peer = item.recipient_id
         assert peer is not None
         conversation = self._direct_keys.get((user, peer)) or self._direct_key(user, peer)
@@ -1093,7 +1088,7 @@ class MessagingService:
             else:
                 self._slow(conn, session)
         if not appended.duplicate:
-            sequencer.released(conversation, done.seq, now)
+            self._sequencer.released(conversation, done.seq, now)
             self._release(done, (peer,) if peer == user else (peer, user), conn)
         return True
 
