@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite; `null` (a C "
         "server that does nothing else) measures the load generator's own ceiling",
     )
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="do not measure the `null` server in the rate scenario (by default it runs there "
+        "as this machine's latency floor, named next to the latency budgets)",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs per scenario and server (median)")
     p.add_argument("--duration", type=float, help="measured window per run, s (5; quick 0.6)")
     p.add_argument("--warmup", type=float, help="warm-up before the window, s (1; quick 0.2)")
@@ -182,6 +188,11 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
         text += "  CLIENT-BOUND"
     if fig.get("contended"):
         text += f"  contended (server waited {fig['server_waited']:.0%} for its core)"
+    if fig.get("stolen"):
+        text += (
+            f"  steal (the hypervisor took {fig['server_steal']:.0%} of the server's core, "
+            f"{fig['loadgen_steal']:.0%} of the load generator's)"
+        )
     return text
 
 
@@ -200,7 +211,9 @@ def median_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
                 vals = [g[name] for g in good if name in g]
                 if all(isinstance(v, bool) for v in vals):
                     # a flag that must hold in every repeat (kept_up) or is a warning (client_bound)
-                    entry[name] = any(vals) if name in ("client_bound", "contended") else all(vals)
+                    entry[name] = (
+                        any(vals) if name in ("client_bound", "contended", "stolen") else all(vals)
+                    )
                 elif all(isinstance(v, (int, float)) for v in vals):
                     entry[name] = statistics.median(vals)
             notes = sorted({g["note"] for g in good if g.get("note")})
@@ -229,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     runs = scenarios.plan(names, sizes)
+    if not args.no_floor:
+        # the null server's open-loop latency is the floor any server meets on this machine
+        in_rate = {s for r in runs if r.scenario == "rate" for s in r.servers}
+        wanted |= {scenarios.NULL_SERVER} & in_rate
+    floor_only = wanted - {s.strip() for s in args.servers.split(",") if s.strip()}
     ensure_loadgen()
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -271,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat)
         for run in runs
         for srv in run.servers
-        if srv in specs
+        if srv in specs and (srv not in floor_only or run.scenario == "rate")
     ]
     profile = args.profile
     if profile and not profiling.available():
@@ -316,7 +334,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(settle)  # let the server settle before the RSS/CPU baseline
             server = current
             # a user id prefix per run: a reused server never sees the same user twice
-            cfg = dict(run.loadgen, port=server.port, server_pid=server.pid, user_prefix=f"r{i}u")
+            cfg = dict(
+                run.loadgen,
+                port=server.port,
+                server_pid=server.pid,
+                server_cpu=srv_core,
+                user_prefix=f"r{i}u",
+            )
             prof_path = None
             if profile and srv.startswith("relay"):
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"

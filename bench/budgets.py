@@ -32,6 +32,9 @@ class Budget:
     value: float
     ratio_of: str | None = None
     requires: str | None = None  # a flag figure that must be true (e.g. the server kept up)
+    # the same figure of a server that does nothing else, measured in the same run: when it
+    # misses the budget too, the verdict says so (the machine's floor); it still fails
+    floor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Verdict:
     budget: Budget
     status: str  # "pass", "FAIL", "skipped"
     detail: str
+    floor_value: float | None = None  # the budget's floor figure in this run, when measured
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +53,8 @@ class Verdict:
             "op": self.budget.op,
             "value": self.budget.value,
             "ratio_of": self.budget.ratio_of,
+            "floor": self.budget.floor,
+            "floor_value": self.floor_value,
         }
 
 
@@ -63,6 +69,7 @@ def load(path: Path = BUDGETS_PATH) -> list[Budget]:
             float(entry["value"]),
             entry.get("ratio_of"),
             entry.get("requires"),
+            entry.get("floor"),
         )
         if b.op not in _OPS:
             raise ValueError(f"budget {b.name!r}: unknown op {b.op!r}")
@@ -101,12 +108,12 @@ def check(
             continue
         if b.requires is not None and lookup(summary, b.requires) is not True:
             verdicts.append(
-                Verdict(b, "FAIL", f"{b.requires} is not true ({b.figure} = {lhs:.4g})")
+                _with_floor(b, False, f"{b.requires} is not true ({b.figure} = {lhs:.4g})", summary)
             )
             continue
         if b.ratio_of is None:
             ok = _OPS[b.op](lhs, b.value)
-            verdicts.append(Verdict(b, "pass" if ok else "FAIL", f"{lhs:.4g} {b.op} {b.value:g}"))
+            verdicts.append(_with_floor(b, ok, f"{lhs:.4g} {b.op} {b.value:g}", summary))
             continue
         ref = lookup(summary, b.ratio_of)
         if not isinstance(ref, (int, float)) or ref <= 0:
@@ -121,3 +128,24 @@ def check(
             )
         )
     return verdicts
+
+
+def _with_floor(
+    b: Budget, ok: bool, detail: str, summary: dict[str, dict[str, dict[str, Any]]]
+) -> Verdict:
+    """The verdict of an absolute budget, with its floor figure when measured: a failure the
+    floor shares is named as this machine's (it stays a failure: the budget is not lowered)."""
+    floor = lookup(summary, b.floor) if b.floor else None
+    if not isinstance(floor, (int, float)):
+        return Verdict(b, "pass" if ok else "FAIL", detail)
+    server = b.floor.split("/")[1] if b.floor else ""
+    if ok:
+        return Verdict(b, "pass", f"{detail} ({server} floor {floor:.4g})", float(floor))
+    if not _OPS[b.op](floor, b.value):
+        detail += (
+            f"; the {server} floor misses it too ({floor:.4g} in this run): this machine cannot "
+            "show the budget"
+        )
+    else:
+        detail += f"; the {server} floor meets it ({floor:.4g})"
+    return Verdict(b, "FAIL", detail, float(floor))

@@ -6,7 +6,9 @@ on stdout (`{"error": ...}` when the run failed). Progress lines go to stderr.
 Invariant: CPU and memory figures are taken from the OS at exactly the instants the compiled
 loop calls `snapshot()` (the measured window's edges): this process's user+system time from
 os.times(), the server's utime+stime and VmRSS from /proc/<server_pid>, and for both the time
-their main thread waited for a CPU (/proc/<pid>/schedstat): other load on the machine.
+their main thread waited for a CPU (/proc/<pid>/schedstat): other load on the machine; and
+for each side's pinned core the time the hypervisor ran something else instead (steal, from
+/proc/stat): on a shared virtual machine this, not the server, can set the latency floor.
 """
 
 from __future__ import annotations
@@ -50,6 +52,21 @@ def runqueue_wait_s(pid: int | str) -> float:
         return 0.0
 
 
+def core_steal_s(cpu: int | None, stat_path: str = "/proc/stat") -> float:
+    """Steal time of one CPU (of the whole machine when `cpu` is None), in seconds: time its
+    virtual CPU was ready but the hypervisor ran something else. 0 where not reported."""
+    name = b"cpu " if cpu is None else f"cpu{cpu} ".encode()
+    try:
+        with open(stat_path, "rb") as f:
+            for line in f:
+                if line.startswith(name):
+                    fields = line.split()
+                    return int(fields[8]) / _CLK_TCK if len(fields) > 8 else 0.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
 def proc_rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status", "rb") as f:
         for line in f:
@@ -58,7 +75,12 @@ def proc_rss_kb(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def make_snapshot(server_pid: int, on_first: Any = None) -> Any:
+def make_snapshot(
+    server_pid: int,
+    on_first: Any = None,
+    server_cpu: int | None = None,
+    loadgen_cpu: int | None = None,
+) -> Any:
     calls = [on_first]
 
     def snapshot() -> dict[str, float]:
@@ -73,6 +95,8 @@ def make_snapshot(server_pid: int, on_first: Any = None) -> Any:
             "server_rss_kb": proc_rss_kb(server_pid),
             "server_runq_s": runqueue_wait_s(server_pid),
             "loadgen_runq_s": runqueue_wait_s("self"),
+            "server_steal_s": core_steal_s(server_cpu),
+            "loadgen_steal_s": core_steal_s(loadgen_cpu),
         }
 
     return snapshot
@@ -104,7 +128,9 @@ def main() -> int:
 
     try:
         gen = LoadGen(cfg, progress=progress)
-        result = gen.run(make_snapshot(int(cfg["server_pid"]), on_first))
+        result = gen.run(
+            make_snapshot(int(cfg["server_pid"]), on_first, cfg.get("server_cpu"), cfg.get("cpu"))
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1

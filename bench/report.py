@@ -44,6 +44,13 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                     f"contended (waited for a core: server {_num(fig.get('server_waited'), '.0%')}, "
                     f"loadgen {_num(fig.get('loadgen_waited'), '.0%')})"
                 )
+            if fig.get("stolen"):
+                notes.append(
+                    f"steal (hypervisor took: server core {_num(fig.get('server_steal'), '.0%')}, "
+                    f"loadgen core {_num(fig.get('loadgen_steal'), '.0%')})"
+                )
+            if server == "null" and key.startswith("rate"):
+                notes.append("floor: C server doing nothing else")
             if fig.get("note"):
                 notes.append(str(fig["note"]))
             if fig.get("error"):

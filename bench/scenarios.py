@@ -18,6 +18,7 @@ DURABLE_SERVERS = ("relay", "relay-sqlite")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
 CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
+STOLEN = 0.05  # the hypervisor took over 5% of a pinned core: latency tails are the machine's
 
 # name: (full run, --quick)
 DEFAULTS: dict[str, tuple[Any, Any]] = {
@@ -163,6 +164,11 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         fig["server_waited"] = (after["server_runq_s"] - before["server_runq_s"]) / window
         fig["loadgen_waited"] = (after["loadgen_runq_s"] - before["loadgen_runq_s"]) / window
         fig["contended"] = max(fig["server_waited"], fig["loadgen_waited"]) > CONTENDED
+    if "server_steal_s" in after:
+        # share of the window the hypervisor ran something else on each side's core
+        fig["server_steal"] = (after["server_steal_s"] - before["server_steal_s"]) / window
+        fig["loadgen_steal"] = (after["loadgen_steal_s"] - before["loadgen_steal_s"]) / window
+        fig["stolen"] = max(fig["server_steal"], fig["loadgen_steal"]) > STOLEN
     if raw.get("closed"):
         problems.append(
             f"{raw['closed']} connections closed during the run "

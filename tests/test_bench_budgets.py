@@ -55,7 +55,13 @@ def test_missing_figure_fails_and_unrun_scenario_is_skipped() -> None:
 
 
 def test_shipped_budgets_are_the_issue_budgets() -> None:
-    shipped = {b.figure: (b.op, b.value, b.ratio_of, b.requires) for b in budgets.load()}
+    loaded = budgets.load()
+    shipped = {b.figure: (b.op, b.value, b.ratio_of, b.requires) for b in loaded}
+    # the latency budgets name the null server's figure of the same run as their floor
+    assert {b.figure: b.floor for b in loaded if b.floor} == {
+        "rate@20000/relay/p99_ms": "rate@20000/null/p99_ms",
+        "rate@40000/relay/p99_ms": "rate@40000/null/p99_ms",
+    }
     assert shipped == {
         "pairwise/relay/delivered_per_s": (">=", 3.0, "pairwise/node-ws/delivered_per_s", None),
         "fanout/relay/delivered_per_s": (">=", 2.0, "fanout/node-ws/delivered_per_s", None),
@@ -79,3 +85,46 @@ def test_a_latency_budget_needs_the_server_to_have_kept_up() -> None:
     fast_and_steady = {"rate@20000": {"relay": {"p99_ms": 0.5, "kept_up": True}}}
     assert budgets.check([budget], fast_but_behind, {"rate@20000"})[0].status == "FAIL"
     assert budgets.check([budget], fast_and_steady, {"rate@20000"})[0].status == "pass"
+
+
+FLOORED = budgets.Budget(
+    "p99",
+    "rate@20000/relay/p99_ms",
+    "<=",
+    1.0,
+    requires="rate@20000/relay/kept_up",
+    floor="rate@20000/null/p99_ms",
+)
+
+
+def _floored(relay_p99: float, null_p99: float | None, kept_up: bool = True) -> budgets.Verdict:
+    summary: dict[str, dict[str, dict[str, object]]] = {
+        "rate@20000": {"relay": {"p99_ms": relay_p99, "kept_up": kept_up}}
+    }
+    if null_p99 is not None:
+        summary["rate@20000"]["null"] = {"p99_ms": null_p99}
+    return budgets.check([FLOORED], summary, {"rate@20000"})[0]
+
+
+def test_a_floor_that_misses_the_budget_is_named_but_never_turns_a_failure_into_a_pass() -> None:
+    verdict = _floored(12.0, 9.5)
+    assert verdict.status == "FAIL"
+    assert "floor misses it too (9.5" in verdict.detail and verdict.floor_value == 9.5
+    # not kept up: still a failure, the floor still shown
+    behind = _floored(0.5, 3.0, kept_up=False)
+    assert behind.status == "FAIL" and "floor misses it too" in behind.detail
+
+
+def test_a_floor_that_meets_the_budget_puts_the_failure_on_the_server() -> None:
+    verdict = _floored(12.0, 0.4)
+    assert verdict.status == "FAIL" and "floor meets it (0.4)" in verdict.detail
+    assert "cannot" not in verdict.detail
+
+
+def test_a_pass_shows_its_floor_and_a_missing_floor_changes_nothing() -> None:
+    passed = _floored(0.8, 0.3)
+    assert passed.status == "pass" and "null floor 0.3" in passed.detail
+    assert passed.as_dict()["floor_value"] == 0.3
+    unfloored = _floored(0.8, None)
+    assert unfloored.status == "pass" and "floor" not in unfloored.detail
+    assert _floored(1.5, None).status == "FAIL"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bench import budgets, scenarios
@@ -88,3 +89,35 @@ def test_waiting_for_the_core_marks_a_run_contended() -> None:
     raw["after"] = dict(raw["after"], server_runq_s=2.5)  # waited 1.5 s of a 5 s window
     fig, _ = scenarios.figures(_rate_run(), raw)
     assert fig["contended"] is True and abs(fig["server_waited"] - 0.3) < 1e-9
+
+
+def test_steal_of_a_pinned_core_marks_a_run_stolen() -> None:
+    raw = _raw()
+    raw["before"] = dict(raw["before"], server_steal_s=100.0, loadgen_steal_s=50.0)
+    raw["after"] = dict(raw["after"], server_steal_s=100.1, loadgen_steal_s=50.05)
+    fig, _ = scenarios.figures(_rate_run(), raw)
+    assert fig["stolen"] is False and abs(fig["server_steal"] - 0.02) < 1e-9
+    raw["after"] = dict(raw["after"], server_steal_s=100.6)  # 0.6 s of a 5 s window
+    fig, _ = scenarios.figures(_rate_run(), raw)
+    assert fig["stolen"] is True and abs(fig["server_steal"] - 0.12) < 1e-9
+
+
+def test_core_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
+    import os
+
+    from bench.loadgen import core_steal_s
+
+    tck = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    stat.write_text(
+        "cpu  10 0 20 300 4 0 5 700 0 0\n"
+        "cpu0 5 0 10 150 2 0 3 200 0 0\n"
+        "cpu1 5 0 10 150 2 0 2 500 0 0\n"
+        "cpu10 1 0 1 1 1 0 1 999 0 0\n"
+        "intr 12345\n"
+    )
+    assert core_steal_s(None, str(stat)) == 700 / tck
+    assert core_steal_s(0, str(stat)) == 200 / tck
+    assert core_steal_s(1, str(stat)) == 500 / tck  # not cpu10's line
+    assert core_steal_s(7, str(stat)) == 0.0  # no such core: nothing reported
+    assert core_steal_s(0) >= 0.0  # the real file parses
