@@ -79,6 +79,8 @@ class RelayConfig:
     commit_interval: float = field(default=0.002, validator=_non_negative)
 
     # --- broker (several nodes) ---
+    # Reserved: several nodes sharing one Redis are not built yet, so a value is refused at
+    # startup (__attrs_post_init__) rather than silently running one node alone.
     redis_url: str | None = None
 
     # --- HTTP side ---
@@ -90,6 +92,11 @@ class RelayConfig:
             raise ConfigError("certfile and keyfile go together")
         if self.port > 65535:
             raise ConfigError(f"port must be <= 65535, got {self.port}")
+        if self.redis_url is not None:
+            raise ConfigError(
+                "redis_url: several relay nodes sharing one Redis are not supported by this "
+                "version; run one node (unset --redis-url / RELAY_REDIS_URL)"
+            )
         self._check_auth()
 
     @property

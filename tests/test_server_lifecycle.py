@@ -241,6 +241,24 @@ def test_bad_flag_values_are_refused() -> None:
     assert "max_message_bytes must be > 0" in result.stderr
 
 
+def test_a_redis_url_is_refused_rather_than_ignored() -> None:
+    # Several nodes sharing a Redis are not built: a node told to share must not run alone.
+    for argv, env in (
+        (["serve", "--memory", "--redis-url", "redis://127.0.0.1:6379"], {}),
+        (["serve", "--memory"], {"RELAY_REDIS_URL": "redis://127.0.0.1:6379"}),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", *argv],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "redis_url" in result.stderr and "not supported" in result.stderr
+
+
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "relay", *args],
