@@ -8,6 +8,7 @@ equal failed/close_code/close_reason, equal encoded bytes and equal Outbox state
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF
@@ -16,6 +17,11 @@ from cpython.type cimport PyType_GenericAlloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, memmove
+
+
+cdef extern from "Python.h":
+    # declared here without an exception spec: the caller checks PyErr_Occurred itself
+    long long PyLong_AsLongLongAndOverflow(object value, int* overflow)
 
 OP_CONT = 0
 OP_TEXT = 1
@@ -561,29 +567,64 @@ def fanout(outboxes, frame, bint droppable):
 cdef const char* _HEX = b"0123456789abcdef"
 
 
+# Word-at-a-time scanning (SWAR): a word with no byte < 0x20, no '"' and no '\\' needs no
+# escape and is copied whole; any other word (a false positive included) goes byte by byte.
+cdef uint64_t _ONES = 0x0101010101010101ULL
+cdef uint64_t _QUOTES = 0x2222222222222222ULL
+cdef uint64_t _BACKSLASHES = 0x5C5C5C5C5C5C5C5CULL
+
+
+cdef inline bint _word_plain(uint64_t w) noexcept nogil:
+    """No byte of `w` needs a JSON escape (exact: < 0x20, 0x22 and 0x5C are all caught)."""
+    cdef uint64_t q = w ^ _QUOTES
+    cdef uint64_t b = w ^ _BACKSLASHES
+    return ((((w - _ONES * 0x20) & ~w) | ((q - _ONES) & ~q) | ((b - _ONES) & ~b)) & _HIGH_BITS) == 0
+
+
 cdef inline Py_ssize_t _json_str_len(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     """Length of the JSON string literal of `s` (quotes included), escaped as orjson does."""
     cdef Py_ssize_t size = n + 2
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i = 0
     cdef unsigned char c
-    for i in range(n):
+    cdef uint64_t w
+    while i < n:
+        if i + 8 <= n:
+            memcpy(&w, s + i, 8)
+            if _word_plain(w):
+                i += 8
+                continue
         c = s[i]
         if c < 0x20:
             size += 1 if (c == 8 or c == 9 or c == 10 or c == 12 or c == 13) else 5
         elif c == 34 or c == 92:
             size += 1
+        i += 1
     return size
 
 
 cdef inline unsigned char* _json_str(
-    unsigned char* o, const unsigned char* s, Py_ssize_t n
+    unsigned char* o, const unsigned char* s, Py_ssize_t n, Py_ssize_t escaped_len
 ) noexcept nogil:
-    cdef Py_ssize_t i
+    """Write the JSON string literal of `s`, `escaped_len` bytes long (_json_str_len)."""
+    cdef Py_ssize_t i = 0
     cdef unsigned char c
+    cdef uint64_t w
     o[0] = 34
     o += 1
-    for i in range(n):
+    if escaped_len == n + 2:  # nothing to escape
+        memcpy(o, s, n)
+        o[n] = 34
+        return o + n + 1
+    while i < n:
+        if i + 8 <= n:
+            memcpy(&w, s + i, 8)
+            if _word_plain(w):
+                memcpy(o, s + i, 8)
+                o += 8
+                i += 8
+                continue
         c = s[i]
+        i += 1
         if c >= 0x20 and c != 34 and c != 92:
             o[0] = c
             o += 1
@@ -614,12 +655,34 @@ cdef inline unsigned char* _json_str(
     return o + 1
 
 
+cdef inline Py_ssize_t _decimal(char* buf, long long v) noexcept nogil:
+    """Write `v` in decimal (as str(int) does) to `buf` (24 bytes); returns its length."""
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, k = 0
+    cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        buf[0] = 45  # -
+        k = 1
+    while n:
+        n -= 1
+        buf[k] = tmp[n]
+        k += 1
+    return k
+
+
 cdef struct _Part:
     const unsigned char* key  # `,"key":` (or `{"key":` first), NULL: none
     Py_ssize_t key_len
     const unsigned char* raw  # the value's UTF-8, or its literal JSON (string=0)
     Py_ssize_t raw_len
     bint string  # raw is a string's UTF-8, written escaped in quotes
+    Py_ssize_t out_len  # the value's length as written (set by _text_frame_of)
 
 
 cdef inline int _set_str(_Part* part, const char* key, Py_ssize_t key_len, object value) except -1:
@@ -640,6 +703,28 @@ cdef inline void _set_raw(_Part* part, const char* key, Py_ssize_t key_len, byte
     part.string = False
 
 
+cdef inline void _set_int(
+    _Part* part, const char* key, Py_ssize_t key_len, char* buf, long long value
+) noexcept:
+    """An integer value, written in decimal to `buf` (24 bytes, alive until the frame is made)."""
+    part.key = <const unsigned char*>key
+    part.key_len = key_len
+    part.raw = <const unsigned char*>buf
+    part.raw_len = _decimal(buf, value)
+    part.string = False
+
+
+cdef inline bint _as_long_long(object value, long long* out) noexcept:
+    """An int that fits a long long, into `out`; False otherwise (the twin's way then)."""
+    cdef int overflow = 0
+    cdef long long v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow != 0 or (v == -1 and PyErr_Occurred() != NULL):
+        PyErr_Clear()
+        return False
+    out[0] = v
+    return True
+
+
 cdef bytes _text_frame_of(_Part* parts, int count):
     """One text frame holding the JSON object `parts` describe (keys carry their punctuation)."""
     cdef Py_ssize_t n = 1  # the closing brace
@@ -648,14 +733,18 @@ cdef bytes _text_frame_of(_Part* parts, int count):
     cdef unsigned char* o
     for i in range(count):
         n += parts[i].key_len
-        n += _json_str_len(parts[i].raw, parts[i].raw_len) if parts[i].string else parts[i].raw_len
+        if parts[i].string:
+            parts[i].out_len = _json_str_len(parts[i].raw, parts[i].raw_len)
+        else:
+            parts[i].out_len = parts[i].raw_len
+        n += parts[i].out_len
     out = PyBytes_FromStringAndSize(NULL, _header_len(n) + n)
     o = _write_header(<unsigned char*>PyBytes_AS_STRING(out), 1, n)
     for i in range(count):
         memcpy(o, parts[i].key, parts[i].key_len)
         o += parts[i].key_len
         if parts[i].string:
-            o = _json_str(o, parts[i].raw, parts[i].raw_len)
+            o = _json_str(o, parts[i].raw, parts[i].raw_len, parts[i].out_len)
         else:
             memcpy(o, parts[i].raw, parts[i].raw_len)
             o += parts[i].raw_len
@@ -672,6 +761,8 @@ def encode_delivery(message):
     `delivered`, seq and serverTimestamp (the twin: protocol.message_dict through orjson)."""
     cdef _Part parts[13]
     cdef int k = 0
+    cdef char seq_buf[24]
+    cdef long long seq_value
     cdef tuple m
     if not isinstance(message, tuple) or len(message) != 12:
         raise TypeError("encode_delivery needs a StoredMessage")
@@ -692,6 +783,7 @@ def encode_delivery(message):
         and type(server_ts) is str and type(seq) is int
         and _str_or_none(recipient) and _str_or_none(group) and _str_or_none(name)
         and _str_or_none(avatar) and _str_or_none(client_ts)
+        and _as_long_long(seq, &seq_value)
     ):
         return _delivery_by_dict(message)
     stamp = client_ts if client_ts else server_ts
@@ -710,8 +802,7 @@ def encode_delivery(message):
         _set_str(&parts[k], b',"text":', 8, text); k += 1
         _set_str(&parts[k], b',"timestamp":', 13, stamp); k += 1
         _set_raw(&parts[k], b',"status":', 10, b'"delivered"'); k += 1
-        seq_text = str(seq).encode("ascii")
-        _set_raw(&parts[k], b',"seq":', 7, seq_text); k += 1
+        _set_int(&parts[k], b',"seq":', 7, seq_buf, seq_value); k += 1
         _set_str(&parts[k], b',"serverTimestamp":', 19, server_ts); k += 1
         if meta is not None:
             meta_json = _orjson_dumps(meta)
@@ -725,10 +816,13 @@ def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
     """The `sent` receipt's text frame (the twin: protocol.encode_sent's dict through orjson)."""
     cdef _Part parts[6]
     cdef int k = 0
+    cdef char seq_buf[24]
+    cdef long long seq_value
     if not (
         type(message_id) is str and type(timestamp) is str and type(seq) is int
         and _str_or_none(peer_id) and _str_or_none(group_id)
         and (group_id is not None or peer_id is not None)
+        and _as_long_long(seq, &seq_value)
     ):
         return _sent_by_dict(message_id, peer_id, group_id, seq, timestamp)
     try:
@@ -739,8 +833,7 @@ def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
         else:
             _set_str(&parts[k], b',"groupId":', 11, group_id); k += 1
         _set_raw(&parts[k], b',"status":', 10, b'"sent"'); k += 1
-        seq_text = str(seq).encode("ascii")
-        _set_raw(&parts[k], b',"seq":', 7, seq_text); k += 1
+        _set_int(&parts[k], b',"seq":', 7, seq_buf, seq_value); k += 1
         _set_str(&parts[k], b',"timestamp":', 13, timestamp); k += 1
     except UnicodeEncodeError:
         return _sent_by_dict(message_id, peer_id, group_id, seq, timestamp)
