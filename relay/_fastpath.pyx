@@ -14,9 +14,9 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
 from cpython.type cimport PyType_GenericAlloc
-from cpython.unicode cimport PyUnicode_AsUTF8AndSize
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memcmp, memcpy, memmove
 
 
 cdef extern from "Python.h":
@@ -930,3 +930,209 @@ def record(type cls, tuple items):
         Py_INCREF(item)  # PyTuple_SET_ITEM steals it
         PyTuple_SET_ITEM(result, i, item)
     return result
+
+
+# --- decoding the common `message` frame ----------------------------------------------------------
+# decode_message reads the usual shape of a `message` frame straight from its bytes: one JSON
+# object whose values are strings without escapes, or null. Anything else (an escape, a number,
+# a nested value, a duplicate key, bad UTF-8, a field message_fields would refuse) takes the
+# twin's way: orjson.loads, then message_fields. So both give the same result for every input.
+
+cdef enum:
+    _K_TYPE = 0
+    _K_ID = 1
+    _K_REF = 2
+    _K_META = 3
+    _K_TEXT = 4
+    _K_RECIPIENT = 5
+    _K_GROUP = 6
+    _K_SENDER = 7
+    _K_NAME = 8
+    _K_AVATAR = 9
+    _K_STAMP = 10
+    _K_COUNT = 11
+    _K_OTHER = -1
+
+
+cdef inline int _key_of(const unsigned char* k, Py_ssize_t n) noexcept nogil:
+    if n == 2:
+        return _K_ID if memcmp(k, b"id", 2) == 0 else _K_OTHER
+    if n == 3:
+        return _K_REF if memcmp(k, b"ref", 3) == 0 else _K_OTHER
+    if n == 4:
+        if memcmp(k, b"type", 4) == 0:
+            return _K_TYPE
+        if memcmp(k, b"text", 4) == 0:
+            return _K_TEXT
+        if memcmp(k, b"meta", 4) == 0:
+            return _K_META
+        return _K_OTHER
+    if n == 7:
+        return _K_GROUP if memcmp(k, b"groupId", 7) == 0 else _K_OTHER
+    if n == 8:
+        return _K_SENDER if memcmp(k, b"senderId", 8) == 0 else _K_OTHER
+    if n == 9:
+        return _K_STAMP if memcmp(k, b"timestamp", 9) == 0 else _K_OTHER
+    if n == 10:
+        return _K_NAME if memcmp(k, b"senderName", 10) == 0 else _K_OTHER
+    if n == 11:
+        return _K_RECIPIENT if memcmp(k, b"recipientId", 11) == 0 else _K_OTHER
+    if n == 12:
+        return _K_AVATAR if memcmp(k, b"senderAvatar", 12) == 0 else _K_OTHER
+    return _K_OTHER
+
+
+cdef inline Py_ssize_t _skip_space(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 10 or p[i] == 13):
+        i += 1
+    return i
+
+
+cdef inline Py_ssize_t _plain_string_end(
+    const unsigned char* p, Py_ssize_t i, Py_ssize_t n
+) noexcept nogil:
+    """`p[i]` opens a string: the index of its closing quote when it holds no escape and no
+    control character, else -1."""
+    cdef unsigned char c
+    cdef uint64_t w
+    i += 1
+    while i + 8 <= n:
+        memcpy(&w, p + i, 8)
+        if not _word_plain(w):
+            break
+        i += 8
+    while i < n:
+        c = p[i]
+        if c == 34:
+            return i
+        if c == 92 or c < 0x20:
+            return -1
+        i += 1
+    return -1
+
+
+cdef bint _scan_message(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t* starts, Py_ssize_t* lens
+) noexcept nogil:
+    """Scan one JSON object of plain strings and nulls: each known key's value span into
+    starts/lens (start -1: null; absent keys are left at -2). False for any other shape."""
+    cdef Py_ssize_t i = _skip_space(p, 0, n)
+    cdef Py_ssize_t key_end, value_end
+    cdef int key
+    cdef unsigned int seen = 0
+    if i >= n or p[i] != 123:  # {
+        return False
+    i = _skip_space(p, i + 1, n)
+    if i < n and p[i] == 125:  # {}
+        return False  # no type: not a message
+    while True:
+        if i >= n or p[i] != 34:
+            return False
+        key_end = _plain_string_end(p, i, n)
+        if key_end < 0:
+            return False
+        key = _key_of(p + i + 1, key_end - i - 1)
+        if key != _K_OTHER:
+            if seen & (1u << key):
+                return False  # a duplicate: orjson's rule decides
+            seen |= 1u << key
+        i = _skip_space(p, key_end + 1, n)
+        if i >= n or p[i] != 58:  # :
+            return False
+        i = _skip_space(p, i + 1, n)
+        if i >= n:
+            return False
+        if p[i] == 34:
+            value_end = _plain_string_end(p, i, n)
+            if value_end < 0:
+                return False
+            if key != _K_OTHER:
+                starts[key] = i + 1
+                lens[key] = value_end - i - 1
+            i = value_end + 1
+        elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+            if key != _K_OTHER:
+                starts[key] = -1
+            i += 4
+        else:
+            return False
+        i = _skip_space(p, i, n)
+        if i >= n:
+            return False
+        if p[i] == 44:  # ,
+            i = _skip_space(p, i + 1, n)
+            continue
+        if p[i] != 125:  # }
+            return False
+        return _skip_space(p, i + 1, n) == n
+
+
+cdef object _span_str(const unsigned char* p, Py_ssize_t start, Py_ssize_t length):
+    """The str of a scanned value (None for null or absent); raises UnicodeDecodeError."""
+    if start < 0:
+        return None
+    return PyUnicode_DecodeUTF8(<const char*>(p + start), length, NULL)
+
+
+def decode_message(payload, Py_ssize_t max_text_chars, type frame_cls):
+    """A client frame's bytes: a `frame_cls` (MessageFrame) of message_fields' fields when it is
+    a `message` frame message_fields accepts, else the decoded JSON value (orjson.loads; its
+    JSONDecodeError when not JSON)."""
+    cdef Py_ssize_t starts[_K_COUNT]
+    cdef Py_ssize_t lens[_K_COUNT]
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, i
+    cdef tuple fields
+    if type(payload) is not bytes:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    p = <const unsigned char*>PyBytes_AS_STRING(payload)
+    n = PyBytes_GET_SIZE(payload)
+    for i in range(_K_COUNT):
+        starts[i] = -2
+        lens[i] = 0
+    if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    try:
+        ident = _span_str(p, starts[_K_ID], lens[_K_ID])
+        ref = _span_str(p, starts[_K_REF], lens[_K_REF])
+        text = _span_str(p, starts[_K_TEXT], lens[_K_TEXT])
+        peer = _span_str(p, starts[_K_RECIPIENT], lens[_K_RECIPIENT])
+        group = _span_str(p, starts[_K_GROUP], lens[_K_GROUP])
+        sender = _span_str(p, starts[_K_SENDER], lens[_K_SENDER])
+        name = _span_str(p, starts[_K_NAME], lens[_K_NAME])
+        avatar = _span_str(p, starts[_K_AVATAR], lens[_K_AVATAR])
+        stamp = _span_str(p, starts[_K_STAMP], lens[_K_STAMP])
+    except UnicodeDecodeError:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    # message_fields' checks, on the same values
+    if ident is None or not 1 <= len(<str>ident) <= _MESSAGE_ID_MAX:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    if ref is None:
+        ref = ident
+    if text is None or not 0 < len(<str>text) <= max_text_chars:
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    if group is None:
+        if not _ident_ok(peer):
+            return _decode_by_dict(payload, max_text_chars, frame_cls)
+    elif peer is not None or not _ident_ok(group):
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    if sender is not None and not _ident_ok(sender):
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
+        return _decode_by_dict(payload, max_text_chars, frame_cls)
+    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+    return record(frame_cls, fields)
+
+
+cdef object _twin_decode = None
+
+
+cdef object _decode_by_dict(payload, Py_ssize_t max_text_chars, type frame_cls):
+    global _twin_decode
+    if _twin_decode is None:
+        from relay._fastpath_py import decode_message as by_dict
+
+        _twin_decode = by_dict
+    return _twin_decode(payload, max_text_chars, frame_cls)

@@ -441,6 +441,18 @@ def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None:
     return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
 
 
+def decode_message(payload: bytes | str, max_text_chars: int, frame_cls: type[T]) -> T | Any:
+    """A client frame's bytes: a `frame_cls` (MessageFrame) of message_fields' fields when it
+    is a `message` frame message_fields accepts, else the decoded JSON value (orjson.loads; its
+    JSONDecodeError when not JSON). The compiled module reads the usual shape without a dict."""
+    obj = orjson.loads(payload)
+    if obj.__class__ is dict and obj.get("type") == "message":
+        fields = message_fields(obj, max_text_chars)
+        if fields is not None:
+            return record(frame_cls, fields)
+    return obj
+
+
 # --- records --------------------------------------------------------------------------------------
 
 

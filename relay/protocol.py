@@ -38,7 +38,7 @@ from attrs import frozen
 
 from relay.config import RelayConfig
 from relay.errors import FrameError
-from relay.fastpath import message_fields, record
+from relay.fastpath import decode_message
 from relay.store.base import ConversationSummary, Group, StoredMessage
 
 MESSAGE_ID_MAX = 64
@@ -319,17 +319,18 @@ def _ref_of(obj: Mapping[str, Any]) -> str | None:
 def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
     """Validate one client text message; raises FrameError (see the module docstring)."""
     try:
-        obj = orjson.loads(payload)
+        # the common case, compiled: a MessageFrame of a message frame whose every field is
+        # right (fastpath.message_fields), read without a dict; else the decoded JSON
+        obj = decode_message(payload, limits.max_text_chars, MessageFrame)
     except orjson.JSONDecodeError as exc:
         raise FrameError("bad_json", f"not JSON: {exc}") from None
+    if obj.__class__ is MessageFrame:
+        return obj
     if obj.__class__ is not dict:
         raise FrameError("bad_frame", "a frame must be a JSON object")
     kind = obj.get("type")
     if kind == "message":
-        fields = message_fields(obj, limits.max_text_chars)  # the common case, compiled
-        if fields is not None:
-            # MessageFrame(*fields), in one allocation (fastpath.record)
-            return record(MessageFrame, fields)
+        # message_fields refused it: find out why, field by field
         ident = obj.get("id")
         ref = obj.get("ref")
         if ref.__class__ is not str:

@@ -679,3 +679,153 @@ def test_relay_pure_wins_over_a_built_extension(compiled: ModuleType) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "python"
     assert run_python(SHOW, tree).stdout.split()[0] == "cython"
+
+
+# --- decoding the common `message` frame ----------------------------------------------------------
+
+MESSAGE_KEYS = (
+    "type",
+    "id",
+    "ref",
+    "text",
+    "recipientId",
+    "groupId",
+    "senderId",
+    "senderName",
+    "senderAvatar",
+    "timestamp",
+    "meta",
+    "status",
+    "x",
+)
+# values as clients send them, and the ones the compiled reader must leave to orjson
+wire_value = st.one_of(
+    st.none(),
+    st.sampled_from(["message", "m1", "bob", "team", "", "pending", "2026-02-05T10:30:15Z"]),
+    json_text,
+    st.text(min_size=60, max_size=70),
+    st.text(min_size=125, max_size=131),
+    st.integers(-3, 3),
+    st.booleans(),
+    st.lists(st.integers(-5, 5), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(-5, 5), max_size=2),
+)
+
+
+@st.composite
+def message_payloads(draw: st.DrawFn) -> bytes:
+    """A message-like frame's bytes: keys in any order, sometimes twice, any whitespace,
+    escapes, and now and then a cut or a flipped byte."""
+    items: list[tuple[str, Any]] = [
+        ("type", draw(st.sampled_from(["message", "message", "receipt", None]))),
+        ("id", draw(st.sampled_from(["m1", "1707116400000.42"]) | json_text)),
+        ("text", draw(st.sampled_from(["hi", "Hello there!"]) | json_text)),
+    ]
+    to = draw(st.sampled_from(["recipientId", "groupId"]))
+    items.append((to, draw(st.sampled_from(["bob", "team"]) | json_text)))
+    items += draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["senderId", "senderName", "senderAvatar", "timestamp", "ref"]),
+                st.none() | json_text,
+            ),
+            max_size=4,
+        )
+    )
+    items += draw(st.lists(st.tuples(st.sampled_from(MESSAGE_KEYS), wire_value), max_size=3))
+    items = draw(st.permutations(items))
+    sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t"), (",", ": ")]))
+    pad = draw(st.sampled_from(["", " ", "\n", "\r\n\t "]))
+    body = sep[0].join(
+        orjson.dumps(k).decode() + sep[1] + orjson.dumps(v).decode() for k, v in items
+    )
+    data = (pad + "{" + pad + body + pad + "}" + pad).encode()
+    damage = draw(st.sampled_from(["none"] * 6 + ["cut", "flip", "tail"]))
+    if damage == "cut" and data:
+        data = data[: draw(st.integers(0, len(data) - 1))]
+    elif damage == "flip" and data:
+        at = draw(st.integers(0, len(data) - 1))
+        data = data[:at] + bytes((draw(st.integers(0, 255)),)) + data[at + 1 :]
+    elif damage == "tail":
+        data += draw(st.sampled_from([b"x", b"{}", b",", b"\x00", b" null"]))
+    return data
+
+
+def decoded(module: ModuleType, payload: Any, max_text: int) -> Any:
+    """What decode_message gives, with its class (a MessageFrame and a tuple are not equal
+    answers), or the type of what it raised."""
+    try:
+        result = module.decode_message(payload, max_text, protocol.MessageFrame)
+    except Exception as exc:
+        return type(exc)
+    return (type(result), result)
+
+
+@SETTINGS
+@given(payload=message_payloads(), max_text=st.sampled_from([4096, 5, 1, 0]))
+def test_decode_message_agrees(compiled: ModuleType, payload: bytes, max_text: int) -> None:
+    assert decoded(compiled, payload, max_text) == decoded(pure, payload, max_text)
+
+
+@SETTINGS
+@given(payload=st.binary(max_size=60) | st.text(max_size=30))
+def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes | str) -> None:
+    assert decoded(compiled, payload, 4096) == decoded(pure, payload, 4096)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi"}',
+        b' { "type" : "message" , "id" : "m1" , "recipientId" : "bob" , "text" : "hi" } ',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","groupId":null,"meta":null}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","id":"m2"}',  # duplicate
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"h\\u00e9"}',  # escape
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"caf\xc3\xa9 \xf0\x9f\x98\x80"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"bad \xed\xa0\x80"}',  # surrogate
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"\x01"}',  # control character
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","n":1}',
+        b'{"type":"message","id":"","recipientId":"bob","text":"hi"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","groupId":"g","text":"hi"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi"} x',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi",}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi"',
+        b'{"type":"receipt","seq":3,"peerId":"bob","status":"read"}',
+        b"{}",
+        b"[]",
+        b"",
+    ],
+)
+def test_decode_message_edges_agree(compiled: ModuleType, payload: bytes) -> None:
+    assert decoded(compiled, payload, 4096) == decoded(pure, payload, 4096)
+
+
+def test_decode_message_reads_the_contract_example(compiled: ModuleType) -> None:
+    payload = orjson.dumps(
+        {
+            "type": "message",
+            "id": "1707116400000",
+            "senderId": "user_123",
+            "senderName": "John Doe",
+            "senderAvatar": "JD",
+            "recipientId": "user_456",
+            "text": "Hello there!",
+            "timestamp": "2026-02-05T10:30:15Z",
+            "status": "pending",
+        }
+    )
+    frame = compiled.decode_message(payload, 4096, protocol.MessageFrame)
+    assert type(frame) is protocol.MessageFrame
+    assert frame == protocol.MessageFrame(
+        "1707116400000",
+        "Hello there!",
+        "user_123",
+        "user_456",
+        None,
+        "John Doe",
+        "JD",
+        "2026-02-05T10:30:15Z",
+        None,
+        "1707116400000",
+    )
