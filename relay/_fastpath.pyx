@@ -22,6 +22,9 @@ from libc.string cimport memcmp, memcpy, memmove
 cdef extern from "Python.h":
     # declared here without an exception spec: the caller checks PyErr_Occurred itself
     long long PyLong_AsLongLongAndOverflow(object value, int* overflow)
+    int PyObject_IS_GC(object obj)
+    int PyObject_GC_IsTracked(object obj)
+    void PyObject_GC_UnTrack(void* obj)
 
 OP_CONT = 0
 OP_TEXT = 1
@@ -908,6 +911,30 @@ def message_fields(obj, Py_ssize_t max_text_chars):
     if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
         return None
     return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+
+
+# --- the collector's view ----------------------------------------------------------------------------
+
+
+def untracked(obj):
+    """`obj`, out of the cyclic garbage collector's sight when that cannot hide a cycle: a
+    list (whatever it will hold: a reference from an untracked container keeps its target
+    alive, it never frees it), or a tuple none of whose items the collector tracks (what the
+    collector itself would do to it later). Anything else is returned as it is. Values are
+    untouched; only the cost of full collections changes (the twin does nothing)."""
+    cdef Py_ssize_t i
+    if type(obj) is list:
+        if PyObject_GC_IsTracked(obj):
+            PyObject_GC_UnTrack(<void*>obj)
+    elif type(obj) is tuple:
+        if not PyObject_GC_IsTracked(obj):
+            return obj
+        for i in range(PyTuple_GET_SIZE(obj)):
+            item = <object>PyTuple_GET_ITEM(obj, i)
+            if PyObject_IS_GC(item) and PyObject_GC_IsTracked(item):
+                return obj
+        PyObject_GC_UnTrack(<void*>obj)
+    return obj
 
 
 # --- records ---------------------------------------------------------------------------------------

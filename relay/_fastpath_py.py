@@ -453,6 +453,15 @@ def decode_message(payload: bytes | str, max_text_chars: int, frame_cls: type[T]
     return obj
 
 
+# --- the collector's view ---------------------------------------------------------------------
+
+
+def untracked(obj: T) -> T:
+    """`obj`, unchanged: the compiled module takes lists and tuples of atomic values out of the
+    cyclic collector's sight (only the cost of full collections changes); Python cannot."""
+    return obj
+
+
 # --- records --------------------------------------------------------------------------------------
 
 

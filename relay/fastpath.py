@@ -34,6 +34,7 @@ __all__ = [
     "message_fields",
     "parse_close",
     "record",
+    "untracked",
 ]
 
 IMPLEMENTATION: Literal["cython", "python"]
@@ -78,6 +79,7 @@ if TYPE_CHECKING:
         message_fields,
         parse_close,
         record,
+        untracked,
     )
 else:
     _implementation, IMPLEMENTATION = _choose()

@@ -829,3 +829,31 @@ def test_decode_message_reads_the_contract_example(compiled: ModuleType) -> None
         None,
         "1707116400000",
     )
+
+
+# --- the collector's view -------------------------------------------------------------------------
+
+
+def test_untracked_changes_no_value_and_hides_only_what_cannot_hide_a_cycle(
+    compiled: ModuleType,
+) -> None:
+    import gc
+
+    for module in (compiled, pure):
+        items = module.untracked([])
+        items.append(("a", 1))
+        assert items == [("a", 1)]
+        row = module.untracked(("conv", 1, "id", None, 2.5))
+        assert row == ("conv", 1, "id", None, 2.5)
+        holder = module.untracked(("x", []))  # holds a tracked list: must stay tracked
+        assert gc.is_tracked(holder)
+        named = module.untracked(StoredMessage("c", 1, "i", "a", "t", "s"))
+        assert gc.is_tracked(named) and named.seq == 1  # not an exact tuple: left as it is
+    if not PURE_RUN:
+        assert not gc.is_tracked(compiled.untracked([]))
+        assert not gc.is_tracked(compiled.untracked(("conv", 1, "id", None)))
+        # a list out of sight still keeps what it holds alive through full collections
+        keep = compiled.untracked([])
+        keep.append({"k": ["v"]})
+        gc.collect()
+        assert keep == [{"k": ["v"]}]

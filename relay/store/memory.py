@@ -12,9 +12,12 @@ Invariants:
   undelivered backlog across conversations (a list beside `_messages[c]`, same length).
 - Watermarks and device cursors never exceed the conversation's last seq and never decrease.
 - Stored messages are kept as exact tuples in StoredMessage's field order (rows), handed out as
-  StoredMessage: the garbage collector stops tracking an exact tuple of strings, ints and None,
-  so a store of millions of messages adds nothing to each full collection (a NamedTuple
-  instance stays tracked, and every full collection would walk all of them).
+  StoredMessage: the garbage collector does not track an exact tuple of strings, ints and None
+  (a NamedTuple instance stays tracked, and every full collection would walk all of them).
+- The per-conversation lists and the rows are out of the collector's sight from the start
+  (fastpath.untracked, compiled build): they hold only JSON-shaped values, so no cycle runs
+  through them, and a store of millions of messages adds nothing to a full collection (a
+  tracked list is walked whole by every one; so is a dict while it holds a tracked row).
 - `_joined[(g, u)]` is the seq of group conversation g when u last joined it (absent: 0, as for
   every 1:1 participant); u's watermarks speak only for the seqs above it.
 """
@@ -28,7 +31,7 @@ from typing import Any
 from attrs import define, field
 
 from relay.errors import Conflict, NotFound
-from relay.fastpath import record
+from relay.fastpath import record, untracked
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -106,13 +109,13 @@ class MemoryStore:
             conversation = message.conversation
             log = logs.get(conversation)
             if log is None:
-                log = logs[conversation] = []
-                orders[conversation] = []
+                log = logs[conversation] = untracked([])
+                orders[conversation] = untracked([])
             seq = len(log) + 1
             if message.meta is None:
                 # StoredMessage's fields are NewMessage's with `seq` second: the row, and the
                 # StoredMessage made of it in one allocation (fastpath.record)
-                row: _Row = (conversation, seq, *message[1:])
+                row: _Row = untracked((conversation, seq, *message[1:]))
                 stored = record(StoredMessage, row)
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
