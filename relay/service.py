@@ -770,6 +770,9 @@ class MessagingService:
             ):
                 return True
             message = queue.popleft()
+            if session.held and not self._queue_held_before(conn, session, message):
+                queue.clear()
+                return False
             if not self._queue_message(conn, session, message, encode_delivery(message)):
                 queue.clear()
                 return False
@@ -813,6 +816,25 @@ class MessagingService:
         flushed = self._flushed.get(key)
         persisting = self._persisting.get(key)
         return max(flushed[0] if flushed else 0, persisting[0] if persisting else 0)
+
+    def _queue_held_before(
+        self, conn: Connection, session: Session, message: StoredMessage
+    ) -> bool:
+        """Queue the held own messages of `message`'s conversation that precede it: a device
+        gets its conversation in seq order, so they go before (queued after it, they would be
+        below `sent_upto` and lost). False when the connection was closed."""
+        conversation = message.conversation
+        seq = message.seq
+        keep: list[tuple[StoredMessage, bytes]] = []
+        ok = True
+        for item in session.held:
+            held = item[0]
+            if ok and held.conversation == conversation and held.seq < seq:
+                ok = self._queue_message(conn, session, held, item[1])
+            else:
+                keep.append(item)
+        session.held = keep
+        return ok
 
     def _finish_backlog(self, conn: Connection, session: Session) -> None:
         session.backlog_active = False

@@ -641,6 +641,57 @@ async def test_live_messages_during_a_backlog_keep_seq_order() -> None:
     assert seen == [1, 2, 3, 4]
 
 
+class SlowBacklogStore(CountingStore):
+    """A store whose next `undelivered` waits until `gate` is set (a slow backlog read)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: trio.Event | None = None
+        self.reading = trio.Event()
+
+    async def undelivered(self, user_id: str, device_id: str, *, limit: int = 1000) -> Any:
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            self.reading.set()
+            await gate.wait()
+        return await super().undelivered(user_id, device_id, limit=limit)
+
+
+@pytest.mark.parametrize("acks", [False, True])
+async def test_own_messages_sent_during_another_devices_backlog_reach_it_in_seq_order(
+    acks: bool,
+) -> None:
+    # bob's second device connects while its backlog read is slow; meanwhile bob writes from
+    # his first device and alice answers. The second device must see all of it, in seq order:
+    # bob's own message is held during the backlog, alice's comes with the backlog's next read.
+    h = Harness()
+    store = SlowBacklogStore()
+    h.store = store
+    h.svc = MessagingService(h.config, store, clock=lambda: h.now, wall=lambda: h.wall)
+    alice = await h.connect("alice")
+    bob = await h.connect("bob", deviceId="b1")
+    store.gate = gate = trio.Event()
+    bob2 = h.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(
+            h.send, bob2, {"type": "auth", "userId": "bob", "deviceId": "b2", "acks": acks}
+        )
+        await store.reading.wait()  # bob2's backlog read has started
+        await h.send(bob, msg("own", "alice"))  # seq 1: bob's own, held for bob2
+        await h.send(alice, msg("reply", "bob"))  # seq 2: skipped live, read by the backlog
+        gate.set()
+    seen = [(m["id"], m["seq"]) for m in of_type(h.frames(bob2), "message")]
+    for _ in range(3):  # the backlog goes on as bob2 flushes (and acknowledges)
+        if acks and seen:
+            await h.send(
+                bob2,
+                {"type": "receipt", "peerId": "alice", "seq": seen[-1][1], "status": "delivered"},
+            )
+        await h.settle()
+        seen += [(m["id"], m["seq"]) for m in of_type(h.frames(bob2), "message")]
+    assert seen == [("own", 1), ("reply", 2)]
+
+
 @pytest.mark.parametrize("acks", [False, True])
 async def test_a_backlog_larger_than_the_outbox_reaches_a_reading_device(acks: bool) -> None:
     h = Harness(outbox_max_bytes=16 * 1024, rate_limit_burst=1000)
