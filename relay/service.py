@@ -454,13 +454,19 @@ class MessagingService:
             return
         if conn.outbox.pending_frames:
             return  # frames queued after this flush began: their marks wait for the next one
-        if session.pending_marks:
-            for conversation, (seq, group_id) in session.pending_marks.items():
-                key = (conversation, session.user_id, session.store_device)
-                known = self._flushed.get(key)
-                if known is None or known[0] < seq:
-                    self._flushed[key] = (seq, group_id)
-            session.pending_marks.clear()
+        marks = session.pending_marks
+        if marks:
+            flushed = self._flushed
+            user = session.user_id
+            device = session.store_device
+            for conversation, mark in marks.items():  # mark: (seq, group id)
+                key = (conversation, user, device)
+                known = flushed.get(key)
+                if known is None or known[0] < mark[0]:
+                    flushed[key] = mark
+            marks.clear()
+        if not session.backlog_active:
+            return  # the backlog's queue and its waiting exist only while it runs
         if session.backlog_queue:
             fed = self._feed_backlog(conn, session) and not session.backlog_queue
             if fed and self._batch_verdict(conn, session) == "again":
