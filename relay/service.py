@@ -121,7 +121,7 @@ from relay.protocol import (
 )
 from relay.ratelimit import RateLimiter
 from relay.router import Router
-from relay.session import Connection, Phase, Session
+from relay.session import ANONYMOUS_DEVICE, Connection, Phase, Session
 from relay.store.base import (
     Appended,
     Group,
@@ -140,7 +140,7 @@ CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN_LATER = 1013
 _ACTIVE = Phase.ACTIVE
 _CLOSING = Phase.CLOSING
-#: bound of the remembered 1:1 conversation keys (cleared when reached)
+#: bound of the remembered 1:1 conversation keys and registered devices (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
 
 
@@ -327,6 +327,7 @@ class MessagingService:
     _maintaining: bool
     _manage_store: bool
     _direct_keys: dict[tuple[str, str], str]
+    _registered: set[tuple[str, str]]  # devices this process registered in the store
     _iso_ms: int  # the wall-clock millisecond `_iso` was formatted for
     _iso: str
     # the store's append without waiting, when it has one (Store.append_now): on_messages_nowait
@@ -362,6 +363,7 @@ class MessagingService:
         self._awaiting = {}
         self._sequencer = _Sequencer(self._release)
         self._direct_keys = {}
+        self._registered = set()
         self._iso_ms = -1
         self._iso = ""
         self._flushed = {}
@@ -698,6 +700,19 @@ class MessagingService:
                 raise
             if not self.presence.has_contacts(user):
                 self.presence.set_contacts(user, contacts)
+        # The device is owed what is accepted from now on, even what its user's other devices
+        # have delivered before it comes back (registered before it can miss anything).
+        device = (user, frame.device_id if frame.device_id is not None else ANONYMOUS_DEVICE)
+        if device not in self._registered:
+            try:
+                await self.store.register_device(*device)
+            except Exception:
+                if not session.closing:
+                    session.phase = Phase.AWAITING_AUTH  # the client may try again
+                raise
+            if len(self._registered) >= DIRECT_KEYS_MAX:
+                self._registered.clear()
+            self._registered.add(device)
         if session.closing:
             return
         self._awaiting.pop(conn.id, None)

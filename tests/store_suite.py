@@ -234,6 +234,30 @@ class StoreSuite:
         assert await store.undelivered("b", "brand-new") == []
         assert seqs(await store.undelivered("b", "old")) == [3, 4]
 
+    async def test_a_registered_device_is_owed_what_came_after_it_registered(
+        self, store: Store
+    ) -> None:
+        await put(store, msg("a", "b"), msg("a", "b"))  # 1, 2: before the watch registered
+        await store.register_device("b", "watch")
+        await store.register_device("b", "phone")
+        await put(store, msg("a", "b"), msg("a", "b"))  # 3, 4: after
+        await store.register_device("b", "watch")  # again: the first registration counts
+        # the phone had everything delivered; the watch never had any of it
+        await store.mark_delivered(AB, "b", "phone", 4)
+        assert seqs(await store.undelivered("b", "phone")) == []
+        # the watch is owed what came after it registered, not what came before and was
+        # delivered to another device (a new device does not get the whole history)
+        assert seqs(await store.undelivered("b", "watch")) == [3, 4]
+        assert seqs(await store.undelivered("b", "never-registered")) == []
+        # its first cursor starts there too: marking 3 leaves 4 owed
+        await store.mark_delivered(AB, "b", "watch", 3)
+        assert seqs(await store.undelivered("b", "watch")) == [4]
+        # a conversation that starts after it registered is owed whole
+        await put(store, msg("c", "b"))
+        await store.mark_delivered(direct_conversation("b", "c"), "b", "phone", 1)
+        assert seqs(await store.undelivered("b", "watch")) == [4, 1]
+        assert await store.watermarks(AB, "b") == Watermarks(4, 0)
+
     # --- watermarks -----------------------------------------------------------------------------
     async def test_watermarks_move_forward_only(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))

@@ -42,7 +42,9 @@ def conversations_of(rng: random.Random) -> str:
 async def step(rng: random.Random, stores: list[Store], members: dict[str, set[str]]) -> str:
     """Do one random operation on every store; returns a description of it if they disagreed."""
     kind = rng.choice(
-        ["append"] * 5 + ["delivered", "read", "group", "members", "seen"] + ["query"] * 4
+        ["append"] * 5
+        + ["delivered", "read", "group", "members", "seen", "device"]
+        + ["query"] * 4
     )
     if kind == "append":
         batch = []
@@ -74,6 +76,8 @@ async def step(rng: random.Random, stores: list[Store], members: dict[str, set[s
         op = ("set_group_members", (gid, people), {})
         if gid in members:
             members[gid] = set(people)
+    elif kind == "device":
+        op = ("register_device", (rng.choice(USERS), rng.choice(DEVICES)), {})
     elif kind == "seen":
         op = ("set_last_seen", (rng.choice(USERS), f"2026-02-05T10:{rng.randrange(60):02d}:00.000Z"), {})
     else:

@@ -197,8 +197,16 @@ class Store(Protocol):
         (in acceptance order across conversations).
 
         A device is identified by (user_id, device_id); device_id "" is the user's anonymous device.
-        A device with no cursor yet in a conversation starts at the user's delivered watermark there.
+        A device with no cursor yet in a conversation starts at the user's delivered watermark
+        there, and is owed besides every message accepted after it registered
+        (`register_device`), whatever the user's other devices had delivered.
         """
+
+    async def register_device(self, user_id: str, device_id: str) -> None:
+        """The device connected: from now on it is owed every message accepted for `user_id`
+        until it has them delivered itself (see `undelivered`). Idempotent: the first call
+        counts. What was accepted before it is owed only as far as the user has not had it
+        delivered on any device (a new device does not get the whole history)."""
 
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str

@@ -10,6 +10,8 @@ Invariants:
 - `_by_sender[sender_id][id]` is the stored message for every stored message.
 - `_order[c][seq - 1]` is a process-wide counter increasing with acceptance: it orders the
   undelivered backlog across conversations (a list beside `_messages[c]`, same length).
+  `_devices[(u, d)]` took a value of the same counter when the device registered: the messages
+  accepted after it are those with a greater order.
 - Watermarks and device cursors never exceed the conversation's last seq and never decrease.
 - Stored messages are kept as exact tuples in StoredMessage's field order (rows), handed out as
   StoredMessage: the garbage collector does not track an exact tuple of strings, ints and None
@@ -24,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import count
 from typing import Any
@@ -78,6 +81,8 @@ class MemoryStore:
     # (group conversation, user) -> the group's last seq when the user joined
     _joined: dict[tuple[str, str], int] = field(factory=dict, init=False)
     _last_seen: dict[str, str] = field(factory=dict, init=False)
+    # (user, device) -> the acceptance counter's value when the device registered
+    _devices: dict[tuple[str, str], int] = field(factory=dict, init=False)
 
     async def open(self) -> None:
         pass
@@ -162,12 +167,27 @@ class MemoryStore:
         for conversation in self._conversations_of(user_id):
             start = self._cursors.get((conversation, user_id), {}).get(device_id)
             if start is None:
-                start = self._marks_of(conversation, user_id).delivered_seq
+                start = self._device_start(conversation, user_id, device_id)
             found.extend(
                 r for r in self._messages.get(conversation, [])[start:] if r[_SENDER] != user_id
             )
         found.sort(key=lambda r: self._order[r[0]][r[_SEQ] - 1])
         return [_message(row) for row in found[: max(limit, 0)]]
+
+    def _device_start(self, conversation: str, user_id: str, device_id: str) -> int:
+        """Where a device with no cursor in `conversation` stands: the user's delivered
+        watermark, or the seq before the first message accepted after the device registered
+        when that is lower."""
+        start = self._marks_of(conversation, user_id).delivered_seq
+        since = self._devices.get((user_id, device_id))
+        if since is not None:
+            start = min(start, bisect_right(self._order.get(conversation, ()), since))
+        return start
+
+    async def register_device(self, user_id: str, device_id: str) -> None:
+        key = (user_id, device_id)
+        if key not in self._devices:
+            self._devices[key] = next(self._counter)  # later messages count above it
 
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
@@ -205,7 +225,10 @@ class MemoryStore:
         before = self._marks_of(conversation, user_id)
         seq = min(seq, len(self._messages.get(conversation, [])))
         devices = self._cursors.setdefault((conversation, user_id), {})
-        devices[device_id] = max(devices.get(device_id, before.delivered_seq), seq)
+        cursor = devices.get(device_id)
+        if cursor is None:
+            cursor = self._device_start(conversation, user_id, device_id)
+        devices[device_id] = max(cursor, seq)
         self._set_marks(conversation, user_id, max(before.delivered_seq, seq), before.read_seq)
         return before
 

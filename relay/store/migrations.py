@@ -25,6 +25,10 @@ batch of appends dirties a few index pages rather than one or more per sender.
 Version 3: `participants.joined_seq`, the group's last seq when the member joined (0 for 1:1
 participants, and for members who joined before version 3): a member's watermarks speak only for
 the messages after it (see Store.coverage).
+
+Version 4: `devices`, one row per device that connected: `since_pos`, the greatest message `pos`
+when it first did. In a conversation where it has no cursor yet, a device is owed the messages
+above the user's watermark and those with a `pos` above its `since_pos` (Store.undelivered).
 """
 
 from __future__ import annotations
@@ -107,6 +111,15 @@ MIGRATIONS: tuple[str, ...] = (
     # 3: a participant's join point (see the module docstring)
     """
     ALTER TABLE participants ADD COLUMN joined_seq INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 4: registered devices (see the module docstring)
+    """
+    CREATE TABLE devices (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        since_pos INTEGER NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) WITHOUT ROWID;
     """,
 )
 

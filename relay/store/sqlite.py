@@ -380,6 +380,19 @@ def _append_fused(
     return answers, {c: t.last_seq for c, t in tips.items()}
 
 
+def _device_start(
+    conn: sqlite3.Connection, conversation: str, user_id: str, device_id: str, marks: Watermarks
+) -> int:
+    """Where a device with no cursor in `conversation` stands: the user's delivered watermark,
+    or the seq before the first message accepted after the device registered when lower."""
+    (first_after,) = conn.execute(
+        "SELECT MIN(seq) - 1 FROM messages WHERE conversation = ? AND pos > "
+        "(SELECT since_pos FROM devices WHERE user_id = ? AND device_id = ?)",
+        (conversation, user_id, device_id),
+    ).fetchone()
+    return marks.delivered_seq if first_after is None else min(marks.delivered_seq, first_after)
+
+
 def _mark_delivered(
     conn: sqlite3.Connection, conversation: str, user_id: str, device_id: str, seq: int
 ) -> Watermarks:
@@ -389,7 +402,8 @@ def _mark_delivered(
         "SELECT seq FROM device_cursors WHERE conversation = ? AND user_id = ? AND device_id = ?",
         (conversation, user_id, device_id),
     ).fetchone()
-    cursor = max(row[0] if row else before.delivered_seq, seq)
+    start = row[0] if row else _device_start(conn, conversation, user_id, device_id, before)
+    cursor = max(start, seq)
     if row is None or cursor != row[0]:
         conn.execute(
             "INSERT INTO device_cursors (conversation, user_id, device_id, seq) VALUES (?, ?, ?, ?) "
@@ -475,6 +489,15 @@ def _set_group_members(conn: sqlite3.Connection, group_id: str, members: Sequenc
     return new
 
 
+def _register_device(conn: sqlite3.Connection, user_id: str, device_id: str) -> None:
+    # In the writer's transaction: every message appended after this has a greater pos.
+    conn.execute(
+        "INSERT OR IGNORE INTO devices (user_id, device_id, since_pos) "
+        "SELECT ?, ?, COALESCE(MAX(pos), 0) FROM messages",
+        (user_id, device_id),
+    )
+
+
 def _set_last_seen(conn: sqlite3.Connection, user_id: str, timestamp: str) -> None:
     conn.execute(
         "INSERT INTO last_seen (user_id, timestamp) VALUES (?, ?) "
@@ -529,15 +552,29 @@ def _history(
     return [_message(r) for r in reversed(rows[:limit])], len(rows) > limit
 
 
+_NO_SEQ: Final = 1 << 62  # above any seq
+
+
+# Where a device's backlog starts in each of its user's conversations: its cursor; without one,
+# the user's delivered watermark, or lower when messages came after the device registered
+# (the seq before the first of them).
 _UNDELIVERED: Final = f"""
     SELECT {", ".join("m." + c.strip() for c in _COLUMNS.split(","))}
     FROM participants AS p
     JOIN messages AS m ON m.conversation = p.conversation AND m.seq > COALESCE(
         (SELECT d.seq FROM device_cursors AS d
          WHERE d.conversation = p.conversation AND d.user_id = ?1 AND d.device_id = ?2),
-        (SELECT w.delivered_seq FROM watermarks AS w
-         WHERE w.conversation = p.conversation AND w.user_id = ?1),
-        0)
+        MIN(
+            COALESCE(
+                (SELECT w.delivered_seq FROM watermarks AS w
+                 WHERE w.conversation = p.conversation AND w.user_id = ?1),
+                0),
+            COALESCE(
+                (SELECT MIN(a.seq) - 1 FROM messages AS a
+                 WHERE a.conversation = p.conversation AND a.pos > (
+                     SELECT v.since_pos FROM devices AS v
+                     WHERE v.user_id = ?1 AND v.device_id = ?2)),
+                {_NO_SEQ})))
     WHERE p.user_id = ?1 AND m.sender_id != ?1
     ORDER BY m.pos
     LIMIT ?3
@@ -1254,6 +1291,9 @@ class SqliteStore:
         self, user_id: str, device_id: str, *, limit: int = 1000
     ) -> list[StoredMessage]:
         return await self._read(_undelivered, user_id, device_id, limit)
+
+    async def register_device(self, user_id: str, device_id: str) -> None:
+        await self._write(lambda conn: _register_device(conn, user_id, device_id))
 
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
