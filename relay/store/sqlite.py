@@ -45,6 +45,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain
 from typing import Any, Final, TypeVar, cast
 
 import orjson
@@ -252,7 +253,7 @@ def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
     start, total = 0, len(rows)
     while start < total:
         size = min(_CHUNK, 1 << ((total - start).bit_length() - 1))
-        yield size, [value for row in rows[start : start + size] for value in row]
+        yield size, list(chain.from_iterable(rows[start : start + size]))
         start += size
 
 
@@ -312,37 +313,39 @@ def _append_fused(
                     tip = _Tip(last, True, m.group_id)
                 tips[conversation] = tip
                 if not tip.exists and m.group_id is None:
-                    recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
-                    peers.append((m.sender_id, conversation, recipient))
-                    peers.append((recipient, conversation, m.sender_id))
+                    peer = m.recipient_id if m.recipient_id is not None else m.sender_id
+                    peers.append((m.sender_id, conversation, peer))
+                    peers.append((peer, conversation, m.sender_id))
             pos += 1
             seq = tip.last_seq = tip.last_seq + 1
             tip.last_pos = pos
-            timestamp = tip.updated_at = m.server_timestamp
-            row: list[Any] = [pos, conversation, seq, m.id, m.sender_id, m.text, timestamp]
+            # NewMessage's fields, unpacked at once (a NamedTuple's attributes cost a lookup each)
+            (_, ident, sender, text, timestamp, recipient, group, name, avatar, stamp, meta) = m
+            tip.updated_at = timestamp
+            row: list[Any] = [pos, conversation, seq, ident, sender, text, timestamp]
             present = 0
-            if m.recipient_id is not None:
+            if recipient is not None:
                 present = 1
-                row.append(m.recipient_id)
-            if m.group_id is not None:
+                row.append(recipient)
+            if group is not None:
                 present |= 2
-                row.append(m.group_id)
-            if m.sender_name is not None:
+                row.append(group)
+            if name is not None:
                 present |= 4
-                row.append(m.sender_name)
-            if m.sender_avatar is not None:
+                row.append(name)
+            if avatar is not None:
                 present |= 8
-                row.append(m.sender_avatar)
-            if m.client_timestamp is not None:
+                row.append(avatar)
+            if stamp is not None:
                 present |= 16
-                row.append(m.client_timestamp)
-            if m.meta is None:
+                row.append(stamp)
+            if meta is None:
                 # StoredMessage's fields are NewMessage's with `seq` second: made of them in
                 # one allocation (fastpath.record)
                 stored = record(StoredMessage, (conversation, seq, *m[1:]))
             else:
                 present |= 32
-                row.append(orjson.dumps(m.meta).decode())
+                row.append(orjson.dumps(meta).decode())
                 stored = m.stored(seq)  # its own copy of `meta`
             same = rows.get(present)
             if same is None:
