@@ -516,26 +516,22 @@ field_value = st.one_of(
     st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=2), st.integers(), max_size=2),
 )
+# the fields a `message` frame may carry besides its type
+MESSAGE_FIELDS = (
+    "id",
+    "ref",
+    "text",
+    "recipientId",
+    "groupId",
+    "senderId",
+    "senderName",
+    "senderAvatar",
+    "timestamp",
+    "meta",
+)
 message_objects = st.one_of(
     st.lists(st.integers(), max_size=2),
-    st.fixed_dictionaries(
-        {},
-        optional={
-            key: field_value
-            for key in (
-                "id",
-                "ref",
-                "text",
-                "recipientId",
-                "groupId",
-                "senderId",
-                "senderName",
-                "senderAvatar",
-                "timestamp",
-                "meta",
-            )
-        },
-    ),
+    st.fixed_dictionaries({}, optional=dict.fromkeys(MESSAGE_FIELDS, field_value)),
 )
 
 
@@ -683,21 +679,7 @@ def test_relay_pure_wins_over_a_built_extension(compiled: ModuleType) -> None:
 
 # --- decoding the common `message` frame ----------------------------------------------------------
 
-MESSAGE_KEYS = (
-    "type",
-    "id",
-    "ref",
-    "text",
-    "recipientId",
-    "groupId",
-    "senderId",
-    "senderName",
-    "senderAvatar",
-    "timestamp",
-    "meta",
-    "status",
-    "x",
-)
+MESSAGE_KEYS = ("type", *MESSAGE_FIELDS, "status", "x")  # and one the relay ignores
 # values as clients send them, and the ones the compiled reader must leave to orjson
 wire_value = st.one_of(
     st.none(),
