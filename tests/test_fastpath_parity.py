@@ -541,31 +541,38 @@ def test_message_fields_agree(compiled: ModuleType, obj: object, max_text: int) 
     assert compiled.message_fields(obj, max_text) == pure.message_fields(obj, max_text)
 
 
+# The contract's example message frame, and the MessageFrame fields it reads as
+CONTRACT_EXAMPLE = {
+    "type": "message",
+    "id": "1707116400000",
+    "senderId": "user_123",
+    "senderName": "John Doe",
+    "senderAvatar": "JD",
+    "recipientId": "user_456",
+    "text": "Hello there!",
+    "timestamp": "2026-02-05T10:30:15Z",
+    "status": "pending",
+}
+CONTRACT_FIELDS = (
+    "1707116400000",
+    "Hello there!",
+    "user_123",
+    "user_456",
+    None,
+    "John Doe",
+    "JD",
+    "2026-02-05T10:30:15Z",
+    None,
+    "1707116400000",
+)
+
+
 def test_message_fields_accept_the_contract_example(compiled: ModuleType) -> None:
-    example = {
-        "type": "message",
-        "id": "1707116400000",
-        "senderId": "user_123",
-        "senderName": "John Doe",
-        "senderAvatar": "JD",
-        "recipientId": "user_456",
-        "text": "Hello there!",
-        "timestamp": "2026-02-05T10:30:15Z",
-        "status": "pending",
-    }
-    expected = (
-        "1707116400000",
-        "Hello there!",
-        "user_123",
-        "user_456",
-        None,
-        "John Doe",
-        "JD",
-        "2026-02-05T10:30:15Z",
-        None,
-        "1707116400000",
+    assert (
+        compiled.message_fields(CONTRACT_EXAMPLE, 4096)
+        == pure.message_fields(CONTRACT_EXAMPLE, 4096)
+        == CONTRACT_FIELDS
     )
-    assert compiled.message_fields(example, 4096) == pure.message_fields(example, 4096) == expected
 
 
 def test_message_field_limits_are_the_protocols() -> None:
@@ -784,33 +791,9 @@ def test_decode_message_edges_agree(compiled: ModuleType, payload: bytes) -> Non
 
 
 def test_decode_message_reads_the_contract_example(compiled: ModuleType) -> None:
-    payload = orjson.dumps(
-        {
-            "type": "message",
-            "id": "1707116400000",
-            "senderId": "user_123",
-            "senderName": "John Doe",
-            "senderAvatar": "JD",
-            "recipientId": "user_456",
-            "text": "Hello there!",
-            "timestamp": "2026-02-05T10:30:15Z",
-            "status": "pending",
-        }
-    )
-    frame = compiled.decode_message(payload, 4096, protocol.MessageFrame)
+    frame = compiled.decode_message(orjson.dumps(CONTRACT_EXAMPLE), 4096, protocol.MessageFrame)
     assert type(frame) is protocol.MessageFrame
-    assert frame == protocol.MessageFrame(
-        "1707116400000",
-        "Hello there!",
-        "user_123",
-        "user_456",
-        None,
-        "John Doe",
-        "JD",
-        "2026-02-05T10:30:15Z",
-        None,
-        "1707116400000",
-    )
+    assert frame == protocol.MessageFrame(*CONTRACT_FIELDS)
 
 
 # --- the collector's view -------------------------------------------------------------------------
