@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    wanted = {s.strip() for s in args.servers.split(",") if s.strip()}
+    requested = {s.strip() for s in args.servers.split(",") if s.strip()}
+    wanted = set(requested)
     known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS, scenarios.NULL_SERVER}
     unknown = sorted(set(names) - set(scenarios.ALL_SCENARIOS)) + sorted(wanted - known_servers)
     if unknown or not names or args.repeat < 1:
@@ -242,11 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     runs = scenarios.plan(names, sizes)
+    floor_only: set[str] = set()  # servers run only as the rate scenario's floor
     if not args.no_floor:
         # the null server's open-loop latency is the floor any server meets on this machine
         in_rate = {s for r in runs if r.scenario == "rate" for s in r.servers}
-        wanted |= {scenarios.NULL_SERVER} & in_rate
-    floor_only = wanted - {s.strip() for s in args.servers.split(",") if s.strip()}
+        floor_only = ({scenarios.NULL_SERVER} & in_rate) - requested
+        wanted |= floor_only
     ensure_loadgen()
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
