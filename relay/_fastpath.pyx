@@ -12,6 +12,7 @@ from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF
+from cpython.list cimport PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
 from cpython.type cimport PyType_GenericAlloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
@@ -25,6 +26,9 @@ cdef extern from "Python.h":
     int PyObject_IS_GC(object obj)
     int PyObject_GC_IsTracked(object obj)
     void PyObject_GC_UnTrack(void* obj)
+    bint PyUnicode_IS_COMPACT_ASCII(object op)
+    Py_ssize_t PyUnicode_GET_LENGTH(object op)
+    void* PyUnicode_DATA(object op)
 
 OP_CONT = 0
 OP_TEXT = 1
@@ -1101,6 +1105,33 @@ cdef object _span_str(const unsigned char* p, Py_ssize_t start, Py_ssize_t lengt
     return PyUnicode_DecodeUTF8(<const char*>(p + start), length, NULL)
 
 
+# The last str each repeating field decoded to (the sender's id, name and avatar, the peer or
+# group, the client timestamp): consecutive frames mostly repeat them, so the same object is
+# returned again. Its hash is then already known to every dict it is looked up in, and nothing
+# is allocated. Invariant: an entry is None or an exact str; a span is only matched against an
+# ASCII entry, whose characters are its UTF-8 bytes, so a match decodes to an equal str.
+cdef list _recent = [None] * _K_COUNT
+
+
+cdef object _span_str_recent(
+    const unsigned char* p, Py_ssize_t start, Py_ssize_t length, int key
+):
+    """_span_str, returning the field's previous str when the bytes are the same."""
+    if start < 0:
+        return None
+    last = <object>PyList_GET_ITEM(_recent, key)
+    if (
+        last is not None
+        and PyUnicode_IS_COMPACT_ASCII(last)
+        and PyUnicode_GET_LENGTH(last) == length
+        and memcmp(PyUnicode_DATA(last), p + start, length) == 0
+    ):
+        return last
+    value = PyUnicode_DecodeUTF8(<const char*>(p + start), length, NULL)
+    _recent[key] = value
+    return value
+
+
 def decode_message(payload, Py_ssize_t max_text_chars, type frame_cls):
     """A client frame's bytes: a `frame_cls` (MessageFrame) of message_fields' fields when it is
     a `message` frame message_fields accepts, else the decoded JSON value (orjson.loads; its
@@ -1125,12 +1156,12 @@ def decode_message(payload, Py_ssize_t max_text_chars, type frame_cls):
         ident = _span_str(p, starts[_K_ID], lens[_K_ID])
         ref = _span_str(p, starts[_K_REF], lens[_K_REF])
         text = _span_str(p, starts[_K_TEXT], lens[_K_TEXT])
-        peer = _span_str(p, starts[_K_RECIPIENT], lens[_K_RECIPIENT])
-        group = _span_str(p, starts[_K_GROUP], lens[_K_GROUP])
-        sender = _span_str(p, starts[_K_SENDER], lens[_K_SENDER])
-        name = _span_str(p, starts[_K_NAME], lens[_K_NAME])
-        avatar = _span_str(p, starts[_K_AVATAR], lens[_K_AVATAR])
-        stamp = _span_str(p, starts[_K_STAMP], lens[_K_STAMP])
+        peer = _span_str_recent(p, starts[_K_RECIPIENT], lens[_K_RECIPIENT], _K_RECIPIENT)
+        group = _span_str_recent(p, starts[_K_GROUP], lens[_K_GROUP], _K_GROUP)
+        sender = _span_str_recent(p, starts[_K_SENDER], lens[_K_SENDER], _K_SENDER)
+        name = _span_str_recent(p, starts[_K_NAME], lens[_K_NAME], _K_NAME)
+        avatar = _span_str_recent(p, starts[_K_AVATAR], lens[_K_AVATAR], _K_AVATAR)
+        stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
         return _decode_by_dict(payload, max_text_chars, frame_cls)
     # message_fields' checks, on the same values

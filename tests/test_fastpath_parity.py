@@ -790,6 +790,42 @@ def test_decode_message_edges_agree(compiled: ModuleType, payload: bytes) -> Non
     assert decoded(compiled, payload, 4096) == decoded(pure, payload, 4096)
 
 
+@SETTINGS
+@given(payloads=st.lists(message_payloads(), min_size=2, max_size=6))
+def test_decode_message_agrees_frame_after_frame(compiled: ModuleType, payloads: list[bytes]) -> None:
+    # the compiled decoder hands back a field's previous str when its bytes repeat
+    for payload in payloads:
+        assert decoded(compiled, payload, 4096) == decoded(pure, payload, 4096)
+
+
+def test_repeated_fields_are_never_taken_for_their_neighbours(compiled: ModuleType) -> None:
+    """Each frame's senders, peers, names, avatars and timestamps are its own, whatever the
+    frame before it held: same length, one byte apart, ASCII then not."""
+    names = ["bob", "bod", "bób", "bób", "bob", "bo", "bobb", "bob"]
+    for i, name in enumerate(names):
+        payload = orjson.dumps(
+            {
+                "type": "message",
+                "id": f"m{i}",
+                "recipientId": name,
+                "senderId": name[::-1],
+                "senderName": name.upper(),
+                "senderAvatar": name + "!",
+                "timestamp": f"2026-11-26T00:00:0{i}.000Z",
+                "text": "hi",
+            }
+        )
+        frame = compiled.decode_message(payload, 4096, protocol.MessageFrame)
+        assert frame == pure.decode_message(payload, 4096, protocol.MessageFrame)
+        assert (frame.recipient_id, frame.sender_id, frame.sender_name, frame.sender_avatar) == (
+            name,
+            name[::-1],
+            name.upper(),
+            name + "!",
+        )
+        assert frame.client_timestamp == f"2026-11-26T00:00:0{i}.000Z"
+
+
 def test_decode_message_reads_the_contract_example(compiled: ModuleType) -> None:
     frame = compiled.decode_message(orjson.dumps(CONTRACT_EXAMPLE), 4096, protocol.MessageFrame)
     assert type(frame) is protocol.MessageFrame
