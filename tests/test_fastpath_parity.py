@@ -792,7 +792,9 @@ def test_decode_message_edges_agree(compiled: ModuleType, payload: bytes) -> Non
 
 @SETTINGS
 @given(payloads=st.lists(message_payloads(), min_size=2, max_size=6))
-def test_decode_message_agrees_frame_after_frame(compiled: ModuleType, payloads: list[bytes]) -> None:
+def test_decode_message_agrees_frame_after_frame(
+    compiled: ModuleType, payloads: list[bytes]
+) -> None:
     # the compiled decoder hands back a field's previous str when its bytes repeat
     for payload in payloads:
         assert decoded(compiled, payload, 4096) == decoded(pure, payload, 4096)
