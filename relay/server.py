@@ -691,18 +691,17 @@ class Server:
     _polled: dict[int, WsConnection] = field(factory=dict)  # fd -> connection
     _polling: bool = False  # the poller is handling a batch (it flushes at the end)
     on_messages_nowait: Any = field(init=False)
+    #: metrics.stats, held here: the shell bumps it on every read and write
+    stats: Stats = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
+        self.stats = self.metrics.stats
         self.on_messages_nowait = getattr(self.handler, "on_messages_nowait", _nothing_now)
         if self.config.certfile is not None and self.config.keyfile is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             self._ssl = ctx
-
-    @property
-    def stats(self) -> Stats:
-        return self.metrics.stats
 
     # --- serving --------------------------------------------------------------------------------
 
