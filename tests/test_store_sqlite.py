@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -680,3 +681,38 @@ async def test_large_batches_store_every_message_once_in_order(tmp_path: Path) -
         assert later.seq == len(ab) + 1
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("interval", [0.0, None], ids=["checkpointer", "writer-only"])
+async def test_the_checkpointer_copies_commits_into_the_database_file(
+    tmp_path: Path, interval: float | None
+) -> None:
+    """With the background checkpointer, committed pages reach the database file soon after
+    each commit and the WAL starts over instead of growing; without it (None) they wait in the
+    WAL until the writer's own checkpoint, 40 MB away."""
+    path = tmp_path / "relay.db"
+    threads_before = sum(t.name == "relay-sqlite-checkpointer" for t in threading.enumerate())
+    store = SqliteStore(path, checkpoint_interval=interval)
+    await store.open()
+    try:
+        batches, size, text = 40, 100, "x" * 200
+        for n in range(batches):
+            await put(store, *[msg("a", "b", id=f"w{n}.{k}", text=text) for k in range(size)])
+            await trio.sleep(0.01)  # the checkpointer's turn
+        written = batches * size * len(text)
+        database, wal = os.path.getsize(path), os.path.getsize(f"{path}-wal")
+        if interval is None:
+            assert database < written / 4 < written < wal
+        else:
+            assert wal < written / 4 < written < database
+        history, _ = await store.history(AB, limit=batches * size)
+        assert len(history) == batches * size
+    finally:
+        await store.close()
+    checkpointers = sum(t.name == "relay-sqlite-checkpointer" for t in threading.enumerate())
+    assert checkpointers == threads_before  # close() ended it
+
+
+async def test_a_negative_checkpoint_interval_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="checkpoint_interval"):
+        SqliteStore(tmp_path / "relay.db", checkpoint_interval=-1)
