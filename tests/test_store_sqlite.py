@@ -452,7 +452,9 @@ async def test_store_from_config(tmp_path: Path) -> None:
     )
     assert isinstance(made, SqliteStore)
     assert (made.path, made.commit_interval, made.retention.days) == (
-        str(tmp_path / "x.db"), 0.0, 7,
+        str(tmp_path / "x.db"),
+        0.0,
+        7,
     )
     await made.open()
     await put(made, msg("a", "b"))
@@ -700,7 +702,8 @@ async def test_the_checkpointer_copies_commits_into_the_database_file(
             await put(store, *[msg("a", "b", id=f"w{n}.{k}", text=text) for k in range(size)])
             await trio.sleep(0.01)  # the checkpointer's turn
         written = batches * size * len(text)
-        database, wal = os.path.getsize(path), os.path.getsize(f"{path}-wal")
+        database = (await trio.Path(path).stat()).st_size
+        wal = (await trio.Path(f"{path}-wal").stat()).st_size
         if interval is None:
             assert database < written / 4 < written < wal
         else:
