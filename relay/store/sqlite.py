@@ -238,6 +238,9 @@ _OPTIONAL: Final = (
     "client_timestamp",
     "meta",
 )
+#: the columns every message sets, in the order of its parameters (then _OPTIONAL's it has)
+_BASE: Final = ("pos", "conversation", "seq", "id", "sender_id", "text", "server_timestamp")
+_BASE_COLUMNS: Final = len(_BASE)
 _CHUNK: Final = 128  # rows per multi-row statement at most (x 13 parameters << SQLite's 32766)
 _inserts: dict[tuple[int, int], str] = {}
 _UPDATE_TIPS: Final = (
@@ -259,6 +262,15 @@ def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
         start += size
 
 
+def _runs(params: list[Any], width: int) -> Iterator[tuple[int, list[Any]]]:
+    """_chunks of rows laid end to end in `params`, `width` parameters each."""
+    start, total = 0, len(params) // width
+    while start < total:
+        size = min(_CHUNK, 1 << ((total - start).bit_length() - 1))
+        yield size, params[start * width : (start + size) * width]
+        start += size
+
+
 def _insert_messages(present: int, size: int) -> str:
     """The INSERT of `size` messages whose optional columns set are the bits of `present` (bit
     i: `_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
@@ -266,10 +278,8 @@ def _insert_messages(present: int, size: int) -> str:
     sql = _inserts.get((present, size))
     if sql is None:
         names = [name for bit, name in enumerate(_OPTIONAL) if present >> bit & 1]
-        columns = ", ".join(
-            ["pos", "conversation", "seq", "id", "sender_id", "text", "server_timestamp", *names]
-        )
-        values = ", ".join([f"({', '.join('?' * (7 + len(names)))})"] * size)
+        columns = ", ".join([*_BASE, *names])
+        values = ", ".join([f"({', '.join('?' * (_BASE_COLUMNS + len(names)))})"] * size)
         sql = f"INSERT OR IGNORE INTO messages ({columns}) VALUES {values}"
         _inserts[(present, size)] = sql
     return sql
@@ -293,7 +303,8 @@ def _append_fused(
     runs the requests one by one, which sorts such cases out. Runs in the caller's savepoint.
     """
     tips: dict[str, _Tip] = {}
-    rows: dict[int, list[list[Any]]] = {}  # by the optional columns they set
+    # by the optional columns they set (bits of _OPTIONAL): those rows' parameters, in one list
+    rows: dict[int, list[Any]] = {}
     count = 0
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
@@ -324,44 +335,51 @@ def _append_fused(
             # NewMessage's fields, unpacked at once (a NamedTuple's attributes cost a lookup each)
             (_, ident, sender, text, timestamp, recipient, group, name, avatar, stamp, meta) = m
             tip.updated_at = timestamp
-            row: list[Any] = [pos, conversation, seq, ident, sender, text, timestamp]
             present = 0
             if recipient is not None:
                 present = 1
-                row.append(recipient)
             if group is not None:
                 present |= 2
-                row.append(group)
             if name is not None:
                 present |= 4
-                row.append(name)
             if avatar is not None:
                 present |= 8
-                row.append(avatar)
             if stamp is not None:
                 present |= 16
-                row.append(stamp)
+            if meta is not None:
+                present |= 32
+            # the row's parameters go straight onto its group's list: no list per row to
+            # build, flatten and free (that was a tenth of the writer's time)
+            params = rows.get(present)
+            if params is None:
+                params = rows[present] = []
+            params += (pos, conversation, seq, ident, sender, text, timestamp)
+            if present:
+                if recipient is not None:
+                    params.append(recipient)
+                if group is not None:
+                    params.append(group)
+                if name is not None:
+                    params.append(name)
+                if avatar is not None:
+                    params.append(avatar)
+                if stamp is not None:
+                    params.append(stamp)
             if meta is None:
                 # StoredMessage's fields are NewMessage's with `seq` second: made of them in
                 # one allocation (fastpath.record)
                 stored = record(StoredMessage, (conversation, seq, *m[1:]))
             else:
-                present |= 32
-                row.append(orjson.dumps(meta).decode())
+                params.append(orjson.dumps(meta).decode())
                 stored = m.stored(seq)  # its own copy of `meta`
-            same = rows.get(present)
-            if same is None:
-                rows[present] = [row]
-            else:
-                same.append(row)
             count += 1
             results.append(record(Appended, (stored, False)))
         answers.append(results)
     # The unique indexes are the idempotency and counter checks: every row went in, or this
     # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
     inserted = 0
-    for present, same in rows.items():
-        for size, values in _chunks(same):
+    for present, params in rows.items():
+        for size, values in _runs(params, _BASE_COLUMNS + present.bit_count()):
             inserted += conn.execute(_insert_messages(present, size), values).rowcount
     if inserted != count:
         return None
