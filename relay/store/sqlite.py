@@ -47,7 +47,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from itertools import chain
 from typing import Any, Final, TypeVar, cast
 
 import orjson
@@ -250,20 +249,12 @@ _UPDATE_TIPS: Final = (
 _updates: dict[int, str] = {}
 
 
-def _chunks(rows: Sequence[Sequence[Any]]) -> Iterator[tuple[int, list[Any]]]:
-    """`rows` in runs whose lengths are powers of two (up to `_CHUNK`), each as (length, its
-    parameters in one list): a few cached statements cover any count. One statement per run
-    rather than one step per row matters beyond its own cost: sqlite3 releases the GIL around
-    every step, and with the Trio thread on the same core each release can cost a thread switch."""
-    start, total = 0, len(rows)
-    while start < total:
-        size = min(_CHUNK, 1 << ((total - start).bit_length() - 1))
-        yield size, list(chain.from_iterable(rows[start : start + size]))
-        start += size
-
-
 def _runs(params: list[Any], width: int) -> Iterator[tuple[int, list[Any]]]:
-    """_chunks of rows laid end to end in `params`, `width` parameters each."""
+    """Rows laid end to end in `params` (`width` parameters each), in runs whose lengths are
+    powers of two (up to `_CHUNK`), each as (length, its parameters): a few cached statements
+    cover any count. One statement per run rather than one step per row matters beyond its own
+    cost: sqlite3 releases the GIL around every step, and with the Trio thread on the same core
+    each release can cost a thread switch."""
     start, total = 0, len(params) // width
     while start < total:
         size = min(_CHUNK, 1 << ((total - start).bit_length() - 1))
@@ -388,8 +379,13 @@ def _append_fused(
             "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",
             peers,
         )
-    moved = [(c, t.last_seq, t.last_pos, t.updated_at) for c, t in tips.items() if t.exists]
-    for size, values in _chunks(moved):
+    moved = [
+        value
+        for c, t in tips.items()
+        if t.exists
+        for value in (c, t.last_seq, t.last_pos, t.updated_at)
+    ]
+    for size, values in _runs(moved, 4):
         conn.execute(_update_tips(size), values)
     conn.executemany(
         "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
