@@ -443,3 +443,27 @@ def test_has_unsent_follows_take_unsent() -> None:
     s.apply(sent("b", 1))
     s.retry("a")
     assert s.has_unsent(1) and [f["id"] for f in s.take_unsent(1)] == ["a"]
+
+
+def test_conversations_of_one_millisecond_keep_the_relays_order() -> None:
+    """The relay lists conversations by their newest message's server time, and within one
+    millisecond by the order it accepted those messages, the order they reach this client in.
+    The client's list agrees, whichever conversation it heard of first; a `conversations`
+    answer's own order stands for the ties it lists."""
+    s = alice()
+    same = "2026-02-05T10:30:00.000Z"
+    carol = ConversationId.direct("carol")
+    early = "2026-02-05T10:29:59.000Z"
+    _, _ = s.compose(carol, "first", timestamp=early, message_id="a1")  # carol is known first
+    s.apply(incoming("b1", 1, serverTimestamp=same))
+    s.apply({"type": "receipt", "id": "a1", "peerId": "carol", "status": "sent", "seq": 1,
+             "timestamp": same})  # fmt: skip
+    assert [str(r.id) for r in s.conversations()] == ["carol", "bob"]  # accepted last
+    s.apply(incoming("b2", 2, serverTimestamp=same))
+    assert [str(r.id) for r in s.conversations()] == ["bob", "carol"]
+    listed = [
+        {"peerId": peer, "lastSeq": seq, "readSeq": 0, "unread": 0, "updatedAt": same}
+        for peer, seq in (("carol", 1), ("bob", 2))
+    ]
+    s.apply({"type": "conversations", "items": listed})
+    assert [str(r.id) for r in s.conversations()] == ["carol", "bob"]

@@ -72,6 +72,10 @@ class _Conv:
     base_read: int = 0
     base_unread: int = 0
     updated_at: str | None = None
+    # ClientState._ranks when the relay last put this conversation ahead (its newest stored
+    # message arrived, or a `conversations` answer listed it): ties of `updated_at` (one
+    # millisecond) are ordered by it, as the relay orders them by its own acceptance order
+    ranked: int = 0
     name: str | None = None
     members: tuple[str, ...] = ()
     typing: dict[str, float] = field(factory=dict)  # user id -> local time of the last start
@@ -106,14 +110,16 @@ class ClientState:
         factory=dict
     )  # delivered receipts sent this connection
     _typing_sent: dict[ConversationId, float] = field(factory=dict)
+    _ranks: int = 0  # the last _Conv.ranked given
 
     # --- reading ----------------------------------------------------------------------------------
 
     def conversations(self) -> list[Conversation]:
         """Every known conversation, newest first."""
-        rows = [self._snapshot(c) for c in self._convs.values()]
-        rows.sort(key=lambda c: c.updated_at or "", reverse=True)
-        return rows
+        convs = sorted(
+            self._convs.values(), key=lambda c: (c.updated_at or "", c.ranked), reverse=True
+        )
+        return [self._snapshot(c) for c in convs]
 
     def conversation(self, cid: ConversationId) -> Conversation | None:
         conv = self._convs.get(cid)
@@ -404,11 +410,15 @@ class ClientState:
 
     def _on_conversations(self, frame: Frame) -> list[Event]:
         events: list[Event] = []
-        for item in frame["items"]:
+        items = frame["items"]
+        top = self._ranks + len(items)  # the relay lists newest first
+        self._ranks = top
+        for index, item in enumerate(items):
             cid = _frame_cid(item)
             if cid is None:
                 continue
             conv = self._conv(cid)
+            conv.ranked = top - index
             last = int(item.get("lastSeq") or 0)
             conv.base_last = last
             conv.base_read = int(item.get("readSeq") or 0)
@@ -570,6 +580,8 @@ class ClientState:
             conv.updated_at = stamp
         if msg.seq is not None and msg.seq > conv.last_seq:
             conv.last_seq = msg.seq
+            self._ranks += 1
+            conv.ranked = self._ranks
         events: list[Event] = [MessageUpdated(msg) if old is not None else MessageAdded(msg)]
         events.append(ConversationChanged(self._snapshot(conv)))
         return events
