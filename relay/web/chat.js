@@ -677,8 +677,9 @@
       if (e.target.value.trim()) noteTyping(); else stopTyping();
     });
     $("load-older").addEventListener("click", () => {
+      // scrolling up to the button may have asked for that page already
       const c = openKey && convs.get(openKey);
-      if (c) requestHistory(c, true);
+      if (c && !pendingOlder(c)) requestHistory(c, true);
     });
     $("messages").addEventListener("scroll", () => {
       const c = openKey && convs.get(openKey);
