@@ -148,4 +148,22 @@ def _with_floor(
         )
     else:
         detail += f"; the {server} floor meets it ({floor:.4g})"
+    detail += _cpu_beside_floor(b, server, summary)
     return Verdict(b, "FAIL", detail, float(floor))
+
+
+def _cpu_beside_floor(
+    b: Budget, floor_server: str, summary: dict[str, dict[str, dict[str, Any]]]
+) -> str:
+    """Where a latency budget failed: the server's CPU per message next to the floor's, in the
+    same run (a server near its core's limit queues, and queueing is what a p99 shows)."""
+    key, server, _ = b.figure.split("/")
+    ours = lookup(summary, f"{key}/{server}/cpu_us_per_msg")
+    theirs = lookup(summary, f"{key}/{floor_server}/cpu_us_per_msg")
+    load = lookup(summary, f"{key}/{server}/server_cpu")
+    if not all(isinstance(v, (int, float)) for v in (ours, theirs, load)):
+        return ""
+    return (
+        f"; {server} used {ours:.1f} µs of CPU per message ({load:.0%} of its core), "
+        f"the floor {theirs:.1f} µs"
+    )

@@ -195,6 +195,10 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         p999_ms=lat.get("p999_ms"),
         max_ms=lat.get("max_ms"),
     )
+    if raw["delivered_per_s"] > 0:
+        # what each delivery cost the server: where a latency budget is missed, this next to
+        # the floor's says how much of the machine the server's own work takes
+        fig["cpu_us_per_msg"] = fig["server_cpu"] * 1e6 / raw["delivered_per_s"]
     if raw["delivered"] == 0:
         if run.scenario == "rate" and not raw.get("closed"):
             # an overloaded server that stops delivering is a result of an open loop

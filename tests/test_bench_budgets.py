@@ -121,6 +121,22 @@ def test_a_floor_that_meets_the_budget_puts_the_failure_on_the_server() -> None:
     assert "cannot" not in verdict.detail
 
 
+def test_a_latency_failure_shows_the_servers_cpu_per_message_beside_the_floors() -> None:
+    summary: dict[str, dict[str, dict[str, object]]] = {
+        "rate@20000": {
+            "relay": {"p99_ms": 3.0, "kept_up": True, "cpu_us_per_msg": 43.5, "server_cpu": 0.87},
+            "null": {"p99_ms": 0.6, "cpu_us_per_msg": 21.0, "server_cpu": 0.42},
+        }
+    }
+    verdict = budgets.check([FLOORED], summary, {"rate@20000"})[0]
+    assert verdict.status == "FAIL"
+    assert "relay used 43.5 µs of CPU per message (87% of its core), the floor 21.0 µs" in (
+        verdict.detail
+    )
+    # without the CPU figures (an older JSON, a run that delivered nothing) the verdict stands
+    assert "µs" not in _floored(3.0, 0.6).detail
+
+
 def test_a_pass_shows_its_floor_and_a_missing_floor_changes_nothing() -> None:
     passed = _floored(0.8, 0.3)
     assert passed.status == "pass" and "null floor 0.3" in passed.detail

@@ -50,6 +50,13 @@ def test_cpu_shares_come_from_the_window_edges() -> None:
     assert fig["kept_up"] is True
 
 
+def test_cpu_per_message_is_the_servers_cpu_over_what_it_delivered() -> None:
+    fig, _ = scenarios.figures(_rate_run(), _raw())
+    assert fig["cpu_us_per_msg"] == 45.0  # 0.9 of a core over 20,000 deliveries/s
+    nothing, _ = scenarios.figures(_rate_run(), _raw(delivered=0, delivered_per_s=0.0))
+    assert "cpu_us_per_msg" not in nothing  # no delivery: no cost per delivery to report
+
+
 def test_growing_backlog_means_the_server_did_not_keep_up() -> None:
     fig, _ = scenarios.figures(_rate_run(), _raw(backlog_at_end=40 + 5_000))
     assert fig["kept_up"] is False
