@@ -719,3 +719,64 @@ async def test_the_checkpointer_copies_commits_into_the_database_file(
 async def test_a_negative_checkpoint_interval_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="checkpoint_interval"):
         SqliteStore(tmp_path / "relay.db", checkpoint_interval=-1)
+
+
+async def test_positions_go_on_after_retention_deleted_every_message(tmp_path: Path) -> None:
+    """A device registered at position p is owed what is accepted after it: positions stay above
+    p even when retention has deleted every message (they are not restarted from the table)."""
+    store = SqliteStore(tmp_path / "relay.db", retention_days=30, retention_interval=0.05)
+    await store.open()
+    try:
+        await put(store, *(old_msg("a", "b", "2020-01-01T00:00:00.000Z") for _ in range(3)))
+        await store.register_device("b", "watch")  # after the three, whatever becomes of them
+        await store.register_device("b", "phone")
+
+        async def all_gone() -> bool:
+            page, _ = await store.history(AB)
+            return page == []
+
+        with trio.fail_after(2):
+            await eventually(all_gone)
+        await put(store, msg("a", "b"), msg("a", "b"))  # seq 4, 5: after both registered
+        await store.mark_delivered(AB, "b", "phone", 5)
+        assert seqs(await store.undelivered("b", "watch")) == [4, 5]
+    finally:
+        await store.close()
+
+
+async def test_a_version_4_database_keeps_counting_positions_from_every_pos_it_recorded(
+    tmp_path: Path,
+) -> None:
+    # A version-4 file whose messages retention deleted: its conversation still records pos 7 and
+    # a device registered at pos 9. The next message must come after both.
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for script in MIGRATIONS[:4]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute(
+        "INSERT INTO conversations VALUES (?, NULL, 3, 7, '2026-01-01T00:00:00.000Z')", (AB,)
+    )
+    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
+    conn.execute("INSERT INTO devices VALUES ('b', 'watch', 9)")
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        [fresh] = await put(store, msg("a", "b"))
+        assert fresh.seq == 4
+        await store.mark_delivered(AB, "b", "phone", 4)  # another device of b had it
+        assert seqs(await store.undelivered("b", "watch")) == [4]
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT pos FROM messages").fetchall() == [(10,)]
+        assert conn.execute("SELECT last_pos FROM positions").fetchall() == [(10,)]
+    finally:
+        conn.close()

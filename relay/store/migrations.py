@@ -29,6 +29,12 @@ the messages after it (see Store.coverage).
 Version 4: `devices`, one row per device that connected: `since_pos`, the greatest message `pos`
 when it first did. In a conversation where it has no cursor yet, a device is owed the messages
 above the user's watermark and those with a `pos` above its `since_pos` (Store.undelivered).
+
+Version 5: `positions`, one row: `last_pos`, the greatest `pos` ever given to a message. A new
+message's pos is `last_pos + 1`, never `MAX(pos) + 1`: once retention has deleted the newest
+messages (all of them, in a quiet deployment) the table's maximum falls back, and positions
+counted from it again would sit at or below a device's `since_pos`, which would then not be owed
+the messages that follow its registration. Initialised from every pos recorded anywhere.
 """
 
 from __future__ import annotations
@@ -120,6 +126,18 @@ MIGRATIONS: tuple[str, ...] = (
         since_pos INTEGER NOT NULL,
         PRIMARY KEY (user_id, device_id)
     ) WITHOUT ROWID;
+    """,
+    # 5: the greatest pos ever given (see the module docstring)
+    """
+    CREATE TABLE positions (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        last_pos INTEGER NOT NULL
+    );
+    INSERT INTO positions (id, last_pos) SELECT 0, max(
+        COALESCE((SELECT MAX(pos) FROM messages), 0),
+        COALESCE((SELECT MAX(last_pos) FROM conversations), 0),
+        COALESCE((SELECT MAX(since_pos) FROM devices), 0)
+    );
     """,
 )
 

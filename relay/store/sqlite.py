@@ -156,9 +156,17 @@ class _Tip:
     updated_at: str = ""
 
 
+#: the greatest message pos ever given, and moving it on (migration 5: a pos is never reused,
+#: even once retention has deleted the messages above it)
+_LAST_POS: Final = "SELECT last_pos FROM positions"
+_MOVE_POS: Final = "UPDATE positions SET last_pos = ?"
+
+
 def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Appended]:
     tips: dict[str, _Tip] = {}
     results: list[Appended] = []
+    (pos,) = conn.execute(_LAST_POS).fetchone()
+    first_pos = pos
     for m in messages:
         tip = tips.get(m.conversation)
         if tip is None:
@@ -171,9 +179,10 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
         meta = orjson.dumps(m.meta).decode() if m.meta is not None else None
         # One statement per message: the unique (sender_id, id) index is the idempotency check.
         cursor = conn.execute(
-            f"INSERT OR IGNORE INTO messages ({_COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR IGNORE INTO messages (pos, {_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                pos + 1,
                 m.conversation,
                 seq,
                 m.id,
@@ -207,10 +216,13 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
                     (recipient, m.conversation, m.sender_id),
                 ],
             )
+        pos += 1
         tip.last_seq = seq
-        tip.last_pos = cast(int, cursor.lastrowid)
+        tip.last_pos = pos
         tip.updated_at = m.server_timestamp
         results.append(Appended(m.stored(seq), duplicate=False))
+    if pos != first_pos:
+        conn.execute(_MOVE_POS, (pos,))
     for conversation, tip in tips.items():
         if tip.last_pos == 0:
             continue  # only duplicates: nothing moved
@@ -299,7 +311,7 @@ def _append_fused(
     count = 0
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
-    (pos,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM messages").fetchone()
+    (pos,) = conn.execute(_LAST_POS).fetchone()
     for messages in requests:
         results: list[Appended] = []
         for m in messages:
@@ -374,6 +386,7 @@ def _append_fused(
             inserted += conn.execute(_insert_messages(present, size), values).rowcount
     if inserted != count:
         return None
+    conn.execute(_MOVE_POS, (pos,))
     if peers:
         conn.executemany(
             "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",
@@ -512,7 +525,7 @@ def _register_device(conn: sqlite3.Connection, user_id: str, device_id: str) -> 
     # In the writer's transaction: every message appended after this has a greater pos.
     conn.execute(
         "INSERT OR IGNORE INTO devices (user_id, device_id, since_pos) "
-        "SELECT ?, ?, COALESCE(MAX(pos), 0) FROM messages",
+        "SELECT ?, ?, last_pos FROM positions",
         (user_id, device_id),
     )
 
