@@ -48,7 +48,9 @@ def msg(
     """A message from `sender` to `recipient` (1:1) or to `group`."""
     assert (recipient is None) != (group is None)
     conversation = (
-        group_conversation(group) if group is not None else direct_conversation(sender, recipient or "")
+        group_conversation(group)
+        if group is not None
+        else direct_conversation(sender, recipient or "")
     )
     mid = id if id is not None else f"m{next(_ids)}"
     return NewMessage(
@@ -111,7 +113,10 @@ class StoreSuite:
         [stored] = await put(store, new)
         assert stored.conversation == AB and stored.seq == 1
         assert (stored.id, stored.sender_id, stored.recipient_id, stored.group_id) == (
-            new.id, "a", "b", None,
+            new.id,
+            "a",
+            "b",
+            None,
         )
         assert stored.text == "Hello there! ✓"
         assert stored.server_timestamp == new.server_timestamp
@@ -135,14 +140,19 @@ class StoreSuite:
         assert other.seq == 2
         page, _ = await store.history(AB)
         assert [(m.sender_id, m.id, m.text) for m in page] == [
-            ("a", "x1", "first"), ("b", "x1", "text of x1"),
+            ("a", "x1", "first"),
+            ("b", "x1", "text of x1"),
         ]
 
     async def test_duplicate_within_one_batch(self, store: Store) -> None:
         results = await store.append_many(
             [msg("a", "b", id="d"), msg("a", "b", id="d", text="again"), msg("a", "b", id="e")]
         )
-        assert [(r.message.seq, r.duplicate) for r in results] == [(1, False), (1, True), (2, False)]
+        assert [(r.message.seq, r.duplicate) for r in results] == [
+            (1, False),
+            (1, True),
+            (2, False),
+        ]
         assert results[1].message == results[0].message
         assert await store.last_seq(AB) == 2
 
@@ -197,20 +207,23 @@ class StoreSuite:
         await store.create_group(group("g", ["a", "b", "c"]))
         sent = await put(
             store,
-            msg("a", "b"),           # AB 1
-            msg("c", "b"),           # BC 1
-            msg("b", "a"),           # AB 2, b's own
-            msg("c", group="g"),     # g 1
-            msg("a", "b"),           # AB 3
-            msg("b", group="g"),     # g 2, b's own
-            msg("a", "c"),           # AC 1, not b's
+            msg("a", "b"),  # AB 1
+            msg("c", "b"),  # BC 1
+            msg("b", "a"),  # AB 2, b's own
+            msg("c", group="g"),  # g 1
+            msg("a", "b"),  # AB 3
+            msg("b", group="g"),  # g 2, b's own
+            msg("a", "c"),  # AC 1, not b's
         )
         backlog = await store.undelivered("b", "")
         assert backlog == [sent[0], sent[1], sent[3], sent[4]]
         assert await store.undelivered("b", "", limit=2) == [sent[0], sent[1]]
         assert await store.undelivered("b", "phone") == backlog
-        assert keys(await store.undelivered("a", "")) == [(AB, 2), (group_conversation("g"), 1),
-                                                          (group_conversation("g"), 2)]
+        assert keys(await store.undelivered("a", "")) == [
+            (AB, 2),
+            (group_conversation("g"), 1),
+            (group_conversation("g"), 2),
+        ]
         assert await store.undelivered("nobody", "") == []
 
     async def test_undelivered_per_device(self, store: Store) -> None:
@@ -295,8 +308,11 @@ class StoreSuite:
         g = group_conversation("g")
         sent = await put(
             store,
-            msg("a", group="g"), msg("b", group="g"), msg("a", group="g"),
-            msg("c", group="g"), msg("b", group="g"),
+            msg("a", group="g"),
+            msg("b", group="g"),
+            msg("a", group="g"),
+            msg("c", group="g"),
+            msg("b", group="g"),
         )
         assert await store.latest_by_sender(g, 0, 5, "b") == [sent[2], sent[3]]
         assert await store.latest_by_sender(g, 3, 5, "a") == [sent[3], sent[4]]
@@ -309,19 +325,24 @@ class StoreSuite:
         await store.mark_read(AB, "b", 1)
         await store.mark_delivered(AB, "a", "", 2)
         assert await store.member_watermarks(AB) == {
-            "a": Watermarks(2, 0), "b": Watermarks(1, 1),
+            "a": Watermarks(2, 0),
+            "b": Watermarks(1, 1),
         }
         await store.create_group(group("g", ["a", "b", "c"]))
         g = group_conversation("g")
         await put(store, msg("a", group="g"), msg("b", group="g"))
         await store.mark_read(g, "c", 2)
         assert await store.member_watermarks(g) == {
-            "a": Watermarks(0, 0), "b": Watermarks(0, 0), "c": Watermarks(2, 2),
+            "a": Watermarks(0, 0),
+            "b": Watermarks(0, 0),
+            "c": Watermarks(2, 2),
         }
         # removed members are not reported; a newcomer starts at the group's present
         await store.set_group_members("g", ["a", "b", "d"])
         assert await store.member_watermarks(g) == {
-            "a": Watermarks(0, 0), "b": Watermarks(0, 0), "d": Watermarks(2, 2),
+            "a": Watermarks(0, 0),
+            "b": Watermarks(0, 0),
+            "d": Watermarks(2, 2),
         }
         assert await store.member_watermarks(direct_conversation("x", "y")) == {}
         assert await store.member_watermarks(group_conversation("nope")) == {}
@@ -423,7 +444,8 @@ class StoreSuite:
         assert (ac.last_message, ac.unread, ac.last_seq) == (ac_last, 1, 1)
         assert g.updated_at == (await store.get_group("g")).created_at  # type: ignore[union-attr]
         assert [i.conversation for i in await store.conversations("a", limit=2)] == [
-            group_conversation("empty"), AB,
+            group_conversation("empty"),
+            AB,
         ]
         # b sees the same 1:1 conversation from its side: a's one message is unread
         [ab_b, g_b] = await store.conversations("b")
@@ -434,11 +456,15 @@ class StoreSuite:
         await store.create_group(group("g", ["a", "c"]))
         await put(store, msg("a", "b"), msg("c", group="g"), msg("a", "c"))
         assert [i.conversation for i in await store.conversations("a")] == [
-            AC, group_conversation("g"), AB,
+            AC,
+            group_conversation("g"),
+            AB,
         ]
         await put(store, msg("b", "a"))
         assert [i.conversation for i in await store.conversations("a")] == [
-            AB, AC, group_conversation("g"),
+            AB,
+            AC,
+            group_conversation("g"),
         ]
         [g] = [i for i in await store.conversations("c") if i.group_id == "g"]
         assert g.unread == 0  # c's own message
@@ -471,7 +497,9 @@ class StoreSuite:
         updated = await store.set_group_members("g1", ["d", "a", "d"])
         assert updated.members == ("a", "d")
         assert (updated.name, updated.created_by, updated.created_at) == (
-            created.name, created.created_by, created.created_at,
+            created.name,
+            created.created_by,
+            created.created_at,
         )
         assert await store.get_group("g1") == updated
         try:

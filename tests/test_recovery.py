@@ -43,18 +43,36 @@ class RelayProcess:
         # (local files: opening them does not block in any way that matters here)
         with open(out, "w") as stdout, open(self.logs.with_suffix(".err"), "a") as stderr:  # noqa: ASYNC230
             self.process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", "0",
-                 "--db", str(self.db), "--log-level", "warning",
-                 # the senders go as fast as the relay takes them: no rate limit in the way
-                 "--rate-limit-messages", "1000000", "--rate-limit-burst", "1000000"],
-                stdout=stdout, stderr=stderr, env=env, cwd=REPO,
+                [
+                    sys.executable,
+                    "-m",
+                    "relay",
+                    "serve",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--db",
+                    str(self.db),
+                    "--log-level",
+                    "warning",
+                    # the senders go as fast as the relay takes them: no rate limit in the way
+                    "--rate-limit-messages",
+                    "1000000",
+                    "--rate-limit-burst",
+                    "1000000",
+                ],
+                stdout=stdout,
+                stderr=stderr,
+                env=env,
+                cwd=REPO,
             )
         with trio.fail_after(15):
             while "ws://" not in out.read_text():
                 assert self.process.poll() is None, self.stderr()
                 await trio.sleep(0.02)
         line = next(x for x in out.read_text().splitlines() if "ws://" in x)
-        self.url = line[line.index("ws://"):].strip()
+        self.url = line[line.index("ws://") :].strip()
 
     def stderr(self) -> str:
         return self.logs.with_suffix(".err").read_text()
@@ -75,14 +93,25 @@ class RelayProcess:
 
 
 def auth(user: str, device: str) -> str:
-    return json.dumps({"type": "auth", "userId": user, "userName": user.upper(),
-                       "deviceId": device, "timestamp": "2026-02-05T10:30:00Z"})
+    return json.dumps(
+        {
+            "type": "auth",
+            "userId": user,
+            "userName": user.upper(),
+            "deviceId": device,
+            "timestamp": "2026-02-05T10:30:00Z",
+        }
+    )
 
 
 def message(sender: str, n: int) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "message", "id": f"{sender}-{n}", "senderId": sender,
-                             "text": f"message {n} from {sender}",
-                             "timestamp": "2026-02-05T10:30:15Z"}
+    frame: dict[str, Any] = {
+        "type": "message",
+        "id": f"{sender}-{n}",
+        "senderId": sender,
+        "text": f"message {n} from {sender}",
+        "timestamp": "2026-02-05T10:30:15Z",
+    }
     if n % 3 == 2:
         frame["groupId"] = GROUP
     else:
@@ -170,9 +199,17 @@ def stored_messages(db: Path) -> dict[tuple[str, str], int]:
 async def create_group(url: str) -> None:
     async with open_websocket_url(url) as ws:
         await ws.send_message(auth("s0", "s0-setup"))
-        await ws.send_message(json.dumps({"type": "group_create", "groupId": GROUP,
-                                          "name": "Crew", "members": [*SENDERS, "r"],
-                                          "ref": "g"}))
+        await ws.send_message(
+            json.dumps(
+                {
+                    "type": "group_create",
+                    "groupId": GROUP,
+                    "name": "Crew",
+                    "members": [*SENDERS, "r"],
+                    "ref": "g",
+                }
+            )
+        )
         with trio.fail_after(5):
             while True:
                 frame = json.loads(await ws.get_message())
@@ -247,4 +284,3 @@ async def test_sigkill_mid_stream_loses_and_doubles_nothing(tmp_path: Path) -> N
     assert set(by_conversation) == {*SENDERS, GROUP}
     for conversation, seqs in by_conversation.items():
         assert seqs == list(range(1, len(seqs) + 1)), conversation
-

@@ -42,9 +42,7 @@ def conversations_of(rng: random.Random) -> str:
 async def step(rng: random.Random, stores: list[Store], members: dict[str, set[str]]) -> str:
     """Do one random operation on every store; returns a description of it if they disagreed."""
     kind = rng.choice(
-        ["append"] * 5
-        + ["delivered", "read", "group", "members", "seen", "device"]
-        + ["query"] * 4
+        ["append"] * 5 + ["delivered", "read", "group", "members", "seen", "device"] + ["query"] * 4
     )
     if kind == "append":
         batch = []
@@ -79,11 +77,19 @@ async def step(rng: random.Random, stores: list[Store], members: dict[str, set[s
     elif kind == "device":
         op = ("register_device", (rng.choice(USERS), rng.choice(DEVICES)), {})
     elif kind == "seen":
-        op = ("set_last_seen", (rng.choice(USERS), f"2026-02-05T10:{rng.randrange(60):02d}:00.000Z"), {})
+        op = (
+            "set_last_seen",
+            (rng.choice(USERS), f"2026-02-05T10:{rng.randrange(60):02d}:00.000Z"),
+            {},
+        )
     else:
         op = rng.choice(
             [
-                ("undelivered", (rng.choice(USERS), rng.choice(DEVICES)), {"limit": rng.randint(1, 50)}),
+                (
+                    "undelivered",
+                    (rng.choice(USERS), rng.choice(DEVICES)),
+                    {"limit": rng.randint(1, 50)},
+                ),
                 ("conversations", (rng.choice(USERS),), {"limit": rng.randint(1, 10)}),
                 ("contacts", (rng.choice(USERS),), {}),
                 ("watermarks", (conversations_of(rng), rng.choice(USERS)), {}),
@@ -94,7 +100,12 @@ async def step(rng: random.Random, stores: list[Store], members: dict[str, set[s
                 ("last_seen", (list(USERS),), {}),
                 (
                     "latest_by_sender",
-                    (conversations_of(rng), rng.randrange(0, 6), rng.randrange(0, 14), rng.choice(USERS)),
+                    (
+                        conversations_of(rng),
+                        rng.randrange(0, 6),
+                        rng.randrange(0, 14),
+                        rng.choice(USERS),
+                    ),
                     {},
                 ),
                 (
@@ -132,7 +143,9 @@ async def test_memory_and_sqlite_agree(tmp_path: Path, seed: int) -> None:
         # and the per-user views at the end, for everyone
         for user in USERS:
             for device in DEVICES:
-                assert await memory.undelivered(user, device) == await sqlite.undelivered(user, device)
+                assert await memory.undelivered(user, device) == await sqlite.undelivered(
+                    user, device
+                )
             assert await memory.conversations(user) == await sqlite.conversations(user)
             assert await memory.coverage(user, limit=100) == await sqlite.coverage(user, limit=100)
     finally:
