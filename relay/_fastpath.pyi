@@ -1,4 +1,5 @@
 # Type stubs for the compiled hot path (relay/_fastpath.pyx); same API as relay/_fastpath_py.py.
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any, Final, TypeVar
 
 from relay.store.base import StoredMessage
@@ -52,3 +53,17 @@ _T = TypeVar("_T")
 def decode_message(payload: bytes | str, max_text_chars: int, frame_cls: type[_T]) -> _T | Any: ...
 def record(cls: type[_T], items: tuple[Any, ...]) -> _T: ...
 def untracked(obj: _T) -> _T: ...
+
+class MemoryAppender:
+    def __init__(
+        self,
+        by_sender: dict[str, dict[str, tuple[Any, ...]]],
+        logs: dict[str, list[tuple[Any, ...]]],
+        orders: dict[str, list[int]],
+        counter: Iterator[int],
+        direct: Container[str],
+        note_direct: Callable[[Any], None],
+        stored_cls: type[tuple[Any, ...]],
+        appended_cls: type[tuple[Any, ...]],
+    ) -> None: ...
+    def append(self, messages: Iterable[Any]) -> list[Any]: ...

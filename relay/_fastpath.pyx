@@ -1,10 +1,11 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled hot path: RFC 6455 server-side framing, Outbox, fanout, and the JSON frames of
-the message path (delivery and `sent`).
+"""The compiled hot path: RFC 6455 server-side framing, Outbox, fanout, the JSON frames of
+the message path (delivery and `sent`) and the in-memory store's append.
 
 Invariant: for every input this module and relay._fastpath_py (the reference) give equal events,
-equal failed/close_code/close_reason, equal encoded bytes and equal Outbox states
-(tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
+equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
+NewMessages equal MemoryAppender results and containers (tests/test_fastpath_parity.py holds
+them to it). Import it through relay.fastpath.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -13,7 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.ref cimport Py_INCREF
 from cpython.list cimport PyList_GET_ITEM
-from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_SET_ITEM
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.type cimport PyType_GenericAlloc
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeUTF8
 from libc.stdint cimport uint32_t, uint64_t
@@ -926,19 +927,24 @@ def untracked(obj):
     alive, it never frees it), or a tuple none of whose items the collector tracks (what the
     collector itself would do to it later). Anything else is returned as it is. Values are
     untouched; only the cost of full collections changes (the twin does nothing)."""
-    cdef Py_ssize_t i
     if type(obj) is list:
         if PyObject_GC_IsTracked(obj):
             PyObject_GC_UnTrack(<void*>obj)
     elif type(obj) is tuple:
-        if not PyObject_GC_IsTracked(obj):
-            return obj
-        for i in range(PyTuple_GET_SIZE(obj)):
-            item = <object>PyTuple_GET_ITEM(obj, i)
-            if PyObject_IS_GC(item) and PyObject_GC_IsTracked(item):
-                return obj
-        PyObject_GC_UnTrack(<void*>obj)
+        _untrack_tuple(<tuple>obj)
     return obj
+
+
+cdef inline void _untrack_tuple(tuple obj):
+    """untracked() of an exact tuple."""
+    cdef Py_ssize_t i
+    if not PyObject_GC_IsTracked(obj):
+        return
+    for i in range(PyTuple_GET_SIZE(obj)):
+        item = <object>PyTuple_GET_ITEM(obj, i)
+        if PyObject_IS_GC(item) and PyObject_GC_IsTracked(item):
+            return
+    PyObject_GC_UnTrack(<void*>obj)
 
 
 # --- records ---------------------------------------------------------------------------------------
@@ -949,11 +955,16 @@ def record(type cls, tuple items):
     StoredMessage) holding `items`, in one allocation: what tuple.__new__(cls, items) gives
     (the twin), without its copy of `items` and its checks. __init__ is not called (a
     NamedTuple has none)."""
-    cdef Py_ssize_t n, i
     if cls is tuple:
         return items
     if not issubclass(cls, tuple):
         raise TypeError(f"record() needs a tuple subclass, not {cls!r}")
+    return _record(cls, items)
+
+
+cdef inline object _record(type cls, tuple items):
+    """record() of a tuple subclass `cls` (checked by the caller)."""
+    cdef Py_ssize_t n, i
     n = PyTuple_GET_SIZE(items)
     result = PyType_GenericAlloc(cls, n)  # zeroed, sized, tracked: as tuple's own subclasses
     for i in range(n):
@@ -961,6 +972,106 @@ def record(type cls, tuple items):
         Py_INCREF(item)  # PyTuple_SET_ITEM steals it
         PyTuple_SET_ITEM(result, i, item)
     return result
+
+
+# --- the in-memory store's append -----------------------------------------------------------------
+# MemoryStore.append_now's per-message work (see the twin for what it keeps where): the row is
+# built once from the NewMessage's items with `seq` put second, no slice, no Python frame.
+
+cdef Py_ssize_t _NEW_FIELDS = 11  # NewMessage: conversation, id, sender_id, ..., meta
+cdef Py_ssize_t _F_CONVERSATION = 0
+cdef Py_ssize_t _F_ID = 1
+cdef Py_ssize_t _F_SENDER = 2
+cdef Py_ssize_t _F_GROUP = 6
+cdef Py_ssize_t _F_META = 10
+
+
+cdef class MemoryAppender:
+    """MemoryStore.append_now's per-message work, in C (relay._fastpath_py.MemoryAppender is
+    the reference: same containers, same results)."""
+
+    cdef dict _by_sender
+    cdef dict _logs
+    cdef dict _orders
+    cdef object _counter
+    cdef object _direct
+    cdef object _note_direct
+    cdef type _stored_cls
+    cdef type _appended_cls
+
+    def __init__(
+        self, dict by_sender, dict logs, dict orders, counter, direct, note_direct,
+        type stored_cls, type appended_cls,
+    ):
+        if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
+            raise TypeError("MemoryAppender needs tuple classes (NamedTuples)")
+        self._by_sender = by_sender
+        self._logs = logs
+        self._orders = orders
+        self._counter = counter
+        self._direct = direct
+        self._note_direct = note_direct
+        self._stored_cls = stored_cls
+        self._appended_cls = appended_cls
+
+    def append(self, messages):
+        cdef list results = []
+        cdef tuple m, row
+        cdef Py_ssize_t i, n
+        cdef dict sent
+        cdef list log
+        # objects, never inferred C values: each reference a row steals must be the variable's own
+        cdef object seq, conversation, item
+        for message in messages:
+            if not isinstance(message, tuple) or PyTuple_GET_SIZE(message) != _NEW_FIELDS:
+                raise TypeError(f"MemoryAppender.append needs NewMessages, not {message!r}")
+            m = <tuple>message
+            n = _NEW_FIELDS
+            sender = <object>PyTuple_GET_ITEM(m, _F_SENDER)
+            ident = <object>PyTuple_GET_ITEM(m, _F_ID)
+            found = self._by_sender.get(sender)
+            if found is None:
+                sent = {}
+                self._by_sender[sender] = sent
+            else:
+                sent = <dict?>found
+            existing = sent.get(ident)
+            if existing is not None:
+                results.append(
+                    _record(self._appended_cls, (_record(self._stored_cls, <tuple?>existing), True))
+                )
+                continue
+            conversation = <object>PyTuple_GET_ITEM(m, _F_CONVERSATION)
+            found = self._logs.get(conversation)
+            if found is None:
+                log = untracked([])
+                self._logs[conversation] = log
+                self._orders[conversation] = untracked([])
+            else:
+                log = <list?>found
+            seq = len(log) + 1
+            if <object>PyTuple_GET_ITEM(m, _F_META) is None:
+                row = PyTuple_New(n + 1)
+                Py_INCREF(conversation)
+                PyTuple_SET_ITEM(row, 0, conversation)
+                Py_INCREF(seq)
+                PyTuple_SET_ITEM(row, 1, seq)
+                for i in range(1, n):
+                    item = <object>PyTuple_GET_ITEM(m, i)
+                    Py_INCREF(item)
+                    PyTuple_SET_ITEM(row, i + 1, item)
+                _untrack_tuple(row)
+                stored = _record(self._stored_cls, row)
+            else:
+                stored = message.stored(seq)  # its own copy of `meta`
+                row = tuple(stored)
+            log.append(row)
+            sent[ident] = row
+            self._orders[conversation].append(next(self._counter))
+            if <object>PyTuple_GET_ITEM(m, _F_GROUP) is None and conversation not in self._direct:
+                self._note_direct(message)
+            results.append(_record(self._appended_cls, (stored, False)))
+        return results
 
 
 # --- decoding the common `message` frame ----------------------------------------------------------

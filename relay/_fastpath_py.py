@@ -1,13 +1,16 @@
-"""The pure-Python twin of relay._fastpath: RFC 6455 server-side framing, Outbox and fanout.
+"""The pure-Python twin of relay._fastpath: RFC 6455 server-side framing, Outbox, fanout, the
+message path's JSON frames, records and the in-memory store's append.
 
 Invariant: for every input this module and the compiled relay._fastpath give equal events,
-equal failed/close_code/close_reason, equal encoded bytes and equal Outbox states
-(tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
+equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
+NewMessages equal MemoryAppender results and containers (tests/test_fastpath_parity.py holds
+them to it). Import it through relay.fastpath.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -471,3 +474,87 @@ def record(cls: type[T], items: tuple[Any, ...]) -> T:
     if not issubclass(cls, tuple):
         raise TypeError(f"record() needs a tuple subclass, not {cls!r}")
     return tuple.__new__(cls, items)
+
+
+# --- the in-memory store's append -----------------------------------------------------------------
+
+
+class MemoryAppender:
+    """MemoryStore.append_now, the store's part of every message: appends NewMessages to the
+    store's own containers (given here, shared, never copied) and returns their Appended.
+
+    - `by_sender[sender_id][id]` -> the stored row: the idempotency check (a known id is
+      answered with the stored message, `duplicate=True`, and nothing changes);
+    - `logs[conversation]` -> the rows in seq order (seq = position + 1), and beside it
+      `orders[conversation]` -> the value `counter` gave each (acceptance order);
+    - a row is StoredMessage's fields in an exact tuple; the StoredMessage handed out is
+      `stored_cls` made of it (its own copy of `meta` when there is one);
+    - the first message of a 1:1 conversation not in `direct` is passed to `note_direct`.
+    The compiled class does the same in C (and keeps rows and logs out of the collector's sight)."""
+
+    __slots__ = (
+        "_appended_cls",
+        "_by_sender",
+        "_counter",
+        "_direct",
+        "_logs",
+        "_note_direct",
+        "_orders",
+        "_stored_cls",
+    )
+
+    def __init__(
+        self,
+        by_sender: dict[str, dict[str, tuple[Any, ...]]],
+        logs: dict[str, list[tuple[Any, ...]]],
+        orders: dict[str, list[int]],
+        counter: Iterator[int],
+        direct: Container[str],
+        note_direct: Callable[[Any], None],
+        stored_cls: type[tuple[Any, ...]],
+        appended_cls: type[tuple[Any, ...]],
+    ) -> None:
+        self._by_sender = by_sender
+        self._logs = logs
+        self._orders = orders
+        self._counter = counter
+        self._direct = direct
+        self._note_direct = note_direct
+        self._stored_cls = stored_cls
+        self._appended_cls = appended_cls
+
+    def append(self, messages: Iterable[Any]) -> list[Any]:
+        results: list[Any] = []
+        by_sender = self._by_sender
+        logs = self._logs
+        orders = self._orders
+        counter = self._counter
+        stored_cls = self._stored_cls
+        appended_cls = self._appended_cls
+        for message in messages:
+            sent = by_sender.get(message.sender_id)
+            if sent is None:
+                sent = by_sender[message.sender_id] = {}
+            existing = sent.get(message.id)
+            if existing is not None:
+                results.append(record(appended_cls, (record(stored_cls, existing), True)))
+                continue
+            conversation = message.conversation
+            log = logs.get(conversation)
+            if log is None:
+                log = logs[conversation] = untracked([])
+                orders[conversation] = untracked([])
+            seq = len(log) + 1
+            if message.meta is None:
+                row = untracked((conversation, seq, *message[1:]))
+                stored = record(stored_cls, row)
+            else:
+                stored = message.stored(seq)  # its own copy of `meta`
+                row = tuple(stored)
+            log.append(row)
+            sent[message.id] = row
+            orders[conversation].append(next(counter))
+            if message.group_id is None and conversation not in self._direct:
+                self._note_direct(message)
+            results.append(record(appended_cls, (stored, False)))
+        return results

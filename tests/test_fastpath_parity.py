@@ -7,6 +7,8 @@ RELAY_PURE=1 is set, in which case the comparisons are skipped with that reason.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import os
 import shutil
 import struct
@@ -27,7 +29,7 @@ import relay
 import relay._fastpath_py as pure
 import relay.fastpath
 from relay import protocol
-from relay.store.base import StoredMessage
+from relay.store.base import Appended, NewMessage, StoredMessage
 
 PURE_RUN = os.environ.get("RELAY_PURE") == "1"
 SETTINGS = settings(deadline=None, max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -606,6 +608,107 @@ def test_record_refuses_what_is_not_a_tuple_class(compiled: ModuleType) -> None:
     for module in (compiled, pure):
         with pytest.raises(TypeError):
             module.record(dict, ())
+
+
+# --- the in-memory store's append ------------------------------------------------------------
+
+CONVERSATIONS = {  # conversation -> (its people, its group id)
+    "d:ann:bob": (("ann", "bob"), None),
+    "d:ann:cy": (("ann", "cy"), None),
+    "d:ann:ann": (("ann",), None),
+    "g:team": (("ann", "bob", "cy"), "team"),
+}
+
+
+@st.composite
+def new_messages(draw: st.DrawFn) -> list[NewMessage]:
+    out = []
+    for _ in range(draw(st.integers(0, 40))):
+        conversation = draw(st.sampled_from(sorted(CONVERSATIONS)))
+        people, group = CONVERSATIONS[conversation]
+        sender = draw(st.sampled_from(people))
+        recipient = None if group else ([p for p in people if p != sender] or [sender])[0]
+        out.append(
+            NewMessage(
+                conversation,
+                f"m{draw(st.integers(0, 12))}",  # repeated ids: duplicates
+                sender,
+                draw(st.text(max_size=3)),
+                "2026-11-26T00:00:00.000Z",
+                recipient,
+                group,
+                draw(st.one_of(st.none(), st.text(max_size=2))),
+                None,
+                draw(st.one_of(st.none(), st.just("2026-11-26T00:00:00Z"))),
+                draw(st.one_of(st.none(), st.dictionaries(st.text(max_size=2), st.integers()))),
+            )
+        )
+    return out
+
+
+def _appender(module: ModuleType, start: int = 1) -> tuple[Any, dict[str, Any], list[NewMessage]]:
+    state: dict[str, Any] = {"by_sender": {}, "logs": {}, "orders": {}, "direct": {}}
+    noted: list[NewMessage] = []
+
+    def note_direct(message: NewMessage) -> None:
+        noted.append(message)
+        state["direct"][message.conversation] = True
+
+    appender = module.MemoryAppender(
+        state["by_sender"],
+        state["logs"],
+        state["orders"],
+        itertools.count(start),
+        state["direct"],
+        note_direct,
+        StoredMessage,
+        Appended,
+    )
+    return appender, state, noted
+
+
+@SETTINGS
+@given(batches=st.lists(new_messages(), max_size=4))
+def test_memory_appenders_agree(compiled: ModuleType, batches: list[list[NewMessage]]) -> None:
+    fast, fast_state, fast_noted = _appender(compiled)
+    slow, slow_state, slow_noted = _appender(pure)
+    for batch in batches:
+        got, want = fast.append(batch), slow.append(batch)
+        assert [type(a) for a in got] == [type(a) for a in want] == [Appended] * len(batch)
+        assert [type(a.message) for a in got] == [StoredMessage] * len(batch)
+        assert got == want
+    assert fast_state == slow_state
+    assert fast_noted == slow_noted
+    for state in (fast_state, slow_state):  # the store's invariants, on both
+        for conversation, rows in state["logs"].items():
+            assert [row[1] for row in rows] == list(range(1, len(rows) + 1))
+            assert all(type(row) is tuple for row in rows)
+            assert len(state["orders"][conversation]) == len(rows)
+
+
+def test_memory_appender_keeps_every_seq_past_the_small_ints(compiled: ModuleType) -> None:
+    # Seqs above 256 are ints of their own (not CPython's shared small ones): a row must hold a
+    # reference of its own to each, which a collection and further appends must not disturb.
+    for module in (compiled, pure):
+        appender, state, _ = _appender(module)
+        for n in range(1, 1201):
+            [appended] = appender.append(
+                [NewMessage("d:ann:bob", f"m{n}", "ann", "hi", "t", "bob")]
+            )
+            assert appended.message.seq == n
+        gc.collect()
+        appender.append([NewMessage("d:ann:bob", "m1", "ann", "hi", "t", "bob")])  # duplicate
+        rows = state["logs"]["d:ann:bob"]
+        assert [row[1] for row in rows] == list(range(1, 1201))
+        assert state["orders"]["d:ann:bob"] == list(range(1, 1201))
+        assert state["by_sender"]["ann"]["m1000"] is rows[999]
+
+
+def test_memory_appender_refuses_what_is_not_a_new_message(compiled: ModuleType) -> None:
+    for module in (compiled, pure):
+        appender, _, _ = _appender(module)
+        with pytest.raises((TypeError, AttributeError)):
+            appender.append([("d:ann:bob", "m1")])
 
 
 # --- selection: relay.fastpath -------------------------------------------------------------

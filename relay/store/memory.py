@@ -17,7 +17,7 @@ Invariants:
   StoredMessage: the garbage collector does not track an exact tuple of strings, ints and None
   (a NamedTuple instance stays tracked, and every full collection would walk all of them).
 - The per-conversation lists and the rows are out of the collector's sight from the start
-  (fastpath.untracked, compiled build): they hold only JSON-shaped values, so no cycle runs
+  (fastpath.MemoryAppender, compiled build, which does append_now's work on these containers): they hold only JSON-shaped values, so no cycle runs
   through them, and a store of millions of messages adds nothing to a full collection (a
   tracked list is walked whole by every one; so is a dict while it holds a tracked row).
 - `_joined[(g, u)]` is the seq of group conversation g when u last joined it (absent: 0, as for
@@ -34,7 +34,7 @@ from typing import Any
 from attrs import define, field
 
 from relay.errors import Conflict, NotFound
-from relay.fastpath import record, untracked
+from relay.fastpath import MemoryAppender, record
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -83,6 +83,20 @@ class MemoryStore:
     _last_seen: dict[str, str] = field(factory=dict, init=False)
     # (user, device) -> the acceptance counter's value when the device registered
     _devices: dict[tuple[str, str], int] = field(factory=dict, init=False)
+    # append_now's work on _by_sender, _messages, _order, _counter and _direct (the same objects)
+    _appender: MemoryAppender = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._appender = MemoryAppender(
+            self._by_sender,
+            self._messages,
+            self._order,
+            self._counter,
+            self._direct,
+            self._note_direct,
+            StoredMessage,
+            Appended,
+        )
 
     async def open(self) -> None:
         pass
@@ -97,41 +111,7 @@ class MemoryStore:
     def append_now(self, messages: Sequence[NewMessage]) -> list[Appended]:
         """append_many without waiting (see Store.append_many): the core's poller appends
         inline with it. A subclass that changes append_many must change this too."""
-        # the hot path of every message: locals, positional constructors, no helper calls
-        results: list[Appended] = []
-        by_sender = self._by_sender
-        logs = self._messages
-        orders = self._order
-        counter = self._counter
-        for message in messages:
-            sent = by_sender.get(message.sender_id)
-            if sent is None:
-                sent = by_sender[message.sender_id] = {}
-            existing = sent.get(message.id)
-            if existing is not None:
-                results.append(Appended(_message(existing), True))
-                continue
-            conversation = message.conversation
-            log = logs.get(conversation)
-            if log is None:
-                log = logs[conversation] = untracked([])
-                orders[conversation] = untracked([])
-            seq = len(log) + 1
-            if message.meta is None:
-                # StoredMessage's fields are NewMessage's with `seq` second: the row, and the
-                # StoredMessage made of it in one allocation (fastpath.record)
-                row: _Row = untracked((conversation, seq, *message[1:]))
-                stored = record(StoredMessage, row)
-            else:
-                stored = message.stored(seq)  # its own copy of `meta`
-                row = tuple(stored)
-            log.append(row)
-            sent[message.id] = row
-            orders[conversation].append(next(counter))
-            if message.group_id is None and conversation not in self._direct:
-                self._note_direct(message)
-            results.append(record(Appended, (stored, False)))
-        return results
+        return self._appender.append(messages)  # the hot path of every message: compiled
 
     def _note_direct(self, message: NewMessage) -> None:
         if message.conversation in self._direct:
