@@ -17,9 +17,10 @@ Invariants:
   StoredMessage: the garbage collector does not track an exact tuple of strings, ints and None
   (a NamedTuple instance stays tracked, and every full collection would walk all of them).
 - The per-conversation lists and the rows are out of the collector's sight from the start
-  (fastpath.MemoryAppender, compiled build, which does append_now's work on these containers): they hold only JSON-shaped values, so no cycle runs
-  through them, and a store of millions of messages adds nothing to a full collection (a
-  tracked list is walked whole by every one; so is a dict while it holds a tracked row).
+  (compiled build: fastpath.MemoryAppender does append_now's work on these containers): they
+  hold only JSON-shaped values, so no cycle runs through them, and a store of millions of
+  messages adds nothing to a full collection (a tracked list is walked whole by every one; so
+  is a dict while it holds a tracked row).
 - `_joined[(g, u)]` is the seq of group conversation g when u last joined it (absent: 0, as for
   every 1:1 participant); u's watermarks speak only for the seqs above it.
 """
