@@ -320,6 +320,26 @@ class StoreSuite:
         assert await store.latest_by_sender(g, 4, 5, "b") == []
         assert await store.latest_by_sender(g, 5, 5, "x") == []
 
+    async def test_latest_by_sender_in_a_direct_conversation(self, store: Store) -> None:
+        # a 1:1 conversation has one other sender: the newest message not the reader's
+        sent = await put(store, msg("a", "b"), msg("b", "a"), msg("b", "a"), msg("a", "b"))
+        assert await store.latest_by_sender(AB, 0, 4, "a") == [sent[2]]
+        assert await store.latest_by_sender(AB, 0, 2, "a") == [sent[1]]
+        assert await store.latest_by_sender(AB, 3, 4, "a") == []
+        assert await store.latest_by_sender(AB, 0, 4, "b") == [sent[3]]
+        assert await store.latest_by_sender(AB, 1, 3, "b") == []
+        # not one of its users: each of them
+        assert await store.latest_by_sender(AB, 0, 99, "c") == [sent[2], sent[3]]
+        # a note to self has no other sender
+        note = direct_conversation("a", "a")
+        await put(store, msg("a", "a"))
+        assert await store.latest_by_sender(note, 0, 1, "a") == []
+        # user ids holding the key's separator are told apart by the length prefix
+        odd = direct_conversation("x:1", "y")
+        [first, second] = await put(store, msg("x:1", "y"), msg("y", "x:1"))
+        assert await store.latest_by_sender(odd, 0, 2, "x:1") == [second]
+        assert await store.latest_by_sender(odd, 0, 2, "y") == [first]
+
     async def test_member_watermarks(self, store: Store) -> None:
         await put(store, msg("a", "b"), msg("b", "a"), msg("a", "b"))
         await store.mark_read(AB, "b", 1)

@@ -91,20 +91,3 @@ def test_inlined_rate_limiter_matches_the_token_bucket() -> None:
     bucket = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, updated=0.0)
     times = [0.0, 0.0, 0.0, 0.0, 0.1, 0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 3.0, 2.0, 10.0]
     assert [limiter.allow("u", t) for t in times] == [bucket.take(t) for t in times]
-
-
-async def test_latest_by_sender_in_a_direct_conversation() -> None:
-    store = MemoryStore()
-    conv = direct_conversation("a", "b")
-    await store.append_many(
-        [_new("a", "b", "1"), _new("b", "a", "2"), _new("b", "a", "3"), _new("a", "b", "4")]
-    )
-    ids = [m.id for m in await store.latest_by_sender(conv, 0, 4, "a")]
-    assert ids == ["3"]
-    assert [m.id for m in await store.latest_by_sender(conv, 0, 2, "a")] == ["2"]
-    assert await store.latest_by_sender(conv, 3, 4, "a") == []
-    assert [m.id for m in await store.latest_by_sender(conv, 0, 4, "b")] == ["4"]
-    assert [m.id for m in await store.latest_by_sender(conv, 0, 99, "c")] == ["3", "4"]
-    note = direct_conversation("a", "a")
-    await store.append_many([_new("a", "a", "5")])
-    assert await store.latest_by_sender(note, 0, 1, "a") == []

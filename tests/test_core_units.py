@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from relay.presence import PresenceTracker
 from relay.ratelimit import RateLimiter, TokenBucket
+from relay.store.base import direct_conversation, direct_users, group_conversation
 from relay.typing_state import TypingKey, TypingTracker
 
 
@@ -85,3 +89,13 @@ def test_typing_lapse_stop_and_rate() -> None:
     t.start(group, 40.0)
     assert t.keys_of("u") == [group]
     assert t.clear_user("u") == [group] and t.keys_of("u") == []
+
+
+@given(st.text(), st.text())
+def test_direct_users_reads_back_any_pair_of_user_ids(a: str, b: str) -> None:
+    assert direct_users(direct_conversation(a, b)) == tuple(sorted((a, b)))
+
+
+def test_direct_users_refuses_other_keys() -> None:
+    for key in [group_conversation("g"), "d:", "d:x:a:b", "d:5:ab:c", "d:1:ab", "x:1:a:b"]:
+        assert direct_users(key) is None, key

@@ -35,6 +35,20 @@ def direct_conversation(a: str, b: str) -> str:
     return f"d:{len(lo)}:{lo}:{hi}"
 
 
+def direct_users(conversation: str) -> tuple[str, str] | None:
+    """The two users of a 1:1 conversation key (direct_conversation's inverse), or None when
+    `conversation` is not one."""
+    if not conversation.startswith("d:"):
+        return None
+    size, sep, rest = conversation[2:].partition(":")
+    if not sep or not size.isdigit():
+        return None
+    lo_len = int(size)
+    if len(rest) < lo_len + 1 or rest[lo_len] != ":":
+        return None
+    return rest[:lo_len], rest[lo_len + 1 :]
+
+
 def group_conversation(group_id: str) -> str:
     """The key of group `group_id`'s conversation."""
     return f"g:{group_id}"

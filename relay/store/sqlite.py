@@ -64,6 +64,7 @@ from relay.store.base import (
     NewMessage,
     StoredMessage,
     Watermarks,
+    direct_users,
     group_conversation,
 )
 from relay.store.migrations import SchemaMismatch, migrate
@@ -623,6 +624,17 @@ def _undelivered(
 def _latest_by_sender(
     conn: sqlite3.Connection, conversation: str, after_seq: int, upto_seq: int, exclude: str
 ) -> list[StoredMessage]:
+    users = direct_users(conversation)
+    if users is not None and exclude in users:
+        # 1:1 seen by one of its users: every message not theirs is the peer's, so the newest
+        # such one is the answer, found walking messages_by_seq back from upto_seq (one row
+        # read, not every row of the range: this runs once per delivery watermark move)
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE conversation = ? AND seq > ? AND seq <= ? "
+            "AND sender_id != ? ORDER BY seq DESC LIMIT 1",
+            (conversation, after_seq, upto_seq, exclude),
+        ).fetchone()
+        return [] if row is None else [_message(row)]
     # SQLite takes the bare columns of a MAX() aggregate from the row holding the maximum.
     rows = conn.execute(
         f"SELECT {_COLUMNS}, MAX(seq) FROM messages WHERE conversation = ? AND seq > ? "
