@@ -931,11 +931,12 @@ class Server:
                     self.handler.tick(_monotonic())
                 except Exception:
                     log.exception("handler.tick failed")
-                # store work the handler's sync callbacks queued (MessagingService.maintain)
+                # store work the handler's sync callbacks queued (MessagingService.maintain),
+                # pausing so that the poller and flusher run between its slices
                 maintain = getattr(self.handler, "maintain", None)
                 if maintain is not None:
                     try:
-                        await maintain()
+                        await maintain(trio.lowlevel.checkpoint)
                     except Exception:
                         log.exception("handler.maintain failed")
             if t >= next_sweep:

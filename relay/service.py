@@ -74,7 +74,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -134,6 +134,10 @@ from relay.store.base import (
 from relay.typing_state import TypingKey, TypingTracker
 
 log = logging.getLogger("relay.service")
+
+#: The longest stretch of maintain() work between two of its pauses, s.
+MAINTAIN_SLICE = 0.0002
+_monotonic = time.monotonic
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
@@ -516,35 +520,54 @@ class MessagingService:
         self.limiter.prune(now)
         self._sequencer.prune(now)
 
-    async def maintain(self) -> None:
+    async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """Store work the sync callbacks queued: delivery marks of flushed frames (and the
         receipts they cause), lastSeen of users gone offline, backlog batches waiting for those
         marks, receipt catch-ups of finished backlogs. Safe to call concurrently; cheap when
-        there is nothing to do."""
+        there is nothing to do.
+
+        `pause` (the shell passes one that lets its other tasks run) is awaited whenever
+        MAINTAIN_SLICE of this work has gone by without one, so a tick's worth of marks and
+        receipts never stalls live traffic for longer than that (an in-memory store's calls
+        return without yielding)."""
         if self._maintaining:
             return
         self._maintaining = True
+        resume_at = _monotonic() + MAINTAIN_SLICE
+        ready: dict[int, Connection] = {}
+        due: dict[int, Connection] = {}
+
+        async def breathe() -> None:
+            nonlocal resume_at
+            if pause is not None and _monotonic() >= resume_at:
+                await pause()
+                resume_at = _monotonic() + MAINTAIN_SLICE
+
         try:
-            while self._flushed:
-                marks = self._persisting = self._flushed
-                self._flushed = {}
-                for (conversation, user, device), (seq, group_id) in list(marks.items()):
-                    try:
-                        before = await self.store.mark_delivered(conversation, user, device, seq)
-                        if seq > before.delivered_seq:
-                            await self._notify_senders(
-                                conversation,
-                                before.delivered_seq,
-                                seq,
-                                user,
-                                "delivered",
-                                group_id,
-                            )
-                    except Exception:
-                        log.exception("recording delivery in %s failed", conversation)
-                    del marks[(conversation, user, device)]
+            # one pass over the marks queued so far: those of flushes during it (its pauses, the
+            # store's awaits) wait for the next call, so a call ends however busy the relay is
+            # and each mark batches a tick's worth of flushes
+            marks = self._persisting = self._flushed
+            self._flushed = {}
+            for (conversation, user, device), (seq, group_id) in list(marks.items()):
+                await breathe()  # before the entry: one cancelled here stays in `marks`
+                try:
+                    before = await self.store.mark_delivered(conversation, user, device, seq)
+                    if seq > before.delivered_seq:
+                        await self._notify_senders(
+                            conversation,
+                            before.delivered_seq,
+                            seq,
+                            user,
+                            "delivered",
+                            group_id,
+                        )
+                except Exception:
+                    log.exception("recording delivery in %s failed", conversation)
+                del marks[(conversation, user, device)]
             # kept in _last_seen until written, so presence answers have it meanwhile
             for user, timestamp in list(self._last_seen.items()):
+                await breathe()
                 try:
                     await self.store.set_last_seen(user, timestamp)
                 except Exception:
@@ -554,13 +577,17 @@ class MessagingService:
                     del self._last_seen[user]
             # once per call: a batch that fails or waits again is retried by the next call
             ready, self._backlog_ready = self._backlog_ready, {}
-            for conn in ready.values():
+            for conn_id, conn in list(ready.items()):
+                await breathe()  # cancelled here: `finally` queues what is left again
+                del ready[conn_id]
                 session = conn.state
                 if isinstance(session, Session) and session.active:
                     await self._pump_backlog(conn, session)
             # after the pumps: the backlogs they finished are caught up in this call
             due, self._catchup_due = self._catchup_due, {}
-            for conn in due.values():
+            for conn_id, conn in list(due.items()):
+                await breathe()
+                del due[conn_id]
                 session = conn.state
                 if isinstance(session, Session) and session.active:
                     await self._catch_up(conn, session)
@@ -571,6 +598,9 @@ class MessagingService:
                 if known is None or known[0] < mark[0]:
                     self._flushed[key] = mark
             self._persisting = {}
+            # pumps and catch-ups not reached (cancelled) wait for the next call
+            self._backlog_ready = {**ready, **self._backlog_ready}
+            self._catchup_due = {**due, **self._catchup_due}
             self._maintaining = False
 
     # --- sending ----------------------------------------------------------------------------------

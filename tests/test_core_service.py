@@ -1240,3 +1240,79 @@ async def test_what_was_flushed_is_not_sent_again_while_its_marks_are_being_writ
         assert again.backlog == []  # type: ignore[attr-defined]
         h.store.gate.set()
     assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).delivered_seq == 1
+
+
+async def _flushed_to_many(h: Harness, pairs: int) -> list[FakeConn]:
+    """`pairs` senders who each wrote one message to their own reader, which was flushed:
+    a delivery mark per reader waits for maintain(). Returns the senders."""
+    senders = [await h.connect(f"s{i}") for i in range(pairs)]
+    readers = [await h.connect(f"r{i}") for i in range(pairs)]
+    for i, sender in enumerate(senders):
+        await h.send(sender, msg(f"m{i}", f"r{i}"))
+        h.frames(sender)
+    for reader in readers:
+        assert len(of_type(h.frames(reader), "message")) == 1  # flushed
+    return senders
+
+
+def _delivered_ids(sender: FakeConn, h: Harness) -> list[str]:
+    return [r["id"] for r in of_type(h.frames(sender), "receipt") if r["status"] == "delivered"]
+
+
+async def test_maintain_pauses_between_slices_and_still_writes_every_mark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)  # a pause before every entry
+    h = Harness()
+    senders = await _flushed_to_many(h, 5)
+    pauses = 0
+
+    async def pause() -> None:
+        nonlocal pauses
+        pauses += 1
+
+    await h.svc.maintain(pause)
+    assert pauses >= 5
+    assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(5)]
+
+
+async def test_a_flush_during_maintain_is_marked_by_the_next_call() -> None:
+    # one pass per call: marks that arrive while it runs (here: in its pause) wait, so a busy
+    # relay's maintain() ends, and each call batches a tick's worth of flushes
+    h = Harness()
+    late = await h.connect("late")
+    reader = await h.connect("late-reader")
+    [early] = await _flushed_to_many(h, 1)
+
+    async def pause() -> None:
+        await h.send(late, msg("l1", "late-reader"))
+        h.frames(reader)  # flushed while maintain() runs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("relay.service.MAINTAIN_SLICE", 0.0)
+        await h.svc.maintain(pause)
+    assert _delivered_ids(early, h) == ["m0"]
+    assert _delivered_ids(late, h) == []  # not yet
+    await h.svc.maintain()
+    assert _delivered_ids(late, h) == ["l1"]
+
+
+async def test_marks_not_reached_when_maintain_is_cancelled_are_written_by_the_next_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)
+    h = Harness()
+    senders = await _flushed_to_many(h, 4)
+    paused = 0
+
+    async def pause() -> None:
+        nonlocal paused
+        paused += 1
+        if paused == 3:  # two marks written, then cancelled (the server shutting down)
+            await trio.sleep_forever()
+
+    with trio.move_on_after(0.05):
+        await h.svc.maintain(pause)
+    assert [len(_delivered_ids(s, h)) for s in senders] == [1, 1, 0, 0]
+    await h.svc.maintain()
+    assert [len(_delivered_ids(s, h)) for s in senders] == [0, 0, 1, 1]
