@@ -54,6 +54,16 @@ def decode_message(payload: bytes | str, max_text_chars: int, frame_cls: type[_T
 def record(cls: type[_T], items: tuple[Any, ...]) -> _T: ...
 def untracked(obj: _T) -> _T: ...
 
+ROW_OPTIONAL: tuple[str, ...]
+
+def sqlite_rows(
+    requests: Iterable[Iterable[Any]],
+    tip_of: Callable[[Any], list[Any]],
+    pos: int,
+    stored_cls: type[tuple[Any, ...]],
+    appended_cls: type[tuple[Any, ...]],
+) -> tuple[dict[int, list[Any]], list[list[Any]], int]: ...
+
 class MemoryAppender:
     def __init__(
         self,

@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The compiled hot path: RFC 6455 server-side framing, Outbox, fanout, the JSON frames of
-the message path (delivery and `sent`) and the in-memory store's append.
+the message path (delivery and `sent`), the in-memory store's append and the SQLite store's
+rows.
 
 Invariant: for every input this module and relay._fastpath_py (the reference) give equal events,
 equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
-NewMessages equal MemoryAppender results and containers (tests/test_fastpath_parity.py holds
-them to it). Import it through relay.fastpath.
+NewMessages equal MemoryAppender results and containers and equal sqlite_rows results and
+calls (tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
@@ -1072,6 +1073,105 @@ cdef class MemoryAppender:
                 self._note_direct(message)
             results.append(_record(self._appended_cls, (stored, False)))
         return results
+
+
+# --- the SQLite store's rows ----------------------------------------------------------------------
+# SqliteStore's per-message work for a fused append (the twin, sqlite_rows, says what it gives):
+# the row's parameters go straight from the NewMessage's items onto its group's list.
+
+ROW_OPTIONAL = (
+    "recipient_id",
+    "group_id",
+    "sender_name",
+    "sender_avatar",
+    "client_timestamp",
+    "meta",
+)
+cdef Py_ssize_t _F_TEXT = 3
+cdef Py_ssize_t _F_TIMESTAMP = 4
+cdef Py_ssize_t _F_RECIPIENT = 5
+# _F_GROUP (6), then sender_name 7, sender_avatar 8, client_timestamp 9, _F_META (10)
+
+
+def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
+    """relay._fastpath_py.sqlite_rows in C: same calls of `tip_of`, same rows and answers."""
+    if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
+        raise TypeError("sqlite_rows needs tuple classes (NamedTuples)")
+    cdef dict tips = {}
+    cdef dict rows = {}
+    cdef list answers = []
+    cdef list results, tip, params
+    cdef tuple m
+    cdef Py_ssize_t i
+    cdef int present
+    # objects, never inferred C values: each reference a tuple steals must be the variable's own
+    cdef object seq, conversation, item, meta, key
+    for messages in requests:
+        results = []
+        for message in messages:
+            if not isinstance(message, tuple) or PyTuple_GET_SIZE(message) != _NEW_FIELDS:
+                raise TypeError(f"sqlite_rows needs NewMessages, not {message!r}")
+            m = <tuple>message
+            conversation = <object>PyTuple_GET_ITEM(m, _F_CONVERSATION)
+            found = tips.get(conversation)
+            if found is None:
+                found = tip_of(message)
+                if type(found) is not list or len(<list>found) != 3:
+                    raise TypeError(f"tip_of must return [last_seq, last_pos, updated_at], not {found!r}")
+                tips[conversation] = found
+            tip = <list>found
+            pos = pos + 1
+            seq = tip[0] + 1
+            tip[0] = seq
+            tip[1] = pos
+            timestamp = <object>PyTuple_GET_ITEM(m, _F_TIMESTAMP)
+            tip[2] = timestamp
+            present = 0
+            for i in range(_F_RECIPIENT, _F_META + 1):
+                if <object>PyTuple_GET_ITEM(m, i) is not None:
+                    present |= 1 << (i - _F_RECIPIENT)
+            key = present
+            found = rows.get(key)
+            if found is None:
+                params = []
+                rows[key] = params
+            else:
+                params = <list>found
+            params.append(pos)
+            params.append(conversation)
+            params.append(seq)
+            params.append(<object>PyTuple_GET_ITEM(m, _F_ID))
+            params.append(<object>PyTuple_GET_ITEM(m, _F_SENDER))
+            params.append(<object>PyTuple_GET_ITEM(m, _F_TEXT))
+            params.append(timestamp)
+            for i in range(_F_RECIPIENT, _F_META):
+                item = <object>PyTuple_GET_ITEM(m, i)
+                if item is not None:
+                    params.append(item)
+            meta = <object>PyTuple_GET_ITEM(m, _F_META)
+            if meta is None:
+                # the StoredMessage made in place: conversation, seq, then the rest of m
+                stored = PyType_GenericAlloc(stored_cls, _NEW_FIELDS + 1)
+                Py_INCREF(conversation)
+                PyTuple_SET_ITEM(stored, 0, conversation)
+                Py_INCREF(seq)
+                PyTuple_SET_ITEM(stored, 1, seq)
+                for i in range(1, _NEW_FIELDS):
+                    item = <object>PyTuple_GET_ITEM(m, i)
+                    Py_INCREF(item)
+                    PyTuple_SET_ITEM(stored, i + 1, item)
+                _untrack_tuple(<tuple>stored)
+            else:
+                params.append(_orjson_dumps(meta).decode())
+                stored = message.stored(seq)  # its own copy of `meta`
+            appended = PyType_GenericAlloc(appended_cls, 2)
+            Py_INCREF(stored)
+            PyTuple_SET_ITEM(appended, 0, stored)
+            Py_INCREF(False)
+            PyTuple_SET_ITEM(appended, 1, False)
+            results.append(appended)
+        answers.append(results)
+    return rows, answers, pos
 
 
 # --- decoding the common `message` frame ----------------------------------------------------------

@@ -1,10 +1,10 @@
 """The pure-Python twin of relay._fastpath: RFC 6455 server-side framing, Outbox, fanout, the
-message path's JSON frames, records and the in-memory store's append.
+message path's JSON frames, records, the in-memory store's append and the SQLite store's rows.
 
 Invariant: for every input this module and the compiled relay._fastpath give equal events,
 equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
-NewMessages equal MemoryAppender results and containers (tests/test_fastpath_parity.py holds
-them to it). Import it through relay.fastpath.
+NewMessages equal MemoryAppender results and containers and equal sqlite_rows results and
+calls (tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
 """
 
 from __future__ import annotations
@@ -558,3 +558,100 @@ class MemoryAppender:
                 self._note_direct(message)
             results.append(record(appended_cls, (stored, False)))
         return results
+
+
+# --- the SQLite store's rows ----------------------------------------------------------------------
+
+#: StoredMessage's optional columns, in the order of the bits of a row's `present` mask: a row's
+#: parameters are pos, conversation, seq, id, sender_id, text, server_timestamp, then those of
+#: these it sets, in this order (meta as its JSON text)
+ROW_OPTIONAL = (
+    "recipient_id",
+    "group_id",
+    "sender_name",
+    "sender_avatar",
+    "client_timestamp",
+    "meta",
+)
+
+
+def sqlite_rows(
+    requests: Iterable[Iterable[Any]],
+    tip_of: Callable[[Any], list[Any]],
+    pos: int,
+    stored_cls: type[tuple[Any, ...]],
+    appended_cls: type[tuple[Any, ...]],
+) -> tuple[dict[int, list[Any]], list[list[Any]], int]:
+    """SqliteStore's per-message work for a fused append: every NewMessage of `requests`, in
+    order, numbered and laid out as INSERT parameters.
+
+    - `tip_of(message)` is called once per conversation (at its first message) and returns
+      that conversation's counters, a list [last_seq, last_pos, updated_at] that this updates
+      in place as its messages are numbered: seq = last_seq + 1, pos counts on from `pos`;
+    - the rows go by the optional columns they set (`present`, bits of ROW_OPTIONAL): rows
+      [present] is their parameters laid end to end;
+    - each request's answer is a list of `appended_cls((stored, False))`, `stored` being
+      `stored_cls` made of the message's fields with its seq second (its own copy of `meta`).
+    Returns (rows, answers, the last pos given). The compiled function does the same in C."""
+    tips: dict[str, list[Any]] = {}
+    rows: dict[int, list[Any]] = {}
+    answers: list[list[Any]] = []
+    for messages in requests:
+        results: list[Any] = []
+        for m in messages:
+            (
+                conversation,
+                ident,
+                sender,
+                text,
+                timestamp,
+                recipient,
+                group,
+                name,
+                avatar,
+                stamp,
+                meta,
+            ) = m
+            tip = tips.get(conversation)
+            if tip is None:
+                tip = tips[conversation] = tip_of(m)
+            pos += 1
+            seq = tip[0] = tip[0] + 1
+            tip[1] = pos
+            tip[2] = timestamp
+            present = 0
+            if recipient is not None:
+                present = 1
+            if group is not None:
+                present |= 2
+            if name is not None:
+                present |= 4
+            if avatar is not None:
+                present |= 8
+            if stamp is not None:
+                present |= 16
+            if meta is not None:
+                present |= 32
+            params = rows.get(present)
+            if params is None:
+                params = rows[present] = []
+            params += (pos, conversation, seq, ident, sender, text, timestamp)
+            if present:
+                if recipient is not None:
+                    params.append(recipient)
+                if group is not None:
+                    params.append(group)
+                if name is not None:
+                    params.append(name)
+                if avatar is not None:
+                    params.append(avatar)
+                if stamp is not None:
+                    params.append(stamp)
+            if meta is None:
+                stored = record(stored_cls, (conversation, seq, *m[1:]))
+            else:
+                params.append(orjson.dumps(meta).decode())
+                stored = m.stored(seq)  # its own copy of `meta`
+            results.append(record(appended_cls, (stored, False)))
+        answers.append(results)
+    return rows, answers, pos

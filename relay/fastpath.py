@@ -23,6 +23,7 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "ROW_OPTIONAL",
     "FrameParser",
     "MemoryAppender",
     "Outbox",
@@ -35,6 +36,7 @@ __all__ = [
     "message_fields",
     "parse_close",
     "record",
+    "sqlite_rows",
     "untracked",
 ]
 
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         OP_PING,
         OP_PONG,
         OP_TEXT,
+        ROW_OPTIONAL,
         FrameParser,
         MemoryAppender,
         Outbox,
@@ -81,6 +84,7 @@ if TYPE_CHECKING:
         message_fields,
         parse_close,
         record,
+        sqlite_rows,
         untracked,
     )
 else:

@@ -711,6 +711,88 @@ def test_memory_appender_refuses_what_is_not_a_new_message(compiled: ModuleType)
             appender.append([("d:ann:bob", "m1")])
 
 
+# --- the SQLite store's rows -------------------------------------------------------------------
+
+
+def _rows_of(
+    module: ModuleType, requests: list[list[NewMessage]], start: int, pos: int
+) -> tuple[Any, list[NewMessage], dict[str, list[Any]]]:
+    """sqlite_rows over `requests`, each conversation's counters starting at `start`."""
+    asked: list[NewMessage] = []
+    tips: dict[str, list[Any]] = {}
+
+    def tip_of(message: NewMessage) -> list[Any]:
+        asked.append(message)
+        tips[message.conversation] = [start, 0, ""]
+        return tips[message.conversation]
+
+    out = module.sqlite_rows(requests, tip_of, pos, StoredMessage, Appended)
+    return out, asked, tips
+
+
+@SETTINGS
+@given(
+    requests=st.lists(new_messages(), max_size=4),
+    start=st.sampled_from([0, 7, 255, 1 << 40]),
+    pos=st.sampled_from([0, 300, 1 << 40]),
+)
+def test_sqlite_rows_agree(
+    compiled: ModuleType, requests: list[list[NewMessage]], start: int, pos: int
+) -> None:
+    got = outcome(lambda: _rows_of(compiled, requests, start, pos))
+    assert got == outcome(lambda: _rows_of(pure, requests, start, pos))
+    if got[0] != "ok":  # a meta orjson cannot write (an int past 64 bits): refused alike
+        return
+    (rows, answers, last), asked, tips = got[1]
+    assert [[type(a) for a in answer] for answer in answers] == [
+        [Appended] * len(r) for r in requests
+    ]
+    # what SqliteStore relies on: pos counts on by one per message, seq per conversation, each
+    # conversation asked for once (at its first message), and every row's parameters in place
+    flat = [m for r in requests for m in r]
+    assert last == pos + len(flat)
+    first: dict[str, NewMessage] = {}
+    for m in flat:
+        first.setdefault(m.conversation, m)
+    assert asked == list(first.values())
+    stored = [a.message for answer in answers for a in answer]
+    for conversation, tip in tips.items():
+        seqs = [m.seq for m in stored if m.conversation == conversation]
+        assert seqs == list(range(start + 1, start + 1 + len(seqs)))
+        assert tip[0] == seqs[-1]
+    for present, params in rows.items():
+        width = 7 + present.bit_count()
+        assert len(params) % width == 0
+        for i in range(0, len(params), width):
+            row_pos, conversation, seq, ident = params[i : i + 4]
+            message = stored[row_pos - pos - 1]
+            assert (conversation, seq, ident) == (message.conversation, message.seq, message.id)
+            optional = [getattr(message, name) for name in compiled.ROW_OPTIONAL]
+            assert present == sum(1 << b for b, v in enumerate(optional) if v is not None)
+            *columns, meta = optional
+            expected = [v for v in columns if v is not None]
+            if meta is not None:
+                expected.append(orjson.dumps(meta).decode())
+            assert params[i + 7 : i + width] == expected
+
+
+def test_sqlite_rows_keep_every_seq_and_pos_past_the_small_ints(compiled: ModuleType) -> None:
+    requests = [[NewMessage("d:ann:bob", f"m{n}", "ann", "hi", "t", "bob")] for n in range(600)]
+    for module in (compiled, pure):
+        (rows, answers, last), _, tips = _rows_of(module, requests, 250, 1000)
+        gc.collect()
+        assert [a.message.seq for [a] in answers] == list(range(251, 851))
+        assert rows[1][0::8] == list(range(1001, 1601))  # pos of each row
+        assert rows[1][2::8] == list(range(251, 851))  # seq of each row
+        assert (last, tips["d:ann:bob"][:2]) == (1600, [850, 1600])
+
+
+def test_sqlite_rows_refuse_what_is_not_a_new_message(compiled: ModuleType) -> None:
+    for module in (compiled, pure):
+        with pytest.raises((TypeError, ValueError)):
+            module.sqlite_rows([[("d:ann:bob", "m1")]], list, 0, StoredMessage, Appended)
+
+
 # --- selection: relay.fastpath -------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ import trio
 from attrs import define, field
 
 from relay.errors import Conflict, NotFound, StoreError, StoreUnavailable
-from relay.fastpath import record
+from relay.fastpath import ROW_OPTIONAL, sqlite_rows
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -157,6 +157,16 @@ class _Tip:
     updated_at: str = ""
 
 
+@define
+class _Batched:
+    """A conversation of a fused append: whether its row exists, and the counters that
+    fastpath.sqlite_rows moves as it numbers the conversation's messages."""
+
+    exists: bool
+    group_id: str | None
+    counters: list[Any]  # [last_seq, last_pos, updated_at]
+
+
 #: the greatest message pos ever given, and moving it on (migration 5: a pos is never reused,
 #: even once retention has deleted the messages above it)
 _LAST_POS: Final = "SELECT last_pos FROM positions"
@@ -242,15 +252,7 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
     return results
 
 
-_OPTIONAL: Final = (
-    "recipient_id",
-    "group_id",
-    "sender_name",
-    "sender_avatar",
-    "client_timestamp",
-    "meta",
-)
-#: the columns every message sets, in the order of its parameters (then _OPTIONAL's it has)
+#: the columns every message sets, in the order of its parameters (then ROW_OPTIONAL's it has)
 _BASE: Final = ("pos", "conversation", "seq", "id", "sender_id", "text", "server_timestamp")
 _BASE_COLUMNS: Final = len(_BASE)
 _CHUNK: Final = 128  # rows per multi-row statement at most (x 13 parameters << SQLite's 32766)
@@ -277,11 +279,11 @@ def _runs(params: list[Any], width: int) -> Iterator[tuple[int, list[Any]]]:
 
 def _insert_messages(present: int, size: int) -> str:
     """The INSERT of `size` messages whose optional columns set are the bits of `present` (bit
-    i: `_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
+    i: `ROW_OPTIONAL[i]`). The others are left out, so they are NULL without binding None: sqlite3
     binds None through its adaptation lookup, which costs about as much as the row's insert."""
     sql = _inserts.get((present, size))
     if sql is None:
-        names = [name for bit, name in enumerate(_OPTIONAL) if present >> bit & 1]
+        names = [name for bit, name in enumerate(ROW_OPTIONAL) if present >> bit & 1]
         columns = ", ".join([*_BASE, *names])
         values = ", ".join([f"({', '.join('?' * (_BASE_COLUMNS + len(names)))})"] * size)
         sql = f"INSERT OR IGNORE INTO messages ({columns}) VALUES {values}"
@@ -306,79 +308,31 @@ def _append_fused(
     inserted (a duplicate, or a (conversation, seq) taken): the caller then undoes this and
     runs the requests one by one, which sorts such cases out. Runs in the caller's savepoint.
     """
-    tips: dict[str, _Tip] = {}
-    # by the optional columns they set (bits of _OPTIONAL): those rows' parameters, in one list
-    rows: dict[int, list[Any]] = {}
-    count = 0
+    tips: dict[str, _Batched] = {}
     peers: list[tuple[str, str, str]] = []
-    answers: list[list[Appended]] = []
-    (pos,) = conn.execute(_LAST_POS).fetchone()
-    for messages in requests:
-        results: list[Appended] = []
-        for m in messages:
-            conversation = m.conversation
-            tip = tips.get(conversation)
-            if tip is None:
-                last = known.get(conversation)
-                if last is None:
-                    found = conn.execute(
-                        "SELECT last_seq FROM conversations WHERE conversation = ?",
-                        (conversation,),
-                    ).fetchone()
-                    tip = _Tip(found[0] if found else 0, found is not None, m.group_id)
-                else:
-                    tip = _Tip(last, True, m.group_id)
-                tips[conversation] = tip
-                if not tip.exists and m.group_id is None:
-                    peer = m.recipient_id if m.recipient_id is not None else m.sender_id
-                    peers.append((m.sender_id, conversation, peer))
-                    peers.append((peer, conversation, m.sender_id))
-            pos += 1
-            seq = tip.last_seq = tip.last_seq + 1
-            tip.last_pos = pos
-            # NewMessage's fields, unpacked at once (a NamedTuple's attributes cost a lookup each)
-            (_, ident, sender, text, timestamp, recipient, group, name, avatar, stamp, meta) = m
-            tip.updated_at = timestamp
-            present = 0
-            if recipient is not None:
-                present = 1
-            if group is not None:
-                present |= 2
-            if name is not None:
-                present |= 4
-            if avatar is not None:
-                present |= 8
-            if stamp is not None:
-                present |= 16
-            if meta is not None:
-                present |= 32
-            # the row's parameters go straight onto its group's list: no list per row to
-            # build, flatten and free (that was a tenth of the writer's time)
-            params = rows.get(present)
-            if params is None:
-                params = rows[present] = []
-            params += (pos, conversation, seq, ident, sender, text, timestamp)
-            if present:
-                if recipient is not None:
-                    params.append(recipient)
-                if group is not None:
-                    params.append(group)
-                if name is not None:
-                    params.append(name)
-                if avatar is not None:
-                    params.append(avatar)
-                if stamp is not None:
-                    params.append(stamp)
-            if meta is None:
-                # StoredMessage's fields are NewMessage's with `seq` second: made of them in
-                # one allocation (fastpath.record)
-                stored = record(StoredMessage, (conversation, seq, *m[1:]))
-            else:
-                params.append(orjson.dumps(meta).decode())
-                stored = m.stored(seq)  # its own copy of `meta`
-            count += 1
-            results.append(record(Appended, (stored, False)))
-        answers.append(results)
+
+    def tip_of(m: NewMessage) -> list[Any]:
+        """The counters of m's conversation (its first message in this batch)."""
+        conversation = m.conversation
+        last = known.get(conversation)
+        if last is None:
+            found = conn.execute(
+                "SELECT last_seq FROM conversations WHERE conversation = ?", (conversation,)
+            ).fetchone()
+            tip = _Batched(found is not None, m.group_id, [found[0] if found else 0, 0, ""])
+        else:
+            tip = _Batched(True, m.group_id, [last, 0, ""])
+        tips[conversation] = tip
+        if not tip.exists and m.group_id is None:
+            peer = m.recipient_id if m.recipient_id is not None else m.sender_id
+            peers.append((m.sender_id, conversation, peer))
+            peers.append((peer, conversation, m.sender_id))
+        return tip.counters
+
+    (first_pos,) = conn.execute(_LAST_POS).fetchone()
+    # the per-message work, compiled (fastpath.sqlite_rows): numbering, rows, answers
+    rows, answers, pos = sqlite_rows(requests, tip_of, first_pos, StoredMessage, Appended)
+    count = pos - first_pos
     # The unique indexes are the idempotency and counter checks: every row went in, or this
     # attempt is void. (`pos` is explicit, so the order of the statements does not matter.)
     inserted = 0
@@ -393,24 +347,15 @@ def _append_fused(
             "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",
             peers,
         )
-    moved = [
-        value
-        for c, t in tips.items()
-        if t.exists
-        for value in (c, t.last_seq, t.last_pos, t.updated_at)
-    ]
+    moved = [value for c, t in tips.items() if t.exists for value in (c, *t.counters)]
     for size, values in _runs(moved, 4):
         conn.execute(_update_tips(size), values)
     conn.executemany(
         "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
         "VALUES (?, ?, ?, ?, ?)",
-        [
-            (c, t.group_id, t.last_seq, t.last_pos, t.updated_at)
-            for c, t in tips.items()
-            if not t.exists
-        ],
+        [(c, t.group_id, *t.counters) for c, t in tips.items() if not t.exists],
     )
-    return answers, {c: t.last_seq for c, t in tips.items()}
+    return answers, {c: t.counters[0] for c, t in tips.items()}
 
 
 def _device_start(
