@@ -137,6 +137,8 @@ log = logging.getLogger("relay.service")
 
 #: The longest stretch of maintain() work between two of its pauses, s.
 MAINTAIN_SLICE = 0.0002
+#: Delivery marks maintain() hands the store in one write (store.mark_delivered_many).
+MARKS_PER_WRITE = 256
 _monotonic = time.monotonic
 
 CLOSE_POLICY = 1008
@@ -549,22 +551,40 @@ class MessagingService:
             # and each mark batches a tick's worth of flushes
             marks = self._persisting = self._flushed
             self._flushed = {}
-            for (conversation, user, device), (seq, group_id) in list(marks.items()):
-                await breathe()  # before the entry: one cancelled here stays in `marks`
+            pending = list(marks.items())
+            for start in range(0, len(pending), MARKS_PER_WRITE):
+                chunk = pending[start : start + MARKS_PER_WRITE]
+                await breathe()  # before the write: a chunk cancelled here stays in `marks`
                 try:
-                    before = await self.store.mark_delivered(conversation, user, device, seq)
-                    if seq > before.delivered_seq:
-                        await self._notify_senders(
-                            conversation,
-                            before.delivered_seq,
-                            seq,
-                            user,
-                            "delivered",
-                            group_id,
-                        )
+                    befores = await self.store.mark_delivered_many(
+                        [(c, user, device, seq) for (c, user, device), (seq, _) in chunk]
+                    )
                 except Exception:
-                    log.exception("recording delivery in %s failed", conversation)
-                del marks[(conversation, user, device)]
+                    log.exception("recording %d deliveries failed", len(chunk))
+                    for key, _mark in chunk:
+                        del marks[key]
+                    continue
+                # receipts to the senders whose messages the moved watermarks now cover
+                moved = [
+                    (conversation, before.delivered_seq, seq, user, group_id)
+                    for ((conversation, user, _device), (seq, group_id)), before in zip(
+                        chunk, befores, strict=True
+                    )
+                    if seq > before.delivered_seq
+                ]
+                try:
+                    newest = await self.store.latest_by_sender_many(
+                        [(c, after, upto, user) for c, after, upto, user, _ in moved]
+                    )
+                except Exception:  # the marks stand; the receipts come with the catch-up of the
+                    # senders' next connections
+                    log.exception("finding the senders of %d deliveries failed", len(moved))
+                else:
+                    for (_c, _a, _u, user, group_id), messages in zip(moved, newest, strict=True):
+                        await breathe()
+                        self._status_receipts(messages, user, "delivered", group_id)
+                for key, _mark in chunk:
+                    del marks[key]
             # kept in _last_seen until written, so presence answers have it meanwhile
             for user, timestamp in list(self._last_seen.items()):
                 await breathe()
@@ -1367,6 +1387,13 @@ class MessagingService:
     ) -> None:
         """Tell each sender whose messages in (after, upto] the reader's watermark now covers."""
         newest = await self.store.latest_by_sender(conversation, after, upto, reader)
+        self._status_receipts(newest, reader, status, group_id)
+
+    def _status_receipts(
+        self, newest: list[StoredMessage], reader: str, status: str, group_id: str | None
+    ) -> None:
+        """A `status` receipt from `reader` to the sender of each of `newest` (each its
+        sender's newest message the reader's watermark covers, as latest_by_sender gives)."""
         timestamp = self._now_iso()
         for message in newest:
             wire = _wire(

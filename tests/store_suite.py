@@ -285,6 +285,30 @@ class StoreSuite:
         # the other participant's marks are their own
         assert await store.watermarks(AB, "a") == Watermarks(0, 0)
 
+    async def test_mark_delivered_many_is_each_mark_in_turn(self, store: Store) -> None:
+        await put(store, *(msg("a", "b") for _ in range(5)), msg("a", "c"), msg("c", "a"))
+        befores = await store.mark_delivered_many(
+            [
+                (AB, "b", "phone", 3),
+                (AB, "b", "watch", 2),  # the user's watermark is past it already
+                (AC, "c", "", 9),  # clamped to the last message
+                (AB, "b", "phone", 5),  # the same device again, further
+                (AC, "a", "", 2),
+            ]
+        )
+        assert befores == [
+            Watermarks(0, 0),
+            Watermarks(3, 0),
+            Watermarks(0, 0),
+            Watermarks(3, 0),
+            Watermarks(0, 0),
+        ]
+        assert await store.watermarks(AB, "b") == Watermarks(5, 0)
+        assert await store.watermarks(AC, "c") == Watermarks(2, 0)
+        assert await store.watermarks(AC, "a") == Watermarks(2, 0)
+        assert seqs(await store.undelivered("b", "phone")) == []
+        assert await store.mark_delivered_many([]) == []
+
     async def test_read_implies_delivered(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))
         assert await store.mark_read(AB, "b", 4) == Watermarks(0, 0)
@@ -339,6 +363,26 @@ class StoreSuite:
         [first, second] = await put(store, msg("x:1", "y"), msg("y", "x:1"))
         assert await store.latest_by_sender(odd, 0, 2, "x:1") == [second]
         assert await store.latest_by_sender(odd, 0, 2, "y") == [first]
+
+    async def test_latest_by_sender_many_is_each_query_in_turn(self, store: Store) -> None:
+        await store.create_group(group("g", ["a", "b", "c"]))
+        g = group_conversation("g")
+        await put(store, msg("a", group="g"), msg("b", group="g"), msg("c", group="g"))
+        await put(store, msg("a", "b"), msg("b", "a"), msg("a", "b"))
+        queries = [
+            (g, 0, 3, "b"),
+            (AB, 0, 3, "b"),
+            (AB, 2, 3, "a"),
+            (AC, 0, 5, "a"),
+            (g, 1, 2, "a"),
+        ]
+        assert await store.latest_by_sender_many(queries) == [
+            await store.latest_by_sender(*query) for query in queries
+        ]
+        assert [len(found) for found in await store.latest_by_sender_many(queries)] == [
+            2, 1, 0, 0, 1
+        ]  # fmt: skip
+        assert await store.latest_by_sender_many([]) == []
 
     async def test_member_watermarks(self, store: Store) -> None:
         await put(store, msg("a", "b"), msg("b", "a"), msg("a", "b"))

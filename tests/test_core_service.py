@@ -1297,10 +1297,11 @@ async def test_a_flush_during_maintain_is_marked_by_the_next_call() -> None:
     assert _delivered_ids(late, h) == ["l1"]
 
 
-async def test_marks_not_reached_when_maintain_is_cancelled_are_written_by_the_next_call(
+async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_next_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)
+    monkeypatch.setattr("relay.service.MARKS_PER_WRITE", 2)
     h = Harness()
     senders = await _flushed_to_many(h, 4)
     paused = 0
@@ -1308,11 +1309,37 @@ async def test_marks_not_reached_when_maintain_is_cancelled_are_written_by_the_n
     async def pause() -> None:
         nonlocal paused
         paused += 1
-        if paused == 3:  # two marks written, then cancelled (the server shutting down)
-            await trio.sleep_forever()
+        if paused == 4:  # before the second write (the first one's two receipts went out)
+            await trio.sleep_forever()  # cancelled there: the server shutting down
 
     with trio.move_on_after(0.05):
         await h.svc.maintain(pause)
     assert [len(_delivered_ids(s, h)) for s in senders] == [1, 1, 0, 0]
+    marks = [await h.store.watermarks(_conv(f"s{i}", f"r{i}"), f"r{i}") for i in range(4)]
+    assert [m.delivered_seq for m in marks] == [1, 1, 0, 0]
     await h.svc.maintain()
     assert [len(_delivered_ids(s, h)) for s in senders] == [0, 0, 1, 1]
+
+
+async def test_a_ticks_marks_are_one_store_write_and_one_read() -> None:
+    # a store round trip per mark would let delivered receipts fall behind a busy relay
+    # (each write waits for the durable store's next commit)
+    calls: list[tuple[str, int]] = []
+
+    class Recording(CountingStore):
+        async def mark_delivered_many(self, marks: Sequence[Any]) -> Any:
+            calls.append(("write", len(marks)))
+            return await super().mark_delivered_many(marks)
+
+        async def latest_by_sender_many(self, queries: Sequence[Any]) -> Any:
+            calls.append(("read", len(queries)))
+            return await super().latest_by_sender_many(queries)
+
+    h = Harness()
+    h.store = Recording()
+    h.svc = MessagingService(h.config, h.store, clock=lambda: h.now, wall=lambda: h.wall)
+    senders = await _flushed_to_many(h, 5)
+    calls.clear()
+    await h.svc.maintain()
+    assert calls == [("write", 5), ("read", 5)]
+    assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(5)]

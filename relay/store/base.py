@@ -228,6 +228,12 @@ class Store(Protocol):
         """For each sender other than `exclude_sender` with messages in (after_seq, upto_seq]:
         that sender's newest such message. Used to address receipts to senders."""
 
+    async def latest_by_sender_many(
+        self, queries: Sequence[tuple[str, int, int, str]]
+    ) -> list[list[StoredMessage]]:
+        """latest_by_sender for each (conversation, after_seq, upto_seq, exclude_sender) of
+        `queries`, in order, as one read."""
+
     async def last_seq(self, conversation: str) -> int:
         """The highest seq of the conversation, 0 when empty."""
 
@@ -237,6 +243,13 @@ class Store(Protocol):
     ) -> Watermarks:
         """Move the device cursor and the user's delivered watermark up to `seq` (forward only).
         Returns the user's watermarks before the call, so the caller can tell what moved."""
+
+    async def mark_delivered_many(
+        self, marks: Sequence[tuple[str, str, str, int]]
+    ) -> list[Watermarks]:
+        """mark_delivered for each (conversation, user_id, device_id, seq) of `marks`, in order,
+        as one write: what calling it for each in turn returns. All are recorded or, on a
+        failure, none."""
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         """Move the user's read (and delivered) watermark up to `seq` (forward only).

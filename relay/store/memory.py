@@ -190,6 +190,11 @@ class MemoryStore:
                 newest[row[_SENDER]] = row
         return [_message(row) for row in sorted(newest.values(), key=lambda r: r[_SEQ])]
 
+    async def latest_by_sender_many(
+        self, queries: Sequence[tuple[str, int, int, str]]
+    ) -> list[list[StoredMessage]]:
+        return [await self.latest_by_sender(*query) for query in queries]
+
     async def last_seq(self, conversation: str) -> int:
         return len(self._messages.get(conversation, []))
 
@@ -212,6 +217,11 @@ class MemoryStore:
         devices[device_id] = max(cursor, seq)
         self._set_marks(conversation, user_id, max(before.delivered_seq, seq), before.read_seq)
         return before
+
+    async def mark_delivered_many(
+        self, marks: Sequence[tuple[str, str, str, int]]
+    ) -> list[Watermarks]:
+        return [await self.mark_delivered(*mark) for mark in marks]
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         before = self._marks_of(conversation, user_id)

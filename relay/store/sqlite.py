@@ -589,6 +589,12 @@ def _latest_by_sender(
     return sorted((_message(r) for r in rows), key=lambda m: m.seq)
 
 
+def _latest_by_sender_many(
+    conn: sqlite3.Connection, queries: list[tuple[str, int, int, str]]
+) -> list[list[StoredMessage]]:
+    return [_latest_by_sender(conn, *query) for query in queries]
+
+
 def _conversations(conn: sqlite3.Connection, user_id: str, limit: int) -> list[ConversationSummary]:
     rows = conn.execute(
         "SELECT c.conversation, p.peer_id, c.group_id, c.last_seq, c.updated_at, "
@@ -1365,6 +1371,14 @@ class SqliteStore:
             _latest_by_sender, conversation, after_seq, upto_seq, exclude_sender
         )
 
+    async def latest_by_sender_many(
+        self, queries: Sequence[tuple[str, int, int, str]]
+    ) -> list[list[StoredMessage]]:
+        if not queries:
+            self._check_open()
+            return []
+        return await self._read(_latest_by_sender_many, list(queries))
+
     async def last_seq(self, conversation: str) -> int:
         return await self._read(_last_seq, conversation)
 
@@ -1374,6 +1388,17 @@ class SqliteStore:
     ) -> Watermarks:
         return await self._write(
             lambda conn: _mark_delivered(conn, conversation, user_id, device_id, seq)
+        )
+
+    async def mark_delivered_many(
+        self, marks: Sequence[tuple[str, str, str, int]]
+    ) -> list[Watermarks]:
+        if not marks:
+            self._check_open()
+            return []
+        batch = list(marks)
+        return await self._write(
+            lambda conn: [_mark_delivered(conn, *mark) for mark in batch], len(batch)
         )
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
