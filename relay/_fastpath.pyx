@@ -987,6 +987,30 @@ cdef Py_ssize_t _F_GROUP = 6
 cdef Py_ssize_t _F_META = 10
 
 
+cdef object _stored_fields(type cls, tuple m, object seq):
+    """StoredMessage's fields made of the NewMessage `m` without meta (its conversation, `seq`,
+    then the rest of its items) as a `cls`: an exact tuple, or a tuple subclass (a NamedTuple).
+    Out of the collector's sight when none of the fields is in it."""
+    cdef Py_ssize_t i
+    # objects, never inferred C values: each reference the result steals must be their own
+    cdef object result, item
+    if cls is tuple:
+        result = PyTuple_New(_NEW_FIELDS + 1)
+    else:
+        result = PyType_GenericAlloc(cls, _NEW_FIELDS + 1)
+    item = <object>PyTuple_GET_ITEM(m, _F_CONVERSATION)
+    Py_INCREF(item)
+    PyTuple_SET_ITEM(result, 0, item)
+    Py_INCREF(seq)
+    PyTuple_SET_ITEM(result, 1, seq)
+    for i in range(1, _NEW_FIELDS):
+        item = <object>PyTuple_GET_ITEM(m, i)
+        Py_INCREF(item)
+        PyTuple_SET_ITEM(result, i + 1, item)
+    _untrack_tuple(<tuple>result)
+    return result
+
+
 cdef class MemoryAppender:
     """MemoryStore.append_now's per-message work, in C (relay._fastpath_py.MemoryAppender is
     the reference: same containers, same results)."""
@@ -1018,16 +1042,14 @@ cdef class MemoryAppender:
     def append(self, messages):
         cdef list results = []
         cdef tuple m, row
-        cdef Py_ssize_t i, n
         cdef dict sent
         cdef list log
         # objects, never inferred C values: each reference a row steals must be the variable's own
-        cdef object seq, conversation, item
+        cdef object seq, conversation
         for message in messages:
             if not isinstance(message, tuple) or PyTuple_GET_SIZE(message) != _NEW_FIELDS:
                 raise TypeError(f"MemoryAppender.append needs NewMessages, not {message!r}")
             m = <tuple>message
-            n = _NEW_FIELDS
             sender = <object>PyTuple_GET_ITEM(m, _F_SENDER)
             ident = <object>PyTuple_GET_ITEM(m, _F_ID)
             found = self._by_sender.get(sender)
@@ -1052,16 +1074,7 @@ cdef class MemoryAppender:
                 log = <list?>found
             seq = len(log) + 1
             if <object>PyTuple_GET_ITEM(m, _F_META) is None:
-                row = PyTuple_New(n + 1)
-                Py_INCREF(conversation)
-                PyTuple_SET_ITEM(row, 0, conversation)
-                Py_INCREF(seq)
-                PyTuple_SET_ITEM(row, 1, seq)
-                for i in range(1, n):
-                    item = <object>PyTuple_GET_ITEM(m, i)
-                    Py_INCREF(item)
-                    PyTuple_SET_ITEM(row, i + 1, item)
-                _untrack_tuple(row)
+                row = <tuple>_stored_fields(tuple, m, seq)
                 stored = _record(self._stored_cls, row)
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
@@ -1079,14 +1092,7 @@ cdef class MemoryAppender:
 # SqliteStore's per-message work for a fused append (the twin, sqlite_rows, says what it gives):
 # the row's parameters go straight from the NewMessage's items onto its group's list.
 
-ROW_OPTIONAL = (
-    "recipient_id",
-    "group_id",
-    "sender_name",
-    "sender_avatar",
-    "client_timestamp",
-    "meta",
-)
+from relay._fastpath_py import ROW_OPTIONAL  # one definition, the twin's: the bits' meaning
 cdef Py_ssize_t _F_TEXT = 3
 cdef Py_ssize_t _F_TIMESTAMP = 4
 cdef Py_ssize_t _F_RECIPIENT = 5
@@ -1150,17 +1156,7 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
                     params.append(item)
             meta = <object>PyTuple_GET_ITEM(m, _F_META)
             if meta is None:
-                # the StoredMessage made in place: conversation, seq, then the rest of m
-                stored = PyType_GenericAlloc(stored_cls, _NEW_FIELDS + 1)
-                Py_INCREF(conversation)
-                PyTuple_SET_ITEM(stored, 0, conversation)
-                Py_INCREF(seq)
-                PyTuple_SET_ITEM(stored, 1, seq)
-                for i in range(1, _NEW_FIELDS):
-                    item = <object>PyTuple_GET_ITEM(m, i)
-                    Py_INCREF(item)
-                    PyTuple_SET_ITEM(stored, i + 1, item)
-                _untrack_tuple(<tuple>stored)
+                stored = _stored_fields(stored_cls, m, seq)  # the StoredMessage, made in place
             else:
                 params.append(_orjson_dumps(meta).decode())
                 stored = message.stored(seq)  # its own copy of `meta`

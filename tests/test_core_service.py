@@ -1255,6 +1255,19 @@ async def _flushed_to_many(h: Harness, pairs: int) -> list[FakeConn]:
     return senders
 
 
+class Pauses:
+    """A maintain() pause that counts its calls and, at call `hang_at`, never returns."""
+
+    def __init__(self, hang_at: int | None = None) -> None:
+        self.count = 0
+        self.hang_at = hang_at
+
+    async def __call__(self) -> None:
+        self.count += 1
+        if self.count == self.hang_at:
+            await trio.sleep_forever()
+
+
 def _delivered_ids(sender: FakeConn, h: Harness) -> list[str]:
     return [r["id"] for r in of_type(h.frames(sender), "receipt") if r["status"] == "delivered"]
 
@@ -1265,14 +1278,9 @@ async def test_maintain_pauses_between_slices_and_still_writes_every_mark(
     monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)  # a pause before every entry
     h = Harness()
     senders = await _flushed_to_many(h, 5)
-    pauses = 0
-
-    async def pause() -> None:
-        nonlocal pauses
-        pauses += 1
-
+    pause = Pauses()
     await h.svc.maintain(pause)
-    assert pauses >= 5
+    assert pause.count >= 5
     assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(5)]
 
 
@@ -1304,16 +1312,10 @@ async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_n
     monkeypatch.setattr("relay.service.MARKS_PER_WRITE", 2)
     h = Harness()
     senders = await _flushed_to_many(h, 4)
-    paused = 0
-
-    async def pause() -> None:
-        nonlocal paused
-        paused += 1
-        if paused == 4:  # before the second write (the first one's two receipts went out)
-            await trio.sleep_forever()  # cancelled there: the server shutting down
-
+    # the 4th pause comes before the second write (the first one's two receipts went out);
+    # cancelled there, as when the server shuts down
     with trio.move_on_after(0.05):
-        await h.svc.maintain(pause)
+        await h.svc.maintain(Pauses(hang_at=4))
     assert [len(_delivered_ids(s, h)) for s in senders] == [1, 1, 0, 0]
     marks = [await h.store.watermarks(_conv(f"s{i}", f"r{i}"), f"r{i}") for i in range(4)]
     assert [m.delivered_seq for m in marks] == [1, 1, 0, 0]
