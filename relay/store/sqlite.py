@@ -148,23 +148,13 @@ def _set_marks(
 
 @define
 class _Tip:
-    """A conversation's counter while a request appends to it."""
-
-    last_seq: int
-    exists: bool
-    group_id: str | None
-    last_pos: int = 0
-    updated_at: str = ""
-
-
-@define
-class _Batched:
-    """A conversation of a fused append: whether its row exists, and the counters that
-    fastpath.sqlite_rows moves as it numbers the conversation's messages."""
+    """A conversation while a transaction appends to it: whether its row exists, and its
+    counters, [last_seq, last_pos, updated_at], moved as its messages are numbered (in place by
+    fastpath.sqlite_rows in a fused append); last_pos 0 means none was appended yet."""
 
     exists: bool
     group_id: str | None
-    counters: list[Any]  # [last_seq, last_pos, updated_at]
+    counters: list[Any]
 
 
 #: the greatest message pos ever given, and moving it on (migration 5: a pos is never reused,
@@ -184,9 +174,9 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
             found = conn.execute(
                 "SELECT last_seq FROM conversations WHERE conversation = ?", (m.conversation,)
             ).fetchone()
-            tip = _Tip(found[0] if found else 0, found is not None, m.group_id)
+            tip = _Tip(found is not None, m.group_id, [found[0] if found else 0, 0, ""])
             tips[m.conversation] = tip
-        seq = tip.last_seq + 1
+        seq = tip.counters[0] + 1
         meta = orjson.dumps(m.meta).decode() if m.meta is not None else None
         # One statement per message: the unique (sender_id, id) index is the idempotency check.
         cursor = conn.execute(
@@ -217,7 +207,7 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
                 raise StoreError(f"seq {seq} of {m.conversation!r} is taken; the counter is off")
             results.append(Appended(_message(row), duplicate=True))
             continue
-        if not tip.exists and tip.last_pos == 0 and m.group_id is None:
+        if not tip.exists and tip.counters[1] == 0 and m.group_id is None:
             recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
             conn.executemany(
                 "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) "
@@ -228,26 +218,24 @@ def _append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Ap
                 ],
             )
         pos += 1
-        tip.last_seq = seq
-        tip.last_pos = pos
-        tip.updated_at = m.server_timestamp
+        tip.counters[:] = [seq, pos, m.server_timestamp]
         results.append(Appended(m.stored(seq), duplicate=False))
     if pos != first_pos:
         conn.execute(_MOVE_POS, (pos,))
     for conversation, tip in tips.items():
-        if tip.last_pos == 0:
+        if tip.counters[1] == 0:
             continue  # only duplicates: nothing moved
         if tip.exists:
             conn.execute(
                 "UPDATE conversations SET last_seq = ?, last_pos = ?, updated_at = ? "
                 "WHERE conversation = ?",
-                (tip.last_seq, tip.last_pos, tip.updated_at, conversation),
+                (*tip.counters, conversation),
             )
         else:
             conn.execute(
                 "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (conversation, tip.group_id, tip.last_seq, tip.last_pos, tip.updated_at),
+                (conversation, tip.group_id, *tip.counters),
             )
     return results
 
@@ -308,7 +296,7 @@ def _append_fused(
     inserted (a duplicate, or a (conversation, seq) taken): the caller then undoes this and
     runs the requests one by one, which sorts such cases out. Runs in the caller's savepoint.
     """
-    tips: dict[str, _Batched] = {}
+    tips: dict[str, _Tip] = {}
     peers: list[tuple[str, str, str]] = []
 
     def tip_of(m: NewMessage) -> list[Any]:
@@ -319,9 +307,9 @@ def _append_fused(
             found = conn.execute(
                 "SELECT last_seq FROM conversations WHERE conversation = ?", (conversation,)
             ).fetchone()
-            tip = _Batched(found is not None, m.group_id, [found[0] if found else 0, 0, ""])
+            tip = _Tip(found is not None, m.group_id, [found[0] if found else 0, 0, ""])
         else:
-            tip = _Batched(True, m.group_id, [last, 0, ""])
+            tip = _Tip(True, m.group_id, [last, 0, ""])
         tips[conversation] = tip
         if not tip.exists and m.group_id is None:
             peer = m.recipient_id if m.recipient_id is not None else m.sender_id
