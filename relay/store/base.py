@@ -20,7 +20,7 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from attrs import frozen
@@ -180,14 +180,8 @@ class Store(Protocol):
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
         """Store messages in order, assigning seqs; idempotent on (sender_id, id). Durable on return.
 
-        A store whose appends complete without waiting may also offer
-        `append_now(messages) -> list[Appended]`, the same call made synchronously (MemoryStore
-        does); the core then stores messages inline as it reads them. A store that must wait
-        (for a commit) may offer `has_room() -> bool` and
-        `append_soon(messages, on_done) -> None` instead (SqliteStore does): the append is
-        queued at once and `on_done(results, error)` runs in the Trio thread when it is
-        durable (or failed), appends of one caller completing in the order they were queued;
-        the core then queues messages as it reads them and answers from the callback."""
+        A store may also append without the caller awaiting: see InlineAppend and
+        QueuedAppend below, which the core tests for once with isinstance."""
 
     async def history(
         self,
@@ -292,3 +286,33 @@ class Store(Protocol):
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         """Last-seen timestamps of the users that have one."""
+
+
+#: QueuedAppend's completion callback: (results, None) once durable, or (None, error).
+AppendDone = Callable[[list[Appended] | None, BaseException | None], None]
+
+
+@runtime_checkable
+class InlineAppend(Protocol):
+    """A store whose append completes without waiting (MemoryStore): the core stores messages
+    inline, in the shell's poller, as it reads them."""
+
+    def append_now(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        """append_many made synchronously: the same results, the same invariants."""
+        ...
+
+
+@runtime_checkable
+class QueuedAppend(Protocol):
+    """A store whose append must wait for a commit (SqliteStore) but can be queued at once: the
+    core queues a read's messages and answers them from the callback."""
+
+    def has_room(self) -> bool:
+        """Whether append_soon may be called now (the store is open and its queue has room);
+        without room the core awaits append_many, which waits for room: the queue stays bounded."""
+        ...
+
+    def append_soon(self, messages: Sequence[NewMessage], on_done: AppendDone) -> None:
+        """Queue an append_many; `on_done` runs in the Trio thread once it is durable or failed.
+        Appends queued by one caller complete in the order they were queued."""
+        ...

@@ -1,0 +1,104 @@
+"""The ports between the Trio shell (relay.transport) and the messaging core (relay.core).
+
+The shell owns sockets and implements `Connection`, one per WebSocket; the core owns meaning and
+implements `ConnectionHandler`. Neither imports the other: both import this module.
+
+Optional abilities of a handler are named, runtime-checkable Protocols; the shell and the
+embedding API test for them once with `isinstance`, never by probing attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+from relay.fastpath import Outbox
+
+
+class Connection(Protocol):
+    """One WebSocket as the core sees it.
+
+    Invariants the shell keeps:
+    - `send` is the one way to queue a frame: every frame queued, dropped or refused is counted;
+      what was queued is written at the end of this scheduler tick, one socket write per
+      connection per tick, in queue order;
+    - after `close` nothing more is queued (`send` answers False) and the close frame is the
+      last frame written.
+    """
+
+    id: int  # unique in this process
+    remote: str  # "ip:port" of the peer
+    path: str  # request target of the opening handshake
+    outbox: Outbox  # read-only for the core: its fill level decides flow control
+    state: Any  # the core's slot (its Session); None until on_open
+
+    def send(self, frame: bytes, droppable: bool = False) -> bool:
+        """Queue an encoded WebSocket frame. Droppable frames (typing, presence) give way first
+        when the outbox is over half full. False: it did not fit, or the connection is closing
+        (a refused frame that must not be dropped obliges the caller to close with 1013)."""
+        ...
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Queue a close frame after what is queued, then end the connection. Idempotent."""
+        ...
+
+
+class ConnectionHandler(Protocol):
+    """What the shell calls for each connection; the messaging core implements it."""
+
+    def on_open(self, conn: Connection) -> None:
+        """A WebSocket completed its handshake."""
+        ...
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        """The complete text messages of one read, in order (or what `on_messages_nowait`
+        left of them)."""
+        ...
+
+    def on_flushed(self, conn: Connection) -> None:
+        """Everything queued so far reached the kernel."""
+        ...
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        """The connection ended with `code` (exactly once per on_open)."""
+        ...
+
+    def tick(self, now: float) -> None:
+        """About every 250 ms: deadlines, presence grace, typing lapse (`now`: trio's clock)."""
+        ...
+
+
+@runtime_checkable
+class InlineHandler(Protocol):
+    """A handler that takes the leading payloads of a read at once, in the shell's poller."""
+
+    def on_messages_nowait(self, conn: Connection, payloads: list[bytes]) -> int:
+        """Handle payloads in order for as long as that needs no waiting; return how many.
+        The shell awaits `on_messages` with the rest."""
+        ...
+
+
+@runtime_checkable
+class Maintained(Protocol):
+    """A handler with store work that its synchronous callbacks queue (delivery marks,
+    lastSeen, backlog batches), awaited by the shell's ticker after each `tick`."""
+
+    async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Do the queued work, awaiting `pause()` between slices so the poller keeps going."""
+        ...
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """A handler with resources to open before serving and to close after the drain."""
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    """A handler that can send a message from inside the process (`Relay.publish`)."""
+
+    async def publish(self, **message: Any) -> Any: ...
