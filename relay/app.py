@@ -70,7 +70,7 @@ class Relay:
     def _default_handler(self) -> ConnectionHandler:
         # The messaging service over the given store (opened and closed by serve), or over the
         # default store for the config (opened and closed by the service itself).
-        from relay.service import MessagingService
+        from relay.core import MessagingService
         from relay.store import store_from_config
 
         auth = self.authenticator

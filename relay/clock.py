@@ -7,7 +7,6 @@ timestamps that go on the wire and into the store.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -27,8 +26,3 @@ def iso_utc(epoch: float) -> str:
         prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}"
         _second_cache[0] = (second, prefix)
     return f"{prefix}.{ms:03d}Z"
-
-
-def utc_now(wall: WallClock = time.time) -> str:
-    """The current wall-clock time as the protocol writes it."""
-    return iso_utc(wall())

@@ -8,16 +8,19 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
 from relay import Relay, RelayConfig
+from relay.fastpath import Outbox
 
 #: Settings every test relay gets unless a test overrides them: short waits, no files.
 TEST_DEFAULTS: dict[str, Any] = {
@@ -197,3 +200,49 @@ async def http_request(port: int, request: bytes) -> tuple[int, bytes]:
             data += chunk
     head, _, body = bytes(data).partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+_conn_ids = itertools.count(1)
+
+
+def decode_server_frames(data: bytes) -> list[dict[str, Any]]:
+    """Unmasked server text frames (what the relay queued) -> their JSON objects."""
+    out = []
+    i = 0
+    while i < len(data):
+        b0, b1 = data[i], data[i + 1]
+        assert b0 == 0x81, f"expected a FIN text frame, got {b0:#x}"
+        n = b1 & 0x7F
+        i += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, i)
+            i += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, i)
+            i += 8
+        out.append(orjson.loads(data[i : i + n]))
+        i += n
+    return out
+
+
+class FakeConn:
+    """The Connection protocol over a real Outbox; records close()."""
+
+    def __init__(self, max_bytes: int = 1 << 20, max_frames: int = 4096) -> None:
+        self.id = next(_conn_ids)
+        self.remote = "127.0.0.1:40000"
+        self.path = "/"
+        self.outbox = Outbox(max_bytes, max_frames)
+        self.state: Any = None
+        self.closed: tuple[int, str] | None = None
+        self.sends = 0
+
+    def send(self, frame: bytes, droppable: bool = False) -> bool:
+        self.sends += 1
+        if self.closed is not None:
+            return False
+        return self.outbox.push(frame, droppable)
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = (code, reason)

@@ -27,8 +27,8 @@ from relay.client import (
     RequestFailed,
 )
 from relay.config import RelayConfig
+from relay.core import MessagingService
 from relay.errors import FrameError
-from relay.service import MessagingService
 from relay.store.base import Store, direct_conversation
 from relay.store.memory import MemoryStore
 

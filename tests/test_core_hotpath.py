@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from relay.core.ratelimit import RateLimiter, TokenBucket
 from relay.errors import FrameError
 from relay.protocol import Limits, MessageFrame, parse_client_frame, validate_message
-from relay.ratelimit import RateLimiter, TokenBucket
 from relay.store.base import NewMessage, direct_conversation
 from relay.store.memory import MemoryStore
 

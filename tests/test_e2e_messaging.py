@@ -16,8 +16,8 @@ from support import TEST_DEFAULTS
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay import Relay, RelayConfig
+from relay.core import MessagingService
 from relay.protocol import MessageRefused
-from relay.service import MessagingService
 from relay.store.base import Store
 from relay.store.memory import MemoryStore
 from relay.store.sqlite import SqliteStore

@@ -36,9 +36,9 @@ from relay import protocol
 from relay.app import Relay
 from relay.cli import build_parser, config_from
 from relay.config import RelayConfig
+from relay.core import MessagingService
 from relay.errors import FrameError
 from relay.protocol import AuthFrame
-from relay.service import MessagingService
 from relay.store.memory import MemoryStore
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"

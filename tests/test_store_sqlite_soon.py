@@ -15,11 +15,11 @@ import orjson
 import pytest
 import trio
 from store_suite import AB, msg
-from test_core_service import FakeConn, decode_server_frames
+from support import FakeConn, decode_server_frames
 
 from relay.config import RelayConfig
+from relay.core import MessagingService
 from relay.errors import StoreError
-from relay.service import MessagingService
 from relay.store.base import Appended, direct_conversation
 from relay.store.sqlite import SqliteStore
 
@@ -45,15 +45,15 @@ class Outcomes(list[Outcome]):
 
 
 class FlushedConn(FakeConn):
-    """A FakeConn that says when something asked for its outbox to be written."""
+    """A FakeConn that says when a frame was queued to it."""
 
     def __init__(self) -> None:
         super().__init__()
         self.flushed = trio.Event()
 
-    def flush_soon(self) -> None:
-        super().flush_soon()
+    def send(self, frame: bytes, droppable: bool = False) -> bool:
         self.flushed.set()
+        return super().send(frame, droppable)
 
 
 async def test_callbacks_come_in_queue_order_once_committed(tmp_path: Path) -> None:
@@ -123,6 +123,7 @@ async def test_the_core_answers_sent_only_from_the_commit(tmp_path: Path) -> Non
         service.on_open(conn)
         await service.on_messages(conn, [orjson.dumps({"type": "auth", "userId": user})])
         conn.outbox.take()
+        conn.flushed = trio.Event()  # from here on: the deliveries
     payloads: list[Any] = [
         orjson.dumps({"type": "message", "id": f"m{i}", "recipientId": "bob", "text": "hi"})
         for i in range(3)

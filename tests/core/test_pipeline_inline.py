@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_core_service import FakeConn, decode_server_frames
+from support import FakeConn, decode_server_frames
 
 from relay.config import RelayConfig
-from relay.service import MessagingService
+from relay.core import MessagingService
 from relay.store.memory import MemoryStore
 
 USERS = ("ann", "bob", "cy")

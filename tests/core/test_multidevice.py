@@ -19,11 +19,11 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_core_service import FakeConn, decode_server_frames
+from support import FakeConn, decode_server_frames
 
 from relay.config import RelayConfig
-from relay.service import MessagingService
-from relay.session import Phase
+from relay.core import MessagingService
+from relay.core.session import Phase
 from relay.store.base import direct_conversation
 from relay.store.memory import MemoryStore
 
@@ -195,7 +195,7 @@ class World:
         self.live_due.pop(conn.id)  # a dropped connection owes nothing more
 
     async def settle(self) -> None:
-        self.svc.tick(self.svc.clock())
+        self.svc.tick(self.svc.ctx.clock())
         await self.svc.maintain()
         await trio.testing.wait_all_tasks_blocked()
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from attrs import define, field, frozen
 
-from relay.ratelimit import RateLimiter
+from relay.core.ratelimit import RateLimiter
 
 
 @frozen

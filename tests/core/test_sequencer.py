@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from relay.service import _Sequencer
+from relay.core.sequencer import Sequencer as _Sequencer
 from relay.store.base import StoredMessage
 
 

@@ -6,69 +6,20 @@ read, acks, backlog, redelivery) and the server-side limits.
 
 from __future__ import annotations
 
-import itertools
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import pytest
 import trio
+from support import FakeConn, decode_server_frames
 
 from relay.config import RelayConfig
+from relay.core import MessagingService
 from relay.errors import FrameError, StoreError
-from relay.fastpath import Outbox
 from relay.protocol import AuthFrame, MessageRefused
-from relay.service import MessagingService
 from relay.store.base import Appended, NewMessage
 from relay.store.memory import MemoryStore
-
-_ids = itertools.count(1)
-
-
-def decode_server_frames(data: bytes) -> list[dict[str, Any]]:
-    """Unmasked server text frames (what the relay queued) -> their JSON objects."""
-    out = []
-    i = 0
-    while i < len(data):
-        b0, b1 = data[i], data[i + 1]
-        assert b0 == 0x81, f"expected a FIN text frame, got {b0:#x}"
-        n = b1 & 0x7F
-        i += 2
-        if n == 126:
-            (n,) = struct.unpack_from("!H", data, i)
-            i += 2
-        elif n == 127:
-            (n,) = struct.unpack_from("!Q", data, i)
-            i += 8
-        out.append(orjson.loads(data[i : i + n]))
-        i += n
-    return out
-
-
-class FakeConn:
-    """The Connection protocol over a real Outbox; records close()."""
-
-    def __init__(self, max_bytes: int = 1 << 20, max_frames: int = 4096) -> None:
-        self.id = next(_ids)
-        self.remote = "127.0.0.1:40000"
-        self.path = "/"
-        self.outbox = Outbox(max_bytes, max_frames)
-        self.state: Any = None
-        self.closed: tuple[int, str] | None = None
-        self.flush_requests = 0
-
-    def send(self, frame: bytes, droppable: bool = False) -> bool:
-        if self.closed is not None:
-            return False
-        return self.outbox.push(frame, droppable)
-
-    def close(self, code: int, reason: str = "") -> None:
-        if self.closed is None:
-            self.closed = (code, reason)
-
-    def flush_soon(self) -> None:
-        self.flush_requests += 1
 
 
 class CountingStore(MemoryStore):
@@ -287,6 +238,7 @@ async def test_one_to_one_message_reaches_every_device_but_the_sending_one() -> 
     b1 = await h.connect("bob", deviceId="b-phone")
     b2 = await h.connect("bob", deviceId="b-watch")
     h.frames(a1), h.frames(b1)
+    before = {conn: conn.sends for conn in (a2, b1, b2)}
     original = msg("1707116400000", "bob", "Hello there!", senderId="alice", senderName="Alice",
                    senderAvatar="AL", timestamp="2026-02-05T10:30:15Z", status="pending")  # fmt: skip
     await h.send(a1, original)
@@ -296,7 +248,7 @@ async def test_one_to_one_message_reaches_every_device_but_the_sending_one() -> 
         "timestamp": sent["timestamp"],
     }  # fmt: skip
     for conn in (a2, b1, b2):
-        assert conn.flush_requests == 1  # fanned out: the shell is asked to write it
+        assert conn.sends == before[conn] + 1  # fanned out through Connection.send
         (got,) = of_type(h.frames(conn), "message")
         assert got["status"] == "delivered" and got["seq"] == 1
         assert {k: got[k] for k in ("id", "senderId", "senderName", "senderAvatar", "recipientId",
@@ -787,7 +739,7 @@ async def test_presence_online_offline_with_grace_to_contacts_only() -> None:
     b = await h.connect("bob")  # back within the grace: nothing announced
     assert of_type(h.frames(a), "status") == []
     h.close(b)
-    left_at = h.svc._now_iso()
+    left_at = h.svc.ctx.now_iso()
     await h.advance(5.1)
     (off,) = of_type(h.frames(a), "status")
     assert (off["userId"], off["status"], off["lastSeen"]) == ("bob", "offline", left_at)
@@ -826,7 +778,7 @@ async def test_presence_query_and_last_seen() -> None:
     a = await h.connect("alice")
     b = await h.connect("bob")
     h.close(b)
-    left = h.svc._now_iso()
+    left = h.svc.ctx.now_iso()
     await h.settle()
     await h.send(a, {"type": "presence", "userIds": ["alice", "bob", "nobody"], "ref": "q"})
     (answer,) = h.frames(a)
@@ -1275,7 +1227,7 @@ def _delivered_ids(sender: FakeConn, h: Harness) -> list[str]:
 async def test_maintain_pauses_between_slices_and_still_writes_every_mark(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)  # a pause before every entry
+    monkeypatch.setattr("relay.core.service.MAINTAIN_SLICE", 0.0)  # a pause before every entry
     h = Harness()
     senders = await _flushed_to_many(h, 5)
     pause = Pauses()
@@ -1297,7 +1249,7 @@ async def test_a_flush_during_maintain_is_marked_by_the_next_call() -> None:
         h.frames(reader)  # flushed while maintain() runs
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("relay.service.MAINTAIN_SLICE", 0.0)
+        patch.setattr("relay.core.service.MAINTAIN_SLICE", 0.0)
         await h.svc.maintain(pause)
     assert _delivered_ids(early, h) == ["m0"]
     assert _delivered_ids(late, h) == []  # not yet
@@ -1308,8 +1260,8 @@ async def test_a_flush_during_maintain_is_marked_by_the_next_call() -> None:
 async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_next_call(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("relay.service.MAINTAIN_SLICE", 0.0)
-    monkeypatch.setattr("relay.service.MARKS_PER_WRITE", 2)
+    monkeypatch.setattr("relay.core.service.MAINTAIN_SLICE", 0.0)
+    monkeypatch.setattr("relay.core.receipts.MARKS_PER_WRITE", 2)
     h = Harness()
     senders = await _flushed_to_many(h, 4)
     # the 4th pause comes before the second write (the first one's two receipts went out);

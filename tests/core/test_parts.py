@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.presence import PresenceTracker
-from relay.ratelimit import RateLimiter, TokenBucket
+from relay.core.presence import PresenceTracker
+from relay.core.ratelimit import RateLimiter, TokenBucket
+from relay.core.typing_state import TypingKey, TypingTracker
 from relay.store.base import direct_conversation, direct_users, group_conversation
-from relay.typing_state import TypingKey, TypingTracker
 
 
 def test_token_bucket_burst_then_rate() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.session import BacklogQueue, Session
+from relay.core.backlog import BacklogQueue, BacklogState
 
 
 def test_backlog_queue_is_fifo_across_extends_and_pops() -> None:
@@ -33,7 +33,7 @@ def test_backlog_queue_clear_and_empty_extend() -> None:
     assert q.popleft() == 3 and not q
 
 
-def test_every_session_gets_its_own_queue() -> None:
-    a, b = Session(auth_deadline=0.0), Session(auth_deadline=0.0)
-    a.backlog_queue.append("m")
-    assert not b.backlog_queue and len(a.backlog_queue) == 1
+def test_every_backlog_gets_its_own_queue() -> None:
+    a, b = BacklogState(), BacklogState()
+    a.queue.append("m")
+    assert not b.queue and len(a.queue) == 1

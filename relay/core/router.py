@@ -9,11 +9,9 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from attrs import define, field
 
-from relay.session import Connection
+from relay.ports import Connection
 from relay.store.base import Group, Store
 
 
@@ -45,12 +43,6 @@ class Router:
         conns = self._by_user.get(user_id)
         return list(conns.values()) if conns else []
 
-    def live(self, user_id: str) -> Iterable[Connection]:
-        """The user's connections without a copy: iterate at once, registering or dropping
-        nothing meanwhile (the hot path of delivery)."""
-        conns = self._by_user.get(user_id)
-        return conns.values() if conns else ()
-
     def table(self) -> dict[str, dict[int, Connection]]:
         """user id -> {connection id: connection}, the router's own table, for the hot path of
         delivery to look users up without a call each: read it, never change it."""
@@ -58,9 +50,6 @@ class Router:
 
     def is_connected(self, user_id: str) -> bool:
         return user_id in self._by_user
-
-    def users(self) -> list[str]:
-        return list(self._by_user)
 
     # --- groups -----------------------------------------------------------------------------------
     async def group(self, store: Store, group_id: str) -> Group | None:

@@ -1,0 +1,312 @@
+"""The backlog: what a device missed, sent after auth_ok in batches, before live delivery.
+
+After auth_ok, store.undelivered for this device, oldest first, in batches of `backlog_batch`,
+queued as the outbox drains (never filling more than half of it, so a backlog larger than the
+outbox reaches a device that reads); the next batch is fetched once the previous one was marked
+delivered (flushed for acks=false, acknowledged for acks=true), so an acks=true device that
+stops acknowledging stops receiving until it acknowledges again. While the backlog runs, live
+messages from others are not delivered (the backlog brings them in seq order); own messages
+from the user's other devices wait in `held` and follow it.
+
+A session's backlog moves only by `BacklogState.handle`, by the transition table `_TRANSITIONS`
+(h11's `_state.py` style); the session's `backlog` is None once it is done:
+
+    READY --FETCH--> FETCHING --FED_PART--> FEEDING --FED_ALL+AGAIN--> READY
+    FETCHING --AGAIN--> FETCHING            FEEDING --WAIT--> WAITING
+    FETCHING --WAIT or FAILED--> WAITING    WAITING --FETCH--> FETCHING
+    FETCHING, FEEDING --DONE--> (backlog None)
+
+READY and WAITING are where a fetch may start (`Backlog.pump`): READY after auth_ok or once a
+fed batch asks for another, WAITING while the last batch's marks are outstanding (acks=false:
+the flush, then `maintain()`; acks=true: the acknowledgements, `Backlog.acknowledged`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from attrs import define, field
+
+from relay.core.broker import queue_message
+from relay.core.context import Context
+from relay.core.marks import DeliveryMarks
+from relay.core.session import Session
+from relay.errors import RelayError
+from relay.fastpath import encode_delivery
+from relay.ports import Connection
+from relay.store.base import StoredMessage
+
+log = logging.getLogger("relay.core")
+
+
+class BacklogQueue:
+    """First in, first out: the fetched backlog messages of one session not yet queued.
+
+    Holds no list while empty. Invariant: `_items` is None exactly when the queue is empty, and
+    then `_head` is 0; otherwise `_items[_head:]` are the queued messages in order.
+    """
+
+    __slots__ = ("_head", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Any] | None = None
+        self._head = 0
+
+    def __len__(self) -> int:
+        items = self._items
+        return 0 if items is None else len(items) - self._head
+
+    def __bool__(self) -> bool:
+        return self._items is not None
+
+    def __iter__(self) -> Iterator[Any]:
+        items = self._items
+        return iter(()) if items is None else iter(items[self._head :])
+
+    def append(self, item: Any) -> None:
+        if self._items is None:
+            self._items = [item]
+        else:
+            self._items.append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        for item in items:
+            self.append(item)
+
+    def popleft(self) -> Any:
+        items = self._items
+        if items is None:
+            raise IndexError("pop from an empty BacklogQueue")
+        head = self._head
+        item = items[head]
+        head += 1
+        if head == len(items):
+            self._items = None
+            self._head = 0
+        else:
+            items[head - 1] = None  # not kept alive by the queue once taken
+            self._head = head
+        return item
+
+    def clear(self) -> None:
+        self._items = None
+        self._head = 0
+
+
+class BacklogError(RelayError):
+    """The core asked a backlog for a transition its phase does not have (a bug)."""
+
+
+class BacklogPhase(enum.Enum):
+    READY = "ready"  # a fetch may start
+    FETCHING = "fetching"  # store.undelivered is awaited (the pump runs)
+    FEEDING = "feeding"  # a fetched batch is queued as the outbox drains
+    WAITING = "waiting"  # the batch is queued; the next fetch waits for its marks
+
+
+class BacklogEvent(enum.Enum):
+    FETCH = "fetch"  # a pump starts fetching the next batch
+    FED_PART = "fed_part"  # the fetched batch did not all fit under half the outbox
+    AGAIN = "again"  # the batch is queued and another fetch is due
+    WAIT = "wait"  # the batch is queued; its marks are outstanding
+    FAILED = "failed"  # the store read failed: maintain() retries
+
+
+_READY, _FETCHING, _FEEDING, _WAITING = BacklogPhase
+
+_TRANSITIONS: dict[BacklogPhase, dict[BacklogEvent, BacklogPhase]] = {
+    _READY: {BacklogEvent.FETCH: _FETCHING},
+    _FETCHING: {
+        BacklogEvent.FED_PART: _FEEDING,
+        BacklogEvent.AGAIN: _FETCHING,
+        BacklogEvent.WAIT: _WAITING,
+        BacklogEvent.FAILED: _WAITING,
+    },
+    _FEEDING: {BacklogEvent.AGAIN: _READY, BacklogEvent.WAIT: _WAITING},
+    _WAITING: {BacklogEvent.FETCH: _FETCHING},
+}
+
+
+class Verdict(enum.Enum):
+    """What follows a fetched batch once all of it is queued."""
+
+    DONE = "done"  # the backlog is over
+    WAIT = "wait"  # for this batch to be marked delivered
+    AGAIN = "again"  # fetch the next batch
+
+
+@define(slots=True)
+class BacklogState:
+    """One session's backlog while it runs (see the module doc)."""
+
+    phase: BacklogPhase = BacklogPhase.READY
+    # the fetched batch not yet queued: fed as the outbox drains (never over half of it)
+    queue: BacklogQueue = field(factory=BacklogQueue)
+    # acks=true: conversation -> the seq to acknowledge before the next fetch
+    need: dict[str, int] = field(factory=dict)
+    # own messages from other devices, with their frames: sent after the backlog
+    held: list[tuple[StoredMessage, bytes]] = field(factory=list)
+    skipped: bool = False  # a live message from others arrived since the last fetch
+    full: bool = False  # the last fetch returned a whole batch: more may follow
+    fresh: bool = False  # the last fetch brought messages this connection lacked
+
+    def handle(self, event: BacklogEvent) -> BacklogPhase:
+        try:
+            phase = _TRANSITIONS[self.phase][event]
+        except KeyError:
+            raise BacklogError(f"backlog {self.phase.value} cannot {event.value}") from None
+        self.phase = phase
+        return phase
+
+
+@define(eq=False)
+class Backlog:
+    """The backlogs of every session; `ready` are those a `maintain()` pumps next."""
+
+    _ctx: Context
+    _marks: DeliveryMarks
+    _finished: Callable[[Connection], None]  # a backlog ended: its receipt catch-up is due
+    ready: dict[int, Connection] = field(factory=dict)
+
+    async def pump(self, conn: Connection, session: Session) -> None:
+        """Fetch and queue batches until the backlog is done, or waits for a drain or marks."""
+        backlog = session.backlog
+        if backlog is None or backlog.phase not in (_READY, _WAITING):
+            return
+        try:
+            await self._batches(conn, session, backlog)
+        except Exception:
+            # live messages from others keep waiting for the backlog: retry on the next maintain()
+            log.exception("backlog of %s failed; retrying", session.user_id)
+            if backlog.phase is _FETCHING:
+                backlog.handle(BacklogEvent.FAILED)
+            self.ready[conn.id] = conn
+
+    async def _batches(self, conn: Connection, session: Session, backlog: BacklogState) -> None:
+        limit = self._ctx.config.backlog_batch
+        backlog.handle(BacklogEvent.FETCH)
+        while True:
+            backlog.skipped = False
+            batch = await self._ctx.store.undelivered(
+                session.user_id, session.store_device, limit=limit
+            )
+            if not session.active:
+                return
+            # not what this connection has, nor what the device had flushed (marks not yet written)
+            marked_upto = self._marks.marked_upto
+            fresh = [
+                m
+                for m in batch
+                if m.seq > session.sent_upto.get(m.conversation, 0)
+                and m.seq > marked_upto(session, m.conversation)
+            ]
+            backlog.queue.extend(fresh)
+            backlog.full = len(batch) >= limit
+            backlog.fresh = bool(fresh)
+            if not self._feed(conn, session, backlog):
+                return  # closed
+            if backlog.queue:
+                backlog.handle(BacklogEvent.FED_PART)  # the rest is fed as the outbox drains
+                return
+            if self._conclude(conn, session, backlog) is not Verdict.AGAIN:
+                return
+            backlog.handle(BacklogEvent.AGAIN)
+
+    def flushed(self, conn: Connection, session: Session, backlog: BacklogState) -> None:
+        """Everything queued reached the kernel: feed the rest of the batch, or (acks=false)
+        let maintain() fetch the next one once the marks are written."""
+        if backlog.queue:
+            if not self._feed(conn, session, backlog) or backlog.queue:
+                return  # closed, or what was just queued must be flushed first
+            if self._conclude(conn, session, backlog) is Verdict.AGAIN:
+                backlog.handle(BacklogEvent.AGAIN)
+                self.ready[conn.id] = conn
+            return
+        if backlog.phase is _WAITING and not session.acks:
+            backlog.need.clear()
+            self.ready[conn.id] = conn
+
+    async def acknowledged(
+        self, conn: Connection, session: Session, conversation: str, seq: int
+    ) -> None:
+        """An acks=true device acknowledged `seq` of `conversation`: once the whole batch is
+        acknowledged, the next one is fetched."""
+        backlog = session.backlog
+        if backlog is None or not backlog.need:
+            return
+        if backlog.need.get(conversation, 0) <= seq:
+            backlog.need.pop(conversation, None)
+        if not backlog.need and backlog.phase is _WAITING:
+            await self.pump(conn, session)
+
+    def forget(self, conn: Connection, session: Session) -> None:
+        """The connection closed: nothing of its backlog is sent any more."""
+        self.ready.pop(conn.id, None)
+        session.backlog = None
+
+    def _feed(self, conn: Connection, session: Session, backlog: BacklogState) -> bool:
+        """Queue fetched messages while the outbox is under half full (one at least when it is
+        empty). False when the connection was closed."""
+        queue = backlog.queue
+        outbox = conn.outbox
+        ctx = self._ctx
+        while queue:
+            if outbox.pending_frames and not ctx.roomy(conn):
+                return True
+            message = queue.popleft()
+            if backlog.held and not self._held_before(conn, session, backlog, message):
+                queue.clear()
+                return False
+            if not queue_message(ctx, conn, session, message, encode_delivery(message)):
+                queue.clear()
+                return False
+            if session.acks:
+                backlog.need[message.conversation] = message.seq
+        return True
+
+    def _held_before(
+        self, conn: Connection, session: Session, backlog: BacklogState, message: StoredMessage
+    ) -> bool:
+        """Queue the held own messages of `message`'s conversation that precede it: a device
+        gets its conversation in seq order, so they go before (queued after it, they would be
+        below `sent_upto` and lost). False when the connection was closed."""
+        conversation = message.conversation
+        seq = message.seq
+        keep: list[tuple[StoredMessage, bytes]] = []
+        ok = True
+        for item in backlog.held:
+            held = item[0]
+            if ok and held.conversation == conversation and held.seq < seq:
+                ok = queue_message(self._ctx, conn, session, held, item[1])
+            else:
+                keep.append(item)
+        backlog.held = keep
+        return ok
+
+    def _conclude(self, conn: Connection, session: Session, backlog: BacklogState) -> Verdict:
+        """A fetched batch is all queued: end the backlog, wait for its marks, or go again."""
+        if not backlog.full:
+            if backlog.skipped:
+                return Verdict.AGAIN  # live messages arrived meanwhile: they are in the store now
+            self._finish(conn, session, backlog)
+            return Verdict.DONE
+        unpersisted = not session.acks and self._marks.unpersisted(session)
+        if backlog.fresh or session.pending_marks or backlog.need or unpersisted:
+            backlog.handle(BacklogEvent.WAIT)
+            if not session.acks and not session.pending_marks:
+                self.ready[conn.id] = conn  # flushed already: maintain() goes on
+            return Verdict.WAIT
+        # a whole batch of messages this connection already has, with nothing pending: the
+        # store cannot tell us more; what remains comes with the next connection
+        self._finish(conn, session, backlog)
+        return Verdict.DONE
+
+    def _finish(self, conn: Connection, session: Session, backlog: BacklogState) -> None:
+        session.backlog = None
+        self._finished(conn)
+        for message, frame in backlog.held:
+            if not queue_message(self._ctx, conn, session, message, frame):
+                return

@@ -1,0 +1,147 @@
+"""The Broker port: how the core hands a stored message, or any frame, to the users' devices.
+
+The pipeline delivers every accepted message through `Broker.deliver`, in seq order per
+conversation (its sequencer sees to that); receipts, presence, typing and group events go
+through `Broker.to_users`. `LocalBroker` delivers to this process's connections; a broker for
+several nodes publishes to the other nodes and delivers locally through a LocalBroker, so no
+caller changes when nodes are added.
+
+LocalBroker's invariants (with relay.core.session's):
+- a message is encoded once; the same bytes go to every device (`fastpath.encode_delivery`);
+- a device gets each conversation in seq order without repeats (`sent_upto`);
+- while a device's backlog runs, messages from others are not delivered live (the backlog
+  brings them from the store) and own messages from other devices wait in the backlog;
+- a message that does not fit a device's outbox closes that device with 1013 (it stays
+  undelivered in the store); droppable frames are never the cause of such a close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from relay.core.context import Context
+from relay.core.session import Phase, Session
+from relay.fastpath import encode_delivery
+from relay.ports import Connection
+from relay.store.base import StoredMessage
+
+_ACTIVE = Phase.ACTIVE
+
+
+class Broker(Protocol):
+    def deliver(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> None:
+        """A newly stored message to every active device of `audience` but `exclude` (its
+        sender's connection); called in seq order per conversation."""
+        ...
+
+    def to_users(
+        self,
+        users: Iterable[str],
+        frame: bytes,
+        *,
+        droppable: bool = False,
+        exclude: Connection | None = None,
+    ) -> None:
+        """The same framed server frame to every active device of `users` but `exclude`."""
+        ...
+
+
+def queue_message(
+    ctx: Context, conn: Connection, session: Session, message: StoredMessage, frame: bytes
+) -> bool:
+    """Queue a message frame to one device unless it has it; False when that closed it."""
+    conversation = message.conversation
+    if message.seq <= session.sent_upto.get(conversation, 0):
+        return True
+    if not conn.send(frame):
+        ctx.slow(conn, session)
+        return False
+    session.sent_upto[conversation] = message.seq
+    if not session.acks and message.sender_id != session.user_id:
+        session.pending_marks[conversation] = (message.seq, message.group_id)
+    return True
+
+
+class LocalBroker:
+    """Delivery to this process's connections (the router's table)."""
+
+    __slots__ = ("_ctx", "_table")
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._table = ctx.router.table()
+
+    def deliver(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> None:
+        # queue_message for every device, inlined: this runs once per recipient device of
+        # every message
+        sender = message.sender_id
+        recipient = message.recipient_id
+        if recipient is not None and message.group_id is None:
+            self._ctx.presence.pair(sender, recipient)
+        frame = encode_delivery(message)
+        conversation = message.conversation
+        seq = message.seq
+        mark: tuple[int, str | None] | None = None
+        failed: list[tuple[Connection, Session]] | None = None
+        table = self._table
+        for user in audience:
+            conns = table.get(user)
+            if conns is None:
+                continue
+            for conn in conns.values():
+                if conn is exclude:
+                    continue
+                session = conn.state
+                if session.__class__ is not Session or session.phase is not _ACTIVE:
+                    continue
+                backlog = session.backlog
+                if backlog is not None:
+                    if sender == session.user_id:
+                        backlog.held.append((message, frame))
+                    else:
+                        backlog.skipped = True
+                    continue
+                sent_upto = session.sent_upto
+                if seq <= sent_upto.get(conversation, 0):
+                    continue
+                if not conn.send(frame):
+                    if failed is None:
+                        failed = []
+                    failed.append((conn, session))
+                    continue
+                sent_upto[conversation] = seq
+                if not session.acks and sender != session.user_id:
+                    if mark is None:
+                        mark = (seq, message.group_id)
+                    session.pending_marks[conversation] = mark
+        if failed:  # did not fit: the connection ends (its marks are dropped with it)
+            for conn, session in failed:
+                self._ctx.slow(conn, session)
+
+    def to_users(
+        self,
+        users: Iterable[str],
+        frame: bytes,
+        *,
+        droppable: bool = False,
+        exclude: Connection | None = None,
+    ) -> None:
+        table = self._table
+        slow = self._ctx.slow
+        for user in users:
+            conns = table.get(user)
+            if conns is None:
+                continue
+            for conn in list(conns.values()):
+                if conn is exclude:
+                    continue
+                session = conn.state
+                if session.__class__ is not Session or session.phase is not _ACTIVE:
+                    continue
+                if not conn.send(frame, droppable) and not droppable:
+                    slow(conn, session)

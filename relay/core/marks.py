@@ -1,0 +1,81 @@
+"""Delivery marks: what acks=false devices had flushed to their sockets, on its way to the store.
+
+A device with acks=false counts a message as delivered once its outbox was flushed to the
+kernel. The shell's flush callback is synchronous, so the marks wait here until the next
+`maintain()` writes them (relay.core.receipts). Invariants:
+- a key (conversation, user, store device) holds the highest (seq, group id) flushed;
+- a mark is in `_flushed` until a write takes it, then in `_persisting` until that write ended
+  (written, or failed and dropped); a cancelled write puts what it did not write back;
+- while a mark is in either, the store may not know it yet: the backlog skips what it covers
+  (`marked_upto`) and waits for it before deciding it is done (`unpersisted`).
+"""
+
+from __future__ import annotations
+
+from attrs import define, field
+
+from relay.core.session import Session
+
+#: (conversation, user, store device)
+MarkKey = tuple[str, str, str]
+#: (seq, group id)
+Mark = tuple[int, str | None]
+
+
+@define(eq=False)
+class DeliveryMarks:
+    _flushed: dict[MarkKey, Mark] = field(factory=dict)
+    _persisting: dict[MarkKey, Mark] = field(factory=dict)
+
+    def __bool__(self) -> bool:
+        """Whether marks wait to be written (not counting a write under way)."""
+        return bool(self._flushed)
+
+    def note_flushed(self, session: Session) -> None:
+        """The session's pending marks reached the kernel: queue them for the store."""
+        marks = session.pending_marks
+        if not marks:
+            return
+        flushed = self._flushed
+        user = session.user_id
+        device = session.store_device
+        for conversation, mark in marks.items():
+            key = (conversation, user, device)
+            known = flushed.get(key)
+            if known is None or known[0] < mark[0]:
+                flushed[key] = mark
+        marks.clear()
+
+    def take(self) -> dict[MarkKey, Mark]:
+        """The queued marks, now being written; the caller deletes each written (or dropped)
+        key from the returned dict, and calls `done()` when the write ends."""
+        self._persisting = self._flushed
+        self._flushed = {}
+        return self._persisting
+
+    def done(self) -> None:
+        """The write ended: what it did not reach (cancelled) waits for the next one."""
+        flushed = self._flushed
+        for key, mark in self._persisting.items():
+            known = flushed.get(key)
+            if known is None or known[0] < mark[0]:
+                flushed[key] = mark
+        self._persisting = {}
+
+    def marked_upto(self, session: Session, conversation: str) -> int:
+        """The highest seq this device had flushed in `conversation` that the store may not
+        know yet (0: none)."""
+        if not self._flushed and not self._persisting:
+            return 0
+        key = (conversation, session.user_id, session.store_device)
+        flushed = self._flushed.get(key)
+        persisting = self._persisting.get(key)
+        return max(flushed[0] if flushed else 0, persisting[0] if persisting else 0)
+
+    def unpersisted(self, session: Session) -> bool:
+        """Whether marks of this device were flushed but not yet written to the store."""
+        return any(
+            user == session.user_id and device == session.store_device
+            for marks in (self._flushed, self._persisting)
+            for _, user, device in marks
+        )

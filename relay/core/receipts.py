@@ -1,0 +1,229 @@
+"""Receipts: `delivered` and `read` watermarks, the receipts they cause, and their catch-up.
+
+- A device with acks=true marks delivered with `delivered` (or `read`) receipts; a device with
+  acks=false counts as delivered once its outbox was flushed (relay.core.marks), written by the
+  next `maintain()` (within a tick). Either way the store records it, and each sender whose
+  messages the reader's watermark newly covers gets a `receipt` (id and seq of its newest
+  covered message, `userId` the reader); a `read` also reaches the reader's other devices.
+- Receipts are clamped to the conversation's last seq; one for a conversation the user is not
+  in gets error `forbidden`; stale ones are ignored.
+- Catch-up: once a device's backlog is done it gets the `delivered`/`read` receipts that the
+  other participants' current watermarks give its user's messages (store.coverage: most
+  recently active conversations first, at most `receipt_catchup` watermarks examined), while
+  its outbox is at most half full (never the cause of a slow-consumer close). A watermark
+  receipt is idempotent (status only moves forward), so one bounded store read per connect is
+  cheaper than a per-device cursor written on every connect.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from attrs import define, field
+
+from relay.core.backlog import Backlog
+from relay.core.broker import Broker
+from relay.core.context import Context, wire
+from relay.core.marks import DeliveryMarks
+from relay.core.session import Session
+from relay.ports import Connection
+from relay.protocol import ReceiptFrame, encode_receipt_status
+from relay.store.base import StoredMessage, direct_conversation, group_conversation
+
+log = logging.getLogger("relay.core")
+
+#: Delivery marks maintain() hands the store in one write (store.mark_delivered_many).
+MARKS_PER_WRITE = 256
+
+
+@define(eq=False)
+class Receipts:
+    _ctx: Context
+    _broker: Broker
+    _marks: DeliveryMarks
+    backlog: Backlog = field(init=False)  # set by the service once both exist
+    due: dict[int, Connection] = field(factory=dict)  # backlog done, catch-up not yet sent
+
+    def catch_up_due(self, conn: Connection) -> None:
+        """A backlog ended: its receipt catch-up is sent by auth or the next maintain()."""
+        if self._ctx.config.receipt_catchup:
+            self.due[conn.id] = conn
+
+    # --- frames -----------------------------------------------------------------------------------
+    async def on_receipt(self, conn: Connection, session: Session, frame: ReceiptFrame) -> None:
+        ctx = self._ctx
+        store = ctx.store
+        user = session.user_id
+        if frame.group_id is not None:
+            group = await ctx.member_group(
+                conn, session, frame.group_id, frame.ref, hide_unknown=True
+            )
+            if group is None:
+                return
+            conversation = group_conversation(frame.group_id)
+        else:
+            assert frame.peer_id is not None
+            conversation = direct_conversation(user, frame.peer_id)
+        last = await store.last_seq(conversation)
+        if last == 0:
+            ctx.error(
+                conn,
+                session,
+                "forbidden",
+                "no such conversation of yours",
+                ref=frame.ref,
+                field="peerId",
+            )
+            return
+        seq = min(frame.seq, last)
+        before = await store.mark_delivered(conversation, user, session.store_device, seq)
+        if frame.status == "read":
+            before_read = await store.mark_read(conversation, user, seq)
+            if seq > before_read.read_seq:
+                await self._notify_senders(
+                    conversation, before_read.read_seq, seq, user, "read", frame.group_id
+                )
+                self._broker.to_users(
+                    [user],
+                    wire(
+                        encode_receipt_status(
+                            message_id=None,
+                            seq=seq,
+                            status="read",
+                            user_id=user,
+                            timestamp=ctx.now_iso(),
+                            peer_id=frame.peer_id,
+                            group_id=frame.group_id,
+                        )
+                    ),
+                    exclude=conn,
+                )
+        elif seq > before.delivered_seq:
+            await self._notify_senders(
+                conversation, before.delivered_seq, seq, user, "delivered", frame.group_id
+            )
+        await self.backlog.acknowledged(conn, session, conversation, seq)
+
+    async def _notify_senders(
+        self,
+        conversation: str,
+        after: int,
+        upto: int,
+        reader: str,
+        status: str,
+        group_id: str | None,
+    ) -> None:
+        """Tell each sender whose messages in (after, upto] the reader's watermark now covers."""
+        newest = await self._ctx.store.latest_by_sender(conversation, after, upto, reader)
+        self.status_receipts(newest, reader, status, group_id)
+
+    def status_receipts(
+        self, newest: list[StoredMessage], reader: str, status: str, group_id: str | None
+    ) -> None:
+        """A `status` receipt from `reader` to the sender of each of `newest` (each its
+        sender's newest message the reader's watermark covers, as latest_by_sender gives)."""
+        timestamp = self._ctx.now_iso()
+        for message in newest:
+            frame = wire(
+                encode_receipt_status(
+                    message_id=message.id,
+                    seq=message.seq,
+                    status=status,
+                    user_id=reader,
+                    timestamp=timestamp,
+                    peer_id=None if group_id is not None else reader,
+                    group_id=group_id,
+                )
+            )
+            self._broker.to_users([message.sender_id], frame)
+
+    # --- maintain() -------------------------------------------------------------------------------
+    async def write_marks(self, breathe: Callable[[], Awaitable[None]]) -> None:
+        """One pass over the delivery marks queued so far, MARKS_PER_WRITE to a store write,
+        and the `delivered` receipts of the watermarks they moved. Marks flushed during it (its
+        pauses, the store's awaits) wait for the next pass, so a pass ends however busy the
+        relay is and each write batches a tick's worth of flushes."""
+        store = self._ctx.store
+        marks = self._marks.take()
+        try:
+            pending = list(marks.items())
+            for start in range(0, len(pending), MARKS_PER_WRITE):
+                chunk = pending[start : start + MARKS_PER_WRITE]
+                await breathe()  # before the write: a chunk cancelled here stays in `marks`
+                try:
+                    befores = await store.mark_delivered_many(
+                        [(c, user, device, seq) for (c, user, device), (seq, _) in chunk]
+                    )
+                except Exception:
+                    log.exception("recording %d deliveries failed", len(chunk))
+                    for key, _mark in chunk:
+                        del marks[key]
+                    continue
+                # receipts to the senders whose messages the moved watermarks now cover
+                moved = [
+                    (conversation, before.delivered_seq, seq, user, group_id)
+                    for ((conversation, user, _device), (seq, group_id)), before in zip(
+                        chunk, befores, strict=True
+                    )
+                    if seq > before.delivered_seq
+                ]
+                try:
+                    newest = await store.latest_by_sender_many(
+                        [(c, after, upto, user) for c, after, upto, user, _ in moved]
+                    )
+                except Exception:  # the marks stand; the receipts come with the catch-up of the
+                    # senders' next connections
+                    log.exception("finding the senders of %d deliveries failed", len(moved))
+                else:
+                    for (_c, _a, _u, user, group_id), messages in zip(moved, newest, strict=True):
+                        await breathe()
+                        self.status_receipts(messages, user, "delivered", group_id)
+                for key, _mark in chunk:
+                    del marks[key]
+        finally:
+            self._marks.done()
+
+    async def catch_up_all(self, breathe: Callable[[], Awaitable[None]]) -> None:
+        """The catch-ups due, once each; those not reached (cancelled) wait for the next call."""
+        due, self.due = self.due, {}
+        try:
+            for conn_id, conn in list(due.items()):
+                await breathe()
+                del due[conn_id]
+                session = conn.state
+                if isinstance(session, Session) and session.active:
+                    await self.catch_up(conn, session)
+        finally:
+            self.due = {**due, **self.due}
+
+    async def catch_up(self, conn: Connection, session: Session) -> None:
+        """The receipts the peers' current watermarks give this user's messages, to this device
+        (see the module doc). A failed read is logged: the next connection tries again."""
+        ctx = self._ctx
+        user = session.user_id
+        try:
+            covered = await ctx.store.coverage(user, limit=ctx.config.receipt_catchup)
+        except Exception:
+            log.exception("receipt catch-up of %s failed", user)
+            return
+        if not covered or not session.active:
+            return
+        timestamp = ctx.now_iso()
+        for coverage in covered:
+            for status, message in (("delivered", coverage.delivered), ("read", coverage.read)):
+                if message is None:
+                    continue
+                if not ctx.roomy(conn):
+                    return  # never the cause of a slow-consumer close
+                receipt = encode_receipt_status(
+                    message_id=message.id,
+                    seq=message.seq,
+                    status=status,
+                    user_id=coverage.reader,
+                    timestamp=timestamp,
+                    peer_id=None if coverage.group_id is not None else coverage.reader,
+                    group_id=coverage.group_id,
+                )
+                if not ctx.send(conn, session, receipt):
+                    return

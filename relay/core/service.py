@@ -1,0 +1,425 @@
+"""MessagingService: the messaging core, the ConnectionHandler the shell drives (relay.ports).
+
+It imports no trio: the shell calls `on_open`, `on_messages_nowait` (in its poller), awaits
+`on_messages`, calls `on_flushed`/`on_close`, calls `tick(now)` about every 250 ms and awaits
+`maintain()` about as often. Each concern is a part of its own (relay/core/*.py): the message
+pipeline, the backlog, receipts, groups, history, presence (status), typing (indicators); this
+module only routes to them: frame type -> handler, by the table `_handlers`.
+
+Session: the first frame must be `auth` within `auth_timeout` (else close 1008); any other
+valid frame before it gets error `unauthenticated` (the connection stays); a failed auth gets
+error `auth_failed`, then close 1008. A second `auth` on an active connection gets `invalid`.
+An unexpected exception while handling one frame is logged and answered with error `internal`;
+the connection stays. The contract is /work/shared/protocol.md, documented in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from attrs import define, field
+
+from relay.auth import Authenticator, authenticator_from_config
+from relay.clock import WallClock
+from relay.config import RelayConfig
+from relay.core.backlog import Backlog, BacklogState
+from relay.core.broker import LocalBroker
+from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
+from relay.core.groups import Groups
+from relay.core.history import History
+from relay.core.indicators import Indicators
+from relay.core.marks import DeliveryMarks
+from relay.core.pipeline import Item, Pipeline
+from relay.core.receipts import Receipts
+from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
+from relay.core.status import Status
+from relay.errors import FrameError
+from relay.ports import Connection
+from relay.protocol import (
+    AuthFrame,
+    ClientFrame,
+    ConversationsFrame,
+    GroupAddFrame,
+    GroupCreateFrame,
+    GroupLeaveFrame,
+    GroupRemoveFrame,
+    HistoryFrame,
+    Limits,
+    MessageFrame,
+    MessageRefused,
+    PingFrame,
+    PresenceFrame,
+    ReceiptFrame,
+    StatusFrame,
+    TypingFrame,
+    encode_auth_ok,
+    encode_error,
+    encode_pong,
+    parse_client_frame,
+)
+from relay.store.base import Store, StoredMessage
+
+log = logging.getLogger("relay.core")
+
+#: The longest stretch of maintain() work between two of its pauses, s.
+MAINTAIN_SLICE = 0.0002
+#: bound of the devices this process registered in the store (cleared when reached)
+REGISTERED_MAX = 100_000
+_monotonic = time.monotonic
+
+_ACTIVE = Phase.ACTIVE
+_CLOSING = Phase.CLOSING
+
+#: a frame handler of an active session
+Handler = Callable[[Connection, Session, Any], Coroutine[Any, Any, None] | None]
+
+
+@define(init=False, eq=False)
+class MessagingService:
+    """The messaging core; see the module docstring for the behaviour it guarantees."""
+
+    ctx: Context
+    authenticator: Authenticator
+    pipeline: Pipeline
+    backlog: Backlog
+    receipts: Receipts
+    groups: Groups
+    history: History
+    status: Status
+    indicators: Indicators
+    _marks: DeliveryMarks
+    _handlers: dict[type, Handler]
+    _awaiting: dict[int, Connection] = field(factory=dict)  # not yet authenticated
+    _registered: set[tuple[str, str]] = field(factory=set)  # devices registered in the store
+    _maintaining: bool = False
+    _manage_store: bool = True
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        store: Store,
+        *,
+        authenticator: Authenticator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: WallClock = time.time,
+        manage_store: bool = True,
+    ) -> None:
+        ctx = self.ctx = Context(config, store, clock, wall, Limits.from_config(config))
+        # None: what the config asks for (token auth when a key is configured, else trusting)
+        self.authenticator = (
+            authenticator if authenticator is not None else authenticator_from_config(config)
+        )
+        broker = LocalBroker(ctx)
+        self._marks = DeliveryMarks()
+        self.status = Status(ctx, broker)
+        self.indicators = Indicators(ctx, broker)
+        self.groups = Groups(ctx, broker, self.indicators)
+        self.history = History(ctx)
+        self.receipts = Receipts(ctx, broker, self._marks)
+        self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
+        self.pipeline = Pipeline(ctx, broker)
+        self._awaiting = {}
+        self._registered = set()
+        self._maintaining = False
+        self._manage_store = manage_store
+        self._handlers = {
+            ReceiptFrame: self.receipts.on_receipt,
+            TypingFrame: self.indicators.on_typing,
+            StatusFrame: self.status.on_status,
+            PresenceFrame: self.status.on_presence,
+            ConversationsFrame: self.history.on_conversations,
+            HistoryFrame: self.history.on_history,
+            GroupCreateFrame: self.groups.on_create,
+            GroupAddFrame: self.groups.on_add,
+            GroupRemoveFrame: self.groups.on_remove,
+            GroupLeaveFrame: self.groups.on_leave,
+            PingFrame: self._on_ping,
+        }
+
+    @property
+    def store(self) -> Store:
+        return self.ctx.store
+
+    @property
+    def config(self) -> RelayConfig:
+        return self.ctx.config
+
+    # --- lifecycle (relay.ports.Lifecycle) --------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, unless `manage_store=False` (its owner opens and closes it)."""
+        if self._manage_store:
+            await self.ctx.store.open()
+
+    async def aclose(self) -> None:
+        """Write what is pending (delivery marks, lastSeen), then close the store (unless
+        `manage_store=False`)."""
+        await self.maintain()
+        if self._manage_store:
+            await self.ctx.store.close()
+
+    # --- ConnectionHandler ------------------------------------------------------------------------
+    def on_open(self, conn: Connection) -> None:
+        conn.state = Session(auth_deadline=self.ctx.clock() + self.ctx.config.auth_timeout)
+        self._awaiting[conn.id] = conn
+
+    def on_messages_nowait(self, conn: Connection, payloads: list[bytes]) -> int:
+        """relay.ports.InlineHandler: the leading message frames of an active session's read,
+        through the pipeline's inline entry."""
+        session = conn.state
+        if session.__class__ is not Session or session.phase is not _ACTIVE:
+            return 0
+        try:
+            return self.pipeline.inline(conn, session, payloads)
+        except Exception:
+            log.exception("internal error handling messages")
+            self.ctx.error(conn, session, "internal", "internal error")
+            return len(payloads)
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        session = conn.state
+        if session.__class__ is not Session:
+            return
+        ctx = self.ctx
+        limits = ctx.limits
+        batch: list[Item] = []
+        for payload in payloads:
+            if session.phase is _CLOSING:
+                return
+            try:
+                frame: ClientFrame = parse_client_frame(payload, limits)
+            except MessageRefused as refused:
+                if session.active:
+                    batch.append(refused)
+                else:
+                    ctx.error(
+                        conn, session, "unauthenticated", "authenticate first", ref=refused.ref
+                    )
+                continue
+            except FrameError as exc:
+                if batch:
+                    await self._messages(conn, session, batch)
+                    batch = []
+                self._on_frame_error(conn, session, exc)
+                continue
+            if frame.__class__ is MessageFrame and session.phase is _ACTIVE:
+                batch.append(frame)
+                continue
+            if batch:
+                await self._messages(conn, session, batch)
+                batch = []
+                if session.closing:
+                    return
+            try:
+                await self._dispatch(conn, session, frame)
+            except Exception:
+                log.exception("internal error handling a %s frame", type(frame).__name__)
+                ctx.error(conn, session, "internal", "internal error", ref=frame.ref)
+        if batch and session.phase is not _CLOSING:
+            await self._messages(conn, session, batch)
+
+    def on_flushed(self, conn: Connection) -> None:
+        session = conn.state
+        if session.__class__ is not Session or session.phase is not _ACTIVE:
+            return
+        if conn.outbox.pending_frames:
+            return  # frames queued after this flush began: their marks wait for the next one
+        self._marks.note_flushed(session)
+        backlog = session.backlog
+        if backlog is not None:
+            self.backlog.flushed(conn, session, backlog)
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        session = conn.state
+        if not isinstance(session, Session):
+            return
+        self._awaiting.pop(conn.id, None)
+        self.receipts.due.pop(conn.id, None)
+        was_registered = session.registered
+        session.close()  # not flushed: those messages stay undelivered
+        session.registered = False
+        self.backlog.forget(conn, session)
+        if not was_registered:
+            return
+        ctx = self.ctx
+        user = session.user_id
+        remaining = ctx.router.remove(user, conn)
+        left_at = ctx.now_iso()
+        offline_now = ctx.presence.disconnect(user, ctx.clock(), left_at)  # counts every one
+        if remaining:
+            return
+        self.indicators.user_left(user)
+        if offline_now:
+            self.status.offline(user, left_at)
+
+    def tick(self, now: float) -> None:
+        for conn in [c for c in self._awaiting.values() if c.state.auth_expired(now)]:
+            self._awaiting.pop(conn.id, None)
+            conn.state.close()
+            conn.close(CLOSE_POLICY, "authentication timeout")
+        for user, seen in self.ctx.presence.expired(now):
+            self.status.offline(user, seen)
+        self.indicators.lapse(now)
+        self.ctx.limiter.prune(now)
+        self.pipeline.prune(now)
+
+    async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
+        """relay.ports.Maintained: store work the sync callbacks queued — delivery marks of
+        flushed frames (and the receipts they cause), lastSeen of users gone offline, backlog
+        batches waiting for those marks, receipt catch-ups of finished backlogs. Safe to call
+        concurrently; cheap when there is nothing to do.
+
+        `pause` (the shell passes one that lets its other tasks run) is awaited whenever
+        MAINTAIN_SLICE of this work has gone by without one, so a tick's worth of marks and
+        receipts never stalls live traffic for longer than that (an in-memory store's calls
+        return without yielding)."""
+        if self._maintaining:
+            return
+        self._maintaining = True
+        resume_at = _monotonic() + MAINTAIN_SLICE
+
+        async def breathe() -> None:
+            nonlocal resume_at
+            if pause is not None and _monotonic() >= resume_at:
+                await pause()
+                resume_at = _monotonic() + MAINTAIN_SLICE
+
+        try:
+            await self.receipts.write_marks(breathe)
+            await self.status.write_last_seen(breathe)
+            await self._pump_ready(breathe)
+            # after the pumps: the backlogs they finished are caught up in this call
+            await self.receipts.catch_up_all(breathe)
+        finally:
+            self._maintaining = False
+
+    async def publish(self, *args: Any, **message: Any) -> StoredMessage:
+        """relay.ports.Publisher: see Pipeline.publish."""
+        return await self.pipeline.publish(*args, **message)
+
+    # --- routing ----------------------------------------------------------------------------------
+    async def _messages(self, conn: Connection, session: Session, batch: list[Item]) -> None:
+        try:
+            await self.pipeline.frames(conn, session, batch)
+        except Exception:
+            log.exception("internal error handling messages")
+            self.ctx.error(conn, session, "internal", "internal error")
+
+    async def _dispatch(self, conn: Connection, session: Session, frame: ClientFrame) -> None:
+        if frame.__class__ is AuthFrame:
+            assert isinstance(frame, AuthFrame)
+            await self._on_auth(conn, session, frame)
+            return
+        if not session.active:
+            self.ctx.error(conn, session, "unauthenticated", "authenticate first", ref=frame.ref)
+            return
+        # MessageFrame is batched by on_messages and has no entry: a KeyError here is a bug
+        done = self._handlers[frame.__class__](conn, session, frame)
+        if done is not None:
+            await done
+
+    def _on_frame_error(self, conn: Connection, session: Session, exc: FrameError) -> None:
+        if exc.code == "auth_failed" and not session.active:
+            self._fail_auth(conn, session, exc.message, field=exc.field)
+            return
+        code = "invalid" if exc.code == "auth_failed" else exc.code
+        self.ctx.error(conn, session, code, exc.message, ref=exc.ref, field=exc.field)
+
+    def _on_ping(self, conn: Connection, session: Session, frame: PingFrame) -> None:
+        self.ctx.send(conn, session, encode_pong(self.ctx.now_iso(), ref=frame.ref))
+
+    async def _pump_ready(self, breathe: Callable[[], Awaitable[None]]) -> None:
+        """Backlogs waiting for marks written by this call, once each; those not reached
+        (cancelled) wait for the next call; one that fails or waits again is retried then."""
+        ready, self.backlog.ready = self.backlog.ready, {}
+        try:
+            for conn_id, conn in list(ready.items()):
+                await breathe()
+                del ready[conn_id]
+                session = conn.state
+                if isinstance(session, Session) and session.active:
+                    await self.backlog.pump(conn, session)
+        finally:
+            self.backlog.ready = {**ready, **self.backlog.ready}
+
+    # --- auth -------------------------------------------------------------------------------------
+    def _fail_auth(
+        self, conn: Connection, session: Session, message: str, *, field: str | None = None
+    ) -> None:
+        self._awaiting.pop(conn.id, None)
+        self.ctx.send(conn, session, encode_error("auth_failed", message, field=field))
+        session.close()
+        conn.close(CLOSE_POLICY, "authentication failed")
+
+    async def _on_auth(self, conn: Connection, session: Session, frame: AuthFrame) -> None:
+        ctx = self.ctx
+        if session.phase is not Phase.AWAITING_AUTH:
+            ctx.error(
+                conn, session, "invalid", "already authenticated", ref=frame.ref, field="type"
+            )
+            return
+        session.handle(Event.AUTH_BEGIN)
+        try:
+            user = await self.authenticator.authenticate(frame)
+        except FrameError as exc:
+            if not session.closing:
+                self._fail_auth(conn, session, exc.message, field=exc.field)
+            return
+        except Exception:
+            log.exception("authenticator failed")
+            if not session.closing:
+                self._awaiting.pop(conn.id, None)
+                ctx.send(conn, session, encode_error("internal", "authentication unavailable"))
+                session.close()
+                conn.close(CLOSE_INTERNAL, "authentication unavailable")
+            return
+        try:
+            await self._register(user, frame)
+        except Exception:
+            if not session.closing:
+                session.handle(Event.AUTH_RETRY)  # the client may try again
+            raise
+        if session.closing:
+            return
+        self._awaiting.pop(conn.id, None)
+        session.activate(
+            user,
+            BacklogState(),
+            device_id=frame.device_id,
+            acks=frame.acks,
+            user_name=frame.user_name,
+            user_avatar=frame.user_avatar,
+        )
+        ctx.router.add(user, conn)
+        announce = ctx.presence.connect(user)
+        ctx.send(
+            conn,
+            session,
+            encode_auth_ok(user, session.device_id, session.session_id, ctx.now_iso()),
+        )
+        if announce:
+            self.status.online(user)
+        if self._marks:
+            await self.maintain()  # this device's marks from an earlier connection first
+        await self.backlog.pump(conn, session)
+        if self.receipts.due.pop(conn.id, None) is not None:  # the backlog is done already
+            await self.receipts.catch_up(conn, session)
+
+    async def _register(self, user: str, frame: AuthFrame) -> None:
+        """The user's contacts into presence, and the device into the store: it is owed what
+        is accepted from now on, even what its user's other devices have delivered before it
+        comes back (registered before it can miss anything)."""
+        ctx = self.ctx
+        presence = ctx.presence
+        if not presence.has_contacts(user):
+            contacts = await ctx.store.contacts(user)
+            if not presence.has_contacts(user):
+                presence.set_contacts(user, contacts)
+        device = (user, frame.device_id if frame.device_id is not None else ANONYMOUS_DEVICE)
+        if device not in self._registered:
+            await ctx.store.register_device(*device)
+            if len(self._registered) >= REGISTERED_MAX:
+                self._registered.clear()
+            self._registered.add(device)
