@@ -21,6 +21,7 @@ from trio_websocket import WebSocketConnection, open_websocket_url
 
 from relay import Relay, RelayConfig
 from relay.fastpath import Outbox
+from relay.store.base import Store, Watermarks
 
 #: Settings every test relay gets unless a test overrides them: short waits, no files.
 TEST_DEFAULTS: dict[str, Any] = {
@@ -246,3 +247,9 @@ class FakeConn:
     def close(self, code: int, reason: str = "") -> None:
         if self.closed is None:
             self.closed = (code, reason)
+
+
+async def watermarks_of(store: Store, conversation: str, user: str) -> Watermarks:
+    """`user`'s watermarks in `conversation` as the live API reports them (every participant's
+    in store.member_watermarks); zeros for a user who is not a participant."""
+    return (await store.member_watermarks(conversation)).get(user, Watermarks(0, 0))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import watermarks_of
 from test_e2e_messaging import WAIT, Client, connect, message, start
 
 from relay import Relay
@@ -33,7 +34,7 @@ async def marks_reach(store: Store, conversation: str, user: str, wanted: Waterm
     """Wait until the relay has written `user`'s watermarks (acks=false marks come with a tick)."""
     with trio.fail_after(WAIT):
         while True:
-            if await store.watermarks(conversation, user) == wanted:
+            if await watermarks_of(store, conversation, user) == wanted:
                 return
             await trio.sleep(0.02)  # the store has no change notification
 

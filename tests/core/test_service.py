@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from support import FakeConn, decode_server_frames
+from support import FakeConn, decode_server_frames, watermarks_of
 
 from relay.config import RelayConfig
 from relay.core import MessagingService
@@ -400,7 +400,7 @@ async def test_acks_false_device_counts_as_delivered_once_flushed() -> None:
         "type": "receipt", "id": "m2", "peerId": "bob", "seq": 2, "status": "delivered",
         "userId": "bob", "timestamp": receipt["timestamp"],
     }  # fmt: skip
-    marks = await h.store.watermarks(_conv("alice", "bob"), "bob")
+    marks = await watermarks_of(h.store, _conv("alice", "bob"), "bob")
     assert marks.delivered_seq == 2
 
 
@@ -516,7 +516,7 @@ async def test_receipt_for_a_conversation_the_user_is_not_in_is_forbidden() -> N
     await h.send(a, {"type": "group_create", "groupId": "g", "members": ["bob"]})
     await h.send(c, {"type": "receipt", "groupId": "g", "seq": 1, "status": "read"})
     assert h.frames(c)[0]["code"] == "forbidden"
-    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).read_seq == 0
+    assert (await watermarks_of(h.store, _conv("alice", "bob"), "bob")).read_seq == 0
 
 
 async def test_only_recipients_receipts_move_senders_status() -> None:
@@ -528,7 +528,7 @@ async def test_only_recipients_receipts_move_senders_status() -> None:
     # the sender acknowledging its own message covers nothing of anyone else's
     await h.send(a, {"type": "receipt", "peerId": "bob", "seq": 1, "status": "read"})
     assert h.frames(a) == []
-    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).read_seq == 0
+    assert (await watermarks_of(h.store, _conv("alice", "bob"), "bob")).read_seq == 0
 
 
 # --- backlog ----------------------------------------------------------------------------------------
@@ -1191,7 +1191,7 @@ async def test_what_was_flushed_is_not_sent_again_while_its_marks_are_being_writ
         again = await h.connect("bob")
         assert again.backlog == []  # type: ignore[attr-defined]
         h.store.gate.set()
-    assert (await h.store.watermarks(_conv("alice", "bob"), "bob")).delivered_seq == 1
+    assert (await watermarks_of(h.store, _conv("alice", "bob"), "bob")).delivered_seq == 1
 
 
 async def _flushed_to_many(h: Harness, pairs: int) -> list[FakeConn]:
@@ -1269,7 +1269,7 @@ async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_n
     with trio.move_on_after(0.05):
         await h.svc.maintain(Pauses(hang_at=4))
     assert [len(_delivered_ids(s, h)) for s in senders] == [1, 1, 0, 0]
-    marks = [await h.store.watermarks(_conv(f"s{i}", f"r{i}"), f"r{i}") for i in range(4)]
+    marks = [await watermarks_of(h.store, _conv(f"s{i}", f"r{i}"), f"r{i}") for i in range(4)]
     assert [m.delivered_seq for m in marks] == [1, 1, 0, 0]
     await h.svc.maintain()
     assert [len(_delivered_ids(s, h)) for s in senders] == [0, 0, 1, 1]
