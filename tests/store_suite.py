@@ -241,7 +241,7 @@ class StoreSuite:
         assert seqs(await store.undelivered("b", "old")) == [2, 3, 4]
         await store.mark_delivered(AB, "b", "old", 2)
         assert seqs(await store.undelivered("b", "old")) == [3, 4]
-        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(3, 0)}
         await store.mark_delivered(AB, "b", "", 4)
         assert await store.undelivered("b", "") == []
         assert await store.undelivered("b", "brand-new") == []
@@ -269,21 +269,20 @@ class StoreSuite:
         await put(store, msg("c", "b"))
         await store.mark_delivered(direct_conversation("b", "c"), "b", "phone", 1)
         assert seqs(await store.undelivered("b", "watch")) == [4, 1]
-        assert await store.watermarks(AB, "b") == Watermarks(4, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(4, 0)}
 
     # --- watermarks -----------------------------------------------------------------------------
     async def test_watermarks_move_forward_only(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))
-        assert await store.watermarks(AB, "b") == Watermarks(0, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(0, 0)}
         assert await store.mark_delivered(AB, "b", "", 3) == Watermarks(0, 0)
         assert await store.mark_delivered(AB, "b", "", 2) == Watermarks(3, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
         assert await store.mark_read(AB, "b", 2) == Watermarks(3, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
         assert await store.mark_read(AB, "b", 1) == Watermarks(3, 2)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
+        assert await store.mark_delivered(AB, "b", "", 1) == Watermarks(3, 2)
         # the other participant's marks are their own
-        assert await store.watermarks(AB, "a") == Watermarks(0, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(3, 2)}
+        assert await store.mark_read(AB, "a", 0) == Watermarks(0, 0)
 
     async def test_mark_delivered_many_is_each_mark_in_turn(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)), msg("a", "c"), msg("c", "a"))
@@ -303,16 +302,15 @@ class StoreSuite:
             Watermarks(3, 0),
             Watermarks(0, 0),
         ]
-        assert await store.watermarks(AB, "b") == Watermarks(5, 0)
-        assert await store.watermarks(AC, "c") == Watermarks(2, 0)
-        assert await store.watermarks(AC, "a") == Watermarks(2, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(5, 0)}
+        assert await store.member_watermarks(AC) == {"a": Watermarks(2, 0), "c": Watermarks(2, 0)}
         assert seqs(await store.undelivered("b", "phone")) == []
         assert await store.mark_delivered_many([]) == []
 
     async def test_read_implies_delivered(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))
         assert await store.mark_read(AB, "b", 4) == Watermarks(0, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(4, 4)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(4, 4)}
         assert seqs(await store.undelivered("b", "tablet")) == [5]
 
     async def test_marks_never_pass_the_last_message(self, store: Store) -> None:
@@ -320,7 +318,7 @@ class StoreSuite:
         await put(store, msg("a", "b"), msg("a", "b"))
         await store.mark_read(AB, "b", 100)
         await store.mark_delivered(AB, "b", "phone", 100)
-        assert await store.watermarks(AB, "b") == Watermarks(2, 2)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(2, 2)}
         [later] = await put(store, msg("a", "b"))
         assert await store.undelivered("b", "phone") == [later]
         [summary] = await store.conversations("b")

@@ -249,8 +249,6 @@ class Store(Protocol):
         """Move the user's read (and delivered) watermark up to `seq` (forward only).
         Returns the user's watermarks before the call."""
 
-    async def watermarks(self, conversation: str, user_id: str) -> Watermarks: ...
-
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
         """The watermarks of every current participant of the conversation (both users of a 1:1,
         the members of a group), Watermarks(0, 0) for one without any; {} for no conversation."""
