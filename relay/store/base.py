@@ -1,6 +1,8 @@
 """The Store protocol: what the messaging core asks of durable state, and the values it trades.
 
-Every implementation (memory, sqlite) passes the one shared suite in tests/store_suite.py.
+Every implementation (memory, sqlite) passes the one shared suite in tests/store_suite.py, and
+declares one append the core makes without awaiting (InlineAppend or QueuedAppend, below),
+which the suite holds to append_many's answers.
 
 Invariants every implementation keeps:
 - `seq` counts from 1 within a conversation, with no gap and no reuse, in acceptance order.

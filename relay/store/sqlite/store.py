@@ -202,11 +202,7 @@ class SqliteStore:
         """Whether append_soon may be called now: the store is open and a write slot is free."""
         return self._state == "open" and self._slots.value > 0
 
-    def append_soon(
-        self,
-        messages: Sequence[NewMessage],
-        on_done: AppendDone,
-    ) -> None:
+    def append_soon(self, messages: Sequence[NewMessage], on_done: AppendDone) -> None:
         """append_many without waiting (call only right after has_room() said True): the
         append is queued behind every write queued before it, and `on_done(results, None)`, or
         `on_done(None, error)` with a StoreError, runs in the Trio thread once it committed or

@@ -30,7 +30,7 @@ from relay.store.base import NewMessage, Store, Watermarks, group_conversation
 from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from relay.store.sqlite import SqliteStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
