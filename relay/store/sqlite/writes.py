@@ -57,6 +57,7 @@ def _device_start(
 def mark_delivered(
     conn: sqlite3.Connection, conversation: str, user_id: str, device_id: str, seq: int
 ) -> Watermarks:
+    """Store.mark_delivered, in the writer's open transaction."""
     before = _marks(conn, conversation, user_id)
     seq = min(seq, last_seq(conn, conversation))
     row = conn.execute(
@@ -77,6 +78,7 @@ def mark_delivered(
 
 
 def mark_read(conn: sqlite3.Connection, conversation: str, user_id: str, seq: int) -> Watermarks:
+    """Store.mark_read, in the writer's open transaction."""
     before = _marks(conn, conversation, user_id)
     seq = min(seq, last_seq(conn, conversation))
     if seq > before.read_seq:
@@ -107,6 +109,7 @@ def _join(conn: sqlite3.Connection, group_id: str, users: Sequence[str]) -> None
 
 
 def create_group(conn: sqlite3.Connection, group: Group) -> Group:
+    """Store.create_group, in the writer's open transaction."""
     taken = conn.execute("SELECT 1 FROM groups WHERE group_id = ?", (group.group_id,)).fetchone()
     if taken:
         raise Conflict(f"group {group.group_id!r} exists already")
@@ -131,6 +134,7 @@ def create_group(conn: sqlite3.Connection, group: Group) -> Group:
 
 
 def set_group_members(conn: sqlite3.Connection, group_id: str, members: Sequence[str]) -> Group:
+    """Store.set_group_members, in the writer's open transaction."""
     old = get_group(conn, group_id)
     if old is None:
         raise NotFound(f"group {group_id!r} does not exist")
@@ -151,6 +155,7 @@ def set_group_members(conn: sqlite3.Connection, group_id: str, members: Sequence
 
 
 def register_device(conn: sqlite3.Connection, user_id: str, device_id: str) -> None:
+    """Store.register_device, in the writer's open transaction."""
     # In the writer's transaction: every message appended after this has a greater pos.
     conn.execute(
         "INSERT OR IGNORE INTO devices (user_id, device_id, since_pos) "
@@ -160,6 +165,7 @@ def register_device(conn: sqlite3.Connection, user_id: str, device_id: str) -> N
 
 
 def set_last_seen(conn: sqlite3.Connection, user_id: str, timestamp: str) -> None:
+    """Store.set_last_seen, in the writer's open transaction."""
     conn.execute(
         "INSERT INTO last_seen (user_id, timestamp) VALUES (?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET timestamp = excluded.timestamp",
