@@ -1,7 +1,12 @@
 """The one behavioural suite every Store implementation passes.
 
 A test module runs it by defining a `store` fixture (an opened, empty store) and a class
-`class TestXStore(StoreSuite): ...`. Nothing here knows which implementation it runs on.
+`class TestXStore(StoreSuite): ...`. Nothing here knows which implementation it runs on: an
+append the core makes without awaiting goes through the ability the store declares
+(InlineAppend or QueuedAppend, see `fast_append`).
+
+A helper module, not a test module: tests/ is on sys.path (tests/conftest.py), so the store
+tests import it as `store_suite` from any folder.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ import trio
 
 from relay.errors import Conflict, NotFound
 from relay.store.base import (
+    AppendDone,
+    Appended,
     Coverage,
     Group,
+    InlineAppend,
     MessageRef,
     NewMessage,
+    QueuedAppend,
     Store,
     StoredMessage,
     Watermarks,
@@ -83,6 +92,36 @@ async def put(store: Store, *messages: NewMessage) -> list[StoredMessage]:
     results = await store.append_many(messages)
     assert [r.duplicate for r in results] == [False] * len(messages)
     return [r.message for r in results]
+
+
+async def fast_append(store: Store, batches: list[list[NewMessage]]) -> list[list[Appended]]:
+    """Each batch appended the way the core appends without awaiting, on the ability `store`
+    declares: append_now one after the other (InlineAppend), or every batch queued at once with
+    append_soon and the answers awaited (QueuedAppend: one writer batch, the fused append)."""
+    if isinstance(store, InlineAppend):
+        return [store.append_now(batch) for batch in batches]
+    assert isinstance(store, QueuedAppend), f"{type(store).__name__} declares no fast append"
+    answers: list[list[Appended] | BaseException | None] = [None] * len(batches)
+    done = trio.Event()
+
+    def answer(i: int) -> AppendDone:
+        def on_done(results: list[Appended] | None, error: BaseException | None) -> None:
+            answers[i] = results if error is None else error
+            if all(a is not None for a in answers):
+                done.set()
+
+        return on_done
+
+    for i, batch in enumerate(batches):
+        assert store.has_room()
+        store.append_soon(batch, answer(i))
+    with trio.fail_after(10):  # the SQLite writer is a real thread: real time
+        await done.wait()
+    results: list[list[Appended]] = []
+    for got in answers:
+        assert isinstance(got, list), got
+        results.append(got)
+    return results
 
 
 def seqs(messages: list[StoredMessage]) -> list[int]:
@@ -175,6 +214,56 @@ class StoreSuite:
         assert all(by_id[mid] == seq for mid, seq, dup in got if dup)
         assert await store.last_seq(AB) == 240
 
+    # --- the append the core makes without awaiting ---------------------------------------------
+    async def test_the_fast_append_answers_as_append_many(self, store: Store) -> None:
+        # The same appends twice on one store, among users a b c and group g through
+        # append_many, then among their renamed twins x y z and group h through the store's
+        # fast append: every answer and every page of history is the same, renamed.
+        twin = {"a": "x", "b": "y", "c": "z", "g": "h"}
+
+        def renamed(m: Any) -> Any:
+            group_id = twin[m.group_id] if m.group_id is not None else None
+            recipient = twin[m.recipient_id] if m.recipient_id is not None else None
+            return m._replace(
+                conversation=group_conversation(group_id)
+                if group_id is not None
+                else direct_conversation(twin[m.sender_id], recipient or ""),
+                sender_id=twin[m.sender_id],
+                recipient_id=recipient,
+                group_id=group_id,
+            )
+
+        await store.create_group(group("g", ["a", "b", "c"]))
+        await store.create_group(group("h", ["x", "y", "z"]))
+        resent = msg("a", "b", id="r1")
+        rounds = [
+            # new conversations, a group, meta, several conversations interleaved
+            [
+                [msg("a", "b", id="r1"), msg("b", "c"), msg("c", group="g")],
+                [msg("a", "c", meta={"reply": "r1"}), msg("b", "a")],
+                [msg("b", group="g"), msg("a", "b")],
+            ],
+            # resends, across batches and within one, among new messages
+            [
+                [resent._replace(text="resent"), msg("c", "a")],
+                [msg("a", group="g", id="g1"), msg("a", group="g", id="g1", text="again")],
+                [msg("b", "c"), resent],
+            ],
+        ]
+        for batches in rounds:
+            expected = [await store.append_many(batch) for batch in batches]
+            got = await fast_append(store, [[renamed(m) for m in batch] for batch in batches])
+            assert got == [
+                [Appended(renamed(r.message), r.duplicate) for r in answers] for answers in expected
+            ]
+        for a, b in (("a", "b"), ("a", "c"), ("b", "c")):
+            page, _ = await store.history(direct_conversation(a, b))
+            twin_page, _ = await store.history(direct_conversation(twin[a], twin[b]))
+            assert twin_page == [renamed(m) for m in page] and len(page) >= 2
+        page, _ = await store.history(group_conversation("g"))
+        twin_page, _ = await store.history(group_conversation("h"))
+        assert twin_page == [renamed(m) for m in page] and len(page) == 3
+
     # --- history --------------------------------------------------------------------------------
     async def test_history_pages(self, store: Store) -> None:
         await put(store, *(msg("a" if i % 2 else "b", "b" if i % 2 else "a") for i in range(7)))
@@ -241,7 +330,7 @@ class StoreSuite:
         assert seqs(await store.undelivered("b", "old")) == [2, 3, 4]
         await store.mark_delivered(AB, "b", "old", 2)
         assert seqs(await store.undelivered("b", "old")) == [3, 4]
-        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(3, 0)}
         await store.mark_delivered(AB, "b", "", 4)
         assert await store.undelivered("b", "") == []
         assert await store.undelivered("b", "brand-new") == []
@@ -269,21 +358,20 @@ class StoreSuite:
         await put(store, msg("c", "b"))
         await store.mark_delivered(direct_conversation("b", "c"), "b", "phone", 1)
         assert seqs(await store.undelivered("b", "watch")) == [4, 1]
-        assert await store.watermarks(AB, "b") == Watermarks(4, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(4, 0)}
 
     # --- watermarks -----------------------------------------------------------------------------
     async def test_watermarks_move_forward_only(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))
-        assert await store.watermarks(AB, "b") == Watermarks(0, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(0, 0)}
         assert await store.mark_delivered(AB, "b", "", 3) == Watermarks(0, 0)
         assert await store.mark_delivered(AB, "b", "", 2) == Watermarks(3, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 0)
         assert await store.mark_read(AB, "b", 2) == Watermarks(3, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
         assert await store.mark_read(AB, "b", 1) == Watermarks(3, 2)
-        assert await store.watermarks(AB, "b") == Watermarks(3, 2)
+        assert await store.mark_delivered(AB, "b", "", 1) == Watermarks(3, 2)
         # the other participant's marks are their own
-        assert await store.watermarks(AB, "a") == Watermarks(0, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(3, 2)}
+        assert await store.mark_read(AB, "a", 0) == Watermarks(0, 0)
 
     async def test_mark_delivered_many_is_each_mark_in_turn(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)), msg("a", "c"), msg("c", "a"))
@@ -303,16 +391,15 @@ class StoreSuite:
             Watermarks(3, 0),
             Watermarks(0, 0),
         ]
-        assert await store.watermarks(AB, "b") == Watermarks(5, 0)
-        assert await store.watermarks(AC, "c") == Watermarks(2, 0)
-        assert await store.watermarks(AC, "a") == Watermarks(2, 0)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(5, 0)}
+        assert await store.member_watermarks(AC) == {"a": Watermarks(2, 0), "c": Watermarks(2, 0)}
         assert seqs(await store.undelivered("b", "phone")) == []
         assert await store.mark_delivered_many([]) == []
 
     async def test_read_implies_delivered(self, store: Store) -> None:
         await put(store, *(msg("a", "b") for _ in range(5)))
         assert await store.mark_read(AB, "b", 4) == Watermarks(0, 0)
-        assert await store.watermarks(AB, "b") == Watermarks(4, 4)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(4, 4)}
         assert seqs(await store.undelivered("b", "tablet")) == [5]
 
     async def test_marks_never_pass_the_last_message(self, store: Store) -> None:
@@ -320,7 +407,7 @@ class StoreSuite:
         await put(store, msg("a", "b"), msg("a", "b"))
         await store.mark_read(AB, "b", 100)
         await store.mark_delivered(AB, "b", "phone", 100)
-        assert await store.watermarks(AB, "b") == Watermarks(2, 2)
+        assert await store.member_watermarks(AB) == {"a": Watermarks(0, 0), "b": Watermarks(2, 2)}
         [later] = await put(store, msg("a", "b"))
         assert await store.undelivered("b", "phone") == [later]
         [summary] = await store.conversations("b")

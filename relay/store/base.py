@@ -1,6 +1,8 @@
 """The Store protocol: what the messaging core asks of durable state, and the values it trades.
 
-Every implementation (memory, sqlite) passes the one shared suite in tests/store_suite.py.
+Every implementation (memory, sqlite) passes the one shared suite in tests/store_suite.py, and
+declares one append the core makes without awaiting (InlineAppend or QueuedAppend, below),
+which the suite holds to append_many's answers.
 
 Invariants every implementation keeps:
 - `seq` counts from 1 within a conversation, with no gap and no reuse, in acceptance order.
@@ -248,8 +250,6 @@ class Store(Protocol):
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         """Move the user's read (and delivered) watermark up to `seq` (forward only).
         Returns the user's watermarks before the call."""
-
-    async def watermarks(self, conversation: str, user_id: str) -> Watermarks: ...
 
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
         """The watermarks of every current participant of the conversation (both users of a 1:1,

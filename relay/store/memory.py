@@ -230,9 +230,6 @@ class MemoryStore:
         self._set_marks(conversation, user_id, max(before.delivered_seq, read), read)
         return before
 
-    async def watermarks(self, conversation: str, user_id: str) -> Watermarks:
-        return self._marks_of(conversation, user_id)
-
     def _participants(self, conversation: str) -> tuple[str, ...]:
         people = self._direct.get(conversation)
         if people is not None:

@@ -92,7 +92,6 @@ async def step(rng: random.Random, stores: list[Store], members: dict[str, set[s
                 ),
                 ("conversations", (rng.choice(USERS),), {"limit": rng.randint(1, 10)}),
                 ("contacts", (rng.choice(USERS),), {}),
-                ("watermarks", (conversations_of(rng), rng.choice(USERS)), {}),
                 ("member_watermarks", (conversations_of(rng),), {}),
                 ("coverage", (rng.choice(USERS),), {"limit": rng.randint(0, 8)}),
                 ("last_seq", (conversations_of(rng),), {}),

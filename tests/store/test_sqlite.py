@@ -30,7 +30,7 @@ from relay.store.base import NewMessage, Store, Watermarks, group_conversation
 from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from relay.store.sqlite import SqliteStore
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -54,7 +54,9 @@ async def snapshot(store: Store) -> dict[str, Any]:
         seen[f"contacts {user}"] = await store.contacts(user)
         for device in ("", "phone", "watch"):
             seen[f"undelivered {user}/{device}"] = await store.undelivered(user, device)
-        seen[f"watermarks {user}"] = await store.watermarks(AB, user)
+        seen[f"coverage {user}"] = await store.coverage(user, limit=100)
+    seen["watermarks ab"] = await store.member_watermarks(AB)
+    seen["watermarks g"] = await store.member_watermarks(group_conversation("g"))
     seen["history ab"] = await store.history(AB)
     seen["history g"] = await store.history(group_conversation("g"))
     seen["group"] = await store.get_group("g")
@@ -80,7 +82,7 @@ async def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
     await second.open()
     try:
         assert await snapshot(second) == before
-        assert await second.watermarks(AB, "b") == Watermarks(3, 0)
+        assert await second.member_watermarks(AB) == {"a": Watermarks(2, 2), "b": Watermarks(3, 0)}
         # the idempotency key is kept: a resend is the stored message, not a new one
         [again] = await second.append_many([msg("a", "b", id="k1", text="resent")])
         assert again.duplicate and again.message.seq == 1 and again.message.text == "text of k1"
