@@ -133,8 +133,12 @@ class RelayClient:
     # --- lifetime ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> RelayClient:
-        self._lifetime_cm = self._lifetime()
-        await self._lifetime_cm.__aenter__()
+        # checked before the lifetime starts, so that a second entry leaves the first intact
+        if self._life.phase is not Phase.IDLE:
+            raise ClientError("a RelayClient is entered once")
+        cm = self._lifetime()
+        await cm.__aenter__()
+        self._lifetime_cm = cm
         return self
 
     async def __aexit__(
@@ -149,8 +153,6 @@ class RelayClient:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
-        if self._life.phase is not Phase.IDLE:
-            raise ClientError("a RelayClient is entered once")
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
