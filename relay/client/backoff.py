@@ -8,23 +8,24 @@ delay * (1 +- jitter) so that many clients dropped together do not return togeth
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from attrs import field, frozen
+from attrs import Attribute, field, frozen
 
 from relay.errors import ConfigError
 
 
-def _non_negative(instance: object, attribute: object, value: float) -> None:
+def _non_negative(instance: object, attribute: Attribute[Any], value: float) -> None:
     if value < 0:
-        raise ConfigError(f"{getattr(attribute, 'name', attribute)} must be >= 0, got {value!r}")
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
-def _unit(instance: object, attribute: object, value: float) -> None:
+def _unit(instance: object, attribute: Attribute[float], value: float) -> None:
     if not 0 <= value <= 1:
         raise ConfigError(f"jitter must be within [0, 1], got {value!r}")
 
 
-def _at_least_one(instance: object, attribute: object, value: float) -> None:
+def _at_least_one(instance: object, attribute: Attribute[float], value: float) -> None:
     if value < 1:
         raise ConfigError(f"backoff must be >= 1, got {value!r}")
 

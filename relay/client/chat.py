@@ -35,7 +35,8 @@ from typing import TextIO
 
 import trio
 
-from relay.client.connection import EventStream, RelayClient
+from relay.client.connection import RelayClient
+from relay.client.events import EventStream
 from relay.client.model import (
     ConnectionChanged,
     ConnectionState,

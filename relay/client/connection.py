@@ -36,144 +36,38 @@ heartbeat: a WebSocket ping every `heartbeat_interval` (20 s; None = off) unansw
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
+from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
-import orjson
 import trio
-import trio_websocket
-from attrs import define, field
 
 from relay.client.backoff import ReconnectPolicy
+from relay.client.events import EventHub, EventStream
+from relay.client.frames import Frame, auth_frame, now_iso
+from relay.client.lifecycle import Lifecycle, Phase
+from relay.client.link import DROPS, AuthRejected, Link, describe, drop_reason
 from relay.client.model import (
     ConnectionState,
     Conversation,
     ConversationId,
-    ErrorReceived,
-    Event,
     GroupInfo,
     HistoryPage,
-    Lagged,
     Message,
     MessageStatus,
     Presence,
-    RequestFailed,
 )
-from relay.client.state import ClientState, Frame
+from relay.client.outgoing import Outgoing
+from relay.client.state import ClientState
 from relay.errors import ClientError, ConnectionLost
 
 Target = str | ConversationId
 
 
-class _NoPong(ClientError):
-    """The relay did not answer a WebSocket ping within heartbeat_timeout: the link is dead."""
-
-
-class _AuthRejected(ClientError):
-    """The relay answered `auth` with `auth_failed`; trying again would not help."""
-
-
-#: Failures that end one connection attempt or session; the client then tries again.
-_DROPS: tuple[type[BaseException], ...] = (
-    OSError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    trio_websocket.HandshakeError,
-    trio_websocket.ConnectionClosed,
-    trio_websocket.DisconnectionTimeout,
-    _NoPong,
-)
-
-
-def now_iso() -> str:
-    """The current UTC time as the protocol writes it: `2026-02-05T10:30:15.123Z`."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
 def _cid(target: Target) -> ConversationId:
     return target if isinstance(target, ConversationId) else ConversationId.direct(target)
-
-
-def _describe(exc: BaseException) -> str:
-    """A short human reason for a dropped link or failed attempt."""
-    if isinstance(exc, trio_websocket.ConnectionClosed):
-        reason = exc.reason
-        if reason is None:
-            return "closed"
-        return f"closed {reason.code} {reason.reason or reason.name}".strip()
-    if isinstance(exc, trio.TooSlowError):
-        return "timed out"
-    if isinstance(exc, ClientError):
-        return str(exc)
-    if exc.__cause__ is not None and not str(exc):
-        return _describe(exc.__cause__)
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-@define(eq=False)
-class _Request:
-    frame: Frame
-    answer: str  # type of the frame that answers it
-    done: trio.Event = field(factory=trio.Event)
-    written: int = 0  # connection generation it was last written on
-    result: Frame | None = None
-    error: ClientError | None = None
-
-
-@define(eq=False)
-class _Subscriber:
-    send: trio.MemorySendChannel[Event]
-    dropped: int = 0
-
-
-class EventStream:
-    """A subscription to a client's events: an async iterator and an async context manager.
-
-    It ends when the client closes; closing it unsubscribes."""
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[Event]) -> None:
-        self._receive = receive
-
-    def __aiter__(self) -> EventStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    async def receive(self) -> Event:
-        """The next event; raises EndOfChannel when the client closed."""
-        return await self._receive.receive()
-
-    def receive_nowait(self) -> Event:
-        """The next queued event; raises trio.WouldBlock when none is queued."""
-        return self._receive.receive_nowait()
-
-    def drain(self) -> list[Event]:
-        """Every event queued now, without waiting."""
-        events: list[Event] = []
-        while True:
-            try:
-                events.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return events
-
-    def close(self) -> None:
-        self._receive.close()
-
-    async def __aenter__(self) -> EventStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class RelayClient:
@@ -227,29 +121,24 @@ class RelayClient:
         self.event_buffer = event_buffer
         self.state = ClientState(user_id, user_name, user_avatar, max_outbox=max_outbox)
         self._rng = rng or random.Random()
+        self._life = Lifecycle()
+        self._hub = EventHub()
+        self._outgoing = Outgoing(self.state)
         self._nursery: trio.Nursery | None = None
-        self._link_scope: trio.CancelScope | None = None  # the session, once the socket is open
+        self._link: Link | None = None  # the session of the running connection manager
         self._stopped = trio.Event()  # set when the connection manager has returned
-        self._hurry = trio.Event()  # set when closing: held-back receipts go out at once
-        self._drained = trio.Event()  # set by the writer once it wrote everything, closing
-        self._closing = False
-        self._running = False
-        self._lost: str | None = None  # why the client gave up; None while it keeps trying
-        self._generation = 0  # count of connections that reached auth_ok
-        self._subscribers: list[_Subscriber] = []
-        self._changed = trio.Event()
-        self._wake_send, self._wake_recv = trio.open_memory_channel[None](1)
-        self._requests: dict[str, _Request] = {}
-        self._refs = itertools.count(1)
-        self._control: list[tuple[Frame, bool]] = []  # (frame, keep while offline)
         self._lifetime_cm: Any = None
         self._task_scopes: set[trio.CancelScope] = set()
 
     # --- lifetime ---------------------------------------------------------------------------------
 
     async def __aenter__(self) -> RelayClient:
-        self._lifetime_cm = self._lifetime()
-        await self._lifetime_cm.__aenter__()
+        # checked before the lifetime starts, so that a second entry leaves the first intact
+        if self._life.phase is not Phase.IDLE:
+            raise ClientError("a RelayClient is entered once")
+        cm = self._lifetime()
+        await cm.__aenter__()
+        self._lifetime_cm = cm
         return self
 
     async def __aexit__(
@@ -264,8 +153,6 @@ class RelayClient:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[None]:
-        if self._nursery is not None or self._closing:
-            raise ClientError("a RelayClient is entered once")
         body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -285,23 +172,23 @@ class RelayClient:
                 raise body_error
         finally:
             self._nursery = None
-            self._give_up("client closed")
-            for sub in self._subscribers:
-                sub.send.close()
-            self._subscribers.clear()
+            self._closed()
+            self._hub.close()
 
     async def _close_socket(self) -> None:
         """Stop the connection manager, saying goodbye (close 1000) if a socket is open, so the
         relay need not wait for a timeout; at most about 1 s. (Still connecting: nothing to say.)"""
-        self._closing = True
-        if self._link_scope is not None and self._running:
+        if self._life.closing:
+            return
+        self._life.move(Phase.CLOSING)
+        # receipts held back by ack_delay go out first, so the senders see them now
+        self._outgoing.close()
+        link = self._link
+        if link is not None and link.is_open:
             if self.state.connection is ConnectionState.ONLINE:
-                # receipts held back by ack_delay go out first, so the senders see them now
-                self._hurry.set()
-                self._wake()
                 with trio.CancelScope(shield=True), trio.move_on_after(0.5):
-                    await self._drained.wait()
-            self._link_scope.cancel()  # the manager closes the socket on its way out
+                    await self._outgoing.drained.wait()
+            link.hang_up()  # the manager closes the socket on its way out
             with trio.CancelScope(shield=True), trio.move_on_after(1.5):
                 await self._stopped.wait()
 
@@ -310,7 +197,7 @@ class RelayClient:
         too); pending waits raise ConnectionLost. The caller's own code is not cancelled."""
         await self._close_socket()
         self._stop_tasks()
-        self._give_up("client closed")
+        self._closed()
 
     def _spawn(self, fn: Callable[[], Awaitable[None]]) -> None:
         """Run `fn` in the client's nursery under its own cancel scope (see _stop_tasks): the
@@ -326,7 +213,7 @@ class RelayClient:
             finally:
                 self._task_scopes.discard(scope)
 
-        self._nursery.start_soon(run, name=getattr(fn, "__qualname__", None))
+        self._nursery.start_soon(run, name=fn)
 
     def _stop_tasks(self) -> None:
         for scope in list(self._task_scopes):
@@ -334,15 +221,14 @@ class RelayClient:
 
     def reconnect(self) -> None:
         """Start connecting again after the client gave up (attempts counted afresh)."""
-        if self._nursery is None or self._closing:
+        if self._nursery is None or self._life.closing:
             raise ClientError("the client is not open")
-        if not self._running:
-            self._lost = None
+        if self._life.phase is Phase.GAVE_UP:
             self._start_manager()
 
     def _start_manager(self) -> None:
         assert self._nursery is not None
-        self._running = True
+        self._life.move(Phase.RUNNING)
         self._stopped = trio.Event()
         self._spawn(self._run)
 
@@ -354,19 +240,14 @@ class RelayClient:
 
     def events(self, buffer: int | None = None) -> EventStream:
         """Subscribe to change events from now on (see the module docstring on lagging)."""
-        send, receive = trio.open_memory_channel[Event](buffer or self.event_buffer)
-        if self._closing:
-            send.close()
-        else:
-            self._subscribers.append(_Subscriber(send))
-        return EventStream(receive)
+        return self._hub.subscribe(buffer or self.event_buffer, closed=self._life.closing)
 
     async def wait_until(self, predicate: Callable[[ClientState], bool]) -> None:
         """Return once `predicate(state)` holds; raises ConnectionLost if the client gives up
         first. Re-checked after every change."""
         while not predicate(self.state):
             self._check_alive()
-            await self._changed.wait()
+            await self._hub.wait_changed()
 
     async def wait_online(self) -> None:
         await self.wait_until(lambda s: s.connection is ConnectionState.ONLINE)
@@ -409,44 +290,44 @@ class RelayClient:
         msg, events = self.state.compose(
             _cid(to), text, timestamp=now_iso(), message_id=message_id, meta=meta
         )
-        self._publish(events)
-        self._wake()
+        self._hub.publish(events)
+        self._outgoing.wake()
         return msg
 
     async def retry(self, message_id: str) -> Message:
         """Send a failed message again with its id."""
         self._check_alive()
         msg, events = self.state.retry(message_id)
-        self._publish(events)
-        self._wake()
+        self._hub.publish(events)
+        self._outgoing.wake()
         return msg
 
     async def mark_read(self, conversation: Target) -> None:
         """Mark everything seen in the conversation read (kept and sent when back online)."""
         frame, events = self.state.mark_read(_cid(conversation))
-        self._publish(events)
+        self._hub.publish(events)
         if frame is not None:
-            self._queue(frame, keep_offline=True)
+            self._outgoing.queue(frame, keep_offline=True)
 
     async def typing(self, conversation: Target, active: bool = True) -> None:
         """Tell the peer(s) the user is typing (or stopped); `start` is refreshed at most every
         3 s; dropped while offline."""
         frame = self.state.typing_frame(_cid(conversation), active, trio.current_time())
         if frame is not None and self.state.connection is ConnectionState.ONLINE:
-            self._queue(frame, keep_offline=False)
+            self._outgoing.queue(frame, keep_offline=False)
 
     async def set_status(self, status: str) -> None:
         """Announce this user's status (`online`, `away`, `busy`) to their contacts."""
         frame = {"type": "status", "status": status, "userId": self.user_id, "timestamp": now_iso()}
         if self.state.connection is ConnectionState.ONLINE:
-            self._queue(frame, keep_offline=False)
+            self._outgoing.queue(frame, keep_offline=False)
 
     async def open_conversation(self, conversation: Target) -> list[Message]:
         """Make `conversation` the active one (`state.active`) and return its messages, loading
         the newest page from the relay first when online and fewer than a page are known."""
         cid = _cid(conversation)
         self.state.active = cid
-        self._notify()
+        self._hub.notify()
         known = self.state.messages(cid)
         if len(known) < 50 and self.state.connection is ConnectionState.ONLINE:
             await self.load_history(cid)
@@ -464,7 +345,7 @@ class RelayClient:
         if before is not None:
             frame["before"] = before
         answer = await self._request(frame, "history")
-        return self._page(cid, answer)
+        return _history_page(self.state, cid, answer)
 
     async def refresh_conversations(self) -> list[Conversation]:
         """Ask the relay for the conversation list; returns the state's list (newest first)."""
@@ -485,19 +366,19 @@ class RelayClient:
             "name": name,
             "members": list(members),
         }
-        return self._group(await self._request(frame, "group"))
+        return _group_info(self.state, await self._request(frame, "group"))
 
     async def add_members(self, group_id: str, user_ids: Sequence[str]) -> GroupInfo:
         frame = {"type": "group_add", "groupId": group_id, "userIds": list(user_ids)}
-        return self._group(await self._request(frame, "group"))
+        return _group_info(self.state, await self._request(frame, "group"))
 
     async def remove_members(self, group_id: str, user_ids: Sequence[str]) -> GroupInfo:
         frame = {"type": "group_remove", "groupId": group_id, "userIds": list(user_ids)}
-        return self._group(await self._request(frame, "group"))
+        return _group_info(self.state, await self._request(frame, "group"))
 
     async def leave_group(self, group_id: str) -> GroupInfo:
         frame = {"type": "group_leave", "groupId": group_id}
-        return self._group(await self._request(frame, "group"))
+        return _group_info(self.state, await self._request(frame, "group"))
 
     async def ping(self) -> str:
         """Round trip to the relay; returns its serverTime."""
@@ -514,301 +395,119 @@ class RelayClient:
     async def _run(self) -> None:
         failures = 0  # consecutive attempts that did not reach auth_ok
         try:
-            while not self._closing:
+            while not self._life.closing:
                 self._set_connection(ConnectionState.CONNECTING, failures)
-                reached = self._generation
+                link = self._link = self._new_link()
                 try:
-                    await self._session()
+                    await link.run()
                     reason = "closed by the relay"
-                except _AuthRejected as exc:
+                except AuthRejected as exc:
                     self._give_up(str(exc))
                     return
-                except _DROPS as exc:
-                    reason = _describe(exc)
+                except DROPS as exc:
+                    reason = describe(exc)
                 except BaseExceptionGroup as group:
                     try:
-                        reason = self._unwrap(group)
-                    except _AuthRejected as exc:
+                        reason = drop_reason(group)
+                    except AuthRejected as exc:
                         self._give_up(str(exc))
                         return
-                if self._closing:
+                if self._life.closing:
                     return
-                failures = 1 if self._generation != reached else failures + 1
+                failures = 1 if link.came_online else failures + 1
                 if failures > self.policy.attempts:
                     self._give_up(f"gave up after {self.policy.attempts} attempts: {reason}")
                     return
                 self._set_connection(ConnectionState.OFFLINE, failures, reason)
                 await trio.sleep(self.policy.delay_before(failures, self._rng))
         finally:
-            self._link_scope = None
-            self._running = False
+            self._link = None
             self._stopped.set()
 
-    def _unwrap(self, group: BaseExceptionGroup[BaseException]) -> str:
-        """The reason of the drops in a group; anything else in it (Cancelled included) is
-        raised on without them."""
-        fatal, rest = group.split(_AuthRejected)
-        if fatal is not None and rest is None:
-            raise _AuthRejected(str(fatal.exceptions[0]))
-        drops, rest = group.split(_DROPS)
-        if rest is not None:
-            raise rest  # the drops are handled here; cancellation and bugs go on
-        assert drops is not None
-        first: BaseException = drops
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        return _describe(first)
-
-    async def _session(self) -> None:
-        async with trio_websocket.open_websocket_url(
-            self.url,
+    def _new_link(self) -> Link:
+        return Link(
+            url=self.url,
+            auth=auth_frame(
+                self.user_id, self.user_name, self.user_avatar, self.token, self.device_id
+            ),
+            state=self.state,
+            outgoing=self._outgoing,
+            hub=self._hub,
+            online=self._online,
             connect_timeout=self.connect_timeout,
-            disconnect_timeout=1.0,
-            message_queue_size=64,
-            max_message_size=4 * 1024 * 1024,
-        ) as ws:
-            # Cancelling `_link_scope` ends the session normally, so that leaving this block
-            # closes the WebSocket (1000) in this task: trio-websocket's close handshake is not
-            # safe against a concurrent aclose() from another task.
-            self._link_scope = trio.CancelScope()
-            try:
-                with self._link_scope:
-                    await self._session_body(ws)
-            finally:
-                self._link_scope = None
-
-    async def _session_body(self, ws: trio_websocket.WebSocketConnection) -> None:
-        """Authenticate, then read and write until the link ends."""
-        await ws.send_message(orjson.dumps(self._auth_frame()).decode())
-        with trio.fail_after(self.connect_timeout):
-            ok = await self._await_auth(ws)
-        self.connection_device_id = ok.get("deviceId")
-        self.session_id = ok.get("sessionId")
-        self._generation += 1
-        self._set_connection(ConnectionState.ONLINE)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, ws, self._generation)
-            nursery.start_soon(self._resync)
-            if self.heartbeat_interval is not None:
-                nursery.start_soon(self._heartbeat, ws, self.heartbeat_interval)
-            await self._reader(ws)
-
-    def _auth_frame(self) -> Frame:
-        frame: Frame = {
-            "type": "auth",
-            "userId": self.user_id,
-            "userName": self.user_name,
-            "userAvatar": self.user_avatar,
-            "timestamp": now_iso(),
-            "acks": True,
-        }
-        if self.token is not None:
-            frame["token"] = self.token
-        if self.device_id is not None:
-            frame["deviceId"] = self.device_id
-        return frame
-
-    async def _await_auth(self, ws: trio_websocket.WebSocketConnection) -> Frame:
-        while True:
-            frame = _decode(await ws.get_message())
-            if frame is None:
-                continue
-            if frame.get("type") == "auth_ok":
-                return frame
-            if frame.get("type") == "error" and frame.get("code") == "auth_failed":
-                raise _AuthRejected(f"auth_failed: {frame.get('message', '')}")
-
-    async def _reader(self, ws: trio_websocket.WebSocketConnection) -> None:
-        while True:
-            frame = _decode(await ws.get_message())
-            if frame is not None:
-                self._on_frame(frame)
-
-    async def _writer(self, ws: trio_websocket.WebSocketConnection, generation: int) -> None:
-        while True:
-            frames = self.state.take_acks()
-            frames += [f for f, _ in self._control]
-            self._control.clear()
-            frames += self.state.take_unsent(generation)
-            for req in list(self._requests.values()):
-                if req.written != generation:
-                    req.written = generation
-                    frames.append(req.frame)
-            for frame in frames:
-                await ws.send_message(orjson.dumps(frame).decode())
-            if self._closing:
-                self._drained.set()
-            await self._wake_recv.receive()
-            if self.ack_delay and not self._urgent(generation) and not self._closing:
-                # only delivered receipts are due: let a burst of messages end, then send one
-                # receipt per conversation instead of one per message
-                with trio.move_on_after(self.ack_delay):
-                    await self._hurry.wait()
-
-    def _urgent(self, generation: int) -> bool:
-        """Frames other than delivered receipts wait to be written on this connection."""
-        return bool(
-            self._control
-            or self.state.has_unsent(generation)
-            or any(r.written != generation for r in self._requests.values())
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            ack_delay=self.ack_delay,
+            sync_on_connect=self.sync_on_connect,
         )
 
-    async def _resync(self) -> None:
-        """After auth_ok: refresh the conversation list, then fill each gap left by the outage.
-        A refusal (e.g. a group this user has left) is reported as an event and skipped."""
-        seen = self.state.known_conversations()
-        if self.sync_on_connect:
-            try:
-                await self._request({"type": "conversations"}, "conversations")
-            except RequestFailed as exc:
-                self._publish([ErrorReceived(exc.code, exc.message)])
-        for cid, last in seen:
-            after = last
-            try:
-                while True:
-                    answer = await self._request(
-                        {"type": "history", **cid.target(), "after": after, "limit": 100},
-                        "history",
-                    )
-                    seqs = [m["seq"] for m in answer.get("messages", []) if "seq" in m]
-                    if not seqs or not answer.get("hasMore"):
-                        break
-                    after = max(seqs)
-            except RequestFailed as exc:
-                self._publish([ErrorReceived(exc.code, exc.message)])
-        self._wake()  # acks for what the history brought
-
-    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, interval: float) -> None:
-        """A WebSocket ping every `interval`; a pong missing for `heartbeat_timeout` means the
-        link is dead even if TCP has not noticed (a silent network): the session ends and the
-        client reconnects."""
-        while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(self.heartbeat_timeout):
-                await ws.ping()
-                continue
-            raise _NoPong(f"no pong within {self.heartbeat_timeout} s")
+    def _online(self, ok: Frame) -> None:
+        self.connection_device_id = ok.get("deviceId")
+        self.session_id = ok.get("sessionId")
+        self._set_connection(ConnectionState.ONLINE)
 
     async def _sweep_typing(self) -> None:
         while True:
             await trio.sleep(1.0)
-            self._publish(self.state.expire_typing(trio.current_time()))
-
-    # --- frames in --------------------------------------------------------------------------------
-
-    def _on_frame(self, frame: Frame) -> None:
-        kind = frame.get("type")
-        ref = frame.get("ref")
-        req: _Request | None = None
-        if isinstance(ref, str):
-            req = self._requests.get(ref)
-        elif kind in ("presence", "pong"):
-            req = next((r for r in self._requests.values() if r.answer == kind), None)
-        if req is not None and kind == "error":
-            req.error = RequestFailed(str(frame.get("code")), str(frame.get("message", "")))
-            self._finish(req)
-            return
-        self._publish(self.state.apply(frame, trio.current_time()))
-        if req is not None and kind == req.answer:
-            req.result = frame
-            self._finish(req)
-        if kind in ("message", "history"):
-            self._wake()  # delivered receipts are due
-
-    def _finish(self, req: _Request) -> None:
-        ref = req.frame.get("ref")
-        if isinstance(ref, str):
-            self._requests.pop(ref, None)
-        req.done.set()
+            self._hub.publish(self.state.expire_typing(trio.current_time()))
 
     # --- plumbing ---------------------------------------------------------------------------------
 
     async def _request(self, frame: Frame, answer: str) -> Frame:
         self._check_alive()
-        ref = f"~req-{next(self._refs)}"
-        frame["ref"] = ref
-        req = _Request(frame, answer)
-        self._requests[ref] = req
-        self._wake()
-        try:
-            await req.done.wait()
-        finally:
-            self._requests.pop(ref, None)
-        if req.error is not None:
-            raise req.error
-        assert req.result is not None
-        return req.result
-
-    def _queue(self, frame: Frame, *, keep_offline: bool) -> None:
-        self._control.append((frame, keep_offline))
-        self._wake()
-
-    def _wake(self) -> None:
-        with suppress(trio.WouldBlock):  # a wake-up is pending already
-            self._wake_send.send_nowait(None)
+        return await self._outgoing.request(frame, answer)
 
     def _check_alive(self) -> None:
-        if self._lost is not None:
-            raise ConnectionLost(self._lost)
+        if self._life.lost is not None:
+            raise ConnectionLost(self._life.lost)
 
     def _set_connection(
         self, state: ConnectionState, attempt: int = 0, reason: str | None = None
     ) -> None:
         if state is not ConnectionState.ONLINE:
-            self._control = [(f, keep) for f, keep in self._control if keep]
-        self._publish(self.state.set_connection(state, attempt, reason), force=True)
+            self._outgoing.offline()
+        self._hub.publish(self.state.set_connection(state, attempt, reason), force=True)
 
     def _give_up(self, reason: str) -> None:
-        """Final DISCONNECTED: fail every pending request; waits raise ConnectionLost."""
-        if self._lost is None:
-            self._lost = reason
-            self._set_connection(ConnectionState.DISCONNECTED, 0, reason)
-        for req in list(self._requests.values()):
-            req.error = ConnectionLost(reason)
-            self._finish(req)
-        self._notify()
-
-    def _publish(self, events: Sequence[Event], force: bool = False) -> None:
-        if not events and not force:
+        """The manager stops trying: DISCONNECTED until reconnect(). (A client closing is
+        closed rather than given up, whatever ended its last attempt.)"""
+        if self._life.closing:
             return
-        for sub in list(self._subscribers):
-            for event in events:
-                try:
-                    if sub.dropped:
-                        sub.send.send_nowait(Lagged(sub.dropped))
-                        sub.dropped = 0
-                    sub.send.send_nowait(event)
-                except trio.WouldBlock:
-                    sub.dropped += 1
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._subscribers.remove(sub)
-                    break
-        self._notify()
+        self._life.move(Phase.GAVE_UP, reason)
+        self._disconnected(reason, announce=True)
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+    def _closed(self) -> None:
+        """The client is closed: final DISCONNECTED (announced unless it gave up before)."""
+        if not self._life.closing:
+            self._life.move(Phase.CLOSING)
+        announce = self._life.lost is None
+        if self._life.phase is Phase.CLOSING:
+            self._life.move(Phase.CLOSED, "client closed")
+        self._disconnected("client closed", announce=announce)
 
-    def _page(self, cid: ConversationId, answer: Frame) -> HistoryPage:
-        found: list[Message] = []
-        for item in answer.get("messages", []):
-            if isinstance(item, dict) and isinstance(item.get("id"), str):
-                m = self.state.find(str(item["id"]), str(item.get("senderId")))
-                if m is not None:
-                    found.append(m)
-        return HistoryPage(cid, tuple(found), bool(answer.get("hasMore")))
-
-    def _group(self, answer: Frame) -> GroupInfo:
-        gid = str(answer["groupId"])
-        info = self.state.groups.get(gid)
-        if info is None:
-            info = GroupInfo(gid, str(answer.get("name") or gid), tuple(answer.get("members", [])))
-        return info
+    def _disconnected(self, reason: str, *, announce: bool) -> None:
+        """Every pending request and wait raises ConnectionLost(reason)."""
+        if announce:
+            self._set_connection(ConnectionState.DISCONNECTED, 0, reason)
+        self._outgoing.fail_all(ConnectionLost(reason))
+        self._hub.notify()
 
 
-def _decode(raw: str | bytes) -> Frame | None:
-    try:
-        frame = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return frame if isinstance(frame, dict) else None
+def _history_page(state: ClientState, cid: ConversationId, answer: Frame) -> HistoryPage:
+    """The page a `history` answer stands for, as the state holds its messages."""
+    found: list[Message] = []
+    for item in answer.get("messages", []):
+        if isinstance(item, dict) and isinstance(item.get("id"), str):
+            m = state.find(str(item["id"]), str(item.get("senderId")))
+            if m is not None:
+                found.append(m)
+    return HistoryPage(cid, tuple(found), bool(answer.get("hasMore")))
+
+
+def _group_info(state: ClientState, answer: Frame) -> GroupInfo:
+    """The group a `group` answer stands for, as the state holds it."""
+    gid = str(answer["groupId"])
+    info = state.groups.get(gid)
+    if info is None:
+        info = GroupInfo(gid, str(answer.get("name") or gid), tuple(answer.get("members", [])))
+    return info

@@ -1,12 +1,14 @@
 """ClientState: everything a chat UI shows, updated by relay frames and by the user's actions.
 
 Sans-IO: no trio, no sockets. The connection feeds every decoded relay frame to `apply`, which
-returns the events it caused; frames the client owes the relay (delivered receipts, unconfirmed
-messages) are taken with `take_acks` and `take_unsent`.
+dispatches on its type (`_HANDLERS`) and returns the events it caused; frames the client owes the
+relay (delivered receipts, unconfirmed messages) are taken with `take_acks` and `take_unsent`.
+Each conversation is a ConversationLog (conversation.py); what is owed is in outbox.py; frames
+are read and written by frames.py.
 
 Invariants:
 - A message is identified by (sender_id, id); it appears once however often it arrives
-  (live, backlog, history, another device's copy).
+  (live, backlog, history, another device's copy), and `_where` names its conversation.
 - A status only moves forward (pending -> sent -> delivered -> read); `failed` is terminal and is
   only reached from pending.
 - The outbox holds this device's messages that have no `sent` or `failed` answer yet, in the
@@ -14,17 +16,24 @@ Invariants:
   connection with the same ids, so the relay stores each message once.
 - `last_seq` of a conversation is the highest seq this client has seen in it; after a
   reconnect the gap above it is filled with `history after=last_seq`.
+- Typing indicators live only while ONLINE: any other connection state clears them.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
-from bisect import bisect_right, insort
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, evolve, field
 
+from relay.client.conversation import ConversationLog, MessageKey
+from relay.client.frames import (
+    Frame,
+    frame_cid,
+    parse_message,
+    receipt_frame,
+    typing_frame,
+)
 from relay.client.model import (
     ConnectionChanged,
     ConnectionState,
@@ -39,54 +48,15 @@ from relay.client.model import (
     MessageAdded,
     MessageStatus,
     MessageUpdated,
-    OutboxFull,
     Presence,
     PresenceChanged,
     TypingChanged,
 )
+from relay.client.outbox import Acks, Outbox, new_message_id
 from relay.errors import ClientError
 
-Frame = dict[str, Any]
-MessageKey = tuple[str, str]  # (sender_id, id)
-
-#: A typing indicator not refreshed for this long is dropped locally (the relay sends `stop`
-#: after its own 10 s lapse; this guards against a lost `stop`).
-TYPING_LAPSE = 12.0
 #: A `start` is sent again at most this often while the user keeps typing.
 TYPING_REFRESH = 3.0
-
-
-def new_message_id() -> str:
-    """A fresh client-chosen id: milliseconds since the epoch and 64 random bits (30 chars)."""
-    return f"{int(time.time() * 1000)}-{secrets.token_hex(8)}"
-
-
-@define
-class _Conv:
-    cid: ConversationId
-    messages: dict[MessageKey, Message] = field(factory=dict)
-    last_seq: int = 0
-    read_seq: int = 0
-    # baseline from the relay's `conversations` answer: `unread` counted at `base_last`
-    base_last: int = 0
-    base_read: int = 0
-    base_unread: int = 0
-    updated_at: str | None = None
-    # ClientState._ranks when the relay last put this conversation ahead (its newest stored
-    # message arrived, or a `conversations` answer listed it): ties of `updated_at` (one
-    # millisecond) are ordered by it, as the relay orders them by its own acceptance order
-    ranked: int = 0
-    name: str | None = None
-    members: tuple[str, ...] = ()
-    typing: dict[str, float] = field(factory=dict)  # user id -> local time of the last start
-    # indexes kept by _store, so that each frame costs O(log n), not O(n)
-    others: list[int] = field(factory=list)  # sorted seqs of messages from others
-    mine: list[tuple[int, MessageKey]] = field(factory=list)  # (seq, key) of own, sorted
-    unstored: dict[MessageKey, None] = field(factory=dict)  # own messages without seq, in order
-    last_stored: Message | None = None  # the message with the highest seq
-    # furthest status the peers' receipts gave this user's messages: status -> up to seq
-    reached: dict[MessageStatus, int] = field(factory=dict)
-    sorted_cache: list[Message] | None = None
 
 
 @define
@@ -101,16 +71,12 @@ class ClientState:
     active: ConversationId | None = None  # the conversation the UI shows
     presence: dict[str, Presence] = field(factory=dict)
     groups: dict[str, GroupInfo] = field(factory=dict)
-    _convs: dict[ConversationId, _Conv] = field(factory=dict)
+    _convs: dict[ConversationId, ConversationLog] = field(factory=dict)
     _where: dict[MessageKey, ConversationId] = field(factory=dict)
-    _outbox: dict[str, Message] = field(factory=dict)  # id -> message, insertion order = send order
-    _written: dict[str, int] = field(factory=dict)  # outbox id -> generation it was last written in
-    _acks_due: dict[ConversationId, int] = field(factory=dict)
-    _acked: dict[ConversationId, int] = field(
-        factory=dict
-    )  # delivered receipts sent this connection
+    _outbox: Outbox = field(factory=Outbox)
+    _acks: Acks = field(factory=Acks)
     _typing_sent: dict[ConversationId, float] = field(factory=dict)
-    _ranks: int = 0  # the last _Conv.ranked given
+    _ranks: int = 0  # the last ConversationLog.ranked given
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -119,23 +85,16 @@ class ClientState:
         convs = sorted(
             self._convs.values(), key=lambda c: (c.updated_at or "", c.ranked), reverse=True
         )
-        return [self._snapshot(c) for c in convs]
+        return [c.snapshot() for c in convs]
 
     def conversation(self, cid: ConversationId) -> Conversation | None:
         conv = self._convs.get(cid)
-        return None if conv is None else self._snapshot(conv)
+        return None if conv is None else conv.snapshot()
 
     def messages(self, cid: ConversationId) -> list[Message]:
         """The conversation's known messages: stored ones by seq, then pending ones in send order."""
         conv = self._convs.get(cid)
-        if conv is None:
-            return []
-        if conv.sorted_cache is None:
-            stored = sorted(
-                (m for m in conv.messages.values() if m.seq is not None), key=lambda m: m.seq or 0
-            )
-            conv.sorted_cache = stored + [conv.messages[k] for k in conv.unstored]
-        return list(conv.sorted_cache)
+        return [] if conv is None else conv.ordered()
 
     def active_messages(self) -> list[Message]:
         """The messages of the active conversation (see `messages`); [] when none is open."""
@@ -150,7 +109,7 @@ class ClientState:
     @property
     def outbox(self) -> list[Message]:
         """This device's messages still waiting for the relay's `sent`, in send order."""
-        return list(self._outbox.values())
+        return self._outbox.messages()
 
     def known_conversations(self) -> list[tuple[ConversationId, int]]:
         """(conversation, last seen seq) for every conversation with stored messages."""
@@ -158,18 +117,11 @@ class ClientState:
 
     def oldest_seq(self, cid: ConversationId) -> int | None:
         conv = self._convs.get(cid)
-        if conv is None:
-            return None
-        firsts = [conv.others[0]] if conv.others else []
-        if conv.mine:
-            firsts.append(conv.mine[0][0])
-        return min(firsts) if firsts else None
+        return None if conv is None else conv.oldest_seq()
 
     def typing_users(self, cid: ConversationId, now: float) -> list[str]:
         conv = self._convs.get(cid)
-        if conv is None:
-            return []
-        return sorted(u for u, t in conv.typing.items() if now - t < TYPING_LAPSE)
+        return [] if conv is None else conv.typing_users(now)
 
     # --- the user's actions -----------------------------------------------------------------------
 
@@ -187,8 +139,7 @@ class ClientState:
         Raises OutboxFull when `max_outbox` messages await confirmation, ClientError when the id
         is taken. Content checks are the relay's: it answers `failed` with the reason.
         """
-        if len(self._outbox) >= self.max_outbox:
-            raise OutboxFull(f"{len(self._outbox)} messages await the relay already")
+        self._outbox.check_room(self.max_outbox)
         mid = message_id if message_id is not None else new_message_id()
         msg = Message(
             id=mid,
@@ -207,7 +158,7 @@ class ClientState:
         if (self.user_id, mid) in self._where:  # ids are unique per sender, not per conversation
             raise ClientError(f"message id {mid!r} is already used")
         conv = self._conv(cid)
-        self._outbox[mid] = msg
+        self._outbox.put(msg)
         events = self._put(conv, msg, touch=timestamp)
         return msg, events
 
@@ -216,11 +167,9 @@ class ClientState:
         msg = self.find(message_id)
         if msg is None or msg.status is not MessageStatus.FAILED:
             raise ClientError(f"no failed message {message_id!r}")
-        if len(self._outbox) >= self.max_outbox:
-            raise OutboxFull(f"{len(self._outbox)} messages await the relay already")
+        self._outbox.check_room(self.max_outbox)
         again = evolve(msg, status=MessageStatus.PENDING, reason=None)
-        self._outbox[message_id] = again
-        self._written.pop(message_id, None)
+        self._outbox.put(again)
         return again, self._put(self._conv(msg.conversation), again, replace=True)
 
     def mark_read(self, cid: ConversationId) -> tuple[Frame | None, list[Event]]:
@@ -229,8 +178,7 @@ class ClientState:
         if conv is None or conv.last_seq <= conv.read_seq:
             return None, []
         conv.read_seq = conv.last_seq
-        frame: Frame = {"type": "receipt", **cid.target(), "seq": conv.last_seq, "status": "read"}
-        return frame, [ConversationChanged(self._snapshot(conv))]
+        return receipt_frame(cid, conv.last_seq, "read"), [ConversationChanged(conv.snapshot())]
 
     def typing_frame(self, cid: ConversationId, active: bool, now: float) -> Frame | None:
         """The typing frame to send now, or None when a `start` went out less than
@@ -244,8 +192,7 @@ class ClientState:
             if last is None:
                 return None
             del self._typing_sent[cid]
-        target = {"groupId": cid.id} if cid.is_group else {"recipientId": cid.id}
-        return {"type": "typing", **target, "state": "start" if active else "stop"}
+        return typing_frame(cid, active)
 
     # --- the connection ---------------------------------------------------------------------------
 
@@ -254,13 +201,10 @@ class ClientState:
     ) -> list[Event]:
         events: list[Event] = []
         if state is ConnectionState.ONLINE:
-            self._acked.clear()  # the relay sends again what it has no receipt for
-        if state is not ConnectionState.ONLINE:
+            self._acks.new_connection()
+        else:
             self._typing_sent.clear()
-            for conv in self._convs.values():
-                for user in list(conv.typing):
-                    del conv.typing[user]
-                    events.append(TypingChanged(conv.cid, user, False))
+            events += self._expire_typing(None)
         if state is not self.connection or attempt or reason:
             self.connection = state
             events.insert(0, ConnectionChanged(state, attempt, reason))
@@ -268,41 +212,25 @@ class ClientState:
 
     def take_unsent(self, generation: int) -> list[Frame]:
         """Message frames of the outbox not yet written on connection `generation`, in order."""
-        frames: list[Frame] = []
-        for mid, msg in self._outbox.items():
-            if self._written.get(mid) == generation:
-                continue
-            self._written[mid] = generation
-            frames.append(_message_frame(msg))
-        return frames
+        return self._outbox.take_unsent(generation)
 
     def has_unsent(self, generation: int) -> bool:
-        """Whether `take_unsent(generation)` would return anything. (Unwritten messages are
-        always a suffix of the outbox: new ones are appended, all are written in order.)"""
-        if not self._outbox:
-            return False
-        return self._written.get(next(reversed(self._outbox))) != generation
+        """Whether `take_unsent(generation)` would return anything."""
+        return self._outbox.has_unsent(generation)
 
     def take_acks(self) -> list[Frame]:
         """Delivered receipts owed to the relay (one per conversation, its highest seq)."""
-        frames: list[Frame] = []
-        for cid, seq in self._acks_due.items():
-            if seq > self._acked.get(cid, 0):
-                self._acked[cid] = seq
-                frames.append(
-                    {"type": "receipt", **cid.target(), "seq": seq, "status": "delivered"}
-                )
-        self._acks_due.clear()
-        return frames
+        return self._acks.take()
 
     def expire_typing(self, now: float) -> list[Event]:
-        events: list[Event] = []
-        for conv in self._convs.values():
-            for user, t in list(conv.typing.items()):
-                if now - t >= TYPING_LAPSE:
-                    del conv.typing[user]
-                    events.append(TypingChanged(conv.cid, user, False))
-        return events
+        return self._expire_typing(now)
+
+    def _expire_typing(self, now: float | None) -> list[Event]:
+        return [
+            TypingChanged(conv.cid, user, False)
+            for conv in self._convs.values()
+            for user in conv.expire_typing(now)
+        ]
 
     # --- relay frames -----------------------------------------------------------------------------
 
@@ -311,110 +239,78 @@ class ClientState:
 
         Frames of unknown type and frames missing required fields change nothing.
         """
-        kind = frame.get("type")
         try:
-            if kind == "message":
-                return self._on_message(frame)
-            if kind == "receipt":
-                return self._on_receipt(frame)
-            if kind == "conversations":
-                return self._on_conversations(frame)
-            if kind == "history":
-                return self._on_history(frame)
-            if kind == "status":
-                return self._on_status(frame)
-            if kind == "presence":
-                return self._on_presence(frame)
-            if kind == "typing":
-                return self._on_typing(frame, now)
-            if kind == "group":
-                return self._on_group(frame)
-            if kind == "error":
-                return self._on_error(frame)
+            handler = _HANDLERS.get(frame.get("type", ""))
+            return [] if handler is None else handler(self, frame, now)
         except (KeyError, TypeError, ValueError):
             return []
-        return []
 
-    def _on_message(self, frame: Frame) -> list[Event]:
-        msg = self._parse_message(frame)
+    def _on_message(self, frame: Frame, now: float = 0.0) -> list[Event]:
+        msg = parse_message(frame, self.user_id)
         if msg is None:
             return []
         conv = self._conv(msg.conversation)
         if not msg.outgoing and msg.seq is not None:
-            due = self._acks_due.get(conv.cid, 0)
-            if msg.seq > due:
-                self._acks_due[conv.cid] = msg.seq
+            self._acks.received(conv.cid, msg.seq)
         return self._put(conv, msg, touch=msg.server_timestamp)
 
-    def _on_receipt(self, frame: Frame) -> list[Event]:
+    def _on_receipt(self, frame: Frame, now: float) -> list[Event]:
         status = MessageStatus(frame["status"])
         mid = frame.get("id")
         if status in (MessageStatus.SENT, MessageStatus.FAILED):
-            if not isinstance(mid, str):
-                return []
-            msg = self.find(mid)
-            if msg is None:
-                return []
-            self._outbox.pop(mid, None)
-            self._written.pop(mid, None)
-            if status is MessageStatus.FAILED:
-                if msg.status is not MessageStatus.PENDING:
-                    return []
-                new = evolve(msg, status=status, reason=str(frame.get("reason") or "failed"))
-            else:
-                seq = int(frame["seq"])
-                new = evolve(
-                    msg,
-                    seq=seq,
-                    status=msg.status if msg.status.rank >= 1 else MessageStatus.SENT,
-                    server_timestamp=msg.server_timestamp or frame.get("timestamp"),
-                    reason=None,
-                )
-            return self._put(self._conv(msg.conversation), new, replace=True)
+            return self._on_answer(frame, status, mid)
         # delivered / read watermarks
-        cid = _frame_cid(frame)
+        cid = frame_cid(frame)
         if cid is None:
             return []
         seq = int(frame["seq"])
         conv = self._conv(cid)
-        reader = frame.get("userId")
-        if reader == self.user_id:
+        if frame.get("userId") == self.user_id:
             # this user read the conversation on another device
             if status is MessageStatus.READ and seq > conv.read_seq:
                 conv.read_seq = seq
-                return [ConversationChanged(self._snapshot(conv))]
+                return [ConversationChanged(conv.snapshot())]
             return []
         events: list[Event] = []
         if isinstance(mid, str):
             named = conv.messages.get((self.user_id, mid))
             if named is not None and named.seq is None:
-                self._outbox.pop(mid, None)
+                self._outbox.settle(mid)
                 events += self._put(conv, evolve(named, seq=seq), replace=True)
-        before = conv.reached.get(status, 0)
-        if seq > before:
-            conv.reached[status] = seq
-            if status is MessageStatus.READ:
-                conv.reached[MessageStatus.DELIVERED] = max(
-                    seq, conv.reached.get(MessageStatus.DELIVERED, 0)
-                )
-            lo = bisect_right(conv.mine, before, key=lambda t: t[0])
-            hi = bisect_right(conv.mine, seq, key=lambda t: t[0])
-            for _, key in conv.mine[lo:hi]:
-                msg = conv.messages[key]
-                if 0 <= msg.status.rank < status.rank:
-                    self._store(conv, evolve(msg, status=status), msg)
-                    events.append(MessageUpdated(conv.messages[key]))
+        events += [MessageUpdated(m) for m in conv.reach(status, seq)]
         if events:
-            events.append(ConversationChanged(self._snapshot(conv)))
+            events.append(ConversationChanged(conv.snapshot()))
         return events
 
-    def _on_conversations(self, frame: Frame) -> list[Event]:
+    def _on_answer(self, frame: Frame, status: MessageStatus, mid: object) -> list[Event]:
+        """The relay's `sent` or `failed` answer to one of this device's messages."""
+        if not isinstance(mid, str):
+            return []
+        msg = self.find(mid)
+        if msg is None:
+            return []
+        self._outbox.settle(mid)
+        if status is MessageStatus.FAILED:
+            if msg.status is not MessageStatus.PENDING:
+                return []
+            new = evolve(msg, status=status, reason=str(frame.get("reason") or "failed"))
+        else:
+            new = evolve(
+                msg,
+                seq=int(frame["seq"]),
+                status=msg.status if msg.status.rank >= 1 else MessageStatus.SENT,
+                server_timestamp=msg.server_timestamp or frame.get("timestamp"),
+                reason=None,
+            )
+        return self._put(self._conv(msg.conversation), new, replace=True)
+
+    def _on_conversations(self, frame: Frame, now: float) -> list[Event]:
         events: list[Event] = []
         items = frame["items"]
         top = self._ranks + len(items)  # the relay lists newest first
         self._ranks = top
         for index, item in enumerate(items):
-            cid = _frame_cid(item)
+            cid = frame_cid(item)
             if cid is None:
                 continue
             conv = self._conv(cid)
@@ -433,13 +329,13 @@ class ClientState:
                 conv.members = tuple(str(m) for m in item["members"])
             lm = item.get("lastMessage")
             if isinstance(lm, dict):
-                msg = self._parse_message(lm)
+                msg = parse_message(lm, self.user_id)
                 if msg is not None and msg.conversation == cid:
                     events += [e for e in self._put(conv, msg) if isinstance(e, MessageAdded)]
-            events.append(ConversationChanged(self._snapshot(conv)))
+            events.append(ConversationChanged(conv.snapshot()))
         return events
 
-    def _on_history(self, frame: Frame) -> list[Event]:
+    def _on_history(self, frame: Frame, now: float) -> list[Event]:
         events: list[Event] = []
         for item in frame["messages"]:
             if isinstance(item, dict):
@@ -458,15 +354,15 @@ class ClientState:
             return []
         conv = self._convs[msg.conversation]
         new = self._store(conv, evolve(msg, status=status), msg)
-        return [MessageUpdated(new), ConversationChanged(self._snapshot(conv))]
+        return [MessageUpdated(new), ConversationChanged(conv.snapshot())]
 
-    def _on_status(self, frame: Frame) -> list[Event]:
+    def _on_status(self, frame: Frame, now: float) -> list[Event]:
         user = str(frame["userId"])
         p = Presence(user, str(frame["status"]), frame.get("lastSeen"))
         self.presence[user] = p
         return [PresenceChanged(p)]
 
-    def _on_presence(self, frame: Frame) -> list[Event]:
+    def _on_presence(self, frame: Frame, now: float) -> list[Event]:
         events: list[Event] = []
         for item in frame["users"]:
             p = Presence(str(item["userId"]), str(item["status"]), item.get("lastSeen"))
@@ -490,7 +386,7 @@ class ClientState:
             conv.typing.pop(user, None)
         return [TypingChanged(cid, user, active)] if active != was else []
 
-    def _on_group(self, frame: Frame) -> list[Event]:
+    def _on_group(self, frame: Frame, now: float) -> list[Event]:
         gid = str(frame["groupId"])
         info = GroupInfo(
             gid, str(frame.get("name") or gid), tuple(str(m) for m in frame["members"])
@@ -499,16 +395,16 @@ class ClientState:
         conv = self._conv(ConversationId.group(gid))
         conv.name = info.name
         conv.members = info.members
-        return [GroupChanged(info), ConversationChanged(self._snapshot(conv))]
+        return [GroupChanged(info), ConversationChanged(conv.snapshot())]
 
-    def _on_error(self, frame: Frame) -> list[Event]:
+    def _on_error(self, frame: Frame, now: float) -> list[Event]:
         ref = frame.get("ref")
         code = str(frame.get("code") or "error")
-        if isinstance(ref, str) and ref in self._outbox:
-            msg = self._outbox.pop(ref)
-            self._written.pop(ref, None)
-            failed = evolve(msg, status=MessageStatus.FAILED, reason=code)
-            return self._put(self._conv(msg.conversation), failed, replace=True)
+        if isinstance(ref, str):
+            msg = self._outbox.settle(ref)
+            if msg is not None:
+                failed = evolve(msg, status=MessageStatus.FAILED, reason=code)
+                return self._put(self._conv(msg.conversation), failed, replace=True)
         return [
             ErrorReceived(
                 code, str(frame.get("message") or ""), ref if isinstance(ref, str) else None
@@ -517,47 +413,19 @@ class ClientState:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _conv(self, cid: ConversationId) -> _Conv:
+    def _conv(self, cid: ConversationId) -> ConversationLog:
         conv = self._convs.get(cid)
         if conv is None:
-            conv = self._convs[cid] = _Conv(cid)
+            conv = self._convs[cid] = ConversationLog(cid)
         return conv
 
-    def _parse_message(self, frame: Frame) -> Message | None:
-        sender = frame.get("senderId")
-        mid = frame.get("id")
-        text = frame.get("text")
-        if not isinstance(sender, str) or not isinstance(mid, str) or not isinstance(text, str):
-            return None
-        gid = frame.get("groupId")
-        rid = frame.get("recipientId")
-        if isinstance(gid, str):
-            cid = ConversationId.group(gid)
-        elif sender == self.user_id and isinstance(rid, str):
-            cid = ConversationId.direct(rid)
-        else:
-            cid = ConversationId.direct(sender)
-        outgoing = sender == self.user_id
-        seq = frame.get("seq")
-        return Message(
-            id=mid,
-            sender_id=sender,
-            text=text,
-            conversation=cid,
-            status=MessageStatus.SENT if outgoing else MessageStatus.DELIVERED,
-            outgoing=outgoing,
-            seq=int(seq) if isinstance(seq, int) else None,
-            timestamp=frame.get("timestamp"),
-            server_timestamp=frame.get("serverTimestamp"),
-            sender_name=frame.get("senderName"),
-            sender_avatar=frame.get("senderAvatar"),
-            recipient_id=rid if isinstance(rid, str) else None,
-            group_id=gid if isinstance(gid, str) else None,
-            meta=frame.get("meta") if isinstance(frame.get("meta"), dict) else None,
-        )
-
     def _put(
-        self, conv: _Conv, msg: Message, *, touch: str | None = None, replace: bool = False
+        self,
+        conv: ConversationLog,
+        msg: Message,
+        *,
+        touch: str | None = None,
+        replace: bool = False,
     ) -> list[Event]:
         """Insert or merge a message; returns MessageAdded/Updated and ConversationChanged."""
         key = (msg.sender_id, msg.id)
@@ -569,8 +437,7 @@ class ClientState:
                 merged = evolve(merged, seq=msg.seq, server_timestamp=msg.server_timestamp)
                 if old.status is MessageStatus.PENDING:
                     merged = evolve(merged, status=MessageStatus.SENT)
-                    self._outbox.pop(msg.id, None)
-                    self._written.pop(msg.id, None)
+                    self._outbox.settle(msg.id)
             if merged == old:
                 return []
             msg = merged
@@ -583,95 +450,24 @@ class ClientState:
             self._ranks += 1
             conv.ranked = self._ranks
         events: list[Event] = [MessageUpdated(msg) if old is not None else MessageAdded(msg)]
-        events.append(ConversationChanged(self._snapshot(conv)))
+        events.append(ConversationChanged(conv.snapshot()))
         return events
 
-    def _store(self, conv: _Conv, msg: Message, old: Message | None) -> Message:
-        """Put `msg` in place of `old` (None: new) and keep the indexes; returns what was stored
-        (an own message whose seq is already covered by a peer's receipt gets that status)."""
-        key = (msg.sender_id, msg.id)
-        if msg.outgoing and msg.seq is not None and msg.status.rank >= 0:
-            for status in (MessageStatus.READ, MessageStatus.DELIVERED):
-                if msg.seq <= conv.reached.get(status, 0) and msg.status.rank < status.rank:
-                    msg = evolve(msg, status=status)
-                    break
-        conv.messages[key] = msg
-        self._where[key] = conv.cid
-        conv.sorted_cache = None
-        if old is None or old.seq is None:
-            if msg.seq is not None:
-                conv.unstored.pop(key, None)
-                if msg.outgoing:
-                    insort(conv.mine, (msg.seq, key), key=lambda t: t[0])
-                else:
-                    insort(conv.others, msg.seq)
-            elif msg.outgoing:
-                conv.unstored[key] = None
-        last = conv.last_stored
-        if msg.seq is not None and (
-            last is None or msg.seq > (last.seq or 0) or (last.sender_id, last.id) == key
-        ):
-            conv.last_stored = msg
-        return msg
-
-    def _unread(self, conv: _Conv) -> int:
-        others = conv.others
-        read = conv.read_seq
-
-        def after(seq: int) -> int:
-            return len(others) - bisect_right(others, seq)
-
-        if read >= conv.base_last:
-            return after(read)
-        # messages up to base_last that this client never loaded are known only by the count
-        read_since_base = after(conv.base_read) - after(read)
-        before = max(0, conv.base_unread - read_since_base)
-        return before + after(conv.base_last)
-
-    def _snapshot(self, conv: _Conv) -> Conversation:
-        last: Message | None = conv.last_stored
-        if conv.unstored:
-            last = conv.messages[next(reversed(conv.unstored))]
-        return Conversation(
-            id=conv.cid,
-            last_message=last,
-            unread=self._unread(conv),
-            last_seq=conv.last_seq,
-            read_seq=conv.read_seq,
-            updated_at=conv.updated_at,
-            name=conv.name,
-            members=conv.members,
-            typing=tuple(sorted(conv.typing)),
-        )
+    def _store(self, conv: ConversationLog, msg: Message, old: Message | None) -> Message:
+        stored = conv.store(msg, old)
+        self._where[(stored.sender_id, stored.id)] = conv.cid
+        return stored
 
 
-def _frame_cid(frame: Frame) -> ConversationId | None:
-    gid = frame.get("groupId")
-    if isinstance(gid, str):
-        return ConversationId.group(gid)
-    pid = frame.get("peerId")
-    if isinstance(pid, str):
-        return ConversationId.direct(pid)
-    return None
-
-
-def _message_frame(msg: Message) -> Frame:
-    frame: Frame = {
-        "type": "message",
-        "id": msg.id,
-        "senderId": msg.sender_id,
-        "text": msg.text,
-        "timestamp": msg.timestamp,
-        "status": "pending",
-    }
-    if msg.sender_name is not None:
-        frame["senderName"] = msg.sender_name
-    if msg.sender_avatar is not None:
-        frame["senderAvatar"] = msg.sender_avatar
-    if msg.group_id is not None:
-        frame["groupId"] = msg.group_id
-    else:
-        frame["recipientId"] = msg.recipient_id
-    if msg.meta is not None:
-        frame["meta"] = msg.meta
-    return frame
+#: Relay frame type -> the handler that applies it; other types change nothing.
+_HANDLERS: dict[str, Callable[[ClientState, Frame, float], list[Event]]] = {
+    "message": ClientState._on_message,
+    "receipt": ClientState._on_receipt,
+    "conversations": ClientState._on_conversations,
+    "history": ClientState._on_history,
+    "status": ClientState._on_status,
+    "presence": ClientState._on_presence,
+    "typing": ClientState._on_typing,
+    "group": ClientState._on_group,
+    "error": ClientState._on_error,
+}

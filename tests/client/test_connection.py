@@ -1,9 +1,8 @@
-"""Reconnection rules of RelayClient against a port nobody listens on (virtual time)."""
+"""RelayClient's reconnection rules and lifetime against a port nobody listens on (virtual time)."""
 
 from __future__ import annotations
 
 import itertools
-import random
 import socket
 
 import pytest
@@ -16,12 +15,9 @@ from relay.client import (
     ConnectionState,
     Event,
     EventStream,
-    Lagged,
     MessageStatus,
-    ReconnectPolicy,
     RelayClient,
 )
-from relay.errors import ConfigError
 
 
 def closed_port() -> int:
@@ -117,38 +113,6 @@ async def test_exponential_backoff_and_jitter_shape_the_delays(
     ]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps == pytest.approx([1.0, 2.0, 4.0, 5.0])
-
-
-def test_policy_delays() -> None:
-    p = ReconnectPolicy()
-    assert (p.attempts, p.delay) == (5, 3.0)
-    assert [p.delay_before(n) for n in (1, 2, 5)] == [3.0, 3.0, 3.0]
-    jittered = ReconnectPolicy(delay=10.0, jitter=0.5)
-    rng = random.Random(7)
-    samples = [jittered.delay_before(1, rng) for _ in range(200)]
-    assert all(5.0 <= d <= 15.0 for d in samples)
-    assert max(samples) - min(samples) > 5.0  # actually spread, not constant
-    with pytest.raises(ConfigError):
-        ReconnectPolicy(jitter=2.0)
-    with pytest.raises(ConfigError):
-        ReconnectPolicy(attempts=-1)
-
-
-async def test_a_lagging_subscriber_gets_lagged_and_the_state_stays_complete() -> None:
-    client = RelayClient("ws://127.0.0.1:9", user_id="alice", event_buffer=4)
-    slow = client.events()
-    fast = client.events(buffer=1000)
-    for i in range(10):
-        await client.send_message("bob", f"m{i}")  # 2 events each: added + conversation changed
-    got = slow.drain()
-    assert len(got) == 4  # the buffer, nothing more, and the client never blocked
-    await client.send_message("bob", "after")
-    assert slow.receive_nowait() == Lagged(dropped=16)
-    assert len(fast.drain()) == 22
-    assert [m.text for m in client.state.messages(client.state.outbox[0].conversation)] == [
-        *(f"m{i}" for i in range(10)),
-        "after",
-    ]
 
 
 async def test_aclose_stops_the_client_but_not_the_callers_code(
