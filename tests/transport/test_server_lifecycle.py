@@ -22,9 +22,9 @@ from relay import Relay, RelayConfig
 from relay.cli import build_parser, config_from
 from relay.echo import EchoHandler
 from relay.fastpath import OP_TEXT, encode_frame, fanout
-from relay.server import Connection
+from relay.ports import Connection
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 URL_LINE = re.compile(r"WebSocket server running on (ws://\S+:(\d+))")
 
 

@@ -13,17 +13,17 @@ import trio
 from attrs import define, field
 from support import RawWs, mask_frame, start_relay, ws_connect
 
-import relay.server
+import relay.transport.connection
 from relay.echo import EchoHandler
 from relay.fastpath import OP_TEXT, encode_frame
-from relay.server import Connection
+from relay.ports import Connection
 
 SHORT = 0.3  # CLOSE_TIMEOUT for these tests
 
 
 @pytest.fixture(autouse=True)
 def short_close_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay.server, "CLOSE_TIMEOUT", SHORT)
+    monkeypatch.setattr(relay.transport.connection, "CLOSE_TIMEOUT", SHORT)
 
 
 @define(eq=False)

@@ -14,7 +14,7 @@ from attrs import define, field
 from support import RawWs, mask_frame, start_relay
 
 from relay.echo import EchoHandler
-from relay.server import Connection
+from relay.ports import Connection
 
 
 @define(eq=False)

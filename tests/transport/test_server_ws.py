@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed
 
 from relay import Relay
 from relay.echo import EchoHandler
-from relay.server import Connection
+from relay.ports import Connection
 
 MAX = 64 * 1024
 
