@@ -26,7 +26,6 @@ from __future__ import annotations
 import enum
 import logging
 import socket
-import time
 from typing import TYPE_CHECKING, Any, cast
 
 import outcome
@@ -45,7 +44,6 @@ CLOSE_TIMEOUT = 2.0
 #: Most bytes one read of a wss:// connection takes.
 RECV_SIZE = 256 * 1024
 
-_monotonic = time.monotonic
 _OPEN = WsState.OPEN
 _ENDED = WsState.ENDED
 
@@ -492,7 +490,7 @@ class TlsConnection(WsConnection):
             if not data:
                 return
             stats.bytes_in += len(data)
-            self.last_rx = _monotonic()
+            self.last_rx = trio.current_time()
             if await self._process(data):
                 return
 

@@ -118,16 +118,20 @@ class Poller:
 
     async def run(self, flush: Callable[[], None]) -> None:
         """Serve forever: wait for the epoll to be readable, read each ready socket once
-        (Readable.on_readable), then `flush()` what the batch queued; take the next batch at
+        (Readable.on_readable(now), `now` on trio's clock), then `flush()` what the batch queued; take the next batch at
         once while sockets are ready, for up to POLL_SLICE, then yield to the other tasks."""
         epoll = self._epoll
         epfd = epoll.fileno()
         readers = self._readers
         wait_readable = trio.lowlevel.wait_readable
+        current_time = trio.current_time
         while True:
             await wait_readable(epfd)
+            # `now` (trio's clock, the heartbeat's) is read once per slice: it is at most
+            # POLL_SLICE old, against heartbeat intervals of seconds. The slice itself is
+            # measured on the monotonic clock: it bounds real time spent reading.
+            now = current_time()
             started = _monotonic()
-            now = started
             ready = epoll.poll(0, POLL_EVENTS)
             while ready:
                 self.polling = True
@@ -144,7 +148,6 @@ class Poller:
                 finally:
                     self.polling = False
                 flush()
-                now = _monotonic()
-                if now - started >= POLL_SLICE:
+                if _monotonic() - started >= POLL_SLICE:
                     break
                 ready = epoll.poll(0, POLL_EVENTS)

@@ -328,7 +328,7 @@ class Server:
                         log.exception("handler.maintain failed")
             if t >= next_sweep:
                 next_sweep = t + sweep_every
-                self._sweep(_monotonic())
+                self._sweep(t)
 
     def _sweep(self, now: float) -> None:
         """Heartbeat every connection; also flush outboxes filled without flush_soon()."""
@@ -471,7 +471,7 @@ class Server:
                 parser=parser,
                 stats=stats,
                 wake=self.add_dirty,
-                last_rx=_monotonic(),
+                last_rx=trio.current_time(),
                 id=next(_ids),
                 remote=remote,
                 path=request.target,
@@ -485,7 +485,7 @@ class Server:
                 parser=parser,
                 stats=stats,
                 wake=self.add_dirty,
-                last_rx=_monotonic(),
+                last_rx=trio.current_time(),
                 id=next(_ids),
                 remote=remote,
                 path=request.target,

@@ -112,7 +112,8 @@ class WebSocket:
     #: bytes still allowed out once our close frame is queued (it is the last of them)
     close_remaining: int = 0
     dirty: bool = False
-    #: heartbeat: when the peer was last heard from, when we last pinged it (driver's clock)
+    #: heartbeat: when the peer was last heard from, when we last pinged it (the driver's
+    #: clock: trio's, in the shell)
     last_rx: float = 0.0
     pinged_at: float = 0.0
 
