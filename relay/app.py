@@ -27,7 +27,7 @@ from relay.errors import RelayError
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
-from relay.transport import BoundAddress, Server
+from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
     from relay.auth import Authenticator
@@ -90,7 +90,7 @@ class Relay:
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled, then drain (see relay.transport.Server.serve).
+        """Serve until cancelled, then drain (see relay.transport.server.Server.serve).
 
         `task_status.started(address)` once listening: with port 0, `address.port` and
         `relay.url` name the port actually bound."""

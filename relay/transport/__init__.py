@@ -7,9 +7,6 @@
     connection.py  the WebSocket driven over ws:// (RawConnection) or wss:// (TlsConnection)
     poller.py      the one epoll and task that read every ws:// connection
 
-The core sees a connection only through relay.ports.Connection.
+The core sees a connection only through relay.ports.Connection. This package module imports
+nothing, so that importing the sans-IO modules does not import trio.
 """
-
-from relay.transport.server import BoundAddress, Server
-
-__all__ = ["BoundAddress", "Server"]

@@ -28,7 +28,8 @@ Invariants:
 Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
 and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
 + heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
-dead). Checked by one sweep over all connections every min(interval, timeout)/4 (>= 50 ms).
+dead). Checked by one sweep over all connections every min(interval, timeout)/4 (>= 50 ms),
+on trio's clock (WebSocket.heartbeat), so tests run it on trio's MockClock.
 
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
 1011 handler failure and heartbeat timeout, 1012 shutdown, 503 (HTTP) for upgrades while

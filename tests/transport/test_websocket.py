@@ -8,6 +8,8 @@ pings answered, heartbeat pings and timeouts at the right moments.
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 
 import pytest
 from support import mask_frame
@@ -210,3 +212,8 @@ def test_heartbeat_pings_a_silent_peer_then_gives_up_on_it() -> None:
     ws.last_rx = 101.6  # heard from: silent again from here
     assert not ws.heartbeat(102.0, 1.0, 0.5)
     assert ws.outbox.pending_frames == 0
+
+
+def test_the_websocket_is_sans_io() -> None:
+    code = "import sys, relay.transport.websocket; sys.exit('trio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
