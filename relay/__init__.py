@@ -16,12 +16,10 @@ from relay.errors import (
     Conflict,
     ConnectionLost,
     FrameError,
-    HandshakeError,
     NotFound,
     RelayError,
     StoreError,
     StoreUnavailable,
-    WebSocketError,
 )
 
 __all__ = [
@@ -30,14 +28,12 @@ __all__ = [
     "Conflict",
     "ConnectionLost",
     "FrameError",
-    "HandshakeError",
     "NotFound",
     "Relay",
     "RelayConfig",
     "RelayError",
     "StoreError",
     "StoreUnavailable",
-    "WebSocketError",
 ]
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ before the first connection is accepted and closed after the last one ended.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 from attrs import define, field
@@ -25,8 +25,9 @@ from attrs import define, field
 from relay.config import RelayConfig
 from relay.errors import RelayError
 from relay.metrics import RelayMetrics
-from relay.server import BoundAddress, ConnectionHandler, Server
+from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
+from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
     from relay.auth import Authenticator
@@ -75,13 +76,21 @@ class Relay:
 
         auth = self.authenticator
         if self.store is not None:
-            return MessagingService(self.config, self.store, authenticator=auth, manage_store=False)
-        return MessagingService(self.config, store_from_config(self.config), authenticator=auth)
+            service = MessagingService(
+                self.config, self.store, authenticator=auth, manage_store=False
+            )
+        else:
+            service = MessagingService(
+                self.config, store_from_config(self.config), authenticator=auth
+            )
+        # The service's callbacks take relay.session.Connection, whose flush_soon the shell's
+        # connections implement beyond the port (see relay.transport.websocket.WebSocket).
+        return cast(ConnectionHandler, service)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Serve until cancelled, then drain (see relay.server.Server.serve).
+        """Serve until cancelled, then drain (see relay.transport.server.Server.serve).
 
         `task_status.started(address)` once listening: with port 0, `address.port` and
         `relay.url` name the port actually bound."""
@@ -95,16 +104,15 @@ class Relay:
         if store is not None:
             await store.open()
         try:
-            start = getattr(handler, "start", None)
-            if start is not None:
-                await start()
+            lifecycle = handler if isinstance(handler, Lifecycle) else None
+            if lifecycle is not None:
+                await lifecycle.start()
             try:
                 await server.serve(task_status=task_status)
             finally:
-                aclose = getattr(handler, "aclose", None)
-                if aclose is not None:
+                if lifecycle is not None:
                     with trio.CancelScope(shield=True):
-                        await aclose()
+                        await lifecycle.aclose()
         finally:
             if store is not None:
                 with trio.CancelScope(shield=True):
@@ -114,7 +122,7 @@ class Relay:
         """Send a message from inside the process (e.g. a system notice), through the same
         validation, store and delivery path as a client's; delegates to the handler's
         `publish` (the messaging service). Raises RelayError when the handler has none."""
-        publish = getattr(self.handler, "publish", None)
-        if publish is None:
+        handler = self.handler
+        if not isinstance(handler, Publisher):
             raise RelayError("this relay's handler cannot publish (no messaging service)")
-        return await publish(**message)
+        return await handler.publish(**message)

@@ -14,7 +14,7 @@ from attrs import define
 from relay.fastpath import OP_TEXT, encode_frame
 
 if TYPE_CHECKING:
-    from relay.server import Connection
+    from relay.ports import Connection
 
 
 @define(eq=False)

@@ -11,19 +11,6 @@ class ConfigError(RelayError):
     """A setting is missing, malformed or out of range (raised before anything starts)."""
 
 
-class WebSocketError(RelayError):
-    """The peer broke RFC 6455; `close_code` is the close code the connection must end with."""
-
-    def __init__(self, close_code: int, reason: str) -> None:
-        super().__init__(f"{close_code}: {reason}")
-        self.close_code = close_code
-        self.reason = reason
-
-
-class HandshakeError(RelayError):
-    """The opening HTTP request was not a request relay can serve."""
-
-
 class FrameError(RelayError):
     """A client frame broke the v1 protocol; maps onto an `error` frame of the contract.
 

@@ -19,9 +19,9 @@ from websockets.sync.client import connect
 
 from relay import Relay
 from relay.echo import EchoHandler
-from relay.server import Connection
+from relay.ports import Connection
 
-NODE_CLIENT = Path(__file__).parent / "node" / "ws_client.js"
+NODE_CLIENT = Path(__file__).parent.parent / "node" / "ws_client.js"
 MAX = 64 * 1024
 
 

@@ -2,6 +2,7 @@
 reads what is queued is cut CLOSE_TIMEOUT after close(), and the server goes on serving.
 
 (ws:// connections carry no cancel scope of their own: the server's expirer ends them.)
+Logical time (trio's autojump clock): the deadline is exact, and no test waits for it.
 """
 
 from __future__ import annotations
@@ -12,18 +13,12 @@ import pytest
 import trio
 from attrs import define, field
 from support import RawWs, mask_frame, start_relay, ws_connect
+from trio.testing import MockClock
 
-import relay.server
 from relay.echo import EchoHandler
 from relay.fastpath import OP_TEXT, encode_frame
-from relay.server import Connection
-
-SHORT = 0.3  # CLOSE_TIMEOUT for these tests
-
-
-@pytest.fixture(autouse=True)
-def short_close_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(relay.server, "CLOSE_TIMEOUT", SHORT)
+from relay.ports import Connection
+from relay.transport.connection import CLOSE_TIMEOUT
 
 
 @define(eq=False)
@@ -51,22 +46,26 @@ class Closer(EchoHandler):
         self.closed_event.set()
 
 
-async def test_a_peer_that_never_answers_our_close_is_cut(nursery: trio.Nursery) -> None:
+async def test_a_peer_that_never_answers_our_close_is_cut(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     handler = Closer()
     relay = await start_relay(nursery, handler=handler)
     ws = await RawWs.connect(relay)
     await ws.send(mask_frame(0x1, b"bye"))
     assert await ws.expect_close() == (4000, "bye")
+    closed_at = trio.current_time()
     # No close reply, no FIN from us: the relay ends the TCP stream at its deadline.
-    with trio.fail_after(SHORT + 2):
+    with trio.fail_after(CLOSE_TIMEOUT + 2):
         await ws.wait_eof()
         await handler.closed_event.wait()
+    assert trio.current_time() - closed_at == pytest.approx(CLOSE_TIMEOUT, abs=0.01)
     assert [code for _, code in handler.closed] == [4000]
     await ws.aclose()
 
 
 async def test_a_peer_that_stops_reading_is_cut_while_its_writer_waits(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
     handler = Closer(flood_bytes=1_200_000)
     relay = await start_relay(nursery, handler=handler, outbox_max_bytes=4 * 1024 * 1024)
@@ -84,7 +83,7 @@ async def test_a_peer_that_stops_reading_is_cut_while_its_writer_waits(
     await slow.send(mask_frame(0x1, b"flood"))
     # More than the kernel buffers take: the rest waits in a writer task that never gets to
     # write it. The deadline ends the connection anyway, exactly once, with our code.
-    with trio.fail_after(SHORT + 2):
+    with trio.fail_after(CLOSE_TIMEOUT + 2):
         await handler.closed_event.wait()
     assert [code for _, code in handler.closed] == [4001]
     async with ws_connect(relay.url) as fast:

@@ -13,11 +13,12 @@ import pytest
 import trio
 from attrs import define, field
 from support import RawWs, mask_frame, start_relay, ws_connect
+from trio.testing import MockClock
 from trio_websocket import ConnectionClosed
 
 from relay import Relay
 from relay.echo import EchoHandler
-from relay.server import Connection
+from relay.ports import Connection
 
 MAX = 64 * 1024
 
@@ -247,7 +248,9 @@ async def test_upgrade_on_any_path(nursery: trio.Nursery, path: str) -> None:
     assert handler.opened[0].path == path
 
 
-async def test_connection_attributes_and_flush_callbacks(nursery: trio.Nursery) -> None:
+async def test_connection_attributes_and_flush_callbacks(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     handler = RecordingHandler()
     relay = await start_echo(nursery, handler=handler)
     async with ws_connect(relay.url) as ws, ws_connect(relay.url) as ws2:

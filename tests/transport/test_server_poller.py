@@ -5,6 +5,9 @@ handler's `on_messages_nowait`, and gives what that leaves to the connection's o
 Users rely on: order kept across the hand-off, no read lost or doubled while a connection
 waits on its task, a failing handler ending only its own connection, and many connections
 served at once by the one poller.
+
+Logical time (trio's autojump clock): a handler's wait and a peer's pause are ordered by
+their durations, not by the machine's speed.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import trio
 from attrs import define, field
 from support import RawWs, mask_frame, start_relay
+from trio.testing import MockClock
 
 from relay.echo import EchoHandler
-from relay.server import Connection
+from relay.ports import Connection
 
 
 @define(eq=False)
@@ -52,7 +56,9 @@ class SplitEcho(EchoHandler):
             assert conn.send(b"\x81" + bytes([len(payload)]) + payload)
 
 
-async def test_reads_are_handled_at_once_when_the_handler_can(nursery: trio.Nursery) -> None:
+async def test_reads_are_handled_at_once_when_the_handler_can(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     handler = SplitEcho()
     relay = await start_relay(nursery, handler=handler)
     raw = await RawWs.connect(relay)
@@ -63,7 +69,9 @@ async def test_reads_are_handled_at_once_when_the_handler_can(nursery: trio.Nurs
     await raw.aclose()
 
 
-async def test_order_is_kept_across_the_hand_off(nursery: trio.Nursery) -> None:
+async def test_order_is_kept_across_the_hand_off(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     handler = SplitEcho()
     relay = await start_relay(nursery, handler=handler)
     raw = await RawWs.connect(relay)
@@ -80,7 +88,7 @@ async def test_order_is_kept_across_the_hand_off(nursery: trio.Nursery) -> None:
 
 
 async def test_a_close_after_handed_off_payloads_is_answered_after_them(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
     handler = SplitEcho()
     relay = await start_relay(nursery, handler=handler)
@@ -93,7 +101,9 @@ async def test_a_close_after_handed_off_payloads_is_answered_after_them(
     await raw.aclose()
 
 
-async def test_a_peer_gone_while_its_task_waits_ends_cleanly(nursery: trio.Nursery) -> None:
+async def test_a_peer_gone_while_its_task_waits_ends_cleanly(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     @define(eq=False)
     class Recording(SplitEcho):
         closed: list[int] = field(factory=list)
@@ -116,7 +126,7 @@ async def test_a_peer_gone_while_its_task_waits_ends_cleanly(nursery: trio.Nurse
 
 
 async def test_a_failing_nowait_handler_closes_only_its_connection_1011(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, autojump_clock: MockClock
 ) -> None:
     relay = await start_relay(nursery, handler=SplitEcho())
     bad = await RawWs.connect(relay)
@@ -129,7 +139,9 @@ async def test_a_failing_nowait_handler_closes_only_its_connection_1011(
     await good.aclose()
 
 
-async def test_one_poller_serves_many_connections_at_once(nursery: trio.Nursery) -> None:
+async def test_one_poller_serves_many_connections_at_once(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
     handler = SplitEcho(pause=0.01)
     relay = await start_relay(nursery, handler=handler)
     clients = [await RawWs.connect(relay) for _ in range(60)]

@@ -1,0 +1,124 @@
+"""The opening handshake: read the HTTP request (h11), accept a WebSocket upgrade (wsproto).
+
+`read_request` and `answer_and_close` do the I/O on a trio stream; `accept_upgrade` is
+sans-IO. Invariant: a request is read up to MAX_REQUEST_BYTES and never past its end, so the
+bytes a client sent after its upgrade request (early WebSocket frames) reach the connection.
+"""
+
+from __future__ import annotations
+
+import h11
+import trio
+from attrs import frozen
+from wsproto.connection import ConnectionType
+from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import Request as WsRequest
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+#: Largest opening HTTP request (request line + headers) accepted; more is answered 431.
+MAX_REQUEST_BYTES = 16 * 1024
+#: How long a plain-HTTP connection may take to read its response before it is cut.
+HTTP_LINGER = 1.0
+
+
+class HttpFailure(Exception):
+    """The opening request cannot be served; `status` is the HTTP answer, `message` its text
+    (None: the status's phrase). Caught by the server, never escapes it."""
+
+    def __init__(self, status: int, message: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@frozen
+class OpeningRequest:
+    method: str
+    target: str
+    headers: list[tuple[bytes, bytes]]
+    raw: bytes  # every byte received so far
+    parser: h11.Connection
+
+    @property
+    def is_upgrade(self) -> bool:
+        return any(
+            name == b"upgrade" and b"websocket" in value.lower() for name, value in self.headers
+        )
+
+    @property
+    def host(self) -> bytes | None:
+        return next((v for n, v in self.headers if n == b"host"), None)
+
+
+async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
+    """Read the opening HTTP request (bounded by MAX_REQUEST_BYTES); None when the peer closed
+    first. Raises HttpFailure for a request h11 rejects."""
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+    raw = bytearray()
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HttpFailure(exc.error_status_hint, "bad request") from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            raw += data
+            parser.receive_data(bytes(data))
+            continue
+        if isinstance(event, h11.Request):
+            return OpeningRequest(
+                method=event.method.decode("ascii", "replace"),
+                target=event.target.decode("ascii", "replace"),
+                headers=[(bytes(name), bytes(value)) for name, value in event.headers],
+                raw=bytes(raw),
+                parser=parser,
+            )
+        return None  # ConnectionClosed (or nothing more will come)
+
+
+def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
+    """The 101 response to a WebSocket upgrade request, and the bytes the client sent after
+    the request. Raises HttpFailure when the upgrade cannot be accepted."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    try:
+        handshake.receive_data(request.raw)
+        events = list(handshake.events())
+    except WsRemoteProtocolError as exc:
+        hint = exc.event_hint
+        status = hint.status_code if isinstance(hint, RejectConnection) else 400
+        raise HttpFailure(status, str(exc)) from None
+    if not events or not isinstance(events[0], WsRequest):
+        raise HttpFailure(400)
+    trailing = _trailing_after_request(request.parser)
+    if trailing is None:
+        raise HttpFailure(400, "an upgrade request has no body")
+    return handshake.send(AcceptConnection()), trailing
+
+
+def _trailing_after_request(parser: h11.Connection) -> bytes | None:
+    """The bytes the client sent after its upgrade request (early WebSocket frames), or None
+    when the request has a body or is incomplete."""
+    while True:
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError:
+            return None
+        if event is h11.PAUSED:
+            return bytes(parser.trailing_data[0])
+        if not isinstance(event, h11.EndOfMessage):
+            return None
+
+
+async def answer_and_close(stream: trio.abc.Stream, response: bytes) -> None:
+    """Write a whole HTTP response, then end the connection gracefully (bounded)."""
+    with trio.move_on_after(HTTP_LINGER):
+        try:
+            await stream.send_all(response)
+            if isinstance(stream, trio.SocketStream):
+                await stream.send_eof()
+                while await stream.receive_some(4096):
+                    pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)

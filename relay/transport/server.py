@@ -1,0 +1,501 @@
+"""The Trio shell's server: accept, opening handshake, flusher, ticker, expirer, drain.
+
+Shape of one server (every task lives in a visible nursery):
+
+    Server.serve ── root nursery
+      └─ host (shielded, so a cancelled serve can still drain) ── host nursery
+           ├─ accept loops (one per listener), starting one task per TCP connection here
+           ├─ poller: ONE task reading every ws:// connection (relay.transport.poller)
+           ├─ flusher: ONE task writing every other dirty outbox, one `send` per connection
+           │  per tick
+           ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
+           ├─ expirer: ends ws:// connections whose close deadline passed
+           ├─ per connection: its task (handshake, then RawConnection/TlsConnection.run);
+           │  wss:// adds a nursery for its writer task
+           └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
+
+Invariants:
+- After the 101 response a ws:// socket is a plain non-blocking stdlib socket owned by its
+  RawConnection (no trio wrapper on the data path); wss:// keeps trio.SSLStream (TLS needs
+  it). Who reads and who waits on a socket: see relay.transport.poller.
+- A connection is in `Server.dirty` at most once (WebSocket.dirty says so).
+- Frames pushed straight into `conn.outbox` (relay.fastpath.fanout) are written once the
+  pusher calls `conn.flush_soon()`; the heartbeat sweep also flushes any outbox left pending
+  (counted as relay_late_flushes_total, which should stay 0).
+- Closing is bounded (relay.transport.connection); the drain adds drain_timeout over all
+  connections.
+
+Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
+and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
++ heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
+dead). Checked by one sweep over all connections every min(interval, timeout)/4 (>= 50 ms),
+on trio's clock (WebSocket.heartbeat), so tests run it on trio's MockClock.
+
+Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
+1011 handler failure and heartbeat timeout, 1012 shutdown, 503 (HTTP) for upgrades while
+draining or over max_connections. `on_close` receives the code the connection ended with
+(relay.transport.websocket: the peer's, ours, or 1006).
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import math
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import trio
+from attrs import define, field, frozen
+
+from relay.config import RelayConfig
+from relay.fastpath import FrameParser, Outbox
+from relay.metrics import RelayMetrics, Stats
+from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
+from relay.transport import http
+from relay.transport.connection import RawConnection, TlsConnection, WsConnection
+from relay.transport.handshake import (
+    HttpFailure,
+    OpeningRequest,
+    accept_upgrade,
+    answer_and_close,
+    read_request,
+)
+from relay.transport.poller import Poller
+from relay.transport.websocket import WsState
+
+log = logging.getLogger("relay.transport")
+
+#: Size of the one receive buffer the ws:// reads of a server share (reads never interleave).
+RECV_SIZE = 256 * 1024
+#: Period of handler.tick(now).
+TICK_INTERVAL = 0.25
+#: Pause before accepting again after accept() failed for lack of descriptors or memory.
+ACCEPT_RETRY = 0.1
+#: accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+_CONNECTION_TASK = "relay.transport connection"
+_ids = itertools.count(1)
+_monotonic = time.monotonic
+_OPEN = WsState.OPEN
+_ENDED = WsState.ENDED
+
+
+def _nothing_now(conn: Connection, payloads: list[bytes]) -> int:
+    return 0
+
+
+@frozen
+class BoundAddress:
+    """Where a started relay listens; `url` is what a client connects to."""
+
+    host: str
+    port: int
+    scheme: str = "ws"
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "localhost"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+@define(eq=False)
+class Server:
+    """One listening relay: its connections, its flusher, its ticker, its drain."""
+
+    config: RelayConfig
+    handler: ConnectionHandler
+    metrics: RelayMetrics = field(factory=RelayMetrics)
+    address: BoundAddress | None = None
+    draining: bool = False
+    conns: dict[int, WsConnection] = field(factory=dict)
+    dirty: list[WsConnection] = field(factory=list)
+    recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
+    recv_view: memoryview = field(init=False)
+    poller: Poller = field(factory=Poller)
+    _ssl: ssl.SSLContext | None = None
+    _lot: trio.lowlevel.ParkingLot = field(factory=trio.lowlevel.ParkingLot)
+    _flusher_parked: bool = False
+    _all_closed: trio.Event = field(factory=trio.Event)
+    _host_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    _accept_scope: trio.CancelScope = field(factory=trio.CancelScope)
+    #: where the ws:// writer tasks run (set once serving)
+    host_nursery: trio.Nursery | None = None
+    # close deadlines of ws:// connections: a heap of (deadline, connection id, connection)
+    _expiries: list[tuple[float, int, RawConnection]] = field(factory=list)
+    _expiry_changed: trio.Event = field(factory=trio.Event)
+    # The handler's optional abilities (relay.ports), decided once.
+    on_messages_nowait: Callable[[Connection, list[bytes]], int] = field(init=False)
+    _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
+    #: metrics.stats, held here: the shell bumps it on every read and write
+    stats: Stats = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.recv_view = memoryview(self.recv_buffer)
+        self.stats = self.metrics.stats
+        handler = self.handler
+        self.on_messages_nowait = (
+            handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
+        )
+        self._maintain = handler.maintain if isinstance(handler, Maintained) else None
+        if self.config.certfile is not None and self.config.keyfile is not None:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
+            self._ssl = ctx
+
+    # --- serving --------------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve until cancelled, then drain: new WebSocket upgrades get 503, /healthz
+        503, every connection is closed with 1012, and up to drain_timeout is given to them
+        to finish before the rest are cut and this returns (by raising the cancellation)."""
+        config = self.config
+        listeners = await trio.open_tcp_listeners(config.port, host=config.host or None)
+        sockname = listeners[0].socket.getsockname()
+        self.address = BoundAddress(
+            host=config.host or sockname[0],
+            port=sockname[1],
+            scheme="wss" if self._ssl is not None else "ws",
+        )
+        async with trio.open_nursery() as root:
+            conn_nursery: trio.Nursery = await root.start(self._host)
+            # In the shielded host nursery: /healthz keeps answering (503) while draining.
+            await conn_nursery.start(self._accept, listeners, conn_nursery)
+            log.info("listening on %s", self.address.url)
+            task_status.started(self.address)
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._drain()
+                    self._accept_scope.cancel()
+                    self._host_scope.cancel()
+
+    async def _host(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        # Shielded: cancelling serve() must not cut the connections before they are drained.
+        self._host_scope.shield = True
+        try:
+            with self._host_scope:
+                async with trio.open_nursery() as nursery:
+                    self.host_nursery = nursery
+                    nursery.start_soon(self._flusher)
+                    nursery.start_soon(self.poller.run, self._flush)
+                    nursery.start_soon(self._ticker)
+                    nursery.start_soon(self._expirer)
+                    task_status.started(nursery)
+                    await trio.sleep_forever()
+        finally:
+            self.poller.close()  # every connection (all in this nursery) has ended
+
+    async def _accept(
+        self,
+        listeners: list[trio.SocketListener],
+        nursery: trio.Nursery,
+        *,
+        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Not trio.serve_listeners: its per-connection wrapper keeps the SocketStream alive for
+        # the connection's whole life; here the connection task holds the only reference.
+        with self._accept_scope:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, nursery)
+                task_status.started(listeners)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    log.error(
+                        "accept returned %s (%s); retrying in %s s",
+                        errno.errorcode[exc.errno],
+                        os.strerror(exc.errno),
+                        ACCEPT_RETRY,
+                        exc_info=True,
+                    )
+                    await trio.sleep(ACCEPT_RETRY)
+                    continue
+                # A constant name: trio would otherwise build one string per task.
+                nursery.start_soon(self._handle_tcp, stream, name=_CONNECTION_TASK)
+                del stream
+
+    async def _drain(self) -> None:
+        self.draining = True
+        self.stats.draining = 1
+        log.info("draining %d connection(s)", len(self.conns))
+        for conn in list(self.conns.values()):
+            conn.close(1012, "service restart")
+        with trio.move_on_after(self.config.drain_timeout):
+            while self.conns:
+                await self._all_closed.wait()
+        if self.conns:
+            log.warning("drain timeout: cutting %d connection(s)", len(self.conns))
+
+    # --- the flusher ----------------------------------------------------------------------------
+
+    def add_dirty(self, conn: WsConnection) -> None:
+        self.dirty.append(conn)
+        if self._flusher_parked and not self.poller.polling:
+            self._flusher_parked = False
+            self._lot.unpark()
+
+    async def _flusher(self) -> None:
+        """Write every dirty outbox once per scheduler tick: woken by the first send of a tick,
+        it runs after the tasks of that tick have queued their frames. (What the poller's
+        batches queue, the poller writes itself.)"""
+        while True:
+            if not self.dirty:
+                self._flusher_parked = True
+                await self._lot.park()
+                continue
+            self._flush()
+            await trio.lowlevel.checkpoint()
+
+    def _flush(self) -> None:
+        dirty = self.dirty
+        if not dirty:
+            return
+        self.dirty = []
+        for conn in dirty:
+            conn.dirty = False
+            if conn.writer_active or conn.ws_state is _ENDED:
+                continue
+            if conn.flush_now():
+                conn.start_writer()
+
+    def flushed(self, conn: WsConnection) -> None:
+        try:
+            self.handler.on_flushed(conn)
+        except Exception:
+            log.exception("handler.on_flushed failed on connection %d", conn.id)
+
+    # --- close deadlines (raw path) ------------------------------------------------------------
+
+    def expire_at(self, conn: RawConnection, deadline: float) -> None:
+        """End `conn` (RawConnection.expire) once trio.current_time() reaches `deadline`."""
+        heap = self._expiries
+        heapq.heappush(heap, (deadline, conn.id, conn))
+        if heap[0][2] is conn:
+            self._expiry_changed.set()
+
+    async def _expirer(self) -> None:
+        heap = self._expiries
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                heapq.heappop(heap)[2].expire()
+            changed = self._expiry_changed = trio.Event()
+            with trio.move_on_at(heap[0][0] if heap else math.inf):
+                await changed.wait()
+
+    # --- the ticker -----------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        config = self.config
+        sweep_every = max(0.05, min(config.heartbeat_interval, config.heartbeat_timeout) / 4)
+        next_tick = next_sweep = trio.current_time()
+        while True:
+            await trio.sleep_until(min(next_tick, next_sweep))
+            t = trio.current_time()
+            if t >= next_tick:
+                next_tick = t + TICK_INTERVAL
+                try:
+                    self.handler.tick(_monotonic())
+                except Exception:
+                    log.exception("handler.tick failed")
+                # store work the handler's sync callbacks queued (MessagingService.maintain),
+                # pausing so that the poller and flusher run between its slices
+                maintain = self._maintain
+                if maintain is not None:
+                    try:
+                        await maintain(trio.lowlevel.checkpoint)
+                    except Exception:
+                        log.exception("handler.maintain failed")
+            if t >= next_sweep:
+                next_sweep = t + sweep_every
+                self._sweep(t)
+
+    def _sweep(self, now: float) -> None:
+        """Heartbeat every connection; also flush outboxes filled without flush_soon()."""
+        interval = self.config.heartbeat_interval
+        timeout = self.config.heartbeat_timeout
+        stats = self.stats
+        for conn in list(self.conns.values()):
+            if conn.ws_state is not _OPEN:
+                continue
+            if conn.outbox.pending_bytes and not conn.dirty and not conn.writer_active:
+                stats.late_flushes += 1
+                conn.flush_soon()
+            if conn.heartbeat(now, interval, timeout):
+                stats.heartbeat_timeouts += 1
+                conn.close_now(1011, "heartbeat timeout")
+
+    def forget(self, conn: WsConnection) -> None:
+        if self.conns.pop(conn.id, None) is not None:
+            self.stats.connections_open -= 1
+        if not self.conns:
+            self._all_closed.set()
+
+    # --- one TCP connection ---------------------------------------------------------------------
+
+    async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+        # The handshake runs in its own frame, so that none of its state (h11 and wsproto
+        # objects, the request) stays referenced while the WebSocket lives; nor does `tcp`
+        # (ws:// detached its socket, wss://'s stream wraps it).
+        opened: tuple[WsConnection, bytes] | None = None
+        try:
+            opened = await self._handle(tcp)
+        except Exception:
+            log.exception("connection task failed")
+        finally:
+            if opened is None:
+                await trio.aclose_forcefully(tcp)
+        del tcp
+        if opened is not None:
+            conn, trailing = opened
+            del opened
+            try:
+                await conn.run(trailing)
+            except Exception:
+                log.exception("connection %d failed", conn.id)
+
+    async def _handle(self, tcp: trio.SocketStream) -> tuple[WsConnection, bytes] | None:
+        """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
+        returns its registered connection and the bytes that followed the request."""
+        stats = self.stats
+        try:
+            peer = tcp.socket.getpeername()
+            remote = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            await trio.aclose_forcefully(tcp)
+            return None
+        stream: trio.abc.Stream = tcp
+        request: OpeningRequest | None = None
+        failure: HttpFailure | None = None
+        with trio.move_on_after(self.config.handshake_timeout) as timeout:
+            try:
+                if self._ssl is not None:
+                    tls = trio.SSLStream(tcp, self._ssl, server_side=True, https_compatible=True)
+                    stream = tls
+                    await tls.do_handshake()
+                request = await read_request(stream)
+            except HttpFailure as exc:
+                failure = exc
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stats.handshake_failures += 1
+                await trio.aclose_forcefully(stream)
+                return None
+        if timeout.cancelled_caught:
+            log.debug("handshake timeout from %s", remote)
+            stats.handshake_failures += 1
+            await trio.aclose_forcefully(stream)
+            return None
+        if failure is not None:
+            await self._refuse(stream, failure)
+            return None
+        if request is None:  # closed before sending a request
+            await trio.aclose_forcefully(stream)
+            return None
+        if not request.is_upgrade:
+            status, response = http.respond(
+                request.method,
+                request.target,
+                draining=self.draining,
+                metrics=self.metrics,
+                web_chat=self.config.web_chat,
+                host=request.host,
+            )
+            self._count_http(status)
+            await answer_and_close(stream, response)
+            return None
+        return await self._upgrade(tcp, stream, request, remote)
+
+    def _count_http(self, status: int) -> None:
+        counts = self.stats.http_requests
+        counts[status] = counts.get(status, 0) + 1
+
+    async def _refuse(self, stream: trio.abc.Stream, failure: HttpFailure) -> None:
+        self.stats.handshake_failures += 1
+        self._count_http(failure.status)
+        await answer_and_close(stream, http.error(failure.status, failure.message))
+
+    async def _upgrade(
+        self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: OpeningRequest, remote: str
+    ) -> tuple[WsConnection, bytes] | None:
+        stats = self.stats
+        try:
+            if self.draining:
+                raise HttpFailure(503, "draining")
+            if len(self.conns) >= self.config.max_connections:
+                raise HttpFailure(503, "too many connections")
+            response, trailing = accept_upgrade(request)
+        except HttpFailure as exc:
+            await self._refuse(stream, exc)
+            return None
+        with trio.move_on_after(self.config.handshake_timeout) as timeout:
+            try:
+                await stream.send_all(response)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stats.handshake_failures += 1
+                await trio.aclose_forcefully(stream)
+                return None
+        if timeout.cancelled_caught:
+            stats.handshake_failures += 1
+            await trio.aclose_forcefully(stream)
+            return None
+        config = self.config
+        outbox = Outbox(config.outbox_max_bytes, config.outbox_max_frames)
+        parser = FrameParser(config.max_message_bytes)
+        conn: WsConnection
+        if self._ssl is None:
+            # From here on the socket is ours: no trio wrapper on the data path.
+            sock = socket.socket(fileno=tcp.socket.detach())
+            sock.setblocking(False)
+            conn = RawConnection(
+                outbox=outbox,
+                parser=parser,
+                stats=stats,
+                wake=self.add_dirty,
+                last_rx=trio.current_time(),
+                id=next(_ids),
+                remote=remote,
+                path=request.target,
+                server=self,
+                sock=sock,
+                fd=sock.fileno(),
+            )
+        else:
+            conn = TlsConnection(
+                outbox=outbox,
+                parser=parser,
+                stats=stats,
+                wake=self.add_dirty,
+                last_rx=trio.current_time(),
+                id=next(_ids),
+                remote=remote,
+                path=request.target,
+                server=self,
+                stream=stream,
+            )
+        self.conns[conn.id] = conn
+        if self._all_closed.is_set():
+            self._all_closed = trio.Event()
+        stats.connections_open += 1
+        stats.connections_total += 1
+        return conn, trailing

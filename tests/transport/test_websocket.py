@@ -1,0 +1,219 @@
+"""The sans-IO WebSocket on its own: plain bytes in, frames out, no socket and no trio.
+
+Users rely on: the close handshake (RFC 6455 7.1: our close frame last, the peer's code
+echoed, the code the connection ends with), one count for every frame dropped or refused,
+pings answered, heartbeat pings and timeouts at the right moments.
+"""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import pytest
+from support import mask_frame
+
+from relay.fastpath import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameParser,
+    Outbox,
+    encode_frame,
+)
+from relay.metrics import Stats
+from relay.transport.websocket import PING_FRAME, WebSocket, WsEvent, WsState
+
+
+def make_ws(max_bytes: int = 1 << 20, max_frames: int = 1000) -> tuple[WebSocket, list[object]]:
+    woken: list[object] = []
+    ws = WebSocket(
+        outbox=Outbox(max_bytes, max_frames),
+        parser=FrameParser(1 << 20),
+        stats=Stats(),
+        wake=woken.append,
+    )
+    return ws, woken
+
+
+def close_payload(code: int, reason: bytes = b"") -> bytes:
+    return struct.pack("!H", code) + reason
+
+
+def test_the_transition_table_covers_every_state_and_ends_in_ended() -> None:
+    from relay.transport.websocket import _TRANSITIONS
+
+    assert set(_TRANSITIONS) == set(WsState)
+    assert _TRANSITIONS[WsState.ENDED] == {}
+    for state in WsState:
+        if state is not WsState.ENDED:
+            assert _TRANSITIONS[state][WsEvent.END] is WsState.ENDED
+
+
+def test_we_close_first_then_the_peer_replies() -> None:
+    ws, woken = make_ws()
+    assert ws.send(encode_frame(OP_TEXT, b"before"))
+    assert ws.begin_close(4000, "bye")
+    assert ws.ws_state is WsState.LOCAL_CLOSING
+    assert ws.closing and not ws.peer_close_seen
+    assert ws.close_code == 4000
+    assert not ws.begin_close(4001, "again")  # idempotent: the first code stays
+    assert ws.close_code == 4000
+    assert not ws.send(encode_frame(OP_TEXT, b"after"))  # nothing after our close frame
+    data = ws.outbox.take()
+    assert data == encode_frame(OP_TEXT, b"before") + encode_frame(
+        OP_CLOSE, close_payload(4000, b"bye")
+    )
+    assert ws.close_remaining == len(data)
+    payloads, op, payload = ws.receive(mask_frame(OP_CLOSE, close_payload(4000)))
+    assert (payloads, op) == ([], OP_CLOSE)
+    assert ws.end_of_read(op, payload) == (True, False)  # stop reading; closing began before
+    assert ws.ws_state is WsState.CLOSED
+    assert ws.peer_close_seen
+    assert ws.close_code == 4000
+    assert woken == [ws]  # once: the outbox was not taken by a driver in between
+    ws.end()
+    assert ws.ws_state is WsState.ENDED
+
+
+@pytest.mark.parametrize(("payload", "echo"), [(close_payload(4002, b"x"), 4002), (b"", None)])
+def test_the_peer_closes_first_and_its_code_is_echoed(payload: bytes, echo: int | None) -> None:
+    ws, _ = make_ws()
+    payloads, op, stop_payload = ws.receive(
+        mask_frame(OP_TEXT, b"last") + mask_frame(OP_CLOSE, payload) + mask_frame(OP_TEXT, b"no")
+    )
+    assert payloads == [b"last"]  # nothing after the close frame
+    assert ws.end_of_read(op, stop_payload) == (True, True)  # our closing began: the echo
+    assert ws.ws_state is WsState.CLOSED
+    expected = encode_frame(OP_CLOSE, b"" if echo is None else close_payload(echo))
+    assert ws.outbox.take() == expected
+    assert ws.close_code == (1005 if echo is None else echo)
+
+
+def test_a_connection_that_ends_without_a_close_frame_ends_1006() -> None:
+    ws, _ = make_ws()
+    ws.end()
+    assert ws.ws_state is WsState.ENDED
+    assert ws.close_code == 1006
+    assert not ws.send(b"x")
+    assert not ws.begin_close(1000)
+
+
+def test_the_close_frame_goes_in_even_when_the_outbox_is_full_and_nothing_after_it_goes_out() -> (
+    None
+):
+    ws, _ = make_ws(max_bytes=10, max_frames=10)
+    frame = encode_frame(OP_TEXT, b"12345678")  # 10 bytes: the outbox is full
+    assert ws.send(frame)
+    assert not ws.send(encode_frame(OP_TEXT, b"x"))
+    assert ws.begin_close(1013, "outbox full")
+    assert ws.stats.slow_consumer_closes == 1
+    close = encode_frame(OP_CLOSE, close_payload(1013, b"outbox full"))
+    assert ws.close_remaining == len(frame) + len(close)
+    # Bytes pushed after the close frame (straight into the outbox) are never written.
+    ws.outbox.push(encode_frame(OP_TEXT, b"late"))
+    data = ws.outbox.take()
+    allowed = ws.clip_to_close(data)
+    assert allowed == frame + close
+    ws.wrote_while_closing(len(frame))
+    assert not ws.close_written
+    assert ws.clip_to_close(close) == close
+    ws.wrote_while_closing(len(close))
+    assert ws.close_written
+    assert ws.clip_to_close(b"more") == b""
+
+
+def test_every_dropped_or_refused_droppable_frame_is_counted() -> None:
+    ws, woken = make_ws(max_bytes=1000, max_frames=4)
+    assert ws.send(b"t1", True)
+    assert ws.send(b"t2", True)
+    assert ws.send(b"m1")
+    assert not ws.send(b"t3", True)  # over half full: refused, counted
+    assert ws.stats.messages_dropped == 1
+    assert ws.send(b"m2")
+    assert ws.send(b"m3")  # the oldest droppable frame gives way
+    assert ws.stats.messages_dropped == 2
+    assert ws.outbox.take() == b"t2m1m2m3"
+    assert woken == [ws]
+    ws.dirty = False  # the driver took the outbox
+    assert ws.send(b"m4")
+    assert woken == [ws, ws]
+
+
+def test_flush_soon_wakes_the_driver_once_and_never_after_the_end() -> None:
+    ws, woken = make_ws()
+    ws.outbox.push(b"pushed")
+    ws.flush_soon()
+    ws.flush_soon()
+    assert woken == [ws]
+    ws.dirty = False
+    ws.end()
+    ws.flush_soon()
+    assert woken == [ws]
+
+
+def test_pings_are_answered_and_pongs_ignored() -> None:
+    ws, _ = make_ws()
+    data = mask_frame(OP_PING, b"p") + mask_frame(OP_PONG, b"q") + mask_frame(OP_TEXT, b"t")
+    assert ws.receive(data) == ([b"t"], -1, b"")
+    assert ws.stats.frames_in == 3
+    assert ws.outbox.take() == encode_frame(OP_PONG, b"p")
+
+
+def test_a_binary_frame_is_closed_1003_while_reading_goes_on() -> None:
+    ws, _ = make_ws()
+    payloads, op, payload = ws.receive(mask_frame(OP_BINARY, b"\x00"))
+    assert (payloads, op) == ([], OP_BINARY)
+    assert ws.end_of_read(op, payload) == (False, True)
+    assert ws.close_code == 1003
+    # The peer's reply completes the handshake.
+    payloads, op, payload = ws.receive(mask_frame(OP_CLOSE, close_payload(1003)))
+    assert ws.end_of_read(op, payload) == (True, False)
+    assert ws.ws_state is WsState.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (mask_frame(OP_TEXT, b"\xff"), 1007),
+        (mask_frame(OP_TEXT, b"x", masked=False), 1002),
+        (mask_frame(OP_TEXT, b"x" * 100), 1009),
+    ],
+)
+def test_a_protocol_violation_closes_with_the_parsers_code(data: bytes, code: int) -> None:
+    ws, _ = make_ws()
+    ws.parser = FrameParser(50)
+    payloads, op, payload = ws.receive(data)
+    assert (payloads, op) == ([], -1)
+    assert ws.end_of_read(op, payload) == (True, True)
+    assert ws.close_code == code
+    assert ws.ws_state is WsState.LOCAL_CLOSING
+
+
+def test_a_plain_read_neither_stops_nor_closes() -> None:
+    ws, _ = make_ws()
+    assert ws.end_of_read(-1, b"") == (False, False)
+    assert ws.ws_state is WsState.OPEN
+
+
+def test_heartbeat_pings_a_silent_peer_then_gives_up_on_it() -> None:
+    ws, _ = make_ws()
+    ws.last_rx = 100.0
+    assert not ws.heartbeat(100.9, 1.0, 0.5)
+    assert ws.outbox.pending_frames == 0
+    assert not ws.heartbeat(101.0, 1.0, 0.5)  # silent for the interval: a ping
+    assert ws.outbox.take() == PING_FRAME
+    assert not ws.heartbeat(101.4, 1.0, 0.5)  # pinged less than an interval ago
+    assert ws.outbox.pending_frames == 0
+    assert ws.heartbeat(101.5, 1.0, 0.5)  # interval + timeout of silence: presumed dead
+    ws.last_rx = 101.6  # heard from: silent again from here
+    assert not ws.heartbeat(102.0, 1.0, 0.5)
+    assert ws.outbox.pending_frames == 0
+
+
+def test_the_websocket_is_sans_io() -> None:
+    code = "import sys, relay.transport.websocket; sys.exit('trio' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
