@@ -17,7 +17,7 @@ before the first connection is accepted and closed after the last one ended.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import trio
 from attrs import define, field
@@ -76,16 +76,8 @@ class Relay:
 
         auth = self.authenticator
         if self.store is not None:
-            service = MessagingService(
-                self.config, self.store, authenticator=auth, manage_store=False
-            )
-        else:
-            service = MessagingService(
-                self.config, store_from_config(self.config), authenticator=auth
-            )
-        # The service's callbacks take relay.session.Connection, whose flush_soon the shell's
-        # connections implement beyond the port (see relay.transport.websocket.WebSocket).
-        return cast(ConnectionHandler, service)
+            return MessagingService(self.config, self.store, authenticator=auth, manage_store=False)
+        return MessagingService(self.config, store_from_config(self.config), authenticator=auth)
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
