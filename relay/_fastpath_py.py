@@ -1,23 +1,25 @@
-"""The pure-Python twin of relay._fastpath: RFC 6455 server-side framing, Outbox, fanout, the
-message path's JSON frames, records, the in-memory store's append and the SQLite store's rows.
+"""The pure-Python twin of relay._fastpath: RFC 6455 server-side framing, Outbox, the
+message path's JSON frames, the `message` frame's checks, records, the in-memory store's append
+and the SQLite store's rows.
+
+A leaf: it imports nothing from relay. Its functions work on plain values; the classes they
+build (MessageFrame, StoredMessage, Appended) and the limits they check are parameters.
 
 Invariant: for every input this module and the compiled relay._fastpath give equal events,
-equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
-NewMessages equal MemoryAppender results and containers and equal sqlite_rows results and
-calls (tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
+equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, equal
+message_fault answers, and for NewMessages equal MemoryAppender results and containers and
+equal sqlite_rows results and calls (tests/test_fastpath_parity.py holds them to it). Import it
+through relay.fastpath.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Container, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import orjson
 from attrs import define, field
-
-if TYPE_CHECKING:
-    from relay.store.base import StoredMessage
 
 T = TypeVar("T")
 
@@ -370,23 +372,49 @@ class Outbox:
         self.pending_frames += 1
 
 
-def fanout(outboxes: list[Outbox], frame: bytes, droppable: bool) -> list[int]:
-    """Push the same bytes to every outbox; returns the indexes whose push failed."""
-    failed: list[int] = []
-    for i, outbox in enumerate(outboxes):
-        if not outbox.push(frame, droppable):
-            failed.append(i)
-    return failed
-
-
 # --- JSON frames of the message path --------------------------------------------------------------
 
 
-def encode_delivery(message: StoredMessage) -> bytes:
-    """The delivery frame of a stored message: a text frame of its contract shape with status
-    `delivered`, seq and serverTimestamp."""
-    from relay.protocol import message_dict  # here: relay.protocol imports this module
+def message_dict(message: Any, status: str = "delivered") -> dict[str, Any]:
+    """A stored message (a StoredMessage) in the contract's message shape (delivery, history,
+    conversations); absent optional fields are left out. Built field by field: it is on the
+    hot path."""
+    body: dict[str, Any] = {"type": "message", "id": message.id, "senderId": message.sender_id}
+    if message.sender_name is not None:
+        body["senderName"] = message.sender_name
+    if message.sender_avatar is not None:
+        body["senderAvatar"] = message.sender_avatar
+    if message.recipient_id is not None:
+        body["recipientId"] = message.recipient_id
+    if message.group_id is not None:
+        body["groupId"] = message.group_id
+    body["text"] = message.text
+    body["timestamp"] = message.client_timestamp or message.server_timestamp
+    body["status"] = status
+    body["seq"] = message.seq
+    body["serverTimestamp"] = message.server_timestamp
+    if message.meta is not None:
+        body["meta"] = message.meta
+    return body
 
+
+def encode_sent(
+    message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
+) -> bytes:
+    """The JSON of the `sent` receipt: to the sender once its message is durable."""
+    if group_id is None:
+        body: dict[str, Any] = {"type": "receipt", "id": message_id, "peerId": peer_id}
+    else:
+        body = {"type": "receipt", "id": message_id, "groupId": group_id}
+    body["status"] = "sent"
+    body["seq"] = seq
+    body["timestamp"] = timestamp
+    return orjson.dumps(body)
+
+
+def encode_delivery(message: Any) -> bytes:
+    """The delivery frame of a stored message (a StoredMessage): a text frame of its contract
+    shape with status `delivered`, seq and serverTimestamp."""
     return encode_frame(1, orjson.dumps(message_dict(message)))
 
 
@@ -394,64 +422,135 @@ def encode_sent_frame(
     message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
 ) -> bytes:
     """The `sent` receipt's text frame: to the sender once its message is durable."""
-    from relay.protocol import encode_sent
-
     return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))
 
 
-# --- the common `message` frame -------------------------------------------------------------------
-# Limits of the contract (the same numbers as relay.protocol's).
-_MESSAGE_ID_MAX = 64
-_IDENT_MAX = 128
-_SHORT_TEXT_MAX = 256
+# --- the `message` frame's checks -----------------------------------------------------------------
+
+#: what message_fault's answer means: MESSAGE_FAULTS[answer] names the first check the message
+#: fails, in the order they are made ("" at 0: it passes them all). "<field>:type" is a value of
+#: the wrong type, "<field>:length" a string out of its range; the ids (recipientId, groupId,
+#: senderId) are 1-ident_max characters, the short texts 0-short_text_max.
+MESSAGE_FAULTS = (
+    "",
+    "id",
+    "recipientId:type",
+    "recipientId:length",
+    "groupId:type",
+    "groupId:length",
+    "senderId:type",
+    "senderId:length",
+    "senderName:type",
+    "senderName:length",
+    "senderAvatar:type",
+    "senderAvatar:length",
+    "timestamp:type",
+    "timestamp:length",
+    "recipientId:one_of",
+    "text:type",
+    "text:empty",
+    "text:long",
+    "meta:type",
+    "meta:long",
+)
+_F_ID = 1
+_F_STRINGS = 2  # the first of the six optional strings' pairs of answers (type, length)
+_F_ONE_OF = 14
+_F_TEXT_TYPE = 15
+_F_TEXT_EMPTY = 16
+_F_TEXT_LONG = 17
+_F_META_TYPE = 18
+_F_META_LONG = 19
 
 
-def message_fields(obj: object, max_text_chars: int) -> tuple[Any, ...] | None:
-    """The MessageFrame fields (id, text, senderId, recipientId, groupId, senderName,
-    senderAvatar, timestamp, meta=None, ref) of a decoded `message` frame whose every field is
-    right and that has no `meta`; None for anything else (relay.protocol then explains it)."""
-    if obj.__class__ is not dict:
-        return None
-    assert isinstance(obj, dict)
+def message_fault(
+    obj: Mapping[str, Any], message_id: object, rules: tuple[int, int, int, int, int]
+) -> int:
+    """The checks of a `message` frame (or a published message), made once here: 0 when
+    `message_id` and the fields of `obj` pass them all, else the first failed one's number
+    (MESSAGE_FAULTS names it). `rules` is (message_id_max, ident_max, short_text_max,
+    max_text_chars, max_meta_bytes): the limits, chosen by relay.protocol. A `meta` over
+    max_meta_bytes is measured as orjson writes it (its JSONEncodeError when it cannot)."""
+    id_max, ident_max, short_max, max_text, max_meta = rules
+    if message_id.__class__ is not str or not 0 < len(message_id) <= id_max:
+        return _F_ID
     get = obj.get
-    ident = get("id")
-    if ident.__class__ is not str or not 1 <= len(ident) <= _MESSAGE_ID_MAX:
-        return None
-    ref = get("ref")
-    if ref.__class__ is not str:
-        ref = ident
-    if get("meta") is not None:
-        return None
-    text = get("text")
-    if text.__class__ is not str or not 0 < len(text) <= max_text_chars:
-        return None
     peer = get("recipientId")
     group = get("groupId")
-    if group is None:
-        if peer.__class__ is not str or not 0 < len(peer) <= _IDENT_MAX:
-            return None
-    elif peer is not None or group.__class__ is not str or not 0 < len(group) <= _IDENT_MAX:
-        return None
     sender = get("senderId")
-    if sender is not None and (sender.__class__ is not str or not 0 < len(sender) <= _IDENT_MAX):
-        return None
     name = get("senderName")
     avatar = get("senderAvatar")
     stamp = get("timestamp")
-    for short in (name, avatar, stamp):
-        if short is not None and (short.__class__ is not str or len(short) > _SHORT_TEXT_MAX):
-            return None
-    return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+    # the common case in one expression; the loop below finds the first bad field otherwise
+    if not (
+        (peer is None or (peer.__class__ is str and 0 < len(peer) <= ident_max))
+        and (group is None or (group.__class__ is str and 0 < len(group) <= ident_max))
+        and (sender is None or (sender.__class__ is str and 0 < len(sender) <= ident_max))
+        and (name is None or (name.__class__ is str and len(name) <= short_max))
+        and (avatar is None or (avatar.__class__ is str and len(avatar) <= short_max))
+        and (stamp is None or (stamp.__class__ is str and len(stamp) <= short_max))
+    ):
+        fault = _F_STRINGS
+        for value, low, high in (
+            (peer, 1, ident_max),
+            (group, 1, ident_max),
+            (sender, 1, ident_max),
+            (name, 0, short_max),
+            (avatar, 0, short_max),
+            (stamp, 0, short_max),
+        ):
+            if value is not None:
+                if value.__class__ is not str:
+                    return fault
+                if not low <= len(value) <= high:
+                    return fault + 1
+            fault += 2
+    if (peer is None) == (group is None):
+        return _F_ONE_OF
+    text = get("text")
+    if text.__class__ is not str:
+        return _F_TEXT_TYPE
+    if not text:
+        return _F_TEXT_EMPTY
+    if len(text) > max_text:
+        return _F_TEXT_LONG
+    meta = get("meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return _F_META_TYPE
+        if len(orjson.dumps(meta)) > max_meta:
+            return _F_META_LONG
+    return 0
 
 
-def decode_message(payload: bytes | str, max_text_chars: int, frame_cls: type[T]) -> T | Any:
-    """A client frame's bytes: a `frame_cls` (MessageFrame) of message_fields' fields when it
-    is a `message` frame message_fields accepts, else the decoded JSON value (orjson.loads; its
-    JSONDecodeError when not JSON). The compiled module reads the usual shape without a dict."""
+def decode_message(
+    payload: bytes | str, rules: tuple[int, int, int, int, int], frame_cls: type[T]
+) -> T | Any:
+    """A client frame's bytes: a `frame_cls` (MessageFrame: id, text, senderId, recipientId,
+    groupId, senderName, senderAvatar, timestamp, meta, ref, with ref the id when it is not a
+    string) when it is a `message` frame message_fault passes under `rules`, else the decoded
+    JSON value (orjson.loads; its JSONDecodeError when not JSON). The compiled module reads the
+    usual shape without a dict."""
     obj = orjson.loads(payload)
     if obj.__class__ is dict and obj.get("type") == "message":
-        fields = message_fields(obj, max_text_chars)
-        if fields is not None:
+        get = obj.get
+        ident = get("id")
+        if not message_fault(obj, ident, rules):
+            ref = get("ref")
+            if ref.__class__ is not str:
+                ref = ident
+            fields = (
+                ident,
+                get("text"),
+                get("senderId"),
+                get("recipientId"),
+                get("groupId"),
+                get("senderName"),
+                get("senderAvatar"),
+                get("timestamp"),
+                get("meta"),
+                ref,
+            )
             return record(frame_cls, fields)
     return obj
 
@@ -481,22 +580,25 @@ def record(cls: type[T], items: tuple[Any, ...]) -> T:
 
 class MemoryAppender:
     """MemoryStore.append_now, the store's part of every message: appends NewMessages to the
-    store's own containers (given here, shared, never copied) and returns their Appended.
+    containers it owns and returns their Appended. The store reads them through the read-only
+    views below and never writes them.
 
     - `by_sender[sender_id][id]` -> the stored row: the idempotency check (a known id is
       answered with the stored message, `duplicate=True`, and nothing changes);
     - `logs[conversation]` -> the rows in seq order (seq = position + 1), and beside it
-      `orders[conversation]` -> the value `counter` gave each (acceptance order);
+      `orders[conversation]` -> the acceptance order of each: a counter, shared with
+      take_order(), increasing across every conversation from 1;
     - a row is StoredMessage's fields in an exact tuple; the StoredMessage handed out is
       `stored_cls` made of it (its own copy of `meta` when there is one);
-    - the first message of a 1:1 conversation not in `direct` is passed to `note_direct`.
+    - the first message of a 1:1 conversation not in `direct` (the store's, only read here) is
+      passed to `note_direct`.
     The compiled class does the same in C (and keeps rows and logs out of the collector's sight)."""
 
     __slots__ = (
         "_appended_cls",
         "_by_sender",
-        "_counter",
         "_direct",
+        "_last_order",
         "_logs",
         "_note_direct",
         "_orders",
@@ -505,30 +607,45 @@ class MemoryAppender:
 
     def __init__(
         self,
-        by_sender: dict[str, dict[str, tuple[Any, ...]]],
-        logs: dict[str, list[tuple[Any, ...]]],
-        orders: dict[str, list[int]],
-        counter: Iterator[int],
         direct: Container[str],
         note_direct: Callable[[Any], None],
         stored_cls: type[tuple[Any, ...]],
         appended_cls: type[tuple[Any, ...]],
     ) -> None:
-        self._by_sender = by_sender
-        self._logs = logs
-        self._orders = orders
-        self._counter = counter
+        if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
+            raise TypeError("MemoryAppender needs tuple classes (NamedTuples)")
+        self._by_sender: dict[str, dict[str, tuple[Any, ...]]] = {}
+        self._logs: dict[str, list[tuple[Any, ...]]] = {}
+        self._orders: dict[str, list[int]] = {}
+        self._last_order = 0
         self._direct = direct
         self._note_direct = note_direct
         self._stored_cls = stored_cls
         self._appended_cls = appended_cls
+
+    @property
+    def by_sender(self) -> Mapping[str, Mapping[str, tuple[Any, ...]]]:
+        return self._by_sender
+
+    @property
+    def logs(self) -> Mapping[str, Sequence[tuple[Any, ...]]]:
+        return self._logs
+
+    @property
+    def orders(self) -> Mapping[str, Sequence[int]]:
+        return self._orders
+
+    def take_order(self) -> int:
+        """The acceptance counter's next value, given to no message: the messages appended
+        after this call have greater orders (a device registering is placed with it)."""
+        self._last_order += 1
+        return self._last_order
 
     def append(self, messages: Iterable[Any]) -> list[Any]:
         results: list[Any] = []
         by_sender = self._by_sender
         logs = self._logs
         orders = self._orders
-        counter = self._counter
         stored_cls = self._stored_cls
         appended_cls = self._appended_cls
         for message in messages:
@@ -553,7 +670,8 @@ class MemoryAppender:
                 row = tuple(stored)
             log.append(row)
             sent[message.id] = row
-            orders[conversation].append(next(counter))
+            self._last_order += 1
+            orders[conversation].append(self._last_order)
             if message.group_id is None and conversation not in self._direct:
                 self._note_direct(message)
             results.append(record(appended_cls, (stored, False)))
