@@ -1331,6 +1331,8 @@ cdef bint _scan_message(
         if key_end < 0:
             return False
         key = _key_of(p + i + 1, key_end - i - 1)
+        if key == _K_OTHER and not _utf8_valid(p + i + 1, key_end - i - 1):
+            return False  # orjson refuses it: the known keys and values are decoded later
         if key != _K_OTHER:
             if seen & (1u << key):
                 return False  # a duplicate: orjson's rule decides
@@ -1348,6 +1350,8 @@ cdef bint _scan_message(
             if key != _K_OTHER:
                 starts[key] = i + 1
                 lens[key] = value_end - i - 1
+            elif not _utf8_valid(p + i + 1, value_end - i - 1):
+                return False
             i = value_end + 1
         elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
             if key != _K_OTHER:
