@@ -1,13 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled hot path: RFC 6455 server-side framing, Outbox, fanout, the JSON frames of
-the message path (delivery and `sent`), the in-memory store's append and the SQLite store's
-rows.
+"""The compiled hot path: RFC 6455 server-side framing, Outbox, the JSON frames of the message
+path (delivery and `sent`), the `message` frame's checks and reader, the in-memory store's
+append and the SQLite store's rows.
 
-Invariant: for every input this module and relay._fastpath_py (the reference) give equal events,
-equal failed/close_code/close_reason, equal encoded bytes, equal Outbox states, and for
-NewMessages equal MemoryAppender results and containers and equal sqlite_rows results and
-calls (tests/test_fastpath_parity.py holds them to it). Import it through relay.fastpath.
+A leaf, with its twin: the only module of relay it imports is relay._fastpath_py (the reference),
+for the definitions they share and the rare inputs it leaves to the twin's dicts. The classes
+it builds and the limits it checks are parameters.
+
+Invariant: for every input this module and relay._fastpath_py give equal events, equal
+failed/close_code/close_reason, equal encoded bytes, equal Outbox states, equal message_fault
+answers, and for NewMessages equal MemoryAppender results and containers and equal sqlite_rows
+results and calls (tests/test_fastpath_parity.py holds them to it). Import it through
+relay.fastpath.
 """
+
+import orjson
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
@@ -554,24 +561,14 @@ cdef class Outbox:
         self.pending_frames += 1
 
 
-def fanout(outboxes, frame, bint droppable):
-    """Push the same bytes to every outbox; returns the indexes whose push failed."""
-    cdef list failed = []
-    cdef Py_ssize_t i = 0
-    cdef Outbox ob
-    for obj in outboxes:
-        ob = <Outbox?>obj
-        if not ob.push(frame, droppable):
-            failed.append(i)
-        i += 1
-    return failed
-
-
 # --- JSON frames of the message path -------------------------------------------------------------
 # The delivery and `sent` frames are written here directly: the JSON text, byte for byte what
 # orjson.dumps gives for the twin's dict (same keys, same order, same escapes), inside one
 # unfragmented text frame, in a single allocation. Any value of an unexpected type takes the
 # twin's way (a dict through orjson), so the two agree on every input.
+
+# one definition, the twin's: the dicts these frames are written from
+from relay._fastpath_py import encode_sent, message_dict
 
 cdef const char* _HEX = b"0123456789abcdef"
 
@@ -767,7 +764,7 @@ cdef inline bint _str_or_none(object value) noexcept:
 
 def encode_delivery(message):
     """The delivery frame of a stored message: a text frame of its contract shape with status
-    `delivered`, seq and serverTimestamp (the twin: protocol.message_dict through orjson)."""
+    `delivered`, seq and serverTimestamp (the twin: message_dict through orjson)."""
     cdef _Part parts[13]
     cdef int k = 0
     cdef char seq_buf[24]
@@ -822,7 +819,7 @@ def encode_delivery(message):
 
 
 def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
-    """The `sent` receipt's text frame (the twin: protocol.encode_sent's dict through orjson)."""
+    """The `sent` receipt's text frame (the twin: encode_sent's dict through orjson)."""
     cdef _Part parts[6]
     cdef int k = 0
     cdef char seq_buf[24]
@@ -849,74 +846,124 @@ def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
     return _text_frame_of(parts, k)
 
 
-def _orjson_dumps(value):
-    import orjson
-
+cdef inline bytes _orjson_dumps(value):
     return orjson.dumps(value)
 
 
 def _delivery_by_dict(message):
-    from relay._fastpath_py import encode_delivery as by_dict
-
-    return by_dict(message)
+    return encode_frame(1, orjson.dumps(message_dict(message)))
 
 
 def _sent_by_dict(message_id, peer_id, group_id, seq, timestamp):
-    from relay._fastpath_py import encode_sent_frame as by_dict
-
-    return by_dict(message_id, peer_id, group_id, seq, timestamp)
+    return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))
 
 
-# --- the common `message` frame --------------------------------------------------------------------
-# Limits of the contract (relay.protocol has the same numbers: tests/test_fastpath_parity.py
-# compares the two modules on random frames, and tests/test_protocol_* the parser's answers).
-cdef Py_ssize_t _MESSAGE_ID_MAX = 64
-cdef Py_ssize_t _IDENT_MAX = 128
-cdef Py_ssize_t _SHORT_TEXT_MAX = 256
+# --- the `message` frame's checks --------------------------------------------------------------------
+# The twin's message_fault, in C: the same checks in the same order, the same answers (the twin's
+# MESSAGE_FAULTS names them). decode_message makes them on the values it reads from the wire.
+
+from relay._fastpath_py import MESSAGE_FAULTS  # one definition, the twin's: the answers' meaning
+
+cdef enum:
+    _FAULT_OK = 0
+    _FAULT_ID = 1
+    _FAULT_STRINGS = 2  # then a (type, length) pair per optional string, in _fault's order
+    _FAULT_ONE_OF = 14
+    _FAULT_TEXT_TYPE = 15
+    _FAULT_TEXT_EMPTY = 16
+    _FAULT_TEXT_LONG = 17
+    _FAULT_META_TYPE = 18
+    _FAULT_META_LONG = 19
 
 
-cdef inline bint _ident_ok(object value) noexcept:
-    return type(value) is str and 0 < len(<str>value) <= _IDENT_MAX
+cdef struct _Rules:
+    Py_ssize_t id_max
+    Py_ssize_t ident_max
+    Py_ssize_t short_max
+    Py_ssize_t max_text
+    Py_ssize_t max_meta
 
 
-cdef inline bint _short_ok(object value) noexcept:
-    return value is None or (type(value) is str and len(<str>value) <= _SHORT_TEXT_MAX)
+# The rules tuple read last, and its values: relay.protocol passes one tuple per Limits (the same
+# object on every call), so it is read once, not per message.
+cdef object _rules_seen = None
+cdef _Rules _rules
 
 
-def message_fields(obj, Py_ssize_t max_text_chars):
-    """The MessageFrame fields (id, text, senderId, recipientId, groupId, senderName,
-    senderAvatar, timestamp, meta=None, ref) of a decoded `message` frame whose every field is
-    right and that has no `meta`; None for anything else (relay.protocol then explains it)."""
-    if type(obj) is not dict:
-        return None
-    cdef dict d = <dict>obj
-    ident = d.get("id")
-    if type(ident) is not str or not 1 <= len(<str>ident) <= _MESSAGE_ID_MAX:
-        return None
-    ref = d.get("ref")
-    if type(ref) is not str:
-        ref = ident
-    if d.get("meta") is not None:
-        return None
-    text = d.get("text")
-    if type(text) is not str or not 0 < len(<str>text) <= max_text_chars:
-        return None
-    peer = d.get("recipientId")
-    group = d.get("groupId")
-    if group is None:
-        if not _ident_ok(peer):
-            return None
-    elif peer is not None or not _ident_ok(group):
-        return None
-    sender = d.get("senderId")
-    if sender is not None and not _ident_ok(sender):
-        return None
-    name = d.get("senderName")
-    avatar = d.get("senderAvatar")
-    stamp = d.get("timestamp")
-    if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
-        return None
-    return (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+cdef inline _Rules* _rules_of(object rules) except NULL:
+    global _rules_seen
+    if rules is not _rules_seen:
+        if type(rules) is not tuple or PyTuple_GET_SIZE(rules) != 5:
+            raise TypeError(
+                "rules must be (message_id_max, ident_max, short_text_max, max_text_chars, "
+                f"max_meta_bytes), not {rules!r}"
+            )
+        _rules.id_max, _rules.ident_max, _rules.short_max, _rules.max_text, _rules.max_meta = rules
+        _rules_seen = rules
+    return &_rules
+
+
+cdef inline int _string_fault(object value, Py_ssize_t low, Py_ssize_t high) noexcept:
+    """0 when `value` is None or a str of low..high characters; 1: not a str; 2: its length."""
+    if value is None:
+        return 0
+    if type(value) is not str:
+        return 1
+    if not low <= len(<str>value) <= high:
+        return 2
+    return 0
+
+
+cdef int _fault(
+    object ident, object peer, object group, object sender, object name, object avatar,
+    object stamp, object text, object meta, _Rules* r,
+) except -1:
+    cdef int bad
+    if type(ident) is not str or not 0 < len(<str>ident) <= r.id_max:
+        return _FAULT_ID
+    bad = _string_fault(peer, 1, r.ident_max)
+    if bad:
+        return _FAULT_STRINGS - 1 + bad
+    bad = _string_fault(group, 1, r.ident_max)
+    if bad:
+        return _FAULT_STRINGS + 1 + bad
+    bad = _string_fault(sender, 1, r.ident_max)
+    if bad:
+        return _FAULT_STRINGS + 3 + bad
+    bad = _string_fault(name, 0, r.short_max)
+    if bad:
+        return _FAULT_STRINGS + 5 + bad
+    bad = _string_fault(avatar, 0, r.short_max)
+    if bad:
+        return _FAULT_STRINGS + 7 + bad
+    bad = _string_fault(stamp, 0, r.short_max)
+    if bad:
+        return _FAULT_STRINGS + 9 + bad
+    if (peer is None) == (group is None):
+        return _FAULT_ONE_OF
+    if type(text) is not str:
+        return _FAULT_TEXT_TYPE
+    if len(<str>text) == 0:
+        return _FAULT_TEXT_EMPTY
+    if len(<str>text) > r.max_text:
+        return _FAULT_TEXT_LONG
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return _FAULT_META_TYPE
+        if len(_orjson_dumps(meta)) > r.max_meta:
+            return _FAULT_META_LONG
+    return _FAULT_OK
+
+
+def message_fault(obj, message_id, rules):
+    """The twin's message_fault in C (`obj` a mapping of the frame's fields)."""
+    cdef _Rules* r = _rules_of(rules)
+    cdef dict d = obj if type(obj) is dict else dict(obj)
+    return _fault(
+        message_id, d.get("recipientId"), d.get("groupId"), d.get("senderId"),
+        d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), d.get("text"),
+        d.get("meta"), r,
+    )
 
 
 # --- the collector's view ----------------------------------------------------------------------------
@@ -1013,31 +1060,44 @@ cdef object _stored_fields(type cls, tuple m, object seq):
 
 cdef class MemoryAppender:
     """MemoryStore.append_now's per-message work, in C (relay._fastpath_py.MemoryAppender is
-    the reference: same containers, same results)."""
+    the reference: same containers, same views, same results)."""
 
     cdef dict _by_sender
     cdef dict _logs
     cdef dict _orders
-    cdef object _counter
+    cdef long long _last_order
     cdef object _direct
     cdef object _note_direct
     cdef type _stored_cls
     cdef type _appended_cls
 
-    def __init__(
-        self, dict by_sender, dict logs, dict orders, counter, direct, note_direct,
-        type stored_cls, type appended_cls,
-    ):
+    def __init__(self, direct, note_direct, type stored_cls, type appended_cls):
         if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
             raise TypeError("MemoryAppender needs tuple classes (NamedTuples)")
-        self._by_sender = by_sender
-        self._logs = logs
-        self._orders = orders
-        self._counter = counter
+        self._by_sender = {}
+        self._logs = {}
+        self._orders = {}
+        self._last_order = 0
         self._direct = direct
         self._note_direct = note_direct
         self._stored_cls = stored_cls
         self._appended_cls = appended_cls
+
+    @property
+    def by_sender(self):
+        return self._by_sender
+
+    @property
+    def logs(self):
+        return self._logs
+
+    @property
+    def orders(self):
+        return self._orders
+
+    def take_order(self):
+        self._last_order += 1
+        return self._last_order
 
     def append(self, messages):
         cdef list results = []
@@ -1081,7 +1141,8 @@ cdef class MemoryAppender:
                 row = tuple(stored)
             log.append(row)
             sent[ident] = row
-            self._orders[conversation].append(next(self._counter))
+            self._last_order += 1
+            (<list>self._orders[conversation]).append(self._last_order)
             if <object>PyTuple_GET_ITEM(m, _F_GROUP) is None and conversation not in self._direct:
                 self._note_direct(message)
             results.append(_record(self._appended_cls, (stored, False)))
@@ -1173,8 +1234,8 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
 # --- decoding the common `message` frame ----------------------------------------------------------
 # decode_message reads the usual shape of a `message` frame straight from its bytes: one JSON
 # object whose values are strings without escapes, or null. Anything else (an escape, a number,
-# a nested value, a duplicate key, bad UTF-8, a field message_fields would refuse) takes the
-# twin's way: orjson.loads, then message_fields. So both give the same result for every input.
+# a nested value, a duplicate key, bad UTF-8, a field _fault refuses) takes the twin's way:
+# orjson.loads, then the same checks on the dict. So both give the same result for every input.
 
 cdef enum:
     _K_TYPE = 0
@@ -1270,6 +1331,8 @@ cdef bint _scan_message(
         if key_end < 0:
             return False
         key = _key_of(p + i + 1, key_end - i - 1)
+        if key == _K_OTHER and not _utf8_valid(p + i + 1, key_end - i - 1):
+            return False  # orjson refuses it: the known keys and values are decoded later
         if key != _K_OTHER:
             if seen & (1u << key):
                 return False  # a duplicate: orjson's rule decides
@@ -1287,6 +1350,8 @@ cdef bint _scan_message(
             if key != _K_OTHER:
                 starts[key] = i + 1
                 lens[key] = value_end - i - 1
+            elif not _utf8_valid(p + i + 1, value_end - i - 1):
+                return False
             i = value_end + 1
         elif i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
             if key != _K_OTHER:
@@ -1339,26 +1404,27 @@ cdef object _span_str_recent(
     return value
 
 
-def decode_message(payload, Py_ssize_t max_text_chars, type frame_cls):
-    """A client frame's bytes: a `frame_cls` (MessageFrame) of message_fields' fields when it is
-    a `message` frame message_fields accepts, else the decoded JSON value (orjson.loads; its
+def decode_message(payload, rules, type frame_cls):
+    """The twin's decode_message: a `frame_cls` (MessageFrame) when the payload is a `message`
+    frame message_fault passes under `rules`, else the decoded JSON value (orjson.loads; its
     JSONDecodeError when not JSON)."""
     cdef Py_ssize_t starts[_K_COUNT]
     cdef Py_ssize_t lens[_K_COUNT]
     cdef const unsigned char* p
     cdef Py_ssize_t n, i
     cdef tuple fields
+    cdef _Rules* r = _rules_of(rules)
     if type(payload) is not bytes:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
+        return _decode_by_dict(payload, r, frame_cls)
     p = <const unsigned char*>PyBytes_AS_STRING(payload)
     n = PyBytes_GET_SIZE(payload)
     for i in range(_K_COUNT):
         starts[i] = -2
         lens[i] = 0
     if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
+        return _decode_by_dict(payload, r, frame_cls)
     if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
+        return _decode_by_dict(payload, r, frame_cls)
     try:
         ident = _span_str(p, starts[_K_ID], lens[_K_ID])
         ref = _span_str(p, starts[_K_REF], lens[_K_REF])
@@ -1370,34 +1436,36 @@ def decode_message(payload, Py_ssize_t max_text_chars, type frame_cls):
         avatar = _span_str_recent(p, starts[_K_AVATAR], lens[_K_AVATAR], _K_AVATAR)
         stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
-    # message_fields' checks, on the same values
-    if ident is None or not 1 <= len(<str>ident) <= _MESSAGE_ID_MAX:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
+        return _decode_by_dict(payload, r, frame_cls)
+    # meta is absent or null here: the scan left any other value to the dict
+    if _fault(ident, peer, group, sender, name, avatar, stamp, text, None, r):
+        return _decode_by_dict(payload, r, frame_cls)
     if ref is None:
         ref = ident
-    if text is None or not 0 < len(<str>text) <= max_text_chars:
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
-    if group is None:
-        if not _ident_ok(peer):
-            return _decode_by_dict(payload, max_text_chars, frame_cls)
-    elif peer is not None or not _ident_ok(group):
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
-    if sender is not None and not _ident_ok(sender):
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
-    if not (_short_ok(name) and _short_ok(avatar) and _short_ok(stamp)):
-        return _decode_by_dict(payload, max_text_chars, frame_cls)
     fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
     return record(frame_cls, fields)
 
 
-cdef object _twin_decode = None
-
-
-cdef object _decode_by_dict(payload, Py_ssize_t max_text_chars, type frame_cls):
-    global _twin_decode
-    if _twin_decode is None:
-        from relay._fastpath_py import decode_message as by_dict
-
-        _twin_decode = by_dict
-    return _twin_decode(payload, max_text_chars, frame_cls)
+cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
+    """decode_message by orjson's dict, as the twin does it."""
+    obj = orjson.loads(payload)
+    if type(obj) is not dict:
+        return obj
+    cdef dict d = <dict>obj
+    if d.get("type") != "message":
+        return obj
+    ident = d.get("id")
+    meta = d.get("meta")
+    if _fault(
+        ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
+        d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
+    ):
+        return obj
+    ref = d.get("ref")
+    if type(ref) is not str:
+        ref = ident
+    fields = (
+        ident, d.get("text"), d.get("senderId"), d.get("recipientId"), d.get("groupId"),
+        d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), meta, ref,
+    )
+    return record(frame_cls, fields)

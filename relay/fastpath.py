@@ -5,6 +5,9 @@ Selection (made once, at import):
 - otherwise relay._fastpath is used; when it cannot be imported the twin is used with a
   RuntimeWarning naming the reason, unless RELAY_REQUIRE_EXT=1 makes that an ImportError.
 IMPLEMENTATION says which one ("cython" or "python"). Both have the same API and results.
+
+Like the implementations, this module imports nothing else from relay: the fast path is a leaf
+the layers above import (relay.protocol chooses the limits its checks apply).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 __all__ = [
     "IMPLEMENTATION",
+    "MESSAGE_FAULTS",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -31,9 +35,10 @@ __all__ = [
     "encode_close",
     "encode_delivery",
     "encode_frame",
+    "encode_sent",
     "encode_sent_frame",
-    "fanout",
-    "message_fields",
+    "message_dict",
+    "message_fault",
     "parse_close",
     "record",
     "sqlite_rows",
@@ -65,6 +70,7 @@ def _choose() -> tuple[ModuleType, Literal["cython", "python"]]:
 if TYPE_CHECKING:
     # The twin is the reference; relay/_fastpath.pyi declares the same API for the compiled one.
     from relay._fastpath_py import (
+        MESSAGE_FAULTS,
         OP_BINARY,
         OP_CLOSE,
         OP_CONT,
@@ -79,9 +85,10 @@ if TYPE_CHECKING:
         encode_close,
         encode_delivery,
         encode_frame,
+        encode_sent,
         encode_sent_frame,
-        fanout,
-        message_fields,
+        message_dict,
+        message_fault,
         parse_close,
         record,
         sqlite_rows,

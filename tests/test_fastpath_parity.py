@@ -8,7 +8,6 @@ RELAY_PURE=1 is set, in which case the comparisons are skipped with that reason.
 from __future__ import annotations
 
 import gc
-import itertools
 import os
 import shutil
 import struct
@@ -274,10 +273,12 @@ def test_text_validation_is_strict_utf8(compiled: ModuleType, payload: bytes) ->
 
 
 def test_close_reasons_are_worded_alike(compiled: ModuleType) -> None:
-    names = [name for name in dir(pure) if name.startswith("R_")]
+    from relay._fastpath_py import framing  # the twin's framing, where its reasons are
+
+    names = [name for name in dir(framing) if name.startswith("R_")]
     assert len(names) == 13
     assert {name: getattr(compiled, name) for name in names} == {
-        name: getattr(pure, name) for name in names
+        name: getattr(framing, name) for name in names
     }
 
 
@@ -331,7 +332,7 @@ def test_parse_close_agrees(compiled: ModuleType, payload: bytes) -> None:
         assert pure.parse_close(pure.encode_close(code, reason)[2:]) == (code, reason)
 
 
-# --- parity: Outbox and fanout ---------------------------------------------------------------
+# --- parity: Outbox ---------------------------------------------------------------------
 
 operations = st.lists(
     st.one_of(
@@ -364,22 +365,6 @@ def test_outboxes_agree(
             slow.pending_frames,
         )
     assert fast.take() == slow.take()
-
-
-@SETTINGS
-@given(
-    limits=st.lists(st.tuples(st.integers(1, 100), st.integers(1, 4)), max_size=6),
-    frames=st.lists(st.tuples(st.integers(0, 40), st.booleans()), max_size=8),
-)
-def test_fanout_agrees(
-    compiled: ModuleType, limits: list[tuple[int, int]], frames: list[tuple[int, bool]]
-) -> None:
-    fast = [compiled.Outbox(b, f) for b, f in limits]
-    slow = [pure.Outbox(b, f) for b, f in limits]
-    for i, (size, droppable) in enumerate(frames):
-        frame = bytes([i]) * size
-        assert compiled.fanout(fast, frame, droppable) == pure.fanout(slow, frame, droppable)
-    assert [o.take() for o in fast] == [o.take() for o in slow]
 
 
 # --- JSON frames of the message path ----------------------------------------------------------
@@ -531,16 +516,35 @@ MESSAGE_FIELDS = (
     "timestamp",
     "meta",
 )
-message_objects = st.one_of(
-    st.lists(st.integers(), max_size=2),
-    st.fixed_dictionaries({}, optional=dict.fromkeys(MESSAGE_FIELDS, field_value)),
+message_dicts = st.fixed_dictionaries({}, optional=dict.fromkeys(MESSAGE_FIELDS, field_value))
+# limits around the values drawn (and the protocol's): (message_id_max, ident_max,
+# short_text_max, max_text_chars, max_meta_bytes)
+message_rules = st.tuples(
+    st.sampled_from([64, 0, 3, 65]),
+    st.sampled_from([128, 0, 3, 65, 129]),
+    st.sampled_from([256, 0, 3, 125, 257]),
+    st.integers(0, 300),
+    st.sampled_from([4096, 0, 2, 10, 30]),
 )
 
 
 @SETTINGS
-@given(obj=message_objects, max_text=st.integers(0, 300))
-def test_message_fields_agree(compiled: ModuleType, obj: object, max_text: int) -> None:
-    assert compiled.message_fields(obj, max_text) == pure.message_fields(obj, max_text)
+@given(obj=message_dicts, rules=message_rules, ident=st.none() | field_value)
+def test_message_faults_agree(
+    compiled: ModuleType, obj: dict[str, Any], rules: tuple[int, ...], ident: Any
+) -> None:
+    for message_id in (obj.get("id"), ident):
+        fast, slow = both_ways(lambda m, i=message_id: m.message_fault(obj, i, rules))
+        assert fast == slow
+        assert fast in range(len(pure.MESSAGE_FAULTS)) or fast is orjson.JSONEncodeError
+
+
+def test_message_fault_refuses_rules_that_are_not_five_limits(compiled: ModuleType) -> None:
+    obj = {"recipientId": "b", "text": "hi"}
+    for module in (compiled, pure):
+        assert module.message_fault(obj, "m1", (64, 128, 256, 10, 10)) == 0
+        with pytest.raises((TypeError, ValueError)):
+            module.message_fault(obj, "m1", (64, 128, 256, 10))
 
 
 # The contract's example message frame, and the MessageFrame fields it reads as
@@ -569,18 +573,16 @@ CONTRACT_FIELDS = (
 )
 
 
-def test_message_fields_accept_the_contract_example(compiled: ModuleType) -> None:
-    assert (
-        compiled.message_fields(CONTRACT_EXAMPLE, 4096)
-        == pure.message_fields(CONTRACT_EXAMPLE, 4096)
-        == CONTRACT_FIELDS
-    )
+def test_message_fault_passes_the_contract_example(compiled: ModuleType) -> None:
+    rules = protocol.Limits().rules
+    ident = CONTRACT_EXAMPLE["id"]
+    assert compiled.message_fault(CONTRACT_EXAMPLE, ident, rules) == 0
+    assert pure.message_fault(CONTRACT_EXAMPLE, ident, rules) == 0
 
 
-def test_message_field_limits_are_the_protocols() -> None:
-    assert pure._MESSAGE_ID_MAX == protocol.MESSAGE_ID_MAX
-    assert pure._IDENT_MAX == protocol.IDENT_MAX
-    assert pure._SHORT_TEXT_MAX == protocol.SHORT_TEXT_MAX
+def test_both_name_the_faults_alike(compiled: ModuleType) -> None:
+    assert compiled.MESSAGE_FAULTS == pure.MESSAGE_FAULTS
+    assert compiled.ROW_OPTIONAL == pure.ROW_OPTIONAL
 
 
 # --- records ---------------------------------------------------------------------------------------
@@ -646,24 +648,22 @@ def new_messages(draw: st.DrawFn) -> list[NewMessage]:
     return out
 
 
-def _appender(module: ModuleType, start: int = 1) -> tuple[Any, dict[str, Any], list[NewMessage]]:
-    state: dict[str, Any] = {"by_sender": {}, "logs": {}, "orders": {}, "direct": {}}
+def _appender(module: ModuleType) -> tuple[Any, dict[str, Any], list[NewMessage]]:
+    """A MemoryAppender over a `direct` set of its own, and what it noted and owns."""
+    direct: dict[str, bool] = {}
     noted: list[NewMessage] = []
 
     def note_direct(message: NewMessage) -> None:
         noted.append(message)
-        state["direct"][message.conversation] = True
+        direct[message.conversation] = True
 
-    appender = module.MemoryAppender(
-        state["by_sender"],
-        state["logs"],
-        state["orders"],
-        itertools.count(start),
-        state["direct"],
-        note_direct,
-        StoredMessage,
-        Appended,
-    )
+    appender = module.MemoryAppender(direct, note_direct, StoredMessage, Appended)
+    state = {
+        "by_sender": appender.by_sender,
+        "logs": appender.logs,
+        "orders": appender.orders,
+        "direct": direct,
+    }
     return appender, state, noted
 
 
@@ -673,6 +673,7 @@ def test_memory_appenders_agree(compiled: ModuleType, batches: list[list[NewMess
     fast, fast_state, fast_noted = _appender(compiled)
     slow, slow_state, slow_noted = _appender(pure)
     for batch in batches:
+        assert fast.take_order() == slow.take_order()  # a device registering between batches
         got, want = fast.append(batch), slow.append(batch)
         assert [type(a) for a in got] == [type(a) for a in want] == [Appended] * len(batch)
         assert [type(a.message) for a in got] == [StoredMessage] * len(batch)
@@ -684,6 +685,8 @@ def test_memory_appenders_agree(compiled: ModuleType, batches: list[list[NewMess
             assert [row[1] for row in rows] == list(range(1, len(rows) + 1))
             assert all(type(row) is tuple for row in rows)
             assert len(state["orders"][conversation]) == len(rows)
+        orders = sorted(o for per in state["orders"].values() for o in per)
+        assert len(set(orders)) == len(orders)  # one acceptance order per message
 
 
 def test_memory_appender_keeps_every_seq_past_the_small_ints(compiled: ModuleType) -> None:
@@ -702,6 +705,18 @@ def test_memory_appender_keeps_every_seq_past_the_small_ints(compiled: ModuleTyp
         assert [row[1] for row in rows] == list(range(1, 1201))
         assert state["orders"]["d:ann:bob"] == list(range(1, 1201))
         assert state["by_sender"]["ann"]["m1000"] is rows[999]
+        assert appender.take_order() == 1201
+
+
+def test_memory_appender_owns_its_containers(compiled: ModuleType) -> None:
+    for module in (compiled, pure):
+        first, _, _ = _appender(module)
+        second, _, _ = _appender(module)
+        first.append([NewMessage("d:ann:bob", "m1", "ann", "hi", "t", "bob")])
+        assert list(first.logs) == ["d:ann:bob"] and dict(second.logs) == {}
+        assert first.take_order() == 2 and second.take_order() == 1
+        with pytest.raises(TypeError):
+            module.MemoryAppender({}, print, dict, Appended)
 
 
 def test_memory_appender_refuses_what_is_not_a_new_message(compiled: ModuleType) -> None:
@@ -829,7 +844,7 @@ SHOW = "import relay.fastpath as f; print(f.IMPLEMENTATION, f.__file__)"
 @pytest.fixture
 def unbuilt_tree(tmp_path: Path) -> Path:
     """A copy of the relay package as a machine that could not compile it has it."""
-    source = Path(relay._fastpath_py.__file__).parent
+    source = Path(relay.__file__).parent
     shutil.copytree(
         source, tmp_path / "relay", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__")
     )
@@ -862,7 +877,7 @@ def test_relay_pure_needs_no_extension_and_warns_nothing(unbuilt_tree: Path) -> 
 
 
 def test_relay_pure_wins_over_a_built_extension(compiled: ModuleType) -> None:
-    tree = Path(relay._fastpath_py.__file__).parent.parent
+    tree = Path(relay.__file__).parent.parent
     done = run_python(SHOW, tree, RELAY_PURE="1")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "python"
@@ -925,11 +940,13 @@ def message_payloads(draw: st.DrawFn) -> bytes:
     return data
 
 
-def decoded(module: ModuleType, payload: Any, max_text: int) -> Any:
-    """What decode_message gives, with its class (a MessageFrame and a tuple are not equal
-    answers), or the type of what it raised."""
+def decoded(module: ModuleType, payload: Any, max_text: int | tuple[int, ...]) -> Any:
+    """What decode_message gives under the protocol's limits with `max_text` (or under the
+    rules `max_text`), with its class (a MessageFrame and a tuple are not equal answers), or
+    the type of what it raised."""
+    rules = max_text if isinstance(max_text, tuple) else (64, 128, 256, max_text, 4096)
     try:
-        result = module.decode_message(payload, max_text, protocol.MessageFrame)
+        result = module.decode_message(payload, rules, protocol.MessageFrame)
     except Exception as exc:
         return type(exc)
     return (type(result), result)
@@ -939,6 +956,14 @@ def decoded(module: ModuleType, payload: Any, max_text: int) -> Any:
 @given(payload=message_payloads(), max_text=st.sampled_from([4096, 5, 1, 0]))
 def test_decode_message_agrees(compiled: ModuleType, payload: bytes, max_text: int) -> None:
     assert decoded(compiled, payload, max_text) == decoded(pure, payload, max_text)
+
+
+@SETTINGS
+@given(payload=message_payloads(), rules=message_rules)
+def test_decode_message_agrees_under_any_rules(
+    compiled: ModuleType, payload: bytes, rules: tuple[int, ...]
+) -> None:
+    assert decoded(compiled, payload, rules) == decoded(pure, payload, rules)
 
 
 @SETTINGS
@@ -958,7 +983,11 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         b'{"type":"message","id":"m1","recipientId":"bob","text":"caf\xc3\xa9 \xf0\x9f\x98\x80"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"bad \xed\xa0\x80"}',  # surrogate
         b'{"type":"message","id":"m1","recipientId":"bob","text":"\x01"}',  # control character
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","\x80x":null}',  # bad key
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","x":"\xed\xa0\x80"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":"a"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","n":1}',
         b'{"type":"message","id":"","recipientId":"bob","text":"hi"}',
         b'{"type":"message","id":"m1","recipientId":"bob","groupId":"g","text":"hi"}',
@@ -1002,8 +1031,9 @@ def test_repeated_fields_are_never_taken_for_their_neighbours(compiled: ModuleTy
                 "text": "hi",
             }
         )
-        frame = compiled.decode_message(payload, 4096, protocol.MessageFrame)
-        assert frame == pure.decode_message(payload, 4096, protocol.MessageFrame)
+        rules = protocol.Limits().rules
+        frame = compiled.decode_message(payload, rules, protocol.MessageFrame)
+        assert frame == pure.decode_message(payload, rules, protocol.MessageFrame)
         assert (frame.recipient_id, frame.sender_id, frame.sender_name, frame.sender_avatar) == (
             name,
             name[::-1],
@@ -1014,9 +1044,18 @@ def test_repeated_fields_are_never_taken_for_their_neighbours(compiled: ModuleTy
 
 
 def test_decode_message_reads_the_contract_example(compiled: ModuleType) -> None:
-    frame = compiled.decode_message(orjson.dumps(CONTRACT_EXAMPLE), 4096, protocol.MessageFrame)
+    payload = orjson.dumps(CONTRACT_EXAMPLE)
+    frame = compiled.decode_message(payload, protocol.Limits().rules, protocol.MessageFrame)
     assert type(frame) is protocol.MessageFrame
     assert frame == protocol.MessageFrame(*CONTRACT_FIELDS)
+
+
+def test_decode_message_reads_a_message_with_meta(compiled: ModuleType) -> None:
+    payload = orjson.dumps({**CONTRACT_EXAMPLE, "meta": {"k": [1]}})
+    for module in (compiled, pure):
+        frame = module.decode_message(payload, protocol.Limits().rules, protocol.MessageFrame)
+        assert type(frame) is protocol.MessageFrame
+        assert frame == protocol.MessageFrame(*CONTRACT_FIELDS[:8], {"k": [1]}, CONTRACT_FIELDS[9])
 
 
 # --- the collector's view -------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The per-connection Outbox and fanout of relay.fastpath (whichever twin is selected)."""
+"""The per-connection Outbox of relay.fastpath (whichever twin is selected)."""
 
 from __future__ import annotations
 
-from relay.fastpath import Outbox, fanout
+from relay.fastpath import Outbox
 
 
 def frame(tag: str, size: int = 10) -> bytes:
@@ -157,32 +157,28 @@ def test_unsent_tail_is_never_dropped() -> None:
     assert state(outbox) == (70, 1)
 
 
-def test_fanout_pushes_the_same_bytes_everywhere() -> None:
+def test_the_same_bytes_pushed_to_many_outboxes_are_shared_not_copied() -> None:
     outboxes = [Outbox(1000, 10) for _ in range(4)]
     message = b"\x81\x05hello"
-    assert fanout(outboxes, message, False) == []
-    assert [o.take() for o in outboxes] == [message] * 4
+    assert all(o.push(message) for o in outboxes)
+    assert all(o.take() is message for o in outboxes)
 
 
-def test_fanout_returns_the_indexes_that_failed() -> None:
+def test_a_push_refused_by_one_outbox_leaves_the_others_alone() -> None:
     roomy, full, roomy2, tiny = Outbox(1000, 10), Outbox(1000, 1), Outbox(1000, 10), Outbox(5, 10)
     assert full.push(b"x")
-    failed = fanout([roomy, full, roomy2, tiny], b"message", False)
-    assert failed == [1, 3]
+    pushed = [o.push(b"message") for o in (roomy, full, roomy2, tiny)]
+    assert pushed == [True, False, True, False]
     assert roomy.take() == b"message" and roomy2.take() == b"message"
     assert full.take() == b"x" and tiny.take() == b""
 
 
-def test_fanout_of_droppable_frames_respects_the_half_full_rule() -> None:
+def test_a_droppable_frame_is_refused_only_by_the_outbox_over_half_full() -> None:
     busy, idle = Outbox(100, 100), Outbox(100, 100)
     assert busy.push(frame("m", 60))
-    assert fanout([busy, idle], b"typing", True) == [0]
+    assert [o.push(b"typing", True) for o in (busy, idle)] == [False, True]
     assert busy.take() == frame("m", 60)
     assert idle.take() == b"typing"
-
-
-def test_fanout_to_nobody() -> None:
-    assert fanout([], b"x", False) == []
 
 
 def test_frames_queued_before_the_first_droppable_one_are_never_dropped() -> None:

@@ -1,4 +1,5 @@
-"""protocol.py: every client frame type parsed, every error path of the contract, server encoders."""
+"""relay.protocol: every client frame type parsed, every error path of the contract, server
+encoders (with the fast path's frames of a message)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import orjson
 import pytest
 
 from relay.errors import FrameError
+from relay.fastpath import OP_TEXT, encode_delivery, encode_frame, encode_sent_frame
 from relay.protocol import (
     CLIENT_FRAME_TYPES,
     AuthFrame,
@@ -27,9 +29,8 @@ from relay.protocol import (
     StatusFrame,
     TypingFrame,
     encode_error,
-    encode_message,
     encode_presence,
-    encode_receipt_sent,
+    message_dict,
     parse_client_frame,
 )
 from relay.store.base import StoredMessage
@@ -259,8 +260,18 @@ STORED = StoredMessage(
 )
 
 
+def text_payload(frame: bytes) -> bytes:
+    """The payload of one unmasked server text frame under 64 KiB."""
+    assert frame[0] == 0x80 | OP_TEXT and frame[1] <= 126
+    payload = frame[4:] if frame[1] == 126 else frame[2:]
+    assert len(payload) == (int.from_bytes(frame[2:4], "big") if frame[1] == 126 else frame[1])
+    return payload
+
+
 def test_message_encoding_is_the_original_shape_plus_seq() -> None:
-    body = orjson.loads(encode_message(STORED))
+    delivery = encode_delivery(STORED)
+    assert delivery == encode_frame(OP_TEXT, orjson.dumps(message_dict(STORED)))
+    body = orjson.loads(text_payload(delivery))
     assert body == {
         "type": "message", "id": "1707116400000", "senderId": "a", "senderName": "John Doe",
         "recipientId": "b", "text": "Hello there!", "timestamp": "2026-02-05T10:30:15Z",
@@ -269,7 +280,10 @@ def test_message_encoding_is_the_original_shape_plus_seq() -> None:
 
 
 def test_server_frame_encoders() -> None:
-    sent = orjson.loads(encode_receipt_sent(STORED, "2026-02-05T10:30:15.005Z"))
+    sent_frame = encode_sent_frame(
+        STORED.id, STORED.recipient_id, STORED.group_id, STORED.seq, "2026-02-05T10:30:15.005Z"
+    )
+    sent = orjson.loads(text_payload(sent_frame))
     assert sent == {
         "type": "receipt", "id": "1707116400000", "peerId": "b", "status": "sent", "seq": 17,
         "timestamp": "2026-02-05T10:30:15.005Z",

@@ -5,19 +5,23 @@ waits on it. It is the reference behaviour the shared suite (tests/store_suite.p
 the store of `relay serve --memory` and of tests. It keeps every message (retention settings
 apply to the SQLite store only).
 
+The messages are appended by a fastpath.MemoryAppender (append_now's work, compiled), which
+owns the containers it writes; `_messages` and `_order` are its read-only views (`logs`,
+`orders`), and the store writes neither.
+
 Invariants:
 - `_messages[c][i].seq == i + 1` for every conversation `c` (seq from 1, no gap, no reuse).
-- `_by_sender[sender_id][id]` is the stored message for every stored message.
+- the appender's `by_sender[sender_id][id]` is the stored message for every stored message.
 - `_order[c][seq - 1]` is a process-wide counter increasing with acceptance: it orders the
   undelivered backlog across conversations (a list beside `_messages[c]`, same length).
-  `_devices[(u, d)]` took a value of the same counter when the device registered: the messages
-  accepted after it are those with a greater order.
+  `_devices[(u, d)]` took a value of the same counter (the appender's take_order) when the
+  device registered: the messages accepted after it are those with a greater order.
 - Watermarks and device cursors never exceed the conversation's last seq and never decrease.
 - Stored messages are kept as exact tuples in StoredMessage's field order (rows), handed out as
   StoredMessage: the garbage collector does not track an exact tuple of strings, ints and None
   (a NamedTuple instance stays tracked, and every full collection would walk all of them).
 - The per-conversation lists and the rows are out of the collector's sight from the start
-  (compiled build: fastpath.MemoryAppender does append_now's work on these containers): they
+  (compiled build: the appender makes them so): they
   hold only JSON-shaped values, so no cycle runs through them, and a store of millions of
   messages adds nothing to a full collection (a tracked list is walked whole by every one; so
   is a dict while it holds a tracked row).
@@ -28,8 +32,7 @@ Invariants:
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
-from itertools import count
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from attrs import define, field
@@ -65,10 +68,6 @@ def _message(row: _Row) -> StoredMessage:
 class MemoryStore:
     """In-memory Store. `open`/`close` have nothing to do; data lives as long as the object."""
 
-    _messages: dict[str, list[_Row]] = field(factory=dict, init=False)
-    _by_sender: dict[str, dict[str, _Row]] = field(factory=dict, init=False)
-    _order: dict[str, list[int]] = field(factory=dict, init=False)
-    _counter: count[int] = field(factory=lambda: count(1), init=False)
     # 1:1 conversation -> its two participants (one, for a note to self)
     _direct: dict[str, frozenset[str]] = field(factory=dict, init=False)
     # user -> the 1:1 conversations they take part in
@@ -84,20 +83,17 @@ class MemoryStore:
     _last_seen: dict[str, str] = field(factory=dict, init=False)
     # (user, device) -> the acceptance counter's value when the device registered
     _devices: dict[tuple[str, str], int] = field(factory=dict, init=False)
-    # append_now's work on _by_sender, _messages, _order, _counter and _direct (the same objects)
+    # append_now's work: it owns the message containers; it reads _direct and calls _note_direct
     _appender: MemoryAppender = field(init=False)
+    # conversation -> its rows in seq order: the appender's logs, read-only here
+    _messages: Mapping[str, Sequence[_Row]] = field(init=False)
+    # conversation -> the acceptance order of each of its rows: the appender's orders
+    _order: Mapping[str, Sequence[int]] = field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._appender = MemoryAppender(
-            self._by_sender,
-            self._messages,
-            self._order,
-            self._counter,
-            self._direct,
-            self._note_direct,
-            StoredMessage,
-            Appended,
-        )
+        self._appender = MemoryAppender(self._direct, self._note_direct, StoredMessage, Appended)
+        self._messages = self._appender.logs
+        self._order = self._appender.orders
 
     async def open(self) -> None:
         pass
@@ -168,7 +164,7 @@ class MemoryStore:
     async def register_device(self, user_id: str, device_id: str) -> None:
         key = (user_id, device_id)
         if key not in self._devices:
-            self._devices[key] = next(self._counter)  # later messages count above it
+            self._devices[key] = self._appender.take_order()  # later messages count above it
 
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
@@ -384,7 +380,7 @@ class MemoryStore:
         return {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
 
 
-def _newest_of(log: list[_Row], sender_id: str, after: int, upto: int) -> MessageRef | None:
+def _newest_of(log: Sequence[_Row], sender_id: str, after: int, upto: int) -> MessageRef | None:
     """The newest message of `sender_id` with after < seq <= upto in a conversation's log."""
     for i in range(min(upto, len(log)) - 1, max(after, 0) - 1, -1):
         row = log[i]

@@ -1,0 +1,197 @@
+"""The message path's JSON: the delivery and `sent` frames, and the checks and reader of the
+`message` frame."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import orjson
+
+from relay._fastpath_py.framing import encode_frame
+from relay._fastpath_py.records import record
+
+T = TypeVar("T")
+
+
+# --- JSON frames of the message path --------------------------------------------------------------
+
+
+def message_dict(message: Any, status: str = "delivered") -> dict[str, Any]:
+    """A stored message (a StoredMessage) in the contract's message shape (delivery, history,
+    conversations); absent optional fields are left out. Built field by field: it is on the
+    hot path."""
+    body: dict[str, Any] = {"type": "message", "id": message.id, "senderId": message.sender_id}
+    if message.sender_name is not None:
+        body["senderName"] = message.sender_name
+    if message.sender_avatar is not None:
+        body["senderAvatar"] = message.sender_avatar
+    if message.recipient_id is not None:
+        body["recipientId"] = message.recipient_id
+    if message.group_id is not None:
+        body["groupId"] = message.group_id
+    body["text"] = message.text
+    body["timestamp"] = message.client_timestamp or message.server_timestamp
+    body["status"] = status
+    body["seq"] = message.seq
+    body["serverTimestamp"] = message.server_timestamp
+    if message.meta is not None:
+        body["meta"] = message.meta
+    return body
+
+
+def encode_sent(
+    message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
+) -> bytes:
+    """The JSON of the `sent` receipt: to the sender once its message is durable."""
+    if group_id is None:
+        body: dict[str, Any] = {"type": "receipt", "id": message_id, "peerId": peer_id}
+    else:
+        body = {"type": "receipt", "id": message_id, "groupId": group_id}
+    body["status"] = "sent"
+    body["seq"] = seq
+    body["timestamp"] = timestamp
+    return orjson.dumps(body)
+
+
+def encode_delivery(message: Any) -> bytes:
+    """The delivery frame of a stored message (a StoredMessage): a text frame of its contract
+    shape with status `delivered`, seq and serverTimestamp."""
+    return encode_frame(1, orjson.dumps(message_dict(message)))
+
+
+def encode_sent_frame(
+    message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
+) -> bytes:
+    """The `sent` receipt's text frame: to the sender once its message is durable."""
+    return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))
+
+
+# --- the `message` frame's checks -----------------------------------------------------------------
+
+#: what message_fault's answer means: MESSAGE_FAULTS[answer] names the first check the message
+#: fails, in the order they are made ("" at 0: it passes them all). "<field>:type" is a value of
+#: the wrong type, "<field>:length" a string out of its range; the ids (recipientId, groupId,
+#: senderId) are 1-ident_max characters, the short texts 0-short_text_max.
+MESSAGE_FAULTS = (
+    "",
+    "id",
+    "recipientId:type",
+    "recipientId:length",
+    "groupId:type",
+    "groupId:length",
+    "senderId:type",
+    "senderId:length",
+    "senderName:type",
+    "senderName:length",
+    "senderAvatar:type",
+    "senderAvatar:length",
+    "timestamp:type",
+    "timestamp:length",
+    "recipientId:one_of",
+    "text:type",
+    "text:empty",
+    "text:long",
+    "meta:type",
+    "meta:long",
+)
+_F_ID = 1
+_F_STRINGS = 2  # the first of the six optional strings' pairs of answers (type, length)
+_F_ONE_OF = 14
+_F_TEXT_TYPE = 15
+_F_TEXT_EMPTY = 16
+_F_TEXT_LONG = 17
+_F_META_TYPE = 18
+_F_META_LONG = 19
+
+
+def message_fault(
+    obj: Mapping[str, Any], message_id: object, rules: tuple[int, int, int, int, int]
+) -> int:
+    """The checks of a `message` frame (or a published message), made once here: 0 when
+    `message_id` and the fields of `obj` pass them all, else the first failed one's number
+    (MESSAGE_FAULTS names it). `rules` is (message_id_max, ident_max, short_text_max,
+    max_text_chars, max_meta_bytes): the limits, chosen by relay.protocol. A `meta` over
+    max_meta_bytes is measured as orjson writes it (its JSONEncodeError when it cannot)."""
+    id_max, ident_max, short_max, max_text, max_meta = rules
+    if message_id.__class__ is not str or not 0 < len(message_id) <= id_max:
+        return _F_ID
+    get = obj.get
+    peer = get("recipientId")
+    group = get("groupId")
+    sender = get("senderId")
+    name = get("senderName")
+    avatar = get("senderAvatar")
+    stamp = get("timestamp")
+    # the common case in one expression; the loop below finds the first bad field otherwise
+    if not (
+        (peer is None or (peer.__class__ is str and 0 < len(peer) <= ident_max))
+        and (group is None or (group.__class__ is str and 0 < len(group) <= ident_max))
+        and (sender is None or (sender.__class__ is str and 0 < len(sender) <= ident_max))
+        and (name is None or (name.__class__ is str and len(name) <= short_max))
+        and (avatar is None or (avatar.__class__ is str and len(avatar) <= short_max))
+        and (stamp is None or (stamp.__class__ is str and len(stamp) <= short_max))
+    ):
+        fault = _F_STRINGS
+        for value, low, high in (
+            (peer, 1, ident_max),
+            (group, 1, ident_max),
+            (sender, 1, ident_max),
+            (name, 0, short_max),
+            (avatar, 0, short_max),
+            (stamp, 0, short_max),
+        ):
+            if value is not None:
+                if value.__class__ is not str:
+                    return fault
+                if not low <= len(value) <= high:
+                    return fault + 1
+            fault += 2
+    if (peer is None) == (group is None):
+        return _F_ONE_OF
+    text = get("text")
+    if text.__class__ is not str:
+        return _F_TEXT_TYPE
+    if not text:
+        return _F_TEXT_EMPTY
+    if len(text) > max_text:
+        return _F_TEXT_LONG
+    meta = get("meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            return _F_META_TYPE
+        if len(orjson.dumps(meta)) > max_meta:
+            return _F_META_LONG
+    return 0
+
+
+def decode_message(
+    payload: bytes | str, rules: tuple[int, int, int, int, int], frame_cls: type[T]
+) -> T | Any:
+    """A client frame's bytes: a `frame_cls` (MessageFrame: id, text, senderId, recipientId,
+    groupId, senderName, senderAvatar, timestamp, meta, ref, with ref the id when it is not a
+    string) when it is a `message` frame message_fault passes under `rules`, else the decoded
+    JSON value (orjson.loads; its JSONDecodeError when not JSON). The compiled module reads the
+    usual shape without a dict."""
+    obj = orjson.loads(payload)
+    if obj.__class__ is dict and obj.get("type") == "message":
+        get = obj.get
+        ident = get("id")
+        if not message_fault(obj, ident, rules):
+            ref = get("ref")
+            if ref.__class__ is not str:
+                ref = ident
+            fields = (
+                ident,
+                get("text"),
+                get("senderId"),
+                get("recipientId"),
+                get("groupId"),
+                get("senderName"),
+                get("senderAvatar"),
+                get("timestamp"),
+                get("meta"),
+                ref,
+            )
+            return record(frame_cls, fields)
+    return obj
