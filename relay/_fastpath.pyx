@@ -3,9 +3,9 @@
 path (delivery and `sent`), the `message` frame's checks and reader, the in-memory store's
 append and the SQLite store's rows.
 
-A leaf, with its twin: the only module of relay it imports is relay._fastpath_py (the reference),
-for the definitions they share and the rare inputs it leaves to the twin's dicts. The classes
-it builds and the limits it checks are parameters.
+A leaf: it imports nothing from relay. The classes it builds and the limits it checks are
+parameters; the few tables and dict builders it shares with its twin are written in both and
+held equal by the parity suite.
 
 Invariant: for every input this module and relay._fastpath_py give equal events, equal
 failed/close_code/close_reason, equal encoded bytes, equal Outbox states, equal message_fault
@@ -567,8 +567,42 @@ cdef class Outbox:
 # unfragmented text frame, in a single allocation. Any value of an unexpected type takes the
 # twin's way (a dict through orjson), so the two agree on every input.
 
-# one definition, the twin's: the dicts these frames are written from
-from relay._fastpath_py import encode_sent, message_dict
+# the twin's dicts, for the rare values the writers below leave to orjson (the parity suite
+# holds the two equal)
+def message_dict(message, status="delivered"):
+    """A stored message (a StoredMessage) in the contract's message shape (delivery, history,
+    conversations); absent optional fields are left out. Built field by field: it is on the
+    hot path."""
+    body = {"type": "message", "id": message.id, "senderId": message.sender_id}
+    if message.sender_name is not None:
+        body["senderName"] = message.sender_name
+    if message.sender_avatar is not None:
+        body["senderAvatar"] = message.sender_avatar
+    if message.recipient_id is not None:
+        body["recipientId"] = message.recipient_id
+    if message.group_id is not None:
+        body["groupId"] = message.group_id
+    body["text"] = message.text
+    body["timestamp"] = message.client_timestamp or message.server_timestamp
+    body["status"] = status
+    body["seq"] = message.seq
+    body["serverTimestamp"] = message.server_timestamp
+    if message.meta is not None:
+        body["meta"] = message.meta
+    return body
+
+
+def encode_sent(message_id, peer_id, group_id, seq, timestamp):
+    """The JSON of the `sent` receipt: to the sender once its message is durable."""
+    if group_id is None:
+        body = {"type": "receipt", "id": message_id, "peerId": peer_id}
+    else:
+        body = {"type": "receipt", "id": message_id, "groupId": group_id}
+    body["status"] = "sent"
+    body["seq"] = seq
+    body["timestamp"] = timestamp
+    return orjson.dumps(body)
+
 
 cdef const char* _HEX = b"0123456789abcdef"
 
@@ -862,7 +896,29 @@ def _sent_by_dict(message_id, peer_id, group_id, seq, timestamp):
 # The twin's message_fault, in C: the same checks in the same order, the same answers (the twin's
 # MESSAGE_FAULTS names them). decode_message makes them on the values it reads from the wire.
 
-from relay._fastpath_py import MESSAGE_FAULTS  # one definition, the twin's: the answers' meaning
+# the twin's table, equal by the parity suite: what each answer means
+MESSAGE_FAULTS = (
+    "",
+    "id",
+    "recipientId:type",
+    "recipientId:length",
+    "groupId:type",
+    "groupId:length",
+    "senderId:type",
+    "senderId:length",
+    "senderName:type",
+    "senderName:length",
+    "senderAvatar:type",
+    "senderAvatar:length",
+    "timestamp:type",
+    "timestamp:length",
+    "recipientId:one_of",
+    "text:type",
+    "text:empty",
+    "text:long",
+    "meta:type",
+    "meta:long",
+)
 
 cdef enum:
     _FAULT_OK = 0
@@ -1153,7 +1209,15 @@ cdef class MemoryAppender:
 # SqliteStore's per-message work for a fused append (the twin, sqlite_rows, says what it gives):
 # the row's parameters go straight from the NewMessage's items onto its group's list.
 
-from relay._fastpath_py import ROW_OPTIONAL  # one definition, the twin's: the bits' meaning
+# the twin's table, equal by the parity suite: what each bit means
+ROW_OPTIONAL = (
+    "recipient_id",
+    "group_id",
+    "sender_name",
+    "sender_avatar",
+    "client_timestamp",
+    "meta",
+)
 cdef Py_ssize_t _F_TEXT = 3
 cdef Py_ssize_t _F_TIMESTAMP = 4
 cdef Py_ssize_t _F_RECIPIENT = 5

@@ -40,6 +40,7 @@ from relay.errors import FrameError
 from relay.fastpath import encode_sent_frame, record
 from relay.ports import Connection
 from relay.protocol import (
+    MESSAGE_ID_MAX,
     MessageFrame,
     MessageRefused,
     encode_receipt_failed,
@@ -229,8 +230,10 @@ class Pipeline:
         if not isinstance(sender_id, str) or not sender_id:
             raise FrameError("invalid", "sender_id must be a non-empty string", field="senderId")
         mid = message_id if message_id is not None else secrets.token_hex(16)
-        if not isinstance(mid, str) or not 1 <= len(mid) <= 64:
-            raise FrameError("invalid", "message_id must be 1-64 characters", field="id")
+        if not isinstance(mid, str) or not 1 <= len(mid) <= MESSAGE_ID_MAX:
+            raise FrameError(
+                "invalid", f"message_id must be 1-{MESSAGE_ID_MAX} characters", field="id"
+            )
         obj = {
             "text": text,
             "recipientId": recipient_id,

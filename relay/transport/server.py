@@ -19,9 +19,9 @@ Invariants:
   RawConnection (no trio wrapper on the data path); wss:// keeps trio.SSLStream (TLS needs
   it). Who reads and who waits on a socket: see relay.transport.poller.
 - A connection is in `Server.dirty` at most once (WebSocket.dirty says so).
-- Frames pushed straight into `conn.outbox` (relay.fastpath.fanout) are written once the
-  pusher calls `conn.flush_soon()`; the heartbeat sweep also flushes any outbox left pending
-  (counted as relay_late_flushes_total, which should stay 0).
+- Frames are queued only through `Connection.send`, which marks the connection dirty; the
+  heartbeat sweep also flushes any outbox it finds pending without that (counted as
+  relay_late_flushes_total, which stays 0 unless something pushed to an outbox directly).
 - Closing is bounded (relay.transport.connection); the drain adds drain_timeout over all
   connections.
 

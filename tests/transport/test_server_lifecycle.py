@@ -22,7 +22,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from relay import Relay, RelayConfig
 from relay.cli import build_parser, config_from
 from relay.echo import EchoHandler
-from relay.fastpath import OP_TEXT, encode_frame, fanout
+from relay.fastpath import OP_TEXT, encode_frame
 from relay.ports import Connection
 
 ROOT = Path(__file__).parents[2]
@@ -430,15 +430,15 @@ async def test_fanout_writes_each_connection_once_per_tick(nursery: trio.Nursery
 
 @define(eq=False)
 class FanoutHandler(Broadcast):
-    """Broadcast through relay.fastpath.fanout, calling flush_soon() only when told to."""
+    """Broadcast by pushing to every outbox, calling flush_soon() only when told to."""
 
     call_flush_soon: bool = True
 
     async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
         conns = list(self.conns.values())
         for payload in payloads:
-            failed = fanout([c.outbox for c in conns], encode_frame(OP_TEXT, payload), False)
-            assert failed == []
+            frame = encode_frame(OP_TEXT, payload)
+            assert all(c.outbox.push(frame) for c in conns)
         if self.call_flush_soon:
             for c in conns:
                 c.flush_soon()

@@ -41,7 +41,7 @@ from relay.errors import FrameError
 from relay.protocol import AuthFrame
 from relay.store.memory import MemoryStore
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 ID_PREFIX = "urn:relay:v1:"
 
 # Contract v1 (/work/shared/protocol.md): the frame types in each direction.
