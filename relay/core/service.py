@@ -25,7 +25,8 @@ from attrs import define, field
 from relay.auth import Authenticator, authenticator_from_config
 from relay.clock import WallClock
 from relay.config import RelayConfig
-from relay.core.backlog import Backlog, BacklogState
+from relay.core.backlog import Backlog
+from relay.core.backlog_state import BacklogState
 from relay.core.broker import LocalBroker
 from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups

@@ -37,7 +37,7 @@ from attrs import define, field
 from relay.errors import RelayError
 
 if TYPE_CHECKING:
-    from relay.core.backlog import BacklogState
+    from relay.core.backlog_state import BacklogState
 
 ANONYMOUS_DEVICE = ""
 

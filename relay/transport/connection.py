@@ -26,16 +26,34 @@ from __future__ import annotations
 import enum
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import outcome
 import trio
 from attrs import define
 
+from relay.ports import Connection, ConnectionHandler
+from relay.transport.poller import Poller
 from relay.transport.websocket import WebSocket, WsState
 
-if TYPE_CHECKING:
-    from relay.transport.server import Server
+
+class Host(Protocol):
+    """What a connection uses of the server that accepted it (relay.transport.server.Server)."""
+
+    handler: ConnectionHandler
+    poller: Poller
+    recv_buffer: bytearray  # the poller's shared read buffer
+    recv_view: memoryview
+    host_nursery: trio.Nursery | None
+    on_messages_nowait: Callable[[Connection, list[bytes]], int]
+
+    def flushed(self, conn: WsConnection) -> None: ...
+
+    def expire_at(self, conn: RawConnection, deadline: float) -> None: ...
+
+    def forget(self, conn: WsConnection) -> None: ...
+
 
 log = logging.getLogger("relay.transport")
 
@@ -63,7 +81,7 @@ class WsConnection(WebSocket):
     id: int
     remote: str
     path: str
-    server: Server
+    server: Host
     state: Any = None  # the core's slot (relay.ports.Connection)
     close_deadline: float = 0.0
     writer_active: bool = False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.core.backlog import BacklogQueue, BacklogState
+from relay.core.backlog_state import BacklogQueue, BacklogState
 
 
 def test_backlog_queue_is_fifo_across_extends_and_pops() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from relay.core.backlog import (
+from relay.core.backlog_state import (
     _TRANSITIONS as BACKLOG_TRANSITIONS,
 )
-from relay.core.backlog import (
+from relay.core.backlog_state import (
     BacklogError,
     BacklogEvent,
     BacklogPhase,

@@ -28,6 +28,8 @@ from typing import Any, TypeVar, cast
 
 import trio
 
+import relay.store.sqlite.reads as reads
+import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
 from relay.store.base import (
     AppendDone,
@@ -40,7 +42,6 @@ from relay.store.base import (
     Watermarks,
 )
 from relay.store.retention import RetentionJob
-from relay.store.sqlite import reads, writes
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
