@@ -26,6 +26,7 @@ from attrs import define, field
 from relay.core.backlog_state import BacklogEvent, BacklogPhase, BacklogState
 from relay.core.broker import queue_message
 from relay.core.context import Context
+from relay.core.due import Due
 from relay.core.marks import DeliveryMarks
 from relay.core.session import Session
 from relay.fastpath import encode_delivery
@@ -53,7 +54,7 @@ class Backlog:
     _ctx: Context
     _marks: DeliveryMarks
     _finished: Callable[[Connection], None]  # a backlog ended: its receipt catch-up is due
-    ready: dict[int, Connection] = field(factory=dict)
+    ready: Due = field(factory=Due)
 
     async def pump(self, conn: Connection, session: Session) -> None:
         """Fetch and queue batches until the backlog is done, or waits for a drain or marks."""
@@ -67,7 +68,7 @@ class Backlog:
             log.exception("backlog of %s failed; retrying", session.user_id)
             if backlog.phase is _FETCHING:
                 backlog.handle(BacklogEvent.FAILED)
-            self.ready[conn.id] = conn
+            self.ready.add(conn)
 
     async def _batches(self, conn: Connection, session: Session, backlog: BacklogState) -> None:
         limit = self._ctx.config.backlog_batch
@@ -107,11 +108,11 @@ class Backlog:
                 return  # closed, or what was just queued must be flushed first
             if self._conclude(conn, session, backlog) is Verdict.AGAIN:
                 backlog.handle(BacklogEvent.AGAIN)
-                self.ready[conn.id] = conn
+                self.ready.add(conn)
             return
         if backlog.phase is _WAITING and not session.acks:
             backlog.need.clear()
-            self.ready[conn.id] = conn
+            self.ready.add(conn)
 
     async def acknowledged(
         self, conn: Connection, session: Session, conversation: str, seq: int
@@ -128,7 +129,7 @@ class Backlog:
 
     def forget(self, conn: Connection, session: Session) -> None:
         """The connection closed: nothing of its backlog is sent any more."""
-        self.ready.pop(conn.id, None)
+        self.ready.take(conn)
         session.backlog = None
 
     def _feed(self, conn: Connection, session: Session, backlog: BacklogState) -> bool:
@@ -181,7 +182,7 @@ class Backlog:
         if backlog.fresh or session.pending_marks or backlog.need or unpersisted:
             backlog.handle(BacklogEvent.WAIT)
             if not session.acks and not session.pending_marks:
-                self.ready[conn.id] = conn  # flushed already: maintain() goes on
+                self.ready.add(conn)  # flushed already: maintain() goes on
             return Verdict.WAIT
         # a whole batch of messages this connection already has, with nothing pending: the
         # store cannot tell us more; what remains comes with the next connection

@@ -25,6 +25,7 @@ from attrs import define, field
 from relay.core.backlog import Backlog
 from relay.core.broker import Broker
 from relay.core.context import Context, wire
+from relay.core.due import Due
 from relay.core.marks import DeliveryMarks
 from relay.core.session import Session
 from relay.ports import Connection
@@ -43,12 +44,12 @@ class Receipts:
     _broker: Broker
     _marks: DeliveryMarks
     backlog: Backlog = field(init=False)  # set by the service once both exist
-    due: dict[int, Connection] = field(factory=dict)  # backlog done, catch-up not yet sent
+    due: Due = field(factory=Due)  # backlog done, catch-up not yet sent
 
     def catch_up_due(self, conn: Connection) -> None:
         """A backlog ended: its receipt catch-up is sent by auth or the next maintain()."""
         if self._ctx.config.receipt_catchup:
-            self.due[conn.id] = conn
+            self.due.add(conn)
 
     # --- frames -----------------------------------------------------------------------------------
     async def on_receipt(self, conn: Connection, session: Session, frame: ReceiptFrame) -> None:
@@ -186,16 +187,7 @@ class Receipts:
 
     async def catch_up_all(self, breathe: Callable[[], Awaitable[None]]) -> None:
         """The catch-ups due, once each; those not reached (cancelled) wait for the next call."""
-        due, self.due = self.due, {}
-        try:
-            for conn_id, conn in list(due.items()):
-                await breathe()
-                del due[conn_id]
-                session = conn.state
-                if isinstance(session, Session) and session.active:
-                    await self.catch_up(conn, session)
-        finally:
-            self.due = {**due, **self.due}
+        await self.due.run(self.catch_up, breathe)
 
     async def catch_up(self, conn: Connection, session: Session) -> None:
         """The receipts the peers' current watermarks give this user's messages, to this device

@@ -237,7 +237,7 @@ class MessagingService:
         if not isinstance(session, Session):
             return
         self._awaiting.pop(conn.id, None)
-        self.receipts.due.pop(conn.id, None)
+        self.receipts.due.take(conn)
         was_registered = session.registered
         session.close()  # not flushed: those messages stay undelivered
         session.registered = False
@@ -290,7 +290,9 @@ class MessagingService:
         try:
             await self.receipts.write_marks(breathe)
             await self.status.write_last_seen(breathe)
-            await self._pump_ready(breathe)
+            # backlogs waiting for the marks this call wrote; one that fails or waits again is
+            # retried by the next call
+            await self.backlog.ready.run(self.backlog.pump, breathe)
             # after the pumps: the backlogs they finished are caught up in this call
             await self.receipts.catch_up_all(breathe)
         finally:
@@ -330,20 +332,6 @@ class MessagingService:
 
     def _on_ping(self, conn: Connection, session: Session, frame: PingFrame) -> None:
         self.ctx.send(conn, session, encode_pong(self.ctx.now_iso(), ref=frame.ref))
-
-    async def _pump_ready(self, breathe: Callable[[], Awaitable[None]]) -> None:
-        """Backlogs waiting for marks written by this call, once each; those not reached
-        (cancelled) wait for the next call; one that fails or waits again is retried then."""
-        ready, self.backlog.ready = self.backlog.ready, {}
-        try:
-            for conn_id, conn in list(ready.items()):
-                await breathe()
-                del ready[conn_id]
-                session = conn.state
-                if isinstance(session, Session) and session.active:
-                    await self.backlog.pump(conn, session)
-        finally:
-            self.backlog.ready = {**ready, **self.backlog.ready}
 
     # --- auth -------------------------------------------------------------------------------------
     def _fail_auth(
@@ -405,7 +393,7 @@ class MessagingService:
         if self._marks:
             await self.maintain()  # this device's marks from an earlier connection first
         await self.backlog.pump(conn, session)
-        if self.receipts.due.pop(conn.id, None) is not None:  # the backlog is done already
+        if self.receipts.due.take(conn):  # the backlog is done already
             await self.receipts.catch_up(conn, session)
 
     async def _register(self, user: str, frame: AuthFrame) -> None:
