@@ -65,7 +65,10 @@ class Connector:
         try:
             self._create_private()
         except OSError as exc:
-            raise StoreUnavailable(f"{where}: {exc.strerror or exc}") from exc
+            raise StoreUnavailable(
+                f"{where}: the file cannot be opened or created in {directory!r} "
+                f"({exc.strerror or exc})"
+            ) from exc
         opened: list[sqlite3.Connection] = []
         try:
             conn = self._connection()
