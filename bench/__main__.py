@@ -160,10 +160,9 @@ def ensure_loadgen() -> str | None:
             text=True,
             check=False,
         )
-    if proc.returncode == 0:
-        importlib.invalidate_caches()
-        if loadgen_is_current():
-            return None
+    importlib.invalidate_caches()
+    if proc.returncode == 0 and importlib.util.find_spec("bench._loadgen") is not None:
+        return None
     RESULTS.mkdir(parents=True, exist_ok=True)
     build_log = RESULTS / "build-loadgen.log"
     build_log.write_text(proc.stdout + proc.stderr)
