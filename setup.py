@@ -1,4 +1,5 @@
-"""Build the compiled hot path (relay/_fastpath.pyx) and the load generator (bench/_loadgen.pyx).
+"""Build the compiled hot path (relay/_fastpath.pyx). The load generator (bench/_loadgen.pyx)
+is not part of the distribution: `python -m bench` compiles it in the checkout.
 
 Invariant: a machine that cannot compile still gets a working relay (the pure-Python twin),
 with a warning; RELAY_REQUIRE_EXT=1 turns that warning into a build failure (CI sets it).
@@ -8,12 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-HERE = Path(__file__).parent
 REQUIRE_EXT = os.environ.get("RELAY_REQUIRE_EXT") == "1"
 
 
@@ -27,15 +26,10 @@ def _extensions() -> list:
         return []
     from setuptools import Extension
 
-    # Dotted names spelled out: cythonize would otherwise name a module after its directory
+    # The dotted name spelled out: cythonize would otherwise name a module after its directory
     # only when that directory has an __init__.py.
-    extensions = [
-        Extension(path[: -len(".pyx")].replace("/", "."), [path])
-        for path in ("relay/_fastpath.pyx", "bench/_loadgen.pyx")
-        if (HERE / path).exists()
-    ]
     return cythonize(
-        extensions,
+        [Extension("relay._fastpath", ["relay/_fastpath.pyx"])],
         compiler_directives={
             "language_level": "3",
             "boundscheck": False,
@@ -66,12 +60,7 @@ class OptionalBuildExt(build_ext):
         if REQUIRE_EXT:
             raise
         print(
-            f"WARNING: could not compile {name} ({exc}); "
-            + (
-                "`python -m bench` will build it when run"
-                if name.startswith("bench.")
-                else "the pure-Python twin will be used"
-            ),
+            f"WARNING: could not compile {name} ({exc}); the pure-Python twin will be used",
             file=sys.stderr,
         )
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -90,19 +93,84 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def ensure_loadgen() -> None:
-    """Build bench/_loadgen.pyx in place when its compiled module is missing."""
-    try:
-        import bench._loadgen
-    except ImportError:
-        say("building the load generator: python setup.py build_ext --inplace -q")
-        subprocess.run(
-            [sys.executable, "setup.py", "build_ext", "--inplace", "-q"],
+LOADGEN_PYX = ROOT / "bench" / "_loadgen.pyx"
+# What `python -m bench` runs to compile the load generator in the checkout (cwd ROOT): the
+# same compiler directives as the relay's fast path in setup.py, which builds only that.
+_BUILD_LOADGEN = """
+import sys
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+setup(
+    name="relay-bench-loadgen",
+    script_args=["build_ext", "--inplace", "--build-temp", sys.argv[1], "--build-lib", sys.argv[1]],
+    ext_modules=cythonize(
+        [Extension("bench._loadgen", ["bench/_loadgen.pyx"])],
+        compiler_directives={
+            "language_level": "3",
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+        quiet=True,
+    ),
+)
+"""
+
+
+def loadgen_is_current() -> bool:
+    """Whether bench._loadgen is compiled for this interpreter and not older than its source."""
+    spec = importlib.util.find_spec("bench._loadgen")
+    if spec is None or spec.origin is None or not spec.origin.endswith(".so"):
+        return False
+    return os.stat(spec.origin).st_mtime >= LOADGEN_PYX.stat().st_mtime
+
+
+def missing_for_build() -> str | None:
+    """What this machine lacks to compile the load generator, in words; None when nothing."""
+    for module, package in (("Cython", "cython"), ("setuptools", "setuptools")):
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"{module} is not installed (pip install {package}, or pip install -e '.[bench]')"
+            )
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler: {compiler!r} is not on PATH (e.g. apt-get install gcc)"
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    if not headers.exists():
+        return f"the Python headers are missing: no {headers} (e.g. apt-get install python3-dev)"
+    return None
+
+
+def ensure_loadgen() -> str | None:
+    """Compile bench/_loadgen.pyx in the checkout when its module is missing or stale.
+    Returns None when the load generator is ready, else one line saying why it is not (the
+    compiler's full output is kept in bench/results/build-loadgen.log)."""
+    if loadgen_is_current():
+        return None
+    missing = missing_for_build()
+    if missing is not None:
+        return f"cannot build the load generator (bench/_loadgen.pyx): {missing}"
+    say("building the load generator (bench/_loadgen.pyx)")
+    with tempfile.TemporaryDirectory(prefix="relay-bench-build-") as build_temp:
+        proc = subprocess.run(
+            [sys.executable, "-c", _BUILD_LOADGEN, build_temp],
             cwd=ROOT,
-            check=False,
             capture_output=True,
+            text=True,
+            check=False,
         )
-        import bench._loadgen  # noqa: F401
+    importlib.invalidate_caches()
+    if proc.returncode == 0 and importlib.util.find_spec("bench._loadgen") is not None:
+        return None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    build_log = RESULTS / "build-loadgen.log"
+    build_log.write_text(proc.stdout + proc.stderr)
+    lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    reason = next(
+        (ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else ""
+    )
+    return f"cannot build the load generator (bench/_loadgen.pyx): {reason} (log: {build_log})"
 
 
 def machine_info() -> dict[str, Any]:
@@ -249,7 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         in_rate = {s for r in runs if r.scenario == "rate" for s in r.servers}
         floor_only = ({scenarios.NULL_SERVER} & in_rate) - requested
         wanted |= floor_only
-    ensure_loadgen()
+    not_ready = ensure_loadgen()
+    if not_ready is not None:
+        say(f"python -m bench: {not_ready}")
+        return 1
 
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     json_path = args.json or RESULTS / f"{stamp}.json"

@@ -111,7 +111,12 @@ def main() -> int:
         print(json.dumps({"error": f"{cfg['clients']} clients need more than ulimit -n {limit}"}))
         return 1
 
-    from bench._loadgen import LoadGen
+    try:
+        from bench._loadgen import LoadGen
+    except ImportError as exc:
+        # compiled in the checkout by `python -m bench`, which runs this process
+        print(json.dumps({"error": f"bench._loadgen is not built ({exc}): run python -m bench"}))
+        return 1
 
     def progress(msg: str) -> None:
         print(f"      {msg}", file=sys.stderr, flush=True)

@@ -6,25 +6,39 @@ Precedence per setting: flag > RELAY_<NAME> > (port only: PORT) > the RelayConfi
 Token auth is built from the config before anything starts (a bad key is a usage error, exit
 2); without it `relay serve` logs a warning that it trusts every `userId`. The auth secret is
 never printed: not in --help, not in an error, not in the config's repr.
+
+Exposure: without token auth `relay serve` listens on 127.0.0.1 unless a host is given (flag or
+RELAY_HOST), and refuses a host that is not loopback unless --insecure-no-auth is given: what
+it would otherwise serve is every user's history to anyone who can reach the port. With token
+auth the default host is 0.0.0.0.
+
+Failures: every startup failure is one line on stderr, `relay: error: ...`, and exit status 2
+(usage or configuration) or 1 (the store, the listening socket, the TLS files); no traceback.
+Errors that are neither a RelayError nor an OSError are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
+import importlib.metadata
+import ipaddress
 import logging
 import os
 import signal
+import socket
+import ssl
 import sys
 import types
-from collections.abc import Callable, Sequence
-from typing import Any, Union, get_args, get_origin
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NoReturn, Union, get_args, get_origin
 
 import attrs
 
 from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_config
 from relay.config import RelayConfig
-from relay.errors import ConfigError
+from relay.errors import ConfigError, RelayError
 
 log = logging.getLogger("relay")
 
@@ -37,18 +51,33 @@ _SPECIAL = {"db_path"}
 # Secrets: taken verbatim (no `none` spelling turns token auth off; empty is refused by
 # RelayConfig), never shown in --help defaults or in error messages.
 _SECRET = {"auth_secret"}
-# Help beyond "(env ...; default ...)" for settings whose name does not say enough.
-_HELP = {
-    "auth_secret": "HMAC secret of token auth; prefer RELAY_AUTH_SECRET or --auth-secret-file, "
-    "as a flag is visible to other local users in the process list",
-    "auth_secret_file": "file holding the HMAC secret of token auth (trailing newline ignored)",
-    "auth_public_key_file": "PEM public key or certificate of token auth (RS*/PS*/ES*/EdDSA)",
-    "auth_algorithms": "comma-separated JWS algorithms accepted (default HS256 with a secret, "
-    "the key's own with a public key)",
-    "auth_issuer": "required `iss` of tokens",
-    "auth_audience": "required `aud` of tokens",
-    "auth_leeway": "seconds of clock skew allowed on exp/nbf/iat",
+#: The distribution relay is installed as (`relay` on PyPI is another project).
+DISTRIBUTION = "trio-relay"
+#: Hosts that mean "every interface of this machine".
+_WILDCARD_HOSTS = {"", "0.0.0.0", "::"}
+#: RELAY_* variables read by something other than a RelayConfig field (not warned about).
+OTHER_VARIABLES = {
+    "RELAY_INSECURE_NO_AUTH": "relay serve --insecure-no-auth",
+    "RELAY_TOKEN": "relay chat --token",
+    "RELAY_PURE": "the pure-Python fast path (relay.fastpath)",
+    "RELAY_REQUIRE_EXT": "setup.py: a failed compile is an error",
+    "RELAY_SKIP_NODE": "tests: skip the Node.js interoperability tests",
+    "RELAY_SKIP_BROWSER": "tests: skip the browser test",
 }
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `relay: error: ... (see relay serve --help)`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"relay: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parse_bool(text: str) -> bool:
@@ -68,6 +97,7 @@ class _Setting:
     base: type
     optional: bool
     default: Any
+    help: str | None
 
     @property
     def flag(self) -> str:
@@ -84,10 +114,14 @@ class _Setting:
             return None
         if self.base is bool:
             return _parse_bool(text)
-        if self.base is int:
-            return int(text)
-        if self.base is float:
-            return float(text)
+        try:
+            if self.base is int:
+                return int(text)
+            if self.base is float:
+                return float(text)
+        except ValueError:
+            kind = "a whole number" if self.base is int else "a number"
+            raise ValueError(f"expected {kind}, got {text!r}") from None
         return text
 
 
@@ -101,17 +135,16 @@ def _settings() -> list[_Setting]:
             args = [a for a in get_args(tp) if a is not type(None)]
             optional = len(args) < len(get_args(tp))
             tp = args[0]
-        out.append(_Setting(f.name, tp, optional, f.default))
+        out.append(_Setting(f.name, tp, optional, f.default, f.metadata.get("help")))
     return out
 
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _serve_parser(sub: argparse._SubParsersAction[Any]) -> None:
     serve = sub.add_parser(
         "serve",
         help="run the relay server",
         description="Run the relay. Every setting is also read from RELAY_<NAME> "
         "(e.g. RELAY_MAX_MESSAGE_BYTES); the port also from PORT. Flags win over the environment.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for s in _settings():
         if s.name in _SPECIAL:
@@ -119,9 +152,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         kwargs: dict[str, Any] = {"dest": s.name, "default": argparse.SUPPRESS}
         env = s.env + (" or PORT" if s.name == "port" else "")
         shown = "none" if s.default is None else s.default
-        kwargs["help"] = f"(env {env}; default {shown})"
-        if s.name in _HELP:
-            kwargs["help"] = f"{_HELP[s.name]} {kwargs['help']}"
+        words = s.help or s.name.replace("_", " ")
+        kwargs["help"] = f"{words} (env {env}; default {shown})"
         if s.base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
@@ -147,6 +179,13 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=argparse.SUPPRESS,
         help="keep everything in memory (nothing survives a restart)",
     )
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="allow listening on a non-loopback address without token auth, so that anyone who "
+        "can reach the port may sign in as any user (env RELAY_INSECURE_NO_AUTH)",
+    )
 
 
 def _argtype(setting: _Setting) -> Callable[[str], Any]:
@@ -160,9 +199,7 @@ def _argtype(setting: _Setting) -> Callable[[str], Any]:
     return convert
 
 
-def config_from(
-    args: argparse.Namespace, environ: os._Environ[str] | dict[str, str]
-) -> RelayConfig:
+def config_from(args: argparse.Namespace, environ: Mapping[str, str]) -> RelayConfig:
     """The RelayConfig of `relay serve`: flags, then RELAY_<NAME> (and PORT), then defaults."""
     values: dict[str, Any] = {}
     given = vars(args)
@@ -185,13 +222,92 @@ def config_from(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="relay", description="A real-time messaging relay (WebSocket, Trio)."
-    )
+    parser = _Parser(prog="relay", description="A real-time messaging relay (WebSocket, Trio).")
+    parser.add_argument("--version", action="version", version=f"relay {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{serve,chat}")
     _serve_parser(sub)
     sub.add_parser("chat", help="terminal chat client (relay chat --help)", add_help=False)
     return parser
+
+
+def unknown_variables(environ: Mapping[str, str]) -> Iterator[str]:
+    """One warning per RELAY_* variable nothing reads, naming the closest known one if any."""
+    known = {s.env for s in _settings()} | set(OTHER_VARIABLES)
+    suffixes = {name.removeprefix("RELAY_"): name for name in known}
+    for name in sorted(environ):
+        if not name.startswith("RELAY_") or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix("RELAY_"), suffixes, n=1, cutoff=0.6)
+        hint = f" (did you mean {suffixes[close[0]]}?)" if close else ""
+        yield f"relay: warning: {name} is not a relay setting; it is ignored{hint}"
+
+
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str]) -> RelayConfig:
+    """The RelayConfig `relay serve` runs: config_from, with the host chosen by token auth
+    when none was given, and a non-loopback host without token auth refused unless
+    --insecure-no-auth (or RELAY_INSECURE_NO_AUTH) allows it. Raises ConfigError."""
+    config = config_from(args, environ)
+    if "host" not in vars(args) and "RELAY_HOST" not in environ:
+        config = attrs.evolve(config, host="0.0.0.0" if config.token_auth else "127.0.0.1")
+    insecure = vars(args).get("insecure_no_auth", False)
+    if not insecure and "RELAY_INSECURE_NO_AUTH" in environ:
+        try:
+            insecure = _parse_bool(environ["RELAY_INSECURE_NO_AUTH"])
+        except ValueError as exc:
+            raise ConfigError(f"RELAY_INSECURE_NO_AUTH: {exc}") from None
+    if not config.token_auth and not insecure and not is_loopback(config.host):
+        raise ConfigError(
+            f"refusing to listen on {config.host or '0.0.0.0'} without token auth, as anyone "
+            "who can reach it could sign in as any user: set RELAY_AUTH_SECRET (or "
+            "--auth-secret-file / --auth-public-key-file), listen on 127.0.0.1, or pass "
+            "--insecure-no-auth"
+        )
+    return config
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` reaches this machine only. A name counts when every
+    address it resolves to is loopback; a name that does not resolve counts too, as listening
+    on it then fails with its own error."""
+    if host in _WILDCARD_HOSTS:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except OSError:
+        return True
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in infos)
+
+
+def tls_problem(config: RelayConfig) -> str | None:
+    """Why the TLS certificate and key cannot be loaded, naming the file; None when they can."""
+    if config.certfile is None or config.keyfile is None:
+        return None
+    for what, path in (("certificate", config.certfile), ("private key", config.keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            return f"cannot read the TLS {what} file {path!r}: {exc.strerror or exc}"
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            config.certfile, config.keyfile
+        )
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        return (
+            f"cannot load the TLS certificate {config.certfile!r} with the private key "
+            f"{config.keyfile!r}: {reason}"
+        )
+    return None
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"relay: error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,22 +316,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _chat(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    for warning in unknown_variables(os.environ):
+        print(warning, file=sys.stderr, flush=True)
     try:
-        config = config_from(args, os.environ)
+        config = serve_config(args, os.environ)
         authenticator = authenticator_from_config(config)
     except ConfigError as exc:
-        parser.error(str(exc))
+        return _fail(2, str(exc))
+    problem = tls_problem(config)
+    if problem is not None:
+        return _fail(1, problem)
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if isinstance(authenticator, JwtAuthenticator):
-        log.info("token auth on: %s", authenticator.describe())
-    else:
-        log.warning(
-            "token auth is off: every auth frame's userId is trusted (set RELAY_AUTH_SECRET, "
-            "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)"
-        )
     return _serve(config, authenticator)
 
 
@@ -233,14 +347,43 @@ def _chat(argv: list[str]) -> int:
 def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     import trio
 
-    failed = False
     try:
         trio.run(_serve_until_signal, config, authenticator)
-    except* OSError as group:
-        for exc in group.exceptions:
-            print(f"relay: cannot serve on {config.host}:{config.port}: {exc}", file=sys.stderr)
-        failed = True
-    return 1 if failed else 0
+    except (BaseExceptionGroup, RelayError, OSError) as exc:
+        leaves = list(_leaves(exc))
+        if not all(isinstance(e, RelayError | OSError) for e in leaves):
+            raise
+        # one line per distinct failure (several tasks may meet the same one)
+        for line in dict.fromkeys(_describe(e, config) for e in leaves):
+            _fail(1, line)
+        return 1
+    return 0
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside `exc`, however deep Trio's nurseries grouped them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _describe(exc: BaseException, config: RelayConfig) -> str:
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if exc.filename is not None:
+            return f"{reason}: {exc.filename!r}"
+        # trio's bind errors carry the address in their text, not in `filename`
+        return f"cannot listen on {config.host or '0.0.0.0'}:{config.port}: {reason}"
+    return str(exc)
+
+
+def listening_line(address: Any) -> str:
+    """The line `relay serve` prints once listening: the address really bound."""
+    host = address.host or "0.0.0.0"
+    shown = f"[{host}]" if ":" in host else host
+    return f"WebSocket server running on {address.scheme}://{shown}:{address.port}"
 
 
 #: Young-generation size of the garbage collector in `relay serve` (CPython's default is 700).
@@ -271,9 +414,27 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)
             tune_collector()
-            print(f"WebSocket server running on {address.url}", flush=True)
+            print(listening_line(address), flush=True)
+            _log_exposure(config, authenticator, address)
             async for signum in signals:
                 log.info("%s: draining", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")
+
+
+def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: Any) -> None:
+    if address.host in _WILDCARD_HOSTS:
+        log.info(
+            "listening on every interface of this machine (%s), port %d",
+            address.host or "0.0.0.0",
+            address.port,
+        )
+    if isinstance(authenticator, JwtAuthenticator):
+        log.info("token auth on: %s", authenticator.describe())
+    else:
+        log.warning(
+            "token auth is off: every auth frame's userId is trusted (set RELAY_AUTH_SECRET, "
+            "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)%s",
+            "" if is_loopback(config.host) else "; --insecure-no-auth: reachable from other hosts",
+        )

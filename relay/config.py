@@ -16,6 +16,11 @@ from attrs import field, frozen
 from relay.errors import ConfigError
 
 
+def _help(text: str) -> dict[str, str]:
+    """A field's words for `relay serve --help` (every field has them: tests/test_cli.py)."""
+    return {"help": text}
+
+
 def _positive(instance: object, attribute: object, value: float) -> None:
     if value <= 0:
         raise ConfigError(f"{getattr(attribute, 'name', attribute)} must be > 0, got {value!r}")
@@ -33,59 +38,205 @@ _AUTH_NEEDS_KEY = ("auth_algorithms", "auth_issuer", "auth_audience")
 @frozen(kw_only=True)
 class RelayConfig:
     # --- network ---
-    host: str = "0.0.0.0"
-    port: int = field(default=8080, validator=_non_negative)  # 0 = any free port
-    certfile: str | None = None  # wss:// when set (with keyfile)
-    keyfile: str | None = None
+    host: str = field(
+        default="0.0.0.0",
+        metadata=_help(
+            "address to listen on (relay serve: 127.0.0.1 when neither this nor token auth is "
+            "set; a non-loopback address needs token auth or --insecure-no-auth)"
+        ),
+    )
+    port: int = field(
+        default=8080,
+        validator=_non_negative,
+        metadata=_help("TCP port to listen on (0: any free port, printed at startup)"),
+    )
+    certfile: str | None = field(
+        default=None, metadata=_help("TLS certificate chain (PEM): serve wss:// (needs keyfile)")
+    )
+    keyfile: str | None = field(default=None, metadata=_help("TLS private key (PEM) of certfile"))
 
     # --- WebSocket transport ---
-    max_message_bytes: int = field(default=64 * 1024, validator=_positive)
-    heartbeat_interval: float = field(default=20.0, validator=_positive)
-    heartbeat_timeout: float = field(default=20.0, validator=_positive)
-    handshake_timeout: float = field(default=10.0, validator=_positive)
-    drain_timeout: float = field(default=10.0, validator=_non_negative)
-    outbox_max_bytes: int = field(default=1024 * 1024, validator=_positive)
-    outbox_max_frames: int = field(default=4096, validator=_positive)
-    max_connections: int = field(default=100_000, validator=_positive)
+    max_message_bytes: int = field(
+        default=64 * 1024,
+        validator=_positive,
+        metadata=_help("largest WebSocket message accepted, bytes (a larger one closes with 1009)"),
+    )
+    heartbeat_interval: float = field(
+        default=20.0,
+        validator=_positive,
+        metadata=_help("seconds between the relay's WebSocket pings"),
+    )
+    heartbeat_timeout: float = field(
+        default=20.0,
+        validator=_positive,
+        metadata=_help("seconds of silence after a ping before the connection is closed (1011)"),
+    )
+    handshake_timeout: float = field(
+        default=10.0,
+        validator=_positive,
+        metadata=_help("seconds a client has to complete the HTTP / WebSocket handshake"),
+    )
+    drain_timeout: float = field(
+        default=10.0,
+        validator=_non_negative,
+        metadata=_help(
+            "seconds connections get to finish on shutdown (SIGTERM/SIGINT) before they are cut"
+        ),
+    )
+    outbox_max_bytes: int = field(
+        default=1024 * 1024,
+        validator=_positive,
+        metadata=_help(
+            "bytes queued to one connection before it is closed as a slow consumer (1013)"
+        ),
+    )
+    outbox_max_frames: int = field(
+        default=4096,
+        validator=_positive,
+        metadata=_help(
+            "frames queued to one connection before it is closed as a slow consumer (1013)"
+        ),
+    )
+    max_connections: int = field(
+        default=100_000,
+        validator=_positive,
+        metadata=_help("connections served at once; more are refused"),
+    )
 
     # --- protocol ---
-    auth_timeout: float = field(default=10.0, validator=_positive)
-    max_text_chars: int = field(default=4096, validator=_positive)
-    max_meta_bytes: int = field(default=4096, validator=_positive)
-    presence_grace: float = field(default=5.0, validator=_non_negative)
-    typing_lapse: float = field(default=10.0, validator=_positive)
+    auth_timeout: float = field(
+        default=10.0,
+        validator=_positive,
+        metadata=_help("seconds a new connection has to send `auth` (else it is closed with 1008)"),
+    )
+    max_text_chars: int = field(
+        default=4096,
+        validator=_positive,
+        metadata=_help("longest message `text`, characters (a longer one fails with too_long)"),
+    )
+    max_meta_bytes: int = field(
+        default=4096, validator=_positive, metadata=_help("largest message `meta`, bytes as JSON")
+    )
+    presence_grace: float = field(
+        default=5.0,
+        validator=_non_negative,
+        metadata=_help("seconds a user's last device may be gone before `offline` is announced"),
+    )
+    typing_lapse: float = field(
+        default=10.0,
+        validator=_positive,
+        metadata=_help(
+            "seconds after which a typing `start` that was not refreshed becomes `stop`"
+        ),
+    )
     # token bucket per user: `rate_limit_messages` per second, bursts up to `rate_limit_burst`
-    rate_limit_messages: float = field(default=50.0, validator=_positive)
-    rate_limit_burst: int = field(default=200, validator=_positive)
-    typing_rate_limit: float = field(default=5.0, validator=_positive)
-    max_group_members: int = field(default=1000, validator=_positive)
-    backlog_batch: int = field(default=500, validator=_positive)
+    rate_limit_messages: float = field(
+        default=50.0,
+        validator=_positive,
+        metadata=_help("messages per second one user may send, sustained"),
+    )
+    rate_limit_burst: int = field(
+        default=200,
+        validator=_positive,
+        metadata=_help("messages one user may send in a burst above the sustained rate"),
+    )
+    typing_rate_limit: float = field(
+        default=5.0,
+        validator=_positive,
+        metadata=_help("typing `start` frames per second one user may send"),
+    )
+    max_group_members: int = field(
+        default=1000, validator=_positive, metadata=_help("members a group may have")
+    )
+    backlog_batch: int = field(
+        default=500,
+        validator=_positive,
+        metadata=_help(
+            "stored messages fetched per batch when a device catches up after `auth_ok`"
+        ),
+    )
     # peers' watermarks examined for the receipt catch-up after a device's backlog (0 = none)
-    receipt_catchup: int = field(default=500, validator=_non_negative)
+    receipt_catchup: int = field(
+        default=500,
+        validator=_non_negative,
+        metadata=_help("peers' read/delivered marks examined when a device catches up (0: none)"),
+    )
 
     # --- token auth (JWT): on when one key source is set; see relay.auth ---
-    auth_secret: str | None = field(default=None, repr=False)  # HMAC secret (HS256/384/512)
-    auth_secret_file: str | None = None  # file holding the HMAC secret (trailing newline ignored)
-    auth_public_key_file: str | None = None  # PEM public key or certificate (RS*/PS*/ES*/EdDSA)
-    auth_algorithms: str | None = None  # comma-separated; None: HS256, or the key's own algorithm
-    auth_issuer: str | None = None  # required `iss` when set
-    auth_audience: str | None = None  # required `aud` when set
-    auth_leeway: float = field(default=10.0, validator=_non_negative)  # seconds, exp/nbf/iat
+    auth_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_help(
+            "HMAC secret of token auth (HS256/384/512); prefer RELAY_AUTH_SECRET or "
+            "--auth-secret-file, as a flag is visible to other local users in the process list"
+        ),
+    )
+    auth_secret_file: str | None = field(
+        default=None,
+        metadata=_help("file holding the HMAC secret of token auth (trailing newline ignored)"),
+    )
+    auth_public_key_file: str | None = field(
+        default=None,
+        metadata=_help("PEM public key or certificate of token auth (RS*/PS*/ES*/EdDSA)"),
+    )
+    auth_algorithms: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated JWS algorithms accepted (default HS256 with a secret, the key's "
+            "own with a public key)"
+        ),
+    )
+    auth_issuer: str | None = field(
+        default=None, metadata=_help("required `iss` of tokens (unset: not checked)")
+    )
+    auth_audience: str | None = field(
+        default=None,
+        metadata=_help("required `aud` of tokens (unset: a token naming an audience is refused)"),
+    )
+    auth_leeway: float = field(
+        default=10.0,
+        validator=_non_negative,
+        metadata=_help("seconds of clock skew allowed on a token's exp/nbf/iat"),
+    )
 
     # --- store ---
-    db_path: str | None = "relay.db"  # None = in-memory store
-    retention_days: float | None = None  # None = keep forever
-    retention_max_messages: int | None = None  # per conversation; None = unlimited
-    commit_interval: float = field(default=0.002, validator=_non_negative)
+    db_path: str | None = field(
+        default="relay.db",
+        metadata=_help("SQLite file of the durable store (none: in-memory, nothing kept)"),
+    )
+    retention_days: float | None = field(
+        default=None,
+        metadata=_help("SQLite store: delete messages older than this many days (none: keep)"),
+    )
+    retention_max_messages: int | None = field(
+        default=None,
+        metadata=_help(
+            "SQLite store: keep at most this many messages per conversation (none: all)"
+        ),
+    )
+    commit_interval: float = field(
+        default=0.002,
+        validator=_non_negative,
+        metadata=_help(
+            "SQLite store: seconds the writer waits to group more messages into one commit"
+        ),
+    )
 
     # --- broker (several nodes) ---
     # Reserved: several nodes sharing one Redis are not built yet, so a value is refused at
     # startup (__attrs_post_init__) rather than silently running one node alone.
-    redis_url: str | None = None
+    redis_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "reserved for several relay nodes sharing one Redis; refused by this version"
+        ),
+    )
 
     # --- HTTP side ---
-    web_chat: bool = False
-    log_level: str = "info"
+    web_chat: bool = field(default=False, metadata=_help("serve the browser chat page at /"))
+    log_level: str = field(
+        default="info", metadata=_help("least severe log level written to stderr")
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):

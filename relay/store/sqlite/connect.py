@@ -6,7 +6,10 @@ Invariants:
   migrations.SCHEMA_VERSION (migrated in one transaction) before any reader opens;
 - a readers' connection has `query_only` set: a read never writes;
 - every failure is a StoreUnavailable naming the file and the reason, and leaves no
-  connection open.
+  connection open;
+- a database file the store creates is 0600 (owner only: it holds every user's messages), and
+  so are its -wal and -shm files, which SQLite creates with the main file's permissions. An
+  existing file keeps the permissions its owner gave it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from attrs import frozen
 from relay.errors import StoreError, StoreUnavailable
 from relay.store.migrations import SchemaMismatch, migrate
 from relay.store.sqlite.rows import describe
+
+#: Permissions of a database file the store creates (and, through SQLite, of its -wal/-shm).
+FILE_MODE: Final = 0o600
 
 #: WAL pages (of 4 kB) between the writer's automatic checkpoints: every ~40 MB of WAL rather
 #: than SQLite's 4 MB, so the pages appends keep rewriting (the tails of the table and indexes)
@@ -56,6 +62,13 @@ class Connector:
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreUnavailable(f"{where}: the directory {directory!r} does not exist")
+        try:
+            self._create_private()
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"{where}: the file cannot be opened or created in {directory!r} "
+                f"({exc.strerror or exc})"
+            ) from exc
         opened: list[sqlite3.Connection] = []
         try:
             conn = self._connection()
@@ -85,6 +98,19 @@ class Connector:
             for c in opened:
                 c.close()
             raise
+
+    def _create_private(self) -> None:
+        """Create the database file empty and owner-only when it does not exist, before SQLite
+        opens it (SQLite would create it 0644 less the umask). An empty file is an empty
+        database to SQLite."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, FILE_MODE)  # a umask may only have narrowed it further; keep it exact
+        finally:
+            os.close(fd)
 
     def _prepare_writer(self, conn: sqlite3.Connection, where: str) -> None:
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
