@@ -80,7 +80,7 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "chart skipped: matplotlib is not installed (pip install relay[bench])"
+        return "chart skipped: matplotlib is not installed (pip install -e '.[bench]')"
 
     keys = [k for k in order if not k.startswith("idle") and summary.get(k)]
     if not keys:
