@@ -459,6 +459,8 @@ cdef class Outbox:
     cdef list _droppable
     cdef Py_ssize_t _droppable_bytes
     cdef Py_ssize_t _droppable_frames
+    # droppable frames refused or dropped to make room since the owner last reset it
+    cdef public Py_ssize_t dropped
 
     def __cinit__(self, Py_ssize_t max_bytes, Py_ssize_t max_frames):
         self.max_bytes = max_bytes
@@ -469,6 +471,7 @@ cdef class Outbox:
         self._droppable = None
         self._droppable_bytes = 0
         self._droppable_frames = 0
+        self.dropped = 0
 
     cpdef bint push(self, frame, bint droppable=False) except -1:
         """Queue a frame. Droppable frames (typing, presence) are refused when the outbox is
@@ -490,6 +493,7 @@ cdef class Outbox:
                 or new_bytes > self.max_bytes
                 or new_frames > self.max_frames
             ):
+                self.dropped += 1
                 return False
             if self._droppable is None:
                 self._droppable = [False] * len(self._chunks)
@@ -534,6 +538,7 @@ cdef class Outbox:
         self.pending_frames -= freed_frames
         self._droppable_bytes -= freed_bytes
         self._droppable_frames -= freed_frames
+        self.dropped += freed_frames
 
     def take(self):
         """Everything queued, joined; the outbox is then empty."""

@@ -14,6 +14,8 @@ class Outbox:
     `_chunks[i]` may still be dropped (never a tail put back by unsend). `_chunks` is one list
     for the outbox's life (take() empties it): nothing is allocated per flush.
     Limits bound push, never unsend: bytes handed back were already promised to the peer.
+    `dropped` counts the droppable frames refused or dropped to make room since the owner last
+    reset it (the shell adds it to its counters when it writes the outbox).
     """
 
     max_bytes: int
@@ -24,6 +26,7 @@ class Outbox:
     _droppable: list[bool] | None = field(init=False, default=None)
     _droppable_bytes: int = field(init=False, default=0)
     _droppable_frames: int = field(init=False, default=0)
+    dropped: int = field(init=False, default=0)
 
     def push(self, frame: bytes, droppable: bool = False) -> bool:
         """Queue a frame. Droppable frames (typing, presence) are refused when the outbox is
@@ -45,6 +48,7 @@ class Outbox:
                 or new_bytes > self.max_bytes
                 or new_frames > self.max_frames
             ):
+                self.dropped += 1
                 return False
             if self._droppable is None:
                 self._droppable = [False] * len(self._chunks)
@@ -85,6 +89,7 @@ class Outbox:
         self.pending_frames -= freed_frames
         self._droppable_bytes -= freed_bytes
         self._droppable_frames -= freed_frames
+        self.dropped += freed_frames
 
     def take(self) -> bytes:
         """Everything queued, joined; the outbox is then empty."""

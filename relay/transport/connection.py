@@ -196,6 +196,7 @@ class WsConnection(WebSocket):
 
     async def _teardown(self) -> None:
         self.end()
+        self.count_dropped()
         await self._close_transport()
         self.server.forget(self)
         if self._opened:

@@ -274,6 +274,8 @@ class Server:
         self.dirty = []
         for conn in dirty:
             conn.dirty = False
+            if conn.outbox.dropped:
+                conn.count_dropped()
             if conn.writer_active or conn.ws_state is _ENDED:
                 continue
             if conn.flush_now():

@@ -22,8 +22,9 @@ the method that would fire it returns without effect).
     any state but ENDED --END--> ENDED
 
 Invariants:
-- `send` queues frames only in OPEN; every frame queued, dropped to make room or refused
-  while droppable is counted (Stats.messages_dropped).
+- `send` queues frames only in OPEN; every droppable frame refused or dropped to make room is
+  counted by the outbox and reaches Stats.messages_dropped by the next write or the end
+  (`count_dropped`).
 - Our close frame is the last frame written: once it is queued, `close_remaining` is the
   number of bytes still allowed out (everything queued before it, and itself).
 - `close_code` is the code the connection ends with: the peer's when the peer closed first
@@ -134,20 +135,23 @@ class WebSocket:
     def send(self, frame: bytes, droppable: bool = False) -> bool:
         """Queue an encoded server frame (the Connection port's `send`). False when the outbox
         is full (the caller closes 1013) or the connection is closing."""
+        # the outbox counts the droppable frames it refuses or drops (Outbox.dropped); the
+        # driver moves that count into the stats when it writes the outbox (`count_dropped`),
+        # once per write rather than per frame: this runs once per frame per recipient
         if self.ws_state is not _OPEN:
             return False
-        ob = self.outbox
-        before = ob.pending_frames
-        if not ob.push(frame, droppable):
-            if droppable:
-                self.stats.messages_dropped += 1
+        if not self.outbox.push(frame, droppable):
             return False
-        if ob.pending_frames <= before:  # droppable frames were dropped to make room
-            self.stats.messages_dropped += before + 1 - ob.pending_frames
         if not self.dirty:
             self.dirty = True
             self.wake(self)
         return True
+
+    def count_dropped(self) -> None:
+        """Move the outbox's count of droppable frames it refused or dropped into the stats."""
+        outbox = self.outbox
+        self.stats.messages_dropped += outbox.dropped
+        outbox.dropped = 0
 
     def flush_soon(self) -> None:
         """Have what was pushed to `outbox` directly written like what `send` queued.

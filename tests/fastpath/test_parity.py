@@ -366,9 +366,10 @@ def test_outboxes_agree(
                 sent = int(len(data) * arg)
                 fast.unsend(data[sent:])
                 slow.unsend(data[sent:])
-        assert (fast.pending_bytes, fast.pending_frames) == (
+        assert (fast.pending_bytes, fast.pending_frames, fast.dropped) == (
             slow.pending_bytes,
             slow.pending_frames,
+            slow.dropped,
         )
     assert fast.take() == slow.take()
 

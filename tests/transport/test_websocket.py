@@ -132,9 +132,13 @@ def test_every_dropped_or_refused_droppable_frame_is_counted() -> None:
     assert ws.send(b"t2", True)
     assert ws.send(b"m1")
     assert not ws.send(b"t3", True)  # over half full: refused, counted
-    assert ws.stats.messages_dropped == 1
+    assert ws.outbox.dropped == 1
     assert ws.send(b"m2")
     assert ws.send(b"m3")  # the oldest droppable frame gives way
+    assert ws.outbox.dropped == 2
+    ws.count_dropped()  # the driver, when it writes the outbox or ends
+    assert ws.stats.messages_dropped == 2 and ws.outbox.dropped == 0
+    ws.count_dropped()
     assert ws.stats.messages_dropped == 2
     assert ws.outbox.take() == b"t2m1m2m3"
     assert woken == [ws]
