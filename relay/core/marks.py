@@ -34,8 +34,6 @@ class DeliveryMarks:
     def note_flushed(self, session: Session) -> None:
         """The session's pending marks reached the kernel: queue them for the store."""
         marks = session.pending_marks
-        if not marks:
-            return
         flushed = self._flushed
         user = session.user_id
         device = session.store_device

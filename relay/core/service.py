@@ -227,7 +227,8 @@ class MessagingService:
             return
         if conn.outbox.pending_frames:
             return  # frames queued after this flush began: their marks wait for the next one
-        self._marks.note_flushed(session)
+        if session.pending_marks:
+            self._marks.note_flushed(session)
         backlog = session.backlog
         if backlog is not None:
             self.backlog.flushed(conn, session, backlog)
