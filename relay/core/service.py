@@ -10,7 +10,7 @@ Session: the first frame must be `auth` within `auth_timeout` (else close 1008);
 valid frame before it gets error `unauthenticated` (the connection stays); a failed auth gets
 error `auth_failed`, then close 1008. A second `auth` on an active connection gets `invalid`.
 An unexpected exception while handling one frame is logged and answered with error `internal`;
-the connection stays. The contract is /work/shared/protocol.md, documented in docs/PROTOCOL.md.
+the connection stays. The contract is documented in docs/PROTOCOL.md.
 """
 
 from __future__ import annotations

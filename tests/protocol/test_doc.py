@@ -44,7 +44,7 @@ from relay.store.memory import MemoryStore
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 ID_PREFIX = "urn:relay:v1:"
 
-# Contract v1 (/work/shared/protocol.md): the frame types in each direction.
+# Contract v1 (docs/PROTOCOL.md): the frame types in each direction.
 CLIENT_TYPES = {
     "auth", "message", "receipt", "status", "presence", "typing", "conversations", "history",
     "group_create", "group_add", "group_remove", "group_leave", "ping",
