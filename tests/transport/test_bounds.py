@@ -7,6 +7,7 @@ Time is trio's MockClock: the slow-consumer timeout and the handshake rate are l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 import trio
 from attrs import define, field
 from support import (
+    FakeConn,
     RawWs,
     http_get,
     mask_frame,
@@ -25,10 +27,12 @@ from support import (
 )
 from trio.testing import MockClock
 
-from relay import Relay
+from relay import Relay, RelayConfig
+from relay.core import MessagingService
 from relay.echo import EchoHandler
 from relay.fastpath import OP_TEXT, encode_frame
 from relay.ports import Connection
+from relay.store.memory import MemoryStore
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WebSocket
 
 FRAME = encode_frame(OP_TEXT, b"x" * 16_000)
@@ -285,8 +289,18 @@ async def test_two_history_pages_kept_alive_with_pings_are_closed_1013(
     assert stats.slow_consumer_closes == 1
     assert 30.0 <= trio.current_time() - asked <= 30.0 + 2 * 30.0 / 4 + 5.0
     assert stats.heartbeat_timeouts == 0
-    with trio.fail_after(5):  # the relay hung up (a reset when our last ping was unread)
-        try:
-            await lazy.wait_eof()
-        except trio.BrokenResourceError:
-            pass
+    # the relay hung up (a reset when our last ping was unread)
+    with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+        await lazy.wait_eof()
+
+
+async def test_the_core_tells_the_shell_once_a_session_signed_in() -> None:
+    service = MessagingService(RelayConfig(db_path=None, max_devices_per_user=1), MemoryStore())
+    first, second = FakeConn(), FakeConn()
+    for conn in (first, second):
+        service.on_open(conn)
+        assert conn.authenticated_calls == 0
+        await service.on_messages(conn, [b'{"type":"auth","userId":"ann"}'])
+    assert first.authenticated_calls == 1
+    assert second.authenticated_calls == 0  # refused: over max_devices_per_user
+    assert second.closed is not None and second.closed[0] == 1008
