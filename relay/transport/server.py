@@ -229,6 +229,8 @@ class Server:
             for listener in metrics_listeners:
                 root.start_soon(self._accept_loop, listener, root, self._serve_metrics)
             log.info("listening on %s", self.address.url)
+            if self.metrics_address is not None:
+                log.info("serving /metrics on %s/metrics", self.metrics_address.url)
             task_status.started(self.address)
             try:
                 await trio.sleep_forever()
