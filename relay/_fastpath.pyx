@@ -161,9 +161,11 @@ cdef class FrameParser:
     when no fragmented message is open, and then `_frag_parts` is None (no list is kept per
     connection while idle) and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
+    `max_message_bytes` may be changed between feeds; frames not yet complete are checked
+    against the new value.
     """
 
-    cdef readonly Py_ssize_t max_message_bytes
+    cdef public Py_ssize_t max_message_bytes
     cdef readonly bint failed
     cdef readonly int close_code
     cdef readonly str close_reason

@@ -57,6 +57,11 @@ class Relay:
         return None if self._server is None else self._server.address
 
     @property
+    def metrics_address(self) -> BoundAddress | None:
+        """Where /metrics is served alone (config.metrics_listen), once started; else None."""
+        return None if self._server is None else self._server.metrics_address
+
+    @property
     def url(self) -> str:
         """ws://host:port (wss:// with a certificate) once started."""
         address = self.address

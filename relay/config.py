@@ -31,6 +31,15 @@ def _non_negative(instance: object, attribute: object, value: float) -> None:
         raise ConfigError(f"{getattr(attribute, 'name', attribute)} must be >= 0, got {value!r}")
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[::1]:9090" for IPv6). ConfigError when malformed."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"metrics_listen must be HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 _AUTH_KEY_SOURCES = ("auth_secret", "auth_secret_file", "auth_public_key_file")
 _AUTH_NEEDS_KEY = ("auth_algorithms", "auth_issuer", "auth_audience")
 
@@ -238,6 +247,70 @@ class RelayConfig:
         default="info", metadata=_help("least severe log level written to stderr")
     )
 
+    # --- exposure and memory bounds (docs/PROTOCOL.md, "Bounds") ---
+    allowed_origins: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated origins (scheme://host[:port], or *) whose browser pages may "
+            "open WebSockets; others get 403 (none: the relay's own origin with --web-chat, "
+            "else no check)"
+        ),
+    )
+    slow_consumer_timeout: float = field(
+        default=30.0,
+        validator=_positive,
+        metadata=_help(
+            "seconds a connection's outbox may stay over slow_consumer_bytes before it is "
+            "closed as a slow consumer (1013)"
+        ),
+    )
+    slow_consumer_bytes: int = field(
+        default=64 * 1024,
+        validator=_positive,
+        metadata=_help("outbox bytes above which a connection counts as not reading"),
+    )
+    outbox_budget_bytes: int = field(
+        default=256 * 1024 * 1024,
+        validator=_positive,
+        metadata=_help(
+            "bytes all outboxes together may hold; over it the biggest are closed first (1013)"
+        ),
+    )
+    max_connections_per_address: int = field(
+        default=1024,
+        validator=_positive,
+        metadata=_help(
+            "TCP connections one peer address may hold at once, handshakes included (429)"
+        ),
+    )
+    handshake_rate_per_address: float = field(
+        default=20.0,
+        validator=_positive,
+        metadata=_help(
+            "TCP connections per second one peer address may open, in bursts of ten "
+            "seconds' worth (429)"
+        ),
+    )
+    limit_loopback: bool = field(
+        default=False,
+        metadata=_help(
+            "apply the per-address caps to loopback peers too (off: behind a reverse proxy on "
+            "this host every client comes from loopback)"
+        ),
+    )
+    max_devices_per_user: int = field(
+        default=100,
+        validator=_positive,
+        metadata=_help("connections one user may have signed in at once (more: auth_failed)"),
+    )
+    metrics_listen: str | None = field(
+        default=None,
+        metadata=_help(
+            "HOST:PORT serving GET /metrics alone (none: /metrics on the main port, to "
+            "loopback peers only)"
+        ),
+    )
+
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("certfile and keyfile go together")
@@ -249,6 +322,21 @@ class RelayConfig:
                 "version; run one node (unset --redis-url / RELAY_REDIS_URL)"
             )
         self._check_auth()
+        if self.metrics_listen is not None:
+            _host_port(self.metrics_listen)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """(host, port) of `metrics_listen`; None when unset."""
+        return None if self.metrics_listen is None else _host_port(self.metrics_listen)
+
+    @property
+    def origins(self) -> frozenset[str]:
+        """`allowed_origins` as lower-cased origins without a trailing slash."""
+        if self.allowed_origins is None:
+            return frozenset()
+        parts = (o.strip().lower().rstrip("/") for o in self.allowed_origins.split(","))
+        return frozenset(p for p in parts if p)
 
     @property
     def token_auth(self) -> bool:

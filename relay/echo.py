@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 @define(eq=False)
 class EchoHandler:
     def on_open(self, conn: Connection) -> None:
-        pass
+        conn.authenticated()  # no sign-in here: every peer may send whole-size messages
 
     async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
         for payload in payloads:

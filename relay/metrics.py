@@ -32,7 +32,7 @@ class Stats:
     bytes_out: int = 0  # bytes written on WebSocket connections (after the handshake)
     socket_writes: int = 0  # send calls on WebSocket connections (frames coalesce into few)
     messages_dropped: int = 0  # droppable frames (typing, presence) dropped by a full outbox
-    slow_consumer_closes: int = 0  # connections closed 1013 because their outbox was full
+    slow_consumer_closes: int = 0  # connections the relay closed 1013 (not a peer's own 1013)
     heartbeat_timeouts: int = 0  # connections closed because the peer stayed silent
     late_flushes: int = 0  # outboxes filled without waking the flusher, found by the sweep
     http_requests: dict[int, int] = field(factory=dict)  # plain-HTTP responses by status
@@ -50,7 +50,8 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
     (
         "slow_consumer_closes",
         "slow_consumer_closes",
-        "Connections closed with 1013 because their outbox was full",
+        "Connections the relay closed with 1013: a full or long-backed-up outbox, or the "
+        "memory budget",
     ),
     ("heartbeat_timeouts", "heartbeat_timeouts", "Connections closed for a silent peer"),
     ("late_flushes", "late_flushes", "Outboxes found pending by the periodic sweep"),

@@ -42,6 +42,11 @@ class Connection(Protocol):
         """Queue a close frame after what is queued, then end the connection. Idempotent."""
         ...
 
+    def authenticated(self) -> None:
+        """The session authenticated: the connection now takes messages up to
+        `max_message_bytes` (before, up to the shell's smaller pre-auth limit)."""
+        ...
+
 
 class ConnectionHandler(Protocol):
     """What the shell calls for each connection; the messaging core implements it."""

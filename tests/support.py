@@ -237,6 +237,7 @@ class FakeConn:
         self.state: Any = None
         self.closed: tuple[int, str] | None = None
         self.sends = 0
+        self.authenticated_calls = 0
 
     def send(self, frame: bytes, droppable: bool = False) -> bool:
         self.sends += 1
@@ -248,8 +249,60 @@ class FakeConn:
         if self.closed is None:
             self.closed = (code, reason)
 
+    def authenticated(self) -> None:
+        self.authenticated_calls += 1
+
 
 async def watermarks_of(store: Store, conversation: str, user: str) -> Watermarks:
     """`user`'s watermarks in `conversation` as the live API reports them (every participant's
     in store.member_watermarks); zeros for a user who is not a participant."""
     return (await store.member_watermarks(conversation)).get(user, Watermarks(0, 0))
+
+
+def upgrade_request(
+    *,
+    keys: tuple[bytes, ...] = (b"dGhlIHNhbXBsZSBub25jZQ==",),
+    version: bytes = b"1.1",
+    host: bytes = b"127.0.0.1",
+    extra: bytes = b"",
+) -> bytes:
+    """A WebSocket upgrade request with these `Sec-WebSocket-Key` values (one header each),
+    HTTP version and extra header lines (each ending in CRLF)."""
+    lines = b"".join(b"Sec-WebSocket-Key: " + key + b"\r\n" for key in keys)
+    return (
+        b"GET / HTTP/" + version + b"\r\nHost: " + host + b"\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n" + lines + b"Sec-WebSocket-Version: 13\r\n" + extra + b"\r\n"
+    )
+
+
+async def response_head(port: int, request: bytes) -> tuple[int, bytes]:
+    """Send raw request bytes; (status, the response head and what came with it), without
+    waiting for the server to close (a 101 keeps the connection open)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(request)
+        data = bytearray()
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+        if not data.startswith(b"HTTP/1.1 101"):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    return int(bytes(data).split(b" ", 2)[1]), bytes(data)
+
+
+async def slow_reader(relay: Relay, rcvbuf: int = 4096) -> RawWs:
+    """A RawWs whose socket has a small receive buffer, for a client that does not read:
+    the kernel then holds little of what the relay sends, the relay's outbox the rest."""
+    address = relay.address
+    assert address is not None
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, rcvbuf)
+    await sock.connect(("127.0.0.1", address.port))
+    ws = RawWs(trio.SocketStream(sock))
+    await ws.send(upgrade_request())
+    head = await ws._read_until(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return ws

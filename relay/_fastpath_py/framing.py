@@ -87,6 +87,8 @@ class FrameParser:
     from the caller's bytes when nothing is buffered); `_frag_op` is 0 exactly
     when no fragmented message is open, and then `_frag_parts` is empty and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
+    `max_message_bytes` may be changed between feeds; frames not yet complete are checked
+    against the new value.
     """
 
     max_message_bytes: int

@@ -373,7 +373,18 @@ class MessagingService:
             raise
         if session.closing:
             return
+        # Counted here, with no await before router.add: concurrent auths cannot all pass.
+        devices = len(ctx.router.table().get(user, ()))
+        if devices >= ctx.config.max_devices_per_user:
+            self._fail_auth(
+                conn,
+                session,
+                f"too many connections for this user: {devices} are signed in "
+                f"(max_devices_per_user {ctx.config.max_devices_per_user})",
+            )
+            return
         self._awaiting.pop(conn.id, None)
+        conn.authenticated()
         session.activate(
             user,
             BacklogState(),

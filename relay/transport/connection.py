@@ -485,11 +485,14 @@ class TlsConnection(WsConnection):
                     clipped = len(allowed) < len(data)
                     data = allowed
                     self.wrote_while_closing(len(data))
+                self.in_flight = len(data)
                 try:
                     await self.stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self._mark_broken()
                     break
+                finally:
+                    self.in_flight = 0
                 stats.socket_writes += 1
                 stats.bytes_out += len(data)
                 stats.frames_out += frames

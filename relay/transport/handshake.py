@@ -1,11 +1,17 @@
 """The opening handshake: read the HTTP request (h11), accept a WebSocket upgrade (wsproto).
 
-`read_request` and `answer_and_close` do the I/O on a trio stream; `accept_upgrade` is
-sans-IO. Invariant: a request is read up to MAX_REQUEST_BYTES and never past its end, so the
-bytes a client sent after its upgrade request (early WebSocket frames) reach the connection.
+`read_request` and `answer_and_close` do the I/O on a trio stream; `accept_upgrade` and
+`origin_allowed` are sans-IO. Invariants: no more than MAX_REQUEST_BYTES are ever read before
+the request is complete (each read asks for what is left of that budget, so one large write
+cannot slip past it), and nothing is read past the request's end that is not handed on, so
+the bytes a client sent after its upgrade request (early WebSocket frames) reach the
+connection. An upgrade is accepted only as RFC 6455 4.2.1 has it: HTTP/1.1 or later, and
+exactly one `Sec-WebSocket-Key` that is the base64 of 16 bytes.
 """
 
 from __future__ import annotations
+
+import binascii
 
 import h11
 import trio
@@ -36,6 +42,7 @@ class HttpFailure(Exception):
 class OpeningRequest:
     method: str
     target: str
+    http_version: bytes  # b"1.1", b"1.0"
     headers: list[tuple[bytes, bytes]]
     raw: bytes  # every byte received so far
     parser: h11.Connection
@@ -48,7 +55,11 @@ class OpeningRequest:
 
     @property
     def host(self) -> bytes | None:
-        return next((v for n, v in self.headers if n == b"host"), None)
+        return self.header(b"host")
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header `name` (lower case), None when absent."""
+        return next((v for n, v in self.headers if n == name), None)
 
 
 async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
@@ -62,7 +73,10 @@ async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
         except h11.RemoteProtocolError as exc:
             raise HttpFailure(exc.error_status_hint, "bad request") from None
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(MAX_REQUEST_BYTES)
+            room = MAX_REQUEST_BYTES - len(raw)
+            if room <= 0:
+                raise HttpFailure(431, f"request head over {MAX_REQUEST_BYTES} bytes")
+            data = await stream.receive_some(room)
             raw += data
             parser.receive_data(bytes(data))
             continue
@@ -70,6 +84,7 @@ async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
             return OpeningRequest(
                 method=event.method.decode("ascii", "replace"),
                 target=event.target.decode("ascii", "replace"),
+                http_version=bytes(event.http_version),
                 headers=[(bytes(name), bytes(value)) for name, value in event.headers],
                 raw=bytes(raw),
                 parser=parser,
@@ -80,6 +95,7 @@ async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
 def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
     """The 101 response to a WebSocket upgrade request, and the bytes the client sent after
     the request. Raises HttpFailure when the upgrade cannot be accepted."""
+    _check_upgrade(request)
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
         handshake.receive_data(request.raw)
@@ -94,6 +110,42 @@ def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
     if trailing is None:
         raise HttpFailure(400, "an upgrade request has no body")
     return handshake.send(AcceptConnection()), trailing
+
+
+def _check_upgrade(request: OpeningRequest) -> None:
+    """RFC 6455 4.2.1's demands that wsproto leaves unchecked: HTTP/1.1 or later, and one
+    `Sec-WebSocket-Key` that decodes (strict base64) to exactly 16 bytes."""
+    if request.http_version < b"1.1":
+        raise HttpFailure(400, "a WebSocket upgrade needs HTTP/1.1 or later")
+    keys = [v for n, v in request.headers if n == b"sec-websocket-key"]
+    if len(keys) != 1:
+        raise HttpFailure(400, f"expected one Sec-WebSocket-Key header, got {len(keys)}")
+    try:
+        nonce = binascii.a2b_base64(keys[0].strip(), strict_mode=True)
+    except binascii.Error:
+        raise HttpFailure(400, "Sec-WebSocket-Key is not base64") from None
+    if len(nonce) != 16:
+        raise HttpFailure(400, f"Sec-WebSocket-Key must encode 16 bytes, not {len(nonce)}")
+
+
+def origin_allowed(request: OpeningRequest, allowed: frozenset[str], same_origin: bool) -> bool:
+    """Whether the upgrade's `Origin` (sent by browsers, not by other clients) may connect.
+
+    A request without `Origin` always may: the check is against other sites' pages, and a
+    browser always names the page's origin (a script cannot change it). `allowed` holds lower-cased origins
+    (`scheme://host[:port]`), or "*" for any; `same_origin` also admits an origin whose
+    host[:port] is the request's `Host`. Nothing allowed and not `same_origin`: no check."""
+    origin = request.header(b"origin")
+    if origin is None or (not allowed and not same_origin) or "*" in allowed:
+        return True
+    text = origin.decode("latin-1").strip().lower()
+    if text in allowed:
+        return True
+    host = request.host
+    if not same_origin or host is None:
+        return False
+    _scheme, sep, authority = text.partition("://")
+    return bool(sep) and authority == host.decode("latin-1").strip().lower()
 
 
 def _trailing_after_request(parser: h11.Connection) -> bytes | None:

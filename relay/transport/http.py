@@ -1,4 +1,5 @@
-"""The plain-HTTP side of the relay's one port: /healthz, /metrics, the web chat, errors.
+"""The plain-HTTP side of the relay's port: /healthz, /metrics, the web chat, errors; and the
+metrics listener's one page (`respond_metrics`).
 
 Sans-IO: `respond()` maps a parsed request onto a complete HTTP/1.1 response (bytes); the
 shell writes it and closes the connection. Invariant: every response carries
@@ -89,18 +90,27 @@ def respond(
     metrics: RelayMetrics,
     web_chat: bool = False,
     host: bytes | None = None,
+    metrics_here: bool | None = True,
 ) -> tuple[int, bytes]:
     """(status, response bytes) for a plain (non-upgrade) HTTP request.
 
     GET /healthz: 200 "ok" while serving, 503 "draining" during shutdown.
-    GET /metrics: Prometheus text of this relay. With `web_chat`: GET / (or /index.html) the
+    GET /metrics: Prometheus text of this relay when `metrics_here` (the peer may read it),
+    403 when False (a peer not on loopback), 404 when None (served on another address).
+    With `web_chat`: GET / (or /index.html) the
     chat page and its /chat.js and /chat.css, under a CSP that `host` (the request's Host)
     narrows. Other paths: 404. Other methods on a known path: 405. HEAD behaves as GET
     without a body.
     """
     path = target.split("?", 1)[0]
     web = WEB_FILES.get(path) if web_chat else None
-    if web is None and path not in ("/healthz", "/metrics"):
+    if path == "/metrics":
+        if metrics_here is None:
+            return 404, error(404)
+        if not metrics_here:
+            return 403, error(403, "/metrics is served to loopback peers only (see metrics_listen)")
+        return respond_metrics(method, target, metrics)
+    if web is None and path != "/healthz":
         return 404, error(404)
     if method not in ("GET", "HEAD"):
         return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
@@ -114,8 +124,17 @@ def respond(
         ]
         body = web_file(name)
         return 200, render(200, body, content_type=content_type, headers=security, head=head)
-    if path == "/healthz":
-        if draining:
-            return 503, render(503, b"draining", head=head)
-        return 200, render(200, b"ok", head=head)
-    return 200, render(200, metrics.render(), content_type=METRICS_CONTENT_TYPE, head=head)
+    if draining:
+        return 503, render(503, b"draining", head=head)
+    return 200, render(200, b"ok", head=head)
+
+
+def respond_metrics(method: str, target: str, metrics: RelayMetrics) -> tuple[int, bytes]:
+    """(status, response bytes) for a request to the metrics listener, which serves
+    GET /metrics (and HEAD) alone."""
+    if target.split("?", 1)[0] != "/metrics":
+        return 404, error(404)
+    if method not in ("GET", "HEAD"):
+        return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
+    body = metrics.render()
+    return 200, render(200, body, content_type=METRICS_CONTENT_TYPE, head=method == "HEAD")

@@ -28,19 +28,34 @@ Invariants:
 Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
 and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
 + heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
-dead). Checked by one sweep over all connections every min(interval, timeout)/4 (>= 50 ms),
-on trio's clock (WebSocket.heartbeat), so tests run it on trio's MockClock.
+dead). Checked by one sweep over all connections every min(interval, timeout,
+slow_consumer_timeout)/4 (>= 50 ms), on trio's clock (WebSocket.heartbeat), so tests run it
+on trio's MockClock.
+
+Bounds, checked by the same sweep (so per sweep, never per message): a connection whose
+queued bytes stayed over slow_consumer_bytes for slow_consumer_timeout is closed with 1013;
+when all connections together queue more than outbox_budget_bytes, the biggest are closed
+with 1013 until the rest fit. Both close at once (`close_now`): a peer that does not read
+would not read our close frame either. Per peer address (loopback exempt unless
+limit_loopback): at most max_connections_per_address TCP connections at once, handshakes
+included, opened at handshake_rate_per_address per second in bursts of ten seconds' worth;
+more are answered 429 before their request is read.
 
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
-1011 handler failure and heartbeat timeout, 1012 shutdown, 503 (HTTP) for upgrades while
-draining or over max_connections. `on_close` receives the code the connection ended with
-(relay.transport.websocket: the peer's, ours, or 1006).
+1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the bounds above, 503 (HTTP)
+for upgrades while draining or over max_connections, 403 for a browser origin not allowed.
+`on_close` receives the code the connection ended with (relay.transport.websocket: the
+peer's, ours, or 1006).
+
+/metrics: with metrics_listen, served on that address only (its own listener answers
+nothing else); without, on the main port to loopback peers only.
 """
 
 from __future__ import annotations
 
 import errno
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -64,10 +79,11 @@ from relay.transport.handshake import (
     OpeningRequest,
     accept_upgrade,
     answer_and_close,
+    origin_allowed,
     read_request,
 )
 from relay.transport.poller import Poller
-from relay.transport.websocket import WsState
+from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
 
@@ -79,6 +95,8 @@ TICK_INTERVAL = 0.25
 ACCEPT_RETRY = 0.1
 #: accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: A peer address may open this many seconds' worth of handshake_rate_per_address at once.
+HANDSHAKE_BURST_SECONDS = 10.0
 
 _CONNECTION_TASK = "relay.transport connection"
 _ids = itertools.count(1)
@@ -89,6 +107,28 @@ _ENDED = WsState.ENDED
 
 def _nothing_now(conn: Connection, payloads: list[bytes]) -> int:
     return 0
+
+
+def is_loopback_peer(address: str) -> bool:
+    """Whether a peer's IP address (as getpeername gives it) is this machine's loopback,
+    IPv4-mapped IPv6 included."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+@define
+class AddressUse:
+    """One peer address's share of the per-address caps: its open TCP connections, and its
+    token bucket of handshakes (`tokens` as of `stamp`, trio's clock)."""
+
+    open: int
+    tokens: float
+    stamp: float
 
 
 @frozen
@@ -117,6 +157,8 @@ class Server:
     handler: ConnectionHandler
     metrics: RelayMetrics = field(factory=RelayMetrics)
     address: BoundAddress | None = None
+    #: where /metrics is served alone (config.metrics_listen), once listening
+    metrics_address: BoundAddress | None = None
     draining: bool = False
     conns: dict[int, WsConnection] = field(factory=dict)
     dirty: list[WsConnection] = field(factory=list)
@@ -134,6 +176,9 @@ class Server:
     # close deadlines of ws:// connections: a heap of (deadline, connection id, connection)
     _expiries: list[tuple[float, int, RawConnection]] = field(factory=list)
     _expiry_changed: trio.Event = field(factory=trio.Event)
+    #: per-address caps: the addresses with open connections or a bucket not yet full
+    addresses: dict[str, AddressUse] = field(factory=dict)
+    _origins: frozenset[str] = field(init=False)  # config.origins, parsed once
     # The handler's optional abilities (relay.ports), decided once.
     on_messages_nowait: Callable[[Connection, list[bytes]], int] = field(init=False)
     _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
@@ -143,6 +188,7 @@ class Server:
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
         self.stats = self.metrics.stats
+        self._origins = self.config.origins
         handler = self.handler
         self.on_messages_nowait = (
             handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
@@ -169,11 +215,22 @@ class Server:
             port=sockname[1],
             scheme="wss" if self._ssl is not None else "ws",
         )
+        metrics_listeners: list[trio.SocketListener] = []
+        metrics_at = config.metrics_address
+        if metrics_at is not None:
+            metrics_listeners = await trio.open_tcp_listeners(metrics_at[1], host=metrics_at[0])
+            bound = metrics_listeners[0].socket.getsockname()
+            self.metrics_address = BoundAddress(host=metrics_at[0], port=bound[1], scheme="http")
         async with trio.open_nursery() as root:
             conn_nursery: trio.Nursery = await root.start(self._host)
             # In the shielded host nursery: /healthz keeps answering (503) while draining.
             await conn_nursery.start(self._accept, listeners, conn_nursery)
+            # Not shielded: the metrics listener closes when the drain begins.
+            for listener in metrics_listeners:
+                root.start_soon(self._accept_loop, listener, root, self._serve_metrics)
             log.info("listening on %s", self.address.url)
+            if self.metrics_address is not None:
+                log.info("serving /metrics on %s/metrics", self.metrics_address.url)
             task_status.started(self.address)
             try:
                 await trio.sleep_forever()
@@ -211,10 +268,18 @@ class Server:
         with self._accept_scope:
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
-                    accepting.start_soon(self._accept_loop, listener, nursery)
+                    accepting.start_soon(self._accept_loop, listener, nursery, self._handle_tcp)
                 task_status.started(listeners)
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(
+        self,
+        listener: trio.SocketListener,
+        nursery: trio.Nursery,
+        handle: Callable[[trio.SocketStream], Awaitable[None]],
+    ) -> None:
+        # Out of descriptors (or memory), accept fails every ACCEPT_RETRY until some are
+        # freed: one warning per such episode, and one line when it ends.
+        failures = 0
         async with listener:
             while True:
                 try:
@@ -222,17 +287,21 @@ class Server:
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
-                    log.error(
-                        "accept returned %s (%s); retrying in %s s",
-                        errno.errorcode[exc.errno],
-                        os.strerror(exc.errno),
-                        ACCEPT_RETRY,
-                        exc_info=True,
-                    )
+                    if not failures:
+                        log.warning(
+                            "cannot accept connections: %s (%s); retrying every %s s",
+                            errno.errorcode[exc.errno],
+                            os.strerror(exc.errno),
+                            ACCEPT_RETRY,
+                        )
+                    failures += 1
                     await trio.sleep(ACCEPT_RETRY)
                     continue
+                if failures:
+                    log.info("accepting connections again after %d failed attempts", failures)
+                    failures = 0
                 # A constant name: trio would otherwise build one string per task.
-                nursery.start_soon(self._handle_tcp, stream, name=_CONNECTION_TASK)
+                nursery.start_soon(handle, stream, name=_CONNECTION_TASK)
                 del stream
 
     async def _drain(self) -> None:
@@ -310,7 +379,11 @@ class Server:
 
     async def _ticker(self) -> None:
         config = self.config
-        sweep_every = max(0.05, min(config.heartbeat_interval, config.heartbeat_timeout) / 4)
+        sweep_every = max(
+            0.05,
+            min(config.heartbeat_interval, config.heartbeat_timeout, config.slow_consumer_timeout)
+            / 4,
+        )
         next_tick = next_sweep = trio.current_time()
         while True:
             await trio.sleep_until(min(next_tick, next_sweep))
@@ -334,10 +407,15 @@ class Server:
                 self._sweep(t)
 
     def _sweep(self, now: float) -> None:
-        """Heartbeat every connection; also flush outboxes filled without flush_soon()."""
-        interval = self.config.heartbeat_interval
-        timeout = self.config.heartbeat_timeout
+        """Heartbeat every connection, close slow consumers and hold the outbox budget (see
+        the module docstring); also flush outboxes filled without flush_soon()."""
+        config = self.config
+        interval = config.heartbeat_interval
+        timeout = config.heartbeat_timeout
+        mark = config.slow_consumer_bytes
+        patience = config.slow_consumer_timeout
         stats = self.stats
+        total = 0
         for conn in list(self.conns.values()):
             if conn.ws_state is not _OPEN:
                 continue
@@ -347,6 +425,64 @@ class Server:
             if conn.heartbeat(now, interval, timeout):
                 stats.heartbeat_timeouts += 1
                 conn.close_now(1011, "heartbeat timeout")
+            elif conn.backed_up(now, mark, patience):
+                conn.close_now(1013, "slow consumer: not reading")
+            else:
+                total += conn.queued_bytes
+        if total > config.outbox_budget_bytes:
+            self._shed(total - config.outbox_budget_bytes)
+        self._prune_addresses(now)
+
+    def _shed(self, excess: int) -> None:
+        """Close the connections queuing the most bytes (1013) until `excess` bytes are freed."""
+        biggest = sorted(
+            (c for c in self.conns.values() if c.ws_state is _OPEN),
+            key=lambda c: c.queued_bytes,
+            reverse=True,
+        )
+        for conn in biggest:
+            if excess <= 0:
+                break
+            excess -= conn.queued_bytes
+            conn.close_now(1013, "server memory budget: not reading fast enough")
+
+    # --- per-address caps -----------------------------------------------------------------------
+
+    def _admit(self, address: str) -> str | None:
+        """Take one connection from `address` under its caps: None when admitted (the caller
+        calls `_release` when it ends), else why it is refused."""
+        config = self.config
+        now = trio.current_time()
+        rate = config.handshake_rate_per_address
+        capacity = rate * HANDSHAKE_BURST_SECONDS
+        use = self.addresses.get(address)
+        if use is None:
+            use = self.addresses[address] = AddressUse(open=0, tokens=capacity, stamp=now)
+        else:
+            use.tokens = min(capacity, use.tokens + (now - use.stamp) * rate)
+            use.stamp = now
+        if use.open >= config.max_connections_per_address:
+            return f"too many connections from this address (at most {use.open})"
+        if use.tokens < 1.0:
+            return f"too many new connections from this address (at most {rate:g} per second)"
+        use.tokens -= 1.0
+        use.open += 1
+        return None
+
+    def _release(self, address: str) -> None:
+        self.addresses[address].open -= 1
+
+    def _prune_addresses(self, now: float) -> None:
+        """Forget the addresses with no connection whose bucket has refilled."""
+        rate = self.config.handshake_rate_per_address
+        capacity = rate * HANDSHAKE_BURST_SECONDS
+        idle = [
+            address
+            for address, use in self.addresses.items()
+            if not use.open and use.tokens + (now - use.stamp) * rate >= capacity
+        ]
+        for address in idle:
+            del self.addresses[address]
 
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:
@@ -357,12 +493,32 @@ class Server:
     # --- one TCP connection ---------------------------------------------------------------------
 
     async def _handle_tcp(self, tcp: trio.SocketStream) -> None:
+        try:
+            peer = tcp.socket.getpeername()
+        except OSError:
+            await trio.aclose_forcefully(tcp)
+            return
+        address = str(peer[0])
+        capped = self.config.limit_loopback or not is_loopback_peer(address)
+        if capped:
+            refusal = self._admit(address)
+            if refusal is not None:
+                log.debug("refused %s: %s", address, refusal)
+                await self._refuse(tcp, HttpFailure(429, refusal))
+                return
+        try:
+            await self._serve_tcp(tcp, f"{address}:{peer[1]}")
+        finally:
+            if capped:
+                self._release(address)
+
+    async def _serve_tcp(self, tcp: trio.SocketStream, remote: str) -> None:
         # The handshake runs in its own frame, so that none of its state (h11 and wsproto
         # objects, the request) stays referenced while the WebSocket lives; nor does `tcp`
         # (ws:// detached its socket, wss://'s stream wraps it).
         opened: tuple[WsConnection, bytes] | None = None
         try:
-            opened = await self._handle(tcp)
+            opened = await self._handle(tcp, remote)
         except Exception:
             log.exception("connection task failed")
         finally:
@@ -377,16 +533,35 @@ class Server:
             except Exception:
                 log.exception("connection %d failed", conn.id)
 
-    async def _handle(self, tcp: trio.SocketStream) -> tuple[WsConnection, bytes] | None:
+    async def _serve_metrics(self, tcp: trio.SocketStream) -> None:
+        """A connection to the metrics listener: GET /metrics, nothing else."""
+        try:
+            request: OpeningRequest | None = None
+            with trio.move_on_after(self.config.handshake_timeout):
+                try:
+                    request = await read_request(tcp)
+                except HttpFailure as exc:
+                    await self._refuse(tcp, exc)
+                    return
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+            if request is not None:
+                status, response = http.respond_metrics(
+                    request.method, request.target, self.metrics
+                )
+                self._count_http(status)
+                await answer_and_close(tcp, response)
+        except Exception:
+            log.exception("metrics connection failed")
+        finally:
+            await trio.aclose_forcefully(tcp)
+
+    async def _handle(
+        self, tcp: trio.SocketStream, remote: str
+    ) -> tuple[WsConnection, bytes] | None:
         """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
         returns its registered connection and the bytes that followed the request."""
         stats = self.stats
-        try:
-            peer = tcp.socket.getpeername()
-            remote = f"{peer[0]}:{peer[1]}"
-        except OSError:
-            await trio.aclose_forcefully(tcp)
-            return None
         stream: trio.abc.Stream = tcp
         request: OpeningRequest | None = None
         failure: HttpFailure | None = None
@@ -422,11 +597,19 @@ class Server:
                 metrics=self.metrics,
                 web_chat=self.config.web_chat,
                 host=request.host,
+                metrics_here=self._metrics_here(remote),
             )
             self._count_http(status)
             await answer_and_close(stream, response)
             return None
         return await self._upgrade(tcp, stream, request, remote)
+
+    def _metrics_here(self, remote: str) -> bool | None:
+        """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is
+        served elsewhere (metrics_listen), else whether the peer is on loopback."""
+        if self.config.metrics_listen is not None:
+            return None
+        return is_loopback_peer(remote.rsplit(":", 1)[0])
 
     def _count_http(self, status: int) -> None:
         counts = self.stats.http_requests
@@ -441,12 +624,15 @@ class Server:
         self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: OpeningRequest, remote: str
     ) -> tuple[WsConnection, bytes] | None:
         stats = self.stats
+        config = self.config
         try:
             if self.draining:
                 raise HttpFailure(503, "draining")
-            if len(self.conns) >= self.config.max_connections:
+            if len(self.conns) >= config.max_connections:
                 raise HttpFailure(503, "too many connections")
             response, trailing = accept_upgrade(request)
+            if not origin_allowed(request, self._origins, config.web_chat):
+                raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
             await self._refuse(stream, exc)
             return None
@@ -461,9 +647,8 @@ class Server:
             stats.handshake_failures += 1
             await trio.aclose_forcefully(stream)
             return None
-        config = self.config
         outbox = Outbox(config.outbox_max_bytes, config.outbox_max_frames)
-        parser = FrameParser(config.max_message_bytes)
+        parser = FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES))
         conn: WsConnection
         if self._ssl is None:
             # From here on the socket is ours: no trio wrapper on the data path.
@@ -475,6 +660,7 @@ class Server:
                 stats=stats,
                 wake=self.add_dirty,
                 last_rx=trio.current_time(),
+                message_limit=config.max_message_bytes,
                 id=next(_ids),
                 remote=remote,
                 path=request.target,
@@ -489,6 +675,7 @@ class Server:
                 stats=stats,
                 wake=self.add_dirty,
                 last_rx=trio.current_time(),
+                message_limit=config.max_message_bytes,
                 id=next(_ids),
                 remote=remote,
                 path=request.target,

@@ -24,7 +24,13 @@ the method that would fire it returns without effect).
 Invariants:
 - `send` queues frames only in OPEN; every droppable frame refused or dropped to make room is
   counted by the outbox and reaches Stats.messages_dropped by the next write or the end
-  (`count_dropped`).
+  (`count_dropped`). Stats.slow_consumer_closes counts the 1013 closes this side begins,
+  never a peer's own close frame with that code.
+- Until `authenticated()` the parser accepts frames of at most the limit it was built with
+  (the shell builds it with PREAUTH_MESSAGE_BYTES): what an unauthenticated peer can make the
+  relay buffer stays that small. `authenticated()` raises it to `message_limit`, for good.
+- `backed_up_since` is when the queued bytes (outbox and `in_flight`) last rose above the
+  slow-consumer mark, None while they are at or under it (see `backed_up`).
 - Our close frame is the last frame written: once it is queued, `close_remaining` is the
   number of bytes still allowed out (everything queued before it, and itself).
 - `close_code` is the code the connection ends with: the peer's when the peer closed first
@@ -57,6 +63,9 @@ from relay.fastpath import (
 from relay.metrics import Stats
 
 PING_FRAME = encode_frame(OP_PING, b"")
+#: Largest WebSocket message taken before the session authenticated: an `auth` frame with
+#: the longest token (8192 characters) and every other field at its limit is under 9 KiB.
+PREAUTH_MESSAGE_BYTES = 16 * 1024
 _EMPTY_CLOSE = encode_frame(OP_CLOSE, b"")
 
 
@@ -117,6 +126,11 @@ class WebSocket:
     #: clock: trio's, in the shell)
     last_rx: float = 0.0
     pinged_at: float = 0.0
+    #: the parser's limit once the session authenticated (see `authenticated`)
+    message_limit: int = 0
+    #: bytes a driver took from the outbox and is still waiting to write (wss://)
+    in_flight: int = 0
+    backed_up_since: float | None = None
 
     @property
     def closing(self) -> bool:
@@ -183,14 +197,14 @@ class WebSocket:
         (the driver then bounds it with a deadline and flushes); False when already closing."""
         if self.ws_state is not _OPEN:
             return False
+        if code == 1013:
+            self.stats.slow_consumer_closes += 1
         self._queue_close(code, encode_close(code, reason))
         return True
 
     def _queue_close(self, code: int, frame: bytes) -> None:
         self._fire(WsEvent.SEND_CLOSE)
         self.close_code = code
-        if code == 1013:
-            self.stats.slow_consumer_closes += 1
         ob = self.outbox
         if not ob.push(frame):
             # The outbox limits bound push, not unsend: the close frame goes in regardless.
@@ -250,6 +264,32 @@ class WebSocket:
         if parser.failed:
             return True, self.begin_close(parser.close_code, parser.close_reason)
         return False, False
+
+    def authenticated(self) -> None:
+        """The session authenticated (the Connection port): take messages up to
+        `message_limit` from now on."""
+        parser = self.parser
+        parser.max_message_bytes = max(parser.max_message_bytes, self.message_limit)
+
+    # --- bounds -----------------------------------------------------------------------------
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes this connection holds on their way out: its outbox and what is in flight."""
+        return self.outbox.pending_bytes + self.in_flight
+
+    def backed_up(self, now: float, mark: int, timeout: float) -> bool:
+        """True once the queued bytes have stayed above `mark` for `timeout` (the driver then
+        closes the connection with 1013: its peer does not read). Called periodically; a
+        dip to `mark` or under starts the time again."""
+        if self.queued_bytes <= mark:
+            self.backed_up_since = None
+            return False
+        since = self.backed_up_since
+        if since is None:
+            self.backed_up_since = now
+            return False
+        return now - since >= timeout
 
     # --- heartbeat --------------------------------------------------------------------------
 

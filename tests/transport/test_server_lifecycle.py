@@ -130,6 +130,7 @@ class Broadcast(EchoHandler):
     conns: dict[int, Connection] = field(factory=dict)
 
     def on_open(self, conn: Connection) -> None:
+        super().on_open(conn)
         self.conns[conn.id] = conn
 
     def on_close(self, conn: Connection, code: int) -> None:

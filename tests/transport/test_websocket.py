@@ -221,3 +221,65 @@ def test_heartbeat_pings_a_silent_peer_then_gives_up_on_it() -> None:
 def test_the_websocket_is_sans_io() -> None:
     code = "import sys, relay.transport.websocket; sys.exit('trio' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_peers_own_1013_close_is_not_counted_as_a_slow_consumer_close() -> None:
+    ws, _ = make_ws()
+    _, op, payload = ws.receive(mask_frame(OP_CLOSE, close_payload(1013, b"busy")))
+    assert ws.end_of_read(op, payload) == (True, True)
+    assert ws.close_code == 1013  # echoed
+    assert ws.stats.slow_consumer_closes == 0
+    ours, _ = make_ws()
+    assert ours.begin_close(1013, "slow consumer")
+    assert ours.stats.slow_consumer_closes == 1
+
+
+def test_authenticated_raises_the_frame_limit_from_the_pre_auth_one() -> None:
+    ws = WebSocket(
+        outbox=Outbox(1 << 20, 1000),
+        parser=FrameParser(100),
+        stats=Stats(),
+        wake=lambda _: None,
+        message_limit=1000,
+    )
+    ws.authenticated()
+    assert ws.receive(mask_frame(OP_TEXT, b"a" * 1000)) == ([b"a" * 1000], -1, b"")
+    before = WebSocket(
+        outbox=Outbox(1 << 20, 1000),
+        parser=FrameParser(100),
+        stats=Stats(),
+        wake=lambda _: None,
+        message_limit=1000,
+    )
+    # half a frame over the pre-auth limit is refused from its header, nothing buffered
+    before.receive(mask_frame(OP_TEXT, b"a" * 101)[:10])
+    assert before.parser.failed and before.parser.close_code == 1009
+
+
+def test_a_partial_frame_is_checked_against_the_raised_limit() -> None:
+    parser = FrameParser(100)
+    frame = mask_frame(OP_TEXT, b"b" * 90)
+    assert parser.feed(frame[:50]) == []
+    parser.max_message_bytes = 80  # lowered under the buffered frame: refused on the next feed
+    assert parser.feed(frame[50:]) == []
+    assert parser.failed and parser.close_code == 1009
+    raised = FrameParser(10)
+    raised.max_message_bytes = 200
+    assert raised.feed(mask_frame(OP_TEXT, b"c" * 150)) == [(OP_TEXT, b"c" * 150)]
+
+
+def test_backed_up_counts_from_the_first_sample_over_the_mark() -> None:
+    ws, _ = make_ws()
+    assert ws.send(encode_frame(OP_TEXT, b"x" * 200))
+    assert not ws.backed_up(0.0, mark=100, timeout=30.0)  # over: the time starts
+    assert not ws.backed_up(29.9, mark=100, timeout=30.0)
+    assert ws.backed_up(30.0, mark=100, timeout=30.0)
+    ws.outbox.take()
+    assert not ws.backed_up(31.0, mark=100, timeout=30.0)  # drained: the time stops
+    assert ws.backed_up_since is None
+    assert ws.send(encode_frame(OP_TEXT, b"x" * 200))
+    assert not ws.backed_up(40.0, mark=100, timeout=30.0)
+    assert not ws.backed_up(69.0, mark=100, timeout=30.0)
+    ws.in_flight = 150  # bytes a wss:// writer holds count too
+    ws.outbox.take()
+    assert ws.backed_up(70.0, mark=100, timeout=30.0)
