@@ -917,6 +917,7 @@ MESSAGE_FAULTS = (
     "text:empty",
     "text:long",
     "meta:type",
+    "meta:deep",
     "meta:long",
 )
 
@@ -929,7 +930,8 @@ cdef enum:
     _FAULT_TEXT_EMPTY = 16
     _FAULT_TEXT_LONG = 17
     _FAULT_META_TYPE = 18
-    _FAULT_META_LONG = 19
+    _FAULT_META_DEEP = 19
+    _FAULT_META_LONG = 20
 
 
 cdef struct _Rules:
@@ -938,6 +940,8 @@ cdef struct _Rules:
     Py_ssize_t short_max
     Py_ssize_t max_text
     Py_ssize_t max_meta
+    Py_ssize_t max_meta_depth
+    Py_ssize_t max_frame_depth
 
 
 # The rules tuple read last, and its values: relay.protocol passes one tuple per Limits (the same
@@ -949,12 +953,15 @@ cdef _Rules _rules
 cdef inline _Rules* _rules_of(object rules) except NULL:
     global _rules_seen
     if rules is not _rules_seen:
-        if type(rules) is not tuple or PyTuple_GET_SIZE(rules) != 5:
+        if type(rules) is not tuple or PyTuple_GET_SIZE(rules) != 7:
             raise TypeError(
                 "rules must be (message_id_max, ident_max, short_text_max, max_text_chars, "
-                f"max_meta_bytes), not {rules!r}"
+                f"max_meta_bytes, max_meta_depth, max_frame_depth), not {rules!r}"
             )
-        _rules.id_max, _rules.ident_max, _rules.short_max, _rules.max_text, _rules.max_meta = rules
+        (
+            _rules.id_max, _rules.ident_max, _rules.short_max, _rules.max_text, _rules.max_meta,
+            _rules.max_meta_depth, _rules.max_frame_depth,
+        ) = rules
         _rules_seen = rules
     return &_rules
 
@@ -968,6 +975,24 @@ cdef inline int _string_fault(object value, Py_ssize_t low, Py_ssize_t high) noe
     if not low <= len(<str>value) <= high:
         return 2
     return 0
+
+
+cdef bint _deeper(object value, Py_ssize_t levels) except -1:
+    """The twin's _deeper: whether `value` nests more than `levels` objects and arrays (dicts,
+    lists, tuples) on its deepest path. Recurses at most `levels` + 1 deep."""
+    if isinstance(value, dict):
+        if levels <= 0:
+            return True
+        for item in (<dict>value).values():
+            if isinstance(item, (dict, list, tuple)) and _deeper(item, levels - 1):
+                return True
+    elif isinstance(value, (list, tuple)):
+        if levels <= 0:
+            return True
+        for item in value:
+            if isinstance(item, (dict, list, tuple)) and _deeper(item, levels - 1):
+                return True
+    return False
 
 
 cdef int _fault(
@@ -1006,6 +1031,8 @@ cdef int _fault(
     if meta is not None:
         if not isinstance(meta, dict):
             return _FAULT_META_TYPE
+        if _deeper(meta, r.max_meta_depth):
+            return _FAULT_META_DEEP
         if len(_orjson_dumps(meta)) > r.max_meta:
             return _FAULT_META_LONG
     return _FAULT_OK
@@ -1471,7 +1498,8 @@ cdef object _span_str_recent(
 def decode_message(payload, rules, type frame_cls):
     """The twin's decode_message: a `frame_cls` (MessageFrame) when the payload is a `message`
     frame message_fault passes under `rules`, else the decoded JSON value (orjson.loads; its
-    JSONDecodeError when not JSON)."""
+    JSONDecodeError when not JSON; ValueError when it nests deeper than max_frame_depth, which
+    is at least 1: a frame the scan reads holds no object or array but itself)."""
     cdef Py_ssize_t starts[_K_COUNT]
     cdef Py_ssize_t lens[_K_COUNT]
     cdef const unsigned char* p
@@ -1513,6 +1541,8 @@ def decode_message(payload, rules, type frame_cls):
 cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     """decode_message by orjson's dict, as the twin does it."""
     obj = orjson.loads(payload)
+    if (type(obj) is dict or type(obj) is list) and _deeper(obj, r.max_frame_depth):
+        raise ValueError(f"JSON nests deeper than {r.max_frame_depth} levels")
     if type(obj) is not dict:
         return obj
     cdef dict d = <dict>obj

@@ -182,6 +182,8 @@ COUNTEREXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("client/message", dict(_example("client/message"), meta=[1])),
     ("client/receipt", dict(_example("client/receipt"), status="sent")),
     ("client/receipt", dict(_example("client/receipt"), seq=0)),
+    ("client/receipt", dict(_example("client/receipt"), seq=2**63)),  # past what a store holds
+    ("client/history", dict(_example("client/history"), before=2**63)),
     ("client/status", dict(_example("client/status"), status="offline")),
     ("client/history", dict(_example("client/history"), limit=101)),
     ("client/history", dict(_example("client/history"), after=3)),  # before and after
@@ -253,6 +255,15 @@ def test_limits_table_matches_relay_config_and_the_cli() -> None:
         assert f"`RELAY_{name.upper()}`" in env, name
         assert meaning, name
     assert "`PORT`" in rows["port"][3]
+
+
+def test_fixed_limits_table_states_the_protocols_bounds() -> None:
+    rows = {row[0]: row[1] for row in doc.table_rows("Fixed limits of protocol v1")}
+    assert f"at most {protocol.FRAME_DEPTH_MAX} objects" in rows["a client frame's JSON nesting"]
+    assert f"at most {protocol.META_DEPTH_MAX} objects" in rows["a message's `meta` nesting"]
+    assert str(protocol.SEQ_MAX) in rows["a receipt's `seq`, `history` `before`"]
+    for name in ("seq", "watermark"):
+        assert doc.schemas["common"]["$defs"][name]["maximum"] == protocol.SEQ_MAX
 
 
 @pytest.mark.parametrize(
