@@ -977,28 +977,42 @@ cdef inline int _string_fault(object value, Py_ssize_t low, Py_ssize_t high) noe
     return 0
 
 
-cdef bint _deeper(object value, Py_ssize_t levels) except -1:
-    """The twin's _deeper: whether `value` nests more than `levels` objects and arrays (dicts,
-    lists, tuples) on its deepest path. Recurses at most `levels` + 1 deep."""
+cdef Py_ssize_t _depth(object value, Py_ssize_t cap) except -1:
+    """How many objects and arrays (dicts, lists, tuples) `value` nests on its deepest path,
+    counted up to cap + 1: the twin's _deeper(value, cap) is _depth(value, cap) > cap. Recurses
+    at most cap + 1 deep."""
+    cdef Py_ssize_t deepest = 0, d
     if isinstance(value, dict):
-        if levels <= 0:
-            return True
+        if cap <= 0:
+            return 1
         for item in (<dict>value).values():
-            if isinstance(item, (dict, list, tuple)) and _deeper(item, levels - 1):
-                return True
+            if isinstance(item, (dict, list, tuple)):
+                d = _depth(item, cap - 1)
+                if d >= cap:
+                    return cap + 1
+                if d > deepest:
+                    deepest = d
     elif isinstance(value, (list, tuple)):
-        if levels <= 0:
-            return True
+        if cap <= 0:
+            return 1
         for item in value:
-            if isinstance(item, (dict, list, tuple)) and _deeper(item, levels - 1):
-                return True
-    return False
+            if isinstance(item, (dict, list, tuple)):
+                d = _depth(item, cap - 1)
+                if d >= cap:
+                    return cap + 1
+                if d > deepest:
+                    deepest = d
+    else:
+        return 0
+    return deepest + 1
 
 
 cdef int _fault(
     object ident, object peer, object group, object sender, object name, object avatar,
-    object stamp, object text, object meta, _Rules* r,
+    object stamp, object text, object meta, _Rules* r, bint meta_shallow=False,
 ) except -1:
+    """The checks; `meta_shallow`: the caller knows meta nests at most max_meta_depth levels
+    (decode_message measured the whole frame), so it is not walked again."""
     cdef int bad
     if type(ident) is not str or not 0 < len(<str>ident) <= r.id_max:
         return _FAULT_ID
@@ -1031,7 +1045,7 @@ cdef int _fault(
     if meta is not None:
         if not isinstance(meta, dict):
             return _FAULT_META_TYPE
-        if _deeper(meta, r.max_meta_depth):
+        if not meta_shallow and _depth(meta, r.max_meta_depth) > r.max_meta_depth:
             return _FAULT_META_DEEP
         if len(_orjson_dumps(meta)) > r.max_meta:
             return _FAULT_META_LONG
@@ -1540,9 +1554,12 @@ def decode_message(payload, rules, type frame_cls):
 
 cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     """decode_message by orjson's dict, as the twin does it."""
+    cdef Py_ssize_t depth = 0
     obj = orjson.loads(payload)
-    if (type(obj) is dict or type(obj) is list) and _deeper(obj, r.max_frame_depth):
-        raise ValueError(f"JSON nests deeper than {r.max_frame_depth} levels")
+    if type(obj) is dict or type(obj) is list:
+        depth = _depth(obj, r.max_frame_depth)
+        if depth > r.max_frame_depth:
+            raise ValueError(f"JSON nests deeper than {r.max_frame_depth} levels")
     if type(obj) is not dict:
         return obj
     cdef dict d = <dict>obj
@@ -1553,6 +1570,7 @@ cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     if _fault(
         ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
         d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
+        depth - 1 <= r.max_meta_depth,  # meta is one level inside the frame
     ):
         return obj
     ref = d.get("ref")
