@@ -50,15 +50,13 @@ def encode_sent_frame(
 
 MESSAGE_FAULTS: tuple[str, ...]
 
-def message_fault(
-    obj: Mapping[str, Any], message_id: object, rules: tuple[int, int, int, int, int]
-) -> int: ...
+_Rules = tuple[int, int, int, int, int, int, int]
+
+def message_fault(obj: Mapping[str, Any], message_id: object, rules: _Rules) -> int: ...
 
 _T = TypeVar("_T")
 
-def decode_message(
-    payload: bytes | str, rules: tuple[int, int, int, int, int], frame_cls: type[_T]
-) -> _T | Any: ...
+def decode_message(payload: bytes | str, rules: _Rules, frame_cls: type[_T]) -> _T | Any: ...
 def record(cls: type[_T], items: tuple[Any, ...]) -> _T: ...
 def untracked(obj: _T) -> _T: ...
 

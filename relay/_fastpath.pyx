@@ -924,6 +924,7 @@ MESSAGE_FAULTS = (
     "text:empty",
     "text:long",
     "meta:type",
+    "meta:deep",
     "meta:long",
 )
 
@@ -936,7 +937,8 @@ cdef enum:
     _FAULT_TEXT_EMPTY = 16
     _FAULT_TEXT_LONG = 17
     _FAULT_META_TYPE = 18
-    _FAULT_META_LONG = 19
+    _FAULT_META_DEEP = 19
+    _FAULT_META_LONG = 20
 
 
 cdef struct _Rules:
@@ -945,6 +947,8 @@ cdef struct _Rules:
     Py_ssize_t short_max
     Py_ssize_t max_text
     Py_ssize_t max_meta
+    Py_ssize_t max_meta_depth
+    Py_ssize_t max_frame_depth
 
 
 # The rules tuple read last, and its values: relay.protocol passes one tuple per Limits (the same
@@ -956,12 +960,15 @@ cdef _Rules _rules
 cdef inline _Rules* _rules_of(object rules) except NULL:
     global _rules_seen
     if rules is not _rules_seen:
-        if type(rules) is not tuple or PyTuple_GET_SIZE(rules) != 5:
+        if type(rules) is not tuple or PyTuple_GET_SIZE(rules) != 7:
             raise TypeError(
                 "rules must be (message_id_max, ident_max, short_text_max, max_text_chars, "
-                f"max_meta_bytes), not {rules!r}"
+                f"max_meta_bytes, max_meta_depth, max_frame_depth), not {rules!r}"
             )
-        _rules.id_max, _rules.ident_max, _rules.short_max, _rules.max_text, _rules.max_meta = rules
+        (
+            _rules.id_max, _rules.ident_max, _rules.short_max, _rules.max_text, _rules.max_meta,
+            _rules.max_meta_depth, _rules.max_frame_depth,
+        ) = rules
         _rules_seen = rules
     return &_rules
 
@@ -977,10 +984,42 @@ cdef inline int _string_fault(object value, Py_ssize_t low, Py_ssize_t high) noe
     return 0
 
 
+cdef Py_ssize_t _depth(object value, Py_ssize_t cap) except -1:
+    """How many objects and arrays (dicts, lists, tuples) `value` nests on its deepest path,
+    counted up to cap + 1: the twin's _deeper(value, cap) is _depth(value, cap) > cap. Recurses
+    at most cap + 1 deep."""
+    cdef Py_ssize_t deepest = 0, d
+    if isinstance(value, dict):
+        if cap <= 0:
+            return 1
+        for item in (<dict>value).values():
+            if isinstance(item, (dict, list, tuple)):
+                d = _depth(item, cap - 1)
+                if d >= cap:
+                    return cap + 1
+                if d > deepest:
+                    deepest = d
+    elif isinstance(value, (list, tuple)):
+        if cap <= 0:
+            return 1
+        for item in value:
+            if isinstance(item, (dict, list, tuple)):
+                d = _depth(item, cap - 1)
+                if d >= cap:
+                    return cap + 1
+                if d > deepest:
+                    deepest = d
+    else:
+        return 0
+    return deepest + 1
+
+
 cdef int _fault(
     object ident, object peer, object group, object sender, object name, object avatar,
-    object stamp, object text, object meta, _Rules* r,
+    object stamp, object text, object meta, _Rules* r, bint meta_shallow=False,
 ) except -1:
+    """The checks; `meta_shallow`: the caller knows meta nests at most max_meta_depth levels
+    (decode_message measured the whole frame), so it is not walked again."""
     cdef int bad
     if type(ident) is not str or not 0 < len(<str>ident) <= r.id_max:
         return _FAULT_ID
@@ -1013,6 +1052,8 @@ cdef int _fault(
     if meta is not None:
         if not isinstance(meta, dict):
             return _FAULT_META_TYPE
+        if not meta_shallow and _depth(meta, r.max_meta_depth) > r.max_meta_depth:
+            return _FAULT_META_DEEP
         if len(_orjson_dumps(meta)) > r.max_meta:
             return _FAULT_META_LONG
     return _FAULT_OK
@@ -1478,7 +1519,8 @@ cdef object _span_str_recent(
 def decode_message(payload, rules, type frame_cls):
     """The twin's decode_message: a `frame_cls` (MessageFrame) when the payload is a `message`
     frame message_fault passes under `rules`, else the decoded JSON value (orjson.loads; its
-    JSONDecodeError when not JSON)."""
+    JSONDecodeError when not JSON; ValueError when it nests deeper than max_frame_depth, which
+    is at least 1: a frame the scan reads holds no object or array but itself)."""
     cdef Py_ssize_t starts[_K_COUNT]
     cdef Py_ssize_t lens[_K_COUNT]
     cdef const unsigned char* p
@@ -1519,7 +1561,12 @@ def decode_message(payload, rules, type frame_cls):
 
 cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     """decode_message by orjson's dict, as the twin does it."""
+    cdef Py_ssize_t depth = 0
     obj = orjson.loads(payload)
+    if type(obj) is dict or type(obj) is list:
+        depth = _depth(obj, r.max_frame_depth)
+        if depth > r.max_frame_depth:
+            raise ValueError(f"JSON nests deeper than {r.max_frame_depth} levels")
     if type(obj) is not dict:
         return obj
     cdef dict d = <dict>obj
@@ -1530,6 +1577,7 @@ cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     if _fault(
         ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
         d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
+        depth - 1 <= r.max_meta_depth,  # meta is one level inside the frame
     ):
         return obj
     ref = d.get("ref")

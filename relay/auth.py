@@ -7,8 +7,11 @@ Two authenticators:
 - TrustingAuthenticator (token auth off, the default): trusts the frame's `userId`.
 - JwtAuthenticator (token auth on): the frame's `token` must be a JWT signed with the
   configured key, within its validity (`exp` required, `nbf`/`iat` honoured, `auth_leeway`
-  seconds of clock skew), with the configured `iss` / `aud` when set, and with `sub` equal
-  to `userId`.
+  seconds of clock skew), with the configured `iss` / `aud` when set, with `sub` equal
+  to `userId`, and living at most `max_lifetime` seconds (`auth_max_token_lifetime`; 0: no
+  maximum): from its `iat` to its `exp`, or, without `iat`, from now to its `exp` (give or
+  take the leeway). A stolen token is only as useful as its remaining life; a long-lived
+  token is refused rather than trusted for months.
 
 Invariants of JwtAuthenticator:
 - The accepted algorithms are fixed by the configuration, never by the token: all HMAC
@@ -26,6 +29,7 @@ RS256/ES256 tokens an identity provider issues, holding only its public key.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -113,6 +117,7 @@ class JwtAuthenticator:
     issuer: str | None = None
     audience: str | None = None
     leeway: float = 10.0
+    max_lifetime: float = 86400.0  # seconds; 0: no maximum
 
     def __attrs_post_init__(self) -> None:
         if not self.algorithms:
@@ -134,6 +139,8 @@ class JwtAuthenticator:
                 )
         if self.leeway < 0:
             raise ConfigError(f"auth_leeway must be >= 0, got {self.leeway!r}")
+        if self.max_lifetime < 0:
+            raise ConfigError(f"auth_max_token_lifetime must be >= 0, got {self.max_lifetime!r}")
 
     @classmethod
     def from_secret(
@@ -144,9 +151,10 @@ class JwtAuthenticator:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 10.0,
+        max_lifetime: float = 86400.0,
     ) -> JwtAuthenticator:
         key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        return cls(key, _algorithm_names(algorithms), issuer, audience, leeway)
+        return cls(key, _algorithm_names(algorithms), issuer, audience, leeway, max_lifetime)
 
     @classmethod
     def from_public_key(
@@ -157,12 +165,13 @@ class JwtAuthenticator:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = 10.0,
+        max_lifetime: float = 86400.0,
     ) -> JwtAuthenticator:
         """`pem`: a PEM public key or X.509 certificate. `algorithms` default to the key's
         own: RS256 for RSA, ES256/ES384/ES512 by curve for EC, EdDSA for Ed25519/Ed448."""
         key = load_public_key(pem)
         chosen = _default_algorithms(key) if algorithms is None else _algorithm_names(algorithms)
-        return cls(key, chosen, issuer, audience, leeway)
+        return cls(key, chosen, issuer, audience, leeway, max_lifetime)
 
     @classmethod
     def from_config(cls, config: RelayConfig) -> JwtAuthenticator | None:
@@ -175,6 +184,7 @@ class JwtAuthenticator:
             "issuer": config.auth_issuer,
             "audience": config.auth_audience,
             "leeway": config.auth_leeway,
+            "max_lifetime": config.auth_max_token_lifetime,
         }
         if config.auth_public_key_file is not None:
             pem = _read("auth_public_key_file", config.auth_public_key_file)
@@ -197,6 +207,8 @@ class JwtAuthenticator:
         if self.audience is not None:
             parts.append(f"audience {self.audience!r}")
         parts.append(f"leeway {self.leeway:g} s")
+        if self.max_lifetime:
+            parts.append(f"tokens living at most {self.max_lifetime:g} s")
         return "; ".join(parts)
 
     def verify(self, token: str | None, user_id: str) -> dict[str, Any]:
@@ -241,12 +253,25 @@ class JwtAuthenticator:
             raise _refuse("malformed token") from None
         except jwt.PyJWTError as exc:  # any other invalid claim (iat, sub type, ...)
             raise _refuse(f"invalid token ({type(exc).__name__})") from None
+        if self.max_lifetime and self._too_long_lived(claims):
+            raise _refuse(
+                f"token lifetime exceeds the relay's maximum ({self.max_lifetime:g} s from "
+                "'iat', or from now without it, to 'exp')"
+            )
         subject = claims.get("sub")
         if not isinstance(subject, str):
             raise _refuse("token subject ('sub') must be a string")
         if subject != user_id:
             raise _refuse("token subject does not match userId")
         return claims
+
+    def _too_long_lived(self, claims: dict[str, Any]) -> bool:
+        """Whether the token's `exp` lies more than max_lifetime after its `iat` (or after now,
+        give or take the leeway, when it has none). jwt.decode read both as int() already."""
+        expires = int(claims["exp"])
+        if "iat" in claims:
+            return expires - int(claims["iat"]) > self.max_lifetime
+        return expires - time.time() > self.max_lifetime + self.leeway
 
     async def authenticate(self, frame: AuthFrame) -> str:
         self.verify(frame.token, frame.user_id)

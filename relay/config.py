@@ -310,6 +310,30 @@ class RelayConfig:
             "loopback peers only)"
         ),
     )
+    # --- bounds on what one client may cause: group changes, token lifetime ---
+    # token bucket per user for group_create, group_add and group_remove (leaving is free: it
+    # only ever follows a create or an add that was counted)
+    group_rate_limit: float = field(
+        default=1.0,
+        validator=_positive,
+        metadata=_help(
+            "group changes (group_create, group_add, group_remove) per second one user may "
+            "make, sustained (more get error rate_limited)"
+        ),
+    )
+    group_rate_burst: int = field(
+        default=20,
+        validator=_positive,
+        metadata=_help("group changes one user may make in a burst above the sustained rate"),
+    )
+    auth_max_token_lifetime: float = field(
+        default=86400.0,
+        validator=_non_negative,
+        metadata=_help(
+            "token auth: longest token lifetime accepted, seconds from its `iat` (or from now "
+            "when it has none) to its `exp` (0: no maximum)"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         if (self.certfile is None) != (self.keyfile is None):

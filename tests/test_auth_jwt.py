@@ -149,6 +149,9 @@ HMAC_REFUSALS: list[tuple[str, Callable[[], dict[str, Any]], str]] = [
     ("no issuer", lambda: {"token": mint(aud=AUDIENCE)}, "no 'iss' claim"),
     ("wrong audience", lambda: {"token": mint(iss=ISSUER, aud="another-service")}, "wrong token audience"),
     ("no audience", lambda: {"token": mint(iss=ISSUER)}, "no 'aud' claim"),
+    ("lives 25 h", lambda: {"token": mint(iss=ISSUER, aud=AUDIENCE, exp=_in(25 * 3600))}, "token lifetime exceeds"),
+    ("lives 25 h, no iat", lambda: {"token": mint(iss=ISSUER, aud=AUDIENCE, iat=None, exp=_in(25 * 3600))}, "token lifetime exceeds"),
+    ("issued long ago, lives a year", lambda: {"token": mint(iss=ISSUER, aud=AUDIENCE, iat=_in(-86400), exp=_in(365 * 86400))}, "token lifetime exceeds"),
 ]  # fmt: skip
 
 
@@ -342,6 +345,35 @@ async def test_jwt_authenticator_unit() -> None:
         assert SECRET not in info.value.message and (token or "@") not in info.value.message
 
 
+def test_a_token_lives_at_most_the_maximum_lifetime() -> None:
+    day = 86400
+    now = int(time.time())
+    auth = JwtAuthenticator.from_secret(SECRET)  # 24 h by default, from iat to exp
+    assert auth.max_lifetime == day
+    assert auth.verify(mint(iat=now, exp=now + day), "alice")["sub"] == "alice"
+    # without iat, from now (give or take the leeway) to exp
+    assert auth.verify(mint(iat=None, exp=now + day - 60), "alice")["sub"] == "alice"
+    refused = [
+        mint(iat=now, exp=now + day + 1),
+        mint(iat=None, exp=now + day + 3600),
+        mint(iat=now - 2 * day, exp=now + 60),  # still valid, but minted to live two days
+        mint(iat=now, exp=10**30),  # "exp" as far as a number goes
+    ]
+    for token in refused:
+        with pytest.raises(FrameError) as info:
+            auth.verify(token, "alice")
+        assert (info.value.code, info.value.field) == ("auth_failed", "token")
+        assert info.value.message.startswith("token lifetime exceeds the relay's maximum (86400 s")
+    unlimited = JwtAuthenticator.from_secret(SECRET, max_lifetime=0)
+    for token in refused:
+        assert unlimited.verify(token, "alice")["sub"] == "alice"
+    assert "at most" not in unlimited.describe() and "86400 s" in auth.describe()
+    shorter = authenticator_from_config(RelayConfig(auth_secret=SECRET, auth_max_token_lifetime=60))
+    assert isinstance(shorter, JwtAuthenticator) and shorter.max_lifetime == 60
+    with pytest.raises(FrameError, match="lifetime"):
+        shorter.verify(mint(), "alice")  # mint(): five minutes
+
+
 def test_the_secret_is_in_no_repr_message_or_description() -> None:
     config = RelayConfig(auth_secret=SECRET)
     auth = authenticator_from_config(config)
@@ -374,6 +406,10 @@ def _write(path: Path, data: bytes) -> str:
         ({"auth_algorithms": "HS256"}, "auth_algorithms needs token auth"),
         ({"auth_secret": ""}, "auth_secret is set but empty"),
         ({"auth_secret": SECRET, "auth_leeway": -1.0}, "auth_leeway must be >= 0"),
+        (
+            {"auth_secret": SECRET, "auth_max_token_lifetime": -1.0},
+            "auth_max_token_lifetime must be >= 0",
+        ),
     ],
 )
 def test_inconsistent_auth_settings_are_a_config_error(settings: dict[str, Any], why: str) -> None:
@@ -448,13 +484,16 @@ def test_auth_settings_from_flags_and_environment() -> None:
         "RELAY_AUTH_AUDIENCE": AUDIENCE,
         "RELAY_AUTH_LEEWAY": "2.5",
         "RELAY_AUTH_ALGORITHMS": "HS256,HS384",
+        "RELAY_AUTH_MAX_TOKEN_LIFETIME": "3600",
     }
     config = config_from(parser.parse_args(["serve"]), env)
     auth = authenticator_from_config(config)
     assert isinstance(auth, JwtAuthenticator)
-    assert (auth.algorithms, auth.issuer, auth.audience, auth.leeway) == (
-        ("HS256", "HS384"), ISSUER, AUDIENCE, 2.5,
+    assert (auth.algorithms, auth.issuer, auth.audience, auth.leeway, auth.max_lifetime) == (
+        ("HS256", "HS384"), ISSUER, AUDIENCE, 2.5, 3600.0,
     )  # fmt: skip
+    flags = ["serve", "--auth-max-token-lifetime", "0"]
+    assert config_from(parser.parse_args(flags), env).auth_max_token_lifetime == 0.0
     config = config_from(parser.parse_args(["serve", "--auth-issuer", "flag-wins"]), env)
     assert config.auth_issuer == "flag-wins"
     # The secret is taken verbatim: "none" is a (too short) secret, it does not turn auth off.

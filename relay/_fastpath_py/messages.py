@@ -93,6 +93,7 @@ MESSAGE_FAULTS = (
     "text:empty",
     "text:long",
     "meta:type",
+    "meta:deep",
     "meta:long",
 )
 _F_ID = 1
@@ -102,18 +103,42 @@ _F_TEXT_TYPE = 15
 _F_TEXT_EMPTY = 16
 _F_TEXT_LONG = 17
 _F_META_TYPE = 18
-_F_META_LONG = 19
+_F_META_DEEP = 19
+_F_META_LONG = 20
+
+#: the rules message_fault and decode_message take, as relay.protocol.Limits.rules makes them
+Rules = tuple[int, int, int, int, int, int, int]
 
 
-def message_fault(
-    obj: Mapping[str, Any], message_id: object, rules: tuple[int, int, int, int, int]
-) -> int:
+#: what orjson writes as JSON objects and arrays
+_NESTED = (dict, list, tuple)
+
+
+def _deeper(value: Any, levels: int) -> bool:
+    """Whether `value` nests more than `levels` objects and arrays (dicts, lists, tuples: what
+    orjson writes as them) on its deepest path; a scalar nests none. Never descends more than
+    `levels` + 1 deep, whatever `value` holds (even a cycle)."""
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, _NESTED):
+        items = value
+    else:
+        return False
+    if levels <= 0:
+        return True
+    return any(isinstance(item, _NESTED) and _deeper(item, levels - 1) for item in items)
+
+
+def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> int:
     """The checks of a `message` frame (or a published message), made once here: 0 when
     `message_id` and the fields of `obj` pass them all, else the first failed one's number
     (MESSAGE_FAULTS names it). `rules` is (message_id_max, ident_max, short_text_max,
-    max_text_chars, max_meta_bytes): the limits, chosen by relay.protocol. A `meta` over
-    max_meta_bytes is measured as orjson writes it (its JSONEncodeError when it cannot)."""
-    id_max, ident_max, short_max, max_text, max_meta = rules
+    max_text_chars, max_meta_bytes, max_meta_depth, max_frame_depth): the limits, chosen by
+    relay.protocol (the last is decode_message's). A `meta` nesting more than max_meta_depth
+    levels (_deeper) is refused before its size is measured as orjson writes it, so JSON read
+    by orjson is always measured; a published meta orjson cannot write raises its
+    JSONEncodeError."""
+    id_max, ident_max, short_max, max_text, max_meta, max_depth, _ = rules
     if message_id.__class__ is not str or not 0 < len(message_id) <= id_max:
         return _F_ID
     get = obj.get
@@ -160,20 +185,23 @@ def message_fault(
     if meta is not None:
         if not isinstance(meta, dict):
             return _F_META_TYPE
+        if _deeper(meta, max_depth):
+            return _F_META_DEEP
         if len(orjson.dumps(meta)) > max_meta:
             return _F_META_LONG
     return 0
 
 
-def decode_message(
-    payload: bytes | str, rules: tuple[int, int, int, int, int], frame_cls: type[T]
-) -> T | Any:
+def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T | Any:
     """A client frame's bytes: a `frame_cls` (MessageFrame: id, text, senderId, recipientId,
     groupId, senderName, senderAvatar, timestamp, meta, ref, with ref the id when it is not a
     string) when it is a `message` frame message_fault passes under `rules`, else the decoded
-    JSON value (orjson.loads; its JSONDecodeError when not JSON). The compiled module reads the
-    usual shape without a dict."""
+    JSON value (orjson.loads; its JSONDecodeError when not JSON). JSON nesting more than
+    `rules[6]` (max_frame_depth, at least 1) objects and arrays raises ValueError, whatever it
+    holds. The compiled module reads the usual shape without a dict."""
     obj = orjson.loads(payload)
+    if (obj.__class__ is dict or obj.__class__ is list) and _deeper(obj, rules[6]):
+        raise ValueError(f"JSON nests deeper than {rules[6]} levels")
     if obj.__class__ is dict and obj.get("type") == "message":
         get = obj.get
         ident = get("id")

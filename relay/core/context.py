@@ -1,7 +1,8 @@
 """What every concern of the core shares: settings, store, clocks, routing, and sending.
 
 One `Context` per MessagingService; each concern (pipeline, backlog, receipts, groups, history,
-presence, typing) holds it and nothing of the others but what it is handed. Sending rules:
+presence, typing) holds it and nothing of the others but what it is handed. Its rate limiters
+(per user: messages, group changes) are pruned by the service's tick. Sending rules:
 - `send` queues a frame that must not be dropped: a full outbox closes the connection with
   1013 (`slow`), and what it missed stays in the store for its next connection;
 - nothing is queued to a session once it is closing.
@@ -47,7 +48,8 @@ class Context:
     router: Router = field(factory=Router)
     presence: PresenceTracker = field(init=False)
     typing: TypingTracker = field(init=False)
-    limiter: RateLimiter = field(init=False)
+    limiter: RateLimiter = field(init=False)  # messages
+    group_limiter: RateLimiter = field(init=False)  # group changes
     _iso_ms: int = -1  # the wall-clock millisecond `_iso` was formatted for
     _iso: str = ""
 
@@ -56,6 +58,7 @@ class Context:
         self.presence = PresenceTracker(config.presence_grace)
         self.typing = TypingTracker(config.typing_lapse, config.typing_rate_limit)
         self.limiter = RateLimiter(config.rate_limit_messages, config.rate_limit_burst)
+        self.group_limiter = RateLimiter(config.group_rate_limit, config.group_rate_burst)
 
     def now_iso(self) -> str:
         """The wall clock as the protocol writes it (formatted once per millisecond)."""

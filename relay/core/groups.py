@@ -6,7 +6,12 @@ anyone may remove themselves, which is the same as group_leave), group_leave (an
 `group` frame (with `event`: create/add/remove/leave) goes to every member after the change and
 to everyone removed; the requesting connection's copy carries `ref`. Unknown group ->
 `not_found`; a non-member asking about it -> `forbidden`; a taken group id -> `invalid` (field
-groupId). Invariant: the router's group cache is updated before anyone is told of a change.
+groupId). A create, an add, or a remove of others is first counted against the user's token
+bucket (`group_rate_limit` per second, bursts of `group_rate_burst`), whatever its outcome, as
+each may cost the store a write and every member a frame: over it -> error `rate_limited`,
+nothing done. Leaving (group_leave, or removing only oneself) is not counted: a user can always
+get out of a group, and no one leaves a group they were not put in by a counted change.
+Invariant: the router's group cache is updated before anyone is told of a change.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class Groups:
     async def on_create(self, conn: Connection, session: Session, frame: GroupCreateFrame) -> None:
         ctx = self._ctx
         user = session.user_id
+        if self._limited(conn, session, frame.ref):
+            return
         members = tuple(sorted({*frame.members, user}))
         if self._too_many(conn, session, len(members), frame.ref, "members"):
             return
@@ -62,6 +69,8 @@ class Groups:
         self._changed(conn, session, group, "create", frame.ref)
 
     async def on_add(self, conn: Connection, session: Session, frame: GroupAddFrame) -> None:
+        if self._limited(conn, session, frame.ref):
+            return
         group = await self._ctx.member_group(conn, session, frame.group_id, frame.ref)
         if group is None:
             return
@@ -76,10 +85,13 @@ class Groups:
 
     async def on_remove(self, conn: Connection, session: Session, frame: GroupRemoveFrame) -> None:
         user = session.user_id
+        leaving = set(frame.user_ids) == {user}
+        if not leaving and self._limited(conn, session, frame.ref):
+            return
         group = await self._ctx.member_group(conn, session, frame.group_id, frame.ref)
         if group is None:
             return
-        if group.created_by != user and set(frame.user_ids) != {user}:
+        if group.created_by != user and not leaving:
             self._ctx.error(
                 conn,
                 session,
@@ -113,6 +125,15 @@ class Groups:
         audience = dict.fromkeys([*group.members, *also])
         self._broker.to_users(audience, wire(encode_group(group, event=event)), exclude=conn)
         self._ctx.send(conn, session, encode_group(group, event=event, ref=ref))
+
+    def _limited(self, conn: Connection, session: Session, ref: str | None) -> bool:
+        """Counts one change against the user's bucket; True (answered `rate_limited`) when
+        the bucket is empty."""
+        ctx = self._ctx
+        if ctx.group_limiter.allow(session.user_id, ctx.clock()):
+            return False
+        ctx.error(conn, session, "rate_limited", "too many group changes; slow down", ref=ref)
+        return True
 
     def _too_many(
         self, conn: Connection, session: Session, count: int, ref: str | None, field: str

@@ -265,6 +265,7 @@ class MessagingService:
             self.status.offline(user, seen)
         self.indicators.lapse(now)
         self.ctx.limiter.prune(now)
+        self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:

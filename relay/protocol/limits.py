@@ -5,7 +5,14 @@ Limits on identifiers (not in RelayConfig because the contract fixes or implies 
 - user, device and group ids: 1-128 characters;
 - a `presence` query names at most 1000 user ids; `group_add`/`group_remove` at most
   `max_group_members` user ids;
-- history `limit`: 1-100, default 50; `conversations` `limit`: 1-100, default 100.
+- history `limit`: 1-100, default 50; `conversations` `limit`: 1-100, default 100;
+- every other integer a client sends (a receipt's `seq`, history's `before`/`after`) is at most
+  SEQ_MAX, the largest seq a store holds (SQLite's INTEGER is a signed 64-bit number);
+- a client frame's JSON nests at most FRAME_DEPTH_MAX objects/arrays (the frame itself is one),
+  a message's `meta` at most META_DEPTH_MAX (meta itself is one). orjson reads 1,024 levels but
+  writes only 254, and every server frame that carries a stored message adds up to 4 levels
+  around its meta (conversations: frame, items, item, lastMessage): a stored meta must always
+  be writable inside them, so the relay's bound is far below orjson's.
 
 These are the only definitions of the numbers: the fast path's checks of a `message` frame
 (relay.fastpath.message_fault) receive them as `Limits.rules`.
@@ -28,6 +35,9 @@ GROUP_NAME_MAX = 256
 #: free-text fields the relay stores or forwards but does not interpret
 SHORT_TEXT_MAX = 256
 TOKEN_MAX = 8192
+SEQ_MAX = 2**63 - 1
+FRAME_DEPTH_MAX = 32
+META_DEPTH_MAX = 16
 
 USER_STATUSES = ("online", "away", "busy")
 RECEIPT_STATUSES = ("delivered", "read")
@@ -38,14 +48,14 @@ TYPING_STATES = ("start", "stop")
 class Limits:
     """The configurable limits frame validation enforces.
 
-    `rules` is what relay.fastpath's message checks take, made once per Limits (they are handed
-    the same tuple for every message): (MESSAGE_ID_MAX, IDENT_MAX, SHORT_TEXT_MAX,
-    max_text_chars, max_meta_bytes)."""
+    `rules` is what relay.fastpath's message checks and decode_message take, made once per
+    Limits (they are handed the same tuple for every message): (MESSAGE_ID_MAX, IDENT_MAX,
+    SHORT_TEXT_MAX, max_text_chars, max_meta_bytes, META_DEPTH_MAX, FRAME_DEPTH_MAX)."""
 
     max_text_chars: int = 4096
     max_meta_bytes: int = 4096
     max_group_members: int = 1000
-    rules: tuple[int, int, int, int, int] = field(
+    rules: tuple[int, int, int, int, int, int, int] = field(
         init=False,
         eq=False,
         repr=False,
@@ -56,6 +66,8 @@ class Limits:
                 SHORT_TEXT_MAX,
                 self.max_text_chars,
                 self.max_meta_bytes,
+                META_DEPTH_MAX,
+                FRAME_DEPTH_MAX,
             ),
             takes_self=True,
         ),

@@ -3,17 +3,20 @@ relay.protocol.frames.
 
 `parse_client_frame(payload, limits)` returns one frozen value per frame type or raises
 FrameError carrying the contract's error code:
-- not JSON -> `bad_json`; JSON that is not an object, or has no string `type` -> `bad_frame`;
+- not JSON, or JSON nesting more than FRAME_DEPTH_MAX objects and arrays -> `bad_json`; JSON
+  that is not an object, or has no string `type` -> `bad_frame`;
 - a `type` the contract does not define -> `unknown_type`;
 - a field of the wrong type or out of range -> `invalid`, with `field` naming it (in an
-  `auth` frame: `auth_failed`, with `field`, since the connection cannot go on).
+  `auth` frame: `auth_failed`, with `field`, since the connection cannot go on). Every integer
+  has both bounds (at most SEQ_MAX when the contract gives none).
+It raises nothing but FrameError, for any payload.
 `ref` on every error echoes the frame's `ref` (or, failing that, its `id`) when it is a string.
 Unknown fields are ignored.
 
 Message frames are refused with MessageRefused (a FrameError whose `ref` is the message id) once
 their `id` is valid, so the caller can answer with a `failed` receipt instead of an error; its
 `code` is the receipt's `reason` (`invalid`, or `too_long` for text over `max_text_chars` and
-meta over `max_meta_bytes`). A message whose `id` itself is missing or invalid gets an
+meta over `max_meta_bytes`; a meta nesting more than META_DEPTH_MAX levels is `invalid`). A message whose `id` itself is missing or invalid gets an
 `invalid` error (field `id`): there is nothing a receipt could name.
 
 A message's checks are made in one place, relay.fastpath.message_fault, under the limits this
@@ -54,8 +57,10 @@ from relay.protocol.limits import (
     HISTORY_LIMIT_MAX,
     IDENT_MAX,
     MESSAGE_ID_MAX,
+    META_DEPTH_MAX,
     PRESENCE_QUERY_MAX,
     RECEIPT_STATUSES,
+    SEQ_MAX,
     SHORT_TEXT_MAX,
     TOKEN_MAX,
     TYPING_STATES,
@@ -121,17 +126,14 @@ class _Fields:
         assert value is not None
         return value
 
-    def integer(
-        self, name: str, *, low: int, high: int | None = None, default: int | None = None
-    ) -> int | None:
+    def integer(self, name: str, *, low: int, high: int, default: int | None = None) -> int | None:
         value = self.obj.get(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(name, "must be an integer")
-        if value < low or (high is not None and value > high):
-            bound = f"{low}-{high}" if high is not None else f">= {low}"
-            raise self.fail(name, f"must be {bound}")
+        if not low <= value <= high:
+            raise self.fail(name, f"must be {low}-{high}")
         return value
 
     def choice(self, name: str, options: Sequence[str], *, default: str | None = None) -> str:
@@ -186,6 +188,8 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
         obj = decode_message(payload, limits.rules, MessageFrame)
     except orjson.JSONDecodeError as exc:
         raise FrameError("bad_json", f"not JSON: {exc}") from None
+    except ValueError as exc:  # decode_message's: nested deeper than FRAME_DEPTH_MAX
+        raise FrameError("bad_json", str(exc)) from None
     if obj.__class__ is MessageFrame:
         return obj
     if obj.__class__ is not dict:
@@ -251,6 +255,7 @@ _WHY: dict[str, tuple[str, str, str]] = {
     "text:empty": ("invalid", "text", "must not be empty"),
     "text:long": ("too_long", "text", "longer than {max_text_chars} characters"),
     "meta:type": ("invalid", "meta", "must be an object"),
+    "meta:deep": ("invalid", "meta", f"nests deeper than {META_DEPTH_MAX} objects and arrays"),
     "meta:long": ("too_long", "meta", "larger than {max_meta_bytes} bytes as JSON"),
 }
 #: _WHY of fault number k at k - 1 (a KeyError here: a fault of the fast path with no answer)
@@ -321,7 +326,7 @@ def _refusal(
 
 def _receipt(f: _Fields, limits: Limits) -> ReceiptFrame:
     peer, group = f.one_of("peerId")
-    seq = f.integer("seq", low=1)
+    seq = f.integer("seq", low=1, high=SEQ_MAX)
     if seq is None:
         raise f.fail("seq", "is required")
     status = f.choice("status", RECEIPT_STATUSES)
@@ -355,8 +360,8 @@ def _conversations(f: _Fields, limits: Limits) -> ConversationsFrame:
 
 def _history(f: _Fields, limits: Limits) -> HistoryFrame:
     peer, group = f.one_of("peerId")
-    before = f.integer("before", low=1)
-    after = f.integer("after", low=0)
+    before = f.integer("before", low=1, high=SEQ_MAX)
+    after = f.integer("after", low=0, high=SEQ_MAX)
     if before is not None and after is not None:
         raise f.fail("after", "before and after exclude each other")
     limit = f.integer("limit", low=1, high=HISTORY_LIMIT_MAX, default=HISTORY_LIMIT_DEFAULT)

@@ -499,7 +499,20 @@ def mask(frame: bytes) -> bytes:
 
 # --- the common `message` frame -------------------------------------------------------------------
 
+
+def nest(depth: int, leaf: Any = 1) -> Any:
+    """`leaf` inside `depth` objects and arrays, alternating from the outside in."""
+    for level in range(depth):
+        leaf = {"k": leaf} if level % 2 else [leaf]
+    return leaf
+
+
+# values nesting around the depth limits the rules below sample
+nested_value = st.builds(nest, st.integers(0, 6)) | st.builds(
+    lambda d: {"a": nest(d)}, st.sampled_from([14, 15, 16, 17, 30, 31, 32, 33])
+)
 field_value = st.one_of(
+    nested_value,
     st.none(),
     st.booleans(),
     st.integers(-3, 3),
@@ -525,13 +538,15 @@ MESSAGE_FIELDS = (
 )
 message_dicts = st.fixed_dictionaries({}, optional=dict.fromkeys(MESSAGE_FIELDS, field_value))
 # limits around the values drawn (and the protocol's): (message_id_max, ident_max,
-# short_text_max, max_text_chars, max_meta_bytes)
+# short_text_max, max_text_chars, max_meta_bytes, max_meta_depth, max_frame_depth >= 1)
 message_rules = st.tuples(
     st.sampled_from([64, 0, 3, 65]),
     st.sampled_from([128, 0, 3, 65, 129]),
     st.sampled_from([256, 0, 3, 125, 257]),
     st.integers(0, 300),
     st.sampled_from([4096, 0, 2, 10, 30]),
+    st.sampled_from([16, 0, 1, 2, 3, 17]),
+    st.sampled_from([32, 1, 2, 3, 4, 18]),
 )
 
 
@@ -546,12 +561,12 @@ def test_message_faults_agree(
         assert fast in range(len(pure.MESSAGE_FAULTS)) or fast is orjson.JSONEncodeError
 
 
-def test_message_fault_refuses_rules_that_are_not_five_limits(compiled: ModuleType) -> None:
+def test_message_fault_refuses_rules_that_are_not_seven_limits(compiled: ModuleType) -> None:
     obj = {"recipientId": "b", "text": "hi"}
     for module in (compiled, pure):
-        assert module.message_fault(obj, "m1", (64, 128, 256, 10, 10)) == 0
+        assert module.message_fault(obj, "m1", (64, 128, 256, 10, 10, 16, 32)) == 0
         with pytest.raises((TypeError, ValueError)):
-            module.message_fault(obj, "m1", (64, 128, 256, 10))
+            module.message_fault(obj, "m1", (64, 128, 256, 10, 10))
 
 
 # The contract's example message frame, and the MessageFrame fields it reads as
@@ -905,6 +920,7 @@ wire_value = st.one_of(
     st.booleans(),
     st.lists(st.integers(-5, 5), max_size=2),
     st.dictionaries(st.text(max_size=2), st.integers(-5, 5), max_size=2),
+    nested_value,
 )
 
 
@@ -951,7 +967,7 @@ def decoded(module: ModuleType, payload: Any, max_text: int | tuple[int, ...]) -
     """What decode_message gives under the protocol's limits with `max_text` (or under the
     rules `max_text`), with its class (a MessageFrame and a tuple are not equal answers), or
     the type of what it raised."""
-    rules = max_text if isinstance(max_text, tuple) else (64, 128, 256, max_text, 4096)
+    rules = max_text if isinstance(max_text, tuple) else (64, 128, 256, max_text, 4096, 16, 32)
     try:
         result = module.decode_message(payload, rules, protocol.MessageFrame)
     except Exception as exc:
@@ -1091,3 +1107,48 @@ def test_untracked_changes_no_value_and_hides_only_what_cannot_hide_a_cycle(
         keep.append({"k": ["v"]})
         gc.collect()
         assert keep == [{"k": ["v"]}]
+
+
+# --- depth: what neither may store, and what neither may read -------------------------------------
+
+
+def deep_payload(depth: int, where: str) -> bytes:
+    """A frame nesting `depth` objects and arrays, written by hand (orjson writes 254 at most):
+    in a message's meta, in a field the relay ignores, or as the whole value."""
+    inner = b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+    if where == "meta":
+        return b'{"type":"message","id":"m1","recipientId":"b","text":"hi","meta":%s}' % inner
+    if where == "ignored":
+        return b'{"type":"message","id":"m1","recipientId":"b","text":"hi","x":%s}' % inner
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize("where", ["meta", "ignored", "whole"])
+@pytest.mark.parametrize("depth", [1, 15, 16, 17, 31, 32, 33, 254, 255, 1023, 1024, 1100])
+def test_decode_message_agrees_on_depth(compiled: ModuleType, where: str, depth: int) -> None:
+    payload = deep_payload(depth, where)
+    rules = protocol.Limits().rules
+    fast, slow = decoded(compiled, payload, rules), decoded(pure, payload, rules)
+    assert fast == slow
+    frame_depth = depth + (where != "whole")
+    if frame_depth > 1024:
+        assert fast is orjson.JSONDecodeError  # orjson's own limit
+    elif frame_depth > protocol.FRAME_DEPTH_MAX:
+        assert fast is ValueError
+    elif where == "meta" and depth > protocol.META_DEPTH_MAX:
+        assert fast[0] is dict  # the dict: parse_client_frame answers meta:deep from it
+    else:
+        assert fast[0] is (list if where == "whole" else protocol.MessageFrame)
+
+
+@pytest.mark.parametrize("depth", [1, 15, 16, 17, 200, 254, 255, 400])
+def test_message_faults_agree_on_depth_and_never_raise_for_it(
+    compiled: ModuleType, depth: int
+) -> None:
+    meta = nest(depth - 1, {})
+    obj = {"recipientId": "b", "text": "hi", "meta": {"a": meta}}
+    rules = protocol.Limits().rules
+    fast, slow = both_ways(lambda m: m.message_fault(obj, "m1", rules))
+    assert fast == slow
+    deep = depth + 1 > protocol.META_DEPTH_MAX
+    assert fast == (pure.MESSAGE_FAULTS.index("meta:deep") if deep else 0)

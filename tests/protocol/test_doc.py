@@ -182,6 +182,8 @@ COUNTEREXAMPLES: list[tuple[str, dict[str, Any]]] = [
     ("client/message", dict(_example("client/message"), meta=[1])),
     ("client/receipt", dict(_example("client/receipt"), status="sent")),
     ("client/receipt", dict(_example("client/receipt"), seq=0)),
+    ("client/receipt", dict(_example("client/receipt"), seq=2**63)),  # past what a store holds
+    ("client/history", dict(_example("client/history"), before=2**63)),
     ("client/status", dict(_example("client/status"), status="offline")),
     ("client/history", dict(_example("client/history"), limit=101)),
     ("client/history", dict(_example("client/history"), after=3)),  # before and after
@@ -255,6 +257,15 @@ def test_limits_table_matches_relay_config_and_the_cli() -> None:
     assert "`PORT`" in rows["port"][3]
 
 
+def test_fixed_limits_table_states_the_protocols_bounds() -> None:
+    rows = {row[0]: row[1] for row in doc.table_rows("Fixed limits of protocol v1")}
+    assert f"at most {protocol.FRAME_DEPTH_MAX} objects" in rows["a client frame's JSON nesting"]
+    assert f"at most {protocol.META_DEPTH_MAX} objects" in rows["a message's `meta` nesting"]
+    assert str(protocol.SEQ_MAX) in rows["a receipt's `seq`, `history` `before`"]
+    for name in ("seq", "watermark"):
+        assert doc.schemas["common"]["$defs"][name]["maximum"] == protocol.SEQ_MAX
+
+
 @pytest.mark.parametrize(
     "name,env,text,value",
     [
@@ -282,8 +293,7 @@ def test_documented_environment_variables_configure_the_relay(
 WAIT = 3.0  # seconds any expected frame may take; a missing frame fails instead of hanging
 
 #: Every server frame variant and close code the document names, which the end-to-end tests
-#: must observe. Error `rate_limited` is documented as not sent by this relay (floods get a
-#: failed receipt instead).
+#: must observe.
 _VARIANT_KEYS = {"receipt": "status", "error": "code", "status": "status", "group": "event"}
 
 
@@ -292,7 +302,6 @@ def _documented_variants() -> set[str]:
     for kind, key in _VARIANT_KEYS.items():
         values = set(doc.schemas[f"server/{kind}"]["properties"][key]["enum"])
         found |= {f"{kind}:{v}" for v in values}
-    found.discard("error:rate_limited")
     return found | {f"close:{row[0]}" for row in doc.table_rows("### Close codes")}
 
 
@@ -1103,6 +1112,49 @@ async def test_e2e_a_conversation_list_larger_than_the_outbox_is_answered(
         listed = [i["peerId"] for i in answer["items"]]
         assert listed and listed == peers[::-1][: len(listed)]  # the newest, newest first
         assert answer.get("hasMore", False) == (len(listed) < len(peers))
+
+
+@covers("error:rate_limited", "group:create", "group:leave")
+async def test_e2e_group_changes_over_the_users_limit_are_rate_limited(
+    nursery: trio.Nursery,
+) -> None:
+    relay = await relay_on(nursery, group_rate_limit=0.001, group_rate_burst=2)
+    async with peer(relay.url, "alice") as alice, peer(relay.url, "alice") as phone:
+        for n in range(2):
+            await alice.send({"type": "group_create", "groupId": f"g{n}", "ref": f"c{n}"})
+            await alice.expect("group", ref=f"c{n}")
+        # the user's budget, whichever device asks
+        await phone.send({"type": "group_create", "groupId": "g2", "ref": "c2"})
+        refused = await phone.expect("error", code="rate_limited")
+        assert (refused["ref"], refused.get("field")) == ("c2", None)
+        await alice.send({"type": "group_leave", "groupId": "g0", "ref": "l0"})  # never limited
+        assert (await alice.expect("group", ref="l0"))["event"] == "leave"
+
+
+@covers("error:bad_json", "receipt:failed", "receipt:sent", "conversations", "history")
+async def test_e2e_json_nested_too_deep_is_refused_and_never_stored(nursery: trio.Nursery) -> None:
+    def deep_meta(ident: str, depth: int) -> str:
+        meta = '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+        return f'{{"type":"message","id":"{ident}","recipientId":"bob","text":"hi","meta":{meta}}}'
+
+    relay = await relay_on(nursery)
+    async with peer(relay.url) as alice:
+        await alice.send_text(deep_meta("m0", 300))  # before auth: answered, not closed (1011)
+        assert "deeper than 32" in (await alice.expect("error", code="bad_json"))["message"]
+        await alice.send({"type": "auth", "userId": "alice"})
+        await alice.expect("auth_ok")
+        await alice.send_text(deep_meta("m1", protocol.META_DEPTH_MAX))
+        await alice.expect("receipt", status="sent", id="m1")
+        for depth in (protocol.META_DEPTH_MAX + 1, 254):
+            await alice.send_text(deep_meta("m2", depth))
+        failed = await alice.expect("receipt", status="failed", id="m2")
+        assert (failed["reason"], failed["field"]) == ("invalid", "meta")
+        await alice.expect("error", code="bad_json")
+        await alice.send({"type": "conversations", "ref": "c"})
+        listed = await alice.expect("conversations", ref="c")
+        assert [i["lastMessage"]["id"] for i in listed["items"]] == ["m1"]
+        await alice.send({"type": "history", "peerId": "bob", "ref": "h"})
+        assert [m["id"] for m in (await alice.expect("history", ref="h"))["messages"]] == ["m1"]
 
 
 async def test_e2e_http_endpoints_as_documented(nursery: trio.Nursery) -> None:

@@ -3,16 +3,22 @@ encoders (with the fast path's frames of a message)."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.errors import FrameError
 from relay.fastpath import OP_TEXT, encode_delivery, encode_frame, encode_sent_frame
 from relay.protocol import (
     CLIENT_FRAME_TYPES,
+    FRAME_DEPTH_MAX,
+    META_DEPTH_MAX,
+    SEQ_MAX,
     AuthFrame,
     ConversationsFrame,
     GroupAddFrame,
@@ -36,6 +42,7 @@ from relay.protocol import (
 from relay.store.base import StoredMessage
 
 LIMITS = Limits(max_text_chars=10, max_meta_bytes=30, max_group_members=3)
+LIMITS_ROOMY = Limits()  # meta of the protocol's default size: room for deep values
 
 
 def parse(obj: Any) -> Any:
@@ -309,3 +316,202 @@ def test_iso_timestamps_have_milliseconds_and_z() -> None:
 
     assert iso_utc(1707129015.1239) == "2024-02-05T10:30:15.123Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", iso_utc(0.0005))
+
+
+# --- depth and integer bounds: nothing a client sends escapes as anything but FrameError ----------
+
+
+def nested_object(depth: int) -> bytes:
+    """A JSON object `depth` levels deep ({"a": {"a": ... {}}}), written by hand: orjson
+    writes at most 254 levels."""
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+def message_with_meta(depth: int) -> bytes:
+    return b'{"type":"message","id":"m1","recipientId":"b","text":"hi","meta":%s}' % (
+        nested_object(depth)
+    )
+
+
+def test_a_meta_up_to_its_depth_limit_is_read() -> None:
+    frame = parse_client_frame(message_with_meta(META_DEPTH_MAX), LIMITS_ROOMY)
+    assert isinstance(frame, MessageFrame)
+    depth, meta = 1, frame.meta
+    while meta:
+        depth, meta = depth + 1, meta["a"]
+    assert depth == META_DEPTH_MAX
+
+
+# 17: one over; 251-254: accepted and then unwritable inside an answer before the limit
+# existed; 31: the deepest meta a frame within FRAME_DEPTH_MAX can carry
+@pytest.mark.parametrize("depth", [META_DEPTH_MAX + 1, FRAME_DEPTH_MAX - 1, 251, 254])
+def test_a_deeper_meta_is_refused_with_a_failed_receipt(depth: int) -> None:
+    payload = message_with_meta(depth)
+    if depth + 1 > FRAME_DEPTH_MAX:  # the frame itself is too deep: no receipt
+        with pytest.raises(FrameError) as info:
+            parse_client_frame(payload, LIMITS_ROOMY)
+        assert info.value.code == "bad_json"
+        assert not isinstance(info.value, MessageRefused)
+        return
+    with pytest.raises(MessageRefused) as refused:
+        parse_client_frame(payload, LIMITS_ROOMY)
+    assert (refused.value.code, refused.value.field, refused.value.message_id) == (
+        "invalid",
+        "meta",
+        "m1",
+    )
+    assert f"deeper than {META_DEPTH_MAX}" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        message_with_meta(255),  # orjson cannot write it: a TypeError escaped here
+        message_with_meta(1023),
+        message_with_meta(1024),  # over orjson's own limit: not JSON it reads
+        b"[" * (FRAME_DEPTH_MAX + 1) + b"]" * (FRAME_DEPTH_MAX + 1),
+        b'{"type":"ping","x":' + b"[" * FRAME_DEPTH_MAX + b"]" * FRAME_DEPTH_MAX + b"}",
+        b'{"type":"auth","userId":"a","x":' + nested_object(FRAME_DEPTH_MAX) + b"}",
+    ],
+    ids=["meta-255", "meta-1023", "meta-1024", "array", "ping", "auth"],
+)
+def test_json_deeper_than_a_frame_may_be_is_bad_json(payload: bytes) -> None:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(payload, LIMITS_ROOMY)
+    assert type(info.value) is FrameError
+    assert info.value.code == "bad_json"
+
+
+def test_a_frame_exactly_as_deep_as_allowed_is_read() -> None:
+    inner = b"[" * (FRAME_DEPTH_MAX - 1) + b"]" * (FRAME_DEPTH_MAX - 1)
+    assert parse_client_frame(b'{"type":"ping","ref":"p","x":%s}' % inner, LIMITS) == PingFrame(
+        ref="p"
+    )
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(b"[" * FRAME_DEPTH_MAX + b"]" * FRAME_DEPTH_MAX, LIMITS)
+    assert info.value.code == "bad_frame"  # as deep as allowed, but not an object
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        ({"type": "receipt", "peerId": "a", "seq": SEQ_MAX + 1, "status": "read"}, "seq"),
+        ({"type": "receipt", "peerId": "a", "seq": 2**64 - 1, "status": "read"}, "seq"),
+        ({"type": "history", "peerId": "b", "before": SEQ_MAX + 1}, "before"),
+        ({"type": "history", "peerId": "b", "before": 2**64 - 1}, "before"),
+        ({"type": "history", "peerId": "b", "after": SEQ_MAX + 1}, "after"),
+        ({"type": "history", "peerId": "b", "after": -(2**63) - 1}, "after"),
+        ({"type": "conversations", "limit": 2**64 - 1}, "limit"),
+        ({"type": "history", "peerId": "b", "limit": -(2**63)}, "limit"),
+    ],
+)
+def test_every_integer_is_bounded(frame: dict[str, Any], field: str) -> None:
+    exc = error_of_bytes(json.dumps(frame).encode())  # orjson writes no int past 64 bits
+    assert (exc.code, exc.field) == ("invalid", field)
+
+
+def test_integers_up_to_the_largest_seq_are_read() -> None:
+    receipt = parse({"type": "receipt", "peerId": "a", "seq": SEQ_MAX, "status": "read"})
+    assert receipt.seq == SEQ_MAX
+    assert parse({"type": "history", "peerId": "b", "before": SEQ_MAX}).before == SEQ_MAX
+    assert parse({"type": "history", "peerId": "b", "after": SEQ_MAX}).after == SEQ_MAX
+    # JSON numbers past 64 bits are read as floats: not integers
+    exc = error_of_bytes(b'{"type":"history","peerId":"b","before":%d}' % 2**64)
+    assert (exc.code, exc.field) == ("invalid", "before")
+
+
+def error_of_bytes(payload: bytes) -> FrameError:
+    with pytest.raises(FrameError) as info:
+        parse_client_frame(payload, LIMITS)
+    return info.value
+
+
+def _only_frame_errors(payload: bytes) -> None:
+    try:
+        frame = parse_client_frame(payload, LIMITS)
+    except FrameError:
+        return
+    assert type(frame).__name__.endswith("Frame")
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.binary(max_size=200))
+def test_any_bytes_give_a_frame_or_a_frame_error(payload: bytes) -> None:
+    _only_frame_errors(payload)
+
+
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**63 - 1, 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**40]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=20),
+    st.sampled_from(["NaN", "Infinity", "-0", "1e999", "\u202e", "\ufeff", "\x00", "e\u0301"]),
+)
+
+
+@st.composite
+def hostile_json(draw: st.DrawFn) -> bytes:
+    """A frame of a known type whose fields hold any JSON value, as JSON text, now and then
+    with a lone surrogate escape, a token that is not JSON, or deep nesting."""
+    kind = draw(st.sampled_from(CLIENT_FRAME_TYPES))
+    values = st.recursive(
+        json_scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=8,
+    )
+    fields = draw(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "id",
+                    "ref",
+                    "text",
+                    "recipientId",
+                    "groupId",
+                    "peerId",
+                    "userId",
+                    "userIds",
+                    "members",
+                    "seq",
+                    "before",
+                    "after",
+                    "limit",
+                    "status",
+                    "state",
+                    "meta",
+                    "token",
+                    "acks",
+                    "name",
+                    "senderId",
+                    "senderName",
+                    "timestamp",
+                ]
+            ),
+            values,
+            max_size=6,
+        )
+    )
+    body = ",".join(f'"{key}":{json.dumps(value)}' for key, value in fields.items()).encode()
+    extra = draw(
+        st.sampled_from(
+            [
+                b"",
+                b',"x":"\\ud800"',
+                b',"text":"\\udc00"',
+                b',"seq":NaN',
+                b',"before":1e400',
+                b',"meta":' + nested_object(draw(st.integers(1, 1100))),
+                b',"x":' + b"[" * 40 + b"]" * 40,
+            ]
+        )
+    )
+    comma = b"," if body else b""
+    return b'{"type":"%s"%s%s%s}' % (kind.encode(), comma, body, extra)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=hostile_json())
+def test_hostile_fields_give_a_frame_or_a_frame_error(payload: bytes) -> None:
+    _only_frame_errors(payload)

@@ -4,6 +4,7 @@ target), whichever entry the message takes: a client frame or the publish API.""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import orjson
@@ -13,8 +14,10 @@ import relay._fastpath_py as pure
 from relay import fastpath
 from relay.errors import FrameError
 from relay.protocol import (
+    FRAME_DEPTH_MAX,
     IDENT_MAX,
     MESSAGE_ID_MAX,
+    META_DEPTH_MAX,
     SHORT_TEXT_MAX,
     Limits,
     MessageFrame,
@@ -147,6 +150,23 @@ CASES: list[tuple[str, dict[str, Any], tuple[type[FrameError], str, str, str, An
         (MessageRefused, "invalid", "meta: must be an object", "meta", "b", None),
     ),
     (
+        "meta:deep",
+        # 17 levels, and over 30 bytes as JSON too: the depth is checked first
+        {
+            "recipientId": "b",
+            "text": "hi",
+            "meta": functools.reduce(lambda v, _: {"a": v}, range(16), {}),
+        },
+        (
+            MessageRefused,
+            "invalid",
+            f"meta: nests deeper than {META_DEPTH_MAX} objects and arrays",
+            "meta",
+            "b",
+            None,
+        ),
+    ),
+    (
         "meta:long",
         {"groupId": "g", "text": "hi", "meta": {"k": "v" * 40}},
         (MessageRefused, "too_long", "meta: larger than 30 bytes as JSON", "meta", None, "g"),
@@ -199,7 +219,15 @@ def test_a_valid_message_reads_the_same_from_both_entries() -> None:
 
 def test_the_rules_are_the_protocols_limits() -> None:
     limits = Limits(max_text_chars=7, max_meta_bytes=9)
-    assert limits.rules == (MESSAGE_ID_MAX, IDENT_MAX, SHORT_TEXT_MAX, 7, 9)
+    assert limits.rules == (
+        MESSAGE_ID_MAX,
+        IDENT_MAX,
+        SHORT_TEXT_MAX,
+        7,
+        9,
+        META_DEPTH_MAX,
+        FRAME_DEPTH_MAX,
+    )
     assert limits.rules is limits.rules  # made once: the fast path reads one tuple per Limits
     assert limits == Limits(max_text_chars=7, max_meta_bytes=9)
 
@@ -212,3 +240,25 @@ def test_the_limits_are_applied_where_they_are_defined(size: int) -> None:
     else:
         with pytest.raises(MessageRefused):
             parse_client_frame(orjson.dumps(obj), LIMITS)
+
+
+def test_a_published_meta_is_held_to_the_same_depth() -> None:
+    """A meta from the publish API nests in lists and tuples too (orjson writes both as arrays);
+    a cycle is refused for its depth, never followed."""
+    deep: Any = {"k": [1]}  # 2 levels, then 2 more per wrapping: META_DEPTH_MAX in all
+    for _ in range((META_DEPTH_MAX - 2) // 2):
+        deep = {"k": (deep,)}
+    assert (
+        validate_message(
+            {"recipientId": "b", "text": "hi", "meta": deep}, Limits(), message_id="p1"
+        ).meta
+        is deep
+    )
+    cyclic: dict[str, Any] = {}
+    cyclic["self"] = [cyclic]
+    for meta in ({"k": (deep,)}, cyclic):
+        with pytest.raises(MessageRefused) as info:
+            validate_message(
+                {"recipientId": "b", "text": "hi", "meta": meta}, Limits(), message_id="p1"
+            )
+        assert (info.value.code, info.value.field) == ("invalid", "meta")
