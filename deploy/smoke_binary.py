@@ -1,0 +1,160 @@
+"""Smoke test of the standalone binary (deploy/build-binary.sh), as CI runs it.
+
+    python deploy/smoke_binary.py [dist/relay]
+
+Copies the binary into a fresh temporary folder outside the checkout and runs it there with a
+clean environment (`env -i PATH=/usr/bin:/bin HOME=<that folder>`: no venv, no PYTHONPATH, no
+RELAY_* variable), so it can only use what it carries. Then, from this process (a client that
+is not the binary):
+- the startup log says the compiled fast path runs (`fast path: cython`);
+- `--web-chat` serves the chat page at `/`;
+- two users authenticate over WebSocket (the `websockets` library), alice sends bob a message,
+  alice gets the `sent` receipt and bob the delivery;
+- SIGTERM drains and the binary exits 0.
+It prints the binary's size and its start-up time (launch to the listening line; median of
+5 starts). Exit status 0 when all holds; any failure raises with what was seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from websockets.sync.client import ClientConnection, connect
+
+LISTENING = "WebSocket server running on "
+WAIT = 10.0  # seconds: a one-file binary unpacks itself before Python starts
+STARTS = 5
+
+
+def launch(binary: Path, home: Path, *args: str) -> subprocess.Popen[str]:
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+    return subprocess.Popen(
+        [str(binary), "serve", "--port", "0", *args],
+        cwd=home,
+        env=clean,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_listening(proc: subprocess.Popen[str]) -> str:
+    """The URL of the listening line (stdout); raises when the process ends first."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith(LISTENING):
+            return line[len(LISTENING) :].strip()
+        if not line and proc.poll() is not None:
+            break
+    proc.kill()
+    _out, err = proc.communicate()
+    raise SystemExit(f"smoke: the binary did not print its listening line; stderr:\n{err}")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait for exit 0; returns stderr (the log)."""
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=WAIT)
+    if proc.returncode != 0:
+        raise SystemExit(f"smoke: exit status {proc.returncode} after SIGTERM; stderr:\n{err}")
+    return err
+
+
+def expect(ws: ClientConnection, kind: str, **match: Any) -> dict[str, Any]:
+    """The first frame of `kind` whose fields equal `match` (others are skipped)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SystemExit(f"smoke: no {kind} frame matching {match}")
+        frame: dict[str, Any] = json.loads(ws.recv(timeout=left))
+        if frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items()):
+            return frame
+
+
+@contextmanager
+def auth(url: str, user: str) -> Iterator[ClientConnection]:
+    with connect(url, open_timeout=WAIT) as ws:
+        ws.send(json.dumps({"type": "auth", "userId": user, "userName": user.title()}))
+        expect(ws, "auth_ok")
+        yield ws
+
+
+def exchange(url: str) -> None:
+    with auth(url, "alice") as alice, auth(url, "bob") as bob:
+        alice.send(
+            json.dumps(
+                {"type": "message", "id": "smoke-1", "recipientId": "bob", "text": "hello, binary"}
+            )
+        )
+        sent = expect(alice, "receipt", id="smoke-1", status="sent")
+        got = expect(bob, "message", id="smoke-1")
+        if got["text"] != "hello, binary" or got["senderId"] != "alice":
+            raise SystemExit(f"smoke: bob got {got}")
+        print(f"smoke: message exchanged (sent seq {sent['seq']}, delivered to bob)")
+
+
+def main(argv: list[str]) -> int:
+    source = Path(argv[1] if len(argv) > 1 else "dist/relay").resolve()
+    if not source.is_file():
+        raise SystemExit(f"smoke: no binary at {source} (bash deploy/build-binary.sh builds it)")
+    size = source.stat().st_size
+    with tempfile.TemporaryDirectory(prefix="relay-smoke-") as folder:
+        home = Path(folder)
+        binary = home / "relay"
+        shutil.copy2(source, binary)
+
+        proc = launch(binary, home, "--web-chat", "--db", str(home / "relay.db"))
+        url = wait_listening(proc)
+        try:
+            port = url.rsplit(":", 1)[1]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=WAIT) as page:
+                body = page.read().decode()
+            if page.status != 200 or "<html" not in body.lower():
+                raise SystemExit(f"smoke: GET / answered {page.status}: {body[:200]!r}")
+            print("smoke: --web-chat serves the chat page at /")
+            exchange(url)
+        except BaseException:
+            proc.kill()
+            raise
+        log = stop(proc)
+        if "fast path: cython" not in log:
+            raise SystemExit(f"smoke: the binary does not run the compiled fast path; log:\n{log}")
+        print("smoke: fast path: cython; SIGTERM drained, exit 0")
+
+        # Start-up: launch to listening line, in-memory store (the store's open is not the
+        # binary's cost); each start unpacks the one file into a fresh temporary folder.
+        times = []
+        for _ in range(STARTS):
+            began = time.perf_counter()
+            proc = launch(binary, home, "--memory")
+            wait_listening(proc)
+            times.append(time.perf_counter() - began)
+            stop(proc)
+    print(f"smoke: binary size {size / 1e6:.1f} MB ({size} bytes)")
+    print(
+        f"smoke: start-up to listening line: median {statistics.median(times):.2f} s "
+        f"of {STARTS} ({', '.join(f'{t:.2f}' for t in times)})"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    if os.name != "posix":
+        raise SystemExit("smoke: POSIX only")
+    sys.exit(main(sys.argv))
