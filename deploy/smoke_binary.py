@@ -10,13 +10,16 @@ is not the binary):
 - `--web-chat` serves the chat page at `/`;
 - two users authenticate over WebSocket (the `websockets` library), alice sends bob a message,
   alice gets the `sent` receipt and bob the delivery;
-- SIGTERM drains and the binary exits 0.
+- SIGTERM drains and the binary exits 0;
+- all of that under prctl(PR_SET_MDWE) when the kernel has it (memory never writable and
+  executable), the rule deploy/relay.service sets with MemoryDenyWriteExecute=yes.
 It prints the binary's size and its start-up time (launch to the listening line; median of
 5 starts). Exit status 0 when all holds; any failure raises with what was seen.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -39,7 +42,35 @@ WAIT = 10.0  # seconds: a one-file binary unpacks itself before Python starts
 STARTS = 5
 
 
-def launch(binary: Path, home: Path, *args: str) -> subprocess.Popen[str]:
+#: prctl(2) options (linux/prctl.h): refuse memory that is or was writable to become
+#: executable, inherited by children and kept across execve (Linux >= 6.3). systemd's
+#: MemoryDenyWriteExecute=yes (deploy/relay.service) enforces the same rule with seccomp.
+PR_SET_MDWE = 65
+PR_MDWE_REFUSE_EXEC_GAIN = 1
+
+
+def deny_write_execute() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_MDWE)")
+
+
+def mdwe_supported() -> bool:
+    """Whether this kernel enforces PR_SET_MDWE: a child under it cannot map W+X memory."""
+    probe = "import mmap; mmap.mmap(-1, 4096, prot=7)"  # PROT_READ|PROT_WRITE|PROT_EXEC
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            preexec_fn=deny_write_execute,
+            capture_output=True,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode != 0 and b"PermissionError" in result.stderr
+
+
+def launch(binary: Path, home: Path, *args: str, mdwe: bool = False) -> subprocess.Popen[str]:
     clean = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
     return subprocess.Popen(
         [str(binary), "serve", "--port", "0", *args],
@@ -48,6 +79,7 @@ def launch(binary: Path, home: Path, *args: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=deny_write_execute if mdwe else None,
     )
 
 
@@ -119,7 +151,11 @@ def main(argv: list[str]) -> int:
         binary = home / "relay"
         shutil.copy2(source, binary)
 
-        proc = launch(binary, home, "--web-chat", "--db", str(home / "relay.db"))
+        # Under write-xor-execute when the kernel has it: the unit's MemoryDenyWriteExecute=yes
+        # must not break the binary.
+        mdwe = mdwe_supported()
+        print(f"smoke: write-xor-execute (PR_SET_MDWE): {'on' if mdwe else 'not in this kernel'}")
+        proc = launch(binary, home, "--web-chat", "--db", str(home / "relay.db"), mdwe=mdwe)
         url = wait_listening(proc)
         try:
             port = url.rsplit(":", 1)[1]
