@@ -10,6 +10,8 @@ is not the binary):
 - `--web-chat` serves the chat page at `/`;
 - two users authenticate over WebSocket (the `websockets` library), alice sends bob a message,
   alice gets the `sent` receipt and bob the delivery;
+- with NOTIFY_SOCKET set (a datagram socket this script binds, as systemd does), it sends
+  READY=1 once listening and STOPPING=1 on SIGTERM;
 - SIGTERM drains and the binary exits 0;
 - all of that under prctl(PR_SET_MDWE) when the kernel has it (memory never writable and
   executable), the rule deploy/relay.service sets with MemoryDenyWriteExecute=yes.
@@ -24,14 +26,16 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +74,10 @@ def mdwe_supported() -> bool:
     return result.returncode != 0 and b"PermissionError" in result.stderr
 
 
-def launch(binary: Path, home: Path, *args: str, mdwe: bool = False) -> subprocess.Popen[str]:
-    clean = {"PATH": "/usr/bin:/bin", "HOME": str(home)}
+def launch(
+    binary: Path, home: Path, *args: str, mdwe: bool = False, **env: str
+) -> subprocess.Popen[str]:
+    clean = {"PATH": "/usr/bin:/bin", "HOME": str(home), **env}
     return subprocess.Popen(
         [str(binary), "serve", "--port", "0", *args],
         cwd=home,
@@ -80,7 +86,25 @@ def launch(binary: Path, home: Path, *args: str, mdwe: bool = False) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=deny_write_execute if mdwe else None,
+        # its own process group: the one-file binary is two processes (the bootloader and the
+        # Python it starts), and a failed run must kill both
+        start_new_session=True,
     )
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def notification(sock: socket.socket) -> tuple[dict[str, str], int]:
+    """One sd_notify datagram's KEY=VALUE states and the sending process's pid."""
+    data, ancillary, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    pid = -1
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = struct.unpack("iII", payload[:12])[0]
+    return dict(line.split("=", 1) for line in data.decode().splitlines()), pid
 
 
 def wait_listening(proc: subprocess.Popen[str]) -> str:
@@ -93,14 +117,15 @@ def wait_listening(proc: subprocess.Popen[str]) -> str:
             return line[len(LISTENING) :].strip()
         if not line and proc.poll() is not None:
             break
-    proc.kill()
+    kill(proc)
     _out, err = proc.communicate()
     raise SystemExit(f"smoke: the binary did not print its listening line; stderr:\n{err}")
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM, wait for exit 0; returns stderr (the log)."""
-    proc.send_signal(signal.SIGTERM)
+    """SIGTERM (to the bootloader, which passes it on), wait for exit 0; returns stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=WAIT)
     if proc.returncode != 0:
         raise SystemExit(f"smoke: exit status {proc.returncode} after SIGTERM; stderr:\n{err}")
@@ -155,9 +180,32 @@ def main(argv: list[str]) -> int:
         # must not break the binary.
         mdwe = mdwe_supported()
         print(f"smoke: write-xor-execute (PR_SET_MDWE): {'on' if mdwe else 'not in this kernel'}")
-        proc = launch(binary, home, "--web-chat", "--db", str(home / "relay.db"), mdwe=mdwe)
+        # And under a notification socket, as systemd gives a Type=notify unit.
+        notify_path = str(home / "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(notify_path)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.settimeout(WAIT)
+        proc = launch(
+            binary,
+            home,
+            "--web-chat",
+            "--db",
+            str(home / "relay.db"),
+            mdwe=mdwe,
+            NOTIFY_SOCKET=notify_path,
+        )
         url = wait_listening(proc)
         try:
+            ready, sender = notification(sock)
+            if ready.get("READY") != "1":
+                raise SystemExit(f"smoke: first notification is not READY=1: {ready}")
+            # The sender is the bootloader's child, not the main pid systemd started: hence
+            # NotifyAccess=all in deploy/relay.service.
+            print(
+                f"smoke: READY=1 from pid {sender} "
+                f"({'the main pid' if sender == proc.pid else 'a child of the main pid'})"
+            )
             port = url.rsplit(":", 1)[1]
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=WAIT) as page:
                 body = page.read().decode()
@@ -165,9 +213,16 @@ def main(argv: list[str]) -> int:
                 raise SystemExit(f"smoke: GET / answered {page.status}: {body[:200]!r}")
             print("smoke: --web-chat serves the chat page at /")
             exchange(url)
+            proc.send_signal(signal.SIGTERM)
+            stopping, _ = notification(sock)
+            if stopping.get("STOPPING") != "1":
+                raise SystemExit(f"smoke: no STOPPING=1 on SIGTERM: {stopping}")
+            print("smoke: STOPPING=1 on SIGTERM")
         except BaseException:
-            proc.kill()
+            kill(proc)
             raise
+        finally:
+            sock.close()
         log = stop(proc)
         if "fast path: cython" not in log:
             raise SystemExit(f"smoke: the binary does not run the compiled fast path; log:\n{log}")
