@@ -122,9 +122,12 @@ def wait_listening(proc: subprocess.Popen[str]) -> str:
     raise SystemExit(f"smoke: the binary did not print its listening line; stderr:\n{err}")
 
 
-def stop(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM (to the bootloader, which passes it on), wait for exit 0; returns stderr."""
-    if proc.poll() is None:
+def stop(proc: subprocess.Popen[str], signalled: bool = False) -> str:
+    """SIGTERM (to the bootloader, which passes it on) unless `signalled` already, then wait
+    for exit 0; returns stderr. Exactly one SIGTERM: trio redelivers a signal that arrives
+    during the drain when the relay stops listening for signals, so a second one ends the
+    process by SIGTERM after the drain (status -15), as systemd's KillMode=mixed avoids."""
+    if not signalled:
         proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=WAIT)
     if proc.returncode != 0:
@@ -223,7 +226,9 @@ def main(argv: list[str]) -> int:
             raise
         finally:
             sock.close()
-        log = stop(proc)
+        log = stop(proc, signalled=True)
+        if "relay: stopped" not in log:
+            raise SystemExit(f"smoke: SIGTERM to the binary did not drain the relay; log:\n{log}")
         if "fast path: cython" not in log:
             raise SystemExit(f"smoke: the binary does not run the compiled fast path; log:\n{log}")
         print("smoke: fast path: cython; SIGTERM drained, exit 0")
