@@ -407,6 +407,7 @@ def tune_collector() -> None:
 async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator) -> None:
     import trio
 
+    from relay import fastpath, notify
     from relay.app import Relay
 
     relay = Relay(config, authenticator=authenticator)
@@ -415,8 +416,12 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
             address = await nursery.start(relay.serve)
             tune_collector()
             print(listening_line(address), flush=True)
+            # systemd (Type=notify): ready only now that the port is bound and answers
+            notify.notify("READY=1", f"STATUS={listening_line(address)}")
+            log.info("fast path: %s", fastpath.IMPLEMENTATION)
             _log_exposure(config, authenticator, address)
             async for signum in signals:
+                notify.notify("STOPPING=1", "STATUS=draining")
                 log.info("%s: draining", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
