@@ -702,7 +702,12 @@ async def test_the_checkpointer_copies_commits_into_the_database_file(
         batches, size, text = 40, 100, "x" * 200
         for n in range(batches):
             await put(store, *[msg("a", "b", id=f"w{n}.{k}", text=text) for k in range(size)])
-            await trio.sleep(0.01)  # the checkpointer's turn
+            # the checkpointer's turn: it runs on its own thread, which a loaded machine may
+            # delay past any fixed sleep, so wait (bounded) until it checkpointed this commit
+            checkpointer = store._checkpointer
+            with trio.fail_after(10):
+                while checkpointer is not None and not checkpointer.idle:
+                    await trio.sleep(0.002)
         written = batches * size * len(text)
         database = (await trio.Path(path).stat()).st_size
         wal = (await trio.Path(f"{path}-wal").stat()).st_size

@@ -35,6 +35,13 @@ class Checkpointer:
     interval: float
     _nudged: threading.Event = field(factory=threading.Event, init=False)
     _stopping: threading.Event = field(factory=threading.Event, init=False)
+    _running: bool = field(default=False, init=False)  # a checkpoint is being made
+
+    @property
+    def idle(self) -> bool:
+        """Every commit nudged so far was followed by a completed checkpoint (the writer nudges
+        right after its COMMIT, before it answers the appends)."""
+        return not self._nudged.is_set() and not self._running
 
     def nudge(self) -> None:
         self._nudged.set()
@@ -49,11 +56,14 @@ class Checkpointer:
                 self._nudged.wait()
                 if self._stopping.is_set():
                     return
+                self._running = True
                 self._nudged.clear()
                 try:
                     self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                 except sqlite3.Error as exc:
                     log.warning("background checkpoint failed, retrying later: %s", describe(exc))
+                finally:
+                    self._running = False
                 if self._stopping.wait(self.interval):
                     return
         finally:
