@@ -705,9 +705,12 @@ async def test_the_checkpointer_copies_commits_into_the_database_file(
             # the checkpointer's turn: it runs on its own thread, which a loaded machine may
             # delay past any fixed sleep, so wait (bounded) until it checkpointed this commit
             checkpointer = store._checkpointer
-            with trio.fail_after(10):
-                while checkpointer is not None and not checkpointer.idle:
-                    await trio.sleep(0.002)
+            for _ in range(5000):  # 10 s at most
+                if checkpointer is None or checkpointer.idle:
+                    break
+                await trio.sleep(0.002)  # a thread's progress: no trio event to wait on
+            else:
+                raise AssertionError("the checkpointer did not checkpoint a commit in 10 s")
         written = batches * size * len(text)
         database = (await trio.Path(path).stat()).st_size
         wal = (await trio.Path(f"{path}-wal").stat()).st_size
