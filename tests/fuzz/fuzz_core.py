@@ -122,9 +122,31 @@ STRINGS = (
     '"NaN"',
     '"1e400"',
 )
-#: nesting depths: around orjson's 254 levels of writing (an answer frame adds a few) and its
-#: 1,024 of reading
-DEPTHS = (1, 2, 64, 200, 246, 248, 250, 251, 252, 253, 254, 255, 256, 512, 1023, 1024, 1025, 1100)
+#: nesting depths: small powers of two and their neighbours (where a depth limit is likely to
+#: sit), around orjson's 254 levels of writing (an answer frame adds a few) and its 1,024 of
+#: reading
+DEPTHS = (
+    1,
+    2,
+    15,
+    16,
+    17,
+    31,
+    32,
+    33,
+    64,
+    200,
+    250,
+    251,
+    252,
+    253,
+    254,
+    255,
+    256,
+    1024,
+    1025,
+    1100,
+)
 (
     V_ABSENT,
     V_GOOD,
