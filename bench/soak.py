@@ -11,9 +11,9 @@ clients of its own (RFC 6455 framing on trio sockets):
 - `reconnectors`: users that connect, take their backlog, send a few messages, ask for
   history, and leave (a close frame or a dropped TCP connection, alternately), then come back
   after 1-3 s; the steady users write to them meanwhile;
-- `slow_readers`: users with a 4 kB receive buffer that ask for four history pages and then
-  never read, sending only WebSocket pings, for `slow_hold` seconds or until the relay closes
-  them; then they come back.
+- `slow_readers`: members of every group, with a 4 kB receive buffer, that ask for four pages
+  of their groups' history and then never read, sending only WebSocket pings, for `slow_hold`
+  seconds or until the relay closes them; then they come back.
 
 Every `sample_every` seconds it prints the relay's RSS (VmRSS), CPU and the traffic so far;
 at the end it fits a line to the RSS samples of the last `window` minutes and reports the
@@ -286,7 +286,8 @@ class Soak:
             owner = self.steady[g]
             others = [u for u in self.steady + self.returning if u != owner]
             size = min(settings.group_size - 1, len(others))
-            self.groups[f"soak-g{g}"] = [owner, *self.rng.sample(others, size)]
+            # every slow reader is in every group: a busy group is what fills its outbox
+            self.groups[f"soak-g{g}"] = [owner, *self.rng.sample(others, size), *self.slow]
         self.ids = 0
 
     def next_id(self) -> str:
@@ -440,15 +441,16 @@ class Soak:
             await trio.sleep(self.rng.uniform(1.0, 3.0))
 
     async def slow_reader(self, user: str) -> None:
-        """Asks for pages of history, then never reads: only pings, for `slow_hold` seconds
-        or until the relay closes it."""
-        peer = self.steady[0]
+        """Asks for pages of its groups' history, then never reads (its groups' messages pile
+        up): only pings, for `slow_hold` seconds or until the relay closes it."""
+        targets = [{"groupId": g} for g in self.groups] or [{"peerId": self.steady[0]}]
         while True:
             link = await self.connect("slow reader", user, "watch", rcvbuf=SLOW_RCVBUF)
             self.counts["slow reader sessions"] += 1
             try:
-                for _ in range(SLOW_PAGES):
-                    await link.send({"type": "history", "peerId": peer, "limit": 100})
+                for page in range(SLOW_PAGES):
+                    target = targets[page % len(targets)]
+                    await link.send({"type": "history", "limit": 100, **target})
                 with trio.move_on_after(self.s.slow_hold):
                     while True:
                         await trio.sleep(5)
