@@ -7,6 +7,9 @@ interleaved (every scenario and server once, then again) and summarised by their
 
 Exit status: 0 when every run produced its figures and every budget passed (or --no-budgets);
 1 when a run failed; 2 when a budget was missed.
+
+`python -m bench soak` is the soak test instead (bench/soak.py): minutes of mixed traffic
+against one relay process, its memory sampled each minute.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.splitlines()[0],
+        epilog="python -m bench soak [--minutes 30] ...: the soak test (python -m bench soak -h)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -297,6 +304,11 @@ def median_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from bench import soak
+
+        return soak.main(argv[1:])
     args = parse_args(argv)
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]

@@ -1,0 +1,616 @@
+"""`python -m bench soak`: mixed traffic against a `relay serve` process for minutes, its memory
+sampled as it goes.
+
+The relay runs as `python -m relay serve --host 127.0.0.1 --port 0 --db <temporary file>`
+with its default settings (the SQLite store: the in-memory one keeps every message, so its
+memory grows by design). This process drives it over loopback only, with minimal WebSocket
+clients of its own (RFC 6455 framing on trio sockets):
+- `users` steady users, one device each, sending 1:1 and group messages at `rate` messages
+  per second in all, read receipts for some of what they receive, a `history` page every 5 s
+  (some with `before`) and `conversations` every 10 s; they answer the relay's pings;
+- `reconnectors`: users that connect, take their backlog, send a few messages, ask for
+  history, and leave (a close frame or a dropped TCP connection, alternately), then come back
+  after 1-3 s; the steady users write to them meanwhile;
+- `slow_readers`: members of every group, with a 4 kB receive buffer, that ask for four pages
+  of their groups' history and then never read, sending only WebSocket pings, for `slow_hold`
+  seconds or until the relay closes them; then they come back.
+
+Every `sample_every` seconds it prints the relay's RSS (VmRSS), CPU and the traffic so far;
+at the end it fits a line to the RSS samples of the last `window` minutes and reports the
+growth over that window (budget: under `budget_pct`, 1%). Everything is written to
+bench/results/soak-<UTC time>.json (or --json). Load is bounded: a fixed number of clients, a
+fixed rate, a fixed duration; the relay is stopped at the end.
+
+Exit status: 0 when the run completed and RSS stayed within the budget (or --no-budget); 1
+when the relay failed or the traffic did not run; 2 when the RSS budget was missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import trio
+
+from bench import loadgen, servers
+
+RESULTS = servers.ROOT / "bench" / "results"
+#: steady users' periods: a history page, the conversation list
+HISTORY_EVERY = 5.0
+CONVERSATIONS_EVERY = 10.0
+#: the slow readers' receive buffer (the kernel doubles it) and their pages of history
+SLOW_RCVBUF = 4096
+SLOW_PAGES = 4
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    minutes: float = 30.0
+    sample_every: float = 60.0
+    users: int = 20
+    groups: int = 4
+    group_size: int = 8
+    reconnectors: int = 8
+    slow_readers: int = 4
+    rate: float = 200.0
+    slow_hold: float = 45.0
+    window: float = 20.0
+    budget_pct: float = 1.0
+    seed: int = 1
+
+
+def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
+    d = Settings()
+    p = argparse.ArgumentParser(
+        prog="python -m bench soak", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    p.add_argument("--minutes", type=float, default=d.minutes, help="duration (default 30)")
+    p.add_argument(
+        "--sample-every", type=float, default=d.sample_every, help="seconds between RSS samples"
+    )
+    p.add_argument("--users", type=int, default=d.users, help="steady users (20)")
+    p.add_argument("--groups", type=int, default=d.groups, help="groups among them (4)")
+    p.add_argument("--group-size", type=int, default=d.group_size, help="members per group (8)")
+    p.add_argument("--reconnectors", type=int, default=d.reconnectors, help="reconnecting users")
+    p.add_argument("--slow-readers", type=int, default=d.slow_readers, help="non-reading users")
+    p.add_argument("--rate", type=float, default=d.rate, help="messages per second in all (200)")
+    p.add_argument(
+        "--slow-hold", type=float, default=d.slow_hold, help="seconds a slow reader stays (45)"
+    )
+    p.add_argument(
+        "--window", type=float, default=d.window, help="minutes at the end the RSS trend covers"
+    )
+    p.add_argument(
+        "--budget-pct", type=float, default=d.budget_pct, help="RSS growth allowed over the window"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed of the traffic")
+    p.add_argument("--no-budget", action="store_true", help="report the trend, do not enforce it")
+    p.add_argument("--json", type=Path, help="where to write the results")
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.sample_every <= 0 or args.users < 2 or args.rate <= 0:
+        p.error("--minutes, --sample-every and --rate must be positive, --users at least 2")
+    settings = Settings(**{name: getattr(args, name) for name in Settings.__dataclass_fields__})
+    return settings, args
+
+
+# --- the RSS trend --------------------------------------------------------------------------------
+
+
+def rss_trend(samples: list[tuple[float, float]], window_s: float) -> dict[str, Any]:
+    """The least-squares line through the (seconds, RSS kB) samples of the last `window_s`
+    seconds: its slope (kB per minute), its values at the window's ends and the growth between
+    them in percent of the first."""
+    if not samples:
+        raise ValueError("no RSS samples")
+    end = samples[-1][0]
+    points = [(t, v) for t, v in samples if t >= end - window_s - 1e-9]
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var_t = sum((t - mean_t) ** 2 for t, _ in points)
+    slope = 0.0 if var_t == 0 else sum((t - mean_t) * (v - mean_v) for t, v in points) / var_t
+    start_t = points[0][0]
+    first = mean_v + slope * (start_t - mean_t)
+    last = mean_v + slope * (end - mean_t)
+    return {
+        "samples": n,
+        "from_s": start_t,
+        "to_s": end,
+        "slope_kb_per_min": slope * 60,
+        "fit_first_kb": first,
+        "fit_last_kb": last,
+        "growth_pct": 0.0 if first <= 0 else (last - first) / first * 100,
+    }
+
+
+# --- a minimal WebSocket client -------------------------------------------------------------------
+
+
+class Closed(Exception):
+    """The relay ended the connection."""
+
+
+class Link:
+    """One client WebSocket on a trio socket: masked frames out, server frames in."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+        self.sending = trio.Lock()  # a reader answers pings and reads while others send
+
+    @classmethod
+    async def open(cls, port: int, rcvbuf: int | None = None) -> Link:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await sock.connect(("127.0.0.1", port))
+            link = cls(trio.SocketStream(sock))
+            key = base64.b64encode(os.urandom(16)).decode()
+            await link.stream.send_all(
+                (
+                    f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                    f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            )
+            while b"\r\n\r\n" not in link.buf:
+                await link._fill()
+        head, _, rest = bytes(link.buf).partition(b"\r\n\r\n")
+        if not head.startswith(b"HTTP/1.1 101"):
+            await link.abort()
+            raise Closed(f"handshake refused: {head.splitlines()[0]!r}")
+        link.buf = bytearray(rest)
+        return link
+
+    async def _fill(self) -> None:
+        try:
+            data = await self.stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Closed(str(exc)) from None
+        if not data:
+            raise Closed("end of stream")
+        self.buf += data
+
+    async def _send_frame(self, opcode: int, payload: bytes) -> None:
+        n = len(payload)
+        if n < 126:
+            head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+        elif n < 65536:
+            head = struct.pack("!BBH", 0x80 | opcode, 0xFE, n)
+        else:
+            head = struct.pack("!BBQ", 0x80 | opcode, 0xFF, n)
+        key = os.urandom(4)
+        mask = (key * (n // 4 + 1))[:n]
+        body = (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(
+            n, "little"
+        )
+        try:
+            async with self.sending:
+                await self.stream.send_all(head + key + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise Closed(str(exc)) from None
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._send_frame(0x1, orjson.dumps(frame))
+
+    async def ping(self) -> None:
+        await self._send_frame(0x9, b"soak")
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        """The next whole server frame in the buffer (opcode, payload), taken out; None when
+        it has not all arrived."""
+        buf = self.buf
+        if len(buf) < 2:
+            return None
+        n = buf[1] & 0x7F
+        pos = 2
+        if n == 126:
+            if len(buf) < 4:
+                return None
+            (n,) = struct.unpack_from("!H", buf, 2)
+            pos = 4
+        elif n == 127:
+            if len(buf) < 10:
+                return None
+            (n,) = struct.unpack_from("!Q", buf, 2)
+            pos = 10
+        if len(buf) < pos + n:
+            return None
+        opcode = buf[0] & 0x0F
+        payload = bytes(buf[pos : pos + n])
+        del buf[: pos + n]
+        return opcode, payload
+
+    async def recv(self) -> dict[str, Any]:
+        """The next text frame's JSON; answers pings; Closed at the relay's close or EOF."""
+        while True:
+            frame = self._frame()
+            if frame is None:
+                await self._fill()
+                continue
+            opcode, payload = frame
+            if opcode == 0x1:
+                result: dict[str, Any] = orjson.loads(payload)
+                return result
+            if opcode == 0x9:
+                await self._send_frame(0xA, payload)
+            elif opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                raise Closed(f"closed by the relay with {code}")
+
+    async def close(self) -> None:
+        """A close frame (1000), then the end of the TCP connection."""
+        with contextlib.suppress(Closed):
+            await self._send_frame(0x8, struct.pack("!H", 1000))
+        await self.abort()
+
+    async def abort(self) -> None:
+        await self.stream.aclose()
+
+
+# --- the traffic ----------------------------------------------------------------------------------
+
+
+class Soak:
+    """The clients' shared state: settings, the relay's port, counters."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        self.s = settings
+        self.port = port
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.rng = random.Random(settings.seed)
+        self.steady = [f"soak-u{i}" for i in range(settings.users)]
+        self.returning = [f"soak-r{i}" for i in range(settings.reconnectors)]
+        self.slow = [f"soak-s{i}" for i in range(settings.slow_readers)]
+        self.groups: dict[str, list[str]] = {}
+        for g in range(min(settings.groups, settings.users)):
+            owner = self.steady[g]
+            others = [u for u in self.steady + self.returning if u != owner]
+            size = min(settings.group_size - 1, len(others))
+            # every slow reader is in every group: a busy group is what fills its outbox
+            self.groups[f"soak-g{g}"] = [owner, *self.rng.sample(others, size), *self.slow]
+        self.ids = 0
+
+    def next_id(self) -> str:
+        self.ids += 1
+        return f"k{self.ids}"
+
+    async def session(self, user: str, device: str, rcvbuf: int | None = None) -> Link:
+        link = await Link.open(self.port, rcvbuf)
+        await link.send({"type": "auth", "userId": user, "deviceId": device})
+        with trio.fail_after(CONNECT_TIMEOUT):
+            first = await link.recv()
+        if first.get("type") != "auth_ok":
+            await link.abort()
+            raise Closed(f"auth refused: {first}")
+        return link
+
+    def note(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "message":
+            self.counts["received"] += 1
+        elif kind == "receipt":
+            status = frame.get("status")
+            self.counts[f"receipt {status}"] += 1
+            if status == "failed":
+                self.errors[f"failed receipt: {frame.get('reason')}"] += 1
+        elif kind == "error":
+            self.errors[f"error: {frame.get('code')}"] += 1
+        elif kind in ("history", "conversations"):
+            self.counts[f"{kind} answers"] += 1
+
+    async def reader(self, link: Link) -> None:
+        """Reads everything; answers a tenth of the messages with a read receipt."""
+        while True:
+            frame = await link.recv()
+            self.note(frame)
+            if frame.get("type") == "message" and self.rng.random() < 0.1:
+                target = (
+                    {"groupId": frame["groupId"]}
+                    if frame.get("groupId")
+                    else {"peerId": frame.get("senderId")}
+                )
+                await link.send(
+                    {"type": "receipt", "seq": frame["seq"], "status": "read", **target}
+                )
+
+    async def reading(self, link: Link, body: Any) -> str | None:
+        """Await `body()` while reading the link; the relay's reason when it closed the link
+        (which ends both), else None."""
+        closed: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                try:
+                    await self.reader(link)
+                except Closed as exc:
+                    closed.append(str(exc))
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(read)
+            try:
+                await body()
+            except Closed as exc:
+                closed.append(str(exc))
+            nursery.cancel_scope.cancel()
+        return closed[0] if closed else None
+
+    async def connect(self, role: str, user: str, device: str, rcvbuf: int | None = None) -> Link:
+        """A session, retried every second until the relay takes it (each refusal counted)."""
+        while True:
+            try:
+                return await self.session(user, device, rcvbuf)
+            except (Closed, OSError, trio.TooSlowError) as exc:
+                self.errors[f"{role} could not connect: {exc}"] += 1
+            await trio.sleep(1)
+
+    async def steady_user(self, user: str) -> None:
+        """One device for the whole run; it reconnects if the relay drops it (counted)."""
+        my_groups = [g for g, members in self.groups.items() if user in members]
+        peers = [u for u in self.steady + self.returning if u != user]
+        period = self.s.users / self.s.rate
+
+        async def body(link: Link) -> None:
+            next_history = trio.current_time() + self.rng.uniform(0, HISTORY_EVERY)
+            next_list = trio.current_time() + self.rng.uniform(0, CONVERSATIONS_EVERY)
+            while True:
+                await trio.sleep(period * self.rng.uniform(0.5, 1.5))
+                await self.send_one(link, my_groups, peers)
+                now = trio.current_time()
+                if now >= next_history:
+                    next_history = now + HISTORY_EVERY
+                    await self.ask_history(link, my_groups, peers)
+                if now >= next_list:
+                    next_list = now + CONVERSATIONS_EVERY
+                    await link.send({"type": "conversations"})
+
+        while True:
+            link = await self.connect("steady user", user, "desk")
+            try:
+                reason = await self.reading(link, lambda link=link: body(link))
+            finally:
+                await link.abort()
+            self.errors[f"steady user dropped: {reason}"] += 1
+
+    async def send_one(self, link: Link, my_groups: list[str], peers: list[str]) -> None:
+        text = "soak " + "x" * self.rng.randrange(10, 200)
+        if my_groups and self.rng.random() < 0.25:
+            target: dict[str, str] = {"groupId": self.rng.choice(my_groups)}
+            self.counts["sent group"] += 1
+        else:
+            if self.slow and self.rng.random() < 0.05:
+                peer = self.rng.choice(self.slow)
+            else:
+                peer = self.rng.choice(peers)
+            target = {"recipientId": peer}
+            self.counts["sent 1:1"] += 1
+        await link.send({"type": "message", "id": self.next_id(), "text": text, **target})
+
+    async def ask_history(self, link: Link, my_groups: list[str], peers: list[str]) -> None:
+        target: dict[str, Any]
+        if my_groups and self.rng.random() < 0.3:
+            target = {"groupId": self.rng.choice(my_groups)}
+        else:
+            target = {"peerId": self.rng.choice(peers)}
+        if self.rng.random() < 0.5:
+            target["before"] = self.rng.randrange(2, 500)
+        await link.send({"type": "history", "limit": 50, **target})
+        self.counts["history asked"] += 1
+
+    async def reconnector(self, user: str) -> None:
+        """Comes and goes: a few messages and a history page per visit, a clean close or a
+        dropped connection alternately."""
+        my_groups = [g for g, members in self.groups.items() if user in members]
+
+        async def visit(link: Link) -> None:
+            for _ in range(3):
+                await self.send_one(link, my_groups, self.steady)
+                await trio.sleep(0.2)
+            await self.ask_history(link, my_groups, self.steady)
+            await trio.sleep(self.rng.uniform(1.0, 3.0))
+
+        for n in itertools.count():
+            link = await self.connect("reconnector", user, "phone")
+            self.counts["reconnects"] += 1
+            reason = await self.reading(link, lambda link=link: visit(link))
+            if reason is not None:
+                self.errors[f"reconnector dropped: {reason}"] += 1
+            if n % 2:
+                await link.abort()
+            else:
+                await link.close()
+            await trio.sleep(self.rng.uniform(1.0, 3.0))
+
+    async def slow_reader(self, user: str) -> None:
+        """Asks for pages of its groups' history, then never reads (its groups' messages pile
+        up): only pings, for `slow_hold` seconds or until the relay closes it."""
+        targets = [{"groupId": g} for g in self.groups] or [{"peerId": self.steady[0]}]
+        while True:
+            link = await self.connect("slow reader", user, "watch", rcvbuf=SLOW_RCVBUF)
+            self.counts["slow reader sessions"] += 1
+            try:
+                for page in range(SLOW_PAGES):
+                    target = targets[page % len(targets)]
+                    await link.send({"type": "history", "limit": 100, **target})
+                with trio.move_on_after(self.s.slow_hold):
+                    while True:
+                        await trio.sleep(5)
+                        await link.ping()
+                self.counts["slow readers left"] += 1
+            except Closed:
+                self.counts["slow readers closed by the relay"] += 1
+            await link.abort()
+            await trio.sleep(1)
+
+    async def setup_groups(self) -> None:
+        for group, members in self.groups.items():
+            link = await self.session(members[0], "setup")
+            await link.send(
+                {"type": "group_create", "groupId": group, "name": group, "members": members[1:]}
+            )
+            with trio.fail_after(CONNECT_TIMEOUT):
+                while (await link.recv()).get("type") != "group":
+                    pass
+            await link.close()
+
+    async def traffic(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for user in self.steady:
+                nursery.start_soon(self.steady_user, user)
+            for user in self.returning:
+                nursery.start_soon(self.reconnector, user)
+            for user in self.slow:
+                nursery.start_soon(self.slow_reader, user)
+
+
+# --- the run --------------------------------------------------------------------------------------
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    """m:ss, right-aligned for runs of up to 999 minutes."""
+    return f"{int(seconds) // 60:3d}:{int(seconds) % 60:02d}"
+
+
+def sample(pid: int, started: float) -> dict[str, float]:
+    return {
+        "t": round(time.monotonic() - started, 3),
+        "rss_kb": loadgen.proc_rss_kb(pid),
+        "cpu_s": loadgen.proc_cpu_seconds(pid),
+    }
+
+
+async def drive(
+    settings: Settings, server: servers.RunningServer, samples: list[dict[str, float]]
+) -> Soak:
+    soak = Soak(settings, server.port)
+    await soak.setup_groups()
+    started = time.monotonic()
+    samples.append(sample(server.pid, started))
+    total = _clock(settings.minutes * 60)
+    say(f"[{_clock(0)}/{total}] relay RSS {samples[0]['rss_kb'] / 1024:.1f} MB")
+    with trio.move_on_after(settings.minutes * 60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(soak.traffic)
+            while server.alive():
+                await trio.sleep(settings.sample_every)
+                if not server.alive():
+                    break
+                prev = samples[-1]
+                now = sample(server.pid, started)
+                samples.append(now)
+                c = soak.counts
+                cpu = (now["cpu_s"] - prev["cpu_s"]) / max(now["t"] - prev["t"], 1e-9)
+                say(
+                    f"[{_clock(now['t'])}/{total}] relay RSS "
+                    f"{now['rss_kb'] / 1024:.1f} MB, cpu {cpu:.0%}; sent {c['sent 1:1']:,} 1:1 + "
+                    f"{c['sent group']:,} group, received {c['received']:,}, history "
+                    f"{c['history answers']:,}, conversations {c['conversations answers']:,}, "
+                    f"reconnects {c['reconnects']:,}, slow-reader sessions "
+                    f"{c['slow reader sessions']:,}, errors {sum(soak.errors.values()):,}"
+                )
+            nursery.cancel_scope.cancel()  # the relay died
+    if not server.alive():
+        raise servers.ServerError("the relay died during the soak")
+    end = sample(server.pid, started)
+    if end["t"] - samples[-1]["t"] >= 1.0:
+        samples.append(end)
+    return soak
+
+
+def main(argv: list[str]) -> int:
+    settings, args = parse_args(argv)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    json_path = args.json or RESULTS / f"soak-{stamp}.json"
+    log_path = RESULTS / "logs" / f"soak-{stamp}.log"
+    say(
+        f"soak: {settings.minutes:g} min, {settings.users} users at {settings.rate:g} msg/s, "
+        f"{min(settings.groups, settings.users)} groups of {settings.group_size}, "
+        f"{settings.reconnectors} reconnecting, {settings.slow_readers} slow readers; RSS every "
+        f"{settings.sample_every:g} s; relay log {log_path}"
+    )
+    samples: list[dict[str, float]] = []
+    doc: dict[str, Any] = {"started_utc": stamp, "settings": asdict(settings)}
+    with tempfile.TemporaryDirectory(prefix="relay-soak-") as tmp:
+        argv_relay = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1"]
+        argv_relay += ["--port", "0", "--db", str(Path(tmp) / "soak.db")]
+        doc["relay_argv"] = argv_relay
+        try:
+            server = servers.start(servers.ServerSpec("relay", argv_relay), log_path, None)
+        except servers.ServerError as exc:
+            say(f"soak: {exc}")
+            return 1
+        try:
+            soak = trio.run(drive, settings, server, samples)
+        except (servers.ServerError, Closed, OSError, trio.TooSlowError) as exc:
+            say(f"soak: FAILED: {exc}\nrelay log tail:\n{server.log_tail()}")
+            doc |= {"error": str(exc), "samples": samples}
+            _write(json_path, doc)
+            return 1
+        finally:
+            server.stop()
+            doc["db_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("soak.db*"))
+
+    # a run no longer than the window: its whole curve (the sampler's clock overshoots the end)
+    window_s = settings.window * 60 if settings.window < settings.minutes else float("inf")
+    trend = rss_trend([(s["t"], s["rss_kb"]) for s in samples], window_s)
+    flat = trend["growth_pct"] < settings.budget_pct
+    doc |= {
+        "samples": samples,
+        "counts": dict(soak.counts),
+        "errors": dict(soak.errors),
+        "trend": trend,
+        "budget": {"growth_pct_below": settings.budget_pct, "met": flat},
+    }
+    _write(json_path, doc)
+    c = soak.counts
+    say("")
+    say(
+        f"traffic: {c['sent 1:1']:,} 1:1 and {c['sent group']:,} group messages sent, "
+        f"{c['received']:,} received, {c['receipt sent']:,} sent receipts, "
+        f"{c['history answers']:,} history pages, {c['conversations answers']:,} conversation "
+        f"lists, {c['reconnects']:,} reconnects, {c['slow reader sessions']:,} slow-reader "
+        f"sessions ({c['slow readers closed by the relay']:,} closed by the relay); "
+        f"database {doc['db_bytes'] / 1e6:.1f} MB"
+    )
+    for what, n in sorted(soak.errors.items()):
+        say(f"  {n:,} x {what}")
+    say(
+        f"RSS over the last {(trend['to_s'] - trend['from_s']) / 60:.1f} min "
+        f"({trend['samples']} samples): {trend['fit_first_kb'] / 1024:.1f} -> "
+        f"{trend['fit_last_kb'] / 1024:.1f} MB on the fitted line, slope "
+        f"{trend['slope_kb_per_min']:+.1f} kB/min, growth {trend['growth_pct']:+.2f}% "
+        f"(budget < {settings.budget_pct:g}%): {'flat' if flat else 'GROWING'}"
+    )
+    say(f"results: {json_path}")
+    if not (c["sent 1:1"] and c["received"]):
+        say("soak: FAILED: no traffic went through")
+        return 1
+    return 0 if flat or args.no_budget else 2
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))

@@ -1,0 +1,97 @@
+"""`python -m bench soak`: the RSS trend it reports, and a short run end to end (real relay
+process, real clients over loopback) so the harness cannot rot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.soak import rss_trend
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_a_flat_series_has_no_growth() -> None:
+    samples = [(60.0 * i, 50_000.0 + (7 if i % 2 else -7)) for i in range(31)]
+    trend = rss_trend(samples, 20 * 60)
+    assert trend["samples"] == 21 and trend["from_s"] == 600 and trend["to_s"] == 1800
+    assert abs(trend["growth_pct"]) < 0.05
+
+
+def test_growth_is_measured_over_the_window_only() -> None:
+    # 20 MB of warm-up in the first ten minutes, then 1 MB more over the last twenty: 2%
+    warm = [(60.0 * i, 30_000.0 + 2_000 * i) for i in range(10)]
+    late = [(60.0 * i, 50_000.0 + 50 * (i - 10)) for i in range(10, 31)]
+    trend = rss_trend(warm + late, 20 * 60)
+    assert trend["growth_pct"] == pytest.approx(2.0)
+    assert trend["slope_kb_per_min"] == pytest.approx(50.0)
+    assert trend["fit_first_kb"] == pytest.approx(50_000.0)
+
+
+def test_a_run_shorter_than_the_window_uses_every_sample() -> None:
+    trend = rss_trend([(0.0, 100.0), (30.0, 101.0), (60.0, 102.0)], 20 * 60)
+    assert trend["samples"] == 3 and trend["growth_pct"] == pytest.approx(2.0)
+
+
+@pytest.mark.slow
+def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "soak",
+            "--minutes",
+            "0.3",
+            "--sample-every",
+            "3",
+            "--users",
+            "6",
+            "--groups",
+            "2",
+            "--group-size",
+            "4",
+            "--reconnectors",
+            "3",
+            "--slow-readers",
+            "2",
+            "--rate",
+            "60",
+            "--slow-hold",
+            "6",
+            "--no-budget",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "relay RSS" in proc.stdout and "growth" in proc.stdout
+    doc = json.loads(out.read_text())
+    samples = doc["samples"]
+    assert len(samples) >= 6 and all(s["rss_kb"] > 10_000 for s in samples)
+    counts = doc["counts"]
+    for kind in (
+        "sent 1:1",
+        "sent group",
+        "received",
+        "receipt sent",
+        "history answers",
+        "conversations answers",
+        "reconnects",
+        "slow reader sessions",
+    ):
+        assert counts.get(kind, 0) > 0, (kind, counts)
+    assert counts["reconnects"] >= 3
+    # the relay refused nothing and failed nothing: every error is a client's own departure
+    assert doc["errors"] == {}, doc["errors"]
+    assert doc["trend"]["samples"] == len(samples) and doc["db_bytes"] > 0
