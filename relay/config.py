@@ -211,7 +211,10 @@ class RelayConfig:
     # --- store ---
     db_path: str | None = field(
         default="relay.db",
-        metadata=_help("SQLite file of the durable store (none: in-memory, nothing kept)"),
+        metadata=_help(
+            "SQLite file of the durable store, or a postgresql://USER@HOST/DB URL for the "
+            "PostgreSQL store (none: in-memory, nothing kept)"
+        ),
     )
     retention_days: float | None = field(
         default=None,
