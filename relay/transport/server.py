@@ -70,6 +70,7 @@ from attrs import define, field, frozen
 
 from relay.config import RelayConfig
 from relay.fastpath import FrameParser, Outbox
+from relay.health import HealthReporting
 from relay.metrics import RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
 from relay.transport import http
@@ -182,6 +183,7 @@ class Server:
     # The handler's optional abilities (relay.ports), decided once.
     on_messages_nowait: Callable[[Connection, list[bytes]], int] = field(init=False)
     _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
+    _health: HealthReporting | None = field(init=False, default=None)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
 
@@ -194,6 +196,8 @@ class Server:
             handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
         )
         self._maintain = handler.maintain if isinstance(handler, Maintained) else None
+        # /healthz asks the handler (relay.health) whether what it depends on is reachable
+        self._health = handler if isinstance(handler, HealthReporting) else None
         if self.config.certfile is not None and self.config.keyfile is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
@@ -598,11 +602,15 @@ class Server:
                 web_chat=self.config.web_chat,
                 host=request.host,
                 metrics_here=self._metrics_here(remote),
+                problem=self._problem(),
             )
             self._count_http(status)
             await answer_and_close(stream, response)
             return None
         return await self._upgrade(tcp, stream, request, remote)
+
+    def _problem(self) -> str | None:
+        return None if self._health is None else self._health.problem()
 
     def _metrics_here(self, remote: str) -> bool | None:
         """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is
