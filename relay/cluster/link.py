@@ -47,6 +47,8 @@ from relay.store.base import Store
 log = logging.getLogger("relay.cluster")
 
 CLOSE_SERVICE_RESTART = 1012
+#: publications sent in one pipeline at most
+PIPELINE_MAX = 512
 
 
 class RedisLink:
@@ -186,9 +188,11 @@ class RedisLink:
                 await client.publish(
                     NODES_CHANNEL, envelope(PRESENCE, node, encode_presence(up, down))
                 )
-            while outgoing:
-                channel, body = outgoing.popleft()
-                await client.publish(channel, body)
+            while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
+                batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
+                async with client.pipeline(transaction=False) as pipe:
+                    for channel, body in batch:
+                        pipe.publish(channel, body)
             await self._unsubscribe_gone()
 
     async def _reader(self, pubsub: Any) -> None:
@@ -239,16 +243,24 @@ class RedisLink:
             await trio.sleep(self.refresh)
 
     async def _sweep(self) -> None:
-        """Every followed conversation, from the store after what was released."""
-        orderer = self.broker.orderer
-        for (conversation, user), upto in orderer.known():
+        """After a node died: what it committed but may never have published. Each local
+        device's undelivered messages from the store (in acceptance order, so in seq order per
+        conversation) go through the orderer; what a device has already is not sent again."""
+        broker = self.broker
+        devices: set[tuple[str, str]] = set()
+        for user, conns in list(broker.ctx.router.table().items()):
+            for conn in list(conns.values()):
+                session = conn.state
+                if isinstance(session, Session):
+                    devices.add((user, session.store_device))
+        for user, device in sorted(devices):
             try:
-                page, _ = await self.store.history(conversation, after=upto, limit=1000)
+                missed = await self.store.undelivered(user, device, limit=10_000)
             except Exception as exc:
-                log.warning("catching up %s failed: %r", conversation, exc)
+                log.warning("catching up %s after a node died failed: %r", user, exc)
                 continue
-            for message in page:
-                orderer.offer(message, [user], None, self.broker.ctx.clock())
+            for message in missed:
+                broker.orderer.offer(message, [user], None, broker.ctx.clock())
 
     async def _gaps(self) -> None:
         orderer = self.broker.orderer

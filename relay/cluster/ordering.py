@@ -115,10 +115,6 @@ class Orderer:
         del self._held[key]
         self._since.pop(key, None)
 
-    def known(self) -> list[tuple[Key, int]]:
-        """Every key and its upto (a sweep after lost publishes reads the store after each)."""
-        return list(self._upto.items())
-
     def forget_user(self, user: str) -> None:
         """The user has no device on this node any more: their keys go (held ones with them:
         their devices are gone, the store keeps the messages for their next connection)."""
