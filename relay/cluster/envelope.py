@@ -4,9 +4,12 @@ Channels:
 - `relay:u:<userId>`: what is for that user's devices; a node subscribes to it while it holds
   one of them. A delivery (`M`) carries the stored message, a frame (`F`) a framed server frame
   (receipts, typing, presence, group events) to send as is.
-- `relay:nodes`: every node's heartbeat (`H`): its id and the users it holds (connected, or
-  within the presence grace), and changes of those at once (`P`); a group whose members
-  changed (`G`), so every node reads it again from the store.
+- `relay:nodes`: changes of the users a node holds (connected, or within the presence grace),
+  at once (`P`); a group whose members changed (`G`), so every node reads it again from the
+  store.
+
+Keys: `relay:presence:<nodeId>`, the users that node holds (JSON), written by it every
+`refresh` seconds with an expiry of `ttl`: the key of a dead node expires.
 
 Every envelope names its origin node, which ignores its own (it delivered locally already).
 Layout: one kind byte, the origin node id, a newline, then the body.
@@ -22,11 +25,11 @@ from relay.store.base import StoredMessage
 
 USER_PREFIX: Final = "relay:u:"
 NODES_CHANNEL: Final = "relay:nodes"
+PRESENCE_PREFIX: Final = "relay:presence:"
 
 DELIVERY: Final = b"M"
 FRAME: Final = b"F"
 FRAME_DROPPABLE: Final = b"f"
-HEARTBEAT: Final = b"H"
 PRESENCE: Final = b"P"
 GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
 

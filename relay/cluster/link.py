@@ -30,9 +30,9 @@ from relay.cluster.envelope import (
     FRAME,
     FRAME_DROPPABLE,
     GROUP_CHANGED,
-    HEARTBEAT,
     NODES_CHANNEL,
     PRESENCE,
+    PRESENCE_PREFIX,
     channel_user,
     decode_message,
     decode_presence,
@@ -216,9 +216,6 @@ class RedisLink:
                         broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
                 elif kind == GROUP_CHANGED:
                     broker.ctx.router.forget_group(opened.body.decode())
-                elif kind == HEARTBEAT:
-                    up, _ = decode_presence(opened.body)
-                    presence.remote_up(opened.node, up, broker.ctx.clock())
                 elif kind == PRESENCE:
                     up, down = decode_presence(opened.body)
                     presence.remote_up(opened.node, up, broker.ctx.clock())
@@ -227,14 +224,25 @@ class RedisLink:
                 log.exception("a message from node %s could not be handled", opened.node)
 
     async def _heartbeat(self, client: Any) -> None:
+        """Every `refresh` s: this node's users into its expiring presence key, the other
+        nodes' keys into the presence view (a dead node's key has expired: its users lapse
+        `ttl` after its last refresh)."""
         broker = self.broker
         presence = broker.presence
+        own = PRESENCE_PREFIX + broker.node_id
+        ttl_ms = int(presence.ttl * 1000)
         while True:
-            await client.publish(
-                NODES_CHANNEL,
-                envelope(HEARTBEAT, broker.node_id, encode_presence(presence.held(), [])),
-            )
+            await client.set(own, encode_presence(presence.held(), []), px=ttl_ms)
+            keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
+            others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
             now = broker.ctx.clock()
+            if others:
+                for key, value in zip(others, await client.mget(others), strict=True):
+                    if value is None:
+                        continue
+                    name = key.decode() if isinstance(key, bytes) else key
+                    up, _ = decode_presence(value)
+                    presence.remote_up(name[len(PRESENCE_PREFIX) :], up, now)
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:

@@ -1,9 +1,10 @@
 """Presence across nodes (sans-IO): the local PresenceTracker, plus who is online on other nodes.
 
-Each node tells the others, over Redis (`relay:nodes`), which users it holds — connected, or
-within the grace after their last connection here — at once when that changes and in a
-heartbeat every `refresh` seconds. What a node heard expires `ttl` seconds after it was last
-refreshed, so a dead node's users go offline for presence queries when its entries expire.
+Each node keeps in Redis which users it holds — connected, or within the grace after their
+last connection there — in a key of its own that it refreshes every `refresh` seconds and that
+expires after `ttl` (relay.cluster.envelope), and announces changes at once on `relay:nodes`.
+What a node learnt expires `ttl` seconds after it was last refreshed, so a dead node's users
+go offline for presence queries when its entries expire.
 
 Invariants (with PresenceTracker's):
 - a user is online when online here or held by another node whose entry has not expired;
