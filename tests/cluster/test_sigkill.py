@@ -173,3 +173,36 @@ async def test_sigkill_a_node_under_load_loses_no_acknowledged_message(
     # a device that moved may be given again what it had before the kill but its node had not
     # yet recorded as delivered (the client drops a seq it has: relay.client does)
     print(f"acknowledged before the kill: {at_kill}; repeated after a move: {repeats}")
+
+
+async def presence_of(url: str, asker: str, user: str) -> str:
+    async with open_websocket_url(url) as ws:
+        await ws.send_message(json.dumps({"type": "auth", "userId": asker}))
+        await ws.send_message(json.dumps({"type": "presence", "userIds": [user], "ref": "q"}))
+        while True:
+            frame = json.loads(await ws.get_message())
+            if frame.get("type") == "presence":
+                return str(frame["users"][0]["status"])
+
+
+async def presence_becomes(url: str, user: str, status: str, within: float) -> bool:
+    """Ask (bounded, every 0.2 s) until `user` has `status`."""
+    for _ in range(int(within / 0.2)):
+        if await presence_of(url, "amy", user) == status:
+            return True
+        await trio.sleep(0.2)
+    return False
+
+
+@pytest.mark.slow
+async def test_a_dead_nodes_users_go_offline_on_the_others(nodes: list[Node]) -> None:
+    for node in nodes:
+        await node.ready()
+    async with open_websocket_url(nodes[0].url) as zed:
+        await zed.send_message(json.dumps({"type": "auth", "userId": "zed"}))
+        await zed.get_message()  # auth_ok
+        # the other nodes read zed's node's key within 1 s
+        assert await presence_becomes(nodes[1].url, "zed", "online", within=10)
+        nodes[0].process.kill()
+        # its key expires 3 s after its last refresh
+        assert await presence_becomes(nodes[2].url, "zed", "offline", within=15)
