@@ -98,12 +98,13 @@ class PostgresStore:
         self._thread: threading.Thread | None = None
         self._closed = trio.Event()
         self._write_problem: str | None = None
-        self._read_problem: str | None = None
 
     # --- health ---------------------------------------------------------------------------------
     def problem(self) -> str | None:
-        """Why the store cannot reach PostgreSQL now, or None while it can."""
-        return self._write_problem or self._read_problem
+        """Why the store cannot reach PostgreSQL now, or None while it can: the writer's view
+        (it checks the connection every `probe_interval` while idle); a read that fails raises
+        StoreError and is retried by its caller, without refusing messages on its own."""
+        return self._write_problem
 
     def _report(self, reason: str | None) -> None:
         self._write_problem = reason  # one assignment: safe from the writer thread
@@ -268,7 +269,6 @@ class PostgresStore:
                     if fresh or attempt == 2:
                         raise
                     continue
-                self._read_problem = None
                 return result
             raise AssertionError("unreachable")
         except psycopg.Error as exc:
@@ -277,8 +277,6 @@ class PostgresStore:
                 with contextlib.suppress(Exception):
                     conn.close()
                 conn = None
-            if conn is None:
-                self._read_problem = reason
             raise StoreError(f"store read failed: {reason}") from exc
         finally:
             self._readers.put(conn)

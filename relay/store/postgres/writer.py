@@ -20,7 +20,8 @@ Invariants:
   and idempotency on (senderId, id) answers the stored message if it had committed);
 - every request is answered, even when the writer fails or stops;
 - a lost connection is reported (`report(reason)`), and the writer reconnects by itself: at the
-  next request, or every `probe_interval` while idle; `report(None)` once it is back.
+  next request, or within `probe_interval` while idle (when idle it also checks the connection
+  every `probe_interval`, so a loss is reported without a write); `report(None)` once back.
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ class Writer:
     def run(self) -> None:
         try:
             while True:
-                timeout = self.retention.seconds_until_due()
-                if self._broken:
-                    timeout = min(timeout or self.probe_interval, self.probe_interval)
+                due = self.retention.seconds_until_due()
+                timeout = self.probe_interval if due is None else min(due, self.probe_interval)
                 try:
                     first = self.requests.get(timeout=timeout)
                 except queue.Empty:
-                    if self._connection() is not None and self.retention.enabled:
+                    self._probe()
+                    if self.retention.seconds_until_due() == 0 and not self._broken:
                         self._retention()
                     continue
                 if first is STOP:
@@ -118,6 +119,17 @@ class Writer:
             self._broken = False
             self.report(None)
         return self.conn
+
+    def _probe(self) -> None:
+        """While idle: is PostgreSQL still there (so /healthz says so without a write)?"""
+        conn = self._connection()
+        if conn is None:
+            return
+        try:
+            with conn.transaction():
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            self._lost(describe(exc))
 
     def _lost(self, reason: str) -> None:
         if self.conn is not None:
