@@ -37,7 +37,7 @@ from relay.cluster.presence import ClusterPresence
 from relay.core.broker import LocalBroker
 from relay.core.context import Context
 from relay.ports import Connection
-from relay.store.base import StoredMessage
+from relay.store.base import StoredMessage, group_conversation
 
 #: most publications queued while Redis is away; older ones are dropped (the store has the
 #: messages; devices catch up when the link comes back, see link.py)
@@ -94,6 +94,7 @@ class ClusterBroker:
         if not droppable:
             group_id = group_of_event(frame)
             if group_id is not None:  # every node reads the group's members again
+                self.forget_group(group_id)
                 self.outgoing.append(
                     (NODES_CHANNEL, envelope(GROUP_CHANGED, self.node_id, group_id.encode()))
                 )
@@ -113,6 +114,11 @@ class ClusterBroker:
 
     def frame_remotely(self, frame: bytes, user: str, droppable: bool) -> None:
         self.local.to_users([user], frame, droppable=droppable)
+
+    def forget_group(self, group_id: str) -> None:
+        """A group's members changed (here or on another node)."""
+        self.ctx.router.forget_group(group_id)
+        self.orderer.forget_conversation(group_conversation(group_id))
 
     # --- users joining and leaving this node ----------------------------------------------------
     def _presence_changed(self, user: str, up: bool) -> None:

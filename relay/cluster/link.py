@@ -215,7 +215,7 @@ class RedisLink:
                     elif kind in (FRAME, FRAME_DROPPABLE):
                         broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
                 elif kind == GROUP_CHANGED:
-                    broker.ctx.router.forget_group(opened.body.decode())
+                    broker.forget_group(opened.body.decode())
                 elif kind == PRESENCE:
                     up, down = decode_presence(opened.body)
                     presence.remote_up(opened.node, up, broker.ctx.clock())

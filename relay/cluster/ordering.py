@@ -9,7 +9,8 @@ between its commit and its publish, Redis restarted). Invariants:
 - a key with held deliveries is `due` once `gap_wait` has passed since its first hold: the
   caller reads the missing seqs from the store and hands them to `fill`, which releases them and
   every held delivery in seq order — a gap is filled, never skipped;
-- a key without holds is forgotten after `idle` seconds, or when its user leaves the node.
+- a key without holds is forgotten after `idle` seconds, or when its user leaves the node; a
+  group's keys when its members change.
 """
 
 from __future__ import annotations
@@ -119,6 +120,13 @@ class Orderer:
         """The user has no device on this node any more: their keys go (held ones with them:
         their devices are gone, the store keeps the messages for their next connection)."""
         for key in [k for k in self._used if k[1] == user]:
+            self._drop(key)
+
+    def forget_conversation(self, conversation: str) -> None:
+        """A group's members changed: its keys start again at the next delivery, so a gap
+        never spans a change (a member removed and added again is never given, from the
+        store, what was said while they were out)."""
+        for key in [k for k in self._used if k[0] == conversation]:
             self._drop(key)
 
     def prune(self, now: float) -> None:

@@ -225,3 +225,30 @@ async def test_postgres_connection_cut_while_serving(pg_url: str, redis: RedisSe
             assert [m["seq"] for m in got] == list(range(1, 31))
             assert await http_get(a, "/healthz") == (200, b"ok")
         nursery.cancel_scope.cancel()
+
+
+async def test_a_member_added_again_gets_nothing_said_while_out(
+    pg_url: str, redis: RedisServer
+) -> None:
+    async with trio.open_nursery() as nursery:
+        a, b, _ = await start_nodes(nursery, pg_url, redis.url)
+        async with signed_in(a, "ann") as ann, signed_in(b, "bob") as bob:
+            await ann.send(type="group_create", groupId="g", name="G", members=["bob"], ref="1")
+            await bob.until(is_type("group", groupId="g", event="create"))
+            await ann.send(type="message", id="in1", groupId="g", text="before")
+            await bob.messages(1)
+            await ann.send(type="group_remove", groupId="g", userIds=["bob"], ref="2")
+            await bob.until(is_type("group", groupId="g", event="remove"))
+            for i in range(3):
+                await ann.send(type="message", id=f"out{i}", groupId="g", text="secret")
+                await ann.until(is_type("receipt", id=f"out{i}", status="sent"))
+            await ann.send(type="group_add", groupId="g", userIds=["bob"], ref="3")
+            await bob.until(is_type("group", groupId="g", event="add"))
+            await ann.send(type="message", id="in2", groupId="g", text="welcome back")
+            [back] = await bob.messages(1)
+            assert back["id"] == "in2"
+            await trio.sleep(0.5)  # past the gap wait: nothing said while out follows
+            await bob.send(type="ping", ref="p")
+            await bob.until(is_type("pong", ref="p"))
+            assert [m["id"] for m in bob.seen if m["type"] == "message"] == ["in1", "in2"]
+        nursery.cancel_scope.cancel()

@@ -67,3 +67,12 @@ def test_a_user_who_left_is_forgotten_with_what_was_held() -> None:
     assert o.due(10.0) == []
     o.offer(stored(7), ["b"], None, 11.0)  # back later: starts where it is
     assert released == [(1, ("b",)), (7, ("b",))]
+
+
+def test_a_group_change_starts_its_keys_again() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.forget_conversation(stored(1).conversation)  # b removed, later added again
+    o.offer(stored(9), ["b"], None, 1.0)  # said after b came back: no gap to fill
+    assert released == [(1, ("b",)), (9, ("b",))]
+    assert o.due(10.0) == []
