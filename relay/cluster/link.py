@@ -165,6 +165,9 @@ class RedisLink:
                     nursery.start_soon(self._gaps)
 
     def _restart_local(self) -> None:
+        # what was queued while Redis was away is stale (typing, receipts) or in the store
+        # (messages): the devices closed here read their backlog when they reconnect
+        self.broker.outgoing.clear()
         for conns in list(self.broker.ctx.router.table().values()):
             for conn in list(conns.values()):
                 session = conn.state
