@@ -35,11 +35,21 @@ message's pos is `last_pos + 1`, never `MAX(pos) + 1`: once retention has delete
 messages (all of them, in a quiet deployment) the table's maximum falls back, and positions
 counted from it again would sit at or below a device's `since_pos`, which would then not be owed
 the messages that follow its registration. Initialised from every pos recorded anywhere.
+
+Version 6: `message_search`, an FTS5 table (unicode61 tokenizer, its own diacritic folding off)
+whose row `rowid` = a message's `pos` holds `relay.search.index_text` of its text, for every
+message whose text has a token. The writer inserts it in the transaction that inserts the
+message (sqlite/appends.py); the trigger `messages_search_gone` deletes it with the message
+(retention), in the same transaction. Existing messages are indexed by the migration's fill
+step (`FILLS[6]`), in the migrating transaction.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
+
+from relay.search.normalize import index_text
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the initial schema
@@ -139,7 +149,29 @@ MIGRATIONS: tuple[str, ...] = (
         COALESCE((SELECT MAX(since_pos) FROM devices), 0)
     );
     """,
+    # 6: the search index (see the module docstring)
+    """
+    CREATE VIRTUAL TABLE message_search USING fts5(
+        body, tokenize = 'unicode61 remove_diacritics 0'
+    );
+    CREATE TRIGGER messages_search_gone AFTER DELETE ON messages BEGIN
+        DELETE FROM message_search WHERE rowid = old.pos;
+    END;
+    """,
 )
+
+
+def _index_messages(conn: sqlite3.Connection) -> None:
+    """Migration 6's fill: every stored message with a token, into the search index."""
+    rows = conn.execute("SELECT pos, text FROM messages ORDER BY pos")
+    while batch := rows.fetchmany(1000):
+        bodies = [(pos, body) for pos, text in batch if (body := index_text(text))]
+        conn.executemany("INSERT INTO message_search (rowid, body) VALUES (?, ?)", bodies)
+
+
+#: Python steps some migrations take after their SQL: version -> the step. Never edited once
+#: released, like MIGRATIONS.
+FILLS: dict[int, Callable[[sqlite3.Connection], None]] = {6: _index_messages}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -169,14 +201,27 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"it is not a relay database (it has tables {', '.join(sorted(tables)[:5])} "
                 "but no relay schema version)"
             )
-    for script in MIGRATIONS[version:]:
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         for statement in _statements(script):
             conn.execute(statement)
+        fill = FILLS.get(number)
+        if fill is not None:
+            fill(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return int(version)
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration into statements (no migration has a ';' inside a literal)."""
+    """Split a migration into statements (no migration has a ';' inside a literal; a trigger's
+    body, whose statements end in ';' too, stays one statement: SQLite says when one is whole)."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    found: list[str] = []
+    pending = ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()[:-1].strip()
+            if statement:
+                found.append(statement)
+            pending = ""
+    return found

@@ -29,8 +29,10 @@ from typing import Any, TypeVar, cast
 import trio
 
 import relay.store.sqlite.reads as reads
+import relay.store.sqlite.search as searches
 import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
+from relay.search.query import SearchQuery
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -38,6 +40,7 @@ from relay.store.base import (
     Coverage,
     Group,
     NewMessage,
+    SearchPage,
     StoredMessage,
     Watermarks,
 )
@@ -343,3 +346,15 @@ class SqliteStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- search (Searchable) ---------------------------------------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(searches.search, user_id, query, conversation, before, limit)
