@@ -42,6 +42,7 @@ from relay.client.model import (
     Presence,
     PresenceChanged,
     RequestFailed,
+    SearchResults,
     TypingChanged,
 )
 from relay.client.state import ClientState
@@ -73,6 +74,7 @@ __all__ = [
     "ReconnectPolicy",
     "RelayClient",
     "RequestFailed",
+    "SearchResults",
     "TypingChanged",
     "now_iso",
 ]

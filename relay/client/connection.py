@@ -42,11 +42,12 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
+import attrs
 import trio
 
 from relay.client.backoff import ReconnectPolicy
 from relay.client.events import EventHub, EventStream
-from relay.client.frames import Frame, auth_frame, now_iso
+from relay.client.frames import Frame, auth_frame, now_iso, parse_message
 from relay.client.lifecycle import Lifecycle, Phase
 from relay.client.link import DROPS, AuthRejected, Link, describe, drop_reason
 from relay.client.model import (
@@ -58,6 +59,7 @@ from relay.client.model import (
     Message,
     MessageStatus,
     Presence,
+    SearchResults,
 )
 from relay.client.outgoing import Outgoing
 from relay.client.state import ClientState
@@ -380,6 +382,25 @@ class RelayClient:
         frame = {"type": "group_leave", "groupId": group_id}
         return _group_info(self.state, await self._request(frame, "group"))
 
+    async def search(
+        self,
+        query: str,
+        *,
+        conversation: Target | None = None,
+        before: str | None = None,
+        limit: int = 20,
+    ) -> SearchResults:
+        """Search the user's conversations (only `conversation` when given) for `query`: words
+        (all must match), `word*` prefixes and `"a phrase"`. Newest first; page on with
+        `before=results.next`. The messages found do not join the state."""
+        frame: Frame = {"type": "search", "query": query, "limit": limit}
+        if conversation is not None:
+            frame.update(_cid(conversation).target())
+        if before is not None:
+            frame["before"] = before
+        answer = await self._request(frame, "search_result")
+        return _search_results(self.user_id, answer)
+
     async def ping(self) -> str:
         """Round trip to the relay; returns its serverTime."""
         answer = await self._request({"type": "ping"}, "pong")
@@ -502,6 +523,24 @@ def _history_page(state: ClientState, cid: ConversationId, answer: Frame) -> His
             if m is not None:
                 found.append(m)
     return HistoryPage(cid, tuple(found), bool(answer.get("hasMore")))
+
+
+def _search_results(user_id: str, answer: Frame) -> SearchResults:
+    """The messages of a `search_result` answer, with the status each item carries."""
+    statuses = {s.value: s for s in MessageStatus}
+    found: list[Message] = []
+    for item in answer.get("items", []):
+        if not isinstance(item, dict):
+            continue
+        message = parse_message(item, user_id)
+        if message is None:
+            continue
+        status = statuses.get(str(item.get("status")))
+        found.append(attrs.evolve(message, status=status) if status is not None else message)
+    cursor = answer.get("next")
+    return SearchResults(
+        tuple(found), bool(answer.get("hasMore")), cursor if isinstance(cursor, str) else None
+    )
 
 
 def _group_info(state: ClientState, answer: Frame) -> GroupInfo:

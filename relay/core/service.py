@@ -35,6 +35,7 @@ from relay.core.indicators import Indicators
 from relay.core.marks import DeliveryMarks
 from relay.core.pipeline import Item, Pipeline
 from relay.core.receipts import Receipts
+from relay.core.search import Search
 from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
@@ -54,6 +55,7 @@ from relay.protocol import (
     PingFrame,
     PresenceFrame,
     ReceiptFrame,
+    SearchFrame,
     StatusFrame,
     TypingFrame,
     encode_auth_ok,
@@ -89,6 +91,7 @@ class MessagingService:
     receipts: Receipts
     groups: Groups
     history: History
+    search: Search
     status: Status
     indicators: Indicators
     _marks: DeliveryMarks
@@ -119,6 +122,7 @@ class MessagingService:
         self.indicators = Indicators(ctx, broker)
         self.groups = Groups(ctx, broker, self.indicators)
         self.history = History(ctx)
+        self.search = Search(ctx)
         self.receipts = Receipts(ctx, broker, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
@@ -138,6 +142,7 @@ class MessagingService:
             GroupRemoveFrame: self.groups.on_remove,
             GroupLeaveFrame: self.groups.on_leave,
             PingFrame: self._on_ping,
+            SearchFrame: self.search.on_search,
         }
 
     @property
