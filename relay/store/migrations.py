@@ -36,20 +36,18 @@ messages (all of them, in a quiet deployment) the table's maximum falls back, an
 counted from it again would sit at or below a device's `since_pos`, which would then not be owed
 the messages that follow its registration. Initialised from every pos recorded anywhere.
 
-Version 6: `message_search`, an FTS5 table (unicode61 tokenizer, its own diacritic folding off)
-whose row `rowid` = a message's `pos` holds `relay.search.index_text` of its text, for every
-message whose text has a token. The writer inserts it in the transaction that inserts the
-message (sqlite/appends.py); the trigger `messages_search_gone` deletes it with the message
-(retention), in the same transaction. Existing messages are indexed by the migration's fill
-step (`FILLS[6]`), in the migrating transaction.
+Version 6: the search index. `message_search`, an FTS5 table (unicode61 tokenizer, its own
+diacritic folding off) whose row `rowid` = a message's `pos` holds `relay.search.index_text` of
+its text, for every indexed message whose text has a token; `search_progress.indexed_pos`: every
+message with a pos at or below it is indexed. The writer's indexer (sqlite/indexer.py) moves it
+on; the messages above it are searched by a scan. The trigger `messages_search_gone` deletes a
+message's row with the message (retention), in the same transaction. The migration indexes
+nothing itself (indexed_pos 0): the indexer works through the existing messages.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-
-from relay.search.normalize import index_text
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the initial schema
@@ -157,21 +155,13 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER messages_search_gone AFTER DELETE ON messages BEGIN
         DELETE FROM message_search WHERE rowid = old.pos;
     END;
+    CREATE TABLE search_progress (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        indexed_pos INTEGER NOT NULL
+    );
+    INSERT INTO search_progress (id, indexed_pos) VALUES (0, 0);
     """,
 )
-
-
-def _index_messages(conn: sqlite3.Connection) -> None:
-    """Migration 6's fill: every stored message with a token, into the search index."""
-    rows = conn.execute("SELECT pos, text FROM messages ORDER BY pos")
-    while batch := rows.fetchmany(1000):
-        bodies = [(pos, body) for pos, text in batch if (body := index_text(text))]
-        conn.executemany("INSERT INTO message_search (rowid, body) VALUES (?, ?)", bodies)
-
-
-#: Python steps some migrations take after their SQL: version -> the step. Never edited once
-#: released, like MIGRATIONS.
-FILLS: dict[int, Callable[[sqlite3.Connection], None]] = {6: _index_messages}
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -201,12 +191,9 @@ def migrate(conn: sqlite3.Connection) -> int:
                 f"it is not a relay database (it has tables {', '.join(sorted(tables)[:5])} "
                 "but no relay schema version)"
             )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for script in MIGRATIONS[version:]:
         for statement in _statements(script):
             conn.execute(statement)
-        fill = FILLS.get(number)
-        if fill is not None:
-            fill(conn)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     return int(version)
 

@@ -4,6 +4,8 @@ alike, how a query's words and phrases come out (and as FTS5 says them)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.search import Phrase, index_text, parse_query, tokens
 
@@ -58,3 +60,56 @@ def test_matcher() -> None:
     assert not parse_query('"you see"').matches(found)
     assert parse_query('"running la*"').matches(found) is False  # a * inside quotes is text
     assert parse_query("runn* SOON").matches(found)
+
+
+def reference_tokens(text: str) -> list[str]:
+    """The normalizer's definition, a character at a time (normalize.py's module docstring):
+    what its compiled regular expressions must give on every text."""
+    import unicodedata
+
+    from relay.search.normalize import _CJK_RANGES
+
+    folded = unicodedata.normalize(
+        "NFC",
+        "".join(
+            c
+            for c in unicodedata.normalize("NFKD", text.casefold())
+            if unicodedata.category(c) != "Mn"
+        ),
+    )
+    found: list[str] = []
+    word: list[str] = []
+    run: list[str] = []
+
+    def end() -> None:
+        if word:
+            found.append("".join(word))
+            word.clear()
+        if len(run) == 1:
+            found.append(run[0])
+        found.extend(run[i] + run[i + 1] for i in range(len(run) - 1))
+        run.clear()
+
+    for char in folded:
+        cjk = any(low <= ord(char) <= high for low, high in _CJK_RANGES)
+        if not char.isalnum():
+            end()
+        elif cjk:
+            if word:
+                end()
+            run.append(char)
+        else:
+            if run:
+                end()
+            word.append(char)
+    end()
+    return found
+
+
+_SAMPLES = "aZ9_-. éÉçß\u0301ﬁ\uff21\uff11ЁёжΣςκ東京都に行くカタｶﾀ한국어ㄱ\u3000\u00b2٣अक्षि🙂"
+
+
+@given(st.text(alphabet=st.sampled_from(_SAMPLES) | st.characters(), max_size=40))
+@settings(max_examples=500, deadline=None)
+def test_the_compiled_normalizer_follows_its_definition(text: str) -> None:
+    assert tokens(text) == reference_tokens(text)

@@ -1,17 +1,21 @@
-"""The SQLite search index stays in step with the messages: retention removes from it, and a
-database made before the index existed is indexed when it is opened."""
+"""The SQLite search index (migration 6, sqlite/indexer.py): the writer indexes behind the
+appends, searches are exact whatever it has indexed yet, retention removes from the index, and a
+database made before the index existed is indexed once opened."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
 from store_suite import AB, msg, put
 
 from relay.search import parse_query
-from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
+from relay.store.migrations import MIGRATIONS, _statements
 from relay.store.sqlite import SqliteStore
+
+Wait = Callable[[Path], Awaitable[None]]
 
 
 def index_rows(path: Path) -> list[tuple[int, str]]:
@@ -22,28 +26,98 @@ def index_rows(path: Path) -> list[tuple[int, str]]:
         conn.close()
 
 
-async def test_retention_deletes_from_the_index(tmp_path: Path) -> None:
+def indexed_pos(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT indexed_pos FROM search_progress").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def texts_found(store: SqliteStore, user: str, query: str, limit: int = 100) -> list[str]:
+    page = await store.search(user, parse_query(query), limit=limit)
+    return [m.text for m in page.messages]
+
+
+async def test_indexed_and_unindexed_messages_answer_alike(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
     path = tmp_path / "relay.db"
-    store = SqliteStore(path, retention_max_messages=2, retention_interval=0.05)
+    store = SqliteStore(path)
+    store.indexer.idle = 0.0
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b", text=f"word {i}") for i in range(4)))
+        await wait_indexed(path)
+        assert indexed_pos(path) == 4
+        store.indexer.idle = 3600.0  # from now on nothing more is indexed
+        await put(store, *(msg("b", "a", text=f"word {i}") for i in range(4, 7)))
+        assert indexed_pos(path) == 4
+        expected = [f"word {i}" for i in reversed(range(7))]
+        assert await texts_found(store, "a", "word") == expected
+        # pages across the boundary lose and repeat nothing
+        seen: list[str] = []
+        before = None
+        while True:
+            page = await store.search("b", parse_query("wor*"), before=before, limit=2)
+            seen += [m.text for m in page.messages]
+            if page.next is None:
+                break
+            before = page.next
+        assert seen == expected
+        assert await texts_found(store, "c", "word") == []
+    finally:
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4]
+
+
+async def test_a_writer_that_is_never_idle_indexes_once_it_lags(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0
+    store.indexer.max_lag = 5
+    await store.open()
+    try:
+        for i in range(4):
+            await put(store, msg("a", "b", text=f"batch {i} one"), msg("a", "b", text="two"))
+        await store.set_last_seen("a", "2026-01-01T00:00:00.000Z")  # after the last indexing
+        # from the third batch on (6 behind, more than 5) each batch had as many indexed as it
+        # appended: the unindexed tail stopped growing at 4
+        assert indexed_pos(path) == 4
+        assert await texts_found(store, "b", "batch") == [f"batch {i} one" for i in (3, 2, 1, 0)]
+    finally:
+        await store.close()
+
+
+async def test_retention_deletes_from_the_index(tmp_path: Path, wait_indexed: Wait) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path, retention_interval=0.05)
+    store.indexer.idle = 0.0
     await store.open()
     try:
         await put(store, *(msg("a", "b", text=f"word {i}") for i in range(5)))
+        await wait_indexed(path)
+        assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4, 5]
+        store.retention.max_messages = 2  # retention on: it runs after the next write
+        await put(store, msg("a", "b", text="word 5"))
 
         async def trimmed() -> bool:
             page, _ = await store.history(AB)
-            return [m.seq for m in page] == [4, 5]
+            return [m.seq for m in page] == [5, 6]
 
-        with trio.fail_after(2):
+        with trio.fail_after(5):
             while not await trimmed():  # noqa: ASYNC110 (retention runs in the writer thread)
-                await trio.sleep(0.02)
-        page = await store.search("a", parse_query("word"))
-        assert [m.text for m in page.messages] == ["word 4", "word 3"]
+                await trio.sleep(0.01)
+        await wait_indexed(path)
+        assert await texts_found(store, "a", "word") == ["word 5", "word 4"]
     finally:
         await store.close()
-    assert index_rows(path) == [(4, "word 3"), (5, "word 4")]
+    assert index_rows(path) == [(5, "word 4"), (6, "word 5")]
 
 
-async def test_a_version_5_database_is_indexed_when_opened(tmp_path: Path) -> None:
+async def test_a_version_5_database_is_indexed_once_opened(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
     path = tmp_path / "relay.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
@@ -52,12 +126,7 @@ async def test_a_version_5_database_is_indexed_when_opened(tmp_path: Path) -> No
         for statement in _statements(script):
             conn.execute(statement)
     conn.execute("PRAGMA user_version = 5")
-    conn.execute("COMMIT")
-    conn.close()
-    old = SqliteStore(path)
-    # messages stored by the version-5 schema (the index does not exist yet)
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("BEGIN")
+    # messages stored by the version-5 schema (no index yet)
     for pos, text in enumerate(["Grüße aus Köln", "", "東京タワー"], start=1):
         conn.execute(
             "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
@@ -72,18 +141,15 @@ async def test_a_version_5_database_is_indexed_when_opened(tmp_path: Path) -> No
     conn.execute("COMMIT")
     conn.close()
 
-    await old.open()
+    store = SqliteStore(path)
+    store.indexer.idle = 0.0
+    await store.open()
     try:
-        assert [m.seq for m in (await old.search("b", parse_query("grusse koln"))).messages] == [1]
-        assert [m.seq for m in (await old.search("b", parse_query("タワー"))).messages] == [3]
-        [fresh] = await put(old, msg("b", "a", text="koln again"))
-        found = await old.search("a", parse_query("koln"))
-        assert [m.seq for m in found.messages] == [fresh.seq, 1]
+        assert await texts_found(store, "b", "grusse koln") == ["Grüße aus Köln"]
+        await wait_indexed(path)
+        assert await texts_found(store, "b", "タワー") == ["東京タワー"]
+        await put(store, msg("b", "a", text="koln again"))
+        assert await texts_found(store, "a", "koln") == ["koln again", "Grüße aus Köln"]
     finally:
-        await old.close()
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
-    finally:
-        conn.close()
-    assert [row[0] for row in index_rows(path)] == [1, 3, 4]
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)][:2] == [1, 3]

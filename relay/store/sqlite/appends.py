@@ -15,9 +15,7 @@ Invariants both keep:
   `last_pos` and `updated_at` move with the last message appended (a conversation row is made
   with its first message; a new 1:1 also records its two participants);
 - a message's pos is `positions.last_pos + 1` (migration 5: a pos is never given twice, even
-  once retention has deleted the messages above it), and `positions.last_pos` moves with it;
-- a stored message whose text has a search token has its row in `message_search` (migration 6),
-  inserted in the same transaction.
+  once retention has deleted the messages above it), and `positions.last_pos` moves with it.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from attrs import define
 
 from relay.errors import StoreError
 from relay.fastpath import ROW_OPTIONAL, sqlite_rows
-from relay.search.normalize import index_text
 from relay.store.base import Appended, NewMessage, StoredMessage
 from relay.store.sqlite.rows import COLUMNS, message
 
@@ -51,8 +48,6 @@ class _Tip:
 #: even once retention has deleted the messages above it)
 _LAST_POS: Final = "SELECT last_pos FROM positions"
 _MOVE_POS: Final = "UPDATE positions SET last_pos = ?"
-#: a message's row of the search index (migration 6): rowid = its pos, relay.search.index_text
-_INDEX: Final = "INSERT INTO message_search (rowid, body) VALUES (?, ?)"
 
 
 def append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[Appended]:
@@ -100,9 +95,6 @@ def append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[App
                 raise StoreError(f"seq {seq} of {m.conversation!r} is taken; the counter is off")
             results.append(Appended(message(row), duplicate=True))
             continue
-        body = index_text(m.text)
-        if body:
-            conn.execute(_INDEX, (pos + 1, body))
         if not tip.exists and tip.counters[1] == 0 and m.group_id is None:
             recipient = m.recipient_id if m.recipient_id is not None else m.sender_id
             conn.executemany(
@@ -226,11 +218,6 @@ def append_fused(
     if inserted != count:
         return None
     conn.execute(_MOVE_POS, (pos,))
-    # the search index, in the same transaction: messages were numbered first_pos + 1 on, in order
-    numbered = enumerate((m for messages in requests for m in messages), start=first_pos + 1)
-    bodies = [(at, body) for at, m in numbered if (body := index_text(m.text))]
-    if bodies:
-        conn.executemany(_INDEX, bodies)
     if peers:
         conn.executemany(
             "INSERT OR IGNORE INTO participants (user_id, conversation, peer_id) VALUES (?, ?, ?)",

@@ -1,25 +1,34 @@
-"""The search read: the FTS5 index `message_search` (migration 6) joined to the messages the user
-may read, newest first by `pos`. Runs on a read connection like every read (sqlite/reads.py).
+"""The search read: the messages the user may read that answer a query, newest first by `pos`.
+Runs on a read connection like every read (sqlite/reads.py), in one snapshot.
+
+Two parts, split at `search_progress.indexed_pos` (sqlite/indexer.py): the messages above it,
+not indexed yet, are read newest first and matched by relay.search's matcher over their
+tokens; below it, the FTS5 index `message_search` answers relay.search's MATCH expression
+(SearchQuery.fts5) over the same tokens (relay.search.index_text). The two say the same thing,
+so the answer does not depend on how far the indexer has come, and equals the memory store's.
 
 The user's own conversations are their `participants` rows: both users of a 1:1, the current
 members of a group, whose `joined_seq` bounds what they see of it (the messages after they last
-joined). The MATCH expression is relay.search's (SearchQuery.fts5), over the same tokens the
-writer indexed (relay.search.index_text), so this answers as the memory store's scan does.
+joined).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Final
+from typing import Any, Final
 
+from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
 from relay.store.base import SearchPage
 from relay.store.sqlite.rows import COLUMNS, message
 
 _M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
+_TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
 _ABOVE_ANY: Final = 1 << 62  # above any pos
 
-_SEARCH: Final = f"""
+# ?1 the MATCH expression, ?2 the user, ?3 the pos bound (exclusive), ?4 the row limit,
+# ?5 the conversation (when one is named)
+_INDEXED: Final = f"""
     SELECT s.rowid, {_M_COLUMNS}
     FROM message_search AS s
     JOIN messages AS m ON m.pos = s.rowid
@@ -28,8 +37,20 @@ _SEARCH: Final = f"""
     ORDER BY s.rowid DESC
     LIMIT ?4
 """
-_EVERYWHERE: Final = _SEARCH.format("")
-_ONE_CONVERSATION: Final = _SEARCH.format("AND m.conversation = ?5")
+# ?1 the user, ?2 indexed_pos, ?3 the pos bound (exclusive), ?4 the conversation
+_TAIL: Final = f"""
+    SELECT m.pos, {_M_COLUMNS}
+    FROM messages AS m
+    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = ?1
+    WHERE m.pos > ?2 AND m.pos < ?3 AND m.seq > p.joined_seq {{}}
+    ORDER BY m.pos DESC
+"""
+_STATEMENTS: Final = {
+    (False, False): _INDEXED.format(""),
+    (False, True): _INDEXED.format("AND m.conversation = ?5"),
+    (True, False): _TAIL.format(""),
+    (True, True): _TAIL.format("AND m.conversation = ?4"),
+}
 
 
 def search(
@@ -43,16 +64,22 @@ def search(
     limit = max(limit, 0)
     if not query.terms:
         return SearchPage([], [], False)
-    params: tuple[object, ...] = (
-        query.fts5(),
-        user_id,
-        _ABOVE_ANY if before is None else before,
-        limit + 1,
-    )
-    if conversation is None:
-        rows = conn.execute(_EVERYWHERE, params).fetchall()
-    else:
-        rows = conn.execute(_ONE_CONVERSATION, (*params, conversation)).fetchall()
+    bound = _ABOVE_ANY if before is None else before
+    named = conversation is not None
+    (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+    rows: list[Any] = []
+    if bound > indexed + 1:
+        params: tuple[object, ...] = (user_id, indexed, bound)
+        for row in conn.execute(_STATEMENTS[True, named], (*params, conversation)[: 3 + named]):
+            if query.matches(tokens(row[_TEXT])):
+                rows.append(row)
+                if len(rows) > limit:
+                    break
+    if len(rows) <= limit:
+        params = (query.fts5(), user_id, min(bound, indexed + 1), limit + 1 - len(rows))
+        rows += conn.execute(
+            _STATEMENTS[False, named], (*params, conversation)[: 4 + named]
+        ).fetchall()
     page = rows[:limit]
     return SearchPage(
         [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit

@@ -48,6 +48,7 @@ from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
+from relay.store.sqlite.indexer import SearchIndexer
 from relay.store.sqlite.rows import describe
 from relay.store.sqlite.writer import STOP, Request, Writer
 
@@ -100,6 +101,8 @@ class SqliteStore:
         self.retention = RetentionJob(
             retention_days, retention_max_messages, interval=retention_interval
         )
+        # the writer's search indexer (sqlite/indexer.py); its settings may be changed before open
+        self.indexer = SearchIndexer()
         self._pragmas = tuple(pragmas)
         self.check_on_open = check_on_open
         self._state = "new"  # new -> open -> closing -> closed
@@ -145,6 +148,7 @@ class SqliteStore:
             max_batch=self.max_batch,
             retention=self.retention,
             checkpointer=checkpointer,
+            indexer=self.indexer,
         )
         self._thread = threading.Thread(target=writer.run, name="relay-sqlite-writer", daemon=True)
         self._thread.start()
