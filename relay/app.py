@@ -27,6 +27,7 @@ from relay.errors import RelayError
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
+from relay.transport.httpserver import RouteTable
 from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ class Relay:
     metrics: RelayMetrics = field(factory=RelayMetrics, kw_only=True)
     # For the default handler; None: the one the config asks for (relay.auth).
     authenticator: Authenticator | None = field(default=None, kw_only=True)
+    #: routed plain HTTP (relay.transport.httpserver): parts add their prefixes and routes
+    #: before `serve`; served only when some prefix is claimed
+    routes: RouteTable = field(factory=RouteTable, kw_only=True)
     _server: Server | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -96,7 +100,8 @@ class Relay:
         if self.handler is None:
             self.handler = self._default_handler()
         handler = self.handler
-        server = self._server = Server(self.config, handler, self.metrics)
+        routes = self.routes if self.routes.prefixes else None
+        server = self._server = Server(self.config, handler, self.metrics, routes=routes)
         store = self.store
         if store is not None:
             await store.open()
