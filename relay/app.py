@@ -24,6 +24,7 @@ from attrs import define, field
 
 from relay.config import RelayConfig
 from relay.errors import RelayError
+from relay.files.service import FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
@@ -100,6 +101,12 @@ class Relay:
         if self.handler is None:
             self.handler = self._default_handler()
         handler = self.handler
+        files = None
+        claimed = {p.prefix for p in self.routes.prefixes}
+        if isinstance(handler, IssuesHttpTokens) and "/files" not in claimed:
+            # file sharing (contract v2): its sessions' httpTokens authenticate /files
+            files = FileService.for_config(self.config, handler.http_tokens)
+            files.install(self.routes)
         routes = self.routes if self.routes.prefixes else None
         server = self._server = Server(self.config, handler, self.metrics, routes=routes)
         store = self.store
@@ -110,12 +117,17 @@ class Relay:
             if lifecycle is not None:
                 await lifecycle.start()
             try:
+                if files is not None:
+                    await files.open()  # after the store: `<db>.files` sits beside its file
                 await server.serve(task_status=task_status)
             finally:
                 if lifecycle is not None:
                     with trio.CancelScope(shield=True):
                         await lifecycle.aclose()
         finally:
+            if files is not None:
+                with trio.CancelScope(shield=True):
+                    await files.close()
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.close()

@@ -39,6 +39,7 @@ from relay.core.search import Search
 from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
+from relay.files.tokens import HttpTokens
 from relay.ports import Connection
 from relay.protocol import (
     AuthFrame,
@@ -92,6 +93,7 @@ class MessagingService:
     groups: Groups
     history: History
     search: Search
+    http_tokens: HttpTokens  # the sessions' httpToken (contract v2), for /files
     status: Status
     indicators: Indicators
     _marks: DeliveryMarks
@@ -123,6 +125,7 @@ class MessagingService:
         self.groups = Groups(ctx, broker, self.indicators)
         self.history = History(ctx)
         self.search = Search(ctx)
+        self.http_tokens = HttpTokens(config.http_token_ttl, clock)
         self.receipts = Receipts(ctx, broker, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
@@ -245,6 +248,7 @@ class MessagingService:
         self._awaiting.pop(conn.id, None)
         self.receipts.due.take(conn)
         was_registered = session.registered
+        self.http_tokens.release(conn.id, self.ctx.clock())  # valid http_token_ttl longer
         session.close()  # not flushed: those messages stay undelivered
         session.registered = False
         self.backlog.forget(conn, session)
@@ -272,6 +276,7 @@ class MessagingService:
         self.ctx.limiter.prune(now)
         self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
+        self.http_tokens.prune(now)
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """relay.ports.Maintained: store work the sync callbacks queued — delivery marks of
@@ -404,7 +409,13 @@ class MessagingService:
         ctx.send(
             conn,
             session,
-            encode_auth_ok(user, session.device_id, session.session_id, ctx.now_iso()),
+            encode_auth_ok(
+                user,
+                session.device_id,
+                session.session_id,
+                ctx.now_iso(),
+                http_token=self.http_tokens.issue(user, conn.id),
+            ),
         )
         if announce:
             self.status.online(user)
