@@ -38,7 +38,9 @@ the messages that follow its registration. Initialised from every pos recorded a
 
 Version 6: the search index. `message_search`, an FTS5 table (unicode61 tokenizer, its own
 diacritic folding off) whose row `rowid` = a message's `pos` holds `relay.search.index_text` of
-its text, for every indexed message whose text has a token; `search_progress.indexed_pos`: every
+its text (`body`) and its conversation's token (`conv`, sqlite/search.py `conversation_token`),
+for every indexed message whose text has a token (`message_search_terms`: how many rows hold
+each token); `search_progress.indexed_pos`: every
 message with a pos at or below it is indexed. The writer's indexer (sqlite/indexer.py) moves it
 on; the messages above it are searched by a scan. The trigger `messages_search_gone` deletes a
 message's row with the message (retention), in the same transaction. The migration indexes
@@ -150,8 +152,9 @@ MIGRATIONS: tuple[str, ...] = (
     # 6: the search index (see the module docstring)
     """
     CREATE VIRTUAL TABLE message_search USING fts5(
-        body, tokenize = 'unicode61 remove_diacritics 0'
+        body, conv, tokenize = 'unicode61 remove_diacritics 0'
     );
+    CREATE VIRTUAL TABLE message_search_terms USING fts5vocab(message_search, row);
     CREATE TRIGGER messages_search_gone AFTER DELETE ON messages BEGIN
         DELETE FROM message_search WHERE rowid = old.pos;
     END;

@@ -23,6 +23,7 @@ import sqlite3
 from attrs import define, field
 
 from relay.search.normalize import index_text
+from relay.store.sqlite.search import conversation_token
 
 
 @define
@@ -58,12 +59,18 @@ class SearchIndexer:
         try:
             (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
             rows = conn.execute(
-                "SELECT pos, text FROM messages WHERE pos > ? ORDER BY pos LIMIT ?",
+                "SELECT pos, text, conversation FROM messages WHERE pos > ? ORDER BY pos LIMIT ?",
                 (indexed, size),
             ).fetchall()
-            bodies = [(pos, body) for pos, text in rows if (body := index_text(text))]
+            bodies = [
+                (pos, body, conversation_token(conversation))
+                for pos, text, conversation in rows
+                if (body := index_text(text))
+            ]
             if bodies:
-                conn.executemany("INSERT INTO message_search (rowid, body) VALUES (?, ?)", bodies)
+                conn.executemany(
+                    "INSERT INTO message_search (rowid, body, conv) VALUES (?, ?, ?)", bodies
+                )
             if len(rows) == size:
                 upto = rows[-1][0]
             else:  # everything is indexed: up to the last pos ever given

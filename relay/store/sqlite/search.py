@@ -9,11 +9,17 @@ so the answer does not depend on how far the indexer has come, and equals the me
 
 The user's own conversations are their `participants` rows: both users of a 1:1, the current
 members of a group, whose `joined_seq` bounds what they see of it (the messages after they last
-joined).
+joined). The index also holds each message's conversation as a token (`conv`). For a query
+whose every term is common (in more than COMMON rows), the MATCH also names the user's
+conversations (up to CONVERSATIONS_IN_MATCH of them): FTS5 then walks only their messages'
+entries rather than every match in the store. A rare term needs no such help, and naming a
+few hundred conversations costs a few ms (measured on 200k messages in 10k conversations: a
+common word 12 -> 4.5 ms median, a rare one 0.2 ms without the names, 2.5 ms with them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from typing import Any, Final
 
@@ -25,6 +31,16 @@ from relay.store.sqlite.rows import COLUMNS, message
 _M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
 _TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
 _ABOVE_ANY: Final = 1 << 62  # above any pos
+#: beyond this many conversations the MATCH does not name them (the join still filters)
+CONVERSATIONS_IN_MATCH: Final = 256
+#: rows holding a token, beyond which a term is common
+COMMON: Final = 5000
+
+
+def conversation_token(conversation: str) -> str:
+    """The `conv` token of a conversation: letters and digits only (an FTS5 token)."""
+    return "c" + hashlib.blake2b(conversation.encode(), digest_size=10).hexdigest()
+
 
 # ?1 the MATCH expression, ?2 the user, ?3 the pos bound (exclusive), ?4 the row limit,
 # ?5 the conversation (when one is named)
@@ -76,7 +92,12 @@ def search(
                 if len(rows) > limit:
                     break
     if len(rows) <= limit:
-        params = (query.fts5(), user_id, min(bound, indexed + 1), limit + 1 - len(rows))
+        params = (
+            _match(conn, query, user_id, conversation),
+            user_id,
+            min(bound, indexed + 1),
+            limit + 1 - len(rows),
+        )
         rows += conn.execute(
             _STATEMENTS[False, named], (*params, conversation)[: 4 + named]
         ).fetchall()
@@ -84,3 +105,39 @@ def search(
     return SearchPage(
         [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
     )
+
+
+def _match(
+    conn: sqlite3.Connection, query: SearchQuery, user_id: str, conversation: str | None
+) -> str:
+    """The query's MATCH over `body`, narrowed to the user's conversations over `conv`."""
+    if conversation is not None:
+        keys = [conversation]
+    else:
+        keys = [
+            key
+            for (key,) in conn.execute(
+                "SELECT conversation FROM participants WHERE user_id = ? LIMIT ?",
+                (user_id, CONVERSATIONS_IN_MATCH + 1),
+            )
+        ]
+    text = f"body : ({query.fts5()})"
+    if len(keys) > CONVERSATIONS_IN_MATCH or _rare(conn, query):
+        return text
+    if not keys:
+        keys = [""]  # no conversation: a token nothing has
+    tokens_ = " OR ".join(f'"{conversation_token(k)}"' for k in keys)
+    return f"conv : ({tokens_}) AND {text}"
+
+
+def _rare(conn: sqlite3.Connection, query: SearchQuery) -> bool:
+    """Whether some term of the query is in at most COMMON rows (a prefix counts as common)."""
+    for term in query.terms:
+        words = term.words[:-1] if term.prefix else term.words
+        for word in words:
+            row = conn.execute(
+                "SELECT doc FROM message_search_terms WHERE term = ?", (word,)
+            ).fetchone()
+            if row is None or row[0] <= COMMON:
+                return True
+    return False
