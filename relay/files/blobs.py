@@ -87,6 +87,9 @@ class BlobStore(Protocol):
 
     async def delete(self, file_id: str) -> None: ...
 
+    async def created_before(self, moment: str) -> list[str]:
+        """The ids of the stored files whose `created_at` is before `moment` (ISO-8601 UTC)."""
+
 
 class LocalBlobStore:
     """A BlobStore in a local directory (see the module docstring)."""
@@ -192,3 +195,19 @@ class LocalBlobStore:
             self._path(file_id).unlink(missing_ok=True)
 
         await trio.to_thread.run_sync(remove)
+
+    async def created_before(self, moment: str) -> list[str]:
+        def scan() -> list[str]:
+            found: list[str] = []
+            if not self.directory.exists():
+                return found
+            for path in self.directory.glob("*.json"):
+                try:
+                    data = orjson.loads(path.read_bytes())
+                except (OSError, orjson.JSONDecodeError):
+                    continue
+                if isinstance(data, dict) and str(data.get("created_at", "")) < moment:
+                    found.append(path.stem)
+            return found
+
+        return await trio.to_thread.run_sync(scan)

@@ -11,6 +11,9 @@
   nosniff` and the stored type. Anyone else, and a wrong or expired token, gets 404, exactly as
   for a file that does not exist; no token at all is 401.
 - Errors are JSON: `{"error": code, "message": text}`.
+- Retention: an upload not sent in a message within UNSENT_TTL (a day) is deleted, by a sweep
+  at start and then at most every SWEEP_INTERVAL, made by the upload that finds it due. (No
+  message carries files yet, so this applies to every upload.)
 
 Invariant: a file's bytes are never held whole in memory (chunks of at most 64 KiB each way).
 """
@@ -59,6 +62,8 @@ _CODES = {
     416: "range_not_satisfiable",
 }
 _NOT_FOUND = "no such file"
+UNSENT_TTL = 86400.0
+SWEEP_INTERVAL = 3600.0
 
 
 @define(eq=False)
@@ -67,6 +72,7 @@ class FileService:
     blobs: BlobStore
     tokens: HttpTokens
     wall: Callable[[], float] = time.time
+    _next_sweep: float = field(default=0.0, init=False)  # by self.tokens.clock
     _temporary: tempfile.TemporaryDirectory[str] | None = field(default=None, kw_only=True)
 
     @classmethod
@@ -90,6 +96,15 @@ class FileService:
 
     async def open(self) -> None:
         await self.blobs.open()
+        await self.sweep()
+
+    async def sweep(self) -> int:
+        """Delete the uploads older than UNSENT_TTL that no message carries; how many went."""
+        self._next_sweep = self.tokens.clock() + SWEEP_INTERVAL
+        gone = await self.blobs.created_before(iso_utc(self.wall() - UNSENT_TTL))
+        for file_id in gone:
+            await self.blobs.delete(file_id)
+        return len(gone)
 
     async def close(self) -> None:
         await self.blobs.close()
@@ -119,6 +134,8 @@ class FileService:
         limit = self.config.max_file_bytes
         if body.length is not None and body.length > limit:
             raise HttpError(413, f"a file is at most {limit} bytes (max_file_bytes)")
+        if self.tokens.clock() >= self._next_sweep:
+            await self.sweep()
         name = clean_name(request.query_params().get("name"))
         claimed = request.header(b"content-type")
         head = bytearray()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,31 @@ async def test_tiny_files(nursery: trio.Nursery, tmp_path: Path, kit: Any, size:
         assert up.json()["size"] == size
         got = await kit.http(port, "GET", f"/files/{up.json()['fileId']}", headers=[bearer(token)])
         assert (got.status, got.body) == (200, b"z" * size)
+
+
+async def test_uploads_older_than_a_day_are_swept(tmp_path: Path) -> None:
+    from relay.clock import iso_utc
+    from relay.files.blobs import FileRecord, LocalBlobStore, new_file_id
+    from relay.files.service import UNSENT_TTL, FileService
+    from relay.files.tokens import HttpTokens
+
+    now = 1_800_000_000.0
+    blobs = LocalBlobStore(tmp_path / "files")
+    service = FileService(RelayConfig(**TEST_DEFAULTS), blobs, HttpTokens(), wall=lambda: now)
+    await service.open()
+    kept: list[str] = []
+    for age in (UNSENT_TTL + 1, UNSENT_TTL - 60, 5.0):
+        file_id = new_file_id()
+        size, sha = await blobs.write(file_id, _one(b"data"))
+        await blobs.save(
+            FileRecord(file_id, "ann", "a", size, "text/plain", sha, iso_utc(now - age))
+        )
+        kept.append(file_id)
+    assert await service.sweep() == 1
+    assert await blobs.record(kept[0]) is None
+    assert [await blobs.record(f) is not None for f in kept[1:]] == [True, True]
+    assert not (tmp_path / "files" / kept[0]).exists()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
