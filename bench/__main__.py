@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight", type=int, help="pairwise messages in flight per client (16)")
     p.add_argument("--rates", help="rate scenario offered msg/s, comma-separated (20000,40000)")
     p.add_argument("--rate-clients", type=int, help="rate scenario clients (100)")
+    p.add_argument(
+        "--sparse-connections", help="sparse scenario connection counts, comma-separated"
+    )
+    p.add_argument(
+        "--connection-counts", help="connections scenario connection counts, comma-separated"
+    )
+    p.add_argument("--c100k-connections", type=int, help="c100k scenario connections (100000)")
     p.add_argument("--fanout-members", type=int, help="fan-out group size (1000)")
     p.add_argument("--fanout-inflight", type=int, help="fan-out messages in flight (4)")
     p.add_argument("--idle-connections", type=int, help="idle connections (10000)")
@@ -243,11 +250,18 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
 
 
 def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
-    if run.scenario == "idle":
-        return (
-            f"{fig['kb_per_conn']:.1f} kB/conn, {fig['connect_rate']:,.0f} conn/s, "
-            f"server RSS {fig['server_rss_mb']:.0f} MB"
+    if run.scenario in ("idle", "c100k"):
+        text = (
+            f"{fig['connections']:,} connections, {fig['kb_per_conn']:.1f} kB/conn, "
+            f"{fig['connect_rate']:,.0f} conn/s, server RSS {fig['server_rss_mb']:.0f} MB"
         )
+        if fig.get("canary_messages") is not None:
+            text += (
+                f", canary p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms "
+                f"over {fig['canary_messages']:,} messages, "
+                f"{fig.get('pings_answered') or 0:,} pings answered"
+            )
+        return text
     if fig.get("note"):
         return f"{fig['delivered_per_s']:,.0f} msg/s, {fig['note']}" + (
             "  DID NOT KEEP UP" if fig.get("kept_up") is False else ""
@@ -257,8 +271,9 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
         f"p99.9 {fig['p999_ms']} ms  server cpu {fig['server_cpu']:.0%}  "
         f"loadgen cpu {fig['loadgen_cpu']:.0%}"
     )
-    if run.scenario == "rate":
+    if run.scenario in scenarios.OPEN_LOOP:
         text += "  kept up" if fig["kept_up"] else "  DID NOT KEEP UP"
+        text += f"  {fig['cpu_us_per_msg']:.1f} µs/msg" if fig.get("cpu_us_per_msg") else ""
     if fig.get("client_bound"):
         text += "  CLIENT-BOUND"
     if fig.get("contended"):
@@ -326,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_only: set[str] = set()  # servers run only as the rate scenario's floor
     if not args.no_floor:
         # the null server's open-loop latency is the floor any server meets on this machine
-        in_rate = {s for r in runs if r.scenario == "rate" for s in r.servers}
+        in_rate = {s for r in runs if r.scenario in scenarios.OPEN_LOOP for s in r.servers}
         floor_only = ({scenarios.NULL_SERVER} & in_rate) - requested
         wanted |= floor_only
     not_ready = ensure_loadgen()
@@ -374,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat)
         for run in runs
         for srv in run.servers
-        if srv in specs and (srv not in floor_only or run.scenario == "rate")
+        if srv in specs and (srv not in floor_only or run.scenario in scenarios.OPEN_LOOP)
     ]
     profile = args.profile
     if profile and not profiling.available():

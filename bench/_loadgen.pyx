@@ -70,8 +70,19 @@ cdef extern from "<netinet/in.h>" nogil:
         unsigned short sin_port
         in_addr sin_addr
     int IPPROTO_TCP
+    int IPPROTO_IP
     unsigned short htons(unsigned short)
+    uint32_t htonl(uint32_t)
     unsigned short ntohs(unsigned short)
+
+cdef extern from *:
+    """
+    #include <netinet/in.h>
+    #ifndef IP_BIND_ADDRESS_NO_PORT
+    #define IP_BIND_ADDRESS_NO_PORT 24
+    #endif
+    """
+    int IP_BIND_ADDRESS_NO_PORT
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
@@ -299,6 +310,13 @@ cdef class LoadGen:
     cdef int nflush
     cdef int have_error
     cdef object _progress
+    # Source addresses: connection i binds to 127.0.0.(2 + i / per_source) before connecting,
+    # so more connections than one (source, destination) pair's ephemeral ports can exist.
+    cdef int per_source
+    # idle mode: the last two connections are a canary pair exchanging one message at a time
+    # every canary_ns during the hold; its latency is what the idle connections cost others
+    cdef int canary
+    cdef int64_t canary_ns
 
     def __cinit__(self):
         self.conns = NULL
@@ -327,6 +345,11 @@ cdef class LoadGen:
         self.hold_ns = <int64_t>(float(cfg.get("hold", 1.0)) * 1e9)
         self.setup_timeout_ns = <int64_t>(float(cfg.get("setup_timeout", 60.0)) * 1e9)
         self.connect_concurrency = int(cfg.get("connect_concurrency", 256))
+        self.per_source = int(cfg.get("per_source", 0))
+        self.canary = 1 if cfg.get("canary") else 0
+        self.canary_ns = <int64_t>(float(cfg.get("canary_interval", 0.01)) * 1e9)
+        if self.canary and (self.mode != M_IDLE or self.n < 4 or self.n % 2):
+            raise ValueError("a canary pair needs idle mode and an even number of clients >= 4")
         self._progress = progress
         self.rng = 0x9E3779B9
         if self.mode == M_FANOUT and self.window >= RING:
@@ -373,9 +396,11 @@ cdef class LoadGen:
                 f'{{"type":"auth","userId":"{user}","userName":"{user}","userAvatar":"U",'
                 f'"timestamp":"{stamp}"}}'.encode()
             )
-            if self.mode == M_CLOSED or self.mode == M_OPEN:
+            if self.mode == M_CLOSED or self.mode == M_OPEN or (self.canary and i >= self.n - 2):
                 c.partner = i ^ 1
                 c.is_sender = 1 if (sender_set == "all" or i % 2 == 0) else 0
+                if self.mode == M_IDLE:
+                    c.is_sender = 1 if i == self.n - 2 else 0
                 to = f'"recipientId":"{prefix}{c.partner}"'
             elif self.mode == M_FANOUT:
                 c.partner = -1
@@ -613,8 +638,26 @@ cdef class LoadGen:
         c.want_out = 1
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl ADD failed")
+        if self.per_source > 0:
+            self.bind_source(fd, idx)
         if connect(fd, <sockaddr*>&self.addr, sizeof(self.addr)) != 0 and errno != EINPROGRESS:
             self.fail_conn(idx, b"connect failed")
+        return 0
+
+    cdef int bind_source(self, int fd, int idx) except -1:
+        cdef sockaddr_in src
+        cdef int one = 1
+        cdef int k = 2 + idx // self.per_source
+        if k > 254:
+            raise ValueError(f"connection {idx} needs source address 127.0.0.{k}")
+        memset(&src, 0, sizeof(src))
+        src.sin_family = AF_INET
+        src.sin_port = 0
+        src.sin_addr.s_addr = htonl((127 << 24) | k)
+        # the port is chosen at connect() for the (source, destination) pair, not at bind()
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one))
+        if bind(fd, <sockaddr*>&src, sizeof(src)) != 0:
+            raise OSError(errno, f"bind to 127.0.0.{k} failed for connection {idx}")
         return 0
 
     cdef int on_connected(self, int idx) except -1:
@@ -842,6 +885,14 @@ cdef class LoadGen:
                 out += 1
         return 0
 
+    cdef int canary_step(self, int64_t now) except -1:
+        """Send the canary's next message if its previous one arrived (one in flight)."""
+        cdef int idx = self.n - 2
+        cdef Conn* c = &self.conns[idx]
+        if c.state == CS_READY and c.sent == c.dlv:
+            self.send_message(idx, now)
+        return 0
+
     cdef int refill_open(self, int64_t now) except -1:
         cdef int64_t due = <int64_t>((now - self.open_t0) * self.rate / 1e9)
         cdef int idx
@@ -931,7 +982,7 @@ cdef class LoadGen:
     def run(self, snapshot):
         """Run the scenario; `snapshot()` is called at the window boundaries (and, for idle,
         before connecting and after the hold). Returns every figure as a dict."""
-        cdef int64_t t_start, t_ready, t_group = 0, w0, w1, t_end, deadline, now
+        cdef int64_t t_start, t_ready, t_group = 0, w0, w1, t_end, deadline, now, next_canary
         cdef itimerspec its
         cdef int i
         cdef int64_t backlog_end = 0, backlog_start = 0
@@ -950,10 +1001,22 @@ cdef class LoadGen:
 
         if self.mode == M_IDLE:
             deadline = now_ns() + self.hold_ns
-            while now_ns() < deadline:
-                self.poll_once(10)
+            self.measuring = self.canary
+            next_canary = now_ns()
+            while True:
+                now = now_ns()
+                if now >= deadline:
+                    break
+                if self.canary and now >= next_canary:
+                    self.canary_step(now)
+                    next_canary = now + self.canary_ns
+                self.poll_once(1 if self.canary else 10)
                 self.flush_all()
+            self.measuring = 0
             after = snapshot()
+            if self.canary:
+                result["canary"] = hist_summary(&self.lat)
+                result["canary_sent"] = self.conns[self.n - 2].sent
             result.update(self.common())
             result["before"] = before
             result["after"] = after
