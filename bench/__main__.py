@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets as budgets_mod
-from bench import profiling, report, scenarios, servers
+from bench import profiling, report, scenarios, servers, storm
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -250,6 +250,13 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
 
 
 def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
+    if run.scenario == "storm":
+        took = fig["storm_s"]
+        return (
+            f"{fig['devices']:,} devices reconnected over {fig['schedule_s']:.2f} s: every "
+            f"backlog delivered in {took:.2f} s, peak RSS {fig['peak_rss_mb']:.0f} MB, canary "
+            f"p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms max {fig['max_ms']} ms"
+        )
     if run.scenario in ("idle", "c100k"):
         text = (
             f"{fig['connections']:,} connections, {fig['kb_per_conn']:.1f} kB/conn, "
@@ -415,15 +422,28 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": rep,
                 "loadgen_config": run.loadgen,
             }
+            storm_run = run.scenario == "storm"
+            user_prefix = f"r{i}u"
             if current is not None and (
-                not reuse or current.spec.name != srv or not current.alive()
+                not reuse or current.spec.name != srv or not current.alive() or storm_run
             ):
                 current.stop()
                 current = None
             if current is None:
                 spec = specs[srv]
                 if srv == "relay-sqlite":
-                    spec = servers.relay_spec(str(Path(tmp.name) / f"bench-{i}.db"))
+                    db_path = Path(tmp.name) / f"bench-{i}.db"
+                    if storm_run:
+                        # the store the relay restarts on: every device's backlog waiting
+                        devices = run.extra["devices"]
+                        stored = storm.prefill(
+                            db_path,
+                            [f"{user_prefix}{k}" for k in range(devices)],
+                            run.loadgen["backlog"],
+                            run.loadgen["text_bytes"],
+                        )
+                        say(f"    stored {stored:,} backlog messages for {devices:,} devices")
+                    spec = servers.relay_spec(str(db_path))
                 try:
                     current = servers.start(spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core)
                 except servers.ServerError as exc:
@@ -439,8 +459,15 @@ def main(argv: list[str] | None = None) -> int:
                 port=server.port,
                 server_pid=server.pid,
                 server_cpu=srv_core,
-                user_prefix=f"r{i}u",
+                user_prefix=user_prefix,
             )
+            if storm_run:
+                devices = run.extra["devices"]
+                cfg["connect_at"] = (
+                    storm.uniform_schedule(devices, sizes["storm_spread"])
+                    if run.extra["schedule"] == "uniform"
+                    else storm.client_default_schedule(devices)
+                )
             prof_path = None
             if profile and srv.startswith("relay"):
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
@@ -480,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"    {one_line(run, record['figures'])}")
             records.append(record)
-            if not reuse:
+            if not reuse or storm_run:
                 server.stop()
                 current = None
     finally:

@@ -128,6 +128,7 @@ cdef enum:
     M_OPEN = 1     # open loop: messages at a fixed total rate, round-robin over senders
     M_FANOUT = 2   # client 0 sends to a group of every client, `window` messages in flight
     M_IDLE = 3     # connect and authenticate, then stay idle
+    M_STORM = 4    # connect each client at its scheduled time; count its backlog arriving
 
 cdef enum:
     # log-linear latency buckets: 1 us wide below 1024 us, then 512 per power of two
@@ -317,9 +318,16 @@ cdef class LoadGen:
     # every canary_ns during the hold; its latency is what the idle connections cost others
     cdef int canary
     cdef int64_t canary_ns
+    # storm mode: connection i (of the n - 2 before the canary pair) connects at
+    # connect_at[i] ns after the storm starts (ascending) and expects `backlog` messages
+    cdef int64_t* connect_at
+    cdef int64_t backlog
+    cdef int storm_done
+    cdef int64_t storm_last_ns
 
     def __cinit__(self):
         self.conns = NULL
+        self.connect_at = NULL
         self.senders = NULL
         self.flushq = NULL
         self.ring_ts = NULL
@@ -335,7 +343,9 @@ cdef class LoadGen:
         cdef bytes host = cfg.get("host", "127.0.0.1").encode()
         cdef int port = int(cfg["port"])
         mode_name = cfg["mode"]
-        self.mode = {"closed": M_CLOSED, "open": M_OPEN, "fanout": M_FANOUT, "idle": M_IDLE}[mode_name]
+        self.mode = {
+            "closed": M_CLOSED, "open": M_OPEN, "fanout": M_FANOUT, "idle": M_IDLE, "storm": M_STORM
+        }[mode_name]
         self.n = int(cfg["clients"])
         self.window = int(cfg.get("window", 16))
         self.rate = float(cfg.get("rate", 0.0))
@@ -346,10 +356,11 @@ cdef class LoadGen:
         self.setup_timeout_ns = <int64_t>(float(cfg.get("setup_timeout", 60.0)) * 1e9)
         self.connect_concurrency = int(cfg.get("connect_concurrency", 256))
         self.per_source = int(cfg.get("per_source", 0))
-        self.canary = 1 if cfg.get("canary") else 0
+        self.canary = 1 if (cfg.get("canary") or self.mode == M_STORM) else 0
+        self.backlog = int(cfg.get("backlog", 0))
         self.canary_ns = <int64_t>(float(cfg.get("canary_interval", 0.01)) * 1e9)
-        if self.canary and (self.mode != M_IDLE or self.n < 4 or self.n % 2):
-            raise ValueError("a canary pair needs idle mode and an even number of clients >= 4")
+        if self.canary and (self.mode not in (M_IDLE, M_STORM) or self.n < 4 or self.n % 2):
+            raise ValueError("a canary pair needs idle or storm mode and an even number >= 4")
         self._progress = progress
         self.rng = 0x9E3779B9
         if self.mode == M_FANOUT and self.window >= RING:
@@ -399,7 +410,7 @@ cdef class LoadGen:
             if self.mode == M_CLOSED or self.mode == M_OPEN or (self.canary and i >= self.n - 2):
                 c.partner = i ^ 1
                 c.is_sender = 1 if (sender_set == "all" or i % 2 == 0) else 0
-                if self.mode == M_IDLE:
+                if self.mode == M_IDLE or self.mode == M_STORM:
                     c.is_sender = 1 if i == self.n - 2 else 0
                 to = f'"recipientId":"{prefix}{c.partner}"'
             elif self.mode == M_FANOUT:
@@ -426,6 +437,15 @@ cdef class LoadGen:
                 memcpy(c.suffix, <char*>suf, len(suf))
                 c.prefix_len = len(pre)
                 c.suffix_len = len(suf)
+        if self.mode == M_STORM:
+            times = cfg["connect_at"]
+            if len(times) != self.n - 2 or self.backlog < 1:
+                raise ValueError("storm needs connect_at for all but the canary pair, backlog >= 1")
+            self.connect_at = <int64_t*>calloc(self.n, sizeof(int64_t))
+            if self.connect_at == NULL:
+                raise MemoryError()
+            for i, t in enumerate(sorted(times)):
+                self.connect_at[i] = <int64_t>(float(t) * 1e9)
         if self.mode == M_FANOUT:
             members = ",".join(f'"{prefix}{i}"' for i in range(self.n))
             self.group_frame = (
@@ -446,6 +466,7 @@ cdef class LoadGen:
                 free(self.conns[i].prefix)
                 free(self.conns[i].suffix)
             free(self.conns)
+        free(self.connect_at)
         free(self.lat.buckets)
         free(self.aux.buckets)
         free(self.ring_ts)
@@ -814,6 +835,11 @@ cdef class LoadGen:
                 self.conns[c.partner].dlv += 1
                 if self.measuring:
                     hist_add(&self.lat, now - ts)
+            elif self.mode == M_STORM:
+                c.dlv += 1
+                if c.dlv == self.backlog:
+                    self.storm_done += 1
+                    self.storm_last_ns = now
             return 0
         if tl == 7 and memcmp(t, b"receipt", 7) == 0:
             s = self.json_str(d, n, b'"status"', 8, &sl)
@@ -884,6 +910,71 @@ cdef class LoadGen:
                 self.send_message(idx, now)
                 out += 1
         return 0
+
+    def run_storm(self, snapshot, dict result):
+        """The canary pair connects first; then each other client connects at its scheduled
+        time and authenticates, and the relay sends it its backlog. Ends when every backlog
+        arrived (or at setup_timeout). Samples the server's RSS every 50 ms for its peak."""
+        cdef int64_t t0, now, deadline, next_canary, next_sample
+        cdef int storm_n = self.n - 2
+        cdef int i
+        # the canary pair, alone first
+        for i in range(storm_n, self.n):
+            self.start_connect(i)
+        deadline = now_ns() + self.setup_timeout_ns
+        while self.ready + self.t_closed < 2:
+            self.poll_once(5)
+            self.flush_all()
+            if now_ns() > deadline:
+                raise RuntimeError(f"the canary pair did not authenticate ({self.error_text()})")
+        before = snapshot()
+        peak = before["server_rss_kb"]
+        self.measuring = 1
+        self.next_to_connect = 0
+        t0 = now_ns()
+        next_canary = t0
+        next_sample = t0
+        deadline = t0 + self.setup_timeout_ns
+        while self.storm_done + self.t_closed < storm_n:
+            now = now_ns()
+            if now > deadline:
+                break
+            while (self.next_to_connect < storm_n
+                   and self.connect_at[self.next_to_connect] <= now - t0
+                   and self.in_progress < self.connect_concurrency):
+                self.start_connect(self.next_to_connect)
+                self.next_to_connect += 1
+            if now >= next_canary:
+                self.canary_step(now)
+                next_canary = now + self.canary_ns
+            if now >= next_sample:
+                sample = snapshot()
+                if sample["server_rss_kb"] > peak:
+                    peak = sample["server_rss_kb"]
+                next_sample = now + 50000000
+            self.poll_once(1)
+            self.flush_all()
+        self.measuring = 0
+        after = snapshot()
+        if after["server_rss_kb"] > peak:
+            peak = after["server_rss_kb"]
+        result.update(self.common())
+        result.update(
+            storm_clients=storm_n,
+            backlog_each=self.backlog,
+            backlogs_complete=self.storm_done,
+            # from the first scheduled connect to the last backlog's last message
+            storm_s=((self.storm_last_ns - t0) / 1e9) if self.storm_done == storm_n else None,
+            schedule_s=self.connect_at[storm_n - 1] / 1e9,
+            peak_rss_kb=peak,
+            canary=hist_summary(&self.lat),
+            canary_sent=self.conns[storm_n].sent,
+            before=before,
+            after=after,
+            window_s=after["t"] - before["t"],
+        )
+        self.shutdown()
+        return result
 
     cdef int canary_step(self, int64_t now) except -1:
         """Send the canary's next message if its previous one arrived (one in flight)."""
@@ -990,6 +1081,8 @@ cdef class LoadGen:
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
         result = {}
+        if self.mode == M_STORM:
+            return self.run_storm(snapshot, result)
         if self.mode == M_IDLE:
             before = snapshot()
         t_start = now_ns()

@@ -39,6 +39,12 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
             if key.startswith(OPEN_LOOP_KEYS):
                 notes.append("kept up" if fig.get("kept_up") else "DID NOT KEEP UP")
                 notes.append(f"offered {_num(fig.get('offered_per_s'), ',.0f')}/s")
+            if key.startswith("storm"):
+                notes.append(
+                    f"{_num(fig.get('devices'), ',.0f')} devices: backlogs in "
+                    f"{_num(fig.get('storm_s'), '.2f')} s, peak RSS "
+                    f"{_num(fig.get('peak_rss_mb'), '.0f')} MB; latency: the canary's"
+                )
             if key == "fanout":
                 notes.append(
                     f"{_num(fig.get('messages_per_s'), ',.0f')} msg/s; latency to last member"
@@ -88,7 +94,7 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install -e '.[bench]')"
 
-    keys = [k for k in order if not k.startswith(("idle", "c100k")) and summary.get(k)]
+    keys = [k for k in order if not k.startswith(("idle", "c100k", "storm")) and summary.get(k)]
     if not keys:
         return "chart skipped: no throughput or latency figures"
     servers: list[str] = []

@@ -21,6 +21,7 @@ ALL_SCENARIOS = (
     "idle",
     "c100k",
     "durable",
+    "storm",
 )
 # open-loop scenarios: a fixed offered rate, figures of keeping up with it
 OPEN_LOOP = ("rate", "sparse", "connections")
@@ -28,6 +29,9 @@ BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
 # the load generator's calibration target (bench/nullrelay.py): only when asked for by name
 NULL_SERVER = "null"
 DURABLE_SERVERS = ("relay", "relay-sqlite")
+#: how the storm's devices come back: within a second, uniformly; or as the client library's
+#: default reconnect policy schedules its first attempt
+STORM_SCHEDULES = ("uniform", "client-default")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
 CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
@@ -59,6 +63,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     # under the 28,232 ephemeral ports of one (source, destination) pair; --quick uses a small
     # number so that its c100k run crosses several addresses too.
     "per_source": (25000, 100),
+    "storm_devices": (20000, 200),
+    "storm_backlog": (10, 3),
+    "storm_spread": (1.0, 0.2),
 }
 #: Descriptors a process keeps for itself beyond one per connection (listeners, epoll, logs).
 FD_MARGIN = 200
@@ -238,6 +245,34 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     {"connections": n, "note": note},
                 )
             )
+        elif name == "storm":
+            n, note = capped(s["storm_devices"] + 2, s["fd_limit"])
+            for schedule in STORM_SCHEDULES:
+                when = (
+                    f"within {s['storm_spread']:g} s"
+                    if schedule == "uniform"
+                    else "when the client library's default ReconnectPolicy retries"
+                )
+                runs.append(
+                    Run(
+                        f"storm@{schedule}",
+                        name,
+                        ("relay-sqlite",),
+                        {
+                            "mode": "storm",
+                            "clients": n,
+                            "backlog": s["storm_backlog"],
+                            "connect_concurrency": 1_000_000,
+                            "setup_timeout": s["setup_timeout"],
+                            "text_bytes": s["text_bytes"],
+                        },
+                        f"{n - 2:,} devices with {s['storm_backlog']} backlog messages each "
+                        f"in SQLite reconnect {when} to a freshly started relay; "
+                        "a canary pair exchanges a message every 10 ms"
+                        + (f" ({note})" if note else ""),
+                        {"schedule": schedule, "devices": n - 2, "note": note},
+                    )
+                )
         elif name == "durable":
             runs.append(
                 Run(
@@ -280,6 +315,28 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         )
     if run.extra.get("note"):
         fig["note"] = run.extra["note"]
+    if run.scenario == "storm":
+        canary = raw.get("canary") or {}
+        fig.update(
+            devices=raw["storm_clients"],
+            backlogs_complete=raw["backlogs_complete"],
+            storm_s=raw["storm_s"],
+            schedule_s=raw["schedule_s"],
+            peak_rss_mb=raw["peak_rss_kb"] / 1024,
+            canary_messages=canary.get("count"),
+            p50_ms=canary.get("p50_ms"),
+            p99_ms=canary.get("p99_ms"),
+            max_ms=canary.get("max_ms"),
+        )
+        fig["client_bound"] = False
+        if raw["storm_s"] is None:
+            problems.append(
+                f"only {raw['backlogs_complete']:,} of {raw['storm_clients']:,} backlogs arrived "
+                f"(first error: {raw.get('first_error')})"
+            )
+        if not canary.get("count"):
+            problems.append("the canary pair exchanged no message during the storm")
+        return fig, problems
     if run.scenario in ("idle", "c100k"):
         n = raw["clients"]
         fig.update(

@@ -30,6 +30,8 @@ SCENARIO_KEYS = {
     "idle",
     "c100k",
     "durable",
+    "storm@uniform",
+    "storm@client-default",
 }
 # the servers each scenario runs against, beyond which the run's available servers limit it
 SCENARIO_SERVERS = {
@@ -37,6 +39,7 @@ SCENARIO_SERVERS = {
     "sparse": {"relay", "node-ws", "null"},
     "conns": {"relay", "node-ws"},
     "c100k": {"relay", "node-ws"},
+    "storm": {"relay-sqlite"},
 }
 
 
@@ -84,6 +87,13 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             assert "error" not in fig, (key, server, fig)
             # measured from /proc in 10 ms ticks: 200 idle connects may cost less than one
             assert fig["server_cpu"] >= 0 and fig["loadgen_cpu"] >= 0, (key, server)
+            if key.startswith("storm"):
+                # 200 devices, each got its 3 stored messages after reconnecting to a relay
+                # started on them; the canary pair kept talking meanwhile
+                assert fig["devices"] == 200 and fig["backlogs_complete"] == 200, fig
+                assert fig["storm_s"] > 0 and fig["peak_rss_mb"] > 0, fig
+                assert fig["canary_messages"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"], fig
+                continue
             if key == "c100k":
                 # 400 connections from four source addresses (100 each in --quick), and a
                 # canary pair that exchanged messages while they were held
@@ -110,7 +120,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert all("--db" in r["server_argv"] for r in sqlite_runs)
 
     # Each budget is judged in the JSON, even when not enforced.
-    assert len(doc["budgets"]) == 12
+    assert len(doc["budgets"]) == 13
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout

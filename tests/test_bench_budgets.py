@@ -94,6 +94,7 @@ def test_shipped_budgets_are_the_issue_budgets() -> None:
             None,
         ),
         "c100k/relay/kb_per_conn": ("<=", 6.0, None, None),
+        "storm@uniform/relay-sqlite/p99_ms": ("<=", 50.0, None, None),
     }
 
 
