@@ -140,6 +140,8 @@ cdef enum:
     MAX_EVENTS = 512
     WBUF_LIMIT = 8388608      # open loop: stop queueing to a socket with 8 MiB unsent
     TICK_NS = 200000          # open loop: the schedule is served every 200 us
+    MAX_VARIANTS = 8          # distinct message bodies per sender (the mix scenario)
+    MAX_PATTERN = 64          # the order in which a sender cycles through them
 
 cdef uint32_t TIMER_IDX = 0xFFFFFFFF
 
@@ -162,6 +164,10 @@ ctypedef struct Conn:
     int prefix_len
     char* suffix
     int suffix_len
+    # message variants (the mix scenario): the frame's tail after the id for variant v is
+    # suffix + voff[v] .. + vlen[v]; one buffer per connection holds every variant
+    int voff[MAX_VARIANTS]
+    int vlen[MAX_VARIANTS]
     int64_t sent
     int64_t rcpt
     int64_t dlv
@@ -318,6 +324,8 @@ cdef class LoadGen:
     # every canary_ns during the hold; its latency is what the idle connections cost others
     cdef int canary
     cdef int64_t canary_ns
+    cdef int pattern[MAX_PATTERN]
+    cdef int npattern
     # storm mode: connection i (of the n - 2 before the canary pair) connects at
     # connect_at[i] ns after the storm starts (ascending) and expects `backlog` messages
     cdef int64_t* connect_at
@@ -391,6 +399,17 @@ cdef class LoadGen:
                 or self.ring_ts == NULL or self.ring_got == NULL or self.senders == NULL):
             raise MemoryError()
 
+        # the message bodies a sender cycles through in `pattern` order: JSON members after
+        # the addressee, "{text}" and "{user}" (the sender) filled in; one plain text by default
+        bodies = list(cfg.get("bodies", ['"text":"{text}"']))
+        pattern = list(cfg.get("pattern", [0]))
+        if not 1 <= len(bodies) <= MAX_VARIANTS or not 1 <= len(pattern) <= MAX_PATTERN:
+            raise ValueError(f"1-{MAX_VARIANTS} bodies and a pattern of 1-{MAX_PATTERN} needed")
+        if any(not 0 <= v < len(bodies) for v in pattern):
+            raise ValueError("the pattern names a body that does not exist")
+        self.npattern = len(pattern)
+        for i, v in enumerate(pattern):
+            self.pattern[i] = v
         prefix = cfg.get("user_prefix", "u")
         text = "x" * int(cfg.get("text_bytes", 100))
         stamp = "2026-02-05T10:30:15Z"
@@ -425,10 +444,15 @@ cdef class LoadGen:
                 self.senders[self.n_senders] = i
                 self.n_senders += 1
                 pre = b'{"type":"message","id":"'
-                suf = (
-                    f'","senderId":"{user}","senderName":"{user}","senderAvatar":"U",{to},'
-                    f'"text":"{text}","timestamp":"{stamp}","status":"pending"}}'
-                ).encode()
+                sufs = [
+                    (
+                        f'","senderId":"{user}","senderName":"{user}","senderAvatar":"U",{to},'
+                        + body.replace("{text}", text).replace("{user}", user)
+                        + f',"timestamp":"{stamp}","status":"pending"}}'
+                    ).encode()
+                    for body in bodies
+                ]
+                suf = b"".join(sufs)
                 c.prefix = <char*>malloc(len(pre))
                 c.suffix = <char*>malloc(len(suf))
                 if c.prefix == NULL or c.suffix == NULL:
@@ -437,6 +461,11 @@ cdef class LoadGen:
                 memcpy(c.suffix, <char*>suf, len(suf))
                 c.prefix_len = len(pre)
                 c.suffix_len = len(suf)
+                off = 0
+                for v, one in enumerate(sufs):
+                    c.voff[v] = off
+                    c.vlen[v] = len(one)
+                    off += len(one)
         if self.mode == M_STORM:
             times = cfg["connect_at"]
             if len(times) != self.n - 2 or self.backlog < 1:
@@ -881,11 +910,12 @@ cdef class LoadGen:
         cdef char idbuf[48]
         cdef int il
         cdef int64_t ctr = c.sent
+        cdef int v = self.pattern[ctr % self.npattern]
         if self.mode == M_FANOUT:
             self.ring_ts[ctr % RING] = now
             self.ring_got[ctr % RING] = 0
         il = snprintf(idbuf, 48, "%lld.%lld", <long long>now, <long long>ctr)
-        self.put_frame(idx, 1, c.prefix, c.prefix_len, idbuf, il, c.suffix, c.suffix_len)
+        self.put_frame(idx, 1, c.prefix, c.prefix_len, idbuf, il, c.suffix + c.voff[v], c.vlen[v])
         c.sent += 1
         self.t_sent += 1
         if self.measuring:
