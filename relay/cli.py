@@ -39,6 +39,7 @@ import attrs
 from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_config
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
+from relay.rlimit import raise_descriptor_limit
 
 log = logging.getLogger("relay")
 
@@ -411,6 +412,9 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
     from relay.app import Relay
 
     relay = Relay(config, authenticator=authenticator)
+    # raised before the listener exists; said once it is listening, so that a failure to
+    # start stays one line
+    short = raise_descriptor_limit(config.max_connections)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)
@@ -420,6 +424,8 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
             notify.notify("READY=1", f"STATUS={listening_line(address)}")
             log.info("fast path: %s", fastpath.IMPLEMENTATION)
             _log_exposure(config, authenticator, address)
+            if short is not None:
+                log.warning("%s", short)
             async for signum in signals:
                 notify.notify("STOPPING=1", "STATUS=draining")
                 log.info("%s: draining", signal.Signals(signum).name)
