@@ -321,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = serve_config(args, os.environ)
         authenticator = authenticator_from_config(config)
+        if config.webhook_secret_file is not None:  # unreadable or empty: a usage mistake
+            from relay.webhooks.signature import read_secret_file
+
+            read_secret_file(config.webhook_secret_file)
     except ConfigError as exc:
         return _fail(2, str(exc))
     problem = tls_problem(config)
