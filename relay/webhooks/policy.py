@@ -14,8 +14,10 @@ final) or last one request (SENDING).
 Backoff: after the n-th failed attempt (n >= 1) the event waits `initial * 2**(n-1)` seconds,
 at most `maximum`, with "equal jitter": a uniform draw in [half, whole] of that wait, so
 receivers that failed together do not get their retries together, yet no retry comes sooner
-than half its step. The draw comes from an injected random.Random (seeded in tests). The last
-attempt is made when the event reaches `max_age`; failing that it expires.
+than half its step. The draw comes from an injected random.Random (seeded in tests). No retry
+is scheduled past the moment the event reaches `max_age`: the last attempt is made then, and
+failing that the event expires. An event whose retry was due before that moment but found only
+after it (the relay was down meanwhile) expires without another attempt.
 """
 
 from __future__ import annotations
@@ -106,12 +108,14 @@ class DeliveryPolicy:
     def sort_out(
         self, events: Sequence[OutboxEvent], now: float
     ) -> tuple[list[OutboxEvent], Settlement]:
-        """The due `events` split into those to send now and those already too old to send
-        (expired without an attempt: after a long outage of the relay itself)."""
+        """The due `events` split into those to send now and those already too old to send:
+        past max_age although due before it (the relay itself was down meanwhile). An event
+        due exactly at its max_age is its last attempt, and is sent."""
         send: list[OutboxEvent] = []
         expired: list[str] = []
         for event in events:
-            if now >= event.created_at + self.max_age:
+            deadline = event.created_at + self.max_age
+            if event.next_at < deadline <= now:
                 transition(EventState.PENDING, EventInput.EXPIRE)
                 expired.append(event.id)
             else:

@@ -173,12 +173,12 @@ class WebhookSender:
         members: dict[str, dict[str, Watermarks]] = {}  # this scan's reads, by conversation
         for candidate in candidates:
             message = candidate.message
-            stored = stored_at(message)
-            if stored + settings.delay > now:
-                wait = stored + settings.delay - now
+            due = stored_at(message) + settings.delay
+            if due > now:
+                wait = due - now
                 break
             position = candidate.position
-            if now - stored >= settings.max_age:
+            if now - due >= settings.max_age:
                 continue  # it would be given up at once (webhooks were off, or the relay down)
             peer = message.recipient_id
             if message.group_id is None and (peer is None or peer == message.sender_id):
@@ -193,7 +193,9 @@ class WebhookSender:
                 )
             owed = undelivered_events(message, marks, self.connected, created)
             self.stats.reached += len(recipients(message, marks)) - len(owed)
-            events.extend(OutboxEvent(e.id, e.to_json(), now, now, 0) for e in owed)
+            # its age counts from when it became due: the same for every event of a message,
+            # and in message order, which is what the backlog bound drops the oldest by
+            events.extend(OutboxEvent(e.id, e.to_json(), due, now, 0) for e in owed)
         if position is not None:
             dropped = await self._outbox.webhook_advance(
                 position, events, max_pending=settings.max_pending

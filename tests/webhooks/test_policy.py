@@ -82,6 +82,8 @@ def test_the_last_attempt_is_at_max_age_then_the_event_expires() -> None:
 
 def test_due_events_already_too_old_expire_without_a_request() -> None:
     policy = DeliveryPolicy(Backoff(1.0, 1.0), max_age=100.0)
-    send, gone = policy.sort_out([ev("old", created=0.0), ev("young", created=50.0)], now=120.0)
-    assert [e.id for e in send] == ["young"]
+    last = OutboxEvent("last", "{}", 0.0, 100.0, 5)  # its retry is its last attempt
+    events = [ev("old", created=0.0), ev("young", created=50.0), last]
+    send, gone = policy.sort_out(events, now=120.0)
+    assert [e.id for e in send] == ["young", "last"]
     assert gone.expired == ("old",)
