@@ -356,7 +356,12 @@ class WebhookOutbox(Protocol):
 
     Invariants: the cursor only moves forward; an event id is pending at most once (adding an id
     already pending keeps the pending one); at most `max_pending` events are pending after a
-    `webhook_advance`, the oldest (by created_at, then id) dropped first."""
+    `webhook_advance`, the oldest (by created_at, then id) dropped first.
+
+    One scan and one sender per store: a store shared by several nodes must let one node at a
+    time scan (e.g. a lock on the cursor row for the read-decide-advance round) and claim the
+    due events it sends (e.g. FOR UPDATE SKIP LOCKED), or events are made and sent twice
+    (harmless for receivers that dedupe by id, but wasteful)."""
 
     async def webhook_start(self) -> None:
         """Place the cursor at the newest stored message if it was never placed (turning

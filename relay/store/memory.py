@@ -391,6 +391,8 @@ class MemoryStore:
             self._webhook_cursor = self._appender.take_order()  # later messages count above it
 
     async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        # a bisect per conversation: O(conversations) per scan, which suits the memory store's
+        # use (tests, `--memory`); the SQLite store reads an index range
         cursor = self._webhook_cursor
         limit = max(limit, 0)
         if cursor is None or limit == 0:

@@ -52,6 +52,8 @@ POLL_MIN, POLL_MAX = 0.05, 0.5
 IDLE_MAX = 30.0
 #: pause after a failure of the store (s)
 ERROR_PAUSE = 1.0
+#: failed requests in a row per warning logged
+FAILURES_LOGGED = 100
 
 
 @frozen
@@ -103,6 +105,7 @@ class WebhookSender:
     _outbox: WebhookOutbox = field(init=False)
     _policy: DeliveryPolicy = field(init=False)
     _wake: trio.Event = field(init=False, factory=trio.Event)
+    _failing: int = field(init=False, default=0)  # failed requests in a row
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.store, WebhookOutbox):
@@ -243,7 +246,8 @@ class WebhookSender:
         return 0.0
 
     async def _post(self, client: httpx.AsyncClient, events: list[OutboxEvent]) -> bool:
-        """POST the events in one signed request; whether the receiver accepted them."""
+        """POST the events in one signed request; whether the receiver accepted them. The
+        answer's body is never read (a receiver cannot make the relay buffer anything)."""
         body = b'{"events":[' + b",".join(e.body.encode() for e in events) + b"]}"
         headers = {
             "content-type": "application/json",
@@ -251,18 +255,32 @@ class WebhookSender:
         }
         self.stats.requests += 1
         try:
-            response = await client.post(self.settings.url, content=body, headers=headers)
+            async with client.stream(
+                "POST", self.settings.url, content=body, headers=headers
+            ) as response:
+                status = response.status_code
         except httpx.HTTPError as exc:
-            log.warning("webhooks: request with %d event(s) failed: %s", len(events), _reason(exc))
+            self._failed(f"request failed: {_reason(exc)}")
             return False
-        if accepted(response.status_code):
+        if accepted(status):
+            if self._failing:
+                log.info("webhooks: the receiver accepts again after %d failed request(s)",
+                         self._failing)  # fmt: skip
+                self._failing = 0
             return True
-        log.warning(
-            "webhooks: the receiver answered %d to a request with %d event(s); retrying later",
-            response.status_code,
-            len(events),
-        )
+        self._failed(f"the receiver answered {status}")
         return False
+
+    def _failed(self, why: str) -> None:
+        """A failed request: a warning when the receiver starts failing, then one every
+        FAILURES_LOGGED in a row (an outage costs a few lines, not one per request)."""
+        self._failing += 1
+        if self._failing % FAILURES_LOGGED == 1:
+            log.warning(
+                "webhooks: %s (%d failed request(s) in a row; events are retried with backoff)",
+                why,
+                self._failing,
+            )
 
 
 def _reason(exc: httpx.HTTPError) -> str:

@@ -53,3 +53,17 @@ def test_relay_serve_refuses_a_webhook_url_without_a_secret_with_status_2(
     status = main(["serve", "--port", "0", "--memory", "--webhook-url", "http://127.0.0.1:9/h"])
     assert status == 2
     assert "needs webhook_secret_file" in capsys.readouterr().err
+
+
+async def test_webhooks_need_the_messaging_service(secret_file: str) -> None:
+    from relay import Relay
+    from relay.echo import EchoHandler
+
+    config = RelayConfig(
+        host="127.0.0.1", port=0, db_path=None,
+        webhook_url="http://127.0.0.1:9/h", webhook_secret_file=secret_file,
+    )  # fmt: skip
+    relay = Relay(config, handler=EchoHandler())
+    with pytest.raises(ConfigError, match="messaging service"):
+        await relay.serve()
+    assert relay.address is None  # refused before listening

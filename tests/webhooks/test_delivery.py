@@ -3,6 +3,7 @@ receiver (conftest.py) that checks every request's signature with relay.webhooks
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -192,8 +193,9 @@ async def test_a_group_message_makes_one_event_per_offline_member(
 
 
 async def test_a_refusing_receiver_gets_the_event_once_it_accepts(
-    receiver: Any, secret: str, secret_file: str
+    receiver: Any, secret: str, secret_file: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="relay.webhooks")
     receiver.statuses.extend([500, 500, 500])
     async with trio.open_nursery() as nursery:
         relay = await start_relay(nursery, **hooks(receiver, secret_file))
@@ -211,6 +213,11 @@ async def test_a_refusing_receiver_gets_the_event_once_it_accepts(
             assert metric(relay, "relay_webhook_deliveries_total", outcome="retried") == 3
             assert metric(relay, "relay_webhook_deliveries_total", outcome="delivered") == 1
         nursery.cancel_scope.cancel()
+    # an outage is a warning when it starts and a line when it ends, not one per request
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "relay.webhooks"]
+    assert [level for level, _ in lines] == ["WARNING", "INFO"]
+    assert "the receiver answered 500" in lines[0][1]
+    assert "accepts again after 3 failed request(s)" in lines[1][1]
 
 
 async def test_an_event_older_than_max_age_is_given_up(
