@@ -334,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx (the webhooks' client) logs every request, URL and all, at INFO; relay.webhooks
+    # logs what an operator needs (a receiver failing, recovering)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return _serve(config, authenticator)
 
 

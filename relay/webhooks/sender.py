@@ -126,6 +126,13 @@ class WebhookSender:
         Cancelled mid-request, the request's events stay pending (sent again later)."""
         await self._outbox.webhook_start()
         await self._count()
+        log.info(
+            "webhooks: to %s, %g s after a message for a user with no device connected; "
+            "%d event(s) pending",
+            httpx.URL(self.settings.url).host,
+            self.settings.delay,
+            self.stats.pending,
+        )
         timeout = httpx.Timeout(self.settings.timeout)
         async with (
             httpx.AsyncClient(timeout=timeout, transport=self.transport) as client,

@@ -215,6 +215,8 @@ async def test_a_refusing_receiver_gets_the_event_once_it_accepts(
         nursery.cancel_scope.cancel()
     # an outage is a warning when it starts and a line when it ends, not one per request
     lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "relay.webhooks"]
+    assert lines[0][1].startswith("webhooks: to 127.0.0.1, 0.2 s after a message")  # at start
+    lines = lines[1:]
     assert [level for level, _ in lines] == ["WARNING", "INFO"]
     assert "the receiver answered 500" in lines[0][1]
     assert "accepts again after 3 failed request(s)" in lines[1][1]
