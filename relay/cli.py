@@ -322,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = serve_config(args, os.environ)
         authenticator = authenticator_from_config(config)
+        if config.webhook_secret_file is not None:  # unreadable or empty: a usage mistake
+            from relay.webhooks.signature import read_secret_file
+
+            read_secret_file(config.webhook_secret_file)
     except ConfigError as exc:
         return _fail(2, str(exc))
     problem = tls_problem(config)
@@ -331,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # httpx (the webhooks' client) logs every request, URL and all, at INFO; relay.webhooks
+    # logs what an operator needs (a receiver failing, recovering)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return _serve(config, authenticator)
 
 

@@ -335,7 +335,68 @@ class RelayConfig:
         ),
     )
 
+    # --- webhooks (relay.webhooks; docs/HTTP-API.md, "Webhooks") ---
+    webhook_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "http(s) URL the relay POSTs `message.undelivered` events to (needs "
+            "webhook_secret_file; none: no webhooks)"
+        ),
+    )
+    webhook_secret_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "file holding the key that signs webhook requests (Relay-Signature; trailing "
+            "whitespace ignored)"
+        ),
+    )
+    webhook_delay: float = field(
+        default=2.0,
+        validator=_non_negative,
+        metadata=_help(
+            "seconds a message may wait for a device of its recipient before the recipient's "
+            "`message.undelivered` event is made"
+        ),
+    )
+    webhook_max_age: float = field(
+        default=86400.0,
+        validator=_positive,
+        metadata=_help("seconds an event is retried before it is given up (counted as expired)"),
+    )
+    webhook_retry_initial: float = field(
+        default=1.0,
+        validator=_positive,
+        metadata=_help(
+            "seconds before the first retry of a failed webhook request (doubling, with "
+            "jitter, up to webhook_retry_max)"
+        ),
+    )
+    webhook_retry_max: float = field(
+        default=300.0,
+        validator=_positive,
+        metadata=_help("longest wait, seconds, between two attempts of a webhook event"),
+    )
+    webhook_timeout: float = field(
+        default=10.0,
+        validator=_positive,
+        metadata=_help("seconds a webhook request may take before it counts as failed"),
+    )
+    webhook_batch: int = field(
+        default=100,
+        validator=_positive,
+        metadata=_help("events per webhook request at most"),
+    )
+    webhook_max_pending: int = field(
+        default=100_000,
+        validator=_positive,
+        metadata=_help(
+            "webhook events kept undelivered at most; beyond it the oldest are dropped "
+            "(counted as dropped)"
+        ),
+    )
+
     def __attrs_post_init__(self) -> None:
+        self._check_webhooks()
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("certfile and keyfile go together")
         if self.port > 65535:
@@ -385,3 +446,17 @@ class RelayConfig:
                         f"{name} needs token auth: set auth_secret, auth_secret_file "
                         "or auth_public_key_file"
                     )
+
+    def _check_webhooks(self) -> None:
+        # The secret file itself is read when the relay starts (relay.webhooks.sender).
+        url = self.webhook_url
+        if url is None:
+            if self.webhook_secret_file is not None:
+                raise ConfigError("webhook_secret_file needs webhook_url")
+            return
+        if not url.lower().startswith(("http://", "https://")) or url[-3:] == "://":
+            raise ConfigError(f"webhook_url must be an http:// or https:// URL, got {url!r}")
+        if not self.webhook_secret_file:
+            raise ConfigError(
+                "webhook_url needs webhook_secret_file: every webhook request is signed"
+            )

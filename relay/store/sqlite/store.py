@@ -29,6 +29,7 @@ from typing import Any, TypeVar, cast
 import trio
 
 import relay.store.sqlite.reads as reads
+import relay.store.sqlite.webhooks as webhooks
 import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
 from relay.store.base import (
@@ -38,8 +39,10 @@ from relay.store.base import (
     Coverage,
     Group,
     NewMessage,
+    OutboxEvent,
     StoredMessage,
     Watermarks,
+    WebhookCandidate,
 )
 from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append
@@ -343,3 +346,28 @@ class SqliteStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- webhooks (WebhookOutbox; relay.store.sqlite.webhooks) ----------------------------------
+    async def webhook_start(self) -> None:
+        await self._write(webhooks.start)
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        return await self._read(webhooks.candidates, limit)
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        batch = list(events)
+        return await self._write(lambda conn: webhooks.advance(conn, position, batch, max_pending))
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        return await self._read(webhooks.due, now, limit)
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        gone, later = list(removed), list(retried)
+        await self._write(lambda conn: webhooks.settle(conn, gone, later))
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        return await self._read(webhooks.pending)
