@@ -40,8 +40,8 @@ _STANDARD: Final = frozenset(
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
-    """The fields a call site passed with `extra=`, in the order given."""
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    """The fields a call site passed with `extra=`, in the order given (None: left out)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
 
 
 def rfc3339(created: float) -> str:
