@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 
 from relay import Relay
 from relay.logs import JsonFormatter, formatter, rfc3339
+from relay.store.sqlite import SqliteStore
 
 WAIT = 3.0
 SECRET = "k" * 40
@@ -324,3 +326,42 @@ def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "relay: error: log_format must be text or json, got 'xml'"
+
+
+# --- store trouble ----------------------------------------------------------------------------
+
+
+async def test_a_failed_store_write_is_a_warning_and_counted(
+    nursery: trio.Nursery, captured: io.StringIO, log_format: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.db"
+    relay = await start_relay(nursery, store=SqliteStore(str(path), busy_timeout=0.05))
+    unique = f"unique-text-{uuid.uuid4().hex}"
+    async with client(relay) as alice:
+        await alice.send({"type": "auth", "userId": "alice"})
+        await alice.expect("auth_ok")
+        # another process holds the database's write lock longer than the busy timeout
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            await alice.send({"type": "message", "id": "m1", "recipientId": "bob", "text": unique})
+            failed = await alice.expect("receipt", id="m1")
+            assert (failed["status"], failed["reason"]) == ("failed", "internal")
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await alice.send({"type": "message", "id": "m2", "recipientId": "bob", "text": unique})
+        await alice.expect("receipt", id="m2", status="sent")
+    stats = relay.metrics.stats
+    assert stats.store_failures == 1
+    assert stats.messages_failed == {"internal": 1}
+
+    text = captured.getvalue()
+    assert unique not in text and "Traceback" not in text
+    if log_format == "text":
+        assert re.search(
+            r"WARNING relay\.store: store write of 1 request\(s\) failed: .*locked", text
+        )
+        return
+    (line,) = find(json_lines(text), logger="relay.store", level="warning")
+    assert "database is locked" in line["msg"]
