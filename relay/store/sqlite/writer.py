@@ -31,8 +31,8 @@ Invariants:
 - after each commit the writer nudges the checkpointer (checkpointer.py), and never
   checkpoints itself beyond SQLite's automatic bound.
 
-Metrics (`stats`, observed in this thread only): each batch's size (requests weighted as for
-`max_batch`) and its transaction's seconds, BEGIN to COMMIT; a failed transaction counts in
+Metrics (`stats`, observed in this thread only): each committed batch's size (requests weighted
+as for `max_batch`) and its transaction's seconds, BEGIN to COMMIT; a failed transaction counts in
 `store_failures` and is one WARNING line on `relay.store` (the SQLite error, never a message's
 content).
 """
@@ -171,11 +171,13 @@ class Writer:
 
     def _execute(self, batch: list[Request]) -> None:
         stats = self.stats
+        failures = stats.store_failures
         began = time.monotonic()
         try:
             self._transaction(batch)
-            stats.commit_seconds.observe(time.monotonic() - began)
-            stats.commit_size.observe(sum(r.weight for r in batch))
+            if stats.store_failures == failures:  # committed (or had nothing to commit)
+                stats.commit_seconds.observe(time.monotonic() - began)
+                stats.commit_size.observe(sum(r.weight for r in batch))
         except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
             for request in batch:
                 if request.error is None:
