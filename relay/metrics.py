@@ -68,10 +68,6 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
         counts = list(self.counts)  # one snapshot: cumulative buckets never go down
         buckets: list[tuple[str, float]] = []

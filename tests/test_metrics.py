@@ -307,6 +307,8 @@ async def test_refused_sign_ins_are_counted_by_reason(nursery: trio.Nursery) -> 
     for reason in [*attempts, "invalid_frame", "too_many_devices", "timeout"]:
         assert now[f'relay_auth_failures_total{{reason="{reason}"}}'] == 1, reason
     assert sum(v for k, v in now.items() if k.startswith("relay_auth_failures_total")) == 7
+    # every refusal but the timeout (a close without a frame) was an error frame
+    assert now['relay_error_frames_total{code="auth_failed"}'] == 6
 
 
 # --- relay serve: the default registry --------------------------------------------------------

@@ -402,6 +402,7 @@ class MessagingService:
         user: str | None = None,
     ) -> None:
         self._log_refusal(conn, reason, message, user)
+        self.ctx.stats.error_frame("auth_failed")
         self._awaiting.pop(conn.id, None)
         self.ctx.send(conn, session, encode_error("auth_failed", message, field=field))
         session.close()
