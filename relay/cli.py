@@ -32,14 +32,19 @@ import ssl
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, NoReturn, Union, get_args, get_origin
 
 import attrs
 
+from relay import logs
 from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_config
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
+from relay.logs import LOG_FORMATS
 from relay.rlimit import raise_descriptor_limit
+
+if TYPE_CHECKING:
+    from relay.app import Relay
 
 log = logging.getLogger("relay")
 
@@ -162,6 +167,9 @@ def _serve_parser(sub: argparse._SubParsersAction[Any]) -> None:
             kwargs["metavar"] = s.name.upper()
         if s.name == "log_level":
             kwargs["choices"] = LOG_LEVELS
+            kwargs["type"] = str.lower
+        if s.name == "log_format":
+            kwargs["choices"] = LOG_FORMATS
             kwargs["type"] = str.lower
         serve.add_argument(s.flag, **kwargs)
     store = serve.add_mutually_exclusive_group()
@@ -331,10 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problem = tls_problem(config)
     if problem is not None:
         return _fail(1, problem)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.log_level, config.log_format)
     # httpx (the webhooks' client) logs every request, URL and all, at INFO; relay.webhooks
     # logs what an operator needs (a receiver failing, recovering)
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -413,12 +418,23 @@ def tune_collector() -> None:
 
 
 async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator) -> None:
-    import trio
-
-    from relay import fastpath, notify
     from relay.app import Relay
 
     relay = Relay(config, authenticator=authenticator)
+    # one relay in this process: its metrics go on prometheus_client's default registry too
+    relay.metrics.export_to_default()
+    try:
+        await _serve_relay(relay, config, authenticator)
+    finally:
+        relay.metrics.unexport()
+    log.info("stopped")
+
+
+async def _serve_relay(relay: Relay, config: RelayConfig, authenticator: Authenticator) -> None:
+    import trio
+
+    from relay import fastpath, notify
+
     # raised before the listener exists; said once it is listening, so that a failure to
     # start stays one line
     short = raise_descriptor_limit(config.max_connections)
@@ -438,7 +454,6 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
                 log.info("%s: draining", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
-    log.info("stopped")
 
 
 def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: Any) -> None:

@@ -31,6 +31,11 @@ def _non_negative(instance: object, attribute: object, value: float) -> None:
         raise ConfigError(f"{getattr(attribute, 'name', attribute)} must be >= 0, got {value!r}")
 
 
+def _log_format(instance: object, attribute: object, value: str) -> None:
+    if value not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {value!r}")
+
+
 def _host_port(text: str) -> tuple[str, int]:
     """(host, port) of "HOST:PORT" ("[::1]:9090" for IPv6). ConfigError when malformed."""
     host, sep, port = text.rpartition(":")
@@ -333,6 +338,11 @@ class RelayConfig:
             "token auth: longest token lifetime accepted, seconds from its `iat` (or from now "
             "when it has none) to its `exp` (0: no maximum)"
         ),
+    )
+    log_format: str = field(
+        default="text",
+        validator=_log_format,
+        metadata=_help("log line format: text, or json (one object per line, for log shippers)"),
     )
 
     # --- webhooks (relay.webhooks; docs/HTTP-API.md, "Webhooks") ---

@@ -32,6 +32,7 @@ import relay.store.sqlite.reads as reads
 import relay.store.sqlite.webhooks as webhooks
 import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
+from relay.metrics import RelayMetrics, Stats
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -112,6 +113,14 @@ class SqliteStore:
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self._closed = trio.Event()
+        self.stats = Stats()  # commit sizes and times; a relay's own once `instrument`ed
+        self._writer: Writer | None = None
+
+    def instrument(self, metrics: RelayMetrics) -> None:
+        """relay.metrics.Instrumented: the writer counts into the relay's metrics."""
+        self.stats = metrics.stats
+        if self._writer is not None:
+            self._writer.stats = metrics.stats
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -145,7 +154,9 @@ class SqliteStore:
             max_batch=self.max_batch,
             retention=self.retention,
             checkpointer=checkpointer,
+            stats=self.stats,
         )
+        self._writer = writer
         self._thread = threading.Thread(target=writer.run, name="relay-sqlite-writer", daemon=True)
         self._thread.start()
         self._state = "open"
