@@ -327,6 +327,41 @@ async def test_a_compressed_history_page_decodes_in_websockets(nursery: trio.Nur
     assert len(plain["messages"]) == 50 and plain_wire > plain_size
 
 
+async def test_a_delivery_to_many_devices_is_compressed_once(nursery: trio.Nursery) -> None:
+    relay = await start_relay(nursery)
+    stats = relay.metrics.stats
+    text = "fan-out " * 300  # 2400 characters: the delivery frame is compressed
+
+    def run() -> list[str]:
+        with (
+            connect(relay.url, max_size=None) as alice,
+            connect(relay.url, max_size=None) as bob1,
+            connect(relay.url, max_size=None) as bob2,
+            connect(relay.url, max_size=None) as bob3,
+        ):
+            for ws, user, device in (
+                (alice, "alice", "a"),
+                (bob1, "bob", "b1"),
+                (bob2, "bob", "b2"),
+                (bob3, "bob", "b3"),
+            ):
+                ws.send(json.dumps({"type": "auth", "userId": user, "deviceId": device}))
+                assert json.loads(ws.recv(timeout=5))["type"] == "auth_ok"
+            before = stats.frames_compressed
+            alice.send(
+                json.dumps({"type": "message", "id": "f1", "recipientId": "bob", "text": text})
+            )
+            texts = []
+            for bob in (bob1, bob2, bob3):
+                while (frame := json.loads(bob.recv(timeout=5)))["type"] != "message":
+                    pass
+                texts.append(frame["text"])
+            assert stats.frames_compressed - before == 1
+            return texts
+
+    assert await trio.to_thread.run_sync(run) == [text] * 3
+
+
 # --- what no well-behaved client sends (raw client) ---------------------------------------------
 
 
