@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 import struct
 import sys
@@ -118,19 +119,87 @@ class Client:
                 raise RuntimeError(f"error frame: {frame}")
 
 
+#: Chat-like words: texts made of them compress like real chat (varied, short words), not like
+#: one phrase repeated, which deflate shrinks far more than anything people write.
+WORDS = [
+    "the",
+    "a",
+    "to",
+    "you",
+    "and",
+    "I",
+    "it",
+    "is",
+    "that",
+    "of",
+    "in",
+    "for",
+    "on",
+    "are",
+    "ok",
+    "yes",
+    "no",
+    "where",
+    "when",
+    "meet",
+    "see",
+    "soon",
+    "tomorrow",
+    "tonight",
+    "today",
+    "at",
+    "seven",
+    "eight",
+    "lunch",
+    "dinner",
+    "coffee",
+    "call",
+    "me",
+    "later",
+    "sorry",
+    "thanks",
+    "great",
+    "sounds",
+    "good",
+    "running",
+    "late",
+    "on",
+    "my",
+    "way",
+    "home",
+    "work",
+    "train",
+    "bus",
+    "traffic",
+    "really",
+    "what",
+    "how",
+]
+
+
+def chat_text(i: int, size: int) -> str:
+    """Message `i`'s text: `size` characters of words picked by a seeded generator."""
+    pick = random.Random(i)
+    words: list[str] = []
+    length = 0
+    while length < size:
+        word = pick.choice(WORDS)
+        words.append(word)
+        length += len(word) + 1
+    return " ".join(words)[:size]
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     port, prefix = int(cfg["port"]), str(cfg.get("user_prefix", "d"))
     writer_id, peer_id = prefix + "writer", prefix + "peer"
-    text = ("lorem ipsum dolor sit amet, " * (int(cfg["text_bytes"]) // 28 + 1))[
-        : int(cfg["text_bytes"])
-    ]
+    size = int(cfg["text_bytes"])
     writer = Client(port, None)
     writer.send({"type": "auth", "userId": writer_id})
     writer.expect(type="auth_ok")
     count = int(cfg.get("messages", PAGE))
     for i in range(count):
         writer.send(
-            {"type": "message", "id": f"h{i}", "recipientId": peer_id, "text": f"{i} {text}"}
+            {"type": "message", "id": f"h{i}", "recipientId": peer_id, "text": chat_text(i, size)}
         )
     for _ in range(count):
         writer.expect(type="receipt", status="sent")

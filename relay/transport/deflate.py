@@ -37,8 +37,9 @@ EXTENSION = "permessage-deflate"
 #: takeover keeps one inflater: 40 KiB with a 2^15 window, 11 KiB with 2^12, 7.7 KiB with
 #: 2^9 (tracemalloc); client frames are small JSON, so 4 KiB of history costs little ratio.
 INBOUND_WINDOW_BITS = 12
-#: zlib level of the relay's compression: 1 compresses JSON history pages to within a few
-#: percent of level 6 at under half the CPU (bench deflate).
+#: zlib level of the relay's compression. A 50-message, 15 KB history page of varied short
+#: texts: level 1 makes 2.2 KB in 137 µs, level 6 1.9 KB in 199 µs; of repeated texts both
+#: make 0.65 KB, level 1 in half the time. The relay's CPU is the scarcer resource.
 LEVEL = 1
 #: What RFC 7692 7.2.1 has the compressor leave off each message's end (and the inflater
 #: add back).
