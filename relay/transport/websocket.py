@@ -278,9 +278,7 @@ class WebSocket:
         parser (1009 over its limit, 1007 corrupt or not UTF-8)."""
         parser = self.parser
         inflater = self.inflater
-        if inflater is None:  # unreachable: the parser allows RSV1 only with an inflater
-            parser.fail(1002, "RSV1 without a negotiated extension")
-            return None
+        assert inflater is not None  # the parser takes RSV1 only after use_deflate
         try:
             text = inflater.inflate(payload, parser.max_message_bytes)
         except InflateError as exc:

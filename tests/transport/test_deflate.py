@@ -22,7 +22,7 @@ from websockets.sync.client import connect
 
 from relay import Relay
 from relay.echo import EchoHandler
-from relay.fastpath import OP_CLOSE, OP_PING, OP_TEXT, encode_frame
+from relay.fastpath import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, encode_frame
 from relay.metrics import Stats
 from relay.transport.deflate import (
     INBOUND_WINDOW_BITS,
@@ -420,6 +420,8 @@ async def test_corrupt_and_misplaced_compression_close_the_connection(
     assert await close_code_after(relay, CHROMIUM_OFFER, not_utf8) == 1007
     ping = mask_frame(OP_PING, deflate_message(b"p"), rsv=4)
     assert await close_code_after(relay, CHROMIUM_OFFER, ping) == 1002
+    binary = mask_frame(OP_BINARY, deflate_message(b"\x00\x01"), rsv=4)
+    assert await close_code_after(relay, CHROMIUM_OFFER, binary) == 1003  # v1 is text only
 
 
 async def test_raw_compressed_echo_and_uncompressed_control_frames(
