@@ -6,12 +6,14 @@ permessage-deflate itself), and a raw client for what no well-behaved client sen
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
 import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from relay import Relay
+from relay.cli import build_parser, config_from
+from relay.config import RelayConfig
 from relay.echo import EchoHandler
 from relay.fastpath import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, encode_frame
 from relay.metrics import Stats
@@ -360,6 +364,41 @@ async def test_a_delivery_to_many_devices_is_compressed_once(nursery: trio.Nurse
             return texts
 
     assert await trio.to_thread.run_sync(run) == [text] * 3
+
+
+NODE_CLIENT = Path(__file__).parent.parent / "node" / "ws_client.js"
+
+
+async def test_node_ws_negotiates_and_round_trips_compressed(
+    nursery: trio.Nursery, node: str
+) -> None:
+    """Node `ws` (the original design's library) offers permessage-deflate by default."""
+    relay = await start_echo(nursery)
+    text = "node " * 12000
+    steps = [{"sendRepeat": ["node ", 12000]}, {"expect": "message"}, {"close": 1000}]
+    with trio.fail_after(10):
+        done = await trio.run_process(
+            [node, str(NODE_CLIENT), relay.url, json.dumps(steps)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    events = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+    digests = [e["sha256"] for e in events if e["event"] == "message"]
+    assert digests == [hashlib.sha256(text.encode()).hexdigest()]
+    stats = relay.metrics.stats
+    assert stats.frames_compressed == 1
+    assert stats.bytes_in < 1000 and stats.bytes_out < 1000  # 60 kB each way, compressed
+
+
+def test_the_cli_turns_compression_off_and_sets_the_threshold() -> None:
+    args = build_parser().parse_args(["serve", "--no-compression", "--compress-min-bytes", "64"])
+    config = config_from(args, {})
+    assert (config.compression, config.compress_min_bytes) == (False, 64)
+    from_env = config_from(build_parser().parse_args(["serve"]), {"RELAY_COMPRESSION": "false"})
+    assert not from_env.compression
+    assert RelayConfig().compression and RelayConfig().compress_min_bytes == 1024
 
 
 # --- what no well-behaved client sends (raw client) ---------------------------------------------
