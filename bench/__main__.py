@@ -52,12 +52,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(scenarios.ALL_SCENARIOS),
-        help="comma-separated: " + ",".join(scenarios.ALL_SCENARIOS),
+        help="comma-separated: "
+        + ",".join(scenarios.ALL_SCENARIOS)
+        + " (the default), and "
+        + ",".join(scenarios.NAMED_SCENARIOS)
+        + " (only when named: permessage-deflate on/off for a history page)",
     )
     p.add_argument(
         "--servers",
-        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite")),
-        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite; `null` (a C "
+        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite", "relay-no-compression")),
+        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite,"
+        "relay-no-compression (the deflate scenario's other half); `null` (a C "
         "server that does nothing else) measures the load generator's own ceiling",
     )
     p.add_argument(
@@ -86,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-connections", type=int, help="idle connections (10000)")
     p.add_argument("--idle-hold", type=float, help="idle: hold before measuring RSS, s (2)")
     p.add_argument("--text-bytes", type=int, help="message text length (100)")
+    p.add_argument(
+        "--history-messages", type=int, help="deflate: messages in the history page (50)"
+    )
     p.add_argument(
         "--reuse-servers",
         action="store_true",
@@ -219,6 +227,8 @@ def cores() -> tuple[int | None, int | None]:
 
 
 def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
+    """Run the load generator process (or the scenario's own client, cfg["module"]: the
+    deflate scenario's bench.deflate) on `cfg`; its one-line JSON result."""
     timeout = (
         cfg.get("warmup", 0)
         + cfg.get("duration", 0)
@@ -228,7 +238,7 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
     )
     cfg = dict(cfg, cpu=cpu)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.loadgen"],
+        [sys.executable, "-m", cfg.get("module", "bench.loadgen")],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -250,6 +260,12 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
 
 
 def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
+    if run.scenario == "deflate":
+        return (
+            f"{fig['wire_bytes_per_page']:,.0f} B/page on the wire ({fig['page_bytes']:,} B as "
+            f"text{', compressed' if fig['compressed'] else ''}), "
+            f"{fig['cpu_us_per_page']:,.0f} µs server CPU/page, {fig['pages_per_s']:,.0f} pages/s"
+        )
     if run.scenario == "storm":
         took = fig["storm_s"]
         return (
@@ -336,8 +352,15 @@ def main(argv: list[str] | None = None) -> int:
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     requested = {s.strip() for s in args.servers.split(",") if s.strip()}
     wanted = set(requested)
-    known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS, scenarios.NULL_SERVER}
-    unknown = sorted(set(names) - set(scenarios.ALL_SCENARIOS)) + sorted(wanted - known_servers)
+    known_servers = {
+        *scenarios.BASE_SERVERS,
+        *scenarios.DURABLE_SERVERS,
+        *scenarios.DEFLATE_SERVERS,
+        scenarios.NULL_SERVER,
+    }
+    unknown = sorted(
+        set(names) - set(scenarios.ALL_SCENARIOS) - set(scenarios.NAMED_SCENARIOS)
+    ) + sorted(wanted - known_servers)
     if unknown or not names or args.repeat < 1:
         say(
             f"python -m bench: unknown or empty selection {unknown or names}; scenarios are "
@@ -385,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
             specs["node-ws"] = spec
     if "trio-websocket" in needed:
         specs["trio-websocket"] = servers.trio_spec()
+    if "relay-no-compression" in needed:
+        specs["relay-no-compression"] = servers.relay_no_compression_spec()
     if scenarios.NULL_SERVER in needed:
         specs[scenarios.NULL_SERVER] = servers.null_spec()
     for name in ("relay", "relay-sqlite"):

@@ -39,6 +39,13 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
             if key.startswith(OPEN_LOOP_KEYS):
                 notes.append("kept up" if fig.get("kept_up") else "DID NOT KEEP UP")
                 notes.append(f"offered {_num(fig.get('offered_per_s'), ',.0f')}/s")
+            if key == "deflate":
+                notes.append(
+                    f"{_num(fig.get('wire_bytes_per_page'), ',.0f')} B/page on the wire "
+                    f"({_num(fig.get('page_bytes'), ',.0f')} B as text), "
+                    f"{_num(fig.get('cpu_us_per_page'), ',.0f')} µs server CPU/page, "
+                    f"{_num(fig.get('pages_per_s'), ',.0f')} pages/s"
+                )
             if key.startswith("storm"):
                 notes.append(
                     f"{_num(fig.get('devices'), ',.0f')} devices: backlogs in "

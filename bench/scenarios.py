@@ -25,6 +25,8 @@ ALL_SCENARIOS = (
 )
 # open-loop scenarios: a fixed offered rate, figures of keeping up with it
 OPEN_LOOP = ("rate", "sparse", "connections")
+# run only when named (--scenarios deflate): not load, a feature's price
+NAMED_SCENARIOS = ("deflate",)
 BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
 # the load generator's calibration target (bench/nullrelay.py): only when asked for by name
 NULL_SERVER = "null"
@@ -32,6 +34,8 @@ DURABLE_SERVERS = ("relay", "relay-sqlite")
 #: how the storm's devices come back: within a second, uniformly; or as the client library's
 #: default reconnect policy schedules its first attempt
 STORM_SCHEDULES = ("uniform", "client-default")
+# permessage-deflate on (the default) and off (--no-compression), same client offer
+DEFLATE_SERVERS = ("relay", "relay-no-compression")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
 CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
@@ -66,6 +70,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "storm_devices": (20000, 200),
     "storm_backlog": (10, 3),
     "storm_spread": (1.0, 0.2),
+    "history_messages": (50, 50),
 }
 #: Descriptors a process keeps for itself beyond one per connection (listeners, epoll, logs).
 FD_MARGIN = 200
@@ -283,8 +288,26 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     "pairwise, in-memory store vs SQLite --db <tmpfile>",
                 )
             )
+        elif name == "deflate":
+            runs.append(
+                Run(
+                    "deflate",
+                    name,
+                    DEFLATE_SERVERS,
+                    {
+                        "mode": "deflate",
+                        "module": "bench.deflate",
+                        "clients": 2,
+                        "messages": s["history_messages"],
+                        **timing,
+                    },
+                    f"a {s['history_messages']}-message history page ({s['text_bytes']}-char "
+                    "texts) fetched over and over, permessage-deflate offered",
+                )
+            )
         else:
-            raise ValueError(f"unknown scenario {name!r}; known: {', '.join(ALL_SCENARIOS)}")
+            known = ", ".join((*ALL_SCENARIOS, *NAMED_SCENARIOS))
+            raise ValueError(f"unknown scenario {name!r}; known: {known}")
     return runs
 
 
@@ -313,6 +336,22 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             f"{raw['closed']} connections closed during the run "
             f"(first error: {raw.get('first_error')})"
         )
+    if run.scenario == "deflate":
+        pages = raw["pages"]
+        fig.update(
+            pages=pages,
+            pages_per_s=pages / window,
+            page_bytes=raw["page_json_bytes"],
+            wire_bytes_per_page=raw["wire_bytes"] / pages if pages else None,
+            cpu_us_per_page=(
+                (after["server_cpu_s"] - before["server_cpu_s"]) * 1e6 / pages if pages else None
+            ),
+            compressed=raw["compressed"],
+            client_bound=False,
+        )
+        if not pages:
+            problems.append("no history page fetched in the window")
+        return fig, problems
     if run.extra.get("note"):
         fig["note"] = run.extra["note"]
     if run.scenario == "storm":

@@ -169,6 +169,17 @@ def relay_spec(db_path: str | None) -> ServerSpec:
     return ServerSpec(name, argv, env=env, note=note)
 
 
+def relay_no_compression_spec() -> ServerSpec:
+    """The relay as relay_spec(None) has it, with permessage-deflate off (--no-compression)."""
+    spec = relay_spec(None)
+    return ServerSpec(
+        "relay-no-compression",
+        [*spec.argv, "--no-compression"],
+        env=spec.env,
+        note=spec.note + "; --no-compression",
+    )
+
+
 def node_spec() -> tuple[ServerSpec | None, str]:
     """The node-ws baseline, installing its lock-pinned dependencies when they are missing.
     Returns (None, reason) when it cannot run here."""

@@ -405,6 +405,19 @@ class RelayConfig:
         ),
     )
 
+    # --- permessage-deflate (RFC 7692); see docs/PROTOCOL.md "Compression" ---
+    compression: bool = field(
+        default=True,
+        metadata=_help(
+            "answer a client's permessage-deflate offer (--no-compression: never compress)"
+        ),
+    )
+    compress_min_bytes: int = field(
+        default=1024,
+        validator=_non_negative,
+        metadata=_help("smallest frame payload the relay compresses, bytes (with compression)"),
+    )
+
     def __attrs_post_init__(self) -> None:
         self._check_webhooks()
         if (self.certfile is None) != (self.keyfile is None):

@@ -108,6 +108,7 @@ class Stats:
     slow_consumer_closes: int = 0  # connections the relay closed 1013 (not a peer's own 1013)
     heartbeat_timeouts: int = 0  # connections closed because the peer stayed silent
     late_flushes: int = 0  # outboxes filled without waking the flusher, found by the sweep
+    frames_compressed: int = 0  # server frames compressed (permessage-deflate), once per payload
     http_requests: dict[int, int] = field(factory=dict)  # plain-HTTP responses by status
     # --- the messaging core (relay.core) ---
     users_online: int = 0  # gauge: users with at least one signed-in connection
@@ -178,6 +179,12 @@ _COUNTERS: tuple[tuple[str, str, str], ...] = (
         "Stored messages queued to a device by its backlog after auth_ok",
     ),
     ("store_failures", "store_failures", "SQLite write transactions that failed"),
+    (
+        "frames_compressed",
+        "frames_compressed",
+        "Server frames compressed with permessage-deflate (once per payload, whatever the "
+        "number of recipients)",
+    ),
 )
 
 #: Labelled counters: (name, Stats attribute, label, documentation).

@@ -81,11 +81,13 @@ from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
 from relay.transport import http
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
+from relay.transport.deflate import Deflaters
 from relay.transport.handshake import (
     HttpFailure,
     OpeningRequest,
     accept_upgrade,
     answer_and_close,
+    deflate_offered,
     origin_allowed,
     read_request,
 )
@@ -191,10 +193,13 @@ class Server:
     _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
+    #: permessage-deflate's shared compressors (relay.transport.deflate)
+    deflaters: Deflaters = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
         self.stats = self.metrics.stats
+        self.deflaters = Deflaters(self.config.compress_min_bytes, self.stats)
         self._origins = self.config.origins
         handler = self.handler
         self.on_messages_nowait = (
@@ -644,7 +649,8 @@ class Server:
                 raise HttpFailure(503, "draining")
             if len(self.conns) >= config.max_connections:
                 raise HttpFailure(503, "too many connections")
-            response, trailing = accept_upgrade(request)
+            deflate = deflate_offered(request) if config.compression else None
+            response, trailing = accept_upgrade(request, deflate)
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
@@ -696,6 +702,8 @@ class Server:
                 server=self,
                 stream=stream,
             )
+        if deflate is not None:
+            conn.use_deflate(*self.deflaters.for_params(deflate))
         self.conns[conn.id] = conn
         if self._all_closed.is_set():
             self._all_closed = trio.Event()
