@@ -52,11 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(scenarios.ALL_SCENARIOS),
-        help="comma-separated: "
-        + ",".join(scenarios.ALL_SCENARIOS)
-        + " (the default), and "
-        + ",".join(scenarios.NAMED_SCENARIOS)
-        + " (only when named: permessage-deflate on/off for a history page)",
+        help="comma-separated subset of " + ",".join(scenarios.ALL_SCENARIOS) + " (all by default)",
     )
     p.add_argument(
         "--servers",

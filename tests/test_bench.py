@@ -32,6 +32,7 @@ SCENARIO_KEYS = {
     "durable",
     "storm@uniform",
     "storm@client-default",
+    "deflate",
 }
 # the servers each scenario runs against, beyond which the run's available servers limit it
 SCENARIO_SERVERS = {
@@ -40,6 +41,7 @@ SCENARIO_SERVERS = {
     "conns": {"relay", "node-ws"},
     "c100k": {"relay", "node-ws"},
     "storm": {"relay-sqlite"},
+    "deflate": {"relay", "relay-no-compression"},
 }
 
 
@@ -55,7 +57,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             "--json",
             str(out),
             "--servers",
-            "relay,relay-sqlite,node-ws,trio-websocket,null",
+            "relay,relay-sqlite,node-ws,trio-websocket,null,relay-no-compression",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -68,7 +70,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert doc["errors"] == []
 
     available = set(doc["servers_available"])
-    expected = {"relay", "relay-sqlite", "trio-websocket", "null"}
+    expected = {"relay", "relay-sqlite", "trio-websocket", "null", "relay-no-compression"}
     if os.environ.get("RELAY_SKIP_NODE") != "1":
         # node-ws is skipped only when node is absent, and then it must say so.
         if shutil.which("node"):
@@ -80,7 +82,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     summary = doc["summary"]
     assert set(summary) == SCENARIO_KEYS
     for key, per_server in summary.items():
-        default = available - {"relay-sqlite"}
+        default = available - {"relay-sqlite", "relay-no-compression"}
         servers = SCENARIO_SERVERS.get(key.split("@")[0], default) & available
         assert set(per_server) == servers, key
         for server, fig in per_server.items():
@@ -93,6 +95,13 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 assert fig["devices"] == 200 and fig["backlogs_complete"] == 200, fig
                 assert fig["storm_s"] > 0 and fig["peak_rss_mb"] > 0, fig
                 assert fig["canary_messages"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"], fig
+                continue
+            if key == "deflate":
+                # the 50-message page went out compressed, and much smaller, only when on
+                assert fig["pages"] > 0 and fig["cpu_us_per_page"] > 0, (server, fig)
+                assert fig["compressed"] is (server == "relay"), (server, fig)
+                if server == "relay":
+                    assert fig["wire_bytes_per_page"] < fig["page_bytes"] / 3, fig
                 continue
             if key == "c100k":
                 # 400 connections from four source addresses (100 each in --quick), and a
