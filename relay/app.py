@@ -23,7 +23,7 @@ import trio
 from attrs import define, field
 
 from relay.config import RelayConfig
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
 from relay.files.service import FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
@@ -33,6 +33,7 @@ from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
     from relay.auth import Authenticator
+    from relay.webhooks.sender import WebhookSender
 
 log = logging.getLogger("relay")
 
@@ -101,6 +102,7 @@ class Relay:
         if self.handler is None:
             self.handler = self._default_handler()
         handler = self.handler
+        webhooks = self._webhooks(handler)  # before anything starts: a bad secret file stops it
         files = None
         claimed = {p.prefix for p in self.routes.prefixes}
         if isinstance(handler, IssuesHttpTokens) and "/files" not in claimed:
@@ -119,7 +121,12 @@ class Relay:
             try:
                 if files is not None:
                     await files.open()  # after the store: `<db>.files` sits beside its file
-                await server.serve(task_status=task_status)
+                if webhooks is None:
+                    await server.serve(task_status=task_status)
+                else:  # the webhooks end with the server (cancelled together)
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(webhooks.run)
+                        await server.serve(task_status=task_status)
             finally:
                 if lifecycle is not None:
                     with trio.CancelScope(shield=True):
@@ -131,6 +138,25 @@ class Relay:
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.close()
+
+    def _webhooks(self, handler: ConnectionHandler) -> WebhookSender | None:
+        """The webhook sender the config asks for (relay.webhooks), over the messaging
+        service's store and router; None when webhooks are off. ConfigError when they cannot
+        run: another handler, a store without WebhookOutbox, a secret file that cannot be read."""
+        if self.config.webhook_url is None:
+            return None
+        from relay.core import MessagingService
+        from relay.webhooks.sender import WebhookSender, WebhookSettings
+        from relay.webhooks.stats import WebhookCollector
+
+        settings = WebhookSettings.from_config(self.config)
+        if settings is None:
+            return None
+        if not isinstance(handler, MessagingService):
+            raise ConfigError("webhooks need the messaging service as the handler")
+        sender = WebhookSender(settings, handler.store, handler.ctx.router.is_connected)
+        self.metrics.registry.register(WebhookCollector(sender.stats))
+        return sender
 
     async def publish(self, **message: Any) -> Any:
         """Send a message from inside the process (e.g. a system notice), through the same

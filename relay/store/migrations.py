@@ -36,7 +36,12 @@ messages (all of them, in a quiet deployment) the table's maximum falls back, an
 counted from it again would sit at or below a device's `since_pos`, which would then not be owed
 the messages that follow its registration. Initialised from every pos recorded anywhere.
 
-Version 6: the search index. `message_search`, an FTS5 table (unicode61 tokenizer, its own
+Version 6: webhooks (relay.webhooks, Store ability WebhookOutbox). `webhook_cursor`, one row
+once webhooks were first turned on: `last_pos`, the greatest message pos the webhook scan has
+decided; a message above it is decided again after a restart, so none is missed.
+`webhook_events`: the events not yet delivered, by id, with the body as sent, when made
+(`created_at`), when next due (`next_at`, unix seconds) and the failed attempts so far.
+Version 7: the search index. `message_search`, an FTS5 table (unicode61 tokenizer, its own
 diacritic folding off) whose row `rowid` = a message's `pos` holds `relay.search.index_text` of
 its text (`body`) and its conversation's token (`conv`, sqlite/search.py `conversation_token`),
 for every indexed message whose text has a token (`message_search_terms`: how many rows hold
@@ -149,7 +154,25 @@ MIGRATIONS: tuple[str, ...] = (
         COALESCE((SELECT MAX(since_pos) FROM devices), 0)
     );
     """,
-    # 6: the search index (see the module docstring)
+    # 6: webhooks (see the module docstring)
+    """
+    CREATE TABLE webhook_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        last_pos INTEGER NOT NULL
+    );
+    CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- what is due next
+    CREATE INDEX webhook_events_by_due ON webhook_events (next_at);
+    -- the oldest, dropped first when the backlog is full
+    CREATE INDEX webhook_events_by_age ON webhook_events (created_at, id);
+    """,
+    # 7: the search index (see the module docstring)
     """
     CREATE VIRTUAL TABLE message_search USING fts5(
         body, conv, tokenize = 'unicode61 remove_diacritics 0'

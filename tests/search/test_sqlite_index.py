@@ -1,4 +1,4 @@
-"""The SQLite search index (migration 6, sqlite/indexer.py): the writer indexes behind the
+"""The SQLite search index (migration 7, sqlite/indexer.py): the writer indexes behind the
 appends, searches are exact whatever it has indexed yet, retention removes from the index, and a
 database made before the index existed is indexed once opened."""
 
@@ -115,18 +115,18 @@ async def test_retention_deletes_from_the_index(tmp_path: Path, wait_indexed: Wa
     assert index_rows(path) == [(5, "word 4"), (6, "word 5")]
 
 
-async def test_a_version_5_database_is_indexed_once_opened(
+async def test_a_version_6_database_is_indexed_once_opened(
     tmp_path: Path, wait_indexed: Wait
 ) -> None:
     path = tmp_path / "relay.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN")
-    for script in MIGRATIONS[:5]:
+    for script in MIGRATIONS[:6]:
         for statement in _statements(script):
             conn.execute(statement)
-    conn.execute("PRAGMA user_version = 5")
-    # messages stored by the version-5 schema (no index yet)
+    conn.execute("PRAGMA user_version = 6")
+    # messages stored by the version-6 schema (no index yet)
     for pos, text in enumerate(["Grüße aus Köln", "", "東京タワー"], start=1):
         conn.execute(
             "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"

@@ -1,4 +1,4 @@
-"""The search indexer: the writer thread adds messages to the FTS5 index (migration 6) behind
+"""The search indexer: the writer thread adds messages to the FTS5 index (migration 7) behind
 the appends, never inside them.
 
 Why not in the append's transaction: an FTS5 insert costs 10-15 us a message on the 2-core VM

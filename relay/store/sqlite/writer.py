@@ -31,6 +31,11 @@ Invariants:
   seconds without a request, or after a batch once it lags too far;
 - after each commit the writer nudges the checkpointer (checkpointer.py), and never
   checkpoints itself beyond SQLite's automatic bound.
+
+Metrics (`stats`, observed in this thread only): each committed batch's size (requests weighted
+as for `max_batch`) and its transaction's seconds, BEGIN to COMMIT; a failed transaction counts in
+`store_failures` and is one WARNING line on `relay.store` (the SQLite error, never a message's
+content).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import trio
 from attrs import define, field
 
 from relay.errors import StoreError
+from relay.metrics import Stats
 from relay.store.base import NewMessage
 from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append_fused
@@ -91,6 +97,7 @@ class Writer:
     max_batch: int
     retention: RetentionJob
     checkpointer: Checkpointer | None = None
+    stats: Stats = field(factory=Stats)
     indexer: SearchIndexer = field(factory=SearchIndexer)
     _wait_pays: bool = field(default=True, init=False)  # the last wait brought requests
     # conversation -> its committed last_seq, as of `_data_version`; only this connection
@@ -174,8 +181,14 @@ class Writer:
         return batch, stop
 
     def _execute(self, batch: list[Request]) -> None:
+        stats = self.stats
+        failures = stats.store_failures
+        began = time.monotonic()
         try:
             self._transaction(batch)
+            if stats.store_failures == failures:  # committed (or had nothing to commit)
+                stats.commit_seconds.observe(time.monotonic() - began)
+                stats.commit_size.observe(sum(r.weight for r in batch))
         except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
             for request in batch:
                 if request.error is None:
@@ -300,8 +313,9 @@ class Writer:
             request.result = results
         return tips
 
-    @staticmethod
-    def _fail(requests: list[Request], reason: str) -> None:
+    def _fail(self, requests: list[Request], reason: str) -> None:
+        self.stats.store_failures += 1
+        log.warning("store write of %d request(s) failed: %s", len(requests), reason)
         for request in requests:
             request.result = None
             request.error = StoreError(reason)
