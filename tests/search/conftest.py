@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import relay.store.sqlite.search as sqlite_search
 from relay.search import parse_query
 from relay.store.base import Searchable, Store
 from relay.store.memory import MemoryStore
@@ -30,8 +31,20 @@ def eager(store: SqliteStore) -> SqliteStore:
     return store
 
 
-@pytest.fixture(params=["memory", "sqlite-scan", "sqlite-index"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+@pytest.fixture(
+    params=["memory", "sqlite-scan", "sqlite-index", "sqlite-index-named", "sqlite-index-walk"]
+)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Store]:
+    if request.param in ("sqlite-index-named", "sqlite-index-walk"):
+        # every term counts as common: the MATCH names the user's conversations ("named"), or,
+        # as for a user in too many to name, their newest messages are scanned first, a few
+        # rows only, before the index goes on ("walk")
+        monkeypatch.setattr(sqlite_search, "COMMON", -1)
+        if request.param == "sqlite-index-walk":
+            monkeypatch.setattr(sqlite_search, "CONVERSATIONS_IN_MATCH", 0)
+            monkeypatch.setattr(sqlite_search, "SCAN_ROWS", 2)
     if request.param == "memory":
         made: Store = MemoryStore()
     elif request.param == "sqlite-scan":
