@@ -24,9 +24,11 @@ from attrs import define, field
 
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
+from relay.files.service import FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
+from relay.transport.httpserver import RouteTable
 from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
@@ -46,6 +48,9 @@ class Relay:
     metrics: RelayMetrics = field(factory=RelayMetrics, kw_only=True)
     # For the default handler; None: the one the config asks for (relay.auth).
     authenticator: Authenticator | None = field(default=None, kw_only=True)
+    #: routed plain HTTP (relay.transport.httpserver): parts add their prefixes and routes
+    #: before `serve`; served only when some prefix is claimed
+    routes: RouteTable = field(factory=RouteTable, kw_only=True)
     _server: Server | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -98,7 +103,14 @@ class Relay:
             self.handler = self._default_handler()
         handler = self.handler
         webhooks = self._webhooks(handler)  # before anything starts: a bad secret file stops it
-        server = self._server = Server(self.config, handler, self.metrics)
+        files = None
+        claimed = {p.prefix for p in self.routes.prefixes}
+        if isinstance(handler, IssuesHttpTokens) and "/files" not in claimed:
+            # file sharing (contract v2): its sessions' httpTokens authenticate /files
+            files = FileService.for_config(self.config, handler.http_tokens)
+            files.install(self.routes)
+        routes = self.routes if self.routes.prefixes else None
+        server = self._server = Server(self.config, handler, self.metrics, routes=routes)
         store = self.store
         if store is not None:
             await store.open()
@@ -107,6 +119,8 @@ class Relay:
             if lifecycle is not None:
                 await lifecycle.start()
             try:
+                if files is not None:
+                    await files.open()  # after the store: `<db>.files` sits beside its file
                 if webhooks is None:
                     await server.serve(task_status=task_status)
                 else:  # the webhooks end with the server (cancelled together)
@@ -118,6 +132,9 @@ class Relay:
                     with trio.CancelScope(shield=True):
                         await lifecycle.aclose()
         finally:
+            if files is not None:
+                with trio.CancelScope(shield=True):
+                    await files.close()
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.close()

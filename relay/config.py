@@ -417,6 +417,24 @@ class RelayConfig:
         validator=_non_negative,
         metadata=_help("smallest frame payload the relay compresses, bytes (with compression)"),
     )
+    # --- files (contract v2, "Files") ---
+    max_file_bytes: int = field(
+        default=25 * 1024 * 1024,
+        validator=_positive,
+        metadata=_help("largest file `POST /files` stores, bytes (a larger one is refused 413)"),
+    )
+    http_token_ttl: float = field(
+        default=3600.0,
+        validator=_non_negative,
+        metadata=_help("seconds a session's `httpToken` stays valid after the session ends"),
+    )
+    files_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "directory of uploaded files (default: `<db>.files` beside the SQLite file; with "
+            "--memory a temporary directory removed at exit)"
+        ),
+    )
 
     def __attrs_post_init__(self) -> None:
         self._check_webhooks()

@@ -42,9 +42,11 @@ from relay.core.indicators import Indicators
 from relay.core.marks import DeliveryMarks
 from relay.core.pipeline import Item, Pipeline
 from relay.core.receipts import Receipts
+from relay.core.search import Search
 from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
+from relay.files.tokens import HttpTokens
 from relay.metrics import Instrumented, RelayMetrics
 from relay.ports import Connection
 from relay.protocol import (
@@ -62,6 +64,7 @@ from relay.protocol import (
     PingFrame,
     PresenceFrame,
     ReceiptFrame,
+    SearchFrame,
     StatusFrame,
     TypingFrame,
     encode_auth_ok,
@@ -98,6 +101,8 @@ class MessagingService:
     receipts: Receipts
     groups: Groups
     history: History
+    search: Search
+    http_tokens: HttpTokens  # the sessions' httpToken (contract v2), for /files
     status: Status
     indicators: Indicators
     _marks: DeliveryMarks
@@ -129,6 +134,8 @@ class MessagingService:
         self.indicators = Indicators(ctx, broker)
         self.groups = Groups(ctx, broker, self.indicators)
         self.history = History(ctx)
+        self.search = Search(ctx)
+        self.http_tokens = HttpTokens(config.http_token_ttl, clock)
         self.receipts = Receipts(ctx, broker, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
@@ -149,6 +156,7 @@ class MessagingService:
             GroupRemoveFrame: self.groups.on_remove,
             GroupLeaveFrame: self.groups.on_leave,
             PingFrame: self._on_ping,
+            SearchFrame: self.search.on_search,
         }
 
     @property
@@ -260,6 +268,7 @@ class MessagingService:
         self._violators.discard(conn.id)
         self.receipts.due.take(conn)
         was_registered = session.registered
+        self.http_tokens.release(conn.id, self.ctx.clock())  # valid http_token_ttl longer
         session.close()  # not flushed: those messages stay undelivered
         session.registered = False
         self.backlog.forget(conn, session)
@@ -292,6 +301,7 @@ class MessagingService:
         self.ctx.limiter.prune(now)
         self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
+        self.http_tokens.prune(now)
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """relay.ports.Maintained: store work the sync callbacks queued — delivery marks of
@@ -484,7 +494,13 @@ class MessagingService:
         ctx.send(
             conn,
             session,
-            encode_auth_ok(user, session.device_id, session.session_id, ctx.now_iso()),
+            encode_auth_ok(
+                user,
+                session.device_id,
+                session.session_id,
+                ctx.now_iso(),
+                http_token=self.http_tokens.issue(user, conn.id),
+            ),
         )
         if announce:
             self.status.online(user)

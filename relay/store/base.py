@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from attrs import frozen
 
+from relay.search.query import SearchQuery
+
 #: Conversation keys are opaque strings built only by these two functions.
 #: 1:1 keys are length-prefixed so that no pair of user ids can collide.
 
@@ -395,4 +397,40 @@ class WebhookOutbox(Protocol):
 
     async def webhook_pending(self) -> tuple[int, float | None]:
         """How many events are pending, and the earliest next_at among them (None: none)."""
+
+
+class SearchPage(NamedTuple):
+    """One page of search results: the messages, newest first, each with its acceptance
+    position (`positions[i]` is `messages[i]`'s), and whether more (older) ones match. A
+    position is the cursor of a next page: `before=p` holds the matches accepted before p."""
+
+    messages: list[StoredMessage]
+    positions: list[int]
+    has_more: bool
+
+    @property
+    def next(self) -> int | None:
+        """The cursor of the next page; None when there is none."""
+        return self.positions[-1] if self.has_more and self.positions else None
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """A store that answers message searches (relay.search). Every implementation normalizes
+    and matches with relay.search, so all give the same answers (tests/search/store_suite.py)."""
+
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        """The messages answering `query`, newest first (in acceptance order), at most `limit`,
+        among those `user_id` may read: the 1:1 conversations they take part in and the groups
+        they are a member of now, of a group only the messages accepted after they last joined
+        it; only `conversation` when given; only those accepted before the cursor `before`.
+        A message without text (an encrypted one) answers no query."""
         ...

@@ -31,7 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +39,8 @@ from attrs import define, field
 
 from relay.errors import Conflict, NotFound
 from relay.fastpath import MemoryAppender, record
+from relay.search.normalize import tokens
+from relay.search.query import SearchQuery
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -47,6 +49,7 @@ from relay.store.base import (
     MessageRef,
     NewMessage,
     OutboxEvent,
+    SearchPage,
     StoredMessage,
     Watermarks,
     WebhookCandidate,
@@ -60,6 +63,7 @@ _SEQ = StoredMessage._fields.index("seq")
 _SENDER = StoredMessage._fields.index("sender_id")
 _ID = StoredMessage._fields.index("id")
 _STAMP = StoredMessage._fields.index("server_timestamp")
+_TEXT = StoredMessage._fields.index("text")
 
 
 def _message(row: _Row) -> StoredMessage:
@@ -95,6 +99,9 @@ class MemoryStore:
     # and the pending events by id
     _webhook_cursor: int | None = field(default=None, init=False)
     _webhook_events: dict[str, OutboxEvent] = field(factory=dict, init=False)
+    # conversation -> the search tokens of its rows, in seq order: made when a search first
+    # reaches them (a prefix of the log; messages are never removed)
+    _search_tokens: dict[str, list[tuple[str, ...]]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._appender = MemoryAppender(self._direct, self._note_direct, StoredMessage, Appended)
@@ -377,6 +384,42 @@ class MemoryStore:
                 self._set_marks(
                     conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last)
                 )
+
+    # --- search (Searchable) ---------------------------------------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        limit = max(limit, 0)
+        mine = self._conversations_of(user_id)
+        if conversation is not None:
+            mine = [conversation] if conversation in mine else []
+        found: list[tuple[int, _Row]] = []  # (acceptance order, row)
+        for key in mine:
+            log = self._messages.get(key, [])
+            order = self._order.get(key, [])
+            known = self._search_tokens.setdefault(key, [])
+            known.extend(tuple(tokens(row[_TEXT])) for row in log[len(known) :])
+            # a group's messages since the user last joined it (0 for a 1:1 participant)
+            start = self._joined.get((key, user_id), 0)
+            end = len(log) if before is None else bisect_left(order, before, start, len(log))
+            taken = 0
+            for i in range(end - 1, start - 1, -1):
+                if query.matches(known[i]):
+                    found.append((order[i], log[i]))
+                    taken += 1
+                    if taken > limit:
+                        break
+        found.sort(key=lambda item: item[0], reverse=True)
+        page = found[:limit]
+        return SearchPage(
+            [_message(row) for _, row in page], [at for at, _ in page], len(found) > limit
+        )
 
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:

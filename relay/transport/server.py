@@ -91,6 +91,7 @@ from relay.transport.handshake import (
     origin_allowed,
     read_request,
 )
+from relay.transport.httpserver import HttpServer, RouteCollector, RouteTable
 from relay.transport.poller import Poller
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
@@ -195,6 +196,9 @@ class Server:
     stats: Stats = field(init=False)
     #: permessage-deflate's shared compressors (relay.transport.deflate)
     deflaters: Deflaters = field(init=False)
+    #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
+    #: with keep-alive and request bodies; None: every plain request is answered and closed
+    routes: RouteTable | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
@@ -212,6 +216,8 @@ class Server:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             self._ssl = ctx
+        if self.routes is not None:
+            self.metrics.registry.register(RouteCollector(self.routes))
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -608,6 +614,14 @@ class Server:
         if request is None:  # closed before sending a request
             await trio.aclose_forcefully(stream)
             return None
+        routes = self.routes
+        if (
+            not request.is_upgrade
+            and routes is not None
+            and routes.prefix_of(request.target.split("?", 1)[0]) is not None
+        ):
+            await self._serve_routed(stream, request, routes, remote)
+            return None
         if not request.is_upgrade:
             status, response = http.respond(
                 request.method,
@@ -622,6 +636,33 @@ class Server:
             await answer_and_close(stream, response)
             return None
         return await self._upgrade(tcp, stream, request, remote)
+
+    async def _serve_routed(
+        self, stream: trio.abc.Stream, request: OpeningRequest, routes: RouteTable, remote: str
+    ) -> None:
+        """A plain request under a claimed prefix: this connection becomes a keep-alive
+        HTTP/1.1 connection (relay.transport.httpserver) until it ends."""
+        metrics_here = self._metrics_here(remote)
+
+        def fallback(method: str, target: str, host: bytes | None) -> tuple[int, bytes]:
+            return http.respond(
+                method,
+                target,
+                draining=self.draining,
+                metrics=self.metrics,
+                web_chat=self.config.web_chat,
+                host=host,
+                metrics_here=metrics_here,
+            )
+
+        server = HttpServer(
+            routes,
+            fallback,
+            draining=lambda: self.draining,
+            on_status=self._count_http,
+            io_timeout=self.config.handshake_timeout,
+        )
+        await server.serve(stream, request, remote)
 
     def _metrics_here(self, remote: str) -> bool | None:
         """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is

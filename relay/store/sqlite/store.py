@@ -29,10 +29,12 @@ from typing import Any, TypeVar, cast
 import trio
 
 import relay.store.sqlite.reads as reads
+import relay.store.sqlite.search as searches
 import relay.store.sqlite.webhooks as webhooks
 import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
 from relay.metrics import RelayMetrics, Stats
+from relay.search.query import SearchQuery
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -41,6 +43,7 @@ from relay.store.base import (
     Group,
     NewMessage,
     OutboxEvent,
+    SearchPage,
     StoredMessage,
     Watermarks,
     WebhookCandidate,
@@ -49,6 +52,7 @@ from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
+from relay.store.sqlite.indexer import SearchIndexer
 from relay.store.sqlite.rows import describe
 from relay.store.sqlite.writer import STOP, Request, Writer
 
@@ -101,6 +105,8 @@ class SqliteStore:
         self.retention = RetentionJob(
             retention_days, retention_max_messages, interval=retention_interval
         )
+        # the writer's search indexer (sqlite/indexer.py); its settings may be changed before open
+        self.indexer = SearchIndexer()
         self._pragmas = tuple(pragmas)
         self.check_on_open = check_on_open
         self._state = "new"  # new -> open -> closing -> closed
@@ -155,6 +161,7 @@ class SqliteStore:
             retention=self.retention,
             checkpointer=checkpointer,
             stats=self.stats,
+            indexer=self.indexer,
         )
         self._writer = writer
         self._thread = threading.Thread(target=writer.run, name="relay-sqlite-writer", daemon=True)
@@ -382,3 +389,15 @@ class SqliteStore:
 
     async def webhook_pending(self) -> tuple[int, float | None]:
         return await self._read(webhooks.pending)
+
+    # --- search (Searchable) ---------------------------------------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(searches.search, user_id, query, conversation, before, limit)
