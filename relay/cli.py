@@ -51,6 +51,7 @@ _SPECIAL = {"db_path"}
 # Secrets: taken verbatim (no `none` spelling turns token auth off; empty is refused by
 # RelayConfig), never shown in --help defaults or in error messages.
 _SECRET = {"auth_secret"}
+_SECRET.add("api_keys")  # the HTTP API keys (relay.api)
 #: The distribution relay is installed as (`relay` on PyPI is another project).
 DISTRIBUTION = "trio-relay"
 #: Hosts that mean "every interface of this machine".

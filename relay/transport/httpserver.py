@@ -433,7 +433,7 @@ class HttpServer:
             log.exception("HTTP handler of %s %s failed", method, route_name or path)
             response = prefix.errors(request, HttpError(500, "internal error", code="internal"))
         self.on_status(response.status)
-        self.table.count(method, route_name or "(unmatched)", response.status)
+        self.table.count(method, route_name or prefix.prefix, response.status)
         keep = body.done and not self.draining()
         await self._respond(http, request, response, keep)
         return keep
@@ -505,7 +505,7 @@ async def _close(stream: trio.abc.Stream) -> None:
 @define(eq=False)
 class RouteCollector(Collector):
     """`relay_http_route_requests_total{method,route,status}`: the answers of a RouteTable
-    (`route` is the template, "(unmatched)" for a 404/405 under a claimed prefix)."""
+    (`route` is the template; the claimed prefix itself for a 404/405 under it)."""
 
     table: RouteTable
 
