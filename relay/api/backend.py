@@ -84,9 +84,11 @@ class ApiBackend:
         """Publish `body` ({senderId, recipientId|groupId, text, id?, meta?, senderName?})."""
         if not isinstance(body, dict):
             raise FrameError("bad_frame", "the body must be a JSON object")
-        for name in body:
+        for name, value in body.items():
             if name not in PUBLISH_FIELDS:
                 raise invalid(name, "is not a field of a publish")
+            if value is None:  # a field is given or absent, never null
+                raise invalid(name, "must not be null")
         sender = body.get("senderId")
         if not isinstance(sender, str) or not sender:
             raise invalid("senderId", "is required (a non-empty string)")
@@ -195,12 +197,14 @@ class ApiBackend:
 
         The name is fixed at creation (the store keeps no rename): a different name for an
         existing group is refused (`invalid`, field `name`, answered 409). A new group's
-        `createdBy` is the body's `createdBy` (a member), else its first member."""
+        `createdBy` is the first of `members` as given."""
         if not isinstance(body, dict):
             raise FrameError("bad_frame", "the body must be a JSON object")
-        for name in body:
-            if name not in ("name", "members", "createdBy"):
+        for name, value in body.items():
+            if name not in ("name", "members"):
                 raise invalid(name, "is not a field of a group")
+            if value is None:
+                raise invalid(name, "must not be null")
         if "members" not in body:
             raise invalid("members", "is required")
         members_in = body["members"]
@@ -217,9 +221,7 @@ class ApiBackend:
         members = tuple(sorted(set(frame.members)))
         if not members:
             raise invalid("members", "a group needs at least one member")
-        creator = body.get("createdBy", frame.members[0])
-        if not isinstance(creator, str) or creator not in members:
-            raise invalid("createdBy", "must be one of members")
+        creator = frame.members[0]
         ctx = self.service.ctx
         existing = await ctx.router.group(ctx.store, group_id)
         if existing is None:
@@ -270,8 +272,6 @@ class ApiBackend:
     def disconnect(self, user_id: str, body: object) -> int:
         """Close every connection of `user_id` with 1008 and `reason`; how many were open."""
         _frame({"type": "presence", "userIds": [user_id]}, self.service)
-        if body is None:
-            body = {}
         if not isinstance(body, dict):
             raise FrameError("bad_frame", "the body must be a JSON object")
         for name in body:

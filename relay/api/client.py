@@ -108,14 +108,10 @@ def _publish_call(
     return _Call("POST", "/api/v1/publish", json=body)
 
 
-def _group_call(
-    group_id: str, members: list[str], name: str | None, created_by: str | None
-) -> _Call:
+def _group_call(group_id: str, members: list[str], name: str | None) -> _Call:
     body: dict[str, Any] = {"members": list(members)}
     if name is not None:
         body["name"] = name
-    if created_by is not None:
-        body["createdBy"] = created_by
     return _Call("PUT", f"/api/v1/groups/{_seg(group_id)}", json=body)
 
 
@@ -249,10 +245,10 @@ class RelayApi:
         members: list[str],
         *,
         name: str | None = None,
-        created_by: str | None = None,
     ) -> dict[str, Any]:
-        """Create the group or set its members; the group as stored."""
-        result: dict[str, Any] = self._do(_group_call(group_id, members, name, created_by))
+        """Create the group or set its members (the first member creates a new group); the
+        group as stored."""
+        result: dict[str, Any] = self._do(_group_call(group_id, members, name))
         return result
 
 
@@ -354,8 +350,8 @@ class AsyncRelayApi:
         members: list[str],
         *,
         name: str | None = None,
-        created_by: str | None = None,
     ) -> dict[str, Any]:
-        """Create the group or set its members; the group as stored."""
-        result: dict[str, Any] = await self._do(_group_call(group_id, members, name, created_by))
+        """Create the group or set its members (the first member creates a new group); the
+        group as stored."""
+        result: dict[str, Any] = await self._do(_group_call(group_id, members, name))
         return result

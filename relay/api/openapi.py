@@ -208,11 +208,11 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                 },
                 "members": {
                     "type": "array",
+                    "description": "the first is a new group's createdBy",
                     "minItems": 1,
                     "maxItems": limits.max_group_members,
                     "items": _ident("a member"),
                 },
-                "createdBy": _ident("the creator of a new group (a member; default the first)"),
             },
         },
         "Group": {

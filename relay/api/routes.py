@@ -83,19 +83,19 @@ def _refused(exc: FrameError) -> HttpError:
 
 
 async def read_json(request: Request, body: RequestBody, *, optional: bool = False) -> object:
-    """The JSON body (None for an absent optional one)."""
+    """The JSON body (`{}` for an absent optional one)."""
     content_type = request.header(b"content-type")
     if content_type is None and optional and body.length in (None, 0):
         data = await body.read()
         if not data:
-            return None
+            return {}
         raise HttpError(415, "a body must be application/json")
     kind = (content_type or b"").split(b";", 1)[0].strip().lower()
     if kind != b"application/json":
         raise HttpError(415, "the body must be application/json")
     data = await body.read()
     if not data and optional:
-        return None
+        return {}
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

@@ -91,3 +91,14 @@ async def user(relay: Relay, user_id: str, device: str = "d1") -> AsyncIterator[
         await u.send({"type": "auth", "userId": user_id, "deviceId": device})
         await u.expect("auth_ok")
         yield u
+
+
+async def eventually(get: Any, ready: Any, seconds: float = 2.0) -> Any:
+    """`await get()` again until `ready(result)` (bounded): for what the relay writes in the
+    background (watermarks, presence after the grace), which no event announces over HTTP."""
+    for _ in range(int(seconds / 0.01)):
+        result = await get()
+        if ready(result):
+            return result
+        await trio.sleep(0.01)  # the relay's background work: no event to wait on over HTTP
+    raise AssertionError(f"not ready after {seconds} s: {result!r}")
