@@ -78,3 +78,9 @@ async def test_schemathesis_finds_no_5xx_and_every_answer_matches_the_document(
     # and the relay stays well
     async with httpx.AsyncClient() as client:
         assert (await client.get(f"{base_url(relay)}/healthz")).text == "ok"
+
+
+def test_docs_http_api_describes_every_route() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "HTTP-API.md").read_text()
+    for method, path in OPERATIONS:
+        assert f"{method} {path}" in text or f"`{method} {path}" in text, (method, path)
