@@ -13,11 +13,13 @@ Invariants: a publish always carries an `id` (a random one when the caller gives
 the client's retries are idempotent: a connection failure or a 503 is retried (`retries`
 times, short backoff) with the same id and yields the first publish's `seq`. Every other call
 is idempotent too. A 4xx is raised at once as ApiError (`status`, `code`, `message`, `field`).
+`verify` is httpx's: an ssl.SSLContext (e.g. trusting a relay's own certificate) or a CA file.
 """
 
 from __future__ import annotations
 
 import secrets
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -162,11 +164,16 @@ class RelayApi:
         *,
         timeout: float = 10.0,
         retries: int = 2,
+        verify: ssl.SSLContext | str | bool = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._http = httpx.Client(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
         )
 
     def __enter__(self) -> RelayApi:
@@ -262,11 +269,16 @@ class AsyncRelayApi:
         *,
         timeout: float = 10.0,
         retries: int = 2,
+        verify: ssl.SSLContext | str | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.retries = retries
         self._http = httpx.AsyncClient(
-            base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
+            base_url=base_url,
+            headers=_headers(api_key),
+            timeout=timeout,
+            verify=verify,
+            transport=transport,
         )
 
     async def __aenter__(self) -> AsyncRelayApi:

@@ -4,6 +4,8 @@ package's clients (relay.api.client), sync and Trio, against a real relay."""
 from __future__ import annotations
 
 import os
+import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,34 @@ async def test_the_blocking_client(nursery: trio.Nursery) -> None:
             return first.seq, again.seq, group["createdBy"]
 
     assert await trio.to_thread.run_sync(backend) == (1, 1, "bob")
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(cert), str(key)
+
+
+async def test_the_api_over_tls_on_the_wss_port(
+    nursery: trio.Nursery, certificate: tuple[str, str]
+) -> None:
+    cert, key = certificate
+    relay = await start_api_relay(nursery, certfile=cert, keyfile=key)
+    assert relay.address is not None
+    url = f"https://127.0.0.1:{relay.address.port}"
+    context = ssl.create_default_context(cafile=cert)
+    async with AsyncRelayApi(url, KEY, verify=context) as api:
+        sent = await api.publish("ann", recipient_id="bob", text="over TLS")
+        again = await api.publish("ann", recipient_id="bob", text="x", message_id=sent.id)
+        assert again.seq == sent.seq == 1  # idempotent over TLS too
+        assert (await api.presence("bob")).status == "offline"
