@@ -444,3 +444,20 @@ def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: An
             "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)%s",
             "" if is_loopback(config.host) else "; --insecure-no-auth: reachable from other hosts",
         )
+    # the HTTP API (relay.api): say where, never the keys
+    if config.api_keys is not None or config.api_keys_file is not None:
+        scheme = "https" if address.scheme == "wss" else "http"
+        log.info(
+            "HTTP API on %s://%s:%d/api/v1/ (keys from %s)",
+            scheme,
+            address.host or "0.0.0.0",
+            address.port,
+            " and ".join(
+                name
+                for name, value in (
+                    ("api_keys", config.api_keys),
+                    ("api_keys_file", config.api_keys_file),
+                )
+                if value is not None
+            ),
+        )
