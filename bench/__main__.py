@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__.splitlines()[0],
-        epilog="python -m bench soak [--minutes 30] ...: the soak test (python -m bench soak -h)",
+        epilog="python -m bench soak [--minutes 30] ...: the soak test (python -m bench soak -h); "
+        "python -m bench api: the HTTP API against WebSocket (python -m bench api -h)",
     )
     p.add_argument(
         "--quick",
@@ -343,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         return soak.main(argv[1:])
+    if argv[:1] == ["api"]:  # publishes/s over the HTTP API against WebSocket (bench/api.py)
+        from bench import api
+
+        return api.main(argv[1:])
     args = parse_args(argv)
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from attrs import define, field
 
+from relay.api.keys import enabled as api_enabled
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
 from relay.files.service import FileService, IssuesHttpTokens
@@ -109,6 +110,10 @@ class Relay:
             # file sharing (contract v2): its sessions' httpTokens authenticate /files
             files = FileService.for_config(self.config, handler.http_tokens)
             files.install(self.routes)
+        if api_enabled(self.config):  # the HTTP API under /api/v1/ (relay.api)
+            from relay.api import mount
+
+            mount(self.routes, handler, self.metrics.registry)
         routes = self.routes if self.routes.prefixes else None
         server = self._server = Server(self.config, handler, self.metrics, routes=routes)
         store = self.store

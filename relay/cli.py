@@ -57,6 +57,7 @@ _SPECIAL = {"db_path"}
 # Secrets: taken verbatim (no `none` spelling turns token auth off; empty is refused by
 # RelayConfig), never shown in --help defaults or in error messages.
 _SECRET = {"auth_secret"}
+_SECRET.add("api_keys")  # the HTTP API keys (relay.api)
 #: The distribution relay is installed as (`relay` on PyPI is another project).
 DISTRIBUTION = "trio-relay"
 #: Hosts that mean "every interface of this machine".
@@ -470,4 +471,21 @@ def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: An
             "token auth is off: every auth frame's userId is trusted (set RELAY_AUTH_SECRET, "
             "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)%s",
             "" if is_loopback(config.host) else "; --insecure-no-auth: reachable from other hosts",
+        )
+    # the HTTP API (relay.api): say where, never the keys
+    if config.api_keys is not None or config.api_keys_file is not None:
+        scheme = "https" if address.scheme == "wss" else "http"
+        log.info(
+            "HTTP API on %s://%s:%d/api/v1/ (keys from %s)",
+            scheme,
+            address.host or "0.0.0.0",
+            address.port,
+            " and ".join(
+                name
+                for name, value in (
+                    ("api_keys", config.api_keys),
+                    ("api_keys_file", config.api_keys_file),
+                )
+                if value is not None
+            ),
         )

@@ -436,6 +436,24 @@ class RelayConfig:
         ),
     )
 
+    # --- the HTTP API for the application's backend (relay.api) ---
+    api_keys: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_help(
+            "API keys of the HTTP API under /api/v1/, comma-separated (with none here nor in "
+            "api_keys_file, /api/ answers 404); prefer RELAY_API_KEYS or --api-keys-file, as "
+            "a flag is visible to other local users in the process list"
+        ),
+    )
+    api_keys_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "file of HTTP API keys, one per line (blank lines and # comments ignored); "
+            "re-read when it changes"
+        ),
+    )
+
     def __attrs_post_init__(self) -> None:
         self._check_webhooks()
         if (self.certfile is None) != (self.keyfile is None):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 from collections.abc import (
     AsyncGenerator,
@@ -281,6 +282,12 @@ class _HttpConnection:
     conn: h11.Connection
     idle_timeout: float
     io_timeout: float
+    pending: list[bytes] = field(factory=list)  # encoded by `queue`, not yet written
+    #: bounds each read and write: its deadline is set around the I/O and put back to
+    #: infinity after, and its expiry ends the connection. One scope per connection: under
+    #: cProfile a fail_after per read and write took about a seventh of a small request's
+    #: time (`python -m bench api` shows no difference beyond its noise)
+    deadline: trio.CancelScope = field(factory=trio.CancelScope)
 
     async def next_event(self, *, idle: bool = False) -> object:
         while True:
@@ -291,24 +298,43 @@ class _HttpConnection:
             if event is not h11.NEED_DATA:
                 return event
             timeout = self.idle_timeout if idle else self.io_timeout
+            self.deadline.deadline = trio.current_time() + timeout
             try:
-                with trio.fail_after(timeout):
-                    data = await self.stream.receive_some(READ_SIZE)
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise _Cut("read failed") from None
+            finally:
+                self.deadline.deadline = math.inf
             self.conn.receive_data(bytes(data))
 
     async def send(self, event: h11.Event) -> None:
+        """Write `event` (and whatever `queue` held before it)."""
+        self.queue(event)
+        await self.flush()
+
+    def queue(self, event: h11.Event) -> None:
+        """Encode `event` to be written by the next `flush`: a whole response goes out in one
+        write (three writes, head, body and end, cost about an eighth more relay CPU per
+        publish: `python -m bench api --store memory`, 158 -> 139 ms per 1,000)."""
         try:
             data = self.conn.send(event)
         except h11.LocalProtocolError as exc:
             raise _Cut(str(exc)) from None
         if data:
-            try:
-                with trio.fail_after(self.io_timeout):
-                    await self.stream.send_all(data)
-            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _Cut("write failed") from None
+            self.pending.append(data)
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending.clear()
+        self.deadline.deadline = trio.current_time() + self.io_timeout
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise _Cut("write failed") from None
+        finally:
+            self.deadline.deadline = math.inf
 
 
 #: Answers a request under no claimed prefix (the plain-HTTP side); the connection then closes.
@@ -331,32 +357,40 @@ class HttpServer:
     async def serve(self, stream: trio.abc.Stream, first: OpeningRequest, remote: str) -> None:
         """Answer `first` (the opening request, read by relay.transport.handshake) and every
         later request on `stream`, then close it."""
-        parser = first.parser
-        http = _HttpConnection(stream, parser, self.idle_timeout, self.io_timeout)
+        http = _HttpConnection(stream, first.parser, self.idle_timeout, self.io_timeout)
         head = (first.method, first.target, first.headers, first.http_version)
         try:
-            while True:
-                if not await self._one(http, *head, remote):
-                    break
-                if parser.our_state is h11.MUST_CLOSE or parser.their_state is not h11.DONE:
-                    break
-                try:
-                    parser.start_next_cycle()
-                except h11.LocalProtocolError:
-                    break
-                event = await http.next_event(idle=True)
-                if not isinstance(event, h11.Request):
-                    break  # the peer closed
-                head = (
-                    event.method.decode("ascii", "replace"),
-                    event.target.decode("ascii", "replace"),
-                    [(bytes(n), bytes(v)) for n, v in event.headers],
-                    bytes(event.http_version),
-                )
+            with http.deadline:
+                await self._serve(http, head, remote)
+            if http.deadline.cancelled_caught:
+                log.debug("HTTP connection from %s timed out", remote)
         except _Cut as exc:
             log.debug("HTTP connection from %s cut: %s", remote, exc)
         finally:
             await _close(stream)
+
+    async def _serve(
+        self, http: _HttpConnection, head: tuple[str, str, Headers, bytes], remote: str
+    ) -> None:
+        parser = http.conn
+        while True:
+            if not await self._one(http, *head, remote):
+                break
+            if parser.our_state is h11.MUST_CLOSE or parser.their_state is not h11.DONE:
+                break
+            try:
+                parser.start_next_cycle()
+            except h11.LocalProtocolError:
+                break
+            event = await http.next_event(idle=True)
+            if not isinstance(event, h11.Request):
+                break  # the peer closed
+            head = (
+                event.method.decode("ascii", "replace"),
+                event.target.decode("ascii", "replace"),
+                [(bytes(n), bytes(v)) for n, v in event.headers],
+                bytes(event.http_version),
+            )
 
     async def _one(
         self,
@@ -433,7 +467,7 @@ class HttpServer:
             log.exception("HTTP handler of %s %s failed", method, route_name or path)
             response = prefix.errors(request, HttpError(500, "internal error", code="internal"))
         self.on_status(response.status)
-        self.table.count(method, route_name or "(unmatched)", response.status)
+        self.table.count(method, route_name or prefix.prefix, response.status)
         keep = body.done and not self.draining()
         await self._respond(http, request, response, keep)
         return keep
@@ -457,11 +491,11 @@ class HttpServer:
             reason = HTTPStatus(response.status).phrase.encode("ascii")
         except ValueError:
             reason = b""
-        await http.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        http.queue(h11.Response(status_code=response.status, headers=headers, reason=reason))
         head_only = request.method == "HEAD"
         if isinstance(body, bytes | bytearray):
             if body and not head_only:
-                await http.send(h11.Data(data=bytes(body)))
+                http.queue(h11.Data(data=bytes(body)))
         elif not head_only:
             try:
                 async for chunk in body:
@@ -505,7 +539,7 @@ async def _close(stream: trio.abc.Stream) -> None:
 @define(eq=False)
 class RouteCollector(Collector):
     """`relay_http_route_requests_total{method,route,status}`: the answers of a RouteTable
-    (`route` is the template, "(unmatched)" for a 404/405 under a claimed prefix)."""
+    (`route` is the template; the claimed prefix itself for a 404/405 under it)."""
 
     table: RouteTable
 

@@ -8,9 +8,17 @@ from collections.abc import AsyncIterator
 
 import trio
 from support import TEST_DEFAULTS
+from trio.testing import MockClock
 
 from relay import Relay, RelayConfig
-from relay.transport.httpserver import HttpError, Request, RequestBody, Response, RouteTable
+from relay.transport.httpserver import (
+    IDLE_TIMEOUT,
+    HttpError,
+    Request,
+    RequestBody,
+    Response,
+    RouteTable,
+)
 
 JSON = [(b"content-type", b"application/json")]
 
@@ -188,3 +196,29 @@ async def test_unclaimed_paths_answer_and_close_as_before(nursery: trio.Nursery)
     while chunk := await s.receive_some(65536):
         data += chunk
     assert data.startswith(b"HTTP/1.1 200") and b"Connection: close" in data
+
+
+async def test_an_idle_keep_alive_connection_or_a_stalled_body_is_closed(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    relay = await start(nursery)
+    assert relay.address is not None
+    s = await trio.open_tcp_stream("127.0.0.1", relay.address.port)
+    buf = bytearray()
+    request = b"GET /t/hello/x HTTP/1.1\r\nHost: x\r\n\r\n"
+    await s.send_all(request)
+    assert (await read_response(s, buf))[0] == 200
+    await trio.sleep(IDLE_TIMEOUT - 1)
+    await s.send_all(request)  # still served: idle less than IDLE_TIMEOUT
+    assert (await read_response(s, buf))[0] == 200
+    started = trio.current_time()
+    with trio.fail_after(IDLE_TIMEOUT + 5):
+        assert await s.receive_some(10) == b""  # then closed by the relay
+    assert IDLE_TIMEOUT <= trio.current_time() - started < IDLE_TIMEOUT + 1
+    # a body that stops coming: cut after handshake_timeout without an answer
+    s = await trio.open_tcp_stream("127.0.0.1", relay.address.port)
+    await s.send_all(b"POST /t/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+    started = trio.current_time()
+    with trio.fail_after(relay.config.handshake_timeout + 5):
+        assert await s.receive_some(10) == b""
+    assert trio.current_time() - started < relay.config.handshake_timeout + 1
