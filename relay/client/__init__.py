@@ -21,6 +21,7 @@ Layout, by concern (sans-IO unless marked trio):
 from relay.client.backoff import ReconnectPolicy
 from relay.client.connection import RelayClient
 from relay.client.events import EventStream
+from relay.client.files import FileInfo, FileRequestFailed
 from relay.client.frames import now_iso
 from relay.client.model import (
     ConnectionChanged,
@@ -42,6 +43,7 @@ from relay.client.model import (
     Presence,
     PresenceChanged,
     RequestFailed,
+    SearchResults,
     TypingChanged,
 )
 from relay.client.state import ClientState
@@ -59,6 +61,8 @@ __all__ = [
     "ErrorReceived",
     "Event",
     "EventStream",
+    "FileInfo",
+    "FileRequestFailed",
     "GroupChanged",
     "GroupInfo",
     "HistoryPage",
@@ -73,6 +77,7 @@ __all__ = [
     "ReconnectPolicy",
     "RelayClient",
     "RequestFailed",
+    "SearchResults",
     "TypingChanged",
     "now_iso",
 ]

@@ -23,7 +23,14 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in obj.items() if v is not None})
 
 
-def encode_auth_ok(user_id: str, device_id: str, session_id: str, server_time: str) -> bytes:
+def encode_auth_ok(
+    user_id: str,
+    device_id: str,
+    session_id: str,
+    server_time: str,
+    *,
+    http_token: str | None = None,
+) -> bytes:
     return _dumps(
         {
             "type": "auth_ok",
@@ -31,6 +38,7 @@ def encode_auth_ok(user_id: str, device_id: str, session_id: str, server_time: s
             "deviceId": device_id,
             "sessionId": session_id,
             "serverTime": server_time,
+            "httpToken": http_token,
         }
     )
 
@@ -200,3 +208,23 @@ def encode_group(group: Group, *, event: str, ref: str | None = None) -> bytes:
 
 def encode_pong(server_time: str, *, ref: str | None = None) -> bytes:
     return _dumps({"type": "pong", "ref": ref, "serverTime": server_time})
+
+
+def encode_search_result(
+    messages: Sequence[StoredMessage],
+    statuses: Sequence[str],
+    *,
+    has_more: bool,
+    cursor: int | None,
+    ref: str | None = None,
+) -> bytes:
+    """A page of search results, newest first; `next` is the cursor of the following page
+    (the decimal of a store position), present when `has_more`."""
+    body: dict[str, Any] = {"type": "search_result"}
+    if ref is not None:
+        body["ref"] = ref
+    body["items"] = [message_dict(m, s) for m, s in zip(messages, statuses, strict=True)]
+    body["hasMore"] = has_more
+    if has_more and cursor is not None:
+        body["next"] = str(cursor)
+    return orjson.dumps(body)

@@ -7,7 +7,12 @@ from typing import Any, NamedTuple
 
 from attrs import frozen
 
-from relay.protocol.limits import CONVERSATIONS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT
+from relay.protocol.limits import (
+    CONVERSATIONS_LIMIT_DEFAULT,
+    HISTORY_LIMIT_DEFAULT,
+    SEARCH_LIMIT_DEFAULT,
+)
+from relay.search.query import SearchQuery
 
 
 @frozen
@@ -117,6 +122,21 @@ class PingFrame:
     ref: str | None = None
 
 
+@frozen
+class SearchFrame:
+    """A search of the user's conversations (or the one named by peer_id / group_id):
+    `query` as the client wrote it, `terms` its parsed words and phrases (never empty),
+    `before` a cursor (a store position) from an earlier answer."""
+
+    query: str
+    terms: SearchQuery
+    peer_id: str | None = None
+    group_id: str | None = None
+    before: int | None = None
+    limit: int = SEARCH_LIMIT_DEFAULT
+    ref: str | None = None
+
+
 ClientFrame = (
     AuthFrame
     | MessageFrame
@@ -131,4 +151,5 @@ ClientFrame = (
     | GroupRemoveFrame
     | GroupLeaveFrame
     | PingFrame
+    | SearchFrame
 )
