@@ -87,9 +87,18 @@ class Relay:
         from relay.store import store_from_config
 
         auth = self.authenticator
+        broker = None
+        if self.config.redis_url is not None:  # one node of several (relay.cluster)
+            from relay.cluster import ClusterBroker
+
+            broker = ClusterBroker
         if self.store is not None:
-            return MessagingService(self.config, self.store, authenticator=auth, manage_store=False)
-        return MessagingService(self.config, store_from_config(self.config), authenticator=auth)
+            return MessagingService(
+                self.config, self.store, authenticator=auth, manage_store=False, broker=broker
+            )
+        return MessagingService(
+            self.config, store_from_config(self.config), authenticator=auth, broker=broker
+        )
 
     async def serve(
         self, *, task_status: trio.TaskStatus[BoundAddress] = trio.TASK_STATUS_IGNORED
@@ -126,12 +135,15 @@ class Relay:
             try:
                 if files is not None:
                     await files.open()  # after the store: `<db>.files` sits beside its file
-                if webhooks is None:
-                    await server.serve(task_status=task_status)
-                else:  # the webhooks end with the server (cancelled together)
-                    async with trio.open_nursery() as nursery:
+                # the webhooks and the cluster link end with the server (cancelled together)
+                async with trio.open_nursery() as nursery:
+                    link = self._cluster_link(handler)
+                    if link is not None:  # in Redis before the first device can sign in
+                        await nursery.start(link.run)
+                    if webhooks is not None:
                         await nursery.start(webhooks.run)
-                        await server.serve(task_status=task_status)
+                    await server.serve(task_status=task_status)
+                    nursery.cancel_scope.cancel()
             finally:
                 if lifecycle is not None:
                     with trio.CancelScope(shield=True):
@@ -143,6 +155,20 @@ class Relay:
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.close()
+
+    def _cluster_link(self, handler: ConnectionHandler) -> Any:
+        """The RedisLink of a node of several (config.redis_url), None for one node."""
+        from relay.core import MessagingService
+
+        url = self.config.redis_url
+        if url is None or not isinstance(handler, MessagingService):
+            return None
+        from relay.cluster import ClusterBroker, RedisLink
+
+        broker = handler.broker
+        if not isinstance(broker, ClusterBroker):
+            return None
+        return RedisLink(broker, handler.store, url)
 
     def _webhooks(self, handler: ConnectionHandler) -> WebhookSender | None:
         """The webhook sender the config asks for (relay.webhooks), over the messaging

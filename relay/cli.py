@@ -179,7 +179,8 @@ def _serve_parser(sub: argparse._SubParsersAction[Any]) -> None:
         dest="db_path",
         metavar="PATH",
         default=argparse.SUPPRESS,
-        help="SQLite file of the durable store (env RELAY_DB_PATH; default relay.db)",
+        help="SQLite file of the durable store, or a postgresql://USER@HOST/DB URL for the "
+        "PostgreSQL store (env RELAY_DB_PATH; default relay.db)",
     )
     store.add_argument(
         "--memory",

@@ -216,7 +216,10 @@ class RelayConfig:
     # --- store ---
     db_path: str | None = field(
         default="relay.db",
-        metadata=_help("SQLite file of the durable store (none: in-memory, nothing kept)"),
+        metadata=_help(
+            "SQLite file of the durable store, or a postgresql://USER@HOST/DB URL for the "
+            "PostgreSQL store (none: in-memory, nothing kept)"
+        ),
     )
     retention_days: float | None = field(
         default=None,
@@ -237,12 +240,11 @@ class RelayConfig:
     )
 
     # --- broker (several nodes) ---
-    # Reserved: several nodes sharing one Redis are not built yet, so a value is refused at
-    # startup (__attrs_post_init__) rather than silently running one node alone.
     redis_url: str | None = field(
         default=None,
         metadata=_help(
-            "reserved for several relay nodes sharing one Redis; refused by this version"
+            "redis://HOST:PORT/N: join the other relay nodes on this Redis (with a postgresql:// "
+            "db_path shared by every node)"
         ),
     )
 
@@ -460,10 +462,19 @@ class RelayConfig:
             raise ConfigError("certfile and keyfile go together")
         if self.port > 65535:
             raise ConfigError(f"port must be <= 65535, got {self.port}")
-        if self.redis_url is not None:
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
             raise ConfigError(
-                "redis_url: several relay nodes sharing one Redis are not supported by this "
-                "version; run one node (unset --redis-url / RELAY_REDIS_URL)"
+                f"redis_url must be a redis://HOST:PORT/N URL, got {self.redis_url!r}"
+            )
+        if self.redis_url is not None and not (self.db_path or "").startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError(
+                "redis_url: the nodes of one relay share one PostgreSQL store; give "
+                "--db postgresql://USER@HOST/DB with --redis-url (a node on its own SQLite or "
+                "memory store cannot join the others)"
             )
         self._check_auth()
         if self.metrics_listen is not None:

@@ -9,6 +9,10 @@ Lifetime: entering the context opens a nursery that runs the connection manager 
 authenticate with `acks: true`, read, write, reconnect); leaving it closes the WebSocket
 (1000) and cancels every task. Entering does not wait for the relay: `wait_online()` does.
 
+Several URLs (the nodes of one relay, `RelayClient([url1, url2, url3], ...)`): each attempt
+after a failure or a drop goes to the next URL in turn, so a client whose node died moves to a
+surviving one; the backoff below is the same.
+
 Reconnection: after a drop the client waits `policy.delay_before(n)` and tries again, up to
 `policy.attempts` attempts (default 5, 3 s apart, as the original app). An attempt that reaches
 `auth_ok` resets the count. When the attempts are spent (or the relay refuses authentication)
@@ -80,7 +84,7 @@ class RelayClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         user_id: str,
         user_name: str | None = None,
@@ -101,7 +105,12 @@ class RelayClient:
         ack_delay: float = 0.05,
         rng: random.Random | None = None,
     ) -> None:
-        self.url = url
+        # several URLs: the nodes of one relay; each attempt after a failure or a drop goes to
+        # the next one in turn (first the one that failed is left)
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("RelayClient needs at least one URL")
+        self._url_at = 0
         self.user_id = user_id
         self.user_name = user_name
         self.user_avatar = user_avatar
@@ -465,6 +474,7 @@ class RelayClient:
                 if self._life.closing:
                     return
                 failures = 1 if link.came_online else failures + 1
+                self._url_at = (self._url_at + 1) % len(self.urls)  # the next node
                 if failures > self.policy.attempts:
                     self._give_up(f"gave up after {self.policy.attempts} attempts: {reason}")
                     return
@@ -473,6 +483,11 @@ class RelayClient:
         finally:
             self._link = None
             self._stopped.set()
+
+    @property
+    def url(self) -> str:
+        """The URL of the current (or next) connection attempt."""
+        return self.urls[self._url_at]
 
     def _new_link(self) -> Link:
         return Link(

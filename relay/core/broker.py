@@ -18,7 +18,7 @@ LocalBroker's invariants (with relay.core.session's):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from relay.core.context import Context
 from relay.core.session import Phase, Session
@@ -47,6 +47,18 @@ class Broker(Protocol):
     ) -> None:
         """The same framed server frame to every active device of `users` but `exclude`."""
         ...
+
+
+@runtime_checkable
+class Joining(Protocol):
+    """A broker that must know which users have devices on this node (several nodes: it
+    subscribes to what is published for them). The service awaits `joined` after a device
+    signed in and before it reads the device's backlog, and calls `left` when the user's last
+    device here closed."""
+
+    async def joined(self, user: str) -> None: ...
+
+    def left(self, user: str) -> None: ...
 
 
 def queue_message(

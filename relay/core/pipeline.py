@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from attrs import define, field
@@ -137,6 +137,9 @@ class Pipeline:
     # the store's ways to append without awaiting (relay.store.base), decided once
     _inline: InlineAppend | None = field(init=False)
     _queued: QueuedAppend | None = field(init=False)
+    #: why this node cannot take messages now (PostgreSQL or Redis lost), None while it can:
+    #: each message is then refused (`failed`, reason `internal`, the problem as its message)
+    health: Callable[[], str | None] | None = None
 
     def __attrs_post_init__(self) -> None:
         self._sequencer = Sequencer(self._broker.deliver)
@@ -336,6 +339,10 @@ class Pipeline:
     ) -> Entry:
         """One message's checks that need the sender (see the module doc)."""
         user = author.user_id
+        if self.health is not None:
+            problem = self.health()
+            if problem is not None:
+                return _refuse(frame, "internal", f"the relay cannot take messages now: {problem}")
         sender_id = frame.sender_id
         if sender_id is not None and sender_id != user:
             return _refuse(frame, "forbidden", "senderId is not the authenticated user", "senderId")
@@ -420,6 +427,11 @@ class Pipeline:
                 stats.delivery_mark = pending.accepted_at
         stored = iter(results or ())
         timestamp = pending.timestamp
+        unstored = "the message was not stored"
+        if results is None and self.health is not None:
+            problem = self.health()  # why, when the node knows (PostgreSQL lost)
+            if problem is not None:
+                unstored = f"{unstored}: {problem}"
         for entry in pending.entries:
             if entry.__class__ is not tuple:
                 assert isinstance(entry, MessageRefused)
@@ -439,7 +451,7 @@ class Pipeline:
                             "internal",
                             peer_id=message.recipient_id,
                             group_id=message.group_id,
-                            detail="the message was not stored",
+                            detail=unstored,
                         ),
                     )
                 continue

@@ -34,7 +34,7 @@ from relay.clock import WallClock
 from relay.config import RelayConfig
 from relay.core.backlog import Backlog
 from relay.core.backlog_state import BacklogState
-from relay.core.broker import LocalBroker
+from relay.core.broker import Broker, Joining, LocalBroker
 from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups
 from relay.core.history import History
@@ -47,6 +47,7 @@ from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
 from relay.files.tokens import HttpTokens
+from relay.health import HealthReporting
 from relay.metrics import Instrumented, RelayMetrics
 from relay.ports import Connection
 from relay.protocol import (
@@ -112,6 +113,9 @@ class MessagingService:
     _maintaining: bool = False
     _manage_store: bool = True
     _violators: set[int] = field(factory=set)  # connections whose malformed frame was logged
+    broker: Broker | None = None
+    _joining: Joining | None = None
+    _health: list[HealthReporting] = field(factory=list)
 
     def __init__(
         self,
@@ -122,23 +126,29 @@ class MessagingService:
         clock: Callable[[], float] = time.monotonic,
         wall: WallClock = time.time,
         manage_store: bool = True,
+        broker: Callable[[Context], Broker] | None = None,
     ) -> None:
         ctx = self.ctx = Context(config, store, clock, wall, Limits.from_config(config))
         # None: what the config asks for (token auth when a key is configured, else trusting)
         self.authenticator = (
             authenticator if authenticator is not None else authenticator_from_config(config)
         )
-        broker = LocalBroker(ctx)
+        # `broker`: how this node reaches devices; LocalBroker alone for one node
+        port = self.broker = LocalBroker(ctx) if broker is None else broker(ctx)
+        self._joining = port if isinstance(port, Joining) else None
         self._marks = DeliveryMarks()
-        self.status = Status(ctx, broker)
-        self.indicators = Indicators(ctx, broker)
-        self.groups = Groups(ctx, broker, self.indicators)
+        self.status = Status(ctx, port)
+        self.indicators = Indicators(ctx, port)
+        self.groups = Groups(ctx, port, self.indicators)
         self.history = History(ctx)
         self.search = Search(ctx)
         self.http_tokens = HttpTokens(config.http_token_ttl, clock)
-        self.receipts = Receipts(ctx, broker, self._marks)
+        self.receipts = Receipts(ctx, port, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
-        self.pipeline = Pipeline(ctx, broker)
+        self.pipeline = Pipeline(ctx, port)
+        self._health = [p for p in (store, port) if isinstance(p, HealthReporting)]
+        if self._health:  # else nothing to ask per message
+            self.pipeline.health = self.problem
         self._awaiting = {}
         self._registered = set()
         self._violators = set()
@@ -158,6 +168,15 @@ class MessagingService:
             PingFrame: self._on_ping,
             SearchFrame: self.search.on_search,
         }
+
+    def problem(self) -> str | None:
+        """relay.health.HealthReporting: why this node cannot take messages now (its store or
+        its broker lost PostgreSQL or Redis), None while it can."""
+        for part in self._health:
+            problem = part.problem()
+            if problem is not None:
+                return problem
+        return None
 
     @property
     def store(self) -> Store:
@@ -285,6 +304,8 @@ class MessagingService:
         offline_now = ctx.presence.disconnect(user, ctx.clock(), left_at)  # counts every one
         if remaining:
             return
+        if self._joining is not None:
+            self._joining.left(user)
         self.indicators.user_left(user)
         if offline_now:
             self.status.offline(user, left_at)
@@ -450,6 +471,8 @@ class MessagingService:
             if not session.closing:
                 session.handle(Event.AUTH_RETRY)  # the client may try again
             raise
+        if self._joining is not None:
+            await self._joining.joined(user)  # before the backlog is read
         if session.closing:
             return
         # Counted here, with no await before router.add: concurrent auths cannot all pass.

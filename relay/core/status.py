@@ -31,9 +31,11 @@ class Status:
 
     def announce(self, user: str, json_bytes: bytes) -> None:
         """A presence frame about `user` to every connected contact of theirs (droppable)."""
-        router = self._ctx.router
-        audience = [u for u in self._ctx.presence.contacts_of(user) if router.is_connected(u)]
-        self._broker.to_users(audience, wire(json_bytes), droppable=True)
+        # every contact: the broker reaches those connected here (and, with several nodes,
+        # those connected to the others)
+        self._broker.to_users(
+            self._ctx.presence.contacts_of(user), wire(json_bytes), droppable=True
+        )
 
     def online(self, user: str) -> None:
         self.announce(user, encode_status(user, "online", self._ctx.now_iso()))

@@ -20,12 +20,24 @@ from relay.store.base import (
 )
 from relay.store.memory import MemoryStore
 
+#: `db_path` values with these prefixes are PostgreSQL URLs (the PostgreSQL store), not files
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
 
 def store_from_config(config: RelayConfig) -> Store:
     """The store a relay with `config` uses (not yet opened): MemoryStore when `db_path` is None,
-    else SqliteStore on that file with the config's commit interval and retention."""
+    else PostgresStore when it is a `postgresql://` URL, else SqliteStore on that file with the
+    config's commit interval and retention."""
     if config.db_path is None:
         return MemoryStore()
+    if config.db_path.startswith(POSTGRES_SCHEMES):
+        from relay.store.postgres import PostgresStore
+
+        return PostgresStore(
+            config.db_path,
+            retention_days=config.retention_days,
+            retention_max_messages=config.retention_max_messages,
+        )
     from relay.store.sqlite import SqliteStore
 
     return SqliteStore(

@@ -91,8 +91,12 @@ def respond(
     web_chat: bool = False,
     host: bytes | None = None,
     metrics_here: bool | None = True,
+    problem: str | None = None,
 ) -> tuple[int, bytes]:
     """(status, response bytes) for a plain (non-upgrade) HTTP request.
+
+    `problem`: why this node cannot serve now (PostgreSQL or Redis lost): /healthz answers 503
+    with it.
 
     GET /healthz: 200 "ok" while serving, 503 "draining" during shutdown.
     GET /metrics: Prometheus text of this relay when `metrics_here` (the peer may read it),
@@ -126,6 +130,8 @@ def respond(
         return 200, render(200, body, content_type=content_type, headers=security, head=head)
     if draining:
         return 503, render(503, b"draining", head=head)
+    if problem is not None:
+        return 503, render(503, f"unavailable: {problem}".encode(), head=head)
     return 200, render(200, b"ok", head=head)
 
 

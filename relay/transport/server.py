@@ -77,6 +77,7 @@ from attrs import define, field, frozen
 
 from relay.config import RelayConfig
 from relay.fastpath import FrameParser, Outbox
+from relay.health import HealthReporting
 from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
 from relay.transport import http
@@ -192,6 +193,7 @@ class Server:
     # The handler's optional abilities (relay.ports), decided once.
     on_messages_nowait: Callable[[Connection, list[bytes]], int] = field(init=False)
     _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
+    _health: HealthReporting | None = field(init=False, default=None)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
     #: permessage-deflate's shared compressors (relay.transport.deflate)
@@ -210,6 +212,8 @@ class Server:
             handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
         )
         self._maintain = handler.maintain if isinstance(handler, Maintained) else None
+        # /healthz asks the handler (relay.health) whether what it depends on is reachable
+        self._health = handler if isinstance(handler, HealthReporting) else None
         if isinstance(handler, Instrumented):
             handler.instrument(self.metrics)
         if self.config.certfile is not None and self.config.keyfile is not None:
@@ -631,11 +635,15 @@ class Server:
                 web_chat=self.config.web_chat,
                 host=request.host,
                 metrics_here=self._metrics_here(remote),
+                problem=self._problem(),
             )
             self._count_http(status)
             await answer_and_close(stream, response)
             return None
         return await self._upgrade(tcp, stream, request, remote)
+
+    def _problem(self) -> str | None:
+        return None if self._health is None else self._health.problem()
 
     async def _serve_routed(
         self, stream: trio.abc.Stream, request: OpeningRequest, routes: RouteTable, remote: str
@@ -653,6 +661,7 @@ class Server:
                 web_chat=self.config.web_chat,
                 host=host,
                 metrics_here=metrics_here,
+                problem=self._problem(),
             )
 
         server = HttpServer(

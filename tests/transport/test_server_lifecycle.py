@@ -252,11 +252,17 @@ def test_bad_flag_values_are_refused() -> None:
     assert "max_message_bytes must be > 0" in result.stderr
 
 
-def test_a_redis_url_is_refused_rather_than_ignored() -> None:
-    # Several nodes sharing a Redis are not built: a node told to share must not run alone.
-    for argv, env in (
-        (["serve", "--memory", "--redis-url", "redis://127.0.0.1:6379"], {}),
-        (["serve", "--memory"], {"RELAY_REDIS_URL": "redis://127.0.0.1:6379"}),
+def test_a_redis_url_needs_the_postgresql_store_and_a_redis_scheme() -> None:
+    # A node joining others on Redis must share their store: on its own SQLite or memory store
+    # it would acknowledge messages the others never see.
+    for argv, env, expected in (
+        (["serve", "--memory", "--redis-url", "redis://127.0.0.1:6379"], {}, "PostgreSQL"),
+        (["serve", "--memory"], {"RELAY_REDIS_URL": "redis://127.0.0.1:6379"}, "PostgreSQL"),
+        (
+            ["serve", "--db", "postgresql://u@h/d", "--redis-url", "http://127.0.0.1:6379"],
+            {},
+            "redis://HOST:PORT/N",
+        ),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "relay", *argv],
@@ -267,7 +273,7 @@ def test_a_redis_url_is_refused_rather_than_ignored() -> None:
             timeout=30,
         )
         assert result.returncode == 2, result.stderr
-        assert "redis_url" in result.stderr and "not supported" in result.stderr
+        assert "redis_url" in result.stderr and expected in result.stderr
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:

@@ -1,0 +1,138 @@
+"""ClusterBroker: the core's Broker port for several nodes on one Redis.
+
+Local devices get what the LocalBroker gives them, through the Orderer (per conversation and
+user, in seq order across nodes); every other node that holds a recipient device gets it over
+Redis: the message (or frame) is encoded once and published to each recipient's user channel
+(relay.cluster.envelope), to which a node subscribes while it holds one of that user's devices.
+Publishing is queued here (the core's calls are synchronous) and done by the link's publisher
+task in queue order (relay.cluster.link), after the store's commit: the pipeline delivers only
+committed messages.
+
+Invariants:
+- this node's own publications are ignored when they come back (their origin is this node);
+- a user is subscribed (`joined`, awaited before the device's backlog is read) before any of
+  its devices reads the store, so nothing committed after that read can pass it by;
+- `problem()` is why this node cannot take part now (Redis lost), None while it can.
+"""
+
+from __future__ import annotations
+
+import collections
+import secrets
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from relay.cluster.envelope import (
+    DELIVERY,
+    FRAME,
+    FRAME_DROPPABLE,
+    GROUP_CHANGED,
+    NODES_CHANNEL,
+    encode_message,
+    envelope,
+    group_of_event,
+    user_channel,
+)
+from relay.cluster.ordering import Orderer
+from relay.cluster.presence import ClusterPresence
+from relay.core.broker import LocalBroker
+from relay.core.context import Context
+from relay.ports import Connection
+from relay.store.base import StoredMessage, group_conversation
+
+#: most publications queued while Redis is away; older ones are dropped (the store has the
+#: messages; devices catch up when the link comes back, see link.py)
+QUEUE_MAX = 100_000
+
+
+class ClusterBroker:
+    """The Broker of one node of several (see the module docstring)."""
+
+    def __init__(self, ctx: Context, *, node_id: str | None = None, gap_wait: float = 0.25):
+        self.ctx = ctx
+        self.node_id = node_id or secrets.token_hex(6)
+        self.local = LocalBroker(ctx)
+        self.orderer = Orderer(self.local.deliver, gap_wait=gap_wait)
+        self.outgoing: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=QUEUE_MAX)
+        self.wake: Callable[[], None] = lambda: None  # the link's publisher is told of work
+        self.redis_problem: str | None = "not connected to Redis yet"
+        # subscribes this node to a user's channel (set by the link, relay.cluster.link)
+        self.join_hook: Callable[[str], Awaitable[None]] | None = None
+        self.presence = ClusterPresence(
+            ctx.config.presence_grace, changed=self._presence_changed, clock=ctx.clock
+        )
+        self.presence_changes: list[tuple[str, bool]] = []
+        ctx.presence = self.presence
+
+    # --- health ---------------------------------------------------------------------------------
+    def problem(self) -> str | None:
+        return self.redis_problem
+
+    # --- Broker ---------------------------------------------------------------------------------
+    def deliver(
+        self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
+    ) -> None:
+        table = self.ctx.router.table()
+        local = [user for user in audience if user in table]
+        if local:
+            self.orderer.offer(message, local, exclude, self.ctx.clock())
+        elif message.recipient_id is not None and message.group_id is None:
+            self.ctx.presence.pair(message.sender_id, message.recipient_id)
+        body = envelope(DELIVERY, self.node_id, encode_message(message))
+        self._publish(audience, body)
+
+    def to_users(
+        self,
+        users: Iterable[str],
+        frame: bytes,
+        *,
+        droppable: bool = False,
+        exclude: Connection | None = None,
+    ) -> None:
+        users = list(users)
+        self.local.to_users(users, frame, droppable=droppable, exclude=exclude)
+        body = envelope(FRAME_DROPPABLE if droppable else FRAME, self.node_id, frame)
+        if not droppable:
+            group_id = group_of_event(frame)
+            if group_id is not None:  # every node reads the group's members again
+                self.forget_group(group_id)
+                self.outgoing.append(
+                    (NODES_CHANNEL, envelope(GROUP_CHANGED, self.node_id, group_id.encode()))
+                )
+        self._publish(users, body)
+
+    def _publish(self, users: Iterable[str], body: bytes) -> None:
+        outgoing = self.outgoing
+        for user in dict.fromkeys(users):
+            outgoing.append((user_channel(user), body))
+        self.wake()
+
+    # --- from other nodes (the link's subscriber) -----------------------------------------------
+    def delivered_remotely(self, message: StoredMessage, user: str) -> None:
+        """A delivery another node published to `user`'s channel."""
+        if user in self.ctx.router.table():
+            self.orderer.offer(message, [user], None, self.ctx.clock())
+
+    def frame_remotely(self, frame: bytes, user: str, droppable: bool) -> None:
+        self.local.to_users([user], frame, droppable=droppable)
+
+    def forget_group(self, group_id: str) -> None:
+        """A group's members changed (here or on another node)."""
+        self.ctx.router.forget_group(group_id)
+        self.orderer.forget_conversation(group_conversation(group_id))
+
+    # --- users joining and leaving this node ----------------------------------------------------
+    def _presence_changed(self, user: str, up: bool) -> None:
+        self.presence_changes.append((user, up))
+        self.wake()
+
+    async def joined(self, user: str) -> None:
+        """relay.core.broker.Joining: a device of `user` signed in here; returns once this node
+        hears what is published for the user (before the device reads its backlog)."""
+        if self.join_hook is not None:
+            await self.join_hook(user)
+
+    def left(self, user: str) -> None:
+        """relay.core.broker.Joining: the user's last device on this node closed (the link
+        unsubscribes its channel)."""
+        self.orderer.forget_user(user)
+        self.wake()

@@ -1,0 +1,89 @@
+"""What nodes say to each other over Redis (sans-IO): envelopes, and the channel names.
+
+Channels:
+- `relay:u:<userId>`: what is for that user's devices; a node subscribes to it while it holds
+  one of them. A delivery (`M`) carries the stored message, a frame (`F`) a framed server frame
+  (receipts, typing, presence, group events) to send as is.
+- `relay:nodes`: changes of the users a node holds (connected, or within the presence grace),
+  at once (`P`); a group whose members changed (`G`), so every node reads it again from the
+  store.
+
+Keys: `relay:presence:<nodeId>`, the users that node holds (JSON), written by it every
+`refresh` seconds with an expiry of `ttl`: the key of a dead node expires.
+
+Every envelope names its origin node, which ignores its own (it delivered locally already).
+Layout: one kind byte, the origin node id, a newline, then the body.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+import orjson
+
+from relay.store.base import StoredMessage
+
+USER_PREFIX: Final = "relay:u:"
+NODES_CHANNEL: Final = "relay:nodes"
+PRESENCE_PREFIX: Final = "relay:presence:"
+
+DELIVERY: Final = b"M"
+FRAME: Final = b"F"
+FRAME_DROPPABLE: Final = b"f"
+PRESENCE: Final = b"P"
+GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
+
+
+def user_channel(user_id: str) -> str:
+    return USER_PREFIX + user_id
+
+
+def channel_user(channel: bytes | str) -> str | None:
+    """The user of a user channel, None for another channel."""
+    text = channel.decode() if isinstance(channel, bytes) else channel
+    return text[len(USER_PREFIX) :] if text.startswith(USER_PREFIX) else None
+
+
+class Envelope(NamedTuple):
+    kind: bytes
+    node: str
+    body: bytes
+
+
+def envelope(kind: bytes, node: str, body: bytes) -> bytes:
+    return kind + node.encode() + b"\n" + body
+
+
+def open_envelope(data: bytes) -> Envelope | None:
+    """The envelope in `data`, None when it is not one (another program on the channel)."""
+    head, sep, body = data.partition(b"\n")
+    if not sep or len(head) < 2:
+        return None
+    return Envelope(head[:1], head[1:].decode(errors="replace"), body)
+
+
+def encode_message(message: StoredMessage) -> bytes:
+    return orjson.dumps(list(message))
+
+
+def decode_message(body: bytes) -> StoredMessage:
+    return StoredMessage(*orjson.loads(body))
+
+
+def encode_presence(up: list[str], down: list[str]) -> bytes:
+    return orjson.dumps({"up": up, "down": down})
+
+
+def decode_presence(body: bytes) -> tuple[list[str], list[str]]:
+    value = orjson.loads(body)
+    return list(value.get("up", [])), list(value.get("down", []))
+
+
+def group_of_event(frame: bytes) -> str | None:
+    """The groupId of a framed `group` event (a membership change), None for another frame."""
+    start = frame.find(b"{", 0, 16)
+    if start < 0 or not frame.startswith(b'{"type":"group",', start):
+        return None
+    value = orjson.loads(frame[start:])
+    group_id = value.get("groupId")
+    return group_id if isinstance(group_id, str) else None

@@ -1,0 +1,99 @@
+"""Presence across nodes (sans-IO): the local PresenceTracker, plus who is online on other nodes.
+
+Each node keeps in Redis which users it holds — connected, or within the grace after their
+last connection there — in a key of its own that it refreshes every `refresh` seconds and that
+expires after `ttl` (relay.cluster.envelope), and announces changes at once on `relay:nodes`.
+What a node learnt expires `ttl` seconds after it was last refreshed, so a dead node's users
+go offline for presence queries when its entries expire.
+
+Invariants (with PresenceTracker's):
+- a user is online when online here or held by another node whose entry has not expired;
+- `online` is announced only when a user comes online on no node before (a reconnect to
+  another node within the grace announces nothing);
+- `offline` is announced by the node where the user's grace ended, and only when no other
+  node holds the user (so a user who moved to another node within the grace never flaps).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from attrs import define, field
+
+from relay.core.presence import PresenceTracker
+
+
+@define
+class ClusterPresence(PresenceTracker):
+    #: told (user, True) when this node starts holding a user, (user, False) when it stops
+    changed: Callable[[str, bool], None] = field(default=lambda user, up: None, kw_only=True)
+    clock: Callable[[], float] = field(default=lambda: 0.0, kw_only=True)
+    ttl: float = field(default=3.0, kw_only=True)
+    # user -> {node: monotonic expiry}
+    _remote: dict[str, dict[str, float]] = field(factory=dict, init=False)
+
+    # --- what other nodes said ---------------------------------------------------------------------
+    def remote_up(self, node: str, users: list[str], now: float) -> None:
+        expiry = now + self.ttl
+        for user in users:
+            self._remote.setdefault(user, {})[node] = expiry
+
+    def remote_down(self, node: str, users: list[str]) -> None:
+        for user in users:
+            nodes = self._remote.get(user)
+            if nodes is not None:
+                nodes.pop(node, None)
+                if not nodes:
+                    del self._remote[user]
+
+    def remote_expire(self, now: float) -> list[str]:
+        """Drop entries not refreshed in time (a dead node's); returns the nodes that lapsed."""
+        lapsed: set[str] = set()
+        for user in list(self._remote):
+            nodes = self._remote[user]
+            for node in [n for n, t in nodes.items() if t <= now]:
+                del nodes[node]
+                lapsed.add(node)
+            if not nodes:
+                del self._remote[user]
+        return sorted(lapsed)
+
+    def elsewhere(self, user_id: str) -> bool:
+        nodes = self._remote.get(user_id)
+        if not nodes:
+            return False
+        now = self.clock()
+        return any(t > now for t in nodes.values())
+
+    def held(self) -> list[str]:
+        """The users this node holds: connected here, or within the grace here."""
+        return [*self._devices, *self._leaving]
+
+    # --- PresenceTracker, across nodes ------------------------------------------------------------
+    def connect(self, user_id: str) -> bool:
+        held_before = user_id in self._devices or user_id in self._leaving
+        announce = super().connect(user_id)
+        if not held_before:
+            self.changed(user_id, True)
+        return announce and not self.elsewhere(user_id)
+
+    def disconnect(self, user_id: str, now: float, left_at: str) -> bool:
+        offline = super().disconnect(user_id, now, left_at)
+        if offline:  # no grace: gone from this node at once
+            self.changed(user_id, False)
+            return not self.elsewhere(user_id)
+        return False
+
+    def expired(self, now: float) -> list[tuple[str, str]]:
+        gone = super().expired(now)
+        for user, _ in gone:
+            self.changed(user, False)
+        return [(user, seen) for user, seen in gone if not self.elsewhere(user)]
+
+    def is_online(self, user_id: str) -> bool:
+        return super().is_online(user_id) or self.elsewhere(user_id)
+
+    def status_of(self, user_id: str) -> str:
+        if super().is_online(user_id):
+            return super().status_of(user_id)
+        return "online" if self.elsewhere(user_id) else "offline"

@@ -1,0 +1,78 @@
+"""The Orderer (sans-IO): deliveries from several nodes released per conversation and user in
+seq order; a gap waits, then is filled from the store, never skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from store_suite import msg
+
+from relay.cluster.ordering import Orderer
+from relay.ports import Connection
+from relay.store.base import StoredMessage
+
+
+def stored(seq: int) -> StoredMessage:
+    return msg("a", "b", id=f"m{seq}").stored(seq)
+
+
+def orderer() -> tuple[Orderer, list[tuple[int, tuple[str, ...]]]]:
+    released: list[tuple[int, tuple[str, ...]]] = []
+
+    def release(m: StoredMessage, users: Sequence[str], exclude: Connection | None) -> None:
+        released.append((m.seq, tuple(users)))
+
+    return Orderer(release, gap_wait=0.25), released
+
+
+def test_in_turn_deliveries_go_at_once_and_a_late_one_releases_those_held() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.offer(stored(3), ["b"], None, 0.0)  # 2 is still on its way from another node
+    o.offer(stored(4), ["b"], None, 0.0)
+    assert released == [(1, ("b",))]
+    o.offer(stored(2), ["b"], None, 0.1)
+    assert released == [(1, ("b",)), (2, ("b",)), (3, ("b",)), (4, ("b",))]
+    assert o.due(10.0) == []
+
+
+def test_a_gap_is_due_after_the_wait_and_filled_from_the_store_in_order() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.offer(stored(4), ["b"], None, 1.0)
+    assert o.due(1.2) == []
+    [(key, upto, top)] = o.due(1.25)
+    assert (upto, top) == (1, 4)
+    o.fill(key, [stored(2), stored(3), stored(4)])  # what the store has after seq 1
+    assert [seq for seq, _ in released] == [1, 2, 3, 4]
+    o.offer(stored(5), ["b"], None, 2.0)
+    assert [seq for seq, _ in released] == [1, 2, 3, 4, 5]
+
+
+def test_each_user_has_an_order_of_their_own() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b", "c"], None, 0.0)
+    o.offer(stored(2), ["b"], None, 0.0)  # c's copy of 2 comes from another channel later
+    o.offer(stored(3), ["b", "c"], None, 0.0)
+    assert released == [(1, ("b", "c")), (2, ("b",)), (3, ("b",))]
+    o.offer(stored(2), ["c"], None, 0.0)
+    assert released[3:] == [(2, ("c",)), (3, ("c",))]
+
+
+def test_a_user_who_left_is_forgotten_with_what_was_held() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.offer(stored(3), ["b"], None, 0.0)
+    o.forget_user("b")
+    assert o.due(10.0) == []
+    o.offer(stored(7), ["b"], None, 11.0)  # back later: starts where it is
+    assert released == [(1, ("b",)), (7, ("b",))]
+
+
+def test_a_group_change_starts_its_keys_again() -> None:
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.forget_conversation(stored(1).conversation)  # b removed, later added again
+    o.offer(stored(9), ["b"], None, 1.0)  # said after b came back: no gap to fill
+    assert released == [(1, ("b",)), (9, ("b",))]
+    assert o.due(10.0) == []

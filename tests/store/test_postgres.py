@@ -1,0 +1,163 @@
+"""The shared store suite on PostgresStore, plus what only it promises: several stores on one
+database (several nodes) allocate seqs without gap or duplicate and answer a resend made through
+another with the same message; migrations are versioned; a database that is not reachable is
+refused at open with a clear reason."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import psycopg
+import pytest
+import trio
+from services import fresh_schema, postgres_database
+from store_suite import AB, StoreSuite, msg, put
+
+from relay.errors import StoreError, StoreUnavailable
+from relay.store.base import Store
+from relay.store.postgres import PostgresStore
+from relay.store.postgres.schema import SCHEMA_VERSION
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    return fresh_schema(pg_database)
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Store]:
+    postgres = PostgresStore(pg_url)
+    await postgres.open()
+    yield postgres
+    await postgres.close()
+
+
+class TestPostgresStore(StoreSuite):
+    async def test_is_a_store(self, store: Store) -> None:
+        assert isinstance(store, Store)
+
+
+async def test_nodes_on_one_database_share_seq_and_idempotency(pg_url: str) -> None:
+    nodes = [PostgresStore(pg_url) for _ in range(3)]
+    for node in nodes:
+        await node.open()
+    try:
+        got: list[tuple[int, int]] = []
+
+        async def sender(n: int, node: PostgresStore) -> None:
+            for i in range(40):
+                [r] = await node.append_many([msg("a", "b", id=f"n{n}-{i}")])
+                got.append((n, r.message.seq))
+
+        async with trio.open_nursery() as nursery:
+            for n, node in enumerate(nodes):
+                nursery.start_soon(sender, n, node)
+        assert sorted(seq for _, seq in got) == list(range(1, 121))
+        # each node's own messages in its acceptance order
+        for n in range(3):
+            mine = [seq for m, seq in got if m == n]
+            assert mine == sorted(mine)
+        # a resend through another node is answered with the stored message
+        [first] = await put(nodes[0], msg("a", "b", id="resent", text="one"))
+        [again] = await nodes[2].append_many([msg("a", "b", id="resent", text="two")])
+        assert again.duplicate and again.message == first
+        assert await nodes[1].last_seq(AB) == 121
+    finally:
+        for node in nodes:
+            await node.close()
+
+
+async def test_schema_is_versioned_and_reopens(pg_url: str) -> None:
+    first = PostgresStore(pg_url)
+    await first.open()
+    [stored] = await put(first, msg("a", "b"))
+    await first.close()
+    second = PostgresStore(pg_url)
+    await second.open()
+    try:
+        page, _ = await second.history(AB)
+        assert page == [stored]
+    finally:
+        await second.close()
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT version FROM relay_schema").fetchone()
+    assert row == (SCHEMA_VERSION,)
+
+
+async def test_a_newer_schema_is_refused(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    await store.close()
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("UPDATE relay_schema SET version = 999")
+    with pytest.raises(StoreUnavailable, match="newer than this relay supports"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_another_applications_database_is_refused(pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(StoreUnavailable, match="not a relay database"):
+        await PostgresStore(pg_url).open()
+
+
+async def test_an_unreachable_database_is_refused_with_its_reason() -> None:
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/nowhere", connect_timeout=1)
+    with pytest.raises(StoreUnavailable, match="cannot open the PostgreSQL store"):
+        await store.open()
+
+
+async def test_retention_deletes_past_the_count_and_keeps_the_counter(pg_url: str) -> None:
+    store = PostgresStore(pg_url, retention_max_messages=2, retention_interval=0.05)
+    await store.open()
+    try:
+        await put(store, *[msg("a", "b") for _ in range(5)])
+        for _ in range(500):  # bounded: retention runs every 50 ms
+            if len((await store.history(AB))[0]) <= 2:
+                break
+            await trio.sleep(0.02)
+        page, _ = await store.history(AB)
+        assert [m.seq for m in page] == [4, 5]
+        [after] = await put(store, msg("a", "b"))
+        assert after.seq == 6  # a deleted message's seq is never given again
+    finally:
+        await store.close()
+
+
+def _cut(pg_url: str) -> int:
+    """Terminate every relay connection to the database, as a PostgreSQL restart would."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'relay' AND datname = current_database()"
+        ).fetchall()
+    return len(rows)
+
+
+async def test_a_cut_connection_fails_writes_clearly_then_recovers(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        [first] = await put(store, msg("a", "b"))
+        assert store.problem() is None
+        assert await trio.to_thread.run_sync(_cut, pg_url) >= 1
+        with pytest.raises(StoreError, match="PostgreSQL"):
+            await store.append_many([msg("a", "b", id="during")])
+        assert store.problem() is not None
+        # it reconnects by itself; the failed append was not stored, its resend is
+        [again] = await store.append_many([msg("a", "b", id="during")])
+        assert not again.duplicate and again.message.seq == 2
+        assert store.problem() is None
+        # a read on a connection found cut is made again on a new one: it succeeds
+        await store.history(AB)  # the read connection is open now
+        assert await trio.to_thread.run_sync(_cut, pg_url) >= 1
+        page, _ = await store.history(AB)
+        assert [m.seq for m in page] == [first.seq, 2]
+    finally:
+        await store.close()
