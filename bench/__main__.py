@@ -551,6 +551,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raw = run_loadgen(cfg, lg_core)
             if index is not None:
+                if "error" not in index:
+                    # searches scan the messages not indexed yet (relay/store/sqlite/search.py):
+                    # how many there were after the run (its window and drain)
+                    index["unindexed_after"] = search_mod.unindexed(db)
                 raw["index"] = index
             if searching is not None:
                 if "before" in raw:

@@ -502,6 +502,7 @@ def search_figures(run: Run, raw: dict[str, Any], fig: dict[str, Any]) -> list[s
     index = raw.get("index") or {}
     fig["index_messages"] = index.get("messages")
     fig["index_s"] = index.get("seconds")
+    fig["unindexed_after"] = index.get("unindexed_after")
     if run.extra["phase"] != "searching":
         return problems
     found = raw.get("search") or {}

@@ -31,7 +31,7 @@ async def searcher(
     queries: list[str],
     offset: int,
     limit: int,
-    samples: list[tuple[float, float, int]],
+    samples: list[tuple[float, float, int, int]],
     errors: list[str],
 ) -> None:
     n = offset
@@ -52,14 +52,14 @@ async def searcher(
         end = time.monotonic()
         if answer.get("type") != "search_result":
             errors.append(json.dumps(answer)[:200])
-        samples.append((end, end - start, len(answer.get("items", ()))))
+        samples.append((end, end - start, len(answer.get("items", ())), n % len(queries)))
         n += 1
 
 
 async def main() -> None:
     cfg: dict[str, Any] = json.loads(await trio.to_thread.run_sync(sys.stdin.readline))
     url = f"ws://127.0.0.1:{cfg['port']}/"
-    samples: list[tuple[float, float, int]] = []
+    samples: list[tuple[float, float, int, int]] = []
     errors: list[str] = []
     edges: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
@@ -90,6 +90,17 @@ async def main() -> None:
                 "errors": len(errors),
                 "first_error": errors[0] if errors else None,
                 "total_searches": len(samples),
+                # which queries cost what: the median of each, slowest first
+                "by_query_p50_ms": dict(
+                    sorted(
+                        (
+                            (q, percentile(sorted(s[1] * 1000 for s in window if s[3] == k), 0.5))
+                            for k, q in enumerate(cfg["queries"])
+                            if any(s[3] == k for s in window)
+                        ),
+                        key=lambda item: -(item[1] or 0.0),
+                    )
+                ),
             }
         ),
         flush=True,
