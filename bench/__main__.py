@@ -33,6 +33,7 @@ from typing import Any
 
 from bench import budgets as budgets_mod
 from bench import profiling, report, scenarios, servers, storm
+from bench import search as search_mod
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -263,6 +264,12 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
             f"text{', compressed' if fig['compressed'] else ''}), "
             f"{fig['cpu_us_per_page']:,.0f} µs server CPU/page, {fig['pages_per_s']:,.0f} pages/s"
         )
+    if run.scenario == "search" and fig.get("searches_per_s") is not None:
+        return (
+            f"{fig['delivered_per_s']:,.0f} msg/s delivered  p99 {fig['p99_ms']} ms; "
+            f"{fig['searches_per_s']:,.0f} searches/s  p50 {fig['search_p50_ms']} ms  "
+            f"p99 {fig['search_p99_ms']} ms  max {fig['search_max_ms']} ms"
+        )
     if run.scenario == "storm":
         took = fig["storm_s"]
         return (
@@ -449,9 +456,16 @@ def main(argv: list[str] | None = None) -> int:
                 "loadgen_config": run.loadgen,
             }
             storm_run = run.scenario == "storm"
+            search_run = run.scenario == "search"
+            # the search scenario's second run goes on with the first one's server and store
+            search_first = search_run and run.extra["phase"] == scenarios.SEARCH_PHASES[0]
             user_prefix = f"r{i}u"
             if current is not None and (
-                not reuse or current.spec.name != srv or not current.alive() or storm_run
+                (not reuse and not (search_run and not search_first))
+                or current.spec.name != srv
+                or not current.alive()
+                or storm_run
+                or search_first
             ):
                 current.stop()
                 current = None
@@ -469,6 +483,19 @@ def main(argv: list[str] | None = None) -> int:
                             run.loadgen["text_bytes"],
                         )
                         say(f"    stored {stored:,} backlog messages for {devices:,} devices")
+                    elif search_run:
+                        t_fill = time.monotonic()
+                        stored = search_mod.prefill(
+                            db_path,
+                            sizes["search_messages"],
+                            *search_mod.users(
+                                "search-", sizes["search_users"], sizes["search_partners"]
+                            ),
+                        )
+                        say(
+                            f"    stored {stored:,} messages (unindexed) in "
+                            f"{time.monotonic() - t_fill:.1f} s"
+                        )
                     spec = servers.relay_spec(str(db_path))
                 try:
                     current = servers.start(spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core)
@@ -494,11 +521,50 @@ def main(argv: list[str] | None = None) -> int:
                     if run.extra["schedule"] == "uniform"
                     else storm.client_default_schedule(devices)
                 )
+            searching: search_mod.SearchClient | None = None
+            index: dict[str, Any] | None = None
+            if search_run and srv == "relay-sqlite":
+                db = Path(server.spec.argv[server.spec.argv.index("--db") + 1])
+                try:
+                    pending, took = search_mod.wait_indexed(db, sizes["index_timeout"])
+                except TimeoutError as exc:
+                    index = {"error": str(exc)}
+                else:
+                    index = {"messages": pending, "seconds": round(took, 3)}
+                    say(f"    the relay indexed {pending:,} messages for search in {took:.1f} s")
+                if run.extra["phase"] == "searching" and "error" not in index:
+                    searchers, _ = search_mod.users("search-", sizes["search_users"], 0)
+                    try:
+                        searching = search_mod.SearchClient(
+                            {
+                                "port": server.port,
+                                "users": searchers,
+                                "queries": list(search_mod.QUERIES),
+                                "concurrency": sizes["search_concurrency"],
+                                "limit": sizes["search_limit"],
+                            },
+                            lg_core,
+                        )
+                    except RuntimeError as exc:
+                        index["error"] = str(exc)
             prof_path = None
             if profile and srv.startswith("relay"):
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
                 cfg["profile"] = str(prof_path)
-            raw = run_loadgen(cfg, lg_core)
+            if index is not None and "error" in index:
+                raw: dict[str, Any] = {"error": index["error"]}
+            else:
+                raw = run_loadgen(cfg, lg_core)
+            if index is not None:
+                if "error" not in index:
+                    # searches scan the messages not indexed yet (relay/store/sqlite/search.py):
+                    # how many there were after the run (its window and drain)
+                    index["unindexed_after"] = search_mod.unindexed(db)
+                raw["index"] = index
+            if searching is not None:
+                if "before" in raw:
+                    raw["search"] = searching.finish(raw["before"]["t"], raw["after"]["t"])
+                searching.kill()
             record["server_argv"] = server.spec.argv
             if srv == "relay-sqlite":
                 db = Path(server.spec.argv[server.spec.argv.index("--db") + 1])
@@ -533,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"    {one_line(run, record['figures'])}")
             records.append(record)
-            if not reuse or storm_run:
+            if (not reuse and not search_first) or storm_run:
                 server.stop()
                 current = None
     finally:

@@ -23,6 +23,7 @@ ALL_SCENARIOS = (
     "durable",
     "storm",
     "deflate",
+    "search",
 )
 # open-loop scenarios: a fixed offered rate, figures of keeping up with it
 OPEN_LOOP = ("rate", "sparse", "connections")
@@ -72,7 +73,17 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "storm_backlog": (10, 3),
     "storm_spread": (1.0, 0.2),
     "history_messages": (50, 50),
+    # the search scenario: messages stored before the relay starts, and who searches them
+    "search_messages": (1_000_000, 5000),
+    "search_users": (4, 2),
+    "search_partners": (250, 10),
+    "search_concurrency": (4, 2),
+    "search_limit": (20, 20),
+    "index_timeout": (900.0, 60.0),
 }
+#: the search scenario's two runs on one prefilled store: pairwise messaging alone, then the
+#: same with a concurrent search client
+SEARCH_PHASES = ("alone", "searching")
 #: Descriptors a process keeps for itself beyond one per connection (listeners, epoll, logs).
 FD_MARGIN = 200
 
@@ -306,6 +317,29 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     "texts) fetched over and over, permessage-deflate offered",
                 )
             )
+        elif name == "search":
+            for phase in SEARCH_PHASES:
+                runs.append(
+                    Run(
+                        f"search@{phase}",
+                        name,
+                        ("relay-sqlite",),
+                        {
+                            "mode": "closed",
+                            "clients": s["clients"],
+                            "window": s["inflight"],
+                            **timing,
+                        },
+                        f"pairwise ({s['clients']} clients, {s['inflight']} in flight each) on "
+                        f"{s['search_messages']:,} stored messages"
+                        + (
+                            f", {s['search_concurrency']} searches in flight meanwhile"
+                            if phase == "searching"
+                            else ", no search"
+                        ),
+                        {"phase": phase},
+                    )
+                )
         else:
             known = ", ".join((*ALL_SCENARIOS, *NAMED_SCENARIOS))
             raise ValueError(f"unknown scenario {name!r}; known: {known}")
@@ -430,6 +464,8 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         )
     if raw.get("total_errors"):
         problems.append(f"{raw['total_errors']} error frames (first: {raw.get('first_error')})")
+    if run.scenario == "search":
+        problems += search_figures(run, raw, fig)
     if run.scenario == "fanout":
         fig["messages_per_s"] = raw["messages_per_s"]
         fig["delivery_p99_ms"] = raw["delivery_latency"].get("p99_ms")
@@ -457,3 +493,35 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if raw["sent_per_s"] < 0.99 * offered:
             fig["client_bound"] = True  # the generator could not hold its own schedule
     return fig, problems
+
+
+def search_figures(run: Run, raw: dict[str, Any], fig: dict[str, Any]) -> list[str]:
+    """The search scenario's own figures, added to `fig`: how long the relay took to index the
+    prefilled store, and (with searches) the search client's throughput and latency."""
+    problems: list[str] = []
+    index = raw.get("index") or {}
+    fig["index_messages"] = index.get("messages")
+    fig["index_s"] = index.get("seconds")
+    fig["unindexed_after"] = index.get("unindexed_after")
+    if run.extra["phase"] != "searching":
+        return problems
+    found = raw.get("search") or {}
+    if "error" in found:
+        return [f"search client: {found['error']}"]
+    fig.update(
+        searches=found["searches"],
+        searches_per_s=found["searches_per_s"],
+        search_p50_ms=found["p50_ms"],
+        search_p99_ms=found["p99_ms"],
+        search_max_ms=found["max_ms"],
+        search_empty=found["empty_results"],
+    )
+    if not found["searches"]:
+        problems.append("no search completed in the window")
+    if found["searches"] and found["empty_results"] == found["searches"]:
+        problems.append("every search came back empty: the searchers reach no stored message")
+    if found["errors"]:
+        problems.append(
+            f"{found['errors']} searches answered with an error (first: {found['first_error']})"
+        )
+    return problems

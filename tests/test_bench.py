@@ -33,6 +33,8 @@ SCENARIO_KEYS = {
     "storm@uniform",
     "storm@client-default",
     "deflate",
+    "search@alone",
+    "search@searching",
 }
 # the servers each scenario runs against, beyond which the run's available servers limit it
 SCENARIO_SERVERS = {
@@ -42,6 +44,7 @@ SCENARIO_SERVERS = {
     "c100k": {"relay", "node-ws"},
     "storm": {"relay-sqlite"},
     "deflate": {"relay", "relay-no-compression"},
+    "search": {"relay-sqlite"},
 }
 
 
@@ -115,6 +118,16 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 # server returns memory meanwhile); the full run's 10,000 make it meaningful
                 assert math.isfinite(fig["kb_per_conn"]) and fig["connect_rate"] > 0, (server, fig)
                 continue
+            if key.startswith("search"):
+                # the relay started on 5,001 stored messages and indexed them before the
+                # window (500 in the prefill's first chunk at most); with searches, every one
+                # was answered without error, and not all came back empty
+                if key == "search@alone":
+                    assert fig["index_messages"] >= 4500 and fig["index_s"] > 0, fig
+                else:
+                    assert fig["searches"] > 0 and fig["searches_per_s"] > 0, fig
+                    assert 0 < fig["search_p50_ms"] <= fig["search_p99_ms"], fig
+                    assert fig["search_empty"] < fig["searches"], fig
             assert fig["delivered_per_s"] > 0, (key, server, fig)
             assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
             if key.startswith(("rate", "sparse", "conns")):
@@ -129,7 +142,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert all("--db" in r["server_argv"] for r in sqlite_runs)
 
     # Each budget is judged in the JSON, even when not enforced.
-    assert len(doc["budgets"]) == 13
+    assert len(doc["budgets"]) == 15
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout

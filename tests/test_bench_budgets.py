@@ -95,6 +95,13 @@ def test_shipped_budgets_are_the_issue_budgets() -> None:
         ),
         "c100k/relay/kb_per_conn": ("<=", 6.0, None, None),
         "storm@uniform/relay-sqlite/p99_ms": ("<=", 50.0, None, None),
+        "search@searching/relay-sqlite/search_p99_ms": ("<=", 50.0, None, None),
+        "search@searching/relay-sqlite/delivered_per_s": (
+            ">=",
+            0.8,
+            "search@alone/relay-sqlite/delivered_per_s",
+            None,
+        ),
     }
 
 
