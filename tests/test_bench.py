@@ -119,11 +119,12 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 assert math.isfinite(fig["kb_per_conn"]) and fig["connect_rate"] > 0, (server, fig)
                 continue
             if key.startswith("search"):
-                # the relay started on 5,001 stored messages and indexed them before the
-                # window (500 in the prefill's first chunk at most); with searches, every one
-                # was answered without error, and not all came back empty
+                # the relay started on 5,001 stored messages and indexed what the prefill left
+                # unindexed before the window (the prefill's store indexes whole 500-message
+                # chunks while its writer is idle, more of them on a loaded machine); with
+                # searches, every one was answered without error, and not all came back empty
                 if key == "search@alone":
-                    assert fig["index_messages"] >= 4500 and fig["index_s"] > 0, fig
+                    assert fig["index_messages"] > 0 and fig["index_s"] > 0, fig
                 else:
                     assert fig["searches"] > 0 and fig["searches_per_s"] > 0, fig
                     assert 0 < fig["search_p50_ms"] <= fig["search_p99_ms"], fig
