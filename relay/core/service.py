@@ -28,6 +28,7 @@ from relay.config import RelayConfig
 from relay.core.backlog import Backlog
 from relay.core.backlog_state import BacklogState
 from relay.core.broker import LocalBroker
+from relay.core.calls import Calls
 from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups
 from relay.core.history import History
@@ -38,6 +39,7 @@ from relay.core.receipts import Receipts
 from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
+from relay.ice import ice_servers
 from relay.ports import Connection
 from relay.protocol import (
     AuthFrame,
@@ -60,6 +62,13 @@ from relay.protocol import (
     encode_error,
     encode_pong,
     parse_client_frame,
+)
+from relay.protocol.calls import (
+    CallAcceptFrame,
+    CallEndFrame,
+    CallInviteFrame,
+    CallRejectFrame,
+    CallSignalFrame,
 )
 from relay.store.base import Store, StoredMessage
 
@@ -91,6 +100,7 @@ class MessagingService:
     history: History
     status: Status
     indicators: Indicators
+    calls: Calls
     _marks: DeliveryMarks
     _handlers: dict[type, Handler]
     _awaiting: dict[int, Connection] = field(factory=dict)  # not yet authenticated
@@ -122,6 +132,7 @@ class MessagingService:
         self.receipts = Receipts(ctx, broker, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
+        self.calls = Calls(ctx, self.pipeline.publish)
         self._awaiting = {}
         self._registered = set()
         self._maintaining = False
@@ -138,6 +149,11 @@ class MessagingService:
             GroupRemoveFrame: self.groups.on_remove,
             GroupLeaveFrame: self.groups.on_leave,
             PingFrame: self._on_ping,
+            CallInviteFrame: self.calls.on_invite,
+            CallAcceptFrame: self.calls.on_accept,
+            CallRejectFrame: self.calls.on_reject,
+            CallEndFrame: self.calls.on_end,
+            CallSignalFrame: self.calls.on_signal,
         }
 
     @property
@@ -239,6 +255,7 @@ class MessagingService:
             return
         self._awaiting.pop(conn.id, None)
         self.receipts.due.take(conn)
+        self.calls.dropped(conn)
         was_registered = session.registered
         session.close()  # not flushed: those messages stay undelivered
         session.registered = False
@@ -267,6 +284,7 @@ class MessagingService:
         self.ctx.limiter.prune(now)
         self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
+        self.calls.tick()
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """relay.ports.Maintained: store work the sync callbacks queued — delivery marks of
@@ -297,6 +315,7 @@ class MessagingService:
             await self.backlog.ready.run(self.backlog.pump, breathe)
             # after the pumps: the backlogs they finished are caught up in this call
             await self.receipts.catch_up_all(breathe)
+            await self.calls.store_records(breathe)
         finally:
             self._maintaining = False
 
@@ -399,7 +418,13 @@ class MessagingService:
         ctx.send(
             conn,
             session,
-            encode_auth_ok(user, session.device_id, session.session_id, ctx.now_iso()),
+            encode_auth_ok(
+                user,
+                session.device_id,
+                session.session_id,
+                ctx.now_iso(),
+                ice_servers=ice_servers(ctx.config, user, ctx.wall()),
+            ),
         )
         if announce:
             self.status.online(user)

@@ -23,7 +23,14 @@ def _dumps(obj: dict[str, Any]) -> bytes:
     return orjson.dumps({k: v for k, v in obj.items() if v is not None})
 
 
-def encode_auth_ok(user_id: str, device_id: str, session_id: str, server_time: str) -> bytes:
+def encode_auth_ok(
+    user_id: str,
+    device_id: str,
+    session_id: str,
+    server_time: str,
+    *,
+    ice_servers: list[dict[str, Any]] | None = None,
+) -> bytes:
     return _dumps(
         {
             "type": "auth_ok",
@@ -31,6 +38,7 @@ def encode_auth_ok(user_id: str, device_id: str, session_id: str, server_time: s
             "deviceId": device_id,
             "sessionId": session_id,
             "serverTime": server_time,
+            "iceServers": ice_servers,
         }
     )
 

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from attrs import frozen
 
+from relay.protocol.calls import CallFrame
 from relay.protocol.limits import CONVERSATIONS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT
 
 
@@ -131,4 +132,5 @@ ClientFrame = (
     | GroupRemoveFrame
     | GroupLeaveFrame
     | PingFrame
+    | CallFrame
 )

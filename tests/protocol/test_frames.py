@@ -59,6 +59,8 @@ def test_every_contract_frame_type_is_known() -> None:
     assert set(CLIENT_FRAME_TYPES) == {
         "auth", "message", "receipt", "status", "presence", "typing", "conversations",
         "history", "group_create", "group_add", "group_remove", "group_leave", "ping",
+        # contract v2: calls
+        "call_invite", "call_accept", "call_reject", "call_end", "call_signal",
     }  # fmt: skip
 
 
