@@ -43,6 +43,7 @@ from attrs import define, field
 from relay.core.call_state import CallEvent, CallPhase, CallState, Outcome
 from relay.core.context import Context
 from relay.core.session import Session
+from relay.errors import FrameError
 from relay.ports import Connection
 from relay.protocol.calls import (
     CallAcceptFrame,
@@ -278,6 +279,8 @@ class Calls:
                     sender_name=call.caller_name,
                     meta={"call": call.record()},
                 )
+            except FrameError as refused:  # the settings refuse it (a tiny max_meta_bytes)
+                log.warning("the record of call %s cannot be stored: %s", call.call_id, refused)
             except Exception:
                 log.exception("storing the record of call %s failed", call.call_id)
                 return
