@@ -35,6 +35,9 @@ message's pos is `last_pos + 1`, never `MAX(pos) + 1`: once retention has delete
 messages (all of them, in a quiet deployment) the table's maximum falls back, and positions
 counted from it again would sit at or below a device's `since_pos`, which would then not be owed
 the messages that follow its registration. Initialised from every pos recorded anywhere.
+
+Version 6: `device_keys`, one row per device that published end-to-end keys (keys_publish):
+public keys and signature as base64 text, replaced by a newer publish.
 """
 
 from __future__ import annotations
@@ -138,6 +141,18 @@ MIGRATIONS: tuple[str, ...] = (
         COALESCE((SELECT MAX(last_pos) FROM conversations), 0),
         COALESCE((SELECT MAX(since_pos) FROM devices), 0)
     );
+    """,
+    # 6: devices' end-to-end keys (see the module docstring)
+    """
+    CREATE TABLE device_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        identity_key TEXT NOT NULL,
+        enc_key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) WITHOUT ROWID;
     """,
 )
 

@@ -36,6 +36,7 @@ from relay.store.base import (
     Appended,
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     NewMessage,
     StoredMessage,
@@ -343,3 +344,10 @@ class SqliteStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- end-to-end keys (relay.store.base.KeyStore) ------------------------------------------------
+    async def publish_keys(self, keys: DeviceKeys) -> None:
+        await self._write(lambda conn: writes.publish_keys(conn, keys))
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        return await self._read(reads.device_keys, user_id)
