@@ -33,6 +33,7 @@ from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups
 from relay.core.history import History
 from relay.core.indicators import Indicators
+from relay.core.keys import Keys
 from relay.core.marks import DeliveryMarks
 from relay.core.pipeline import Item, Pipeline
 from relay.core.receipts import Receipts
@@ -70,6 +71,7 @@ from relay.protocol.calls import (
     CallRejectFrame,
     CallSignalFrame,
 )
+from relay.protocol.keys import KeysGetFrame, KeysPublishFrame
 from relay.store.base import Store, StoredMessage
 
 log = logging.getLogger("relay.core")
@@ -101,6 +103,7 @@ class MessagingService:
     status: Status
     indicators: Indicators
     calls: Calls
+    keys: Keys
     _marks: DeliveryMarks
     _handlers: dict[type, Handler]
     _awaiting: dict[int, Connection] = field(factory=dict)  # not yet authenticated
@@ -133,6 +136,7 @@ class MessagingService:
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
         self.calls = Calls(ctx, self.pipeline.publish)
+        self.keys = Keys(ctx)
         self._awaiting = {}
         self._registered = set()
         self._maintaining = False
@@ -154,6 +158,8 @@ class MessagingService:
             CallRejectFrame: self.calls.on_reject,
             CallEndFrame: self.calls.on_end,
             CallSignalFrame: self.calls.on_signal,
+            KeysPublishFrame: self.keys.on_publish,
+            KeysGetFrame: self.keys.on_get,
         }
 
     @property

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 from attrs import frozen
 
 from relay.protocol.calls import CallFrame
+from relay.protocol.keys import KeysFrame
 from relay.protocol.limits import CONVERSATIONS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT
 
 
@@ -133,4 +134,5 @@ ClientFrame = (
     | GroupLeaveFrame
     | PingFrame
     | CallFrame
+    | KeysFrame
 )

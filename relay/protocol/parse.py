@@ -56,6 +56,7 @@ from relay.protocol.frames import (
     StatusFrame,
     TypingFrame,
 )
+from relay.protocol.keys import parse_keys_get, parse_keys_publish
 from relay.protocol.limits import (
     CONVERSATIONS_LIMIT_DEFAULT,
     CONVERSATIONS_LIMIT_MAX,
@@ -431,6 +432,9 @@ _PARSERS: dict[str, Callable[[_Fields, Limits], ClientFrame]] = {
     "call_reject": parse_call_reject,
     "call_end": parse_call_end,
     "call_signal": parse_call_signal,
+    # contract v2: end-to-end encryption keys (relay.protocol.keys)
+    "keys_publish": parse_keys_publish,
+    "keys_get": parse_keys_get,
 }
 
 CLIENT_FRAME_TYPES = tuple(_PARSERS)

@@ -63,6 +63,9 @@ CALL_CLIENT_TYPES = {"call_invite", "call_accept", "call_reject", "call_end", "c
 CALL_SERVER_TYPES = {"call_invite", "call_ringing", "call_accept", "call_end", "call_signal"}
 CLIENT_TYPES |= CALL_CLIENT_TYPES
 SERVER_TYPES |= CALL_SERVER_TYPES
+# Contract v2, "End-to-end encryption": the key directory.
+CLIENT_TYPES |= {"keys_publish", "keys_get"}
+SERVER_TYPES |= {"keys"}
 
 _BLOCK = re.compile(r"^```json (schema|example)=(\S+)\n(.*?)^```\s*$", re.M | re.S)
 
@@ -1216,3 +1219,27 @@ async def test_e2e_calls(nursery: trio.Nursery) -> None:
         assert (await alice.expect("call_end"))["reason"] == "hangup"
         record = await alice.expect("message")
         assert record["meta"]["call"]["outcome"] == "answered"
+
+
+@covers("keys")
+async def test_e2e_keys(nursery: trio.Nursery) -> None:
+    # contract v2, End-to-end encryption: the key directory, checked against its schemas
+    relay = await relay_on(nursery)
+    published = {
+        "type": "keys_publish",
+        "deviceId": "phone",
+        "identityKey": "A" * 43 + "=",
+        "encKey": "B" * 43 + "=",
+        "signature": "C" * 86 + "==",
+    }
+    async with peer(relay.url, "bob", deviceId="phone") as bob, peer(relay.url, "alice") as alice:
+        await bob.send({**published, "ref": "p"})
+        own = await bob.expect("keys", ref="p")
+        assert [d["deviceId"] for d in own["devices"]] == ["phone"]
+        await alice.send({"type": "keys_get", "userId": "bob", "ref": "g"})
+        (device,) = (await alice.expect("keys", ref="g"))["devices"]
+        assert device["encKey"] == published["encKey"]
+        await alice.send({**published, "ref": "f"})
+        assert (await alice.expect("error", code="forbidden", ref="f"))["field"] == "deviceId"
+        await alice.send_refused({**published, "encKey": "short", "ref": "s"})
+        assert (await alice.expect("error", code="invalid", ref="s"))["field"] == "encKey"

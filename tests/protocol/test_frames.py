@@ -61,6 +61,8 @@ def test_every_contract_frame_type_is_known() -> None:
         "history", "group_create", "group_add", "group_remove", "group_leave", "ping",
         # contract v2: calls
         "call_invite", "call_accept", "call_reject", "call_end", "call_signal",
+        # contract v2: end-to-end encryption keys
+        "keys_publish", "keys_get",
     }  # fmt: skip
 
 
