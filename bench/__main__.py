@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets as budgets_mod
-from bench import profiling, report, scenarios, servers
+from bench import profiling, report, scenarios, servers, storm
 
 ROOT = servers.ROOT
 RESULTS = ROOT / "bench" / "results"
@@ -42,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__.splitlines()[0],
-        epilog="python -m bench soak [--minutes 30] ...: the soak test (python -m bench soak -h)",
+        epilog="python -m bench soak [--minutes 30] ...: the soak test (python -m bench soak -h); "
+        "python -m bench api: the HTTP API against WebSocket (python -m bench api -h)",
     )
     p.add_argument(
         "--quick",
@@ -52,12 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         default=",".join(scenarios.ALL_SCENARIOS),
-        help="comma-separated: " + ",".join(scenarios.ALL_SCENARIOS),
+        help="comma-separated subset of " + ",".join(scenarios.ALL_SCENARIOS) + " (all by default)",
     )
     p.add_argument(
         "--servers",
-        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite")),
-        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite; `null` (a C "
+        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite", "relay-no-compression")),
+        help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite,"
+        "relay-no-compression (the deflate scenario's other half); `null` (a C "
         "server that does nothing else) measures the load generator's own ceiling",
     )
     p.add_argument(
@@ -74,11 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inflight", type=int, help="pairwise messages in flight per client (16)")
     p.add_argument("--rates", help="rate scenario offered msg/s, comma-separated (20000,40000)")
     p.add_argument("--rate-clients", type=int, help="rate scenario clients (100)")
+    p.add_argument(
+        "--sparse-connections", help="sparse scenario connection counts, comma-separated"
+    )
+    p.add_argument(
+        "--connection-counts", help="connections scenario connection counts, comma-separated"
+    )
+    p.add_argument("--c100k-connections", type=int, help="c100k scenario connections (100000)")
     p.add_argument("--fanout-members", type=int, help="fan-out group size (1000)")
     p.add_argument("--fanout-inflight", type=int, help="fan-out messages in flight (4)")
     p.add_argument("--idle-connections", type=int, help="idle connections (10000)")
     p.add_argument("--idle-hold", type=float, help="idle: hold before measuring RSS, s (2)")
     p.add_argument("--text-bytes", type=int, help="message text length (100)")
+    p.add_argument(
+        "--history-messages", type=int, help="deflate: messages in the history page (50)"
+    )
     p.add_argument(
         "--reuse-servers",
         action="store_true",
@@ -212,6 +224,8 @@ def cores() -> tuple[int | None, int | None]:
 
 
 def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
+    """Run the load generator process (or the scenario's own client, cfg["module"]: the
+    deflate scenario's bench.deflate) on `cfg`; its one-line JSON result."""
     timeout = (
         cfg.get("warmup", 0)
         + cfg.get("duration", 0)
@@ -221,7 +235,7 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
     )
     cfg = dict(cfg, cpu=cpu)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.loadgen"],
+        [sys.executable, "-m", cfg.get("module", "bench.loadgen")],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -243,11 +257,31 @@ def run_loadgen(cfg: dict[str, Any], cpu: int | None) -> dict[str, Any]:
 
 
 def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
-    if run.scenario == "idle":
+    if run.scenario == "deflate":
         return (
-            f"{fig['kb_per_conn']:.1f} kB/conn, {fig['connect_rate']:,.0f} conn/s, "
-            f"server RSS {fig['server_rss_mb']:.0f} MB"
+            f"{fig['wire_bytes_per_page']:,.0f} B/page on the wire ({fig['page_bytes']:,} B as "
+            f"text{', compressed' if fig['compressed'] else ''}), "
+            f"{fig['cpu_us_per_page']:,.0f} µs server CPU/page, {fig['pages_per_s']:,.0f} pages/s"
         )
+    if run.scenario == "storm":
+        took = fig["storm_s"]
+        return (
+            f"{fig['devices']:,} devices reconnected over {fig['schedule_s']:.2f} s: every "
+            f"backlog delivered in {took:.2f} s, peak RSS {fig['peak_rss_mb']:.0f} MB, canary "
+            f"p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms max {fig['max_ms']} ms"
+        )
+    if run.scenario in ("idle", "c100k"):
+        text = (
+            f"{fig['connections']:,} connections, {fig['kb_per_conn']:.1f} kB/conn, "
+            f"{fig['connect_rate']:,.0f} conn/s, server RSS {fig['server_rss_mb']:.0f} MB"
+        )
+        if fig.get("canary_messages") is not None:
+            text += (
+                f", canary p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms "
+                f"over {fig['canary_messages']:,} messages, "
+                f"{fig.get('pings_answered') or 0:,} pings answered"
+            )
+        return text
     if fig.get("note"):
         return f"{fig['delivered_per_s']:,.0f} msg/s, {fig['note']}" + (
             "  DID NOT KEEP UP" if fig.get("kept_up") is False else ""
@@ -257,8 +291,9 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
         f"p99.9 {fig['p999_ms']} ms  server cpu {fig['server_cpu']:.0%}  "
         f"loadgen cpu {fig['loadgen_cpu']:.0%}"
     )
-    if run.scenario == "rate":
+    if run.scenario in scenarios.OPEN_LOOP:
         text += "  kept up" if fig["kept_up"] else "  DID NOT KEEP UP"
+        text += f"  {fig['cpu_us_per_msg']:.1f} µs/msg" if fig.get("cpu_us_per_msg") else ""
     if fig.get("client_bound"):
         text += "  CLIENT-BOUND"
     if fig.get("contended"):
@@ -309,13 +344,24 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         return soak.main(argv[1:])
+    if argv[:1] == ["api"]:  # publishes/s over the HTTP API against WebSocket (bench/api.py)
+        from bench import api
+
+        return api.main(argv[1:])
     args = parse_args(argv)
     sizes = scenarios.settings(args)
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     requested = {s.strip() for s in args.servers.split(",") if s.strip()}
     wanted = set(requested)
-    known_servers = {*scenarios.BASE_SERVERS, *scenarios.DURABLE_SERVERS, scenarios.NULL_SERVER}
-    unknown = sorted(set(names) - set(scenarios.ALL_SCENARIOS)) + sorted(wanted - known_servers)
+    known_servers = {
+        *scenarios.BASE_SERVERS,
+        *scenarios.DURABLE_SERVERS,
+        *scenarios.DEFLATE_SERVERS,
+        scenarios.NULL_SERVER,
+    }
+    unknown = sorted(
+        set(names) - set(scenarios.ALL_SCENARIOS) - set(scenarios.NAMED_SCENARIOS)
+    ) + sorted(wanted - known_servers)
     if unknown or not names or args.repeat < 1:
         say(
             f"python -m bench: unknown or empty selection {unknown or names}; scenarios are "
@@ -326,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_only: set[str] = set()  # servers run only as the rate scenario's floor
     if not args.no_floor:
         # the null server's open-loop latency is the floor any server meets on this machine
-        in_rate = {s for r in runs if r.scenario == "rate" for s in r.servers}
+        in_rate = {s for r in runs if r.scenario in scenarios.OPEN_LOOP for s in r.servers}
         floor_only = ({scenarios.NULL_SERVER} & in_rate) - requested
         wanted |= floor_only
     not_ready = ensure_loadgen()
@@ -363,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             specs["node-ws"] = spec
     if "trio-websocket" in needed:
         specs["trio-websocket"] = servers.trio_spec()
+    if "relay-no-compression" in needed:
+        specs["relay-no-compression"] = servers.relay_no_compression_spec()
     if scenarios.NULL_SERVER in needed:
         specs[scenarios.NULL_SERVER] = servers.null_spec()
     for name in ("relay", "relay-sqlite"):
@@ -374,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat)
         for run in runs
         for srv in run.servers
-        if srv in specs and (srv not in floor_only or run.scenario == "rate")
+        if srv in specs and (srv not in floor_only or run.scenario in scenarios.OPEN_LOOP)
     ]
     profile = args.profile
     if profile and not profiling.available():
@@ -400,15 +448,28 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": rep,
                 "loadgen_config": run.loadgen,
             }
+            storm_run = run.scenario == "storm"
+            user_prefix = f"r{i}u"
             if current is not None and (
-                not reuse or current.spec.name != srv or not current.alive()
+                not reuse or current.spec.name != srv or not current.alive() or storm_run
             ):
                 current.stop()
                 current = None
             if current is None:
                 spec = specs[srv]
                 if srv == "relay-sqlite":
-                    spec = servers.relay_spec(str(Path(tmp.name) / f"bench-{i}.db"))
+                    db_path = Path(tmp.name) / f"bench-{i}.db"
+                    if storm_run:
+                        # the store the relay restarts on: every device's backlog waiting
+                        devices = run.extra["devices"]
+                        stored = storm.prefill(
+                            db_path,
+                            [f"{user_prefix}{k}" for k in range(devices)],
+                            run.loadgen["backlog"],
+                            run.loadgen["text_bytes"],
+                        )
+                        say(f"    stored {stored:,} backlog messages for {devices:,} devices")
+                    spec = servers.relay_spec(str(db_path))
                 try:
                     current = servers.start(spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core)
                 except servers.ServerError as exc:
@@ -424,8 +485,15 @@ def main(argv: list[str] | None = None) -> int:
                 port=server.port,
                 server_pid=server.pid,
                 server_cpu=srv_core,
-                user_prefix=f"r{i}u",
+                user_prefix=user_prefix,
             )
+            if storm_run:
+                devices = run.extra["devices"]
+                cfg["connect_at"] = (
+                    storm.uniform_schedule(devices, sizes["storm_spread"])
+                    if run.extra["schedule"] == "uniform"
+                    else storm.client_default_schedule(devices)
+                )
             prof_path = None
             if profile and srv.startswith("relay"):
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
@@ -465,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 say(f"    {one_line(run, record['figures'])}")
             records.append(record)
-            if not reuse:
+            if not reuse or storm_run:
                 server.stop()
                 current = None
     finally:

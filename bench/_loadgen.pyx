@@ -70,8 +70,19 @@ cdef extern from "<netinet/in.h>" nogil:
         unsigned short sin_port
         in_addr sin_addr
     int IPPROTO_TCP
+    int IPPROTO_IP
     unsigned short htons(unsigned short)
+    uint32_t htonl(uint32_t)
     unsigned short ntohs(unsigned short)
+
+cdef extern from *:
+    """
+    #include <netinet/in.h>
+    #ifndef IP_BIND_ADDRESS_NO_PORT
+    #define IP_BIND_ADDRESS_NO_PORT 24
+    #endif
+    """
+    int IP_BIND_ADDRESS_NO_PORT
 
 cdef extern from "<netinet/tcp.h>" nogil:
     int TCP_NODELAY
@@ -117,6 +128,7 @@ cdef enum:
     M_OPEN = 1     # open loop: messages at a fixed total rate, round-robin over senders
     M_FANOUT = 2   # client 0 sends to a group of every client, `window` messages in flight
     M_IDLE = 3     # connect and authenticate, then stay idle
+    M_STORM = 4    # connect each client at its scheduled time; count its backlog arriving
 
 cdef enum:
     # log-linear latency buckets: 1 us wide below 1024 us, then 512 per power of two
@@ -128,6 +140,8 @@ cdef enum:
     MAX_EVENTS = 512
     WBUF_LIMIT = 8388608      # open loop: stop queueing to a socket with 8 MiB unsent
     TICK_NS = 200000          # open loop: the schedule is served every 200 us
+    MAX_VARIANTS = 8          # distinct message bodies per sender (the mix scenario)
+    MAX_PATTERN = 64          # the order in which a sender cycles through them
 
 cdef uint32_t TIMER_IDX = 0xFFFFFFFF
 
@@ -150,6 +164,10 @@ ctypedef struct Conn:
     int prefix_len
     char* suffix
     int suffix_len
+    # message variants (the mix scenario): the frame's tail after the id for variant v is
+    # suffix + voff[v] .. + vlen[v]; one buffer per connection holds every variant
+    int voff[MAX_VARIANTS]
+    int vlen[MAX_VARIANTS]
     int64_t sent
     int64_t rcpt
     int64_t dlv
@@ -299,9 +317,25 @@ cdef class LoadGen:
     cdef int nflush
     cdef int have_error
     cdef object _progress
+    # Source addresses: connection i binds to 127.0.0.(2 + i / per_source) before connecting,
+    # so more connections than one (source, destination) pair's ephemeral ports can exist.
+    cdef int per_source
+    # idle mode: the last two connections are a canary pair exchanging one message at a time
+    # every canary_ns during the hold; its latency is what the idle connections cost others
+    cdef int canary
+    cdef int64_t canary_ns
+    cdef int pattern[MAX_PATTERN]
+    cdef int npattern
+    # storm mode: connection i (of the n - 2 before the canary pair) connects at
+    # connect_at[i] ns after the storm starts (ascending) and expects `backlog` messages
+    cdef int64_t* connect_at
+    cdef int64_t backlog
+    cdef int storm_done
+    cdef int64_t storm_last_ns
 
     def __cinit__(self):
         self.conns = NULL
+        self.connect_at = NULL
         self.senders = NULL
         self.flushq = NULL
         self.ring_ts = NULL
@@ -317,7 +351,9 @@ cdef class LoadGen:
         cdef bytes host = cfg.get("host", "127.0.0.1").encode()
         cdef int port = int(cfg["port"])
         mode_name = cfg["mode"]
-        self.mode = {"closed": M_CLOSED, "open": M_OPEN, "fanout": M_FANOUT, "idle": M_IDLE}[mode_name]
+        self.mode = {
+            "closed": M_CLOSED, "open": M_OPEN, "fanout": M_FANOUT, "idle": M_IDLE, "storm": M_STORM
+        }[mode_name]
         self.n = int(cfg["clients"])
         self.window = int(cfg.get("window", 16))
         self.rate = float(cfg.get("rate", 0.0))
@@ -327,6 +363,12 @@ cdef class LoadGen:
         self.hold_ns = <int64_t>(float(cfg.get("hold", 1.0)) * 1e9)
         self.setup_timeout_ns = <int64_t>(float(cfg.get("setup_timeout", 60.0)) * 1e9)
         self.connect_concurrency = int(cfg.get("connect_concurrency", 256))
+        self.per_source = int(cfg.get("per_source", 0))
+        self.canary = 1 if (cfg.get("canary") or self.mode == M_STORM) else 0
+        self.backlog = int(cfg.get("backlog", 0))
+        self.canary_ns = <int64_t>(float(cfg.get("canary_interval", 0.01)) * 1e9)
+        if self.canary and (self.mode not in (M_IDLE, M_STORM) or self.n < 4 or self.n % 2):
+            raise ValueError("a canary pair needs idle or storm mode and an even number >= 4")
         self._progress = progress
         self.rng = 0x9E3779B9
         if self.mode == M_FANOUT and self.window >= RING:
@@ -357,6 +399,17 @@ cdef class LoadGen:
                 or self.ring_ts == NULL or self.ring_got == NULL or self.senders == NULL):
             raise MemoryError()
 
+        # the message bodies a sender cycles through in `pattern` order: JSON members after
+        # the addressee, "{text}" and "{user}" (the sender) filled in; one plain text by default
+        bodies = list(cfg.get("bodies", ['"text":"{text}"']))
+        pattern = list(cfg.get("pattern", [0]))
+        if not 1 <= len(bodies) <= MAX_VARIANTS or not 1 <= len(pattern) <= MAX_PATTERN:
+            raise ValueError(f"1-{MAX_VARIANTS} bodies and a pattern of 1-{MAX_PATTERN} needed")
+        if any(not 0 <= v < len(bodies) for v in pattern):
+            raise ValueError("the pattern names a body that does not exist")
+        self.npattern = len(pattern)
+        for i, v in enumerate(pattern):
+            self.pattern[i] = v
         prefix = cfg.get("user_prefix", "u")
         text = "x" * int(cfg.get("text_bytes", 100))
         stamp = "2026-02-05T10:30:15Z"
@@ -373,9 +426,11 @@ cdef class LoadGen:
                 f'{{"type":"auth","userId":"{user}","userName":"{user}","userAvatar":"U",'
                 f'"timestamp":"{stamp}"}}'.encode()
             )
-            if self.mode == M_CLOSED or self.mode == M_OPEN:
+            if self.mode == M_CLOSED or self.mode == M_OPEN or (self.canary and i >= self.n - 2):
                 c.partner = i ^ 1
                 c.is_sender = 1 if (sender_set == "all" or i % 2 == 0) else 0
+                if self.mode == M_IDLE or self.mode == M_STORM:
+                    c.is_sender = 1 if i == self.n - 2 else 0
                 to = f'"recipientId":"{prefix}{c.partner}"'
             elif self.mode == M_FANOUT:
                 c.partner = -1
@@ -389,10 +444,15 @@ cdef class LoadGen:
                 self.senders[self.n_senders] = i
                 self.n_senders += 1
                 pre = b'{"type":"message","id":"'
-                suf = (
-                    f'","senderId":"{user}","senderName":"{user}","senderAvatar":"U",{to},'
-                    f'"text":"{text}","timestamp":"{stamp}","status":"pending"}}'
-                ).encode()
+                sufs = [
+                    (
+                        f'","senderId":"{user}","senderName":"{user}","senderAvatar":"U",{to},'
+                        + body.replace("{text}", text).replace("{user}", user)
+                        + f',"timestamp":"{stamp}","status":"pending"}}'
+                    ).encode()
+                    for body in bodies
+                ]
+                suf = b"".join(sufs)
                 c.prefix = <char*>malloc(len(pre))
                 c.suffix = <char*>malloc(len(suf))
                 if c.prefix == NULL or c.suffix == NULL:
@@ -401,6 +461,20 @@ cdef class LoadGen:
                 memcpy(c.suffix, <char*>suf, len(suf))
                 c.prefix_len = len(pre)
                 c.suffix_len = len(suf)
+                off = 0
+                for v, one in enumerate(sufs):
+                    c.voff[v] = off
+                    c.vlen[v] = len(one)
+                    off += len(one)
+        if self.mode == M_STORM:
+            times = cfg["connect_at"]
+            if len(times) != self.n - 2 or self.backlog < 1:
+                raise ValueError("storm needs connect_at for all but the canary pair, backlog >= 1")
+            self.connect_at = <int64_t*>calloc(self.n, sizeof(int64_t))
+            if self.connect_at == NULL:
+                raise MemoryError()
+            for i, t in enumerate(sorted(times)):
+                self.connect_at[i] = <int64_t>(float(t) * 1e9)
         if self.mode == M_FANOUT:
             members = ",".join(f'"{prefix}{i}"' for i in range(self.n))
             self.group_frame = (
@@ -421,6 +495,7 @@ cdef class LoadGen:
                 free(self.conns[i].prefix)
                 free(self.conns[i].suffix)
             free(self.conns)
+        free(self.connect_at)
         free(self.lat.buckets)
         free(self.aux.buckets)
         free(self.ring_ts)
@@ -613,8 +688,26 @@ cdef class LoadGen:
         c.want_out = 1
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl ADD failed")
+        if self.per_source > 0:
+            self.bind_source(fd, idx)
         if connect(fd, <sockaddr*>&self.addr, sizeof(self.addr)) != 0 and errno != EINPROGRESS:
             self.fail_conn(idx, b"connect failed")
+        return 0
+
+    cdef int bind_source(self, int fd, int idx) except -1:
+        cdef sockaddr_in src
+        cdef int one = 1
+        cdef int k = 2 + idx // self.per_source
+        if k > 254:
+            raise ValueError(f"connection {idx} needs source address 127.0.0.{k}")
+        memset(&src, 0, sizeof(src))
+        src.sin_family = AF_INET
+        src.sin_port = 0
+        src.sin_addr.s_addr = htonl((127 << 24) | k)
+        # the port is chosen at connect() for the (source, destination) pair, not at bind()
+        setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one))
+        if bind(fd, <sockaddr*>&src, sizeof(src)) != 0:
+            raise OSError(errno, f"bind to 127.0.0.{k} failed for connection {idx}")
         return 0
 
     cdef int on_connected(self, int idx) except -1:
@@ -771,6 +864,11 @@ cdef class LoadGen:
                 self.conns[c.partner].dlv += 1
                 if self.measuring:
                     hist_add(&self.lat, now - ts)
+            elif self.mode == M_STORM:
+                c.dlv += 1
+                if c.dlv == self.backlog:
+                    self.storm_done += 1
+                    self.storm_last_ns = now
             return 0
         if tl == 7 and memcmp(t, b"receipt", 7) == 0:
             s = self.json_str(d, n, b'"status"', 8, &sl)
@@ -812,11 +910,12 @@ cdef class LoadGen:
         cdef char idbuf[48]
         cdef int il
         cdef int64_t ctr = c.sent
+        cdef int v = self.pattern[ctr % self.npattern]
         if self.mode == M_FANOUT:
             self.ring_ts[ctr % RING] = now
             self.ring_got[ctr % RING] = 0
         il = snprintf(idbuf, 48, "%lld.%lld", <long long>now, <long long>ctr)
-        self.put_frame(idx, 1, c.prefix, c.prefix_len, idbuf, il, c.suffix, c.suffix_len)
+        self.put_frame(idx, 1, c.prefix, c.prefix_len, idbuf, il, c.suffix + c.voff[v], c.vlen[v])
         c.sent += 1
         self.t_sent += 1
         if self.measuring:
@@ -840,6 +939,79 @@ cdef class LoadGen:
             while out < self.window:
                 self.send_message(idx, now)
                 out += 1
+        return 0
+
+    def run_storm(self, snapshot, dict result):
+        """The canary pair connects first; then each other client connects at its scheduled
+        time and authenticates, and the relay sends it its backlog. Ends when every backlog
+        arrived (or at setup_timeout). Samples the server's RSS every 50 ms for its peak."""
+        cdef int64_t t0, now, deadline, next_canary, next_sample
+        cdef int storm_n = self.n - 2
+        cdef int i
+        # the canary pair, alone first
+        for i in range(storm_n, self.n):
+            self.start_connect(i)
+        deadline = now_ns() + self.setup_timeout_ns
+        while self.ready + self.t_closed < 2:
+            self.poll_once(5)
+            self.flush_all()
+            if now_ns() > deadline:
+                raise RuntimeError(f"the canary pair did not authenticate ({self.error_text()})")
+        before = snapshot()
+        peak = before["server_rss_kb"]
+        self.measuring = 1
+        self.next_to_connect = 0
+        t0 = now_ns()
+        next_canary = t0
+        next_sample = t0
+        deadline = t0 + self.setup_timeout_ns
+        while self.storm_done + self.t_closed < storm_n:
+            now = now_ns()
+            if now > deadline:
+                break
+            while (self.next_to_connect < storm_n
+                   and self.connect_at[self.next_to_connect] <= now - t0
+                   and self.in_progress < self.connect_concurrency):
+                self.start_connect(self.next_to_connect)
+                self.next_to_connect += 1
+            if now >= next_canary:
+                self.canary_step(now)
+                next_canary = now + self.canary_ns
+            if now >= next_sample:
+                sample = snapshot()
+                if sample["server_rss_kb"] > peak:
+                    peak = sample["server_rss_kb"]
+                next_sample = now + 50000000
+            self.poll_once(1)
+            self.flush_all()
+        self.measuring = 0
+        after = snapshot()
+        if after["server_rss_kb"] > peak:
+            peak = after["server_rss_kb"]
+        result.update(self.common())
+        result.update(
+            storm_clients=storm_n,
+            backlog_each=self.backlog,
+            backlogs_complete=self.storm_done,
+            # from the first scheduled connect to the last backlog's last message
+            storm_s=((self.storm_last_ns - t0) / 1e9) if self.storm_done == storm_n else None,
+            schedule_s=self.connect_at[storm_n - 1] / 1e9,
+            peak_rss_kb=peak,
+            canary=hist_summary(&self.lat),
+            canary_sent=self.conns[storm_n].sent,
+            before=before,
+            after=after,
+            window_s=after["t"] - before["t"],
+        )
+        self.shutdown()
+        return result
+
+    cdef int canary_step(self, int64_t now) except -1:
+        """Send the canary's next message if its previous one arrived (one in flight)."""
+        cdef int idx = self.n - 2
+        cdef Conn* c = &self.conns[idx]
+        if c.state == CS_READY and c.sent == c.dlv:
+            self.send_message(idx, now)
         return 0
 
     cdef int refill_open(self, int64_t now) except -1:
@@ -931,7 +1103,7 @@ cdef class LoadGen:
     def run(self, snapshot):
         """Run the scenario; `snapshot()` is called at the window boundaries (and, for idle,
         before connecting and after the hold). Returns every figure as a dict."""
-        cdef int64_t t_start, t_ready, t_group = 0, w0, w1, t_end, deadline, now
+        cdef int64_t t_start, t_ready, t_group = 0, w0, w1, t_end, deadline, now, next_canary
         cdef itimerspec its
         cdef int i
         cdef int64_t backlog_end = 0, backlog_start = 0
@@ -939,6 +1111,8 @@ cdef class LoadGen:
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
         result = {}
+        if self.mode == M_STORM:
+            return self.run_storm(snapshot, result)
         if self.mode == M_IDLE:
             before = snapshot()
         t_start = now_ns()
@@ -950,10 +1124,22 @@ cdef class LoadGen:
 
         if self.mode == M_IDLE:
             deadline = now_ns() + self.hold_ns
-            while now_ns() < deadline:
-                self.poll_once(10)
+            self.measuring = self.canary
+            next_canary = now_ns()
+            while True:
+                now = now_ns()
+                if now >= deadline:
+                    break
+                if self.canary and now >= next_canary:
+                    self.canary_step(now)
+                    next_canary = now + self.canary_ns
+                self.poll_once(1 if self.canary else 10)
                 self.flush_all()
+            self.measuring = 0
             after = snapshot()
+            if self.canary:
+                result["canary"] = hist_summary(&self.lat)
+                result["canary_sent"] = self.conns[self.n - 2].sent
             result.update(self.common())
             result["before"] = before
             result["after"] = after

@@ -10,6 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: run keys of the open-loop scenarios (rate@N, sparse@N connections, conns@N connections)
+OPEN_LOOP_KEYS = ("rate@", "sparse@", "conns@")
+#: run keys whose figures are per connection count: the chart's third panel
+BY_CONNECTIONS = ("sparse@", "conns@")
+
 
 def _num(v: Any, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
@@ -24,15 +29,29 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
     for key in order:
         for server, fig in summary.get(key, {}).items():
             notes = []
-            if key.startswith("idle"):
+            if key.startswith(("idle", "c100k")):
                 notes.append(
+                    f"{_num(fig.get('connections'), ',.0f')} conns, "
                     f"{_num(fig.get('kb_per_conn'), '.1f')} kB/conn, "
                     f"{_num(fig.get('connect_rate'), ',.0f')} conn/s, "
                     f"RSS {_num(fig.get('server_rss_mb'), '.0f')} MB"
                 )
-            if key.startswith("rate"):
+            if key.startswith(OPEN_LOOP_KEYS):
                 notes.append("kept up" if fig.get("kept_up") else "DID NOT KEEP UP")
                 notes.append(f"offered {_num(fig.get('offered_per_s'), ',.0f')}/s")
+            if key == "deflate":
+                notes.append(
+                    f"{_num(fig.get('wire_bytes_per_page'), ',.0f')} B/page on the wire "
+                    f"({_num(fig.get('page_bytes'), ',.0f')} B as text), "
+                    f"{_num(fig.get('cpu_us_per_page'), ',.0f')} µs server CPU/page, "
+                    f"{_num(fig.get('pages_per_s'), ',.0f')} pages/s"
+                )
+            if key.startswith("storm"):
+                notes.append(
+                    f"{_num(fig.get('devices'), ',.0f')} devices: backlogs in "
+                    f"{_num(fig.get('storm_s'), '.2f')} s, peak RSS "
+                    f"{_num(fig.get('peak_rss_mb'), '.0f')} MB; latency: the canary's"
+                )
             if key == "fanout":
                 notes.append(
                     f"{_num(fig.get('messages_per_s'), ',.0f')} msg/s; latency to last member"
@@ -49,7 +68,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                     f"steal (hypervisor took: server core {_num(fig.get('server_steal'), '.0%')}, "
                     f"loadgen core {_num(fig.get('loadgen_steal'), '.0%')})"
                 )
-            if server == "null" and key.startswith("rate"):
+            if server == "null" and key.startswith(OPEN_LOOP_KEYS):
                 notes.append("floor: C server doing nothing else")
             if fig.get("note"):
                 notes.append(str(fig["note"]))
@@ -82,7 +101,7 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install -e '.[bench]')"
 
-    keys = [k for k in order if not k.startswith("idle") and summary.get(k)]
+    keys = [k for k in order if not k.startswith(("idle", "c100k", "storm")) and summary.get(k)]
     if not keys:
         return "chart skipped: no throughput or latency figures"
     servers: list[str] = []
@@ -90,7 +109,14 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
         for s in summary[k]:
             if s not in servers:
                 servers.append(s)
-    fig, (ax_t, ax_l) = plt.subplots(2, 1, figsize=(max(8, 1.6 * len(keys) * len(servers) / 2), 9))
+    by_conns = [k for k in keys if k.startswith(BY_CONNECTIONS)]
+    rows = 3 if by_conns else 2
+    fig, axes = plt.subplots(
+        rows, 1, figsize=(max(8, 1.6 * len(keys) * len(servers) / 2), 4.5 * rows)
+    )
+    ax_t, ax_l = axes[0], axes[1]
+    if by_conns:
+        _by_connections(axes[2], summary, by_conns, servers)
     width = 0.8 / len(servers)
     for i, server in enumerate(servers):
         xs = [j + i * width for j in range(len(keys))]
@@ -124,3 +150,47 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return f"chart: {path}"
+
+
+def _by_connections(
+    ax: Any, summary: dict[str, dict[str, dict[str, Any]]], keys: list[str], servers: list[str]
+) -> None:
+    """CPU per message (bars' left axis) and p99 (right axis) against the connection count,
+    one line per (scenario, server): where the per-wake-up cost shows."""
+    ax_p = ax.twinx()
+    for prefix, style in (("sparse@", "-"), ("conns@", "--")):
+        for i, server in enumerate(servers):
+            pts = []
+            for k in keys:
+                f = summary[k].get(server, {})
+                if k.startswith(prefix) and isinstance(f.get("connections"), (int, float)):
+                    pts.append((f["connections"], f.get("cpu_us_per_msg"), f.get("p99_ms")))
+            pts.sort()
+            cpu = [(n, c) for n, c, _ in pts if isinstance(c, (int, float))]
+            p99 = [(n, p) for n, _, p in pts if isinstance(p, (int, float))]
+            name = prefix.rstrip("@")
+            if cpu:
+                ax.plot(
+                    *zip(*cpu, strict=True),
+                    style,
+                    marker="o",
+                    color=f"C{i}",
+                    label=f"{server} {name} µs/msg",
+                )
+            if p99:
+                ax_p.plot(
+                    *zip(*p99, strict=True),
+                    style,
+                    marker="^",
+                    color=f"C{i}",
+                    alpha=0.5,
+                    label=f"{server} {name} p99",
+                )
+    ax.set_xscale("log")
+    ax.set_xlabel("connections")
+    ax.set_ylabel("server CPU per message, µs (o)")
+    ax_p.set_yscale("log")
+    ax_p.set_ylabel("p99, ms (^, log)")
+    ax.set_title("open loop: CPU per message and p99 against connection count")
+    ax.legend(fontsize=7, loc="upper left")
+    ax_p.legend(fontsize=7, loc="upper right")

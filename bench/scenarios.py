@@ -7,14 +7,36 @@ window and from the OS snapshots taken at that window's edges; nothing is estima
 from __future__ import annotations
 
 import argparse
+import resource
 from dataclasses import dataclass, field
 from typing import Any
 
-ALL_SCENARIOS = ("pairwise", "pingpong", "rate", "fanout", "idle", "durable")
+ALL_SCENARIOS = (
+    "pairwise",
+    "pingpong",
+    "rate",
+    "sparse",
+    "connections",
+    "fanout",
+    "idle",
+    "c100k",
+    "durable",
+    "storm",
+    "deflate",
+)
+# open-loop scenarios: a fixed offered rate, figures of keeping up with it
+OPEN_LOOP = ("rate", "sparse", "connections")
+# scenarios run only when named in --scenarios (none today)
+NAMED_SCENARIOS: tuple[str, ...] = ()
 BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
 # the load generator's calibration target (bench/nullrelay.py): only when asked for by name
 NULL_SERVER = "null"
 DURABLE_SERVERS = ("relay", "relay-sqlite")
+#: how the storm's devices come back: within a second, uniformly; or as the client library's
+#: default reconnect policy schedules its first attempt
+STORM_SCHEDULES = ("uniform", "client-default")
+# permessage-deflate on (the default) and off (--no-compression), same client offer
+DEFLATE_SERVERS = ("relay", "relay-no-compression")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
 CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
@@ -35,7 +57,24 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "text_bytes": (100, 100),
     "drain": (2.0, 0.5),
     "setup_timeout": (180.0, 20.0),
+    "sparse_rate": (10000.0, 1000.0),
+    "sparse_connections": ("1000,10000", "100,200"),
+    "connections_rate": (20000.0, 2000.0),
+    "connection_counts": ("100,1000,10000,50000", "10,100"),
+    "c100k_connections": (100000, 400),
+    # longer than the relay's heartbeat interval (20 s): every connection is pinged in it
+    "c100k_hold": (25.0, 1.0),
+    # Connections per source address (127.0.0.2, .3, ...) when a run needs more than one:
+    # under the 28,232 ephemeral ports of one (source, destination) pair; --quick uses a small
+    # number so that its c100k run crosses several addresses too.
+    "per_source": (25000, 100),
+    "storm_devices": (20000, 200),
+    "storm_backlog": (10, 3),
+    "storm_spread": (1.0, 0.2),
+    "history_messages": (50, 50),
 }
+#: Descriptors a process keeps for itself beyond one per connection (listeners, epoll, logs).
+FD_MARGIN = 200
 
 
 @dataclass
@@ -57,7 +96,29 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         out[name] = value if value is not None else (quick if args.quick else full)
     out["rates"] = [float(r) for r in str(out["rates"]).split(",") if r.strip()]
+    for name in ("sparse_connections", "connection_counts"):
+        out[name] = [int(c) for c in str(out[name]).split(",") if c.strip()]
+    out["fd_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     return out
+
+
+def capped(count: int, fd_limit: int) -> tuple[int, str]:
+    """`count` connections, or as many as a process with `fd_limit` descriptors can hold
+    (even, for pairs); and a note when it had to be capped."""
+    if fd_limit == resource.RLIM_INFINITY or count + FD_MARGIN <= fd_limit:
+        return count, ""
+    n = max(2, (fd_limit - FD_MARGIN) // 2 * 2)
+    return n, (
+        f"capped from {count:,} to {n:,} connections: the descriptor hard limit here is "
+        f"{fd_limit:,} (raise it with `ulimit -Hn` as root, or LimitNOFILE= in systemd)"
+    )
+
+
+def open_loop(n: int, rate: float, timing: dict[str, Any], per_source: int) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"mode": "open", "clients": n, "rate": rate, **timing}
+    if n > per_source:
+        cfg["per_source"] = per_source
+    return cfg
 
 
 def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
@@ -103,6 +164,38 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                         {"rate": rate},
                     )
                 )
+        elif name == "sparse":
+            # real chat traffic: many connections, each sending now and then, one message
+            # per wake-up; against node-ws and the null floor
+            rate = s["sparse_rate"]
+            for count in s["sparse_connections"]:
+                n, note = capped(count, s["fd_limit"])
+                runs.append(
+                    Run(
+                        f"sparse@{count}",
+                        name,
+                        ("relay", "node-ws", NULL_SERVER),
+                        open_loop(n, rate, timing, s["per_source"]),
+                        f"open loop at {rate:,.0f} msg/s over {n:,} connections"
+                        + (f" ({note})" if note else ""),
+                        {"rate": rate, "connections": n, "note": note},
+                    )
+                )
+        elif name == "connections":
+            rate = s["connections_rate"]
+            for count in s["connection_counts"]:
+                n, note = capped(count, s["fd_limit"])
+                runs.append(
+                    Run(
+                        f"conns@{count}",
+                        name,
+                        ("relay", "node-ws"),
+                        open_loop(n, rate, timing, s["per_source"]),
+                        f"open loop at {rate:,.0f} msg/s over {n:,} connections"
+                        + (f" ({note})" if note else ""),
+                        {"rate": rate, "connections": n, "note": note},
+                    )
+                )
         elif name == "fanout":
             runs.append(
                 Run(
@@ -134,6 +227,58 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     f"{s['idle_connections']:,} authenticated idle connections",
                 )
             )
+        elif name == "c100k":
+            n, note = capped(s["c100k_connections"], s["fd_limit"])
+            cfg = {
+                "mode": "idle",
+                "clients": n,
+                "hold": s["c100k_hold"],
+                "connect_concurrency": 1024,
+                "setup_timeout": s["setup_timeout"],
+                "canary": True,
+            }
+            if n > s["per_source"]:
+                cfg["per_source"] = s["per_source"]
+            runs.append(
+                Run(
+                    "c100k",
+                    name,
+                    ("relay", "node-ws"),
+                    cfg,
+                    f"{n:,} authenticated connections held {s['c100k_hold']:g} s (a heartbeat "
+                    "round), a canary pair exchanging a message every 10 ms"
+                    + (f" ({note})" if note else ""),
+                    {"connections": n, "note": note},
+                )
+            )
+        elif name == "storm":
+            n, note = capped(s["storm_devices"] + 2, s["fd_limit"])
+            for schedule in STORM_SCHEDULES:
+                when = (
+                    f"within {s['storm_spread']:g} s"
+                    if schedule == "uniform"
+                    else "when the client library's default ReconnectPolicy retries"
+                )
+                runs.append(
+                    Run(
+                        f"storm@{schedule}",
+                        name,
+                        ("relay-sqlite",),
+                        {
+                            "mode": "storm",
+                            "clients": n,
+                            "backlog": s["storm_backlog"],
+                            "connect_concurrency": 1_000_000,
+                            "setup_timeout": s["setup_timeout"],
+                            "text_bytes": s["text_bytes"],
+                        },
+                        f"{n - 2:,} devices with {s['storm_backlog']} backlog messages each "
+                        f"in SQLite reconnect {when} to a freshly started relay; "
+                        "a canary pair exchanges a message every 10 ms"
+                        + (f" ({note})" if note else ""),
+                        {"schedule": schedule, "devices": n - 2, "note": note},
+                    )
+                )
         elif name == "durable":
             runs.append(
                 Run(
@@ -144,8 +289,26 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     "pairwise, in-memory store vs SQLite --db <tmpfile>",
                 )
             )
+        elif name == "deflate":
+            runs.append(
+                Run(
+                    "deflate",
+                    name,
+                    DEFLATE_SERVERS,
+                    {
+                        "mode": "deflate",
+                        "module": "bench.deflate",
+                        "clients": 2,
+                        "messages": s["history_messages"],
+                        **timing,
+                    },
+                    f"a {s['history_messages']}-message history page ({s['text_bytes']}-char "
+                    "texts) fetched over and over, permessage-deflate offered",
+                )
+            )
         else:
-            raise ValueError(f"unknown scenario {name!r}; known: {', '.join(ALL_SCENARIOS)}")
+            known = ", ".join((*ALL_SCENARIOS, *NAMED_SCENARIOS))
+            raise ValueError(f"unknown scenario {name!r}; known: {known}")
     return runs
 
 
@@ -174,7 +337,47 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             f"{raw['closed']} connections closed during the run "
             f"(first error: {raw.get('first_error')})"
         )
-    if run.scenario == "idle":
+    if run.scenario == "deflate":
+        pages = raw["pages"]
+        fig.update(
+            pages=pages,
+            pages_per_s=pages / window,
+            page_bytes=raw["page_json_bytes"],
+            wire_bytes_per_page=raw["wire_bytes"] / pages if pages else None,
+            cpu_us_per_page=(
+                (after["server_cpu_s"] - before["server_cpu_s"]) * 1e6 / pages if pages else None
+            ),
+            compressed=raw["compressed"],
+            client_bound=False,
+        )
+        if not pages:
+            problems.append("no history page fetched in the window")
+        return fig, problems
+    if run.extra.get("note"):
+        fig["note"] = run.extra["note"]
+    if run.scenario == "storm":
+        canary = raw.get("canary") or {}
+        fig.update(
+            devices=raw["storm_clients"],
+            backlogs_complete=raw["backlogs_complete"],
+            storm_s=raw["storm_s"],
+            schedule_s=raw["schedule_s"],
+            peak_rss_mb=raw["peak_rss_kb"] / 1024,
+            canary_messages=canary.get("count"),
+            p50_ms=canary.get("p50_ms"),
+            p99_ms=canary.get("p99_ms"),
+            max_ms=canary.get("max_ms"),
+        )
+        fig["client_bound"] = False
+        if raw["storm_s"] is None:
+            problems.append(
+                f"only {raw['backlogs_complete']:,} of {raw['storm_clients']:,} backlogs arrived "
+                f"(first error: {raw.get('first_error')})"
+            )
+        if not canary.get("count"):
+            problems.append("the canary pair exchanged no message during the storm")
+        return fig, problems
+    if run.scenario in ("idle", "c100k"):
         n = raw["clients"]
         fig.update(
             connections=n,
@@ -182,6 +385,17 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             server_rss_mb=after["server_rss_kb"] / 1024,
             connect_rate=raw["connect_rate"],
         )
+        canary = raw.get("canary")
+        if canary is not None:
+            if not canary.get("count"):
+                problems.append("the canary pair exchanged no message during the hold")
+            fig.update(
+                canary_messages=canary.get("count"),
+                p50_ms=canary.get("p50_ms"),
+                p99_ms=canary.get("p99_ms"),
+                max_ms=canary.get("max_ms"),
+                pings_answered=raw.get("pings_answered"),
+            )
         fig["client_bound"] = False
         return fig, problems
 
@@ -199,8 +413,10 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         # what each delivery cost the server: where a latency budget is missed, this next to
         # the floor's says how much of the machine the server's own work takes
         fig["cpu_us_per_msg"] = fig["server_cpu"] * 1e6 / raw["delivered_per_s"]
+    if run.extra.get("connections"):
+        fig["connections"] = run.extra["connections"]
     if raw["delivered"] == 0:
-        if run.scenario == "rate" and not raw.get("closed"):
+        if run.scenario in OPEN_LOOP and not raw.get("closed"):
             # an overloaded server that stops delivering is a result of an open loop
             fig["note"] = "no message delivered in the window"
         else:
@@ -219,7 +435,7 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         fig["delivery_p99_ms"] = raw["delivery_latency"].get("p99_ms")
         if raw.get("echoes"):
             problems.append(f"{raw['echoes']} group messages echoed to the sending connection")
-    if run.scenario == "rate":
+    if run.scenario in OPEN_LOOP:
         offered = raw["offered_per_s"]
         fig.update(
             offered_per_s=offered,

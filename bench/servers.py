@@ -156,6 +156,8 @@ def relay_spec(db_path: str | None) -> ServerSpec:
     env = {
         "RELAY_RATE_LIMIT_MESSAGES": str(RELAY_RATE_LIMIT),
         "RELAY_RATE_LIMIT_BURST": str(RELAY_RATE_LIMIT),
+        # no line per connection (INFO): the idle scenario opens 10,000 of them
+        "RELAY_LOG_LEVEL": "warning",
     }
     name = "relay" if db_path is None else "relay-sqlite"
     note = (
@@ -165,6 +167,17 @@ def relay_spec(db_path: str | None) -> ServerSpec:
         + "RELAY_RATE_LIMIT_* env)"
     )
     return ServerSpec(name, argv, env=env, note=note)
+
+
+def relay_no_compression_spec() -> ServerSpec:
+    """The relay as relay_spec(None) has it, with permessage-deflate off (--no-compression)."""
+    spec = relay_spec(None)
+    return ServerSpec(
+        "relay-no-compression",
+        [*spec.argv, "--no-compression"],
+        env=spec.env,
+        note=spec.note + "; --no-compression",
+    )
 
 
 def node_spec() -> tuple[ServerSpec | None, str]:

@@ -8,11 +8,14 @@ OP_BINARY: Final[int]
 OP_CLOSE: Final[int]
 OP_PING: Final[int]
 OP_PONG: Final[int]
+RSV1: Final[int]
 
 class FrameParser:
     def __init__(self, max_message_bytes: int) -> None: ...
     def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]: ...
     max_message_bytes: int
+    allow_rsv1: bool
+    def fail(self, code: int, reason: str) -> None: ...
     @property
     def failed(self) -> bool: ...
     @property

@@ -45,9 +45,12 @@ OP_BINARY = 2
 OP_CLOSE = 8
 OP_PING = 9
 OP_PONG = 10
+#: RSV1 (permessage-deflate: "compressed") as it is or-ed into an event's opcode
+RSV1 = 0x40
 
 # Close reasons; the twin uses the same words.
 R_RSV = "reserved bits set without a negotiated extension"
+R_RSV1_FRAME = "RSV1 set on a control or continuation frame"
 R_OPCODE = "unknown opcode"
 R_UNMASKED = "client frame is not masked"
 R_CONTROL_FRAGMENTED = "fragmented control frame"
@@ -162,10 +165,13 @@ cdef class FrameParser:
     connection while idle) and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
     `max_message_bytes` may be changed between feeds; frames not yet complete are checked
-    against the new value.
+    against the new value. `allow_rsv1` (permessage-deflate negotiated) lets the first frame
+    of a data message carry RSV1; such a message's event opcode has RSV1 or-ed in and its
+    payload is returned as received (compressed, its UTF-8 unchecked).
     """
 
     cdef public Py_ssize_t max_message_bytes
+    cdef public bint allow_rsv1
     cdef readonly bint failed
     cdef readonly int close_code
     cdef readonly str close_reason
@@ -180,6 +186,7 @@ cdef class FrameParser:
 
     def __cinit__(self, Py_ssize_t max_message_bytes):
         self.max_message_bytes = max_message_bytes
+        self.allow_rsv1 = False
         self.failed = False
         self.close_code = 0
         self.close_reason = ""
@@ -200,7 +207,8 @@ cdef class FrameParser:
 
         Returns events (opcode, payload) in order: OP_TEXT with the whole (defragmented,
         UTF-8-validated) message, OP_BINARY likewise, OP_PING/OP_PONG with their payload,
-        OP_CLOSE with the raw close payload (already validated). Incomplete data stays
+        OP_CLOSE with the raw close payload (already validated); OP_TEXT | RSV1 and
+        OP_BINARY | RSV1 with a compressed message (see `allow_rsv1`). Incomplete data stays
         buffered. On a violation it stops: `failed` becomes True, `close_code`/`close_reason`
         say why (1002 protocol, 1007 bad UTF-8, 1009 too big), and later feeds return [].
         The events before the violation are still returned.
@@ -262,7 +270,7 @@ cdef class FrameParser:
         cdef Py_ssize_t pos = 0
         cdef Py_ssize_t head, size
         cdef unsigned char b0, b1
-        cdef int opcode, violation
+        cdef int opcode, violation, flag
         cdef bint fin
         cdef uint64_t length
         cdef bytes payload
@@ -271,8 +279,12 @@ cdef class FrameParser:
             b0 = p[pos]
             b1 = p[pos + 1]
             opcode = b0 & 0x0F
-            if b0 & 0x70:
-                return self._fail(1002, R_RSV)
+            flag = b0 & 0x70
+            if flag:
+                if flag != 0x40 or not self.allow_rsv1:
+                    return self._fail(1002, R_RSV)
+                if opcode != 1 and opcode != 2:
+                    return self._fail(1002, R_RSV1_FRAME)
             if not _known_opcode(opcode):
                 return self._fail(1002, R_OPCODE)
             if not (b1 & 0x80):
@@ -332,7 +344,7 @@ cdef class FrameParser:
                 continue
             if not fin:
                 if opcode != 0:
-                    self._frag_op = opcode
+                    self._frag_op = opcode | flag
                 if self._frag_parts is None:
                     self._frag_parts = [payload]
                 else:
@@ -347,12 +359,19 @@ cdef class FrameParser:
                 self._frag_op = 0
                 self._frag_parts = None
                 self._frag_len = 0
+            else:
+                opcode |= flag
             if opcode == 1 and not _utf8_valid(
                 <const unsigned char*>PyBytes_AS_STRING(payload), PyBytes_GET_SIZE(payload)
             ):
                 return self._fail(1007, R_TEXT_UTF8)
             events.append((opcode, payload))
         return pos
+
+    def fail(self, int code, str reason):
+        """Stop as on a violation found by the caller (a compressed message that does not
+        inflate): `failed`, `close_code`, `close_reason` say so and later feeds return []."""
+        self._fail(code, reason)
 
     cdef Py_ssize_t _fail(self, int code, str reason) noexcept:
         self.failed = True

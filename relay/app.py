@@ -22,15 +22,19 @@ from typing import TYPE_CHECKING, Any
 import trio
 from attrs import define, field
 
+from relay.api.keys import enabled as api_enabled
 from relay.config import RelayConfig
-from relay.errors import RelayError
+from relay.errors import ConfigError, RelayError
+from relay.files.service import FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
+from relay.transport.httpserver import RouteTable
 from relay.transport.server import BoundAddress, Server
 
 if TYPE_CHECKING:
     from relay.auth import Authenticator
+    from relay.webhooks.sender import WebhookSender
 
 log = logging.getLogger("relay")
 
@@ -45,6 +49,9 @@ class Relay:
     metrics: RelayMetrics = field(factory=RelayMetrics, kw_only=True)
     # For the default handler; None: the one the config asks for (relay.auth).
     authenticator: Authenticator | None = field(default=None, kw_only=True)
+    #: routed plain HTTP (relay.transport.httpserver): parts add their prefixes and routes
+    #: before `serve`; served only when some prefix is claimed
+    routes: RouteTable = field(factory=RouteTable, kw_only=True)
     _server: Server | None = field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -96,7 +103,19 @@ class Relay:
         if self.handler is None:
             self.handler = self._default_handler()
         handler = self.handler
-        server = self._server = Server(self.config, handler, self.metrics)
+        webhooks = self._webhooks(handler)  # before anything starts: a bad secret file stops it
+        files = None
+        claimed = {p.prefix for p in self.routes.prefixes}
+        if isinstance(handler, IssuesHttpTokens) and "/files" not in claimed:
+            # file sharing (contract v2): its sessions' httpTokens authenticate /files
+            files = FileService.for_config(self.config, handler.http_tokens)
+            files.install(self.routes)
+        if api_enabled(self.config):  # the HTTP API under /api/v1/ (relay.api)
+            from relay.api import mount
+
+            mount(self.routes, handler, self.metrics.registry)
+        routes = self.routes if self.routes.prefixes else None
+        server = self._server = Server(self.config, handler, self.metrics, routes=routes)
         store = self.store
         if store is not None:
             await store.open()
@@ -105,15 +124,44 @@ class Relay:
             if lifecycle is not None:
                 await lifecycle.start()
             try:
-                await server.serve(task_status=task_status)
+                if files is not None:
+                    await files.open()  # after the store: `<db>.files` sits beside its file
+                if webhooks is None:
+                    await server.serve(task_status=task_status)
+                else:  # the webhooks end with the server (cancelled together)
+                    async with trio.open_nursery() as nursery:
+                        await nursery.start(webhooks.run)
+                        await server.serve(task_status=task_status)
             finally:
                 if lifecycle is not None:
                     with trio.CancelScope(shield=True):
                         await lifecycle.aclose()
         finally:
+            if files is not None:
+                with trio.CancelScope(shield=True):
+                    await files.close()
             if store is not None:
                 with trio.CancelScope(shield=True):
                     await store.close()
+
+    def _webhooks(self, handler: ConnectionHandler) -> WebhookSender | None:
+        """The webhook sender the config asks for (relay.webhooks), over the messaging
+        service's store and router; None when webhooks are off. ConfigError when they cannot
+        run: another handler, a store without WebhookOutbox, a secret file that cannot be read."""
+        if self.config.webhook_url is None:
+            return None
+        from relay.core import MessagingService
+        from relay.webhooks.sender import WebhookSender, WebhookSettings
+        from relay.webhooks.stats import WebhookCollector
+
+        settings = WebhookSettings.from_config(self.config)
+        if settings is None:
+            return None
+        if not isinstance(handler, MessagingService):
+            raise ConfigError("webhooks need the messaging service as the handler")
+        sender = WebhookSender(settings, handler.store, handler.ctx.router.is_connected)
+        self.metrics.registry.register(WebhookCollector(sender.stats))
+        return sender
 
     async def publish(self, **message: Any) -> Any:
         """Send a message from inside the process (e.g. a system notice), through the same

@@ -32,13 +32,19 @@ import ssl
 import sys
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NoReturn, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, NoReturn, Union, get_args, get_origin
 
 import attrs
 
+from relay import logs
 from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_config
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
+from relay.logs import LOG_FORMATS
+from relay.rlimit import raise_descriptor_limit
+
+if TYPE_CHECKING:
+    from relay.app import Relay
 
 log = logging.getLogger("relay")
 
@@ -51,6 +57,7 @@ _SPECIAL = {"db_path"}
 # Secrets: taken verbatim (no `none` spelling turns token auth off; empty is refused by
 # RelayConfig), never shown in --help defaults or in error messages.
 _SECRET = {"auth_secret"}
+_SECRET.add("api_keys")  # the HTTP API keys (relay.api)
 #: The distribution relay is installed as (`relay` on PyPI is another project).
 DISTRIBUTION = "trio-relay"
 #: Hosts that mean "every interface of this machine".
@@ -161,6 +168,9 @@ def _serve_parser(sub: argparse._SubParsersAction[Any]) -> None:
             kwargs["metavar"] = s.name.upper()
         if s.name == "log_level":
             kwargs["choices"] = LOG_LEVELS
+            kwargs["type"] = str.lower
+        if s.name == "log_format":
+            kwargs["choices"] = LOG_FORMATS
             kwargs["type"] = str.lower
         serve.add_argument(s.flag, **kwargs)
     store = serve.add_mutually_exclusive_group()
@@ -321,15 +331,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = serve_config(args, os.environ)
         authenticator = authenticator_from_config(config)
+        if config.webhook_secret_file is not None:  # unreadable or empty: a usage mistake
+            from relay.webhooks.signature import read_secret_file
+
+            read_secret_file(config.webhook_secret_file)
     except ConfigError as exc:
         return _fail(2, str(exc))
     problem = tls_problem(config)
     if problem is not None:
         return _fail(1, problem)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(config.log_level, config.log_format)
+    # httpx (the webhooks' client) logs every request, URL and all, at INFO; relay.webhooks
+    # logs what an operator needs (a receiver failing, recovering)
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     return _serve(config, authenticator)
 
 
@@ -405,12 +419,26 @@ def tune_collector() -> None:
 
 
 async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator) -> None:
-    import trio
-
-    from relay import fastpath, notify
     from relay.app import Relay
 
     relay = Relay(config, authenticator=authenticator)
+    # one relay in this process: its metrics go on prometheus_client's default registry too
+    relay.metrics.export_to_default()
+    try:
+        await _serve_relay(relay, config, authenticator)
+    finally:
+        relay.metrics.unexport()
+    log.info("stopped")
+
+
+async def _serve_relay(relay: Relay, config: RelayConfig, authenticator: Authenticator) -> None:
+    import trio
+
+    from relay import fastpath, notify
+
+    # raised before the listener exists; said once it is listening, so that a failure to
+    # start stays one line
+    short = raise_descriptor_limit(config.max_connections)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             address = await nursery.start(relay.serve)
@@ -420,12 +448,13 @@ async def _serve_until_signal(config: RelayConfig, authenticator: Authenticator)
             notify.notify("READY=1", f"STATUS={listening_line(address)}")
             log.info("fast path: %s", fastpath.IMPLEMENTATION)
             _log_exposure(config, authenticator, address)
+            if short is not None:
+                log.warning("%s", short)
             async for signum in signals:
                 notify.notify("STOPPING=1", "STATUS=draining")
                 log.info("%s: draining", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
-    log.info("stopped")
 
 
 def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: Any) -> None:
@@ -442,4 +471,21 @@ def _log_exposure(config: RelayConfig, authenticator: Authenticator, address: An
             "token auth is off: every auth frame's userId is trusted (set RELAY_AUTH_SECRET, "
             "RELAY_AUTH_SECRET_FILE or RELAY_AUTH_PUBLIC_KEY_FILE to check tokens)%s",
             "" if is_loopback(config.host) else "; --insecure-no-auth: reachable from other hosts",
+        )
+    # the HTTP API (relay.api): say where, never the keys
+    if config.api_keys is not None or config.api_keys_file is not None:
+        scheme = "https" if address.scheme == "wss" else "http"
+        log.info(
+            "HTTP API on %s://%s:%d/api/v1/ (keys from %s)",
+            scheme,
+            address.host or "0.0.0.0",
+            address.port,
+            " and ".join(
+                name
+                for name, value in (
+                    ("api_keys", config.api_keys),
+                    ("api_keys_file", config.api_keys_file),
+                )
+                if value is not None
+            ),
         )

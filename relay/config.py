@@ -31,6 +31,11 @@ def _non_negative(instance: object, attribute: object, value: float) -> None:
         raise ConfigError(f"{getattr(attribute, 'name', attribute)} must be >= 0, got {value!r}")
 
 
+def _log_format(instance: object, attribute: object, value: str) -> None:
+    if value not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, got {value!r}")
+
+
 def _host_port(text: str) -> tuple[str, int]:
     """(host, port) of "HOST:PORT" ("[::1]:9090" for IPv6). ConfigError when malformed."""
     host, sep, port = text.rpartition(":")
@@ -334,6 +339,120 @@ class RelayConfig:
             "when it has none) to its `exp` (0: no maximum)"
         ),
     )
+    log_format: str = field(
+        default="text",
+        validator=_log_format,
+        metadata=_help("log line format: text, or json (one object per line, for log shippers)"),
+    )
+
+    # --- webhooks (relay.webhooks; docs/HTTP-API.md, "Webhooks") ---
+    webhook_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "http(s) URL the relay POSTs `message.undelivered` events to (needs "
+            "webhook_secret_file; none: no webhooks)"
+        ),
+    )
+    webhook_secret_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "file holding the key that signs webhook requests (Relay-Signature; trailing "
+            "whitespace ignored)"
+        ),
+    )
+    webhook_delay: float = field(
+        default=2.0,
+        validator=_non_negative,
+        metadata=_help(
+            "seconds a message may wait for a device of its recipient before the recipient's "
+            "`message.undelivered` event is made"
+        ),
+    )
+    webhook_max_age: float = field(
+        default=86400.0,
+        validator=_positive,
+        metadata=_help("seconds an event is retried before it is given up (counted as expired)"),
+    )
+    webhook_retry_initial: float = field(
+        default=1.0,
+        validator=_positive,
+        metadata=_help(
+            "seconds before the first retry of a failed webhook request (doubling, with "
+            "jitter, up to webhook_retry_max)"
+        ),
+    )
+    webhook_retry_max: float = field(
+        default=300.0,
+        validator=_positive,
+        metadata=_help("longest wait, seconds, between two attempts of a webhook event"),
+    )
+    webhook_timeout: float = field(
+        default=10.0,
+        validator=_positive,
+        metadata=_help("seconds a webhook request may take before it counts as failed"),
+    )
+    webhook_batch: int = field(
+        default=100,
+        validator=_positive,
+        metadata=_help("events per webhook request at most"),
+    )
+    webhook_max_pending: int = field(
+        default=100_000,
+        validator=_positive,
+        metadata=_help(
+            "webhook events kept undelivered at most; beyond it the oldest are dropped "
+            "(counted as dropped)"
+        ),
+    )
+
+    # --- permessage-deflate (RFC 7692); see docs/PROTOCOL.md "Compression" ---
+    compression: bool = field(
+        default=True,
+        metadata=_help(
+            "answer a client's permessage-deflate offer (--no-compression: never compress)"
+        ),
+    )
+    compress_min_bytes: int = field(
+        default=1024,
+        validator=_non_negative,
+        metadata=_help("smallest frame payload the relay compresses, bytes (with compression)"),
+    )
+    # --- files (contract v2, "Files") ---
+    max_file_bytes: int = field(
+        default=25 * 1024 * 1024,
+        validator=_positive,
+        metadata=_help("largest file `POST /files` stores, bytes (a larger one is refused 413)"),
+    )
+    http_token_ttl: float = field(
+        default=3600.0,
+        validator=_non_negative,
+        metadata=_help("seconds a session's `httpToken` stays valid after the session ends"),
+    )
+    files_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "directory of uploaded files (default: `<db>.files` beside the SQLite file; with "
+            "--memory a temporary directory removed at exit)"
+        ),
+    )
+
+    # --- the HTTP API for the application's backend (relay.api) ---
+    api_keys: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_help(
+            "API keys of the HTTP API under /api/v1/, comma-separated (with none here nor in "
+            "api_keys_file, /api/ answers 404); prefer RELAY_API_KEYS or --api-keys-file, as "
+            "a flag is visible to other local users in the process list"
+        ),
+    )
+    api_keys_file: str | None = field(
+        default=None,
+        metadata=_help(
+            "file of HTTP API keys, one per line (blank lines and # comments ignored); "
+            "re-read when it changes"
+        ),
+    )
 
     # --- calls (issue 18): ring timeout and the ICE servers handed out in auth_ok ---
     call_ring_timeout: float = field(
@@ -369,6 +488,7 @@ class RelayConfig:
     )
 
     def __attrs_post_init__(self) -> None:
+        self._check_webhooks()
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("certfile and keyfile go together")
         if self.port > 65535:
@@ -419,6 +539,20 @@ class RelayConfig:
                         f"{name} needs token auth: set auth_secret, auth_secret_file "
                         "or auth_public_key_file"
                     )
+
+    def _check_webhooks(self) -> None:
+        # The secret file itself is read when the relay starts (relay.webhooks.sender).
+        url = self.webhook_url
+        if url is None:
+            if self.webhook_secret_file is not None:
+                raise ConfigError("webhook_secret_file needs webhook_url")
+            return
+        if not url.lower().startswith(("http://", "https://")) or url[-3:] == "://":
+            raise ConfigError(f"webhook_url must be an http:// or https:// URL, got {url!r}")
+        if not self.webhook_secret_file:
+            raise ConfigError(
+                "webhook_url needs webhook_secret_file: every webhook request is signed"
+            )
 
     def _check_ice(self) -> None:
         for name, schemes in (

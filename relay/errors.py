@@ -50,3 +50,12 @@ class ClientError(RelayError):
 
 class ConnectionLost(ClientError):
     """The client gave up reconnecting; the relay stayed unreachable."""
+
+
+class WebhookError(RelayError):
+    """Raised by the webhooks (relay.webhooks): a delivery state the policy has no move for."""
+
+
+class WebhookSignatureError(WebhookError):
+    """A webhook's `Relay-Signature` does not prove the body came from the relay: malformed,
+    signed with another key, or timestamped outside the tolerance (relay.webhooks.verify)."""

@@ -17,7 +17,32 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIO_KEYS = {"pairwise", "pingpong", "rate@2000", "rate@4000", "fanout", "idle", "durable"}
+SCENARIO_KEYS = {
+    "pairwise",
+    "pingpong",
+    "rate@2000",
+    "rate@4000",
+    "sparse@100",
+    "sparse@200",
+    "conns@10",
+    "conns@100",
+    "fanout",
+    "idle",
+    "c100k",
+    "durable",
+    "storm@uniform",
+    "storm@client-default",
+    "deflate",
+}
+# the servers each scenario runs against, beyond which the run's available servers limit it
+SCENARIO_SERVERS = {
+    "durable": {"relay", "relay-sqlite"},
+    "sparse": {"relay", "node-ws", "null"},
+    "conns": {"relay", "node-ws"},
+    "c100k": {"relay", "node-ws"},
+    "storm": {"relay-sqlite"},
+    "deflate": {"relay", "relay-no-compression"},
+}
 
 
 def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> None:
@@ -32,7 +57,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             "--json",
             str(out),
             "--servers",
-            "relay,relay-sqlite,node-ws,trio-websocket,null",
+            "relay,relay-sqlite,node-ws,trio-websocket,null,relay-no-compression",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -45,7 +70,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert doc["errors"] == []
 
     available = set(doc["servers_available"])
-    expected = {"relay", "relay-sqlite", "trio-websocket", "null"}
+    expected = {"relay", "relay-sqlite", "trio-websocket", "null", "relay-no-compression"}
     if os.environ.get("RELAY_SKIP_NODE") != "1":
         # node-ws is skipped only when node is absent, and then it must say so.
         if shutil.which("node"):
@@ -57,12 +82,33 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     summary = doc["summary"]
     assert set(summary) == SCENARIO_KEYS
     for key, per_server in summary.items():
-        servers = {"relay", "relay-sqlite"} if key == "durable" else available - {"relay-sqlite"}
+        default = available - {"relay-sqlite", "relay-no-compression"}
+        servers = SCENARIO_SERVERS.get(key.split("@")[0], default) & available
         assert set(per_server) == servers, key
         for server, fig in per_server.items():
             assert "error" not in fig, (key, server, fig)
             # measured from /proc in 10 ms ticks: 200 idle connects may cost less than one
             assert fig["server_cpu"] >= 0 and fig["loadgen_cpu"] >= 0, (key, server)
+            if key.startswith("storm"):
+                # 200 devices, each got its 3 stored messages after reconnecting to a relay
+                # started on them; the canary pair kept talking meanwhile
+                assert fig["devices"] == 200 and fig["backlogs_complete"] == 200, fig
+                assert fig["storm_s"] > 0 and fig["peak_rss_mb"] > 0, fig
+                assert fig["canary_messages"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"], fig
+                continue
+            if key == "deflate":
+                # the 50-message page went out compressed, and much smaller, only when on
+                assert fig["pages"] > 0 and fig["cpu_us_per_page"] > 0, (server, fig)
+                assert fig["compressed"] is (server == "relay"), (server, fig)
+                if server == "relay":
+                    assert fig["wire_bytes_per_page"] < fig["page_bytes"] / 3, fig
+                continue
+            if key == "c100k":
+                # 400 connections from four source addresses (100 each in --quick), and a
+                # canary pair that exchanged messages while they were held
+                assert fig["connections"] == 400
+                assert fig["canary_messages"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"]
+                continue
             if key == "idle":
                 assert fig["connections"] == 200
                 # an RSS delta over only 200 connections may be negative (a garbage-collecting
@@ -71,8 +117,11 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 continue
             assert fig["delivered_per_s"] > 0, (key, server, fig)
             assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
-            if key.startswith("rate"):
+            if key.startswith(("rate", "sparse", "conns")):
                 assert fig["sent_per_s"] > 0 and isinstance(fig["kept_up"], bool)
+                assert fig["cpu_us_per_msg"] > 0, (key, server, fig)
+            if key.startswith(("sparse", "conns")):
+                assert fig["connections"] == int(key.split("@")[1]), (key, fig)
 
     # The durable scenario really ran on SQLite: the database file was written.
     sqlite_runs = [r for r in doc["runs"] if r["server"] == "relay-sqlite"]
@@ -80,7 +129,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert all("--db" in r["server_argv"] for r in sqlite_runs)
 
     # Each budget is judged in the JSON, even when not enforced.
-    assert len(doc["budgets"]) == 6
+    assert len(doc["budgets"]) == 13
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout

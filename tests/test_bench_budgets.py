@@ -61,19 +61,40 @@ def test_shipped_budgets_are_the_issue_budgets() -> None:
     assert {b.figure: b.floor for b in loaded if b.floor} == {
         "rate@20000/relay/p99_ms": "rate@20000/null/p99_ms",
         "rate@40000/relay/p99_ms": "rate@40000/null/p99_ms",
+        "sparse@1000/relay/p99_ms": "sparse@1000/null/p99_ms",
+        "sparse@10000/relay/p99_ms": "sparse@10000/null/p99_ms",
+    }
+    sparse = {
+        f"sparse@{n}/relay/{fig}": (
+            "<=",
+            1.0,
+            f"sparse@{n}/node-ws/{fig}",
+            f"sparse@{n}/relay/kept_up",
+        )
+        for n in (1000, 10000)
+        for fig in ("cpu_us_per_msg", "p99_ms")
     }
     assert shipped == {
-        "pairwise/relay/delivered_per_s": (">=", 3.0, "pairwise/node-ws/delivered_per_s", None),
-        "fanout/relay/delivered_per_s": (">=", 2.0, "fanout/node-ws/delivered_per_s", None),
+        "pairwise/relay/delivered_per_s": (">=", 4.0, "pairwise/node-ws/delivered_per_s", None),
+        "fanout/relay/delivered_per_s": (">=", 3.0, "fanout/node-ws/delivered_per_s", None),
         "idle/relay/kb_per_conn": ("<=", 1.0, "idle/node-ws/kb_per_conn", None),
         "rate@20000/relay/p99_ms": ("<=", 1.0, None, "rate@20000/relay/kept_up"),
         "rate@40000/relay/p99_ms": ("<=", 2.0, None, "rate@40000/relay/kept_up"),
         "durable/relay-sqlite/delivered_per_s": (
             ">=",
-            0.5,
+            0.6,
             "durable/relay/delivered_per_s",
             None,
         ),
+        **sparse,
+        "conns@10000/relay/delivered_per_s": (
+            ">=",
+            0.8,
+            "conns@100/relay/delivered_per_s",
+            None,
+        ),
+        "c100k/relay/kb_per_conn": ("<=", 6.0, None, None),
+        "storm@uniform/relay-sqlite/p99_ms": ("<=", 50.0, None, None),
     }
 
 

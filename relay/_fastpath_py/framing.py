@@ -13,12 +13,15 @@ OP_BINARY = 2
 OP_CLOSE = 8
 OP_PING = 9
 OP_PONG = 10
+#: RSV1 (permessage-deflate: "compressed") as it is or-ed into an event's opcode
+RSV1 = 0x40
 
 _KNOWN_OPCODES = frozenset((OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 _SERVER_OPCODES = frozenset((OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG))
 
 # Close reasons; the compiled module uses the same words.
 R_RSV = "reserved bits set without a negotiated extension"
+R_RSV1_FRAME = "RSV1 set on a control or continuation frame"
 R_OPCODE = "unknown opcode"
 R_UNMASKED = "client frame is not masked"
 R_CONTROL_FRAGMENTED = "fragmented control frame"
@@ -88,10 +91,13 @@ class FrameParser:
     when no fragmented message is open, and then `_frag_parts` is empty and `_frag_len` 0.
     Once `failed` (or after a close frame) the parser is finished: feeds return [].
     `max_message_bytes` may be changed between feeds; frames not yet complete are checked
-    against the new value.
+    against the new value. `allow_rsv1` (permessage-deflate negotiated) lets the first frame
+    of a data message carry RSV1; such a message's event opcode has RSV1 or-ed in and its
+    payload is returned as received (compressed, its UTF-8 unchecked).
     """
 
     max_message_bytes: int
+    allow_rsv1: bool = field(init=False, default=False)
     failed: bool = field(init=False, default=False)
     close_code: int = field(init=False, default=0)
     close_reason: str = field(init=False, default="")
@@ -106,7 +112,8 @@ class FrameParser:
 
         Returns events (opcode, payload) in order: OP_TEXT with the whole (defragmented,
         UTF-8-validated) message, OP_BINARY likewise, OP_PING/OP_PONG with their payload,
-        OP_CLOSE with the raw close payload (already validated). Incomplete data stays
+        OP_CLOSE with the raw close payload (already validated); OP_TEXT | RSV1 and
+        OP_BINARY | RSV1 with a compressed message (see `allow_rsv1`). Incomplete data stays
         buffered. On a violation it stops: `failed` becomes True, `close_code`/`close_reason`
         say why (1002 protocol, 1007 bad UTF-8, 1009 too big), and later feeds return [].
         The events before the violation are still returned.
@@ -126,8 +133,12 @@ class FrameParser:
             b0 = buf[pos]
             b1 = buf[pos + 1]
             opcode = b0 & 0x0F
-            if b0 & 0x70:
-                return self._fail(events, 1002, R_RSV)
+            flag = b0 & 0x70
+            if flag:
+                if flag != RSV1 or not self.allow_rsv1:
+                    return self._fail(events, 1002, R_RSV)
+                if opcode != OP_TEXT and opcode != OP_BINARY:
+                    return self._fail(events, 1002, R_RSV1_FRAME)
             if opcode not in _KNOWN_OPCODES:
                 return self._fail(events, 1002, R_OPCODE)
             if not b1 & 0x80:
@@ -177,7 +188,7 @@ class FrameParser:
                 continue
             if not fin:
                 if opcode != OP_CONT:
-                    self._frag_op = opcode
+                    self._frag_op = opcode | flag
                 self._frag_parts.append(payload)
                 self._frag_len += length
                 continue
@@ -188,6 +199,8 @@ class FrameParser:
                 self._frag_op = 0
                 self._frag_parts.clear()
                 self._frag_len = 0
+            else:
+                opcode |= flag
             if opcode == OP_TEXT and not _utf8_valid(payload):
                 return self._fail(events, 1007, R_TEXT_UTF8)
             events.append((opcode, payload))
@@ -196,6 +209,14 @@ class FrameParser:
         elif pos < end:
             self._buf += buf[pos:]
         return events
+
+    def fail(self, code: int, reason: str) -> None:
+        """Stop as on a violation found by the caller (a compressed message that does not
+        inflate): `failed`, `close_code`, `close_reason` say so and later feeds return []."""
+        self.failed = True
+        self.close_code = code
+        self.close_reason = reason
+        self._finish()
 
     def _fail(
         self, events: list[tuple[int, bytes]], code: int, reason: str

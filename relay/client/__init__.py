@@ -29,6 +29,7 @@ from relay.client.calls import (
 )
 from relay.client.connection import RelayClient
 from relay.client.events import EventStream
+from relay.client.files import FileInfo, FileRequestFailed
 from relay.client.frames import now_iso
 from relay.client.model import (
     ConnectionChanged,
@@ -50,6 +51,7 @@ from relay.client.model import (
     Presence,
     PresenceChanged,
     RequestFailed,
+    SearchResults,
     TypingChanged,
 )
 from relay.client.state import ClientState
@@ -73,6 +75,8 @@ __all__ = [
     "ErrorReceived",
     "Event",
     "EventStream",
+    "FileInfo",
+    "FileRequestFailed",
     "GroupChanged",
     "GroupInfo",
     "HistoryPage",
@@ -87,6 +91,7 @@ __all__ = [
     "ReconnectPolicy",
     "RelayClient",
     "RequestFailed",
+    "SearchResults",
     "TypingChanged",
     "now_iso",
 ]

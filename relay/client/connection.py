@@ -37,13 +37,16 @@ heartbeat: a WebSocket ping every `heartbeat_interval` (20 s; None = off) unansw
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
+import attrs
 import trio
 
+from relay.client import files
 from relay.client.backoff import ReconnectPolicy
 from relay.client.calls import (
     CallInfo,
@@ -54,7 +57,8 @@ from relay.client.calls import (
     signal_frame,
 )
 from relay.client.events import EventHub, EventStream
-from relay.client.frames import Frame, auth_frame, now_iso
+from relay.client.files import FileInfo
+from relay.client.frames import Frame, auth_frame, now_iso, parse_message
 from relay.client.lifecycle import Lifecycle, Phase
 from relay.client.link import DROPS, AuthRejected, Link, describe, drop_reason
 from relay.client.model import (
@@ -66,6 +70,7 @@ from relay.client.model import (
     Message,
     MessageStatus,
     Presence,
+    SearchResults,
 )
 from relay.client.outgoing import Outgoing
 from relay.client.state import ClientState
@@ -115,6 +120,7 @@ class RelayClient:
         self.connection_device_id: str | None = None  # as auth_ok named it (`anon-…` when None)
         self.session_id: str | None = None
         self.ice_servers: list[dict[str, Any]] = []  # auth_ok's iceServers (RTCIceServer dicts)
+        self.http_token: str | None = None  # auth_ok's, for /files (contract v2)
         self.policy = ReconnectPolicy(
             attempts=reconnect_attempts,
             delay=reconnect_delay,
@@ -450,6 +456,50 @@ class RelayClient:
         if self.state.connection is not ConnectionState.ONLINE:
             raise ClientError("not connected to the relay: calls need a live connection")
 
+    async def search(
+        self,
+        query: str,
+        *,
+        conversation: Target | None = None,
+        before: str | None = None,
+        limit: int = 20,
+    ) -> SearchResults:
+        """Search the user's conversations (only `conversation` when given) for `query`: words
+        (all must match), `word*` prefixes and `"a phrase"`. Newest first; page on with
+        `before=results.next`. The messages found do not join the state."""
+        frame: Frame = {"type": "search", "query": query, "limit": limit}
+        if conversation is not None:
+            frame.update(_cid(conversation).target())
+        if before is not None:
+            frame["before"] = before
+        answer = await self._request(frame, "search_result")
+        return _search_results(self.user_id, answer)
+
+    async def upload_file(
+        self,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        name: str,
+        mime: str | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> FileInfo:
+        """Upload a file (`POST /files`) with this session's httpToken; its FileInfo."""
+        return await files.upload(
+            self.url, self._token(), data, name=name, mime=mime, context=context
+        )
+
+    async def download(
+        self, file_id: str, *, context: ssl.SSLContext | None = None
+    ) -> AsyncIterator[bytes]:
+        """A file's bytes, chunk by chunk (`GET /files/{fileId}`)."""
+        async for chunk in files.download(self.url, self._token(), file_id, context=context):
+            yield chunk
+
+    def _token(self) -> str:
+        if self.http_token is None:
+            raise ClientError("no httpToken yet: the client has not been online")
+        return self.http_token
+
     async def ping(self) -> str:
         """Round trip to the relay; returns its serverTime."""
         answer = await self._request({"type": "ping"}, "pong")
@@ -516,6 +566,8 @@ class RelayClient:
         self.session_id = ok.get("sessionId")
         servers = ok.get("iceServers")  # contract v2: STUN/TURN for calls, [] when none
         self.ice_servers = servers if isinstance(servers, list) else []
+        token = ok.get("httpToken")
+        self.http_token = token if isinstance(token, str) else None
         self._set_connection(ConnectionState.ONLINE)
 
     async def _sweep_typing(self) -> None:
@@ -574,6 +626,24 @@ def _history_page(state: ClientState, cid: ConversationId, answer: Frame) -> His
             if m is not None:
                 found.append(m)
     return HistoryPage(cid, tuple(found), bool(answer.get("hasMore")))
+
+
+def _search_results(user_id: str, answer: Frame) -> SearchResults:
+    """The messages of a `search_result` answer, with the status each item carries."""
+    statuses = {s.value: s for s in MessageStatus}
+    found: list[Message] = []
+    for item in answer.get("items", []):
+        if not isinstance(item, dict):
+            continue
+        message = parse_message(item, user_id)
+        if message is None:
+            continue
+        status = statuses.get(str(item.get("status")))
+        found.append(attrs.evolve(message, status=status) if status is not None else message)
+    cursor = answer.get("next")
+    return SearchResults(
+        tuple(found), bool(answer.get("hasMore")), cursor if isinstance(cursor, str) else None
+    )
 
 
 def _group_info(state: ClientState, answer: Frame) -> GroupInfo:

@@ -157,6 +157,16 @@ class HistoryPage:
     has_more: bool
 
 
+@frozen
+class SearchResults:
+    """A page of a search: the matching messages, newest first, each with the status the
+    relay gave it; `next` is the cursor of the following page (None: this was the last)."""
+
+    messages: tuple[Message, ...]
+    has_more: bool
+    next: str | None
+
+
 # --- events -------------------------------------------------------------------------------------
 
 

@@ -148,6 +148,7 @@ class Backlog:
             if not queue_message(ctx, conn, session, message, encode_delivery(message)):
                 queue.clear()
                 return False
+            ctx.stats.backlog_sent += 1
             if session.acks:
                 backlog.need[message.conversation] = message.seq
         return True

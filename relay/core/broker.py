@@ -89,6 +89,7 @@ class LocalBroker:
         mark: tuple[int, str | None] | None = None
         failed: list[tuple[Connection, Session]] | None = None
         table = self._table
+        queued = 0
         for user in audience:
             conns = table.get(user)
             if conns is None:
@@ -115,10 +116,12 @@ class LocalBroker:
                     failed.append((conn, session))
                     continue
                 sent_upto[conversation] = seq
+                queued += 1
                 if not session.acks and sender != session.user_id:
                     if mark is None:
                         mark = (seq, message.group_id)
                     session.pending_marks[conversation] = mark
+        self._ctx.stats.messages_delivered += queued
         if failed:  # did not fit: the connection ends (its marks are dropped with it)
             for conn, session in failed:
                 self._ctx.slow(conn, session)

@@ -22,6 +22,7 @@ from relay.core.router import Router
 from relay.core.session import Phase, Session
 from relay.core.typing_state import TypingTracker
 from relay.fastpath import OP_TEXT, encode_frame
+from relay.metrics import Stats
 from relay.ports import Connection
 from relay.protocol import Limits, encode_error
 from relay.store.base import Group, Store
@@ -46,6 +47,8 @@ class Context:
     wall: WallClock  # timestamps on the wire and in the store
     limits: Limits
     router: Router = field(factory=Router)
+    #: the relay's counters (relay.metrics); the service is handed the shell's (`instrument`)
+    stats: Stats = field(factory=Stats)
     presence: PresenceTracker = field(init=False)
     typing: TypingTracker = field(init=False)
     limiter: RateLimiter = field(init=False)  # messages
@@ -98,6 +101,7 @@ class Context:
         ref: str | None = None,
         field: str | None = None,
     ) -> None:
+        self.stats.error_frame(code)
         self.send(conn, session, encode_error(code, message, ref=ref, field=field))
 
     async def member_group(

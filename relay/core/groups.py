@@ -132,6 +132,7 @@ class Groups:
         ctx = self._ctx
         if ctx.group_limiter.allow(session.user_id, ctx.clock()):
             return False
+        ctx.stats.frame_rate_limited("group")
         ctx.error(conn, session, "rate_limited", "too many group changes; slow down", ref=ref)
         return True
 

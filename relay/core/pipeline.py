@@ -21,12 +21,17 @@
 
 Entries: `inline` (the shell's poller, without waiting), `frames` (awaited, what `inline` left),
 `publish` (in-process). Speed work belongs inside these stages, never in a copy of them.
+
+Metrics (ctx.stats), per batch where it can be: messages accepted, failed by reason; the accept
+time (time.monotonic, one read per batch) of a batch whose answers or deliveries are queued, as
+`delivery_mark` for the shell's flush (relay_delivery_seconds).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -64,6 +69,7 @@ _ACTIVE = Phase.ACTIVE
 _CLOSING = Phase.CLOSING
 #: bound of the remembered 1:1 conversation keys (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
+_monotonic = time.monotonic
 
 #: what a read's message frames are before the check: parsed, or refused by the parser
 Item = MessageFrame | MessageRefused
@@ -95,6 +101,7 @@ class _Pending(NamedTuple):
     accepted: list[NewMessage]  # what to store, in order
     conversations: Sequence[str]  # each once: the sequencer's turn
     timestamp: str  # the server time of the append
+    accepted_at: float = 0.0  # time.monotonic() of the check: where delivery latency starts
 
 
 def _refusal_frame(refused: MessageRefused) -> bytes:
@@ -254,7 +261,7 @@ class Pipeline:
             raise entry
         assert isinstance(entry, tuple)
         conversations = (entry[0].conversation,)
-        pending = _Pending([entry], [entry[0]], conversations, timestamp)
+        pending = _Pending([entry], [entry[0]], conversations, timestamp, _monotonic())
         deliveries: list[Ready] = []
         self._sequencer.begin(conversations, now)
         try:
@@ -315,13 +322,14 @@ class Pipeline:
             ctx = self._ctx
             for entry in entries:
                 assert isinstance(entry, MessageRefused)
+                ctx.stats.message_failed(entry.code)
                 ctx.send(conn, session, _refusal_frame(entry))
             return None
         if len(accepted) == 1:
             conversations: Sequence[str] = (accepted[0].conversation,)
         else:  # no comprehension: it is a function call of its own in 3.11
             conversations = list(dict.fromkeys([m.conversation for m in accepted]))
-        return _Pending(entries, accepted, conversations, timestamp)
+        return _Pending(entries, accepted, conversations, timestamp, _monotonic())
 
     def _check_one(
         self, author: Author, frame: MessageFrame, now: float, timestamp: str, limited: bool
@@ -403,11 +411,19 @@ class Pipeline:
         the store failed; none without a connection); the new messages' deliveries go to
         `deliveries` for the sequencer."""
         ctx = self._ctx
+        stats = ctx.stats
+        if results is None:
+            stats.message_failed("internal", len(pending.accepted))
+        else:
+            stats.messages_accepted += len(results)
+            if not stats.delivery_mark:
+                stats.delivery_mark = pending.accepted_at
         stored = iter(results or ())
         timestamp = pending.timestamp
         for entry in pending.entries:
             if entry.__class__ is not tuple:
                 assert isinstance(entry, MessageRefused)
+                stats.message_failed(entry.code)
                 if conn is not None and session is not None:
                     ctx.send(conn, session, _refusal_frame(entry))
                 continue

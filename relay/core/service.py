@@ -11,6 +11,13 @@ valid frame before it gets error `unauthenticated` (the connection stays); a fai
 error `auth_failed`, then close 1008. A second `auth` on an active connection gets `invalid`.
 An unexpected exception while handling one frame is logged and answered with error `internal`;
 the connection stays. The contract is documented in docs/PROTOCOL.md.
+
+Logs (relay.logs): a refused sign-in is one INFO line on `relay.auth` (the reason word of
+relay_auth_failures_total and the relay's own message; never the token); a session's first
+malformed frame (bad_json, bad_frame, unknown_type, invalid) is one INFO line on `relay.core`
+(code and field, never the frame), later ones DEBUG, so that a client cannot flood the log;
+a sign-in is DEBUG. None of them carries a traceback: they are the client's mistakes.
+Metrics (relay.metrics.Stats, `instrument`): users and devices online, auth failures by reason.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 
 from attrs import define, field
 
-from relay.auth import Authenticator, authenticator_from_config
+from relay.auth import Authenticator, AuthRefused, authenticator_from_config
 from relay.clock import WallClock
 from relay.config import RelayConfig
 from relay.core.backlog import Backlog
@@ -37,10 +44,13 @@ from relay.core.keys import Keys
 from relay.core.marks import DeliveryMarks
 from relay.core.pipeline import Item, Pipeline
 from relay.core.receipts import Receipts
+from relay.core.search import Search
 from relay.core.session import ANONYMOUS_DEVICE, Event, Phase, Session
 from relay.core.status import Status
 from relay.errors import FrameError
+from relay.files.tokens import HttpTokens
 from relay.ice import ice_servers
+from relay.metrics import Instrumented, RelayMetrics
 from relay.ports import Connection
 from relay.protocol import (
     AuthFrame,
@@ -57,6 +67,7 @@ from relay.protocol import (
     PingFrame,
     PresenceFrame,
     ReceiptFrame,
+    SearchFrame,
     StatusFrame,
     TypingFrame,
     encode_auth_ok,
@@ -75,6 +86,7 @@ from relay.protocol.keys import KeysGetFrame, KeysPublishFrame
 from relay.store.base import Store, StoredMessage
 
 log = logging.getLogger("relay.core")
+auth_log = logging.getLogger("relay.auth")
 
 #: The longest stretch of maintain() work between two of its pauses, s.
 MAINTAIN_SLICE = 0.0002
@@ -100,6 +112,8 @@ class MessagingService:
     receipts: Receipts
     groups: Groups
     history: History
+    search: Search
+    http_tokens: HttpTokens  # the sessions' httpToken (contract v2), for /files
     status: Status
     indicators: Indicators
     calls: Calls
@@ -110,6 +124,7 @@ class MessagingService:
     _registered: set[tuple[str, str]] = field(factory=set)  # devices registered in the store
     _maintaining: bool = False
     _manage_store: bool = True
+    _violators: set[int] = field(factory=set)  # connections whose malformed frame was logged
 
     def __init__(
         self,
@@ -132,6 +147,8 @@ class MessagingService:
         self.indicators = Indicators(ctx, broker)
         self.groups = Groups(ctx, broker, self.indicators)
         self.history = History(ctx)
+        self.search = Search(ctx)
+        self.http_tokens = HttpTokens(config.http_token_ttl, clock)
         self.receipts = Receipts(ctx, broker, self._marks)
         self.backlog = self.receipts.backlog = Backlog(ctx, self._marks, self.receipts.catch_up_due)
         self.pipeline = Pipeline(ctx, broker)
@@ -139,6 +156,7 @@ class MessagingService:
         self.keys = Keys(ctx)
         self._awaiting = {}
         self._registered = set()
+        self._violators = set()
         self._maintaining = False
         self._manage_store = manage_store
         self._handlers = {
@@ -160,6 +178,7 @@ class MessagingService:
             CallSignalFrame: self.calls.on_signal,
             KeysPublishFrame: self.keys.on_publish,
             KeysGetFrame: self.keys.on_get,
+            SearchFrame: self.search.on_search,
         }
 
     @property
@@ -169,6 +188,14 @@ class MessagingService:
     @property
     def config(self) -> RelayConfig:
         return self.ctx.config
+
+    # --- metrics (relay.metrics.Instrumented) ----------------------------------------------------
+    def instrument(self, metrics: RelayMetrics) -> None:
+        """Count into the relay's metrics from now on (and have the store do so)."""
+        self.ctx.stats = metrics.stats
+        store = self.ctx.store
+        if isinstance(store, Instrumented):
+            store.instrument(metrics)
 
     # --- lifecycle (relay.ports.Lifecycle) --------------------------------------------------------
     async def start(self) -> None:
@@ -260,9 +287,11 @@ class MessagingService:
         if not isinstance(session, Session):
             return
         self._awaiting.pop(conn.id, None)
+        self._violators.discard(conn.id)
         self.receipts.due.take(conn)
         self.calls.dropped(conn)
         was_registered = session.registered
+        self.http_tokens.release(conn.id, self.ctx.clock())  # valid http_token_ttl longer
         session.close()  # not flushed: those messages stay undelivered
         session.registered = False
         self.backlog.forget(conn, session)
@@ -271,6 +300,10 @@ class MessagingService:
         ctx = self.ctx
         user = session.user_id
         remaining = ctx.router.remove(user, conn)
+        stats = ctx.stats
+        stats.devices_online -= 1
+        if not remaining:
+            stats.users_online -= 1
         left_at = ctx.now_iso()
         offline_now = ctx.presence.disconnect(user, ctx.clock(), left_at)  # counts every one
         if remaining:
@@ -283,6 +316,7 @@ class MessagingService:
         for conn in [c for c in self._awaiting.values() if c.state.auth_expired(now)]:
             self._awaiting.pop(conn.id, None)
             conn.state.close()
+            self._log_refusal(conn, "timeout", "authentication timeout", None)
             conn.close(CLOSE_POLICY, "authentication timeout")
         for user, seen in self.ctx.presence.expired(now):
             self.status.offline(user, seen)
@@ -291,6 +325,7 @@ class MessagingService:
         self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
         self.calls.tick()
+        self.http_tokens.prune(now)
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
         """relay.ports.Maintained: store work the sync callbacks queued — delivery marks of
@@ -352,18 +387,57 @@ class MessagingService:
 
     def _on_frame_error(self, conn: Connection, session: Session, exc: FrameError) -> None:
         if exc.code == "auth_failed" and not session.active:
-            self._fail_auth(conn, session, exc.message, field=exc.field)
+            self._fail_auth(conn, session, exc.message, "invalid_frame", field=exc.field)
             return
         code = "invalid" if exc.code == "auth_failed" else exc.code
+        self._log_violation(conn, code, exc.field)
         self.ctx.error(conn, session, code, exc.message, ref=exc.ref, field=exc.field)
 
     def _on_ping(self, conn: Connection, session: Session, frame: PingFrame) -> None:
         self.ctx.send(conn, session, encode_pong(self.ctx.now_iso(), ref=frame.ref))
 
     # --- auth -------------------------------------------------------------------------------------
+    def _log_violation(self, conn: Connection, code: str, field: str | None) -> None:
+        """A malformed frame: INFO for a connection's first, DEBUG after (see the module doc)."""
+        first = conn.id not in self._violators
+        level = logging.INFO if first else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        self._violators.add(conn.id)
+        log.log(
+            level,
+            "connection %d sent a malformed frame: %s%s",
+            conn.id,
+            code,
+            f" ({field})" if field else "",
+            extra={"conn": conn.id, "peer": conn.remote, "code": code, "field": field},
+        )
+
+    def _log_refusal(self, conn: Connection, reason: str, message: str, user: str | None) -> None:
+        """A refused sign-in: counted by reason, and one INFO line (never the token)."""
+        self.ctx.stats.auth_failed(reason)
+        if auth_log.isEnabledFor(logging.INFO):
+            auth_log.info(
+                "connection %d from %s: sign-in refused (%s): %s",
+                conn.id,
+                conn.remote,
+                reason,
+                message,
+                extra={"conn": conn.id, "peer": conn.remote, "user": user, "reason": reason},
+            )
+
     def _fail_auth(
-        self, conn: Connection, session: Session, message: str, *, field: str | None = None
+        self,
+        conn: Connection,
+        session: Session,
+        message: str,
+        reason: str,
+        *,
+        field: str | None = None,
+        user: str | None = None,
     ) -> None:
+        self._log_refusal(conn, reason, message, user)
+        self.ctx.stats.error_frame("auth_failed")
         self._awaiting.pop(conn.id, None)
         self.ctx.send(conn, session, encode_error("auth_failed", message, field=field))
         session.close()
@@ -381,11 +455,15 @@ class MessagingService:
             user = await self.authenticator.authenticate(frame)
         except FrameError as exc:
             if not session.closing:
-                self._fail_auth(conn, session, exc.message, field=exc.field)
+                reason = exc.reason if isinstance(exc, AuthRefused) else "refused"
+                self._fail_auth(
+                    conn, session, exc.message, reason, field=exc.field, user=frame.user_id
+                )
             return
         except Exception:
             log.exception("authenticator failed")
             if not session.closing:
+                self._log_refusal(conn, "unavailable", "authenticator failed", frame.user_id)
                 self._awaiting.pop(conn.id, None)
                 ctx.send(conn, session, encode_error("internal", "authentication unavailable"))
                 session.close()
@@ -407,6 +485,8 @@ class MessagingService:
                 session,
                 f"too many connections for this user: {devices} are signed in "
                 f"(max_devices_per_user {ctx.config.max_devices_per_user})",
+                "too_many_devices",
+                user=user,
             )
             return
         self._awaiting.pop(conn.id, None)
@@ -419,7 +499,22 @@ class MessagingService:
             user_name=frame.user_name,
             user_avatar=frame.user_avatar,
         )
-        ctx.router.add(user, conn)
+        stats = ctx.stats
+        stats.devices_online += 1
+        if ctx.router.add(user, conn) == 1:
+            stats.users_online += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "connection %d signed in as %s",
+                conn.id,
+                user,
+                extra={
+                    "conn": conn.id,
+                    "peer": conn.remote,
+                    "user": user,
+                    "device": frame.device_id,
+                },
+            )
         announce = ctx.presence.connect(user)
         ctx.send(
             conn,
@@ -430,6 +525,7 @@ class MessagingService:
                 session.session_id,
                 ctx.now_iso(),
                 ice_servers=ice_servers(ctx.config, user, ctx.wall()),
+                http_token=self.http_tokens.issue(user, conn.id),
             ),
         )
         if announce:

@@ -21,6 +21,7 @@ from relay.protocol.encode import (
     encode_presence,
     encode_receipt_failed,
     encode_receipt_status,
+    encode_search_result,
     encode_status,
     encode_typing,
 )
@@ -37,6 +38,7 @@ from relay.protocol.frames import (
     PingFrame,
     PresenceFrame,
     ReceiptFrame,
+    SearchFrame,
     StatusFrame,
     TypingFrame,
 )
@@ -98,6 +100,7 @@ __all__ = [
     "PingFrame",
     "PresenceFrame",
     "ReceiptFrame",
+    "SearchFrame",
     "StatusFrame",
     "TypingFrame",
     "conversation_item",
@@ -110,6 +113,7 @@ __all__ = [
     "encode_presence",
     "encode_receipt_failed",
     "encode_receipt_status",
+    "encode_search_result",
     "encode_sent",
     "encode_status",
     "encode_typing",

@@ -30,6 +30,7 @@ def encode_auth_ok(
     server_time: str,
     *,
     ice_servers: list[dict[str, Any]] | None = None,
+    http_token: str | None = None,
 ) -> bytes:
     return _dumps(
         {
@@ -39,6 +40,7 @@ def encode_auth_ok(
             "sessionId": session_id,
             "serverTime": server_time,
             "iceServers": ice_servers,
+            "httpToken": http_token,
         }
     )
 
@@ -208,3 +210,23 @@ def encode_group(group: Group, *, event: str, ref: str | None = None) -> bytes:
 
 def encode_pong(server_time: str, *, ref: str | None = None) -> bytes:
     return _dumps({"type": "pong", "ref": ref, "serverTime": server_time})
+
+
+def encode_search_result(
+    messages: Sequence[StoredMessage],
+    statuses: Sequence[str],
+    *,
+    has_more: bool,
+    cursor: int | None,
+    ref: str | None = None,
+) -> bytes:
+    """A page of search results, newest first; `next` is the cursor of the following page
+    (the decimal of a store position), present when `has_more`."""
+    body: dict[str, Any] = {"type": "search_result"}
+    if ref is not None:
+        body["ref"] = ref
+    body["items"] = [message_dict(m, s) for m, s in zip(messages, statuses, strict=True)]
+    body["hasMore"] = has_more
+    if has_more and cursor is not None:
+        body["next"] = str(cursor)
+    return orjson.dumps(body)

@@ -9,7 +9,12 @@ from attrs import frozen
 
 from relay.protocol.calls import CallFrame
 from relay.protocol.keys import KeysFrame
-from relay.protocol.limits import CONVERSATIONS_LIMIT_DEFAULT, HISTORY_LIMIT_DEFAULT
+from relay.protocol.limits import (
+    CONVERSATIONS_LIMIT_DEFAULT,
+    HISTORY_LIMIT_DEFAULT,
+    SEARCH_LIMIT_DEFAULT,
+)
+from relay.search.query import SearchQuery
 
 
 @frozen
@@ -119,6 +124,21 @@ class PingFrame:
     ref: str | None = None
 
 
+@frozen
+class SearchFrame:
+    """A search of the user's conversations (or the one named by peer_id / group_id):
+    `query` as the client wrote it, `terms` its parsed words and phrases (never empty),
+    `before` a cursor (a store position) from an earlier answer."""
+
+    query: str
+    terms: SearchQuery
+    peer_id: str | None = None
+    group_id: str | None = None
+    before: int | None = None
+    limit: int = SEARCH_LIMIT_DEFAULT
+    ref: str | None = None
+
+
 ClientFrame = (
     AuthFrame
     | MessageFrame
@@ -135,4 +155,5 @@ ClientFrame = (
     | PingFrame
     | CallFrame
     | KeysFrame
+    | SearchFrame
 )

@@ -43,6 +43,14 @@ USER_STATUSES = ("online", "away", "busy")
 RECEIPT_STATUSES = ("delivered", "read")
 TYPING_STATES = ("start", "stop")
 
+#: search (protocol-v2 "Search"): a query is 1-256 characters of at most 16 words or phrases;
+#: `limit` 1-100, default 20; the cursor `before` is the decimal of a store position (1-19 digits)
+SEARCH_QUERY_MAX = 256
+SEARCH_TERMS_MAX = 16
+SEARCH_LIMIT_DEFAULT = 20
+SEARCH_LIMIT_MAX = 100
+SEARCH_CURSOR_MAX = 19
+
 
 @frozen
 class Limits:

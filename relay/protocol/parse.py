@@ -53,6 +53,7 @@ from relay.protocol.frames import (
     PingFrame,
     PresenceFrame,
     ReceiptFrame,
+    SearchFrame,
     StatusFrame,
     TypingFrame,
 )
@@ -68,6 +69,11 @@ from relay.protocol.limits import (
     META_DEPTH_MAX,
     PRESENCE_QUERY_MAX,
     RECEIPT_STATUSES,
+    SEARCH_CURSOR_MAX,
+    SEARCH_LIMIT_DEFAULT,
+    SEARCH_LIMIT_MAX,
+    SEARCH_QUERY_MAX,
+    SEARCH_TERMS_MAX,
     SEQ_MAX,
     SHORT_TEXT_MAX,
     TOKEN_MAX,
@@ -75,6 +81,7 @@ from relay.protocol.limits import (
     USER_STATUSES,
     Limits,
 )
+from relay.search.query import parse_query
 
 
 class MessageRefused(FrameError):
@@ -412,6 +419,36 @@ def _ping(f: _Fields, limits: Limits) -> PingFrame:
     return PingFrame(ref=f.ref)
 
 
+def _search(f: _Fields, limits: Limits) -> SearchFrame:
+    query = f.required_string("query", max_len=SEARCH_QUERY_MAX)
+    terms = parse_query(query)
+    if not terms.terms:
+        raise f.fail("query", "has no word to search for (only spaces and punctuation)")
+    if len(terms.terms) > SEARCH_TERMS_MAX:
+        raise f.fail("query", f"has more than {SEARCH_TERMS_MAX} words and phrases")
+    peer = f.string("peerId")
+    group = f.string("groupId")
+    if peer is not None and group is not None:
+        raise f.fail("groupId", "peerId and groupId exclude each other")
+    cursor = f.string("before", max_len=SEARCH_CURSOR_MAX)
+    before = None
+    if cursor is not None:
+        if not (cursor.isascii() and cursor.isdigit()) or not 1 <= int(cursor) <= SEQ_MAX:
+            raise f.fail("before", "must be a cursor from a search_result's `next`")
+        before = int(cursor)
+    limit = f.integer("limit", low=1, high=SEARCH_LIMIT_MAX, default=SEARCH_LIMIT_DEFAULT)
+    assert limit is not None
+    return SearchFrame(
+        query=query,
+        terms=terms,
+        peer_id=peer,
+        group_id=group,
+        before=before,
+        limit=limit,
+        ref=f.ref,
+    )
+
+
 _PARSERS: dict[str, Callable[[_Fields, Limits], ClientFrame]] = {
     "auth": _auth,
     "message": _message,
@@ -435,6 +472,7 @@ _PARSERS: dict[str, Callable[[_Fields, Limits], ClientFrame]] = {
     # contract v2: end-to-end encryption keys (relay.protocol.keys)
     "keys_publish": parse_keys_publish,
     "keys_get": parse_keys_get,
+    "search": _search,
 }
 
 CLIENT_FRAME_TYPES = tuple(_PARSERS)

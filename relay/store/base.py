@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from attrs import frozen
 
+from relay.search.query import SearchQuery
+
 #: Conversation keys are opaque strings built only by these two functions.
 #: 1:1 keys are length-prefixed so that no pair of user ids can collide.
 
@@ -347,4 +349,120 @@ class KeyStore(Protocol):
 
     async def device_keys(self, user_id: str) -> list[DeviceKeys]:
         """Every device of `user_id` that published keys, by device id."""
+        ...
+
+
+# --- webhooks (relay.webhooks) --------------------------------------------------------------------
+
+
+class WebhookCandidate(NamedTuple):
+    """A stored message the webhook scan has not decided yet, with its `position`: the store's
+    acceptance order across conversations (what `undelivered` orders by), increasing."""
+
+    position: int
+    message: StoredMessage
+
+
+@frozen
+class OutboxEvent:
+    """A webhook event waiting for its delivery. The store keeps it as it is given and never
+    reads `body` (the event's JSON object, as the receiver gets it)."""
+
+    id: str
+    body: str
+    created_at: float  # unix seconds: when the event was made; its age decides its expiry
+    next_at: float  # unix seconds: not sent before then
+    attempts: int  # deliveries tried and failed so far
+
+
+@runtime_checkable
+class WebhookOutbox(Protocol):
+    """A store that keeps webhook events (relay.webhooks), so that a restart loses none.
+
+    Two parts, both durable in a durable store:
+    - a cursor over the stored messages in acceptance order: the scan reads the messages after
+      it (`webhook_candidates`), decides which recipients must be told, and in ONE write adds
+      those events and moves the cursor past them (`webhook_advance`). A message committed
+      before a crash is after the cursor until that write, so the scan finds it again at the
+      next start: an event is never lost between the `sent` receipt and its delivery;
+    - the pending events, by id: added by `webhook_advance`, read when due (`webhook_due`),
+      removed or rescheduled once an attempt ended (`webhook_settle`).
+
+    Invariants: the cursor only moves forward; an event id is pending at most once (adding an id
+    already pending keeps the pending one); at most `max_pending` events are pending after a
+    `webhook_advance`, the oldest (by created_at, then id) dropped first.
+
+    One scan and one sender per store: a store shared by several nodes must let one node at a
+    time scan (e.g. a lock on the cursor row for the read-decide-advance round) and claim the
+    due events it sends (e.g. FOR UPDATE SKIP LOCKED), or events are made and sent twice
+    (harmless for receivers that dedupe by id, but wasteful)."""
+
+    async def webhook_start(self) -> None:
+        """Place the cursor at the newest stored message if it was never placed (turning
+        webhooks on does not replay the history); otherwise nothing. Idempotent."""
+        ...
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        """The stored messages after the cursor, in acceptance order, at most `limit`
+        ([] before webhook_start)."""
+        ...
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        """One write: add `events` (ids already pending are left as they are), move the cursor
+        up to `position` (never back), then drop the oldest pending events beyond
+        `max_pending`. Returns how many were dropped."""
+        ...
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        """Pending events with next_at <= now, oldest created first, at most `limit`."""
+        ...
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        """One write after a delivery attempt: remove the `removed` ids (delivered or given
+        up); for each (id, next_at) of `retried`, count a failed attempt and set its next_at.
+        Ids not pending are ignored."""
+        ...
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        """How many events are pending, and the earliest next_at among them (None: none)."""
+
+
+class SearchPage(NamedTuple):
+    """One page of search results: the messages, newest first, each with its acceptance
+    position (`positions[i]` is `messages[i]`'s), and whether more (older) ones match. A
+    position is the cursor of a next page: `before=p` holds the matches accepted before p."""
+
+    messages: list[StoredMessage]
+    positions: list[int]
+    has_more: bool
+
+    @property
+    def next(self) -> int | None:
+        """The cursor of the next page; None when there is none."""
+        return self.positions[-1] if self.has_more and self.positions else None
+
+
+@runtime_checkable
+class Searchable(Protocol):
+    """A store that answers message searches (relay.search). Every implementation normalizes
+    and matches with relay.search, so all give the same answers (tests/search/store_suite.py)."""
+
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        """The messages answering `query`, newest first (in acceptance order), at most `limit`,
+        among those `user_id` may read: the 1:1 conversations they take part in and the groups
+        they are a member of now, of a group only the messages accepted after they last joined
+        it; only `conversation` when given; only those accepted before the cursor `before`.
+        A message without text (an encrypted one) answers no query."""
         ...

@@ -31,7 +31,7 @@ Invariants:
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +39,8 @@ from attrs import define, field
 
 from relay.errors import Conflict, NotFound
 from relay.fastpath import MemoryAppender, record
+from relay.search.normalize import tokens
+from relay.search.query import SearchQuery
 from relay.store.base import (
     Appended,
     ConversationSummary,
@@ -47,8 +49,11 @@ from relay.store.base import (
     Group,
     MessageRef,
     NewMessage,
+    OutboxEvent,
+    SearchPage,
     StoredMessage,
     Watermarks,
+    WebhookCandidate,
     group_conversation,
 )
 
@@ -59,6 +64,7 @@ _SEQ = StoredMessage._fields.index("seq")
 _SENDER = StoredMessage._fields.index("sender_id")
 _ID = StoredMessage._fields.index("id")
 _STAMP = StoredMessage._fields.index("server_timestamp")
+_TEXT = StoredMessage._fields.index("text")
 
 
 def _message(row: _Row) -> StoredMessage:
@@ -91,6 +97,13 @@ class MemoryStore:
     _messages: Mapping[str, Sequence[_Row]] = field(init=False)
     # conversation -> the acceptance order of each of its rows: the appender's orders
     _order: Mapping[str, Sequence[int]] = field(init=False)
+    # webhooks (WebhookOutbox): the scan's cursor (an acceptance order; None: never placed)
+    # and the pending events by id
+    _webhook_cursor: int | None = field(default=None, init=False)
+    _webhook_events: dict[str, OutboxEvent] = field(factory=dict, init=False)
+    # conversation -> the search tokens of its rows, in seq order: made when a search first
+    # reaches them (a prefix of the log; messages are never removed)
+    _search_tokens: dict[str, list[tuple[str, ...]]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._appender = MemoryAppender(self._direct, self._note_direct, StoredMessage, Appended)
@@ -374,6 +387,42 @@ class MemoryStore:
                     conversation, user, max(marks.delivered_seq, last), max(marks.read_seq, last)
                 )
 
+    # --- search (Searchable) ---------------------------------------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        limit = max(limit, 0)
+        mine = self._conversations_of(user_id)
+        if conversation is not None:
+            mine = [conversation] if conversation in mine else []
+        found: list[tuple[int, _Row]] = []  # (acceptance order, row)
+        for key in mine:
+            log = self._messages.get(key, [])
+            order = self._order.get(key, [])
+            known = self._search_tokens.setdefault(key, [])
+            known.extend(tuple(tokens(row[_TEXT])) for row in log[len(known) :])
+            # a group's messages since the user last joined it (0 for a 1:1 participant)
+            start = self._joined.get((key, user_id), 0)
+            end = len(log) if before is None else bisect_left(order, before, start, len(log))
+            taken = 0
+            for i in range(end - 1, start - 1, -1):
+                if query.matches(known[i]):
+                    found.append((order[i], log[i]))
+                    taken += 1
+                    if taken > limit:
+                        break
+        found.sort(key=lambda item: item[0], reverse=True)
+        page = found[:limit]
+        return SearchPage(
+            [_message(row) for _, row in page], [at for at, _ in page], len(found) > limit
+        )
+
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:
         self._last_seen[user_id] = timestamp
@@ -390,6 +439,66 @@ class MemoryStore:
             (k for (user, _), k in self._keys.items() if user == user_id),
             key=lambda k: k.device_id,
         )
+
+    # --- webhooks (WebhookOutbox) --------------------------------------------------------------
+    async def webhook_start(self) -> None:
+        if self._webhook_cursor is None:
+            self._webhook_cursor = self._appender.take_order()  # later messages count above it
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        # a bisect per conversation: O(conversations) per scan, which suits the memory store's
+        # use (tests, `--memory`); the SQLite store reads an index range
+        cursor = self._webhook_cursor
+        limit = max(limit, 0)
+        if cursor is None or limit == 0:
+            return []
+        found: list[tuple[int, _Row]] = []
+        for conversation, orders in self._order.items():
+            start = bisect_right(orders, cursor)
+            if start < len(orders):
+                log = self._messages[conversation]
+                found.extend(
+                    zip(orders[start : start + limit], log[start : start + limit], strict=True)
+                )
+        found.sort(key=lambda item: item[0])
+        return [WebhookCandidate(order, _message(row)) for order, row in found[:limit]]
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        pending = self._webhook_events
+        for event in events:
+            pending.setdefault(event.id, event)
+        if self._webhook_cursor is None or position > self._webhook_cursor:
+            self._webhook_cursor = position
+        excess = len(pending) - max(max_pending, 0)
+        if excess <= 0:
+            return 0
+        for event in sorted(pending.values(), key=lambda e: (e.created_at, e.id))[:excess]:
+            del pending[event.id]
+        return excess
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        due = [e for e in self._webhook_events.values() if e.next_at <= now]
+        due.sort(key=lambda e: (e.created_at, e.id))
+        return due[: max(limit, 0)]
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        pending = self._webhook_events
+        for event_id in removed:
+            pending.pop(event_id, None)
+        for event_id, next_at in retried:
+            event = pending.get(event_id)
+            if event is not None:
+                pending[event_id] = OutboxEvent(
+                    event.id, event.body, event.created_at, next_at, event.attempts + 1
+                )
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        pending = self._webhook_events
+        return len(pending), min((e.next_at for e in pending.values()), default=None)
 
 
 def _newest_of(log: Sequence[_Row], sender_id: str, after: int, upto: int) -> MessageRef | None:

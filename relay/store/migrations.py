@@ -36,7 +36,22 @@ messages (all of them, in a quiet deployment) the table's maximum falls back, an
 counted from it again would sit at or below a device's `since_pos`, which would then not be owed
 the messages that follow its registration. Initialised from every pos recorded anywhere.
 
-Version 6: `device_keys`, one row per device that published end-to-end keys (keys_publish):
+Version 6: webhooks (relay.webhooks, Store ability WebhookOutbox). `webhook_cursor`, one row
+once webhooks were first turned on: `last_pos`, the greatest message pos the webhook scan has
+decided; a message above it is decided again after a restart, so none is missed.
+`webhook_events`: the events not yet delivered, by id, with the body as sent, when made
+(`created_at`), when next due (`next_at`, unix seconds) and the failed attempts so far.
+Version 7: the search index. `message_search`, an FTS5 table (unicode61 tokenizer, its own
+diacritic folding off) whose row `rowid` = a message's `pos` holds `relay.search.index_text` of
+its text (`body`) and its conversation's token (`conv`, sqlite/search.py `conversation_token`),
+for every indexed message whose text has a token (`message_search_terms`: how many rows hold
+each token); `search_progress.indexed_pos`: every
+message with a pos at or below it is indexed. The writer's indexer (sqlite/indexer.py) moves it
+on; the messages above it are searched by a scan. The trigger `messages_search_gone` deletes a
+message's row with the message (retention), in the same transaction. The migration indexes
+nothing itself (indexed_pos 0): the indexer works through the existing messages.
+
+Version 8: `device_keys`, one row per device that published end-to-end keys (keys_publish):
 public keys and signature as base64 text, replaced by a newer publish.
 """
 
@@ -142,7 +157,40 @@ MIGRATIONS: tuple[str, ...] = (
         COALESCE((SELECT MAX(since_pos) FROM devices), 0)
     );
     """,
-    # 6: devices' end-to-end keys (see the module docstring)
+    # 6: webhooks (see the module docstring)
+    """
+    CREATE TABLE webhook_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        last_pos INTEGER NOT NULL
+    );
+    CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        next_at REAL NOT NULL,
+        attempts INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    -- what is due next
+    CREATE INDEX webhook_events_by_due ON webhook_events (next_at);
+    -- the oldest, dropped first when the backlog is full
+    CREATE INDEX webhook_events_by_age ON webhook_events (created_at, id);
+    """,
+    # 7: the search index (see the module docstring)
+    """
+    CREATE VIRTUAL TABLE message_search USING fts5(
+        body, conv, tokenize = 'unicode61 remove_diacritics 0'
+    );
+    CREATE VIRTUAL TABLE message_search_terms USING fts5vocab(message_search, row);
+    CREATE TRIGGER messages_search_gone AFTER DELETE ON messages BEGIN
+        DELETE FROM message_search WHERE rowid = old.pos;
+    END;
+    CREATE TABLE search_progress (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        indexed_pos INTEGER NOT NULL
+    );
+    INSERT INTO search_progress (id, indexed_pos) VALUES (0, 0);
+    """,
+    # 8: devices' end-to-end keys (see the module docstring)
     """
     CREATE TABLE device_keys (
         user_id TEXT NOT NULL,
@@ -192,6 +240,16 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _statements(script: str) -> list[str]:
-    """Split a migration into statements (no migration has a ';' inside a literal)."""
+    """Split a migration into statements (no migration has a ';' inside a literal; a trigger's
+    body, whose statements end in ';' too, stays one statement: SQLite says when one is whole)."""
     lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    found: list[str] = []
+    pending = ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()[:-1].strip()
+            if statement:
+                found.append(statement)
+            pending = ""
+    return found

@@ -19,6 +19,12 @@ Invariants:
   peer's FIN share one deadline, CLOSE_TIMEOUT after closing began.
 - A connection whose writer task is active is skipped by the flusher (the writer owns its
   outbox then).
+
+Logging (relay.logs; logger relay.transport): one INFO line when a connection opens and one
+when it ends (its close code, the reason, and who closed: relay, peer, or network when no
+close frame was exchanged), WARNING instead when the relay closed it 1013 (a slow consumer) or
+1011; one INFO line for a protocol violation the relay closes the connection for. Never the
+request path (a token may ride in it) nor anything the client sent but the peer's close reason.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import outcome
 import trio
 from attrs import define
 
+from relay.fastpath import OP_CLOSE, parse_close
 from relay.ports import Connection, ConnectionHandler
 from relay.transport.poller import Poller
 from relay.transport.websocket import WebSocket, WsState
@@ -88,6 +95,10 @@ class WsConnection(WebSocket):
     _opened: bool = False
     _broken: bool = False  # the transport failed or its deadline passed: no wait starts again
     _idle: trio.Event | None = None  # set when the writer task ends
+    #: why the connection ends, for its log line: the reason of the close frame it ends with,
+    #: and who sent it first ("relay", "peer"; "" while none was exchanged)
+    close_reason: str = ""
+    closed_by: str = ""
 
     # --- the Connection port (called by the core) ------------------------------------------
 
@@ -95,12 +106,14 @@ class WsConnection(WebSocket):
         """Queue a close frame after what is queued, then end the connection: wait (bounded
         by CLOSE_TIMEOUT) for the peer's close, then close the socket. Idempotent."""
         if self.begin_close(code, reason):
+            self.close_reason, self.closed_by = reason, "relay"
             self._closing(wait_peer=True)
 
     def close_now(self, code: int, reason: str) -> None:
         """Close without waiting for the peer (it is presumed dead): our close frame is
         written if the kernel takes it at once, then the connection ends."""
         if self.begin_close(code, reason):
+            self.close_reason, self.closed_by = reason, "relay"
             self._closing(wait_peer=False)
 
     # --- driver hooks -----------------------------------------------------------------------
@@ -155,10 +168,56 @@ class WsConnection(WebSocket):
         return self._end_of_read(stop_op, stop_payload)
 
     def _end_of_read(self, stop_op: int, stop_payload: bytes) -> bool:
+        peer_closing = stop_op == OP_CLOSE and self.ws_state is _OPEN
         stop, began_closing = self.end_of_read(stop_op, stop_payload)
         if began_closing:
+            if peer_closing:
+                self.close_reason, self.closed_by = parse_close(stop_payload)[1], "peer"
+            else:  # a binary frame (1003) or what the frame parser refused
+                parser = self.parser
+                reason = parser.close_reason if parser.failed else "binary frames are not supported"
+                self.close_reason, self.closed_by = reason, "relay"
+                self._log_violation()
             self._closing(wait_peer=True)
         return stop
+
+    def _log_violation(self) -> None:
+        log.info(
+            "connection %d from %s broke the WebSocket protocol: closing %d (%s)",
+            self.id,
+            self.remote,
+            self.close_code,
+            self.close_reason,
+            extra={
+                "conn": self.id,
+                "peer": self.remote,
+                "code": self.close_code,
+                "reason": self.close_reason,
+            },
+        )
+
+    def _log_closed(self) -> None:
+        code = self.close_code
+        by = self.closed_by or "network"
+        level = logging.WARNING if by == "relay" and code in (1011, 1013) else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
+            "connection %d from %s closed: %d %s (by %s)",
+            self.id,
+            self.remote,
+            code,
+            self.close_reason or "-",
+            by,
+            extra={
+                "conn": self.id,
+                "peer": self.remote,
+                "code": code,
+                "reason": self.close_reason,
+                "by": by,
+            },
+        )
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -171,6 +230,13 @@ class WsConnection(WebSocket):
 
     async def _serve(self, trailing: bytes) -> None:
         self._opened = True
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "connection %d opened from %s",
+                self.id,
+                self.remote,
+                extra={"conn": self.id, "peer": self.remote},
+            )
         try:
             self.server.handler.on_open(self)
         except Exception:
@@ -200,6 +266,7 @@ class WsConnection(WebSocket):
         await self._close_transport()
         self.server.forget(self)
         if self._opened:
+            self._log_closed()
             try:
                 self.server.handler.on_close(self, self.close_code)
             except Exception:

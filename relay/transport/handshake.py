@@ -6,7 +6,8 @@ the request is complete (each read asks for what is left of that budget, so one 
 cannot slip past it), and nothing is read past the request's end that is not handed on, so
 the bytes a client sent after its upgrade request (early WebSocket frames) reach the
 connection. An upgrade is accepted only as RFC 6455 4.2.1 has it: HTTP/1.1 or later, and
-exactly one `Sec-WebSocket-Key` that is the base64 of 16 bytes.
+exactly one `Sec-WebSocket-Key` that is the base64 of 16 bytes. The one extension answered is
+permessage-deflate (relay.transport.deflate), when the caller agreed to an offer of it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from wsproto.events import AcceptConnection, RejectConnection
 from wsproto.events import Request as WsRequest
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+
+from relay.transport.deflate import DeflateParams, negotiate
 
 #: Largest opening HTTP request (request line + headers) accepted; more is answered 431.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -92,9 +95,18 @@ async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
         return None  # ConnectionClosed (or nothing more will come)
 
 
-def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
-    """The 101 response to a WebSocket upgrade request, and the bytes the client sent after
-    the request. Raises HttpFailure when the upgrade cannot be accepted."""
+def deflate_offered(request: OpeningRequest) -> DeflateParams | None:
+    """The permessage-deflate agreement for the request's `Sec-WebSocket-Extensions` offers
+    (every such header, in order); None when none can be accepted."""
+    return negotiate([v for n, v in request.headers if n == b"sec-websocket-extensions"])
+
+
+def accept_upgrade(
+    request: OpeningRequest, deflate: DeflateParams | None = None
+) -> tuple[bytes, bytes]:
+    """The 101 response to a WebSocket upgrade request (answering permessage-deflate with
+    `deflate` when given), and the bytes the client sent after the request. Raises
+    HttpFailure when the upgrade cannot be accepted."""
     _check_upgrade(request)
     handshake = H11Handshake(ConnectionType.SERVER)
     try:
@@ -109,7 +121,8 @@ def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
     trailing = _trailing_after_request(request.parser)
     if trailing is None:
         raise HttpFailure(400, "an upgrade request has no body")
-    return handshake.send(AcceptConnection()), trailing
+    extra = [] if deflate is None else [(b"Sec-WebSocket-Extensions", deflate.header_value())]
+    return handshake.send(AcceptConnection(extra_headers=extra)), trailing
 
 
 def _check_upgrade(request: OpeningRequest) -> None:

@@ -48,7 +48,14 @@ for upgrades while draining or over max_connections, 403 for a browser origin no
 peer's, ours, or 1006).
 
 /metrics: with metrics_listen, served on that address only (its own listener answers
-nothing else); without, on the main port to loopback peers only.
+nothing else); without, on the main port to loopback peers only. A handler that keeps metrics
+of its own (relay.metrics.Instrumented) is handed the server's RelayMetrics once, here.
+
+Delivery latency: the core stamps `stats.delivery_mark` (when the oldest message answered or
+released for delivery since the last flush was accepted); each flush that writes observes
+now - mark once into `relay_delivery_seconds` and clears it. One clock read per flush, none per
+message or recipient. A connection whose kernel buffer is full (or a wss:// one) is written
+later by its writer task: that wait is not in the figure.
 """
 
 from __future__ import annotations
@@ -70,18 +77,21 @@ from attrs import define, field, frozen
 
 from relay.config import RelayConfig
 from relay.fastpath import FrameParser, Outbox
-from relay.metrics import RelayMetrics, Stats
+from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
 from relay.transport import http
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
+from relay.transport.deflate import Deflaters
 from relay.transport.handshake import (
     HttpFailure,
     OpeningRequest,
     accept_upgrade,
     answer_and_close,
+    deflate_offered,
     origin_allowed,
     read_request,
 )
+from relay.transport.httpserver import HttpServer, RouteCollector, RouteTable
 from relay.transport.poller import Poller
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
@@ -184,20 +194,30 @@ class Server:
     _maintain: Callable[[Callable[[], Awaitable[None]]], Awaitable[None]] | None = field(init=False)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
+    #: permessage-deflate's shared compressors (relay.transport.deflate)
+    deflaters: Deflaters = field(init=False)
+    #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
+    #: with keep-alive and request bodies; None: every plain request is answered and closed
+    routes: RouteTable | None = field(default=None, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
         self.stats = self.metrics.stats
+        self.deflaters = Deflaters(self.config.compress_min_bytes, self.stats)
         self._origins = self.config.origins
         handler = self.handler
         self.on_messages_nowait = (
             handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
         )
         self._maintain = handler.maintain if isinstance(handler, Maintained) else None
+        if isinstance(handler, Instrumented):
+            handler.instrument(self.metrics)
         if self.config.certfile is not None and self.config.keyfile is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(self.config.certfile, self.config.keyfile)
             self._ssl = ctx
+        if self.routes is not None:
+            self.metrics.registry.register(RouteCollector(self.routes))
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -349,6 +369,11 @@ class Server:
                 continue
             if conn.flush_now():
                 conn.start_writer()
+        stats = self.stats
+        mark = stats.delivery_mark
+        if mark:
+            stats.delivery_mark = 0.0
+            stats.delivery_seconds.observe(_monotonic() - mark)
 
     def flushed(self, conn: WsConnection) -> None:
         try:
@@ -589,6 +614,14 @@ class Server:
         if request is None:  # closed before sending a request
             await trio.aclose_forcefully(stream)
             return None
+        routes = self.routes
+        if (
+            not request.is_upgrade
+            and routes is not None
+            and routes.prefix_of(request.target.split("?", 1)[0]) is not None
+        ):
+            await self._serve_routed(stream, request, routes, remote)
+            return None
         if not request.is_upgrade:
             status, response = http.respond(
                 request.method,
@@ -603,6 +636,33 @@ class Server:
             await answer_and_close(stream, response)
             return None
         return await self._upgrade(tcp, stream, request, remote)
+
+    async def _serve_routed(
+        self, stream: trio.abc.Stream, request: OpeningRequest, routes: RouteTable, remote: str
+    ) -> None:
+        """A plain request under a claimed prefix: this connection becomes a keep-alive
+        HTTP/1.1 connection (relay.transport.httpserver) until it ends."""
+        metrics_here = self._metrics_here(remote)
+
+        def fallback(method: str, target: str, host: bytes | None) -> tuple[int, bytes]:
+            return http.respond(
+                method,
+                target,
+                draining=self.draining,
+                metrics=self.metrics,
+                web_chat=self.config.web_chat,
+                host=host,
+                metrics_here=metrics_here,
+            )
+
+        server = HttpServer(
+            routes,
+            fallback,
+            draining=lambda: self.draining,
+            on_status=self._count_http,
+            io_timeout=self.config.handshake_timeout,
+        )
+        await server.serve(stream, request, remote)
 
     def _metrics_here(self, remote: str) -> bool | None:
         """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is
@@ -630,7 +690,8 @@ class Server:
                 raise HttpFailure(503, "draining")
             if len(self.conns) >= config.max_connections:
                 raise HttpFailure(503, "too many connections")
-            response, trailing = accept_upgrade(request)
+            deflate = deflate_offered(request) if config.compression else None
+            response, trailing = accept_upgrade(request, deflate)
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
@@ -682,6 +743,8 @@ class Server:
                 server=self,
                 stream=stream,
             )
+        if deflate is not None:
+            conn.use_deflate(*self.deflaters.for_params(deflate))
         self.conns[conn.id] = conn
         if self._all_closed.is_set():
             self._all_closed = trio.Event()

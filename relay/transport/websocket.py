@@ -38,6 +38,10 @@ Invariants:
 - `dirty` is True from the first frame queued after the driver last took the outbox until
   the driver takes it again; `wake(self)` is called once per such period, so the driver holds
   each connection at most once in its list of outboxes to write.
+- permessage-deflate (relay.transport.deflate) is on exactly when `deflater` and `inflater`
+  are set (and the parser's `allow_rsv1`): `send` hands each frame to the shared deflater,
+  which compresses a payload once for all recipients; `receive` inflates compressed messages
+  within the parser's current limit (over it: 1009; corrupt: 1007) and checks their UTF-8.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from relay.fastpath import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    RSV1,
     FrameParser,
     Outbox,
     encode_close,
@@ -61,12 +66,15 @@ from relay.fastpath import (
     parse_close,
 )
 from relay.metrics import Stats
+from relay.transport.deflate import FrameDeflater, InflateError, Inflater
 
 PING_FRAME = encode_frame(OP_PING, b"")
 #: Largest WebSocket message taken before the session authenticated: an `auth` frame with
 #: the longest token (8192 characters) and every other field at its limit is under 9 KiB.
 PREAUTH_MESSAGE_BYTES = 16 * 1024
 _EMPTY_CLOSE = encode_frame(OP_CLOSE, b"")
+_TEXT_DEFLATED = OP_TEXT | RSV1
+R_INFLATED_UTF8 = "invalid UTF-8 in a text message"
 
 
 class WsState(enum.Enum):
@@ -131,6 +139,9 @@ class WebSocket:
     #: bytes a driver took from the outbox and is still waiting to write (wss://)
     in_flight: int = 0
     backed_up_since: float | None = None
+    #: permessage-deflate, when negotiated (see the module docstring)
+    deflater: FrameDeflater | None = None
+    inflater: Inflater | None = None
 
     @property
     def closing(self) -> bool:
@@ -154,6 +165,9 @@ class WebSocket:
         # once per write rather than per frame: this runs once per frame per recipient
         if self.ws_state is not _OPEN:
             return False
+        deflater = self.deflater
+        if deflater is not None and len(frame) > deflater.min_bytes:
+            frame = deflater.frame(frame)
         if not self.outbox.push(frame, droppable):
             return False
         if not self.dirty:
@@ -246,11 +260,44 @@ class WebSocket:
         for op, payload in events:
             if op == OP_TEXT:
                 payloads.append(payload)
+            elif op == _TEXT_DEFLATED:
+                text = self._inflate(payload)
+                if text is None:
+                    return payloads, -1, b""  # the parser failed: end_of_read closes
+                payloads.append(text)
+            elif op == OP_BINARY | RSV1:
+                return payloads, OP_BINARY, b""
             elif op == OP_PING:
                 self.send(encode_frame(OP_PONG, payload))
             elif op != OP_PONG:
                 return payloads, op, payload
         return payloads, -1, b""
+
+    def _inflate(self, payload: bytes) -> bytes | None:
+        """A compressed text message inflated and UTF-8-checked; None after failing the
+        parser (1009 over its limit, 1007 corrupt or not UTF-8)."""
+        parser = self.parser
+        inflater = self.inflater
+        assert inflater is not None  # the parser takes RSV1 only after use_deflate
+        try:
+            text = inflater.inflate(payload, parser.max_message_bytes)
+        except InflateError as exc:
+            parser.fail(exc.code, exc.reason)
+            return None
+        if not text.isascii():
+            try:
+                text.decode("utf-8")
+            except UnicodeDecodeError:
+                parser.fail(1007, R_INFLATED_UTF8)
+                return None
+        return text
+
+    def use_deflate(self, deflater: FrameDeflater, inflater: Inflater) -> None:
+        """permessage-deflate was negotiated: compress through `deflater` (shared), inflate
+        through `inflater` (this connection's), take RSV1 on data messages."""
+        self.deflater = deflater
+        self.inflater = inflater
+        self.parser.allow_rsv1 = True
 
     def end_of_read(self, stop_op: int, stop_payload: bytes) -> tuple[bool, bool]:
         """Act on what ended a read's events (see `receive`): (stop reading, closing started).

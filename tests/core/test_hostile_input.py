@@ -444,7 +444,9 @@ def test_the_hostile_strategy_reaches_the_store_and_the_limits() -> None:
     each bound refuses."""
     seen: set[str] = set()
 
-    @settings(max_examples=400, deadline=None)
+    # derandomized: the same examples every run, so the claim cannot flake as frame types are
+    # added to the strategy and each one's share of the examples shrinks
+    @settings(max_examples=2000, deadline=None, derandomize=True)
     @given(hostile_frames())
     def classify(payload: bytes) -> None:
         try:

@@ -13,6 +13,7 @@ from relay.fastpath import (
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    RSV1,
     FrameParser,
     encode_close,
     encode_frame,
@@ -263,6 +264,58 @@ def test_feed_accepts_bytearray_and_memoryview() -> None:
 @pytest.mark.parametrize("rsv", [1, 2, 4, 7], ids=["RSV3", "RSV2", "RSV1", "all"])
 def test_reserved_bits_are_a_protocol_error(rsv: int) -> None:
     assert_fails(client_frame(OP_TEXT, b"x", rsv=rsv), 1002)
+
+
+# --- RSV1 once permessage-deflate is negotiated (allow_rsv1) ----------------------------------
+
+
+def test_rsv1_marks_a_compressed_message_when_allowed() -> None:
+    parser = FrameParser(BIG)
+    parser.allow_rsv1 = True
+    # compressed bytes are not UTF-8: the parser hands them on unchecked, RSV1 in the opcode
+    events = parser.feed(client_frame(OP_TEXT, b"\xff\xfe", rsv=4) + client_frame(OP_TEXT, b"x"))
+    assert events == [(OP_TEXT | RSV1, b"\xff\xfe"), (OP_TEXT, b"x")]
+    assert not parser.failed
+
+
+def test_rsv1_on_the_first_frame_marks_the_whole_fragmented_message() -> None:
+    parser = FrameParser(BIG)
+    parser.allow_rsv1 = True
+    data = (
+        client_frame(OP_TEXT, b"ab", fin=False, rsv=4)
+        + client_frame(OP_PING, b"p")
+        + client_frame(OP_CONT, b"\xff")
+    )
+    assert parser.feed(data) == [(OP_PING, b"p"), (OP_TEXT | RSV1, b"ab\xff")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        client_frame(OP_PING, b"p", rsv=4),
+        client_frame(OP_CLOSE, b"", rsv=4),
+        client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_CONT, b"b", rsv=4),
+        client_frame(OP_TEXT, b"a", rsv=2),
+        client_frame(OP_TEXT, b"a", rsv=6),
+    ],
+    ids=["ping", "close", "continuation", "RSV2", "RSV1+RSV2"],
+)
+def test_rsv1_is_only_for_the_first_frame_of_a_data_message(data: bytes) -> None:
+    parser = FrameParser(BIG)
+    parser.allow_rsv1 = True
+    parser.feed(data)
+    assert parser.failed and parser.close_code == 1002
+
+
+def test_the_caller_can_fail_the_parser() -> None:
+    parser = FrameParser(BIG)
+    parser.fail(1009, "too big once inflated")
+    assert (parser.failed, parser.close_code, parser.close_reason) == (
+        True,
+        1009,
+        "too big once inflated",
+    )
+    assert parser.feed(client_frame(OP_TEXT, b"after")) == []
 
 
 @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 11, 12, 13, 14, 15])

@@ -169,13 +169,15 @@ def messages(draw: st.DrawFn) -> bytes:
     body = draw(st.text(max_size=80).map(str.encode) if opcode == 1 else st.binary(max_size=80))
     cuts = sorted(draw(st.lists(st.integers(0, len(body)), max_size=4)))
     parts = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    # RSV1 (permessage-deflate) on the first frame, as a client that compresses sends it
+    first_rsv = draw(st.sampled_from([0, 0, 4]))
     out = b""
     for i, part in enumerate(parts):
         out += masked_frame(
             opcode if i == 0 else 0,
             part,
             fin=i == len(parts) - 1,
-            rsv=0,
+            rsv=first_rsv if i == 0 else 0,
             masked=True,
             mask=draw(st.binary(min_size=4, max_size=4)),
             form=draw(st.sampled_from([None, None, 16, 64])),
@@ -224,10 +226,17 @@ def outcome(call: Callable[[], Any]) -> tuple[str, Any]:
 
 
 @SETTINGS
-@given(stream=streams(), limit=st.sampled_from([1 << 20, 100, 300]) | st.integers(1, 400))
-def test_parsers_agree(compiled: ModuleType, stream: tuple[bytes, list[int]], limit: int) -> None:
+@given(
+    stream=streams(),
+    limit=st.sampled_from([1 << 20, 100, 300]) | st.integers(1, 400),
+    rsv1=st.booleans(),
+)
+def test_parsers_agree(
+    compiled: ModuleType, stream: tuple[bytes, list[int]], limit: int, rsv1: bool
+) -> None:
     data, cuts = stream
     fast, slow = compiled.FrameParser(limit), pure.FrameParser(limit)
+    fast.allow_rsv1 = slow.allow_rsv1 = rsv1
     all_events = []
     for chunk in chunks(data, cuts):
         events = fast.feed(chunk)
@@ -238,6 +247,7 @@ def test_parsers_agree(compiled: ModuleType, stream: tuple[bytes, list[int]], li
     assert state == (slow.failed, slow.close_code, slow.close_reason)
     # chunking never changes the outcome
     whole = compiled.FrameParser(limit)
+    whole.allow_rsv1 = rsv1
     assert whole.feed(data) == all_events
     assert (whole.failed, whole.close_code, whole.close_reason) == state
 
@@ -272,11 +282,32 @@ def test_text_validation_is_strict_utf8(compiled: ModuleType, payload: bytes) ->
         assert parser.close_code == expected[1]
 
 
+@SETTINGS
+@given(
+    before=st.binary(max_size=40),
+    code=st.sampled_from([1007, 1009]),
+    reason=st.text(max_size=20),
+)
+def test_a_failure_found_by_the_caller_stops_both_alike(
+    compiled: ModuleType, before: bytes, code: int, reason: str
+) -> None:
+    frame = masked_frame(
+        1, b"after", fin=True, rsv=0, masked=True, mask=b"abcd", form=None, length=None
+    )
+    states = []
+    for module in (compiled, pure):
+        parser = module.FrameParser(1000)
+        parser.feed(before)  # maybe half a frame, buffered
+        parser.fail(code, reason)
+        states.append((parser.feed(frame), parser.failed, parser.close_code, parser.close_reason))
+    assert states[0] == states[1] == ([], True, code, reason)
+
+
 def test_close_reasons_are_worded_alike(compiled: ModuleType) -> None:
     from relay._fastpath_py import framing  # the twin's framing, where its reasons are
 
     names = [name for name in dir(framing) if name.startswith("R_")]
-    assert len(names) == 13
+    assert len(names) == 14
     assert {name: getattr(compiled, name) for name in names} == {
         name: getattr(framing, name) for name in names
     }
@@ -289,7 +320,7 @@ def test_the_tables_written_in_both_are_equal(compiled: ModuleType) -> None:
 
 
 def test_opcodes_are_equal(compiled: ModuleType) -> None:
-    for name in ("OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG"):
+    for name in ("OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG", "RSV1"):
         assert getattr(compiled, name) == getattr(pure, name) == getattr(relay.fastpath, name)
 
 

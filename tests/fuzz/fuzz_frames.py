@@ -11,7 +11,8 @@ bit, length form, declared length, mask key, payload). It checks:
 - the pieces give the same events and outcome as the whole stream (chunking invariance), even
   when each piece's buffer is overwritten right after its feed (the shell reads every socket
   into one shared buffer: what a parser keeps, it must have copied);
-- every payload is `bytes`, and once failed or closed a parser's feeds return [].
+- every payload is `bytes`, and once failed or closed a parser's feeds return [];
+- all of it with RSV1 allowed (permessage-deflate negotiated) and not.
 """
 
 from __future__ import annotations
@@ -103,21 +104,29 @@ def check(data: bytes, compiled: Any = _fastpath, pure: Any = _fastpath_py) -> N
         (views[i % len(views)], stream[a:b]) for i, (a, b) in enumerate(itertools.pairwise(bounds))
     ]
 
-    results = {}
-    for name, module in (("compiled", compiled), ("pure", pure)):
-        whole = module.FrameParser(max_bytes)
-        chunked = module.FrameParser(max_bytes)
-        results[name, "whole"] = (whole, feed_all(whole, [("bytes", stream)]))
-        results[name, "chunked"] = (chunked, feed_all(chunked, pieces))
-    (ref_parser, ref_events) = results["pure", "whole"]
-    for key, (parser, events) in results.items():
-        assert events == ref_events, (
-            f"{key} events differ from pure whole:\n{events!r}\n{ref_events!r}"
-        )
-        assert outcome(parser) == outcome(ref_parser), (key, outcome(parser), outcome(ref_parser))
-        assert all(type(payload) is bytes for _, payload in events), key
-        if parser.failed or (events and events[-1][0] == pure.OP_CLOSE):
-            assert parser.feed(build_frame(0x81, 0, b"abcd", b"late")) == [], key
+    # each input twice: without and with RSV1 allowed (permessage-deflate negotiated)
+    for rsv1 in (False, True):
+        results = {}
+        for name, module in (("compiled", compiled), ("pure", pure)):
+            whole = module.FrameParser(max_bytes)
+            chunked = module.FrameParser(max_bytes)
+            whole.allow_rsv1 = chunked.allow_rsv1 = rsv1
+            results[name, "whole"] = (whole, feed_all(whole, [("bytes", stream)]))
+            results[name, "chunked"] = (chunked, feed_all(chunked, pieces))
+        (ref_parser, ref_events) = results["pure", "whole"]
+        for key, (parser, events) in results.items():
+            assert events == ref_events, (
+                f"{key} events differ from pure whole (allow_rsv1={rsv1}):\n"
+                f"{events!r}\n{ref_events!r}"
+            )
+            assert outcome(parser) == outcome(ref_parser), (
+                key,
+                outcome(parser),
+                outcome(ref_parser),
+            )
+            assert all(type(payload) is bytes for _, payload in events), key
+            if parser.failed or (events and events[-1][0] == pure.OP_CLOSE):
+                assert parser.feed(build_frame(0x81, 0, b"abcd", b"late")) == [], key
 
 
 def seeds() -> dict[str, bytes]:

@@ -53,6 +53,9 @@ SERVER_TYPES = {
     "auth_ok", "error", "message", "receipt", "status", "presence", "typing", "conversations",
     "history", "group", "pong",
 }  # fmt: skip
+# Contract v2, "Search"
+CLIENT_TYPES |= {"search"}
+SERVER_TYPES |= {"search_result"}
 ERROR_CODES = {
     "bad_json", "bad_frame", "invalid", "unknown_type", "unauthenticated", "auth_failed",
     "forbidden", "rate_limited", "not_found", "internal",
@@ -1175,6 +1178,8 @@ async def test_e2e_http_endpoints_as_documented(nursery: trio.Nursery) -> None:
     status, body = await http_get(relay, "/metrics")
     assert status == 200
     exposed = {line.split("{")[0].split(" ")[0] for line in body.decode().splitlines()}
+    # every family by its TYPE line: histograms, and labelled counters with no sample yet
+    exposed |= {line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE")}
     documented = {row[0].strip("`").split("{")[0] for row in doc.table_rows("| metric | kind |")}
     assert len(documented) >= 10
     assert documented <= exposed, f"documented but not exposed: {documented - exposed}"
@@ -1243,3 +1248,31 @@ async def test_e2e_keys(nursery: trio.Nursery) -> None:
         assert (await alice.expect("error", code="forbidden", ref="f"))["field"] == "deviceId"
         await alice.send_refused({**published, "encKey": "short", "ref": "s"})
         assert (await alice.expect("error", code="invalid", ref="s"))["field"] == "encKey"
+
+
+@covers("search_result", "error:invalid", "error:forbidden")
+async def test_e2e_search_as_documented(nursery: trio.Nursery) -> None:
+    relay = await relay_on(nursery)
+    async with peer(relay.url, "alice") as alice, peer(relay.url, "bob") as bob:
+        for n, text in enumerate(["Run tomorrow?", "see you at the café", "running late"]):
+            await alice.send(text_message(f"s{n}", "alice", text, recipientId="bob"))
+            await alice.expect("receipt", status="sent", id=f"s{n}")
+        await bob.send({"type": "search", "query": "run*", "limit": 1, "ref": "q1"})
+        first = await bob.expect("search_result", ref="q1")
+        assert ([m["id"] for m in first["items"]], first["hasMore"]) == (["s2"], True)
+        await bob.send({"type": "search", "query": "run*", "before": first["next"], "ref": "q2"})
+        rest = await bob.expect("search_result", ref="q2")
+        assert ([m["id"] for m in rest["items"]], rest["hasMore"]) == (["s0"], False)
+        assert "next" not in rest
+        await bob.send(
+            {"type": "search", "query": '"SEE YOU" cafe', "peerId": "alice", "ref": "q3"}
+        )
+        assert [m["id"] for m in (await bob.expect("search_result", ref="q3"))["items"]] == ["s1"]
+        await bob.send_refused({"type": "search", "query": "run", "limit": 0, "ref": "q4"})
+        assert (await bob.expect("error", code="invalid", ref="q4"))["field"] == "limit"
+        await bob.send({"type": "search", "query": "x", "groupId": "nobody's", "ref": "q5"})
+        await bob.expect("error", ref="q5")
+        await alice.send({"type": "group_create", "groupId": "g", "members": [], "ref": "g"})
+        await alice.expect("group", ref="g")
+        await bob.send({"type": "search", "query": "x", "groupId": "g", "ref": "q6"})
+        await bob.expect("error", code="forbidden", ref="q6")

@@ -29,8 +29,12 @@ from typing import Any, TypeVar, cast
 import trio
 
 import relay.store.sqlite.reads as reads
+import relay.store.sqlite.search as searches
+import relay.store.sqlite.webhooks as webhooks
 import relay.store.sqlite.writes as writes
 from relay.errors import StoreError
+from relay.metrics import RelayMetrics, Stats
+from relay.search.query import SearchQuery
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -39,13 +43,17 @@ from relay.store.base import (
     DeviceKeys,
     Group,
     NewMessage,
+    OutboxEvent,
+    SearchPage,
     StoredMessage,
     Watermarks,
+    WebhookCandidate,
 )
 from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
+from relay.store.sqlite.indexer import SearchIndexer
 from relay.store.sqlite.rows import describe
 from relay.store.sqlite.writer import STOP, Request, Writer
 
@@ -98,6 +106,8 @@ class SqliteStore:
         self.retention = RetentionJob(
             retention_days, retention_max_messages, interval=retention_interval
         )
+        # the writer's search indexer (sqlite/indexer.py); its settings may be changed before open
+        self.indexer = SearchIndexer()
         self._pragmas = tuple(pragmas)
         self.check_on_open = check_on_open
         self._state = "new"  # new -> open -> closing -> closed
@@ -110,6 +120,14 @@ class SqliteStore:
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self._closed = trio.Event()
+        self.stats = Stats()  # commit sizes and times; a relay's own once `instrument`ed
+        self._writer: Writer | None = None
+
+    def instrument(self, metrics: RelayMetrics) -> None:
+        """relay.metrics.Instrumented: the writer counts into the relay's metrics."""
+        self.stats = metrics.stats
+        if self._writer is not None:
+            self._writer.stats = metrics.stats
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -143,7 +161,10 @@ class SqliteStore:
             max_batch=self.max_batch,
             retention=self.retention,
             checkpointer=checkpointer,
+            stats=self.stats,
+            indexer=self.indexer,
         )
+        self._writer = writer
         self._thread = threading.Thread(target=writer.run, name="relay-sqlite-writer", daemon=True)
         self._thread.start()
         self._state = "open"
@@ -351,3 +372,40 @@ class SqliteStore:
 
     async def device_keys(self, user_id: str) -> list[DeviceKeys]:
         return await self._read(reads.device_keys, user_id)
+
+    # --- webhooks (WebhookOutbox; relay.store.sqlite.webhooks) ----------------------------------
+    async def webhook_start(self) -> None:
+        await self._write(webhooks.start)
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        return await self._read(webhooks.candidates, limit)
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        batch = list(events)
+        return await self._write(lambda conn: webhooks.advance(conn, position, batch, max_pending))
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        return await self._read(webhooks.due, now, limit)
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        gone, later = list(removed), list(retried)
+        await self._write(lambda conn: webhooks.settle(conn, gone, later))
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        return await self._read(webhooks.pending)
+
+    # --- search (Searchable) ---------------------------------------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(searches.search, user_id, query, conversation, before, limit)

@@ -27,9 +27,15 @@ Invariants:
   transaction) shows no other connection committed since, and the unique (conversation, seq)
   index refuses a stale one anyway (the batch then runs request by request);
 - retention (relay/store/retention.py) runs here between batches, when no request waits,
-  never inside an append;
+  never inside an append; so does the search indexer (sqlite/indexer.py), after `idle`
+  seconds without a request, or after a batch once it lags too far;
 - after each commit the writer nudges the checkpointer (checkpointer.py), and never
   checkpoints itself beyond SQLite's automatic bound.
+
+Metrics (`stats`, observed in this thread only): each committed batch's size (requests weighted
+as for `max_batch`) and its transaction's seconds, BEGIN to COMMIT; a failed transaction counts in
+`store_failures` and is one WARNING line on `relay.store` (the SQLite error, never a message's
+content).
 """
 
 from __future__ import annotations
@@ -46,10 +52,12 @@ import trio
 from attrs import define, field
 
 from relay.errors import StoreError
+from relay.metrics import Stats
 from relay.store.base import NewMessage
 from relay.store.retention import RetentionJob
 from relay.store.sqlite.appends import append_fused
 from relay.store.sqlite.checkpointer import Checkpointer
+from relay.store.sqlite.indexer import SearchIndexer
 from relay.store.sqlite.rows import describe
 
 log = logging.getLogger("relay.store")
@@ -89,6 +97,8 @@ class Writer:
     max_batch: int
     retention: RetentionJob
     checkpointer: Checkpointer | None = None
+    stats: Stats = field(factory=Stats)
+    indexer: SearchIndexer = field(factory=SearchIndexer)
     _wait_pays: bool = field(default=True, init=False)  # the last wait brought requests
     # conversation -> its committed last_seq, as of `_data_version`; only this connection
     # writes in between (another connection's commit changes data_version, and then it is dropped)
@@ -99,19 +109,27 @@ class Writer:
     def run(self) -> None:
         try:
             while True:
+                retention_due = self.retention.seconds_until_due()
                 try:
-                    first = self.requests.get(timeout=self.retention.seconds_until_due())
+                    first = self.requests.get(timeout=self.indexer.timeout(retention_due))
                 except queue.Empty:
-                    self._retention()
+                    if self.retention.seconds_until_due() == 0:
+                        self._retention()
+                    else:
+                        self._index()
                     continue
                 if first is STOP:
                     return
                 batch, stop = self._gather(cast(Request, first))
                 self._execute(batch)
+                appended = sum(r.weight for r in batch if r.messages is not None)
+                self.indexer.appended(appended)
                 if stop:
                     return
                 if self.retention.seconds_until_due() == 0 and self.requests.empty():
                     self._retention()
+                elif self.indexer.lagging():
+                    self._index(appended)
         finally:
             self._fail_queued()
             self.conn.close()
@@ -163,8 +181,14 @@ class Writer:
         return batch, stop
 
     def _execute(self, batch: list[Request]) -> None:
+        stats = self.stats
+        failures = stats.store_failures
+        began = time.monotonic()
         try:
             self._transaction(batch)
+            if stats.store_failures == failures:  # committed (or had nothing to commit)
+                stats.commit_seconds.observe(time.monotonic() - began)
+                stats.commit_size.observe(sum(r.weight for r in batch))
         except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
             for request in batch:
                 if request.error is None:
@@ -289,8 +313,9 @@ class Writer:
             request.result = results
         return tips
 
-    @staticmethod
-    def _fail(requests: list[Request], reason: str) -> None:
+    def _fail(self, requests: list[Request], reason: str) -> None:
+        self.stats.store_failures += 1
+        log.warning("store write of %d request(s) failed: %s", len(requests), reason)
         for request in requests:
             request.result = None
             request.error = StoreError(reason)
@@ -307,6 +332,12 @@ class Writer:
             return
         if gone:
             log.info("retention deleted %d messages", gone)
+
+    def _index(self, size: int | None = None) -> None:
+        try:
+            self.indexer.run_chunk(self.conn, size)
+        except sqlite3.Error as exc:
+            log.warning("search indexing failed, retrying later: %s", describe(exc))
 
     def _fail_queued(self) -> None:
         left: list[Request] = []

@@ -1,0 +1,200 @@
+"""FileService: `POST /files` and `GET /files/{fileId}` on the relay's port (contract v2,
+"Files"), authenticated by a session's `httpToken` (`Authorization: Bearer <token>`).
+
+- Upload: the body is streamed to the BlobStore through a running SHA-256; a declared length
+  over `max_file_bytes` is answered 413 before anything is written, and a body that grows past
+  it while streaming (chunked) is 413 too, its partial bytes removed: nothing is stored. The
+  type is sniffed from the first bytes (relay.files.sniff); the name is cleaned
+  (relay.files.names). Answer: 201 with the file's `fileId, name, size, mime, sha256`.
+- Download: the uploader gets the bytes (`Range` -> 206, an unsatisfiable one 416), with
+  `Content-Disposition` (inline for images, else attachment), `X-Content-Type-Options:
+  nosniff` and the stored type. Anyone else, and a wrong or expired token, gets 404, exactly as
+  for a file that does not exist; no token at all is 401.
+- Errors are JSON: `{"error": code, "message": text}`.
+- Retention: an upload not sent in a message within UNSENT_TTL (a day) is deleted, by a sweep
+  at start and then at most every SWEEP_INTERVAL, made by the upload that finds it due. (No
+  message carries files yet, so this applies to every upload.)
+
+Invariant: a file's bytes are never held whole in memory (chunks of at most 64 KiB each way).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
+
+import orjson
+from attrs import define, field
+
+from relay.clock import iso_utc
+from relay.config import RelayConfig
+from relay.files.blobs import BlobStore, FileRecord, LocalBlobStore, new_file_id
+from relay.files.names import clean_name, content_disposition
+from relay.files.ranges import Unsatisfiable, byte_range
+from relay.files.sniff import SNIFF_BYTES, content_type
+from relay.files.tokens import HttpTokens
+from relay.transport.httpserver import HttpError, Request, RequestBody, Response, RouteTable
+
+
+@runtime_checkable
+class IssuesHttpTokens(Protocol):
+    """A connection handler whose sessions carry an `httpToken` (MessagingService)."""
+
+    http_tokens: HttpTokens
+
+
+def json_error(request: Request, error: HttpError) -> Response:
+    body = orjson.dumps(
+        {"error": error.code or _CODES.get(error.status, "error"), "message": error.message}
+    )
+    headers = [(b"content-type", b"application/json"), *error.headers]
+    return Response(error.status, headers, body)
+
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthenticated",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    416: "range_not_satisfiable",
+}
+_NOT_FOUND = "no such file"
+UNSENT_TTL = 86400.0
+SWEEP_INTERVAL = 3600.0
+
+
+@define(eq=False)
+class FileService:
+    config: RelayConfig
+    blobs: BlobStore
+    tokens: HttpTokens
+    wall: Callable[[], float] = time.time
+    _next_sweep: float = field(default=0.0, init=False)  # by self.tokens.clock
+    _temporary: tempfile.TemporaryDirectory[str] | None = field(default=None, kw_only=True)
+
+    @classmethod
+    def for_config(cls, config: RelayConfig, tokens: HttpTokens) -> FileService:
+        """Files in `files_dir`, else `<db_path>.files`, else a temporary directory (removed
+        by `close`: a relay keeping nothing keeps no files either)."""
+        temporary = None
+        if config.files_dir is not None:
+            directory = config.files_dir
+        elif config.db_path is not None:
+            directory = config.db_path + ".files"
+        else:
+            temporary = tempfile.TemporaryDirectory(prefix="relay-files-")
+            directory = temporary.name
+        return cls(config, LocalBlobStore(directory), tokens, temporary=temporary)
+
+    def install(self, routes: RouteTable) -> None:
+        routes.claim("/files", errors=json_error)
+        routes.add("POST", "/files", self.upload, max_body=self.config.max_file_bytes)
+        routes.add("GET", "/files/{fileId}", self.download)
+
+    async def open(self) -> None:
+        await self.blobs.open()
+        await self.sweep()
+
+    async def sweep(self) -> int:
+        """Delete the uploads older than UNSENT_TTL that no message carries; how many went."""
+        self._next_sweep = self.tokens.clock() + SWEEP_INTERVAL
+        gone = await self.blobs.created_before(iso_utc(self.wall() - UNSENT_TTL))
+        for file_id in gone:
+            await self.blobs.delete(file_id)
+        return len(gone)
+
+    async def close(self) -> None:
+        await self.blobs.close()
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+    def _user(self, request: Request, *, missing: int = 401, wrong: int = 404) -> str:
+        value = request.header(b"authorization")
+        if value is None:
+            raise HttpError(
+                missing, "an httpToken is required", headers=[(b"www-authenticate", b"Bearer")]
+            )
+        scheme, _, token = value.decode("latin-1").partition(" ")
+        user = None
+        if scheme.lower() == "bearer" and token.strip():
+            user = self.tokens.user_of(token.strip(), self.tokens.clock())
+        if user is None:
+            if wrong == 401:
+                raise HttpError(
+                    401, "the token is not valid", headers=[(b"www-authenticate", b"Bearer")]
+                )
+            raise HttpError(404, _NOT_FOUND)
+        return user
+
+    async def upload(self, request: Request, body: RequestBody) -> Response:
+        user = self._user(request, wrong=401)
+        limit = self.config.max_file_bytes
+        if body.length is not None and body.length > limit:
+            raise HttpError(413, f"a file is at most {limit} bytes (max_file_bytes)")
+        if self.tokens.clock() >= self._next_sweep:
+            await self.sweep()
+        name = clean_name(request.query_params().get("name"))
+        claimed = request.header(b"content-type")
+        head = bytearray()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            async for chunk in body:
+                if len(head) < SNIFF_BYTES:
+                    head.extend(chunk[: SNIFF_BYTES - len(head)])
+                yield chunk
+
+        file_id = new_file_id()
+        size, sha256 = await self.blobs.write(file_id, chunks())
+        record = FileRecord(
+            file_id=file_id,
+            owner=user,
+            name=name,
+            size=size,
+            mime=content_type(bytes(head), claimed.decode("latin-1") if claimed else None),
+            sha256=sha256,
+            created_at=iso_utc(self.wall()),
+        )
+        await self.blobs.save(record)
+        return Response(
+            201,
+            [(b"content-type", b"application/json"), (b"location", f"/files/{file_id}".encode())],
+            orjson.dumps(record.public()),
+        )
+
+    async def download(self, request: Request, body: RequestBody) -> Response:
+        user = self._user(request)
+        record = await self.blobs.record(request.params["fileId"])
+        if record is None or not self.may_read(user, record):
+            raise HttpError(404, _NOT_FOUND)
+        headers = [
+            (b"content-type", record.mime.encode()),
+            (b"content-disposition", content_disposition(record.name, record.mime)),
+            (b"x-content-type-options", b"nosniff"),
+            (b"accept-ranges", b"bytes"),
+            (b"etag", f'"{record.sha256}"'.encode()),
+            (b"cache-control", b"private, no-cache"),
+        ]
+        size = record.size
+        try:
+            wanted = byte_range(request.header(b"range"), size)
+        except Unsatisfiable:
+            raise HttpError(
+                416,
+                "the range is outside the file",
+                headers=[(b"content-range", f"bytes */{size}".encode())],
+            ) from None
+        if wanted is None:
+            return Response(200, headers, self.blobs.read(record.file_id, 0, size - 1), length=size)
+        first, last = wanted
+        headers.append((b"content-range", f"bytes {first}-{last}/{size}".encode()))
+        return Response(
+            206, headers, self.blobs.read(record.file_id, first, last), length=last - first + 1
+        )
+
+    def may_read(self, user: str, record: FileRecord) -> bool:
+        """The uploader. (Members of a conversation the file was sent to come with message
+        attachments, which this relay does not carry yet.)"""
+        return user == record.owner

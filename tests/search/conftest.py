@@ -1,0 +1,109 @@
+"""The search suite runs on every store that declares Searchable: `store` is parametrized, the
+SQLite store twice: with its indexer held back (every search scans the unindexed tail) and
+with the indexer working at once (`settle` waits until it has indexed everything)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+import relay.store.sqlite.search as sqlite_search
+from relay.search import parse_query
+from relay.store.base import Searchable, Store
+from relay.store.memory import MemoryStore
+from relay.store.sqlite import SqliteStore
+
+Settle = Callable[[Store], Awaitable[None]]
+
+
+def held_back(store: SqliteStore) -> SqliteStore:
+    store.indexer.idle = 3600.0
+    store.indexer.max_lag = 1 << 40
+    return store
+
+
+def eager(store: SqliteStore) -> SqliteStore:
+    store.indexer.idle = 0.0
+    return store
+
+
+@pytest.fixture(
+    params=["memory", "sqlite-scan", "sqlite-index", "sqlite-index-named", "sqlite-index-walk"]
+)
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Store]:
+    if request.param in ("sqlite-index-named", "sqlite-index-walk"):
+        # every term counts as common: the MATCH names the user's conversations ("named"), or,
+        # as for a user in too many to name, their newest messages are scanned first, a few
+        # rows only, before the index goes on ("walk")
+        monkeypatch.setattr(sqlite_search, "COMMON", -1)
+        if request.param == "sqlite-index-walk":
+            monkeypatch.setattr(sqlite_search, "CONVERSATIONS_IN_MATCH", 0)
+            monkeypatch.setattr(sqlite_search, "SCAN_ROWS", 2)
+    if request.param == "memory":
+        made: Store = MemoryStore()
+    elif request.param == "sqlite-scan":
+        made = held_back(SqliteStore(tmp_path / "r.db"))
+    else:
+        made = eager(SqliteStore(tmp_path / "r.db"))
+    assert isinstance(made, Searchable)
+    await made.open()
+    yield made
+    await made.close()
+
+
+def progress(path: Path) -> tuple[int, int]:
+    """(indexed_pos, last_pos) of a SQLite store's file."""
+    conn = sqlite3.connect(path)
+    try:
+        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
+        return int(indexed), int(last)
+    finally:
+        conn.close()
+
+
+async def _wait_indexed(path: Path) -> None:
+    """Until the writer's indexer has indexed every message of the file (it works in its own
+    thread, with no event to await; bounded)."""
+    with trio.fail_after(5):
+        while (seen := progress(path))[0] < seen[1]:  # noqa: ASYNC110
+            await trio.sleep(0.005)
+
+
+@pytest.fixture
+def wait_indexed() -> Callable[[Path], Awaitable[None]]:
+    """`await wait_indexed(path)`: until the store of that file has indexed every message."""
+    return _wait_indexed
+
+
+@pytest.fixture
+def settle() -> Settle:
+    """Await before searching: an eager SQLite store has then indexed everything it stored."""
+
+    async def run(store: Store) -> None:
+        if isinstance(store, SqliteStore) and store.indexer.idle == 0.0:
+            await _wait_indexed(Path(store.path))
+
+    return run
+
+
+@pytest.fixture
+def found(store: Store, settle: Settle) -> Callable[..., Awaitable[list[str]]]:
+    """`await found(user, query, conversation=None, limit=100)`: the texts of `user`'s search
+    for `query` (one page), newest first."""
+
+    async def run(
+        user: str, query: str, *, conversation: str | None = None, limit: int = 100
+    ) -> list[str]:
+        assert isinstance(store, Searchable)
+        await settle(store)
+        page = await store.search(user, parse_query(query), conversation=conversation, limit=limit)
+        return [m.text for m in page.messages]
+
+    return run

@@ -1,0 +1,155 @@
+"""The SQLite search index (migration 7, sqlite/indexer.py): the writer indexes behind the
+appends, searches are exact whatever it has indexed yet, retention removes from the index, and a
+database made before the index existed is indexed once opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from store_suite import AB, msg, put
+
+from relay.search import parse_query
+from relay.store.migrations import MIGRATIONS, _statements
+from relay.store.sqlite import SqliteStore
+
+Wait = Callable[[Path], Awaitable[None]]
+
+
+def index_rows(path: Path) -> list[tuple[int, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT rowid, body FROM message_search ORDER BY rowid").fetchall()
+    finally:
+        conn.close()
+
+
+def indexed_pos(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("SELECT indexed_pos FROM search_progress").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def texts_found(store: SqliteStore, user: str, query: str, limit: int = 100) -> list[str]:
+    page = await store.search(user, parse_query(query), limit=limit)
+    return [m.text for m in page.messages]
+
+
+async def test_indexed_and_unindexed_messages_answer_alike(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    store.indexer.idle = 0.0
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b", text=f"word {i}") for i in range(4)))
+        await wait_indexed(path)
+        assert indexed_pos(path) == 4
+        store.indexer.idle = 3600.0  # from now on nothing more is indexed
+        await put(store, *(msg("b", "a", text=f"word {i}") for i in range(4, 7)))
+        assert indexed_pos(path) == 4
+        expected = [f"word {i}" for i in reversed(range(7))]
+        assert await texts_found(store, "a", "word") == expected
+        # pages across the boundary lose and repeat nothing
+        seen: list[str] = []
+        before = None
+        while True:
+            page = await store.search("b", parse_query("wor*"), before=before, limit=2)
+            seen += [m.text for m in page.messages]
+            if page.next is None:
+                break
+            before = page.next
+        assert seen == expected
+        assert await texts_found(store, "c", "word") == []
+    finally:
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4]
+
+
+async def test_a_writer_that_is_never_idle_indexes_once_it_lags(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0
+    store.indexer.max_lag = 5
+    await store.open()
+    try:
+        for i in range(4):
+            await put(store, msg("a", "b", text=f"batch {i} one"), msg("a", "b", text="two"))
+        await store.set_last_seen("a", "2026-01-01T00:00:00.000Z")  # after the last indexing
+        # from the third batch on (6 behind, more than 5) each batch had as many indexed as it
+        # appended: the unindexed tail stopped growing at 4
+        assert indexed_pos(path) == 4
+        assert await texts_found(store, "b", "batch") == [f"batch {i} one" for i in (3, 2, 1, 0)]
+    finally:
+        await store.close()
+
+
+async def test_retention_deletes_from_the_index(tmp_path: Path, wait_indexed: Wait) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path, retention_interval=0.05)
+    store.indexer.idle = 0.0
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b", text=f"word {i}") for i in range(5)))
+        await wait_indexed(path)
+        assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4, 5]
+        store.retention.max_messages = 2  # retention on: it runs after the next write
+        await put(store, msg("a", "b", text="word 5"))
+
+        async def trimmed() -> bool:
+            page, _ = await store.history(AB)
+            return [m.seq for m in page] == [5, 6]
+
+        with trio.fail_after(5):
+            while not await trimmed():  # noqa: ASYNC110 (retention runs in the writer thread)
+                await trio.sleep(0.01)
+        await wait_indexed(path)
+        assert await texts_found(store, "a", "word") == ["word 5", "word 4"]
+    finally:
+        await store.close()
+    assert index_rows(path) == [(5, "word 4"), (6, "word 5")]
+
+
+async def test_a_version_6_database_is_indexed_once_opened(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for script in MIGRATIONS[:6]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 6")
+    # messages stored by the version-6 schema (no index yet)
+    for pos, text in enumerate(["Grüße aus Köln", "", "東京タワー"], start=1):
+        conn.execute(
+            "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
+            " recipient_id) VALUES (?, ?, ?, ?, 'a', ?, '2026-01-01T00:00:00.000Z', 'b')",
+            (pos, AB, pos, f"m{pos}", text),
+        )
+    conn.execute(
+        "INSERT INTO conversations VALUES (?, NULL, 3, 3, '2026-01-01T00:00:00.000Z')", (AB,)
+    )
+    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
+    conn.execute("UPDATE positions SET last_pos = 3")
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SqliteStore(path)
+    store.indexer.idle = 0.0
+    await store.open()
+    try:
+        assert await texts_found(store, "b", "grusse koln") == ["Grüße aus Köln"]
+        await wait_indexed(path)
+        assert await texts_found(store, "b", "タワー") == ["東京タワー"]
+        await put(store, msg("b", "a", text="koln again"))
+        assert await texts_found(store, "a", "koln") == ["koln again", "Grüße aus Köln"]
+    finally:
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)][:2] == [1, 3]
