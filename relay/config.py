@@ -456,6 +456,39 @@ class RelayConfig:
         ),
     )
 
+    # --- calls (issue 18): ring timeout and the ICE servers handed out in auth_ok ---
+    call_ring_timeout: float = field(
+        default=30.0,
+        validator=_positive,
+        metadata=_help("seconds a call may ring unanswered before both sides get `timeout`"),
+    )
+    stun_urls: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated STUN URLs for calls (stun:host:3478), sent in auth_ok iceServers"
+        ),
+    )
+    turn_urls: str | None = field(
+        default=None,
+        metadata=_help(
+            "comma-separated TURN URLs for calls (turn:host:3478?transport=udp, turns:...); "
+            "needs turn_secret"
+        ),
+    )
+    turn_secret: str | None = field(
+        default=None,
+        repr=False,
+        metadata=_help(
+            "the TURN server's shared secret (coturn static-auth-secret, use-auth-secret): "
+            "each auth_ok carries credentials made with it; prefer RELAY_TURN_SECRET"
+        ),
+    )
+    turn_credential_ttl: float = field(
+        default=86400.0,
+        validator=_positive,
+        metadata=_help("seconds a TURN credential handed out in auth_ok stays valid"),
+    )
+
     def __attrs_post_init__(self) -> None:
         self._check_webhooks()
         if (self.certfile is None) != (self.keyfile is None):
@@ -479,6 +512,7 @@ class RelayConfig:
         self._check_auth()
         if self.metrics_listen is not None:
             _host_port(self.metrics_listen)
+        self._check_ice()
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -530,3 +564,32 @@ class RelayConfig:
             raise ConfigError(
                 "webhook_url needs webhook_secret_file: every webhook request is signed"
             )
+
+    def _check_ice(self) -> None:
+        for name, schemes in (
+            ("stun_urls", ("stun:", "stuns:")),
+            ("turn_urls", ("turn:", "turns:")),
+        ):
+            for url in _url_list(getattr(self, name)):
+                if not url.startswith(schemes):
+                    raise ConfigError(f"{name}: {url!r} must start with {' or '.join(schemes)}")
+        if self.turn_urls is not None and not self.turn_secret:
+            raise ConfigError("turn_urls needs turn_secret (the TURN server's shared secret)")
+        if self.turn_secret == "":
+            raise ConfigError("turn_secret is set but empty")
+
+    @property
+    def stun_url_list(self) -> tuple[str, ...]:
+        """`stun_urls` split at commas, blanks dropped."""
+        return _url_list(self.stun_urls)
+
+    @property
+    def turn_url_list(self) -> tuple[str, ...]:
+        """`turn_urls` split at commas, blanks dropped."""
+        return _url_list(self.turn_urls)
+
+
+def _url_list(text: str | None) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    return tuple(part.strip() for part in text.split(",") if part.strip())

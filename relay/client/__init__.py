@@ -19,6 +19,14 @@ Layout, by concern (sans-IO unless marked trio):
 """
 
 from relay.client.backoff import ReconnectPolicy
+from relay.client.calls import (
+    CallAccepted,
+    CallEnded,
+    CallInfo,
+    CallInvited,
+    CallRinging,
+    CallSignalled,
+)
 from relay.client.connection import RelayClient
 from relay.client.events import EventStream
 from relay.client.files import FileInfo, FileRequestFailed
@@ -50,6 +58,12 @@ from relay.client.state import ClientState
 from relay.errors import ClientError, ConnectionLost
 
 __all__ = [
+    "CallAccepted",
+    "CallEnded",
+    "CallInfo",
+    "CallInvited",
+    "CallRinging",
+    "CallSignalled",
     "ClientError",
     "ClientState",
     "ConnectionChanged",

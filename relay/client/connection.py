@@ -52,6 +52,14 @@ import trio
 
 from relay.client import files
 from relay.client.backoff import ReconnectPolicy
+from relay.client.calls import (
+    CallInfo,
+    accept_frame,
+    end_frame,
+    invite_frame,
+    reject_frame,
+    signal_frame,
+)
 from relay.client.events import EventHub, EventStream
 from relay.client.files import FileInfo
 from relay.client.frames import Frame, auth_frame, now_iso, parse_message
@@ -120,6 +128,7 @@ class RelayClient:
         self.device_id = device_id
         self.connection_device_id: str | None = None  # as auth_ok named it (`anon-…` when None)
         self.session_id: str | None = None
+        self.ice_servers: list[dict[str, Any]] = []  # auth_ok's iceServers (RTCIceServer dicts)
         self.http_token: str | None = None  # auth_ok's, for /files (contract v2)
         self.policy = ReconnectPolicy(
             attempts=reconnect_attempts,
@@ -395,6 +404,67 @@ class RelayClient:
         frame = {"type": "group_leave", "groupId": group_id}
         return _group_info(self.state, await self._request(frame, "group"))
 
+    # --- calls (contract v2; relay.client.calls) --------------------------------------------------
+    # Call frames are written only while online (a call cannot outlive its connection: the
+    # relay ends it when the connection drops); offline, these raise ClientError. Answers come
+    # as events (CallRinging, CallAccepted, CallEnded, CallSignalled, CallInvited) and in
+    # `state.calls`; `wait_call` waits for a phase.
+
+    async def place_call(
+        self, peer_id: str, sdp: str, *, media: str = "audio", call_id: str | None = None
+    ) -> CallInfo:
+        """Call `peer_id` with the SDP offer `sdp`; the call is `calling` until the relay
+        answers `ringing` (or ends it: busy, unavailable)."""
+        self._check_online()
+        call = self.state.calls.place(peer_id, media, call_id)
+        self._outgoing.queue(invite_frame(call, sdp), keep_offline=False)
+        self._hub.notify()
+        return call
+
+    async def answer_call(self, call_id: str, sdp: str) -> None:
+        """Accept a call ringing on this device with the SDP answer `sdp`."""
+        self._check_online()
+        self.state.calls.answered_here(call_id)
+        self._outgoing.queue(accept_frame(call_id, sdp), keep_offline=False)
+        self._hub.notify()
+
+    async def reject_call(self, call_id: str) -> None:
+        """Decline a call ringing on this device (the caller gets `rejected`)."""
+        self._check_online()
+        self.state.calls.end_here(call_id, "rejected")
+        self._outgoing.queue(reject_frame(call_id), keep_offline=False)
+        self._hub.notify()
+
+    async def hang_up(self, call_id: str) -> None:
+        """End a call of this device (the other side gets `hangup`)."""
+        self._check_online()
+        self.state.calls.end_here(call_id, "hangup")
+        self._outgoing.queue(end_frame(call_id), keep_offline=False)
+        self._hub.notify()
+
+    async def send_call_signal(self, call_id: str, payload: dict[str, Any]) -> None:
+        """Send `payload` (an ICE candidate, a renegotiation) to the other device of the call."""
+        self._check_online()
+        self._outgoing.queue(signal_frame(call_id, payload), keep_offline=False)
+
+    async def wait_call(self, call_id: str, *phases: str) -> CallInfo:
+        """Wait until the call is in one of `phases` (calling, ringing, incoming, answered,
+        ended); returns it."""
+
+        def reached(s: ClientState) -> bool:
+            call = s.calls.get(call_id)
+            return call is not None and call.phase in phases
+
+        await self.wait_until(reached)
+        call = self.state.calls.get(call_id)
+        assert call is not None
+        return call
+
+    def _check_online(self) -> None:
+        self._check_alive()
+        if self.state.connection is not ConnectionState.ONLINE:
+            raise ClientError("not connected to the relay: calls need a live connection")
+
     async def search(
         self,
         query: str,
@@ -509,6 +579,8 @@ class RelayClient:
     def _online(self, ok: Frame) -> None:
         self.connection_device_id = ok.get("deviceId")
         self.session_id = ok.get("sessionId")
+        servers = ok.get("iceServers")  # contract v2: STUN/TURN for calls, [] when none
+        self.ice_servers = servers if isinstance(servers, list) else []
         token = ok.get("httpToken")
         self.http_token = token if isinstance(token, str) else None
         self._set_connection(ConnectionState.ONLINE)

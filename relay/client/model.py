@@ -11,6 +11,7 @@ from typing import Any
 
 from attrs import frozen
 
+from relay.client.calls import CallEvent
 from relay.errors import ClientError
 
 
@@ -237,4 +238,5 @@ Event = (
     | GroupChanged
     | ErrorReceived
     | Lagged
+    | CallEvent
 )

@@ -26,6 +26,7 @@ from typing import Any
 
 from attrs import define, evolve, field
 
+from relay.client.calls import CALL_FRAME_TYPES, CallBook
 from relay.client.conversation import ConversationLog, MessageKey
 from relay.client.frames import (
     Frame,
@@ -77,6 +78,7 @@ class ClientState:
     _acks: Acks = field(factory=Acks)
     _typing_sent: dict[ConversationId, float] = field(factory=dict)
     _ranks: int = 0  # the last ConversationLog.ranked given
+    calls: CallBook = field(factory=CallBook)  # this device's calls (relay.client.calls)
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -205,6 +207,7 @@ class ClientState:
         else:
             self._typing_sent.clear()
             events += self._expire_typing(None)
+            events += self.calls.connection_lost()  # the relay ended them with the connection
         if state is not self.connection or attempt or reason:
             self.connection = state
             events.insert(0, ConnectionChanged(state, attempt, reason))
@@ -470,4 +473,5 @@ _HANDLERS: dict[str, Callable[[ClientState, Frame, float], list[Event]]] = {
     "typing": ClientState._on_typing,
     "group": ClientState._on_group,
     "error": ClientState._on_error,
+    **dict.fromkeys(CALL_FRAME_TYPES, lambda state, frame, now: state.calls.apply(frame)),
 }

@@ -35,10 +35,12 @@ from relay.config import RelayConfig
 from relay.core.backlog import Backlog
 from relay.core.backlog_state import BacklogState
 from relay.core.broker import Broker, Joining, LocalBroker
+from relay.core.calls import Calls
 from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups
 from relay.core.history import History
 from relay.core.indicators import Indicators
+from relay.core.keys import Keys
 from relay.core.marks import DeliveryMarks
 from relay.core.pipeline import Item, Pipeline
 from relay.core.receipts import Receipts
@@ -48,6 +50,7 @@ from relay.core.status import Status
 from relay.errors import FrameError
 from relay.files.tokens import HttpTokens
 from relay.health import HealthReporting
+from relay.ice import ice_servers
 from relay.metrics import Instrumented, RelayMetrics
 from relay.ports import Connection
 from relay.protocol import (
@@ -73,6 +76,14 @@ from relay.protocol import (
     encode_pong,
     parse_client_frame,
 )
+from relay.protocol.calls import (
+    CallAcceptFrame,
+    CallEndFrame,
+    CallInviteFrame,
+    CallRejectFrame,
+    CallSignalFrame,
+)
+from relay.protocol.keys import KeysGetFrame, KeysPublishFrame
 from relay.store.base import Store, StoredMessage
 
 log = logging.getLogger("relay.core")
@@ -106,6 +117,8 @@ class MessagingService:
     http_tokens: HttpTokens  # the sessions' httpToken (contract v2), for /files
     status: Status
     indicators: Indicators
+    calls: Calls
+    keys: Keys
     _marks: DeliveryMarks
     _handlers: dict[type, Handler]
     _awaiting: dict[int, Connection] = field(factory=dict)  # not yet authenticated
@@ -149,6 +162,8 @@ class MessagingService:
         self._health = [p for p in (store, port) if isinstance(p, HealthReporting)]
         if self._health:  # else nothing to ask per message
             self.pipeline.health = self.problem
+        self.calls = Calls(ctx, self.pipeline.publish)
+        self.keys = Keys(ctx)
         self._awaiting = {}
         self._registered = set()
         self._violators = set()
@@ -166,6 +181,13 @@ class MessagingService:
             GroupRemoveFrame: self.groups.on_remove,
             GroupLeaveFrame: self.groups.on_leave,
             PingFrame: self._on_ping,
+            CallInviteFrame: self.calls.on_invite,
+            CallAcceptFrame: self.calls.on_accept,
+            CallRejectFrame: self.calls.on_reject,
+            CallEndFrame: self.calls.on_end,
+            CallSignalFrame: self.calls.on_signal,
+            KeysPublishFrame: self.keys.on_publish,
+            KeysGetFrame: self.keys.on_get,
             SearchFrame: self.search.on_search,
         }
 
@@ -286,6 +308,7 @@ class MessagingService:
         self._awaiting.pop(conn.id, None)
         self._violators.discard(conn.id)
         self.receipts.due.take(conn)
+        self.calls.dropped(conn)
         was_registered = session.registered
         self.http_tokens.release(conn.id, self.ctx.clock())  # valid http_token_ttl longer
         session.close()  # not flushed: those messages stay undelivered
@@ -322,6 +345,7 @@ class MessagingService:
         self.ctx.limiter.prune(now)
         self.ctx.group_limiter.prune(now)
         self.pipeline.prune(now)
+        self.calls.tick()
         self.http_tokens.prune(now)
 
     async def maintain(self, pause: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -353,6 +377,7 @@ class MessagingService:
             await self.backlog.ready.run(self.backlog.pump, breathe)
             # after the pumps: the backlogs they finished are caught up in this call
             await self.receipts.catch_up_all(breathe)
+            await self.calls.store_records(breathe)
         finally:
             self._maintaining = False
 
@@ -522,6 +547,7 @@ class MessagingService:
                 session.device_id,
                 session.session_id,
                 ctx.now_iso(),
+                ice_servers=ice_servers(ctx.config, user, ctx.wall()),
                 http_token=self.http_tokens.issue(user, conn.id),
             ),
         )

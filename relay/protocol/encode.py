@@ -29,6 +29,7 @@ def encode_auth_ok(
     session_id: str,
     server_time: str,
     *,
+    ice_servers: list[dict[str, Any]] | None = None,
     http_token: str | None = None,
 ) -> bytes:
     return _dumps(
@@ -38,6 +39,7 @@ def encode_auth_ok(
             "deviceId": device_id,
             "sessionId": session_id,
             "serverTime": server_time,
+            "iceServers": ice_servers,
             "httpToken": http_token,
         }
     )

@@ -7,6 +7,8 @@ from typing import Any, NamedTuple
 
 from attrs import frozen
 
+from relay.protocol.calls import CallFrame
+from relay.protocol.keys import KeysFrame
 from relay.protocol.limits import (
     CONVERSATIONS_LIMIT_DEFAULT,
     HISTORY_LIMIT_DEFAULT,
@@ -151,5 +153,7 @@ ClientFrame = (
     | GroupRemoveFrame
     | GroupLeaveFrame
     | PingFrame
+    | CallFrame
+    | KeysFrame
     | SearchFrame
 )

@@ -33,6 +33,13 @@ import orjson
 
 from relay.errors import FrameError
 from relay.fastpath import MESSAGE_FAULTS, decode_message, message_fault
+from relay.protocol.calls import (
+    parse_call_accept,
+    parse_call_end,
+    parse_call_invite,
+    parse_call_reject,
+    parse_call_signal,
+)
 from relay.protocol.frames import (
     AuthFrame,
     ClientFrame,
@@ -50,6 +57,7 @@ from relay.protocol.frames import (
     StatusFrame,
     TypingFrame,
 )
+from relay.protocol.keys import parse_keys_get, parse_keys_publish
 from relay.protocol.limits import (
     CONVERSATIONS_LIMIT_DEFAULT,
     CONVERSATIONS_LIMIT_MAX,
@@ -455,6 +463,15 @@ _PARSERS: dict[str, Callable[[_Fields, Limits], ClientFrame]] = {
     "group_remove": _group_remove,
     "group_leave": _group_leave,
     "ping": _ping,
+    # contract v2: calls (relay.protocol.calls)
+    "call_invite": parse_call_invite,
+    "call_accept": parse_call_accept,
+    "call_reject": parse_call_reject,
+    "call_end": parse_call_end,
+    "call_signal": parse_call_signal,
+    # contract v2: end-to-end encryption keys (relay.protocol.keys)
+    "keys_publish": parse_keys_publish,
+    "keys_get": parse_keys_get,
     "search": _search,
 }
 

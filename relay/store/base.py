@@ -320,6 +320,38 @@ class QueuedAppend(Protocol):
         ...
 
 
+# --- end-to-end encryption keys (contract v2) ------------------------------------------------------
+
+
+@frozen
+class DeviceKeys:
+    """One device's published end-to-end keys (base64 as the client sent them): its Ed25519
+    identity key, its X25519 encryption key, and the identity key's signature of encKey. The
+    relay stores them for others to fetch; it cannot check the signature's meaning, only its
+    shape (relay.protocol), and never holds a private key."""
+
+    user_id: str
+    device_id: str
+    identity_key: str
+    enc_key: str
+    signature: str
+    updated_at: str
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """A store that keeps devices' end-to-end keys (keys_publish / keys_get). Optional: a relay
+    over a store without it answers those frames with error `not_found`."""
+
+    async def publish_keys(self, keys: DeviceKeys) -> None:
+        """Store (or replace) the keys of (keys.user_id, keys.device_id). Durable on return."""
+        ...
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        """Every device of `user_id` that published keys, by device id."""
+        ...
+
+
 # --- webhooks (relay.webhooks) --------------------------------------------------------------------
 
 

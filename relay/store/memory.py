@@ -45,6 +45,7 @@ from relay.store.base import (
     Appended,
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     MessageRef,
     NewMessage,
@@ -87,6 +88,7 @@ class MemoryStore:
     # (group conversation, user) -> the group's last seq when the user joined
     _joined: dict[tuple[str, str], int] = field(factory=dict, init=False)
     _last_seen: dict[str, str] = field(factory=dict, init=False)
+    _keys: dict[tuple[str, str], DeviceKeys] = field(factory=dict, init=False)  # KeyStore
     # (user, device) -> the acceptance counter's value when the device registered
     _devices: dict[tuple[str, str], int] = field(factory=dict, init=False)
     # append_now's work: it owns the message containers; it reads _direct and calls _note_direct
@@ -427,6 +429,16 @@ class MemoryStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return {u: self._last_seen[u] for u in user_ids if u in self._last_seen}
+
+    # --- end-to-end keys (relay.store.base.KeyStore) ------------------------------------------------
+    async def publish_keys(self, keys: DeviceKeys) -> None:
+        self._keys[(keys.user_id, keys.device_id)] = keys
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        return sorted(
+            (k for (user, _), k in self._keys.items() if user == user_id),
+            key=lambda k: k.device_id,
+        )
 
     # --- webhooks (WebhookOutbox) --------------------------------------------------------------
     async def webhook_start(self) -> None:

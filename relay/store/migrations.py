@@ -50,6 +50,9 @@ message with a pos at or below it is indexed. The writer's indexer (sqlite/index
 on; the messages above it are searched by a scan. The trigger `messages_search_gone` deletes a
 message's row with the message (retention), in the same transaction. The migration indexes
 nothing itself (indexed_pos 0): the indexer works through the existing messages.
+
+Version 8: `device_keys`, one row per device that published end-to-end keys (keys_publish):
+public keys and signature as base64 text, replaced by a newer publish.
 """
 
 from __future__ import annotations
@@ -186,6 +189,18 @@ MIGRATIONS: tuple[str, ...] = (
         indexed_pos INTEGER NOT NULL
     );
     INSERT INTO search_progress (id, indexed_pos) VALUES (0, 0);
+    """,
+    # 8: devices' end-to-end keys (see the module docstring)
+    """
+    CREATE TABLE device_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        identity_key TEXT NOT NULL,
+        enc_key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    ) WITHOUT ROWID;
     """,
 )
 

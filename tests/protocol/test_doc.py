@@ -61,6 +61,14 @@ ERROR_CODES = {
     "forbidden", "rate_limited", "not_found", "internal",
 }  # fmt: skip
 CLOSE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013}
+# Contract v2, "Calls" (docs/PROTOCOL.md, Calls): the signalling frames in each direction.
+CALL_CLIENT_TYPES = {"call_invite", "call_accept", "call_reject", "call_end", "call_signal"}
+CALL_SERVER_TYPES = {"call_invite", "call_ringing", "call_accept", "call_end", "call_signal"}
+CLIENT_TYPES |= CALL_CLIENT_TYPES
+SERVER_TYPES |= CALL_SERVER_TYPES
+# Contract v2, "End-to-end encryption": the key directory.
+CLIENT_TYPES |= {"keys_publish", "keys_get"}
+SERVER_TYPES |= {"keys"}
 
 _BLOCK = re.compile(r"^```json (schema|example)=(\S+)\n(.*?)^```\s*$", re.M | re.S)
 
@@ -1185,6 +1193,61 @@ async def test_e2e_http_endpoints_as_documented(nursery: trio.Nursery) -> None:
 def test_client_examples_are_accepted_by_the_relays_parser(example: dict[str, Any]) -> None:
     frame = protocol.parse_client_frame(orjson.dumps(example), protocol.Limits())
     assert type(frame).__name__.lower().startswith(example["type"].replace("_", ""))
+
+
+@covers("call_invite", "call_ringing", "call_accept", "call_end", "call_signal")
+async def test_e2e_calls(nursery: trio.Nursery) -> None:
+    # contract v2, Calls: every frame both ways checked against its schema
+    relay = await relay_on(nursery)
+    sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\n"
+    async with (
+        peer(relay.url, "alice", deviceId="laptop") as alice,
+        peer(relay.url, "bob", deviceId="phone") as phone,
+        peer(relay.url, "bob", deviceId="watch") as watch,
+    ):
+        assert alice.auth_ok["iceServers"] == []
+        await alice.send(
+            {"type": "call_invite", "callId": "c1", "peerId": "bob", "media": "video",
+             "sdp": sdp, "ref": "i"}
+        )  # fmt: skip
+        assert (await alice.expect("call_ringing"))["ref"] == "i"
+        assert (await phone.expect("call_invite"))["callerId"] == "alice"
+        await watch.expect("call_invite")
+        await alice.send({"type": "call_signal", "callId": "c1", "payload": {"candidate": "x"}})
+        await watch.expect("call_signal")
+        await phone.send({"type": "call_accept", "callId": "c1", "sdp": sdp})
+        assert (await alice.expect("call_accept"))["deviceId"] == "phone"
+        assert (await watch.expect("call_end"))["reason"] == "answered_elsewhere"
+        await phone.send_refused({"type": "call_signal", "callId": "c1", "payload": [1]})
+        assert (await phone.expect("error", code="invalid"))["field"] == "payload"
+        await phone.send({"type": "call_end", "callId": "c1"})
+        assert (await alice.expect("call_end"))["reason"] == "hangup"
+        record = await alice.expect("message")
+        assert record["meta"]["call"]["outcome"] == "answered"
+
+
+@covers("keys")
+async def test_e2e_keys(nursery: trio.Nursery) -> None:
+    # contract v2, End-to-end encryption: the key directory, checked against its schemas
+    relay = await relay_on(nursery)
+    published = {
+        "type": "keys_publish",
+        "deviceId": "phone",
+        "identityKey": "A" * 43 + "=",
+        "encKey": "B" * 43 + "=",
+        "signature": "C" * 86 + "==",
+    }
+    async with peer(relay.url, "bob", deviceId="phone") as bob, peer(relay.url, "alice") as alice:
+        await bob.send({**published, "ref": "p"})
+        own = await bob.expect("keys", ref="p")
+        assert [d["deviceId"] for d in own["devices"]] == ["phone"]
+        await alice.send({"type": "keys_get", "userId": "bob", "ref": "g"})
+        (device,) = (await alice.expect("keys", ref="g"))["devices"]
+        assert device["encKey"] == published["encKey"]
+        await alice.send({**published, "ref": "f"})
+        assert (await alice.expect("error", code="forbidden", ref="f"))["field"] == "deviceId"
+        await alice.send_refused({**published, "encKey": "short", "ref": "s"})
+        assert (await alice.expect("error", code="invalid", ref="s"))["field"] == "encKey"
 
 
 @covers("search_result", "error:invalid", "error:forbidden")

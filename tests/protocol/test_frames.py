@@ -59,6 +59,10 @@ def test_every_contract_frame_type_is_known() -> None:
     assert set(CLIENT_FRAME_TYPES) - {"search"} == {
         "auth", "message", "receipt", "status", "presence", "typing", "conversations",
         "history", "group_create", "group_add", "group_remove", "group_leave", "ping",
+        # contract v2: calls
+        "call_invite", "call_accept", "call_reject", "call_end", "call_signal",
+        # contract v2: end-to-end encryption keys
+        "keys_publish", "keys_get",
     }  # fmt: skip
     assert "search" in CLIENT_FRAME_TYPES  # contract v2, "Search"
 

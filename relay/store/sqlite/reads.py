@@ -16,6 +16,7 @@ from typing import Final
 from relay.store.base import (
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     MessageRef,
     StoredMessage,
@@ -291,3 +292,13 @@ def _covered(
             seen = None
         found.append(Coverage(conversation, group_id, reader, got, seen))
     return found
+
+
+def device_keys(conn: sqlite3.Connection, user_id: str) -> list[DeviceKeys]:
+    """KeyStore.device_keys."""
+    rows = conn.execute(
+        "SELECT user_id, device_id, identity_key, enc_key, signature, updated_at "
+        "FROM device_keys WHERE user_id = ? ORDER BY device_id",
+        (user_id,),
+    ).fetchall()
+    return [DeviceKeys(*row) for row in rows]

@@ -40,6 +40,7 @@ from relay.store.base import (
     Appended,
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     NewMessage,
     OutboxEvent,
@@ -364,6 +365,13 @@ class SqliteStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- end-to-end keys (relay.store.base.KeyStore) ------------------------------------------------
+    async def publish_keys(self, keys: DeviceKeys) -> None:
+        await self._write(lambda conn: writes.publish_keys(conn, keys))
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        return await self._read(reads.device_keys, user_id)
 
     # --- webhooks (WebhookOutbox; relay.store.sqlite.webhooks) ----------------------------------
     async def webhook_start(self) -> None:

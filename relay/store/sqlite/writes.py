@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Sequence
 
 from relay.errors import Conflict, NotFound
-from relay.store.base import Group, Watermarks, group_conversation
+from relay.store.base import DeviceKeys, Group, Watermarks, group_conversation
 from relay.store.sqlite.reads import get_group, last_seq
 
 
@@ -170,4 +170,22 @@ def set_last_seen(conn: sqlite3.Connection, user_id: str, timestamp: str) -> Non
         "INSERT INTO last_seen (user_id, timestamp) VALUES (?, ?) "
         "ON CONFLICT (user_id) DO UPDATE SET timestamp = excluded.timestamp",
         (user_id, timestamp),
+    )
+
+
+def publish_keys(conn: sqlite3.Connection, keys: DeviceKeys) -> None:
+    """KeyStore.publish_keys, in the writer's open transaction."""
+    conn.execute(
+        "INSERT INTO device_keys (user_id, device_id, identity_key, enc_key, signature, "
+        "updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id, device_id) DO UPDATE SET "
+        "identity_key = excluded.identity_key, enc_key = excluded.enc_key, "
+        "signature = excluded.signature, updated_at = excluded.updated_at",
+        (
+            keys.user_id,
+            keys.device_id,
+            keys.identity_key,
+            keys.enc_key,
+            keys.signature,
+            keys.updated_at,
+        ),
     )
