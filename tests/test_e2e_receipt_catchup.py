@@ -251,7 +251,8 @@ async def test_the_client_library_ends_up_with_the_right_statuses_after_reconnec
         async with first:
             m1 = await first.send_message("bob", "one")
             m2 = await first.send_message("bob", "two")
-            with trio.fail_after(WAIT):
+            with trio.fail_after(WAIT):  # each has its own `sent` receipt, in order
+                await first.wait_message(m1.id, MessageStatus.SENT)
                 await first.wait_message(m2.id, MessageStatus.SENT)
         async with connect(relay, "bob") as bob:
             await bob.expect("message", id=m2.id)
