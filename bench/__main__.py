@@ -102,6 +102,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history-messages", type=int, help="deflate: messages in the history page (50)"
     )
     p.add_argument(
+        "--cluster-rate", type=float, help="cluster scenario offered msg/s (2000; quick 500)"
+    )
+    p.add_argument(
+        "--cluster-clients", type=int, help="cluster scenario clients, in pairs (60; quick 12)"
+    )
+    p.add_argument(
         "--reuse-servers",
         action="store_true",
         help="start each server once per repeat instead of once per scenario (--quick does)",
