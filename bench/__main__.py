@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets as budgets_mod
-from bench import profiling, report, scenarios, servers, storm
+from bench import cluster, profiling, report, scenarios, servers, storm
 from bench import search as search_mod
 
 ROOT = servers.ROOT
@@ -58,9 +58,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--servers",
-        default=",".join((*scenarios.BASE_SERVERS, "relay-sqlite", "relay-no-compression")),
+        default=",".join(
+            (
+                *scenarios.BASE_SERVERS,
+                "relay-sqlite",
+                "relay-no-compression",
+                *scenarios.CLUSTER_SERVERS,
+            )
+        ),
         help="comma-separated subset of relay,node-ws,trio-websocket,relay-sqlite,"
-        "relay-no-compression (the deflate scenario's other half); `null` (a C "
+        "relay-no-compression (the deflate scenario's other half), relay-postgres,relay-cluster "
+        "(the cluster scenario: one node on PostgreSQL, three nodes on PostgreSQL and Redis); "
+        "`null` (a C "
         "server that does nothing else) measures the load generator's own ceiling",
     )
     p.add_argument(
@@ -91,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-bytes", type=int, help="message text length (100)")
     p.add_argument(
         "--history-messages", type=int, help="deflate: messages in the history page (50)"
+    )
+    p.add_argument(
+        "--cluster-rate", type=float, help="cluster scenario offered msg/s (2000; quick 500)"
+    )
+    p.add_argument(
+        "--cluster-clients", type=int, help="cluster scenario clients, in pairs (60; quick 12)"
     )
     p.add_argument(
         "--reuse-servers",
@@ -365,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         *scenarios.DURABLE_SERVERS,
         *scenarios.DEFLATE_SERVERS,
         scenarios.NULL_SERVER,
+        *scenarios.CLUSTER_SERVERS,
     }
     unknown = sorted(
         set(names) - set(scenarios.ALL_SCENARIOS) - set(scenarios.NAMED_SCENARIOS)
@@ -420,7 +436,15 @@ def main(argv: list[str] | None = None) -> int:
         specs["relay-no-compression"] = servers.relay_no_compression_spec()
     if scenarios.NULL_SERVER in needed:
         specs[scenarios.NULL_SERVER] = servers.null_spec()
-    for name in ("relay", "relay-sqlite"):
+    for name in scenarios.CLUSTER_SERVERS:
+        if name in needed:
+            why_not = cluster.unavailable(name)
+            if why_not is not None:
+                unavailable[name] = why_not
+                say(f"{name} skipped: {why_not}")
+            else:
+                specs[name] = cluster.spec(name)
+    for name in ("relay", "relay-sqlite", *scenarios.CLUSTER_SERVERS):
         if name in specs:
             say(f"{name}: {' '.join(specs[name].argv[1:])}  [{specs[name].note}]")
 
@@ -442,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         todo.sort(key=lambda t: (t[0], order_of[t[2]]))
     settle = 0.1 if args.quick else 0.3
     records: list[dict[str, Any]] = []
-    current: servers.RunningServer | None = None
+    current: servers.RunningServer | cluster.RunningCluster | None = None
     tmp = tempfile.TemporaryDirectory(prefix="relay-bench-")
     try:
         for i, (rep, run, srv) in enumerate(todo, 1):
@@ -498,7 +522,15 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     spec = servers.relay_spec(str(db_path))
                 try:
-                    current = servers.start(spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core)
+                    if srv in scenarios.CLUSTER_SERVERS:
+                        # every node on the server core; a new database (and Redis) each start
+                        current = cluster.start(
+                            srv, log_dir, f"{run.key}-{srv}-{rep}", Path(tmp.name), srv_core
+                        )
+                    else:
+                        current = servers.start(
+                            spec, log_dir / f"{run.key}-{srv}-{rep}.log", srv_core
+                        )
                 except servers.ServerError as exc:
                     record["error"] = str(exc)
                     say(f"    ERROR: {exc}")
@@ -514,6 +546,13 @@ def main(argv: list[str] | None = None) -> int:
                 server_cpu=srv_core,
                 user_prefix=user_prefix,
             )
+            if isinstance(server, cluster.RunningCluster):
+                # the server's CPU is the sum over its node processes
+                cfg["server_pids"] = server.pids
+                if len(server.ports) > 1:
+                    # each pair's two users on different nodes
+                    cfg["ports"] = server.ports
+                    record["node_ports"] = server.ports
             if storm_run:
                 devices = run.extra["devices"]
                 cfg["connect_at"] = (
@@ -618,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     for name, why in unavailable.items():
         say(f"{name}: skipped ({why})")
-    for name in ("relay", "relay-sqlite"):
+    for name in ("relay", "relay-sqlite", *scenarios.CLUSTER_SERVERS):
         if name in specs:
             say(f"{name}: {specs[name].note}")
     say("budgets" + (" (not enforced: --no-budgets)" if args.no_budgets else "") + ":")

@@ -142,6 +142,7 @@ cdef enum:
     TICK_NS = 200000          # open loop: the schedule is served every 200 us
     MAX_VARIANTS = 8          # distinct message bodies per sender (the mix scenario)
     MAX_PATTERN = 64          # the order in which a sender cycles through them
+    MAX_NODES = 16            # relay nodes the connections are spread over (cfg["ports"])
 
 cdef uint32_t TIMER_IDX = 0xFFFFFFFF
 
@@ -332,6 +333,11 @@ cdef class LoadGen:
     cdef int64_t backlog
     cdef int storm_done
     cdef int64_t storm_last_ns
+    # Several nodes (cfg["ports"]): pair p's two members (2p, 2p + 1) connect to
+    # ports[(p + member) % nports], so partners are always on different nodes when nports >= 2.
+    # nports == 0: every connection to cfg["port"].
+    cdef unsigned short node_ports[MAX_NODES]
+    cdef int nports
 
     def __cinit__(self):
         self.conns = NULL
@@ -381,6 +387,12 @@ cdef class LoadGen:
         self.addr.sin_port = htons(port)
         if inet_pton(AF_INET, host, &self.addr.sin_addr) != 1:
             raise ValueError(f"not an IPv4 address: {host!r}")
+        node_ports = list(cfg.get("ports") or [])
+        if len(node_ports) > MAX_NODES or len(node_ports) == 1:
+            raise ValueError(f"ports: 2-{MAX_NODES} nodes, or none (every connection to port)")
+        self.nports = len(node_ports)
+        for i, p in enumerate(node_ports):
+            self.node_ports[i] = htons(int(p))
         path = cfg.get("path", "/")
         self.handshake = (
             f"GET {path} HTTP/1.1\r\nHost: {host.decode()}:{port}\r\nUpgrade: websocket\r\n"
@@ -668,6 +680,7 @@ cdef class LoadGen:
 
     cdef int start_connect(self, int idx) except -1:
         cdef Conn* c = &self.conns[idx]
+        cdef sockaddr_in dest
         cdef int one = 1
         cdef epoll_event ev
         cdef int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
@@ -690,7 +703,10 @@ cdef class LoadGen:
             raise OSError(errno, "epoll_ctl ADD failed")
         if self.per_source > 0:
             self.bind_source(fd, idx)
-        if connect(fd, <sockaddr*>&self.addr, sizeof(self.addr)) != 0 and errno != EINPROGRESS:
+        dest = self.addr
+        if self.nports > 0:
+            dest.sin_port = self.node_ports[((idx >> 1) + (idx & 1)) % self.nports]
+        if connect(fd, <sockaddr*>&dest, sizeof(dest)) != 0 and errno != EINPROGRESS:
             self.fail_conn(idx, b"connect failed")
         return 0
 

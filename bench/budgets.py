@@ -35,6 +35,8 @@ class Budget:
     # the same figure of a server that does nothing else, measured in the same run: when it
     # misses the budget too, the verdict says so (the machine's floor); it still fails
     floor: str | None = None
+    # an additive budget: figure op (plus_of + value), e.g. a p99 at most 2 ms above another's
+    plus_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Verdict:
             "ratio_of": self.budget.ratio_of,
             "floor": self.budget.floor,
             "floor_value": self.floor_value,
+            "plus_of": self.budget.plus_of,
         }
 
 
@@ -70,9 +73,12 @@ def load(path: Path = BUDGETS_PATH) -> list[Budget]:
             entry.get("ratio_of"),
             entry.get("requires"),
             entry.get("floor"),
+            entry.get("plus_of"),
         )
         if b.op not in _OPS:
             raise ValueError(f"budget {b.name!r}: unknown op {b.op!r}")
+        if b.plus_of is not None and b.ratio_of is not None:
+            raise ValueError(f"budget {b.name!r}: ratio_of and plus_of exclude each other")
         budgets.append(b)
     return budgets
 
@@ -89,6 +95,7 @@ def check(
     verdicts = []
     for b in budgets:
         keys = {b.figure.split("/")[0]} | ({b.ratio_of.split("/")[0]} if b.ratio_of else set())
+        keys |= {b.plus_of.split("/")[0]} if b.plus_of else set()
         if not keys <= scenarios_run:
             verdicts.append(
                 Verdict(
@@ -111,6 +118,9 @@ def check(
                 _with_floor(b, False, f"{b.requires} is not true ({b.figure} = {lhs:.4g})", summary)
             )
             continue
+        if b.plus_of is not None:
+            verdicts.append(_additive(b, b.plus_of, float(lhs), summary))
+            continue
         if b.ratio_of is None:
             ok = _OPS[b.op](lhs, b.value)
             verdicts.append(_with_floor(b, ok, f"{lhs:.4g} {b.op} {b.value:g}", summary))
@@ -128,6 +138,21 @@ def check(
             )
         )
     return verdicts
+
+
+def _additive(
+    b: Budget, plus_of: str, lhs: float, summary: dict[str, dict[str, dict[str, Any]]]
+) -> Verdict:
+    """figure op (plus_of + value); a plus_of that was not measured fails the budget."""
+    ref = lookup(summary, plus_of)
+    if not isinstance(ref, (int, float)):
+        return Verdict(b, "FAIL", f"{plus_of} was not measured")
+    ok = _OPS[b.op](lhs, ref + b.value)
+    return Verdict(
+        b,
+        "pass" if ok else "FAIL",
+        f"{lhs:.4g} vs {ref:.4g}: {lhs - ref:+.4g} (needs {b.op} {ref:.4g} + {b.value:g})",
+    )
 
 
 def _with_floor(

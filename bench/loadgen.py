@@ -80,8 +80,12 @@ def make_snapshot(
     on_first: Any = None,
     server_cpu: int | None = None,
     loadgen_cpu: int | None = None,
+    server_pids: list[int] | None = None,
 ) -> Any:
+    """The window-edge snapshot; with `server_pids` (the nodes of a cluster) the server's CPU,
+    RSS and run-queue wait are the sums over those processes."""
     calls = [on_first]
+    pids = list(server_pids) if server_pids else [server_pid]
 
     def snapshot() -> dict[str, float]:
         if calls[0] is not None:
@@ -91,9 +95,9 @@ def make_snapshot(
         return {
             "t": time.monotonic(),
             "loadgen_cpu_s": t.user + t.system,
-            "server_cpu_s": proc_cpu_seconds(server_pid),
-            "server_rss_kb": proc_rss_kb(server_pid),
-            "server_runq_s": runqueue_wait_s(server_pid),
+            "server_cpu_s": sum(proc_cpu_seconds(p) for p in pids),
+            "server_rss_kb": sum(proc_rss_kb(p) for p in pids),
+            "server_runq_s": sum(runqueue_wait_s(p) for p in pids),
             "loadgen_runq_s": runqueue_wait_s("self"),
             "server_steal_s": core_steal_s(server_cpu),
             "loadgen_steal_s": core_steal_s(loadgen_cpu),
@@ -134,7 +138,13 @@ def main() -> int:
     try:
         gen = LoadGen(cfg, progress=progress)
         result = gen.run(
-            make_snapshot(int(cfg["server_pid"]), on_first, cfg.get("server_cpu"), cfg.get("cpu"))
+            make_snapshot(
+                int(cfg["server_pid"]),
+                on_first,
+                cfg.get("server_cpu"),
+                cfg.get("cpu"),
+                [int(p) for p in cfg.get("server_pids") or []],
+            )
         )
     except (OSError, RuntimeError, ValueError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))

@@ -24,9 +24,10 @@ ALL_SCENARIOS = (
     "storm",
     "deflate",
     "search",
+    "cluster",
 )
 # open-loop scenarios: a fixed offered rate, figures of keeping up with it
-OPEN_LOOP = ("rate", "sparse", "connections")
+OPEN_LOOP = ("rate", "sparse", "connections", "cluster")
 # scenarios run only when named in --scenarios (none today)
 NAMED_SCENARIOS: tuple[str, ...] = ()
 BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
@@ -38,6 +39,9 @@ DURABLE_SERVERS = ("relay", "relay-sqlite")
 STORM_SCHEDULES = ("uniform", "client-default")
 # permessage-deflate on (the default) and off (--no-compression), same client offer
 DEFLATE_SERVERS = ("relay", "relay-no-compression")
+# the cluster scenario: one relay node on the PostgreSQL store, and three nodes on one
+# PostgreSQL database and one Redis (bench/cluster.py)
+CLUSTER_SERVERS = ("relay-postgres", "relay-cluster")
 
 CLIENT_BOUND_CPU = 0.90  # a load generator above this share of its core may be the bottleneck
 CONTENDED = 0.10  # waiting for the core over 10% of the window: other load skews the figure
@@ -80,6 +84,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "search_concurrency": (4, 2),
     "search_limit": (20, 20),
     "index_timeout": (900.0, 60.0),
+    # the cluster scenario's fixed offered rate and its clients (pairs split over the nodes)
+    "cluster_rate": (2000.0, 500.0),
+    "cluster_clients": (60, 12),
 }
 #: the search scenario's two runs on one prefilled store: pairwise messaging alone, then the
 #: same with a concurrent search client
@@ -340,10 +347,47 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                         {"phase": phase},
                     )
                 )
+        elif name == "cluster":
+            runs += cluster_runs(s, timing)
         else:
             known = ", ".join((*ALL_SCENARIOS, *NAMED_SCENARIOS))
             raise ValueError(f"unknown scenario {name!r}; known: {known}")
     return runs
+
+
+def cluster_runs(s: dict[str, Any], timing: dict[str, Any]) -> list[Run]:
+    """The same open-loop pairwise load on one PostgreSQL node and on three nodes with each
+    pair's two users on different nodes (the load generator's `ports`, filled in by the
+    harness); then closed-loop durable throughput of the PostgreSQL store against SQLite."""
+    rate, n = s["cluster_rate"], s["cluster_clients"]
+    load = {"mode": "open", "clients": n, "rate": rate, **timing}
+    return [
+        Run(
+            "cluster@one-node",
+            "cluster",
+            ("relay-postgres",),
+            load,
+            f"open loop at {rate:,.0f} msg/s over {n} clients in pairs, one node on PostgreSQL",
+            {"rate": rate, "nodes": 1},
+        ),
+        Run(
+            "cluster@three-nodes",
+            "cluster",
+            ("relay-cluster",),
+            load,
+            f"open loop at {rate:,.0f} msg/s over {n} clients in pairs, each pair's users on "
+            "different nodes of three (one PostgreSQL, one Redis)",
+            {"rate": rate, "nodes": 3},
+        ),
+        Run(
+            "cluster@durable",
+            "durable",
+            ("relay-sqlite", "relay-postgres"),
+            {"mode": "closed", "clients": s["clients"], "window": s["inflight"], **timing},
+            f"pairwise closed loop ({s['clients']} clients, {s['inflight']} in flight each), "
+            "SQLite vs PostgreSQL store",
+        ),
+    ]
 
 
 def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -449,6 +493,8 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         fig["cpu_us_per_msg"] = fig["server_cpu"] * 1e6 / raw["delivered_per_s"]
     if run.extra.get("connections"):
         fig["connections"] = run.extra["connections"]
+    if run.extra.get("nodes"):
+        fig["nodes"] = run.extra["nodes"]
     if raw["delivered"] == 0:
         if run.scenario in OPEN_LOOP and not raw.get("closed"):
             # an overloaded server that stops delivering is a result of an open loop

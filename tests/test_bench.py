@@ -35,6 +35,9 @@ SCENARIO_KEYS = {
     "deflate",
     "search@alone",
     "search@searching",
+    "cluster@one-node",
+    "cluster@three-nodes",
+    "cluster@durable",
 }
 # the servers each scenario runs against, beyond which the run's available servers limit it
 SCENARIO_SERVERS = {
@@ -45,7 +48,13 @@ SCENARIO_SERVERS = {
     "storm": {"relay-sqlite"},
     "deflate": {"relay", "relay-no-compression"},
     "search": {"relay-sqlite"},
+    # by whole key: one node on PostgreSQL, three nodes on PostgreSQL + Redis, and the durable
+    # throughput of the two stores
+    "cluster@one-node": {"relay-postgres"},
+    "cluster@three-nodes": {"relay-cluster"},
+    "cluster@durable": {"relay-sqlite", "relay-postgres"},
 }
+CLUSTER_SERVERS = {"relay-postgres", "relay-cluster"}
 
 
 def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> None:
@@ -60,7 +69,8 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             "--json",
             str(out),
             "--servers",
-            "relay,relay-sqlite,node-ws,trio-websocket,null,relay-no-compression",
+            "relay,relay-sqlite,node-ws,trio-websocket,null,relay-no-compression,"
+            "relay-postgres,relay-cluster",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -73,7 +83,15 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert doc["errors"] == []
 
     available = set(doc["servers_available"])
-    expected = {"relay", "relay-sqlite", "trio-websocket", "null", "relay-no-compression"}
+    # the machine's PostgreSQL and redis-server are required, as for the several-node tests
+    expected = {
+        "relay",
+        "relay-sqlite",
+        "trio-websocket",
+        "null",
+        "relay-no-compression",
+        *CLUSTER_SERVERS,
+    }
     if os.environ.get("RELAY_SKIP_NODE") != "1":
         # node-ws is skipped only when node is absent, and then it must say so.
         if shutil.which("node"):
@@ -85,8 +103,9 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     summary = doc["summary"]
     assert set(summary) == SCENARIO_KEYS
     for key, per_server in summary.items():
-        default = available - {"relay-sqlite", "relay-no-compression"}
-        servers = SCENARIO_SERVERS.get(key.split("@")[0], default) & available
+        default = available - {"relay-sqlite", "relay-no-compression", *CLUSTER_SERVERS}
+        servers = SCENARIO_SERVERS.get(key, SCENARIO_SERVERS.get(key.split("@")[0], default))
+        servers &= available
         assert set(per_server) == servers, key
         for server, fig in per_server.items():
             assert "error" not in fig, (key, server, fig)
@@ -136,14 +155,28 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 assert fig["cpu_us_per_msg"] > 0, (key, server, fig)
             if key.startswith(("sparse", "conns")):
                 assert fig["connections"] == int(key.split("@")[1]), (key, fig)
+            if key in ("cluster@one-node", "cluster@three-nodes"):
+                # the same offered rate on one node and on three; CPU summed over the nodes
+                assert fig["nodes"] == (3 if key == "cluster@three-nodes" else 1), fig
+                assert fig["offered_per_s"] == 500 and isinstance(fig["kept_up"], bool), fig
+                assert fig["sent_per_s"] > 0 and fig["cpu_us_per_msg"] > 0, fig
 
     # The durable scenario really ran on SQLite: the database file was written.
     sqlite_runs = [r for r in doc["runs"] if r["server"] == "relay-sqlite"]
     assert sqlite_runs and all(r["db_bytes"] > 0 for r in sqlite_runs)
     assert all("--db" in r["server_argv"] for r in sqlite_runs)
+    # The cluster servers ran on a PostgreSQL database of their own, the three nodes on a Redis;
+    # the load generator split each pair over two of the three nodes.
+    for r in doc["runs"]:
+        if r["server"] in CLUSTER_SERVERS:
+            argv = r["server_argv"]
+            assert argv[argv.index("--db") + 1].startswith("postgresql://"), argv
+            assert ("--redis-url" in argv) is (r["server"] == "relay-cluster"), argv
+            ports = r.get("node_ports")
+            assert (ports is not None and len(set(ports)) == 3) is (r["server"] == "relay-cluster")
 
     # Each budget is judged in the JSON, even when not enforced.
-    assert len(doc["budgets"]) == 15
+    assert len(doc["budgets"]) == 16
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout

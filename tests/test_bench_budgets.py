@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from bench import budgets
 
 
@@ -102,6 +106,16 @@ def test_shipped_budgets_are_the_issue_budgets() -> None:
             "search@alone/relay-sqlite/delivered_per_s",
             None,
         ),
+        "cluster@three-nodes/relay-cluster/p99_ms": (
+            "<=",
+            2.0,
+            None,
+            "cluster@three-nodes/relay-cluster/kept_up",
+        ),
+    }
+    # the one additive budget: cross-node p99 at most 2 ms above one node's, same run
+    assert {b.figure: b.plus_of for b in loaded if b.plus_of} == {
+        "cluster@three-nodes/relay-cluster/p99_ms": "cluster@one-node/relay-postgres/p99_ms"
     }
 
 
@@ -172,3 +186,54 @@ def test_a_pass_shows_its_floor_and_a_missing_floor_changes_nothing() -> None:
     unfloored = _floored(0.8, None)
     assert unfloored.status == "pass" and "floor" not in unfloored.detail
     assert _floored(1.5, None).status == "FAIL"
+
+
+ADDITIVE = budgets.Budget(
+    "cross-node p99 <= one-node p99 + 2 ms",
+    "cluster@three-nodes/relay-cluster/p99_ms",
+    "<=",
+    2.0,
+    requires="cluster@three-nodes/relay-cluster/kept_up",
+    plus_of="cluster@one-node/relay-postgres/p99_ms",
+)
+CLUSTER_KEYS = {"cluster@three-nodes", "cluster@one-node"}
+
+
+def _cluster(three: float | None, one: float | None, kept_up: bool = True) -> budgets.Verdict:
+    summary: dict[str, dict[str, dict[str, object]]] = {
+        "cluster@three-nodes": {"relay-cluster": {"kept_up": kept_up}},
+        "cluster@one-node": {"relay-postgres": {}},
+    }
+    if three is not None:
+        summary["cluster@three-nodes"]["relay-cluster"]["p99_ms"] = three
+    if one is not None:
+        summary["cluster@one-node"]["relay-postgres"]["p99_ms"] = one
+    return budgets.check([ADDITIVE], summary, CLUSTER_KEYS)[0]
+
+
+def test_an_additive_budget_adds_its_value_to_the_other_figure() -> None:
+    passed = _cluster(4.9, 3.0)
+    assert passed.status == "pass" and "+1.9" in passed.detail
+    assert _cluster(5.0, 3.0).status == "pass"  # exactly 2 ms above: within the budget
+    failed = _cluster(5.2, 3.0)
+    assert failed.status == "FAIL" and "+2.2" in failed.detail and "3 + 2" in failed.detail
+    assert failed.as_dict()["plus_of"] == "cluster@one-node/relay-postgres/p99_ms"
+
+
+def test_an_additive_budget_fails_when_either_figure_is_missing_or_not_kept_up() -> None:
+    assert _cluster(None, 3.0).status == "FAIL"
+    missing_ref = _cluster(1.0, None)
+    assert missing_ref.status == "FAIL" and "was not measured" in missing_ref.detail
+    assert _cluster(1.0, 3.0, kept_up=False).status == "FAIL"
+    # skipped only when a scenario it names was not run
+    assert budgets.check([ADDITIVE], {}, {"cluster@three-nodes"})[0].status == "skipped"
+
+
+def test_an_additive_budget_cannot_also_be_a_ratio(tmp_path: Path) -> None:
+    path = tmp_path / "budgets.toml"
+    path.write_text(
+        '[[budget]]\nname = "both"\nfigure = "a/b/c"\nop = "<="\nvalue = 2.0\n'
+        'ratio_of = "d/e/f"\nplus_of = "g/h/i"\n'
+    )
+    with pytest.raises(ValueError, match="exclude each other"):
+        budgets.load(path)

@@ -1,0 +1,204 @@
+"""The servers of the cluster scenario: relay nodes on a PostgreSQL database and a Redis of the
+bench's own, started and stopped as one server under test.
+
+Invariants:
+- Each start creates a new database on the machine's PostgreSQL (127.0.0.1:5432, user postgres,
+  trust auth; RELAY_BENCH_PG_* to change) and each stop drops it: no run sees another's rows.
+- `relay-cluster` also starts a redis-server of its own on a free port, without persistence
+  (`--save '' --appendonly no`), killed at stop.
+- Every node is pinned to the server core, as the single server of the other scenarios is: the
+  three nodes share one core, so the cross-node figures compare the same CPU budget against one
+  node, and CPU per message is the sum over the node processes. PostgreSQL and Redis are not
+  counted and not pinned (the machine's own services, as a deployment's would be).
+- When PostgreSQL or redis-server is missing, `unavailable()` says so in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import servers
+
+PG_HOST = os.environ.get("RELAY_BENCH_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("RELAY_BENCH_PG_PORT", "5432"))
+PG_USER = os.environ.get("RELAY_BENCH_PG_USER", "postgres")
+#: one node on the PostgreSQL store; three nodes on one PostgreSQL database and one Redis
+ONE_NODE = "relay-postgres"
+THREE_NODES = "relay-cluster"
+NODES = {ONE_NODE: 1, THREE_NODES: 3}
+DB_PLACEHOLDER = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/<per-run database>"
+
+
+def _admin_url() -> str:
+    return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/postgres"
+
+
+def unavailable(name: str) -> str | None:
+    """Why server `name` cannot run on this machine, in one line; None when it can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install -e .)"
+    try:
+        with psycopg.connect(_admin_url(), connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"PostgreSQL is not reachable at {PG_HOST}:{PG_PORT} as {PG_USER} ({first})"
+    if NODES[name] > 1 and shutil.which("redis-server") is None:
+        return "redis-server is not on PATH (apt-get install redis-server)"
+    return None
+
+
+def spec(name: str) -> servers.ServerSpec:
+    """The argv every node of `name` runs (the database URL is made per run)."""
+    base = servers.relay_spec(DB_PLACEHOLDER)
+    argv = list(base.argv)
+    note = base.note
+    if NODES[name] > 1:
+        argv += ["--redis-url", "redis://127.0.0.1:<free port>/0"]
+        note += (
+            f"; {NODES[name]} nodes on one PostgreSQL database and one redis-server, "
+            "all pinned to the server core"
+        )
+    else:
+        note += "; one node, PostgreSQL store"
+    return servers.ServerSpec(name, argv, env=base.env, note=note)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise servers.ServerError("redis-server is not on PATH")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5) as s,
+        ):
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return proc, port
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    raise servers.ServerError(f"redis-server did not answer PING on port {port}")
+
+
+@dataclass
+class RunningCluster:
+    """Several relay processes measured as one server: `port`/`pid` are the first node's,
+    `ports`/`pids` every node's."""
+
+    spec: servers.ServerSpec
+    nodes: list[servers.RunningServer]
+    db_name: str
+    redis: subprocess.Popen[bytes] | None
+
+    @property
+    def port(self) -> int:
+        return self.nodes[0].port
+
+    @property
+    def pid(self) -> int:
+        return self.nodes[0].pid
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes]
+
+    @property
+    def pids(self) -> list[int]:
+        return [n.pid for n in self.nodes]
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes) and (
+            self.redis is None or self.redis.poll() is None
+        )
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "\n".join(
+            f"[node {k}] {n.log_tail(lines)}" for k, n in enumerate(self.nodes) if n.log_tail()
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        for n in self.nodes:
+            n.stop(timeout)
+        if self.redis is not None:
+            self.redis.kill()
+            self.redis.wait()
+            self.redis = None
+        _drop(self.db_name)
+
+
+def _drop(db_name: str) -> None:
+    import psycopg
+
+    with (
+        contextlib.suppress(psycopg.Error),
+        psycopg.connect(_admin_url(), autocommit=True) as admin,
+    ):
+        admin.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def start(name: str, log_dir: Path, stem: str, workdir: Path, cpu: int | None) -> RunningCluster:
+    """A new database (and for several nodes a new redis-server), then every node on them."""
+    import psycopg
+
+    db_name = f"relay_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(_admin_url(), autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{db_name}"')
+    except psycopg.Error as exc:
+        raise servers.ServerError(f"cannot create the bench database: {exc}") from None
+    db_url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{db_name}"
+    base = spec(name)
+    redis: subprocess.Popen[bytes] | None = None
+    nodes: list[servers.RunningServer] = []
+    try:
+        argv = [db_url if a == DB_PLACEHOLDER else a for a in base.argv]
+        if NODES[name] > 1:
+            redis, redis_port = _start_redis(workdir)
+            argv[argv.index("--redis-url") + 1] = f"redis://127.0.0.1:{redis_port}/0"
+        node_spec = servers.ServerSpec(name, argv, env=base.env, note=base.note)
+        for k in range(NODES[name]):
+            # one at a time: the first applies the store's migrations, the others find them
+            nodes.append(servers.start(node_spec, log_dir / f"{stem}-node{k}.log", cpu))
+    except BaseException:
+        for n in nodes:
+            n.stop()
+        if redis is not None:
+            redis.kill()
+            redis.wait()
+        _drop(db_name)
+        raise
+    return RunningCluster(node_spec, nodes, db_name, redis)
