@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from attrs import define, frozen
+from attrs import define
 
+from relay.api.values import Page, Presence, Published
 from relay.core.broker import LocalBroker
 from relay.core.context import CLOSE_POLICY, wire
 from relay.core.service import MessagingService
@@ -39,27 +40,6 @@ PUBLISH_FIELDS = frozenset(
 )
 #: The longest close reason a close frame can carry (RFC 6455: 125 bytes less the code).
 CLOSE_REASON_MAX = 123
-
-
-@frozen
-class Published:
-    id: str
-    seq: int
-    timestamp: str
-
-
-@frozen
-class Presence:
-    user_id: str
-    status: str
-    last_seen: str | None
-    devices: int
-
-
-@frozen
-class Page:
-    items: list[dict[str, Any]]
-    has_more: bool
 
 
 class NameFixed(FrameError):

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import httpx
 from attrs import frozen
 
+from relay.api.values import Page, Presence, Published
 from relay.errors import ClientError
 
 #: Pause before the n-th retry (s): RETRY_PAUSE * 2**n.
@@ -43,27 +44,6 @@ class ApiError(ClientError):
         self.code = code
         self.message = message
         self.field = field
-
-
-@frozen
-class Published:
-    id: str
-    seq: int
-    timestamp: str
-
-
-@frozen
-class Presence:
-    user_id: str
-    status: str
-    last_seen: str | None
-    devices: int
-
-
-@frozen
-class Page:
-    items: list[dict[str, Any]]
-    has_more: bool
 
 
 @frozen
