@@ -17,10 +17,11 @@ import h11
 import trio
 from attrs import frozen
 from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import RejectConnection
 from wsproto.events import Request as WsRequest
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token
 
 #: Largest opening HTTP request (request line + headers) accepted; more is answered 431.
 MAX_REQUEST_BYTES = 16 * 1024
@@ -109,7 +110,22 @@ def accept_upgrade(request: OpeningRequest) -> tuple[bytes, bytes]:
     trailing = _trailing_after_request(request.parser)
     if trailing is None:
         raise HttpFailure(400, "an upgrade request has no body")
-    return handshake.send(AcceptConnection()), trailing
+    return _switching_protocols(request), trailing
+
+
+def _switching_protocols(request: OpeningRequest) -> bytes:
+    """The 101 response wsproto's `H11Handshake.send(AcceptConnection())` writes (no
+    subprotocol, no extension), without the wsproto `Connection` that call also builds: the
+    relay frames WebSocket traffic itself, and that object (its frame parser is a generator
+    referencing its owner) is a reference cycle only the cyclic collector frees, about 1 kB
+    per upgrade left for minutes under `relay serve`'s 10,000-object young generation.
+    `_check_upgrade` has found exactly one key."""
+    key = request.header(b"sec-websocket-key")
+    assert key is not None
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + generate_accept_token(key) + b"\r\n\r\n"
+    )
 
 
 def _check_upgrade(request: OpeningRequest) -> None:
