@@ -494,21 +494,49 @@ def _clock(seconds: float) -> str:
     return f"{int(seconds) // 60:3d}:{int(seconds) % 60:02d}"
 
 
-def sample(pid: int, started: float) -> dict[str, float]:
+#: /proc/PID/status fields sampled: RSS, and its anonymous and file-backed parts
+_STATUS_FIELDS = {b"VmRSS": "rss_kb", b"RssAnon": "anon_kb", b"RssFile": "file_kb"}
+
+
+def proc_memory_kb(pid: int) -> dict[str, int]:
+    """VmRSS, RssAnon and RssFile of `pid` (kB) from /proc/PID/status."""
+    found: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            name, _, value = line.partition(b":")
+            if name in _STATUS_FIELDS:
+                found[_STATUS_FIELDS[name]] = int(value.split()[0])
+    missing = set(_STATUS_FIELDS.values()) - set(found)
+    if missing:
+        raise RuntimeError(f"no {', '.join(sorted(missing))} for pid {pid}")
+    return found
+
+
+def db_bytes(db: Path) -> int:
+    """The database's size on disk: the file, its WAL and its shared-memory index."""
+    total = 0
+    for path in db.parent.glob(db.name + "*"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+def sample(pid: int, started: float, db: Path) -> dict[str, float]:
     return {
         "t": round(time.monotonic() - started, 3),
-        "rss_kb": loadgen.proc_rss_kb(pid),
+        **proc_memory_kb(pid),
         "cpu_s": loadgen.proc_cpu_seconds(pid),
+        "db_bytes": db_bytes(db),
     }
 
 
 async def drive(
-    settings: Settings, server: servers.RunningServer, samples: list[dict[str, float]]
+    settings: Settings, server: servers.RunningServer, db: Path, samples: list[dict[str, float]]
 ) -> Soak:
     soak = Soak(settings, server.port)
     await soak.setup_groups()
     started = time.monotonic()
-    samples.append(sample(server.pid, started))
+    samples.append(sample(server.pid, started, db))
     total = _clock(settings.minutes * 60)
     say(f"[{_clock(0)}/{total}] relay RSS {samples[0]['rss_kb'] / 1024:.1f} MB")
     with trio.move_on_after(settings.minutes * 60):
@@ -519,13 +547,15 @@ async def drive(
                 if not server.alive():
                     break
                 prev = samples[-1]
-                now = sample(server.pid, started)
+                now = sample(server.pid, started, db)
                 samples.append(now)
                 c = soak.counts
                 cpu = (now["cpu_s"] - prev["cpu_s"]) / max(now["t"] - prev["t"], 1e-9)
                 say(
                     f"[{_clock(now['t'])}/{total}] relay RSS "
-                    f"{now['rss_kb'] / 1024:.1f} MB, cpu {cpu:.0%}; sent {c['sent 1:1']:,} 1:1 + "
+                    f"{now['rss_kb'] / 1024:.1f} MB (anon {now['anon_kb'] / 1024:.1f}, file "
+                    f"{now['file_kb'] / 1024:.1f}), db {now['db_bytes'] / 1e6:.1f} MB, "
+                    f"cpu {cpu:.0%}; sent {c['sent 1:1']:,} 1:1 + "
                     f"{c['sent group']:,} group, received {c['received']:,}, history "
                     f"{c['history answers']:,}, conversations {c['conversations answers']:,}, "
                     f"reconnects {c['reconnects']:,}, slow-reader sessions "
@@ -534,7 +564,7 @@ async def drive(
             nursery.cancel_scope.cancel()  # the relay died
     if not server.alive():
         raise servers.ServerError("the relay died during the soak")
-    end = sample(server.pid, started)
+    end = sample(server.pid, started, db)
     if end["t"] - samples[-1]["t"] >= 1.0:
         samples.append(end)
     return soak
@@ -554,8 +584,9 @@ def main(argv: list[str]) -> int:
     samples: list[dict[str, float]] = []
     doc: dict[str, Any] = {"started_utc": stamp, "settings": asdict(settings)}
     with tempfile.TemporaryDirectory(prefix="relay-soak-") as tmp:
+        db = Path(tmp) / "soak.db"
         argv_relay = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1"]
-        argv_relay += ["--port", "0", "--db", str(Path(tmp) / "soak.db")]
+        argv_relay += ["--port", "0", "--db", str(db)]
         doc["relay_argv"] = argv_relay
         try:
             server = servers.start(servers.ServerSpec("relay", argv_relay), log_path, None)
@@ -563,9 +594,9 @@ def main(argv: list[str]) -> int:
             say(f"soak: {exc}")
             return 1
         try:
-            soak = trio.run(drive, settings, server, samples)
+            soak = trio.run(drive, settings, server, db, samples)
         except (servers.ServerError, Closed, OSError, trio.TooSlowError) as exc:
-            say(f"soak: FAILED: {exc}\nrelay log tail:\n{server.log_tail()}")
+            say(f"soak: FAILED: {exc!r}\nrelay log tail:\n{server.log_tail()}")
             doc |= {"error": str(exc), "samples": samples}
             _write(json_path, doc)
             return 1
@@ -576,16 +607,21 @@ def main(argv: list[str]) -> int:
     # a run no longer than the window: its whole curve (the sampler's clock overshoots the end)
     window_s = settings.window * 60 if settings.window < settings.minutes else float("inf")
     trend = rss_trend([(s["t"], s["rss_kb"]) for s in samples], window_s)
+    trend_anon = rss_trend([(s["t"], s["anon_kb"]) for s in samples], window_s)
     flat = trend["growth_pct"] < settings.budget_pct
     doc |= {
         "samples": samples,
         "counts": dict(soak.counts),
         "errors": dict(soak.errors),
         "trend": trend,
+        "trend_anon": trend_anon,
         "budget": {"growth_pct_below": settings.budget_pct, "met": flat},
     }
     _write(json_path, doc)
     c = soak.counts
+    say("")
+    for line in curve_lines(samples):
+        say(line)
     say("")
     say(
         f"traffic: {c['sent 1:1']:,} 1:1 and {c['sent group']:,} group messages sent, "
@@ -597,18 +633,37 @@ def main(argv: list[str]) -> int:
     )
     for what, n in sorted(soak.errors.items()):
         say(f"  {n:,} x {what}")
+    say(trend_line("RssAnon", trend_anon))
     say(
-        f"RSS over the last {(trend['to_s'] - trend['from_s']) / 60:.1f} min "
-        f"({trend['samples']} samples): {trend['fit_first_kb'] / 1024:.1f} -> "
-        f"{trend['fit_last_kb'] / 1024:.1f} MB on the fitted line, slope "
-        f"{trend['slope_kb_per_min']:+.1f} kB/min, growth {trend['growth_pct']:+.2f}% "
-        f"(budget < {settings.budget_pct:g}%): {'flat' if flat else 'GROWING'}"
+        f"{trend_line('RSS', trend)} (budget < {settings.budget_pct:g}%): "
+        f"{'flat' if flat else 'GROWING'}"
     )
     say(f"results: {json_path}")
     if not (c["sent 1:1"] and c["received"]):
         say("soak: FAILED: no traffic went through")
         return 1
     return 0 if flat or args.no_budget else 2
+
+
+def curve_lines(samples: list[dict[str, float]]) -> list[str]:
+    """The sampled curve, one line a sample: time, RSS, its anonymous and file-backed parts,
+    the database's size on disk."""
+    lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB"]
+    for s in samples:
+        lines.append(
+            f"{_clock(s['t'])}   {s['rss_kb'] / 1024:6.1f}  {s['anon_kb'] / 1024:10.1f}  "
+            f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}"
+        )
+    return lines
+
+
+def trend_line(what: str, trend: dict[str, Any]) -> str:
+    return (
+        f"{what} over the last {(trend['to_s'] - trend['from_s']) / 60:.1f} min "
+        f"({trend['samples']} samples): {trend['fit_first_kb'] / 1024:.1f} -> "
+        f"{trend['fit_last_kb'] / 1024:.1f} MB on the fitted line, slope "
+        f"{trend['slope_kb_per_min']:+.1f} kB/min, growth {trend['growth_pct']:+.2f}%"
+    )
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:

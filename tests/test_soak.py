@@ -64,7 +64,9 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
             "60",
             "--slow-hold",
             "6",
-            "--no-budget",
+            # a budget no run can meet: the exit status says so, and everything is still reported
+            "--budget-pct",
+            "-1000",
             "--json",
             str(out),
         ],
@@ -74,11 +76,30 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "relay RSS" in proc.stdout and "growth" in proc.stdout
+    assert proc.returncode == 2, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "relay RSS" in proc.stdout and "GROWING" in proc.stdout
     doc = json.loads(out.read_text())
+    assert doc["budget"] == {"growth_pct_below": -1000, "met": False}
     samples = doc["samples"]
     assert len(samples) >= 6 and all(s["rss_kb"] > 10_000 for s in samples)
+    for s in samples:
+        # VmRSS is RssAnon + RssFile + RssShmem (none here), each rounded to a kB
+        assert s["anon_kb"] > 0 and s["file_kb"] > 0
+        assert abs(s["rss_kb"] - s["anon_kb"] - s["file_kb"]) <= 2, s
+    assert samples[-1]["db_bytes"] > samples[0]["db_bytes"] > 0
+    # the curve: a header, then one line per sample, in order
+    lines = proc.stdout.splitlines()
+    head = lines.index("   time   RSS MB  RssAnon MB  RssFile MB   DB MB")
+    rows = lines[head + 1 : head + 1 + len(samples)]
+    for s, row in zip(samples, rows, strict=True):
+        assert row.split()[1:] == [
+            f"{s['rss_kb'] / 1024:.1f}",
+            f"{s['anon_kb'] / 1024:.1f}",
+            f"{s['file_kb'] / 1024:.1f}",
+            f"{s['db_bytes'] / 1e6:.1f}",
+        ]
+    assert any(line.startswith("RssAnon over the last") for line in lines)
+    assert doc["trend_anon"]["samples"] == len(samples)
     counts = doc["counts"]
     for kind in (
         "sent 1:1",

@@ -18,10 +18,11 @@ import h11
 import trio
 from attrs import frozen
 from wsproto.connection import ConnectionType
-from wsproto.events import AcceptConnection, RejectConnection
+from wsproto.events import RejectConnection
 from wsproto.events import Request as WsRequest
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
+from wsproto.utilities import generate_accept_token
 
 from relay.transport.deflate import DeflateParams, negotiate
 
@@ -121,8 +122,26 @@ def accept_upgrade(
     trailing = _trailing_after_request(request.parser)
     if trailing is None:
         raise HttpFailure(400, "an upgrade request has no body")
-    extra = [] if deflate is None else [(b"Sec-WebSocket-Extensions", deflate.header_value())]
-    return handshake.send(AcceptConnection(extra_headers=extra)), trailing
+    extension = None if deflate is None else deflate.header_value()
+    return _switching_protocols(request, extension), trailing
+
+
+def _switching_protocols(request: OpeningRequest, extension: bytes | None) -> bytes:
+    """The 101 response wsproto's `H11Handshake.send(AcceptConnection(...))` writes (no
+    subprotocol; the negotiated permessage-deflate `extension` when there is one), without the
+    wsproto `Connection` that call also builds: the relay frames WebSocket traffic itself, and
+    that object (its frame parser is a generator referencing its owner) is a reference cycle
+    only the cyclic collector frees, about 1 kB per upgrade left for minutes under `relay
+    serve`'s 10,000-object young generation. `_check_upgrade` has found exactly one key."""
+    key = request.header(b"sec-websocket-key")
+    assert key is not None
+    head = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + generate_accept_token(key) + b"\r\n"
+    )
+    if extension is not None:
+        head += b"Sec-WebSocket-Extensions: " + extension + b"\r\n"
+    return head + b"\r\n"
 
 
 def _check_upgrade(request: OpeningRequest) -> None:
