@@ -379,6 +379,7 @@ class Pipeline:
                 author.user_avatar if sender_avatar is None else sender_avatar,
                 frame.client_timestamp,
                 frame.meta,
+                frame.e2e,
             ),
         )
         return message, audience
