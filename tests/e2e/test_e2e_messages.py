@@ -12,6 +12,7 @@ import trio
 from support import start_relay
 
 from relay.client.e2e import DeviceIdentity, open_e2e, seal, verify_device
+from relay.client.frames import parse_message
 
 #: the text alice encrypts: it must never reach the relay's database
 SECRET = "zebracrossing-marker-7341"
@@ -102,3 +103,37 @@ async def test_an_e2e_message_round_trips_and_never_leaves_its_text_in_the_datab
     assert PLAIN.encode() in stored  # the grep can see a text the relay stored
     assert SECRET.encode() not in stored
     assert b"zebracrossing" not in stored
+
+
+async def test_the_python_client_reads_an_encrypted_message_and_opens_it(
+    nursery: trio.Nursery, raw: Any, client: Any
+) -> None:
+    relay = await start_relay(nursery)
+    bob_phone = DeviceIdentity.generate("phone")
+    async with client(relay, "bob", "phone") as bob:
+        async with raw(relay.url, "alice", "laptop") as alice:
+            await bob.request(bob_phone.publish_frame(), "keys")
+            e2e = seal(SECRET, sender_user="alice", sender_device="laptop",
+                       recipients=await _keys(alice, "bob", "k1"))  # fmt: skip
+            await alice.send({"type": "message", "id": "e1", "recipientId": "bob", "e2e": e2e})
+            assert (await alice.expect("receipt", id="e1"))["status"] == "sent"
+        with trio.fail_after(5):
+            await bob.wait_until(lambda s: s.find("e1", "alice") is not None)
+        got = bob.state.find("e1", "alice")
+        assert got is not None and (got.text, got.e2e) == ("", e2e)
+        assert open_e2e(got.e2e, sender_user="alice", me=bob_phone).text == SECRET
+        [conversation] = await bob.refresh_conversations()
+        assert conversation.last_message is not None
+        # the preview (e2e: true) does not replace the message the client already holds
+        assert (conversation.last_message.id, conversation.last_message.e2e) == ("e1", e2e)
+
+
+def test_the_client_reads_a_preview_of_an_encrypted_message_without_its_boxes() -> None:
+    preview = {"type": "message", "id": "e9", "senderId": "alice", "recipientId": "bob",
+               "e2e": True, "timestamp": "t", "status": "delivered", "seq": 3}  # fmt: skip
+    read = parse_message(preview, "bob")
+    assert read is not None and (read.text, read.e2e, read.seq) == ("", {}, 3)
+    # neither a text nor an object (nor an object beside a text): not a message it can show
+    assert parse_message({**preview, "e2e": "x"}, "bob") is None
+    assert parse_message({**preview, "text": "hi"}, "bob") is not None
+    assert parse_message({**preview, "text": "hi"}, "bob").e2e is None  # type: ignore[union-attr]
