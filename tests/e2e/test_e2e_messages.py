@@ -13,6 +13,8 @@ from support import start_relay
 
 from relay.client.e2e import DeviceIdentity, open_e2e, seal, verify_device
 from relay.client.frames import parse_message
+from relay.cluster import envelope
+from relay.store.base import StoredMessage
 
 #: the text alice encrypts: it must never reach the relay's database
 SECRET = "zebracrossing-marker-7341"
@@ -137,3 +139,10 @@ def test_the_client_reads_a_preview_of_an_encrypted_message_without_its_boxes() 
     assert parse_message({**preview, "e2e": "x"}, "bob") is None
     assert parse_message({**preview, "text": "hi"}, "bob") is not None
     assert parse_message({**preview, "text": "hi"}, "bob").e2e is None  # type: ignore[union-attr]
+
+
+def test_an_e2e_message_crosses_between_cluster_nodes_whole() -> None:
+    e2e = {"v": 1, "suite": "hpke-x25519-sha256-aes256gcm", "senderDevice": "d",
+           "boxes": {"phone": "QUJD"}}  # fmt: skip
+    message = StoredMessage("d:a:b", 3, "e1", "a", "", "t", "b", e2e=e2e)
+    assert envelope.decode_message(envelope.encode_message(message)) == message
