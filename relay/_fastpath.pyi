@@ -52,6 +52,12 @@ def encode_sent_frame(
 ) -> bytes: ...
 
 MESSAGE_FAULTS: tuple[str, ...]
+E2E_VERSION: int
+E2E_SUITE: str
+E2E_BOXES_MAX: int
+E2E_BYTES_MAX: int
+
+def e2e_fault(e2e: object, text: object, ident_max: int) -> int: ...
 
 _Rules = tuple[int, int, int, int, int, int, int]
 

@@ -608,7 +608,10 @@ def message_dict(message, status="delivered"):
         body["recipientId"] = message.recipient_id
     if message.group_id is not None:
         body["groupId"] = message.group_id
-    body["text"] = message.text
+    if message.e2e is None:
+        body["text"] = message.text
+    else:
+        body["e2e"] = message.e2e
     body["timestamp"] = message.client_timestamp or message.server_timestamp
     body["status"] = status
     body["seq"] = message.seq
@@ -825,12 +828,12 @@ cdef inline bint _str_or_none(object value) noexcept:
 def encode_delivery(message):
     """The delivery frame of a stored message: a text frame of its contract shape with status
     `delivered`, seq and serverTimestamp (the twin: message_dict through orjson)."""
-    cdef _Part parts[13]
+    cdef _Part parts[14]
     cdef int k = 0
     cdef char seq_buf[24]
     cdef long long seq_value
     cdef tuple m
-    if not isinstance(message, tuple) or len(message) != 12:
+    if not isinstance(message, tuple) or len(message) != 13:
         raise TypeError("encode_delivery needs a StoredMessage")
     m = <tuple>message  # a StoredMessage: a tuple subclass, read by index
     ident = m[2]
@@ -843,6 +846,7 @@ def encode_delivery(message):
     avatar = m[9]
     client_ts = m[10]
     meta = m[11]
+    e2e = m[12]
     seq = m[1]
     if not (
         type(ident) is str and type(sender) is str and type(text) is str
@@ -865,7 +869,11 @@ def encode_delivery(message):
             _set_str(&parts[k], b',"recipientId":', 15, recipient); k += 1
         if group is not None:
             _set_str(&parts[k], b',"groupId":', 11, group); k += 1
-        _set_str(&parts[k], b',"text":', 8, text); k += 1
+        if e2e is None:
+            _set_str(&parts[k], b',"text":', 8, text); k += 1
+        else:  # the sender's e2e object, written once for every recipient
+            e2e_json = _orjson_dumps(e2e)
+            _set_raw(&parts[k], b',"e2e":', 7, e2e_json); k += 1
         _set_str(&parts[k], b',"timestamp":', 13, stamp); k += 1
         _set_raw(&parts[k], b',"status":', 10, b'"delivered"'); k += 1
         _set_int(&parts[k], b',"seq":', 7, seq_buf, seq_value); k += 1
@@ -945,7 +953,21 @@ MESSAGE_FAULTS = (
     "meta:type",
     "meta:deep",
     "meta:long",
+    "e2e:type",
+    "e2e:text",
+    "e2e:v",
+    "e2e:suite",
+    "e2e:senderDevice",
+    "e2e:boxes",
+    "e2e:long",
 )
+
+# the e2e object's fixed shape, as the twin's
+E2E_VERSION = 1
+E2E_SUITE = "hpke-x25519-sha256-aes256gcm"
+E2E_BOXES_MAX = 256
+E2E_BYTES_MAX = 262144
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 cdef enum:
     _FAULT_OK = 0
@@ -958,6 +980,7 @@ cdef enum:
     _FAULT_META_TYPE = 18
     _FAULT_META_DEEP = 19
     _FAULT_META_LONG = 20
+    _FAULT_E2E = 21  # then the other e2e answers, in MESSAGE_FAULTS' order
 
 
 cdef struct _Rules:
@@ -1033,9 +1056,47 @@ cdef Py_ssize_t _depth(object value, Py_ssize_t cap) except -1:
     return deepest + 1
 
 
+cdef bint _base64(object value):
+    """The twin's _base64: a non-empty str of standard padded base64."""
+    if type(value) is not str or not value or len(<str>value) % 4:
+        return False
+    body = (<str>value).rstrip("=")
+    if len(<str>value) - len(body) > 2 or not body.isascii():
+        return False
+    return _B64.issuperset(body.encode())
+
+
+def e2e_fault(e2e, text, Py_ssize_t ident_max):
+    """The twin's e2e_fault (the e2e object's checks), compiled."""
+    if type(e2e) is not dict:
+        return _FAULT_E2E
+    if len(<dict>e2e) != 4:
+        return _FAULT_E2E
+    if text is not None:
+        return _FAULT_E2E + 1
+    v = (<dict>e2e).get("v")
+    if type(v) is not int or v != E2E_VERSION:
+        return _FAULT_E2E + 2
+    if (<dict>e2e).get("suite") != E2E_SUITE:
+        return _FAULT_E2E + 3
+    device = (<dict>e2e).get("senderDevice")
+    if type(device) is not str or not 0 < len(<str>device) <= ident_max:
+        return _FAULT_E2E + 4
+    boxes = (<dict>e2e).get("boxes")
+    if type(boxes) is not dict or not 0 < len(<dict>boxes) <= E2E_BOXES_MAX:
+        return _FAULT_E2E + 5
+    for key, box in (<dict>boxes).items():
+        if type(key) is not str or not 0 < len(<str>key) <= ident_max or not _base64(box):
+            return _FAULT_E2E + 5
+    if len(_orjson_dumps(e2e)) > E2E_BYTES_MAX:
+        return _FAULT_E2E + 6
+    return 0
+
+
 cdef int _fault(
     object ident, object peer, object group, object sender, object name, object avatar,
     object stamp, object text, object meta, _Rules* r, bint meta_shallow=False,
+    object e2e=None,
 ) except -1:
     """The checks; `meta_shallow`: the caller knows meta nests at most max_meta_depth levels
     (decode_message measured the whole frame), so it is not walked again."""
@@ -1062,11 +1123,15 @@ cdef int _fault(
         return _FAULT_STRINGS + 9 + bad
     if (peer is None) == (group is None):
         return _FAULT_ONE_OF
-    if type(text) is not str:
+    if e2e is not None:
+        bad = e2e_fault(e2e, text, r.ident_max)
+        if bad:
+            return bad
+    elif type(text) is not str:
         return _FAULT_TEXT_TYPE
-    if len(<str>text) == 0:
+    elif len(<str>text) == 0:
         return _FAULT_TEXT_EMPTY
-    if len(<str>text) > r.max_text:
+    elif len(<str>text) > r.max_text:
         return _FAULT_TEXT_LONG
     if meta is not None:
         if not isinstance(meta, dict):
@@ -1085,7 +1150,7 @@ def message_fault(obj, message_id, rules):
     return _fault(
         message_id, d.get("recipientId"), d.get("groupId"), d.get("senderId"),
         d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), d.get("text"),
-        d.get("meta"), r,
+        d.get("meta"), r, False, d.get("e2e"),
     )
 
 
@@ -1149,12 +1214,13 @@ cdef inline object _record(type cls, tuple items):
 # MemoryStore.append_now's per-message work (see the twin for what it keeps where): the row is
 # built once from the NewMessage's items with `seq` put second, no slice, no Python frame.
 
-cdef Py_ssize_t _NEW_FIELDS = 11  # NewMessage: conversation, id, sender_id, ..., meta
+cdef Py_ssize_t _NEW_FIELDS = 12  # NewMessage: conversation, id, sender_id, ..., meta, e2e
 cdef Py_ssize_t _F_CONVERSATION = 0
 cdef Py_ssize_t _F_ID = 1
 cdef Py_ssize_t _F_SENDER = 2
 cdef Py_ssize_t _F_GROUP = 6
 cdef Py_ssize_t _F_META = 10
+cdef Py_ssize_t _F_E2E = 11
 
 
 cdef object _stored_fields(type cls, tuple m, object seq):
@@ -1256,7 +1322,10 @@ cdef class MemoryAppender:
             else:
                 log = <list?>found
             seq = len(log) + 1
-            if <object>PyTuple_GET_ITEM(m, _F_META) is None:
+            if (
+                <object>PyTuple_GET_ITEM(m, _F_META) is None
+                and <object>PyTuple_GET_ITEM(m, _F_E2E) is None
+            ):
                 row = <tuple>_stored_fields(tuple, m, seq)
                 stored = _record(self._stored_cls, row)
             else:
@@ -1284,11 +1353,12 @@ ROW_OPTIONAL = (
     "sender_avatar",
     "client_timestamp",
     "meta",
+    "e2e",
 )
 cdef Py_ssize_t _F_TEXT = 3
 cdef Py_ssize_t _F_TIMESTAMP = 4
 cdef Py_ssize_t _F_RECIPIENT = 5
-# _F_GROUP (6), then sender_name 7, sender_avatar 8, client_timestamp 9, _F_META (10)
+# _F_GROUP (6), then sender_name 7, sender_avatar 8, client_timestamp 9, _F_META (10), _F_E2E (11)
 
 
 def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
@@ -1303,7 +1373,7 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
     cdef Py_ssize_t i
     cdef int present
     # objects, never inferred C values: each reference a tuple steals must be the variable's own
-    cdef object seq, conversation, item, meta, key
+    cdef object seq, conversation, item, meta, e2e, key
     for messages in requests:
         results = []
         for message in messages:
@@ -1328,6 +1398,9 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
             for i in range(_F_RECIPIENT, _F_META + 1):
                 if <object>PyTuple_GET_ITEM(m, i) is not None:
                     present |= 1 << (i - _F_RECIPIENT)
+            e2e = <object>PyTuple_GET_ITEM(m, _F_E2E)
+            if e2e is not None:
+                present |= 1 << (_F_E2E - _F_RECIPIENT)
             key = present
             found = rows.get(key)
             if found is None:
@@ -1347,10 +1420,13 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
                 if item is not None:
                     params.append(item)
             meta = <object>PyTuple_GET_ITEM(m, _F_META)
-            if meta is None:
+            if meta is None and e2e is None:
                 stored = _stored_fields(stored_cls, m, seq)  # the StoredMessage, made in place
             else:
-                params.append(_orjson_dumps(meta).decode())
+                if meta is not None:
+                    params.append(_orjson_dumps(meta).decode())
+                if e2e is not None:
+                    params.append(_orjson_dumps(e2e).decode())
                 stored = message.stored(seq)  # its own copy of `meta`
             appended = PyType_GenericAlloc(appended_cls, 2)
             Py_INCREF(stored)
@@ -1380,7 +1456,8 @@ cdef enum:
     _K_NAME = 8
     _K_AVATAR = 9
     _K_STAMP = 10
-    _K_COUNT = 11
+    _K_E2E = 11
+    _K_COUNT = 12
     _K_OTHER = -1
 
 
@@ -1388,7 +1465,9 @@ cdef inline int _key_of(const unsigned char* k, Py_ssize_t n) noexcept nogil:
     if n == 2:
         return _K_ID if memcmp(k, b"id", 2) == 0 else _K_OTHER
     if n == 3:
-        return _K_REF if memcmp(k, b"ref", 3) == 0 else _K_OTHER
+        if memcmp(k, b"ref", 3) == 0:
+            return _K_REF
+        return _K_E2E if memcmp(k, b"e2e", 3) == 0 else _K_OTHER
     if n == 4:
         if memcmp(k, b"type", 4) == 0:
             return _K_TYPE
@@ -1553,7 +1632,7 @@ def decode_message(payload, rules, type frame_cls):
     for i in range(_K_COUNT):
         starts[i] = -2
         lens[i] = 0
-    if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0:
+    if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0 or starts[_K_E2E] >= 0:
         return _decode_by_dict(payload, r, frame_cls)
     if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
         return _decode_by_dict(payload, r, frame_cls)
@@ -1569,12 +1648,12 @@ def decode_message(payload, rules, type frame_cls):
         stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
         return _decode_by_dict(payload, r, frame_cls)
-    # meta is absent or null here: the scan left any other value to the dict
+    # meta and e2e are absent or null here: the scan left any other value to the dict
     if _fault(ident, peer, group, sender, name, avatar, stamp, text, None, r):
         return _decode_by_dict(payload, r, frame_cls)
     if ref is None:
         ref = ident
-    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref)
+    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref, None)
     return record(frame_cls, fields)
 
 
@@ -1593,17 +1672,20 @@ cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
         return obj
     ident = d.get("id")
     meta = d.get("meta")
+    e2e = d.get("e2e")
     if _fault(
         ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
         d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
         depth - 1 <= r.max_meta_depth,  # meta is one level inside the frame
+        e2e,
     ):
         return obj
     ref = d.get("ref")
     if type(ref) is not str:
         ref = ident
     fields = (
-        ident, d.get("text"), d.get("senderId"), d.get("recipientId"), d.get("groupId"),
-        d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), meta, ref,
+        ident, d.get("text") if e2e is None else "", d.get("senderId"), d.get("recipientId"),
+        d.get("groupId"), d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), meta,
+        ref, e2e,
     )
     return record(frame_cls, fields)

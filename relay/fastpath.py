@@ -19,6 +19,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 __all__ = [
+    "E2E_BOXES_MAX",
+    "E2E_BYTES_MAX",
+    "E2E_SUITE",
+    "E2E_VERSION",
     "IMPLEMENTATION",
     "MESSAGE_FAULTS",
     "OP_BINARY",
@@ -33,6 +37,7 @@ __all__ = [
     "MemoryAppender",
     "Outbox",
     "decode_message",
+    "e2e_fault",
     "encode_close",
     "encode_delivery",
     "encode_frame",
@@ -71,6 +76,10 @@ def _choose() -> tuple[ModuleType, Literal["cython", "python"]]:
 if TYPE_CHECKING:
     # The twin is the reference; relay/_fastpath.pyi declares the same API for the compiled one.
     from relay._fastpath_py import (
+        E2E_BOXES_MAX,
+        E2E_BYTES_MAX,
+        E2E_SUITE,
+        E2E_VERSION,
         MESSAGE_FAULTS,
         OP_BINARY,
         OP_CLOSE,
@@ -84,6 +93,7 @@ if TYPE_CHECKING:
         MemoryAppender,
         Outbox,
         decode_message,
+        e2e_fault,
         encode_close,
         encode_delivery,
         encode_frame,

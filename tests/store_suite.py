@@ -165,6 +165,25 @@ class StoreSuite:
         [again], _ = await store.history(AB)
         assert again == stored
 
+    async def test_an_e2e_message_keeps_its_object_untouched(self, store: Store) -> None:
+        e2e = {
+            "v": 1,
+            "suite": "hpke-x25519-sha256-aes256gcm",
+            "senderDevice": "laptop",
+            "boxes": {"phone": "QUJD", "watch": "QUI="},
+        }
+        one = msg("a", "b", text="", meta={"k": 1})._replace(e2e=e2e)
+        [stored] = await put(store, one)  # the store's fast append
+        assert (stored.text, stored.e2e, stored.meta) == ("", e2e, {"k": 1})
+        batch = [msg("a", "b", text="")._replace(e2e=e2e), msg("b", "a", text="plain")]
+        answers = [r.message for r in await store.append_many(batch)]  # a batch, mixed
+        assert [(m.text, m.e2e) for m in answers] == [("", e2e), ("plain", None)]
+        page, _ = await store.history(AB)
+        assert [(m.text, m.e2e) for m in page] == [("", e2e), ("", e2e), ("plain", None)]
+        assert page[0] == stored
+        [summary] = await store.conversations("b")
+        assert summary.last_message is not None and summary.last_message.e2e is None
+
     async def test_sender_and_id_is_an_idempotency_key(self, store: Store) -> None:
         [original] = await put(store, msg("a", "b", id="x1", text="first"))
         listed = await store.conversations("b")

@@ -29,8 +29,13 @@ from relay._fastpath_py.framing import (
     parse_close,
 )
 from relay._fastpath_py.messages import (
+    E2E_BOXES_MAX,
+    E2E_BYTES_MAX,
+    E2E_SUITE,
+    E2E_VERSION,
     MESSAGE_FAULTS,
     decode_message,
+    e2e_fault,
     encode_delivery,
     encode_sent,
     encode_sent_frame,
@@ -42,6 +47,10 @@ from relay._fastpath_py.records import record, untracked
 from relay._fastpath_py.stores import ROW_OPTIONAL, MemoryAppender, sqlite_rows
 
 __all__ = [
+    "E2E_BOXES_MAX",
+    "E2E_BYTES_MAX",
+    "E2E_SUITE",
+    "E2E_VERSION",
     "MESSAGE_FAULTS",
     "OP_BINARY",
     "OP_CLOSE",
@@ -55,6 +64,7 @@ __all__ = [
     "MemoryAppender",
     "Outbox",
     "decode_message",
+    "e2e_fault",
     "encode_close",
     "encode_delivery",
     "encode_frame",

@@ -30,7 +30,10 @@ def message_dict(message: Any, status: str = "delivered") -> dict[str, Any]:
         body["recipientId"] = message.recipient_id
     if message.group_id is not None:
         body["groupId"] = message.group_id
-    body["text"] = message.text
+    if message.e2e is None:
+        body["text"] = message.text
+    else:
+        body["e2e"] = message.e2e
     body["timestamp"] = message.client_timestamp or message.server_timestamp
     body["status"] = status
     body["seq"] = message.seq
@@ -95,6 +98,13 @@ MESSAGE_FAULTS = (
     "meta:type",
     "meta:deep",
     "meta:long",
+    "e2e:type",
+    "e2e:text",
+    "e2e:v",
+    "e2e:suite",
+    "e2e:senderDevice",
+    "e2e:boxes",
+    "e2e:long",
 )
 _F_ID = 1
 _F_STRINGS = 2  # the first of the six optional strings' pairs of answers (type, length)
@@ -105,6 +115,15 @@ _F_TEXT_LONG = 17
 _F_META_TYPE = 18
 _F_META_DEEP = 19
 _F_META_LONG = 20
+_F_E2E = 21  # the first of the e2e answers, in MESSAGE_FAULTS' order
+
+#: the e2e object's fixed shape: the one version and suite the contract names; at most
+#: E2E_BOXES_MAX boxes (a sender's devices and its recipients'), E2E_BYTES_MAX bytes as JSON
+E2E_VERSION = 1
+E2E_SUITE = "hpke-x25519-sha256-aes256gcm"
+E2E_BOXES_MAX = 256
+E2E_BYTES_MAX = 262144
+_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
 
 #: the rules message_fault and decode_message take, as relay.protocol.Limits.rules makes them
 Rules = tuple[int, int, int, int, int, int, int]
@@ -127,6 +146,46 @@ def _deeper(value: Any, levels: int) -> bool:
     if levels <= 0:
         return True
     return any(isinstance(item, _NESTED) and _deeper(item, levels - 1) for item in items)
+
+
+def _base64(value: object) -> bool:
+    """Whether `value` is a non-empty str of standard base64 (padded, RFC 4648 section 4)."""
+    if value.__class__ is not str or not value or len(value) % 4:
+        return False
+    body = value.rstrip("=")
+    if len(value) - len(body) > 2 or not body.isascii():
+        return False
+    return _B64.issuperset(body.encode())
+
+
+def e2e_fault(e2e: object, text: object, ident_max: int) -> int:
+    """0 when `e2e` is a valid e2e object of a message whose `text` is absent, else the first
+    failed check's number (MESSAGE_FAULTS: the e2e answers). Only shape and size: the boxes
+    stay opaque."""
+    if e2e.__class__ is not dict:
+        return _F_E2E
+    assert isinstance(e2e, dict)
+    if len(e2e) != 4:  # exactly v, suite, senderDevice, boxes (checked one by one below)
+        return _F_E2E
+    if text is not None:
+        return _F_E2E + 1
+    v = e2e.get("v")
+    if v.__class__ is not int or v != E2E_VERSION:
+        return _F_E2E + 2
+    if e2e.get("suite") != E2E_SUITE:
+        return _F_E2E + 3
+    device = e2e.get("senderDevice")
+    if device.__class__ is not str or not 0 < len(device) <= ident_max:
+        return _F_E2E + 4
+    boxes = e2e.get("boxes")
+    if boxes.__class__ is not dict or not 0 < len(boxes) <= E2E_BOXES_MAX:
+        return _F_E2E + 5
+    for key, box in boxes.items():
+        if key.__class__ is not str or not 0 < len(key) <= ident_max or not _base64(box):
+            return _F_E2E + 5
+    if len(orjson.dumps(e2e)) > E2E_BYTES_MAX:
+        return _F_E2E + 6
+    return 0
 
 
 def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> int:
@@ -175,11 +234,16 @@ def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> i
     if (peer is None) == (group is None):
         return _F_ONE_OF
     text = get("text")
-    if text.__class__ is not str:
+    e2e = get("e2e")
+    if e2e is not None:
+        fault = e2e_fault(e2e, text, ident_max)
+        if fault:
+            return fault
+    elif text.__class__ is not str:
         return _F_TEXT_TYPE
-    if not text:
+    elif not text:
         return _F_TEXT_EMPTY
-    if len(text) > max_text:
+    elif len(text) > max_text:
         return _F_TEXT_LONG
     meta = get("meta")
     if meta is not None:
@@ -194,8 +258,8 @@ def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> i
 
 def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T | Any:
     """A client frame's bytes: a `frame_cls` (MessageFrame: id, text, senderId, recipientId,
-    groupId, senderName, senderAvatar, timestamp, meta, ref, with ref the id when it is not a
-    string) when it is a `message` frame message_fault passes under `rules`, else the decoded
+    groupId, senderName, senderAvatar, timestamp, meta, ref, e2e, with ref the id when it is not a
+    string, and text "" when e2e is set) when it is a `message` frame message_fault passes under `rules`, else the decoded
     JSON value (orjson.loads; its JSONDecodeError when not JSON). JSON nesting more than
     `rules[6]` (max_frame_depth, at least 1) objects and arrays raises ValueError, whatever it
     holds. The compiled module reads the usual shape without a dict."""
@@ -209,9 +273,10 @@ def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T 
             ref = get("ref")
             if ref.__class__ is not str:
                 ref = ident
+            e2e = get("e2e")
             fields = (
                 ident,
-                get("text"),
+                get("text") if e2e is None else "",
                 get("senderId"),
                 get("recipientId"),
                 get("groupId"),
@@ -220,6 +285,7 @@ def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T 
                 get("timestamp"),
                 get("meta"),
                 ref,
+                e2e,
             )
             return record(frame_cls, fields)
     return obj

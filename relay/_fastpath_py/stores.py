@@ -96,7 +96,7 @@ class MemoryAppender:
                 log = logs[conversation] = untracked([])
                 orders[conversation] = untracked([])
             seq = len(log) + 1
-            if message.meta is None:
+            if message.meta is None and message.e2e is None:
                 row = untracked((conversation, seq, *message[1:]))
                 stored = record(stored_cls, row)
             else:
@@ -116,7 +116,7 @@ class MemoryAppender:
 
 #: StoredMessage's optional columns, in the order of the bits of a row's `present` mask: a row's
 #: parameters are pos, conversation, seq, id, sender_id, text, server_timestamp, then those of
-#: these it sets, in this order (meta as its JSON text)
+#: these it sets, in this order (meta and e2e as their JSON text)
 ROW_OPTIONAL = (
     "recipient_id",
     "group_id",
@@ -124,6 +124,7 @@ ROW_OPTIONAL = (
     "sender_avatar",
     "client_timestamp",
     "meta",
+    "e2e",
 )
 
 
@@ -163,6 +164,7 @@ def sqlite_rows(
                 avatar,
                 stamp,
                 meta,
+                e2e,
             ) = m
             tip = tips.get(conversation)
             if tip is None:
@@ -184,6 +186,8 @@ def sqlite_rows(
                 present |= 16
             if meta is not None:
                 present |= 32
+            if e2e is not None:
+                present |= 64
             params = rows.get(present)
             if params is None:
                 params = rows[present] = []
@@ -199,10 +203,13 @@ def sqlite_rows(
                     params.append(avatar)
                 if stamp is not None:
                     params.append(stamp)
-            if meta is None:
+            if meta is None and e2e is None:
                 stored = record(stored_cls, (conversation, seq, *m[1:]))
             else:
-                params.append(orjson.dumps(meta).decode())
+                if meta is not None:
+                    params.append(orjson.dumps(meta).decode())
+                if e2e is not None:
+                    params.append(orjson.dumps(e2e).decode())
                 stored = m.stored(seq)  # its own copy of `meta`
             results.append(record(appended_cls, (stored, False)))
         answers.append(results)

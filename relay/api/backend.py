@@ -36,7 +36,7 @@ from relay.store.base import Group, StoredMessage, direct_conversation, group_co
 
 #: Fields a publish body may carry (the contract's, plus senderName as a client may send it).
 PUBLISH_FIELDS = frozenset(
-    {"senderId", "recipientId", "groupId", "text", "id", "meta", "senderName"}
+    {"senderId", "recipientId", "groupId", "text", "id", "meta", "senderName", "e2e"}
 )
 #: The longest close reason a close frame can carry (RFC 6455: 125 bytes less the code).
 CLOSE_REASON_MAX = 123
@@ -61,7 +61,8 @@ class ApiBackend:
 
     # --- publish ----------------------------------------------------------------------------------
     async def publish(self, body: object) -> Published:
-        """Publish `body` ({senderId, recipientId|groupId, text, id?, meta?, senderName?})."""
+        """Publish `body` ({senderId, recipientId|groupId, text|e2e, id?, meta?,
+        senderName?})."""
         if not isinstance(body, dict):
             raise FrameError("bad_frame", "the body must be a JSON object")
         for name, value in body.items():
@@ -72,19 +73,20 @@ class ApiBackend:
         sender = body.get("senderId")
         if not isinstance(sender, str) or not sender:
             raise invalid("senderId", "is required (a non-empty string)")
-        if "text" not in body:
-            raise invalid("text", "is required")
+        if "text" not in body and "e2e" not in body:
+            raise invalid("text", "is required (or e2e, for an encrypted message)")
         message_id = body.get("id")
         if message_id is not None and not isinstance(message_id, str):
             raise invalid("id", "must be a string")
         stored: StoredMessage = await self.service.publish(
             sender_id=sender,
-            text=body["text"],
+            text=body.get("text"),
             recipient_id=body.get("recipientId"),
             group_id=body.get("groupId"),
             message_id=message_id,
             sender_name=body.get("senderName"),
             meta=body.get("meta"),
+            e2e=body.get("e2e"),
         )
         return Published(stored.id, stored.seq, stored.server_timestamp)
 
@@ -115,7 +117,9 @@ class ApiBackend:
             text = query.get(name)
             if text is None:
                 continue
-            if not text.isascii() or not text.isdigit() or len(text) > 20:
+            # past 64 bits JSON cannot carry it to the parser (orjson): refused here, as a 5xx
+            # would otherwise be
+            if not text.isascii() or not text.isdigit() or len(text) > 20 or int(text) >> 64:
                 raise invalid(name, "must be a whole number")
             obj[name] = int(text)
         frame = _frame(obj, self.service)

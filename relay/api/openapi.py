@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay.api.backend import CLOSE_REASON_MAX
+from relay.fastpath import E2E_BOXES_MAX, E2E_BYTES_MAX, E2E_SUITE
 from relay.protocol import Limits
 from relay.protocol.limits import (
     GROUP_NAME_MAX,
@@ -53,6 +54,33 @@ ERROR_CODES = [
 
 def _ident(description: str) -> dict[str, Any]:
     return {"type": "string", "minLength": 1, "maxLength": IDENT_MAX, "description": description}
+
+
+#: an encrypted message's object (docs/PROTOCOL.md, "Encrypted messages"): checked for shape
+#: and size only, stored and returned untouched; a message with it has no text
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})+$|^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)$"
+_E2E: dict[str, Any] = {
+    "type": "object",
+    "required": ["v", "suite", "senderDevice", "boxes"],
+    "additionalProperties": False,
+    "properties": {
+        "v": {"const": 1},
+        "suite": {"const": E2E_SUITE},
+        "senderDevice": {"type": "string", "minLength": 1, "maxLength": IDENT_MAX},
+        "boxes": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": E2E_BOXES_MAX,
+            "propertyNames": {"minLength": 1, "maxLength": IDENT_MAX},
+            "additionalProperties": {
+                "type": "string",
+                "description": "standard base64, padded",
+                "pattern": _BASE64,
+            },
+        },
+    },
+    "description": f"an end-to-end encrypted message, at most {E2E_BYTES_MAX} bytes as JSON",
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -104,9 +132,9 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         },
         "Publish": {
             "type": "object",
-            "required": ["senderId", "text"],
+            "required": ["senderId"],
             "additionalProperties": False,
-            "description": "Exactly one of recipientId and groupId.",
+            "description": "Exactly one of recipientId and groupId; text, or e2e (encrypted).",
             "properties": {
                 "senderId": _ident("who the message is from"),
                 "recipientId": _ident("the recipient of a 1:1 message"),
@@ -123,8 +151,13 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                     "type": "object",
                     "description": f"at most {limits.max_meta_bytes} bytes as JSON",
                 },
+                "e2e": _E2E,
             },
             "oneOf": [{"required": ["recipientId"]}, {"required": ["groupId"]}],
+            "anyOf": [
+                {"required": ["text"], "not": {"required": ["e2e"]}},
+                {"required": ["e2e"], "not": {"required": ["text"]}},
+            ],
         },
         "Published": {
             "type": "object",
@@ -150,7 +183,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
         "Message": {
             "type": "object",
             "description": "A message as the `message` frame and `history` carry it.",
-            "required": ["type", "id", "seq", "senderId", "text", "timestamp", "status"],
+            "required": ["type", "id", "seq", "senderId", "timestamp", "status"],
             "properties": {
                 "type": {"const": "message"},
                 "id": {"type": "string"},
@@ -163,6 +196,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                 "serverTimestamp": {"type": "string"},
                 "senderName": {"type": "string"},
                 "meta": {"type": "object"},
+                "e2e": _E2E,
                 "status": {"type": "string", "enum": ["sent", "delivered", "read"]},
             },
         },

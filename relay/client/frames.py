@@ -4,7 +4,8 @@ Sans-IO and stateless: pure functions over decoded JSON objects (`Frame`) and th
 model.py. The state (state.py) and the connection (link.py) read and write frames only here.
 
 Invariants:
-- `parse_message` never raises: a frame without a string `senderId`, `id` and `text` gives None.
+- `parse_message` never raises: a frame without a string `senderId`, `id` and `text` (or an
+  `e2e` object in its place) gives None.
 - A frame names a conversation by `groupId` (a group) before `peerId` / `recipientId` (direct).
 - `message_frame(msg)` is the same frame for the same message, so a message written again after
   a reconnect carries its first id and the relay stores it once.
@@ -76,6 +77,12 @@ def parse_message(frame: Frame, user_id: str) -> Message | None:
     sender = frame.get("senderId")
     mid = frame.get("id")
     text = frame.get("text")
+    e2e = frame.get("e2e")
+    if text is None and (isinstance(e2e, dict) or e2e is True):  # encrypted: no text
+        text = ""
+        e2e = e2e if isinstance(e2e, dict) else {}
+    else:
+        e2e = None
     if not isinstance(sender, str) or not isinstance(mid, str) or not isinstance(text, str):
         return None
     gid = frame.get("groupId")
@@ -103,6 +110,7 @@ def parse_message(frame: Frame, user_id: str) -> Message | None:
         recipient_id=rid if isinstance(rid, str) else None,
         group_id=gid if isinstance(gid, str) else None,
         meta=frame.get("meta") if isinstance(frame.get("meta"), dict) else None,
+        e2e=e2e,
     )
 
 

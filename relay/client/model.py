@@ -119,6 +119,9 @@ class Message:
     group_id: str | None = None
     meta: dict[str, Any] | None = None
     reason: str | None = None  # why it failed
+    # an encrypted message's e2e object (open it with relay.client.e2e.open_e2e); its text is
+    # then "". {} in a conversation preview, which says only that the last message is encrypted
+    e2e: dict[str, Any] | None = None
 
 
 @frozen

@@ -225,12 +225,13 @@ class Pipeline:
         self,
         *,
         sender_id: str,
-        text: str,
+        text: str | None,
         recipient_id: str | None = None,
         group_id: str | None = None,
         message_id: str | None = None,
         sender_name: str | None = None,
         meta: dict[str, Any] | None = None,
+        e2e: dict[str, Any] | None = None,
     ) -> StoredMessage:
         """Send a message as `sender_id` from inside the process (no connection): the same
         checks as a client's message but the rate limit (raises MessageRefused, a FrameError,
@@ -252,6 +253,8 @@ class Pipeline:
             "senderName": sender_name,
             "meta": meta,
         }
+        if e2e is not None:  # an encrypted message: its object, and no text (None: absent)
+            obj["e2e"] = e2e
         ctx = self._ctx
         frame = validate_message(obj, ctx.limits, message_id=mid)
         if frame.group_id is not None:
@@ -379,6 +382,7 @@ class Pipeline:
                 author.user_avatar if sender_avatar is None else sender_avatar,
                 frame.client_timestamp,
                 frame.meta,
+                frame.e2e,
             ),
         )
         return message, audience

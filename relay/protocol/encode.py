@@ -148,6 +148,9 @@ def conversation_item(
     item["lastMessage"] = (
         message_dict(summary.last_message) if summary.last_message is not None else None
     )
+    last = item["lastMessage"]
+    if last is not None and "e2e" in last:  # a preview never carries the boxes: only the flag
+        last["e2e"] = True
     item["unread"] = summary.unread
     item["lastSeq"] = summary.last_seq
     item["readSeq"] = summary.read_seq

@@ -43,6 +43,7 @@ class MessageFrame(NamedTuple):
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
     ref: str | None = None
+    e2e: dict[str, Any] | None = None  # an encrypted message (text is then "")
 
 
 @frozen

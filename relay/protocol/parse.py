@@ -32,7 +32,15 @@ from typing import Any
 import orjson
 
 from relay.errors import FrameError
-from relay.fastpath import MESSAGE_FAULTS, decode_message, message_fault
+from relay.fastpath import (
+    E2E_BOXES_MAX,
+    E2E_BYTES_MAX,
+    E2E_SUITE,
+    E2E_VERSION,
+    MESSAGE_FAULTS,
+    decode_message,
+    message_fault,
+)
 from relay.protocol.calls import (
     parse_call_accept,
     parse_call_end,
@@ -272,6 +280,18 @@ _WHY: dict[str, tuple[str, str, str]] = {
     "meta:type": ("invalid", "meta", "must be an object"),
     "meta:deep": ("invalid", "meta", f"nests deeper than {META_DEPTH_MAX} objects and arrays"),
     "meta:long": ("too_long", "meta", "larger than {max_meta_bytes} bytes as JSON"),
+    # an encrypted message (docs/PROTOCOL.md, "End-to-end encrypted messages")
+    "e2e:type": ("invalid", "e2e", "must be an object of v, suite, senderDevice and boxes"),
+    "e2e:text": ("invalid", "text", "an e2e message carries no text"),
+    "e2e:v": ("invalid", "e2e", f"v must be {E2E_VERSION}"),
+    "e2e:suite": ("invalid", "e2e", f"suite must be {E2E_SUITE!r}"),
+    "e2e:senderDevice": ("invalid", "e2e", f"senderDevice must be 1-{IDENT_MAX} characters"),
+    "e2e:boxes": (
+        "invalid",
+        "e2e",
+        f"boxes must map 1-{E2E_BOXES_MAX} device ids to standard base64 strings",
+    ),
+    "e2e:long": ("too_long", "e2e", f"larger than {E2E_BYTES_MAX} bytes as JSON"),
 }
 #: _WHY of fault number k at k - 1 (a KeyError here: a fault of the fast path with no answer)
 _REFUSALS = tuple(_WHY[name] for name in MESSAGE_FAULTS[1:])
@@ -304,9 +324,10 @@ def _message_frame(
         raise _refusal(obj, ident, ref, fault, limits)
     assert isinstance(ident, str)  # message_fault checked it
     get = obj.get
+    e2e = get("e2e")
     return MessageFrame(
         ident,
-        obj["text"],
+        obj["text"] if e2e is None else "",
         get("senderId"),
         get("recipientId"),
         get("groupId"),
@@ -315,6 +336,7 @@ def _message_frame(
         get("timestamp"),
         get("meta"),
         ref,
+        e2e,
     )
 
 

@@ -76,6 +76,7 @@ class NewMessage(NamedTuple):
     sender_avatar: str | None = None
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
+    e2e: dict[str, Any] | None = None  # an encrypted message's e2e object; its text is ""
 
     def stored(self, seq: int) -> StoredMessage:
         """This message as stored with sequence number `seq` (its own copy of `meta`)."""
@@ -92,6 +93,7 @@ class NewMessage(NamedTuple):
             sender_avatar=self.sender_avatar,
             client_timestamp=self.client_timestamp,
             meta=dict(self.meta) if self.meta is not None else None,
+            e2e=self.e2e,
         )
 
 
@@ -110,6 +112,7 @@ class StoredMessage(NamedTuple):
     sender_avatar: str | None = None
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
+    e2e: dict[str, Any] | None = None  # stored and forwarded untouched; text is then ""
 
 
 class Appended(NamedTuple):

@@ -53,6 +53,9 @@ nothing itself (indexed_pos 0): the indexer works through the existing messages.
 
 Version 8: `device_keys`, one row per device that published end-to-end keys (keys_publish):
 public keys and signature as base64 text, replaced by a newer publish.
+
+Version 9: `messages.e2e`, an encrypted message's e2e object as its JSON text (NULL for a
+plain message); such a message's `text` is '' so the search indexer finds nothing to index.
 """
 
 from __future__ import annotations
@@ -201,6 +204,10 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at TEXT NOT NULL,
         PRIMARY KEY (user_id, device_id)
     ) WITHOUT ROWID;
+    """,
+    # 9: an encrypted message's e2e object, as its JSON text (its text column is then '')
+    """
+    ALTER TABLE messages ADD COLUMN e2e TEXT;
     """,
 )
 

@@ -155,3 +155,34 @@ async def test_without_keys_the_api_is_404(nursery: trio.Nursery) -> None:
     assert (await http_get(relay, "/api/v1/openapi.json"))[0] == 404
     assert base_url(relay)  # the relay serves otherwise
     assert await http_get(relay, "/healthz") == (200, b"ok")
+
+
+async def test_an_encrypted_publish_is_stored_and_forwarded_untouched(sqlite_relay: Relay) -> None:
+    relay = sqlite_relay
+    e2e = {
+        "v": 1,
+        "suite": "hpke-x25519-sha256-aes256gcm",
+        "senderDevice": "server",
+        "boxes": {"phone": "QUJD", "watch": "QUI="},
+    }
+    async with user(relay, "bob") as bob, api_client(relay) as api:
+        r = await api.post(
+            "/api/v1/publish", json={"senderId": "ann", "recipientId": "bob", "e2e": e2e}
+        )
+        assert r.status_code == 200, r.text
+        live = await bob.expect("message", id=r.json()["id"])
+        assert live["e2e"] == e2e and "text" not in live
+        # an object and a text at once, or a box that is not base64: refused, nothing stored
+        for body, field in (
+            ({"text": "hi", "e2e": e2e}, "text"),
+            ({"e2e": {**e2e, "boxes": {"phone": "no!"}}}, "e2e"),
+        ):
+            bad = await api.post(
+                "/api/v1/publish", json={"senderId": "ann", "recipientId": "bob", **body}
+            )
+            assert bad.status_code == 400, bad.text
+            assert (bad.json()["error"]["code"], bad.json()["error"]["field"]) == (
+                "invalid",
+                field,
+            )
+        assert await bob.quiet(0.3, "message") == []

@@ -429,6 +429,20 @@ json_meta = st.none() | st.dictionaries(
     ),
     max_size=3,
 )
+# e2e objects: the valid shape (v, suite, senderDevice, boxes of base64) and its near misses
+E2E_SUITE = "hpke-x25519-sha256-aes256gcm"
+base64_box = st.sampled_from(["", "QQ==", "QUI=", "QUJD", "QUJD=", "QU=J", "QQ===", "Q!==", "é==="])
+valid_e2e = st.fixed_dictionaries(
+    {
+        "v": st.sampled_from([1, 1, 2, True, "1"]),
+        "suite": st.sampled_from([E2E_SUITE, E2E_SUITE, "x"]),
+        "senderDevice": st.sampled_from(["d1", "", "d" * 200]),
+        "boxes": st.dictionaries(
+            st.sampled_from(["d1", "d2", "", "d" * 200]), base64_box, max_size=3
+        ),
+    }
+)
+json_e2e = st.none() | valid_e2e | valid_e2e.map(lambda e: {**e, "extra": 1})
 
 
 # integers the compiled writer formats itself (a long long) and those it leaves to the twin
@@ -461,6 +475,7 @@ def both_ways(call: Callable[[ModuleType], Any]) -> tuple[Any, Any]:
     avatar=maybe_text,
     client_stamp=maybe_text,
     meta=json_meta,
+    e2e=json_e2e,
 )
 def test_delivery_frames_agree(
     compiled: ModuleType,
@@ -475,15 +490,20 @@ def test_delivery_frames_agree(
     avatar: str | None,
     client_stamp: str | None,
     meta: dict[str, Any] | None,
+    e2e: dict[str, Any] | None,
 ) -> None:
     message = StoredMessage(
-        "c", seq, ident, sender, text, stamp, peer, group, name, avatar, client_stamp, meta
+        "c", seq, ident, sender, text, stamp, peer, group, name, avatar, client_stamp, meta, e2e
     )
     fast, slow = both_ways(lambda m: m.encode_delivery(message))
     assert fast == slow
     if isinstance(fast, bytes):  # and it is the contract's frame
         body = orjson.loads(pure.FrameParser(1 << 20).feed(mask(fast))[0][1])
-        assert body["seq"] == seq and body["text"] == text and body["status"] == "delivered"
+        assert body["seq"] == seq and body["status"] == "delivered"
+        if e2e is None:
+            assert body["text"] == text and "e2e" not in body
+        else:  # an encrypted message: its e2e object untouched, no text
+            assert body["e2e"] == e2e and "text" not in body
 
 
 @SETTINGS
@@ -566,8 +586,11 @@ MESSAGE_FIELDS = (
     "senderAvatar",
     "timestamp",
     "meta",
+    "e2e",
 )
-message_dicts = st.fixed_dictionaries({}, optional=dict.fromkeys(MESSAGE_FIELDS, field_value))
+message_dicts = st.fixed_dictionaries(
+    {}, optional={**dict.fromkeys(MESSAGE_FIELDS, field_value), "e2e": field_value | json_e2e}
+)
 # limits around the values drawn (and the protocol's): (message_id_max, ident_max,
 # short_text_max, max_text_chars, max_meta_bytes, max_meta_depth, max_frame_depth >= 1)
 message_rules = st.tuples(
@@ -652,7 +675,7 @@ def test_records_agree(compiled: ModuleType, items: list[Any]) -> None:
 
 
 def test_a_record_reads_like_its_class(compiled: ModuleType) -> None:
-    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None)
+    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None, None)
     message = compiled.record(StoredMessage, fields)
     assert message == StoredMessage(*fields)
     assert (message.seq, message.sender_id, message.recipient_id) == (17, "ann", "bob")
@@ -696,6 +719,7 @@ def new_messages(draw: st.DrawFn) -> list[NewMessage]:
                 None,
                 draw(st.one_of(st.none(), st.just("2026-11-26T00:00:00Z"))),
                 draw(st.one_of(st.none(), st.dictionaries(st.text(max_size=2), st.integers()))),
+                draw(json_e2e),
             )
         )
     return out
@@ -837,10 +861,12 @@ def test_sqlite_rows_agree(
             assert (conversation, seq, ident) == (message.conversation, message.seq, message.id)
             optional = [getattr(message, name) for name in compiled.ROW_OPTIONAL]
             assert present == sum(1 << b for b, v in enumerate(optional) if v is not None)
-            *columns, meta = optional
+            *columns, meta, e2e = optional
             expected = [v for v in columns if v is not None]
             if meta is not None:
                 expected.append(orjson.dumps(meta).decode())
+            if e2e is not None:
+                expected.append(orjson.dumps(e2e).decode())
             assert params[i + 7 : i + width] == expected
 
 
@@ -976,6 +1002,11 @@ def message_payloads(draw: st.DrawFn) -> bytes:
         )
     )
     items += draw(st.lists(st.tuples(st.sampled_from(MESSAGE_KEYS), wire_value), max_size=3))
+    encrypted = draw(st.sampled_from(["no", "no", "instead", "instead", "also", "string"]))
+    if encrypted != "no":  # an e2e message: its object instead of the text, or beside it
+        if encrypted == "instead":
+            items = [item for item in items if item[0] != "text"]
+        items.append(("e2e", "x" if encrypted == "string" else draw(json_e2e)))
     items = draw(st.permutations(items))
     sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t"), (",", ": ")]))
     pad = draw(st.sampled_from(["", " ", "\n", "\r\n\t "]))

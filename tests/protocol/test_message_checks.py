@@ -27,6 +27,8 @@ from relay.protocol import (
 )
 
 LIMITS = Limits(max_text_chars=10, max_meta_bytes=30)
+#: a valid e2e object (the relay reads its shape only: the box is any base64)
+E2E = {"v": 1, "suite": fastpath.E2E_SUITE, "senderDevice": "d1", "boxes": {"d2": "QUJD"}}
 
 # fault name -> the message's fields (id "m1" unless given) -> (error class, code, message,
 # field, echoed peerId, echoed groupId)
@@ -171,6 +173,76 @@ CASES: list[tuple[str, dict[str, Any], tuple[type[FrameError], str, str, str, An
         {"groupId": "g", "text": "hi", "meta": {"k": "v" * 40}},
         (MessageRefused, "too_long", "meta: larger than 30 bytes as JSON", "meta", None, "g"),
     ),
+    (
+        "e2e:type",
+        {"groupId": "g", "e2e": {**E2E, "x": 1}},
+        (
+            MessageRefused,
+            "invalid",
+            "e2e: must be an object of v, suite, senderDevice and boxes",
+            "e2e",
+            None,
+            "g",
+        ),
+    ),
+    (
+        "e2e:text",
+        {"groupId": "g", "text": "hi", "e2e": E2E},
+        (MessageRefused, "invalid", "text: an e2e message carries no text", "text", None, "g"),
+    ),
+    (
+        "e2e:v",
+        {"groupId": "g", "e2e": {**E2E, "v": 2}},
+        (MessageRefused, "invalid", "e2e: v must be 1", "e2e", None, "g"),
+    ),
+    (
+        "e2e:suite",
+        {"groupId": "g", "e2e": {**E2E, "suite": "rot13"}},
+        (
+            MessageRefused,
+            "invalid",
+            f"e2e: suite must be {fastpath.E2E_SUITE!r}",
+            "e2e",
+            None,
+            "g",
+        ),
+    ),
+    (
+        "e2e:senderDevice",
+        {"groupId": "g", "e2e": {**E2E, "senderDevice": ""}},
+        (
+            MessageRefused,
+            "invalid",
+            f"e2e: senderDevice must be 1-{IDENT_MAX} characters",
+            "e2e",
+            None,
+            "g",
+        ),
+    ),
+    (
+        "e2e:boxes",
+        {"groupId": "g", "e2e": {**E2E, "boxes": {"d2": "not base64!"}}},
+        (
+            MessageRefused,
+            "invalid",
+            f"e2e: boxes must map 1-{fastpath.E2E_BOXES_MAX} device ids to standard base64 strings",
+            "e2e",
+            None,
+            "g",
+        ),
+    ),
+    (
+        "e2e:long",
+        {"groupId": "g", "e2e": {**E2E, "boxes": {"d2": "QUJD" * 40000, "d3": "QUJD" * 40000}}},
+        (
+            MessageRefused,
+            "too_long",
+            f"e2e: larger than {fastpath.E2E_BYTES_MAX} bytes as JSON",
+            "e2e",
+            None,
+            "g",
+        ),
+    ),
 ]
 
 
@@ -208,6 +280,14 @@ def test_a_published_message_gets_the_same_answer(
     _, code, message, field, peer, group = answer
     assert (exc.code, exc.message, exc.field) == (code, message, field)
     assert (exc.message_id, exc.ref, exc.peer_id, exc.group_id) == ("p1", "p1", peer, group)
+
+
+def test_an_e2e_message_has_no_text_and_carries_its_object_untouched() -> None:
+    for fields in ({"groupId": "g", "e2e": E2E}, {"groupId": "g", "e2e": E2E, "text": None}):
+        parsed = parse_client_frame(orjson.dumps({"type": "message", "id": "m1", **fields}), LIMITS)
+        assert isinstance(parsed, MessageFrame)
+        assert (parsed.text, parsed.e2e) == ("", E2E)
+        assert validate_message(fields, LIMITS, message_id="m1") == parsed._replace(ref=None)
 
 
 def test_a_valid_message_reads_the_same_from_both_entries() -> None:

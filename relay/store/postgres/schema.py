@@ -102,6 +102,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     INSERT INTO positions (id, last_pos) VALUES (0, 0)
     """,
+    # 2: an encrypted message's e2e object, as its JSON text (its text column is then '')
+    """
+    ALTER TABLE messages ADD COLUMN e2e TEXT
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

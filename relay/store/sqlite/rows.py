@@ -2,7 +2,7 @@
 sqlite3 error as a reason an operator can act on.
 
 Invariant: `COLUMNS` is the order of every message SELECT, and `message` reads a row in that
-order (the stored `meta` is its JSON text, NULL for none).
+order (the stored `meta` and `e2e` are their JSON text, NULL for none).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from relay.store.base import StoredMessage
 
 COLUMNS: Final = (
     "conversation, seq, id, sender_id, text, server_timestamp, recipient_id, group_id, "
-    "sender_name, sender_avatar, client_timestamp, meta"
+    "sender_name, sender_avatar, client_timestamp, meta, e2e"
 )
 
 _REASONS: Final = {
@@ -57,4 +57,5 @@ def message(row: Sequence[Any]) -> StoredMessage:
         sender_avatar=row[9],
         client_timestamp=row[10],
         meta=orjson.loads(row[11]) if row[11] is not None else None,
+        e2e=orjson.loads(row[12]) if row[12] is not None else None,
     )
