@@ -100,6 +100,15 @@ async def test_a_message_carries_its_files_to_the_recipient_only(
         await bob.send({"type": "conversations", "ref": "c1"})
         (item,) = (await bob.expect("conversations", ref="c1"))["items"]
         assert item["lastMessage"]["attachments"] == [record]
+        # search finds a message with files by its text, and returns its attachments
+        with trio.fail_after(10):
+            while True:
+                await bob.send({"type": "search", "query": "again", "ref": "s1"})
+                found = await bob.expect("search_result", ref="s1")
+                if found["items"]:
+                    break
+                await trio.sleep(0.05)
+        assert [(m["id"], m["attachments"]) for m in found["items"]] == [("m2", [record])]
 
 
 async def test_a_file_a_message_carries_survives_the_uploads_sweep(
