@@ -155,3 +155,12 @@ async def test_the_client_sends_a_file_and_the_recipient_reads_it(
         assert info.sha256 == hashlib.sha256(PNG).hexdigest()
         data = b"".join([chunk async for chunk in bob.download(info.file_id)])
         assert data == PNG
+
+
+def test_a_message_with_files_crosses_between_cluster_nodes_whole() -> None:
+    from relay.cluster import envelope
+    from relay.store.base import StoredMessage
+
+    files = [{"fileId": "f" * 24, "name": "a.png", "size": 3, "mime": "image/png", "sha256": "0"}]
+    message = StoredMessage("d:a:b", 4, "m1", "a", "", "t", "b", attachments=files)
+    assert envelope.decode_message(envelope.encode_message(message)) == message
