@@ -164,3 +164,30 @@ def test_a_message_with_files_crosses_between_cluster_nodes_whole() -> None:
     files = [{"fileId": "f" * 24, "name": "a.png", "size": 3, "mime": "image/png", "sha256": "0"}]
     message = StoredMessage("d:a:b", 4, "m1", "a", "", "t", "b", attachments=files)
     assert envelope.decode_message(envelope.encode_message(message)) == message
+
+
+async def test_a_file_sent_to_a_group_is_read_by_its_members_only(
+    nursery: trio.Nursery, raw: Any, kit: Any, tmp_path: Path
+) -> None:
+    relay = await start_relay(nursery, files_dir=str(tmp_path / "files"))
+    port = relay.address.port  # type: ignore[union-attr]
+    async with (
+        raw(relay.url, "ann") as ann,
+        raw(relay.url, "bob") as bob,
+        raw(relay.url, "cy") as cy,
+    ):
+        await ann.send({"type": "group_create", "groupId": "team", "members": ["bob"]})
+        await ann.expect("group")
+        up = await kit.http(
+            port, "POST", "/files", headers=_auth(ann.auth_ok["httpToken"]), body=PNG
+        )
+        record = up.json()
+        await ann.send(
+            {"type": "message", "id": "g1", "groupId": "team", "attachments": [{"fileId": record["fileId"]}]}
+        )  # fmt: skip
+        assert (await ann.expect("receipt", id="g1"))["status"] == "sent"
+        assert (await bob.expect("message", id="g1"))["attachments"] == [record]
+        target = f"/files/{record['fileId']}"
+        member = await kit.http(port, "GET", target, headers=_auth(bob.auth_ok["httpToken"]))
+        outsider = await kit.http(port, "GET", target, headers=_auth(cy.auth_ok["httpToken"]))
+        assert (member.status, member.body, outsider.status) == (200, PNG, 404)
