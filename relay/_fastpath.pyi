@@ -59,6 +59,11 @@ E2E_BYTES_MAX: int
 
 def e2e_fault(e2e: object, text: object, ident_max: int) -> int: ...
 
+ATTACHMENTS_MAX: int
+ATTACHMENT_ID_MAX: int
+
+def attachments_fault(attachments: object, e2e: object) -> int: ...
+
 _Rules = tuple[int, int, int, int, int, int, int]
 
 def message_fault(obj: Mapping[str, Any], message_id: object, rules: _Rules) -> int: ...

@@ -618,6 +618,8 @@ def message_dict(message, status="delivered"):
     body["serverTimestamp"] = message.server_timestamp
     if message.meta is not None:
         body["meta"] = message.meta
+    if message.attachments is not None:
+        body["attachments"] = message.attachments
     return body
 
 
@@ -828,12 +830,12 @@ cdef inline bint _str_or_none(object value) noexcept:
 def encode_delivery(message):
     """The delivery frame of a stored message: a text frame of its contract shape with status
     `delivered`, seq and serverTimestamp (the twin: message_dict through orjson)."""
-    cdef _Part parts[14]
+    cdef _Part parts[15]
     cdef int k = 0
     cdef char seq_buf[24]
     cdef long long seq_value
     cdef tuple m
-    if not isinstance(message, tuple) or len(message) != 13:
+    if not isinstance(message, tuple) or len(message) != 14:
         raise TypeError("encode_delivery needs a StoredMessage")
     m = <tuple>message  # a StoredMessage: a tuple subclass, read by index
     ident = m[2]
@@ -847,6 +849,7 @@ def encode_delivery(message):
     client_ts = m[10]
     meta = m[11]
     e2e = m[12]
+    attachments = m[13]
     seq = m[1]
     if not (
         type(ident) is str and type(sender) is str and type(text) is str
@@ -881,6 +884,9 @@ def encode_delivery(message):
         if meta is not None:
             meta_json = _orjson_dumps(meta)
             _set_raw(&parts[k], b',"meta":', 8, meta_json); k += 1
+        if attachments is not None:
+            attachments_json = _orjson_dumps(attachments)
+            _set_raw(&parts[k], b',"attachments":', 15, attachments_json); k += 1
     except UnicodeEncodeError:  # a lone surrogate: orjson's error, through the twin
         return _delivery_by_dict(message)
     return _text_frame_of(parts, k)
@@ -960,7 +966,12 @@ MESSAGE_FAULTS = (
     "e2e:senderDevice",
     "e2e:boxes",
     "e2e:long",
+    "attachments:type",
 )
+
+# a message's files, as the twin's
+ATTACHMENTS_MAX = 10
+ATTACHMENT_ID_MAX = 64
 
 # the e2e object's fixed shape, as the twin's
 E2E_VERSION = 1
@@ -981,6 +992,7 @@ cdef enum:
     _FAULT_META_DEEP = 19
     _FAULT_META_LONG = 20
     _FAULT_E2E = 21  # then the other e2e answers, in MESSAGE_FAULTS' order
+    _FAULT_ATTACHMENTS = 28
 
 
 cdef struct _Rules:
@@ -1066,6 +1078,21 @@ cdef bint _base64(object value):
     return _B64.issuperset(body.encode())
 
 
+def attachments_fault(attachments, e2e):
+    """The twin's attachments_fault (the attachment list's shape), compiled."""
+    if type(attachments) is not list or e2e is not None:
+        return _FAULT_ATTACHMENTS
+    if not 0 < len(<list>attachments) <= ATTACHMENTS_MAX:
+        return _FAULT_ATTACHMENTS
+    for item in <list>attachments:
+        if type(item) is not dict:
+            return _FAULT_ATTACHMENTS
+        file_id = (<dict>item).get("fileId")
+        if type(file_id) is not str or not 0 < len(<str>file_id) <= ATTACHMENT_ID_MAX:
+            return _FAULT_ATTACHMENTS
+    return 0
+
+
 def e2e_fault(e2e, text, Py_ssize_t ident_max):
     """The twin's e2e_fault (the e2e object's checks), compiled."""
     if type(e2e) is not dict:
@@ -1096,7 +1123,7 @@ def e2e_fault(e2e, text, Py_ssize_t ident_max):
 cdef int _fault(
     object ident, object peer, object group, object sender, object name, object avatar,
     object stamp, object text, object meta, _Rules* r, bint meta_shallow=False,
-    object e2e=None,
+    object e2e=None, object attachments=None,
 ) except -1:
     """The checks; `meta_shallow`: the caller knows meta nests at most max_meta_depth levels
     (decode_message measured the whole frame), so it is not walked again."""
@@ -1123,10 +1150,16 @@ cdef int _fault(
         return _FAULT_STRINGS + 9 + bad
     if (peer is None) == (group is None):
         return _FAULT_ONE_OF
+    if attachments is not None:
+        bad = attachments_fault(attachments, e2e)
+        if bad:
+            return bad
     if e2e is not None:
         bad = e2e_fault(e2e, text, r.ident_max)
         if bad:
             return bad
+    elif text is None and attachments is not None:
+        pass  # files alone: the text is optional
     elif type(text) is not str:
         return _FAULT_TEXT_TYPE
     elif len(<str>text) == 0:
@@ -1150,7 +1183,7 @@ def message_fault(obj, message_id, rules):
     return _fault(
         message_id, d.get("recipientId"), d.get("groupId"), d.get("senderId"),
         d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), d.get("text"),
-        d.get("meta"), r, False, d.get("e2e"),
+        d.get("meta"), r, False, d.get("e2e"), d.get("attachments"),
     )
 
 
@@ -1214,13 +1247,14 @@ cdef inline object _record(type cls, tuple items):
 # MemoryStore.append_now's per-message work (see the twin for what it keeps where): the row is
 # built once from the NewMessage's items with `seq` put second, no slice, no Python frame.
 
-cdef Py_ssize_t _NEW_FIELDS = 12  # NewMessage: conversation, id, sender_id, ..., meta, e2e
+cdef Py_ssize_t _NEW_FIELDS = 13  # NewMessage: conversation, id, ..., meta, e2e, attachments
 cdef Py_ssize_t _F_CONVERSATION = 0
 cdef Py_ssize_t _F_ID = 1
 cdef Py_ssize_t _F_SENDER = 2
 cdef Py_ssize_t _F_GROUP = 6
 cdef Py_ssize_t _F_META = 10
 cdef Py_ssize_t _F_E2E = 11
+cdef Py_ssize_t _F_ATTACHMENTS = 12
 
 
 cdef object _stored_fields(type cls, tuple m, object seq):
@@ -1325,6 +1359,7 @@ cdef class MemoryAppender:
             if (
                 <object>PyTuple_GET_ITEM(m, _F_META) is None
                 and <object>PyTuple_GET_ITEM(m, _F_E2E) is None
+                and <object>PyTuple_GET_ITEM(m, _F_ATTACHMENTS) is None
             ):
                 row = <tuple>_stored_fields(tuple, m, seq)
                 stored = _record(self._stored_cls, row)
@@ -1354,6 +1389,7 @@ ROW_OPTIONAL = (
     "client_timestamp",
     "meta",
     "e2e",
+    "attachments",
 )
 cdef Py_ssize_t _F_TEXT = 3
 cdef Py_ssize_t _F_TIMESTAMP = 4
@@ -1373,7 +1409,7 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
     cdef Py_ssize_t i
     cdef int present
     # objects, never inferred C values: each reference a tuple steals must be the variable's own
-    cdef object seq, conversation, item, meta, e2e, key
+    cdef object seq, conversation, item, meta, e2e, files, key
     for messages in requests:
         results = []
         for message in messages:
@@ -1401,6 +1437,9 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
             e2e = <object>PyTuple_GET_ITEM(m, _F_E2E)
             if e2e is not None:
                 present |= 1 << (_F_E2E - _F_RECIPIENT)
+            files = <object>PyTuple_GET_ITEM(m, _F_ATTACHMENTS)
+            if files is not None:
+                present |= 1 << (_F_ATTACHMENTS - _F_RECIPIENT)
             key = present
             found = rows.get(key)
             if found is None:
@@ -1420,13 +1459,15 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
                 if item is not None:
                     params.append(item)
             meta = <object>PyTuple_GET_ITEM(m, _F_META)
-            if meta is None and e2e is None:
+            if meta is None and e2e is None and files is None:
                 stored = _stored_fields(stored_cls, m, seq)  # the StoredMessage, made in place
             else:
                 if meta is not None:
                     params.append(_orjson_dumps(meta).decode())
                 if e2e is not None:
                     params.append(_orjson_dumps(e2e).decode())
+                if files is not None:
+                    params.append(_orjson_dumps(files).decode())
                 stored = message.stored(seq)  # its own copy of `meta`
             appended = PyType_GenericAlloc(appended_cls, 2)
             Py_INCREF(stored)
@@ -1653,7 +1694,7 @@ def decode_message(payload, rules, type frame_cls):
         return _decode_by_dict(payload, r, frame_cls)
     if ref is None:
         ref = ident
-    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref, None)
+    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref, None, None)
     return record(frame_cls, fields)
 
 
@@ -1673,19 +1714,21 @@ cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
     ident = d.get("id")
     meta = d.get("meta")
     e2e = d.get("e2e")
+    attachments = d.get("attachments")
     if _fault(
         ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
         d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
         depth - 1 <= r.max_meta_depth,  # meta is one level inside the frame
-        e2e,
+        e2e, attachments,
     ):
         return obj
     ref = d.get("ref")
     if type(ref) is not str:
         ref = ident
     fields = (
-        ident, d.get("text") if e2e is None else "", d.get("senderId"), d.get("recipientId"),
+        ident, "" if d.get("text") is None else d.get("text"), d.get("senderId"),
+        d.get("recipientId"),
         d.get("groupId"), d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), meta,
-        ref, e2e,
+        ref, e2e, attachments,
     )
     return record(frame_cls, fields)

@@ -25,7 +25,7 @@ from attrs import define, field
 from relay.api.keys import enabled as api_enabled
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
-from relay.files.service import FileService, IssuesHttpTokens
+from relay.files.service import CarriesFiles, FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
@@ -119,6 +119,8 @@ class Relay:
             # file sharing (contract v2): its sessions' httpTokens authenticate /files
             files = FileService.for_config(self.config, handler.http_tokens)
             files.install(self.routes)
+            if isinstance(handler, CarriesFiles):  # messages' attachments resolve through it
+                handler.ctx.files = files
         if api_enabled(self.config):  # the HTTP API under /api/v1/ (relay.api)
             from relay.api import mount
 

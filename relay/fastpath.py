@@ -19,6 +19,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
 __all__ = [
+    "ATTACHMENTS_MAX",
+    "ATTACHMENT_ID_MAX",
     "E2E_BOXES_MAX",
     "E2E_BYTES_MAX",
     "E2E_SUITE",
@@ -36,6 +38,7 @@ __all__ = [
     "FrameParser",
     "MemoryAppender",
     "Outbox",
+    "attachments_fault",
     "decode_message",
     "e2e_fault",
     "encode_close",
@@ -76,6 +79,8 @@ def _choose() -> tuple[ModuleType, Literal["cython", "python"]]:
 if TYPE_CHECKING:
     # The twin is the reference; relay/_fastpath.pyi declares the same API for the compiled one.
     from relay._fastpath_py import (
+        ATTACHMENT_ID_MAX,
+        ATTACHMENTS_MAX,
         E2E_BOXES_MAX,
         E2E_BYTES_MAX,
         E2E_SUITE,
@@ -92,6 +97,7 @@ if TYPE_CHECKING:
         FrameParser,
         MemoryAppender,
         Outbox,
+        attachments_fault,
         decode_message,
         e2e_fault,
         encode_close,

@@ -184,6 +184,27 @@ class StoreSuite:
         [summary] = await store.conversations("b")
         assert summary.last_message is not None and summary.last_message.e2e is None
 
+    async def test_a_message_keeps_its_attachments(self, store: Store) -> None:
+        files = [
+            {"fileId": "f" * 24, "name": "cat.png", "size": 12, "mime": "image/png",
+             "sha256": "ab" * 32},
+            {"fileId": "g" * 24, "name": "é.txt", "size": 0, "mime": "text/plain",
+             "sha256": "cd" * 32},
+        ]  # fmt: skip
+        [stored] = await put(store, msg("a", "b", text="")._replace(attachments=files))
+        assert (stored.text, stored.attachments) == ("", files)
+        batch = [msg("a", "b", text="see")._replace(attachments=files[:1]), msg("b", "a")]
+        answers = [r.message for r in await store.append_many(batch)]  # a batch, mixed
+        assert [m.attachments for m in answers] == [files[:1], None]
+        page, _ = await store.history(AB)
+        assert [(m.text, m.attachments) for m in page] == [
+            ("", files),
+            ("see", files[:1]),
+            ("text of " + page[2].id, None),
+        ]
+        assert page[0] == stored
+        assert await store.undelivered("b", "") == page[:2]
+
     async def test_sender_and_id_is_an_idempotency_key(self, store: Store) -> None:
         [original] = await put(store, msg("a", "b", id="x1", text="first"))
         listed = await store.conversations("b")

@@ -29,11 +29,14 @@ from relay._fastpath_py.framing import (
     parse_close,
 )
 from relay._fastpath_py.messages import (
+    ATTACHMENT_ID_MAX,
+    ATTACHMENTS_MAX,
     E2E_BOXES_MAX,
     E2E_BYTES_MAX,
     E2E_SUITE,
     E2E_VERSION,
     MESSAGE_FAULTS,
+    attachments_fault,
     decode_message,
     e2e_fault,
     encode_delivery,
@@ -47,6 +50,8 @@ from relay._fastpath_py.records import record, untracked
 from relay._fastpath_py.stores import ROW_OPTIONAL, MemoryAppender, sqlite_rows
 
 __all__ = [
+    "ATTACHMENTS_MAX",
+    "ATTACHMENT_ID_MAX",
     "E2E_BOXES_MAX",
     "E2E_BYTES_MAX",
     "E2E_SUITE",
@@ -63,6 +68,7 @@ __all__ = [
     "FrameParser",
     "MemoryAppender",
     "Outbox",
+    "attachments_fault",
     "decode_message",
     "e2e_fault",
     "encode_close",

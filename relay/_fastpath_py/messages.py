@@ -40,6 +40,8 @@ def message_dict(message: Any, status: str = "delivered") -> dict[str, Any]:
     body["serverTimestamp"] = message.server_timestamp
     if message.meta is not None:
         body["meta"] = message.meta
+    if message.attachments is not None:
+        body["attachments"] = message.attachments
     return body
 
 
@@ -105,6 +107,7 @@ MESSAGE_FAULTS = (
     "e2e:senderDevice",
     "e2e:boxes",
     "e2e:long",
+    "attachments:type",
 )
 _F_ID = 1
 _F_STRINGS = 2  # the first of the six optional strings' pairs of answers (type, length)
@@ -116,6 +119,12 @@ _F_META_TYPE = 18
 _F_META_DEEP = 19
 _F_META_LONG = 20
 _F_E2E = 21  # the first of the e2e answers, in MESSAGE_FAULTS' order
+_F_ATTACHMENTS = 28
+
+#: a message carries 1-ATTACHMENTS_MAX attachments, each an object naming an uploaded file by
+#: its `fileId` (a string of 1-ATTACHMENT_ID_MAX characters)
+ATTACHMENTS_MAX = 10
+ATTACHMENT_ID_MAX = 64
 
 #: the e2e object's fixed shape: the one version and suite the contract names; at most
 #: E2E_BOXES_MAX boxes (a sender's devices and its recipients'), E2E_BYTES_MAX bytes as JSON
@@ -156,6 +165,24 @@ def _base64(value: object) -> bool:
     if len(value) - len(body) > 2 or not body.isascii():
         return False
     return _B64.issuperset(body.encode())
+
+
+def attachments_fault(attachments: object, e2e: object) -> int:
+    """0 when `attachments` is a list of 1-ATTACHMENTS_MAX objects each with a string `fileId`
+    (1-ATTACHMENT_ID_MAX characters) of a message without `e2e`, else _F_ATTACHMENTS. Whether
+    the files exist and are the sender's is the relay's asynchronous check, not this one."""
+    if attachments.__class__ is not list or e2e is not None:
+        return _F_ATTACHMENTS
+    assert isinstance(attachments, list)
+    if not 0 < len(attachments) <= ATTACHMENTS_MAX:
+        return _F_ATTACHMENTS
+    for item in attachments:
+        if item.__class__ is not dict:
+            return _F_ATTACHMENTS
+        file_id = item.get("fileId")
+        if file_id.__class__ is not str or not 0 < len(file_id) <= ATTACHMENT_ID_MAX:
+            return _F_ATTACHMENTS
+    return 0
 
 
 def e2e_fault(e2e: object, text: object, ident_max: int) -> int:
@@ -235,10 +262,17 @@ def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> i
         return _F_ONE_OF
     text = get("text")
     e2e = get("e2e")
+    attachments = get("attachments")
+    if attachments is not None:
+        fault = attachments_fault(attachments, e2e)
+        if fault:
+            return fault
     if e2e is not None:
         fault = e2e_fault(e2e, text, ident_max)
         if fault:
             return fault
+    elif text is None and attachments is not None:
+        pass  # files alone: the text is optional
     elif text.__class__ is not str:
         return _F_TEXT_TYPE
     elif not text:
@@ -258,8 +292,8 @@ def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> i
 
 def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T | Any:
     """A client frame's bytes: a `frame_cls` (MessageFrame: id, text, senderId, recipientId,
-    groupId, senderName, senderAvatar, timestamp, meta, ref, e2e, with ref the id when it is not a
-    string, and text "" when e2e is set) when it is a `message` frame message_fault passes under `rules`, else the decoded
+    groupId, senderName, senderAvatar, timestamp, meta, ref, e2e, attachments, with ref the id
+    when it is not a string, and text "" when e2e or attachments stand in its place) when it is a `message` frame message_fault passes under `rules`, else the decoded
     JSON value (orjson.loads; its JSONDecodeError when not JSON). JSON nesting more than
     `rules[6]` (max_frame_depth, at least 1) objects and arrays raises ValueError, whatever it
     holds. The compiled module reads the usual shape without a dict."""
@@ -274,9 +308,10 @@ def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T 
             if ref.__class__ is not str:
                 ref = ident
             e2e = get("e2e")
+            text = get("text")
             fields = (
                 ident,
-                get("text") if e2e is None else "",
+                "" if text is None else text,
                 get("senderId"),
                 get("recipientId"),
                 get("groupId"),
@@ -286,6 +321,7 @@ def decode_message(payload: bytes | str, rules: Rules, frame_cls: type[T]) -> T 
                 get("meta"),
                 ref,
                 e2e,
+                get("attachments"),
             )
             return record(frame_cls, fields)
     return obj

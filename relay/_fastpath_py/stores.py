@@ -96,7 +96,7 @@ class MemoryAppender:
                 log = logs[conversation] = untracked([])
                 orders[conversation] = untracked([])
             seq = len(log) + 1
-            if message.meta is None and message.e2e is None:
+            if message.meta is None and message.e2e is None and message.attachments is None:
                 row = untracked((conversation, seq, *message[1:]))
                 stored = record(stored_cls, row)
             else:
@@ -116,7 +116,7 @@ class MemoryAppender:
 
 #: StoredMessage's optional columns, in the order of the bits of a row's `present` mask: a row's
 #: parameters are pos, conversation, seq, id, sender_id, text, server_timestamp, then those of
-#: these it sets, in this order (meta and e2e as their JSON text)
+#: these it sets, in this order (meta, e2e and attachments as their JSON text)
 ROW_OPTIONAL = (
     "recipient_id",
     "group_id",
@@ -125,6 +125,7 @@ ROW_OPTIONAL = (
     "client_timestamp",
     "meta",
     "e2e",
+    "attachments",
 )
 
 
@@ -165,6 +166,7 @@ def sqlite_rows(
                 stamp,
                 meta,
                 e2e,
+                attachments,
             ) = m
             tip = tips.get(conversation)
             if tip is None:
@@ -188,6 +190,8 @@ def sqlite_rows(
                 present |= 32
             if e2e is not None:
                 present |= 64
+            if attachments is not None:
+                present |= 128
             params = rows.get(present)
             if params is None:
                 params = rows[present] = []
@@ -203,13 +207,15 @@ def sqlite_rows(
                     params.append(avatar)
                 if stamp is not None:
                     params.append(stamp)
-            if meta is None and e2e is None:
+            if meta is None and e2e is None and attachments is None:
                 stored = record(stored_cls, (conversation, seq, *m[1:]))
             else:
                 if meta is not None:
                     params.append(orjson.dumps(meta).decode())
                 if e2e is not None:
                     params.append(orjson.dumps(e2e).decode())
+                if attachments is not None:
+                    params.append(orjson.dumps(attachments).decode())
                 stored = m.stored(seq)  # its own copy of `meta`
             results.append(record(appended_cls, (stored, False)))
         answers.append(results)

@@ -37,6 +37,7 @@ from relay.store.base import Group, StoredMessage, direct_conversation, group_co
 #: Fields a publish body may carry (the contract's, plus senderName as a client may send it).
 PUBLISH_FIELDS = frozenset(
     {"senderId", "recipientId", "groupId", "text", "id", "meta", "senderName", "e2e"}
+    | {"attachments"}
 )
 #: The longest close reason a close frame can carry (RFC 6455: 125 bytes less the code).
 CLOSE_REASON_MAX = 123
@@ -73,7 +74,7 @@ class ApiBackend:
         sender = body.get("senderId")
         if not isinstance(sender, str) or not sender:
             raise invalid("senderId", "is required (a non-empty string)")
-        if "text" not in body and "e2e" not in body:
+        if "text" not in body and "e2e" not in body and "attachments" not in body:
             raise invalid("text", "is required (or e2e, for an encrypted message)")
         message_id = body.get("id")
         if message_id is not None and not isinstance(message_id, str):
@@ -87,6 +88,7 @@ class ApiBackend:
             sender_name=body.get("senderName"),
             meta=body.get("meta"),
             e2e=body.get("e2e"),
+            attachments=body.get("attachments"),
         )
         return Published(stored.id, stored.seq, stored.server_timestamp)
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 from relay.api.backend import CLOSE_REASON_MAX
-from relay.fastpath import E2E_BOXES_MAX, E2E_BYTES_MAX, E2E_SUITE
+from relay.fastpath import (
+    ATTACHMENT_ID_MAX,
+    ATTACHMENTS_MAX,
+    E2E_BOXES_MAX,
+    E2E_BYTES_MAX,
+    E2E_SUITE,
+)
 from relay.protocol import Limits
 from relay.protocol.limits import (
     GROUP_NAME_MAX,
@@ -110,6 +116,37 @@ _COMMON_ERRORS = {
 }
 
 
+#: the files a published message carries (docs/PROTOCOL.md, "Attachments"): each a file
+#: senderId uploaded (POST /files), else the publish is refused (invalid, field attachments)
+_ATTACHMENTS_SENT: dict[str, Any] = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": ATTACHMENTS_MAX,
+    "items": {
+        "type": "object",
+        "required": ["fileId"],
+        "properties": {
+            "fileId": {"type": "string", "minLength": 1, "maxLength": ATTACHMENT_ID_MAX},
+        },
+    },
+}
+#: the files a stored message carries, as the relay resolved them at publish time
+_ATTACHMENTS: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["fileId", "name", "size", "mime", "sha256"],
+        "properties": {
+            "fileId": {"type": "string"},
+            "name": {"type": "string"},
+            "size": {"type": "integer", "minimum": 0},
+            "mime": {"type": "string"},
+            "sha256": {"type": "string"},
+        },
+    },
+}
+
+
 def _schemas(limits: Limits) -> dict[str, Any]:
     seq = {"type": "integer", "minimum": 1, "maximum": SEQ_MAX}
     return {
@@ -134,7 +171,8 @@ def _schemas(limits: Limits) -> dict[str, Any]:
             "type": "object",
             "required": ["senderId"],
             "additionalProperties": False,
-            "description": "Exactly one of recipientId and groupId; text, or e2e (encrypted).",
+            "description": "Exactly one of recipientId and groupId; text, or e2e (encrypted), "
+            "or attachments (files senderId uploaded) with an optional text.",
             "properties": {
                 "senderId": _ident("who the message is from"),
                 "recipientId": _ident("the recipient of a 1:1 message"),
@@ -152,11 +190,16 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                     "description": f"at most {limits.max_meta_bytes} bytes as JSON",
                 },
                 "e2e": _E2E,
+                "attachments": _ATTACHMENTS_SENT,
             },
             "oneOf": [{"required": ["recipientId"]}, {"required": ["groupId"]}],
             "anyOf": [
                 {"required": ["text"], "not": {"required": ["e2e"]}},
-                {"required": ["e2e"], "not": {"required": ["text"]}},
+                {
+                    "required": ["e2e"],
+                    "not": {"anyOf": [{"required": ["text"]}, {"required": ["attachments"]}]},
+                },
+                {"required": ["attachments"], "not": {"required": ["e2e"]}},
             ],
         },
         "Published": {
@@ -197,6 +240,7 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                 "senderName": {"type": "string"},
                 "meta": {"type": "object"},
                 "e2e": _E2E,
+                "attachments": _ATTACHMENTS,
                 "status": {"type": "string", "enum": ["sent", "delivered", "read"]},
             },
         },

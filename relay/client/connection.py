@@ -305,14 +305,21 @@ class RelayClient:
         *,
         message_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        attachments: Sequence[FileInfo] | None = None,
     ) -> Message:
         """Add a message as `pending` (returned at once) and send it as soon as the link allows.
 
-        `to` is a user id (direct) or a ConversationId. Raises OutboxFull when `max_outbox`
-        messages are unconfirmed, ConnectionLost when the client gave up."""
+        `to` is a user id (direct) or a ConversationId; `attachments` are files this user
+        uploaded (upload_file), 1-10, and `text` may then be "". Raises OutboxFull when
+        `max_outbox` messages are unconfirmed, ConnectionLost when the client gave up."""
         self._check_alive()
         msg, events = self.state.compose(
-            _cid(to), text, timestamp=now_iso(), message_id=message_id, meta=meta
+            _cid(to),
+            text,
+            timestamp=now_iso(),
+            message_id=message_id,
+            meta=meta,
+            attachments=tuple(attachments) if attachments else None,
         )
         self._hub.publish(events)
         self._outgoing.wake()
@@ -496,6 +503,21 @@ class RelayClient:
         return await files.upload(
             self.url, self._token(), data, name=name, mime=mime, context=context
         )
+
+    async def send_file(
+        self,
+        to: Target,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        name: str,
+        mime: str | None = None,
+        text: str = "",
+        context: ssl.SSLContext | None = None,
+    ) -> Message:
+        """Upload a file, then send it in a message to `to` (with `text`, if any): the pending
+        message, as send_message answers."""
+        info = await self.upload_file(data, name=name, mime=mime, context=context)
+        return await self.send_message(to, text, attachments=[info])
 
     async def download(
         self, file_id: str, *, context: ssl.SSLContext | None = None

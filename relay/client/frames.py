@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from relay.client.files import FileInfo
 from relay.client.model import ConversationId, Message, MessageStatus
 
 Frame = dict[str, Any]
@@ -83,6 +84,9 @@ def parse_message(frame: Frame, user_id: str) -> Message | None:
         e2e = e2e if isinstance(e2e, dict) else {}
     else:
         e2e = None
+    attachments = _attachments(frame.get("attachments"))
+    if text is None and attachments:  # files alone: no text
+        text = ""
     if not isinstance(sender, str) or not isinstance(mid, str) or not isinstance(text, str):
         return None
     gid = frame.get("groupId")
@@ -111,7 +115,30 @@ def parse_message(frame: Frame, user_id: str) -> Message | None:
         group_id=gid if isinstance(gid, str) else None,
         meta=frame.get("meta") if isinstance(frame.get("meta"), dict) else None,
         e2e=e2e,
+        attachments=attachments,
     )
+
+
+def _attachments(value: object) -> tuple[FileInfo, ...] | None:
+    """A message's `attachments` as FileInfo, skipping any entry not of the contract's shape;
+    None when it carries none."""
+    if not isinstance(value, list):
+        return None
+    found = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        fid, name, size = item.get("fileId"), item.get("name"), item.get("size")
+        mime, sha256 = item.get("mime"), item.get("sha256")
+        if (
+            isinstance(fid, str)
+            and isinstance(name, str)
+            and isinstance(size, int)
+            and isinstance(mime, str)
+            and isinstance(sha256, str)
+        ):
+            found.append(FileInfo(fid, name, size, mime, sha256))
+    return tuple(found) or None
 
 
 def message_frame(msg: Message) -> Frame:
@@ -134,6 +161,10 @@ def message_frame(msg: Message) -> Frame:
         frame["recipientId"] = msg.recipient_id
     if msg.meta is not None:
         frame["meta"] = msg.meta
+    if msg.attachments is not None:  # the relay resolves each fileId; a text is then optional
+        frame["attachments"] = [{"fileId": f.file_id} for f in msg.attachments]
+        if not msg.text:
+            del frame["text"]
     return frame
 
 

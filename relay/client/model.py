@@ -12,6 +12,7 @@ from typing import Any
 from attrs import frozen
 
 from relay.client.calls import CallEvent
+from relay.client.files import FileInfo
 from relay.errors import ClientError
 
 
@@ -122,6 +123,9 @@ class Message:
     # an encrypted message's e2e object (open it with relay.client.e2e.open_e2e); its text is
     # then "". {} in a conversation preview, which says only that the last message is encrypted
     e2e: dict[str, Any] | None = None
+    #: the files it carries (text is "" when it has none): name, size, type and SHA-256 as the
+    #: relay resolved them; RelayClient.download(file_id) reads one
+    attachments: tuple[FileInfo, ...] | None = None
 
 
 @frozen

@@ -28,6 +28,7 @@ from attrs import define, evolve, field
 
 from relay.client.calls import CALL_FRAME_TYPES, CallBook
 from relay.client.conversation import ConversationLog, MessageKey
+from relay.client.files import FileInfo
 from relay.client.frames import (
     Frame,
     frame_cid,
@@ -135,6 +136,7 @@ class ClientState:
         timestamp: str,
         message_id: str | None = None,
         meta: dict[str, Any] | None = None,
+        attachments: tuple[FileInfo, ...] | None = None,
     ) -> tuple[Message, list[Event]]:
         """Add an outgoing message as `pending` and queue it in the outbox.
 
@@ -156,6 +158,7 @@ class ClientState:
             recipient_id=None if cid.is_group else cid.id,
             group_id=cid.id if cid.is_group else None,
             meta=meta,
+            attachments=attachments,
         )
         if (self.user_id, mid) in self._where:  # ids are unique per sender, not per conversation
             raise ClientError(f"message id {mid!r} is already used")

@@ -16,6 +16,7 @@ from attrs import define, field
 
 from relay.clock import WallClock, iso_utc
 from relay.config import RelayConfig
+from relay.core.attachments import FileCatalog
 from relay.core.presence import PresenceTracker
 from relay.core.ratelimit import RateLimiter
 from relay.core.router import Router
@@ -53,6 +54,9 @@ class Context:
     typing: TypingTracker = field(init=False)
     limiter: RateLimiter = field(init=False)  # messages
     group_limiter: RateLimiter = field(init=False)  # group changes
+    #: the files messages carry (relay.core.attachments): None where no file service runs, and
+    #: a message with attachments is then refused
+    files: FileCatalog | None = None
     _iso_ms: int = -1  # the wall-clock millisecond `_iso` was formatted for
     _iso: str = ""
 

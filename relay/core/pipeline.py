@@ -201,11 +201,13 @@ class Pipeline:
         """A read's consecutive message frames, awaited (a group not cached, a store that
         must be awaited)."""
         ctx = self._ctx
-        for item in batch:  # the groups into the router's cache: _check reads it
+        for i, item in enumerate(batch):  # the groups into the router's cache: _check reads it
             if item.__class__ is MessageFrame:
                 assert isinstance(item, MessageFrame)
                 if item.group_id is not None:
                     await ctx.router.group(ctx.store, item.group_id)
+                if item.attachments is not None:  # the files' records, before the checks
+                    batch[i] = await self._resolve(session.user_id, item)
         now = ctx.clock()
         pending = self._check(conn, session, session, batch, now, ctx.now_iso())
         if pending is None:
@@ -219,6 +221,8 @@ class Pipeline:
         except BaseException:  # cancelled: nothing to answer, the turn ends
             self._sequencer.end(pending.conversations, ())
             raise
+        if results is not None:
+            await self._grant(pending, results)
         self._finish(conn, session, pending, results)
 
     async def publish(
@@ -232,6 +236,7 @@ class Pipeline:
         sender_name: str | None = None,
         meta: dict[str, Any] | None = None,
         e2e: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
     ) -> StoredMessage:
         """Send a message as `sender_id` from inside the process (no connection): the same
         checks as a client's message but the rate limit (raises MessageRefused, a FrameError,
@@ -245,7 +250,7 @@ class Pipeline:
             raise FrameError(
                 "invalid", f"message_id must be 1-{MESSAGE_ID_MAX} characters", field="id"
             )
-        obj = {
+        obj: dict[str, Any] = {
             "text": text,
             "recipientId": recipient_id,
             "groupId": group_id,
@@ -255,8 +260,17 @@ class Pipeline:
         }
         if e2e is not None:  # an encrypted message: its object, and no text (None: absent)
             obj["e2e"] = e2e
+        if attachments is not None:  # files the sender uploaded ([{fileId}]); text optional
+            obj["attachments"] = attachments
         ctx = self._ctx
         frame = validate_message(obj, ctx.limits, message_id=mid)
+        if frame.attachments is not None:
+            resolved = await self._resolve(sender_id, frame)
+            if resolved.__class__ is not MessageFrame:
+                assert isinstance(resolved, MessageRefused)
+                raise resolved
+            assert isinstance(resolved, MessageFrame)
+            frame = resolved
         if frame.group_id is not None:
             await ctx.router.group(ctx.store, frame.group_id)
         now = ctx.clock()
@@ -272,10 +286,46 @@ class Pipeline:
         self._sequencer.begin(conversations, now)
         try:
             results = await ctx.store.append_many(pending.accepted)
+            await self._grant(pending, results)
             self._answer(None, None, pending, results, deliveries)
         finally:
             self._sequencer.end(conversations, deliveries)
         return results[0].message
+
+    # --- attachments (relay.core.attachments) ----------------------------------------------------
+    async def _resolve(self, user: str, frame: MessageFrame) -> Item:
+        """`frame` with its attachments resolved to the files' records, or its refusal when a
+        file is not one `user` uploaded (or no file service runs)."""
+        files = self._ctx.files
+        wanted = frame.attachments
+        assert wanted is not None
+        found = None
+        if files is not None:
+            found = await files.resolve(user, [a["fileId"] for a in wanted])
+        if found is None:
+            return _refuse(
+                frame, "invalid", "each fileId must name a file the sender uploaded", "attachments"
+            )
+        return frame._replace(attachments=found)
+
+    async def _grant(self, pending: _Pending, results: list[Appended]) -> None:
+        """Grant the files of the newly stored messages to their audiences, before they are
+        answered and delivered (a recipient may download at once)."""
+        files = self._ctx.files
+        if files is None:
+            return
+        stored = iter(results)
+        for entry in pending.entries:
+            if entry.__class__ is not tuple:
+                continue
+            assert isinstance(entry, tuple)
+            message, audience = entry
+            appended = next(stored)
+            if message.attachments is not None and not appended.duplicate:
+                try:
+                    await files.grant([a["fileId"] for a in message.attachments], audience)
+                except Exception:
+                    log.exception("granting the files of message %s failed", message.id)
 
     # --- stages -----------------------------------------------------------------------------------
     def _leading(self, payloads: list[bytes]) -> list[Item]:
@@ -296,6 +346,8 @@ class Pipeline:
                 break
             assert isinstance(frame, MessageFrame)
             if frame.group_id is not None and cached_group(frame.group_id) is None:
+                break
+            if frame.attachments is not None:  # its files are looked up: awaited, in `frames`
                 break
             batch.append(frame)
         return batch
@@ -383,6 +435,7 @@ class Pipeline:
                 frame.client_timestamp,
                 frame.meta,
                 frame.e2e,
+                frame.attachments,
             ),
         )
         return message, audience

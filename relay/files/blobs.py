@@ -5,7 +5,8 @@ SHA-256). A file exists for readers once its record is stored, which is after it
 whole and durable.
 
 LocalBlobStore's layout: `<dir>/<fileId>` the bytes, `<dir>/<fileId>.json` the record,
-`<dir>/tmp/` the uploads in progress (the directory is made, owner-only, by the first upload).
+`<dir>/<fileId>.readers` the users a message carrying it was sent to (a JSON list, replaced
+whole), `<dir>/tmp/` the uploads in progress (the directory is made, owner-only, by the first upload).
 Invariants:
 - a blob is written under a random temporary name in tmp/, fsynced, then renamed to its file id
   (and the directory fsynced); the record likewise. A process killed during an upload leaves
@@ -22,7 +23,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -90,6 +91,13 @@ class BlobStore(Protocol):
     async def created_before(self, moment: str) -> list[str]:
         """The ids of the stored files whose `created_at` is before `moment` (ISO-8601 UTC)."""
 
+    async def grant(self, file_id: str, readers: Sequence[str]) -> None:
+        """Add `readers` to the users who may read the file (a message carrying it was sent
+        to them)."""
+
+    async def readers(self, file_id: str) -> frozenset[str]:
+        """The users granted the file (empty: only its uploader reads it)."""
+
 
 class LocalBlobStore:
     """A BlobStore in a local directory (see the module docstring)."""
@@ -97,6 +105,7 @@ class LocalBlobStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._tmp = self.directory / "tmp"
+        self._granting = trio.Lock()  # a grant reads, then replaces, the readers file
 
     async def open(self) -> None:
         # the directory itself is made by the first upload (a relay nobody uploads to makes none)
@@ -192,6 +201,7 @@ class LocalBlobStore:
     async def delete(self, file_id: str) -> None:
         def remove() -> None:
             self._path(file_id, ".json").unlink(missing_ok=True)
+            self._path(file_id, ".readers").unlink(missing_ok=True)
             self._path(file_id).unlink(missing_ok=True)
 
         await trio.to_thread.run_sync(remove)
@@ -211,3 +221,35 @@ class LocalBlobStore:
             return found
 
         return await trio.to_thread.run_sync(scan)
+
+    async def grant(self, file_id: str, readers: Sequence[str]) -> None:
+        async with self._granting:
+            known = await self.readers(file_id)
+            if known.issuperset(readers):
+                return
+            final = self._path(file_id, ".readers")
+            temporary = self._tmp / secrets.token_hex(16)
+            body = orjson.dumps(sorted(known.union(readers)))
+
+            def write() -> None:
+                self._prepare()
+                with open(temporary, "xb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+
+            await trio.to_thread.run_sync(write)
+            await self._commit(temporary, final)
+
+    async def readers(self, file_id: str) -> frozenset[str]:
+        if not valid_file_id(file_id):
+            return frozenset()
+        path = self._path(file_id, ".readers")
+
+        def load() -> frozenset[str]:
+            try:
+                return frozenset(orjson.loads(path.read_bytes()))
+            except FileNotFoundError:
+                return frozenset()
+
+        return await trio.to_thread.run_sync(load)

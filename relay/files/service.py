@@ -6,14 +6,15 @@
   it while streaming (chunked) is 413 too, its partial bytes removed: nothing is stored. The
   type is sniffed from the first bytes (relay.files.sniff); the name is cleaned
   (relay.files.names). Answer: 201 with the file's `fileId, name, size, mime, sha256`.
-- Download: the uploader gets the bytes (`Range` -> 206, an unsatisfiable one 416), with
+- Download: the uploader, and the users a message carrying the file was sent to (its
+  recipient, or its group's members when it was sent; relay.core.attachments), get the bytes (`Range` -> 206, an unsatisfiable one 416), with
   `Content-Disposition` (inline for images, else attachment), `X-Content-Type-Options:
   nosniff` and the stored type. Anyone else, and a wrong or expired token, gets 404, exactly as
   for a file that does not exist; no token at all is 401.
 - Errors are JSON: `{"error": code, "message": text}`.
 - Retention: an upload not sent in a message within UNSENT_TTL (a day) is deleted, by a sweep
-  at start and then at most every SWEEP_INTERVAL, made by the upload that finds it due. (No
-  message carries files yet, so this applies to every upload.)
+  at start and then at most every SWEEP_INTERVAL, made by the upload that finds it due. A file
+  a message carries (one granted to readers) is kept.
 
 Invariant: a file's bytes are never held whole in memory (chunks of at most 64 KiB each way).
 """
@@ -22,14 +23,15 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from attrs import define, field
 
 from relay.clock import iso_utc
 from relay.config import RelayConfig
+from relay.core.context import Context
 from relay.files.blobs import BlobStore, FileRecord, LocalBlobStore, new_file_id
 from relay.files.names import clean_name, content_disposition
 from relay.files.ranges import Unsatisfiable, byte_range
@@ -43,6 +45,14 @@ class IssuesHttpTokens(Protocol):
     """A connection handler whose sessions carry an `httpToken` (MessagingService)."""
 
     http_tokens: HttpTokens
+
+
+@runtime_checkable
+class CarriesFiles(Protocol):
+    """A connection handler whose messages may carry files (MessagingService): its context
+    takes the FileService as its FileCatalog."""
+
+    ctx: Context
 
 
 def json_error(request: Request, error: HttpError) -> Response:
@@ -102,9 +112,13 @@ class FileService:
         """Delete the uploads older than UNSENT_TTL that no message carries; how many went."""
         self._next_sweep = self.tokens.clock() + SWEEP_INTERVAL
         gone = await self.blobs.created_before(iso_utc(self.wall() - UNSENT_TTL))
+        deleted = 0
         for file_id in gone:
+            if await self.blobs.readers(file_id):  # a message carries it
+                continue
             await self.blobs.delete(file_id)
-        return len(gone)
+            deleted += 1
+        return deleted
 
     async def close(self) -> None:
         await self.blobs.close()
@@ -167,7 +181,7 @@ class FileService:
     async def download(self, request: Request, body: RequestBody) -> Response:
         user = self._user(request)
         record = await self.blobs.record(request.params["fileId"])
-        if record is None or not self.may_read(user, record):
+        if record is None or not await self.may_read(user, record):
             raise HttpError(404, _NOT_FOUND)
         headers = [
             (b"content-type", record.mime.encode()),
@@ -194,7 +208,20 @@ class FileService:
             206, headers, self.blobs.read(record.file_id, first, last), length=last - first + 1
         )
 
-    def may_read(self, user: str, record: FileRecord) -> bool:
-        """The uploader. (Members of a conversation the file was sent to come with message
-        attachments, which this relay does not carry yet.)"""
-        return user == record.owner
+    async def may_read(self, user: str, record: FileRecord) -> bool:
+        """The uploader, and the users a message carrying the file was sent to."""
+        return user == record.owner or user in await self.blobs.readers(record.file_id)
+
+    # --- relay.core.attachments.FileCatalog: the pipeline's view ---------------------------------
+    async def resolve(self, owner: str, file_ids: Sequence[str]) -> list[dict[str, Any]] | None:
+        found: list[dict[str, Any]] = []
+        for file_id in file_ids:
+            record = await self.blobs.record(file_id)
+            if record is None or record.owner != owner:
+                return None
+            found.append(record.public())
+        return found
+
+    async def grant(self, file_ids: Sequence[str], readers: Sequence[str]) -> None:
+        for file_id in dict.fromkeys(file_ids):
+            await self.blobs.grant(file_id, readers)

@@ -44,6 +44,9 @@ class MessageFrame(NamedTuple):
     meta: dict[str, Any] | None = None
     ref: str | None = None
     e2e: dict[str, Any] | None = None  # an encrypted message (text is then "")
+    #: the files it carries: as the client sent them ([{fileId}], 1-10), then resolved by the
+    #: pipeline to {fileId, name, size, mime, sha256}; text is "" when it has none
+    attachments: list[dict[str, Any]] | None = None
 
 
 @frozen

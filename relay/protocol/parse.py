@@ -33,6 +33,7 @@ import orjson
 
 from relay.errors import FrameError
 from relay.fastpath import (
+    ATTACHMENTS_MAX,
     E2E_BOXES_MAX,
     E2E_BYTES_MAX,
     E2E_SUITE,
@@ -292,6 +293,12 @@ _WHY: dict[str, tuple[str, str, str]] = {
         f"boxes must map 1-{E2E_BOXES_MAX} device ids to standard base64 strings",
     ),
     "e2e:long": ("too_long", "e2e", f"larger than {E2E_BYTES_MAX} bytes as JSON"),
+    # a message carrying files (docs/PROTOCOL.md, "Attachments")
+    "attachments:type": (
+        "invalid",
+        "attachments",
+        f"must be 1-{ATTACHMENTS_MAX} objects each with a fileId string, and no e2e",
+    ),
 }
 #: _WHY of fault number k at k - 1 (a KeyError here: a fault of the fast path with no answer)
 _REFUSALS = tuple(_WHY[name] for name in MESSAGE_FAULTS[1:])
@@ -327,7 +334,7 @@ def _message_frame(
     e2e = get("e2e")
     return MessageFrame(
         ident,
-        obj["text"] if e2e is None else "",
+        obj["text"] if get("text") is not None else "",
         get("senderId"),
         get("recipientId"),
         get("groupId"),
@@ -337,6 +344,7 @@ def _message_frame(
         get("meta"),
         ref,
         e2e,
+        get("attachments"),
     )
 
 

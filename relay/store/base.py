@@ -77,6 +77,9 @@ class NewMessage(NamedTuple):
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
     e2e: dict[str, Any] | None = None  # an encrypted message's e2e object; its text is ""
+    #: the files it carries, each {fileId, name, size, mime, sha256} as resolved when it was
+    #: accepted; its text is "" when it has none
+    attachments: list[dict[str, Any]] | None = None
 
     def stored(self, seq: int) -> StoredMessage:
         """This message as stored with sequence number `seq` (its own copy of `meta`)."""
@@ -94,6 +97,7 @@ class NewMessage(NamedTuple):
             client_timestamp=self.client_timestamp,
             meta=dict(self.meta) if self.meta is not None else None,
             e2e=self.e2e,
+            attachments=self.attachments,
         )
 
 
@@ -113,6 +117,7 @@ class StoredMessage(NamedTuple):
     client_timestamp: str | None = None
     meta: dict[str, Any] | None = None
     e2e: dict[str, Any] | None = None  # stored and forwarded untouched; text is then ""
+    attachments: list[dict[str, Any]] | None = None  # the files it carries (NewMessage's)
 
 
 class Appended(NamedTuple):

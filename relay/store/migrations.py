@@ -56,6 +56,9 @@ public keys and signature as base64 text, replaced by a newer publish.
 
 Version 9: `messages.e2e`, an encrypted message's e2e object as its JSON text (NULL for a
 plain message); such a message's `text` is '' so the search indexer finds nothing to index.
+
+Version 10: `messages.attachments`, the files a message carries as the JSON text of their list
+of {fileId, name, size, mime, sha256} (NULL for none); `text` is '' when it has none.
 """
 
 from __future__ import annotations
@@ -208,6 +211,10 @@ MIGRATIONS: tuple[str, ...] = (
     # 9: an encrypted message's e2e object, as its JSON text (its text column is then '')
     """
     ALTER TABLE messages ADD COLUMN e2e TEXT;
+    """,
+    # 10: the files a message carries, its resolved attachment list as JSON text
+    """
+    ALTER TABLE messages ADD COLUMN attachments TEXT;
     """,
 )
 

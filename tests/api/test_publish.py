@@ -186,3 +186,40 @@ async def test_an_encrypted_publish_is_stored_and_forwarded_untouched(sqlite_rel
                 field,
             )
         assert await bob.quiet(0.3, "message") == []
+
+
+async def test_a_publish_carries_the_files_its_sender_uploaded(sqlite_relay: Relay) -> None:
+    from live_clients import raw_client
+
+    relay = sqlite_relay
+    async with (
+        raw_client(relay.url, "ann") as ann,
+        user(relay, "bob") as bob,
+        api_client(relay) as api,
+    ):
+        token = {"Authorization": f"Bearer {ann.auth_ok['httpToken']}"}
+        up = await api.post("/files?name=report.pdf", content=b"%PDF-1.4 ...", headers=token)
+        assert up.status_code == 201, up.text
+        record = up.json()
+        r = await api.post(
+            "/api/v1/publish",
+            json={"senderId": "ann", "recipientId": "bob", "attachments": [{"fileId": record["fileId"]}]},
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        live = await bob.expect("message", id=r.json()["id"])
+        assert live["attachments"] == [record]
+        page = await api.get("/api/v1/users/bob/conversations/ann/messages")
+        assert page.status_code == 200, page.text
+        assert [m["attachments"] for m in page.json()["items"]] == [[record]]
+        # a file ann did not upload (bob's name on it), or eleven: refused, nothing stored
+        for body in (
+            {"senderId": "bob", "recipientId": "ann", "attachments": [{"fileId": record["fileId"]}]},
+            {"senderId": "ann", "recipientId": "bob", "attachments": [{"fileId": record["fileId"]}] * 11},
+        ):  # fmt: skip
+            bad = await api.post("/api/v1/publish", json=body)
+            assert bad.status_code == 400, bad.text
+            assert (bad.json()["error"]["code"], bad.json()["error"]["field"]) == (
+                "invalid",
+                "attachments",
+            )
+        assert await bob.quiet(0.3, "message") == []

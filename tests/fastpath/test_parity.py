@@ -443,6 +443,34 @@ valid_e2e = st.fixed_dictionaries(
     }
 )
 json_e2e = st.none() | valid_e2e | valid_e2e.map(lambda e: {**e, "extra": 1})
+# attachment lists: as a client sends them (near misses included: 0 or 11 items, no fileId, a
+# fileId too long or not a string) and as the relay stores them (resolved records)
+attachment_item = st.sampled_from(
+    [
+        {"fileId": "f1"},
+        {"fileId": "AbC_-12345678901234567890"},
+        {"fileId": ""},
+        {"fileId": 7},
+        {"fileId": "x" * 65},
+        {"name": "a"},
+        "f1",
+        {"fileId": "f2", "name": "n"},
+    ]
+)
+json_attachments = st.none() | st.lists(attachment_item, max_size=11) | st.just("f1")
+stored_attachments = st.none() | st.lists(
+    st.fixed_dictionaries(
+        {
+            "fileId": st.sampled_from(["f1", "f2"]),
+            "name": st.text(max_size=3),
+            "size": st.integers(0, 2**40),
+            "mime": st.just("image/png"),
+            "sha256": st.just("ab" * 32),
+        }
+    ),
+    min_size=1,
+    max_size=3,
+)
 
 
 # integers the compiled writer formats itself (a long long) and those it leaves to the twin
@@ -476,6 +504,7 @@ def both_ways(call: Callable[[ModuleType], Any]) -> tuple[Any, Any]:
     client_stamp=maybe_text,
     meta=json_meta,
     e2e=json_e2e,
+    attachments=stored_attachments,
 )
 def test_delivery_frames_agree(
     compiled: ModuleType,
@@ -491,9 +520,23 @@ def test_delivery_frames_agree(
     client_stamp: str | None,
     meta: dict[str, Any] | None,
     e2e: dict[str, Any] | None,
+    attachments: list[dict[str, Any]] | None,
 ) -> None:
     message = StoredMessage(
-        "c", seq, ident, sender, text, stamp, peer, group, name, avatar, client_stamp, meta, e2e
+        "c",
+        seq,
+        ident,
+        sender,
+        text,
+        stamp,
+        peer,
+        group,
+        name,
+        avatar,
+        client_stamp,
+        meta,
+        e2e,
+        attachments,
     )
     fast, slow = both_ways(lambda m: m.encode_delivery(message))
     assert fast == slow
@@ -504,6 +547,7 @@ def test_delivery_frames_agree(
             assert body["text"] == text and "e2e" not in body
         else:  # an encrypted message: its e2e object untouched, no text
             assert body["e2e"] == e2e and "text" not in body
+        assert body.get("attachments") == attachments
 
 
 @SETTINGS
@@ -589,7 +633,12 @@ MESSAGE_FIELDS = (
     "e2e",
 )
 message_dicts = st.fixed_dictionaries(
-    {}, optional={**dict.fromkeys(MESSAGE_FIELDS, field_value), "e2e": field_value | json_e2e}
+    {},
+    optional={
+        **dict.fromkeys(MESSAGE_FIELDS, field_value),
+        "e2e": field_value | json_e2e,
+        "attachments": json_attachments,
+    },
 )
 # limits around the values drawn (and the protocol's): (message_id_max, ident_max,
 # short_text_max, max_text_chars, max_meta_bytes, max_meta_depth, max_frame_depth >= 1)
@@ -675,7 +724,7 @@ def test_records_agree(compiled: ModuleType, items: list[Any]) -> None:
 
 
 def test_a_record_reads_like_its_class(compiled: ModuleType) -> None:
-    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None, None)
+    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None, None, None)
     message = compiled.record(StoredMessage, fields)
     assert message == StoredMessage(*fields)
     assert (message.seq, message.sender_id, message.recipient_id) == (17, "ann", "bob")
@@ -720,6 +769,7 @@ def new_messages(draw: st.DrawFn) -> list[NewMessage]:
                 draw(st.one_of(st.none(), st.just("2026-11-26T00:00:00Z"))),
                 draw(st.one_of(st.none(), st.dictionaries(st.text(max_size=2), st.integers()))),
                 draw(json_e2e),
+                draw(stored_attachments),
             )
         )
     return out
@@ -861,12 +911,14 @@ def test_sqlite_rows_agree(
             assert (conversation, seq, ident) == (message.conversation, message.seq, message.id)
             optional = [getattr(message, name) for name in compiled.ROW_OPTIONAL]
             assert present == sum(1 << b for b, v in enumerate(optional) if v is not None)
-            *columns, meta, e2e = optional
+            *columns, meta, e2e, attachments = optional
             expected = [v for v in columns if v is not None]
             if meta is not None:
                 expected.append(orjson.dumps(meta).decode())
             if e2e is not None:
                 expected.append(orjson.dumps(e2e).decode())
+            if attachments is not None:
+                expected.append(orjson.dumps(attachments).decode())
             assert params[i + 7 : i + width] == expected
 
 
@@ -1007,6 +1059,11 @@ def message_payloads(draw: st.DrawFn) -> bytes:
         if encrypted == "instead":
             items = [item for item in items if item[0] != "text"]
         items.append(("e2e", "x" if encrypted == "string" else draw(json_e2e)))
+    files = draw(st.sampled_from(["no", "no", "no", "with", "alone"]))
+    if files != "no":  # files: beside the text, or in its place
+        if files == "alone":
+            items = [item for item in items if item[0] != "text"]
+        items.append(("attachments", draw(json_attachments)))
     items = draw(st.permutations(items))
     sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t"), (",", ": ")]))
     pad = draw(st.sampled_from(["", " ", "\n", "\r\n\t "]))

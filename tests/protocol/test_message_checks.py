@@ -243,6 +243,19 @@ CASES: list[tuple[str, dict[str, Any], tuple[type[FrameError], str, str, str, An
             "g",
         ),
     ),
+    (
+        "attachments:type",
+        {"recipientId": "bob", "attachments": [{"fileId": "f"}] * 11},
+        (
+            MessageRefused,
+            "invalid",
+            f"attachments: must be 1-{fastpath.ATTACHMENTS_MAX} objects each with a fileId "
+            "string, and no e2e",
+            "attachments",
+            "bob",
+            None,
+        ),
+    ),
 ]
 
 
@@ -342,3 +355,31 @@ def test_a_published_meta_is_held_to_the_same_depth() -> None:
                 {"recipientId": "b", "text": "hi", "meta": meta}, Limits(), message_id="p1"
             )
         assert (info.value.code, info.value.field) == ("invalid", "meta")
+
+
+@pytest.mark.parametrize(
+    "attachments",
+    [[], [{"fileId": "f"}] * 11, [{"fileId": ""}], [{"fileId": 3}], [{}], ["f"], {"fileId": "f"}],
+)
+def test_an_attachment_list_out_of_shape_is_refused(attachments: Any) -> None:
+    obj = {"type": "message", "id": "m1", "recipientId": "bob", "attachments": attachments}
+    with pytest.raises(MessageRefused) as info:
+        parse_client_frame(orjson.dumps(obj), LIMITS)
+    assert (info.value.code, info.value.field) == ("invalid", "attachments")
+
+
+def test_attachments_make_the_text_optional_and_exclude_e2e() -> None:
+    files = [{"fileId": "f1"}, {"fileId": "f2"}] * 5
+    for fields, text in (({}, ""), ({"text": "look"}, "look")):
+        obj = {"type": "message", "id": "m1", "recipientId": "bob", "attachments": files, **fields}
+        parsed = parse_client_frame(orjson.dumps(obj), LIMITS)
+        assert isinstance(parsed, MessageFrame)
+        assert (parsed.text, parsed.attachments) == (text, files)
+    obj = {"type": "message", "id": "m1", "recipientId": "bob", "attachments": files, "e2e": E2E}
+    with pytest.raises(MessageRefused) as info:
+        parse_client_frame(orjson.dumps(obj), LIMITS)
+    assert info.value.field == "attachments"
+    obj = {"type": "message", "id": "m1", "recipientId": "bob", "attachments": files, "text": ""}
+    with pytest.raises(MessageRefused) as info:  # a text, when present, is still not empty
+        parse_client_frame(orjson.dumps(obj), LIMITS)
+    assert info.value.field == "text"

@@ -106,6 +106,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE messages ADD COLUMN e2e TEXT
     """,
+    # 3: the files a message carries, its resolved attachment list as JSON text
+    """
+    ALTER TABLE messages ADD COLUMN attachments TEXT
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -17,7 +17,7 @@ from relay.store.base import StoredMessage
 
 COLUMNS: Final = (
     "conversation, seq, id, sender_id, text, server_timestamp, recipient_id, group_id, "
-    "sender_name, sender_avatar, client_timestamp, meta, e2e"
+    "sender_name, sender_avatar, client_timestamp, meta, e2e, attachments"
 )
 
 _REASONS: Final = {
@@ -58,4 +58,5 @@ def message(row: Sequence[Any]) -> StoredMessage:
         client_timestamp=row[10],
         meta=orjson.loads(row[11]) if row[11] is not None else None,
         e2e=orjson.loads(row[12]) if row[12] is not None else None,
+        attachments=orjson.loads(row[13]) if row[13] is not None else None,
     )
