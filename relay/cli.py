@@ -41,7 +41,6 @@ from relay.auth import Authenticator, JwtAuthenticator, authenticator_from_confi
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
 from relay.logs import LOG_FORMATS
-from relay.malloc import limit_arenas
 from relay.rlimit import raise_descriptor_limit
 
 if TYPE_CHECKING:
@@ -362,8 +361,6 @@ def _chat(argv: list[str]) -> int:
 
 def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     import trio
-
-    limit_arenas()  # before the store's threads start (relay/malloc.py)
 
     try:
         trio.run(_serve_until_signal, config, authenticator)
