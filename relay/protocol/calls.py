@@ -13,16 +13,14 @@ Every failure is `invalid` with `field` naming it, as for v1 frames.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from attrs import frozen
 
 from relay.fastpath import message_fault
+from relay.protocol.fields import Fields
 from relay.protocol.limits import IDENT_MAX, META_DEPTH_MAX, Limits
-
-if TYPE_CHECKING:
-    from relay.protocol.parse import _Fields
 
 CALL_ID_MAX = 64
 #: an SDP offer or answer: a few KiB for audio, up to ~10 KiB for video with many codecs
@@ -82,15 +80,15 @@ CallFrame = CallInviteFrame | CallAcceptFrame | CallRejectFrame | CallEndFrame |
 # --- parsers (relay.protocol.parse's table) -------------------------------------------------------
 
 
-def _call_id(f: _Fields) -> str:
+def _call_id(f: Fields) -> str:
     return f.required_string("callId", max_len=CALL_ID_MAX)
 
 
-def _sdp(f: _Fields) -> str:
+def _sdp(f: Fields) -> str:
     return f.required_string("sdp", max_len=CALL_SDP_MAX)
 
 
-def parse_call_invite(f: _Fields, limits: Limits) -> CallInviteFrame:
+def parse_call_invite(f: Fields, limits: Limits) -> CallInviteFrame:
     return CallInviteFrame(
         call_id=_call_id(f),
         peer_id=f.required_string("peerId", max_len=IDENT_MAX),
@@ -100,15 +98,15 @@ def parse_call_invite(f: _Fields, limits: Limits) -> CallInviteFrame:
     )
 
 
-def parse_call_accept(f: _Fields, limits: Limits) -> CallAcceptFrame:
+def parse_call_accept(f: Fields, limits: Limits) -> CallAcceptFrame:
     return CallAcceptFrame(call_id=_call_id(f), sdp=_sdp(f), ref=f.ref)
 
 
-def parse_call_reject(f: _Fields, limits: Limits) -> CallRejectFrame:
+def parse_call_reject(f: Fields, limits: Limits) -> CallRejectFrame:
     return CallRejectFrame(call_id=_call_id(f), ref=f.ref)
 
 
-def parse_call_end(f: _Fields, limits: Limits) -> CallEndFrame:
+def parse_call_end(f: Fields, limits: Limits) -> CallEndFrame:
     return CallEndFrame(call_id=_call_id(f), ref=f.ref)
 
 
@@ -117,7 +115,7 @@ def parse_call_end(f: _Fields, limits: Limits) -> CallEndFrame:
 _PAYLOAD_RULES = (CALL_ID_MAX, IDENT_MAX, 1, 1, CALL_PAYLOAD_MAX, META_DEPTH_MAX, META_DEPTH_MAX)
 
 
-def parse_call_signal(f: _Fields, limits: Limits) -> CallSignalFrame:
+def parse_call_signal(f: Fields, limits: Limits) -> CallSignalFrame:
     call_id = _call_id(f)
     payload = f.obj.get("payload")
     if payload is None:

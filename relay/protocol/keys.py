@@ -13,16 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import orjson
 from attrs import frozen
 
+from relay.protocol.fields import Fields
 from relay.protocol.limits import IDENT_MAX, Limits
 from relay.store.base import DeviceKeys
-
-if TYPE_CHECKING:
-    from relay.protocol.parse import _Fields
 
 #: field -> the decoded size its base64 must have
 KEY_SIZES = {"identityKey": 32, "encKey": 32, "signature": 64}
@@ -46,7 +43,7 @@ class KeysGetFrame:
 KeysFrame = KeysPublishFrame | KeysGetFrame
 
 
-def _key(f: _Fields, name: str) -> str:
+def _key(f: Fields, name: str) -> str:
     size = KEY_SIZES[name]
     text = f.required_string(name, max_len=4 * ((size + 2) // 3))
     try:
@@ -58,7 +55,7 @@ def _key(f: _Fields, name: str) -> str:
     return text
 
 
-def parse_keys_publish(f: _Fields, limits: Limits) -> KeysPublishFrame:
+def parse_keys_publish(f: Fields, limits: Limits) -> KeysPublishFrame:
     return KeysPublishFrame(
         device_id=f.required_string("deviceId", max_len=IDENT_MAX),
         identity_key=_key(f, "identityKey"),
@@ -68,7 +65,7 @@ def parse_keys_publish(f: _Fields, limits: Limits) -> KeysPublishFrame:
     )
 
 
-def parse_keys_get(f: _Fields, limits: Limits) -> KeysGetFrame:
+def parse_keys_get(f: Fields, limits: Limits) -> KeysGetFrame:
     return KeysGetFrame(user_id=f.required_string("userId", max_len=IDENT_MAX), ref=f.ref)
 
 

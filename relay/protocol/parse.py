@@ -26,7 +26,7 @@ in, and validate_message turns the first one a message fails into its error (_RE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -49,6 +49,7 @@ from relay.protocol.calls import (
     parse_call_reject,
     parse_call_signal,
 )
+from relay.protocol.fields import Fields
 from relay.protocol.frames import (
     AuthFrame,
     ClientFrame,
@@ -119,80 +120,6 @@ class MessageRefused(FrameError):
 # --- field readers --------------------------------------------------------------------------------
 
 
-class _Fields:
-    """Typed access to the fields of one client frame; every failure is `invalid` with `field`."""
-
-    __slots__ = ("obj", "ref")
-
-    def __init__(self, obj: Mapping[str, Any], ref: str | None) -> None:
-        self.obj = obj
-        self.ref = ref
-
-    def fail(self, name: str, why: str) -> FrameError:
-        return FrameError("invalid", f"{name}: {why}", ref=self.ref, field=name)
-
-    def string(
-        self, name: str, *, required: bool = False, max_len: int = IDENT_MAX, min_len: int = 1
-    ) -> str | None:
-        value = self.obj.get(name)
-        if value is None:
-            if required:
-                raise self.fail(name, "is required")
-            return None
-        if not isinstance(value, str):
-            raise self.fail(name, "must be a string")
-        if not min_len <= len(value) <= max_len:
-            raise self.fail(name, f"must be {min_len}-{max_len} characters")
-        return value
-
-    def required_string(self, name: str, *, max_len: int = IDENT_MAX) -> str:
-        value = self.string(name, required=True, max_len=max_len)
-        assert value is not None
-        return value
-
-    def integer(self, name: str, *, low: int, high: int, default: int | None = None) -> int | None:
-        value = self.obj.get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(name, "must be an integer")
-        if not low <= value <= high:
-            raise self.fail(name, f"must be {low}-{high}")
-        return value
-
-    def choice(self, name: str, options: Sequence[str], *, default: str | None = None) -> str:
-        value = self.obj.get(name, default)
-        if value is None:
-            raise self.fail(name, "is required")
-        if value not in options:
-            raise self.fail(name, f"must be one of {', '.join(options)}")
-        return str(value)
-
-    def id_list(self, name: str, *, max_items: int) -> tuple[str, ...]:
-        value = self.obj.get(name)
-        if not isinstance(value, list):
-            raise self.fail(name, "must be a list of ids")
-        if len(value) > max_items:
-            raise self.fail(name, f"names at most {max_items} ids")
-        ids: dict[str, None] = {}
-        for item in value:
-            if not isinstance(item, str) or not 1 <= len(item) <= IDENT_MAX:
-                raise self.fail(name, f"must hold strings of 1-{IDENT_MAX} characters")
-            ids[item] = None
-        return tuple(ids)
-
-    def one_of(self, peer_field: str) -> tuple[str | None, str | None]:
-        """Exactly one of `peer_field` (peerId/recipientId) and `groupId`."""
-        peer = self.string(peer_field)
-        group = self.string("groupId")
-        if (peer is None) == (group is None):
-            raise self.fail(
-                peer_field if peer is None else "groupId",
-                f"exactly one of {peer_field} and groupId is required",
-            )
-        return peer, group
-
-
 def _ref_of(obj: Mapping[str, Any]) -> str | None:
     ref = obj.get("ref")
     if isinstance(ref, str):
@@ -226,7 +153,7 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
     if parser is None:
         raise FrameError("unknown_type", f"unknown frame type {kind!r}", ref=ref)
     try:
-        return parser(_Fields(obj, ref), limits)
+        return parser(Fields(obj, ref), limits)
     except FrameError as exc:
         if kind == "auth" and exc.code == "invalid":
             # an auth frame the relay cannot accept is a failed authentication (close 1008)
@@ -234,7 +161,7 @@ def parse_client_frame(payload: bytes | str, limits: Limits) -> ClientFrame:
         raise
 
 
-def _auth(f: _Fields, limits: Limits) -> AuthFrame:
+def _auth(f: Fields, limits: Limits) -> AuthFrame:
     acks = f.obj.get("acks", False)
     if acks is None:
         acks = False
@@ -307,7 +234,7 @@ _ID_FAULT = MESSAGE_FAULTS.index("id")
 _TARGET_CHECKED = MESSAGE_FAULTS.index("senderId:type")
 
 
-def _message(f: _Fields, limits: Limits) -> MessageFrame:
+def _message(f: Fields, limits: Limits) -> MessageFrame:
     return _message_frame(f.obj, f.obj.get("id"), f.ref, limits)
 
 
@@ -369,7 +296,7 @@ def _refusal(
     )
 
 
-def _receipt(f: _Fields, limits: Limits) -> ReceiptFrame:
+def _receipt(f: Fields, limits: Limits) -> ReceiptFrame:
     peer, group = f.one_of("peerId")
     seq = f.integer("seq", low=1, high=SEQ_MAX)
     if seq is None:
@@ -378,24 +305,24 @@ def _receipt(f: _Fields, limits: Limits) -> ReceiptFrame:
     return ReceiptFrame(seq=seq, status=status, peer_id=peer, group_id=group, ref=f.ref)
 
 
-def _status(f: _Fields, limits: Limits) -> StatusFrame:
+def _status(f: Fields, limits: Limits) -> StatusFrame:
     return StatusFrame(
         status=f.choice("status", USER_STATUSES), user_id=f.string("userId"), ref=f.ref
     )
 
 
-def _presence(f: _Fields, limits: Limits) -> PresenceFrame:
+def _presence(f: Fields, limits: Limits) -> PresenceFrame:
     return PresenceFrame(user_ids=f.id_list("userIds", max_items=PRESENCE_QUERY_MAX), ref=f.ref)
 
 
-def _typing(f: _Fields, limits: Limits) -> TypingFrame:
+def _typing(f: Fields, limits: Limits) -> TypingFrame:
     peer, group = f.one_of("recipientId")
     return TypingFrame(
         state=f.choice("state", TYPING_STATES), recipient_id=peer, group_id=group, ref=f.ref
     )
 
 
-def _conversations(f: _Fields, limits: Limits) -> ConversationsFrame:
+def _conversations(f: Fields, limits: Limits) -> ConversationsFrame:
     limit = f.integer(
         "limit", low=1, high=CONVERSATIONS_LIMIT_MAX, default=CONVERSATIONS_LIMIT_DEFAULT
     )
@@ -403,7 +330,7 @@ def _conversations(f: _Fields, limits: Limits) -> ConversationsFrame:
     return ConversationsFrame(limit=limit, ref=f.ref)
 
 
-def _history(f: _Fields, limits: Limits) -> HistoryFrame:
+def _history(f: Fields, limits: Limits) -> HistoryFrame:
     peer, group = f.one_of("peerId")
     before = f.integer("before", low=1, high=SEQ_MAX)
     after = f.integer("after", low=0, high=SEQ_MAX)
@@ -416,7 +343,7 @@ def _history(f: _Fields, limits: Limits) -> HistoryFrame:
     )
 
 
-def _group_create(f: _Fields, limits: Limits) -> GroupCreateFrame:
+def _group_create(f: Fields, limits: Limits) -> GroupCreateFrame:
     group_id = f.required_string("groupId")
     name = f.string("name", max_len=GROUP_NAME_MAX, min_len=0)
     members = f.id_list("members", max_items=limits.max_group_members) if "members" in f.obj else ()
@@ -425,7 +352,7 @@ def _group_create(f: _Fields, limits: Limits) -> GroupCreateFrame:
     )
 
 
-def _group_add(f: _Fields, limits: Limits) -> GroupAddFrame:
+def _group_add(f: Fields, limits: Limits) -> GroupAddFrame:
     return GroupAddFrame(
         group_id=f.required_string("groupId"),
         user_ids=f.id_list("userIds", max_items=limits.max_group_members),
@@ -433,7 +360,7 @@ def _group_add(f: _Fields, limits: Limits) -> GroupAddFrame:
     )
 
 
-def _group_remove(f: _Fields, limits: Limits) -> GroupRemoveFrame:
+def _group_remove(f: Fields, limits: Limits) -> GroupRemoveFrame:
     return GroupRemoveFrame(
         group_id=f.required_string("groupId"),
         user_ids=f.id_list("userIds", max_items=limits.max_group_members),
@@ -441,15 +368,15 @@ def _group_remove(f: _Fields, limits: Limits) -> GroupRemoveFrame:
     )
 
 
-def _group_leave(f: _Fields, limits: Limits) -> GroupLeaveFrame:
+def _group_leave(f: Fields, limits: Limits) -> GroupLeaveFrame:
     return GroupLeaveFrame(group_id=f.required_string("groupId"), ref=f.ref)
 
 
-def _ping(f: _Fields, limits: Limits) -> PingFrame:
+def _ping(f: Fields, limits: Limits) -> PingFrame:
     return PingFrame(ref=f.ref)
 
 
-def _search(f: _Fields, limits: Limits) -> SearchFrame:
+def _search(f: Fields, limits: Limits) -> SearchFrame:
     query = f.required_string("query", max_len=SEARCH_QUERY_MAX)
     terms = parse_query(query)
     if not terms.terms:
@@ -479,7 +406,7 @@ def _search(f: _Fields, limits: Limits) -> SearchFrame:
     )
 
 
-_PARSERS: dict[str, Callable[[_Fields, Limits], ClientFrame]] = {
+_PARSERS: dict[str, Callable[[Fields, Limits], ClientFrame]] = {
     "auth": _auth,
     "message": _message,
     "receipt": _receipt,
