@@ -50,7 +50,7 @@ from typing import Any
 import attrs
 import trio
 
-from relay.client import files
+import relay.client.files as files
 from relay.client.backoff import ReconnectPolicy
 from relay.client.calls import (
     CallInfo,
