@@ -29,8 +29,9 @@ from relay.files.service import CarriesFiles, FileService, IssuesHttpTokens
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
+from relay.transport.address import BoundAddress
 from relay.transport.httpserver import RouteTable
-from relay.transport.server import BoundAddress, Server
+from relay.transport.server import Server
 
 if TYPE_CHECKING:
     from relay.auth import Authenticator

@@ -36,10 +36,8 @@ Bounds, checked by the same sweep (so per sweep, never per message): a connectio
 queued bytes stayed over slow_consumer_bytes for slow_consumer_timeout is closed with 1013;
 when all connections together queue more than outbox_budget_bytes, the biggest are closed
 with 1013 until the rest fit. Both close at once (`close_now`): a peer that does not read
-would not read our close frame either. Per peer address (loopback exempt unless
-limit_loopback): at most max_connections_per_address TCP connections at once, handshakes
-included, opened at handshake_rate_per_address per second in bursts of ten seconds' worth;
-more are answered 429 before their request is read.
+would not read our close frame either. Per peer address, relay.transport.admission's caps;
+a connection over them is answered 429 before its request is read.
 
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
 1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the bounds above, 503 (HTTP)
@@ -62,7 +60,6 @@ from __future__ import annotations
 
 import errno
 import heapq
-import ipaddress
 import itertools
 import logging
 import math
@@ -73,7 +70,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import trio
-from attrs import define, field, frozen
+from attrs import define, field
 
 from relay.config import RelayConfig
 from relay.fastpath import FrameParser, Outbox
@@ -81,6 +78,8 @@ from relay.health import HealthReporting
 from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
 from relay.transport import http
+from relay.transport.address import BoundAddress
+from relay.transport.admission import Admission, is_loopback_peer
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
 from relay.transport.deflate import Deflaters
 from relay.transport.handshake import (
@@ -106,8 +105,6 @@ TICK_INTERVAL = 0.25
 ACCEPT_RETRY = 0.1
 #: accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-#: A peer address may open this many seconds' worth of handshake_rate_per_address at once.
-HANDSHAKE_BURST_SECONDS = 10.0
 
 _CONNECTION_TASK = "relay.transport connection"
 _ids = itertools.count(1)
@@ -118,46 +115,6 @@ _ENDED = WsState.ENDED
 
 def _nothing_now(conn: Connection, payloads: list[bytes]) -> int:
     return 0
-
-
-def is_loopback_peer(address: str) -> bool:
-    """Whether a peer's IP address (as getpeername gives it) is this machine's loopback,
-    IPv4-mapped IPv6 included."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped.is_loopback
-    return ip.is_loopback
-
-
-@define
-class AddressUse:
-    """One peer address's share of the per-address caps: its open TCP connections, and its
-    token bucket of handshakes (`tokens` as of `stamp`, trio's clock)."""
-
-    open: int
-    tokens: float
-    stamp: float
-
-
-@frozen
-class BoundAddress:
-    """Where a started relay listens; `url` is what a client connects to."""
-
-    host: str
-    port: int
-    scheme: str = "ws"
-
-    @property
-    def url(self) -> str:
-        host = self.host
-        if host in ("", "0.0.0.0", "::"):
-            host = "localhost"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{self.port}"
 
 
 @define(eq=False)
@@ -187,8 +144,8 @@ class Server:
     # close deadlines of ws:// connections: a heap of (deadline, connection id, connection)
     _expiries: list[tuple[float, int, RawConnection]] = field(factory=list)
     _expiry_changed: trio.Event = field(factory=trio.Event)
-    #: per-address caps: the addresses with open connections or a bucket not yet full
-    addresses: dict[str, AddressUse] = field(factory=dict)
+    #: per-address caps (relay.transport.admission)
+    admission: Admission = field(init=False)
     _origins: frozenset[str] = field(init=False)  # config.origins, parsed once
     # The handler's optional abilities (relay.ports), decided once.
     on_messages_nowait: Callable[[Connection, list[bytes]], int] = field(init=False)
@@ -207,6 +164,9 @@ class Server:
         self.stats = self.metrics.stats
         self.deflaters = Deflaters(self.config.compress_min_bytes, self.stats)
         self._origins = self.config.origins
+        self.admission = Admission(
+            self.config.max_connections_per_address, self.config.handshake_rate_per_address
+        )
         handler = self.handler
         self.on_messages_nowait = (
             handler.on_messages_nowait if isinstance(handler, InlineHandler) else _nothing_now
@@ -460,7 +420,7 @@ class Server:
                 total += conn.queued_bytes
         if total > config.outbox_budget_bytes:
             self._shed(total - config.outbox_budget_bytes)
-        self._prune_addresses(now)
+        self.admission.prune(now)
 
     def _shed(self, excess: int) -> None:
         """Close the connections queuing the most bytes (1013) until `excess` bytes are freed."""
@@ -474,44 +434,6 @@ class Server:
                 break
             excess -= conn.queued_bytes
             conn.close_now(1013, "server memory budget: not reading fast enough")
-
-    # --- per-address caps -----------------------------------------------------------------------
-
-    def _admit(self, address: str) -> str | None:
-        """Take one connection from `address` under its caps: None when admitted (the caller
-        calls `_release` when it ends), else why it is refused."""
-        config = self.config
-        now = trio.current_time()
-        rate = config.handshake_rate_per_address
-        capacity = rate * HANDSHAKE_BURST_SECONDS
-        use = self.addresses.get(address)
-        if use is None:
-            use = self.addresses[address] = AddressUse(open=0, tokens=capacity, stamp=now)
-        else:
-            use.tokens = min(capacity, use.tokens + (now - use.stamp) * rate)
-            use.stamp = now
-        if use.open >= config.max_connections_per_address:
-            return f"too many connections from this address (at most {use.open})"
-        if use.tokens < 1.0:
-            return f"too many new connections from this address (at most {rate:g} per second)"
-        use.tokens -= 1.0
-        use.open += 1
-        return None
-
-    def _release(self, address: str) -> None:
-        self.addresses[address].open -= 1
-
-    def _prune_addresses(self, now: float) -> None:
-        """Forget the addresses with no connection whose bucket has refilled."""
-        rate = self.config.handshake_rate_per_address
-        capacity = rate * HANDSHAKE_BURST_SECONDS
-        idle = [
-            address
-            for address, use in self.addresses.items()
-            if not use.open and use.tokens + (now - use.stamp) * rate >= capacity
-        ]
-        for address in idle:
-            del self.addresses[address]
 
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:
@@ -530,7 +452,7 @@ class Server:
         address = str(peer[0])
         capped = self.config.limit_loopback or not is_loopback_peer(address)
         if capped:
-            refusal = self._admit(address)
+            refusal = self.admission.admit(address, trio.current_time())
             if refusal is not None:
                 log.debug("refused %s: %s", address, refusal)
                 await self._refuse(tcp, HttpFailure(429, refusal))
@@ -539,7 +461,7 @@ class Server:
             await self._serve_tcp(tcp, f"{address}:{peer[1]}")
         finally:
             if capped:
-                self._release(address)
+                self.admission.release(address)
 
     async def _serve_tcp(self, tcp: trio.SocketStream, remote: str) -> None:
         # The handshake runs in its own frame, so that none of its state (h11 and wsproto

@@ -17,7 +17,8 @@ from relay.echo import EchoHandler
 from relay.errors import ConfigError
 from relay.metrics import RelayMetrics
 from relay.transport import http
-from relay.transport.server import ACCEPT_RETRY, Server, is_loopback_peer
+from relay.transport.admission import is_loopback_peer
+from relay.transport.server import ACCEPT_RETRY, Server
 
 
 async def test_metrics_on_the_main_port_answer_loopback_peers(nursery: trio.Nursery) -> None:
