@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 import trio
-from trio_websocket import WebSocketConnection, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay import Relay, RelayConfig
 from relay.fastpath import Outbox
@@ -306,3 +306,40 @@ async def slow_reader(relay: Relay, rcvbuf: int = 4096) -> RawWs:
     head = await ws._read_until(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head
     return ws
+
+
+class JsonClient:
+    """A JSON client over trio-websocket; frames not asked for yet wait in `pending`."""
+
+    def __init__(self, ws: WebSocketConnection, wait: float = 3.0) -> None:
+        self.ws = ws
+        self.wait = wait  # seconds an expected frame or close may take before the test fails
+        self.pending: list[dict[str, Any]] = []
+
+    async def send(self, frame: dict[str, Any] | str) -> None:
+        await self.ws.send_message(
+            frame if isinstance(frame, str) else orjson.dumps(frame).decode()
+        )
+
+    async def expect(self, kind: str, **match: Any) -> dict[str, Any]:
+        def fits(frame: dict[str, Any]) -> bool:
+            return frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items())
+
+        for i, frame in enumerate(self.pending):
+            if fits(frame):
+                return self.pending.pop(i)
+        with trio.fail_after(self.wait):
+            while True:
+                frame = orjson.loads(await self.ws.get_message())
+                if fits(frame):
+                    return frame  # type: ignore[no-any-return]
+                self.pending.append(frame)
+
+    async def closed(self) -> int:
+        """The close code the relay ends this connection with."""
+        with trio.fail_after(self.wait):
+            try:
+                while True:
+                    await self.ws.get_message()
+            except ConnectionClosed as exc:
+                return exc.reason.code  # type: ignore[no-any-return]

@@ -28,8 +28,8 @@ import jwt
 import orjson
 import pytest
 import trio
-from support import RawWs, mask_frame, slow_reader, start_relay
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from support import JsonClient, RawWs, mask_frame, slow_reader, start_relay
+from trio_websocket import open_websocket_url
 
 from relay import Relay
 from relay.logs import JsonFormatter, formatter, rfc3339
@@ -67,43 +67,10 @@ def token(user: str, *, secret: str = SECRET) -> str:
     return jwt.encode({"sub": user, "iat": now, "exp": now + 600}, secret, "HS256")
 
 
-class Client:
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
-        self.pending: list[dict[str, Any]] = []
-
-    async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.ws.send_message(
-            frame if isinstance(frame, str) else orjson.dumps(frame).decode()
-        )
-
-    async def expect(self, kind: str, **match: Any) -> dict[str, Any]:
-        def fits(frame: dict[str, Any]) -> bool:
-            return frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items())
-
-        for i, frame in enumerate(self.pending):
-            if fits(frame):
-                return self.pending.pop(i)
-        with trio.fail_after(WAIT):
-            while True:
-                frame = orjson.loads(await self.ws.get_message())
-                if fits(frame):
-                    return frame  # type: ignore[no-any-return]
-                self.pending.append(frame)
-
-    async def closed(self) -> int:
-        with trio.fail_after(WAIT):
-            try:
-                while True:
-                    await self.ws.get_message()
-            except ConnectionClosed as exc:
-                return exc.reason.code  # type: ignore[no-any-return]
-
-
 @asynccontextmanager
-async def client(relay: Relay) -> AsyncIterator[Client]:
+async def client(relay: Relay) -> AsyncIterator[JsonClient]:
     async with open_websocket_url(relay.url) as ws:
-        yield Client(ws)
+        yield JsonClient(ws, WAIT)
 
 
 async def all_closed(relay: Relay) -> None:

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import jwt
-import orjson
 import pytest
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from support import http_get, start_relay
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+from support import JsonClient, http_get, start_relay
+from trio_websocket import open_websocket_url
 
 from relay import Relay
 from relay.metrics import RelayMetrics
@@ -64,55 +63,19 @@ def documented_metrics() -> set[str]:
     return {row.split("`")[1].split("{")[0] for row in rows}
 
 
-class Client:
-    """A JSON client over trio-websocket; frames not asked for yet wait in `pending`."""
-
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self.ws = ws
-        self.pending: list[dict[str, Any]] = []
-
-    async def send(self, frame: dict[str, Any] | str) -> None:
-        await self.ws.send_message(
-            frame if isinstance(frame, str) else orjson.dumps(frame).decode()
-        )
-
-    async def expect(self, kind: str, **match: Any) -> dict[str, Any]:
-        def fits(frame: dict[str, Any]) -> bool:
-            return frame.get("type") == kind and all(frame.get(k) == v for k, v in match.items())
-
-        for i, frame in enumerate(self.pending):
-            if fits(frame):
-                return self.pending.pop(i)
-        with trio.fail_after(WAIT):
-            while True:
-                frame = orjson.loads(await self.ws.get_message())
-                if fits(frame):
-                    return frame  # type: ignore[no-any-return]
-                self.pending.append(frame)
-
-    async def closed(self) -> int:
-        """The close code the relay ends this connection with."""
-        with trio.fail_after(WAIT):
-            try:
-                while True:
-                    await self.ws.get_message()
-            except ConnectionClosed as exc:
-                return exc.reason.code  # type: ignore[no-any-return]
-
-
 @asynccontextmanager
-async def connect(relay: Relay, user: str, **auth: Any) -> AsyncIterator[Client]:
+async def connect(relay: Relay, user: str, **auth: Any) -> AsyncIterator[JsonClient]:
     async with open_websocket_url(relay.url) as ws:
-        client = Client(ws)
+        client = JsonClient(ws, WAIT)
         await client.send({"type": "auth", "userId": user, **auth})
         await client.expect("auth_ok")
         yield client
 
 
 @asynccontextmanager
-async def raw_client(relay: Relay) -> AsyncIterator[Client]:
+async def raw_client(relay: Relay) -> AsyncIterator[JsonClient]:
     async with open_websocket_url(relay.url) as ws:
-        yield Client(ws)
+        yield JsonClient(ws, WAIT)
 
 
 async def until(relay: Relay, name: str, value: float) -> dict[str, float]:
