@@ -161,7 +161,7 @@ class RedisLink:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._publisher, client)
                     nursery.start_soon(self._reader, pubsub)
-                    nursery.start_soon(self._heartbeat, client)
+                    nursery.start_soon(self._heartbeat, client, nursery)
                     nursery.start_soon(self._gaps)
 
     def _restart_local(self) -> None:
@@ -226,10 +226,12 @@ class RedisLink:
             except Exception:
                 log.exception("a message from node %s could not be handled", opened.node)
 
-    async def _heartbeat(self, client: Any) -> None:
+    async def _heartbeat(self, client: Any, nursery: trio.Nursery) -> None:
         """Every `refresh` s: this node's users into its expiring presence key, the other
         nodes' keys into the presence view (a dead node's key has expired: its users lapse
-        `ttl` after its last refresh)."""
+        `ttl` after its last refresh). A lapse's sweep runs beside it: it reads the store for
+        every local device, which on a loaded machine can outlast `ttl`, and a heartbeat held
+        back that long makes the other nodes take this one for dead."""
         broker = self.broker
         presence = broker.presence
         own = PRESENCE_PREFIX + broker.node_id
@@ -250,7 +252,7 @@ class RedisLink:
             broker.orderer.prune(now)
             if lapsed:
                 log.warning("node(s) %s stopped answering; catching up from the store", lapsed)
-                await self._sweep()
+                nursery.start_soon(self._sweep)
             await trio.sleep(self.refresh)
 
     async def _sweep(self) -> None:
