@@ -54,7 +54,7 @@ async def test_a_picture_shows_inline_and_a_file_downloads(
             sent = await driver.step("sent")
             # staged before sending, with the notice that files are not encrypted
             assert sent["staged"] == [
-                "sunset.png (130 B)×",
+                "sunset.png (130 B)\N{MULTIPLICATION SIGN}",  # and its remove button
                 "files are not end-to-end encrypted; the text is",
             ]
             assert sent["failed"] == 0

@@ -112,4 +112,4 @@ async def scenario(
         raise
     finally:
         await process.wait()
-    assert process.returncode == 0, stderr_path.read_text()
+    assert process.returncode == 0, await trio.Path(stderr_path).read_text()
