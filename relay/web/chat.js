@@ -60,6 +60,7 @@
   const keyWaits = new Map();  // keys_get ref -> {userId, resolve}
   const KEYS_FRESH_MS = 30000;
   let onlineWaiters = [];
+  let keysPublished = false;  // the relay answered this connection's keys_publish
 
   const calls = RelayCalls.create({
     send: (frame) => send(frame), iceServers: () => iceServers, onChange: () => render(), audio: $("call-audio"),
@@ -191,6 +192,7 @@
     httpToken = typeof f.httpToken === "string" ? f.httpToken : null;
     iceServers = Array.isArray(f.iceServers) ? f.iceServers : [];
     setConn("online", "online");
+    keysPublished = false;
     publishKeys();
     for (const w of onlineWaiters.splice(0)) w();
     send({ type: "conversations", ref: nextRef("c") });
@@ -567,10 +569,11 @@
   }
 
   // A user's verified devices: cached for KEYS_FRESH_MS (`fresh` asks the relay unless the
-  // cache is that recent); offline, the cache of any age, else the answer once online.
-  async function keysOf(userId, fresh) {
+  // cache is that recent, `force` whatever its age); offline, the cache of any age, else the
+  // answer once online.
+  async function keysOf(userId, fresh, force) {
     const cached = keysCache.get(userId);
-    if (cached && (!fresh || Date.now() - cached.at < KEYS_FRESH_MS)) return cached;
+    if (cached && !force && (!fresh || Date.now() - cached.at < KEYS_FRESH_MS)) return cached;
     if (!connected) {
       if (cached) return cached;
       await new Promise((resolve) => onlineWaiters.push(resolve));
@@ -588,6 +591,7 @@
   async function onKeys(f) {
     const wait = f.ref !== undefined ? keyWaits.get(f.ref) : undefined;
     if (wait) keyWaits.delete(f.ref);
+    if (f.ref === "kp") keysPublished = true;
     const devices = [];
     const bad = [];
     for (const d of f.devices || []) {
@@ -627,7 +631,7 @@
   }
 
   async function showSafetyNumber(c) {
-    const [peer, mine] = await Promise.all([keysOf(c.peerId, true), keysOf(me.userId, true)]);
+    const [peer, mine] = await Promise.all([keysOf(c.peerId, true, true), keysOf(me.userId, true, true)]);
     const number = await RelayE2E.safetyNumber(
       me.userId, mine.devices.map((d) => d.identityKey), c.peerId, peer.devices.map((d) => d.identityKey));
     c.safety = number;
@@ -907,7 +911,7 @@
     const c = convs.get(key);
     if (c && !c.loaded) requestHistory(c, false);
     if (c && c.peerId !== undefined) queryPresence([c.peerId]);
-    if (c && c.peerId !== undefined && connected) keysOf(c.peerId, true);
+    if (c && c.peerId !== undefined && connected) keysOf(c.peerId, true, true);
     if (c) maybeRead(c);
     render();
     const list = $("messages");
@@ -1071,7 +1075,7 @@
 
   // For tests and debugging: a read-only view of the connection.
   window.relayChat = Object.freeze({
-    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url, deviceId: me && me.deviceId }),
+    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url, deviceId: me && me.deviceId, keysPublished }),
     call: () => calls.state(),
     disconnect: () => { if (ws) ws.close(4000, "test"); },
   });

@@ -1,0 +1,53 @@
+// End-to-end encryption between the web chat and the Python client
+// (tests/test_web_chat_e2e.py). Usage: node e2e_chat.mjs <relay http url>
+// alice (this page) reads what bob's Python client sealed for her device, sees the messages she
+// cannot read marked as such, answers sealed, shows the safety number, and is warned when
+// bob's device shows another identity key.
+import { run, say, type, expectLine, STEP_MS } from "./lib.mjs";
+
+const [url] = process.argv.slice(2);
+
+await run(url, async (open) => {
+  const alice = await open("alice", "Alice Web");
+  await alice.waitForFunction(() => window.relayChat.state().keysPublished, null, { timeout: STEP_MS });
+  say("ready", { deviceId: await alice.evaluate(() => window.relayChat.state().deviceId) });
+
+  await expectLine("sealed");
+  const item = alice.locator('.conv[data-key="u:bob"]');
+  await item.locator(".unread", { hasText: /^3$/ }).waitFor({ timeout: STEP_MS });
+  const preview = await item.locator(".conv-preview").textContent();
+  await item.click();
+  await alice.locator("#chat-e2e.on").waitFor({ timeout: STEP_MS });
+  const settled = '#message-list .msg[data-e2e="read"], #message-list .msg[data-e2e="undecryptable"]';
+  await alice.locator(settled).nth(2).waitFor({ timeout: STEP_MS });
+  say("read", {
+    preview,
+    status: await alice.locator("#chat-e2e").textContent(),
+    texts: await alice.locator("#message-list .msg-text").allTextContents(),
+    states: await alice.locator("#message-list .msg").evaluateAll((l) => l.map((m) => m.dataset.e2e)),
+  });
+
+  await type(alice, "reply from chromium ✓ 🔐");
+  const mine = alice.locator('#message-list .msg.mine[data-status="sent"], #message-list .msg.mine[data-status="delivered"]');
+  await mine.first().waitFor({ timeout: STEP_MS });
+  say("sent", {
+    id: await mine.first().getAttribute("data-id"),
+    e2e: await mine.first().getAttribute("data-e2e"),
+    lock: await mine.first().locator(".lock").count(),
+  });
+
+  await alice.click("#safety-btn");
+  await alice.locator("#safety").waitFor({ timeout: STEP_MS });
+  say("safety", { text: await alice.locator("#safety").textContent() });
+
+  // bob's device publishes another identity key; asking again shows the warning.
+  await expectLine("rekeyed");
+  const before = await alice.locator("#safety").textContent();
+  await alice.click("#safety-btn");
+  await alice.locator("#key-warning").waitFor({ timeout: STEP_MS });
+  await alice.waitForFunction((old) => document.getElementById("safety").textContent !== old, before, { timeout: STEP_MS });
+  say("warned", {
+    warning: await alice.locator("#key-warning").textContent(),
+    safety: await alice.locator("#safety").textContent(),
+  });
+});

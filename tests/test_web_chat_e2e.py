@@ -1,0 +1,129 @@
+"""End-to-end encryption in the web chat (#18), in headless Chromium against a real relay on
+SQLite: what the Python client library (relay.client.e2e) seals is read in the page, what the
+page seals (WebCrypto) is opened by the Python client, both sides compute the same safety
+number, a changed identity key is warned about, a message without a box for the page's device
+or with an altered box is shown as unreadable; and the plaintext is in neither the SQLite file
+nor the relay's log."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from support import JsonClient, start_relay, ws_connect
+from web_browser import page_url, require_browser, scenario
+
+from relay.client.e2e import DeviceIdentity, open_e2e, safety_number, seal, verify_device
+
+
+@pytest.fixture(scope="module")
+def browser_node() -> str:
+    return require_browser()
+
+
+FROM_PYTHON = "the plan: meet at 6 \N{SUNRISE}"
+FROM_CHROMIUM = "reply from chromium \N{CHECK MARK} \N{CLOSED LOCK WITH KEY}"
+ELSEWHERE = "only for another device"
+ALTERED = "this box gets altered"
+
+
+def message(id: str, e2e: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "message", "id": id, "recipientId": "alice", "e2e": e2e}
+
+
+async def test_python_and_chromium_read_each_others_sealed_messages(
+    nursery: trio.Nursery, browser_node: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="relay")
+    db = tmp_path / "relay.db"
+    relay = await start_relay(nursery, web_chat=True, db_path=str(db))
+    bob_key = DeviceIdentity.generate("py-bob")
+    with trio.fail_after(60):
+        async with (
+            ws_connect(relay.url) as ws,
+            scenario(
+                browser_node, "e2e_chat.mjs", [page_url(relay)], tmp_path / "stderr"
+            ) as driver,
+        ):
+            bob = JsonClient(ws, wait=10)
+            await bob.send({"type": "auth", "userId": "bob", "deviceId": "py-bob"})
+            await bob.expect("auth_ok")
+            await bob.send({**bob_key.publish_frame(), "ref": "p"})
+            await bob.expect("keys", ref="p")
+
+            web_device = (await driver.step("ready"))["deviceId"]
+            await bob.send({"type": "keys_get", "userId": "alice", "ref": "a"})
+            (entry,) = (await bob.expect("keys", ref="a"))["devices"]
+            # The page's Ed25519 signature over its X25519 key verifies in Python.
+            alice_web = verify_device("alice", entry)
+            assert alice_web.device_id == web_device
+
+            good = seal(
+                FROM_PYTHON, sender_user="bob", sender_device="py-bob", recipients=[alice_web]
+            )
+            other = verify_device("alice", DeviceIdentity.generate("tablet").publish_frame())
+            elsewhere = seal(
+                ELSEWHERE, sender_user="bob", sender_device="py-bob", recipients=[other]
+            )
+            altered = seal(
+                ALTERED, sender_user="bob", sender_device="py-bob", recipients=[alice_web]
+            )
+            box = bytearray(base64.b64decode(altered["boxes"][web_device]))
+            box[40] ^= 1  # a byte of the ciphertext
+            altered["boxes"][web_device] = base64.b64encode(bytes(box)).decode()
+            for id, e2e in (("e1", good), ("e2", elsewhere), ("e3", altered)):
+                await bob.send(message(id, e2e))
+                assert (await bob.expect("receipt", id=id))["status"] == "sent"
+            await driver.cue("sealed")
+
+            step = await driver.step("read")
+            assert step["preview"] == "\N{LOCK} Encrypted message"
+            assert step["status"] == "\N{LOCK} end-to-end encrypted"
+            assert step["states"] == ["read", "undecryptable", "undecryptable"]
+            unreadable = "\N{LOCK} This message cannot be read here: "
+            assert step["texts"] == [
+                FROM_PYTHON,
+                unreadable + f"not encrypted for this device (no box for {web_device})",
+                unreadable + "does not decrypt: altered, or sealed for another device or key",
+            ]
+
+            step = await driver.step("sent")
+            assert (step["e2e"], step["lock"]) == ("read", 1)
+            frame = await bob.expect("message", senderId="alice")
+            assert frame["id"] == step["id"] and "text" not in frame
+            e2e = frame["e2e"]
+            # one box for bob's device, one for the page's own device (its history)
+            assert sorted(e2e["boxes"]) == sorted(["py-bob", web_device])
+            assert e2e["senderDevice"] == web_device
+            assert open_e2e(e2e, sender_user="alice", me=bob_key).text == FROM_CHROMIUM
+
+            step = await driver.step("safety")
+            number = safety_number("alice", [alice_web.identity_key], "bob", [bob_key.identity_key])
+            assert step["text"] == f"Safety number with bob: {number}"
+
+            new_key = DeviceIdentity.generate("py-bob")
+            await bob.send({**new_key.publish_frame(), "ref": "p2"})
+            await bob.expect("keys", ref="p2")
+            await driver.cue("rekeyed")
+            step = await driver.step("warned")
+            assert step["warning"] == (
+                "\N{WARNING SIGN} The identity key of bob's device py-bob changed. "
+                "Compare safety numbers before trusting it."
+            )
+            number = safety_number("alice", [alice_web.identity_key], "bob", [new_key.identity_key])
+            assert step["safety"] == f"Safety number with bob: {number}"
+            await driver.done()
+
+    files = [p for p in await trio.Path(tmp_path).iterdir() if p.name.startswith("relay.db")]
+    stored = b"".join([await p.read_bytes() for p in files])
+    # The file holds the messages (their boxes, as sent) ...
+    assert good["boxes"][web_device].encode() in stored
+    assert e2e["boxes"]["py-bob"].encode() in stored
+    # ... and none of the texts; nor does the relay's log.
+    for text in (FROM_PYTHON, FROM_CHROMIUM, ELSEWHERE, ALTERED):
+        assert text.encode() not in stored
+        assert text not in caplog.text
