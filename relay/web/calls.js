@@ -208,7 +208,15 @@
       };
     }
 
-    return { place, answer, reject, hangUp, handle, disconnected, state };
+    /** Audio packets received from the peer so far (0 without a connection). */
+    async function packetsReceived() {
+      if (!call || !call.pc) return 0;
+      let n = 0;
+      (await call.pc.getStats()).forEach((r) => { if (r.type === "inbound-rtp" && r.kind === "audio") n += r.packetsReceived || 0; });
+      return n;
+    }
+
+    return { place, answer, reject, hangUp, handle, disconnected, state, packetsReceived };
   }
 
   /** The line a call record shows: {"callId","media","outcome","durationMs"}. */

@@ -1077,6 +1077,7 @@
   window.relayChat = Object.freeze({
     state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url, deviceId: me && me.deviceId, keysPublished }),
     call: () => calls.state(),
+    callPackets: () => calls.packetsReceived(),
     disconnect: () => { if (ws) ws.close(4000, "test"); },
   });
 
