@@ -116,6 +116,12 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
             )
             number = safety_number("alice", [alice_web.identity_key], "bob", [new_key.identity_key])
             assert step["safety"] == f"Safety number with bob: {number}"
+
+            step = await driver.step("reloaded")
+            assert step["deviceId"] == web_device
+            assert step["texts"][0] == FROM_PYTHON and step["texts"][3] == FROM_CHROMIUM
+            # the key book remembers the new key: no warning for it again
+            assert step["warning"] is False
             await driver.done()
 
     files = [p for p in await trio.Path(tmp_path).iterdir() if p.name.startswith("relay.db")]

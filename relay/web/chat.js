@@ -573,7 +573,9 @@
   // answer once online.
   async function keysOf(userId, fresh, force) {
     const cached = keysCache.get(userId);
-    if (cached && !force && (!fresh || Date.now() - cached.at < KEYS_FRESH_MS)) return cached;
+    // A user without keys is asked again each time: a message encrypts as soon as they publish.
+    const recent = cached && cached.devices.length && Date.now() - cached.at < KEYS_FRESH_MS;
+    if (cached && !force && (!fresh || recent)) return cached;
     if (!connected) {
       if (cached) return cached;
       await new Promise((resolve) => onlineWaiters.push(resolve));

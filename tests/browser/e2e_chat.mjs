@@ -50,4 +50,17 @@ await run(url, async (open) => {
     warning: await alice.locator("#key-warning").textContent(),
     safety: await alice.locator("#safety").textContent(),
   });
+
+  // A new page load of the same profile: the device's keys were kept (IndexedDB), so the
+  // history reads again, her own message too (sealed for her own device as well).
+  await alice.reload();
+  await alice.click("#login-form button[type=submit]");
+  await alice.waitForFunction(() => window.relayChat.state().connected, null, { timeout: STEP_MS });
+  await alice.locator('.conv[data-key="u:bob"]').click();
+  await alice.locator(settled).nth(3).waitFor({ timeout: STEP_MS });
+  say("reloaded", {
+    deviceId: await alice.evaluate(() => window.relayChat.state().deviceId),
+    texts: await alice.locator("#message-list .msg-text").allTextContents(),
+    warning: await alice.locator("#key-warning").isVisible(),
+  });
 });

@@ -62,7 +62,8 @@ export async function run(url, scenario, { media = false } = {}) {
     await page.fill("#login-user", user);
     await page.fill("#login-name", name);
     await page.click("#login-form button[type=submit]");
-    await page.waitForFunction(() => window.relayChat.state().connected, null, { timeout: STEP_MS });
+    // Signed in, and this device's keys are with the relay (so a peer finds them).
+    await page.waitForFunction(() => window.relayChat.state().keysPublished, null, { timeout: STEP_MS });
     return page;
   };
   try {
