@@ -2,7 +2,7 @@
 each other through a real relay: ringing, answer, a WebRTC connection that reaches the
 connected state and carries sound both ways, hang-up seen on both sides, the call's record in
 both conversations; bob's second (Python) device rings too and is told the call was answered
-elsewhere; a second call, declined."""
+elsewhere; a second call, declined; a call to a user with no connected device."""
 
 from __future__ import annotations
 
@@ -85,4 +85,9 @@ async def test_two_browsers_call_answer_connect_and_hang_up(
                 assert second["callId"] == step["alice"]["callId"] != invite["callId"]
                 end = await phone.expect("call_end", callId=second["callId"])
                 assert end["reason"] == "rejected"
+
+                step = await driver.step("unavailable")
+                assert (step["alice"]["phase"], step["alice"]["reason"]) == ("ended", "unavailable")
+                assert step["alice"]["connectionState"] == "closed"  # the microphone let go
+                assert step["bar"] == "Call not reachable"
                 await driver.done()

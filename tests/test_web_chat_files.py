@@ -42,13 +42,15 @@ def png(width: int, height: int) -> bytes:
 async def test_a_picture_shows_inline_and_a_file_downloads(
     nursery: trio.Nursery, browser_node: str, tmp_path: Path
 ) -> None:
-    relay = await start_relay(nursery, web_chat=True)
+    relay = await start_relay(nursery, web_chat=True, max_file_bytes=4096)
     picture = tmp_path / "sunset.png"
     picture.write_bytes(png(7, 5))
     assert picture.stat().st_size == 130
     notes = tmp_path / "notes.txt"
     notes.write_text("bring the map — and snacks\n", encoding="utf-8")
-    args = [page_url(relay), str(picture), str(notes)]
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(5000))
+    args = [page_url(relay), str(picture), str(notes), str(big)]
     with trio.fail_after(60):
         async with scenario(browser_node, "files_chat.mjs", args, tmp_path / "stderr") as driver:
             sent = await driver.step("sent")
@@ -74,4 +76,8 @@ async def test_a_picture_shows_inline_and_a_file_downloads(
                 "name": "notes.txt",
                 "text": "bring the map — and snacks\n",
             }
+            step = await driver.step("too-large")
+            assert step["reason"] == 'failed: "big.bin" is too large for the relay'
+            assert step["toast"] == 'message not sent: "big.bin" is too large for the relay'
+            assert step["bobLinks"] == 2
             await driver.done()

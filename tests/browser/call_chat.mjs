@@ -60,4 +60,10 @@ await run(url, async (open) => {
     aliceBar: await alice.locator("#call-text").textContent(),
     aliceRecords: await records(alice), bobRecords: await records(bob),
   });
+
+  // Nobody to ring: carol has no connected device.
+  await openChat(alice, "carol");
+  await alice.click("#call-btn");
+  await phase(alice, "ended");
+  say("unavailable", { alice: await callOf(alice), bar: await alice.locator("#call-text").textContent() });
 }, { media: true });

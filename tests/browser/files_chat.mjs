@@ -6,7 +6,7 @@ import { readFile } from "node:fs/promises";
 import { basename } from "node:path";
 import { run, say, openChat, STEP_MS } from "./lib.mjs";
 
-const [url, picture, notes] = process.argv.slice(2);
+const [url, picture, notes, big] = process.argv.slice(2);
 
 await run(url, async (open) => {
   const alice = await open("alice", "Alice Web");
@@ -58,5 +58,16 @@ await run(url, async (open) => {
     links: await bob.locator("#message-list a.attachment-link").allTextContents(),
     sizes: await bob.locator("#message-list .attachment-size").allTextContents(),
     download: { name: download.suggestedFilename(), text: saved.toString("utf8") },
+  });
+
+  // A file over the relay's limit: the message fails, saying why, and nothing reaches bob.
+  await alice.setInputFiles("#attach-input", big);
+  await alice.click("#send");
+  const failed = alice.locator('#message-list .msg.mine[data-status="failed"]');
+  await failed.waitFor({ timeout: STEP_MS });
+  say("too-large", {
+    reason: await failed.locator(".tick").getAttribute("title"),
+    toast: await alice.locator("#toast").textContent(),
+    bobLinks: await bob.locator("#message-list a.attachment-link").count(),
   });
 });
