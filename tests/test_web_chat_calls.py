@@ -58,6 +58,11 @@ async def test_two_browsers_call_answer_connect_and_hang_up(
                 assert alice["callId"] == bob["callId"] == invite["callId"]
                 assert (alice["outgoing"], bob["outgoing"]) == (True, False)
                 assert connected(alice) and connected(bob), step
+                # Peer to peer between host candidates of this machine (no STUN/TURN configured):
+                # the same address on both ends, so the sound never left the host.
+                route = step["route"]
+                assert route["local"]["candidateType"] == route["remote"]["candidateType"] == "host"
+                assert route["local"]["address"] == route["remote"]["address"], route
                 # the page that did not answer: told, and out of the call
                 end = await phone.expect("call_end", callId=invite["callId"])
                 assert end["reason"] == "answered_elsewhere"

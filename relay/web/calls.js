@@ -216,7 +216,24 @@
       return n;
     }
 
-    return { place, answer, reject, hangUp, handle, disconnected, state, packetsReceived };
+    /** The candidate pair the connection uses: {local, remote}, each {address, port,
+     * candidateType, protocol} (candidateType "relay": through a TURN server); null before. */
+    async function route() {
+      if (!call || !call.pc) return null;
+      const stats = await call.pc.getStats();
+      let pair = null;
+      stats.forEach((r) => {
+        if (r.type === "transport" && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+      });
+      if (!pair) return null;
+      const side = (id) => {
+        const c = stats.get(id);
+        return c ? { address: c.address, port: c.port, candidateType: c.candidateType, protocol: c.protocol } : null;
+      };
+      return { local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId) };
+    }
+
+    return { place, answer, reject, hangUp, handle, disconnected, state, packetsReceived, route };
   }
 
   /** The line a call record shows: {"callId","media","outcome","durationMs"}. */

@@ -1080,6 +1080,7 @@
     state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url, deviceId: me && me.deviceId, keysPublished }),
     call: () => calls.state(),
     callPackets: () => calls.packetsReceived(),
+    callRoute: () => calls.route(),
     disconnect: () => { if (ws) ws.close(4000, "test"); },
   });
 

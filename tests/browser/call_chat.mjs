@@ -35,7 +35,10 @@ await run(url, async (open) => {
   for (const page of [alice, bob]) {
     await page.waitForFunction(async () => (await window.relayChat.callPackets()) > 0, null, { timeout: STEP_MS, polling: 100 });
   }
-  say("connected", { alice: await callOf(alice), bob: await callOf(bob) });
+  say("connected", {
+    alice: await callOf(alice), bob: await callOf(bob),
+    route: await alice.evaluate(() => window.relayChat.callRoute()),
+  });
 
   await alice.click("#call-hangup");
   await phase(alice, "ended");
