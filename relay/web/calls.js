@@ -100,10 +100,15 @@
         return;
       }
       if (call !== mine || mine.phase === "ended") { for (const t of mine.stream.getTracks()) t.stop(); return; }
-      mine.pc = peerConnection();
-      for (const t of mine.stream.getTracks()) mine.pc.addTrack(t, mine.stream);
-      const offer = await mine.pc.createOffer();
-      await mine.pc.setLocalDescription(offer);
+      try {
+        mine.pc = peerConnection();
+        for (const t of mine.stream.getTracks()) mine.pc.addTrack(t, mine.stream);
+        await mine.pc.setLocalDescription(await mine.pc.createOffer());
+      } catch (e) {
+        if (call === mine) teardown("failed"); // nothing was sent: the relay knows no call
+        return;
+      }
+      if (call !== mine || mine.phase === "ended") return;
       if (!send({ type: "call_invite", callId: mine.callId, peerId, media: "audio", sdp: mine.pc.localDescription.sdp })) {
         teardown("unavailable");
       }
@@ -121,11 +126,20 @@
         return;
       }
       if (call !== mine || mine.phase === "ended") { for (const t of mine.stream.getTracks()) t.stop(); return; }
-      mine.pc = peerConnection();
-      await mine.pc.setRemoteDescription({ type: "offer", sdp: mine.offer });
-      for (const t of mine.stream.getTracks()) mine.pc.addTrack(t, mine.stream);
-      const ans = await mine.pc.createAnswer();
-      await mine.pc.setLocalDescription(ans);
+      try {
+        mine.pc = peerConnection();
+        await mine.pc.setRemoteDescription({ type: "offer", sdp: mine.offer });
+        for (const t of mine.stream.getTracks()) mine.pc.addTrack(t, mine.stream);
+        await mine.pc.setLocalDescription(await mine.pc.createAnswer());
+      } catch (e) {
+        // An offer this browser cannot take: decline, so the caller is not left ringing.
+        if (call === mine && mine.phase !== "ended") {
+          send({ type: "call_reject", callId: mine.callId });
+          teardown("failed");
+        }
+        return;
+      }
+      if (call !== mine || mine.phase === "ended") return;
       send({ type: "call_accept", callId: mine.callId, sdp: mine.pc.localDescription.sdp });
       await addEarly();
     }
