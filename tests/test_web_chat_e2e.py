@@ -29,6 +29,7 @@ FROM_PYTHON = "the plan: meet at 6 \N{SUNRISE}"
 FROM_CHROMIUM = "reply from chromium \N{CHECK MARK} \N{CLOSED LOCK WITH KEY}"
 ELSEWHERE = "only for another device"
 ALTERED = "this box gets altered"
+TO_ALL = "to every device of mine"
 
 
 def message(id: str, e2e: dict[str, Any]) -> dict[str, Any]:
@@ -122,6 +123,19 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
             assert step["texts"][0] == FROM_PYTHON and step["texts"][3] == FROM_CHROMIUM
             # the key book remembers the new key: no warning for it again
             assert step["warning"] is False
+
+            step = await driver.step("other-device")
+            phone = step["deviceId"]
+            frame = await bob.expect("message", senderId="alice", id=step["id"])
+            assert sorted(frame["e2e"]["boxes"]) == sorted(["py-bob", web_device, phone])
+            assert open_e2e(frame["e2e"], sender_user="alice", me=new_key).text == TO_ALL
+            # the new device reads only what was sealed after it published its keys
+            assert step["states"] == ["undecryptable"] * 4 + ["read"]
+            assert step["texts"][-1] == TO_ALL
+            assert (
+                step["texts"][0]
+                == unreadable + f"not encrypted for this device (no box for {phone})"
+            )
             await driver.done()
 
     files = [p for p in await trio.Path(tmp_path).iterdir() if p.name.startswith("relay.db")]
@@ -130,6 +144,6 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
     assert good["boxes"][web_device].encode() in stored
     assert e2e["boxes"]["py-bob"].encode() in stored
     # ... and none of the texts; nor does the relay's log.
-    for text in (FROM_PYTHON, FROM_CHROMIUM, ELSEWHERE, ALTERED):
+    for text in (FROM_PYTHON, FROM_CHROMIUM, ELSEWHERE, ALTERED, TO_ALL):
         assert text.encode() not in stored
         assert text not in caplog.text

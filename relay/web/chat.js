@@ -58,7 +58,6 @@
   let keyBook = null;
   const keysCache = new Map(); // userId -> {devices: [verified], at: ms}
   const keyWaits = new Map();  // keys_get ref -> {userId, resolve}
-  const KEYS_FRESH_MS = 30000;
   let onlineWaiters = [];
   let keysPublished = false;  // the relay answered this connection's keys_publish
 
@@ -203,7 +202,7 @@
       if (c.loaded) fillGap(c); else requestHistory(c, false);
       if (c.peerId !== undefined) {
         queryPresence([c.peerId]);
-        keysOf(c.peerId, true);
+        keysOf(c.peerId);
       }
     }
     render();
@@ -515,7 +514,7 @@
       }
       const self = rec.text && c.peerId !== undefined ? await identity : null;
       if (self) {
-        const [peer, mine] = await Promise.all([keysOf(c.peerId, true), keysOf(me.userId, true)]);
+        const [peer, mine] = await Promise.all([keysOf(c.peerId), keysOf(me.userId)]);
         if (peer.devices.length) {
           const others = mine.devices.filter((d) => d.deviceId !== me.deviceId);
           // This device's own box lets it read the message again from history.
@@ -568,14 +567,11 @@
     }).then((self) => { render(); return self; });
   }
 
-  // A user's verified devices: cached for KEYS_FRESH_MS (`fresh` asks the relay unless the
-  // cache is that recent, `force` whatever its age); offline, the cache of any age, else the
-  // answer once online.
-  async function keysOf(userId, fresh, force) {
+  // A user's verified devices, asked of the relay each time while online, so that every message
+  // is sealed for the devices there are now (a new device gets its box at once, a peer who just
+  // published gets encrypted messages); offline, the last answer, else the answer once online.
+  async function keysOf(userId) {
     const cached = keysCache.get(userId);
-    // A user without keys is asked again each time: a message encrypts as soon as they publish.
-    const recent = cached && cached.devices.length && Date.now() - cached.at < KEYS_FRESH_MS;
-    if (cached && !force && (!fresh || recent)) return cached;
     if (!connected) {
       if (cached) return cached;
       await new Promise((resolve) => onlineWaiters.push(resolve));
@@ -633,7 +629,7 @@
   }
 
   async function showSafetyNumber(c) {
-    const [peer, mine] = await Promise.all([keysOf(c.peerId, true, true), keysOf(me.userId, true, true)]);
+    const [peer, mine] = await Promise.all([keysOf(c.peerId), keysOf(me.userId)]);
     const number = await RelayE2E.safetyNumber(
       me.userId, mine.devices.map((d) => d.identityKey), c.peerId, peer.devices.map((d) => d.identityKey));
     c.safety = number;
@@ -913,7 +909,7 @@
     const c = convs.get(key);
     if (c && !c.loaded) requestHistory(c, false);
     if (c && c.peerId !== undefined) queryPresence([c.peerId]);
-    if (c && c.peerId !== undefined && connected) keysOf(c.peerId, true, true);
+    if (c && c.peerId !== undefined && connected) keysOf(c.peerId);
     if (c) maybeRead(c);
     render();
     const list = $("messages");

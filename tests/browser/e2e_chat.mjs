@@ -63,4 +63,19 @@ await run(url, async (open) => {
     texts: await alice.locator("#message-list .msg-text").allTextContents(),
     warning: await alice.locator("#key-warning").isVisible(),
   });
+
+  // alice signs in on a second device: what she sends next is sealed for it too.
+  const phone = await open("alice", "Alice Web");
+  await type(alice, "to every device of mine");
+  const last = alice.locator("#message-list .msg.mine").last();
+  await alice.locator('#message-list .msg.mine:not([data-status="pending"]):not([data-status="failed"])').nth(1)
+    .waitFor({ timeout: STEP_MS });
+  await phone.locator('.conv[data-key="u:bob"]').click();
+  await phone.locator(settled).nth(4).waitFor({ timeout: STEP_MS });
+  say("other-device", {
+    id: await last.getAttribute("data-id"),
+    deviceId: await phone.evaluate(() => window.relayChat.state().deviceId),
+    texts: await phone.locator("#message-list .msg-text").allTextContents(),
+    states: await phone.locator("#message-list .msg").evaluateAll((l) => l.map((m) => m.dataset.e2e)),
+  });
 });
