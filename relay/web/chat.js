@@ -127,6 +127,8 @@
       connected = false;
       httpToken = null;
       calls.disconnected();
+      for (const w of keyWaits.values()) w.resolve(null);
+      keyWaits.clear();
       for (const c of convs.values()) c.typing.clear();
       if (!me) return;
       if (event.code === 1008 && loginFailed) {
@@ -571,19 +573,25 @@
   // is sealed for the devices there are now (a new device gets its box at once, a peer who just
   // published gets encrypted messages); offline, the last answer, else the answer once online.
   async function keysOf(userId) {
-    const cached = keysCache.get(userId);
-    if (!connected) {
-      if (cached) return cached;
-      await new Promise((resolve) => onlineWaiters.push(resolve));
-    }
-    const ref = nextRef("k");
-    return new Promise((resolve) => {
-      keyWaits.set(ref, { userId, resolve });
-      if (!send({ type: "keys_get", userId, ref })) {
-        keyWaits.delete(ref);
-        resolve(cached || { devices: [], at: 0 });
+    for (;;) {
+      const cached = keysCache.get(userId);
+      if (!connected) {
+        if (cached) return cached;
+        await new Promise((resolve) => onlineWaiters.push(resolve));
+        continue;
       }
-    });
+      // null: the connection closed before the answer (asked again) or the user signed out.
+      const answer = await new Promise((resolve) => {
+        const ref = nextRef("k");
+        keyWaits.set(ref, { userId, resolve });
+        if (!send({ type: "keys_get", userId, ref })) {
+          keyWaits.delete(ref);
+          resolve(null);
+        }
+      });
+      if (answer) return answer;
+      if (!me) return { devices: [], at: 0 };
+    }
   }
 
   async function onKeys(f) {
@@ -950,13 +958,13 @@
   }
 
   function signOut(reason) {
+    calls.hangUp(); // while the socket is still open: the peer hears "hangup"
     const sock = ws;
     me = null;
     ws = null;
     connected = false;
     clearTimeout(reconnectTimer);
     reconnectTimer = null;
-    calls.hangUp();
     if (sock) sock.close(1000);
     stopTyping();
     RelayFiles.forget();
@@ -964,8 +972,10 @@
     identity = null;
     e2eProblem = null;
     keysCache.clear();
-    for (const w of keyWaits.values()) w.resolve({ devices: [], at: 0 });
+    for (const w of keyWaits.values()) w.resolve(null);
     keyWaits.clear();
+    onlineWaiters = [];
+    preparing = Promise.resolve();
     httpToken = null;
     clearTimeout(ackTimer);
     ackTimer = null;
