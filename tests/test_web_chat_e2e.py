@@ -30,6 +30,7 @@ FROM_CHROMIUM = "reply from chromium \N{CHECK MARK} \N{CLOSED LOCK WITH KEY}"
 ELSEWHERE = "only for another device"
 ALTERED = "this box gets altered"
 TO_ALL = "to every device of mine"
+OFFLINE = "sealed while offline"
 
 
 def message(id: str, e2e: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +137,11 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
                 step["texts"][0]
                 == unreadable + f"not encrypted for this device (no box for {phone})"
             )
+
+            step = await driver.step("resent")
+            assert step["status"] in ("sent", "delivered") and step["e2e"] == "read"
+            frame = await bob.expect("message", senderId="alice", id=step["id"])
+            assert open_e2e(frame["e2e"], sender_user="alice", me=new_key).text == OFFLINE
             await driver.done()
 
     files = [p for p in await trio.Path(tmp_path).iterdir() if p.name.startswith("relay.db")]
@@ -144,6 +150,6 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
     assert good["boxes"][web_device].encode() in stored
     assert e2e["boxes"]["py-bob"].encode() in stored
     # ... and none of the texts; nor does the relay's log.
-    for text in (FROM_PYTHON, FROM_CHROMIUM, ELSEWHERE, ALTERED, TO_ALL):
+    for text in (FROM_PYTHON, FROM_CHROMIUM, ELSEWHERE, ALTERED, TO_ALL, OFFLINE):
         assert text.encode() not in stored
         assert text not in caplog.text

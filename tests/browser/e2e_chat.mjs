@@ -78,4 +78,13 @@ await run(url, async (open) => {
     texts: await phone.locator("#message-list .msg-text").allTextContents(),
     states: await phone.locator("#message-list .msg").evaluateAll((l) => l.map((m) => m.dataset.e2e)),
   });
+
+  // Typed as the connection drops: sealed (with the devices last known, or asked again once
+  // back online) and sent after the page reconnected by itself.
+  await alice.evaluate(() => window.relayChat.disconnect());
+  await type(alice, "sealed while offline");
+  const offline = alice.locator("#message-list .msg.mine").last();
+  const offlineId = await offline.getAttribute("data-id");
+  await alice.locator(`#message-list .msg.mine[data-id="${offlineId}"]:not([data-status="pending"])`).waitFor({ timeout: STEP_MS });
+  say("resent", { id: offlineId, status: await offline.getAttribute("data-status"), e2e: await offline.getAttribute("data-e2e") });
 });
