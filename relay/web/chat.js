@@ -244,7 +244,7 @@
     if (m.e2e && typeof m.e2e === "object") {
       rec.e2e = m.e2e;
       rec.encrypted = true;
-      if (rec.text === undefined && !rec.opening) openMessage(rec);
+      if (rec.text === undefined && !rec.opening && !rec.undecryptable) openMessage(rec);
     } else {
       rec.text = m.text;
     }
@@ -514,7 +514,8 @@
         for (const f of files) infos.push(await RelayFiles.upload(await token(), f, f.name));
         rec.attachments = infos;
       }
-      const self = rec.text && c.peerId !== undefined ? await identity : null;
+      // (the relay takes no `e2e` beside `attachments`: a caption with files stays as composed)
+      const self = rec.text && !files.length && c.peerId !== undefined ? await identity : null;
       if (self) {
         const [peer, mine] = await Promise.all([keysOf(c.peerId), keysOf(me.userId)]);
         if (peer.devices.length) {
@@ -607,11 +608,14 @@
         bad.push(e.message);
       }
     }
+    const before = keysCache.get(f.userId);
     const entry = { devices, at: Date.now(), bad };
     keysCache.set(f.userId, entry);
     const changed = keyBook ? keyBook.see(devices) : [];
     const c = convs.get("u:" + f.userId);
-    if (changed.length || bad.length) {
+    // (keys are asked for before every sealed message: a bad device is reported once)
+    const newlyBad = bad.length && (!before || (before.bad || []).join() !== bad.join());
+    if (changed.length || newlyBad) {
       const text = changed.length
         ? "⚠ The identity key of " + changed.map((d) => d.userId + "'s device " + d.deviceId).join(", ") +
           " changed. Compare safety numbers before trusting it."
