@@ -1,9 +1,11 @@
 """End-to-end encryption in the web chat (#18), in headless Chromium against a real relay on
 SQLite: what the Python client library (relay.client.e2e) seals is read in the page, what the
 page seals (WebCrypto) is opened by the Python client, both sides compute the same safety
-number, a changed identity key is warned about, a message without a box for the page's device
-or with an altered box is shown as unreadable; and the plaintext is in neither the SQLite file
-nor the relay's log."""
+number, a changed identity key is warned about, a device whose key is not signed is left out
+with a warning, a message without a box for the page's device or with an altered box is shown
+as unreadable, a second browser device of the sender gets its box, a message typed as the
+connection drops goes out sealed; and the plaintext is in neither the SQLite file nor the
+relay's log."""
 
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ ELSEWHERE = "only for another device"
 ALTERED = "this box gets altered"
 TO_ALL = "to every device of mine"
 OFFLINE = "sealed while offline"
+BAD_DEVICE = (
+    "\N{WARNING SIGN} bob/py-bad: the encryption key is not signed by the identity key "
+    "(that device is left out)"
+)
 
 
 def message(id: str, e2e: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +62,17 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
             await bob.expect("auth_ok")
             await bob.send({**bob_key.publish_frame(), "ref": "p"})
             await bob.expect("keys", ref="p")
+
+            # A device of bob's whose encryption key its identity key did not sign: the relay
+            # checks shapes only, the page must leave it out.
+            async with ws_connect(relay.url) as ws2:
+                forger = JsonClient(ws2, wait=10)
+                await forger.send({"type": "auth", "userId": "bob", "deviceId": "py-bad"})
+                await forger.expect("auth_ok")
+                forged = DeviceIdentity.generate("py-bad").publish_frame()
+                forged["encKey"] = DeviceIdentity.generate("x").publish_frame()["encKey"]
+                await forger.send({**forged, "ref": "f"})
+                await forger.expect("keys", ref="f")
 
             web_device = (await driver.step("ready"))["deviceId"]
             await bob.send({"type": "keys_get", "userId": "alice", "ref": "a"})
@@ -83,6 +100,7 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
             await driver.cue("sealed")
 
             step = await driver.step("read")
+            assert step["warning"] == BAD_DEVICE
             assert step["preview"] == "\N{LOCK} Encrypted message"
             assert step["status"] == "\N{LOCK} end-to-end encrypted"
             assert step["states"] == ["read", "undecryptable", "undecryptable"]
@@ -122,8 +140,9 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
             step = await driver.step("reloaded")
             assert step["deviceId"] == web_device
             assert step["texts"][0] == FROM_PYTHON and step["texts"][3] == FROM_CHROMIUM
-            # the key book remembers the new key: no warning for it again
-            assert step["warning"] is False
+            # the key book remembers the new key: no warning for it again (the forged device
+            # still gets one on this new page)
+            assert step["warning"] == BAD_DEVICE
 
             step = await driver.step("other-device")
             phone = step["deviceId"]

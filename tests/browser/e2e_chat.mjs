@@ -25,6 +25,7 @@ await run(url, async (open) => {
     status: await alice.locator("#chat-e2e").textContent(),
     texts: await alice.locator("#message-list .msg-text").allTextContents(),
     states: await alice.locator("#message-list .msg").evaluateAll((l) => l.map((m) => m.dataset.e2e)),
+    warning: await alice.locator("#key-warning").textContent(),
   });
 
   await type(alice, "reply from chromium ✓ 🔐");
@@ -44,7 +45,7 @@ await run(url, async (open) => {
   await expectLine("rekeyed");
   const before = await alice.locator("#safety").textContent();
   await alice.click("#safety-btn");
-  await alice.locator("#key-warning").waitFor({ timeout: STEP_MS });
+  await alice.locator("#key-warning", { hasText: "identity key" }).waitFor({ timeout: STEP_MS });
   await alice.waitForFunction((old) => document.getElementById("safety").textContent !== old, before, { timeout: STEP_MS });
   say("warned", {
     warning: await alice.locator("#key-warning").textContent(),
@@ -58,10 +59,11 @@ await run(url, async (open) => {
   await alice.waitForFunction(() => window.relayChat.state().connected, null, { timeout: STEP_MS });
   await alice.locator('.conv[data-key="u:bob"]').click();
   await alice.locator(settled).nth(3).waitFor({ timeout: STEP_MS });
+  await alice.locator("#key-warning").waitFor({ timeout: STEP_MS });
   say("reloaded", {
     deviceId: await alice.evaluate(() => window.relayChat.state().deviceId),
     texts: await alice.locator("#message-list .msg-text").allTextContents(),
-    warning: await alice.locator("#key-warning").isVisible(),
+    warning: await alice.locator("#key-warning").textContent(),
   });
 
   // alice signs in on a second device: what she sends next is sealed for it too.
