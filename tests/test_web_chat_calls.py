@@ -51,7 +51,7 @@ async def test_two_browsers_call_answer_connect_and_hang_up(
     nursery: trio.Nursery, browser_node: str, tmp_path: Path
 ) -> None:
     relay = await start_relay(nursery, web_chat=True)
-    with trio.fail_after(90):
+    with trio.fail_after(120):
         async with ws_connect(relay.url) as ws:
             phone = JsonClient(ws, wait=15)
             await phone.send({"type": "auth", "userId": "bob", "deviceId": "py-bob"})

@@ -50,7 +50,7 @@ async def test_python_and_chromium_read_each_others_sealed_messages(
     db = tmp_path / "relay.db"
     relay = await start_relay(nursery, web_chat=True, db_path=str(db))
     bob_key = DeviceIdentity.generate("py-bob")
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with (
             ws_connect(relay.url) as ws,
             scenario(

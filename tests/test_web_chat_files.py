@@ -51,7 +51,7 @@ async def test_a_picture_shows_inline_and_a_file_downloads(
     big = tmp_path / "big.bin"
     big.write_bytes(bytes(5000))
     args = [page_url(relay), str(picture), str(notes), str(big)]
-    with trio.fail_after(60):
+    with trio.fail_after(120):
         async with scenario(browser_node, "files_chat.mjs", args, tmp_path / "stderr") as driver:
             sent = await driver.step("sent")
             # staged before sending, with the notice that files are not encrypted
