@@ -838,9 +838,8 @@
     status.textContent = text;
     status.className = "chat-e2e " + cls;
     $("safety-btn").hidden = !(direct && c.e2e === "on" && e2eProblem === null);
-    const warn = $("key-warning");
-    warn.textContent = c.keyWarning || "";
-    warn.hidden = !c.keyWarning;
+    $("key-warning-text").textContent = c.keyWarning || "";
+    $("key-warning").hidden = !c.keyWarning;
     const safety = $("safety");
     safety.textContent = c.safety ? "Safety number with " + c.peerId + ": " + c.safety : "";
     safety.hidden = !c.safety;
@@ -1046,6 +1045,10 @@
     $("call-answer").addEventListener("click", () => calls.answer());
     $("call-reject").addEventListener("click", () => calls.reject());
     $("call-hangup").addEventListener("click", () => calls.hangUp());
+    $("key-warning-close").addEventListener("click", () => {
+      const c = openKey && convs.get(openKey);
+      if (c) { c.keyWarning = null; render(); }
+    });
     $("safety-btn").addEventListener("click", () => {
       const c = openKey && convs.get(openKey);
       if (c && c.peerId !== undefined) showSafetyNumber(c);

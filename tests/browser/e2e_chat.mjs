@@ -25,7 +25,7 @@ await run(url, async (open) => {
     status: await alice.locator("#chat-e2e").textContent(),
     texts: await alice.locator("#message-list .msg-text").allTextContents(),
     states: await alice.locator("#message-list .msg").evaluateAll((l) => l.map((m) => m.dataset.e2e)),
-    warning: await alice.locator("#key-warning").textContent(),
+    warning: await alice.locator("#key-warning-text").textContent(),
   });
 
   await type(alice, "reply from chromium ✓ 🔐");
@@ -48,9 +48,11 @@ await run(url, async (open) => {
   await alice.locator("#key-warning", { hasText: "identity key" }).waitFor({ timeout: STEP_MS });
   await alice.waitForFunction((old) => document.getElementById("safety").textContent !== old, before, { timeout: STEP_MS });
   say("warned", {
-    warning: await alice.locator("#key-warning").textContent(),
+    warning: await alice.locator("#key-warning-text").textContent(),
     safety: await alice.locator("#safety").textContent(),
   });
+  await alice.click("#key-warning-close"); // seen: it goes until the next change
+  await alice.locator("#key-warning").waitFor({ state: "hidden", timeout: STEP_MS });
 
   // A new page load of the same profile: the device's keys were kept (IndexedDB), so the
   // history reads again, her own message too (sealed for her own device as well).
@@ -63,7 +65,7 @@ await run(url, async (open) => {
   say("reloaded", {
     deviceId: await alice.evaluate(() => window.relayChat.state().deviceId),
     texts: await alice.locator("#message-list .msg-text").allTextContents(),
-    warning: await alice.locator("#key-warning").textContent(),
+    warning: await alice.locator("#key-warning-text").textContent(),
   });
 
   // alice signs in on a second device: what she sends next is sealed for it too.
