@@ -24,7 +24,9 @@ Frames naming a callId that is not live get `not_found`; a frame the call's phas
 take (accepting an answered call) gets `invalid`.
 
 Every call leaves one record (relay.core.call_state.Outcome) stored as a message in the 1:1
-conversation, from the caller, through the message pipeline's publish (so it is counted in
+conversation, from the caller, with the record as its top-level `call` field (which only this
+module writes: a client's message carrying `call` is refused), through the message pipeline's
+publish (so it is counted in
 `conversations`, shown by `history`, delivered to both users' devices). Ending a call only
 queues its record; `store_records` (awaited by the frame handlers and by maintain) writes
 them, and keeps one whose store write failed for the next call: a record is never lost while
@@ -64,7 +66,7 @@ log = logging.getLogger("relay.core")
 #: Pipeline.publish: sends a message as a user from inside the process
 Publish = Callable[..., Awaitable[StoredMessage]]
 
-#: the text of a call record, for clients that do not read `meta.call`
+#: the text of a call record, for clients that do not read its `call`
 _RECORD_TEXT = {
     Outcome.ANSWERED: "{media} call",
     Outcome.MISSED: "Missed {media} call",
@@ -89,7 +91,7 @@ class Call:
     record_id: str = field(factory=lambda: f"call-{secrets.token_hex(12)}")
 
     def record(self) -> dict[str, Any]:
-        """The stored message's `meta.call`."""
+        """The stored message's `call` (contract v2: a top-level field of the message)."""
         outcome = self.state.outcome
         assert outcome is not None  # only an ended call has a record
         return {
@@ -277,9 +279,9 @@ class Calls:
                     text=_RECORD_TEXT[outcome].format(media=call.media),
                     message_id=call.record_id,
                     sender_name=call.caller_name,
-                    meta={"call": call.record()},
+                    call=call.record(),
                 )
-            except FrameError as refused:  # the settings refuse it (a tiny max_meta_bytes)
+            except FrameError as refused:  # the settings refuse it (a tiny max_text_chars)
                 log.warning("the record of call %s cannot be stored: %s", call.call_id, refused)
             except Exception:
                 log.exception("storing the record of call %s failed", call.call_id)
