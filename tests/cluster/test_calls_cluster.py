@@ -237,9 +237,7 @@ async def test_a_callee_whose_node_holds_no_device_is_unavailable(
         nursery.cancel_scope.cancel()
 
 
-async def test_an_unanswered_call_times_out_on_every_node(
-    pg_url: str, redis: RedisServer
-) -> None:
+async def test_an_unanswered_call_times_out_on_every_node(pg_url: str, redis: RedisServer) -> None:
     async with trio.open_nursery() as nursery:
         a, b, c = await start_nodes(nursery, pg_url, redis.url, call_ring_timeout=1.0)
         async with (
