@@ -21,8 +21,9 @@ answering connections, so that a device's frames for them go to the home (`forwa
 that it answers a probe `busy` for a user who is in one. The home decides everything else
 (phases, refusals, the record). Envelopes of this node itself never come back to it.
 
-Not covered: a home node that dies leaves its guests' devices ringing until they hang up; a
-user ringing as a guest may still place a call from that node.
+A home node that dies never ends its calls: the devices ringing here for one stop with
+`timeout` a little past call_ring_timeout (`tick`). Not covered: a user ringing here for a call
+homed elsewhere may still place a call from this node.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class _Guest:
     home: str
     caller: str
     callee: str
+    deadline: float  # monotonic: past it, a call still ringing here lost its home
     ringing: dict[int, Connection] = field(factory=dict)
     answered: Connection | None = None
 
@@ -219,6 +221,12 @@ class ClusterCalls:
             if not guest.connections():
                 del self._guests[call_id]
 
+    def tick(self, now: float) -> None:
+        lost = [g for g in self._guests.values() if g.answered is None and now >= g.deadline]
+        for guest in lost:
+            log.warning("call %s: its home node %s never ended it", guest.call_id, guest.home)
+            self._end(guest.home, guest.call_id, {"reason": "timeout"})
+
     # --- from the other nodes ---------------------------------------------------------------------
     def received(self, node: str, body: bytes) -> None:
         """A CALL envelope of `node` (on a user channel this node follows)."""
@@ -280,7 +288,10 @@ class ClusterCalls:
         callee, caller = msg["callee"], msg["caller"]
         devices = [] if call_id in self._guests else self._devices(callee)
         if devices:
-            guest = self._guests[call_id] = _Guest(call_id, node, caller, callee)
+            ctx = self.broker.ctx
+            # the home ends it at call_ring_timeout; a margin for its probe and the way here
+            deadline = ctx.clock() + ctx.config.call_ring_timeout + 2 * PROBE_WAIT
+            guest = self._guests[call_id] = _Guest(call_id, node, caller, callee, deadline)
             frame = encode_call_invite(call_id, caller, msg["media"], msg["sdp"], msg["callerName"])
             for conn in devices:
                 guest.ringing[conn.id] = conn

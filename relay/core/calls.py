@@ -141,6 +141,11 @@ class CallRouting(Protocol):
         """A local connection closed: the homes of the calls it rang for are told."""
         ...
 
+    def tick(self, now: float) -> None:
+        """Devices still ringing here for a call whose home never ended it (the home node
+        died) stop, with `timeout`."""
+        ...
+
 
 @runtime_checkable
 class RoutesCalls(Protocol):
@@ -351,9 +356,11 @@ class Calls:
     # --- time and connections -------------------------------------------------------------------
     def tick(self) -> None:
         """Ringing calls past their deadline end with `timeout` on both sides."""
+        now = self._ctx.clock()
+        if self.routing is not None:
+            self.routing.tick(now)
         if not self._live:
             return
-        now = self._ctx.clock()
         for call in [c for c in self._live.values() if c.state.phase is CallPhase.RINGING]:
             if now >= call.deadline:
                 self._finish(call, CallEvent.TIMEOUT, "timeout", "timeout")

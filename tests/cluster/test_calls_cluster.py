@@ -7,15 +7,21 @@ timeout, and one stored record per call."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
 from cluster_nodes import Client, signed_in, start_nodes
-from services import RedisServer
+from services import RedisServer, free_port
+from support import http_request
+from trio_websocket import open_websocket_url
 
 from relay.app import Relay
 
+ROOT = Path(__file__).resolve().parents[2]
 OFFER = "v=0\r\ns=offer\r\n"
 ANSWER = "v=0\r\ns=answer\r\n"
 Frame = dict[str, Any]
@@ -254,3 +260,56 @@ async def test_an_unanswered_call_times_out_on_every_node(pg_url: str, redis: Re
                 assert (await record_of(client, "t1"))["call"]["outcome"] == "missed"
             assert len(await history(phone, "alice")) == 1
         nursery.cancel_scope.cancel()
+
+
+async def test_devices_ringing_for_a_call_whose_node_died_stop_ringing(
+    pg_url: str, redis: RedisServer
+) -> None:
+    # the caller's node is a real `relay serve` process, killed while the call rings: nobody
+    # is left to end the call, so the callee's node stops its devices itself
+    port = free_port()
+    home = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port),
+         "--db", pg_url, "--redis-url", redis.url],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with trio.fail_after(15):
+            while True:
+                try:
+                    status, _ = await http_request(
+                        port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                    )
+                except OSError:
+                    status = 0
+                if status == 200:
+                    break
+                await trio.sleep(0.05)
+        async with trio.open_nursery() as nursery:
+            (b,) = await start_nodes(nursery, pg_url, redis.url, count=1, call_ring_timeout=1.0)
+            async with (
+                open_websocket_url(f"ws://127.0.0.1:{port}") as ws,
+                signed_in(b, "bob", "phone") as phone,
+            ):
+                alice = Client(ws, "alice")
+                await alice.send(type="auth", userId="alice")
+                await alice.until(is_type("auth_ok"))
+                with trio.fail_after(10):  # the home node hears that node b holds bob
+                    while True:
+                        await alice.send(type="presence", userIds=["bob"], ref="p")
+                        answer = await alice.until(is_type("presence", ref="p"))
+                        if answer["users"][0]["status"] == "online":
+                            break
+                        await trio.sleep(0.05)
+                await invite(alice, "k1", "bob")
+                await phone.until(is_type("call_invite", callId="k1"))
+                home.kill()
+                await home.wait()
+                ended = await phone.until(is_type("call_end", callId="k1"), within=20)
+                assert ended["reason"] == "timeout"
+            nursery.cancel_scope.cancel()
+    finally:
+        if home.returncode is None:
+            home.kill()
+            with trio.CancelScope(shield=True):
+                await home.wait()
