@@ -3,7 +3,11 @@ relay nodes on one PostgreSQL and one Redis, the caller on one node and the call
 spread over the others (and the caller's own node). Every path a call takes on one node holds
 across them: every device rings, one accepts and the others hear answered_elsewhere, signals
 reach only the call's two devices, reject, hang-up, a dropped device, busy, unavailable, ring
-timeout, and one stored record per call."""
+timeout, and one stored record per call.
+
+The users here (ava, ben, cam) are named apart from the other cluster tests': those share one
+Redis, where a stopped node's presence key outlives it by its ttl, so a user held by this
+file's last nodes would still look held elsewhere to the next file's first nodes."""
 
 from __future__ import annotations
 
@@ -75,18 +79,18 @@ async def test_every_device_on_every_node_rings_one_answers_the_others_stop(
     async with trio.open_nursery() as nursery:
         a, b, c = await start_nodes(nursery, pg_url, redis.url)
         async with (
-            signed_in(a, "alice", "laptop") as alice,
-            signed_in(a, "bob", "desk") as desk,
-            signed_in(b, "bob", "phone") as phone,
-            signed_in(c, "bob", "watch") as watch,
+            signed_in(a, "ava", "laptop") as alice,
+            signed_in(a, "ben", "desk") as desk,
+            signed_in(b, "ben", "phone") as phone,
+            signed_in(c, "ben", "watch") as watch,
         ):
-            await holds(a, "bob", b, c)
-            await invite(alice, "c1", "bob")
+            await holds(a, "ben", b, c)
+            await invite(alice, "c1", "ben")
             await alice.until(is_type("call_ringing", callId="c1"))
             for device in (desk, phone, watch):
                 ringing = await device.until(is_type("call_invite", callId="c1"))
                 assert (ringing["callerId"], ringing["media"], ringing["sdp"]) == (
-                    "alice",
+                    "ava",
                     "audio",
                     OFFER,
                 )
@@ -122,8 +126,8 @@ async def test_every_device_on_every_node_rings_one_answers_the_others_stop(
             # one record, from the caller, on every device of both users, wherever they are
             for client in (alice, desk, phone, watch):
                 record = await record_of(client, "c1")
-                assert record["senderId"] == "alice" and record["call"]["outcome"] == "answered"
-            assert [m["call"]["callId"] for m in await history(watch, "alice")] == ["c1"]
+                assert record["senderId"] == "ava" and record["call"]["outcome"] == "answered"
+            assert [m["call"]["callId"] for m in await history(watch, "ava")] == ["c1"]
         nursery.cancel_scope.cancel()
 
 
@@ -133,12 +137,12 @@ async def test_a_remote_device_rejects_and_every_other_one_stops_ringing(
     async with trio.open_nursery() as nursery:
         a, b, c = await start_nodes(nursery, pg_url, redis.url)
         async with (
-            signed_in(a, "alice") as alice,
-            signed_in(b, "bob", "phone") as phone,
-            signed_in(c, "bob", "watch") as watch,
+            signed_in(a, "ava") as alice,
+            signed_in(b, "ben", "phone") as phone,
+            signed_in(c, "ben", "watch") as watch,
         ):
-            await holds(a, "bob", b, c)
-            await invite(alice, "r1", "bob")
+            await holds(a, "ben", b, c)
+            await invite(alice, "r1", "ben")
             await phone.until(is_type("call_invite", callId="r1"))
             await watch.until(is_type("call_invite", callId="r1"))
             await watch.send(type="call_reject", callId="r1")
@@ -162,9 +166,9 @@ async def test_the_caller_hangs_up_while_remote_devices_ring(
 ) -> None:
     async with trio.open_nursery() as nursery:
         a, b, _ = await start_nodes(nursery, pg_url, redis.url)
-        async with signed_in(a, "alice") as alice, signed_in(b, "bob", "phone") as phone:
-            await holds(a, "bob", b)
-            await invite(alice, "h1", "bob")
+        async with signed_in(a, "ava") as alice, signed_in(b, "ben", "phone") as phone:
+            await holds(a, "ben", b)
+            await invite(alice, "h1", "ben")
             await phone.until(is_type("call_invite", callId="h1"))
             await alice.send(type="call_end", callId="h1")
             assert (await phone.until(is_type("call_end", callId="h1")))["reason"] == "hangup"
@@ -177,17 +181,17 @@ async def test_a_remote_answering_device_that_drops_ends_the_call(
 ) -> None:
     async with trio.open_nursery() as nursery:
         a, b, _ = await start_nodes(nursery, pg_url, redis.url)
-        async with signed_in(a, "alice") as alice:
-            async with signed_in(b, "bob", "phone") as phone:
-                await holds(a, "bob", b)
-                await invite(alice, "d1", "bob")
+        async with signed_in(a, "ava") as alice:
+            async with signed_in(b, "ben", "phone") as phone:
+                await holds(a, "ben", b)
+                await invite(alice, "d1", "ben")
                 await phone.until(is_type("call_invite", callId="d1"))
                 await phone.send(type="call_accept", callId="d1", sdp=ANSWER)
                 await alice.until(is_type("call_accept", callId="d1"))
                 # the callee hangs up from its end: the caller hears it
                 await phone.send(type="call_end", callId="d1", ref="e")
                 assert (await alice.until(is_type("call_end", callId="d1")))["reason"] == "hangup"
-                await invite(alice, "d2", "bob")
+                await invite(alice, "d2", "ben")
                 await phone.until(is_type("call_invite", callId="d2"))
                 await phone.send(type="call_accept", callId="d2", sdp=ANSWER)
                 await alice.until(is_type("call_accept", callId="d2"))
@@ -204,19 +208,19 @@ async def test_a_callee_or_caller_in_a_call_on_another_node_is_busy(
     async with trio.open_nursery() as nursery:
         a, b, c = await start_nodes(nursery, pg_url, redis.url)
         async with (
-            signed_in(a, "alice") as alice,
-            signed_in(b, "bob") as bob,
-            signed_in(c, "carol") as carol,
+            signed_in(a, "ava") as alice,
+            signed_in(b, "ben") as bob,
+            signed_in(c, "cam") as carol,
         ):
-            await holds(c, "bob", b)
-            await holds(c, "alice", a)
-            await invite(alice, "first", "bob")
+            await holds(c, "ben", b)
+            await holds(c, "ava", a)
+            await invite(alice, "first", "ben")
             await bob.until(is_type("call_invite", callId="first"))
             # bob rings for alice's call, which lives on node a: busy for carol on node c
-            await invite(carol, "second", "bob")
+            await invite(carol, "second", "ben")
             assert (await carol.until(is_type("call_end", callId="second")))["reason"] == "busy"
             # alice is the caller of a ringing call: busy too
-            await invite(carol, "third", "alice")
+            await invite(carol, "third", "ava")
             assert (await carol.until(is_type("call_end", callId="third")))["reason"] == "busy"
             assert not [f for f in bob.seen if f.get("callId") in ("second", "third")]
             for call_id in ("second", "third"):
@@ -232,11 +236,11 @@ async def test_a_callee_whose_node_holds_no_device_is_unavailable(
 ) -> None:
     async with trio.open_nursery() as nursery:
         a, b, _ = await start_nodes(nursery, pg_url, redis.url, presence_grace=30)
-        async with signed_in(a, "alice") as alice:
-            async with signed_in(b, "bob"):
-                await holds(a, "bob", b)
+        async with signed_in(a, "ava") as alice:
+            async with signed_in(b, "ben"):
+                await holds(a, "ben", b)
             # bob's node still holds him (within the presence grace) but has no device of his
-            await invite(alice, "u1", "bob")
+            await invite(alice, "u1", "ben")
             ended = await alice.until(is_type("call_end", callId="u1"))
             assert ended["reason"] == "unavailable"
             assert (await record_of(alice, "u1"))["call"]["outcome"] == "unavailable"
@@ -247,18 +251,18 @@ async def test_an_unanswered_call_times_out_on_every_node(pg_url: str, redis: Re
     async with trio.open_nursery() as nursery:
         a, b, c = await start_nodes(nursery, pg_url, redis.url, call_ring_timeout=1.0)
         async with (
-            signed_in(a, "alice") as alice,
-            signed_in(b, "bob", "phone") as phone,
-            signed_in(c, "bob", "watch") as watch,
+            signed_in(a, "ava") as alice,
+            signed_in(b, "ben", "phone") as phone,
+            signed_in(c, "ben", "watch") as watch,
         ):
-            await holds(a, "bob", b, c)
-            await invite(alice, "t1", "bob")
+            await holds(a, "ben", b, c)
+            await invite(alice, "t1", "ben")
             for client in (alice, phone, watch):
                 ended = await client.until(is_type("call_end", callId="t1"))
                 assert ended["reason"] == "timeout"
             for client in (alice, phone, watch):
                 assert (await record_of(client, "t1"))["call"]["outcome"] == "missed"
-            assert len(await history(phone, "alice")) == 1
+            assert len(await history(phone, "ava")) == 1
         nursery.cancel_scope.cancel()
 
 
@@ -289,19 +293,19 @@ async def test_devices_ringing_for_a_call_whose_node_died_stop_ringing(
             (b,) = await start_nodes(nursery, pg_url, redis.url, count=1, call_ring_timeout=1.0)
             async with (
                 open_websocket_url(f"ws://127.0.0.1:{port}") as ws,
-                signed_in(b, "bob", "phone") as phone,
+                signed_in(b, "ben", "phone") as phone,
             ):
-                alice = Client(ws, "alice")
-                await alice.send(type="auth", userId="alice")
+                alice = Client(ws, "ava")
+                await alice.send(type="auth", userId="ava")
                 await alice.until(is_type("auth_ok"))
                 with trio.fail_after(10):  # the home node hears that node b holds bob
                     while True:
-                        await alice.send(type="presence", userIds=["bob"], ref="p")
+                        await alice.send(type="presence", userIds=["ben"], ref="p")
                         answer = await alice.until(is_type("presence", ref="p"))
                         if answer["users"][0]["status"] == "online":
                             break
                         await trio.sleep(0.05)
-                await invite(alice, "k1", "bob")
+                await invite(alice, "k1", "ben")
                 await phone.until(is_type("call_invite", callId="k1"))
                 home.kill()
                 await home.wait()
