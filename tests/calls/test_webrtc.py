@@ -95,8 +95,8 @@ async def test_two_aiortc_peers_open_a_data_channel_through_the_relays_signallin
     # the offer and the answer went through the relay without candidates; every candidate
     # (and the end of them) came through call_signal, and they were on loopback
     assert caller["sdp_candidates"] == 0 and callee["sdp_candidates"] == 0
-    assert caller["frames"][:1] == ["call_ringing"] and "call_accept" in caller["frames"]
-    assert callee["frames"][0] == "call_invite"
+    assert caller["frames"].index("call_ringing") < caller["frames"].index("call_accept")
+    assert "call_invite" in callee["frames"]
     assert caller["signals_in"] >= 2 and callee["signals_in"] >= 2
     assert caller["remote_hosts"] == ["127.0.0.1"] and callee["remote_hosts"] == ["127.0.0.1"]
     # the caller hung up: the callee was told, and the call left its answered record
