@@ -620,6 +620,8 @@ def message_dict(message, status="delivered"):
         body["meta"] = message.meta
     if message.attachments is not None:
         body["attachments"] = message.attachments
+    if message.call is not None:
+        body["call"] = message.call
     return body
 
 
@@ -830,12 +832,12 @@ cdef inline bint _str_or_none(object value) noexcept:
 def encode_delivery(message):
     """The delivery frame of a stored message: a text frame of its contract shape with status
     `delivered`, seq and serverTimestamp (the twin: message_dict through orjson)."""
-    cdef _Part parts[15]
+    cdef _Part parts[16]
     cdef int k = 0
     cdef char seq_buf[24]
     cdef long long seq_value
     cdef tuple m
-    if not isinstance(message, tuple) or len(message) != 14:
+    if not isinstance(message, tuple) or len(message) != 15:
         raise TypeError("encode_delivery needs a StoredMessage")
     m = <tuple>message  # a StoredMessage: a tuple subclass, read by index
     ident = m[2]
@@ -850,6 +852,7 @@ def encode_delivery(message):
     meta = m[11]
     e2e = m[12]
     attachments = m[13]
+    call = m[14]
     seq = m[1]
     if not (
         type(ident) is str and type(sender) is str and type(text) is str
@@ -887,6 +890,9 @@ def encode_delivery(message):
         if attachments is not None:
             attachments_json = _orjson_dumps(attachments)
             _set_raw(&parts[k], b',"attachments":', 15, attachments_json); k += 1
+        if call is not None:
+            call_json = _orjson_dumps(call)
+            _set_raw(&parts[k], b',"call":', 8, call_json); k += 1
     except UnicodeEncodeError:  # a lone surrogate: orjson's error, through the twin
         return _delivery_by_dict(message)
     return _text_frame_of(parts, k)
@@ -967,6 +973,7 @@ MESSAGE_FAULTS = (
     "e2e:boxes",
     "e2e:long",
     "attachments:type",
+    "call",
 )
 
 # a message's files, as the twin's
@@ -993,6 +1000,7 @@ cdef enum:
     _FAULT_META_LONG = 20
     _FAULT_E2E = 21  # then the other e2e answers, in MESSAGE_FAULTS' order
     _FAULT_ATTACHMENTS = 28
+    _FAULT_CALL = 29  # a client's message carrying `call`: only the relay writes call records
 
 
 cdef struct _Rules:
@@ -1123,7 +1131,7 @@ def e2e_fault(e2e, text, Py_ssize_t ident_max):
 cdef int _fault(
     object ident, object peer, object group, object sender, object name, object avatar,
     object stamp, object text, object meta, _Rules* r, bint meta_shallow=False,
-    object e2e=None, object attachments=None,
+    object e2e=None, object attachments=None, bint has_call=False,
 ) except -1:
     """The checks; `meta_shallow`: the caller knows meta nests at most max_meta_depth levels
     (decode_message measured the whole frame), so it is not walked again."""
@@ -1150,6 +1158,8 @@ cdef int _fault(
         return _FAULT_STRINGS + 9 + bad
     if (peer is None) == (group is None):
         return _FAULT_ONE_OF
+    if has_call:
+        return _FAULT_CALL
     if attachments is not None:
         bad = attachments_fault(attachments, e2e)
         if bad:
@@ -1183,7 +1193,7 @@ def message_fault(obj, message_id, rules):
     return _fault(
         message_id, d.get("recipientId"), d.get("groupId"), d.get("senderId"),
         d.get("senderName"), d.get("senderAvatar"), d.get("timestamp"), d.get("text"),
-        d.get("meta"), r, False, d.get("e2e"), d.get("attachments"),
+        d.get("meta"), r, False, d.get("e2e"), d.get("attachments"), "call" in d,
     )
 
 
@@ -1247,7 +1257,7 @@ cdef inline object _record(type cls, tuple items):
 # MemoryStore.append_now's per-message work (see the twin for what it keeps where): the row is
 # built once from the NewMessage's items with `seq` put second, no slice, no Python frame.
 
-cdef Py_ssize_t _NEW_FIELDS = 13  # NewMessage: conversation, id, ..., meta, e2e, attachments
+cdef Py_ssize_t _NEW_FIELDS = 14  # NewMessage: conversation, id, ..., e2e, attachments, call
 cdef Py_ssize_t _F_CONVERSATION = 0
 cdef Py_ssize_t _F_ID = 1
 cdef Py_ssize_t _F_SENDER = 2
@@ -1255,6 +1265,7 @@ cdef Py_ssize_t _F_GROUP = 6
 cdef Py_ssize_t _F_META = 10
 cdef Py_ssize_t _F_E2E = 11
 cdef Py_ssize_t _F_ATTACHMENTS = 12
+cdef Py_ssize_t _F_CALL = 13
 
 
 cdef object _stored_fields(type cls, tuple m, object seq):
@@ -1390,6 +1401,7 @@ ROW_OPTIONAL = (
     "meta",
     "e2e",
     "attachments",
+    "call",
 )
 cdef Py_ssize_t _F_TEXT = 3
 cdef Py_ssize_t _F_TIMESTAMP = 4
@@ -1409,7 +1421,7 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
     cdef Py_ssize_t i
     cdef int present
     # objects, never inferred C values: each reference a tuple steals must be the variable's own
-    cdef object seq, conversation, item, meta, e2e, files, key
+    cdef object seq, conversation, item, meta, e2e, files, call, key
     for messages in requests:
         results = []
         for message in messages:
@@ -1440,6 +1452,9 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
             files = <object>PyTuple_GET_ITEM(m, _F_ATTACHMENTS)
             if files is not None:
                 present |= 1 << (_F_ATTACHMENTS - _F_RECIPIENT)
+            call = <object>PyTuple_GET_ITEM(m, _F_CALL)
+            if call is not None:
+                present |= 1 << (_F_CALL - _F_RECIPIENT)
             key = present
             found = rows.get(key)
             if found is None:
@@ -1459,7 +1474,7 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
                 if item is not None:
                     params.append(item)
             meta = <object>PyTuple_GET_ITEM(m, _F_META)
-            if meta is None and e2e is None and files is None:
+            if meta is None and e2e is None and files is None and call is None:
                 stored = _stored_fields(stored_cls, m, seq)  # the StoredMessage, made in place
             else:
                 if meta is not None:
@@ -1468,6 +1483,8 @@ def sqlite_rows(requests, tip_of, pos, type stored_cls, type appended_cls):
                     params.append(_orjson_dumps(e2e).decode())
                 if files is not None:
                     params.append(_orjson_dumps(files).decode())
+                if call is not None:
+                    params.append(_orjson_dumps(call).decode())
                 stored = message.stored(seq)  # its own copy of `meta`
             appended = PyType_GenericAlloc(appended_cls, 2)
             Py_INCREF(stored)
@@ -1498,7 +1515,9 @@ cdef enum:
     _K_AVATAR = 9
     _K_STAMP = 10
     _K_E2E = 11
-    _K_COUNT = 12
+    _K_CALL = 12
+    _K_FILES = 13  # attachments
+    _K_COUNT = 14
     _K_OTHER = -1
 
 
@@ -1516,6 +1535,8 @@ cdef inline int _key_of(const unsigned char* k, Py_ssize_t n) noexcept nogil:
             return _K_TEXT
         if memcmp(k, b"meta", 4) == 0:
             return _K_META
+        if memcmp(k, b"call", 4) == 0:
+            return _K_CALL
         return _K_OTHER
     if n == 7:
         return _K_GROUP if memcmp(k, b"groupId", 7) == 0 else _K_OTHER
@@ -1526,7 +1547,9 @@ cdef inline int _key_of(const unsigned char* k, Py_ssize_t n) noexcept nogil:
     if n == 10:
         return _K_NAME if memcmp(k, b"senderName", 10) == 0 else _K_OTHER
     if n == 11:
-        return _K_RECIPIENT if memcmp(k, b"recipientId", 11) == 0 else _K_OTHER
+        if memcmp(k, b"recipientId", 11) == 0:
+            return _K_RECIPIENT
+        return _K_FILES if memcmp(k, b"attachments", 11) == 0 else _K_OTHER
     if n == 12:
         return _K_AVATAR if memcmp(k, b"senderAvatar", 12) == 0 else _K_OTHER
     return _K_OTHER
@@ -1673,7 +1696,11 @@ def decode_message(payload, rules, type frame_cls):
     for i in range(_K_COUNT):
         starts[i] = -2
         lens[i] = 0
-    if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0 or starts[_K_E2E] >= 0:
+    if (
+        not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0 or starts[_K_E2E] >= 0
+        or starts[_K_CALL] != -2  # any `call`, even null, is refused: the dict's way says so
+        or starts[_K_FILES] >= 0  # a string: refused by the dict's way (attachments:type)
+    ):
         return _decode_by_dict(payload, r, frame_cls)
     if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
         return _decode_by_dict(payload, r, frame_cls)
@@ -1719,7 +1746,7 @@ cdef object _decode_by_dict(payload, _Rules* r, type frame_cls):
         ident, d.get("recipientId"), d.get("groupId"), d.get("senderId"), d.get("senderName"),
         d.get("senderAvatar"), d.get("timestamp"), d.get("text"), meta, r,
         depth - 1 <= r.max_meta_depth,  # meta is one level inside the frame
-        e2e, attachments,
+        e2e, attachments, "call" in d,
     ):
         return obj
     ref = d.get("ref")

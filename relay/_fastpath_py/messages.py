@@ -42,6 +42,8 @@ def message_dict(message: Any, status: str = "delivered") -> dict[str, Any]:
         body["meta"] = message.meta
     if message.attachments is not None:
         body["attachments"] = message.attachments
+    if message.call is not None:
+        body["call"] = message.call
     return body
 
 
@@ -108,6 +110,7 @@ MESSAGE_FAULTS = (
     "e2e:boxes",
     "e2e:long",
     "attachments:type",
+    "call",
 )
 _F_ID = 1
 _F_STRINGS = 2  # the first of the six optional strings' pairs of answers (type, length)
@@ -120,6 +123,7 @@ _F_META_DEEP = 19
 _F_META_LONG = 20
 _F_E2E = 21  # the first of the e2e answers, in MESSAGE_FAULTS' order
 _F_ATTACHMENTS = 28
+_F_CALL = 29  # a client's message carrying `call`: only the relay writes call records
 
 #: a message carries 1-ATTACHMENTS_MAX attachments, each an object naming an uploaded file by
 #: its `fileId` (a string of 1-ATTACHMENT_ID_MAX characters)
@@ -260,6 +264,8 @@ def message_fault(obj: Mapping[str, Any], message_id: object, rules: Rules) -> i
             fault += 2
     if (peer is None) == (group is None):
         return _F_ONE_OF
+    if "call" in obj:
+        return _F_CALL
     text = get("text")
     e2e = get("e2e")
     attachments = get("attachments")

@@ -116,7 +116,7 @@ class MemoryAppender:
 
 #: StoredMessage's optional columns, in the order of the bits of a row's `present` mask: a row's
 #: parameters are pos, conversation, seq, id, sender_id, text, server_timestamp, then those of
-#: these it sets, in this order (meta, e2e and attachments as their JSON text)
+#: these it sets, in this order (meta, e2e, attachments and call as their JSON text)
 ROW_OPTIONAL = (
     "recipient_id",
     "group_id",
@@ -126,6 +126,7 @@ ROW_OPTIONAL = (
     "meta",
     "e2e",
     "attachments",
+    "call",
 )
 
 
@@ -167,6 +168,7 @@ def sqlite_rows(
                 meta,
                 e2e,
                 attachments,
+                call,
             ) = m
             tip = tips.get(conversation)
             if tip is None:
@@ -192,6 +194,8 @@ def sqlite_rows(
                 present |= 64
             if attachments is not None:
                 present |= 128
+            if call is not None:
+                present |= 256
             params = rows.get(present)
             if params is None:
                 params = rows[present] = []
@@ -207,7 +211,7 @@ def sqlite_rows(
                     params.append(avatar)
                 if stamp is not None:
                     params.append(stamp)
-            if meta is None and e2e is None and attachments is None:
+            if meta is None and e2e is None and attachments is None and call is None:
                 stored = record(stored_cls, (conversation, seq, *m[1:]))
             else:
                 if meta is not None:
@@ -216,6 +220,8 @@ def sqlite_rows(
                     params.append(orjson.dumps(e2e).decode())
                 if attachments is not None:
                     params.append(orjson.dumps(attachments).decode())
+                if call is not None:
+                    params.append(orjson.dumps(call).decode())
                 stored = m.stored(seq)  # its own copy of `meta`
             results.append(record(appended_cls, (stored, False)))
         answers.append(results)

@@ -241,6 +241,21 @@ def _schemas(limits: Limits) -> dict[str, Any]:
                 "meta": {"type": "object"},
                 "e2e": _E2E,
                 "attachments": _ATTACHMENTS,
+                "call": {
+                    "type": "object",
+                    "description": "The record a call left (docs/PROTOCOL.md, Calls); only "
+                    "on the message the relay stores for a call.",
+                    "required": ["callId", "media", "outcome", "durationMs"],
+                    "properties": {
+                        "callId": {"type": "string"},
+                        "media": {"type": "string", "enum": ["audio", "video"]},
+                        "outcome": {
+                            "type": "string",
+                            "enum": ["answered", "missed", "rejected", "busy", "unavailable"],
+                        },
+                        "durationMs": {"type": "integer", "minimum": 0},
+                    },
+                },
                 "status": {"type": "string", "enum": ["sent", "delivered", "read"]},
             },
         },

@@ -35,6 +35,32 @@ class CallInfo:
     reason: str | None = None  # why it ended
 
 
+@frozen
+class CallRecord:
+    """The record a call left in the 1:1 conversation: a message's `call` (Message.call), from
+    the caller. `outcome` is answered | missed | rejected | busy | unavailable; `duration_ms`
+    how long it was answered (0 if never)."""
+
+    call_id: str
+    media: str
+    outcome: str
+    duration_ms: int
+
+
+def call_record(value: object) -> CallRecord | None:
+    """A message frame's `call` as a CallRecord; None when absent or not of the contract's
+    shape."""
+    if not isinstance(value, dict):
+        return None
+    call_id, media = value.get("callId"), value.get("media")
+    outcome, duration = value.get("outcome"), value.get("durationMs")
+    if not (isinstance(call_id, str) and isinstance(media, str) and isinstance(outcome, str)):
+        return None
+    if not isinstance(duration, int) or isinstance(duration, bool):
+        return None
+    return CallRecord(call_id, media, outcome, duration)
+
+
 # --- events ----------------------------------------------------------------------------------------
 
 

@@ -37,6 +37,8 @@ log = logging.getLogger("relay.client.e2e")
 
 SUITE = "hpke-x25519-sha256-aes256gcm"
 _HPKE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+#: the encapsulated key's length: a box is enc (the sender's ephemeral X25519 key) || ciphertext
+ENC_BYTES = 32
 
 
 class E2EError(ClientError):
@@ -68,9 +70,28 @@ def _raw(key: Ed25519PublicKey | X25519PublicKey) -> bytes:
     return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _info(sender_user: str, sender_device: str, recipient_device: str) -> bytes:
+def box_info(sender_user: str, sender_device: str, recipient_device: str) -> bytes:
+    """HPKE's `info` of a box: the suite, the sender's user and device and the recipient
+    device, each as a 2-byte length and its UTF-8."""
     parts = (SUITE, sender_user, sender_device, recipient_device)
     return b"".join(len(p.encode()).to_bytes(2, "big") + p.encode() for p in parts)
+
+
+def seal_box(plaintext: bytes, recipient: X25519PublicKey, info: bytes) -> bytes:
+    """One HPKE box (RFC 9180 SealBase, single shot: sequence number 0, empty aad) of SUITE:
+    enc || ciphertext, with a fresh ephemeral key."""
+    return _HPKE.encrypt(plaintext, recipient, info=info)
+
+
+def open_box(box: bytes, recipient: X25519PrivateKey, info: bytes) -> bytes:
+    """seal_box's inverse (RFC 9180 OpenBase); raises DecryptionFailed when the box does not
+    open under this key and `info`."""
+    try:
+        return _HPKE.decrypt(box, recipient, info=info)
+    except (InvalidTag, ValueError):
+        raise DecryptionFailed(
+            "the box does not decrypt: it was altered, or sealed for another device, key or context"
+        ) from None
 
 
 @frozen
@@ -204,10 +225,10 @@ def seal(
     plaintext = text.encode()
     boxes = {
         d.device_id: _b64(
-            _HPKE.encrypt(
+            seal_box(
                 plaintext,
                 X25519PublicKey.from_public_bytes(d.enc_key),
-                info=_info(sender_user, sender_device, d.device_id),
+                box_info(sender_user, sender_device, d.device_id),
             )
         )
         for d in recipients
@@ -238,10 +259,8 @@ def open_e2e(e2e: Mapping[str, Any], *, sender_user: str, me: DeviceIdentity) ->
         return Opened(None, f"no box for device {me.device_id}")
     sealed = _unb64(box, "box")
     try:
-        plaintext = _HPKE.decrypt(
-            sealed, me.enc, info=_info(sender_user, sender_device, me.device_id)
-        )
-    except (InvalidTag, ValueError):
+        plaintext = open_box(sealed, me.enc, box_info(sender_user, sender_device, me.device_id))
+    except DecryptionFailed:
         raise DecryptionFailed(
             f"the box from {sender_user}/{sender_device} does not decrypt: it was altered, "
             "or sealed for another device or key"

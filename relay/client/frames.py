@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from relay.client.calls import call_record
 from relay.client.files import FileInfo
 from relay.client.model import ConversationId, Message, MessageStatus
 
@@ -116,6 +117,7 @@ def parse_message(frame: Frame, user_id: str) -> Message | None:
         meta=frame.get("meta") if isinstance(frame.get("meta"), dict) else None,
         e2e=e2e,
         attachments=attachments,
+        call=call_record(frame.get("call")),
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from attrs import frozen
 
-from relay.client.calls import CallEvent
+from relay.client.calls import CallEvent, CallRecord
 from relay.client.files import FileInfo
 from relay.errors import ClientError
 
@@ -126,6 +126,9 @@ class Message:
     #: the files it carries (text is "" when it has none): name, size, type and SHA-256 as the
     #: relay resolved them; RelayClient.download(file_id) reads one
     attachments: tuple[FileInfo, ...] | None = None
+    #: the record of a call, on the message each call leaves in the 1:1 conversation (its
+    #: text is then a short line such as "Missed audio call")
+    call: CallRecord | None = None
 
 
 @frozen

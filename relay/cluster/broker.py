@@ -21,7 +21,9 @@ import collections
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from relay.cluster.calls import ClusterCalls
 from relay.cluster.envelope import (
+    CALL,
     DELIVERY,
     FRAME,
     FRAME_DROPPABLE,
@@ -35,6 +37,7 @@ from relay.cluster.envelope import (
 from relay.cluster.ordering import Orderer
 from relay.cluster.presence import ClusterPresence
 from relay.core.broker import LocalBroker
+from relay.core.calls import Calls
 from relay.core.context import Context
 from relay.ports import Connection
 from relay.store.base import StoredMessage, group_conversation
@@ -62,6 +65,7 @@ class ClusterBroker:
         )
         self.presence_changes: list[tuple[str, bool]] = []
         ctx.presence = self.presence
+        self.calls: ClusterCalls | None = None  # set by call_routing (relay.core.calls)
 
     # --- health ---------------------------------------------------------------------------------
     def problem(self) -> str | None:
@@ -114,6 +118,19 @@ class ClusterBroker:
 
     def frame_remotely(self, frame: bytes, user: str, droppable: bool) -> None:
         self.local.to_users([user], frame, droppable=droppable)
+
+    def call_remotely(self, node: str, body: bytes) -> None:
+        """A call envelope (relay.cluster.calls) on a user channel this node follows."""
+        if self.calls is not None:
+            self.calls.received(node, body)
+
+    # --- calls across nodes (relay.core.calls.RoutesCalls) --------------------------------------
+    def call_routing(self, calls: Calls) -> ClusterCalls:
+        self.calls = ClusterCalls(self, calls)
+        return self.calls
+
+    def publish_call(self, user: str, body: bytes) -> None:
+        self._publish([user], envelope(CALL, self.node_id, body))
 
     def forget_group(self, group_id: str) -> None:
         """A group's members changed (here or on another node)."""

@@ -32,6 +32,7 @@ FRAME: Final = b"F"
 FRAME_DROPPABLE: Final = b"f"
 PRESENCE: Final = b"P"
 GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
+CALL: Final = b"C"  # on a user channel: call routing between nodes (relay.cluster.calls)
 
 
 def user_channel(user_id: str) -> str:

@@ -26,6 +26,7 @@ import trio
 
 from relay.cluster.broker import ClusterBroker
 from relay.cluster.envelope import (
+    CALL,
     DELIVERY,
     FRAME,
     FRAME_DROPPABLE,
@@ -217,6 +218,8 @@ class RedisLink:
                         broker.delivered_remotely(decode_message(opened.body), user)
                     elif kind in (FRAME, FRAME_DROPPABLE):
                         broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
+                    elif kind == CALL:
+                        broker.call_remotely(opened.node, opened.body)
                 elif kind == GROUP_CHANGED:
                     broker.forget_group(opened.body.decode())
                 elif kind == PRESENCE:

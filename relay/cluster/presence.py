@@ -65,6 +65,12 @@ class ClusterPresence(PresenceTracker):
         now = self.clock()
         return any(t > now for t in nodes.values())
 
+    def nodes_of(self, user_id: str) -> list[str]:
+        """The other nodes that hold the user, by entries not expired (relay.cluster.calls)."""
+        nodes = self._remote.get(user_id)
+        now = self.clock()
+        return sorted(n for n, t in nodes.items() if t > now) if nodes else []
+
     def held(self) -> list[str]:
         """The users this node holds: connected here, or within the grace here."""
         return [*self._devices, *self._leaving]

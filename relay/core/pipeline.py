@@ -237,12 +237,14 @@ class Pipeline:
         meta: dict[str, Any] | None = None,
         e2e: dict[str, Any] | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        call: dict[str, Any] | None = None,
     ) -> StoredMessage:
         """Send a message as `sender_id` from inside the process (no connection): the same
         checks as a client's message but the rate limit (raises MessageRefused, a FrameError,
         with the receipt's reason as `code`), the same append and delivery. `message_id`
         defaults to a random one; publishing an id again returns the stored message without
-        delivering it again. Raises what the store raises."""
+        delivering it again. `call` is a call record (relay.core.calls), which no client's
+        message can carry. Raises what the store raises."""
         if not isinstance(sender_id, str) or not sender_id:
             raise FrameError("invalid", "sender_id must be a non-empty string", field="senderId")
         mid = message_id if message_id is not None else secrets.token_hex(16)
@@ -280,6 +282,8 @@ class Pipeline:
             assert isinstance(entry, MessageRefused)
             raise entry
         assert isinstance(entry, tuple)
+        if call is not None:
+            entry = (entry[0]._replace(call=call), entry[1])
         conversations = (entry[0].conversation,)
         pending = _Pending([entry], [entry[0]], conversations, timestamp, _monotonic())
         deliveries: list[Ready] = []
@@ -436,6 +440,7 @@ class Pipeline:
                 frame.meta,
                 frame.e2e,
                 frame.attachments,
+                None,  # call: only a call record published by relay.core.calls has one
             ),
         )
         return message, audience

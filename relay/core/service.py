@@ -35,7 +35,7 @@ from relay.config import RelayConfig
 from relay.core.backlog import Backlog
 from relay.core.backlog_state import BacklogState
 from relay.core.broker import Broker, Joining, LocalBroker
-from relay.core.calls import Calls
+from relay.core.calls import Calls, RoutesCalls
 from relay.core.context import CLOSE_INTERNAL, CLOSE_POLICY, Context
 from relay.core.groups import Groups
 from relay.core.history import History
@@ -163,6 +163,8 @@ class MessagingService:
         if self._health:  # else nothing to ask per message
             self.pipeline.health = self.problem
         self.calls = Calls(ctx, self.pipeline.publish)
+        if isinstance(port, RoutesCalls):  # several nodes: callee devices on other nodes
+            self.calls.routing = port.call_routing(self.calls)
         self.keys = Keys(ctx)
         self._awaiting = {}
         self._registered = set()

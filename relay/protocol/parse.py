@@ -226,6 +226,8 @@ _WHY: dict[str, tuple[str, str, str]] = {
         "attachments",
         f"must be 1-{ATTACHMENTS_MAX} objects each with a fileId string, and no e2e",
     ),
+    # a call record (docs/PROTOCOL.md, "Calls") is written by the relay alone
+    "call": ("invalid", "call", "only the relay writes call records; a message cannot carry one"),
 }
 #: _WHY of fault number k at k - 1 (a KeyError here: a fault of the fast path with no answer)
 _REFUSALS = tuple(_WHY[name] for name in MESSAGE_FAULTS[1:])

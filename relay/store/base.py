@@ -80,6 +80,9 @@ class NewMessage(NamedTuple):
     #: the files it carries, each {fileId, name, size, mime, sha256} as resolved when it was
     #: accepted; its text is "" when it has none
     attachments: list[dict[str, Any]] | None = None
+    #: a call record {callId, media, outcome, durationMs}: set only by the relay's calls
+    #: (relay.core.calls), never from a client's frame
+    call: dict[str, Any] | None = None
 
     def stored(self, seq: int) -> StoredMessage:
         """This message as stored with sequence number `seq` (its own copy of `meta`)."""
@@ -98,6 +101,7 @@ class NewMessage(NamedTuple):
             meta=dict(self.meta) if self.meta is not None else None,
             e2e=self.e2e,
             attachments=self.attachments,
+            call=self.call,
         )
 
 
@@ -118,6 +122,7 @@ class StoredMessage(NamedTuple):
     meta: dict[str, Any] | None = None
     e2e: dict[str, Any] | None = None  # stored and forwarded untouched; text is then ""
     attachments: list[dict[str, Any]] | None = None  # the files it carries (NewMessage's)
+    call: dict[str, Any] | None = None  # a call record (NewMessage's)
 
 
 class Appended(NamedTuple):

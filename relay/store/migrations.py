@@ -59,6 +59,9 @@ plain message); such a message's `text` is '' so the search indexer finds nothin
 
 Version 10: `messages.attachments`, the files a message carries as the JSON text of their list
 of {fileId, name, size, mime, sha256} (NULL for none); `text` is '' when it has none.
+
+Version 11: `messages.call`, a call record's {callId, media, outcome, durationMs} as its JSON
+text (NULL for any other message); only the relay's calls write one.
 """
 
 from __future__ import annotations
@@ -215,6 +218,10 @@ MIGRATIONS: tuple[str, ...] = (
     # 10: the files a message carries, its resolved attachment list as JSON text
     """
     ALTER TABLE messages ADD COLUMN attachments TEXT;
+    """,
+    # 11: a call record's {callId, media, outcome, durationMs}, as JSON text
+    """
+    ALTER TABLE messages ADD COLUMN call TEXT;
     """,
 )
 

@@ -12,7 +12,7 @@ import trio.testing
 
 from relay import Relay
 from relay.client import RelayClient
-from relay.client.calls import CallAccepted, CallInvited, CallSignalled
+from relay.client.calls import CallAccepted, CallInvited, CallRecord, CallSignalled
 from relay.client.model import Message
 from relay.config import RelayConfig
 from relay.core import MessagingService
@@ -36,7 +36,7 @@ async def call_record(c: RelayClient, peer: str, call_id: str) -> Message:
 
     def record(s: Any) -> Message | None:
         for m in s.messages(_direct(peer)):
-            if m.meta and m.meta.get("call", {}).get("callId") == call_id:
+            if m.call is not None and m.call.call_id == call_id:
                 return m
         return None
 
@@ -105,14 +105,14 @@ async def test_an_answered_call_between_a_caller_and_a_callee_with_two_devices(
 
         # one record, from the caller, in the 1:1 conversation, on every device
         record = await call_record(phone, "alice", call.call_id)
-        meta_call = record.meta["call"] if record.meta else {}
+        assert record.call is not None and record.meta is None
         assert record.sender_id == "alice" and record.seq == 1
-        assert meta_call["outcome"] == "answered" and meta_call["media"] == "video"
-        assert 50 <= meta_call["durationMs"] < 5000
+        assert record.call.outcome == "answered" and record.call.media == "video"
+        assert record.call.duration_ms >= 50  # it was answered at least the 50 ms slept above
         await call_record(alice, "bob", call.call_id)
         await call_record(watch, "alice", call.call_id)
         page = await phone.load_history("alice", before=2)
-        assert [m.meta["call"]["callId"] for m in page.messages if m.meta] == [call.call_id]
+        assert [m.call.call_id for m in page.messages if m.call] == [call.call_id]
         convs = await phone.refresh_conversations()
         assert [(c.id.id, c.last_seq) for c in convs] == [("alice", 1)]
 
@@ -132,14 +132,8 @@ async def test_the_watch_rejects_and_the_phone_stops_ringing(
         assert (await phase(alice, call.call_id, "ended")).reason == "rejected"
         assert (await phase(phone, call.call_id, "ended")).reason == "rejected"
         record = await call_record(alice, "bob", call.call_id)
-        assert record.meta == {
-            "call": {
-                "callId": call.call_id,
-                "media": "audio",
-                "outcome": "rejected",
-                "durationMs": 0,
-            }
-        }
+        assert record.call == CallRecord(call.call_id, "audio", "rejected", 0)
+        assert record.text == "Declined audio call" and record.meta is None
 
 
 async def test_a_callee_with_no_device_is_unavailable_and_the_missed_call_is_unread(
@@ -149,12 +143,12 @@ async def test_a_callee_with_no_device_is_unavailable_and_the_missed_call_is_unr
         call = await alice.place_call("bob", OFFER)
         assert (await phase(alice, call.call_id, "ended")).reason == "unavailable"
         record = await call_record(alice, "bob", call.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "unavailable"
+        assert record.call is not None and record.call.outcome == "unavailable"
     async with client(relay, "bob") as bob:
         convs = await bob.refresh_conversations()
         assert [(c.id.id, c.unread) for c in convs] == [("alice", 1)]
         last = convs[0].last_message
-        assert last is not None and last.meta and last.meta["call"]["callId"] == call.call_id
+        assert last is not None and last.call is not None and last.call.call_id == call.call_id
 
 
 async def test_a_callee_in_another_call_is_busy(relay: Relay, client: ClientFactory) -> None:
@@ -169,7 +163,7 @@ async def test_a_callee_in_another_call_is_busy(relay: Relay, client: ClientFact
         assert (await phase(carol, second.call_id, "ended")).reason == "busy"
         assert bob.state.calls.get(second.call_id) is None  # it never rang
         record = await call_record(carol, "bob", second.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "busy"
+        assert record.call is not None and record.call.outcome == "busy"
         # the caller is busy too: calling alice while she rings bob
         third = await carol.place_call("alice", OFFER)
         assert (await phase(carol, third.call_id, "ended")).reason == "busy"
@@ -190,7 +184,7 @@ async def test_the_caller_gives_up_before_an_answer_and_the_call_is_missed(
         assert (await phase(phone, call.call_id, "ended")).reason == "hangup"
         assert (await phase(watch, call.call_id, "ended")).reason == "hangup"
         record = await call_record(phone, "alice", call.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "missed"
+        assert record.call is not None and record.call.outcome == "missed"
 
 
 async def test_an_unanswered_call_times_out_on_both_sides(
@@ -215,7 +209,7 @@ async def test_an_unanswered_call_times_out_on_both_sides(
         assert (await phase(bob, call.call_id, "ended")).reason == "timeout"
         with trio.fail_after(60):
             record = await call_record(bob, "alice", call.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "missed"
+        assert record.call is not None and record.call.outcome == "missed"
 
 
 @pytest.mark.parametrize("who", ["caller", "callee"])
@@ -232,7 +226,7 @@ async def test_a_dropped_connection_ends_its_answered_call(
         assert (await phase(stays, call.call_id, "ended")).reason == "dropped"
         assert gone.state.calls.get(call.call_id).phase == "ended"  # type: ignore[union-attr]
         record = await call_record(stays, "bob" if stays is alice else "alice", call.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "answered"
+        assert record.call is not None and record.call.outcome == "answered"
 
 
 async def test_a_ringing_device_that_drops_stops_ringing_only_when_it_is_the_last(
@@ -253,7 +247,7 @@ async def test_a_ringing_device_that_drops_stops_ringing_only_when_it_is_the_las
         await phone.aclose()
         assert (await phase(alice, second.call_id, "ended")).reason == "dropped"
         record = await call_record(alice, "bob", second.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "missed"
+        assert record.call is not None and record.call.outcome == "missed"
 
 
 async def test_a_caller_that_drops_while_ringing_stops_every_ringing_device(
@@ -267,7 +261,7 @@ async def test_a_caller_that_drops_while_ringing_stops_every_ringing_device(
         assert (await phase(phone, call.call_id, "ended")).reason == "dropped"
         assert (await phase(watch, call.call_id, "ended")).reason == "dropped"
         record = await call_record(watch, "alice", call.call_id)
-        assert record.meta and record.meta["call"]["outcome"] == "missed"
+        assert record.call is not None and record.call.outcome == "missed"
 
 
 async def test_signals_and_answers_from_outside_the_call_are_forbidden(

@@ -458,6 +458,8 @@ attachment_item = st.sampled_from(
     ]
 )
 json_attachments = st.none() | st.lists(attachment_item, max_size=11) | st.just("f1")
+#: a call record, as relay.core.calls stores one (a client's message may not carry it)
+CALL_RECORD = {"callId": "c1", "media": "audio", "outcome": "missed", "durationMs": 0}
 stored_attachments = st.none() | st.lists(
     st.fixed_dictionaries(
         {
@@ -505,6 +507,7 @@ def both_ways(call: Callable[[ModuleType], Any]) -> tuple[Any, Any]:
     meta=json_meta,
     e2e=json_e2e,
     attachments=stored_attachments,
+    call=st.none() | st.just(CALL_RECORD),
 )
 def test_delivery_frames_agree(
     compiled: ModuleType,
@@ -521,6 +524,7 @@ def test_delivery_frames_agree(
     meta: dict[str, Any] | None,
     e2e: dict[str, Any] | None,
     attachments: list[dict[str, Any]] | None,
+    call: dict[str, Any] | None,
 ) -> None:
     message = StoredMessage(
         "c",
@@ -537,6 +541,7 @@ def test_delivery_frames_agree(
         meta,
         e2e,
         attachments,
+        call,
     )
     fast, slow = both_ways(lambda m: m.encode_delivery(message))
     assert fast == slow
@@ -548,6 +553,7 @@ def test_delivery_frames_agree(
         else:  # an encrypted message: its e2e object untouched, no text
             assert body["e2e"] == e2e and "text" not in body
         assert body.get("attachments") == attachments
+        assert body.get("call") == call
 
 
 @SETTINGS
@@ -638,6 +644,7 @@ message_dicts = st.fixed_dictionaries(
         **dict.fromkeys(MESSAGE_FIELDS, field_value),
         "e2e": field_value | json_e2e,
         "attachments": json_attachments,
+        "call": st.none() | st.just(CALL_RECORD) | field_value,
     },
 )
 # limits around the values drawn (and the protocol's): (message_id_max, ident_max,
@@ -724,7 +731,7 @@ def test_records_agree(compiled: ModuleType, items: list[Any]) -> None:
 
 
 def test_a_record_reads_like_its_class(compiled: ModuleType) -> None:
-    fields = ("c", 17, "id", "ann", "hi", "t", "bob", None, None, None, None, None, None, None)
+    fields = ("c", 17, "id", "ann", "hi", "t", "bob", *([None] * 8))
     message = compiled.record(StoredMessage, fields)
     assert message == StoredMessage(*fields)
     assert (message.seq, message.sender_id, message.recipient_id) == (17, "ann", "bob")
@@ -770,6 +777,7 @@ def new_messages(draw: st.DrawFn) -> list[NewMessage]:
                 draw(st.one_of(st.none(), st.dictionaries(st.text(max_size=2), st.integers()))),
                 draw(json_e2e),
                 draw(stored_attachments),
+                draw(st.one_of(st.none(), st.just(CALL_RECORD))),
             )
         )
     return out
@@ -911,14 +919,11 @@ def test_sqlite_rows_agree(
             assert (conversation, seq, ident) == (message.conversation, message.seq, message.id)
             optional = [getattr(message, name) for name in compiled.ROW_OPTIONAL]
             assert present == sum(1 << b for b, v in enumerate(optional) if v is not None)
-            *columns, meta, e2e, attachments = optional
+            *columns, meta, e2e, attachments, call = optional
             expected = [v for v in columns if v is not None]
-            if meta is not None:
-                expected.append(orjson.dumps(meta).decode())
-            if e2e is not None:
-                expected.append(orjson.dumps(e2e).decode())
-            if attachments is not None:
-                expected.append(orjson.dumps(attachments).decode())
+            for value in (meta, e2e, attachments, call):
+                if value is not None:
+                    expected.append(orjson.dumps(value).decode())
             assert params[i + 7 : i + width] == expected
 
 
@@ -1064,6 +1069,9 @@ def message_payloads(draw: st.DrawFn) -> bytes:
         if files == "alone":
             items = [item for item in items if item[0] != "text"]
         items.append(("attachments", draw(json_attachments)))
+    call = draw(st.sampled_from(["no", "no", "no", "record", "null", "string"]))
+    if call != "no":  # a client's `call`, in any form, is refused alike
+        items.append(("call", {"record": CALL_RECORD, "null": None, "string": "c1"}[call]))
     items = draw(st.permutations(items))
     sep = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t"), (",", ": ")]))
     pad = draw(st.sampled_from(["", " ", "\n", "\r\n\t "]))

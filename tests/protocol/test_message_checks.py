@@ -256,6 +256,18 @@ CASES: list[tuple[str, dict[str, Any], tuple[type[FrameError], str, str, str, An
             None,
         ),
     ),
+    (
+        "call",
+        {"recipientId": "bob", "text": "hi", "call": {"callId": "c1"}},
+        (
+            MessageRefused,
+            "invalid",
+            "call: only the relay writes call records; a message cannot carry one",
+            "call",
+            "bob",
+            None,
+        ),
+    ),
 ]
 
 

@@ -34,10 +34,11 @@ _COUNTERS: Final = (
 )
 _INSERT: Final = (
     "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp, "
-    "recipient_id, group_id, sender_name, sender_avatar, client_timestamp, meta, e2e, attachments) "
+    "recipient_id, group_id, sender_name, sender_avatar, client_timestamp, meta, e2e, attachments, "
+    "call) "
     "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
     "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[])"
+    "%s::text[], %s::text[], %s::text[], %s::text[])"
 )
 _TIPS: Final = (
     "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
@@ -70,7 +71,7 @@ def append_batch(
             _COUNTERS, (list({m.conversation for m in everything}),)
         ).fetchall()
     }
-    columns: list[list[Any]] = [[] for _ in range(15)]
+    columns: list[list[Any]] = [[] for _ in range(16)]
     tips: dict[str, tuple[str | None, int, int, str]] = {}
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
@@ -112,6 +113,7 @@ def append_batch(
                     orjson.dumps(m.meta).decode() if m.meta is not None else None,
                     orjson.dumps(m.e2e).decode() if m.e2e is not None else None,
                     orjson.dumps(m.attachments).decode() if m.attachments is not None else None,
+                    orjson.dumps(m.call).decode() if m.call is not None else None,
                 ),
                 strict=True,
             ):

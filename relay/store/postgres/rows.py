@@ -18,7 +18,7 @@ from relay.store.base import StoredMessage
 
 COLUMNS: Final = (
     "conversation, seq, id, sender_id, text, server_timestamp, recipient_id, group_id, "
-    "sender_name, sender_avatar, client_timestamp, meta, e2e, attachments"
+    "sender_name, sender_avatar, client_timestamp, meta, e2e, attachments, call"
 )
 
 #: The connection type every module uses: rows as tuples.
@@ -53,4 +53,5 @@ def message(row: Sequence[Any]) -> StoredMessage:
         meta=orjson.loads(row[11]) if row[11] is not None else None,
         e2e=orjson.loads(row[12]) if row[12] is not None else None,
         attachments=orjson.loads(row[13]) if row[13] is not None else None,
+        call=orjson.loads(row[14]) if row[14] is not None else None,
     )

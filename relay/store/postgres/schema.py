@@ -110,6 +110,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE messages ADD COLUMN attachments TEXT
     """,
+    # 4: a call record's {callId, media, outcome, durationMs}, as JSON text (relay.core.calls)
+    """
+    ALTER TABLE messages ADD COLUMN call TEXT
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

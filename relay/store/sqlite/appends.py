@@ -68,10 +68,11 @@ def append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[App
         meta = orjson.dumps(m.meta).decode() if m.meta is not None else None
         e2e = orjson.dumps(m.e2e).decode() if m.e2e is not None else None
         files = orjson.dumps(m.attachments).decode() if m.attachments is not None else None
+        call = orjson.dumps(m.call).decode() if m.call is not None else None
         # One statement per message: the unique (sender_id, id) index is the idempotency check.
         cursor = conn.execute(
             f"INSERT OR IGNORE INTO messages (pos, {COLUMNS}) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 pos + 1,
                 m.conversation,
@@ -88,6 +89,7 @@ def append(conn: sqlite3.Connection, messages: Sequence[NewMessage]) -> list[App
                 meta,
                 e2e,
                 files,
+                call,
             ),
         )
         if cursor.rowcount == 0:

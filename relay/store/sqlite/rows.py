@@ -2,7 +2,7 @@
 sqlite3 error as a reason an operator can act on.
 
 Invariant: `COLUMNS` is the order of every message SELECT, and `message` reads a row in that
-order (the stored `meta` and `e2e` are their JSON text, NULL for none).
+order (the stored `meta`, `e2e`, `attachments` and `call` are their JSON text, NULL for none).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from relay.store.base import StoredMessage
 
 COLUMNS: Final = (
     "conversation, seq, id, sender_id, text, server_timestamp, recipient_id, group_id, "
-    "sender_name, sender_avatar, client_timestamp, meta, e2e, attachments"
+    "sender_name, sender_avatar, client_timestamp, meta, e2e, attachments, call"
 )
 
 _REASONS: Final = {
@@ -59,4 +59,5 @@ def message(row: Sequence[Any]) -> StoredMessage:
         meta=orjson.loads(row[11]) if row[11] is not None else None,
         e2e=orjson.loads(row[12]) if row[12] is not None else None,
         attachments=orjson.loads(row[13]) if row[13] is not None else None,
+        call=orjson.loads(row[14]) if row[14] is not None else None,
     )
