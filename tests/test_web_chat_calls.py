@@ -23,8 +23,8 @@ def browser_node() -> str:
 
 
 def call_record(frame: dict[str, Any]) -> dict[str, Any]:
-    """The record a call left: the contract's top-level `call` (older relays: `meta.call`)."""
-    record = frame.get("call") or (frame.get("meta") or {}).get("call")
+    """The record a call left: the message's top-level `call` (what the page renders)."""
+    record = frame.get("call")
     assert isinstance(record, dict), frame
     return record
 

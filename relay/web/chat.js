@@ -648,11 +648,9 @@
     render();
   }
 
-  // A call record: the contract's top-level `call` (an older relay kept it in meta.call).
+  // A call record: the message's top-level `call` object (contract v2, "Calls").
   function callOf(m) {
-    if (m.call && typeof m.call === "object") return m.call;
-    if (m.meta && m.meta.call && typeof m.meta.call === "object") return m.meta.call;
-    return null;
+    return m.call && typeof m.call === "object" ? m.call : null;
   }
 
   function typingFrame(target, state) {
