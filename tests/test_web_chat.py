@@ -1,9 +1,10 @@
 """The web chat at `/`: served only when enabled, under its CSP, and working in a real browser.
 
-The browser test drives Debian's /usr/bin/chromium headless through playwright-core
-(tests/browser/). Without Chromium it FAILS with the command that installs it (the README
-lists the system packages the tests need; .ci/run installs them); RELAY_SKIP_BROWSER=1 skips
-it deliberately.
+The browser tests drive Debian's /usr/bin/chromium headless through playwright-core
+(tests/browser/, run by tests/web_browser.py). Without Chromium they FAIL with the command that
+installs it (the README lists the system packages the tests need; .ci/run installs them);
+RELAY_SKIP_BROWSER=1 skips them deliberately. Files, encryption and calls in the web chat:
+test_web_chat_files.py, test_web_chat_e2e.py, test_web_chat_calls.py.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import pytest
 import trio
 from support import RawWs, http_get, http_request, start_relay, ws_connect
 from trio_websocket import WebSocketConnection
+from web_browser import BROWSER_DIR, Driver, require_browser
 
 from relay import Relay
 
-BROWSER_DIR = Path(__file__).parent / "browser"
-CHROMIUM = "/usr/bin/chromium"
+#: the web chat's scripts besides chat.js (relay/web/)
+SCRIPTS = ("/hpke.js", "/e2e.js", "/attachments.js", "/calls.js")
 
 
 def response_head(raw: bytes) -> tuple[int, dict[str, str]]:
@@ -62,7 +64,7 @@ async def raw_get(
 
 async def test_root_is_404_when_web_chat_is_off(nursery: trio.Nursery) -> None:
     relay = await start_relay(nursery)
-    for path in ("/", "/index.html", "/chat.js", "/chat.css"):
+    for path in ("/", "/index.html", "/chat.js", "/chat.css", *SCRIPTS):
         assert (await http_get(relay, path))[0] == 404, path
 
 
@@ -77,6 +79,8 @@ async def test_page_served_with_csp_when_enabled(nursery: trio.Nursery) -> None:
     csp = {d.split()[0]: d.split()[1:] for d in headers["content-security-policy"].split("; ")}
     assert csp["default-src"] == ["'none'"]
     assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+    # pictures: the page's own, and the blob: URLs of files it fetched with its token
+    assert csp["img-src"] == ["'self'", "blob:"]
     host = f"127.0.0.1:{address.port}"
     assert csp["connect-src"] == ["'self'", f"ws://{host}", f"wss://{host}"]
     assert headers["x-content-type-options"] == "nosniff"
@@ -85,6 +89,11 @@ async def test_page_served_with_csp_when_enabled(nursery: trio.Nursery) -> None:
     status, headers, js = await raw_get(relay, "/chat.js?v=1")
     assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
     assert b"new WebSocket(" in js and b"innerHTML" not in js
+    for path in SCRIPTS:
+        status, headers, script = await raw_get(relay, path)
+        assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
+        assert f'<script src="{path[1:]}" defer>'.encode() in body
+        assert b"innerHTML" not in script and b"eval(" not in script, path
     status, headers, _ = await raw_get(relay, "/chat.css")
     assert (status, headers["content-type"]) == (200, "text/css; charset=utf-8")
     # A Host that is not a plain host[:port] never reaches the policy.
@@ -110,30 +119,9 @@ async def test_websocket_on_root_still_works_with_web_chat(nursery: trio.Nursery
 # --- the browser --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_node() -> str:
-    """`node` with tests/browser's playwright-core installed and /usr/bin/chromium present."""
-    if os.environ.get("RELAY_SKIP_BROWSER") == "1":
-        pytest.skip("RELAY_SKIP_BROWSER=1")
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("the web chat test needs Node.js and npm (RELAY_SKIP_BROWSER=1 skips it)")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            f"{CHROMIUM} is missing: install it with `apt-get install chromium` "
-            "(RELAY_SKIP_BROWSER=1 skips the browser test)"
-        )
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=BROWSER_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"`npm ci` in {BROWSER_DIR} failed:\n{result.stdout}\n{result.stderr}")
-    return node
+    return require_browser()
 
 
 class Bob:
@@ -167,33 +155,6 @@ class Bob:
         receipt = await self.expect(type="receipt", id=id)
         assert receipt["status"] == "sent"
         return int(receipt["seq"])
-
-
-class Driver:
-    """The node process driving Chromium: JSON steps on its stdout, cues on its stdin."""
-
-    def __init__(self, process: trio.Process) -> None:
-        assert process.stdout is not None and process.stdin is not None
-        self.process = process
-        self.buffer = bytearray()
-
-    async def step(self, name: str) -> dict[str, Any]:
-        stdout = self.process.stdout
-        assert stdout is not None
-        while b"\n" not in self.buffer:
-            chunk = await stdout.receive_some(65536)
-            if not chunk:
-                raise AssertionError(f"browser driver ended before step {name!r}")
-            self.buffer += chunk
-        line, _, rest = bytes(self.buffer).partition(b"\n")
-        self.buffer = bytearray(rest)
-        step: dict[str, Any] = json.loads(line)
-        assert step["step"] == name, f"expected step {name!r}, browser said {step}"
-        return step
-
-    async def cue(self, word: str) -> None:
-        assert self.process.stdin is not None
-        await self.process.stdin.send_all(word.encode() + b"\n")
 
 
 def png_pixels(png: Path) -> list[bytes]:

@@ -24,6 +24,10 @@ WEB_FILES: dict[str, tuple[str, str]] = {
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/chat.js": ("chat.js", "text/javascript; charset=utf-8"),
     "/chat.css": ("chat.css", "text/css; charset=utf-8"),
+    "/hpke.js": ("hpke.js", "text/javascript; charset=utf-8"),
+    "/e2e.js": ("e2e.js", "text/javascript; charset=utf-8"),
+    "/attachments.js": ("attachments.js", "text/javascript; charset=utf-8"),
+    "/calls.js": ("calls.js", "text/javascript; charset=utf-8"),
 }
 
 #: A Host header value that is safe to put into a CSP source expression.
@@ -33,6 +37,9 @@ _HOST = re.compile(rb"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 def web_csp(host: bytes | None) -> bytes:
     """The web chat's Content-Security-Policy: its own files, and WebSockets to this host only.
 
+    `img-src blob:`: the page shows a received picture from a `blob:` URL of bytes it fetched
+    itself, since `GET /files` needs a Bearer header an `<img src>` cannot send.
+
     `'self'` already covers ws(s) to the same host in CSP 3; the explicit ws:// and wss://
     sources keep browsers that predate that rule working. A missing or odd Host leaves `'self'`.
     """
@@ -40,7 +47,7 @@ def web_csp(host: bytes | None) -> bytes:
     if host is not None and _HOST.match(host):
         connect += b" ws://" + host + b" wss://" + host
     return (
-        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
         b"connect-src " + connect + b"; base-uri 'none'; form-action 'none'; "
         b"frame-ancestors 'none'"
     )

@@ -1,10 +1,17 @@
-// relay web chat: protocol v1 over one WebSocket to the relay that served this page.
+// relay web chat: protocol v1 and v2 (files, end-to-end encryption, voice calls) over one
+// WebSocket to the relay that served this page; hpke.js, e2e.js, attachments.js and calls.js hold the
+// parts of those features that do not touch this page's state.
 // Invariants:
 // - User text only ever reaches the DOM through textContent and text nodes, never as HTML.
 // - A message keeps its client id from the moment it is typed; it stays in `outbox` until its
 //   `sent` receipt (or `failed`), and every (re)connection resends the outbox, in order, with
 //   the same ids: the relay's idempotency key (senderId, id) makes a resend harmless.
 // - A tick only moves forward: pending -> sent -> delivered -> read (failed is terminal).
+// - A message is made ready (files uploaded, text sealed) in the order it was typed, one at a
+//   time (`preparing`), and only then enters the outbox: the outbox order is the typed order.
+// - A direct conversation is end-to-end encrypted when the peer has published at least one
+//   device key whose signature verifies; its text then never leaves the page in clear, and a
+//   conversation that was encrypted never falls back to clear text silently (the message fails).
 "use strict";
 
 (function () {
@@ -40,6 +47,24 @@
   let typingSentAt = 0;
   let typingTarget = null;
   let typingIdleTimer = null;
+  let httpToken = null;       // auth_ok's, for /files
+  let iceServers = [];        // auth_ok's, for calls
+  let staged = [];            // files chosen for the next message
+  let preparing = Promise.resolve(); // the chain that readies typed messages in order
+
+  // End-to-end encryption: this device's keys, peers' verified devices, what was seen before.
+  let identity = null;        // Promise of this device's keys (RelayE2E.loadIdentity)
+  let e2eProblem = null;      // why this browser cannot encrypt (null: it can)
+  let keyBook = null;
+  const keysCache = new Map(); // userId -> {devices: [verified], at: ms}
+  const keyWaits = new Map();  // keys_get ref -> {userId, resolve}
+  let onlineWaiters = [];
+  let keysPublished = false;  // the relay answered this connection's keys_publish
+
+  const calls = RelayCalls.create({
+    send: (frame) => send(frame), iceServers: () => iceServers, onChange: () => render(), audio: $("call-audio"),
+  });
+  let callTimer = null;
 
   const keyOf = (target) => (target.groupId !== undefined ? "g:" + target.groupId : "u:" + target.peerId);
   const targetOf = (conv) => (conv.groupId !== undefined ? { groupId: conv.groupId } : { peerId: conv.peerId });
@@ -100,6 +125,10 @@
       if (sock !== ws) return;
       ws = null;
       connected = false;
+      httpToken = null;
+      calls.disconnected();
+      for (const w of keyWaits.values()) w.resolve(null);
+      keyWaits.clear();
       for (const c of convs.values()) c.typing.clear();
       if (!me) return;
       if (event.code === 1008 && loginFailed) {
@@ -147,8 +176,13 @@
       case "presence": return onPresence(f);
       case "typing": return onTyping(f);
       case "group": return onGroup(f);
-      case "error": return onError(f);
-      default: return undefined;
+      case "keys": return onKeys(f);
+      case "error":
+        if (calls.handle(f)) return undefined;
+        return onError(f);
+      default:
+        if (f.type.startsWith("call_")) calls.handle(f);
+        return undefined;
     }
   }
 
@@ -156,19 +190,35 @@
     connected = true;
     attempt = 0;
     loginFailed = null;
+    httpToken = typeof f.httpToken === "string" ? f.httpToken : null;
+    iceServers = Array.isArray(f.iceServers) ? f.iceServers : [];
     setConn("online", "online");
+    keysPublished = false;
+    publishKeys();
+    for (const w of onlineWaiters.splice(0)) w();
     send({ type: "conversations", ref: nextRef("c") });
     // Messages typed while offline, and those whose `sent` never came: same ids, in order.
     for (const m of outbox.values()) send(messageFrame(m));
     const c = openKey && convs.get(openKey);
     if (c) {
       if (c.loaded) fillGap(c); else requestHistory(c, false);
-      if (c.peerId !== undefined) queryPresence([c.peerId]);
+      if (c.peerId !== undefined) {
+        queryPresence([c.peerId]);
+        keysOf(c.peerId);
+      }
     }
     render();
   }
 
   function onError(f) {
+    const wait = f.ref !== undefined && keyWaits.get(f.ref);
+    if (wait) {
+      // keys_get refused (a store without keys answers not_found): the user has no keys here.
+      keyWaits.delete(f.ref);
+      wait.resolve({ devices: [], at: Date.now() });
+      return;
+    }
+    if (f.ref === "kp") return; // keys_publish refused: this device stays without keys
     if (f.code === "auth_failed") {
       loginFailed = f.message || "sign-in refused";
       return;
@@ -191,7 +241,16 @@
       c.messages.set(key, rec);
     }
     rec.senderName = m.senderName;
-    rec.text = m.text;
+    if (m.e2e && typeof m.e2e === "object") {
+      rec.e2e = m.e2e;
+      rec.encrypted = true;
+      if (rec.text === undefined && !rec.opening && !rec.undecryptable) openMessage(rec);
+    } else {
+      rec.text = m.text;
+    }
+    if (Array.isArray(m.attachments)) rec.attachments = m.attachments;
+    const call = callOf(m);
+    if (call) rec.call = call;
     rec.seq = m.seq;
     rec.time = m.serverTimestamp || m.timestamp;
     if (mine) {
@@ -210,7 +269,10 @@
 
   function noteLatest(c, m) {
     if (!c.lastMessage || m.seq >= (c.lastMessage.seq || 0)) {
-      c.lastMessage = { senderId: m.senderId, text: m.text, seq: m.seq };
+      c.lastMessage = {
+        senderId: m.senderId, id: m.id, text: m.text, seq: m.seq, e2e: !!m.e2e,
+        attachments: Array.isArray(m.attachments) ? m.attachments : null, call: callOf(m),
+      };
       c.updatedAt = m.serverTimestamp || c.updatedAt;
     }
   }
@@ -276,7 +338,10 @@
         if (c.read >= rec.seq) advance(rec, "read");
         else if (c.delivered >= rec.seq) advance(rec, "delivered");
         c.lastSeq = Math.max(c.lastSeq, f.seq);
-        noteLatest(c, { senderId: me.userId, text: rec.text, seq: f.seq, serverTimestamp: f.timestamp });
+        noteLatest(c, {
+          senderId: me.userId, id: rec.id, text: rec.text, seq: f.seq, serverTimestamp: f.timestamp,
+          e2e: rec.e2e, attachments: rec.attachments,
+        });
       }
       render();
       return;
@@ -407,26 +472,185 @@
   function messageFrame(rec) {
     const frame = {
       type: "message", id: rec.id, senderId: me.userId, senderName: me.userName,
-      senderAvatar: me.userAvatar, text: rec.text, timestamp: rec.timestamp, status: "pending",
+      senderAvatar: me.userAvatar, timestamp: rec.timestamp, status: "pending",
     };
+    if (rec.e2e) frame.e2e = rec.e2e;
+    else if (rec.text) frame.text = rec.text;
+    if (rec.attachments && rec.attachments.length) frame.attachments = rec.attachments.map((a) => ({ fileId: a.fileId }));
     if (rec.target.groupId !== undefined) frame.groupId = rec.target.groupId;
     else frame.recipientId = rec.target.peerId;
     return frame;
   }
 
-  function sendText(c, text) {
-    const rec = {
-      id: newId(), senderId: me.userId, mine: true, status: "pending", text, seq: 0,
-      timestamp: new Date().toISOString(), target: targetOf(c),
-    };
-    rec.time = rec.timestamp;
-    c.messages.set(msgKey(me.userId, rec.id), rec);
-    outbox.set(rec.id, rec);
+  // A typed message (text, files or both): shown at once as pending, then readied in order.
+  // Files are never end-to-end encrypted (the relay stores their bytes), so in an encrypted
+  // conversation a caption goes as a message of its own, encrypted.
+  function compose(c, text, files) {
+    const encrypt = c.peerId !== undefined && c.e2e === "on";
+    const parts = [];
+    if (files.length) parts.push({ text: encrypt ? "" : text, files });
+    if (text && (!files.length || encrypt)) parts.push({ text, files: [] });
+    for (const part of parts) {
+      const rec = {
+        id: newId(), senderId: me.userId, mine: true, status: "pending", text: part.text, seq: 0,
+        timestamp: new Date().toISOString(), target: targetOf(c), mustEncrypt: encrypt && !!part.text,
+        attachments: part.files.map((f) => ({ fileId: "", name: f.name, size: f.size, mime: f.type, local: true })),
+      };
+      rec.time = rec.timestamp;
+      c.messages.set(msgKey(me.userId, rec.id), rec);
+      preparing = preparing.then(() => ready(c, rec, part.files));
+    }
     stopTyping();
-    send(messageFrame(rec));
     render();
     const list = $("messages");
     list.scrollTop = list.scrollHeight;
+  }
+
+  // Uploads the files and seals the text, then sends; a failure marks the message failed.
+  async function ready(c, rec, files) {
+    try {
+      if (files.length) {
+        const infos = [];
+        for (const f of files) infos.push(await RelayFiles.upload(await token(), f, f.name));
+        rec.attachments = infos;
+      }
+      // (the relay takes no `e2e` beside `attachments`: a caption with files stays as composed)
+      const self = rec.text && !files.length && c.peerId !== undefined ? await identity : null;
+      if (self) {
+        const [peer, mine] = await Promise.all([keysOf(c.peerId), keysOf(me.userId)]);
+        if (peer.devices.length) {
+          const others = mine.devices.filter((d) => d.deviceId !== me.deviceId);
+          // This device's own box lets it read the message again from history.
+          const recipients = [...peer.devices, ...others, { deviceId: me.deviceId, encKey: self.encKey }];
+          rec.e2e = await RelayE2E.sealText(rec.text, self, recipients);
+          rec.encrypted = true;
+        }
+      }
+      if (rec.mustEncrypt && !rec.encrypted) {
+        throw new Error(c.peerId + " has no verified device keys any more: not sent in clear");
+      }
+    } catch (e) {
+      rec.status = "failed";
+      rec.reason = e.message || String(e);
+      toast("message not sent: " + rec.reason);
+      render();
+      return;
+    }
+    if (!me || rec.status === "failed") return;
+    outbox.set(rec.id, rec);
+    send(messageFrame(rec));
+    render();
+  }
+
+  // The current httpToken, waiting for a connection when there is none yet.
+  async function token() {
+    while (!httpToken) await new Promise((resolve) => onlineWaiters.push(resolve));
+    return httpToken;
+  }
+
+  // --- end-to-end encryption ------------------------------------------------------------------
+  function publishKeys() {
+    if (!identity) return;
+    const sock = ws;
+    identity.then((self) => self && RelayE2E.publishFrame(self)).then((frame) => {
+      if (frame && ws === sock) send({ ...frame, ref: "kp" });
+    }, () => {});
+  }
+
+  // This device's keys (made on first use), or null with e2eProblem saying why there are none.
+  function loadIdentity(userId, deviceId) {
+    return RelayE2E.unsupported().then(async (problem) => {
+      if (problem) { e2eProblem = problem; return null; }
+      try {
+        return await RelayE2E.loadIdentity(userId, deviceId);
+      } catch (e) {
+        e2eProblem = "this device's keys could not be kept (" + (e.message || e) + ")";
+        return null;
+      }
+    }).then((self) => { render(); return self; });
+  }
+
+  // A user's verified devices, asked of the relay each time while online, so that every message
+  // is sealed for the devices there are now (a new device gets its box at once, a peer who just
+  // published gets encrypted messages); offline, the last answer, else the answer once online.
+  async function keysOf(userId) {
+    for (;;) {
+      const cached = keysCache.get(userId);
+      if (!connected) {
+        if (cached) return cached;
+        await new Promise((resolve) => onlineWaiters.push(resolve));
+        continue;
+      }
+      // null: the connection closed before the answer (asked again) or the user signed out.
+      const answer = await new Promise((resolve) => {
+        const ref = nextRef("k");
+        keyWaits.set(ref, { userId, resolve });
+        if (!send({ type: "keys_get", userId, ref })) {
+          keyWaits.delete(ref);
+          resolve(null);
+        }
+      });
+      if (answer) return answer;
+      if (!me) return { devices: [], at: 0 };
+    }
+  }
+
+  async function onKeys(f) {
+    const wait = f.ref !== undefined ? keyWaits.get(f.ref) : undefined;
+    if (wait) keyWaits.delete(f.ref);
+    if (f.ref === "kp") keysPublished = true;
+    const devices = [];
+    const bad = [];
+    for (const d of f.devices || []) {
+      try {
+        devices.push(await RelayE2E.verifyDevice(f.userId, d));
+      } catch (e) {
+        bad.push(e.message);
+      }
+    }
+    const before = keysCache.get(f.userId);
+    const entry = { devices, at: Date.now(), bad };
+    keysCache.set(f.userId, entry);
+    const changed = keyBook ? keyBook.see(devices) : [];
+    const c = convs.get("u:" + f.userId);
+    // (keys are asked for before every sealed message: a bad device is reported once)
+    const newlyBad = bad.length && (!before || (before.bad || []).join() !== bad.join());
+    if (changed.length || newlyBad) {
+      const text = changed.length
+        ? "⚠ The identity key of " + changed.map((d) => d.userId + "'s device " + d.deviceId).join(", ") +
+          " changed. Compare safety numbers before trusting it."
+        : "⚠ " + bad.join("; ") + " (that device is left out)";
+      if (c) c.keyWarning = text;
+      toast(text);
+    }
+    if (c && e2eProblem === null) c.e2e = devices.length ? "on" : "off";
+    if (wait) wait.resolve(entry);
+    render();
+  }
+
+  async function openMessage(rec) {
+    rec.opening = true;
+    const self = identity ? await identity : null;
+    let result;
+    if (!self) result = { undecryptable: e2eProblem || "encryption is not available here" };
+    else result = await RelayE2E.openText(rec.e2e, rec.senderId, self);
+    rec.opening = false;
+    if (result.text !== undefined) { rec.text = result.text; rec.undecryptable = null; }
+    else rec.undecryptable = result.undecryptable;
+    render();
+  }
+
+  async function showSafetyNumber(c) {
+    const [peer, mine] = await Promise.all([keysOf(c.peerId), keysOf(me.userId)]);
+    const number = await RelayE2E.safetyNumber(
+      me.userId, mine.devices.map((d) => d.identityKey), c.peerId, peer.devices.map((d) => d.identityKey));
+    c.safety = number;
+    render();
+  }
+
+  // A call record: the message's top-level `call` object (contract v2, "Calls").
+  function callOf(m) {
+    return m.call && typeof m.call === "object" ? m.call : null;
   }
 
   function typingFrame(target, state) {
@@ -484,6 +708,22 @@
     if (!me) return;
     renderList();
     renderChat();
+    renderCall();
+    const c = openKey && convs.get(openKey);
+    if (c) renderE2E(c);
+    renderStaged(c);
+  }
+
+  // What the list shows of a last message: its text, else what it is.
+  function previewOf(c, last) {
+    if (last.call) return RelayCalls.recordText(last.call, last.senderId === me.userId);
+    if (last.e2e) {
+      const rec = last.id !== undefined && c.messages.get(msgKey(last.senderId, last.id));
+      return rec && rec.text ? "🔒 " + rec.text : "🔒 Encrypted message";
+    }
+    if (last.text) return last.text;
+    if (last.attachments && last.attachments.length) return "📎 " + last.attachments.map((a) => a.name).join(", ");
+    return "";
   }
 
   function renderList() {
@@ -504,7 +744,7 @@
       li.append(name, el("span", "conv-time", fmtTime(c.updatedAt)));
       let preview = "";
       if (c.typing.size) preview = "typing…";
-      else if (c.lastMessage) preview = (c.lastMessage.senderId === me.userId ? "You: " : "") + c.lastMessage.text;
+      else if (c.lastMessage) preview = (c.lastMessage.senderId === me.userId ? "You: " : "") + previewOf(c, c.lastMessage);
       else preview = "no messages yet";
       li.append(el("span", "conv-preview", preview));
       if (c.unread > 0 && c.key !== openKey) li.append(el("span", "unread", String(c.unread)));
@@ -543,8 +783,36 @@
       li.dataset.status = rec.status;
       if (rec.seq) li.dataset.seq = String(rec.seq);
       if (!rec.mine && c.groupId !== undefined) li.append(el("div", "msg-sender", rec.senderName || rec.senderId));
-      li.append(el("div", "msg-text", rec.text));
+      if (rec.call) {
+        li.classList.add("call-record");
+        li.append(el("div", "msg-text", "📞 " + RelayCalls.recordText(rec.call, rec.mine)));
+      } else if (rec.encrypted && rec.text === undefined) {
+        li.dataset.e2e = rec.undecryptable ? "undecryptable" : "opening";
+        li.append(rec.undecryptable
+          ? el("div", "msg-text msg-undecryptable", "🔒 This message cannot be read here: " + rec.undecryptable)
+          : el("div", "msg-text", "🔒 decrypting…"));
+      } else if (rec.text) {
+        li.append(el("div", "msg-text", rec.text));
+      }
+      if (rec.encrypted && rec.text !== undefined) li.dataset.e2e = "read";
+      if (rec.attachments && rec.attachments.length) {
+        const ready = rec.attachments.every((a) => a.fileId);
+        if (!ready) {
+          li.append(el("div", "attachment-size", "⇪ " + rec.attachments.map((a) => a.name).join(", ") +
+            (rec.status === "failed" ? "" : " — uploading…")));
+        } else {
+          if (!rec.attachNode) {
+            rec.attachNode = RelayFiles.render(rec.attachments, () => httpToken, (t) => toast(t), el);
+          }
+          li.append(rec.attachNode);
+        }
+      }
       const meta = el("div", "msg-meta", fmtTime(rec.time));
+      if (rec.encrypted) {
+        const lock = el("span", "lock", "🔒");
+        lock.title = "end-to-end encrypted";
+        meta.prepend(lock);
+      }
       if (rec.mine) {
         const tick = el("span", "tick " + rec.status, { pending: "◷", sent: "✓", delivered: "✓✓", read: "✓✓", failed: "!" }[rec.status]);
         tick.title = rec.status + (rec.reason ? ": " + rec.reason : "");
@@ -554,6 +822,84 @@
       ol.append(li);
     }
     if (atBottom) list.scrollTop = list.scrollHeight;
+  }
+
+  function renderE2E(c) {
+    const status = $("chat-e2e");
+    const direct = c.peerId !== undefined;
+    let text = "";
+    let cls = "";
+    if (direct && e2eProblem !== null) text = "not encrypted: " + e2eProblem;
+    else if (direct && c.e2e === "on") { text = "🔒 end-to-end encrypted"; cls = "on"; }
+    else if (direct && c.e2e === "off") text = "not encrypted: " + c.peerId + " has no device keys";
+    else if (!direct) text = "group messages are not end-to-end encrypted";
+    status.textContent = text;
+    status.className = "chat-e2e " + cls;
+    $("safety-btn").hidden = !(direct && c.e2e === "on" && e2eProblem === null);
+    $("key-warning-text").textContent = c.keyWarning || "";
+    $("key-warning").hidden = !c.keyWarning;
+    const safety = $("safety");
+    safety.textContent = c.safety ? "Safety number with " + c.peerId + ": " + c.safety : "";
+    safety.hidden = !c.safety;
+  }
+
+  function renderStaged(c) {
+    const ul = $("staged");
+    ul.replaceChildren();
+    ul.hidden = staged.length === 0;
+    staged.forEach((f, i) => {
+      const li = el("li", "", f.name + " (" + RelayFiles.size(f.size) + ")");
+      const remove = el("button", "", "×");
+      remove.type = "button";
+      remove.title = "Remove";
+      remove.addEventListener("click", () => { staged.splice(i, 1); render(); });
+      li.append(remove);
+      ul.append(li);
+    });
+    if (staged.length && c && c.peerId !== undefined && c.e2e === "on") {
+      ul.append(el("li", "note", "files are not end-to-end encrypted; the text is"));
+    }
+  }
+
+  function renderCall() {
+    const st = calls.state();
+    const bar = $("callbar");
+    $("call-btn").hidden = true;
+    const c = openKey && convs.get(openKey);
+    const busy = st && st.phase !== "ended";
+    if (c && c.peerId !== undefined && c.peerId !== me.userId) {
+      $("call-btn").hidden = false;
+      $("call-btn").disabled = !!busy || !connected;
+    }
+    clearTimeout(callTimer);
+    callTimer = null;
+    if (!st || (st.phase === "ended" && Date.now() - st.endedAt > 4000)) {
+      bar.hidden = true;
+      return;
+    }
+    bar.hidden = false;
+    bar.dataset.phase = st.phase;
+    const who = st.peerName;
+    let text;
+    switch (st.phase) {
+      case "calling": text = "Calling " + who + "…"; break;
+      case "ringing": text = "Ringing " + who + "…"; break;
+      case "incoming": text = who + " is calling"; break;
+      case "connecting": text = "Connecting to " + who + "…"; break;
+      case "connected": {
+        const secs = Math.floor((Date.now() - st.connectedAt) / 1000);
+        text = "In call with " + who + " · " + Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0");
+        callTimer = setTimeout(renderCall, 1000);
+        break;
+      }
+      default:
+        text = "Call " + (RelayCalls.END_TEXT[st.reason] || "ended");
+        callTimer = setTimeout(renderCall, 4100);
+    }
+    $("call-text").textContent = text;
+    $("call-answer").hidden = st.phase !== "incoming";
+    $("call-reject").hidden = st.phase !== "incoming";
+    $("call-hangup").hidden = !(busy && st.phase !== "incoming");
   }
 
   let toastTimer = null;
@@ -572,6 +918,7 @@
     const c = convs.get(key);
     if (c && !c.loaded) requestHistory(c, false);
     if (c && c.peerId !== undefined) queryPresence([c.peerId]);
+    if (c && c.peerId !== undefined && connected) keysOf(c.peerId);
     if (c) maybeRead(c);
     render();
     const list = $("messages");
@@ -604,12 +951,15 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("me").textContent = me.userName + " (" + me.userId + ")";
+    keyBook = RelayE2E.keyBook("relay.keyBook:" + userId);
+    identity = loadIdentity(me.userId, me.deviceId);
     attempt = 0;
     connect();
     render();
   }
 
   function signOut(reason) {
+    calls.hangUp(); // while the socket is still open: the peer hears "hangup"
     const sock = ws;
     me = null;
     ws = null;
@@ -618,6 +968,16 @@
     reconnectTimer = null;
     if (sock) sock.close(1000);
     stopTyping();
+    RelayFiles.forget();
+    staged = [];
+    identity = null;
+    e2eProblem = null;
+    keysCache.clear();
+    for (const w of keyWaits.values()) w.resolve(null);
+    keyWaits.clear();
+    onlineWaiters = [];
+    preparing = Promise.resolve();
+    httpToken = null;
     clearTimeout(ackTimer);
     ackTimer = null;
     for (const c of convs.values()) for (const t of c.typing.values()) clearTimeout(t);
@@ -663,9 +1023,33 @@
       const box = $("composer-text");
       const text = box.value.trim();
       const c = openKey && convs.get(openKey);
-      if (!text || !c) return;
+      if ((!text && !staged.length) || !c) return;
       box.value = "";
-      sendText(c, text);
+      compose(c, text, staged.splice(0));
+    });
+    $("attach").addEventListener("click", () => $("attach-input").click());
+    $("attach-input").addEventListener("change", (e) => {
+      const room = RelayFiles.MAX_ATTACHMENTS - staged.length;
+      const chosen = Array.from(e.target.files || []);
+      if (chosen.length > room) toast("at most " + RelayFiles.MAX_ATTACHMENTS + " files in one message");
+      staged.push(...chosen.slice(0, Math.max(0, room)));
+      e.target.value = "";
+      render();
+    });
+    $("call-btn").addEventListener("click", () => {
+      const c = openKey && convs.get(openKey);
+      if (c && c.peerId !== undefined) calls.place(c.peerId, c.name);
+    });
+    $("call-answer").addEventListener("click", () => calls.answer());
+    $("call-reject").addEventListener("click", () => calls.reject());
+    $("call-hangup").addEventListener("click", () => calls.hangUp());
+    $("key-warning-close").addEventListener("click", () => {
+      const c = openKey && convs.get(openKey);
+      if (c) { c.keyWarning = null; render(); }
+    });
+    $("safety-btn").addEventListener("click", () => {
+      const c = openKey && convs.get(openKey);
+      if (c && c.peerId !== undefined) showSafetyNumber(c);
     });
     $("composer-text").addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
@@ -704,7 +1088,10 @@
 
   // For tests and debugging: a read-only view of the connection.
   window.relayChat = Object.freeze({
-    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url }),
+    state: () => ({ connected, attempt, pending: outbox.size, user: me && me.userId, url: ws && ws.url, deviceId: me && me.deviceId, keysPublished }),
+    call: () => calls.state(),
+    callPackets: () => calls.packetsReceived(),
+    callRoute: () => calls.route(),
     disconnect: () => { if (ws) ws.close(4000, "test"); },
   });
 
