@@ -5,6 +5,8 @@
   next `maintain()` (within a tick). Either way the store records it, and each sender whose
   messages the reader's watermark newly covers gets a `receipt` (id and seq of its newest
   covered message, `userId` the reader); a `read` also reaches the reader's other devices.
+- `delivered` receipts go out by `Connection.send_later`: with whatever the sender's
+  connection writes next, within a tick (no socket write of their own); `read` ones at once.
 - Receipts are clamped to the conversation's last seq; one for a conversation the user is not
   in gets error `forbidden`; stale ones are ignored.
 - Catch-up: once a device's backlog is done it gets the `delivered`/`read` receipts that the
@@ -18,12 +20,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from attrs import define, field
 
 from relay.core.backlog import Backlog
-from relay.core.broker import Broker
+from relay.core.broker import Broker, Deferring
 from relay.core.context import Context, wire
 from relay.core.due import Due
 from relay.core.marks import DeliveryMarks
@@ -45,6 +47,15 @@ class Receipts:
     _marks: DeliveryMarks
     backlog: Backlog = field(init=False)  # set by the service once both exist
     due: Due = field(factory=Due)  # backlog done, catch-up not yet sent
+    #: how `delivered` receipts reach their senders: with each sender connection's next write
+    #: (relay.core.broker.Deferring) when the broker can, else at once
+    _to_users_later: Callable[[Iterable[str], bytes], None] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        broker = self._broker
+        self._to_users_later = (
+            broker.to_users_later if isinstance(broker, Deferring) else broker.to_users
+        )
 
     def catch_up_due(self, conn: Connection) -> None:
         """A backlog ended: its receipt catch-up is sent by auth or the next maintain()."""
@@ -125,6 +136,9 @@ class Receipts:
         """A `status` receipt from `reader` to the sender of each of `newest` (each its
         sender's newest message the reader's watermark covers, as latest_by_sender gives)."""
         timestamp = self._ctx.now_iso()
+        # `delivered` rides the sender's next write: measured at 1,000 connections and one
+        # message per wake-up, a receipt of its own was 0.6 socket writes per message more
+        send = self._to_users_later if status == "delivered" else self._broker.to_users
         for message in newest:
             frame = wire(
                 encode_receipt_status(
@@ -137,7 +151,7 @@ class Receipts:
                     group_id=group_id,
                 )
             )
-            self._broker.to_users([message.sender_id], frame)
+            send([message.sender_id], frame)
 
     # --- maintain() -------------------------------------------------------------------------------
     async def write_marks(self, breathe: Callable[[], Awaitable[None]]) -> None:
