@@ -1543,7 +1543,8 @@ cdef enum:
     _K_AVATAR = 9
     _K_STAMP = 10
     _K_E2E = 11
-    _K_COUNT = 12
+    _K_ATTACHMENTS = 12
+    _K_COUNT = 13
     _K_OTHER = -1
 
 
@@ -1571,7 +1572,9 @@ cdef inline int _key_of(const unsigned char* k, Py_ssize_t n) noexcept nogil:
     if n == 10:
         return _K_NAME if memcmp(k, b"senderName", 10) == 0 else _K_OTHER
     if n == 11:
-        return _K_RECIPIENT if memcmp(k, b"recipientId", 11) == 0 else _K_OTHER
+        if memcmp(k, b"recipientId", 11) == 0:
+            return _K_RECIPIENT
+        return _K_ATTACHMENTS if memcmp(k, b"attachments", 11) == 0 else _K_OTHER
     if n == 12:
         return _K_AVATAR if memcmp(k, b"senderAvatar", 12) == 0 else _K_OTHER
     return _K_OTHER
@@ -1718,7 +1721,12 @@ def decode_message(payload, rules, type frame_cls):
     for i in range(_K_COUNT):
         starts[i] = -2
         lens[i] = 0
-    if not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0 or starts[_K_E2E] >= 0:
+    if (
+        not _scan_message(p, n, starts, lens)
+        or starts[_K_META] >= 0
+        or starts[_K_E2E] >= 0
+        or starts[_K_ATTACHMENTS] >= 0  # a string: refused, as the twin does (a list: no scan)
+    ):
         return _decode_by_dict(payload, r, frame_cls)
     if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
         return _decode_by_dict(payload, r, frame_cls)
@@ -1734,7 +1742,8 @@ def decode_message(payload, rules, type frame_cls):
         stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
         return _decode_by_dict(payload, r, frame_cls)
-    # meta and e2e are absent or null here: the scan left any other value to the dict
+    # meta, e2e and attachments are absent or null here: the scan left any other value to the
+    # dict
     if _fault(ident, peer, group, sender, name, avatar, stamp, text, None, r):
         return _decode_by_dict(payload, r, frame_cls)
     if ref is None:

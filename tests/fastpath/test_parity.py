@@ -1170,6 +1170,8 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":"a"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","n":1}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":"f1"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":null}',
         b'{"type":"message","id":"","recipientId":"bob","text":"hi"}',
         b'{"type":"message","id":"m1","recipientId":"bob","groupId":"g","text":"hi"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi"} x',
