@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import budgets as budgets_mod
-from bench import cluster, profiling, report, scenarios, servers, storm
+from bench import cluster, mix, profiling, report, scenarios, servers, storm
 from bench import search as search_mod
 
 ROOT = servers.ROOT
@@ -553,6 +553,15 @@ def main(argv: list[str] | None = None) -> int:
                     # each pair's two users on different nodes
                     cfg["ports"] = server.ports
                     record["node_ports"] = server.ports
+            if run.scenario == "mix":
+                senders = [f"{user_prefix}{k}" for k in range(run.loadgen["clients"])]
+                if srv.startswith("relay"):
+                    try:
+                        cfg["files"] = mix.upload_files(f"ws://127.0.0.1:{server.port}", senders)
+                    except Exception as exc:  # the run then fails: its attachments are refused
+                        say(f"    uploading the senders' files failed: {exc!r}")
+                else:  # a server without /files: ids of the same length, forwarded unread
+                    cfg["files"] = mix.stand_in_files(senders)
             if storm_run:
                 devices = run.extra["devices"]
                 cfg["connect_at"] = (

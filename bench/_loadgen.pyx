@@ -412,7 +412,8 @@ cdef class LoadGen:
             raise MemoryError()
 
         # the message bodies a sender cycles through in `pattern` order: JSON members after
-        # the addressee, "{text}" and "{user}" (the sender) filled in; one plain text by default
+        # the addressee, "{text}", "{user}" (the sender) and "{file}" (cfg "files": the sender's
+        # uploaded file id) filled in; one plain text by default
         bodies = list(cfg.get("bodies", ['"text":"{text}"']))
         pattern = list(cfg.get("pattern", [0]))
         if not 1 <= len(bodies) <= MAX_VARIANTS or not 1 <= len(pattern) <= MAX_PATTERN:
@@ -423,6 +424,7 @@ cdef class LoadGen:
         for i, v in enumerate(pattern):
             self.pattern[i] = v
         prefix = cfg.get("user_prefix", "u")
+        files = dict(cfg.get("files") or {})
         text = "x" * int(cfg.get("text_bytes", 100))
         stamp = "2026-02-05T10:30:15Z"
         sender_set = cfg.get("senders", "all")
@@ -459,7 +461,9 @@ cdef class LoadGen:
                 sufs = [
                     (
                         f'","senderId":"{user}","senderName":"{user}","senderAvatar":"U",{to},'
-                        + body.replace("{text}", text).replace("{user}", user)
+                        + body.replace("{text}", text)
+                        .replace("{user}", user)
+                        .replace("{file}", files.get(user, ""))
                         + f',"timestamp":"{stamp}","status":"pending"}}'
                     ).encode()
                     for body in bodies

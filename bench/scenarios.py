@@ -11,8 +11,11 @@ import resource
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench import mix
+
 ALL_SCENARIOS = (
     "pairwise",
+    "mix",
     "pingpong",
     "rate",
     "sparse",
@@ -31,6 +34,8 @@ OPEN_LOOP = ("rate", "sparse", "connections", "cluster")
 # scenarios run only when named in --scenarios (none today)
 NAMED_SCENARIOS: tuple[str, ...] = ()
 BASE_SERVERS = ("relay", "node-ws", "trio-websocket")
+#: the mix scenario: the relay against the original design (which forwards frames unread)
+MIX_SERVERS = ("relay", "node-ws")
 # the load generator's calibration target (bench/nullrelay.py): only when asked for by name
 NULL_SERVER = "null"
 DURABLE_SERVERS = ("relay", "relay-sqlite")
@@ -158,6 +163,25 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                     {"mode": "closed", "clients": s["clients"], "window": s["inflight"], **timing},
                     f"{s['clients']} clients in {s['clients'] // 2} pairs, "
                     f"{s['inflight']} in flight each",
+                )
+            )
+        elif name == "mix":
+            runs.append(
+                Run(
+                    "mix",
+                    name,
+                    MIX_SERVERS,
+                    {
+                        "mode": "closed",
+                        "clients": s["clients"],
+                        "window": s["inflight"],
+                        "bodies": mix.BODIES,
+                        "pattern": mix.PATTERN,
+                        **timing,
+                    },
+                    f"pairwise with realistic frames ({s['clients']} clients, {s['inflight']} in "
+                    "flight each): a third with meta, a sixth end-to-end encrypted for three "
+                    "devices, a sixth with an uploaded attachment",
                 )
             )
         elif name == "pingpong":

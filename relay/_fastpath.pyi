@@ -50,6 +50,15 @@ def encode_delivery(message: Any) -> bytes: ...
 def encode_sent_frame(
     message_id: str, peer_id: str | None, group_id: str | None, seq: int, timestamp: str
 ) -> bytes: ...
+def encode_receipt_frame(
+    message_id: str | None,
+    seq: int,
+    status: str,
+    user_id: str,
+    timestamp: str,
+    peer_id: str | None,
+    group_id: str | None,
+) -> bytes: ...
 
 MESSAGE_FAULTS: tuple[str, ...]
 E2E_VERSION: int

@@ -926,6 +926,51 @@ def encode_sent_frame(message_id, peer_id, group_id, seq, timestamp):
     return _text_frame_of(parts, k)
 
 
+def encode_receipt_frame(message_id, seq, status, user_id, timestamp, peer_id, group_id):
+    """A delivered/read watermark receipt's text frame (the twin: the dict of the fields that are
+    not None through orjson)."""
+    cdef _Part parts[8]
+    cdef int k = 0
+    cdef char seq_buf[24]
+    cdef long long seq_value
+    if not (
+        _str_or_none(message_id) and type(seq) is int and type(status) is str
+        and type(user_id) is str and type(timestamp) is str
+        and _str_or_none(peer_id) and _str_or_none(group_id)
+        and _as_long_long(seq, &seq_value)
+    ):
+        return _receipt_by_dict(message_id, seq, status, user_id, timestamp, peer_id, group_id)
+    try:
+        _set_raw(&parts[k], b'{"type":', 8, b'"receipt"'); k += 1
+        if message_id is not None:
+            _set_str(&parts[k], b',"id":', 6, message_id); k += 1
+        if peer_id is not None:
+            _set_str(&parts[k], b',"peerId":', 10, peer_id); k += 1
+        if group_id is not None:
+            _set_str(&parts[k], b',"groupId":', 11, group_id); k += 1
+        _set_int(&parts[k], b',"seq":', 7, seq_buf, seq_value); k += 1
+        _set_str(&parts[k], b',"status":', 10, status); k += 1
+        _set_str(&parts[k], b',"userId":', 10, user_id); k += 1
+        _set_str(&parts[k], b',"timestamp":', 13, timestamp); k += 1
+    except UnicodeEncodeError:
+        return _receipt_by_dict(message_id, seq, status, user_id, timestamp, peer_id, group_id)
+    return _text_frame_of(parts, k)
+
+
+def _receipt_by_dict(message_id, seq, status, user_id, timestamp, peer_id, group_id):
+    body = {
+        "type": "receipt",
+        "id": message_id,
+        "peerId": peer_id,
+        "groupId": group_id,
+        "seq": seq,
+        "status": status,
+        "userId": user_id,
+        "timestamp": timestamp,
+    }
+    return encode_frame(1, orjson.dumps({k: v for k, v in body.items() if v is not None}))
+
+
 cdef inline bytes _orjson_dumps(value):
     return orjson.dumps(value)
 
@@ -1716,7 +1761,8 @@ def decode_message(payload, rules, type frame_cls):
         stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
         return _decode_by_dict(payload, r, frame_cls)
-    # meta and e2e are absent or null here: the scan left any other value to the dict
+    # meta, e2e and attachments are absent or null here: the scan left any other value to the
+    # dict
     if _fault(ident, peer, group, sender, name, avatar, stamp, text, None, r):
         return _decode_by_dict(payload, r, frame_cls)
     if ref is None:

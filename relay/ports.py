@@ -19,9 +19,10 @@ class Connection(Protocol):
     """One WebSocket as the core sees it.
 
     Invariants the shell keeps:
-    - `send` is the one way to queue a frame: every frame queued, dropped or refused is counted;
-      what was queued is written at the end of this scheduler tick, one socket write per
-      connection per tick, in queue order;
+    - `send` and `send_later` are the ways to queue a frame: every frame queued, dropped or
+      refused is counted; what `send` queued is written at the end of this scheduler tick, one
+      socket write per connection per tick, in queue order, and with it whatever `send_later`
+      queued before; what only `send_later` queued waits at most until the shell's next tick;
     - after `close` nothing more is queued (`send` answers False) and the close frame is the
       last frame written.
     """
@@ -36,6 +37,13 @@ class Connection(Protocol):
         """Queue an encoded WebSocket frame. Droppable frames (typing, presence) give way first
         when the outbox is over half full. False: it did not fit, or the connection is closing
         (a refused frame that must not be dropped obliges the caller to close with 1013)."""
+        ...
+
+    def send_later(self, frame: bytes) -> bool:
+        """Queue a frame that need not cost a socket write of its own: it goes out with the
+        next write this connection makes anyway (in queue order), and at the latest at the
+        shell's next tick (relay.transport.server.TICK_INTERVAL). For frames nobody waits on
+        at once (`delivered` receipts). False as for `send` (never droppable)."""
         ...
 
     def close(self, code: int, reason: str = "") -> None:

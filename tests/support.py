@@ -245,6 +245,9 @@ class FakeConn:
             return False
         return self.outbox.push(frame, droppable)
 
+    def send_later(self, frame: bytes) -> bool:
+        return self.send(frame)
+
     def close(self, code: int, reason: str = "") -> None:
         if self.closed is None:
             self.closed = (code, reason)

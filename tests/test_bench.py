@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_KEYS = {
     "pairwise",
+    "mix",
     "pingpong",
     "rate@2000",
     "rate@4000",
@@ -42,6 +43,7 @@ SCENARIO_KEYS = {
 # the servers each scenario runs against, beyond which the run's available servers limit it
 SCENARIO_SERVERS = {
     "durable": {"relay", "relay-sqlite"},
+    "mix": {"relay", "node-ws"},
     "sparse": {"relay", "node-ws", "null"},
     "conns": {"relay", "node-ws"},
     "c100k": {"relay", "node-ws"},
@@ -176,7 +178,7 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             assert (ports is not None and len(set(ports)) == 3) is (r["server"] == "relay-cluster")
 
     # Each budget is judged in the JSON, even when not enforced.
-    assert len(doc["budgets"]) == 16
+    assert len(doc["budgets"]) == 17
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout

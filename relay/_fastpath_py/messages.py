@@ -74,6 +74,30 @@ def encode_sent_frame(
     return encode_frame(1, encode_sent(message_id, peer_id, group_id, seq, timestamp))
 
 
+def encode_receipt_frame(
+    message_id: str | None,
+    seq: int,
+    status: str,
+    user_id: str,
+    timestamp: str,
+    peer_id: str | None,
+    group_id: str | None,
+) -> bytes:
+    """A delivered/read watermark receipt's text frame (relay.protocol.encode_receipt_status's
+    JSON: the fields that are not None, in this order)."""
+    body = {
+        "type": "receipt",
+        "id": message_id,
+        "peerId": peer_id,
+        "groupId": group_id,
+        "seq": seq,
+        "status": status,
+        "userId": user_id,
+        "timestamp": timestamp,
+    }
+    return encode_frame(1, orjson.dumps({k: v for k, v in body.items() if v is not None}))
+
+
 # --- the `message` frame's checks -----------------------------------------------------------------
 
 #: what message_fault's answer means: MESSAGE_FAULTS[answer] names the first check the message

@@ -1,8 +1,10 @@
 """ReconnectPolicy: how many times and how far apart the client tries to reach the relay again.
 
-The original app's rule is the default: up to 5 attempts, 3 s apart. `backoff` > 1 grows the
-delay geometrically (capped at `max_delay`, never below `delay`); `jitter` in [0, 1] spreads each delay uniformly over
-delay * (1 +- jitter) so that many clients dropped together do not return together.
+The original app's rule is the default: up to 5 attempts, 3 s apart on average. `backoff` > 1
+grows the delay geometrically (capped at `max_delay`, never below `delay`); `jitter` in [0, 1]
+spreads each delay uniformly over delay * (1 +- jitter) so that many clients dropped together
+do not return together. The default jitter is DEFAULT_JITTER (a first attempt 1.5-4.5 s after
+a drop): without it every client of a restarted relay would come back in the same instant.
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ def _at_least_one(instance: object, attribute: Attribute[float], value: float) -
         raise ConfigError(f"backoff must be >= 1, got {value!r}")
 
 
+#: the default spread of each delay, +-50%: clients dropped together return over 3 s, not at once
+DEFAULT_JITTER = 0.5
+
+
 @frozen(kw_only=True)
 class ReconnectPolicy:
     attempts: int = field(default=5, validator=_non_negative)  # after a drop; 0 = never retry
     delay: float = field(default=3.0, validator=_non_negative)  # before the first attempt
     backoff: float = field(default=1.0, validator=_at_least_one)  # delay factor per attempt
     max_delay: float = field(default=60.0, validator=_non_negative)
-    jitter: float = field(default=0.0, validator=_unit)
+    jitter: float = field(default=DEFAULT_JITTER, validator=_unit)
 
     def delay_before(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before reconnection attempt number `attempt` (1-based)."""

@@ -14,8 +14,9 @@ after a failure or a drop goes to the next URL in turn, so a client whose node d
 surviving one; the backoff below is the same.
 
 Reconnection: after a drop the client waits `policy.delay_before(n)` and tries again, up to
-`policy.attempts` attempts (default 5, 3 s apart, as the original app). An attempt that reaches
-`auth_ok` resets the count. When the attempts are spent (or the relay refuses authentication)
+`policy.attempts` attempts (default 5, 3 s apart on average as in the original app, each delay
+spread by +-50%, `jitter`, so that clients dropped together do not return together). An
+attempt that reaches `auth_ok` resets the count. When the attempts are spent (or the relay refuses authentication)
 the state becomes DISCONNECTED for good and every pending wait raises ConnectionLost;
 `reconnect()` starts over.
 
@@ -51,7 +52,7 @@ import attrs
 import trio
 
 import relay.client.files as files
-from relay.client.backoff import ReconnectPolicy
+from relay.client.backoff import DEFAULT_JITTER, ReconnectPolicy
 from relay.client.calls import (
     CallInfo,
     accept_frame,
@@ -103,7 +104,7 @@ class RelayClient:
         reconnect_delay: float = 3.0,
         backoff: float = 1.0,
         max_delay: float = 60.0,
-        jitter: float = 0.0,
+        jitter: float = DEFAULT_JITTER,
         max_outbox: int = 1000,
         event_buffer: int = 256,
         connect_timeout: float = 10.0,

@@ -50,6 +50,17 @@ class Broker(Protocol):
 
 
 @runtime_checkable
+class Deferring(Protocol):
+    """A broker that can hand a frame to the users' devices by `Connection.send_later`: with
+    each device's next write, at the latest the shell's next tick (a broker without it sends
+    such frames by `to_users`)."""
+
+    def to_users_later(self, users: Iterable[str], frame: bytes) -> None:
+        """The same framed server frame to every active device of `users`, by send_later."""
+        ...
+
+
+@runtime_checkable
 class Joining(Protocol):
     """A broker that must know which users have devices on this node (several nodes: it
     subscribes to what is published for them). The service awaits `joined` after a device
@@ -159,4 +170,18 @@ class LocalBroker:
                 if session.__class__ is not Session or session.phase is not _ACTIVE:
                     continue
                 if not conn.send(frame, droppable) and not droppable:
+                    slow(conn, session)
+
+    def to_users_later(self, users: Iterable[str], frame: bytes) -> None:
+        table = self._table
+        slow = self._ctx.slow
+        for user in users:
+            conns = table.get(user)
+            if conns is None:
+                continue
+            for conn in list(conns.values()):
+                session = conn.state
+                if session.__class__ is not Session or session.phase is not _ACTIVE:
+                    continue
+                if not conn.send_later(frame):
                     slow(conn, session)

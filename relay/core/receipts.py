@@ -5,6 +5,8 @@
   next `maintain()` (within a tick). Either way the store records it, and each sender whose
   messages the reader's watermark newly covers gets a `receipt` (id and seq of its newest
   covered message, `userId` the reader); a `read` also reaches the reader's other devices.
+- `delivered` receipts go out by `Connection.send_later`: with whatever the sender's
+  connection writes next, within a tick (no socket write of their own); `read` ones at once.
 - Receipts are clamped to the conversation's last seq; one for a conversation the user is not
   in gets error `forbidden`; stale ones are ignored.
 - Catch-up: once a device's backlog is done it gets the `delivered`/`read` receipts that the
@@ -18,18 +20,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from attrs import define, field
 
 from relay.core.backlog import Backlog
-from relay.core.broker import Broker
-from relay.core.context import Context, wire
+from relay.core.broker import Broker, Deferring
+from relay.core.context import Context
 from relay.core.due import Due
 from relay.core.marks import DeliveryMarks
 from relay.core.session import Session
+from relay.fastpath import encode_receipt_frame
 from relay.ports import Connection
-from relay.protocol import ReceiptFrame, encode_receipt_status
+from relay.protocol import ReceiptFrame
 from relay.store.base import StoredMessage, direct_conversation, group_conversation
 
 log = logging.getLogger("relay.core")
@@ -45,6 +48,15 @@ class Receipts:
     _marks: DeliveryMarks
     backlog: Backlog = field(init=False)  # set by the service once both exist
     due: Due = field(factory=Due)  # backlog done, catch-up not yet sent
+    #: how `delivered` receipts reach their senders: with each sender connection's next write
+    #: (relay.core.broker.Deferring) when the broker can, else at once
+    _to_users_later: Callable[[Iterable[str], bytes], None] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        broker = self._broker
+        self._to_users_later = (
+            broker.to_users_later if isinstance(broker, Deferring) else broker.to_users
+        )
 
     def catch_up_due(self, conn: Connection) -> None:
         """A backlog ended: its receipt catch-up is sent by auth or the next maintain()."""
@@ -87,16 +99,8 @@ class Receipts:
                 )
                 self._broker.to_users(
                     [user],
-                    wire(
-                        encode_receipt_status(
-                            message_id=None,
-                            seq=seq,
-                            status="read",
-                            user_id=user,
-                            timestamp=ctx.now_iso(),
-                            peer_id=frame.peer_id,
-                            group_id=frame.group_id,
-                        )
+                    encode_receipt_frame(
+                        None, seq, "read", user, ctx.now_iso(), frame.peer_id, frame.group_id
                     ),
                     exclude=conn,
                 )
@@ -125,19 +129,20 @@ class Receipts:
         """A `status` receipt from `reader` to the sender of each of `newest` (each its
         sender's newest message the reader's watermark covers, as latest_by_sender gives)."""
         timestamp = self._ctx.now_iso()
+        # `delivered` rides the sender's next write: measured at 1,000 connections and one
+        # message per wake-up, a receipt of its own was 0.6 socket writes per message more
+        send = self._to_users_later if status == "delivered" else self._broker.to_users
         for message in newest:
-            frame = wire(
-                encode_receipt_status(
-                    message_id=message.id,
-                    seq=message.seq,
-                    status=status,
-                    user_id=reader,
-                    timestamp=timestamp,
-                    peer_id=None if group_id is not None else reader,
-                    group_id=group_id,
-                )
+            frame = encode_receipt_frame(
+                message.id,
+                message.seq,
+                status,
+                reader,
+                timestamp,
+                None if group_id is not None else reader,
+                group_id,
             )
-            self._broker.to_users([message.sender_id], frame)
+            send([message.sender_id], frame)
 
     # --- maintain() -------------------------------------------------------------------------------
     async def write_marks(self, breathe: Callable[[], Awaitable[None]]) -> None:
@@ -208,14 +213,14 @@ class Receipts:
                     continue
                 if not ctx.roomy(conn):
                     return  # never the cause of a slow-consumer close
-                receipt = encode_receipt_status(
-                    message_id=message.id,
-                    seq=message.seq,
-                    status=status,
-                    user_id=coverage.reader,
-                    timestamp=timestamp,
-                    peer_id=None if coverage.group_id is not None else coverage.reader,
-                    group_id=coverage.group_id,
+                receipt = encode_receipt_frame(
+                    message.id,
+                    message.seq,
+                    status,
+                    coverage.reader,
+                    timestamp,
+                    None if coverage.group_id is not None else coverage.reader,
+                    coverage.group_id,
                 )
-                if not ctx.send(conn, session, receipt):
+                if not ctx.send_wire(conn, session, receipt):
                     return

@@ -57,6 +57,8 @@ class Host(Protocol):
 
     def flushed(self, conn: WsConnection) -> None: ...
 
+    def defer(self, conn: WsConnection) -> None: ...
+
     def expire_at(self, conn: RawConnection, deadline: float) -> None: ...
 
     def forget(self, conn: WsConnection) -> None: ...
@@ -92,6 +94,8 @@ class WsConnection(WebSocket):
     state: Any = None  # the core's slot (relay.ports.Connection)
     close_deadline: float = 0.0
     writer_active: bool = False
+    #: in the server's list of connections holding frames queued by `send_later` (at most once)
+    deferred: bool = False
     _opened: bool = False
     _broken: bool = False  # the transport failed or its deadline passed: no wait starts again
     _idle: trio.Event | None = None  # set when the writer task ends
@@ -101,6 +105,16 @@ class WsConnection(WebSocket):
     closed_by: str = ""
 
     # --- the Connection port (called by the core) ------------------------------------------
+
+    def send_later(self, frame: bytes) -> bool:
+        """Queue a frame for the next write this connection makes anyway, at the latest the
+        server's next tick (the Connection port's `send_later`)."""
+        if not self.queue_quietly(frame):
+            return False
+        if not self.dirty and not self.deferred:
+            self.deferred = True
+            self.server.defer(self)
+        return True
 
     def close(self, code: int, reason: str = "") -> None:
         """Queue a close frame after what is queued, then end the connection: wait (bounded

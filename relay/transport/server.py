@@ -19,9 +19,13 @@ Invariants:
   RawConnection (no trio wrapper on the data path); wss:// keeps trio.SSLStream (TLS needs
   it). Who reads and who waits on a socket: see relay.transport.poller.
 - A connection is in `Server.dirty` at most once (WebSocket.dirty says so).
-- Frames are queued only through `Connection.send`, which marks the connection dirty; the
-  heartbeat sweep also flushes any outbox it finds pending without that (counted as
-  relay_late_flushes_total, which stays 0 unless something pushed to an outbox directly).
+- Frames are queued only through `Connection.send`, which marks the connection dirty, or
+  `Connection.send_later`, which leaves them for the connection's next write and puts it in
+  `Server.later` (at most once): each tick first writes what is still waiting there, so a
+  `delivered` receipt costs no socket write of its own when its sender's connection writes
+  anything within a tick, and waits at most one tick otherwise. The heartbeat sweep also
+  flushes any outbox it finds pending without either (counted as relay_late_flushes_total,
+  which stays 0 unless something pushed to an outbox directly).
 - Closing is bounded (relay.transport.connection); the drain adds drain_timeout over all
   connections.
 
@@ -130,6 +134,8 @@ class Server:
     draining: bool = False
     conns: dict[int, WsConnection] = field(factory=dict)
     dirty: list[WsConnection] = field(factory=list)
+    #: connections that got frames by `send_later` since the last tick (WsConnection.deferred)
+    later: list[WsConnection] = field(factory=list)
     recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
     recv_view: memoryview = field(init=False)
     poller: Poller = field(factory=Poller)
@@ -339,6 +345,21 @@ class Server:
             stats.delivery_mark = 0.0
             stats.delivery_seconds.observe(_monotonic() - mark)
 
+    def defer(self, conn: WsConnection) -> None:
+        self.later.append(conn)
+
+    def _flush_later(self) -> None:
+        """What `send_later` queued and no write has taken since: written now (the bound of
+        its wait is one tick)."""
+        later = self.later
+        if not later:
+            return
+        self.later = []
+        for conn in later:
+            conn.deferred = False
+            if conn.outbox.pending_bytes and conn.ws_state is _OPEN:
+                conn.flush_soon()
+
     def flushed(self, conn: WsConnection) -> None:
         try:
             self.handler.on_flushed(conn)
@@ -379,6 +400,8 @@ class Server:
             t = trio.current_time()
             if t >= next_tick:
                 next_tick = t + TICK_INTERVAL
+                # before maintain(): the receipts it queues by send_later join these writes
+                self._flush_later()
                 try:
                     self.handler.tick(_monotonic())
                 except Exception:
@@ -408,7 +431,12 @@ class Server:
         for conn in list(self.conns.values()):
             if conn.ws_state is not _OPEN:
                 continue
-            if conn.outbox.pending_bytes and not conn.dirty and not conn.writer_active:
+            if (
+                conn.outbox.pending_bytes
+                and not conn.dirty
+                and not conn.deferred
+                and not conn.writer_active
+            ):
                 stats.late_flushes += 1
                 conn.flush_soon()
             if conn.heartbeat(now, interval, timeout):

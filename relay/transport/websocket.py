@@ -175,6 +175,16 @@ class WebSocket:
             self.wake(self)
         return True
 
+    def queue_quietly(self, frame: bytes) -> bool:
+        """Queue a frame like `send` (never droppable) without waking the driver: it is written
+        with the next write the driver makes. The driver's `send_later` bounds the wait."""
+        if self.ws_state is not _OPEN:
+            return False
+        deflater = self.deflater
+        if deflater is not None and len(frame) > deflater.min_bytes:
+            frame = deflater.frame(frame)
+        return self.outbox.push(frame)
+
     def count_dropped(self) -> None:
         """Move the outbox's count of droppable frames it refused or dropped into the stats."""
         outbox = self.outbox

@@ -38,7 +38,9 @@ async def test_attempts_and_delay_are_honoured_then_disconnected(
 ) -> None:
     url = f"ws://127.0.0.1:{closed_port()}"
     log: list[tuple[float, Event]] = []
-    client = RelayClient(url, user_id="alice", reconnect_attempts=3, reconnect_delay=2.0)
+    client = RelayClient(
+        url, user_id="alice", reconnect_attempts=3, reconnect_delay=2.0, jitter=0.0
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_record, client.events(), log)
         async with client:
@@ -66,14 +68,14 @@ async def test_pending_waits_raise_connection_lost_when_the_client_gives_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     url = f"ws://127.0.0.1:{closed_port()}"
-    async with RelayClient(url, user_id="alice", reconnect_attempts=5) as client:
+    async with RelayClient(url, user_id="alice", reconnect_attempts=5, jitter=0.0) as client:
         msg = await client.send_message("bob", "queued while offline")
         assert client.state.outbox == [msg]
         with pytest.raises(ConnectionLost):
             await client.wait_message(msg.id, MessageStatus.SENT)
         with pytest.raises(ConnectionLost):
             await client.flush()
-        # the default: 5 attempts, 3 s apart
+        # the default without its jitter: 5 attempts, 3 s apart
         assert trio.current_time() == pytest.approx(15.0)
         # nothing was dropped: the message still waits, pending, for a later reconnect()
         assert [m.status for m in client.state.outbox] == [MessageStatus.PENDING]
@@ -83,7 +85,9 @@ async def test_reconnect_starts_over_after_giving_up(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     url = f"ws://127.0.0.1:{closed_port()}"
-    async with RelayClient(url, user_id="alice", reconnect_attempts=1, reconnect_delay=1.0) as c:
+    async with RelayClient(
+        url, user_id="alice", reconnect_attempts=1, reconnect_delay=1.0, jitter=0.0
+    ) as c:
         with pytest.raises(ConnectionLost):
             await c.wait_online()
         t0 = trio.current_time()
@@ -99,7 +103,13 @@ async def test_exponential_backoff_and_jitter_shape_the_delays(
     url = f"ws://127.0.0.1:{closed_port()}"
     log: list[tuple[float, Event]] = []
     client = RelayClient(
-        url, user_id="alice", reconnect_attempts=4, reconnect_delay=1.0, backoff=2.0, max_delay=5.0
+        url,
+        user_id="alice",
+        reconnect_attempts=4,
+        reconnect_delay=1.0,
+        backoff=2.0,
+        max_delay=5.0,
+        jitter=0.0,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_record, client.events(), log)

@@ -571,6 +571,45 @@ def test_sent_frames_agree(
     assert fast == slow
 
 
+@SETTINGS
+@given(
+    ident=maybe_text,
+    seq=st.integers(0, 2**40) | SEQ_EDGES,
+    status=st.sampled_from(["delivered", "read"]) | json_text,
+    user=json_text,
+    stamp=json_text,
+    peer=maybe_text,
+    group=maybe_text,
+)
+def test_receipt_frames_agree_and_are_the_protocols(
+    compiled: ModuleType,
+    ident: str | None,
+    seq: int,
+    status: str,
+    user: str,
+    stamp: str,
+    peer: str | None,
+    group: str | None,
+) -> None:
+    fast, slow = both_ways(
+        lambda m: m.encode_receipt_frame(ident, seq, status, user, stamp, peer, group)
+    )
+    assert fast == slow
+    if isinstance(fast, bytes):  # the frame of the receipt relay.protocol encodes
+        assert fast == pure.encode_frame(
+            1,
+            protocol.encode_receipt_status(
+                message_id=ident,
+                seq=seq,
+                status=status,
+                user_id=user,
+                timestamp=stamp,
+                peer_id=peer,
+                group_id=group,
+            ),
+        )
+
+
 def test_frames_with_lone_surrogates_fail_alike(compiled: ModuleType) -> None:
     message = StoredMessage("c", 1, "id", "a", "bad \ud800", "t", "b")
     fast, slow = both_ways(lambda m: m.encode_delivery(message))
@@ -1139,6 +1178,8 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":"a"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","n":1}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":"f1"}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":null}',
         b'{"type":"message","id":"","recipientId":"bob","text":"hi"}',
         b'{"type":"message","id":"m1","recipientId":"bob","groupId":"g","text":"hi"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi"} x',
