@@ -110,6 +110,38 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE messages ADD COLUMN attachments TEXT
     """,
+    # 4: webhooks (WebhookOutbox, webhooks.py): the scan's cursor, one row once webhooks were
+    # first turned on, with the scanner's lease (`owner`, `lease_until` in unix seconds); the
+    # pending events by id
+    """
+    CREATE TABLE webhook_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        last_pos BIGINT NOT NULL,
+        owner TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        next_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_events_by_due ON webhook_events (next_at);
+    CREATE INDEX webhook_events_by_age ON webhook_events (created_at, id)
+    """,
+    # 5: devices' end-to-end public keys (KeyStore, keys.py), one row per (user, device)
+    """
+    CREATE TABLE device_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        identity_key TEXT NOT NULL,
+        enc_key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    )
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

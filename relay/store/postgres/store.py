@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -31,7 +32,9 @@ from typing import Any, TypeVar, cast
 import psycopg
 import trio
 
+import relay.store.postgres.keys as keys
 import relay.store.postgres.reads as reads
+import relay.store.postgres.webhooks as webhooks
 import relay.store.postgres.writes as writes
 from relay.errors import StoreError, StoreUnavailable
 from relay.store.base import (
@@ -39,10 +42,13 @@ from relay.store.base import (
     Appended,
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     NewMessage,
+    OutboxEvent,
     StoredMessage,
     Watermarks,
+    WebhookCandidate,
 )
 from relay.store.postgres.appends import append_batch
 from relay.store.postgres.retention import PostgresRetention
@@ -98,6 +104,8 @@ class PostgresStore:
         self._thread: threading.Thread | None = None
         self._closed = trio.Event()
         self._write_problem: str | None = None
+        # this store's name in the webhook scanner's lease (webhooks.py): one per node
+        self._webhook_owner = secrets.token_hex(8)
 
     # --- health ---------------------------------------------------------------------------------
     def problem(self) -> str | None:
@@ -377,6 +385,43 @@ class PostgresStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- end-to-end keys (KeyStore; relay.store.postgres.keys) ----------------------------------
+    async def publish_keys(self, device: DeviceKeys) -> None:
+        await self._write(lambda conn: keys.publish(conn, device))
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        return await self._read(keys.device_keys, user_id)
+
+    # --- webhooks (WebhookOutbox; relay.store.postgres.webhooks) --------------------------------
+    # the lease-taking calls are writes: one node at a time scans and sends (webhooks.py)
+    async def webhook_start(self) -> None:
+        await self._write(webhooks.start)
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        owner = self._webhook_owner
+        return await self._write(lambda conn: webhooks.candidates(conn, owner, limit))
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        owner, batch = self._webhook_owner, list(events)
+        return await self._write(
+            lambda conn: webhooks.advance(conn, owner, position, batch, max_pending)
+        )
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        owner = self._webhook_owner
+        return await self._write(lambda conn: webhooks.due(conn, owner, now, limit))
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        gone, later = list(removed), list(retried)
+        await self._write(lambda conn: webhooks.settle(conn, gone, later))
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        return await self._read(webhooks.pending)
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:
