@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from relay.cluster.envelope import (
     DELIVERY,
+    DISCONNECT,
     FRAME,
     FRAME_DROPPABLE,
     GROUP_CHANGED,
@@ -35,7 +36,8 @@ from relay.cluster.envelope import (
 from relay.cluster.ordering import Orderer
 from relay.cluster.presence import ClusterPresence
 from relay.core.broker import LocalBroker
-from relay.core.context import Context
+from relay.core.context import CLOSE_POLICY, Context
+from relay.core.session import Session
 from relay.ports import Connection
 from relay.store.base import StoredMessage, group_conversation
 
@@ -61,6 +63,9 @@ class ClusterBroker:
             ctx.config.presence_grace, changed=self._presence_changed, clock=ctx.clock
         )
         self.presence_changes: list[tuple[str, bool]] = []
+        # users whose count of devices here changed while this node holds them (announced
+        # with the next presence change)
+        self.recount: set[str] = set()
         ctx.presence = self.presence
 
     # --- health ---------------------------------------------------------------------------------
@@ -106,7 +111,32 @@ class ClusterBroker:
             outgoing.append((user_channel(user), body))
         self.wake()
 
+    # --- users' devices on every node (the HTTP API, the webhooks) -------------------------------
+    def local_devices(self, user: str) -> int:
+        return len(self.ctx.router.connections(user))
+
+    def devices(self, user: str) -> int:
+        """The user's signed-in connections on every node: this node's now, the others' as
+        they last announced (relay.cluster.presence)."""
+        return self.local_devices(user) + self.presence.remote_devices(user)
+
+    def connected(self, user: str) -> bool:
+        """Whether a device of the user is connected to some node."""
+        return self.ctx.router.is_connected(user) or self.presence.remote_devices(user) > 0
+
+    def close_elsewhere(self, user: str, reason: str) -> None:
+        """Close the user's connections on every other node with 1008 and `reason`."""
+        self._publish([user], envelope(DISCONNECT, self.node_id, reason.encode()))
+
     # --- from other nodes (the link's subscriber) -----------------------------------------------
+    def disconnected_remotely(self, user: str, reason: str) -> None:
+        """Another node was asked to close the user's connections everywhere."""
+        for conn in list(self.ctx.router.connections(user)):
+            session = conn.state
+            if isinstance(session, Session):
+                session.close()
+            conn.close(CLOSE_POLICY, reason)
+
     def delivered_remotely(self, message: StoredMessage, user: str) -> None:
         """A delivery another node published to `user`'s channel."""
         if user in self.ctx.router.table():
@@ -128,6 +158,8 @@ class ClusterBroker:
     async def joined(self, user: str) -> None:
         """relay.core.broker.Joining: a device of `user` signed in here; returns once this node
         hears what is published for the user (before the device reads its backlog)."""
+        self.recount.add(user)
+        self.wake()
         if self.join_hook is not None:
             await self.join_hook(user)
 
@@ -135,4 +167,5 @@ class ClusterBroker:
         """relay.core.broker.Joining: the user's last device on this node closed (the link
         unsubscribes its channel)."""
         self.orderer.forget_user(user)
+        self.recount.add(user)
         self.wake()

@@ -3,12 +3,13 @@
 Channels:
 - `relay:u:<userId>`: what is for that user's devices; a node subscribes to it while it holds
   one of them. A delivery (`M`) carries the stored message, a frame (`F`) a framed server frame
-  (receipts, typing, presence, group events) to send as is.
+  (receipts, typing, presence, group events) to send as is; a disconnect (`X`) closes the
+  user's devices on every node (the HTTP API's `POST /users/{id}/disconnect`).
 - `relay:nodes`: changes of the users a node holds (connected, or within the presence grace),
   at once (`P`); a group whose members changed (`G`), so every node reads it again from the
   store.
 
-Keys: `relay:presence:<nodeId>`, the users that node holds (JSON), written by it every
+Keys: `relay:presence:<nodeId>`, the users that node holds and their devices there (JSON), written by it every
 `refresh` seconds with an expiry of `ttl`: the key of a dead node expires.
 
 Every envelope names its origin node, which ignores its own (it delivered locally already).
@@ -32,6 +33,7 @@ FRAME: Final = b"F"
 FRAME_DROPPABLE: Final = b"f"
 PRESENCE: Final = b"P"
 GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
+DISCONNECT: Final = b"X"  # on a user channel; body: the close reason (the HTTP API's disconnect)
 
 
 def user_channel(user_id: str) -> str:
@@ -70,13 +72,26 @@ def decode_message(body: bytes) -> StoredMessage:
     return StoredMessage(*orjson.loads(body))
 
 
-def encode_presence(up: list[str], down: list[str]) -> bytes:
-    return orjson.dumps({"up": up, "down": down})
+def encode_presence(up: list[str], down: list[str], devices: dict[str, int] | None = None) -> bytes:
+    """Users a node started (`up`) or stopped (`down`) holding; `devices`: how many of each
+    `up` user's devices are signed in on that node."""
+    value: dict[str, object] = {"up": up, "down": down}
+    if devices is not None:
+        value["devices"] = devices
+    return orjson.dumps(value)
 
 
 def decode_presence(body: bytes) -> tuple[list[str], list[str]]:
     value = orjson.loads(body)
     return list(value.get("up", [])), list(value.get("down", []))
+
+
+def decode_devices(body: bytes) -> dict[str, int] | None:
+    """The device counts of a presence body, None when it carries none."""
+    devices = orjson.loads(body).get("devices")
+    if not isinstance(devices, dict):
+        return None
+    return {str(u): n for u, n in devices.items() if isinstance(n, int)}
 
 
 def group_of_event(frame: bytes) -> str | None:

@@ -27,6 +27,7 @@ import trio
 from relay.cluster.broker import ClusterBroker
 from relay.cluster.envelope import (
     DELIVERY,
+    DISCONNECT,
     FRAME,
     FRAME_DROPPABLE,
     GROUP_CHANGED,
@@ -34,6 +35,7 @@ from relay.cluster.envelope import (
     PRESENCE,
     PRESENCE_PREFIX,
     channel_user,
+    decode_devices,
     decode_message,
     decode_presence,
     encode_presence,
@@ -184,12 +186,16 @@ class RedisLink:
             await self._wake.wait()
             self._wake = trio.Event()
             changes = broker.presence_changes
-            if changes:
+            recount = broker.recount
+            if changes or recount:
                 broker.presence_changes = []
-                up = [u for u, is_up in changes if is_up]
+                broker.recount = set()
                 down = [u for u, is_up in changes if not is_up]
+                up = list(dict.fromkeys([u for u, is_up in changes if is_up] + list(recount)))
+                up = [u for u in up if broker.presence.holds(u)]
+                devices = {u: broker.local_devices(u) for u in up}
                 await client.publish(
-                    NODES_CHANNEL, envelope(PRESENCE, node, encode_presence(up, down))
+                    NODES_CHANNEL, envelope(PRESENCE, node, encode_presence(up, down, devices))
                 )
             while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
                 batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
@@ -217,11 +223,14 @@ class RedisLink:
                         broker.delivered_remotely(decode_message(opened.body), user)
                     elif kind in (FRAME, FRAME_DROPPABLE):
                         broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
+                    elif kind == DISCONNECT:
+                        broker.disconnected_remotely(user, opened.body.decode())
                 elif kind == GROUP_CHANGED:
                     broker.forget_group(opened.body.decode())
                 elif kind == PRESENCE:
                     up, down = decode_presence(opened.body)
-                    presence.remote_up(opened.node, up, broker.ctx.clock())
+                    devices = decode_devices(opened.body)
+                    presence.remote_up(opened.node, up, broker.ctx.clock(), devices)
                     presence.remote_down(opened.node, down)
             except Exception:
                 log.exception("a message from node %s could not be handled", opened.node)
@@ -237,7 +246,9 @@ class RedisLink:
         own = PRESENCE_PREFIX + broker.node_id
         ttl_ms = int(presence.ttl * 1000)
         while True:
-            await client.set(own, encode_presence(presence.held(), []), px=ttl_ms)
+            held = presence.held()
+            devices = {u: broker.local_devices(u) for u in held}
+            await client.set(own, encode_presence(held, [], devices), px=ttl_ms)
             keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
             others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
             now = broker.ctx.clock()
@@ -247,7 +258,7 @@ class RedisLink:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
                     up, _ = decode_presence(value)
-                    presence.remote_up(name[len(PRESENCE_PREFIX) :], up, now)
+                    presence.remote_up(name[len(PRESENCE_PREFIX) :], up, now, decode_devices(value))
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:

@@ -6,6 +6,11 @@ expires after `ttl` (relay.cluster.envelope), and announces changes at once on `
 What a node learnt expires `ttl` seconds after it was last refreshed, so a dead node's users
 go offline for presence queries when its entries expire.
 
+With each user a node holds it says how many of the user's devices are signed in there (0
+within the grace), so that "is any device of this user connected anywhere" (the HTTP API's
+presence `devices`, the webhooks' test) is answered across nodes: exact for this node, as of
+the other node's last announcement or refresh (at most `refresh` old) for the others.
+
 Invariants (with PresenceTracker's):
 - a user is online when online here or held by another node whose entry has not expired;
 - `online` is announced only when a user comes online on no node before (a reconnect to
@@ -31,20 +36,49 @@ class ClusterPresence(PresenceTracker):
     ttl: float = field(default=3.0, kw_only=True)
     # user -> {node: monotonic expiry}
     _remote: dict[str, dict[str, float]] = field(factory=dict, init=False)
+    # user -> {node: devices signed in there}, for the entries of _remote that said so
+    _remote_devices: dict[str, dict[str, int]] = field(factory=dict, init=False)
 
     # --- what other nodes said ---------------------------------------------------------------------
-    def remote_up(self, node: str, users: list[str], now: float) -> None:
+    def remote_up(
+        self, node: str, users: list[str], now: float, devices: dict[str, int] | None = None
+    ) -> None:
+        """`node` holds `users` (with `devices[user]` devices signed in there, when given)."""
         expiry = now + self.ttl
+        counts = self._remote_devices
         for user in users:
             self._remote.setdefault(user, {})[node] = expiry
+            if devices is not None:
+                count = devices.get(user, 0)
+                if count > 0:
+                    counts.setdefault(user, {})[node] = count
+                else:
+                    self._forget_devices(user, node)
 
     def remote_down(self, node: str, users: list[str]) -> None:
         for user in users:
+            self._forget_devices(user, node)
             nodes = self._remote.get(user)
             if nodes is not None:
                 nodes.pop(node, None)
                 if not nodes:
                     del self._remote[user]
+
+    def _forget_devices(self, user: str, node: str) -> None:
+        counts = self._remote_devices.get(user)
+        if counts is not None:
+            counts.pop(node, None)
+            if not counts:
+                del self._remote_devices[user]
+
+    def remote_devices(self, user_id: str) -> int:
+        """The user's devices signed in on other nodes whose entries have not expired."""
+        counts = self._remote_devices.get(user_id)
+        if not counts:
+            return 0
+        nodes = self._remote.get(user_id, {})
+        now = self.clock()
+        return sum(n for node, n in counts.items() if nodes.get(node, 0.0) > now)
 
     def remote_expire(self, now: float) -> list[str]:
         """Drop entries not refreshed in time (a dead node's); returns the nodes that lapsed."""
@@ -53,6 +87,7 @@ class ClusterPresence(PresenceTracker):
             nodes = self._remote[user]
             for node in [n for n, t in nodes.items() if t <= now]:
                 del nodes[node]
+                self._forget_devices(user, node)
                 lapsed.add(node)
             if not nodes:
                 del self._remote[user]
@@ -64,6 +99,10 @@ class ClusterPresence(PresenceTracker):
             return False
         now = self.clock()
         return any(t > now for t in nodes.values())
+
+    def holds(self, user_id: str) -> bool:
+        """Whether this node holds the user (connected here, or within the grace here)."""
+        return user_id in self._devices or user_id in self._leaving
 
     def held(self) -> list[str]:
         """The users this node holds: connected here, or within the grace here."""

@@ -67,9 +67,7 @@ async def test_the_lease_passes_on_when_its_holder_is_gone(pg_url: str) -> None:
         await put(first, msg("a", "b", id="m1"))
         assert len(await first.webhook_candidates(limit=10)) == 1
         await first.close()  # the holder stops renewing; its lease lapses (made past here)
-        await second._write(
-            lambda conn: conn.execute("UPDATE webhook_cursor SET lease_until = 0")
-        )
+        await second._write(lambda conn: conn.execute("UPDATE webhook_cursor SET lease_until = 0"))
         assert [c.message.id for c in await second.webhook_candidates(limit=10)] == ["m1"]
     finally:
         await first.close()

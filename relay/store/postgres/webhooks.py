@@ -107,10 +107,7 @@ def due(conn: Conn, owner: str, now: float, limit: int) -> list[OutboxEvent]:
         "WHERE next_at <= %s ORDER BY created_at, id LIMIT %s",
         (now, max(limit, 0)),
     ).fetchall()
-    return [
-        OutboxEvent(i, body, float(c), float(n), int(a))
-        for i, body, c, n, a in rows
-    ]
+    return [OutboxEvent(i, body, float(c), float(n), int(a)) for i, body, c, n, a in rows]
 
 
 def settle(conn: Conn, removed: Sequence[str], retried: Sequence[tuple[str, float]]) -> None:
