@@ -1,9 +1,11 @@
-"""The HTTP API and the webhooks of a cluster act on every node: what the API does through one
-node reaches devices on the others, and a webhook event is made and sent once per cluster, not
-once per node (three nodes on one PostgreSQL and one Redis, real sockets, a real receiver)."""
+"""The HTTP API, the webhooks and the end-to-end key directory of a cluster act on every node:
+what the API does through one node reaches devices on the others, a webhook event is made and
+sent once per cluster, not once per node, and keys published through one node are what another
+answers (three nodes on one PostgreSQL and one Redis, real sockets, a real receiver)."""
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -102,6 +104,31 @@ async def test_the_api_on_one_node_reaches_devices_on_the_others(
             await http.post("/publish", json={"senderId": "shop", "recipientId": "cat",
                                               "text": "still here"})  # fmt: skip
             await cat.until(is_type("message", text="still here"))
+        nursery.cancel_scope.cancel()
+
+
+async def test_keys_published_through_one_node_are_fetched_through_another(
+    pg_url: str, redis: RedisServer
+) -> None:
+    published = {
+        "type": "keys_publish",
+        "deviceId": "phone",
+        "identityKey": base64.b64encode(b"i" * 32).decode(),
+        "encKey": base64.b64encode(b"e" * 32).decode(),
+        "signature": base64.b64encode(b"s" * 64).decode(),
+        "ref": "p",
+    }
+    async with trio.open_nursery() as nursery:
+        a, b, _ = await start_nodes(nursery, pg_url, redis.url)
+        async with signed_in(a, "bob", "phone") as bob, signed_in(b, "ann") as ann:
+            await bob.send(**published)
+            await bob.until(is_type("keys", ref="p"))
+            await ann.send(type="keys_get", userId="bob", ref="g")
+            answer = await ann.until(is_type("keys", ref="g"))
+            [device] = answer["devices"]
+            assert {k: device[k] for k in ("deviceId", "identityKey", "encKey", "signature")} == {
+                k: published[k] for k in ("deviceId", "identityKey", "encKey", "signature")
+            }
         nursery.cancel_scope.cancel()
 
 
