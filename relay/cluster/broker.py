@@ -28,9 +28,10 @@ from relay.cluster.envelope import (
     FRAME_DROPPABLE,
     GROUP_CHANGED,
     NODES_CHANNEL,
+    encode_group_changed,
     encode_message,
     envelope,
-    group_of_event,
+    group_event,
     user_channel,
 )
 from relay.cluster.ordering import Orderer
@@ -53,7 +54,10 @@ class ClusterBroker:
         self.ctx = ctx
         self.node_id = node_id or secrets.token_hex(6)
         self.local = LocalBroker(ctx)
-        self.orderer = Orderer(self.local.deliver, gap_wait=gap_wait)
+        self.orderer = Orderer(
+            self.local.deliver, gap_wait=gap_wait, position=self._position, on_blind=self._blind
+        )
+        self.wake_gaps: Callable[[], None] = lambda: None  # the link's gap filler is told
         self.outgoing: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=QUEUE_MAX)
         self.wake: Callable[[], None] = lambda: None  # the link's publisher is told of work
         self.redis_problem: str | None = "not connected to Redis yet"
@@ -97,12 +101,11 @@ class ClusterBroker:
         self.local.to_users(users, frame, droppable=droppable, exclude=exclude)
         body = envelope(FRAME_DROPPABLE if droppable else FRAME, self.node_id, frame)
         if not droppable:
-            group_id = group_of_event(frame)
-            if group_id is not None:  # every node reads the group's members again
-                self.forget_group(group_id)
-                self.outgoing.append(
-                    (NODES_CHANNEL, envelope(GROUP_CHANGED, self.node_id, group_id.encode()))
-                )
+            changed = group_event(frame)
+            if changed is not None:  # every node reads the group's members again
+                self.forget_group(*changed)
+                note = envelope(GROUP_CHANGED, self.node_id, encode_group_changed(*changed))
+                self.outgoing.append((NODES_CHANNEL, note))
         self._publish(users, body)
 
     def _publish(self, users: Iterable[str], body: bytes) -> None:
@@ -110,6 +113,34 @@ class ClusterBroker:
         for user in dict.fromkeys(users):
             outgoing.append((user_channel(user), body))
         self.wake()
+
+    # --- the orderer's start of a key (relay.cluster.ordering) ----------------------------------
+    def _position(self, conversation: str, user: str) -> int | None:
+        """The highest seq of `conversation` sent to every live device of `user` here; None
+        when a device has none (or the user has no device taking live deliveries)."""
+        conns = self.ctx.router.table().get(user)
+        lowest: int | None = None
+        for conn in conns.values() if conns is not None else ():
+            session = conn.state
+            if not isinstance(session, Session) or session.backlog is not None:
+                continue  # a device in its backlog gets the conversation from the store
+            sent = session.sent_upto.get(conversation)
+            if sent is None:
+                return None
+            lowest = sent if lowest is None else min(lowest, sent)
+        return lowest
+
+    def _blind(self) -> None:
+        self.wake_gaps()
+
+    def live_devices(self, user: str) -> list[str]:
+        """The store devices of `user`'s sessions here (for reading what they lack)."""
+        conns = self.ctx.router.table().get(user)
+        if conns is None:
+            return []
+        return sorted(
+            {c.state.store_device for c in conns.values() if isinstance(c.state, Session)}
+        )
 
     # --- users' devices on every node (the HTTP API, the webhooks) -------------------------------
     def local_devices(self, user: str) -> int:
@@ -145,10 +176,12 @@ class ClusterBroker:
     def frame_remotely(self, frame: bytes, user: str, droppable: bool) -> None:
         self.local.to_users([user], frame, droppable=droppable)
 
-    def forget_group(self, group_id: str) -> None:
-        """A group's members changed (here or on another node)."""
+    def forget_group(self, group_id: str, event: str) -> None:
+        """A group was made or its members changed (here or on another node); a new group's
+        members start at seq 1, so its order needs no restart."""
         self.ctx.router.forget_group(group_id)
-        self.orderer.forget_conversation(group_conversation(group_id))
+        if event != "create":
+            self.orderer.forget_conversation(group_conversation(group_id), self.ctx.clock())
 
     # --- users joining and leaving this node ----------------------------------------------------
     def _presence_changed(self, user: str, up: bool) -> None:

@@ -32,7 +32,7 @@ DELIVERY: Final = b"M"
 FRAME: Final = b"F"
 FRAME_DROPPABLE: Final = b"f"
 PRESENCE: Final = b"P"
-GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
+GROUP_CHANGED: Final = b"G"  # body: {groupId, event}; the nodes forget the cached members
 DISCONNECT: Final = b"X"  # on a user channel; body: the close reason (the HTTP API's disconnect)
 
 
@@ -94,11 +94,23 @@ def decode_devices(body: bytes) -> dict[str, int] | None:
     return {str(u): n for u, n in devices.items() if isinstance(n, int)}
 
 
-def group_of_event(frame: bytes) -> str | None:
-    """The groupId of a framed `group` event (a membership change), None for another frame."""
+def group_event(frame: bytes) -> tuple[str, str] | None:
+    """(groupId, event) of a framed `group` event (create/add/remove/leave), None for another
+    frame."""
     start = frame.find(b"{", 0, 16)
     if start < 0 or not frame.startswith(b'{"type":"group",', start):
         return None
     value = orjson.loads(frame[start:])
-    group_id = value.get("groupId")
-    return group_id if isinstance(group_id, str) else None
+    group_id, event = value.get("groupId"), value.get("event")
+    if not isinstance(group_id, str):
+        return None
+    return group_id, event if isinstance(event, str) else ""
+
+
+def encode_group_changed(group_id: str, event: str) -> bytes:
+    return orjson.dumps({"groupId": group_id, "event": event})
+
+
+def decode_group_changed(body: bytes) -> tuple[str, str]:
+    value = orjson.loads(body)
+    return str(value["groupId"]), str(value.get("event", ""))

@@ -36,6 +36,7 @@ from relay.cluster.envelope import (
     PRESENCE_PREFIX,
     channel_user,
     decode_devices,
+    decode_group_changed,
     decode_message,
     decode_presence,
     encode_presence,
@@ -69,16 +70,21 @@ class RedisLink:
         self.refresh = refresh
         self.retry = retry
         self._wake = trio.Event()
+        self._gaps_wake = trio.Event()
         self._pubsub: Any = None
         self._client: Any = None
         self._subscribed: set[str] = set()
         self._lock = trio.Lock()
         self._was_up = False
         broker.wake = self._poke
+        broker.wake_gaps = self._poke_gaps
         broker.join_hook = self.joined
 
     def _poke(self) -> None:
         self._wake.set()
+
+    def _poke_gaps(self) -> None:
+        self._gaps_wake.set()
 
     # --- users ----------------------------------------------------------------------------------
     async def joined(self, user: str) -> None:
@@ -226,7 +232,7 @@ class RedisLink:
                     elif kind == DISCONNECT:
                         broker.disconnected_remotely(user, opened.body.decode())
                 elif kind == GROUP_CHANGED:
-                    broker.forget_group(opened.body.decode())
+                    broker.forget_group(*decode_group_changed(opened.body))
                 elif kind == PRESENCE:
                     up, down = decode_presence(opened.body)
                     devices = decode_devices(opened.body)
@@ -290,7 +296,11 @@ class RedisLink:
         orderer = self.broker.orderer
         wait = max(orderer.gap_wait / 4, 0.01)
         while True:
-            await trio.sleep(wait)
+            with trio.move_on_after(wait):
+                await self._gaps_wake.wait()
+            self._gaps_wake = trio.Event()
+            for key, top in orderer.blind():
+                await self._start(key, top)
             for key, upto, top in orderer.due(self.broker.ctx.clock()):
                 try:
                     page, _ = await self.store.history(key[0], after=upto, limit=top - upto)
@@ -298,6 +308,23 @@ class RedisLink:
                     log.warning("filling a gap in %s failed, retrying: %r", key[0], exc)
                     continue
                 orderer.fill(key, page)
+
+    async def _start(self, key: tuple[str, str], top: int) -> None:
+        """A key the orderer saw first out of turn: what the user's devices here lack of the
+        conversation up to `top` (their undelivered messages; what a device was already sent
+        is not sent again), released with what is held, in seq order."""
+        conversation, user = key
+        missing: dict[int, Any] = {}
+        for device in self.broker.live_devices(user):
+            try:
+                page = await self.store.undelivered(user, device, limit=10_000)
+            except Exception as exc:
+                log.warning("reading what %s lacks failed, retrying: %r", user, exc)
+                return
+            for message in page:
+                if message.conversation == conversation and message.seq <= top:
+                    missing[message.seq] = message
+        self.broker.orderer.fill(key, [missing[s] for s in sorted(missing)])
 
 
 def _first(error: BaseException) -> BaseException:
