@@ -63,13 +63,17 @@ class RedisLink:
         *,
         refresh: float = 1.0,
         retry: float = 0.5,
+        join_wait: float = 2.0,
     ) -> None:
         self.broker = broker
         self.store = store
         self.url = url
         self.refresh = refresh
         self.retry = retry
+        self.join_wait = join_wait
         self._wake = trio.Event()
+        self._late: set[str] = set()  # joined without a subscription yet (see joined)
+        self._late_wake = trio.Event()
         self._gaps_wake = trio.Event()
         self._pubsub: Any = None
         self._client: Any = None
@@ -88,19 +92,51 @@ class RedisLink:
 
     # --- users ----------------------------------------------------------------------------------
     async def joined(self, user: str) -> None:
-        """Subscribe to the user's channel (once), before their device reads its backlog."""
+        """Subscribe to the user's channel (once), before their device reads its backlog.
+
+        Waits at most `join_wait`: on a loaded node the subscription may take longer, and a
+        sign-in must not hang on it. The user is then subscribed in the background (`_late`)
+        and, once subscribed, their devices here are caught up from the store: what other
+        nodes published meanwhile was not heard here, and without that catch-up a device would
+        miss it until it reconnects."""
         if user in self._subscribed or self._pubsub is None:
             return
-        with trio.move_on_after(2):
+        with trio.move_on_after(self.join_wait):
             async with self._lock:
                 if user in self._subscribed or self._pubsub is None:
                     return
                 try:
                     await self._pubsub.subscribe(user_channel(user))
-                except Exception as exc:  # the link notices and restarts
-                    log.warning("subscribing to %s failed: %r", user, exc)
+                except Exception as exc:  # retried in the background, or the link restarts
+                    log.warning("subscribing to %s failed, retrying: %r", user, exc)
+                else:
+                    self._subscribed.add(user)
                     return
-                self._subscribed.add(user)
+        self._late.add(user)
+        self._late_wake.set()
+
+    async def _late_joins(self) -> None:
+        """Subscribe the users whose `joined` gave up waiting, then catch their devices up."""
+        while True:
+            await self._late_wake.wait()
+            self._late_wake = trio.Event()
+            users = set(self._late)
+            async with self._lock:
+                table = self.broker.ctx.router.table()
+                wanted = [u for u in users if u not in self._subscribed and u in table]
+                if wanted and self._pubsub is not None:
+                    # a failure here ends the connection: the link restarts and closes every
+                    # local device, which then reconnects and reads the store
+                    await self._pubsub.subscribe(*[user_channel(u) for u in wanted])
+                    self._subscribed.update(wanted)
+            log.warning(
+                "subscribing %d user(s) took longer than %g s; their devices here are caught "
+                "up from the store",
+                len(users),
+                self.join_wait,
+            )
+            await self._catch_up(users)
+            self._late -= users
 
     async def _unsubscribe_gone(self) -> None:
         table = self.broker.ctx.router.table()
@@ -157,6 +193,7 @@ class RedisLink:
                 self._client = client
                 self._pubsub = pubsub
                 self._subscribed = set(users)
+                self._late.clear()  # subscribed above (and closed below after an outage)
                 if self.broker.redis_problem is not None and self._was_up:
                     log.warning("Redis is back at %s; devices reconnect to catch up", self.url)
                     self._restart_local()
@@ -171,6 +208,7 @@ class RedisLink:
                     nursery.start_soon(self._reader, pubsub)
                     nursery.start_soon(self._heartbeat, client, nursery)
                     nursery.start_soon(self._gaps)
+                    nursery.start_soon(self._late_joins)
 
     def _restart_local(self) -> None:
         # what was queued while Redis was away is stale (typing, receipts) or in the store
@@ -273,12 +311,18 @@ class RedisLink:
             await trio.sleep(self.refresh)
 
     async def _sweep(self) -> None:
-        """After a node died: what it committed but may never have published. Each local
-        device's undelivered messages from the store (in acceptance order, so in seq order per
-        conversation) go through the orderer; what a device has already is not sent again."""
+        """After a node died: what it committed but may never have published."""
+        await self._catch_up(None)
+
+    async def _catch_up(self, users: set[str] | None) -> None:
+        """The undelivered messages from the store of each local device of `users` (None:
+        every user here), in acceptance order (so in seq order per conversation), through the
+        orderer; what a device has already is not sent again."""
         broker = self.broker
         devices: set[tuple[str, str]] = set()
         for user, conns in list(broker.ctx.router.table().items()):
+            if users is not None and user not in users:
+                continue
             for conn in list(conns.values()):
                 session = conn.state
                 if isinstance(session, Session):
@@ -287,7 +331,7 @@ class RedisLink:
             try:
                 missed = await self.store.undelivered(user, device, limit=10_000)
             except Exception as exc:
-                log.warning("catching up %s after a node died failed: %r", user, exc)
+                log.warning("catching up %s from the store failed: %r", user, exc)
                 continue
             for message in missed:
                 broker.orderer.offer(message, [user], None, broker.ctx.clock())
