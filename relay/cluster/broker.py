@@ -81,9 +81,19 @@ class ClusterBroker:
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
         table = self.ctx.router.table()
-        local = [user for user in audience if user in table]
+        local: list[str] = []
+        now = self.ctx.clock()
+        for user in audience:
+            conns = table.get(user)
+            if conns is None:
+                continue
+            if exclude is not None and len(conns) == 1 and exclude.id in conns:
+                # the sender's own message from their only device here: nothing to deliver
+                self.orderer.passed(message.conversation, message.seq, user, now)
+            else:
+                local.append(user)
         if local:
-            self.orderer.offer(message, local, exclude, self.ctx.clock())
+            self.orderer.offer(message, local, exclude, now)
         elif message.recipient_id is not None and message.group_id is None:
             self.ctx.presence.pair(message.sender_id, message.recipient_id)
         body = envelope(DELIVERY, self.node_id, encode_message(message))

@@ -14,6 +14,9 @@ between its commit and its publish, Redis restarted). Invariants:
   device the lower one can no longer be (a device gets a conversation in seq order), so it
   would be lost until the device reconnects. For `idle` seconds after a group's members
   changed, its keys start at their first delivery instead (see forget_conversation);
+- a seq with nothing to deliver here (`passed`: the sender's own message, from their only
+  device here) takes its turn without being held: the sender's key never waits `gap_wait` for
+  the other side's messages on its account, nor reads the store for them;
 - a key with held deliveries is `due` once `gap_wait` has passed since its first hold: the
   caller reads the missing seqs from the store and hands them to `fill`, which releases them and
   every held delivery in seq order — a gap is filled, never skipped;
@@ -48,6 +51,7 @@ class Orderer:
     on_blind: Callable[[], None] = lambda: None
     _blind: set[Key] = field(factory=set)
     _restart: dict[str, float] = field(factory=dict)  # conversation -> when its group changed
+    _passed: dict[Key, set[int]] = field(factory=dict)  # seqs beyond upto with no delivery here
     _upto: dict[Key, int] = field(factory=dict)
     _held: dict[Key, dict[int, tuple[StoredMessage, Connection | None]]] = field(factory=dict)
     _since: dict[Key, float] = field(factory=dict)  # when the key's oldest hold began
@@ -86,7 +90,7 @@ class Orderer:
                 ready.append(user)
                 if seq > upto:
                     upto_of[key] = seq
-                    if key in self._held:
+                    if key in self._held or key in self._passed:
                         follow.append(key)
                 continue
             held = self._held.get(key)
@@ -99,23 +103,50 @@ class Orderer:
         for key in follow:
             self._drain(key)
 
+    def passed(self, conversation: str, seq: int, user: str, now: float) -> None:
+        """A message of `user`'s that none of their devices here is to get (its sender's own,
+        from their only device here): it takes its turn without a delivery, and is never
+        held or waited for. A key not started yet is not started by it."""
+        key = (conversation, user)
+        upto = self._upto.get(key)
+        if upto is None:
+            return
+        self._used[key] = now
+        if seq <= upto:
+            return
+        if seq == upto + 1:
+            self._upto[key] = seq
+            if key in self._held or key in self._passed:
+                self._drain(key)
+            return
+        self._passed.setdefault(key, set()).add(seq)
+
     def _drain(self, key: Key) -> None:
         """Release the held deliveries of `key` that are now in turn."""
-        held = self._held.get(key)
-        if held is None:
-            return
+        held = self._held.get(key, {})
+        passed = self._passed.get(key, set())
         upto = self._upto.get(key, 0)
-        while upto + 1 in held:
-            upto += 1
-            message, exclude = held.pop(upto)
-            self._upto[key] = upto
-            self.release(message, [key[1]], exclude)
+        while True:
+            if upto + 1 in held:
+                upto += 1
+                message, exclude = held.pop(upto)
+                self._upto[key] = upto
+                self.release(message, [key[1]], exclude)
+            elif upto + 1 in passed:
+                upto += 1
+                passed.discard(upto)
+                self._upto[key] = upto
+            else:
+                break
         for seq in [s for s in held if s <= upto]:  # late copies: already in turn
             message, exclude = held.pop(seq)
             self.release(message, [key[1]], exclude)
+        passed.difference_update([s for s in passed if s <= upto])
         if not held:
-            del self._held[key]
+            self._held.pop(key, None)
             self._since.pop(key, None)
+        if not passed:
+            self._passed.pop(key, None)
 
     def due(self, now: float) -> list[tuple[Key, int, int]]:
         """Keys whose gap waited `gap_wait`: (key, upto, the highest seq held) each."""
@@ -150,6 +181,7 @@ class Orderer:
             self.release(message, [key[1]], exclude)
         del self._held[key]
         self._since.pop(key, None)
+        self._drain(key)  # what passed beyond the fill
 
     def forget_user(self, user: str) -> None:
         """The user has no device on this node any more: their keys go (held ones with them:
@@ -175,6 +207,7 @@ class Orderer:
 
     def _drop(self, key: Key) -> None:
         self._blind.discard(key)
+        self._passed.pop(key, None)
         self._used.pop(key, None)
         self._upto.pop(key, None)
         self._held.pop(key, None)

@@ -115,3 +115,18 @@ def test_a_key_continues_where_the_devices_are() -> None:
     assert released == [(42, ("b",))] and o.blind() == []
     o.offer(stored(40), ["b"], None, 0.0)  # a late copy: the device has it already
     assert released[-1] == (40, ("b",))
+
+
+def test_a_senders_own_message_takes_its_turn_without_a_hold() -> None:
+    # b's only device here sent 3 and 5; the peer's 2 and 4 come from another node later
+    o, released = orderer()
+    o.offer(stored(1), ["b"], None, 0.0)
+    o.passed(stored(3).conversation, 3, "b", 0.0)  # ahead of 2: noted, not held
+    o.passed(stored(5).conversation, 5, "b", 0.0)
+    assert o.due(10.0) == []  # nothing waits on the sender's own messages
+    o.offer(stored(2), ["b"], None, 0.1)
+    assert released == [(1, ("b",)), (2, ("b",))]
+    o.offer(stored(4), ["b"], None, 0.2)  # 3 passed already: 4 is in turn
+    o.offer(stored(6), ["b"], None, 0.3)  # and 5
+    assert [seq for seq, _ in released] == [1, 2, 4, 6]
+    assert o.due(10.0) == [] and o.blind() == []
