@@ -142,6 +142,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (user_id, device_id)
     )
     """,
+    # 6: the cluster-wide lock of the writes appends never touch (writer.py, MARKS): delivery
+    # marks no longer queue behind every node's appends on the `positions` row
+    """
+    CREATE TABLE write_locks (name TEXT PRIMARY KEY);
+    INSERT INTO write_locks (name) VALUES ('marks')
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
