@@ -72,26 +72,41 @@ def decode_message(body: bytes) -> StoredMessage:
     return StoredMessage(*orjson.loads(body))
 
 
-def encode_presence(up: list[str], down: list[str], devices: dict[str, int] | None = None) -> bytes:
-    """Users a node started (`up`) or stopped (`down`) holding; `devices`: how many of each
-    `up` user's devices are signed in on that node."""
-    value: dict[str, object] = {"up": up, "down": down}
+class PresenceNote(NamedTuple):
+    """What a node says of the users it holds: started (`up`) or stopped (`down`) holding, the
+    devices of each `up` user there, and `version`, the node's count of holding changes when it
+    said so (a note older than one already applied is stale)."""
+
+    up: list[str]
+    down: list[str]
+    devices: dict[str, int] | None
+    version: int
+
+
+def encode_presence(
+    up: list[str], down: list[str], devices: dict[str, int] | None = None, version: int = 0
+) -> bytes:
+    value: dict[str, object] = {"up": up, "down": down, "v": version}
     if devices is not None:
         value["devices"] = devices
     return orjson.dumps(value)
 
 
-def decode_presence(body: bytes) -> tuple[list[str], list[str]]:
+def decode_presence(body: bytes) -> PresenceNote:
     value = orjson.loads(body)
-    return list(value.get("up", [])), list(value.get("down", []))
-
-
-def decode_devices(body: bytes) -> dict[str, int] | None:
-    """The device counts of a presence body, None when it carries none."""
-    devices = orjson.loads(body).get("devices")
-    if not isinstance(devices, dict):
-        return None
-    return {str(u): n for u, n in devices.items() if isinstance(n, int)}
+    devices = value.get("devices")
+    counts = (
+        {str(u): n for u, n in devices.items() if isinstance(n, int)}
+        if isinstance(devices, dict)
+        else None
+    )
+    version = value.get("v", 0)
+    return PresenceNote(
+        list(value.get("up", [])),
+        list(value.get("down", [])),
+        counts,
+        version if isinstance(version, int) else 0,
+    )
 
 
 def group_event(frame: bytes) -> tuple[str, str] | None:

@@ -35,7 +35,6 @@ from relay.cluster.envelope import (
     PRESENCE,
     PRESENCE_PREFIX,
     channel_user,
-    decode_devices,
     decode_group_changed,
     decode_message,
     decode_presence,
@@ -238,9 +237,8 @@ class RedisLink:
                 up = list(dict.fromkeys([u for u, is_up in changes if is_up] + list(recount)))
                 up = [u for u in up if broker.presence.holds(u)]
                 devices = {u: broker.local_devices(u) for u in up}
-                await client.publish(
-                    NODES_CHANNEL, envelope(PRESENCE, node, encode_presence(up, down, devices))
-                )
+                note = encode_presence(up, down, devices, broker.presence.version)
+                await client.publish(NODES_CHANNEL, envelope(PRESENCE, node, note))
             while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
                 batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
                 async with client.pipeline(transaction=False) as pipe:
@@ -272,10 +270,9 @@ class RedisLink:
                 elif kind == GROUP_CHANGED:
                     broker.forget_group(*decode_group_changed(opened.body))
                 elif kind == PRESENCE:
-                    up, down = decode_presence(opened.body)
-                    devices = decode_devices(opened.body)
-                    presence.remote_up(opened.node, up, broker.ctx.clock(), devices)
-                    presence.remote_down(opened.node, down)
+                    up, down, devices, version = decode_presence(opened.body)
+                    now = broker.ctx.clock()
+                    presence.remote_note(opened.node, up, down, devices, version, now)
             except Exception:
                 log.exception("a message from node %s could not be handled", opened.node)
 
@@ -290,9 +287,10 @@ class RedisLink:
         own = PRESENCE_PREFIX + broker.node_id
         ttl_ms = int(presence.ttl * 1000)
         while True:
-            held = presence.held()
+            held = presence.held()  # with the version it is at (no await in between)
             devices = {u: broker.local_devices(u) for u in held}
-            await client.set(own, encode_presence(held, [], devices), px=ttl_ms)
+            note = encode_presence(held, [], devices, presence.version)
+            await client.set(own, note, px=ttl_ms)
             keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
             others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
             now = broker.ctx.clock()
@@ -301,8 +299,9 @@ class RedisLink:
                     if value is None:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
-                    up, _ = decode_presence(value)
-                    presence.remote_up(name[len(PRESENCE_PREFIX) :], up, now, decode_devices(value))
+                    up, _, counts, version = decode_presence(value)
+                    other = name[len(PRESENCE_PREFIX) :]
+                    presence.remote_note(other, up, [], counts, version, now, snapshot=True)
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:

@@ -36,10 +36,50 @@ class ClusterPresence(PresenceTracker):
     ttl: float = field(default=3.0, kw_only=True)
     # user -> {node: monotonic expiry}
     _remote: dict[str, dict[str, float]] = field(factory=dict, init=False)
+    # node -> the version of its latest note applied
+    _versions: dict[str, int] = field(factory=dict, init=False)
+    #: this node's count of holding changes (the version of its notes)
+    version: int = field(default=0, init=False)
     # user -> {node: devices signed in there}, for the entries of _remote that said so
     _remote_devices: dict[str, dict[str, int]] = field(factory=dict, init=False)
 
     # --- what other nodes said ---------------------------------------------------------------------
+    def remote_note(
+        self,
+        node: str,
+        up: list[str],
+        down: list[str],
+        devices: dict[str, int] | None,
+        version: int,
+        now: float,
+        *,
+        snapshot: bool = False,
+    ) -> None:
+        """A note of `node` (an announcement, or its key read by the heartbeat: a `snapshot`
+        of every user it holds). A note older
+        than one applied already (its `version`) only proves the node alive: it refreshes what
+        is known of it and adds nothing, or a key written before a `down` and read after it
+        would bring the user back for `ttl` and nobody would announce them offline."""
+        known = self._versions.get(node, -1)
+        if version < known:
+            self.remote_alive(node, now)
+            return
+        self._versions[node] = version
+        if snapshot:  # every user the node holds: the others it listed before are gone
+            listed = set(up)
+            down = [
+                *down,
+                *(u for u, nodes in self._remote.items() if node in nodes and u not in listed),
+            ]
+        self.remote_up(node, up, now, devices)
+        self.remote_down(node, down)
+
+    def remote_alive(self, node: str, now: float) -> None:
+        expiry = now + self.ttl
+        for nodes in self._remote.values():
+            if node in nodes:
+                nodes[node] = expiry
+
     def remote_up(
         self, node: str, users: list[str], now: float, devices: dict[str, int] | None = None
     ) -> None:
@@ -91,6 +131,8 @@ class ClusterPresence(PresenceTracker):
                 lapsed.add(node)
             if not nodes:
                 del self._remote[user]
+        for node in lapsed:  # a node back after a lapse may have restarted its count
+            self._versions.pop(node, None)
         return sorted(lapsed)
 
     def elsewhere(self, user_id: str) -> bool:
@@ -113,12 +155,14 @@ class ClusterPresence(PresenceTracker):
         held_before = user_id in self._devices or user_id in self._leaving
         announce = super().connect(user_id)
         if not held_before:
+            self.version += 1
             self.changed(user_id, True)
         return announce and not self.elsewhere(user_id)
 
     def disconnect(self, user_id: str, now: float, left_at: str) -> bool:
         offline = super().disconnect(user_id, now, left_at)
         if offline:  # no grace: gone from this node at once
+            self.version += 1
             self.changed(user_id, False)
             return not self.elsewhere(user_id)
         return False
@@ -126,6 +170,7 @@ class ClusterPresence(PresenceTracker):
     def expired(self, now: float) -> list[tuple[str, str]]:
         gone = super().expired(now)
         for user, _ in gone:
+            self.version += 1
             self.changed(user, False)
         return [(user, seen) for user, seen in gone if not self.elsewhere(user)]
 
