@@ -16,6 +16,8 @@ Tables (version 1) mirror the SQLite store's (relay/store/migrations.py, version
   commit order, and no two transactions can wait on each other's conversation rows (no
   deadlock). Group commit amortises the lock: one transaction per batch of messages.
 - participants, watermarks, device_cursors, groups, last_seen, devices as in SQLite.
+Later versions: 4 webhooks (webhook_cursor with the scanner's lease, webhook_events), 5
+device_keys, 6 write_locks (the `marks` lock of the writes appends never touch, writer.py).
 """
 
 from __future__ import annotations

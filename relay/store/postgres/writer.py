@@ -5,12 +5,15 @@ one slot free, so a put from the event loop never blocks) and learn the outcome 
 `TrioToken.run_sync_soon`, as the SQLite writer does (relay/store/sqlite/writer.py).
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waits at most
-`commit_interval` for more while such waits bring more, and runs the batch in one transaction:
-first `SELECT ... FROM positions FOR UPDATE` — the cluster-wide write lock, taken first by every
-write transaction of every node, so transactions queue on it and never deadlock — then every
-append together (appends.append_batch, in a SAVEPOINT; if that fails, each append request alone
-in its own), then each other write in its own SAVEPOINT, so one request's failure (a taken group
-id) undoes only it.
+`commit_interval` for more while such waits bring more, and runs the batch in two transactions.
+The first, of the appends and the writes of the tables appends touch: `SELECT ... FROM
+positions FOR UPDATE` — the cluster-wide write lock of those tables, taken first by every such
+transaction of every node, so they queue on it and never deadlock — then every append together
+(appends.append_batch, in a SAVEPOINT; if that fails, each append request alone in its own),
+then each other write in its own SAVEPOINT, so one request's failure (a taken group id) undoes
+only it. The second, of the writes no append touches (delivery marks, lastSeen, keys, webhooks):
+under the `marks` lock instead (see POSITIONS below), so on a loaded cluster the marks of every
+node never wait for, nor hold up, the appends.
 
 Invariants:
 - results are handed back only after COMMIT returned: `append_many` returns, and `sent` is
