@@ -51,6 +51,9 @@ log = logging.getLogger("relay.cluster")
 CLOSE_SERVICE_RESTART = 1012
 #: publications sent in one pipeline at most
 PIPELINE_MAX = 512
+#: how long a sign-in waits for its user's channel subscription before it goes on and the
+#: subscription finishes in the background (RedisLink.joined), s
+JOIN_WAIT = 2.0
 
 
 class RedisLink:
@@ -62,14 +65,14 @@ class RedisLink:
         *,
         refresh: float = 1.0,
         retry: float = 0.5,
-        join_wait: float = 2.0,
+        join_wait: float | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
         self.url = url
         self.refresh = refresh
         self.retry = retry
-        self.join_wait = join_wait
+        self.join_wait = JOIN_WAIT if join_wait is None else join_wait
         self._wake = trio.Event()
         self._late: set[str] = set()  # joined without a subscription yet (see joined)
         self._late_wake = trio.Event()
