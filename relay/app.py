@@ -17,6 +17,7 @@ before the first connection is accepted and closed after the last one ended.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -188,7 +189,13 @@ class Relay:
             return None
         if not isinstance(handler, MessagingService):
             raise ConfigError("webhooks need the messaging service as the handler")
-        sender = WebhookSender(settings, handler.store, handler.ctx.router.is_connected)
+        connected: Callable[[str], bool] = handler.ctx.router.is_connected
+        if self.config.redis_url is not None:
+            from relay.cluster import ClusterBroker
+
+            if isinstance(handler.broker, ClusterBroker):  # a device on any node counts
+                connected = handler.broker.connected
+        sender = WebhookSender(settings, handler.store, connected)
         self.metrics.registry.register(WebhookCollector(sender.stats))
         return sender
 

@@ -111,6 +111,13 @@ class RedisServer:
             time.sleep(0.02)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
+    def flush(self) -> None:
+        """FLUSHALL: every key of every database gone."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"FLUSHALL\r\n")
+            if not s.recv(16).startswith(b"+OK"):
+                raise RuntimeError("redis-server refused FLUSHALL")
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.kill()

@@ -7,6 +7,12 @@ store's lastSeen like a `presence` frame, pages come from the store's `history` 
 updated before anyone is told, as relay.core.groups keeps it), disconnecting closes the
 user's connections through the router.
 
+Several nodes (relay.cluster): every path goes through the service's Broker, so what the API
+does on one node reaches devices on every node — a publish is delivered by the pipeline's
+broker, group events go through `Broker.to_users`; presence `devices` and a disconnect use the
+broker's cluster-wide view when it has one (`ReachesEveryNode`); history, pages and groups are
+read from the shared store.
+
 Values are validated by the protocol's own parsers (relay.protocol): a request is turned
 into the client frame that means the same and parsed, so limits and error codes are the
 frames'. Errors are FrameError (`code`, `field`), which the routes map onto HTTP statuses.
@@ -15,13 +21,12 @@ frames'. Errors are FrameError (`code`, `field`), which the routes map onto HTTP
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from attrs import define
 
 from relay.api.values import Page, Presence, Published
-from relay.core.broker import LocalBroker
 from relay.core.context import CLOSE_POLICY, wire
 from relay.core.service import MessagingService
 from relay.errors import Conflict, FrameError, NotFound
@@ -45,6 +50,20 @@ CLOSE_REASON_MAX = 123
 
 class NameFixed(FrameError):
     """A PUT of an existing group names another name (the store keeps no rename)."""
+
+
+@runtime_checkable
+class ReachesEveryNode(Protocol):
+    """A broker of several nodes (relay.cluster.ClusterBroker): the user's devices on every
+    node, and closing them there."""
+
+    def devices(self, user: str) -> int:
+        """The user's signed-in connections on every node."""
+        ...
+
+    def close_elsewhere(self, user: str, reason: str) -> None:
+        """Close the user's connections on the other nodes (1008, `reason`)."""
+        ...
 
 
 def invalid(field: str, message: str) -> FrameError:
@@ -97,7 +116,11 @@ class ApiBackend:
         _frame({"type": "presence", "userIds": [user_id]}, self.service)
         ctx = self.service.ctx
         presence = ctx.presence
-        devices = len(ctx.router.connections(user_id))
+        broker = self.service.broker
+        if isinstance(broker, ReachesEveryNode):
+            devices = broker.devices(user_id)
+        else:
+            devices = len(ctx.router.connections(user_id))
         if presence.is_online(user_id):
             return Presence(user_id, presence.status_of(user_id), None, devices)
         # lastSeen not yet written, taken before reading (the write may finish meanwhile)
@@ -252,11 +275,14 @@ class ApiBackend:
         ctx = self.service.ctx
         ctx.router.put_group(group)
         audience = dict.fromkeys([*group.members, *also])
-        LocalBroker(ctx).to_users(audience, wire(encode_group(group, event=event)))
+        broker = self.service.broker
+        assert broker is not None  # the service always has one
+        broker.to_users(audience, wire(encode_group(group, event=event)))
 
     # --- disconnect -------------------------------------------------------------------------------
     def disconnect(self, user_id: str, body: object) -> int:
-        """Close every connection of `user_id` with 1008 and `reason`; how many were open."""
+        """Close every connection of `user_id` with 1008 and `reason`, on every node; how many
+        were open (on other nodes: as they last announced, relay.cluster.presence)."""
         _frame({"type": "presence", "userIds": [user_id]}, self.service)
         if not isinstance(body, dict):
             raise FrameError("bad_frame", "the body must be a JSON object")
@@ -268,10 +294,15 @@ class ApiBackend:
             raise invalid("reason", "must be a string")
         if len(reason.encode("utf-8")) > CLOSE_REASON_MAX:
             raise invalid("reason", f"at most {CLOSE_REASON_MAX} bytes of UTF-8")
+        closed = 0
+        broker = self.service.broker
+        if isinstance(broker, ReachesEveryNode):
+            closed = broker.devices(user_id) - len(self.service.ctx.router.connections(user_id))
+            broker.close_elsewhere(user_id, reason)
         conns = self.service.ctx.router.connections(user_id)
         for conn in conns:
             session = conn.state
             if session is not None:
                 session.close()
             conn.close(CLOSE_POLICY, reason)
-        return len(conns)
+        return closed + len(conns)

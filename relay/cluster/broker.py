@@ -25,20 +25,23 @@ from relay.cluster.calls import ClusterCalls
 from relay.cluster.envelope import (
     CALL,
     DELIVERY,
+    DISCONNECT,
     FRAME,
     FRAME_DROPPABLE,
     GROUP_CHANGED,
     NODES_CHANNEL,
+    encode_group_changed,
     encode_message,
     envelope,
-    group_of_event,
+    group_event,
     user_channel,
 )
 from relay.cluster.ordering import Orderer
 from relay.cluster.presence import ClusterPresence
 from relay.core.broker import LocalBroker
 from relay.core.calls import Calls
-from relay.core.context import Context
+from relay.core.context import CLOSE_POLICY, Context
+from relay.core.session import Session
 from relay.ports import Connection
 from relay.store.base import StoredMessage, group_conversation
 
@@ -54,7 +57,10 @@ class ClusterBroker:
         self.ctx = ctx
         self.node_id = node_id or secrets.token_hex(6)
         self.local = LocalBroker(ctx)
-        self.orderer = Orderer(self.local.deliver, gap_wait=gap_wait)
+        self.orderer = Orderer(
+            self.local.deliver, gap_wait=gap_wait, position=self._position, on_blind=self._blind
+        )
+        self.wake_gaps: Callable[[], None] = lambda: None  # the link's gap filler is told
         self.outgoing: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=QUEUE_MAX)
         self.wake: Callable[[], None] = lambda: None  # the link's publisher is told of work
         self.redis_problem: str | None = "not connected to Redis yet"
@@ -64,6 +70,9 @@ class ClusterBroker:
             ctx.config.presence_grace, changed=self._presence_changed, clock=ctx.clock
         )
         self.presence_changes: list[tuple[str, bool]] = []
+        # users whose count of devices here changed while this node holds them (announced
+        # with the next presence change)
+        self.recount: set[str] = set()
         ctx.presence = self.presence
         self.calls: ClusterCalls | None = None  # set by call_routing (relay.core.calls)
 
@@ -76,9 +85,19 @@ class ClusterBroker:
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
         table = self.ctx.router.table()
-        local = [user for user in audience if user in table]
+        local: list[str] = []
+        now = self.ctx.clock()
+        for user in audience:
+            conns = table.get(user)
+            if conns is None:
+                continue
+            if exclude is not None and len(conns) == 1 and exclude.id in conns:
+                # the sender's own message from their only device here: nothing to deliver
+                self.orderer.passed(message.conversation, message.seq, user, now)
+            else:
+                local.append(user)
         if local:
-            self.orderer.offer(message, local, exclude, self.ctx.clock())
+            self.orderer.offer(message, local, exclude, now)
         elif message.recipient_id is not None and message.group_id is None:
             self.ctx.presence.pair(message.sender_id, message.recipient_id)
         body = envelope(DELIVERY, self.node_id, encode_message(message))
@@ -96,12 +115,11 @@ class ClusterBroker:
         self.local.to_users(users, frame, droppable=droppable, exclude=exclude)
         body = envelope(FRAME_DROPPABLE if droppable else FRAME, self.node_id, frame)
         if not droppable:
-            group_id = group_of_event(frame)
-            if group_id is not None:  # every node reads the group's members again
-                self.forget_group(group_id)
-                self.outgoing.append(
-                    (NODES_CHANNEL, envelope(GROUP_CHANGED, self.node_id, group_id.encode()))
-                )
+            changed = group_event(frame)
+            if changed is not None:  # every node reads the group's members again
+                self.forget_group(*changed)
+                note = envelope(GROUP_CHANGED, self.node_id, encode_group_changed(*changed))
+                self.outgoing.append((NODES_CHANNEL, note))
         self._publish(users, body)
 
     def _publish(self, users: Iterable[str], body: bytes) -> None:
@@ -110,7 +128,60 @@ class ClusterBroker:
             outgoing.append((user_channel(user), body))
         self.wake()
 
+    # --- the orderer's start of a key (relay.cluster.ordering) ----------------------------------
+    def _position(self, conversation: str, user: str) -> int | None:
+        """The highest seq of `conversation` sent to every live device of `user` here; None
+        when a device has none (or the user has no device taking live deliveries)."""
+        conns = self.ctx.router.table().get(user)
+        lowest: int | None = None
+        for conn in conns.values() if conns is not None else ():
+            session = conn.state
+            if not isinstance(session, Session) or session.backlog is not None:
+                continue  # a device in its backlog gets the conversation from the store
+            sent = session.sent_upto.get(conversation)
+            if sent is None:
+                return None
+            lowest = sent if lowest is None else min(lowest, sent)
+        return lowest
+
+    def _blind(self) -> None:
+        self.wake_gaps()
+
+    def live_devices(self, user: str) -> list[str]:
+        """The store devices of `user`'s sessions here (for reading what they lack)."""
+        conns = self.ctx.router.table().get(user)
+        if conns is None:
+            return []
+        return sorted(
+            {c.state.store_device for c in conns.values() if isinstance(c.state, Session)}
+        )
+
+    # --- users' devices on every node (the HTTP API, the webhooks) -------------------------------
+    def local_devices(self, user: str) -> int:
+        return len(self.ctx.router.connections(user))
+
+    def devices(self, user: str) -> int:
+        """The user's signed-in connections on every node: this node's now, the others' as
+        they last announced (relay.cluster.presence)."""
+        return self.local_devices(user) + self.presence.remote_devices(user)
+
+    def connected(self, user: str) -> bool:
+        """Whether a device of the user is connected to some node."""
+        return self.ctx.router.is_connected(user) or self.presence.remote_devices(user) > 0
+
+    def close_elsewhere(self, user: str, reason: str) -> None:
+        """Close the user's connections on every other node with 1008 and `reason`."""
+        self._publish([user], envelope(DISCONNECT, self.node_id, reason.encode()))
+
     # --- from other nodes (the link's subscriber) -----------------------------------------------
+    def disconnected_remotely(self, user: str, reason: str) -> None:
+        """Another node was asked to close the user's connections everywhere."""
+        for conn in list(self.ctx.router.connections(user)):
+            session = conn.state
+            if isinstance(session, Session):
+                session.close()
+            conn.close(CLOSE_POLICY, reason)
+
     def delivered_remotely(self, message: StoredMessage, user: str) -> None:
         """A delivery another node published to `user`'s channel."""
         if user in self.ctx.router.table():
@@ -132,10 +203,12 @@ class ClusterBroker:
     def publish_call(self, user: str, body: bytes) -> None:
         self._publish([user], envelope(CALL, self.node_id, body))
 
-    def forget_group(self, group_id: str) -> None:
-        """A group's members changed (here or on another node)."""
+    def forget_group(self, group_id: str, event: str) -> None:
+        """A group was made or its members changed (here or on another node); a new group's
+        members start at seq 1, so its order needs no restart."""
         self.ctx.router.forget_group(group_id)
-        self.orderer.forget_conversation(group_conversation(group_id))
+        if event != "create":
+            self.orderer.forget_conversation(group_conversation(group_id), self.ctx.clock())
 
     # --- users joining and leaving this node ----------------------------------------------------
     def _presence_changed(self, user: str, up: bool) -> None:
@@ -145,6 +218,8 @@ class ClusterBroker:
     async def joined(self, user: str) -> None:
         """relay.core.broker.Joining: a device of `user` signed in here; returns once this node
         hears what is published for the user (before the device reads its backlog)."""
+        self.recount.add(user)
+        self.wake()
         if self.join_hook is not None:
             await self.join_hook(user)
 
@@ -152,4 +227,5 @@ class ClusterBroker:
         """relay.core.broker.Joining: the user's last device on this node closed (the link
         unsubscribes its channel)."""
         self.orderer.forget_user(user)
+        self.recount.add(user)
         self.wake()

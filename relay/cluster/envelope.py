@@ -3,12 +3,13 @@
 Channels:
 - `relay:u:<userId>`: what is for that user's devices; a node subscribes to it while it holds
   one of them. A delivery (`M`) carries the stored message, a frame (`F`) a framed server frame
-  (receipts, typing, presence, group events) to send as is.
+  (receipts, typing, presence, group events) to send as is; a disconnect (`X`) closes the
+  user's devices on every node (the HTTP API's `POST /users/{id}/disconnect`).
 - `relay:nodes`: changes of the users a node holds (connected, or within the presence grace),
   at once (`P`); a group whose members changed (`G`), so every node reads it again from the
   store.
 
-Keys: `relay:presence:<nodeId>`, the users that node holds (JSON), written by it every
+Keys: `relay:presence:<nodeId>`, the users that node holds and their devices there (JSON), written by it every
 `refresh` seconds with an expiry of `ttl`: the key of a dead node expires.
 
 Every envelope names its origin node, which ignores its own (it delivered locally already).
@@ -31,8 +32,9 @@ DELIVERY: Final = b"M"
 FRAME: Final = b"F"
 FRAME_DROPPABLE: Final = b"f"
 PRESENCE: Final = b"P"
-GROUP_CHANGED: Final = b"G"  # body: the group id, whose cached members the nodes forget
 CALL: Final = b"C"  # on a user channel: call routing between nodes (relay.cluster.calls)
+GROUP_CHANGED: Final = b"G"  # body: {groupId, event}; the nodes forget the cached members
+DISCONNECT: Final = b"X"  # on a user channel; body: the close reason (the HTTP API's disconnect)
 
 
 def user_channel(user_id: str) -> str:
@@ -71,20 +73,60 @@ def decode_message(body: bytes) -> StoredMessage:
     return StoredMessage(*orjson.loads(body))
 
 
-def encode_presence(up: list[str], down: list[str]) -> bytes:
-    return orjson.dumps({"up": up, "down": down})
+class PresenceNote(NamedTuple):
+    """What a node says of the users it holds: started (`up`) or stopped (`down`) holding, the
+    devices of each `up` user there, and `version`, the node's count of holding changes when it
+    said so (a note older than one already applied is stale)."""
+
+    up: list[str]
+    down: list[str]
+    devices: dict[str, int] | None
+    version: int
 
 
-def decode_presence(body: bytes) -> tuple[list[str], list[str]]:
+def encode_presence(
+    up: list[str], down: list[str], devices: dict[str, int] | None = None, version: int = 0
+) -> bytes:
+    value: dict[str, object] = {"up": up, "down": down, "v": version}
+    if devices is not None:
+        value["devices"] = devices
+    return orjson.dumps(value)
+
+
+def decode_presence(body: bytes) -> PresenceNote:
     value = orjson.loads(body)
-    return list(value.get("up", [])), list(value.get("down", []))
+    devices = value.get("devices")
+    counts = (
+        {str(u): n for u, n in devices.items() if isinstance(n, int)}
+        if isinstance(devices, dict)
+        else None
+    )
+    version = value.get("v", 0)
+    return PresenceNote(
+        list(value.get("up", [])),
+        list(value.get("down", [])),
+        counts,
+        version if isinstance(version, int) else 0,
+    )
 
 
-def group_of_event(frame: bytes) -> str | None:
-    """The groupId of a framed `group` event (a membership change), None for another frame."""
+def group_event(frame: bytes) -> tuple[str, str] | None:
+    """(groupId, event) of a framed `group` event (create/add/remove/leave), None for another
+    frame."""
     start = frame.find(b"{", 0, 16)
     if start < 0 or not frame.startswith(b'{"type":"group",', start):
         return None
     value = orjson.loads(frame[start:])
-    group_id = value.get("groupId")
-    return group_id if isinstance(group_id, str) else None
+    group_id, event = value.get("groupId"), value.get("event")
+    if not isinstance(group_id, str):
+        return None
+    return group_id, event if isinstance(event, str) else ""
+
+
+def encode_group_changed(group_id: str, event: str) -> bytes:
+    return orjson.dumps({"groupId": group_id, "event": event})
+
+
+def decode_group_changed(body: bytes) -> tuple[str, str]:
+    value = orjson.loads(body)
+    return str(value["groupId"]), str(value.get("event", ""))

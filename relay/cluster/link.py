@@ -28,6 +28,7 @@ from relay.cluster.broker import ClusterBroker
 from relay.cluster.envelope import (
     CALL,
     DELIVERY,
+    DISCONNECT,
     FRAME,
     FRAME_DROPPABLE,
     GROUP_CHANGED,
@@ -35,6 +36,7 @@ from relay.cluster.envelope import (
     PRESENCE,
     PRESENCE_PREFIX,
     channel_user,
+    decode_group_changed,
     decode_message,
     decode_presence,
     encode_presence,
@@ -50,6 +52,9 @@ log = logging.getLogger("relay.cluster")
 CLOSE_SERVICE_RESTART = 1012
 #: publications sent in one pipeline at most
 PIPELINE_MAX = 512
+#: how long a sign-in waits for its user's channel subscription before it goes on and the
+#: subscription finishes in the background (RedisLink.joined), s
+JOIN_WAIT = 2.0
 
 
 class RedisLink:
@@ -61,39 +66,80 @@ class RedisLink:
         *,
         refresh: float = 1.0,
         retry: float = 0.5,
+        join_wait: float | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
         self.url = url
         self.refresh = refresh
         self.retry = retry
+        self.join_wait = JOIN_WAIT if join_wait is None else join_wait
         self._wake = trio.Event()
+        self._late: set[str] = set()  # joined without a subscription yet (see joined)
+        self._late_wake = trio.Event()
+        self._gaps_wake = trio.Event()
         self._pubsub: Any = None
         self._client: Any = None
         self._subscribed: set[str] = set()
         self._lock = trio.Lock()
         self._was_up = False
         broker.wake = self._poke
+        broker.wake_gaps = self._poke_gaps
         broker.join_hook = self.joined
 
     def _poke(self) -> None:
         self._wake.set()
 
+    def _poke_gaps(self) -> None:
+        self._gaps_wake.set()
+
     # --- users ----------------------------------------------------------------------------------
     async def joined(self, user: str) -> None:
-        """Subscribe to the user's channel (once), before their device reads its backlog."""
+        """Subscribe to the user's channel (once), before their device reads its backlog.
+
+        Waits at most `join_wait`: on a loaded node the subscription may take longer, and a
+        sign-in must not hang on it. The user is then subscribed in the background (`_late`)
+        and, once subscribed, their devices here are caught up from the store: what other
+        nodes published meanwhile was not heard here, and without that catch-up a device would
+        miss it until it reconnects."""
         if user in self._subscribed or self._pubsub is None:
             return
-        with trio.move_on_after(2):
+        with trio.move_on_after(self.join_wait):
             async with self._lock:
                 if user in self._subscribed or self._pubsub is None:
                     return
                 try:
                     await self._pubsub.subscribe(user_channel(user))
-                except Exception as exc:  # the link notices and restarts
-                    log.warning("subscribing to %s failed: %r", user, exc)
+                except Exception as exc:  # retried in the background, or the link restarts
+                    log.warning("subscribing to %s failed, retrying: %r", user, exc)
+                else:
+                    self._subscribed.add(user)
                     return
-                self._subscribed.add(user)
+        self._late.add(user)
+        self._late_wake.set()
+
+    async def _late_joins(self) -> None:
+        """Subscribe the users whose `joined` gave up waiting, then catch their devices up."""
+        while True:
+            await self._late_wake.wait()
+            self._late_wake = trio.Event()
+            users = set(self._late)
+            async with self._lock:
+                table = self.broker.ctx.router.table()
+                wanted = [u for u in users if u not in self._subscribed and u in table]
+                if wanted and self._pubsub is not None:
+                    # a failure here ends the connection: the link restarts and closes every
+                    # local device, which then reconnects and reads the store
+                    await self._pubsub.subscribe(*[user_channel(u) for u in wanted])
+                    self._subscribed.update(wanted)
+            log.warning(
+                "subscribing %d user(s) took longer than %g s; their devices here are caught "
+                "up from the store",
+                len(users),
+                self.join_wait,
+            )
+            await self._catch_up(users)
+            self._late -= users
 
     async def _unsubscribe_gone(self) -> None:
         table = self.broker.ctx.router.table()
@@ -150,6 +196,7 @@ class RedisLink:
                 self._client = client
                 self._pubsub = pubsub
                 self._subscribed = set(users)
+                self._late.clear()  # subscribed above (and closed below after an outage)
                 if self.broker.redis_problem is not None and self._was_up:
                     log.warning("Redis is back at %s; devices reconnect to catch up", self.url)
                     self._restart_local()
@@ -164,6 +211,7 @@ class RedisLink:
                     nursery.start_soon(self._reader, pubsub)
                     nursery.start_soon(self._heartbeat, client, nursery)
                     nursery.start_soon(self._gaps)
+                    nursery.start_soon(self._late_joins)
 
     def _restart_local(self) -> None:
         # what was queued while Redis was away is stale (typing, receipts) or in the store
@@ -185,13 +233,16 @@ class RedisLink:
             await self._wake.wait()
             self._wake = trio.Event()
             changes = broker.presence_changes
-            if changes:
+            recount = broker.recount
+            if changes or recount:
                 broker.presence_changes = []
-                up = [u for u, is_up in changes if is_up]
+                broker.recount = set()
                 down = [u for u, is_up in changes if not is_up]
-                await client.publish(
-                    NODES_CHANNEL, envelope(PRESENCE, node, encode_presence(up, down))
-                )
+                up = list(dict.fromkeys([u for u, is_up in changes if is_up] + list(recount)))
+                up = [u for u in up if broker.presence.holds(u)]
+                devices = {u: broker.local_devices(u) for u in up}
+                note = encode_presence(up, down, devices, broker.presence.version)
+                await client.publish(NODES_CHANNEL, envelope(PRESENCE, node, note))
             while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
                 batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
                 async with client.pipeline(transaction=False) as pipe:
@@ -220,12 +271,14 @@ class RedisLink:
                         broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
                     elif kind == CALL:
                         broker.call_remotely(opened.node, opened.body)
+                    elif kind == DISCONNECT:
+                        broker.disconnected_remotely(user, opened.body.decode())
                 elif kind == GROUP_CHANGED:
-                    broker.forget_group(opened.body.decode())
+                    broker.forget_group(*decode_group_changed(opened.body))
                 elif kind == PRESENCE:
-                    up, down = decode_presence(opened.body)
-                    presence.remote_up(opened.node, up, broker.ctx.clock())
-                    presence.remote_down(opened.node, down)
+                    up, down, devices, version = decode_presence(opened.body)
+                    now = broker.ctx.clock()
+                    presence.remote_note(opened.node, up, down, devices, version, now)
             except Exception:
                 log.exception("a message from node %s could not be handled", opened.node)
 
@@ -240,7 +293,10 @@ class RedisLink:
         own = PRESENCE_PREFIX + broker.node_id
         ttl_ms = int(presence.ttl * 1000)
         while True:
-            await client.set(own, encode_presence(presence.held(), []), px=ttl_ms)
+            held = presence.held()  # with the version it is at (no await in between)
+            devices = {u: broker.local_devices(u) for u in held}
+            note = encode_presence(held, [], devices, presence.version)
+            await client.set(own, note, px=ttl_ms)
             keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
             others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
             now = broker.ctx.clock()
@@ -249,8 +305,9 @@ class RedisLink:
                     if value is None:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
-                    up, _ = decode_presence(value)
-                    presence.remote_up(name[len(PRESENCE_PREFIX) :], up, now)
+                    up, _, counts, version = decode_presence(value)
+                    other = name[len(PRESENCE_PREFIX) :]
+                    presence.remote_note(other, up, [], counts, version, now, snapshot=True)
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:
@@ -259,12 +316,18 @@ class RedisLink:
             await trio.sleep(self.refresh)
 
     async def _sweep(self) -> None:
-        """After a node died: what it committed but may never have published. Each local
-        device's undelivered messages from the store (in acceptance order, so in seq order per
-        conversation) go through the orderer; what a device has already is not sent again."""
+        """After a node died: what it committed but may never have published."""
+        await self._catch_up(None)
+
+    async def _catch_up(self, users: set[str] | None) -> None:
+        """The undelivered messages from the store of each local device of `users` (None:
+        every user here), in acceptance order (so in seq order per conversation), through the
+        orderer; what a device has already is not sent again."""
         broker = self.broker
         devices: set[tuple[str, str]] = set()
         for user, conns in list(broker.ctx.router.table().items()):
+            if users is not None and user not in users:
+                continue
             for conn in list(conns.values()):
                 session = conn.state
                 if isinstance(session, Session):
@@ -273,7 +336,7 @@ class RedisLink:
             try:
                 missed = await self.store.undelivered(user, device, limit=10_000)
             except Exception as exc:
-                log.warning("catching up %s after a node died failed: %r", user, exc)
+                log.warning("catching up %s from the store failed: %r", user, exc)
                 continue
             for message in missed:
                 broker.orderer.offer(message, [user], None, broker.ctx.clock())
@@ -282,7 +345,11 @@ class RedisLink:
         orderer = self.broker.orderer
         wait = max(orderer.gap_wait / 4, 0.01)
         while True:
-            await trio.sleep(wait)
+            with trio.move_on_after(wait):
+                await self._gaps_wake.wait()
+            self._gaps_wake = trio.Event()
+            for key, top in orderer.blind():
+                await self._start(key, top)
             for key, upto, top in orderer.due(self.broker.ctx.clock()):
                 try:
                     page, _ = await self.store.history(key[0], after=upto, limit=top - upto)
@@ -290,6 +357,23 @@ class RedisLink:
                     log.warning("filling a gap in %s failed, retrying: %r", key[0], exc)
                     continue
                 orderer.fill(key, page)
+
+    async def _start(self, key: tuple[str, str], top: int) -> None:
+        """A key the orderer saw first out of turn: what the user's devices here lack of the
+        conversation up to `top` (their undelivered messages; what a device was already sent
+        is not sent again), released with what is held, in seq order."""
+        conversation, user = key
+        missing: dict[int, Any] = {}
+        for device in self.broker.live_devices(user):
+            try:
+                page = await self.store.undelivered(user, device, limit=10_000)
+            except Exception as exc:
+                log.warning("reading what %s lacks failed, retrying: %r", user, exc)
+                return
+            for message in page:
+                if message.conversation == conversation and message.seq <= top:
+                    missing[message.seq] = message
+        self.broker.orderer.fill(key, [missing[s] for s in sorted(missing)])
 
 
 def _first(error: BaseException) -> BaseException:

@@ -4,8 +4,19 @@ Deliveries of one conversation reach a node from several nodes (each publishes i
 after they commit), so they may come out of seq order, and a publish may be lost (a node killed
 between its commit and its publish, Redis restarted). Invariants:
 - per (conversation, user) the orderer releases seqs in increasing order: a delivery of seq s is
-  released when s <= upto + 1 (upto: the highest seq released for that key; a key not seen yet
-  releases anything and starts there), else held;
+  released when s <= upto + 1 (upto: the highest seq released for that key), else held;
+- a key not seen yet starts at `position(conversation, user)`, the highest seq the user's
+  devices here were sent (None when some device has none for the conversation), or at 0 for
+  seq 1: a first delivery that follows it goes at once. Any other first delivery is held and the key is
+  `blind`: what the devices lack before it is read from the store at once (their undelivered
+  messages) and handed to `fill`. A key must never start at its first delivery: a lower seq
+  committed by another node may still be on its way, and once the higher one is sent to a
+  device the lower one can no longer be (a device gets a conversation in seq order), so it
+  would be lost until the device reconnects. For `idle` seconds after a group's members
+  changed, its keys start at their first delivery instead (see forget_conversation);
+- a seq with nothing to deliver here (`passed`: the sender's own message, from their only
+  device here) takes its turn without being held: the sender's key never waits `gap_wait` for
+  the other side's messages on its account, nor reads the store for them;
 - a key with held deliveries is `due` once `gap_wait` has passed since its first hold: the
   caller reads the missing seqs from the store and hands them to `fill`, which releases them and
   every held delivery in seq order — a gap is filled, never skipped;
@@ -24,6 +35,9 @@ from relay.store.base import StoredMessage
 
 #: release(message, users, left out): deliver to these users' local devices
 Release = Callable[[StoredMessage, Sequence[str], Connection | None], None]
+#: position(conversation, user): the highest seq every device of the user here was sent, None
+#: when unknown
+Position = Callable[[str, str], "int | None"]
 Key = tuple[str, str]  # (conversation, user)
 
 
@@ -32,6 +46,12 @@ class Orderer:
     release: Release
     gap_wait: float = 0.25
     idle: float = 60.0
+    position: Position = lambda conversation, user: None
+    #: told when a key became blind (its start is to be read from the store now)
+    on_blind: Callable[[], None] = lambda: None
+    _blind: set[Key] = field(factory=set)
+    _restart: dict[str, float] = field(factory=dict)  # conversation -> when its group changed
+    _passed: dict[Key, set[int]] = field(factory=dict)  # seqs beyond upto with no delivery here
     _upto: dict[Key, int] = field(factory=dict)
     _held: dict[Key, dict[int, tuple[StoredMessage, Connection | None]]] = field(factory=dict)
     _since: dict[Key, float] = field(factory=dict)  # when the key's oldest hold began
@@ -54,11 +74,23 @@ class Orderer:
             key = (conversation, user)
             self._used[key] = now
             upto = upto_of.get(key)
-            if upto is None or seq <= upto + 1:
+            if upto is None and key not in self._blind:
+                if seq == 1:  # nothing before it
+                    upto = 0
+                elif conversation in self._restart:
+                    upto = seq - 1
+                else:
+                    upto = self.position(conversation, user)
+                if upto is None or seq > upto + 1:
+                    self._blind.add(key)
+                    self.on_blind()
+                else:
+                    upto_of[key] = upto
+            if upto is not None and seq <= upto + 1:
                 ready.append(user)
-                if upto is None or seq > upto:
+                if seq > upto:
                     upto_of[key] = seq
-                    if key in self._held:
+                    if key in self._held or key in self._passed:
                         follow.append(key)
                 continue
             held = self._held.get(key)
@@ -71,35 +103,69 @@ class Orderer:
         for key in follow:
             self._drain(key)
 
+    def passed(self, conversation: str, seq: int, user: str, now: float) -> None:
+        """A message of `user`'s that none of their devices here is to get (its sender's own,
+        from their only device here): it takes its turn without a delivery, and is never
+        held or waited for. A key not started yet is not started by it."""
+        key = (conversation, user)
+        upto = self._upto.get(key)
+        if upto is None:
+            return
+        self._used[key] = now
+        if seq <= upto:
+            return
+        if seq == upto + 1:
+            self._upto[key] = seq
+            if key in self._held or key in self._passed:
+                self._drain(key)
+            return
+        self._passed.setdefault(key, set()).add(seq)
+
     def _drain(self, key: Key) -> None:
         """Release the held deliveries of `key` that are now in turn."""
-        held = self._held.get(key)
-        if held is None:
-            return
+        held = self._held.get(key, {})
+        passed = self._passed.get(key, set())
         upto = self._upto.get(key, 0)
-        while upto + 1 in held:
-            upto += 1
-            message, exclude = held.pop(upto)
-            self._upto[key] = upto
-            self.release(message, [key[1]], exclude)
+        while True:
+            if upto + 1 in held:
+                upto += 1
+                message, exclude = held.pop(upto)
+                self._upto[key] = upto
+                self.release(message, [key[1]], exclude)
+            elif upto + 1 in passed:
+                upto += 1
+                passed.discard(upto)
+                self._upto[key] = upto
+            else:
+                break
         for seq in [s for s in held if s <= upto]:  # late copies: already in turn
             message, exclude = held.pop(seq)
             self.release(message, [key[1]], exclude)
+        passed.difference_update([s for s in passed if s <= upto])
         if not held:
-            del self._held[key]
+            self._held.pop(key, None)
             self._since.pop(key, None)
+        if not passed:
+            self._passed.pop(key, None)
 
     def due(self, now: float) -> list[tuple[Key, int, int]]:
         """Keys whose gap waited `gap_wait`: (key, upto, the highest seq held) each."""
         found = []
         for key, since in self._since.items():
-            if now - since >= self.gap_wait:
+            if now - since >= self.gap_wait and key not in self._blind:
                 found.append((key, self._upto.get(key, 0), max(self._held[key])))
         return found
+
+    def blind(self) -> list[tuple[Key, int]]:
+        """Keys whose start is unknown: (key, the highest seq held) each. The caller reads what
+        the user's devices here lack of the conversation up to that seq (their undelivered
+        messages) and hands it to `fill`."""
+        return [(key, max(self._held[key])) for key in self._blind if key in self._held]
 
     def fill(self, key: Key, missing: Sequence[StoredMessage]) -> None:
         """The store's messages of `key`'s conversation after its upto (read once it was due):
         released in seq order together with everything held."""
+        self._blind.discard(key)
         held = self._held.get(key)
         if held is None:
             return
@@ -115,6 +181,7 @@ class Orderer:
             self.release(message, [key[1]], exclude)
         del self._held[key]
         self._since.pop(key, None)
+        self._drain(key)  # what passed beyond the fill
 
     def forget_user(self, user: str) -> None:
         """The user has no device on this node any more: their keys go (held ones with them:
@@ -122,19 +189,25 @@ class Orderer:
         for key in [k for k in self._used if k[1] == user]:
             self._drop(key)
 
-    def forget_conversation(self, conversation: str) -> None:
-        """A group's members changed: its keys start again at the next delivery, so a gap
-        never spans a change (a member removed and added again is never given, from the
-        store, what was said while they were out)."""
+    def forget_conversation(self, conversation: str, now: float = 0.0) -> None:
+        """A group's members changed: for `idle` seconds its keys start again at their next
+        delivery, neither from the devices' position nor from the store, so no gap or start
+        read spans the change (a member removed and added again is never given what was said
+        while they were out)."""
         for key in [k for k in self._used if k[0] == conversation]:
             self._drop(key)
+        self._restart[conversation] = now
 
     def prune(self, now: float) -> None:
+        for conversation in [c for c, t in self._restart.items() if now - t > self.idle]:
+            del self._restart[conversation]
         for key in [k for k, t in self._used.items() if now - t > self.idle]:
             if key not in self._held:
                 self._drop(key)
 
     def _drop(self, key: Key) -> None:
+        self._blind.discard(key)
+        self._passed.pop(key, None)
         self._used.pop(key, None)
         self._upto.pop(key, None)
         self._held.pop(key, None)

@@ -22,8 +22,18 @@ def pg_url(pg_database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied: an earlier test's nodes leave presence keys that
+    live for their ttl, which a later test's nodes would read as users online."""
+    if redis_server.process is None:  # a test that stopped it and failed before restarting
+        redis_server.start()
+    redis_server.flush()
+    return redis_server

@@ -6,10 +6,13 @@ messages meanwhile and recover by themselves."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 import trio
 from cluster_nodes import health_becomes, signed_in, start_nodes
 from services import RedisServer
 from support import http_get
+
+from relay.cluster import link
 
 
 def is_type(kind: str, **fields: object):  # type: ignore[no-untyped-def]
@@ -251,4 +254,24 @@ async def test_a_member_added_again_gets_nothing_said_while_out(
             await bob.send(type="ping", ref="p")
             await bob.until(is_type("pong", ref="p"))
             assert [m["id"] for m in bob.seen if m["type"] == "message"] == ["in1", "in2"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_sign_in_whose_subscription_is_late_still_gets_every_message(
+    pg_url: str, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a loaded node may take longer than JOIN_WAIT to subscribe a user's channel; with 0 every
+    # sign-in goes on before its subscription, which finishes in the background, and what was
+    # published meanwhile comes from the store
+    monkeypatch.setattr(link, "JOIN_WAIT", 0.0)
+    async with trio.open_nursery() as nursery:
+        a, b, _ = await start_nodes(nursery, pg_url, redis.url)
+        async with signed_in(a, "ann") as ann:
+            await ann.send(type="message", id="early", recipientId="bob", text="0")
+            await ann.until(is_type("receipt", id="early", status="sent"))
+            async with signed_in(b, "bob") as bob:
+                for i in range(1, 11):
+                    await ann.send(type="message", id=f"m{i}", recipientId="bob", text=f"{i}")
+                got = await bob.messages(11)
+                assert [m["text"] for m in got] == [str(i) for i in range(11)]
         nursery.cancel_scope.cancel()

@@ -1,15 +1,17 @@
-"""The KeyStore ability (relay.store.base): one suite, run on the memory and the SQLite store;
-SQLite keeps the keys across a reopen (migration 6)."""
+"""The KeyStore ability (relay.store.base): one suite, run on the memory, SQLite and PostgreSQL
+stores; SQLite keeps the keys across a reopen (migration 6)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from services import fresh_schema, postgres_database
 
 from relay.store.base import DeviceKeys, KeyStore
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 
 
@@ -17,10 +19,24 @@ def keys(user: str, device: str, n: int = 1) -> DeviceKeys:
     return DeviceKeys(user, device, f"id{n}", f"enc{n}", f"sig{n}", f"2026-01-0{n}T00:00:00.000Z")
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(scope="module")
+def pg_database() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "postgres":
+        postgres = PostgresStore(fresh_schema(request.getfixturevalue("pg_database")))
+        await postgres.open()
+        try:
+            yield postgres
+        finally:
+            await postgres.close()
         return
     sqlite = SqliteStore(str(tmp_path / "keys.db"))
     await sqlite.open()

@@ -16,6 +16,8 @@ Tables (version 1) mirror the SQLite store's (relay/store/migrations.py, version
   commit order, and no two transactions can wait on each other's conversation rows (no
   deadlock). Group commit amortises the lock: one transaction per batch of messages.
 - participants, watermarks, device_cursors, groups, last_seen, devices as in SQLite.
+Later versions: 4 webhooks (webhook_cursor with the scanner's lease, webhook_events), 5
+device_keys, 6 write_locks (the `marks` lock of the writes appends never touch, writer.py).
 """
 
 from __future__ import annotations
@@ -113,6 +115,44 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     # 4: a call record's {callId, media, outcome, durationMs}, as JSON text (relay.core.calls)
     """
     ALTER TABLE messages ADD COLUMN call TEXT
+    """,
+    # 5: webhooks (WebhookOutbox, webhooks.py): the scan's cursor, one row once webhooks were
+    # first turned on, with the scanner's lease (`owner`, `lease_until` in unix seconds); the
+    # pending events by id
+    """
+    CREATE TABLE webhook_cursor (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        last_pos BIGINT NOT NULL,
+        owner TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE TABLE webhook_events (
+        id TEXT PRIMARY KEY,
+        body TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        next_at DOUBLE PRECISION NOT NULL,
+        attempts INTEGER NOT NULL
+    );
+    CREATE INDEX webhook_events_by_due ON webhook_events (next_at);
+    CREATE INDEX webhook_events_by_age ON webhook_events (created_at, id)
+    """,
+    # 6: devices' end-to-end public keys (KeyStore, keys.py), one row per (user, device)
+    """
+    CREATE TABLE device_keys (
+        user_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        identity_key TEXT NOT NULL,
+        enc_key TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (user_id, device_id)
+    )
+    """,
+    # 7: the cluster-wide lock of the writes appends never touch (writer.py, MARKS): delivery
+    # marks no longer queue behind every node's appends on the `positions` row
+    """
+    CREATE TABLE write_locks (name TEXT PRIMARY KEY);
+    INSERT INTO write_locks (name) VALUES ('marks')
     """,
 )
 

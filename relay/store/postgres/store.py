@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -31,7 +32,9 @@ from typing import Any, TypeVar, cast
 import psycopg
 import trio
 
+import relay.store.postgres.keys as keys
 import relay.store.postgres.reads as reads
+import relay.store.postgres.webhooks as webhooks
 import relay.store.postgres.writes as writes
 from relay.errors import StoreError, StoreUnavailable
 from relay.store.base import (
@@ -39,20 +42,28 @@ from relay.store.base import (
     Appended,
     ConversationSummary,
     Coverage,
+    DeviceKeys,
     Group,
     NewMessage,
+    OutboxEvent,
     StoredMessage,
     Watermarks,
+    WebhookCandidate,
 )
 from relay.store.postgres.appends import append_batch
 from relay.store.postgres.retention import PostgresRetention
 from relay.store.postgres.rows import Conn, describe
 from relay.store.postgres.schema import SchemaMismatch, migrate
-from relay.store.postgres.writer import STOP, Request, Writer
+from relay.store.postgres.writer import EVERY_LOCK, MARKS, POSITIONS, STOP, Request, Writer
 
 log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
+
+#: the cluster-wide locks of a write (relay.store.postgres.writer, POSITIONS)
+_APPEND = frozenset({POSITIONS})
+_MARKS_ONLY = frozenset({MARKS})
+_EVERY = EVERY_LOCK
 
 
 class PostgresStore:
@@ -98,6 +109,8 @@ class PostgresStore:
         self._thread: threading.Thread | None = None
         self._closed = trio.Event()
         self._write_problem: str | None = None
+        # this store's name in the webhook scanner's lease (webhooks.py): one per node
+        self._webhook_owner = secrets.token_hex(8)
 
     # --- health ---------------------------------------------------------------------------------
     def problem(self) -> str | None:
@@ -204,13 +217,17 @@ class PostgresStore:
         work: Callable[[Conn], T],
         weight: int = 1,
         messages: Sequence[NewMessage] | None = None,
+        *,
+        marks_only: bool = False,
     ) -> T:
+        """`marks_only`: the work writes only tables no append touches (writer.MARKS)."""
         self._check_open()
         await self._slots.acquire()
         if self._state != "open":
             self._slots.release()
             self._check_open()
-        request = Request(work, weight, messages, done=trio.Event())
+        locks = _MARKS_ONLY if marks_only else _APPEND if messages is not None else _EVERY
+        request = Request(work, weight, messages, done=trio.Event(), locks=locks)
         self._requests.put_nowait(request)
         await request.done.wait()  # type: ignore[union-attr]
         if request.error is not None:
@@ -227,7 +244,7 @@ class PostgresStore:
         self._check_open()
         self._slots.acquire_nowait()
         batch = list(messages)
-        request = Request(_append_alone(batch), len(batch), batch, on_done=on_done)
+        request = Request(_append_alone(batch), len(batch), batch, on_done=on_done, locks=_APPEND)
         self._requests.put_nowait(request)
 
     def _resolve(self, batch: list[Request]) -> None:
@@ -330,7 +347,8 @@ class PostgresStore:
         self, conversation: str, user_id: str, device_id: str, seq: int
     ) -> Watermarks:
         return await self._write(
-            lambda conn: writes.mark_delivered(conn, conversation, user_id, device_id, seq)
+            lambda conn: writes.mark_delivered(conn, conversation, user_id, device_id, seq),
+            marks_only=True,
         )
 
     async def mark_delivered_many(
@@ -341,11 +359,15 @@ class PostgresStore:
             return []
         batch = list(marks)
         return await self._write(
-            lambda conn: [writes.mark_delivered(conn, *mark) for mark in batch], len(batch)
+            lambda conn: [writes.mark_delivered(conn, *mark) for mark in batch],
+            len(batch),
+            marks_only=True,
         )
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
-        return await self._write(lambda conn: writes.mark_read(conn, conversation, user_id, seq))
+        return await self._write(
+            lambda conn: writes.mark_read(conn, conversation, user_id, seq), marks_only=True
+        )
 
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
         return await self._read(reads.member_watermarks, conversation)
@@ -373,10 +395,54 @@ class PostgresStore:
 
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:
-        await self._write(lambda conn: writes.set_last_seen(conn, user_id, timestamp))
+        await self._write(
+            lambda conn: writes.set_last_seen(conn, user_id, timestamp), marks_only=True
+        )
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- end-to-end keys (KeyStore; relay.store.postgres.keys) ----------------------------------
+    async def publish_keys(self, device: DeviceKeys) -> None:
+        await self._write(lambda conn: keys.publish(conn, device), marks_only=True)
+
+    async def device_keys(self, user_id: str) -> list[DeviceKeys]:
+        return await self._read(keys.device_keys, user_id)
+
+    # --- webhooks (WebhookOutbox; relay.store.postgres.webhooks) --------------------------------
+    # the lease-taking calls are writes: one node at a time scans and sends (webhooks.py)
+    async def webhook_start(self) -> None:
+        await self._write(webhooks.start, marks_only=True)
+
+    async def webhook_candidates(self, *, limit: int) -> list[WebhookCandidate]:
+        owner = self._webhook_owner
+        return await self._write(
+            lambda conn: webhooks.candidates(conn, owner, limit), marks_only=True
+        )
+
+    async def webhook_advance(
+        self, position: int, events: Sequence[OutboxEvent], *, max_pending: int
+    ) -> int:
+        owner, batch = self._webhook_owner, list(events)
+        return await self._write(
+            lambda conn: webhooks.advance(conn, owner, position, batch, max_pending),
+            marks_only=True,
+        )
+
+    async def webhook_due(self, now: float, *, limit: int) -> list[OutboxEvent]:
+        owner = self._webhook_owner
+        return await self._write(
+            lambda conn: webhooks.due(conn, owner, now, limit), marks_only=True
+        )
+
+    async def webhook_settle(
+        self, removed: Sequence[str], retried: Sequence[tuple[str, float]]
+    ) -> None:
+        gone, later = list(removed), list(retried)
+        await self._write(lambda conn: webhooks.settle(conn, gone, later), marks_only=True)
+
+    async def webhook_pending(self) -> tuple[int, float | None]:
+        return await self._read(webhooks.pending)
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:

@@ -5,12 +5,15 @@ one slot free, so a put from the event loop never blocks) and learn the outcome 
 `TrioToken.run_sync_soon`, as the SQLite writer does (relay/store/sqlite/writer.py).
 
 Group commit: the writer takes everything queued (up to `max_batch` messages), waits at most
-`commit_interval` for more while such waits bring more, and runs the batch in one transaction:
-first `SELECT ... FROM positions FOR UPDATE` — the cluster-wide write lock, taken first by every
-write transaction of every node, so transactions queue on it and never deadlock — then every
-append together (appends.append_batch, in a SAVEPOINT; if that fails, each append request alone
-in its own), then each other write in its own SAVEPOINT, so one request's failure (a taken group
-id) undoes only it.
+`commit_interval` for more while such waits bring more, and runs the batch in two transactions.
+The first, of the appends and the writes of the tables appends touch: `SELECT ... FROM
+positions FOR UPDATE` — the cluster-wide write lock of those tables, taken first by every such
+transaction of every node, so they queue on it and never deadlock — then every append together
+(appends.append_batch, in a SAVEPOINT; if that fails, each append request alone in its own),
+then each other write in its own SAVEPOINT, so one request's failure (a taken group id) undoes
+only it. The second, of the writes no append touches (delivery marks, lastSeen, keys, webhooks):
+under the `marks` lock instead (see POSITIONS below), so on a loaded cluster the marks of every
+node never wait for, nor hold up, the appends.
 
 Invariants:
 - results are handed back only after COMMIT returned: `append_many` returns, and `sent` is
@@ -46,6 +49,18 @@ from relay.store.postgres.rows import Conn, describe
 log = logging.getLogger("relay.store")
 
 
+#: The cluster-wide write locks a request takes, always in this order: `positions` (the row of
+#: that table) serialises appends and every write of the tables appends touch; `marks` (the
+#: `marks` row of `write_locks`, schema.py) serialises the writes of watermarks, device cursors,
+#: lastSeen, keys and webhooks, which no append touches. A batch runs as two transactions: the
+#: requests that need `positions` (taking `marks` too when one of them needs it), then the
+#: marks-only ones, so delivery marks never hold up appends on any node. No cycle: a holder of
+#: `marks` waits on no append, and an append waits on no mark.
+POSITIONS: Final = "positions"
+MARKS: Final = "marks"
+EVERY_LOCK: Final = frozenset({POSITIONS, MARKS})
+
+
 @define(eq=False)
 class Request:
     """One write: `work` runs in the writer thread inside the batch transaction."""
@@ -53,6 +68,7 @@ class Request:
     work: Callable[[Conn], Any]
     weight: int  # messages it appends (1 for other writes): what `max_batch` counts
     messages: Sequence[NewMessage] | None = None  # set for an append
+    locks: frozenset[str] = EVERY_LOCK  # the cluster-wide locks it needs (see POSITIONS)
     done: trio.Event | None = None
     on_done: Callable[[Any, BaseException | None], None] | None = None
     result: Any = None
@@ -166,13 +182,23 @@ class Writer:
         return batch, stop
 
     def _execute(self, batch: list[Request]) -> None:
+        main = [r for r in batch if POSITIONS in r.locks]
+        marks = [r for r in batch if POSITIONS not in r.locks]
+        if main:
+            self._execute_part(main, self._transaction)
+        if marks:
+            self._execute_part(marks, self._marks_transaction)
+
+    def _execute_part(
+        self, batch: list[Request], transaction: Callable[[Conn, list[Request]], None]
+    ) -> None:
         try:
             conn = self._connection()
             if conn is None:
                 self._fail(batch, "the store cannot reach PostgreSQL")
                 return
             try:
-                self._transaction(conn, batch)
+                transaction(conn, batch)
             except psycopg.Error as exc:
                 reason = describe(exc)
                 if isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken:
@@ -192,6 +218,8 @@ class Writer:
         with conn.transaction():
             row = conn.execute("SELECT last_pos FROM positions FOR UPDATE").fetchone()
             assert row is not None
+            if any(MARKS in r.locks for r in others):
+                conn.execute("SELECT 1 FROM write_locks WHERE name = %s FOR UPDATE", (MARKS,))
             last_pos = pos = int(row[0])
             if appends:
                 pos = self._appends(conn, appends, last_pos)
@@ -199,6 +227,12 @@ class Writer:
                 self._alone(conn, request, request.work)
             if pos != last_pos:
                 conn.execute("UPDATE positions SET last_pos = %s", (pos,))
+
+    def _marks_transaction(self, conn: Conn, batch: list[Request]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT 1 FROM write_locks WHERE name = %s FOR UPDATE", (MARKS,))
+            for request in batch:
+                self._alone(conn, request, request.work)
 
     def _appends(self, conn: Conn, appends: list[Request], last_pos: int) -> int:
         try:
