@@ -1,6 +1,7 @@
 """The search suite runs on every store that declares Searchable: `store` is parametrized, the
-SQLite store twice: with its indexer held back (every search scans the unindexed tail) and
-with the indexer working at once (`settle` waits until it has indexed everything)."""
+SQLite store with its indexer held back (every search scans the unindexed tail) and with the
+indexer in step (each message indexed in the transaction that stores it; `settle` waits until
+everything is indexed, which in step it already is)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ Settle = Callable[[Store], Awaitable[None]]
 
 
 def held_back(store: SqliteStore) -> SqliteStore:
+    store.indexer.in_step = False
     store.indexer.idle = 3600.0
     store.indexer.max_lag = 1 << 40
     return store

@@ -1,14 +1,25 @@
-"""The search indexer: the writer thread adds messages to the FTS5 index (migration 7) behind
-the appends, never inside them.
+"""The search indexer: the writer adds messages to the FTS5 index (migration 7) inside the
+transaction that appends them, and works through older unindexed messages on the side.
 
-Why not in the append's transaction: an FTS5 insert costs 10-15 us a message on the 2-core VM
-(measured: 100-row transactions of 50-character texts, ~6x the message row's own insert),
-which the writer would pay on every message, and the SQLite store's throughput is half the
-memory store's already (shared/performance-notes.md). So the writer indexes when it has been
-idle `idle` seconds (a chunk of `chunk` messages per transaction), and, while it is never idle,
-only once the unindexed tail exceeds `max_lag` messages (then as many per batch as the batch
-appended, so the tail stops growing). Searches stay exact meanwhile: the messages above
-`search_progress.indexed_pos` are matched by a scan (sqlite/search.py).
+In step (`in_step`, the default): once every stored message is indexed, each batch's new
+messages are indexed in the batch's own transaction (`in_transaction`, before COMMIT), so
+`search_progress.indexed_pos` equals `positions.last_pos` at every commit and a search never
+scans an unindexed tail. Measured cost on the 2-core VM: the FTS5 insert is ~7 us a message
+of 4-14 words and ~2 us for the bench's one-token texts; normalizing (relay.search) ~2 us for
+ASCII text, ~15 us for text with accents or CJK. The bench's `search` and `durable` scenarios
+measure it.
+
+Catching up: messages stored while nothing indexed them (a database from before migration 7,
+the bench's prefill, messages another process appended, an in-step step that failed) form an
+unindexed tail above indexed_pos. The writer indexes it in chunks of `chunk` messages, one
+transaction each: back to back while no request waits (after `idle` seconds without one), and,
+while requests keep coming, `catch_up` messages more than each batch appended, so the tail
+shrinks under any load. Once a chunk comes back short, the index has caught up and in-step
+indexing starts. Searches stay exact meanwhile: the tail is matched by a scan (sqlite/search.py).
+
+With `in_step` off (tests of the scan; the bench's prefill, which leaves indexing to the relay)
+only the deferred indexing runs, after `idle` seconds without a request, or once the tail
+exceeds `max_lag` messages (then as many per batch as the batch appended).
 
 Invariants:
 - every message with pos <= indexed_pos has its row in `message_search` when its text has a
@@ -18,79 +29,144 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+from typing import Final
 
 from attrs import define, field
 
 from relay.search.normalize import index_text
+from relay.store.sqlite.rows import describe
 from relay.store.sqlite.search import conversation_token
+
+log = logging.getLogger("relay.store")
+
+_SELECT: Final = "SELECT pos, text, conversation FROM messages WHERE pos > ? ORDER BY pos LIMIT ?"
+_INSERT: Final = "INSERT INTO message_search (rowid, body, conv) VALUES (?, ?, ?)"
 
 
 @define
 class SearchIndexer:
-    """Indexes messages in chunks, each in its own transaction (writer thread only)."""
+    """Indexes messages for search (writer thread only)."""
 
     chunk: int = 500  # ~6 ms of work on the 2-core VM: what a request arriving meanwhile waits
     max_lag: int = 100_000
     idle: float = 0.05
-    # whether messages may wait to be indexed (set by every batch, cleared by a short chunk)
+    in_step: bool = True
+    catch_up: int = 100  # tail messages indexed after each batch while catching up under load
+    # whether unindexed messages may exist (cleared by a short chunk or an in-step step)
     _pending: bool = field(default=True, init=False)
     _lag: int = field(default=0, init=False)  # messages appended since the last short chunk
+    # the last thing done was a full idle chunk: the next one follows without waiting
+    _streak: bool = field(default=False, init=False)
 
     @property
     def pending(self) -> bool:
         return self._pending
 
-    def appended(self, count: int) -> None:
-        """The writer committed a batch that appended `count` messages."""
-        if count:
+    def start(self, conn: sqlite3.Connection) -> None:
+        """At the writer's start: whether the store's file has an unindexed tail."""
+        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
+        self._pending = indexed < last
+
+    def steps(self) -> bool:
+        """Whether the open batch's transaction indexes the messages it appends."""
+        return self.in_step and not self._pending
+
+    def in_transaction(self, conn: sqlite3.Connection, appended: int) -> bool:
+        """Index the messages above indexed_pos inside the writer's open transaction (called
+        before COMMIT when `steps()`; `appended`: how many the batch appended). On an SQLite
+        error the step is undone and the messages are left to the catch-up (pending again).
+        Returns False only when SQLite undid the whole transaction (then nothing of the batch
+        stands, and the writer fails it)."""
+        try:
+            conn.execute("SAVEPOINT search_index")
+            size = appended + self.catch_up
+            if _index(conn, size) == size:  # more than the batch was unindexed: catch up
+                self._pending = True
+            conn.execute("RELEASE search_index")
+            return True
+        except sqlite3.Error as exc:
+            log.warning("search indexing in step failed, catching up later: %s", describe(exc))
+            self._pending = True
+            if not conn.in_transaction:
+                return False
+            try:
+                conn.execute("ROLLBACK TO search_index")
+                conn.execute("RELEASE search_index")
+            except sqlite3.Error:
+                conn.execute("ROLLBACK")
+                return False
+            return True
+
+    def appended(self, count: int, stepped: bool) -> None:
+        """The writer committed a batch that appended `count` messages (indexed in its
+        transaction when `stepped`)."""
+        self._streak = False
+        if count and not stepped:
             self._pending = True
             self._lag += count
 
-    def lagging(self) -> bool:
-        """Whether the writer must index now even though requests wait (the tail is too long)."""
-        return self._pending and self._lag > self.max_lag
+    def after_batch(self, appended: int) -> int | None:
+        """How many messages the writer indexes after a batch that appended `appended` but did
+        not index them (in a transaction of its own), or None: while catching up in step, those
+        and `catch_up` more; else those once the tail is longer than `max_lag`, so it stops
+        growing."""
+        if not self._pending or not appended:
+            return None
+        if self.in_step:
+            return appended + self.catch_up
+        return appended if self._lag > self.max_lag else None
 
     def run_chunk(self, conn: sqlite3.Connection, size: int | None = None) -> int:
         """Index up to `size` (default `chunk`) messages above indexed_pos in one transaction;
         returns how many messages it read. A short chunk means the index has caught up."""
+        idle = size is None  # the writer had nothing else to do: the next chunk follows
         size = self.chunk if size is None else max(size, 1)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
-            rows = conn.execute(
-                "SELECT pos, text, conversation FROM messages WHERE pos > ? ORDER BY pos LIMIT ?",
-                (indexed, size),
-            ).fetchall()
-            bodies = [
-                (pos, body, conversation_token(conversation))
-                for pos, text, conversation in rows
-                if (body := index_text(text))
-            ]
-            if bodies:
-                conn.executemany(
-                    "INSERT INTO message_search (rowid, body, conv) VALUES (?, ?, ?)", bodies
-                )
-            if len(rows) == size:
-                upto = rows[-1][0]
-            else:  # everything is indexed: up to the last pos ever given
-                (upto,) = conn.execute("SELECT last_pos FROM positions").fetchone()
-            if upto > indexed:
-                conn.execute("UPDATE search_progress SET indexed_pos = ?", (upto,))
+            read = _index(conn, size)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        if len(rows) < size:
+        if read < size:
             self._pending = False
             self._lag = 0
+            self._streak = False
         else:
-            self._lag = max(self._lag - len(rows), 0)
-        return len(rows)
+            self._lag = max(self._lag - read, 0)
+            self._streak = idle
+        return read
 
     def timeout(self, retention_due: float | None) -> float | None:
-        """How long the writer may wait for a request before it has idle work to do."""
+        """How long the writer may wait for a request before it has idle work to do: none
+        between catch-up chunks, `idle` after a batch."""
         if not self._pending:
             return retention_due
-        return self.idle if retention_due is None else min(self.idle, retention_due)
+        wait = 0.0 if self._streak else self.idle
+        return wait if retention_due is None else min(wait, retention_due)
+
+
+def _index(conn: sqlite3.Connection, size: int) -> int:
+    """Index up to `size` messages above indexed_pos in the open transaction and move it on;
+    returns how many were read. Fewer than `size` means every message is indexed: indexed_pos
+    then moves to the last pos ever given."""
+    (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+    rows = conn.execute(_SELECT, (indexed, size)).fetchall()
+    bodies = [
+        (pos, body, conversation_token(conversation))
+        for pos, text, conversation in rows
+        if (body := index_text(text))
+    ]
+    if bodies:
+        conn.executemany(_INSERT, bodies)
+    if len(rows) < size:  # everything is indexed: up to the last pos ever given
+        (upto,) = conn.execute("SELECT last_pos FROM positions").fetchone()
+    else:
+        upto = rows[-1][0] if rows else indexed
+    if upto > indexed:
+        conn.execute("UPDATE search_progress SET indexed_pos = ?", (upto,))
+    return len(rows)
