@@ -110,6 +110,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE messages ADD COLUMN attachments TEXT
     """,
+    # 4: search (relay/store/postgres/search.py): each message's tsvector of relay.search
+    # tokens ('' for none; NULL: not computed yet, for rows stored before this version, which
+    # the store fills in at open, found through the partial index)
+    """
+    ALTER TABLE messages ADD COLUMN search TSVECTOR;
+    CREATE INDEX messages_search ON messages USING GIN (search);
+    CREATE INDEX messages_unsearchable ON messages (pos) WHERE search IS NULL
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -32,8 +32,10 @@ import psycopg
 import trio
 
 import relay.store.postgres.reads as reads
+import relay.store.postgres.search as searches
 import relay.store.postgres.writes as writes
 from relay.errors import StoreError, StoreUnavailable
+from relay.search.query import SearchQuery
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -41,6 +43,7 @@ from relay.store.base import (
     Coverage,
     Group,
     NewMessage,
+    SearchPage,
     StoredMessage,
     Watermarks,
 )
@@ -165,6 +168,13 @@ class PostgresStore:
             raise
         if version == 0:
             log.info("created the relay schema in PostgreSQL")
+        try:
+            filled = searches.backfill(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if filled:
+            log.info("computed the search vectors of %d stored messages", filled)
         return conn
 
     async def close(self) -> None:
@@ -377,6 +387,18 @@ class PostgresStore:
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:
         return await self._read(reads.last_seen, tuple(user_ids))
+
+    # --- search (Searchable; relay.store.postgres.search) ---------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(searches.search, user_id, query, conversation, before, limit)
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:

@@ -34,10 +34,17 @@ _TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
 _ABOVE_ANY: Final = 1 << 62  # above any pos
 #: beyond this many conversations the MATCH does not name them (the join still filters)
 CONVERSATIONS_IN_MATCH: Final = 256
-#: rows holding a token, beyond which a term is common
+#: postings below the walked range, beyond which a query is common
 COMMON: Final = 5000
 #: rows of the user's own messages read for a common term before the index takes over
 SCAN_ROWS: Final = 5000
+#: the first window of positions the index is walked in, newest first (then doubled)
+WINDOW: Final = 4096
+#: positions walked in windows at most before the other ways take over
+WALK: Final = 65536
+#: a user whose conversations hold at most this many messages has them named in the MATCH
+#: at once (their `conv` postings cost ~60 ns each: ~1 ms)
+NAMED: Final = 20_000
 
 
 def conversation_token(conversation: str) -> str:
@@ -45,30 +52,36 @@ def conversation_token(conversation: str) -> str:
     return "c" + hashlib.blake2b(conversation.encode(), digest_size=10).hexdigest()
 
 
-# ?1 the MATCH expression, ?2 the user, ?3 the pos bound (exclusive), ?4 the row limit,
-# ?5 the conversation (when one is named)
+# :q the MATCH expression, :u the user, :high the pos bound (exclusive), :low the lower bound
+# (inclusive), :n the row limit, :c the conversation (when one is named)
 _INDEXED: Final = f"""
     SELECT s.rowid, {_M_COLUMNS}
     FROM message_search AS s
     JOIN messages AS m ON m.pos = s.rowid
-    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = ?2
-    WHERE message_search MATCH ?1 AND s.rowid < ?3 AND m.seq > p.joined_seq {{}}
+    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = :u
+    WHERE message_search MATCH :q AND s.rowid < :high AND s.rowid >= :low
+        AND m.seq > p.joined_seq {{}}
     ORDER BY s.rowid DESC
-    LIMIT ?4
+    LIMIT :n
 """
-# ?1 the user, ?2 indexed_pos, ?3 the pos bound (exclusive), ?4 the conversation
-_TAIL: Final = f"""
+# :u's messages with :low < pos < :high, newest first; {0} how messages meet participants:
+# for the unindexed tail, CROSS JOIN (messages walked by pos as the outer loop: the tail is
+# short in step); for the user's own newest messages, the planner's choice
+_MESSAGES: Final = f"""
     SELECT m.pos, {_M_COLUMNS}
     FROM messages AS m
-    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = ?1
-    WHERE m.pos > ?2 AND m.pos < ?3 AND m.seq > p.joined_seq {{}}
+    {{0}} participants AS p ON p.conversation = m.conversation AND p.user_id = :u
+    WHERE m.pos > :low AND m.pos < :high AND m.seq > p.joined_seq {{1}}
     ORDER BY m.pos DESC
 """
+_ONE: Final = "AND m.conversation = :c"
 _STATEMENTS: Final = {
-    (False, False): _INDEXED.format(""),
-    (False, True): _INDEXED.format("AND m.conversation = ?5"),
-    (True, False): _TAIL.format(""),
-    (True, True): _TAIL.format("AND m.conversation = ?4"),
+    ("index", False): _INDEXED.format(""),
+    ("index", True): _INDEXED.format(_ONE),
+    ("tail", False): _MESSAGES.format("CROSS JOIN", ""),
+    ("tail", True): _MESSAGES.format("CROSS JOIN", _ONE),
+    ("own", False): _MESSAGES.format("JOIN", ""),
+    ("own", True): _MESSAGES.format("JOIN", _ONE),
 }
 
 
@@ -80,44 +93,99 @@ def search(
     before: int | None,
     limit: int,
 ) -> SearchPage:
+    """The page: the unindexed tail scanned (empty in step), then the index, newest first:
+    walked in growing windows of positions (cheap while the user's matches are dense among
+    everyone's, which the newest windows find); below WALK positions, a rare query walks
+    its postings to the end, and a common one names the user's conversations in the MATCH
+    or, for a user in too many to name, scans the user's own newest messages first."""
     limit = max(limit, 0)
     if not query.terms:
         return SearchPage([], [], False)
     bound = _ABOVE_ANY if before is None else before
     (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+    (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
     rows: list[Any] = []
-    if bound > indexed + 1:  # the unindexed tail: scanned whole (the indexer bounds it)
-        rows, _ = _scan(conn, query, user_id, conversation, indexed, bound, limit + 1, None)
+    if last > indexed and bound > indexed + 1:  # the unindexed tail: scanned whole
+        rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, limit + 1, None)
+    body = f"body : ({query.fts5()})"
     high = min(bound, indexed + 1)
-    if len(rows) <= limit:
-        common = not _rare(conn, query)
-        keys = _conversations(conn, user_id, conversation)
-        if common and len(keys) > CONVERSATIONS_IN_MATCH:
-            # a common term and too many conversations to name: the user's own newest
-            # messages find its matches sooner than the term's whole posting list
-            found, stopped = _scan(
-                conn, query, user_id, conversation, 0, high, limit + 1 - len(rows), SCAN_ROWS
-            )
-            rows += found
-            high = stopped if stopped is not None else 0
-        text = f"body : ({query.fts5()})"
-        if common and len(keys) <= CONVERSATIONS_IN_MATCH:
-            named = " OR ".join(f'"{conversation_token(k)}"' for k in keys or [""])
-            text = f"conv : ({named}) AND {text}"
-        if len(rows) <= limit and high > 1:
-            params = (text, user_id, high, limit + 1 - len(rows))
-            named_one = conversation is not None
-            rows += conn.execute(
-                _STATEMENTS[False, named_one], (*params, conversation)[: 4 + named_one]
-            ).fetchall()
+    low, window = high, WINDOW
+    keys = _conversations(conn, user_id, conversation)
+    if len(keys) <= CONVERSATIONS_IN_MATCH and _messages_in(conn, keys) <= NAMED:
+        body = _named(keys, body)  # few messages of the user's: their postings are the cost
+        low = 0
+    while len(rows) <= limit and low > 1 and high - low < WALK:
+        below = max(low - window, 1)
+        rows += _indexed(conn, body, user_id, conversation, low, below, limit + 1 - len(rows))
+        low, window = below, window * 2
+    if len(rows) <= limit and low > 1:
+        if _postings(conn, body, low) > COMMON:
+            if len(keys) > CONVERSATIONS_IN_MATCH:
+                # too many conversations to name: the user's own newest messages find the
+                # matches sooner than the term's whole posting list
+                need = limit + 1 - len(rows)
+                found, stopped = _scan(
+                    conn, "own", query, user_id, conversation, 0, low, need, SCAN_ROWS
+                )
+                rows += found
+                low = stopped if stopped is not None else 0
+            else:
+                body = _named(keys, body)
+        if len(rows) <= limit and low > 1:
+            rows += _indexed(conn, body, user_id, conversation, low, 0, limit + 1 - len(rows))
+    elif len(rows) <= limit and low == 0:
+        rows += _indexed(conn, body, user_id, conversation, high, 0, limit + 1 - len(rows))
     page = rows[:limit]
     return SearchPage(
         [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
     )
 
 
+def _indexed(
+    conn: sqlite3.Connection,
+    body: str,
+    user_id: str,
+    conversation: str | None,
+    high: int,
+    low: int,
+    need: int,
+) -> list[Any]:
+    """Up to `need` of the user's messages with low <= pos < high that the index matches."""
+    params = {"q": body, "u": user_id, "high": high, "low": low, "n": need, "c": conversation}
+    return conn.execute(_STATEMENTS["index", conversation is not None], params).fetchall()
+
+
+def _named(keys: list[str], body: str) -> str:
+    """`body` restricted to the conversations `keys` (their `conv` tokens)."""
+    named = " OR ".join(f'"{conversation_token(k)}"' for k in keys or [""])
+    return f"conv : ({named}) AND {body}"
+
+
+def _messages_in(conn: sqlite3.Connection, keys: list[str]) -> int:
+    """About how many messages the conversations `keys` hold (their last seqs)."""
+    if not keys:
+        return 0
+    (count,) = conn.execute(
+        "SELECT COALESCE(SUM(last_seq), 0) FROM conversations WHERE conversation IN "
+        f"({', '.join('?' * len(keys))})",
+        keys,
+    ).fetchone()
+    return int(count)
+
+
+def _postings(conn: sqlite3.Connection, body: str, high: int) -> int:
+    """Rows below `high` the MATCH `body` finds, counted up to COMMON + 1."""
+    (count,) = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM message_search "
+        "WHERE message_search MATCH ? AND rowid < ? LIMIT ?)",
+        (body, high, max(COMMON, 0) + 1),
+    ).fetchone()
+    return int(count)
+
+
 def _scan(
     conn: sqlite3.Connection,
+    kind: str,
     query: SearchQuery,
     user_id: str,
     conversation: str | None,
@@ -126,13 +194,14 @@ def _scan(
     need: int,
     most: int | None,
 ) -> tuple[list[Any], int | None]:
-    """The user's messages with low < pos < high, newest first, matched by the scan matcher:
+    """The user's messages with low < pos < high, newest first (`kind`: "tail" or "own", the
+    statement), matched by the scan matcher:
     up to `need` matches, reading at most `most` rows (None: no bound). Returns the matches and,
     when it stopped at the bound, the pos it stopped at (the rows below it are not read)."""
-    named = conversation is not None
-    params = (user_id, low, high, conversation)[: 3 + named]
+    params = {"u": user_id, "low": low, "high": high, "c": conversation}
     found: list[Any] = []
-    for read, row in enumerate(conn.execute(_STATEMENTS[True, named], params), start=1):
+    statement = _STATEMENTS[kind, conversation is not None]
+    for read, row in enumerate(conn.execute(statement, params), start=1):
         if query.matches(tokens(row[_TEXT])):
             found.append(row)
             if len(found) >= need:
@@ -153,16 +222,3 @@ def _conversations(conn: sqlite3.Connection, user_id: str, conversation: str | N
             (user_id, CONVERSATIONS_IN_MATCH + 1),
         )
     ]
-
-
-def _rare(conn: sqlite3.Connection, query: SearchQuery) -> bool:
-    """Whether some term of the query is in at most COMMON rows (a prefix counts as common)."""
-    for term in query.terms:
-        words = term.words[:-1] if term.prefix else term.words
-        for word in words:
-            row = conn.execute(
-                "SELECT doc FROM message_search_terms WHERE term = ?", (word,)
-            ).fetchone()
-            if row is None or row[0] <= COMMON:
-                return True
-    return False
