@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import orjson
 from attrs import define, field
@@ -28,9 +29,23 @@ from relay.protocol import SearchFrame, encode_search_result
 from relay.store.base import (
     Searchable,
     StoredMessage,
+    Watermarks,
     direct_conversation,
     group_conversation,
 )
+
+
+@runtime_checkable
+class WatermarksMany(Protocol):
+    """A store that reads the watermarks of several conversations in one read (the SQLite and
+    PostgreSQL stores: one worker-thread round trip for a page's statuses, not one per
+    conversation; each costs a pass of the event loop, ~10 ms on a loaded relay)."""
+
+    async def member_watermarks_many(
+        self, conversations: Sequence[str]
+    ) -> dict[str, dict[str, Watermarks]]:
+        """Store.member_watermarks of each conversation."""
+        ...
 
 
 @define(eq=False, init=False)
@@ -88,12 +103,19 @@ class Search:
         """The `status` of each item, as history gives it (see core/history.py)."""
         statuses = ["delivered"] * len(messages)
         covered: dict[str, tuple[int, int] | None] = {}  # conversation -> (delivered, read)
+        store = self._ctx.store
+        own = list(dict.fromkeys(m.conversation for m in messages if m.sender_id == user))
+        known = (
+            await store.member_watermarks_many(own)
+            if own and isinstance(store, WatermarksMany)
+            else {}
+        )
         for i, message in enumerate(messages):
             if message.sender_id != user:
                 continue
             key = message.conversation
             if key not in covered:
-                marks = await self._ctx.store.member_watermarks(key)
+                marks = known[key] if key in known else await store.member_watermarks(key)
                 others = [w for u, w in marks.items() if u != user]
                 covered[key] = (
                     (min(w.delivered_seq for w in others), min(w.read_seq for w in others))

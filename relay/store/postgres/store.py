@@ -360,6 +360,15 @@ class PostgresStore:
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
         return await self._read(reads.member_watermarks, conversation)
 
+    async def member_watermarks_many(
+        self, conversations: Sequence[str]
+    ) -> dict[str, dict[str, Watermarks]]:
+        """relay.core.search.WatermarksMany: every conversation's in one read."""
+        keys = list(dict.fromkeys(conversations))
+        return await self._read(
+            lambda conn: {key: reads.member_watermarks(conn, key) for key in keys}
+        )
+
     async def coverage(self, sender_id: str, *, limit: int) -> list[Coverage]:
         return await self._read(reads.coverage, sender_id, limit)
 
