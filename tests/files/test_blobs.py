@@ -124,6 +124,7 @@ async def test_a_failed_or_cancelled_upload_leaves_nothing(blobs: BlobStore) -> 
     if isinstance(blobs, LocalBlobStore):
         assert list((blobs.directory / "tmp").iterdir()) == []
     else:
+        assert isinstance(blobs, PostgresBlobStore)
         assert pg_rows(blobs, "SELECT count(*) FROM file_uploads") == 0
 
 
