@@ -108,7 +108,8 @@ def search(
     if last > indexed and bound > indexed + 1:  # the unindexed tail: scanned whole
         rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, limit + 1, None)
     body = f"body : ({query.fts5()})"
-    high = min(bound, indexed + 1)
+    # below the user's newest message: everyone else's newer ones hold no match of theirs
+    high = min(bound, indexed + 1, _newest(conn, user_id, conversation) + 1)
     low, window = high, WINDOW
     keys = _conversations(conn, user_id, conversation)
     if len(keys) <= CONVERSATIONS_IN_MATCH and _messages_in(conn, keys) <= NAMED:
@@ -153,6 +154,24 @@ def _indexed(
     """Up to `need` of the user's messages with low <= pos < high that the index matches."""
     params = {"q": body, "u": user_id, "high": high, "low": low, "n": need, "c": conversation}
     return conn.execute(_STATEMENTS["index", conversation is not None], params).fetchall()
+
+
+def _newest(conn: sqlite3.Connection, user_id: str, conversation: str | None) -> int:
+    """The pos of the newest message of the user's conversations (of `conversation` only,
+    when given; 0 for none)."""
+    if conversation is not None:
+        row = conn.execute(
+            "SELECT c.last_pos FROM participants AS p JOIN conversations AS c "
+            "ON c.conversation = p.conversation WHERE p.user_id = ? AND p.conversation = ?",
+            (user_id, conversation),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "SELECT MAX(c.last_pos) FROM participants AS p JOIN conversations AS c "
+            "ON c.conversation = p.conversation WHERE p.user_id = ?",
+            (user_id,),
+        ).fetchone()
+    return int(row[0]) if row is not None and row[0] is not None else 0
 
 
 def _named(keys: list[str], body: str) -> str:

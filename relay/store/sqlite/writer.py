@@ -136,7 +136,7 @@ class Writer:
                     return
                 if self.retention.seconds_until_due() == 0 and self.requests.empty():
                     self._retention()
-                elif not self._stepped and (size := self.indexer.after_batch(appended)):
+                elif size := self.indexer.after_batch(appended):
                     self._index(size)
         finally:
             self._fail_queued()
