@@ -59,6 +59,12 @@ plain message); such a message's `text` is '' so the search indexer finds nothin
 
 Version 10: `messages.attachments`, the files a message carries as the JSON text of their list
 of {fileId, name, size, mime, sha256} (NULL for none); `text` is '' when it has none.
+
+Version 11: `search_terms`, every token the `body` of `message_search` holds (a superset: a
+token stays once its messages are gone), written in the transaction that indexes it
+(sqlite/indexer.py). A prefix query (`run*`) is expanded through it to an OR of the tokens
+(sqlite/search.py): FTS5's own prefix query merges the whole posting lists of every such token
+before it returns a row (27 ms for `run*` over 1M messages, against 0.2 ms for the OR).
 """
 
 from __future__ import annotations
@@ -215,6 +221,14 @@ MIGRATIONS: tuple[str, ...] = (
     # 10: the files a message carries, its resolved attachment list as JSON text
     """
     ALTER TABLE messages ADD COLUMN attachments TEXT;
+    """,
+    # 11: the search index's vocabulary (see the module docstring)
+    """
+    CREATE TABLE search_terms (term TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE temp.search_terms_by_column USING fts5vocab(main, message_search, col);
+    INSERT OR IGNORE INTO search_terms (term)
+        SELECT term FROM temp.search_terms_by_column WHERE col = 'body';
+    DROP TABLE temp.search_terms_by_column;
     """,
 )
 

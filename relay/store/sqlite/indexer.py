@@ -43,6 +43,41 @@ log = logging.getLogger("relay.store")
 
 _SELECT: Final = "SELECT pos, text, conversation FROM messages WHERE pos > ? ORDER BY pos LIMIT ?"
 _INSERT: Final = "INSERT INTO message_search (rowid, body, conv) VALUES (?, ?, ?)"
+_TERM: Final = "INSERT OR IGNORE INTO search_terms (term) VALUES (?)"
+
+
+@define
+class Vocabulary:
+    """Which tokens `search_terms` (migration 11) holds, as far as this writer knows: every
+    token it indexes is inserted there in the same transaction, unless known already. `known`
+    holds only committed tokens (those of a transaction still open are `staged`, and dropped
+    with it), and is cleared when it exceeds `most` (then rebuilt from what is indexed: the
+    frequent tokens come back at once)."""
+
+    most: int = 200_000
+    _known: set[str] = field(factory=set, init=False)
+    _staged: set[str] = field(factory=set, init=False)
+
+    def add(self, conn: sqlite3.Connection, bodies: list[str]) -> None:
+        known, staged = self._known, self._staged
+        fresh = {
+            token
+            for body in bodies
+            for token in body.split(" ")
+            if token not in known and token not in staged
+        }
+        if fresh:
+            conn.executemany(_TERM, [(token,) for token in fresh])
+            staged |= fresh
+
+    def committed(self) -> None:
+        if len(self._known) + len(self._staged) > self.most:
+            self._known.clear()
+        self._known |= self._staged
+        self._staged.clear()
+
+    def rolled_back(self) -> None:
+        self._staged.clear()
 
 
 @define
@@ -59,6 +94,7 @@ class SearchIndexer:
     _lag: int = field(default=0, init=False)  # messages appended since the last short chunk
     # the last thing done was a full idle chunk: the next one follows without waiting
     _streak: bool = field(default=False, init=False)
+    vocabulary: Vocabulary = field(factory=Vocabulary)
 
     @property
     def pending(self) -> bool:
@@ -76,20 +112,24 @@ class SearchIndexer:
 
     def in_transaction(self, conn: sqlite3.Connection, appended: int) -> bool:
         """Index the messages above indexed_pos inside the writer's open transaction (called
-        before COMMIT when `steps()`; `appended`: how many the batch appended). On an SQLite
+        before COMMIT when `steps()`; `appended`: how many the batch appended; the writer then
+        says whether it `committed()` or `rolled_back()`). On an SQLite
         error the step is undone and the messages are left to the catch-up (pending again).
         Returns False only when SQLite undid the whole transaction (then nothing of the batch
         stands, and the writer fails it)."""
         try:
             conn.execute("SAVEPOINT search_index")
             size = appended + self.catch_up
-            if _index(conn, size) == size:  # more than the batch was unindexed: catch up
+            if (
+                _index(conn, size, self.vocabulary) == size
+            ):  # more than the batch was unindexed: catch up
                 self._pending = True
             conn.execute("RELEASE search_index")
             return True
         except sqlite3.Error as exc:
             log.warning("search indexing in step failed, catching up later: %s", describe(exc))
             self._pending = True
+            self.vocabulary.rolled_back()
             if not conn.in_transaction:
                 return False
             try:
@@ -99,6 +139,14 @@ class SearchIndexer:
                 conn.execute("ROLLBACK")
                 return False
             return True
+
+    def committed(self) -> None:
+        """The writer's transaction committed."""
+        self.vocabulary.committed()
+
+    def rolled_back(self) -> None:
+        """The writer's transaction did not commit."""
+        self.vocabulary.rolled_back()
 
     def appended(self, count: int, stepped: bool) -> None:
         """The writer committed a batch that appended `count` messages (indexed in its
@@ -126,12 +174,14 @@ class SearchIndexer:
         size = self.chunk if size is None else max(size, 1)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            read = _index(conn, size)
+            read = _index(conn, size, self.vocabulary)
             conn.execute("COMMIT")
         except BaseException:
+            self.vocabulary.rolled_back()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self.vocabulary.committed()
         if read < size:
             self._pending = False
             self._lag = 0
@@ -150,10 +200,10 @@ class SearchIndexer:
         return wait if retention_due is None else min(wait, retention_due)
 
 
-def _index(conn: sqlite3.Connection, size: int) -> int:
-    """Index up to `size` messages above indexed_pos in the open transaction and move it on;
-    returns how many were read. Fewer than `size` means every message is indexed: indexed_pos
-    then moves to the last pos ever given."""
+def _index(conn: sqlite3.Connection, size: int, vocabulary: Vocabulary) -> int:
+    """Index up to `size` messages above indexed_pos in the open transaction (their tokens
+    into `search_terms` too) and move it on; returns how many were read. Fewer than `size`
+    means every message is indexed: indexed_pos then moves to the last pos ever given."""
     (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
     rows = conn.execute(_SELECT, (indexed, size)).fetchall()
     bodies = [
@@ -163,6 +213,7 @@ def _index(conn: sqlite3.Connection, size: int) -> int:
     ]
     if bodies:
         conn.executemany(_INSERT, bodies)
+        vocabulary.add(conn, [body for _, body, _ in bodies])
     if len(rows) < size:  # everything is indexed: up to the last pos ever given
         (upto,) = conn.execute("SELECT last_pos FROM positions").fetchone()
     else:

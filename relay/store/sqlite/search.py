@@ -42,6 +42,9 @@ SCAN_ROWS: Final = 5000
 WINDOW: Final = 4096
 #: positions walked in windows at most before the other ways take over
 WALK: Final = 65536
+#: tokens a prefix is expanded to at most (more: FTS5's own prefix query)
+EXPANDED: Final = 64
+_ABOVE_ANY_CHAR: Final = "\U0010ffff"  # sorts after any text a token may continue with
 #: a user whose conversations hold at most this many messages has them named in the MATCH
 #: at once (their `conv` postings cost ~60 ns each: ~1 ms)
 NAMED: Final = 20_000
@@ -107,7 +110,13 @@ def search(
     rows: list[Any] = []
     if last > indexed and bound > indexed + 1:  # the unindexed tail: scanned whole
         rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, limit + 1, None)
-    body = f"body : ({query.fts5()})"
+    expression = _expression(conn, query)
+    if expression is None:  # a prefix no indexed token begins: only the tail can match
+        page = rows[:limit]
+        return SearchPage(
+            [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
+        )
+    body = f"body : ({expression})"
     # below the user's newest message: everyone else's newer ones hold no match of theirs
     high = min(bound, indexed + 1, _newest(conn, user_id, conversation) + 1)
     low, window = high, WINDOW
@@ -154,6 +163,30 @@ def _indexed(
     """Up to `need` of the user's messages with low <= pos < high that the index matches."""
     params = {"q": body, "u": user_id, "high": high, "low": low, "n": need, "c": conversation}
     return conn.execute(_STATEMENTS["index", conversation is not None], params).fetchall()
+
+
+def _expression(conn: sqlite3.Connection, query: SearchQuery) -> str | None:
+    """The FTS5 MATCH expression of `query` (SearchQuery.fts5), a one-word prefix term
+    expanded to the OR of the tokens it begins (search_terms, migration 11: every indexed
+    token is there), when at most EXPANDED; None when no indexed token begins one."""
+    terms: list[str] = []
+    for term in query.terms:
+        if term.prefix and len(term.words) == 1:
+            start = term.words[0]
+            found = [
+                word
+                for (word,) in conn.execute(
+                    "SELECT term FROM search_terms WHERE term >= ? AND term < ? LIMIT ?",
+                    (start, start + _ABOVE_ANY_CHAR, EXPANDED + 1),
+                )
+            ]
+            if not found:
+                return None
+            if len(found) <= EXPANDED:
+                terms.append("(" + " OR ".join(f'"{word}"' for word in found) + ")")
+                continue
+        terms.append(term.fts5())
+    return " AND ".join(terms)
 
 
 def _newest(conn: sqlite3.Connection, user_id: str, conversation: str | None) -> int:

@@ -198,6 +198,7 @@ class Writer:
                 stats.commit_seconds.observe(time.monotonic() - began)
                 stats.commit_size.observe(sum(r.weight for r in batch))
         except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
+            self.indexer.rolled_back()
             for request in batch:
                 if request.error is None:
                     request.result = None
@@ -285,11 +286,13 @@ class Writer:
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.Error as exc:
+                    self.indexer.rolled_back()
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     self._known.clear()
                     self._fail(done, f"commit failed: {describe(exc)}")
                     return
+                self.indexer.committed()
                 if staged is not None:
                     self._known.update(staged)
                 if self.checkpointer is not None:
