@@ -117,12 +117,13 @@ def search(
             [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
         )
     body = f"body : ({expression})"
+    count, held, newest = _reach(conn, user_id, conversation)
     # below the user's newest message: everyone else's newer ones hold no match of theirs
-    high = min(bound, indexed + 1, _newest(conn, user_id, conversation) + 1)
+    high = min(bound, indexed + 1, newest + 1)
     low, window = high, WINDOW
-    keys = _conversations(conn, user_id, conversation)
-    if len(keys) <= CONVERSATIONS_IN_MATCH and _messages_in(conn, keys) <= NAMED:
-        body = _named(keys, body)  # few messages of the user's: their postings are the cost
+    if count <= CONVERSATIONS_IN_MATCH and held <= NAMED:
+        # few messages of the user's: their postings are the cost
+        body = _named(_conversations(conn, user_id, conversation), body)
         low = 0
     while len(rows) <= limit and low > 1 and high - low < WALK:
         below = max(low - window, 1)
@@ -130,7 +131,7 @@ def search(
         low, window = below, window * 2
     if len(rows) <= limit and low > 1:
         if _postings(conn, body, low) > COMMON:
-            if len(keys) > CONVERSATIONS_IN_MATCH:
+            if count > CONVERSATIONS_IN_MATCH:
                 # too many conversations to name: the user's own newest messages find the
                 # matches sooner than the term's whole posting list
                 need = limit + 1 - len(rows)
@@ -140,7 +141,7 @@ def search(
                 rows += found
                 low = stopped if stopped is not None else 0
             else:
-                body = _named(keys, body)
+                body = _named(_conversations(conn, user_id, conversation), body)
         if len(rows) <= limit and low > 1:
             rows += _indexed(conn, body, user_id, conversation, low, 0, limit + 1 - len(rows))
     elif len(rows) <= limit and low == 0:
@@ -189,40 +190,24 @@ def _expression(conn: sqlite3.Connection, query: SearchQuery) -> str | None:
     return " AND ".join(terms)
 
 
-def _newest(conn: sqlite3.Connection, user_id: str, conversation: str | None) -> int:
-    """The pos of the newest message of the user's conversations (of `conversation` only,
-    when given; 0 for none)."""
-    if conversation is not None:
-        row = conn.execute(
-            "SELECT c.last_pos FROM participants AS p JOIN conversations AS c "
-            "ON c.conversation = p.conversation WHERE p.user_id = ? AND p.conversation = ?",
-            (user_id, conversation),
-        ).fetchone()
-    else:
-        row = conn.execute(
-            "SELECT MAX(c.last_pos) FROM participants AS p JOIN conversations AS c "
-            "ON c.conversation = p.conversation WHERE p.user_id = ?",
-            (user_id,),
-        ).fetchone()
-    return int(row[0]) if row is not None and row[0] is not None else 0
+def _reach(
+    conn: sqlite3.Connection, user_id: str, conversation: str | None
+) -> tuple[int, int, int]:
+    """The user's conversations (`conversation` only, when given): how many, about how many
+    messages they hold (their last seqs), and the pos of the newest (0: none)."""
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(c.last_seq), 0), COALESCE(MAX(c.last_pos), 0) "
+        "FROM participants AS p JOIN conversations AS c ON c.conversation = p.conversation "
+        "WHERE p.user_id = ?1 AND (?2 IS NULL OR p.conversation = ?2)",
+        (user_id, conversation),
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
 
 
 def _named(keys: list[str], body: str) -> str:
     """`body` restricted to the conversations `keys` (their `conv` tokens)."""
     named = " OR ".join(f'"{conversation_token(k)}"' for k in keys or [""])
     return f"conv : ({named}) AND {body}"
-
-
-def _messages_in(conn: sqlite3.Connection, keys: list[str]) -> int:
-    """About how many messages the conversations `keys` hold (their last seqs)."""
-    if not keys:
-        return 0
-    (count,) = conn.execute(
-        "SELECT COALESCE(SUM(last_seq), 0) FROM conversations WHERE conversation IN "
-        f"({', '.join('?' * len(keys))})",
-        keys,
-    ).fetchone()
-    return int(count)
 
 
 def _postings(conn: sqlite3.Connection, body: str, high: int) -> int:
