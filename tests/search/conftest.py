@@ -64,6 +64,8 @@ async def store(
     # user in too many to name, their newest messages scanned first (a few rows only)
     if request.param.startswith("sqlite-index-"):
         monkeypatch.setattr(sqlite_search, "NAMED", -1)
+    if request.param == "sqlite-index-windows":  # FTS5's own prefix query, not the expansion
+        monkeypatch.setattr(sqlite_search, "EXPANDED", 0)
     if request.param in ("sqlite-index-rare", "sqlite-index-named", "sqlite-index-walk"):
         monkeypatch.setattr(sqlite_search, "WINDOW", 1)
         monkeypatch.setattr(sqlite_search, "WALK", 3)

@@ -222,6 +222,7 @@ async def test_a_version_6_database_is_indexed_once_opened(
         assert await texts_found(store, "b", "grusse koln") == ["Grüße aus Köln"]
         await wait_indexed(path)
         assert await texts_found(store, "b", "タワー") == ["東京タワー"]
+        assert await texts_found(store, "b", "köl*") == ["Grüße aus Köln"]
         await put(store, msg("b", "a", text="koln again"))
         assert await texts_found(store, "a", "koln") == ["koln again", "Grüße aus Köln"]
     finally:

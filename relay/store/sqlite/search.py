@@ -9,14 +9,22 @@ so the answer does not depend on how far the indexer has come, and equals the me
 
 The user's own conversations are their `participants` rows: both users of a 1:1, the current
 members of a group, whose `joined_seq` bounds what they see of it (the messages after they last
-joined). The index also holds each message's conversation as a token (`conv`). A query with a
-rare term (in at most COMMON rows) is answered by the index alone. For one whose every term is
-common, walking the term's posting list through everyone's messages is the cost: the MATCH then
-also names the user's conversations (when at most CONVERSATIONS_IN_MATCH), or, for a user in
-more, the user's own newest messages are scanned first (up to SCAN_ROWS) and the index goes on
-below. Measured on 200k messages in 10k conversations (2,000 users): a word in half the messages
-12.4 ms median / 23 ms max with the index alone, 2.7 / 3.4 ms so; rare words ~0.3 ms either way.
-"""
+joined). The index also holds each message's conversation as a token (`conv`). The cost of a
+page is the postings read before it is full, so the read picks its way (`search`):
+- below the user's newest message only (everyone's newer messages hold none of theirs);
+- a user whose conversations hold at most NAMED messages: the MATCH names them (`conv`), so
+  only their postings are read;
+- else the index is walked newest first in windows of positions (WINDOW, doubled, WALK at
+  most), which finds a page at once when the user's messages are dense among everyone's;
+- below that, a rare query (at most COMMON postings left) walks its postings to the end; a
+  common one names the user's conversations (at most CONVERSATIONS_IN_MATCH), or, for a user
+  in more, scans the user's own newest messages first (up to SCAN_ROWS) and the index goes on.
+A one-word prefix (`run*`) is expanded to the OR of the tokens it begins (`search_terms`,
+migration 11), which FTS5 reads lazily; its own prefix query merges every such token's whole
+posting list first. Measured with the bench's corpus (1M messages, 1,000 conversations of 4
+searching users, and 300k of other users above them): 0.2-0.5 ms for each of the bench's 16
+queries (`run*` 27 ms before the expansion, a common word 20-30 ms before the walk started at
+the user's newest message)."""
 
 from __future__ import annotations
 
