@@ -26,8 +26,10 @@ from relay.core.session import Session
 from relay.fastpath import message_dict
 from relay.ports import Connection
 from relay.protocol import SearchFrame, encode_search_result
+from relay.search.query import SearchQuery
 from relay.store.base import (
     Searchable,
+    SearchPage,
     StoredMessage,
     Watermarks,
     direct_conversation,
@@ -36,15 +38,22 @@ from relay.store.base import (
 
 
 @runtime_checkable
-class WatermarksMany(Protocol):
-    """A store that reads the watermarks of several conversations in one read (the SQLite and
-    PostgreSQL stores: one worker-thread round trip for a page's statuses, not one per
-    conversation; each costs a pass of the event loop, ~10 ms on a loaded relay)."""
+class SearchesMarked(Protocol):
+    """A Searchable store that reads a page and its statuses' watermarks in one read (the SQLite
+    and PostgreSQL stores): one worker-thread round trip per search, where a read per
+    conversation of the page cost a pass of the event loop each (~10 ms on a loaded relay)."""
 
-    async def member_watermarks_many(
-        self, conversations: Sequence[str]
-    ) -> dict[str, dict[str, Watermarks]]:
-        """Store.member_watermarks of each conversation."""
+    async def search_marked(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+        """Searchable.search, and Store.member_watermarks of every conversation of the
+        user's own messages in the page."""
         ...
 
 
@@ -72,11 +81,18 @@ class Search:
             conversation = group_conversation(frame.group_id)
         elif frame.peer_id is not None:
             conversation = direct_conversation(user, frame.peer_id)
-        page = await self._store.search(
-            user, frame.terms, conversation=conversation, before=frame.before, limit=frame.limit
-        )
+        store = self._store
+        known: dict[str, dict[str, Watermarks]] = {}
+        if isinstance(store, SearchesMarked):
+            page, known = await store.search_marked(
+                user, frame.terms, conversation=conversation, before=frame.before, limit=frame.limit
+            )
+        else:
+            page = await store.search(
+                user, frame.terms, conversation=conversation, before=frame.before, limit=frame.limit
+            )
         messages, positions, has_more = page.messages, page.positions, page.has_more
-        statuses = await self._statuses(user, messages)
+        statuses = await self._statuses(user, messages, known)
         answer = encode_search_result(
             messages, statuses, has_more=has_more, cursor=page.next, ref=frame.ref
         )
@@ -99,17 +115,17 @@ class Search:
             )
         ctx.send(conn, session, answer)
 
-    async def _statuses(self, user: str, messages: Sequence[StoredMessage]) -> list[str]:
-        """The `status` of each item, as history gives it (see core/history.py)."""
+    async def _statuses(
+        self,
+        user: str,
+        messages: Sequence[StoredMessage],
+        known: dict[str, dict[str, Watermarks]],
+    ) -> list[str]:
+        """The `status` of each item, as history gives it (see core/history.py); `known`: the
+        watermarks of conversations read already."""
         statuses = ["delivered"] * len(messages)
         covered: dict[str, tuple[int, int] | None] = {}  # conversation -> (delivered, read)
         store = self._ctx.store
-        own = list(dict.fromkeys(m.conversation for m in messages if m.sender_id == user))
-        known = (
-            await store.member_watermarks_many(own)
-            if own and isinstance(store, WatermarksMany)
-            else {}
-        )
         for i, message in enumerate(messages):
             if message.sender_id != user:
                 continue

@@ -338,15 +338,6 @@ class SqliteStore:
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
         return await self._read(reads.member_watermarks, conversation)
 
-    async def member_watermarks_many(
-        self, conversations: Sequence[str]
-    ) -> dict[str, dict[str, Watermarks]]:
-        """relay.core.search.WatermarksMany: every conversation's in one read."""
-        keys = list(dict.fromkeys(conversations))
-        return await self._read(
-            lambda conn: {key: reads.member_watermarks(conn, key) for key in keys}
-        )
-
     async def coverage(self, sender_id: str, *, limit: int) -> list[Coverage]:
         return await self._read(reads.coverage, sender_id, limit)
 
@@ -418,3 +409,21 @@ class SqliteStore:
         limit: int = 20,
     ) -> SearchPage:
         return await self._read(searches.search, user_id, query, conversation, before, limit)
+
+    async def search_marked(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+        """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
+
+        def work(conn: sqlite3.Connection) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+            page = searches.search(conn, user_id, query, conversation, before, limit)
+            own = dict.fromkeys(m.conversation for m in page.messages if m.sender_id == user_id)
+            return page, {key: reads.member_watermarks(conn, key) for key in own}
+
+        return await self._read(work)
