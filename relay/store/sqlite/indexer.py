@@ -54,7 +54,7 @@ class Vocabulary:
     with it), and is cleared when it exceeds `most` (then rebuilt from what is indexed: the
     frequent tokens come back at once)."""
 
-    most: int = 200_000
+    most: int = 50_000  # ~5 MB of strings at most; the frequent tokens hit it
     _known: set[str] = field(factory=set, init=False)
     _staged: set[str] = field(factory=set, init=False)
 
