@@ -24,7 +24,10 @@ exceeds `max_lag` messages (then as many per batch as the batch appended).
 Invariants:
 - every message with pos <= indexed_pos has its row in `message_search` when its text has a
   token (a message deleted before it was indexed has none, as the trigger would have left it);
-- indexed_pos only moves forward, in the transaction that indexed up to it.
+- indexed_pos only moves forward, in the transaction that indexed up to it;
+- every token of every indexed body is in `search_terms` (migration 11), inserted in the
+  transaction that indexes it (Vocabulary remembers only committed ones), which makes the
+  prefix expansion of sqlite/search.py exact.
 """
 
 from __future__ import annotations
