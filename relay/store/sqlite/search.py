@@ -28,6 +28,7 @@ the user's newest message)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 from typing import Any, Final
@@ -58,6 +59,7 @@ _ABOVE_ANY_CHAR: Final = "\U0010ffff"  # sorts after any text a token may contin
 NAMED: Final = 20_000
 
 
+@functools.lru_cache(maxsize=16384)  # the writer asks once per message indexed (~1 us saved)
 def conversation_token(conversation: str) -> str:
     """The `conv` token of a conversation: letters and digits only (an FTS5 token)."""
     return "c" + hashlib.blake2b(conversation.encode(), digest_size=10).hexdigest()
