@@ -49,7 +49,8 @@ COMMON: Final = 5000
 SCAN_ROWS: Final = 5000
 #: the first window of positions the index is walked in, newest first (then doubled)
 WINDOW: Final = 4096
-#: positions walked in windows at most before the other ways take over
+#: positions walked in windows before the other ways take over (a window starts while fewer
+#: were walked, so up to about twice as many)
 WALK: Final = 65536
 #: tokens a prefix is expanded to at most (more: FTS5's own prefix query)
 EXPANDED: Final = 64
