@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
-from relay.store.base import SearchPage
+from relay.store.base import SearchPage, Watermarks
 from relay.store.sqlite.rows import COLUMNS, message
 
 _M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
@@ -270,3 +270,24 @@ def _conversations(conn: sqlite3.Connection, user_id: str, conversation: str | N
             (user_id, CONVERSATIONS_IN_MATCH + 1),
         )
     ]
+
+
+def member_watermarks(
+    conn: sqlite3.Connection, conversations: list[str]
+) -> dict[str, dict[str, Watermarks]]:
+    """Store.member_watermarks of each of `conversations` (a page's), in one statement: a
+    statement per conversation was ~10 us each, a third of a search's read."""
+    found: dict[str, dict[str, Watermarks]] = {key: {} for key in conversations}
+    if not conversations:
+        return found
+    rows = conn.execute(
+        "SELECT p.conversation, p.user_id, COALESCE(w.delivered_seq, 0), "
+        "COALESCE(w.read_seq, 0) FROM participants AS p LEFT JOIN watermarks AS w "
+        "ON w.conversation = p.conversation AND w.user_id = p.user_id "
+        f"WHERE p.conversation IN ({', '.join('?' * len(conversations))}) "
+        "ORDER BY p.conversation, p.user_id",
+        conversations,
+    )
+    for key, user, delivered, read in rows:
+        found[key][user] = Watermarks(delivered, read)
+    return found

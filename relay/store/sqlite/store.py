@@ -424,6 +424,6 @@ class SqliteStore:
         def work(conn: sqlite3.Connection) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
             page = searches.search(conn, user_id, query, conversation, before, limit)
             own = dict.fromkeys(m.conversation for m in page.messages if m.sender_id == user_id)
-            return page, {key: reads.member_watermarks(conn, key) for key in own}
+            return page, searches.member_watermarks(conn, list(own))
 
         return await self._read(work)
