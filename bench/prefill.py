@@ -35,7 +35,8 @@ def store_messages(db: Path, messages: Iterable[NewMessage], *, index: bool = Tr
 async def _store(db: Path, messages: Iterable[NewMessage], index: bool) -> int:
     store = SqliteStore(db)
     if not index:
-        # never lagging, never idle long enough: the writer only appends
+        # not in step, never lagging, never idle long enough: the writer only appends
+        store.indexer.in_step = False
         store.indexer.max_lag = 1 << 62
         store.indexer.idle = 1e9
     await store.open()

@@ -434,7 +434,8 @@ class RelayConfig:
         default=None,
         metadata=_help(
             "directory of uploaded files (default: `<db>.files` beside the SQLite file; with "
-            "--memory a temporary directory removed at exit)"
+            "the PostgreSQL store, in its database; with --memory a temporary directory "
+            "removed at exit)"
         ),
     )
 

@@ -1,4 +1,5 @@
-"""Where uploaded files live: the BlobStore Protocol and LocalBlobStore, a directory.
+"""Where uploaded files live: the BlobStore Protocol and LocalBlobStore, a directory (the
+PostgreSQL store's database holds them in relay/store/postgres/blobs.py).
 
 A file is its bytes (the blob) and its FileRecord (who uploaded it, its name, size, type and
 SHA-256). A file exists for readers once its record is stored, which is after its blob is
@@ -97,6 +98,17 @@ class BlobStore(Protocol):
 
     async def readers(self, file_id: str) -> frozenset[str]:
         """The users granted the file (empty: only its uploader reads it)."""
+
+
+@runtime_checkable
+class ForgetsUncarried(Protocol):
+    """A BlobStore that knows which messages carry its files (it shares the store's database):
+    the uploads sweep also deletes the files whose messages are all deleted."""
+
+    async def uncarried(self, *, limit: int = 1000) -> list[str]:
+        """Up to `limit` ids of files granted to readers (a message carried them) that no
+        stored message carries any more."""
+        ...
 
 
 class LocalBlobStore:

@@ -14,7 +14,9 @@
 - Errors are JSON: `{"error": code, "message": text}`.
 - Retention: an upload not sent in a message within UNSENT_TTL (a day) is deleted, by a sweep
   at start and then at most every SWEEP_INTERVAL, made by the upload that finds it due. A file
-  a message carries (one granted to readers) is kept.
+  a message carries (one granted to readers) is kept while the message is; with files in the
+  PostgreSQL store's database (ForgetsUncarried) the sweep also deletes the files whose
+  messages retention deleted.
 
 Invariant: a file's bytes are never held whole in memory (chunks of at most 64 KiB each way).
 """
@@ -32,11 +34,18 @@ from attrs import define, field
 from relay.clock import iso_utc
 from relay.config import RelayConfig
 from relay.core.context import Context
-from relay.files.blobs import BlobStore, FileRecord, LocalBlobStore, new_file_id
+from relay.files.blobs import (
+    BlobStore,
+    FileRecord,
+    ForgetsUncarried,
+    LocalBlobStore,
+    new_file_id,
+)
 from relay.files.names import clean_name, content_disposition
 from relay.files.ranges import Unsatisfiable, byte_range
 from relay.files.sniff import SNIFF_BYTES, content_type
 from relay.files.tokens import HttpTokens
+from relay.store import POSTGRES_SCHEMES
 from relay.transport.httpserver import HttpError, Request, RequestBody, Response, RouteTable
 
 
@@ -87,11 +96,16 @@ class FileService:
 
     @classmethod
     def for_config(cls, config: RelayConfig, tokens: HttpTokens) -> FileService:
-        """Files in `files_dir`, else `<db_path>.files`, else a temporary directory (removed
-        by `close`: a relay keeping nothing keeps no files either)."""
+        """Files in `files_dir`; else, with the PostgreSQL store, in its database (every node
+        on it serves every file); else in `<db_path>.files`; else in a temporary directory
+        (removed by `close`: a relay keeping nothing keeps no files either)."""
         temporary = None
         if config.files_dir is not None:
             directory = config.files_dir
+        elif config.db_path is not None and config.db_path.startswith(POSTGRES_SCHEMES):
+            from relay.store.postgres.blobs import PostgresBlobStore
+
+            return cls(config, PostgresBlobStore(config.db_path), tokens)
         elif config.db_path is not None:
             directory = config.db_path + ".files"
         else:
@@ -109,7 +123,9 @@ class FileService:
         await self.sweep()
 
     async def sweep(self) -> int:
-        """Delete the uploads older than UNSENT_TTL that no message carries; how many went."""
+        """Delete the uploads older than UNSENT_TTL that no message carries and, when the
+        blobs know the messages (ForgetsUncarried), the files whose messages are all deleted;
+        how many went."""
         self._next_sweep = self.tokens.clock() + SWEEP_INTERVAL
         gone = await self.blobs.created_before(iso_utc(self.wall() - UNSENT_TTL))
         deleted = 0
@@ -118,6 +134,11 @@ class FileService:
                 continue
             await self.blobs.delete(file_id)
             deleted += 1
+        if isinstance(self.blobs, ForgetsUncarried):
+            while uncarried := await self.blobs.uncarried(limit=1000):
+                for file_id in uncarried:
+                    await self.blobs.delete(file_id)
+                deleted += len(uncarried)
         return deleted
 
     async def close(self) -> None:

@@ -62,6 +62,12 @@ of {fileId, name, size, mime, sha256} (NULL for none); `text` is '' when it has 
 
 Version 11: `messages.call`, a call record's {callId, media, outcome, durationMs} as its JSON
 text (NULL for any other message); only the relay's calls write one.
+
+Version 12: `search_terms`, every token the `body` of `message_search` holds (a superset: a
+token stays once its messages are gone), written in the transaction that indexes it
+(sqlite/indexer.py). A prefix query (`run*`) is expanded through it to an OR of the tokens
+(sqlite/search.py): FTS5's own prefix query merges the whole posting lists of every such token
+before it returns a row (27 ms for `run*` over 1M messages, against 0.2 ms for the OR).
 """
 
 from __future__ import annotations
@@ -222,6 +228,14 @@ MIGRATIONS: tuple[str, ...] = (
     # 11: a call record's {callId, media, outcome, durationMs}, as JSON text
     """
     ALTER TABLE messages ADD COLUMN call TEXT;
+    """,
+    # 12: the search index's vocabulary (see the module docstring)
+    """
+    CREATE TABLE search_terms (term TEXT PRIMARY KEY) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE temp.search_terms_by_column USING fts5vocab(main, message_search, col);
+    INSERT OR IGNORE INTO search_terms (term)
+        SELECT term FROM temp.search_terms_by_column WHERE col = 'body';
+    DROP TABLE temp.search_terms_by_column;
     """,
 )
 

@@ -1,26 +1,30 @@
 """The search suite runs on every store that declares Searchable: `store` is parametrized, the
-SQLite store twice: with its indexer held back (every search scans the unindexed tail) and
-with the indexer working at once (`settle` waits until it has indexed everything)."""
+SQLite store with its indexer held back (every search scans the unindexed tail) and with the
+indexer in step (each message indexed in the transaction that stores it; `settle` waits until
+everything is indexed, which in step it already is)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from services import fresh_schema, postgres_database
 
 import relay.store.sqlite.search as sqlite_search
 from relay.search import parse_query
 from relay.store.base import Searchable, Store
 from relay.store.memory import MemoryStore
+from relay.store.postgres import PostgresStore
 from relay.store.sqlite import SqliteStore
 
 Settle = Callable[[Store], Awaitable[None]]
 
 
 def held_back(store: SqliteStore) -> SqliteStore:
+    store.indexer.in_step = False
     store.indexer.idle = 3600.0
     store.indexer.max_lag = 1 << 40
     return store
@@ -31,22 +35,49 @@ def eager(store: SqliteStore) -> SqliteStore:
     return store
 
 
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(
-    params=["memory", "sqlite-scan", "sqlite-index", "sqlite-index-named", "sqlite-index-walk"]
+    params=[
+        "memory",
+        "sqlite-scan",
+        "sqlite-index",
+        "sqlite-index-windows",
+        "sqlite-index-rare",
+        "sqlite-index-named",
+        "sqlite-index-walk",
+        "postgres",
+    ]
 )
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Store]:
+    # The SQLite index's ways to a page (sqlite/search.py), each made the one taken: the user's
+    # conversations named in the MATCH at once (their few messages: the default here);
+    # "windows": the index walked newest first in windows of positions; then, below the walked
+    # positions ("rare", "named", "walk": windows of 1 over 3 positions), a rare query's
+    # postings walked on, a common one's MATCH naming the user's conversations, or, as for a
+    # user in too many to name, their newest messages scanned first (a few rows only)
+    if request.param.startswith("sqlite-index-"):
+        monkeypatch.setattr(sqlite_search, "NAMED", -1)
+    if request.param == "sqlite-index-windows":  # FTS5's own prefix query, not the expansion
+        monkeypatch.setattr(sqlite_search, "EXPANDED", 0)
+    if request.param in ("sqlite-index-rare", "sqlite-index-named", "sqlite-index-walk"):
+        monkeypatch.setattr(sqlite_search, "WINDOW", 1)
+        monkeypatch.setattr(sqlite_search, "WALK", 3)
     if request.param in ("sqlite-index-named", "sqlite-index-walk"):
-        # every term counts as common: the MATCH names the user's conversations ("named"), or,
-        # as for a user in too many to name, their newest messages are scanned first, a few
-        # rows only, before the index goes on ("walk")
         monkeypatch.setattr(sqlite_search, "COMMON", -1)
         if request.param == "sqlite-index-walk":
             monkeypatch.setattr(sqlite_search, "CONVERSATIONS_IN_MATCH", 0)
             monkeypatch.setattr(sqlite_search, "SCAN_ROWS", 2)
     if request.param == "memory":
         made: Store = MemoryStore()
+    elif request.param == "postgres":
+        made = PostgresStore(fresh_schema(request.getfixturevalue("pg_database")))
     elif request.param == "sqlite-scan":
         made = held_back(SqliteStore(tmp_path / "r.db"))
     else:

@@ -1,5 +1,6 @@
-"""The SQLite search index (migration 7, sqlite/indexer.py): the writer indexes behind the
-appends, searches are exact whatever it has indexed yet, retention removes from the index, and a
+"""The SQLite search index (migration 7, sqlite/indexer.py): the writer indexes each batch's
+messages in the batch's transaction, catches up with an unindexed tail (under load too),
+searches are exact whatever it has indexed yet, retention removes from the index, and a
 database made before the index existed is indexed once opened."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
-from store_suite import AB, msg, put
+from store_suite import AB, fast_append, msg, put
 
 from relay.search import parse_query
 from relay.store.migrations import MIGRATIONS, _statements
@@ -50,7 +51,9 @@ async def test_indexed_and_unindexed_messages_answer_alike(
         await put(store, *(msg("a", "b", text=f"word {i}") for i in range(4)))
         await wait_indexed(path)
         assert indexed_pos(path) == 4
-        store.indexer.idle = 3600.0  # from now on nothing more is indexed
+        # from now on nothing more is indexed
+        store.indexer.in_step = False
+        store.indexer.idle = 3600.0
         await put(store, *(msg("b", "a", text=f"word {i}") for i in range(4, 7)))
         assert indexed_pos(path) == 4
         expected = [f"word {i}" for i in reversed(range(7))]
@@ -74,6 +77,7 @@ async def test_indexed_and_unindexed_messages_answer_alike(
 async def test_a_writer_that_is_never_idle_indexes_once_it_lags(tmp_path: Path) -> None:
     path = tmp_path / "relay.db"
     store = SqliteStore(path)
+    store.indexer.in_step = False
     store.indexer.idle = 3600.0
     store.indexer.max_lag = 5
     await store.open()
@@ -85,6 +89,76 @@ async def test_a_writer_that_is_never_idle_indexes_once_it_lags(tmp_path: Path) 
         # appended: the unindexed tail stopped growing at 4
         assert indexed_pos(path) == 4
         assert await texts_found(store, "b", "batch") == [f"batch {i} one" for i in (3, 2, 1, 0)]
+    finally:
+        await store.close()
+
+
+def progress(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path)
+    try:
+        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
+        return int(indexed), int(last)
+    finally:
+        conn.close()
+
+
+async def test_in_step_each_batch_is_indexed_in_its_own_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0  # no indexing between batches: only in the appends' own
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b", text=f"step {i}") for i in range(3)))
+        assert progress(path) == (3, 3)
+        await fast_append(store, [[msg("b", "a", text="step 3")], [msg("a", "c", text="none")]])
+        assert progress(path) == (5, 5)
+        assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4, 5]
+        assert await texts_found(store, "a", "step") == [f"step {i}" for i in (3, 2, 1, 0)]
+        # a resend (duplicate) appends nothing and leaves the index as it was
+        await store.append_many([msg("a", "b", id="dup", text="step again")])
+        await store.append_many([msg("a", "b", id="dup", text="step again")])
+        assert progress(path) == (6, 6)
+        assert len(index_rows(path)) == 6
+    finally:
+        await store.close()
+
+
+async def test_a_tail_is_caught_up_while_requests_keep_coming(tmp_path: Path) -> None:
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    store.indexer.in_step = False  # as the bench's prefill: stored, not indexed
+    store.indexer.idle = 3600.0
+    store.indexer.max_lag = 1 << 40
+    await store.open()
+    try:
+        await put(store, *(msg("a", "b", text=f"old {i}") for i in range(10)))
+    finally:
+        await store.close()
+    assert progress(path) == (0, 10)
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0  # never idle: only the catch-up after each batch indexes
+    store.indexer.catch_up = 3
+    await store.open()
+    try:
+
+        async def batch(text: str) -> tuple[int, int]:
+            await put(store, msg("b", "a", text=text))
+            # a write queued behind it runs once the writer has done its work after the batch
+            await store.set_last_seen("a", "2026-01-01T00:00:00.000Z")
+            return progress(path)
+
+        # each batch of one: its message and 3 more of the tail, oldest first
+        assert await batch("new 0") == (4, 11)
+        assert await texts_found(store, "b", "old") == [f"old {i}" for i in reversed(range(10))]
+        assert await batch("new 1") == (8, 12)
+        assert await batch("new 2") == (12, 13)
+        assert await batch("new 3") == (14, 14)  # a short read: caught up
+        # from now on in step: indexed by the commit that stores it
+        await put(store, msg("b", "a", text="new 4"))
+        assert progress(path) == (15, 15)
+        assert await texts_found(store, "a", "new") == [f"new {i}" for i in (4, 3, 2, 1, 0)]
+        assert len(index_rows(path)) == 15
     finally:
         await store.close()
 
@@ -148,6 +222,7 @@ async def test_a_version_6_database_is_indexed_once_opened(
         assert await texts_found(store, "b", "grusse koln") == ["Grüße aus Köln"]
         await wait_indexed(path)
         assert await texts_found(store, "b", "タワー") == ["東京タワー"]
+        assert await texts_found(store, "b", "köl*") == ["Grüße aus Köln"]
         await put(store, msg("b", "a", text="koln again"))
         assert await texts_found(store, "a", "koln") == ["koln again", "Grüße aus Köln"]
     finally:

@@ -62,6 +62,8 @@ async def test_prefix(store: Store, found: Found) -> None:
     assert await found("a", "run*") == ["the runway", "I run", "running late"]
     assert await found("a", "run") == ["I run"]
     assert await found("a", "RUNN*") == ["running late"]
+    assert await found("a", "zzz*") == []
+    assert await found("a", "run* late") == ["running late"]
 
 
 async def test_phrase_and_words(store: Store, found: Found) -> None:

@@ -24,6 +24,7 @@ import orjson
 
 from relay.store.base import Appended, NewMessage, StoredMessage
 from relay.store.postgres.rows import COLUMNS, Conn, message
+from relay.store.postgres.search import search_vector
 
 _FIND: Final = (
     f"SELECT {COLUMNS} FROM messages WHERE (id, sender_id) IN "
@@ -35,10 +36,10 @@ _COUNTERS: Final = (
 _INSERT: Final = (
     "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp, "
     "recipient_id, group_id, sender_name, sender_avatar, client_timestamp, meta, e2e, attachments, "
-    "call) "
+    "call, search) "
     "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
     "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[])"
+    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]::tsvector[])"
 )
 _TIPS: Final = (
     "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
@@ -71,7 +72,7 @@ def append_batch(
             _COUNTERS, (list({m.conversation for m in everything}),)
         ).fetchall()
     }
-    columns: list[list[Any]] = [[] for _ in range(16)]
+    columns: list[list[Any]] = [[] for _ in range(_INSERT.count("%s"))]
     tips: dict[str, tuple[str | None, int, int, str]] = {}
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
@@ -114,6 +115,7 @@ def append_batch(
                     orjson.dumps(m.e2e).decode() if m.e2e is not None else None,
                     orjson.dumps(m.attachments).decode() if m.attachments is not None else None,
                     orjson.dumps(m.call).decode() if m.call is not None else None,
+                    search_vector(m.text),  # indexed in the append's transaction
                 ),
                 strict=True,
             ):

@@ -154,6 +154,47 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE TABLE write_locks (name TEXT PRIMARY KEY);
     INSERT INTO write_locks (name) VALUES ('marks')
     """,
+    # 8: search (relay/store/postgres/search.py): each message's tsvector of relay.search
+    # tokens ('' for none; NULL: not computed yet, for rows stored before this version, which
+    # the store fills in at open, found through the partial index)
+    """
+    ALTER TABLE messages ADD COLUMN search TSVECTOR;
+    CREATE INDEX messages_search ON messages USING GIN (search);
+    CREATE INDEX messages_unsearchable ON messages (pos) WHERE search IS NULL
+    """,
+    # 9: uploaded files (relay/store/postgres/blobs.py): records, bytes in chunks, readers,
+    # and uploads whose bytes are committed before their record
+    """
+    CREATE TABLE files (
+        file_id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        mime TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX files_by_age ON files (created_at);
+    CREATE TABLE file_chunks (
+        file_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (file_id, n)
+    );
+    ALTER TABLE file_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
+    CREATE TABLE file_readers (
+        file_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        PRIMARY KEY (file_id, user_id)
+    );
+    CREATE TABLE file_uploads (
+        file_id TEXT PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL
+    );
+    -- the messages carrying a file: retention of the files of deleted messages
+    CREATE INDEX messages_by_file ON messages USING GIN ((attachments::jsonb) jsonb_path_ops)
+        WHERE attachments IS NOT NULL
+    """,
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

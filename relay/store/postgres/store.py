@@ -35,8 +35,10 @@ import trio
 import relay.store.postgres.keys as keys
 import relay.store.postgres.reads as reads
 import relay.store.postgres.webhooks as webhooks
+import relay.store.postgres.search as searches
 import relay.store.postgres.writes as writes
 from relay.errors import StoreError, StoreUnavailable
+from relay.search.query import SearchQuery
 from relay.store.base import (
     AppendDone,
     Appended,
@@ -46,6 +48,7 @@ from relay.store.base import (
     Group,
     NewMessage,
     OutboxEvent,
+    SearchPage,
     StoredMessage,
     Watermarks,
     WebhookCandidate,
@@ -178,6 +181,13 @@ class PostgresStore:
             raise
         if version == 0:
             log.info("created the relay schema in PostgreSQL")
+        try:
+            filled = searches.backfill(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if filled:
+            log.info("computed the search vectors of %d stored messages", filled)
         return conn
 
     async def close(self) -> None:
@@ -443,6 +453,36 @@ class PostgresStore:
 
     async def webhook_pending(self) -> tuple[int, float | None]:
         return await self._read(webhooks.pending)
+
+    # --- search (Searchable; relay.store.postgres.search) ---------------------------------------
+    async def search(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> SearchPage:
+        return await self._read(searches.search, user_id, query, conversation, before, limit)
+
+    async def search_marked(
+        self,
+        user_id: str,
+        query: SearchQuery,
+        *,
+        conversation: str | None = None,
+        before: int | None = None,
+        limit: int = 20,
+    ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+        """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
+
+        def work(conn: Conn) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+            page = searches.search(conn, user_id, query, conversation, before, limit)
+            own = dict.fromkeys(m.conversation for m in page.messages if m.sender_id == user_id)
+            return page, {key: reads.member_watermarks(conn, key) for key in own}
+
+        return await self._read(work)
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:

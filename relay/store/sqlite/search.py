@@ -9,24 +9,33 @@ so the answer does not depend on how far the indexer has come, and equals the me
 
 The user's own conversations are their `participants` rows: both users of a 1:1, the current
 members of a group, whose `joined_seq` bounds what they see of it (the messages after they last
-joined). The index also holds each message's conversation as a token (`conv`). A query with a
-rare term (in at most COMMON rows) is answered by the index alone. For one whose every term is
-common, walking the term's posting list through everyone's messages is the cost: the MATCH then
-also names the user's conversations (when at most CONVERSATIONS_IN_MATCH), or, for a user in
-more, the user's own newest messages are scanned first (up to SCAN_ROWS) and the index goes on
-below. Measured on 200k messages in 10k conversations (2,000 users): a word in half the messages
-12.4 ms median / 23 ms max with the index alone, 2.7 / 3.4 ms so; rare words ~0.3 ms either way.
-"""
+joined). The index also holds each message's conversation as a token (`conv`). The cost of a
+page is the postings read before it is full, so the read picks its way (`search`):
+- below the user's newest message only (everyone's newer messages hold none of theirs);
+- a user whose conversations hold at most NAMED messages: the MATCH names them (`conv`), so
+  only their postings are read;
+- else the index is walked newest first in windows of positions (WINDOW, doubled, WALK at
+  most), which finds a page at once when the user's messages are dense among everyone's;
+- below that, a rare query (at most COMMON postings left) walks its postings to the end; a
+  common one names the user's conversations (at most CONVERSATIONS_IN_MATCH), or, for a user
+  in more, scans the user's own newest messages first (up to SCAN_ROWS) and the index goes on.
+A one-word prefix (`run*`) is expanded to the OR of the tokens it begins (`search_terms`,
+migration 11), which FTS5 reads lazily; its own prefix query merges every such token's whole
+posting list first. Measured with the bench's corpus (1M messages, 1,000 conversations of 4
+searching users, and 300k of other users above them): 0.2-0.5 ms for each of the bench's 16
+queries (`run*` 27 ms before the expansion, a common word 20-30 ms before the walk started at
+the user's newest message)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import sqlite3
 from typing import Any, Final
 
 from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
-from relay.store.base import SearchPage
+from relay.store.base import SearchPage, Watermarks
 from relay.store.sqlite.rows import COLUMNS, message
 
 _M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
@@ -34,41 +43,59 @@ _TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
 _ABOVE_ANY: Final = 1 << 62  # above any pos
 #: beyond this many conversations the MATCH does not name them (the join still filters)
 CONVERSATIONS_IN_MATCH: Final = 256
-#: rows holding a token, beyond which a term is common
+#: postings below the walked range, beyond which a query is common
 COMMON: Final = 5000
 #: rows of the user's own messages read for a common term before the index takes over
 SCAN_ROWS: Final = 5000
+#: the first window of positions the index is walked in, newest first (then doubled)
+WINDOW: Final = 4096
+#: positions walked in windows before the other ways take over (a window starts while fewer
+#: were walked, so up to about twice as many)
+WALK: Final = 65536
+#: tokens a prefix is expanded to at most (more: FTS5's own prefix query)
+EXPANDED: Final = 64
+_ABOVE_ANY_CHAR: Final = "\U0010ffff"  # sorts after any text a token may continue with
+#: a user whose conversations hold at most this many messages has them named in the MATCH
+#: at once (their `conv` postings cost ~60 ns each: ~1 ms)
+NAMED: Final = 20_000
 
 
+@functools.lru_cache(maxsize=16384)  # the writer asks once per message indexed (~1 us saved)
 def conversation_token(conversation: str) -> str:
     """The `conv` token of a conversation: letters and digits only (an FTS5 token)."""
     return "c" + hashlib.blake2b(conversation.encode(), digest_size=10).hexdigest()
 
 
-# ?1 the MATCH expression, ?2 the user, ?3 the pos bound (exclusive), ?4 the row limit,
-# ?5 the conversation (when one is named)
+# :q the MATCH expression, :u the user, :high the pos bound (exclusive), :low the lower bound
+# (inclusive), :n the row limit, :c the conversation (when one is named)
 _INDEXED: Final = f"""
     SELECT s.rowid, {_M_COLUMNS}
     FROM message_search AS s
     JOIN messages AS m ON m.pos = s.rowid
-    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = ?2
-    WHERE message_search MATCH ?1 AND s.rowid < ?3 AND m.seq > p.joined_seq {{}}
+    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = :u
+    WHERE message_search MATCH :q AND s.rowid < :high AND s.rowid >= :low
+        AND m.seq > p.joined_seq {{}}
     ORDER BY s.rowid DESC
-    LIMIT ?4
+    LIMIT :n
 """
-# ?1 the user, ?2 indexed_pos, ?3 the pos bound (exclusive), ?4 the conversation
-_TAIL: Final = f"""
+# :u's messages with :low < pos < :high, newest first; {0} how messages meet participants:
+# for the unindexed tail, CROSS JOIN (messages walked by pos as the outer loop: the tail is
+# short in step); for the user's own newest messages, the planner's choice
+_MESSAGES: Final = f"""
     SELECT m.pos, {_M_COLUMNS}
     FROM messages AS m
-    JOIN participants AS p ON p.conversation = m.conversation AND p.user_id = ?1
-    WHERE m.pos > ?2 AND m.pos < ?3 AND m.seq > p.joined_seq {{}}
+    {{0}} participants AS p ON p.conversation = m.conversation AND p.user_id = :u
+    WHERE m.pos > :low AND m.pos < :high AND m.seq > p.joined_seq {{1}}
     ORDER BY m.pos DESC
 """
+_ONE: Final = "AND m.conversation = :c"
 _STATEMENTS: Final = {
-    (False, False): _INDEXED.format(""),
-    (False, True): _INDEXED.format("AND m.conversation = ?5"),
-    (True, False): _TAIL.format(""),
-    (True, True): _TAIL.format("AND m.conversation = ?4"),
+    ("index", False): _INDEXED.format(""),
+    ("index", True): _INDEXED.format(_ONE),
+    ("tail", False): _MESSAGES.format("CROSS JOIN", ""),
+    ("tail", True): _MESSAGES.format("CROSS JOIN", _ONE),
+    ("own", False): _MESSAGES.format("JOIN", ""),
+    ("own", True): _MESSAGES.format("JOIN", _ONE),
 }
 
 
@@ -80,44 +107,133 @@ def search(
     before: int | None,
     limit: int,
 ) -> SearchPage:
+    """The page: the unindexed tail scanned (empty in step), then the index, newest first:
+    walked in growing windows of positions (cheap while the user's matches are dense among
+    everyone's, which the newest windows find); below WALK positions, a rare query walks
+    its postings to the end, and a common one names the user's conversations in the MATCH
+    or, for a user in too many to name, scans the user's own newest messages first."""
     limit = max(limit, 0)
     if not query.terms:
         return SearchPage([], [], False)
     bound = _ABOVE_ANY if before is None else before
     (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+    (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
     rows: list[Any] = []
-    if bound > indexed + 1:  # the unindexed tail: scanned whole (the indexer bounds it)
-        rows, _ = _scan(conn, query, user_id, conversation, indexed, bound, limit + 1, None)
-    high = min(bound, indexed + 1)
-    if len(rows) <= limit:
-        common = not _rare(conn, query)
-        keys = _conversations(conn, user_id, conversation)
-        if common and len(keys) > CONVERSATIONS_IN_MATCH:
-            # a common term and too many conversations to name: the user's own newest
-            # messages find its matches sooner than the term's whole posting list
-            found, stopped = _scan(
-                conn, query, user_id, conversation, 0, high, limit + 1 - len(rows), SCAN_ROWS
-            )
-            rows += found
-            high = stopped if stopped is not None else 0
-        text = f"body : ({query.fts5()})"
-        if common and len(keys) <= CONVERSATIONS_IN_MATCH:
-            named = " OR ".join(f'"{conversation_token(k)}"' for k in keys or [""])
-            text = f"conv : ({named}) AND {text}"
-        if len(rows) <= limit and high > 1:
-            params = (text, user_id, high, limit + 1 - len(rows))
-            named_one = conversation is not None
-            rows += conn.execute(
-                _STATEMENTS[False, named_one], (*params, conversation)[: 4 + named_one]
-            ).fetchall()
+    if last > indexed and bound > indexed + 1:  # the unindexed tail: scanned whole
+        rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, limit + 1, None)
+    expression = _expression(conn, query)
+    if expression is None:  # a prefix no indexed token begins: only the tail can match
+        page = rows[:limit]
+        return SearchPage(
+            [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
+        )
+    body = f"body : ({expression})"
+    count, held, newest = _reach(conn, user_id, conversation)
+    # below the user's newest message: everyone else's newer ones hold no match of theirs
+    high = min(bound, indexed + 1, newest + 1)
+    low, window = high, WINDOW
+    if count <= CONVERSATIONS_IN_MATCH and held <= NAMED:
+        # few messages of the user's: their postings are the cost
+        body = _named(_conversations(conn, user_id, conversation), body)
+        low = 0
+    while len(rows) <= limit and low > 1 and high - low < WALK:
+        below = max(low - window, 1)
+        rows += _indexed(conn, body, user_id, conversation, low, below, limit + 1 - len(rows))
+        low, window = below, window * 2
+    if len(rows) <= limit and low > 1:
+        if _postings(conn, body, low) > COMMON:
+            if count > CONVERSATIONS_IN_MATCH:
+                # too many conversations to name: the user's own newest messages find the
+                # matches sooner than the term's whole posting list
+                need = limit + 1 - len(rows)
+                found, stopped = _scan(
+                    conn, "own", query, user_id, conversation, 0, low, need, SCAN_ROWS
+                )
+                rows += found
+                low = stopped if stopped is not None else 0
+            else:
+                body = _named(_conversations(conn, user_id, conversation), body)
+        if len(rows) <= limit and low > 1:
+            rows += _indexed(conn, body, user_id, conversation, low, 0, limit + 1 - len(rows))
+    elif len(rows) <= limit and low == 0:
+        rows += _indexed(conn, body, user_id, conversation, high, 0, limit + 1 - len(rows))
     page = rows[:limit]
     return SearchPage(
         [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
     )
 
 
+def _indexed(
+    conn: sqlite3.Connection,
+    body: str,
+    user_id: str,
+    conversation: str | None,
+    high: int,
+    low: int,
+    need: int,
+) -> list[Any]:
+    """Up to `need` of the user's messages with low <= pos < high that the index matches."""
+    params = {"q": body, "u": user_id, "high": high, "low": low, "n": need, "c": conversation}
+    return conn.execute(_STATEMENTS["index", conversation is not None], params).fetchall()
+
+
+def _expression(conn: sqlite3.Connection, query: SearchQuery) -> str | None:
+    """The FTS5 MATCH expression of `query` (SearchQuery.fts5), a one-word prefix term
+    expanded to the OR of the tokens it begins (search_terms, migration 11: every indexed
+    token is there), when at most EXPANDED; None when no indexed token begins one."""
+    terms: list[str] = []
+    for term in query.terms:
+        if term.prefix and len(term.words) == 1:
+            start = term.words[0]
+            found = [
+                word
+                for (word,) in conn.execute(
+                    "SELECT term FROM search_terms WHERE term >= ? AND term < ? LIMIT ?",
+                    (start, start + _ABOVE_ANY_CHAR, EXPANDED + 1),
+                )
+            ]
+            if not found:
+                return None
+            if len(found) <= EXPANDED:
+                terms.append("(" + " OR ".join(f'"{word}"' for word in found) + ")")
+                continue
+        terms.append(term.fts5())
+    return " AND ".join(terms)
+
+
+def _reach(
+    conn: sqlite3.Connection, user_id: str, conversation: str | None
+) -> tuple[int, int, int]:
+    """The user's conversations (`conversation` only, when given): how many, about how many
+    messages they hold (their last seqs), and the pos of the newest (0: none)."""
+    row = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(c.last_seq), 0), COALESCE(MAX(c.last_pos), 0) "
+        "FROM participants AS p JOIN conversations AS c ON c.conversation = p.conversation "
+        "WHERE p.user_id = ?1 AND (?2 IS NULL OR p.conversation = ?2)",
+        (user_id, conversation),
+    ).fetchone()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def _named(keys: list[str], body: str) -> str:
+    """`body` restricted to the conversations `keys` (their `conv` tokens)."""
+    named = " OR ".join(f'"{conversation_token(k)}"' for k in keys or [""])
+    return f"conv : ({named}) AND {body}"
+
+
+def _postings(conn: sqlite3.Connection, body: str, high: int) -> int:
+    """Rows below `high` the MATCH `body` finds, counted up to COMMON + 1."""
+    (count,) = conn.execute(
+        "SELECT count(*) FROM (SELECT 1 FROM message_search "
+        "WHERE message_search MATCH ? AND rowid < ? LIMIT ?)",
+        (body, high, max(COMMON, 0) + 1),
+    ).fetchone()
+    return int(count)
+
+
 def _scan(
     conn: sqlite3.Connection,
+    kind: str,
     query: SearchQuery,
     user_id: str,
     conversation: str | None,
@@ -126,13 +242,14 @@ def _scan(
     need: int,
     most: int | None,
 ) -> tuple[list[Any], int | None]:
-    """The user's messages with low < pos < high, newest first, matched by the scan matcher:
+    """The user's messages with low < pos < high, newest first (`kind`: "tail" or "own", the
+    statement), matched by the scan matcher:
     up to `need` matches, reading at most `most` rows (None: no bound). Returns the matches and,
     when it stopped at the bound, the pos it stopped at (the rows below it are not read)."""
-    named = conversation is not None
-    params = (user_id, low, high, conversation)[: 3 + named]
+    params = {"u": user_id, "low": low, "high": high, "c": conversation}
     found: list[Any] = []
-    for read, row in enumerate(conn.execute(_STATEMENTS[True, named], params), start=1):
+    statement = _STATEMENTS[kind, conversation is not None]
+    for read, row in enumerate(conn.execute(statement, params), start=1):
         if query.matches(tokens(row[_TEXT])):
             found.append(row)
             if len(found) >= need:
@@ -155,14 +272,22 @@ def _conversations(conn: sqlite3.Connection, user_id: str, conversation: str | N
     ]
 
 
-def _rare(conn: sqlite3.Connection, query: SearchQuery) -> bool:
-    """Whether some term of the query is in at most COMMON rows (a prefix counts as common)."""
-    for term in query.terms:
-        words = term.words[:-1] if term.prefix else term.words
-        for word in words:
-            row = conn.execute(
-                "SELECT doc FROM message_search_terms WHERE term = ?", (word,)
-            ).fetchone()
-            if row is None or row[0] <= COMMON:
-                return True
-    return False
+def member_watermarks(
+    conn: sqlite3.Connection, conversations: list[str]
+) -> dict[str, dict[str, Watermarks]]:
+    """Store.member_watermarks of each of `conversations` (a page's), in one statement: a
+    statement per conversation was ~10 us each, a third of a search's read."""
+    found: dict[str, dict[str, Watermarks]] = {key: {} for key in conversations}
+    if not conversations:
+        return found
+    rows = conn.execute(
+        "SELECT p.conversation, p.user_id, COALESCE(w.delivered_seq, 0), "
+        "COALESCE(w.read_seq, 0) FROM participants AS p LEFT JOIN watermarks AS w "
+        "ON w.conversation = p.conversation AND w.user_id = p.user_id "
+        f"WHERE p.conversation IN ({', '.join('?' * len(conversations))}) "
+        "ORDER BY p.conversation, p.user_id",
+        conversations,
+    )
+    for key, user, delivered, read in rows:
+        found[key][user] = Watermarks(delivered, read)
+    return found

@@ -27,8 +27,10 @@ Invariants:
   transaction) shows no other connection committed since, and the unique (conversation, seq)
   index refuses a stale one anyway (the batch then runs request by request);
 - retention (relay/store/retention.py) runs here between batches, when no request waits,
-  never inside an append; so does the search indexer (sqlite/indexer.py), after `idle`
-  seconds without a request, or after a batch once it lags too far;
+  never inside an append;
+- the search indexer (sqlite/indexer.py) indexes a batch's new messages inside the batch's
+  transaction once the index has caught up (a step that fails is undone alone and left to
+  the catch-up); an unindexed tail is indexed between batches, in transactions of its own;
 - after each commit the writer nudges the checkpointer (checkpointer.py), and never
   checkpoints itself beyond SQLite's automatic bound.
 
@@ -105,9 +107,14 @@ class Writer:
     _known: dict[str, int] = field(factory=dict, init=False)
     _data_version: int = field(default=-1, init=False)
     _since_wait: int = field(default=0, init=False)  # batches since the last wait
+    _stepped: bool = field(default=False, init=False)  # the last batch indexed its messages
 
     def run(self) -> None:
         try:
+            try:
+                self.indexer.start(self.conn)
+            except sqlite3.Error as exc:  # left pending: the catch-up finds out what is indexed
+                log.warning("cannot read the search index's progress: %s", describe(exc))
             while True:
                 retention_due = self.retention.seconds_until_due()
                 try:
@@ -121,15 +128,16 @@ class Writer:
                 if first is STOP:
                     return
                 batch, stop = self._gather(cast(Request, first))
+                self._stepped = False
                 self._execute(batch)
                 appended = sum(r.weight for r in batch if r.messages is not None)
-                self.indexer.appended(appended)
+                self.indexer.appended(appended, self._stepped)
                 if stop:
                     return
                 if self.retention.seconds_until_due() == 0 and self.requests.empty():
                     self._retention()
-                elif self.indexer.lagging():
-                    self._index(appended)
+                elif size := self.indexer.after_batch(appended):
+                    self._index(size)
         finally:
             self._fail_queued()
             self.conn.close()
@@ -190,6 +198,7 @@ class Writer:
                 stats.commit_seconds.observe(time.monotonic() - began)
                 stats.commit_size.observe(sum(r.weight for r in batch))
         except BaseException as exc:  # a bug here must not leave Trio tasks waiting forever
+            self.indexer.rolled_back()
             for request in batch:
                 if request.error is None:
                     request.result = None
@@ -267,14 +276,23 @@ class Writer:
                         staged = None
                         break
             else:
+                appended = sum(r.weight for r in done if r.messages is not None)
+                if appended and self.indexer.steps():
+                    if not self.indexer.in_transaction(conn, appended):
+                        self._known.clear()  # SQLite undid the transaction: nothing stands
+                        self._fail(done, "the search index could not be written")
+                        return
+                    self._stepped = True
                 try:
                     conn.execute("COMMIT")
                 except sqlite3.Error as exc:
+                    self.indexer.rolled_back()
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     self._known.clear()
                     self._fail(done, f"commit failed: {describe(exc)}")
                     return
+                self.indexer.committed()
                 if staged is not None:
                     self._known.update(staged)
                 if self.checkpointer is not None:
