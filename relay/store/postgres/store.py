@@ -34,8 +34,8 @@ import trio
 
 import relay.store.postgres.keys as keys
 import relay.store.postgres.reads as reads
-import relay.store.postgres.webhooks as webhooks
 import relay.store.postgres.search as searches
+import relay.store.postgres.webhooks as webhooks
 import relay.store.postgres.writes as writes
 from relay.errors import StoreError, StoreUnavailable
 from relay.search.query import SearchQuery
