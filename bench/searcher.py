@@ -140,8 +140,10 @@ def open_figures(
     one not answered by then (or never sent) counts with `stop` minus its due time, a lower
     bound, so a search the relay never answered can only raise the percentiles."""
     rate = float(cfg["rate"])
-    first = max(0, math.ceil((t0 - start) * rate))
-    last = math.floor((t1 - start) * rate)  # the due searches are k in [first, last]
+    # the due searches are k in [first, last] (a nanosecond's slack for rounding: a search due
+    # exactly at an edge is in the window)
+    first = max(0, math.ceil((t0 - start) * rate - 1e-9))
+    last = math.floor((t1 - start) * rate + 1e-9)
     due_n = max(0, last - first + 1)
     answered = {a.k: a for a in tally.answers if first <= a.k <= last}
     ms: list[float] = []
