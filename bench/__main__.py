@@ -102,6 +102,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history-messages", type=int, help="deflate: messages in the history page (50)"
     )
     p.add_argument(
+        "--search-messages",
+        type=int,
+        help="search scenario: messages stored before the relay starts (1000000; quick 5000)",
+    )
+    p.add_argument(
+        "--search-rate",
+        type=float,
+        help="search@searching: searches/s, an open loop over the searching users (100)",
+    )
+    p.add_argument(
         "--cluster-rate", type=float, help="cluster scenario offered msg/s (2000; quick 500)"
     )
     p.add_argument(
@@ -280,11 +290,16 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
             f"{fig['cpu_us_per_page']:,.0f} µs server CPU/page, {fig['pages_per_s']:,.0f} pages/s"
         )
     if run.scenario == "search" and fig.get("searches_per_s") is not None:
-        return (
+        text = (
             f"{fig['delivered_per_s']:,.0f} msg/s delivered  p99 {fig['p99_ms']} ms; "
             f"{fig['searches_per_s']:,.0f} searches/s  p50 {fig['search_p50_ms']} ms  "
             f"p99 {fig['search_p99_ms']} ms  max {fig['search_max_ms']} ms"
         )
+        if "search_kept_up" in fig:
+            text += f" (from each search's due time; offered {fig['search_rate']:g}/s: " + (
+                "kept up)" if fig["search_kept_up"] else "DID NOT KEEP UP)"
+            )
+        return text
     if run.scenario == "storm":
         took = fig["storm_s"]
         return (
@@ -466,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         todo.sort(key=lambda t: (t[0], order_of[t[2]]))
     settle = 0.1 if args.quick else 0.3
     records: list[dict[str, Any]] = []
+    alone_delivered: float | None = None  # msg/s of the search scenario's first phase
     current: servers.RunningServer | cluster.RunningCluster | None = None
     tmp = tempfile.TemporaryDirectory(prefix="relay-bench-")
     try:
@@ -481,11 +497,17 @@ def main(argv: list[str] | None = None) -> int:
             }
             storm_run = run.scenario == "storm"
             search_run = run.scenario == "search"
-            # the search scenario's second run goes on with the first one's server and store
-            search_first = search_run and run.extra["phase"] == scenarios.SEARCH_PHASES[0]
+            # The search scenario's phases run in order on one relay and its prefilled store:
+            # a fresh server and store before the first phase, every later phase on that live
+            # server, stopped after the last phase only (whatever --reuse-servers says: the
+            # next scenario needs no 1M-message store).
+            phase = run.extra.get("phase") if search_run else None
+            search_first = phase == scenarios.SEARCH_PHASES[0]
+            search_later = search_run and not search_first
+            search_last = phase == scenarios.SEARCH_PHASES[-1]
             user_prefix = f"r{i}u"
             if current is not None and (
-                (not reuse and not (search_run and not search_first))
+                (not reuse and not search_later)
                 or current.spec.name != srv
                 or not current.alive()
                 or storm_run
@@ -493,6 +515,17 @@ def main(argv: list[str] | None = None) -> int:
             ):
                 current.stop()
                 current = None
+            if search_first:
+                alone_delivered = None
+            if current is None and search_later:
+                # its figures would be measured against another store than its first phase's
+                record["error"] = (
+                    f"no live server from {run.scenario}@{scenarios.SEARCH_PHASES[0]}: its "
+                    "phases share one relay and store"
+                )
+                say(f"    ERROR: {record['error']}")
+                records.append(record)
+                continue
             if current is None:
                 spec = specs[srv]
                 if srv == "relay-sqlite":
@@ -580,16 +613,23 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     index = {"messages": pending, "seconds": round(took, 3)}
                     say(f"    the relay indexed {pending:,} messages for search in {took:.1f} s")
-                if run.extra["phase"] == "searching" and "error" not in index:
+                if phase != "alone" and "error" not in index:
                     searchers, _ = search_mod.users("search-", sizes["search_users"], 0)
+                    # searching: an open loop at a fixed rate, one connection per searching
+                    # user; capacity: a closed loop of `search_concurrency` connections
+                    loop: dict[str, Any] = (
+                        {"mode": "open", "rate": sizes["search_rate"]}
+                        if phase == "searching"
+                        else {"mode": "closed", "concurrency": sizes["search_concurrency"]}
+                    )
                     try:
                         searching = search_mod.SearchClient(
                             {
                                 "port": server.port,
                                 "users": searchers,
                                 "queries": list(search_mod.QUERIES),
-                                "concurrency": sizes["search_concurrency"],
                                 "limit": sizes["search_limit"],
+                                **loop,
                             },
                             lg_core,
                         )
@@ -645,9 +685,15 @@ def main(argv: list[str] | None = None) -> int:
                         + server.log_tail(8).replace("\n", "\n      ")
                     )
             else:
-                say(f"    {one_line(run, record['figures'])}")
+                line = one_line(run, record["figures"])
+                delivered = record["figures"].get("delivered_per_s")
+                if search_first:
+                    alone_delivered = delivered
+                elif search_later and alone_delivered and delivered is not None:
+                    line += f"; messaging {delivered / alone_delivered:.2f}x of alone"
+                say(f"    {line}")
             records.append(record)
-            if (not reuse and not search_first) or storm_run:
+            if (not reuse and not search_run) or storm_run or search_last:
                 server.stop()
                 current = None
     finally:

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "search_messages": (1_000_000, 5000),
     "search_users": (4, 2),
     "search_partners": (250, 10),
+    # search@searching: searches a second at a fixed schedule, spread over the searching users
+    "search_rate": (100.0, 100.0),
+    # search@capacity: searches in flight, each connection's next sent on its answer
     "search_concurrency": (4, 2),
     "search_limit": (20, 20),
     "index_timeout": (900.0, 60.0),
@@ -93,9 +96,10 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "cluster_rate": (2000.0, 500.0),
     "cluster_clients": (60, 12),
 }
-#: the search scenario's two runs on one prefilled store: pairwise messaging alone, then the
-#: same with a concurrent search client
-SEARCH_PHASES = ("alone", "searching")
+#: the search scenario's runs, in this order, on one relay and its prefilled store: pairwise
+#: messaging alone; the same with searches at a fixed rate (an open loop: what users produce,
+#: the budgets' phase); the same with a closed loop of searches (the relay flat out, reported)
+SEARCH_PHASES = ("alone", "searching", "capacity")
 #: Descriptors a process keeps for itself beyond one per connection (listeners, epoll, logs).
 FD_MARGIN = 200
 
@@ -363,11 +367,13 @@ def plan(names: list[str], s: dict[str, Any]) -> list[Run]:
                         },
                         f"pairwise ({s['clients']} clients, {s['inflight']} in flight each) on "
                         f"{s['search_messages']:,} stored messages"
-                        + (
-                            f", {s['search_concurrency']} searches in flight meanwhile"
-                            if phase == "searching"
-                            else ", no search"
-                        ),
+                        + {
+                            "alone": ", no search",
+                            "searching": f", {s['search_rate']:g} searches/s meanwhile (open "
+                            f"loop over {s['search_users']} users' connections)",
+                            "capacity": f", {s['search_concurrency']} searches in flight "
+                            "meanwhile (closed loop: the relay's search capacity)",
+                        }[phase],
                         {"phase": phase},
                     )
                 )
@@ -567,13 +573,15 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 def search_figures(run: Run, raw: dict[str, Any], fig: dict[str, Any]) -> list[str]:
     """The search scenario's own figures, added to `fig`: how long the relay took to index the
-    prefilled store, and (with searches) the search client's throughput and latency."""
+    prefilled store, and (with searches) the search client's throughput and latency; of the
+    open loop (search@searching) also the offered rate and whether the relay kept up with it
+    (every search due in the window answered, at the offered rate)."""
     problems: list[str] = []
     index = raw.get("index") or {}
     fig["index_messages"] = index.get("messages")
     fig["index_s"] = index.get("seconds")
     fig["unindexed_after"] = index.get("unindexed_after")
-    if run.extra["phase"] != "searching":
+    if run.extra["phase"] == "alone":
         return problems
     found = raw.get("search") or {}
     if "error" in found:
@@ -586,6 +594,14 @@ def search_figures(run: Run, raw: dict[str, Any], fig: dict[str, Any]) -> list[s
         search_max_ms=found["max_ms"],
         search_empty=found["empty_results"],
     )
+    if found["mode"] == "open":
+        fig.update(
+            search_rate=found["rate"],
+            search_due=found["due"],
+            search_unanswered=found["unanswered"],
+            search_kept_up=found["kept_up"],
+            search_send_lag_p99_ms=found["send_lag_p99_ms"],
+        )
     if not found["searches"]:
         problems.append("no search completed in the window")
     if found["searches"] and found["empty_results"] == found["searches"]:

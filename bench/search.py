@@ -140,7 +140,8 @@ def wait_indexed(db: Path, timeout: float) -> tuple[int, float]:
 
 class SearchClient:
     """The search client process (bench/searcher.py) pinned to `cpu`: it connects and
-    authenticates before start() returns, searches in a closed loop until finish()."""
+    authenticates before the constructor returns, then searches (an open loop at a fixed rate
+    or a closed loop, as `cfg` says) until finish()."""
 
     def __init__(self, cfg: dict[str, Any], cpu: int | None) -> None:
         self.proc = subprocess.Popen(

@@ -36,6 +36,7 @@ SCENARIO_KEYS = {
     "deflate",
     "search@alone",
     "search@searching",
+    "search@capacity",
     "cluster@one-node",
     "cluster@three-nodes",
     "cluster@durable",
@@ -146,10 +147,20 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 # searches, every one was answered without error, and not all came back empty
                 if key == "search@alone":
                     assert fig["index_messages"] > 0 and fig["index_s"] > 0, fig
+                    assert "searches" not in fig, fig
                 else:
                     assert fig["searches"] > 0 and fig["searches_per_s"] > 0, fig
                     assert 0 < fig["search_p50_ms"] <= fig["search_p99_ms"], fig
                     assert fig["search_empty"] < fig["searches"], fig
+                if key == "search@searching":
+                    # the open loop: 100 searches/s due over the 0.5 s window, each timed from
+                    # its due time; kept up or not, it says which
+                    assert fig["search_rate"] == 100 and 40 <= fig["search_due"] <= 60, fig
+                    assert isinstance(fig["search_kept_up"], bool), fig
+                    assert fig["search_unanswered"] >= 0, fig
+                    assert fig["search_send_lag_p99_ms"] is not None, fig
+                if key == "search@capacity":
+                    assert "search_rate" not in fig, fig
             assert fig["delivered_per_s"] > 0, (key, server, fig)
             assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
             if key.startswith(("rate", "sparse", "conns")):
@@ -167,6 +178,15 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     sqlite_runs = [r for r in doc["runs"] if r["server"] == "relay-sqlite"]
     assert sqlite_runs and all(r["db_bytes"] > 0 for r in sqlite_runs)
     assert all("--db" in r["server_argv"] for r in sqlite_runs)
+    # The search scenario's three phases ran in order on one relay and its prefilled store (a
+    # server started for a later phase would have a store of its own, prefilled anew).
+    search_runs = [r for r in doc["runs"] if r["scenario"] == "search"]
+    assert [r["key"] for r in search_runs] == [
+        "search@alone",
+        "search@searching",
+        "search@capacity",
+    ]
+    assert len({tuple(r["server_argv"]) for r in search_runs}) == 1, search_runs
     # The cluster servers ran on a PostgreSQL database of their own, the three nodes on a Redis;
     # the load generator split each pair over two of the three nodes.
     for r in doc["runs"]:
