@@ -8,8 +8,10 @@ Shape of one server (every task lives in a visible nursery):
            ├─ poller: ONE task reading every ws:// connection (relay.transport.poller)
            ├─ flusher: ONE task writing every other dirty outbox, one `send` per connection
            │  per tick
-           ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
+           ├─ ticker: send_later's writes (relay.transport.later), handler.tick(now) every
+           │  250 ms; the sweep (relay.transport.sweep)
            ├─ expirer: ends ws:// connections whose close deadline passed
+           │  (relay.transport.deadlines)
            ├─ per connection: its task (handshake, then RawConnection/TlsConnection.run);
            │  wss:// adds a nursery for its writer task
            └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
@@ -20,31 +22,18 @@ Invariants:
   it). Who reads and who waits on a socket: see relay.transport.poller.
 - A connection is in `Server.dirty` at most once (WebSocket.dirty says so).
 - Frames are queued only through `Connection.send`, which marks the connection dirty, or
-  `Connection.send_later`, which leaves them for the connection's next write and puts it in
-  `Server.later` (at most once): each tick first writes what is still waiting there, so a
-  `delivered` receipt costs no socket write of its own when its sender's connection writes
-  anything within a tick, and waits at most one tick otherwise. The heartbeat sweep also
-  flushes any outbox it finds pending without either (counted as relay_late_flushes_total,
-  which stays 0 unless something pushed to an outbox directly).
+  `Connection.send_later`, which leaves them for the connection's next write, at the latest
+  the next tick (relay.transport.later). The sweep flushes any outbox it finds pending
+  without either (relay.transport.sweep).
 - Closing is bounded (relay.transport.connection); the drain adds drain_timeout over all
   connections.
 
-Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
-and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
-+ heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
-dead). Checked by one sweep over all connections every min(interval, timeout,
-slow_consumer_timeout)/4 (>= 50 ms), on trio's clock (WebSocket.heartbeat), so tests run it
-on trio's MockClock.
-
-Bounds, checked by the same sweep (so per sweep, never per message): a connection whose
-queued bytes stayed over slow_consumer_bytes for slow_consumer_timeout is closed with 1013;
-when all connections together queue more than outbox_budget_bytes, the biggest are closed
-with 1013 until the rest fit. Both close at once (`close_now`): a peer that does not read
-would not read our close frame either. Per peer address, relay.transport.admission's caps;
-a connection over them is answered 429 before its request is read.
+Heartbeat and the bounds on what connections queue (1011, 1013): relay.transport.sweep, run
+by the ticker. Per peer address, relay.transport.admission's caps; a connection over them is
+answered 429 before its request is read.
 
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
-1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the bounds above, 503 (HTTP)
+1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the sweep's bounds, 503 (HTTP)
 for upgrades while draining or over max_connections, 403 for a browser origin not allowed.
 `on_close` receives the code the connection ended with (relay.transport.websocket: the
 peer's, ours, or 1006).
@@ -63,15 +52,14 @@ later by its writer task: that wait is not in the figure.
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import logging
-import math
 import os
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from attrs import define, field
@@ -85,6 +73,7 @@ from relay.transport import http
 from relay.transport.address import BoundAddress
 from relay.transport.admission import Admission, is_loopback_peer
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
+from relay.transport.deadlines import CloseDeadlines
 from relay.transport.deflate import Deflaters
 from relay.transport.handshake import (
     HttpFailure,
@@ -96,7 +85,9 @@ from relay.transport.handshake import (
     read_request,
 )
 from relay.transport.httpserver import HttpServer, RouteCollector, RouteTable
+from relay.transport.later import write_deferred
 from relay.transport.poller import Poller
+from relay.transport.sweep import sweep, sweep_every
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
@@ -113,7 +104,6 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _CONNECTION_TASK = "relay.transport connection"
 _ids = itertools.count(1)
 _monotonic = time.monotonic
-_OPEN = WsState.OPEN
 _ENDED = WsState.ENDED
 
 
@@ -135,6 +125,7 @@ class Server:
     conns: dict[int, WsConnection] = field(factory=dict)
     dirty: list[WsConnection] = field(factory=list)
     #: connections that got frames by `send_later` since the last tick (WsConnection.deferred)
+    #: (written by relay.transport.later.write_deferred on each tick)
     later: list[WsConnection] = field(factory=list)
     recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
     recv_view: memoryview = field(init=False)
@@ -147,9 +138,8 @@ class Server:
     _accept_scope: trio.CancelScope = field(factory=trio.CancelScope)
     #: where the ws:// writer tasks run (set once serving)
     host_nursery: trio.Nursery | None = None
-    # close deadlines of ws:// connections: a heap of (deadline, connection id, connection)
-    _expiries: list[tuple[float, int, RawConnection]] = field(factory=list)
-    _expiry_changed: trio.Event = field(factory=trio.Event)
+    #: close deadlines of ws:// connections, and the expirer task
+    deadlines: CloseDeadlines = field(factory=CloseDeadlines)
     #: per-address caps (relay.transport.admission)
     admission: Admission = field(init=False)
     _origins: frozenset[str] = field(init=False)  # config.origins, parsed once
@@ -240,7 +230,7 @@ class Server:
                     nursery.start_soon(self._flusher)
                     nursery.start_soon(self.poller.run, self._flush)
                     nursery.start_soon(self._ticker)
-                    nursery.start_soon(self._expirer)
+                    nursery.start_soon(self.deadlines.run)
                     task_status.started(nursery)
                     await trio.sleep_forever()
         finally:
@@ -346,19 +336,12 @@ class Server:
             stats.delivery_seconds.observe(_monotonic() - mark)
 
     def defer(self, conn: WsConnection) -> None:
+        """`conn` holds frames queued by send_later (relay.transport.later)."""
         self.later.append(conn)
 
-    def _flush_later(self) -> None:
-        """What `send_later` queued and no write has taken since: written now (the bound of
-        its wait is one tick)."""
-        later = self.later
-        if not later:
-            return
-        self.later = []
-        for conn in later:
-            conn.deferred = False
-            if conn.outbox.pending_bytes and conn.ws_state is _OPEN:
-                conn.flush_soon()
+    def expire_at(self, conn: RawConnection, deadline: float) -> None:
+        """End `conn` (RawConnection.expire) once trio.current_time() reaches `deadline`."""
+        self.deadlines.at(conn, deadline)
 
     def flushed(self, conn: WsConnection) -> None:
         try:
@@ -366,34 +349,11 @@ class Server:
         except Exception:
             log.exception("handler.on_flushed failed on connection %d", conn.id)
 
-    # --- close deadlines (raw path) ------------------------------------------------------------
-
-    def expire_at(self, conn: RawConnection, deadline: float) -> None:
-        """End `conn` (RawConnection.expire) once trio.current_time() reaches `deadline`."""
-        heap = self._expiries
-        heapq.heappush(heap, (deadline, conn.id, conn))
-        if heap[0][2] is conn:
-            self._expiry_changed.set()
-
-    async def _expirer(self) -> None:
-        heap = self._expiries
-        while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].expire()
-            changed = self._expiry_changed = trio.Event()
-            with trio.move_on_at(heap[0][0] if heap else math.inf):
-                await changed.wait()
-
     # --- the ticker -----------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
         config = self.config
-        sweep_every = max(
-            0.05,
-            min(config.heartbeat_interval, config.heartbeat_timeout, config.slow_consumer_timeout)
-            / 4,
-        )
+        every = sweep_every(config)
         next_tick = next_sweep = trio.current_time()
         while True:
             await trio.sleep_until(min(next_tick, next_sweep))
@@ -401,7 +361,10 @@ class Server:
             if t >= next_tick:
                 next_tick = t + TICK_INTERVAL
                 # before maintain(): the receipts it queues by send_later join these writes
-                self._flush_later()
+                later = self.later
+                if later:
+                    self.later = []
+                    write_deferred(later)
                 try:
                     self.handler.tick(_monotonic())
                 except Exception:
@@ -415,53 +378,9 @@ class Server:
                     except Exception:
                         log.exception("handler.maintain failed")
             if t >= next_sweep:
-                next_sweep = t + sweep_every
-                self._sweep(t)
-
-    def _sweep(self, now: float) -> None:
-        """Heartbeat every connection, close slow consumers and hold the outbox budget (see
-        the module docstring); also flush outboxes filled without flush_soon()."""
-        config = self.config
-        interval = config.heartbeat_interval
-        timeout = config.heartbeat_timeout
-        mark = config.slow_consumer_bytes
-        patience = config.slow_consumer_timeout
-        stats = self.stats
-        total = 0
-        for conn in list(self.conns.values()):
-            if conn.ws_state is not _OPEN:
-                continue
-            if (
-                conn.outbox.pending_bytes
-                and not conn.dirty
-                and not conn.deferred
-                and not conn.writer_active
-            ):
-                stats.late_flushes += 1
-                conn.flush_soon()
-            if conn.heartbeat(now, interval, timeout):
-                stats.heartbeat_timeouts += 1
-                conn.close_now(1011, "heartbeat timeout")
-            elif conn.backed_up(now, mark, patience):
-                conn.close_now(1013, "slow consumer: not reading")
-            else:
-                total += conn.queued_bytes
-        if total > config.outbox_budget_bytes:
-            self._shed(total - config.outbox_budget_bytes)
-        self.admission.prune(now)
-
-    def _shed(self, excess: int) -> None:
-        """Close the connections queuing the most bytes (1013) until `excess` bytes are freed."""
-        biggest = sorted(
-            (c for c in self.conns.values() if c.ws_state is _OPEN),
-            key=lambda c: c.queued_bytes,
-            reverse=True,
-        )
-        for conn in biggest:
-            if excess <= 0:
-                break
-            excess -= conn.queued_bytes
-            conn.close_now(1013, "server memory budget: not reading fast enough")
+                next_sweep = t + every
+                sweep(self.conns.values(), config, self.stats, t)
+                self.admission.prune(t)
 
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:
@@ -667,41 +586,27 @@ class Server:
             stats.handshake_failures += 1
             await trio.aclose_forcefully(stream)
             return None
-        outbox = Outbox(config.outbox_max_bytes, config.outbox_max_frames)
-        parser = FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES))
+        # what both drivers take; each adds its transport (the socket, or the TLS stream)
+        shared: dict[str, Any] = {
+            "outbox": Outbox(config.outbox_max_bytes, config.outbox_max_frames),
+            "parser": FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES)),
+            "stats": stats,
+            "wake": self.add_dirty,
+            "last_rx": trio.current_time(),
+            "message_limit": config.max_message_bytes,
+            "id": next(_ids),
+            "remote": remote,
+            "path": request.target,
+            "server": self,
+        }
         conn: WsConnection
         if self._ssl is None:
             # From here on the socket is ours: no trio wrapper on the data path.
             sock = socket.socket(fileno=tcp.socket.detach())
             sock.setblocking(False)
-            conn = RawConnection(
-                outbox=outbox,
-                parser=parser,
-                stats=stats,
-                wake=self.add_dirty,
-                last_rx=trio.current_time(),
-                message_limit=config.max_message_bytes,
-                id=next(_ids),
-                remote=remote,
-                path=request.target,
-                server=self,
-                sock=sock,
-                fd=sock.fileno(),
-            )
+            conn = RawConnection(sock=sock, fd=sock.fileno(), **shared)
         else:
-            conn = TlsConnection(
-                outbox=outbox,
-                parser=parser,
-                stats=stats,
-                wake=self.add_dirty,
-                last_rx=trio.current_time(),
-                message_limit=config.max_message_bytes,
-                id=next(_ids),
-                remote=remote,
-                path=request.target,
-                server=self,
-                stream=stream,
-            )
+            conn = TlsConnection(stream=stream, **shared)
         if deflate is not None:
             conn.use_deflate(*self.deflaters.for_params(deflate))
         self.conns[conn.id] = conn
