@@ -1,4 +1,4 @@
-"""The Trio shell's server: accept, opening handshake, flusher, ticker, expirer, drain.
+"""The Trio shell's server: accept, opening handshake, flusher, ticker, drain.
 
 Shape of one server (every task lives in a visible nursery):
 
@@ -38,8 +38,9 @@ for upgrades while draining or over max_connections, 403 for a browser origin no
 `on_close` receives the code the connection ended with (relay.transport.websocket: the
 peer's, ours, or 1006).
 
-/metrics: with metrics_listen, served on that address only (its own listener answers
-nothing else); without, on the main port to loopback peers only. A handler that keeps metrics
+Plain HTTP (not an upgrade) is answered by relay.transport.plain. /metrics: with
+metrics_listen, served on that address only (its own listener answers nothing else); without,
+on the main port to loopback peers only. A handler that keeps metrics
 of its own (relay.metrics.Instrumented) is handed the server's RelayMetrics once, here.
 
 Delivery latency: the core stamps `stats.delivery_mark` (when the oldest message answered or
@@ -69,7 +70,6 @@ from relay.fastpath import FrameParser, Outbox
 from relay.health import HealthReporting
 from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
-from relay.transport import http
 from relay.transport.address import BoundAddress
 from relay.transport.admission import Admission, is_loopback_peer
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
@@ -79,13 +79,13 @@ from relay.transport.handshake import (
     HttpFailure,
     OpeningRequest,
     accept_upgrade,
-    answer_and_close,
     deflate_offered,
     origin_allowed,
     read_request,
 )
-from relay.transport.httpserver import HttpServer, RouteCollector, RouteTable
+from relay.transport.httpserver import RouteCollector, RouteTable
 from relay.transport.later import write_deferred
+from relay.transport.plain import PlainHttp
 from relay.transport.poller import Poller
 from relay.transport.sweep import sweep, sweep_every
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
@@ -154,6 +154,8 @@ class Server:
     #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
     #: with keep-alive and request bodies; None: every plain request is answered and closed
     routes: RouteTable | None = field(default=None, kw_only=True)
+    #: the plain-HTTP answers of both ports (relay.transport.plain)
+    plain: PlainHttp = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
@@ -178,6 +180,13 @@ class Server:
             self._ssl = ctx
         if self.routes is not None:
             self.metrics.registry.register(RouteCollector(self.routes))
+        self.plain = PlainHttp(
+            self.config,
+            self.metrics,
+            self.routes,
+            draining=lambda: self.draining,
+            problem=self._problem,
+        )
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -207,7 +216,7 @@ class Server:
             await conn_nursery.start(self._accept, listeners, conn_nursery)
             # Not shielded: the metrics listener closes when the drain begins.
             for listener in metrics_listeners:
-                root.start_soon(self._accept_loop, listener, root, self._serve_metrics)
+                root.start_soon(self._accept_loop, listener, root, self.plain.serve_metrics)
             log.info("listening on %s", self.address.url)
             if self.metrics_address is not None:
                 log.info("serving /metrics on %s/metrics", self.metrics_address.url)
@@ -402,7 +411,7 @@ class Server:
             refusal = self.admission.admit(address, trio.current_time())
             if refusal is not None:
                 log.debug("refused %s: %s", address, refusal)
-                await self._refuse(tcp, HttpFailure(429, refusal))
+                await self.plain.refuse(tcp, HttpFailure(429, refusal))
                 return
         try:
             await self._serve_tcp(tcp, f"{address}:{peer[1]}")
@@ -430,29 +439,6 @@ class Server:
                 await conn.run(trailing)
             except Exception:
                 log.exception("connection %d failed", conn.id)
-
-    async def _serve_metrics(self, tcp: trio.SocketStream) -> None:
-        """A connection to the metrics listener: GET /metrics, nothing else."""
-        try:
-            request: OpeningRequest | None = None
-            with trio.move_on_after(self.config.handshake_timeout):
-                try:
-                    request = await read_request(tcp)
-                except HttpFailure as exc:
-                    await self._refuse(tcp, exc)
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            if request is not None:
-                status, response = http.respond_metrics(
-                    request.method, request.target, self.metrics
-                )
-                self._count_http(status)
-                await answer_and_close(tcp, response)
-        except Exception:
-            log.exception("metrics connection failed")
-        finally:
-            await trio.aclose_forcefully(tcp)
 
     async def _handle(
         self, tcp: trio.SocketStream, remote: str
@@ -482,81 +468,18 @@ class Server:
             await trio.aclose_forcefully(stream)
             return None
         if failure is not None:
-            await self._refuse(stream, failure)
+            await self.plain.refuse(stream, failure)
             return None
         if request is None:  # closed before sending a request
             await trio.aclose_forcefully(stream)
             return None
-        routes = self.routes
-        if (
-            not request.is_upgrade
-            and routes is not None
-            and routes.prefix_of(request.target.split("?", 1)[0]) is not None
-        ):
-            await self._serve_routed(stream, request, routes, remote)
-            return None
         if not request.is_upgrade:
-            status, response = http.respond(
-                request.method,
-                request.target,
-                draining=self.draining,
-                metrics=self.metrics,
-                web_chat=self.config.web_chat,
-                host=request.host,
-                metrics_here=self._metrics_here(remote),
-                problem=self._problem(),
-            )
-            self._count_http(status)
-            await answer_and_close(stream, response)
+            await self.plain.answer(stream, request, remote)
             return None
         return await self._upgrade(tcp, stream, request, remote)
 
     def _problem(self) -> str | None:
         return None if self._health is None else self._health.problem()
-
-    async def _serve_routed(
-        self, stream: trio.abc.Stream, request: OpeningRequest, routes: RouteTable, remote: str
-    ) -> None:
-        """A plain request under a claimed prefix: this connection becomes a keep-alive
-        HTTP/1.1 connection (relay.transport.httpserver) until it ends."""
-        metrics_here = self._metrics_here(remote)
-
-        def fallback(method: str, target: str, host: bytes | None) -> tuple[int, bytes]:
-            return http.respond(
-                method,
-                target,
-                draining=self.draining,
-                metrics=self.metrics,
-                web_chat=self.config.web_chat,
-                host=host,
-                metrics_here=metrics_here,
-                problem=self._problem(),
-            )
-
-        server = HttpServer(
-            routes,
-            fallback,
-            draining=lambda: self.draining,
-            on_status=self._count_http,
-            io_timeout=self.config.handshake_timeout,
-        )
-        await server.serve(stream, request, remote)
-
-    def _metrics_here(self, remote: str) -> bool | None:
-        """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is
-        served elsewhere (metrics_listen), else whether the peer is on loopback."""
-        if self.config.metrics_listen is not None:
-            return None
-        return is_loopback_peer(remote.rsplit(":", 1)[0])
-
-    def _count_http(self, status: int) -> None:
-        counts = self.stats.http_requests
-        counts[status] = counts.get(status, 0) + 1
-
-    async def _refuse(self, stream: trio.abc.Stream, failure: HttpFailure) -> None:
-        self.stats.handshake_failures += 1
-        self._count_http(failure.status)
-        await answer_and_close(stream, http.error(failure.status, failure.message))
 
     async def _upgrade(
         self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: OpeningRequest, remote: str
@@ -573,7 +496,7 @@ class Server:
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
-            await self._refuse(stream, exc)
+            await self.plain.refuse(stream, exc)
             return None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:
             try:
