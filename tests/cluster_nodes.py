@@ -81,3 +81,16 @@ async def health_becomes(relay: Relay, status: int, within: float = 15) -> bytes
             return body
         await trio.sleep(0.05)
     raise AssertionError(f"/healthz did not answer {status} within {within} s")
+
+
+# --- nodes for the length of one block (tests/cluster/test_calls_cluster.py) -----------------
+
+
+@asynccontextmanager
+async def running_nodes(
+    pg_url: str, redis_url: str, count: int = 3, **overrides: Any
+) -> AsyncIterator[list[Relay]]:
+    """`count` nodes (start_nodes) in a nursery of their own, stopped when the block ends."""
+    async with trio.open_nursery() as nursery:
+        yield await start_nodes(nursery, pg_url, redis_url, count, **overrides)
+        nursery.cancel_scope.cancel()

@@ -2,50 +2,25 @@
 page from the relay.
 
 Chromium (Debian's /usr/bin/chromium, driven headless through playwright-core in
-tests/browser/) always offers `permessage-deflate; client_max_window_bits`. Without Chromium
-the test FAILS with the command that installs it; RELAY_SKIP_BROWSER=1 skips it deliberately.
+tests/browser/, found by tests/web_browser.py) always offers `permessage-deflate;
+client_max_window_bits`. Without Chromium the test FAILS with the command that installs it;
+RELAY_SKIP_BROWSER=1 skips it deliberately.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import trio
 from support import start_relay, ws_connect
-
-BROWSER_DIR = Path(__file__).parent / "browser"
-CHROMIUM = "/usr/bin/chromium"
+from web_browser import BROWSER_DIR, page_url, require_browser
 
 
 @pytest.fixture(scope="module")
 def browser_node() -> str:
-    """`node` with tests/browser's playwright-core installed and /usr/bin/chromium present."""
-    if os.environ.get("RELAY_SKIP_BROWSER") == "1":
-        pytest.skip("RELAY_SKIP_BROWSER=1")
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        pytest.fail("the browser test needs Node.js and npm (RELAY_SKIP_BROWSER=1 skips it)")
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(
-            f"{CHROMIUM} is missing: install it with `apt-get install chromium` "
-            "(RELAY_SKIP_BROWSER=1 skips the browser test)"
-        )
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"],
-            cwd=BROWSER_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"`npm ci` in {BROWSER_DIR} failed:\n{result.stdout}\n{result.stderr}")
-    return node
+    return require_browser()
 
 
 TEXT = "message {i}: " + "the quick brown fox jumps over the lazy dog " * 8
@@ -82,7 +57,7 @@ async def test_chromium_decodes_a_compressed_history_page(
             [
                 browser_node,
                 str(BROWSER_DIR / "deflate.mjs"),
-                "http" + relay.url.removeprefix("ws") + "/",
+                page_url(relay),
                 str(tmp_path / "profile"),
                 "alice",
                 "bob",

@@ -32,7 +32,7 @@ def require_browser() -> str:
         pytest.skip("RELAY_SKIP_BROWSER=1")
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        pytest.fail("the web chat test needs Node.js and npm (RELAY_SKIP_BROWSER=1 skips it)")
+        pytest.fail("the browser test needs Node.js and npm (RELAY_SKIP_BROWSER=1 skips it)")
     if not os.path.exists(CHROMIUM):
         pytest.fail(
             f"{CHROMIUM} is missing: install it with `apt-get install chromium` "

@@ -1,4 +1,4 @@
-"""The Trio shell's server: accept, opening handshake, flusher, ticker, expirer, drain.
+"""The Trio shell's server: accept, opening handshake, flusher, ticker, drain.
 
 Shape of one server (every task lives in a visible nursery):
 
@@ -8,8 +8,10 @@ Shape of one server (every task lives in a visible nursery):
            ├─ poller: ONE task reading every ws:// connection (relay.transport.poller)
            ├─ flusher: ONE task writing every other dirty outbox, one `send` per connection
            │  per tick
-           ├─ ticker: handler.tick(now) every 250 ms, heartbeat sweep
+           ├─ ticker: send_later's writes (relay.transport.later), handler.tick(now) every
+           │  250 ms; the sweep (relay.transport.sweep)
            ├─ expirer: ends ws:// connections whose close deadline passed
+           │  (relay.transport.deadlines)
            ├─ per connection: its task (handshake, then RawConnection/TlsConnection.run);
            │  wss:// adds a nursery for its writer task
            └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
@@ -20,37 +22,25 @@ Invariants:
   it). Who reads and who waits on a socket: see relay.transport.poller.
 - A connection is in `Server.dirty` at most once (WebSocket.dirty says so).
 - Frames are queued only through `Connection.send`, which marks the connection dirty, or
-  `Connection.send_later`, which leaves them for the connection's next write and puts it in
-  `Server.later` (at most once): each tick first writes what is still waiting there, so a
-  `delivered` receipt costs no socket write of its own when its sender's connection writes
-  anything within a tick, and waits at most one tick otherwise. The heartbeat sweep also
-  flushes any outbox it finds pending without either (counted as relay_late_flushes_total,
-  which stays 0 unless something pushed to an outbox directly).
+  `Connection.send_later`, which leaves them for the connection's next write, at the latest
+  the next tick (relay.transport.later). The sweep flushes any outbox it finds pending
+  without either (relay.transport.sweep).
 - Closing is bounded (relay.transport.connection); the drain adds drain_timeout over all
   connections.
 
-Heartbeat: a connection silent (no frame of any kind) for heartbeat_interval gets a ping,
-and another every heartbeat_interval while it stays silent; one silent for heartbeat_interval
-+ heartbeat_timeout is closed with 1011 without waiting for its reply (the peer is presumed
-dead). Checked by one sweep over all connections every min(interval, timeout,
-slow_consumer_timeout)/4 (>= 50 ms), on trio's clock (WebSocket.heartbeat), so tests run it
-on trio's MockClock.
-
-Bounds, checked by the same sweep (so per sweep, never per message): a connection whose
-queued bytes stayed over slow_consumer_bytes for slow_consumer_timeout is closed with 1013;
-when all connections together queue more than outbox_budget_bytes, the biggest are closed
-with 1013 until the rest fit. Both close at once (`close_now`): a peer that does not read
-would not read our close frame either. Per peer address, relay.transport.admission's caps;
-a connection over them is answered 429 before its request is read.
+Heartbeat and the bounds on what connections queue (1011, 1013): relay.transport.sweep, run
+by the ticker. Per peer address, relay.transport.admission's caps; a connection over them is
+answered 429 before its request is read.
 
 Close codes the shell itself uses: 1003 binary frame, 1002/1007/1009 from the frame parser,
-1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the bounds above, 503 (HTTP)
+1011 handler failure and heartbeat timeout, 1012 shutdown, 1013 the sweep's bounds, 503 (HTTP)
 for upgrades while draining or over max_connections, 403 for a browser origin not allowed.
 `on_close` receives the code the connection ended with (relay.transport.websocket: the
 peer's, ours, or 1006).
 
-/metrics: with metrics_listen, served on that address only (its own listener answers
-nothing else); without, on the main port to loopback peers only. A handler that keeps metrics
+Plain HTTP (not an upgrade) is answered by relay.transport.plain. /metrics: with
+metrics_listen, served on that address only (its own listener answers nothing else); without,
+on the main port to loopback peers only. A handler that keeps metrics
 of its own (relay.metrics.Instrumented) is handed the server's RelayMetrics once, here.
 
 Delivery latency: the core stamps `stats.delivery_mark` (when the oldest message answered or
@@ -63,15 +53,14 @@ later by its writer task: that wait is not in the figure.
 from __future__ import annotations
 
 import errno
-import heapq
 import itertools
 import logging
-import math
 import os
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from attrs import define, field
@@ -81,22 +70,24 @@ from relay.fastpath import FrameParser, Outbox
 from relay.health import HealthReporting
 from relay.metrics import Instrumented, RelayMetrics, Stats
 from relay.ports import Connection, ConnectionHandler, InlineHandler, Maintained
-from relay.transport import http
 from relay.transport.address import BoundAddress
 from relay.transport.admission import Admission, is_loopback_peer
 from relay.transport.connection import RawConnection, TlsConnection, WsConnection
+from relay.transport.deadlines import CloseDeadlines
 from relay.transport.deflate import Deflaters
 from relay.transport.handshake import (
     HttpFailure,
     OpeningRequest,
     accept_upgrade,
-    answer_and_close,
     deflate_offered,
     origin_allowed,
     read_request,
 )
-from relay.transport.httpserver import HttpServer, RouteCollector, RouteTable
+from relay.transport.httpserver import RouteCollector, RouteTable
+from relay.transport.later import write_deferred
+from relay.transport.plain import PlainHttp
 from relay.transport.poller import Poller
+from relay.transport.sweep import sweep, sweep_every
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
@@ -113,7 +104,6 @@ _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, e
 _CONNECTION_TASK = "relay.transport connection"
 _ids = itertools.count(1)
 _monotonic = time.monotonic
-_OPEN = WsState.OPEN
 _ENDED = WsState.ENDED
 
 
@@ -135,6 +125,7 @@ class Server:
     conns: dict[int, WsConnection] = field(factory=dict)
     dirty: list[WsConnection] = field(factory=list)
     #: connections that got frames by `send_later` since the last tick (WsConnection.deferred)
+    #: (written by relay.transport.later.write_deferred on each tick)
     later: list[WsConnection] = field(factory=list)
     recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
     recv_view: memoryview = field(init=False)
@@ -147,9 +138,8 @@ class Server:
     _accept_scope: trio.CancelScope = field(factory=trio.CancelScope)
     #: where the ws:// writer tasks run (set once serving)
     host_nursery: trio.Nursery | None = None
-    # close deadlines of ws:// connections: a heap of (deadline, connection id, connection)
-    _expiries: list[tuple[float, int, RawConnection]] = field(factory=list)
-    _expiry_changed: trio.Event = field(factory=trio.Event)
+    #: close deadlines of ws:// connections, and the expirer task
+    deadlines: CloseDeadlines = field(factory=CloseDeadlines)
     #: per-address caps (relay.transport.admission)
     admission: Admission = field(init=False)
     _origins: frozenset[str] = field(init=False)  # config.origins, parsed once
@@ -164,6 +154,8 @@ class Server:
     #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
     #: with keep-alive and request bodies; None: every plain request is answered and closed
     routes: RouteTable | None = field(default=None, kw_only=True)
+    #: the plain-HTTP answers of both ports (relay.transport.plain)
+    plain: PlainHttp = field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
@@ -188,6 +180,13 @@ class Server:
             self._ssl = ctx
         if self.routes is not None:
             self.metrics.registry.register(RouteCollector(self.routes))
+        self.plain = PlainHttp(
+            self.config,
+            self.metrics,
+            self.routes,
+            draining=lambda: self.draining,
+            problem=self._problem,
+        )
 
     # --- serving --------------------------------------------------------------------------------
 
@@ -217,7 +216,7 @@ class Server:
             await conn_nursery.start(self._accept, listeners, conn_nursery)
             # Not shielded: the metrics listener closes when the drain begins.
             for listener in metrics_listeners:
-                root.start_soon(self._accept_loop, listener, root, self._serve_metrics)
+                root.start_soon(self._accept_loop, listener, root, self.plain.serve_metrics)
             log.info("listening on %s", self.address.url)
             if self.metrics_address is not None:
                 log.info("serving /metrics on %s/metrics", self.metrics_address.url)
@@ -240,7 +239,7 @@ class Server:
                     nursery.start_soon(self._flusher)
                     nursery.start_soon(self.poller.run, self._flush)
                     nursery.start_soon(self._ticker)
-                    nursery.start_soon(self._expirer)
+                    nursery.start_soon(self.deadlines.run)
                     task_status.started(nursery)
                     await trio.sleep_forever()
         finally:
@@ -346,19 +345,12 @@ class Server:
             stats.delivery_seconds.observe(_monotonic() - mark)
 
     def defer(self, conn: WsConnection) -> None:
+        """`conn` holds frames queued by send_later (relay.transport.later)."""
         self.later.append(conn)
 
-    def _flush_later(self) -> None:
-        """What `send_later` queued and no write has taken since: written now (the bound of
-        its wait is one tick)."""
-        later = self.later
-        if not later:
-            return
-        self.later = []
-        for conn in later:
-            conn.deferred = False
-            if conn.outbox.pending_bytes and conn.ws_state is _OPEN:
-                conn.flush_soon()
+    def expire_at(self, conn: RawConnection, deadline: float) -> None:
+        """End `conn` (RawConnection.expire) once trio.current_time() reaches `deadline`."""
+        self.deadlines.at(conn, deadline)
 
     def flushed(self, conn: WsConnection) -> None:
         try:
@@ -366,34 +358,11 @@ class Server:
         except Exception:
             log.exception("handler.on_flushed failed on connection %d", conn.id)
 
-    # --- close deadlines (raw path) ------------------------------------------------------------
-
-    def expire_at(self, conn: RawConnection, deadline: float) -> None:
-        """End `conn` (RawConnection.expire) once trio.current_time() reaches `deadline`."""
-        heap = self._expiries
-        heapq.heappush(heap, (deadline, conn.id, conn))
-        if heap[0][2] is conn:
-            self._expiry_changed.set()
-
-    async def _expirer(self) -> None:
-        heap = self._expiries
-        while True:
-            now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].expire()
-            changed = self._expiry_changed = trio.Event()
-            with trio.move_on_at(heap[0][0] if heap else math.inf):
-                await changed.wait()
-
     # --- the ticker -----------------------------------------------------------------------------
 
     async def _ticker(self) -> None:
         config = self.config
-        sweep_every = max(
-            0.05,
-            min(config.heartbeat_interval, config.heartbeat_timeout, config.slow_consumer_timeout)
-            / 4,
-        )
+        every = sweep_every(config)
         next_tick = next_sweep = trio.current_time()
         while True:
             await trio.sleep_until(min(next_tick, next_sweep))
@@ -401,7 +370,10 @@ class Server:
             if t >= next_tick:
                 next_tick = t + TICK_INTERVAL
                 # before maintain(): the receipts it queues by send_later join these writes
-                self._flush_later()
+                later = self.later
+                if later:
+                    self.later = []
+                    write_deferred(later)
                 try:
                     self.handler.tick(_monotonic())
                 except Exception:
@@ -415,53 +387,9 @@ class Server:
                     except Exception:
                         log.exception("handler.maintain failed")
             if t >= next_sweep:
-                next_sweep = t + sweep_every
-                self._sweep(t)
-
-    def _sweep(self, now: float) -> None:
-        """Heartbeat every connection, close slow consumers and hold the outbox budget (see
-        the module docstring); also flush outboxes filled without flush_soon()."""
-        config = self.config
-        interval = config.heartbeat_interval
-        timeout = config.heartbeat_timeout
-        mark = config.slow_consumer_bytes
-        patience = config.slow_consumer_timeout
-        stats = self.stats
-        total = 0
-        for conn in list(self.conns.values()):
-            if conn.ws_state is not _OPEN:
-                continue
-            if (
-                conn.outbox.pending_bytes
-                and not conn.dirty
-                and not conn.deferred
-                and not conn.writer_active
-            ):
-                stats.late_flushes += 1
-                conn.flush_soon()
-            if conn.heartbeat(now, interval, timeout):
-                stats.heartbeat_timeouts += 1
-                conn.close_now(1011, "heartbeat timeout")
-            elif conn.backed_up(now, mark, patience):
-                conn.close_now(1013, "slow consumer: not reading")
-            else:
-                total += conn.queued_bytes
-        if total > config.outbox_budget_bytes:
-            self._shed(total - config.outbox_budget_bytes)
-        self.admission.prune(now)
-
-    def _shed(self, excess: int) -> None:
-        """Close the connections queuing the most bytes (1013) until `excess` bytes are freed."""
-        biggest = sorted(
-            (c for c in self.conns.values() if c.ws_state is _OPEN),
-            key=lambda c: c.queued_bytes,
-            reverse=True,
-        )
-        for conn in biggest:
-            if excess <= 0:
-                break
-            excess -= conn.queued_bytes
-            conn.close_now(1013, "server memory budget: not reading fast enough")
+                next_sweep = t + every
+                sweep(self.conns.values(), config, self.stats, t)
+                self.admission.prune(t)
 
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:
@@ -483,7 +411,7 @@ class Server:
             refusal = self.admission.admit(address, trio.current_time())
             if refusal is not None:
                 log.debug("refused %s: %s", address, refusal)
-                await self._refuse(tcp, HttpFailure(429, refusal))
+                await self.plain.refuse(tcp, HttpFailure(429, refusal))
                 return
         try:
             await self._serve_tcp(tcp, f"{address}:{peer[1]}")
@@ -511,29 +439,6 @@ class Server:
                 await conn.run(trailing)
             except Exception:
                 log.exception("connection %d failed", conn.id)
-
-    async def _serve_metrics(self, tcp: trio.SocketStream) -> None:
-        """A connection to the metrics listener: GET /metrics, nothing else."""
-        try:
-            request: OpeningRequest | None = None
-            with trio.move_on_after(self.config.handshake_timeout):
-                try:
-                    request = await read_request(tcp)
-                except HttpFailure as exc:
-                    await self._refuse(tcp, exc)
-                    return
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
-            if request is not None:
-                status, response = http.respond_metrics(
-                    request.method, request.target, self.metrics
-                )
-                self._count_http(status)
-                await answer_and_close(tcp, response)
-        except Exception:
-            log.exception("metrics connection failed")
-        finally:
-            await trio.aclose_forcefully(tcp)
 
     async def _handle(
         self, tcp: trio.SocketStream, remote: str
@@ -563,81 +468,18 @@ class Server:
             await trio.aclose_forcefully(stream)
             return None
         if failure is not None:
-            await self._refuse(stream, failure)
+            await self.plain.refuse(stream, failure)
             return None
         if request is None:  # closed before sending a request
             await trio.aclose_forcefully(stream)
             return None
-        routes = self.routes
-        if (
-            not request.is_upgrade
-            and routes is not None
-            and routes.prefix_of(request.target.split("?", 1)[0]) is not None
-        ):
-            await self._serve_routed(stream, request, routes, remote)
-            return None
         if not request.is_upgrade:
-            status, response = http.respond(
-                request.method,
-                request.target,
-                draining=self.draining,
-                metrics=self.metrics,
-                web_chat=self.config.web_chat,
-                host=request.host,
-                metrics_here=self._metrics_here(remote),
-                problem=self._problem(),
-            )
-            self._count_http(status)
-            await answer_and_close(stream, response)
+            await self.plain.answer(stream, request, remote)
             return None
         return await self._upgrade(tcp, stream, request, remote)
 
     def _problem(self) -> str | None:
         return None if self._health is None else self._health.problem()
-
-    async def _serve_routed(
-        self, stream: trio.abc.Stream, request: OpeningRequest, routes: RouteTable, remote: str
-    ) -> None:
-        """A plain request under a claimed prefix: this connection becomes a keep-alive
-        HTTP/1.1 connection (relay.transport.httpserver) until it ends."""
-        metrics_here = self._metrics_here(remote)
-
-        def fallback(method: str, target: str, host: bytes | None) -> tuple[int, bytes]:
-            return http.respond(
-                method,
-                target,
-                draining=self.draining,
-                metrics=self.metrics,
-                web_chat=self.config.web_chat,
-                host=host,
-                metrics_here=metrics_here,
-                problem=self._problem(),
-            )
-
-        server = HttpServer(
-            routes,
-            fallback,
-            draining=lambda: self.draining,
-            on_status=self._count_http,
-            io_timeout=self.config.handshake_timeout,
-        )
-        await server.serve(stream, request, remote)
-
-    def _metrics_here(self, remote: str) -> bool | None:
-        """Whether the main port answers /metrics to `remote` ("ip:port"): None when it is
-        served elsewhere (metrics_listen), else whether the peer is on loopback."""
-        if self.config.metrics_listen is not None:
-            return None
-        return is_loopback_peer(remote.rsplit(":", 1)[0])
-
-    def _count_http(self, status: int) -> None:
-        counts = self.stats.http_requests
-        counts[status] = counts.get(status, 0) + 1
-
-    async def _refuse(self, stream: trio.abc.Stream, failure: HttpFailure) -> None:
-        self.stats.handshake_failures += 1
-        self._count_http(failure.status)
-        await answer_and_close(stream, http.error(failure.status, failure.message))
 
     async def _upgrade(
         self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: OpeningRequest, remote: str
@@ -654,7 +496,7 @@ class Server:
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
-            await self._refuse(stream, exc)
+            await self.plain.refuse(stream, exc)
             return None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:
             try:
@@ -667,41 +509,27 @@ class Server:
             stats.handshake_failures += 1
             await trio.aclose_forcefully(stream)
             return None
-        outbox = Outbox(config.outbox_max_bytes, config.outbox_max_frames)
-        parser = FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES))
+        # what both drivers take; each adds its transport (the socket, or the TLS stream)
+        shared: dict[str, Any] = {
+            "outbox": Outbox(config.outbox_max_bytes, config.outbox_max_frames),
+            "parser": FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES)),
+            "stats": stats,
+            "wake": self.add_dirty,
+            "last_rx": trio.current_time(),
+            "message_limit": config.max_message_bytes,
+            "id": next(_ids),
+            "remote": remote,
+            "path": request.target,
+            "server": self,
+        }
         conn: WsConnection
         if self._ssl is None:
             # From here on the socket is ours: no trio wrapper on the data path.
             sock = socket.socket(fileno=tcp.socket.detach())
             sock.setblocking(False)
-            conn = RawConnection(
-                outbox=outbox,
-                parser=parser,
-                stats=stats,
-                wake=self.add_dirty,
-                last_rx=trio.current_time(),
-                message_limit=config.max_message_bytes,
-                id=next(_ids),
-                remote=remote,
-                path=request.target,
-                server=self,
-                sock=sock,
-                fd=sock.fileno(),
-            )
+            conn = RawConnection(sock=sock, fd=sock.fileno(), **shared)
         else:
-            conn = TlsConnection(
-                outbox=outbox,
-                parser=parser,
-                stats=stats,
-                wake=self.add_dirty,
-                last_rx=trio.current_time(),
-                message_limit=config.max_message_bytes,
-                id=next(_ids),
-                remote=remote,
-                path=request.target,
-                server=self,
-                stream=stream,
-            )
+            conn = TlsConnection(stream=stream, **shared)
         if deflate is not None:
             conn.use_deflate(*self.deflaters.for_params(deflate))
         self.conns[conn.id] = conn

@@ -25,16 +25,16 @@ from typing import Any, Final
 
 from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
-from relay.store.base import SearchPage
+from relay.store.base import Watermarks
+from relay.store.postgres import reads
 from relay.store.postgres.rows import COLUMNS, Conn, message
+from relay.store.sql_search import marked_read, page_read, selected
 
 #: bytes of a lexeme at most (PostgreSQL's bound is 2047)
 LEXEME_BYTES: Final = 2000
 _MAX_POSITION: Final = 16383
 _POSITIONS_PER_LEXEME: Final = 255
-_ABOVE_ANY: Final = 1 << 62
-_M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
-_TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
+_M_COLUMNS, _TEXT = selected(COLUMNS)
 #: rows fetched per round while the matcher rejects some
 _ROUND: Final = 64
 
@@ -87,28 +87,22 @@ def search_query(query: SearchQuery) -> str:
     return " & ".join(terms)
 
 
-def search(
-    conn: Conn,
-    user_id: str,
-    query: SearchQuery,
-    conversation: str | None,
-    before: int | None,
-    limit: int,
-) -> SearchPage:
-    limit = max(limit, 0)
-    if not query.terms:
-        return SearchPage([], [], False)
+def _rows(
+    conn: Conn, user_id: str, query: SearchQuery, conversation: str | None, high: int, want: int
+) -> list[Any]:
+    """At least `want` matches below `high` while there are (relay.store.sql_search.Rows):
+    the index's rows in rounds, each checked by the matcher."""
     params: dict[str, Any] = {
         "u": user_id,
         "q": search_query(query),
-        "before": _ABOVE_ANY if before is None else before,
+        "before": high,
         "c": conversation,
     }
     statement = _ANY if conversation is None else _ONE
     found: list[Any] = []
-    while len(found) <= limit:
-        want = limit + 1 - len(found)
-        params["n"] = want if not found else max(want, _ROUND)
+    while len(found) < want:
+        need = want - len(found)
+        params["n"] = need if not found else max(need, _ROUND)
         # planned for these values each time (never prepared: a generic plan cannot see how
         # rare the query's words are, and walked every message for a rare one, 100-300 ms)
         rows = conn.execute(statement, params, prepare=False).fetchall()
@@ -116,10 +110,17 @@ def search(
         if len(rows) < params["n"]:
             break
         params["before"] = rows[-1][0]
-    page = found[:limit]
-    return SearchPage(
-        [message(row[1:]) for row in page], [row[0] for row in page], len(found) > limit
-    )
+    return found
+
+
+def member_watermarks(conn: Conn, conversations: list[str]) -> dict[str, dict[str, Watermarks]]:
+    """Store.member_watermarks of each of `conversations` (a page's)."""
+    return {key: reads.member_watermarks(conn, key) for key in conversations}
+
+
+#: Searchable.search and SearchesMarked.search_marked, each one read on `conn`
+search = page_read(_rows, message)
+search_marked = marked_read(search, member_watermarks)
 
 
 def backfill(conn: Conn, chunk: int = 1000) -> int:

@@ -476,13 +476,7 @@ class PostgresStore:
         limit: int = 20,
     ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
-
-        def work(conn: Conn) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
-            page = searches.search(conn, user_id, query, conversation, before, limit)
-            own = dict.fromkeys(m.conversation for m in page.messages if m.sender_id == user_id)
-            return page, {key: reads.member_watermarks(conn, key) for key in own}
-
-        return await self._read(work)
+        return await self._read(searches.search_marked, user_id, query, conversation, before, limit)
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:

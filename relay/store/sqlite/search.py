@@ -35,12 +35,11 @@ from typing import Any, Final
 
 from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
-from relay.store.base import SearchPage, Watermarks
+from relay.store.base import Watermarks
+from relay.store.sql_search import marked_read, page_read, selected
 from relay.store.sqlite.rows import COLUMNS, message
 
-_M_COLUMNS: Final = ", ".join("m." + c.strip() for c in COLUMNS.split(","))
-_TEXT: Final = 1 + [c.strip() for c in COLUMNS.split(",")].index("text")
-_ABOVE_ANY: Final = 1 << 62  # above any pos
+_M_COLUMNS, _TEXT = selected(COLUMNS)
 #: beyond this many conversations the MATCH does not name them (the join still filters)
 CONVERSATIONS_IN_MATCH: Final = 256
 #: postings below the walked range, beyond which a query is common
@@ -99,34 +98,28 @@ _STATEMENTS: Final = {
 }
 
 
-def search(
+def _rows(
     conn: sqlite3.Connection,
     user_id: str,
     query: SearchQuery,
     conversation: str | None,
-    before: int | None,
-    limit: int,
-) -> SearchPage:
-    """The page: the unindexed tail scanned (empty in step), then the index, newest first:
+    bound: int,
+    want: int,
+) -> list[Any]:
+    """Up to `want` matches below `bound` (relay.store.sql_search.Rows): the unindexed tail
+    scanned (empty in step), then the index, newest first:
     walked in growing windows of positions (cheap while the user's matches are dense among
     everyone's, which the newest windows find); below WALK positions, a rare query walks
     its postings to the end, and a common one names the user's conversations in the MATCH
     or, for a user in too many to name, scans the user's own newest messages first."""
-    limit = max(limit, 0)
-    if not query.terms:
-        return SearchPage([], [], False)
-    bound = _ABOVE_ANY if before is None else before
     (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
     (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
     rows: list[Any] = []
     if last > indexed and bound > indexed + 1:  # the unindexed tail: scanned whole
-        rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, limit + 1, None)
+        rows, _ = _scan(conn, "tail", query, user_id, conversation, indexed, bound, want, None)
     expression = _expression(conn, query)
     if expression is None:  # a prefix no indexed token begins: only the tail can match
-        page = rows[:limit]
-        return SearchPage(
-            [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
-        )
+        return rows
     body = f"body : ({expression})"
     count, held, newest = _reach(conn, user_id, conversation)
     # below the user's newest message: everyone else's newer ones hold no match of theirs
@@ -136,16 +129,16 @@ def search(
         # few messages of the user's: their postings are the cost
         body = _named(_conversations(conn, user_id, conversation), body)
         low = 0
-    while len(rows) <= limit and low > 1 and high - low < WALK:
+    while len(rows) < want and low > 1 and high - low < WALK:
         below = max(low - window, 1)
-        rows += _indexed(conn, body, user_id, conversation, low, below, limit + 1 - len(rows))
+        rows += _indexed(conn, body, user_id, conversation, low, below, want - len(rows))
         low, window = below, window * 2
-    if len(rows) <= limit and low > 1:
+    if len(rows) < want and low > 1:
         if _postings(conn, body, low) > COMMON:
             if count > CONVERSATIONS_IN_MATCH:
                 # too many conversations to name: the user's own newest messages find the
                 # matches sooner than the term's whole posting list
-                need = limit + 1 - len(rows)
+                need = want - len(rows)
                 found, stopped = _scan(
                     conn, "own", query, user_id, conversation, 0, low, need, SCAN_ROWS
                 )
@@ -153,14 +146,11 @@ def search(
                 low = stopped if stopped is not None else 0
             else:
                 body = _named(_conversations(conn, user_id, conversation), body)
-        if len(rows) <= limit and low > 1:
-            rows += _indexed(conn, body, user_id, conversation, low, 0, limit + 1 - len(rows))
-    elif len(rows) <= limit and low == 0:
-        rows += _indexed(conn, body, user_id, conversation, high, 0, limit + 1 - len(rows))
-    page = rows[:limit]
-    return SearchPage(
-        [message(row[1:]) for row in page], [row[0] for row in page], len(rows) > limit
-    )
+        if len(rows) < want and low > 1:
+            rows += _indexed(conn, body, user_id, conversation, low, 0, want - len(rows))
+    elif len(rows) < want and low == 0:
+        rows += _indexed(conn, body, user_id, conversation, high, 0, want - len(rows))
+    return rows
 
 
 def _indexed(
@@ -291,3 +281,8 @@ def member_watermarks(
     for key, user, delivered, read in rows:
         found[key][user] = Watermarks(delivered, read)
     return found
+
+
+#: Searchable.search and SearchesMarked.search_marked, each one read on `conn`
+search = page_read(_rows, message)
+search_marked = marked_read(search, member_watermarks)

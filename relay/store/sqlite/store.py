@@ -420,10 +420,4 @@ class SqliteStore:
         limit: int = 20,
     ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
-
-        def work(conn: sqlite3.Connection) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
-            page = searches.search(conn, user_id, query, conversation, before, limit)
-            own = dict.fromkeys(m.conversation for m in page.messages if m.sender_id == user_id)
-            return page, searches.member_watermarks(conn, list(own))
-
-        return await self._read(work)
+        return await self._read(searches.search_marked, user_id, query, conversation, before, limit)
