@@ -11,6 +11,9 @@ six has an attachment, the rest are plain text.
 Attachments are files the sender uploaded (`POST /files` with its session's httpToken, through
 the relay's own client library), so the relay checks and grants them as it would a user's;
 node-ws forwards frames blindly and gets the same frame with an id of the same length.
+Each sender sends its one file again and again: only its first message stores a grant (awaited,
+a file write with fsync in the files directory); the others find it in the relay's files index
+and go inline. A client sending a new file each time pays that write once per file.
 """
 
 from __future__ import annotations

@@ -1121,14 +1121,39 @@ cdef Py_ssize_t _depth(object value, Py_ssize_t cap) except -1:
     return deepest + 1
 
 
+# 1 for each character of the standard base64 alphabet (_B64), by byte value (a C global:
+# zeroed before the module runs)
+cdef unsigned char _B64_TABLE[256]
+for _c in _B64:
+    _B64_TABLE[_c] = 1
+
+
 cdef bint _base64(object value):
-    """The twin's _base64: a non-empty str of standard padded base64."""
-    if type(value) is not str or not value or len(<str>value) % 4:
+    """The twin's _base64: a non-empty str of standard padded base64. An ASCII str is read in
+    place by the table (the set's way took ~3 us per 200-character box: an e2e message's
+    boxes were most of its check); any other str holds a character outside the alphabet."""
+    cdef const unsigned char* data
+    cdef Py_ssize_t n, end, i
+    if type(value) is not str:
         return False
-    body = (<str>value).rstrip("=")
-    if len(<str>value) - len(body) > 2 or not body.isascii():
+    n = PyUnicode_GET_LENGTH(value)
+    if n == 0 or n % 4:
         return False
-    return _B64.issuperset(body.encode())
+    if not PyUnicode_IS_COMPACT_ASCII(value):
+        body = (<str>value).rstrip("=")  # not ASCII, or a legacy str: the twin's way
+        if n - len(body) > 2 or not body.isascii():
+            return False
+        return _B64.issuperset(body.encode())
+    data = <const unsigned char*>PyUnicode_DATA(value)
+    end = n
+    while end > 0 and data[end - 1] == 61:  # =
+        end -= 1
+    if n - end > 2:
+        return False
+    for i in range(end):
+        if not _B64_TABLE[data[i]]:
+            return False
+    return True
 
 
 def attachments_fault(attachments, e2e):
@@ -1629,11 +1654,52 @@ cdef inline Py_ssize_t _plain_string_end(
     return -1
 
 
+cdef Py_ssize_t _nested_end(
+    const unsigned char* p, Py_ssize_t i, Py_ssize_t n, Py_ssize_t cap, Py_ssize_t* deepest
+) noexcept nogil:
+    """`p[i]` opens an object or array: the index just past the bracket that closes it, and in
+    `deepest` how many objects and arrays it nests on its deepest path (_depth's count: strings
+    are skipped whole, escapes included). -1 when it is cut or nests more than `cap` levels.
+    Only the brackets are matched: orjson reads the span and refuses what else is wrong."""
+    cdef Py_ssize_t depth = 0
+    cdef unsigned char c
+    cdef uint64_t w
+    deepest[0] = 0
+    while i < n:
+        c = p[i]
+        if c == 34:  # "
+            i += 1
+            while i < n and p[i] != 34:
+                if i + 8 <= n:  # a word with no quote, backslash or control byte: skipped whole
+                    memcpy(&w, p + i, 8)
+                    if _word_plain(w):
+                        i += 8
+                        continue
+                i += 2 if p[i] == 92 else 1  # a backslash escapes the next byte
+            if i >= n:
+                return -1
+        elif c == 123 or c == 91:  # { [
+            depth += 1
+            if depth > deepest[0]:
+                deepest[0] = depth
+                if depth > cap:
+                    return -1
+        elif c == 125 or c == 93:  # } ]
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
 cdef bint _scan_message(
-    const unsigned char* p, Py_ssize_t n, Py_ssize_t* starts, Py_ssize_t* lens
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t* starts, Py_ssize_t* lens,
+    Py_ssize_t* nests, Py_ssize_t cap
 ) noexcept nogil:
     """Scan one JSON object of plain strings and nulls: each known key's value span into
-    starts/lens (start -1: null; absent keys are left at -2). False for any other shape."""
+    starts/lens (start -1: null; absent keys are left at -2). `meta`, `e2e` and `attachments`
+    may also hold an object or array nesting at most `cap` levels: its span, brackets included,
+    with its depth in `nests` (0 for a string). False for any other shape."""
     cdef Py_ssize_t i = _skip_space(p, 0, n)
     cdef Py_ssize_t key_end, value_end
     cdef int key
@@ -1676,6 +1742,13 @@ cdef bint _scan_message(
             if key != _K_OTHER:
                 starts[key] = -1
             i += 4
+        elif (p[i] == 123 or p[i] == 91) and (key == _K_META or key == _K_E2E or key == _K_FILES):
+            value_end = _nested_end(p, i, n, cap, &nests[key])
+            if value_end < 0:
+                return False
+            starts[key] = i
+            lens[key] = value_end - i
+            i = value_end
         else:
             return False
         i = _skip_space(p, i, n)
@@ -1730,6 +1803,7 @@ def decode_message(payload, rules, type frame_cls):
     is at least 1: a frame the scan reads holds no object or array but itself)."""
     cdef Py_ssize_t starts[_K_COUNT]
     cdef Py_ssize_t lens[_K_COUNT]
+    cdef Py_ssize_t nests[_K_COUNT]
     cdef const unsigned char* p
     cdef Py_ssize_t n, i
     cdef tuple fields
@@ -1741,10 +1815,15 @@ def decode_message(payload, rules, type frame_cls):
     for i in range(_K_COUNT):
         starts[i] = -2
         lens[i] = 0
+        nests[i] = 0
+    # the frame is one level: what it holds nests at most max_frame_depth - 1 more
     if (
-        not _scan_message(p, n, starts, lens) or starts[_K_META] >= 0 or starts[_K_E2E] >= 0
+        not _scan_message(p, n, starts, lens, nests, r.max_frame_depth - 1)
         or starts[_K_CALL] != -2  # any `call`, even null, is refused: the dict's way says so
-        or starts[_K_FILES] >= 0  # a string: refused by the dict's way (attachments:type)
+        # a string: refused by the dict's way (meta:type, e2e:type, attachments:type)
+        or (starts[_K_META] >= 0 and not nests[_K_META])
+        or (starts[_K_E2E] >= 0 and not nests[_K_E2E])
+        or (starts[_K_FILES] >= 0 and not nests[_K_FILES])
     ):
         return _decode_by_dict(payload, r, frame_cls)
     if lens[_K_TYPE] != 7 or starts[_K_TYPE] < 0 or memcmp(p + starts[_K_TYPE], b"message", 7) != 0:
@@ -1761,13 +1840,32 @@ def decode_message(payload, rules, type frame_cls):
         stamp = _span_str_recent(p, starts[_K_STAMP], lens[_K_STAMP], _K_STAMP)
     except UnicodeDecodeError:
         return _decode_by_dict(payload, r, frame_cls)
-    # meta, e2e and attachments are absent or null here: the scan left any other value to the
-    # dict
-    if _fault(ident, peer, group, sender, name, avatar, stamp, text, None, r):
+    # meta, e2e and attachments: absent, null, or an object or array read from its own span
+    # (what orjson reads of the whole frame there; the whole frame by orjson cost ~2x the
+    # scan for a message with a small meta). A span orjson refuses goes the dict's way, which
+    # raises orjson's own error.
+    meta = e2e = attachments = None
+    try:
+        if nests[_K_META]:
+            meta = orjson.loads(PyBytes_FromStringAndSize(<const char*>(p + starts[_K_META]), lens[_K_META]))
+        if nests[_K_E2E]:
+            e2e = orjson.loads(PyBytes_FromStringAndSize(<const char*>(p + starts[_K_E2E]), lens[_K_E2E]))
+        if nests[_K_FILES]:
+            attachments = orjson.loads(
+                PyBytes_FromStringAndSize(<const char*>(p + starts[_K_FILES]), lens[_K_FILES])
+            )
+    except orjson.JSONDecodeError:
+        return _decode_by_dict(payload, r, frame_cls)
+    if _fault(
+        ident, peer, group, sender, name, avatar, stamp, text, meta, r,
+        nests[_K_META] <= r.max_meta_depth, e2e, attachments,
+    ):
         return _decode_by_dict(payload, r, frame_cls)
     if ref is None:
         ref = ident
-    fields = (ident, text, sender, peer, group, name, avatar, stamp, None, ref, None, None)
+    if text is None:  # e2e or files in its place
+        text = ""
+    fields = (ident, text, sender, peer, group, name, avatar, stamp, meta, ref, e2e, attachments)
     return record(frame_cls, fields)
 
 

@@ -80,7 +80,7 @@ def test_shipped_budgets_are_the_issue_budgets() -> None:
     }
     assert shipped == {
         "pairwise/relay/delivered_per_s": (">=", 4.0, "pairwise/node-ws/delivered_per_s", None),
-        "mix/relay/delivered_per_s": (">=", 0.3, "mix/node-ws/delivered_per_s", None),
+        "mix/relay/delivered_per_s": (">=", 1.4, "mix/node-ws/delivered_per_s", None),
         "fanout/relay/delivered_per_s": (">=", 3.0, "fanout/node-ws/delivered_per_s", None),
         "idle/relay/kb_per_conn": ("<=", 1.0, "idle/node-ws/kb_per_conn", None),
         "rate@20000/relay/p99_ms": ("<=", 1.0, None, "rate@20000/relay/kept_up"),

@@ -160,7 +160,7 @@ E2E_VERSION = 1
 E2E_SUITE = "hpke-x25519-sha256-aes256gcm"
 E2E_BOXES_MAX = 256
 E2E_BYTES_MAX = 262144
-_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+_B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
 #: the rules message_fault and decode_message take, as relay.protocol.Limits.rules makes them
 Rules = tuple[int, int, int, int, int, int, int]
@@ -192,7 +192,8 @@ def _base64(value: object) -> bool:
     body = value.rstrip("=")
     if len(value) - len(body) > 2 or not body.isascii():
         return False
-    return _B64.issuperset(body.encode())
+    # what is left once the alphabet is deleted, in C (the set's way was ~2 us per box)
+    return not body.encode().translate(None, _B64_ALPHABET)
 
 
 def attachments_fault(attachments: object, e2e: object) -> int:

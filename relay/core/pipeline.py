@@ -159,7 +159,7 @@ class Pipeline:
         queued = self._queued
         if inline is None and (queued is None or not queued.has_room()):
             return 0
-        batch = self._leading(payloads)
+        batch = self._leading(payloads, session.user_id)
         if not batch:
             return 0
         ctx = self._ctx
@@ -332,11 +332,14 @@ class Pipeline:
                     log.exception("granting the files of message %s failed", message.id)
 
     # --- stages -----------------------------------------------------------------------------------
-    def _leading(self, payloads: list[bytes]) -> list[Item]:
+    def _leading(self, payloads: list[bytes], user: str) -> list[Item]:
         """The leading message frames of `payloads` (refused ones included) that need no
-        waiting: 1:1, or to a group in the router's cache."""
-        limits = self._ctx.limits
-        cached_group = self._ctx.router.cached_group
+        waiting: 1:1, or to a group in the router's cache; with files, only those the file
+        catalog holds in memory as `user`'s, already granted to the message's audience
+        (relay.core.attachments: then no file is read or written for it)."""
+        ctx = self._ctx
+        limits = ctx.limits
+        cached_group = ctx.router.cached_group
         batch: list[Item] = []
         for payload in payloads:
             try:
@@ -349,10 +352,29 @@ class Pipeline:
             if frame.__class__ is not MessageFrame:
                 break
             assert isinstance(frame, MessageFrame)
-            if frame.group_id is not None and cached_group(frame.group_id) is None:
-                break
-            if frame.attachments is not None:  # its files are looked up: awaited, in `frames`
-                break
+            group_id = frame.group_id
+            group = None
+            if group_id is not None:
+                group = cached_group(group_id)
+                if group is None:
+                    break
+            if frame.attachments is not None:
+                files = ctx.files
+                if files is None:  # refused: in `frames`
+                    break
+                ids = [a["fileId"] for a in frame.attachments]
+                found = files.known(user, ids)
+                if found is None:  # read from the file store: awaited, in `frames`
+                    break
+                if group is not None:
+                    audience: Sequence[str] = group.members
+                else:
+                    peer = frame.recipient_id
+                    assert peer is not None
+                    audience = (peer,) if peer == user else (peer, user)
+                if not files.granted(ids, audience):  # a grant to store: awaited, in `frames`
+                    break
+                frame = frame._replace(attachments=found)
             batch.append(frame)
         return batch
 

@@ -18,6 +18,14 @@
   PostgreSQL store's database (ForgetsUncarried) the sweep also deletes the files whose
   messages retention deleted.
 
+- The index: the records of the files this node uploaded, and the readers it granted or read,
+  are held in memory (at most INDEX_MAX of each, the oldest dropped first), so a message's
+  files resolve and a repeated grant is seen to be stored without a thread hop
+  (relay.core.attachments `known`, `granted`). A record never changes; readers only grow
+  (only a deletion takes them, which drops the file from the index on this node). What the
+  index lacks (another node's upload, a dropped entry) is read from the BlobStore. An unsent
+  upload's entry is trusted only for UNSENT_TTL: past it any node's sweep may delete the file.
+
 Invariant: a file's bytes are never held whole in memory (chunks of at most 64 KiB each way).
 """
 
@@ -26,7 +34,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import orjson
 from attrs import define, field
@@ -83,6 +91,15 @@ _CODES = {
 _NOT_FOUND = "no such file"
 UNSENT_TTL = 86400.0
 SWEEP_INTERVAL = 3600.0
+#: bound of each of the index's maps (a record with its public dict: ~1 kB)
+INDEX_MAX = 50_000
+_NOBODY: frozenset[str] = frozenset()
+
+
+class _Indexed(NamedTuple):
+    record: FileRecord
+    public: dict[str, Any]  # record.public(), made once: messages share it, read-only
+    uploaded: float  # by FileService.wall
 
 
 @define(eq=False)
@@ -93,6 +110,8 @@ class FileService:
     wall: Callable[[], float] = time.time
     _next_sweep: float = field(default=0.0, init=False)  # by self.tokens.clock
     _temporary: tempfile.TemporaryDirectory[str] | None = field(default=None, kw_only=True)
+    _records: dict[str, _Indexed] = field(factory=dict, init=False)
+    _readers: dict[str, frozenset[str]] = field(factory=dict, init=False)
 
     @classmethod
     def for_config(cls, config: RelayConfig, tokens: HttpTokens) -> FileService:
@@ -132,14 +151,19 @@ class FileService:
         for file_id in gone:
             if await self.blobs.readers(file_id):  # a message carries it
                 continue
-            await self.blobs.delete(file_id)
+            await self._delete(file_id)
             deleted += 1
         if isinstance(self.blobs, ForgetsUncarried):
             while uncarried := await self.blobs.uncarried(limit=1000):
                 for file_id in uncarried:
-                    await self.blobs.delete(file_id)
+                    await self._delete(file_id)
                 deleted += len(uncarried)
         return deleted
+
+    async def _delete(self, file_id: str) -> None:
+        self._records.pop(file_id, None)
+        self._readers.pop(file_id, None)
+        await self.blobs.delete(file_id)
 
     async def close(self) -> None:
         await self.blobs.close()
@@ -193,10 +217,15 @@ class FileService:
             created_at=iso_utc(self.wall()),
         )
         await self.blobs.save(record)
+        public = record.public()
+        records = self._records
+        if len(records) >= INDEX_MAX:
+            del records[next(iter(records))]
+        records[file_id] = _Indexed(record, public, self.wall())
         return Response(
             201,
             [(b"content-type", b"application/json"), (b"location", f"/files/{file_id}".encode())],
-            orjson.dumps(record.public()),
+            orjson.dumps(public),
         )
 
     async def download(self, request: Request, body: RequestBody) -> Response:
@@ -231,11 +260,47 @@ class FileService:
 
     async def may_read(self, user: str, record: FileRecord) -> bool:
         """The uploader, and the users a message carrying the file was sent to."""
-        return user == record.owner or user in await self.blobs.readers(record.file_id)
+        file_id = record.file_id
+        if user == record.owner or user in self._readers.get(file_id, _NOBODY):
+            return True
+        stored = await self.blobs.readers(file_id)  # another node may have granted it
+        if stored:
+            self._know_readers(file_id, stored)
+        return user in stored
+
+    def _know_readers(self, file_id: str, readers: frozenset[str]) -> None:
+        known = self._readers
+        held = known.get(file_id)
+        if held is None and len(known) >= INDEX_MAX:
+            del known[next(iter(known))]
+        known[file_id] = readers if held is None else held | readers
 
     # --- relay.core.attachments.FileCatalog: the pipeline's view ---------------------------------
-    async def resolve(self, owner: str, file_ids: Sequence[str]) -> list[dict[str, Any]] | None:
+    def known(self, owner: str, file_ids: Sequence[str]) -> list[dict[str, Any]] | None:
+        records = self._records
         found: list[dict[str, Any]] = []
+        for file_id in file_ids:
+            indexed = records.get(file_id)
+            if indexed is None or indexed.record.owner != owner:
+                return None
+            if file_id not in self._readers and self.wall() - indexed.uploaded >= UNSENT_TTL:
+                return None  # unsent for a day: a sweep may have deleted it
+            found.append(indexed.public)
+        return found
+
+    def granted(self, file_ids: Sequence[str], readers: Sequence[str]) -> bool:
+        known = self._readers
+        for file_id in file_ids:
+            held = known.get(file_id)
+            if held is None or not held.issuperset(readers):
+                return False
+        return True
+
+    async def resolve(self, owner: str, file_ids: Sequence[str]) -> list[dict[str, Any]] | None:
+        found = self.known(owner, file_ids)
+        if found is not None:
+            return found
+        found = []
         for file_id in file_ids:
             record = await self.blobs.record(file_id)
             if record is None or record.owner != owner:
@@ -245,4 +310,7 @@ class FileService:
 
     async def grant(self, file_ids: Sequence[str], readers: Sequence[str]) -> None:
         for file_id in dict.fromkeys(file_ids):
+            if self.granted((file_id,), readers):
+                continue
             await self.blobs.grant(file_id, readers)
+            self._know_readers(file_id, frozenset(readers))

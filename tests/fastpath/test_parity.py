@@ -1178,6 +1178,33 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":"a"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","n":1}',
+        # meta, e2e and attachments read from their own spans: brackets and quotes in strings,
+        # escapes, whitespace, depth at and past the limits, a cut or unmatched span
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"}]\\"{["}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta": { "a" : [ 1 , {"b":null} ] } }',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":'
+        + b"[" * 31
+        + b"]" * 31
+        + b"}",
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":'
+        + b"[" * 32
+        + b"]" * 32
+        + b"}",
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1]}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"\xed\xa0\x80"}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"\ud800"}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"x}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{},"meta":{"a":1}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","attachments":[{"fileId":"f1"}]}',
+        b'{"type":"message","id":"m1","recipientId":"bob","attachments":[]}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":{"fileId":"f"}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","e2e":{"v":1,"suite":"hpke-x25519-sha256'
+        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD","b\u00e9":"QQ=="}}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","e2e":{"v":1,"suite":"hpke-x25519-sha256'
+        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD\u003d"}}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","e2e":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":"f1"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":null}',
         b'{"type":"message","id":"","recipientId":"bob","text":"hi"}',
