@@ -203,6 +203,9 @@ class ClusterBroker:
     def publish_call(self, user: str, body: bytes) -> None:
         self._publish([user], envelope(CALL, self.node_id, body))
 
+    def nodes_of(self, user: str) -> list[str]:
+        return self.presence.nodes_of(user)
+
     def forget_group(self, group_id: str, event: str) -> None:
         """A group was made or its members changed (here or on another node); a new group's
         members start at seq 1, so its order needs no restart."""
