@@ -67,7 +67,10 @@ class ClusterBroker:
         # subscribes this node to a user's channel (set by the link, relay.cluster.link)
         self.join_hook: Callable[[str], Awaitable[None]] | None = None
         self.presence = ClusterPresence(
-            ctx.config.presence_grace, changed=self._presence_changed, clock=ctx.clock
+            ctx.config.presence_grace,
+            changed=self._presence_changed,
+            clock=ctx.clock,
+            node=self.node_id,
         )
         self.presence_changes: list[tuple[str, bool]] = []
         # users whose count of devices here changed while this node holds them (announced

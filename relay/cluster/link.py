@@ -241,7 +241,8 @@ class RedisLink:
                 up = list(dict.fromkeys([u for u, is_up in changes if is_up] + list(recount)))
                 up = [u for u in up if broker.presence.holds(u)]
                 devices = {u: broker.local_devices(u) for u in up}
-                note = encode_presence(up, down, devices, broker.presence.version)
+                statuses = broker.presence.statuses(up)
+                note = encode_presence(up, down, devices, broker.presence.version, statuses)
                 await client.publish(NODES_CHANNEL, envelope(PRESENCE, node, note))
             while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
                 batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
@@ -276,9 +277,11 @@ class RedisLink:
                 elif kind == GROUP_CHANGED:
                     broker.forget_group(*decode_group_changed(opened.body))
                 elif kind == PRESENCE:
-                    up, down, devices, version = decode_presence(opened.body)
+                    up, down, devices, version, statuses = decode_presence(opened.body)
                     now = broker.ctx.clock()
-                    presence.remote_note(opened.node, up, down, devices, version, now)
+                    presence.remote_note(
+                        opened.node, up, down, devices, version, now, statuses=statuses
+                    )
             except Exception:
                 log.exception("a message from node %s could not be handled", opened.node)
 
@@ -295,7 +298,7 @@ class RedisLink:
         while True:
             held = presence.held()  # with the version it is at (no await in between)
             devices = {u: broker.local_devices(u) for u in held}
-            note = encode_presence(held, [], devices, presence.version)
+            note = encode_presence(held, [], devices, presence.version, presence.statuses(held))
             await client.set(own, note, px=ttl_ms)
             keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
             others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
@@ -305,9 +308,11 @@ class RedisLink:
                     if value is None:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
-                    up, _, counts, version = decode_presence(value)
+                    up, _, counts, version, statuses = decode_presence(value)
                     other = name[len(PRESENCE_PREFIX) :]
-                    presence.remote_note(other, up, [], counts, version, now, snapshot=True)
+                    presence.remote_note(
+                        other, up, [], counts, version, now, snapshot=True, statuses=statuses
+                    )
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:

@@ -5,10 +5,12 @@ messages meanwhile and recover by themselves."""
 
 from __future__ import annotations
 
+import itertools
+
 import psycopg
 import pytest
 import trio
-from cluster_nodes import health_becomes, signed_in, start_nodes
+from cluster_nodes import Client, health_becomes, signed_in, start_nodes
 from services import RedisServer
 from support import http_get
 
@@ -102,6 +104,53 @@ async def test_typing_and_presence_across_nodes(pg_url: str, redis: RedisServer)
             # bob gone from every node: ann hears offline once the grace ended
             offline = await ann.until(is_type("status", userId="bob", status="offline"))
             assert offline["lastSeen"]
+        nursery.cancel_scope.cancel()
+
+
+async def presence_of(client: Client, user: str, want: str, within: float = 5) -> str:
+    """`user`'s status in presence answers to `client`, once it is `want` (another node's note
+    arrives a Redis round trip after the change); bounded, the last answer otherwise."""
+    status = ""
+    with trio.move_on_after(within):
+        for k in itertools.count():
+            await client.send(type="presence", userIds=[user], ref=f"s{k}")
+            answer = await client.until(is_type("presence", ref=f"s{k}"))
+            status = answer["users"][0]["status"]
+            if status == want:
+                break
+            await trio.sleep(0.05)
+    return status
+
+
+async def test_a_status_is_the_same_on_every_node(pg_url: str, redis: RedisServer) -> None:
+    async with trio.open_nursery() as nursery:
+        a, b, c = await start_nodes(nursery, pg_url, redis.url, presence_grace=0.5)
+        async with signed_in(b, "bob") as bob, signed_in(c, "cat") as cat:
+            async with signed_in(a, "ann") as ann:
+                await ann.send(type="message", id="x", recipientId="bob", text="hey")
+                await bob.messages(1)
+                await ann.send(type="status", status="away")
+                await bob.until(is_type("status", userId="ann", status="away"))  # the frame
+                # and the presence answers of every node
+                for client in (ann, bob, cat):
+                    assert await presence_of(client, "ann", "away") == "away", client.user
+                # ann's phone moves to node c within the grace: still away, there and after
+                # node a let ann go
+                async with signed_in(c, "ann") as ann_on_c:
+                    await ann.ws.aclose()
+                    await trio.sleep(1.5)  # past the grace on node a
+                    for client in (bob, cat, ann_on_c):
+                        assert await presence_of(client, "ann", "away") == "away", client.user
+                    await ann_on_c.send(type="status", status="busy")
+                    for client in (bob, cat):
+                        assert await presence_of(client, "ann", "busy") == "busy", client.user
+            # ann gone from every node: offline, and online (not busy) when back
+            assert await presence_of(bob, "ann", "offline") == "offline"
+            async with signed_in(a, "ann"):
+                for client in (bob, cat):
+                    assert await presence_of(client, "ann", "online") == "online", client.user
+                await trio.sleep(0.3)  # a stale register would show within a note or two
+                assert await presence_of(cat, "ann", "online") == "online"
         nursery.cancel_scope.cancel()
 
 
