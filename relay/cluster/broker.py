@@ -214,7 +214,7 @@ class ClusterBroker:
         members start at seq 1, so its order needs no restart."""
         self.ctx.router.forget_group(group_id)
         if event != "create":
-            self.orderer.forget_conversation(group_conversation(group_id), self.ctx.clock())
+            self.orderer.forget_conversation(group_conversation(group_id))
 
     # --- users joining and leaving this node ----------------------------------------------------
     def _presence_changed(self, user: str, up: bool) -> None:

@@ -361,7 +361,7 @@ class RedisLink:
                 except Exception as exc:
                     log.warning("filling a gap in %s failed, retrying: %r", key[0], exc)
                     continue
-                orderer.fill(key, page)
+                orderer.fill(key, page, top, self.broker.ctx.clock())
 
     async def _start(self, key: tuple[str, str], top: int) -> None:
         """A key the orderer saw first out of turn: what the user's devices here lack of the
@@ -378,7 +378,8 @@ class RedisLink:
             for message in page:
                 if message.conversation == conversation and message.seq <= top:
                     missing[message.seq] = message
-        self.broker.orderer.fill(key, [missing[s] for s in sorted(missing)])
+        missed = [missing[s] for s in sorted(missing)]
+        self.broker.orderer.fill(key, missed, top, self.broker.ctx.clock())
 
 
 def _first(error: BaseException) -> BaseException:
