@@ -102,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--history-messages", type=int, help="deflate: messages in the history page (50)"
     )
     p.add_argument(
-        "--cluster-rate", type=float, help="cluster scenario offered msg/s (2000; quick 500)"
+        "--cluster-rate", type=float, help="cluster scenario offered msg/s (500; quick 200)"
     )
     p.add_argument(
         "--cluster-clients", type=int, help="cluster scenario clients, in pairs (60; quick 12)"
