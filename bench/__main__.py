@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="search@searching: searches/s, an open loop over the searching users (100)",
     )
     p.add_argument(
-        "--cluster-rate", type=float, help="cluster scenario offered msg/s (2000; quick 500)"
+        "--cluster-rate", type=float, help="cluster scenario offered msg/s (500; quick 200)"
     )
     p.add_argument(
         "--cluster-clients", type=int, help="cluster scenario clients, in pairs (60; quick 12)"

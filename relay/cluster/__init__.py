@@ -6,8 +6,10 @@ One concern per module:
   gaps filled from the store (sans-IO);
 - presence.py: ClusterPresence, the presence tracker that knows other nodes' users (sans-IO);
 - broker.py: ClusterBroker, the core's Broker port: local delivery plus publications;
-- link.py: RedisLink, the Trio tasks on Redis (coredis): publish, subscribe, heartbeat, gaps,
-  and the node's health while Redis is away.
+- link.py: RedisLink, the Trio tasks on Redis: publish, subscribe, heartbeat, gaps, and the
+  node's health while Redis is away;
+- resp.py: the link's RESP2 connections for publishing and subscribing, on Trio streams;
+- calls.py: ClusterCalls, call signalling between nodes.
 """
 
 from relay.cluster.broker import ClusterBroker

@@ -67,7 +67,10 @@ class ClusterBroker:
         # subscribes this node to a user's channel (set by the link, relay.cluster.link)
         self.join_hook: Callable[[str], Awaitable[None]] | None = None
         self.presence = ClusterPresence(
-            ctx.config.presence_grace, changed=self._presence_changed, clock=ctx.clock
+            ctx.config.presence_grace,
+            changed=self._presence_changed,
+            clock=ctx.clock,
+            node=self.node_id,
         )
         self.presence_changes: list[tuple[str, bool]] = []
         # users whose count of devices here changed while this node holds them (announced
@@ -203,12 +206,15 @@ class ClusterBroker:
     def publish_call(self, user: str, body: bytes) -> None:
         self._publish([user], envelope(CALL, self.node_id, body))
 
+    def nodes_of(self, user: str) -> list[str]:
+        return self.presence.nodes_of(user)
+
     def forget_group(self, group_id: str, event: str) -> None:
         """A group was made or its members changed (here or on another node); a new group's
         members start at seq 1, so its order needs no restart."""
         self.ctx.router.forget_group(group_id)
         if event != "create":
-            self.orderer.forget_conversation(group_conversation(group_id), self.ctx.clock())
+            self.orderer.forget_conversation(group_conversation(group_id))
 
     # --- users joining and leaving this node ----------------------------------------------------
     def _presence_changed(self, user: str, up: bool) -> None:

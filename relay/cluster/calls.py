@@ -29,7 +29,7 @@ homed elsewhere may still place a call from this node.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import trio
@@ -42,6 +42,7 @@ from relay.core.calls import (
     Probe,
     RemoteDevice,
 )
+from relay.core.context import Context
 from relay.core.session import Session
 from relay.ports import Connection
 from relay.protocol.calls import (
@@ -54,14 +55,31 @@ from relay.protocol.calls import (
     encode_call_signal,
 )
 
-if TYPE_CHECKING:
-    from relay.cluster.broker import ClusterBroker
-
 log = logging.getLogger("relay.cluster")
 
 #: seconds the home waits at most for a node that holds the callee to answer a probe (a node
 #: that died never does; presence forgets it within its ttl)
 PROBE_WAIT = 2.0
+
+
+class CallBroker(Protocol):
+    """What the calls need of their node's broker (relay.cluster.broker.ClusterBroker): its
+    node id, its context, a publication to a user's channel, and the other nodes holding a
+    user. Only typed, never checked at run time (the broker hands itself in)."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def ctx(self) -> Context: ...
+
+    def publish_call(self, user: str, body: bytes) -> None:
+        """A CALL envelope with `body` to every node holding a device of `user`."""
+        ...
+
+    def nodes_of(self, user: str) -> list[str]:
+        """The other nodes that hold `user` (presence entries not expired)."""
+        ...
 
 
 @define(eq=False)
@@ -100,7 +118,7 @@ def _session(conn: Connection) -> Session:
 class ClusterCalls:
     """relay.core.calls.CallRouting for one node of several (see the module docstring)."""
 
-    def __init__(self, broker: ClusterBroker, calls: Calls) -> None:
+    def __init__(self, broker: CallBroker, calls: Calls) -> None:
         self.broker = broker
         self.calls = calls
         self.node = broker.node_id
@@ -116,7 +134,7 @@ class ClusterCalls:
     async def probe(self, call: Call) -> Probe:
         if self._guest_busy(call.callee):
             return Probe(True, ())
-        nodes = [n for n in self.broker.presence.nodes_of(call.callee) if n != self.node]
+        nodes = [n for n in self.broker.nodes_of(call.callee) if n != self.node]
         if not nodes:
             return Probe(False, ())
         probing = self._probing[call.call_id] = _Probing(set(nodes))

@@ -9,8 +9,9 @@ Channels:
   at once (`P`); a group whose members changed (`G`), so every node reads it again from the
   store.
 
-Keys: `relay:presence:<nodeId>`, the users that node holds and their devices there (JSON), written by it every
-`refresh` seconds with an expiry of `ttl`: the key of a dead node expires.
+Keys: `relay:presence:<nodeId>`, the users that node holds, their devices there and the status
+registers it keeps for them (JSON, as a presence note), written by it every `refresh` seconds
+with an expiry of `ttl`: the key of a dead node expires.
 
 Every envelope names its origin node, which ignores its own (it delivered locally already).
 Layout: one kind byte, the origin node id, a newline, then the body.
@@ -73,23 +74,35 @@ def decode_message(body: bytes) -> StoredMessage:
     return StoredMessage(*orjson.loads(body))
 
 
+#: the statuses a register may hold (the `status` frame's)
+STATUSES: Final = frozenset({"online", "away", "busy"})
+
+
 class PresenceNote(NamedTuple):
     """What a node says of the users it holds: started (`up`) or stopped (`down`) holding, the
-    devices of each `up` user there, and `version`, the node's count of holding changes when it
-    said so (a note older than one already applied is stale)."""
+    devices of each `up` user there, `version`, the node's count of holding changes when it
+    said so (a note older than one already applied is stale), and the status register it keeps
+    for each `up` user that has one (relay.cluster.presence)."""
 
     up: list[str]
     down: list[str]
     devices: dict[str, int] | None
     version: int
+    statuses: dict[str, tuple[int, str, str]]
 
 
 def encode_presence(
-    up: list[str], down: list[str], devices: dict[str, int] | None = None, version: int = 0
+    up: list[str],
+    down: list[str],
+    devices: dict[str, int] | None = None,
+    version: int = 0,
+    statuses: dict[str, tuple[int, str, str]] | None = None,
 ) -> bytes:
     value: dict[str, object] = {"up": up, "down": down, "v": version}
     if devices is not None:
         value["devices"] = devices
+    if statuses:
+        value["status"] = statuses
     return orjson.dumps(value)
 
 
@@ -102,11 +115,19 @@ def decode_presence(body: bytes) -> PresenceNote:
         else None
     )
     version = value.get("v", 0)
+    statuses: dict[str, tuple[int, str, str]] = {}
+    found = value.get("status")
+    if isinstance(found, dict):
+        for user, register in found.items():
+            match register:
+                case [int(stamp), str(origin), str(status)] if status in STATUSES:
+                    statuses[str(user)] = (stamp, origin, status)
     return PresenceNote(
         list(value.get("up", [])),
         list(value.get("down", [])),
         counts,
         version if isinstance(version, int) else 0,
+        statuses,
     )
 
 

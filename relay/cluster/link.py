@@ -1,8 +1,9 @@
 """RedisLink: the Trio side of a node's ClusterBroker — its Redis connection and tasks.
 
-Tasks, in one nursery per connection to Redis (coredis, which runs on anyio and so under Trio):
+Tasks, in one nursery per link to Redis (three connections: publications and the subscription
+straight on Trio streams, relay.cluster.resp; the heartbeat's keys through coredis):
 - publisher: the broker's queued publications, in queue order, and presence changes;
-- reader: the subscribed channels (user channels, `relay:nodes`) into the broker;
+- subscription: the subscribed channels (user channels, `relay:nodes`) into the broker;
 - heartbeat: every `refresh` s the users this node holds, to the other nodes; entries of other
   nodes that lapsed (a dead node) are dropped, and the conversations this node follows are
   checked against the store (what a dead node committed but never published is delivered);
@@ -24,6 +25,7 @@ from typing import Any
 import coredis
 import trio
 
+from relay.cluster import resp
 from relay.cluster.broker import ClusterBroker
 from relay.cluster.envelope import (
     CALL,
@@ -187,31 +189,36 @@ class RedisLink:
         )
         async with client:
             await client.ping()
-            pubsub = client.pubsub(retry_policy=None)
-            async with pubsub:
-                await pubsub.subscribe(NODES_CHANNEL)
-                users = list(self.broker.ctx.router.table())
-                if users:
-                    await pubsub.subscribe(*[user_channel(u) for u in users])
-                self._client = client
-                self._pubsub = pubsub
-                self._subscribed = set(users)
-                self._late.clear()  # subscribed above (and closed below after an outage)
-                if self.broker.redis_problem is not None and self._was_up:
-                    log.warning("Redis is back at %s; devices reconnect to catch up", self.url)
-                    self._restart_local()
-                elif self._was_up is False:
-                    log.info("joined the cluster on %s as node %s", self.url, self.broker.node_id)
-                self.broker.redis_problem = None
-                self._was_up = True
-                if task_status is not None:
-                    task_status.started()
+            publishing = await resp.connect(self.url)
+            listening = await resp.connect(self.url)
+            try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._publisher, client)
-                    nursery.start_soon(self._reader, pubsub)
+                    pubsub = resp.Subscription(listening, self._received)
+                    nursery.start_soon(pubsub.run)
+                    users = list(self.broker.ctx.router.table())
+                    await pubsub.subscribe(NODES_CHANNEL, *[user_channel(u) for u in users])
+                    self._client = client
+                    self._pubsub = pubsub
+                    self._subscribed = set(users)
+                    self._late.clear()  # subscribed above (and closed below after an outage)
+                    if self.broker.redis_problem is not None and self._was_up:
+                        log.warning("Redis is back at %s; devices reconnect to catch up", self.url)
+                        self._restart_local()
+                    elif self._was_up is False:
+                        log.info(
+                            "joined the cluster on %s as node %s", self.url, self.broker.node_id
+                        )
+                    self.broker.redis_problem = None
+                    self._was_up = True
+                    if task_status is not None:
+                        task_status.started()
+                    nursery.start_soon(self._publisher, publishing)
                     nursery.start_soon(self._heartbeat, client, nursery)
                     nursery.start_soon(self._gaps)
                     nursery.start_soon(self._late_joins)
+            finally:
+                await publishing.aclose()
+                await listening.aclose()
 
     def _restart_local(self) -> None:
         # what was queued while Redis was away is stale (typing, receipts) or in the store
@@ -225,7 +232,7 @@ class RedisLink:
                 conn.close(CLOSE_SERVICE_RESTART, "cluster link restored")
 
     # --- tasks ----------------------------------------------------------------------------------
-    async def _publisher(self, client: Any) -> None:
+    async def _publisher(self, conn: resp.RespConnection) -> None:
         broker = self.broker
         outgoing = broker.outgoing
         node = broker.node_id
@@ -241,46 +248,42 @@ class RedisLink:
                 up = list(dict.fromkeys([u for u, is_up in changes if is_up] + list(recount)))
                 up = [u for u in up if broker.presence.holds(u)]
                 devices = {u: broker.local_devices(u) for u in up}
-                note = encode_presence(up, down, devices, broker.presence.version)
-                await client.publish(NODES_CHANNEL, envelope(PRESENCE, node, note))
-            while outgoing:  # in queue order, pipelined: ~13 us a publish instead of ~160
+                statuses = broker.presence.statuses(up)
+                note = encode_presence(up, down, devices, broker.presence.version, statuses)
+                await conn.call_many([(b"PUBLISH", NODES_CHANNEL, envelope(PRESENCE, node, note))])
+            while outgoing:  # in queue order, pipelined: one write, one parse of the replies
                 batch = [outgoing.popleft() for _ in range(min(len(outgoing), PIPELINE_MAX))]
-                async with client.pipeline(transaction=False) as pipe:
-                    for channel, body in batch:
-                        pipe.publish(channel, body)
+                await conn.call_many([(b"PUBLISH", channel, body) for channel, body in batch])
             await self._unsubscribe_gone()
 
-    async def _reader(self, pubsub: Any) -> None:
+    def _received(self, channel: bytes, data: bytes) -> None:
+        """A message on a channel this node subscribed to (the subscription's reader)."""
+        opened = open_envelope(data)
         broker = self.broker
-        node = broker.node_id
-        presence = broker.presence
-        async for item in pubsub:
-            if item is None or item.get("type") != "message":
-                continue
-            opened = open_envelope(item["data"])
-            if opened is None or opened.node == node:
-                continue
-            kind = opened.kind
-            channel = item["channel"]
-            user = channel_user(channel)
-            try:
-                if user is not None:
-                    if kind == DELIVERY:
-                        broker.delivered_remotely(decode_message(opened.body), user)
-                    elif kind in (FRAME, FRAME_DROPPABLE):
-                        broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
-                    elif kind == CALL:
-                        broker.call_remotely(opened.node, opened.body)
-                    elif kind == DISCONNECT:
-                        broker.disconnected_remotely(user, opened.body.decode())
-                elif kind == GROUP_CHANGED:
-                    broker.forget_group(*decode_group_changed(opened.body))
-                elif kind == PRESENCE:
-                    up, down, devices, version = decode_presence(opened.body)
-                    now = broker.ctx.clock()
-                    presence.remote_note(opened.node, up, down, devices, version, now)
-            except Exception:
-                log.exception("a message from node %s could not be handled", opened.node)
+        if opened is None or opened.node == broker.node_id:
+            return
+        kind = opened.kind
+        user = channel_user(channel)
+        try:
+            if user is not None:
+                if kind == DELIVERY:
+                    broker.delivered_remotely(decode_message(opened.body), user)
+                elif kind in (FRAME, FRAME_DROPPABLE):
+                    broker.frame_remotely(opened.body, user, kind == FRAME_DROPPABLE)
+                elif kind == CALL:
+                    broker.call_remotely(opened.node, opened.body)
+                elif kind == DISCONNECT:
+                    broker.disconnected_remotely(user, opened.body.decode())
+            elif kind == GROUP_CHANGED:
+                broker.forget_group(*decode_group_changed(opened.body))
+            elif kind == PRESENCE:
+                up, down, devices, version, statuses = decode_presence(opened.body)
+                now = broker.ctx.clock()
+                broker.presence.remote_note(
+                    opened.node, up, down, devices, version, now, statuses=statuses
+                )
+        except Exception:
+            log.exception("a message from node %s could not be handled", opened.node)
 
     async def _heartbeat(self, client: Any, nursery: trio.Nursery) -> None:
         """Every `refresh` s: this node's users into its expiring presence key, the other
@@ -295,7 +298,7 @@ class RedisLink:
         while True:
             held = presence.held()  # with the version it is at (no await in between)
             devices = {u: broker.local_devices(u) for u in held}
-            note = encode_presence(held, [], devices, presence.version)
+            note = encode_presence(held, [], devices, presence.version, presence.statuses(held))
             await client.set(own, note, px=ttl_ms)
             keys = [key async for key in client.scan_iter(match=PRESENCE_PREFIX + "*")]
             others = [k for k in keys if (k.decode() if isinstance(k, bytes) else k) != own]
@@ -305,9 +308,11 @@ class RedisLink:
                     if value is None:
                         continue
                     name = key.decode() if isinstance(key, bytes) else key
-                    up, _, counts, version = decode_presence(value)
+                    up, _, counts, version, statuses = decode_presence(value)
                     other = name[len(PRESENCE_PREFIX) :]
-                    presence.remote_note(other, up, [], counts, version, now, snapshot=True)
+                    presence.remote_note(
+                        other, up, [], counts, version, now, snapshot=True, statuses=statuses
+                    )
             lapsed = presence.remote_expire(now)
             broker.orderer.prune(now)
             if lapsed:
@@ -356,7 +361,7 @@ class RedisLink:
                 except Exception as exc:
                     log.warning("filling a gap in %s failed, retrying: %r", key[0], exc)
                     continue
-                orderer.fill(key, page)
+                orderer.fill(key, page, top, self.broker.ctx.clock())
 
     async def _start(self, key: tuple[str, str], top: int) -> None:
         """A key the orderer saw first out of turn: what the user's devices here lack of the
@@ -373,7 +378,8 @@ class RedisLink:
             for message in page:
                 if message.conversation == conversation and message.seq <= top:
                     missing[message.seq] = message
-        self.broker.orderer.fill(key, [missing[s] for s in sorted(missing)])
+        missed = [missing[s] for s in sorted(missing)]
+        self.broker.orderer.fill(key, missed, top, self.broker.ctx.clock())
 
 
 def _first(error: BaseException) -> BaseException:

@@ -12,16 +12,22 @@ between its commit and its publish, Redis restarted). Invariants:
   messages) and handed to `fill`. A key must never start at its first delivery: a lower seq
   committed by another node may still be on its way, and once the higher one is sent to a
   device the lower one can no longer be (a device gets a conversation in seq order), so it
-  would be lost until the device reconnects. For `idle` seconds after a group's members
-  changed, its keys start at their first delivery instead (see forget_conversation);
+  would be lost until the device reconnects. This holds right after a group's members
+  changed too: the start read is the store's undelivered messages of the user's devices,
+  which begin where the user (re)joined, so a member added again is never given what was said
+  while they were out, and every other member's order goes on unbroken;
 - a seq with nothing to deliver here (`passed`: the sender's own message, from their only
   device here) takes its turn without being held: the sender's key never waits `gap_wait` for
   the other side's messages on its account, nor reads the store for them;
 - a key with held deliveries is `due` once `gap_wait` has passed since its first hold: the
-  caller reads the missing seqs from the store and hands them to `fill`, which releases them and
-  every held delivery in seq order — a gap is filled, never skipped;
+  caller reads the missing seqs up to the highest held from the store and hands them to `fill`,
+  which releases them and every held delivery up to that seq in seq order — a gap is filled,
+  never skipped, and nothing is released past a seq the read covered (what was held meanwhile
+  beyond it follows in turn, or waits again);
 - a key without holds is forgotten after `idle` seconds, or when its user leaves the node; a
-  group's keys when its members change.
+  group's keys when its members change, except that a key with held deliveries keeps them and
+  becomes blind (its start is read from the store again): a gap read (`history`, the whole
+  conversation) never spans a change, and nothing held is dropped.
 """
 
 from __future__ import annotations
@@ -50,7 +56,6 @@ class Orderer:
     #: told when a key became blind (its start is to be read from the store now)
     on_blind: Callable[[], None] = lambda: None
     _blind: set[Key] = field(factory=set)
-    _restart: dict[str, float] = field(factory=dict)  # conversation -> when its group changed
     _passed: dict[Key, set[int]] = field(factory=dict)  # seqs beyond upto with no delivery here
     _upto: dict[Key, int] = field(factory=dict)
     _held: dict[Key, dict[int, tuple[StoredMessage, Connection | None]]] = field(factory=dict)
@@ -75,12 +80,8 @@ class Orderer:
             self._used[key] = now
             upto = upto_of.get(key)
             if upto is None and key not in self._blind:
-                if seq == 1:  # nothing before it
-                    upto = 0
-                elif conversation in self._restart:
-                    upto = seq - 1
-                else:
-                    upto = self.position(conversation, user)
+                # seq 1 has nothing before it
+                upto = 0 if seq == 1 else self.position(conversation, user)
                 if upto is None or seq > upto + 1:
                     self._blind.add(key)
                     self.on_blind()
@@ -162,26 +163,28 @@ class Orderer:
         messages) and hands it to `fill`."""
         return [(key, max(self._held[key])) for key in self._blind if key in self._held]
 
-    def fill(self, key: Key, missing: Sequence[StoredMessage]) -> None:
-        """The store's messages of `key`'s conversation after its upto (read once it was due):
-        released in seq order together with everything held."""
+    def fill(self, key: Key, missing: Sequence[StoredMessage], top: int, now: float) -> None:
+        """The store's messages of `key`'s conversation that its devices lack, up to `top`
+        (read once the key was due, or blind): released in seq order together with what is
+        held up to `top`; the read covers every seq up to `top`, so the key is then at `top`.
+        What was held meanwhile beyond `top` follows in turn, and a gap there waits again — a
+        fill never releases past a seq it did not read."""
         self._blind.discard(key)
         held = self._held.get(key)
         if held is None:
             return
-        for message in missing:
-            if message.seq not in held and message.seq > self._upto.get(key, 0):
-                held[message.seq] = (message, None)
         upto = self._upto.get(key, 0)
-        for seq in sorted(held):
+        for message in missing:
+            seq = message.seq
+            if upto < seq <= top and seq not in held:
+                held[seq] = (message, None)
+        for seq in sorted(s for s in held if s <= top):
             message, exclude = held.pop(seq)
-            if seq > upto:
-                upto = seq
-                self._upto[key] = seq
             self.release(message, [key[1]], exclude)
-        del self._held[key]
-        self._since.pop(key, None)
-        self._drain(key)  # what passed beyond the fill
+        self._upto[key] = max(upto, top)
+        if held:
+            self._since[key] = now  # what is left waits for its gap from now
+        self._drain(key)  # what is in turn beyond the fill
 
     def forget_user(self, user: str) -> None:
         """The user has no device on this node any more: their keys go (held ones with them:
@@ -189,18 +192,27 @@ class Orderer:
         for key in [k for k in self._used if k[1] == user]:
             self._drop(key)
 
-    def forget_conversation(self, conversation: str, now: float = 0.0) -> None:
-        """A group's members changed: for `idle` seconds its keys start again at their next
-        delivery, neither from the devices' position nor from the store, so no gap or start
-        read spans the change (a member removed and added again is never given what was said
-        while they were out)."""
+    def forget_conversation(self, conversation: str) -> None:
+        """A group's members changed: its keys start again, so that no gap read (the
+        conversation's history after `upto`) spans the change — a member removed and added
+        again is never given what was said while they were out. A key starts again as a new
+        one does: from its devices' position, or from the store's undelivered messages of its
+        devices, which begin where the user joined. A key with held deliveries keeps them and
+        is blind at once (its start is read now, then everything is released in seq order)."""
+        blind = False
         for key in [k for k in self._used if k[0] == conversation]:
-            self._drop(key)
-        self._restart[conversation] = now
+            if key in self._held:
+                self._upto.pop(key, None)
+                self._passed.pop(key, None)
+                self._since.pop(key, None)
+                self._blind.add(key)
+                blind = True
+            else:
+                self._drop(key)
+        if blind:
+            self.on_blind()
 
     def prune(self, now: float) -> None:
-        for conversation in [c for c, t in self._restart.items() if now - t > self.idle]:
-            del self._restart[conversation]
         for key in [k for k, t in self._used.items() if now - t > self.idle]:
             if key not in self._held:
                 self._drop(key)

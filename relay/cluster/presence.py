@@ -16,7 +16,16 @@ Invariants (with PresenceTracker's):
 - `online` is announced only when a user comes online on no node before (a reconnect to
   another node within the grace announces nothing);
 - `offline` is announced by the node where the user's grace ended, and only when no other
-  node holds the user (so a user who moved to another node within the grace never flaps).
+  node holds the user (so a user who moved to another node within the grace never flaps);
+- a user's status (online/away/busy, the `status` frame) is one register per user across
+  nodes: a `Register` (stamp, origin node, status), and the greatest (stamp, origin) wins. A
+  status set here takes a stamp above every one this node knows for the user (a set after
+  another one was heard wins over it; two sets at once are ordered by node id, the same way on
+  every node). Each node that holds the user keeps the latest register it knows (its own set, or
+  one heard from another node holding the user, or found there when it starts holding them)
+  and says it with the user in its notes, so the status outlives the node where it was set as
+  long as some node holds the user, and every node answers the same. A node that stops holding
+  the user drops its register; once no node holds them it is `online` again on their return.
 """
 
 from __future__ import annotations
@@ -27,6 +36,9 @@ from attrs import define, field
 
 from relay.core.presence import PresenceTracker
 
+#: a user's status as a node knows it: (stamp, origin node, status); the greatest wins
+Register = tuple[int, str, str]
+
 
 @define
 class ClusterPresence(PresenceTracker):
@@ -34,6 +46,12 @@ class ClusterPresence(PresenceTracker):
     changed: Callable[[str, bool], None] = field(default=lambda user, up: None, kw_only=True)
     clock: Callable[[], float] = field(default=lambda: 0.0, kw_only=True)
     ttl: float = field(default=3.0, kw_only=True)
+    #: this node's id (it orders two status registers of the same stamp)
+    node: str = field(default="", kw_only=True)
+    # user -> the register this node keeps for a user it holds (see the module docstring)
+    _own: dict[str, Register] = field(factory=dict, init=False)
+    # user -> {node: the register that node said with the user}
+    _remote_status: dict[str, dict[str, Register]] = field(factory=dict, init=False)
     # user -> {node: monotonic expiry}
     _remote: dict[str, dict[str, float]] = field(factory=dict, init=False)
     # node -> the version of its latest note applied
@@ -54,6 +72,7 @@ class ClusterPresence(PresenceTracker):
         now: float,
         *,
         snapshot: bool = False,
+        statuses: dict[str, Register] | None = None,
     ) -> None:
         """A note of `node` (an announcement, or its key read by the heartbeat: a `snapshot`
         of every user it holds). A note older
@@ -71,7 +90,7 @@ class ClusterPresence(PresenceTracker):
                 *down,
                 *(u for u, nodes in self._remote.items() if node in nodes and u not in listed),
             ]
-        self.remote_up(node, up, now, devices)
+        self.remote_up(node, up, now, devices, statuses)
         self.remote_down(node, down)
 
     def remote_alive(self, node: str, now: float) -> None:
@@ -81,12 +100,28 @@ class ClusterPresence(PresenceTracker):
                 nodes[node] = expiry
 
     def remote_up(
-        self, node: str, users: list[str], now: float, devices: dict[str, int] | None = None
+        self,
+        node: str,
+        users: list[str],
+        now: float,
+        devices: dict[str, int] | None = None,
+        statuses: dict[str, Register] | None = None,
     ) -> None:
-        """`node` holds `users` (with `devices[user]` devices signed in there, when given)."""
+        """`node` holds `users` (with `devices[user]` devices signed in there, when given, and
+        the status register `statuses[user]` it keeps for them, none when absent)."""
         expiry = now + self.ttl
         counts = self._remote_devices
+        known = self._remote_status
+        own = self._own
         for user in users:
+            register = statuses.get(user) if statuses is not None else None
+            if register is None:
+                self._forget_status(user, node)
+            else:
+                known.setdefault(user, {})[node] = register
+                mine = own.get(user)
+                if (mine is None or register[:2] > mine[:2]) and self.holds(user):
+                    self._keep(user, register)
             self._remote.setdefault(user, {})[node] = expiry
             if devices is not None:
                 count = devices.get(user, 0)
@@ -98,6 +133,7 @@ class ClusterPresence(PresenceTracker):
     def remote_down(self, node: str, users: list[str]) -> None:
         for user in users:
             self._forget_devices(user, node)
+            self._forget_status(user, node)
             nodes = self._remote.get(user)
             if nodes is not None:
                 nodes.pop(node, None)
@@ -110,6 +146,13 @@ class ClusterPresence(PresenceTracker):
             counts.pop(node, None)
             if not counts:
                 del self._remote_devices[user]
+
+    def _forget_status(self, user: str, node: str) -> None:
+        registers = self._remote_status.get(user)
+        if registers is not None:
+            registers.pop(node, None)
+            if not registers:
+                del self._remote_status[user]
 
     def remote_devices(self, user_id: str) -> int:
         """The user's devices signed in on other nodes whose entries have not expired."""
@@ -128,6 +171,7 @@ class ClusterPresence(PresenceTracker):
             for node in [n for n, t in nodes.items() if t <= now]:
                 del nodes[node]
                 self._forget_devices(user, node)
+                self._forget_status(user, node)
                 lapsed.add(node)
             if not nodes:
                 del self._remote[user]
@@ -156,11 +200,42 @@ class ClusterPresence(PresenceTracker):
         """The users this node holds: connected here, or within the grace here."""
         return [*self._devices, *self._leaving]
 
+    # --- status registers -------------------------------------------------------------------------
+    def statuses(self, users: list[str]) -> dict[str, Register]:
+        """The registers this node keeps for those of `users` that have one (for its notes)."""
+        own = self._own
+        return {u: own[u] for u in users if u in own}
+
+    def _latest(self, user_id: str) -> Register | None:
+        """The greatest register known for the user: this node's, and those of the other nodes
+        that hold the user (entries not expired)."""
+        best = self._own.get(user_id)
+        registers = self._remote_status.get(user_id)
+        if registers:
+            nodes = self._remote.get(user_id, {})
+            now = self.clock()
+            for node, register in registers.items():
+                if nodes.get(node, 0.0) > now and (best is None or register[:2] > best[:2]):
+                    best = register
+        return best
+
+    def _keep(self, user_id: str, register: Register) -> None:
+        self._own[user_id] = register
+        super().set_status(user_id, register[2])
+
+    def _let_go(self, user_id: str) -> None:
+        """This node no longer holds the user: its register goes."""
+        self._own.pop(user_id, None)
+        super().set_status(user_id, "online")
+
     # --- PresenceTracker, across nodes ------------------------------------------------------------
     def connect(self, user_id: str) -> bool:
         held_before = user_id in self._devices or user_id in self._leaving
         announce = super().connect(user_id)
         if not held_before:
+            latest = self._latest(user_id)  # another node's, the user being held there
+            if latest is not None:
+                self._keep(user_id, latest)
             self.version += 1
             self.changed(user_id, True)
         return announce and not self.elsewhere(user_id)
@@ -168,6 +243,7 @@ class ClusterPresence(PresenceTracker):
     def disconnect(self, user_id: str, now: float, left_at: str) -> bool:
         offline = super().disconnect(user_id, now, left_at)
         if offline:  # no grace: gone from this node at once
+            self._let_go(user_id)
             self.version += 1
             self.changed(user_id, False)
             return not self.elsewhere(user_id)
@@ -176,14 +252,29 @@ class ClusterPresence(PresenceTracker):
     def expired(self, now: float) -> list[tuple[str, str]]:
         gone = super().expired(now)
         for user, _ in gone:
+            self._let_go(user)
             self.version += 1
             self.changed(user, False)
         return [(user, seen) for user, seen in gone if not self.elsewhere(user)]
+
+    def set_status(self, user_id: str, status: str) -> bool:
+        """A device of the user here announced a status: a register above every one known for
+        the user, said to the other nodes at once."""
+        before = self.status_of(user_id)
+        stamps = [r[0] for r in self._remote_status.get(user_id, {}).values()]
+        mine = self._own.get(user_id)
+        if mine is not None:
+            stamps.append(mine[0])
+        self._keep(user_id, (max(stamps, default=0) + 1, self.node, status))
+        self.version += 1
+        self.changed(user_id, True)
+        return before != status
 
     def is_online(self, user_id: str) -> bool:
         return super().is_online(user_id) or self.elsewhere(user_id)
 
     def status_of(self, user_id: str) -> str:
-        if super().is_online(user_id):
-            return super().status_of(user_id)
-        return "online" if self.elsewhere(user_id) else "offline"
+        if not self.is_online(user_id):
+            return "offline"
+        latest = self._latest(user_id)
+        return "online" if latest is None else latest[2]
