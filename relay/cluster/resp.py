@@ -1,11 +1,13 @@
-"""The cluster link's hot path to Redis, straight on a Trio stream (RESP2): PUBLISH in pipelines,
-and the pub/sub subscription whose messages are handed to a callback as they are parsed.
+"""The cluster link's hot path to Redis: PUBLISH in pipelines, and the pub/sub subscription
+whose messages are handed to a callback as they are parsed. Replies are parsed by coredis's
+sans-IO RESP parser (`coredis.parser.Parser`); this module is only the Trio shell around it.
 
-Measured reason: through coredis, each pub/sub message crossed two anyio memory streams and a
-cancel scope (about 30% of a busy node's main thread), and each publish pipeline ran its own
-writer task; here a read of the socket is parsed in one synchronous pass and every complete
-message in it is handled at once, and a pipeline is one `send_all` and one parse of the
-replies. The heartbeat's keys (SET, SCAN, MGET: a few a second) stay on coredis.
+Measured reason: through coredis's client, each pub/sub message crossed two anyio memory
+streams and a cancel scope (about 30% of a busy node's main thread), and each publish pipeline
+ran its own writer task; here a read of the socket is fed to the parser in one synchronous pass
+and every complete message in it is handled at once, and a pipeline is one `send_all` and one
+parse of the replies. The heartbeat's keys (SET, SCAN, MGET: a few a second) stay on coredis's
+client.
 
 Invariants:
 - `Subscription.subscribe` returns once Redis confirmed every channel (a publish Redis takes
@@ -23,6 +25,8 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import trio
+from coredis.exceptions import InvalidResponse, RedisError
+from coredis.parser import NotEnoughData, Parser
 
 from relay.errors import RelayError
 
@@ -40,12 +44,8 @@ class RedisReplyError(RelayError):
     """Redis answered a command with an error."""
 
 
-class _Incomplete(Exception):
-    """The buffer ends inside a reply (read more)."""
-
-
 def encode(args: Sequence[bytes | str]) -> bytes:
-    """One command in RESP2."""
+    """One command in RESP2 (an array of bulk strings; replies are parsed by coredis)."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg.encode() if isinstance(arg, str) else arg
@@ -55,47 +55,12 @@ def encode(args: Sequence[bytes | str]) -> bytes:
     return b"".join(out)
 
 
-def parse(buf: bytearray, pos: int) -> tuple[Any, int]:
-    """The reply starting at `pos` and the position after it; _Incomplete when the buffer ends
-    first. An error reply is returned as a RedisReplyError (not raised)."""
-    end = buf.find(b"\r\n", pos)
-    if end < 0:
-        raise _Incomplete
-    kind = buf[pos]
-    if kind == 0x24:  # $ bulk string
-        n = int(buf[pos + 1 : end])
-        if n < 0:
-            return None, end + 2
-        start = end + 2
-        if len(buf) < start + n + 2:
-            raise _Incomplete
-        return bytes(buf[start : start + n]), start + n + 2
-    if kind == 0x2A:  # * array
-        n = int(buf[pos + 1 : end])
-        pos = end + 2
-        if n < 0:
-            return None, pos
-        items = []
-        for _ in range(n):
-            item, pos = parse(buf, pos)
-            items.append(item)
-        return items, pos
-    if kind == 0x3A:  # : integer
-        return int(buf[pos + 1 : end]), end + 2
-    if kind == 0x2B:  # + simple string
-        return bytes(buf[pos + 1 : end]), end + 2
-    if kind == 0x2D:  # - error
-        return RedisReplyError(bytes(buf[pos + 1 : end]).decode(errors="replace")), end + 2
-    raise RedisGone(f"malformed reply from Redis: {bytes(buf[pos : end + 2])[:80]!r}")
-
-
 class RespConnection:
     """One connection: commands in pipelines (`call_many`), or a subscription's stream."""
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self._buf = bytearray()
-        self._pos = 0
+        self._parser = Parser()
         self._send_lock = trio.Lock()
 
     async def _fill(self) -> None:
@@ -105,24 +70,21 @@ class RespConnection:
             raise RedisGone(f"reading from Redis failed: {exc!r}") from None
         if not data:
             raise RedisGone("Redis closed the connection")
-        if self._pos:
-            del self._buf[: self._pos]
-            self._pos = 0
-        self._buf += data
+        self._parser.feed(data if isinstance(data, bytes) else bytes(data))
 
     def _take(self) -> list[Any]:
-        """Every complete reply in the buffer, in order."""
-        replies = []
-        buf = self._buf
-        while self._pos < len(buf):
+        """Every complete reply read so far, in order; an error reply as a RedisReplyError."""
+        replies: list[Any] = []
+        parser = self._parser
+        while True:
             try:
-                reply, self._pos = parse(buf, self._pos)
-            except _Incomplete:
-                break
-            except ValueError:
-                raise RedisGone("malformed reply from Redis") from None
-            replies.append(reply)
-        return replies
+                parsed = parser.parse()
+            except (InvalidResponse, ValueError) as exc:
+                raise RedisGone(f"malformed reply from Redis: {exc}") from None
+            if isinstance(parsed, NotEnoughData):
+                return replies
+            reply = parsed[1]
+            replies.append(RedisReplyError(str(reply)) if isinstance(reply, RedisError) else reply)
 
     async def send(self, data: bytes) -> None:
         async with self._send_lock:

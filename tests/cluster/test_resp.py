@@ -1,4 +1,5 @@
-"""relay.cluster.resp, the link's own RESP2 client: replies parsed from any split of the bytes,
+"""relay.cluster.resp, the link's Trio shell around coredis's RESP parser: replies parsed from
+any split of the bytes,
 and a subscription against the session's real redis-server (confirmed channels hear what is
 published after, in order; an error reply is raised; a stopped server ends the connection)."""
 
@@ -20,7 +21,7 @@ PARSED = [
     b"OK",
     None,
     [],
-    "ERR wrong",
+    "wrong",
     b"",
 ]
 
@@ -30,10 +31,17 @@ def test_replies_parse_from_any_split_of_the_bytes() -> None:
         conn = resp.RespConnection(trio.testing.MemorySendStream())  # type: ignore[arg-type]
         got: list[object] = []
         for part in (REPLIES[:cut], REPLIES[cut:]):
-            conn._buf += part
+            conn._parser.feed(part)
             got.extend(conn._take())
         got = [str(r) if isinstance(r, resp.RedisReplyError) else r for r in got]
         assert got == PARSED, cut
+
+
+def test_a_malformed_reply_ends_the_connection() -> None:
+    conn = resp.RespConnection(trio.testing.MemorySendStream())  # type: ignore[arg-type]
+    conn._parser.feed(b"!nonsense\r\n")
+    with pytest.raises(resp.RedisGone):
+        conn._take()
 
 
 def test_a_command_is_encoded_as_a_resp_array() -> None:
