@@ -723,6 +723,21 @@ class StoreSuite:
         [fourth] = await put(store, msg("c", group="g"))
         assert await store.undelivered("b", "") == [fourth]
 
+    async def test_a_device_registered_before_a_removal_gets_nothing_said_while_out(
+        self, store: Store
+    ) -> None:
+        # the device has no cursor, so its backlog would start where it registered: before
+        # the user was removed and added again; it starts after the rejoin all the same
+        await store.register_device("b", "phone")
+        await store.create_group(group("g", ["a", "b"]))
+        await put(store, msg("a", group="g"))
+        await store.set_group_members("g", ["a"])
+        await put(store, msg("a", group="g"))  # said while b was out
+        await store.set_group_members("g", ["a", "b"])
+        assert await store.undelivered("b", "phone") == []
+        [third] = await put(store, msg("a", group="g"))
+        assert await store.undelivered("b", "phone") == [third]
+
     # --- presence -------------------------------------------------------------------------------
     async def test_last_seen(self, store: Store) -> None:
         assert await store.last_seen(["a", "b"]) == {}

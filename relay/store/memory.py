@@ -160,6 +160,8 @@ class MemoryStore:
             start = self._cursors.get((conversation, user_id), {}).get(device_id)
             if start is None:
                 start = self._device_start(conversation, user_id, device_id)
+            # never what was said before the user (last) joined the group
+            start = max(start, self._joined.get((conversation, user_id), 0))
             found.extend(
                 r for r in self._messages.get(conversation, [])[start:] if r[_SENDER] != user_id
             )

@@ -82,7 +82,9 @@ _NO_SEQ: Final = 1 << 62  # above any seq
 
 # Where a device's backlog starts in each of its user's conversations: its cursor; without one,
 # the user's delivered watermark, or lower when messages came after the device registered
-# (the seq before the first of them).
+# (the seq before the first of them); never at or below the seq where the user (last) joined a
+# group (participants.joined_seq: joining drops the user's device cursors there, and a device
+# registered before would otherwise be given what was said while the user was out).
 _UNDELIVERED: Final = f"""
     SELECT {", ".join("m." + c.strip() for c in COLUMNS.split(","))}
     FROM participants AS p
@@ -100,7 +102,7 @@ _UNDELIVERED: Final = f"""
                      SELECT v.since_pos FROM devices AS v
                      WHERE v.user_id = ?1 AND v.device_id = ?2)),
                 {_NO_SEQ})))
-    WHERE p.user_id = ?1 AND m.sender_id != ?1
+    WHERE p.user_id = ?1 AND m.sender_id != ?1 AND m.seq > p.joined_seq
     ORDER BY m.pos
     LIMIT ?3
 """
