@@ -8,7 +8,8 @@ One concern per module:
 - broker.py: ClusterBroker, the core's Broker port: local delivery plus publications;
 - link.py: RedisLink, the Trio tasks on Redis: publish, subscribe, heartbeat, gaps, and the
   node's health while Redis is away;
-- resp.py: the link's RESP2 connections for publishing and subscribing, on Trio streams;
+- resp.py: the link's connections for publishing and subscribing, on Trio streams (replies
+  parsed by coredis's sans-IO parser);
 - calls.py: ClusterCalls, call signalling between nodes.
 """
 

@@ -25,7 +25,7 @@ from typing import Any
 import coredis
 import trio
 
-from relay.cluster import resp
+import relay.cluster.resp as resp
 from relay.cluster.broker import ClusterBroker
 from relay.cluster.envelope import (
     CALL,

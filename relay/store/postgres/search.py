@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import relay.store.postgres.reads as reads
 from relay.search.normalize import tokens
 from relay.search.query import SearchQuery
 from relay.store.base import Watermarks
-from relay.store.postgres import reads
 from relay.store.postgres.rows import COLUMNS, Conn, message
 from relay.store.sql_search import marked_read, page_read, selected
 
