@@ -65,16 +65,16 @@ class Vocabulary:
     _staged: set[str] = field(factory=set, init=False)
 
     def add(self, conn: sqlite3.Connection, bodies: list[str]) -> None:
-        known, staged = self._known, self._staged
-        fresh = {
-            token
-            for body in bodies
-            for token in body.split(" ")
-            if token not in known and token not in staged
-        }
+        if not bodies:
+            return
+        # set operations in C: most tokens of a batch repeat and are known (every body is
+        # tokens joined by one space, none empty)
+        fresh = set(" ".join(bodies).split(" "))
+        fresh -= self._known
+        fresh -= self._staged
         if fresh:
             conn.executemany(_TERM, [(token,) for token in fresh])
-            staged |= fresh
+            self._staged |= fresh
 
     def committed(self) -> None:
         if len(self._known) + len(self._staged) > self.most:
