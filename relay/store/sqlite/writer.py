@@ -278,7 +278,19 @@ class Writer:
             else:
                 appended = sum(r.weight for r in done if r.messages is not None)
                 if appended and self.indexer.steps():
-                    if not self.indexer.in_transaction(conn, appended):
+                    # the fused appends stand (`done` holds them first, in order, then the
+                    # other writes): their messages took the positions in that order
+                    fresh = (
+                        [
+                            (m.text, m.conversation)
+                            for r in done
+                            if r.messages is not None
+                            for m in r.messages
+                        ]
+                        if staged is not None
+                        else None
+                    )
+                    if not self.indexer.in_transaction(conn, appended, fresh):
                         self._known.clear()  # SQLite undid the transaction: nothing stands
                         self._fail(done, "the search index could not be written")
                         return
