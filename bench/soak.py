@@ -522,11 +522,17 @@ def db_bytes(db: Path) -> int:
 
 
 def sample(pid: int, started: float, db: Path) -> dict[str, float]:
+    """One sample: the relay's memory and CPU, the database's size, and the machine's load
+    averages (1, 5 and 15 minutes: other work on the machine, beside the relay's figures)."""
+    load1, load5, load15 = os.getloadavg()
     return {
         "t": round(time.monotonic() - started, 3),
         **proc_memory_kb(pid),
         "cpu_s": loadgen.proc_cpu_seconds(pid),
         "db_bytes": db_bytes(db),
+        "load1": load1,
+        "load5": load5,
+        "load15": load15,
     }
 
 
@@ -555,7 +561,7 @@ async def drive(
                     f"[{_clock(now['t'])}/{total}] relay RSS "
                     f"{now['rss_kb'] / 1024:.1f} MB (anon {now['anon_kb'] / 1024:.1f}, file "
                     f"{now['file_kb'] / 1024:.1f}), db {now['db_bytes'] / 1e6:.1f} MB, "
-                    f"cpu {cpu:.0%}; sent {c['sent 1:1']:,} 1:1 + "
+                    f"cpu {cpu:.0%}, load {now['load1']:.2f}; sent {c['sent 1:1']:,} 1:1 + "
                     f"{c['sent group']:,} group, received {c['received']:,}, history "
                     f"{c['history answers']:,}, conversations {c['conversations answers']:,}, "
                     f"reconnects {c['reconnects']:,}, slow-reader sessions "
@@ -647,12 +653,12 @@ def main(argv: list[str]) -> int:
 
 def curve_lines(samples: list[dict[str, float]]) -> list[str]:
     """The sampled curve, one line a sample: time, RSS, its anonymous and file-backed parts,
-    the database's size on disk."""
-    lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB"]
+    the database's size on disk, the machine's 1-minute load average."""
+    lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB   load"]
     for s in samples:
         lines.append(
             f"{_clock(s['t'])}   {s['rss_kb'] / 1024:6.1f}  {s['anon_kb'] / 1024:10.1f}  "
-            f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}"
+            f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}  {s['load1']:5.2f}"
         )
     return lines
 
