@@ -128,3 +128,24 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
     # the relay refused nothing and failed nothing: every error is a client's own departure
     assert doc["errors"] == {}, doc["errors"]
     assert doc["trend"]["samples"] == len(samples) and doc["db_bytes"] > 0
+
+
+def test_the_heap_probes_read_this_process(tmp_path: Path) -> None:
+    """The --trace figures, read from a real process (this one): smaps by kind, glibc's
+    arenas from malloc_info, SQLite's and Python's own heaps."""
+    import sqlite3
+
+    from bench import soak_probe
+
+    maps = soak_probe.smaps_kb(os.getpid())
+    assert maps["heap"] + maps["anon"] > 1000 and maps["libs"] > 0 and maps["threads"] >= 1
+    conn = sqlite3.connect(":memory:")  # SQLite's heap is in use while a connection is open
+    soak_probe._malloc_info(tmp_path / "m.xml")
+    arenas = soak_probe.arenas(tmp_path / "m.xml")
+    assert arenas[0]["nr"] == 0 and arenas[0]["system"] > 0
+    assert all(a["used"] == a["system"] - a["free"] >= 0 for a in arenas)
+    figures = soak_probe.heap_figures(tmp_path / "stats.txt")
+    conn.close()
+    assert figures["sqlite_used"] > 0 and figures["malloc_used"] > 0
+    assert figures["python_arenas"] >= 1 and figures["python_blocks"] > 100_000
+    assert not (tmp_path / "stats.txt").exists()
