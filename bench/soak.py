@@ -21,6 +21,12 @@ growth over that window (budget: under `budget_pct`, 1%). Everything is written 
 bench/results/soak-<UTC time>.json (or --json). Load is bounded: a fixed number of clients, a
 fixed rate, a fixed duration; the relay is stopped at the end.
 
+`--trace` samples the relay's heap from inside too (the relay runs under
+bench/soak_probe.py, which writes glibc's malloc_info, SQLite's and Python's allocator figures at
+each sample) and `--trace-python` adds tracemalloc snapshots: the end of the run reports what grew
+over the window, by arena and by allocation site. Each sample also records RSS by kind of
+mapping (/proc/PID/smaps) and the machine's load average.
+
 Exit status: 0 when the run completed and RSS stayed within the budget (or --no-budget); 1
 when the relay failed or the traffic did not run; 2 when the RSS budget was missed.
 """
@@ -35,6 +41,7 @@ import itertools
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import sys
@@ -48,7 +55,7 @@ from typing import Any
 import orjson
 import trio
 
-from bench import loadgen, servers
+from bench import loadgen, servers, soak_probe
 
 RESULTS = servers.ROOT / "bench" / "results"
 #: steady users' periods: a history page, the conversation list
@@ -74,6 +81,8 @@ class Settings:
     window: float = 20.0
     budget_pct: float = 1.0
     seed: int = 1
+    trace: bool = False
+    trace_python: bool = False
 
 
 def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
@@ -102,10 +111,23 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="random seed of the traffic")
     p.add_argument("--no-budget", action="store_true", help="report the trend, do not enforce it")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="sample the relay's heap from inside too (glibc's arenas, SQLite's heap) and "
+        "report what grew over the window",
+    )
+    p.add_argument(
+        "--trace-python",
+        action="store_true",
+        help="--trace with tracemalloc: the Python allocation sites that grew too (slower; "
+        "tracemalloc's own tables add to the heap)",
+    )
     p.add_argument("--json", type=Path, help="where to write the results")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.sample_every <= 0 or args.users < 2 or args.rate <= 0:
         p.error("--minutes, --sample-every and --rate must be positive, --users at least 2")
+    args.trace = args.trace or args.trace_python
     settings = Settings(**{name: getattr(args, name) for name in Settings.__dataclass_fields__})
     return settings, args
 
@@ -522,21 +544,45 @@ def db_bytes(db: Path) -> int:
 
 
 def sample(pid: int, started: float, db: Path) -> dict[str, float]:
+    """One sample: the relay's memory and CPU, the database's size, and the machine's load
+    averages (1, 5 and 15 minutes: other work on the machine, beside the relay's figures)."""
+    load1, load5, load15 = os.getloadavg()
+    maps = {f"maps_{kind}": kb for kind, kb in soak_probe.smaps_kb(pid).items()}
     return {
         "t": round(time.monotonic() - started, 3),
         **proc_memory_kb(pid),
+        **maps,
         "cpu_s": loadgen.proc_cpu_seconds(pid),
         "db_bytes": db_bytes(db),
+        "load1": load1,
+        "load5": load5,
+        "load15": load15,
     }
 
 
+async def probe(pid: int, trace_dir: Path | None, n: int) -> None:
+    """With --trace: the relay's n-th tracemalloc snapshot and malloc_info, written when it
+    handles SIGUSR1 (waited for, at most a minute)."""
+    if trace_dir is None:
+        return
+    os.kill(pid, signal.SIGUSR1)
+    with trio.fail_after(60):
+        while not (trace_dir / f"done-{n:04d}").exists():  # noqa: ASYNC110 - another process
+            await trio.sleep(0.1)
+
+
 async def drive(
-    settings: Settings, server: servers.RunningServer, db: Path, samples: list[dict[str, float]]
+    settings: Settings,
+    server: servers.RunningServer,
+    db: Path,
+    samples: list[dict[str, float]],
+    trace_dir: Path | None,
 ) -> Soak:
     soak = Soak(settings, server.port)
     await soak.setup_groups()
     started = time.monotonic()
     samples.append(sample(server.pid, started, db))
+    await probe(server.pid, trace_dir, 0)
     total = _clock(settings.minutes * 60)
     say(f"[{_clock(0)}/{total}] relay RSS {samples[0]['rss_kb'] / 1024:.1f} MB")
     with trio.move_on_after(settings.minutes * 60):
@@ -549,13 +595,16 @@ async def drive(
                 prev = samples[-1]
                 now = sample(server.pid, started, db)
                 samples.append(now)
+                await probe(server.pid, trace_dir, len(samples) - 1)
                 c = soak.counts
                 cpu = (now["cpu_s"] - prev["cpu_s"]) / max(now["t"] - prev["t"], 1e-9)
                 say(
                     f"[{_clock(now['t'])}/{total}] relay RSS "
                     f"{now['rss_kb'] / 1024:.1f} MB (anon {now['anon_kb'] / 1024:.1f}, file "
-                    f"{now['file_kb'] / 1024:.1f}), db {now['db_bytes'] / 1e6:.1f} MB, "
-                    f"cpu {cpu:.0%}; sent {c['sent 1:1']:,} 1:1 + "
+                    f"{now['file_kb'] / 1024:.1f}; heap {now['maps_heap'] / 1024:.1f}, other "
+                    f"anon {now['maps_anon'] / 1024:.1f} in {now['maps_anon_maps']} maps, "
+                    f"{now['maps_threads']} threads), db {now['db_bytes'] / 1e6:.1f} MB, "
+                    f"cpu {cpu:.0%}, load {now['load1']:.2f}; sent {c['sent 1:1']:,} 1:1 + "
                     f"{c['sent group']:,} group, received {c['received']:,}, history "
                     f"{c['history answers']:,}, conversations {c['conversations answers']:,}, "
                     f"reconnects {c['reconnects']:,}, slow-reader sessions "
@@ -567,6 +616,7 @@ async def drive(
     end = sample(server.pid, started, db)
     if end["t"] - samples[-1]["t"] >= 1.0:
         samples.append(end)
+        await probe(server.pid, trace_dir, len(samples) - 1)
     return soak
 
 
@@ -587,14 +637,23 @@ def main(argv: list[str]) -> int:
         db = Path(tmp) / "soak.db"
         argv_relay = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1"]
         argv_relay += ["--port", "0", "--db", str(db)]
+        env: dict[str, str] = {}
+        trace_dir = None
+        if settings.trace:
+            trace_dir = Path(tmp) / "trace"
+            trace_dir.mkdir()
+            argv_relay[1:3] = ["-c", _TRACED_RELAY]
+            env[soak_probe.TRACE_DIR_ENV] = str(trace_dir)
+            if settings.trace_python:
+                env[soak_probe.TRACE_PYTHON_ENV] = "1"
         doc["relay_argv"] = argv_relay
         try:
-            server = servers.start(servers.ServerSpec("relay", argv_relay), log_path, None)
+            server = servers.start(servers.ServerSpec("relay", argv_relay, env), log_path, None)
         except servers.ServerError as exc:
             say(f"soak: {exc}")
             return 1
         try:
-            soak = trio.run(drive, settings, server, db, samples)
+            soak = trio.run(drive, settings, server, db, samples, trace_dir)
         except (servers.ServerError, Closed, OSError, trio.TooSlowError) as exc:
             say(f"soak: FAILED: {exc!r}\nrelay log tail:\n{server.log_tail()}")
             doc |= {"error": str(exc), "samples": samples}
@@ -603,6 +662,8 @@ def main(argv: list[str]) -> int:
         finally:
             server.stop()
             doc["db_bytes"] = sum(p.stat().st_size for p in Path(tmp).glob("soak.db*"))
+        if trace_dir is not None:
+            doc["trace"] = trace_report(samples, trace_dir, settings)
 
     # a run no longer than the window: its whole curve (the sampler's clock overshoots the end)
     window_s = settings.window * 60 if settings.window < settings.minutes else float("inf")
@@ -638,6 +699,9 @@ def main(argv: list[str]) -> int:
         f"{trend_line('RSS', trend)} (budget < {settings.budget_pct:g}%): "
         f"{'flat' if flat else 'GROWING'}"
     )
+    if "trace" in doc:
+        for line in trace_lines(doc["trace"]):
+            say(line)
     say(f"results: {json_path}")
     if not (c["sent 1:1"] and c["received"]):
         say("soak: FAILED: no traffic went through")
@@ -645,14 +709,90 @@ def main(argv: list[str]) -> int:
     return 0 if flat or args.no_budget else 2
 
 
+#: `python -c` program that runs the relay traced (argv after it: `serve ...`)
+_TRACED_RELAY = (
+    "import sys; from bench.soak_probe import traced_relay; "
+    "raise SystemExit(traced_relay(sys.argv[1:]))"
+)
+
+
+def trace_report(
+    samples: list[dict[str, float]], trace_dir: Path, settings: Settings
+) -> dict[str, Any]:
+    """What grew between the sample at the window's start and the last one: Python allocation
+    sites (tracemalloc), each malloc arena's used and free bytes, glibc's direct mmaps."""
+    end = samples[-1]["t"]
+    window_s = settings.window * 60 if settings.window < settings.minutes else float("inf")
+    first = next(i for i, s in enumerate(samples) if s["t"] >= end - window_s - 1e-9)
+    last = len(samples) - 1
+    info = [trace_dir / f"malloc-{i:04d}.xml" for i in (first, last)]
+    python: dict[str, Any] = {}
+    if settings.trace_python:
+        snap = [trace_dir / f"snap-{i:04d}" for i in (first, last)]
+        python = {
+            "traced_bytes": [soak_probe.traced_total(p) for p in snap],
+            "by_line": soak_probe.growth_by_line(snap[0], snap[1]),
+            "by_traceback": soak_probe.top_growth(snap[0], snap[1], limit=8),
+        }
+    return {
+        "from_sample": first,
+        "to_sample": last,
+        **python,
+        "arenas": [soak_probe.arenas(p) for p in info],
+        "mmapped": [soak_probe.mmapped(p) for p in info],
+        "heap": soak_probe.heap_series(trace_dir, len(samples)),
+    }
+
+
+def trace_lines(trace: dict[str, Any]) -> list[str]:
+    lines = [f"what grew from sample {trace['from_sample']} to sample {trace['to_sample']}:"]
+    if "traced_bytes" in trace:
+        old, new = trace["traced_bytes"]
+        lines.append(
+            f"traced Python allocations: {old / 1e6:.2f} -> {new / 1e6:.2f} MB; the lines "
+            "that grew most:"
+        )
+        for s in trace["by_line"]:
+            lines.append(
+                f"  {s['size_diff'] / 1e3:+9.1f} kB {s['count_diff']:+7d} blocks  {s['line']}"
+            )
+        lines.append("the call paths that grew most (innermost frame last):")
+        for s in trace["by_traceback"]:
+            lines.append(f"  {s['size_diff'] / 1e3:+9.1f} kB {s['count_diff']:+7d} blocks")
+            lines.extend(f"      {frame}" for frame in s["frames"][-6:])
+    before = {a["nr"]: a for a in trace["arenas"][0]}
+    lines.append("malloc arenas (MB used / free, start -> end of the window):")
+    for a in trace["arenas"][1]:
+        b = before.get(a["nr"], {"used": 0, "free": 0})
+        lines.append(
+            f"  arena {a['nr']:2d}: {b['used'] / 1e6:6.2f} / {b['free'] / 1e6:6.2f} -> "
+            f"{a['used'] / 1e6:6.2f} / {a['free'] / 1e6:6.2f}"
+        )
+    m0, m1 = trace["mmapped"]
+    lines.append(f"  direct mmaps: {m0 / 1e6:.2f} -> {m1 / 1e6:.2f} MB")
+    lines.append(
+        "heap by owner, MB each sample: malloc in use / free in the arenas / mmapped, "
+        "SQLite's (now, high-water), Python's (traced; its allocator's 1 MiB arenas):"
+    )
+    for n, h in enumerate(trace["heap"]):
+        lines.append(
+            f"  {n:3d}: {h['malloc_used'] / 1e6:6.2f} / {h['malloc_free'] / 1e6:5.2f} / "
+            f"{h['malloc_mmapped'] / 1e6:5.2f}   sqlite {h['sqlite_used'] / 1e6:6.2f} "
+            f"({h['sqlite_high'] / 1e6:6.2f})   python traced {h['python_traced'] / 1e6:6.2f}, "
+            f"{h['python_arenas']} arenas, blocks {h['python_blocks'] / 1e6:6.2f} used / "
+            f"{h['python_free_blocks'] / 1e6:5.2f} free"
+        )
+    return lines
+
+
 def curve_lines(samples: list[dict[str, float]]) -> list[str]:
     """The sampled curve, one line a sample: time, RSS, its anonymous and file-backed parts,
-    the database's size on disk."""
-    lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB"]
+    the database's size on disk, the machine's 1-minute load average."""
+    lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB   load"]
     for s in samples:
         lines.append(
             f"{_clock(s['t'])}   {s['rss_kb'] / 1024:6.1f}  {s['anon_kb'] / 1024:10.1f}  "
-            f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}"
+            f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}  {s['load1']:5.2f}"
         )
     return lines
 

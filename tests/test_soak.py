@@ -4,13 +4,15 @@ process, real clients over loopback) so the harness cannot rot."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bench.soak import rss_trend
+from bench.soak import curve_lines, rss_trend, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +37,15 @@ def test_growth_is_measured_over_the_window_only() -> None:
 def test_a_run_shorter_than_the_window_uses_every_sample() -> None:
     trend = rss_trend([(0.0, 100.0), (30.0, 101.0), (60.0, 102.0)], 20 * 60)
     assert trend["samples"] == 3 and trend["growth_pct"] == pytest.approx(2.0)
+
+
+def test_a_sample_records_the_load_beside_the_memory(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"x" * 1000)
+    now = sample(os.getpid(), time.monotonic(), tmp_path / "x.db")
+    assert now["rss_kb"] > 0 and now["db_bytes"] == 1000
+    assert (now["load1"], now["load5"], now["load15"]) == pytest.approx(os.getloadavg(), abs=1.0)
+    head, line = curve_lines([now | {"load1": 3.25}])
+    assert head.split()[-1] == "load" and line.split()[-1] == "3.25"
 
 
 @pytest.mark.slow
@@ -89,7 +100,7 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
     assert samples[-1]["db_bytes"] > samples[0]["db_bytes"] > 0
     # the curve: a header, then one line per sample, in order
     lines = proc.stdout.splitlines()
-    head = lines.index("   time   RSS MB  RssAnon MB  RssFile MB   DB MB")
+    head = lines.index("   time   RSS MB  RssAnon MB  RssFile MB   DB MB   load")
     rows = lines[head + 1 : head + 1 + len(samples)]
     for s, row in zip(samples, rows, strict=True):
         assert row.split()[1:] == [
@@ -97,6 +108,7 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
             f"{s['anon_kb'] / 1024:.1f}",
             f"{s['file_kb'] / 1024:.1f}",
             f"{s['db_bytes'] / 1e6:.1f}",
+            f"{s['load1']:.2f}",
         ]
     assert any(line.startswith("RssAnon over the last") for line in lines)
     assert doc["trend_anon"]["samples"] == len(samples)
@@ -116,3 +128,24 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
     # the relay refused nothing and failed nothing: every error is a client's own departure
     assert doc["errors"] == {}, doc["errors"]
     assert doc["trend"]["samples"] == len(samples) and doc["db_bytes"] > 0
+
+
+def test_the_heap_probes_read_this_process(tmp_path: Path) -> None:
+    """The --trace figures, read from a real process (this one): smaps by kind, glibc's
+    arenas from malloc_info, SQLite's and Python's own heaps."""
+    import sqlite3
+
+    from bench import soak_probe
+
+    maps = soak_probe.smaps_kb(os.getpid())
+    assert maps["heap"] + maps["anon"] > 1000 and maps["libs"] > 0 and maps["threads"] >= 1
+    conn = sqlite3.connect(":memory:")  # SQLite's heap is in use while a connection is open
+    soak_probe._malloc_info(tmp_path / "m.xml")
+    arenas = soak_probe.arenas(tmp_path / "m.xml")
+    assert arenas[0]["nr"] == 0 and arenas[0]["system"] > 0
+    assert all(a["used"] == a["system"] - a["free"] >= 0 for a in arenas)
+    figures = soak_probe.heap_figures(tmp_path / "stats.txt")
+    conn.close()
+    assert figures["sqlite_used"] > 0 and figures["malloc_used"] > 0
+    assert figures["python_arenas"] >= 1 and figures["python_blocks"] > 100_000
+    assert not (tmp_path / "stats.txt").exists()

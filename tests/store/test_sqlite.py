@@ -29,6 +29,7 @@ from relay.store import MemoryStore, store_from_config
 from relay.store.base import NewMessage, Store, Watermarks, group_conversation
 from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from relay.store.sqlite import SqliteStore
+from relay.store.sqlite.connect import READER_CACHE_KIB, Connector
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -795,3 +796,36 @@ async def test_a_version_4_database_keeps_counting_positions_from_every_pos_it_r
         assert conn.execute("SELECT last_pos FROM positions").fetchall() == [(10,)]
     finally:
         conn.close()
+
+
+async def test_reader_connections_cache_at_most_reader_cache_kib(tmp_path: Path) -> None:
+    """Every read connection's page cache is capped at READER_CACHE_KIB (a negative cache_size
+    is KiB); the writer keeps SQLite's default, and a store's own cache_size pragma wins."""
+    default = sqlite3.connect(":memory:").execute("PRAGMA cache_size").fetchone()[0]
+    assert default != -READER_CACHE_KIB
+    store = SqliteStore(tmp_path / "relay.db", readers=3)
+    await store.open()
+    try:
+        # idle: every reader waits in the queue
+        readers = [store._readers.get_nowait() for _ in range(3)]
+        assert store._readers.empty()
+        sizes = {r.execute("PRAGMA cache_size").fetchone()[0] for r in readers}
+        for r in readers:
+            store._readers.put(r)
+        assert sizes == {-READER_CACHE_KIB}
+        conns = Connector(str(tmp_path / "relay.db"), 1.0, (), False).connect(1, False)
+        try:
+            assert conns.writer.execute("PRAGMA cache_size").fetchone()[0] == default
+        finally:
+            conns.writer.close()
+            for r in conns.readers:
+                r.close()
+        chosen = Connector(str(tmp_path / "relay.db"), 1.0, (("cache_size", -1000),), False)
+        conns = chosen.connect(1, False)
+        try:
+            assert conns.readers[0].execute("PRAGMA cache_size").fetchone()[0] == -1000
+        finally:
+            conns.writer.close()
+            conns.readers[0].close()
+    finally:
+        await store.close()
