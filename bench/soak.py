@@ -83,6 +83,13 @@ class Settings:
     seed: int = 1
     trace: bool = False
     trace_python: bool = False
+    # The relay keeps an ended session's httpToken `http_token_ttl` (1 h by default, the
+    # contract's "valid ... after") and then forgets it: a table bounded by sign-ins per ttl,
+    # ~200 B each, that fills for a whole hour at the soak's ~110 sign-ins a minute (the steady
+    # Python-heap growth of a 30-minute run at 1 h, measured 2026-12-05). The soak looks for
+    # growth without a bound, so it shortens that one retention to 5 minutes: the table is full
+    # before the trend's window opens. `--http-token-ttl 3600` measures the default.
+    http_token_ttl: float = 300.0
 
 
 def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
@@ -122,6 +129,13 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         action="store_true",
         help="--trace with tracemalloc: the Python allocation sites that grew too (slower; "
         "tracemalloc's own tables add to the heap)",
+    )
+    p.add_argument(
+        "--http-token-ttl",
+        type=float,
+        default=d.http_token_ttl,
+        help="the relay's --http-token-ttl: seconds an ended session's httpToken is kept (300; "
+        "the relay's default is 3600, a table that fills for an hour)",
     )
     p.add_argument("--json", type=Path, help="where to write the results")
     args = p.parse_args(argv)
@@ -637,6 +651,7 @@ def main(argv: list[str]) -> int:
         db = Path(tmp) / "soak.db"
         argv_relay = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1"]
         argv_relay += ["--port", "0", "--db", str(db)]
+        argv_relay += ["--http-token-ttl", f"{settings.http_token_ttl:g}"]
         env: dict[str, str] = {}
         trace_dir = None
         if settings.trace:
