@@ -229,15 +229,24 @@ class PostgresStore:
         messages: Sequence[NewMessage] | None = None,
         *,
         marks_only: bool = False,
+        pipelined: bool = False,
     ) -> T:
-        """`marks_only`: the work writes only tables no append touches (writer.MARKS)."""
+        """`marks_only`: the work writes only tables no append touches (writer.MARKS);
+        `pipelined`: it may run in pipeline mode (writer.Request.pipelined)."""
         self._check_open()
         await self._slots.acquire()
         if self._state != "open":
             self._slots.release()
             self._check_open()
         locks = _MARKS_ONLY if marks_only else _APPEND if messages is not None else _EVERY
-        request = Request(work, weight, messages, done=trio.Event(), locks=locks)
+        request = Request(
+            work,
+            weight,
+            messages,
+            done=trio.Event(),
+            locks=locks,
+            pipelined=pipelined or messages is not None,
+        )
         self._requests.put_nowait(request)
         await request.done.wait()  # type: ignore[union-attr]
         if request.error is not None:
@@ -254,7 +263,9 @@ class PostgresStore:
         self._check_open()
         self._slots.acquire_nowait()
         batch = list(messages)
-        request = Request(_append_alone(batch), len(batch), batch, on_done=on_done, locks=_APPEND)
+        request = Request(
+            _append_alone(batch), len(batch), batch, on_done=on_done, locks=_APPEND, pipelined=True
+        )
         self._requests.put_nowait(request)
 
     def _resolve(self, batch: list[Request]) -> None:
@@ -359,6 +370,7 @@ class PostgresStore:
         return await self._write(
             lambda conn: writes.mark_delivered(conn, conversation, user_id, device_id, seq),
             marks_only=True,
+            pipelined=True,
         )
 
     async def mark_delivered_many(
@@ -372,11 +384,14 @@ class PostgresStore:
             lambda conn: [writes.mark_delivered(conn, *mark) for mark in batch],
             len(batch),
             marks_only=True,
+            pipelined=True,
         )
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         return await self._write(
-            lambda conn: writes.mark_read(conn, conversation, user_id, seq), marks_only=True
+            lambda conn: writes.mark_read(conn, conversation, user_id, seq),
+            marks_only=True,
+            pipelined=True,
         )
 
     async def member_watermarks(self, conversation: str) -> dict[str, Watermarks]:
@@ -406,7 +421,9 @@ class PostgresStore:
     # --- presence -------------------------------------------------------------------------------
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:
         await self._write(
-            lambda conn: writes.set_last_seen(conn, user_id, timestamp), marks_only=True
+            lambda conn: writes.set_last_seen(conn, user_id, timestamp),
+            marks_only=True,
+            pipelined=True,
         )
 
     async def last_seen(self, user_ids: Sequence[str]) -> dict[str, str]:

@@ -16,19 +16,22 @@ at once are serialised and the forward-only rule holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from relay.errors import Conflict, NotFound
 from relay.store.base import Group, Watermarks, group_conversation
 from relay.store.postgres.reads import get_group, last_seq
 from relay.store.postgres.rows import Conn
 
+_MARKS: Final = (
+    "SELECT delivered_seq, read_seq FROM watermarks WHERE conversation = %s AND user_id = %s "
+    "FOR UPDATE"
+)
+_LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE conversation = %s"
+
 
 def _marks(conn: Conn, conversation: str, user_id: str) -> Watermarks:
-    row = conn.execute(
-        "SELECT delivered_seq, read_seq FROM watermarks WHERE conversation = %s AND user_id = %s "
-        "FOR UPDATE",
-        (conversation, user_id),
-    ).fetchone()
+    row = conn.execute(_MARKS, (conversation, user_id)).fetchone()
     return Watermarks(int(row[0]), int(row[1])) if row else Watermarks(0, 0)
 
 
@@ -60,13 +63,20 @@ def mark_delivered(
     conn: Conn, conversation: str, user_id: str, device_id: str, seq: int
 ) -> Watermarks:
     """Store.mark_delivered, in the writer's open transaction."""
-    before = _marks(conn, conversation, user_id)
-    seq = min(seq, last_seq(conn, conversation))
-    row = conn.execute(
+    # the three reads sent before any is fetched: one round trip in pipeline mode (writer.py);
+    # the watermark row is locked by the first, before the other two run
+    marks = conn.cursor().execute(_MARKS, (conversation, user_id))
+    last = conn.cursor().execute(_LAST_SEQ, (conversation,))
+    cursor_row = conn.cursor().execute(
         "SELECT seq FROM device_cursors WHERE conversation = %s AND user_id = %s "
         "AND device_id = %s",
         (conversation, user_id, device_id),
-    ).fetchone()
+    )
+    found = marks.fetchone()
+    before = Watermarks(int(found[0]), int(found[1])) if found else Watermarks(0, 0)
+    tip = last.fetchone()
+    seq = min(seq, int(tip[0]) if tip else 0)
+    row = cursor_row.fetchone()
     start = int(row[0]) if row else _device_start(conn, conversation, user_id, device_id, before)
     cursor = max(start, seq)
     if row is None or cursor != row[0]:
