@@ -34,7 +34,8 @@ _FIND: Final = (
 _COUNTERS: Final = (
     "SELECT conversation, last_seq FROM conversations WHERE conversation = ANY(%s::text[])"
 )
-#: the batch's rows written in one statement, each table's rows one jsonb array of row arrays
+#: the batch's rows and positions.last_pos written in one statement, each table's rows one jsonb
+#: array of row arrays
 #: (JSON null is SQL NULL): psycopg dumps three strings made by orjson, not 25 arrays through
 #: its Python ListDumper, and one statement is parsed and sent, not three
 _WRITE: Final = """
@@ -45,6 +46,8 @@ _WRITE: Final = """
         SELECT (r->>0)::bigint, r->>1, (r->>2)::bigint, r->>3, r->>4, r->>5, r->>6, r->>7,
             r->>8, r->>9, r->>10, r->>11, r->>12, r->>13, r->>14, r->>15, (r->>16)::tsvector
         FROM jsonb_array_elements(%s::jsonb) AS r
+    ), moved AS (
+        UPDATE positions SET last_pos = %s
     ), tips AS (
         INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at)
         SELECT r->>0, r->>1, (r->>2)::bigint, (r->>3)::bigint, r->>4
@@ -83,7 +86,7 @@ def append_batch(
 ) -> tuple[list[list[Appended]], int]:
     """Every message of `requests`, in order; `last_pos` is positions.last_pos (locked);
     `lookups`: look_up(conn, requests) when the caller sent them already.
-    Returns each request's results and the new last_pos (the caller writes it)."""
+    Returns each request's results and the new last_pos (written here with the rows)."""
     find, counted = look_up(conn, requests) if lookups is None else lookups
     stored: dict[tuple[str, str], StoredMessage] = {}
     for row in find.fetchall():
@@ -145,6 +148,7 @@ def append_batch(
             _WRITE,
             (
                 orjson.dumps(rows).decode(),
+                pos,
                 orjson.dumps([(c, *tip) for c, tip in tips.items()]).decode(),
                 orjson.dumps(peers).decode(),
             ),

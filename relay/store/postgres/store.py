@@ -503,8 +503,7 @@ def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:
     def work(conn: Conn) -> list[Appended]:
         row = conn.execute("SELECT last_pos FROM positions FOR UPDATE").fetchone()
         assert row is not None
-        answers, pos = append_batch(conn, int(row[0]), [batch])
-        conn.execute("UPDATE positions SET last_pos = %s", (pos,))
+        answers, _ = append_batch(conn, int(row[0]), [batch])
         return answers[0]
 
     return work

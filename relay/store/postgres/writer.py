@@ -255,16 +255,13 @@ class Writer:
 
     def _pipelined_appends(self, conn: Conn, batch: list[Request]) -> None:
         """Appends alone, as _transaction runs them, in two round trips: (BEGIN, the positions
-        lock, the batch's lookups), then (its writes, the positions row, COMMIT)."""
+        lock, the batch's lookups), then (its one write, COMMIT)."""
         requests = [cast(Sequence[NewMessage], r.messages) for r in batch]
         locked = conn.execute("SELECT last_pos FROM positions FOR UPDATE")
         lookups = look_up(conn, requests)  # run by PostgreSQL once the lock is granted
         row = locked.fetchone()
         assert row is not None
-        last_pos = int(row[0])
-        answers, pos = append_batch(conn, last_pos, requests, lookups)
-        if pos != last_pos:
-            conn.execute("UPDATE positions SET last_pos = %s", (pos,))
+        answers, _ = append_batch(conn, int(row[0]), requests, lookups)
         conn.commit()  # in pipeline mode: sends COMMIT and waits for every result
         for request, results in zip(batch, answers, strict=True):
             request.result = results
@@ -286,13 +283,10 @@ class Writer:
             assert row is not None
             if any(MARKS in r.locks for r in others):
                 conn.execute("SELECT 1 FROM write_locks WHERE name = %s FOR UPDATE", (MARKS,))
-            last_pos = pos = int(row[0])
             if appends:
-                pos = self._appends(conn, appends, last_pos)
+                self._appends(conn, appends, int(row[0]))
             for request in others:
                 self._alone(conn, request, request.work)
-            if pos != last_pos:
-                conn.execute("UPDATE positions SET last_pos = %s", (pos,))
 
     def _marks_transaction(self, conn: Conn, batch: list[Request]) -> None:
         with conn.transaction():
