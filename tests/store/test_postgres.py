@@ -205,3 +205,48 @@ async def test_a_failing_append_in_a_pipelined_batch_fails_only_itself(pg_url: s
         assert four.seq == 3
     finally:
         await store.close()
+
+
+async def test_marks_batched_in_rounds_answer_as_the_memory_store(pg_url: str) -> None:
+    # mark_delivered_many sends the reads of a round of marks at once (writes.py); repeated
+    # (conversation, user) keys, several devices and clamping must answer as marks in turn do
+    import random
+
+    from relay.store.memory import MemoryStore
+
+    rng = random.Random(15)
+    postgres, memory = PostgresStore(pg_url), MemoryStore()
+    await postgres.open()
+    await memory.open()
+    try:
+        messages = [msg("a", "b") for _ in range(6)] + [msg("c", "a") for _ in range(4)]
+        for store in (postgres, memory):
+            await put(store, *messages)
+        conversations = sorted({m.conversation for m in messages})
+        users = {
+            c: sorted({m.sender_id for m in messages if m.conversation == c}) for c in conversations
+        }
+        for _ in range(5):
+            marks = []
+            for _ in range(12):
+                c = rng.choice(conversations)
+                marks.append(
+                    (
+                        c,
+                        rng.choice(users[c] + ["b"]),
+                        rng.choice(["", "p", "w"]),
+                        rng.randint(0, 12),
+                    )
+                )
+            assert await postgres.mark_delivered_many(marks) == await memory.mark_delivered_many(
+                marks
+            )
+        for c in conversations:
+            assert await postgres.member_watermarks(c) == await memory.member_watermarks(c)
+        for user in ("a", "b", "c"):
+            for device in ("", "p", "w"):
+                got = [m.seq for m in await postgres.undelivered(user, device)]
+                assert got == [m.seq for m in await memory.undelivered(user, device)]
+    finally:
+        await postgres.close()
+        await memory.close()

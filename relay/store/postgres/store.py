@@ -381,7 +381,7 @@ class PostgresStore:
             return []
         batch = list(marks)
         return await self._write(
-            lambda conn: [writes.mark_delivered(conn, *mark) for mark in batch],
+            lambda conn: writes.mark_delivered_many(conn, batch),
             len(batch),
             marks_only=True,
             pipelined=True,

@@ -16,7 +16,9 @@ at once are serialised and the forward-only rule holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
+
+import psycopg
 
 from relay.errors import Conflict, NotFound
 from relay.store.base import Group, Watermarks, group_conversation
@@ -59,19 +61,26 @@ def _device_start(
     return min(marks.delivered_seq, int(first_after))
 
 
-def mark_delivered(
-    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int
-) -> Watermarks:
-    """Store.mark_delivered, in the writer's open transaction."""
-    # the three reads sent before any is fetched: one round trip in pipeline mode (writer.py);
-    # the watermark row is locked by the first, before the other two run
-    marks = conn.cursor().execute(_MARKS, (conversation, user_id))
-    last = conn.cursor().execute(_LAST_SEQ, (conversation,))
-    cursor_row = conn.cursor().execute(
-        "SELECT seq FROM device_cursors WHERE conversation = %s AND user_id = %s "
-        "AND device_id = %s",
-        (conversation, user_id, device_id),
+#: a mark's three reads, sent and not yet fetched: watermarks (locked), last seq, device cursor
+_Reads = tuple[psycopg.Cursor[Any], psycopg.Cursor[Any], psycopg.Cursor[Any]]
+
+
+def _send_reads(conn: Conn, conversation: str, user_id: str, device_id: str) -> _Reads:
+    return (
+        conn.cursor().execute(_MARKS, (conversation, user_id)),
+        conn.cursor().execute(_LAST_SEQ, (conversation,)),
+        conn.cursor().execute(
+            "SELECT seq FROM device_cursors WHERE conversation = %s AND user_id = %s "
+            "AND device_id = %s",
+            (conversation, user_id, device_id),
+        ),
     )
+
+
+def _delivered(
+    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int, reads: _Reads
+) -> Watermarks:
+    marks, last, cursor_row = reads
     found = marks.fetchone()
     before = Watermarks(int(found[0]), int(found[1])) if found else Watermarks(0, 0)
     tip = last.fetchone()
@@ -89,6 +98,39 @@ def mark_delivered(
     if seq > before.delivered_seq:
         _set_marks(conn, conversation, user_id, seq, before.read_seq)
     return before
+
+
+def mark_delivered(
+    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int
+) -> Watermarks:
+    """Store.mark_delivered, in the writer's open transaction."""
+    # the three reads sent before any is fetched: one round trip in pipeline mode (writer.py);
+    # the watermark row is locked by the first, before the other two run
+    reads = _send_reads(conn, conversation, user_id, device_id)
+    return _delivered(conn, conversation, user_id, device_id, seq, reads)
+
+
+def mark_delivered_many(conn: Conn, marks: Sequence[tuple[str, str, str, int]]) -> list[Watermarks]:
+    """Store.mark_delivered_many, in the writer's open transaction: each mark as
+    mark_delivered makes it, in order, with the reads of every mark of a round sent at once
+    (one round trip in pipeline mode, not one per mark). A round holds at most one mark per
+    (conversation, user): its rows are the only ones its writes touch, so a mark reads what
+    the marks before it in the list wrote (a repeated key waits for the next round)."""
+    answers: list[Watermarks | None] = [None] * len(marks)
+    rest = list(range(len(marks)))
+    while rest:
+        now: list[int] = []
+        later: list[int] = []
+        keys: set[tuple[str, str]] = set()
+        for i in rest:
+            key = (marks[i][0], marks[i][1])
+            (later if key in keys else now).append(i)
+            keys.add(key)
+        sent = [(i, _send_reads(conn, *marks[i][:3])) for i in now]
+        for i, reads in sent:
+            answers[i] = _delivered(conn, *marks[i], reads)
+        rest = later
+    return [answer for answer in answers if answer is not None]
 
 
 def mark_read(conn: Conn, conversation: str, user_id: str, seq: int) -> Watermarks:
