@@ -1,9 +1,10 @@
 """Appending messages inside the writer's transaction, which holds the `positions` row lock.
 
-Every message of a batch's append requests is stored in a fixed number of statements whatever
-the batch's size (arrays through `unnest`): the stored keys looked up, the conversations' counters
-read, every new row inserted, the counters and participants written. Under the positions lock no
-other node appends meanwhile, so the counters read are the committed ones and stay so until this
+Every message of a batch's append requests is stored in three statements whatever the batch's
+size: the stored keys looked up and the conversations' counters read (arrays through `unnest`,
+sent together: `look_up`), then one statement that inserts every new row and writes the
+counters, participants and positions.last_pos (_WRITE). Under the positions lock no other node
+appends meanwhile, so the counters read are the committed ones and stay so until this
 transaction commits.
 
 Invariants:

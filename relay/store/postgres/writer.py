@@ -16,12 +16,16 @@ under the `marks` lock instead (see POSITIONS below), so on a loaded cluster the
 node never wait for, nor hold up, the appends.
 
 PIPELINE: a part whose requests are all `pipelined` (appends; delivery and read marks,
-lastSeen) runs first in psycopg's pipeline mode, without a SAVEPOINT per request: its
-statements are sent without waiting for each one's answer, so an append batch costs two round
-trips to PostgreSQL instead of eleven (each round trip cost the writer ~60 us of CPU in syscalls
-and wake-ups, measured). Statements still run in order, each after the previous one, so a read
-sent after the lock runs under it. If a statement fails, the transaction is rolled back and
-the part is run again the slow way above, where a failure undoes only its own request.
+lastSeen) runs first in psycopg's pipeline mode, without a SAVEPOINT per request: statements
+are sent without waiting for each one's answer, and fetched only where the next step needs
+them. An append batch is two round trips to PostgreSQL, (BEGIN, the lock, the lookups) then
+(the one write, COMMIT), where the slow way takes ten or eleven; a marks batch is one round
+trip per round of marks (writes.mark_delivered_many) plus the COMMIT. Measured on one store,
+one message per batch, writer-thread CPU: appends 875 -> 390 us, delivery marks 690 -> 315 us
+(load 3.4-4.7). Statements still run in order, each after the previous one, so a read sent
+after the lock runs under it, and `conn.commit()` returns only once COMMIT answered. If a
+statement fails, the transaction is rolled back and the part runs again the slow way above,
+where a failure undoes only its own request.
 
 Invariants:
 - results are handed back only after COMMIT returned: `append_many` returns, and `sent` is
