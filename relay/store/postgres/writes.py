@@ -135,8 +135,12 @@ def mark_delivered_many(conn: Conn, marks: Sequence[tuple[str, str, str, int]]) 
 
 def mark_read(conn: Conn, conversation: str, user_id: str, seq: int) -> Watermarks:
     """Store.mark_read, in the writer's open transaction."""
-    before = _marks(conn, conversation, user_id)
-    seq = min(seq, last_seq(conn, conversation))
+    marks = conn.cursor().execute(_MARKS, (conversation, user_id))  # both sent, then fetched
+    last = conn.cursor().execute(_LAST_SEQ, (conversation,))
+    found = marks.fetchone()
+    before = Watermarks(int(found[0]), int(found[1])) if found else Watermarks(0, 0)
+    tip = last.fetchone()
+    seq = min(seq, int(tip[0]) if tip else 0)
     if seq > before.read_seq:
         _set_marks(conn, conversation, user_id, max(before.delivered_seq, seq), seq)
     return before
