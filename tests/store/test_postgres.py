@@ -5,7 +5,8 @@ refused at open with a clear reason."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import cast
 
 import psycopg
 import pytest
@@ -14,7 +15,7 @@ from services import fresh_schema, postgres_database
 from store_suite import AB, StoreSuite, msg, put
 
 from relay.errors import StoreError, StoreUnavailable
-from relay.store.base import Store
+from relay.store.base import Appended, Store
 from relay.store.postgres import PostgresStore
 from relay.store.postgres.schema import SCHEMA_VERSION
 
@@ -161,3 +162,91 @@ async def test_a_cut_connection_fails_writes_clearly_then_recovers(pg_url: str) 
         assert [m.seq for m in page] == [first.seq, 2]
     finally:
         await store.close()
+
+
+async def test_a_failing_append_in_a_pipelined_batch_fails_only_itself(pg_url: str) -> None:
+    # one writer batch of three append requests (queued together, a commit_interval to gather
+    # them); the middle one cannot be stored (PostgreSQL text holds no NUL): the pipelined
+    # transaction fails, is rolled back, and the batch runs again one request at a time
+    store = PostgresStore(pg_url, commit_interval=0.2)
+    await store.open()
+    try:
+        answers: dict[int, tuple[object, BaseException | None]] = {}
+        done = trio.Event()
+
+        def answer(i: int) -> Callable[[object, BaseException | None], None]:
+            def on_done(result: object, error: BaseException | None) -> None:
+                answers[i] = (result, error)
+                if len(answers) == 3:
+                    done.set()
+
+            return on_done
+
+        batches = [
+            [msg("a", "b", id="one")],
+            [msg("a", "b", id="bad", text="nul \x00 inside")],
+            [msg("a", "b", id="three")],
+        ]
+        for i, batch in enumerate(batches):
+            assert store.has_room()
+            store.append_soon(batch, answer(i))
+        with trio.fail_after(10):
+            await done.wait()
+        assert isinstance(answers[1][1], StoreError)
+        assert answers[0][1] is None and answers[2][1] is None
+        seqs = [[r.message.seq for r in cast(list[Appended], answers[i][0])] for i in (0, 2)]
+        assert seqs == [[1], [2]]  # no seq taken by the failed one
+        page, _ = await store.history(AB)
+        assert [(m.id, m.seq) for m in page] == [("one", 1), ("three", 2)]
+        # the writer's connection is usable after the rollback: marks and appends go on
+        await store.mark_delivered(AB, "b", "d1", 2)
+        assert (await store.member_watermarks(AB))["b"].delivered_seq == 2
+        [four] = await put(store, msg("a", "b", id="four"))
+        assert four.seq == 3
+    finally:
+        await store.close()
+
+
+async def test_marks_batched_in_rounds_answer_as_the_memory_store(pg_url: str) -> None:
+    # mark_delivered_many sends the reads of a round of marks at once (writes.py); repeated
+    # (conversation, user) keys, several devices and clamping must answer as marks in turn do
+    import random
+
+    from relay.store.memory import MemoryStore
+
+    rng = random.Random(15)
+    postgres, memory = PostgresStore(pg_url), MemoryStore()
+    await postgres.open()
+    await memory.open()
+    try:
+        messages = [msg("a", "b") for _ in range(6)] + [msg("c", "a") for _ in range(4)]
+        for store in (postgres, memory):
+            await put(store, *messages)
+        conversations = sorted({m.conversation for m in messages})
+        users = {
+            c: sorted({m.sender_id for m in messages if m.conversation == c}) for c in conversations
+        }
+        for _ in range(5):
+            marks = []
+            for _ in range(12):
+                c = rng.choice(conversations)
+                marks.append(
+                    (
+                        c,
+                        rng.choice(users[c] + ["b"]),
+                        rng.choice(["", "p", "w"]),
+                        rng.randint(0, 12),
+                    )
+                )
+            assert await postgres.mark_delivered_many(marks) == await memory.mark_delivered_many(
+                marks
+            )
+        for c in conversations:
+            assert await postgres.member_watermarks(c) == await memory.member_watermarks(c)
+        for user in ("a", "b", "c"):
+            for device in ("", "p", "w"):
+                got = [m.seq for m in await postgres.undelivered(user, device)]
+                assert got == [m.seq for m in await memory.undelivered(user, device)]
+    finally:
+        await postgres.close()
+        await memory.close()

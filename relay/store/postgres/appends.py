@@ -1,9 +1,10 @@
 """Appending messages inside the writer's transaction, which holds the `positions` row lock.
 
-Every message of a batch's append requests is stored in a fixed number of statements whatever
-the batch's size (arrays through `unnest`): the stored keys looked up, the conversations' counters
-read, every new row inserted, the counters and participants written. Under the positions lock no
-other node appends meanwhile, so the counters read are the committed ones and stay so until this
+Every message of a batch's append requests is stored in three statements whatever the batch's
+size: the stored keys looked up and the conversations' counters read (arrays through `unnest`,
+sent together: `look_up`), then one statement that inserts every new row and writes the
+counters, participants and positions.last_pos (_WRITE). Under the positions lock no other node
+appends meanwhile, so the counters read are the committed ones and stay so until this
 transaction commits.
 
 Invariants:
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 import orjson
+import psycopg
 
 from relay.store.base import Appended, NewMessage, StoredMessage
 from relay.store.postgres.rows import COLUMNS, Conn, message
@@ -33,46 +35,68 @@ _FIND: Final = (
 _COUNTERS: Final = (
     "SELECT conversation, last_seq FROM conversations WHERE conversation = ANY(%s::text[])"
 )
-_INSERT: Final = (
-    "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp, "
-    "recipient_id, group_id, sender_name, sender_avatar, client_timestamp, meta, e2e, attachments, "
-    "call, search) "
-    "SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[]::tsvector[])"
-)
-_TIPS: Final = (
-    "INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[]) "
-    "ON CONFLICT (conversation) DO UPDATE SET last_seq = excluded.last_seq, "
-    "last_pos = excluded.last_pos, updated_at = excluded.updated_at"
-)
-_PEERS: Final = (
-    "INSERT INTO participants (user_id, conversation, peer_id) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) ON CONFLICT DO NOTHING"
-)
+#: the batch's rows and positions.last_pos written in one statement, each table's rows one jsonb
+#: array of row arrays
+#: (JSON null is SQL NULL): psycopg dumps three strings made by orjson, not 25 arrays through
+#: its Python ListDumper, and one statement is parsed and sent, not three
+_WRITE: Final = """
+    WITH inserted AS (
+        INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,
+            recipient_id, group_id, sender_name, sender_avatar, client_timestamp, meta, e2e,
+            attachments, call, search)
+        SELECT (r->>0)::bigint, r->>1, (r->>2)::bigint, r->>3, r->>4, r->>5, r->>6, r->>7,
+            r->>8, r->>9, r->>10, r->>11, r->>12, r->>13, r->>14, r->>15, (r->>16)::tsvector
+        FROM jsonb_array_elements(%s::jsonb) AS r
+    ), moved AS (
+        UPDATE positions SET last_pos = %s
+    ), tips AS (
+        INSERT INTO conversations (conversation, group_id, last_seq, last_pos, updated_at)
+        SELECT r->>0, r->>1, (r->>2)::bigint, (r->>3)::bigint, r->>4
+        FROM jsonb_array_elements(%s::jsonb) AS r
+        ON CONFLICT (conversation) DO UPDATE SET last_seq = excluded.last_seq,
+            last_pos = excluded.last_pos, updated_at = excluded.updated_at
+    )
+    INSERT INTO participants (user_id, conversation, peer_id)
+    SELECT r->>0, r->>1, r->>2 FROM jsonb_array_elements(%s::jsonb) AS r
+    ON CONFLICT DO NOTHING
+"""
+
+
+#: the two reads of a batch, sent and not yet fetched: stored keys, conversation counters
+Lookups = tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]
+
+
+def look_up(conn: Conn, requests: Sequence[Sequence[NewMessage]]) -> Lookups:
+    """Send the batch's two reads without fetching them: in pipeline mode (writer.py) they
+    travel with the positions lock in one round trip. Run them after that lock is taken: under
+    READ COMMITTED each statement reads what was committed when it started."""
+    everything = [m for request in requests for m in request]
+    return (
+        conn.cursor().execute(
+            _FIND, ([m.id for m in everything], [m.sender_id for m in everything])
+        ),
+        conn.cursor().execute(_COUNTERS, (list({m.conversation for m in everything}),)),
+    )
 
 
 def append_batch(
-    conn: Conn, last_pos: int, requests: Sequence[Sequence[NewMessage]]
+    conn: Conn,
+    last_pos: int,
+    requests: Sequence[Sequence[NewMessage]],
+    lookups: Lookups | None = None,
 ) -> tuple[list[list[Appended]], int]:
-    """Every message of `requests`, in order; `last_pos` is positions.last_pos (locked).
-    Returns each request's results and the new last_pos (the caller writes it)."""
-    everything = [m for request in requests for m in request]
+    """Every message of `requests`, in order; `last_pos` is positions.last_pos (locked);
+    `lookups`: look_up(conn, requests) when the caller sent them already.
+    Returns each request's results and the new last_pos (written here with the rows)."""
+    find, counted = look_up(conn, requests) if lookups is None else lookups
     stored: dict[tuple[str, str], StoredMessage] = {}
-    if everything:
-        for row in conn.execute(
-            _FIND, ([m.id for m in everything], [m.sender_id for m in everything])
-        ).fetchall():
-            found = message(row)
-            stored[(found.sender_id, found.id)] = found
+    for row in find.fetchall():
+        found = message(row)
+        stored[(found.sender_id, found.id)] = found
     counters: dict[str, int] = {
-        conversation: int(last)
-        for conversation, last in conn.execute(
-            _COUNTERS, (list({m.conversation for m in everything}),)
-        ).fetchall()
+        conversation: int(last) for conversation, last in counted.fetchall()
     }
-    columns: list[list[Any]] = [[] for _ in range(_INSERT.count("%s"))]
+    rows: list[tuple[Any, ...]] = []
     tips: dict[str, tuple[str | None, int, int, str]] = {}
     peers: list[tuple[str, str, str]] = []
     answers: list[list[Appended]] = []
@@ -96,8 +120,7 @@ def append_batch(
             pos += 1
             new = m.stored(seq)
             stored[key] = new
-            for column, value in zip(
-                columns,
+            rows.append(
                 (
                     pos,
                     conversation,
@@ -116,27 +139,19 @@ def append_batch(
                     orjson.dumps(m.attachments).decode() if m.attachments is not None else None,
                     orjson.dumps(m.call).decode() if m.call is not None else None,
                     search_vector(m.text),  # indexed in the append's transaction
-                ),
-                strict=True,
-            ):
-                column.append(value)
+                )
+            )
             tips[conversation] = (m.group_id, seq, pos, m.server_timestamp)
             results.append(Appended(new, duplicate=False))
         answers.append(results)
     if pos != last_pos:
-        conn.execute(_INSERT, columns)
         conn.execute(
-            _TIPS,
+            _WRITE,
             (
-                list(tips),
-                [t[0] for t in tips.values()],
-                [t[1] for t in tips.values()],
-                [t[2] for t in tips.values()],
-                [t[3] for t in tips.values()],
+                orjson.dumps(rows).decode(),
+                pos,
+                orjson.dumps([(c, *tip) for c, tip in tips.items()]).decode(),
+                orjson.dumps(peers).decode(),
             ),
         )
-        if peers:
-            conn.execute(
-                _PEERS, ([p[0] for p in peers], [p[1] for p in peers], [p[2] for p in peers])
-            )
     return answers, pos

@@ -15,6 +15,18 @@ only it. The second, of the writes no append touches (delivery marks, lastSeen, 
 under the `marks` lock instead (see POSITIONS below), so on a loaded cluster the marks of every
 node never wait for, nor hold up, the appends.
 
+PIPELINE: a part whose requests are all `pipelined` (appends; delivery and read marks,
+lastSeen) runs first in psycopg's pipeline mode, without a SAVEPOINT per request: statements
+are sent without waiting for each one's answer, and fetched only where the next step needs
+them. An append batch is two round trips to PostgreSQL, (BEGIN, the lock, the lookups) then
+(the one write, COMMIT), where the slow way takes ten or eleven; a marks batch is one round
+trip per round of marks (writes.mark_delivered_many) plus the COMMIT. Measured on one store,
+one message per batch, writer-thread CPU: appends 875 -> 390 us, delivery marks 690 -> 315 us
+(load 3.4-4.7). Statements still run in order, each after the previous one, so a read sent
+after the lock runs under it, and `conn.commit()` returns only once COMMIT answered. If a
+statement fails, the transaction is rolled back and the part runs again the slow way above,
+where a failure undoes only its own request.
+
 Invariants:
 - results are handed back only after COMMIT returned: `append_many` returns, and `sent` is
   answered, only once the messages are durable in PostgreSQL;
@@ -42,7 +54,7 @@ from attrs import define, field
 
 from relay.errors import StoreError
 from relay.store.base import NewMessage
-from relay.store.postgres.appends import append_batch
+from relay.store.postgres.appends import append_batch, look_up
 from relay.store.postgres.retention import PostgresRetention
 from relay.store.postgres.rows import Conn, describe
 
@@ -69,6 +81,9 @@ class Request:
     weight: int  # messages it appends (1 for other writes): what `max_batch` counts
     messages: Sequence[NewMessage] | None = None  # set for an append
     locks: frozenset[str] = EVERY_LOCK  # the cluster-wide locks it needs (see POSITIONS)
+    #: `work` may run in pipeline mode (PIPELINE): it reads no rowcount and needs no SAVEPOINT
+    #: of its own to be right (a failed pipelined transaction is run again the slow way)
+    pipelined: bool = False
     done: trio.Event | None = None
     on_done: Callable[[Any, BaseException | None], None] | None = None
     result: Any = None
@@ -185,12 +200,15 @@ class Writer:
         main = [r for r in batch if POSITIONS in r.locks]
         marks = [r for r in batch if POSITIONS not in r.locks]
         if main:
-            self._execute_part(main, self._transaction)
+            self._execute_part(main, self._transaction, self._pipelined_appends)
         if marks:
-            self._execute_part(marks, self._marks_transaction)
+            self._execute_part(marks, self._marks_transaction, self._pipelined_marks)
 
     def _execute_part(
-        self, batch: list[Request], transaction: Callable[[Conn, list[Request]], None]
+        self,
+        batch: list[Request],
+        transaction: Callable[[Conn, list[Request]], None],
+        pipelined: Callable[[Conn, list[Request]], None],
     ) -> None:
         try:
             conn = self._connection()
@@ -198,6 +216,8 @@ class Writer:
                 self._fail(batch, "the store cannot reach PostgreSQL")
                 return
             try:
+                if all(r.pipelined for r in batch) and self._pipeline(conn, batch, pipelined):
+                    return
                 transaction(conn, batch)
             except psycopg.Error as exc:
                 reason = describe(exc)
@@ -212,6 +232,53 @@ class Writer:
         finally:
             self._hand_back(batch)
 
+    @staticmethod
+    def _pipeline(
+        conn: Conn, batch: list[Request], transaction: Callable[[Conn, list[Request]], None]
+    ) -> bool:
+        """`transaction` in pipeline mode (see PIPELINE); False when it failed on a statement
+        and was rolled back, so the caller runs the batch again the slow way (each request in
+        its own SAVEPOINT). A lost connection raises: the batch fails, as on the slow path."""
+        try:
+            with conn.pipeline():
+                transaction(conn, batch)
+        except BaseException as exc:
+            # never leave the transaction open (and its locks held) for the next batch
+            if not (conn.closed or conn.broken):
+                with contextlib.suppress(psycopg.Error):
+                    conn.rollback()
+            if not isinstance(exc, psycopg.Error) or isinstance(exc, psycopg.OperationalError):
+                raise
+            if conn.closed or conn.broken:
+                raise
+            for request in batch:
+                request.result = None
+                request.error = None
+            return False
+        return True
+
+    def _pipelined_appends(self, conn: Conn, batch: list[Request]) -> None:
+        """Appends alone, as _transaction runs them, in two round trips: (BEGIN, the positions
+        lock, the batch's lookups), then (its one write, COMMIT)."""
+        requests = [cast(Sequence[NewMessage], r.messages) for r in batch]
+        locked = conn.execute("SELECT last_pos FROM positions FOR UPDATE")
+        lookups = look_up(conn, requests)  # run by PostgreSQL once the lock is granted
+        row = locked.fetchone()
+        assert row is not None
+        answers, _ = append_batch(conn, int(row[0]), requests, lookups)
+        conn.commit()  # in pipeline mode: sends COMMIT and waits for every result
+        for request, results in zip(batch, answers, strict=True):
+            request.result = results
+
+    @staticmethod
+    def _pipelined_marks(conn: Conn, batch: list[Request]) -> None:
+        """Marks-only writes, as _marks_transaction runs them, without a SAVEPOINT each: the
+        lock and each work's statements are sent as the work needs their results."""
+        conn.execute("SELECT 1 FROM write_locks WHERE name = %s FOR UPDATE", (MARKS,))
+        for request in batch:
+            request.result = request.work(conn)
+        conn.commit()
+
     def _transaction(self, conn: Conn, batch: list[Request]) -> None:
         appends = [r for r in batch if r.messages is not None]
         others = [r for r in batch if r.messages is None]
@@ -220,13 +287,10 @@ class Writer:
             assert row is not None
             if any(MARKS in r.locks for r in others):
                 conn.execute("SELECT 1 FROM write_locks WHERE name = %s FOR UPDATE", (MARKS,))
-            last_pos = pos = int(row[0])
             if appends:
-                pos = self._appends(conn, appends, last_pos)
+                self._appends(conn, appends, int(row[0]))
             for request in others:
                 self._alone(conn, request, request.work)
-            if pos != last_pos:
-                conn.execute("UPDATE positions SET last_pos = %s", (pos,))
 
     def _marks_transaction(self, conn: Conn, batch: list[Request]) -> None:
         with conn.transaction():

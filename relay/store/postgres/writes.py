@@ -16,19 +16,24 @@ at once are serialised and the forward-only rule holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Final
+
+import psycopg
 
 from relay.errors import Conflict, NotFound
 from relay.store.base import Group, Watermarks, group_conversation
 from relay.store.postgres.reads import get_group, last_seq
 from relay.store.postgres.rows import Conn
 
+_MARKS: Final = (
+    "SELECT delivered_seq, read_seq FROM watermarks WHERE conversation = %s AND user_id = %s "
+    "FOR UPDATE"
+)
+_LAST_SEQ: Final = "SELECT last_seq FROM conversations WHERE conversation = %s"
+
 
 def _marks(conn: Conn, conversation: str, user_id: str) -> Watermarks:
-    row = conn.execute(
-        "SELECT delivered_seq, read_seq FROM watermarks WHERE conversation = %s AND user_id = %s "
-        "FOR UPDATE",
-        (conversation, user_id),
-    ).fetchone()
+    row = conn.execute(_MARKS, (conversation, user_id)).fetchone()
     return Watermarks(int(row[0]), int(row[1])) if row else Watermarks(0, 0)
 
 
@@ -56,17 +61,31 @@ def _device_start(
     return min(marks.delivered_seq, int(first_after))
 
 
-def mark_delivered(
-    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int
+#: a mark's three reads, sent and not yet fetched: watermarks (locked), last seq, device cursor
+_Reads = tuple[psycopg.Cursor[Any], psycopg.Cursor[Any], psycopg.Cursor[Any]]
+
+
+def _send_reads(conn: Conn, conversation: str, user_id: str, device_id: str) -> _Reads:
+    return (
+        conn.cursor().execute(_MARKS, (conversation, user_id)),
+        conn.cursor().execute(_LAST_SEQ, (conversation,)),
+        conn.cursor().execute(
+            "SELECT seq FROM device_cursors WHERE conversation = %s AND user_id = %s "
+            "AND device_id = %s",
+            (conversation, user_id, device_id),
+        ),
+    )
+
+
+def _delivered(
+    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int, reads: _Reads
 ) -> Watermarks:
-    """Store.mark_delivered, in the writer's open transaction."""
-    before = _marks(conn, conversation, user_id)
-    seq = min(seq, last_seq(conn, conversation))
-    row = conn.execute(
-        "SELECT seq FROM device_cursors WHERE conversation = %s AND user_id = %s "
-        "AND device_id = %s",
-        (conversation, user_id, device_id),
-    ).fetchone()
+    marks, last, cursor_row = reads
+    found = marks.fetchone()
+    before = Watermarks(int(found[0]), int(found[1])) if found else Watermarks(0, 0)
+    tip = last.fetchone()
+    seq = min(seq, int(tip[0]) if tip else 0)
+    row = cursor_row.fetchone()
     start = int(row[0]) if row else _device_start(conn, conversation, user_id, device_id, before)
     cursor = max(start, seq)
     if row is None or cursor != row[0]:
@@ -81,10 +100,47 @@ def mark_delivered(
     return before
 
 
+def mark_delivered(
+    conn: Conn, conversation: str, user_id: str, device_id: str, seq: int
+) -> Watermarks:
+    """Store.mark_delivered, in the writer's open transaction."""
+    # the three reads sent before any is fetched: one round trip in pipeline mode (writer.py);
+    # the watermark row is locked by the first, before the other two run
+    reads = _send_reads(conn, conversation, user_id, device_id)
+    return _delivered(conn, conversation, user_id, device_id, seq, reads)
+
+
+def mark_delivered_many(conn: Conn, marks: Sequence[tuple[str, str, str, int]]) -> list[Watermarks]:
+    """Store.mark_delivered_many, in the writer's open transaction: each mark as
+    mark_delivered makes it, in order, with the reads of every mark of a round sent at once
+    (one round trip in pipeline mode, not one per mark). A round holds at most one mark per
+    (conversation, user): its rows are the only ones its writes touch, so a mark reads what
+    the marks before it in the list wrote (a repeated key waits for the next round)."""
+    answers: list[Watermarks | None] = [None] * len(marks)
+    rest = list(range(len(marks)))
+    while rest:
+        now: list[int] = []
+        later: list[int] = []
+        keys: set[tuple[str, str]] = set()
+        for i in rest:
+            key = (marks[i][0], marks[i][1])
+            (later if key in keys else now).append(i)
+            keys.add(key)
+        sent = [(i, _send_reads(conn, *marks[i][:3])) for i in now]
+        for i, reads in sent:
+            answers[i] = _delivered(conn, *marks[i], reads)
+        rest = later
+    return [answer for answer in answers if answer is not None]
+
+
 def mark_read(conn: Conn, conversation: str, user_id: str, seq: int) -> Watermarks:
     """Store.mark_read, in the writer's open transaction."""
-    before = _marks(conn, conversation, user_id)
-    seq = min(seq, last_seq(conn, conversation))
+    marks = conn.cursor().execute(_MARKS, (conversation, user_id))  # both sent, then fetched
+    last = conn.cursor().execute(_LAST_SEQ, (conversation,))
+    found = marks.fetchone()
+    before = Watermarks(int(found[0]), int(found[1])) if found else Watermarks(0, 0)
+    tip = last.fetchone()
+    seq = min(seq, int(tip[0]) if tip else 0)
     if seq > before.read_seq:
         _set_marks(conn, conversation, user_id, max(before.delivered_seq, seq), seq)
     return before
