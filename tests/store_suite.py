@@ -12,7 +12,9 @@ tests import it as `store_suite` from any folder.
 from __future__ import annotations
 
 import itertools
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -750,3 +752,14 @@ class StoreSuite:
         }
         assert await store.last_seen(["b"]) == {"b": "2026-02-05T10:31:00.000Z"}
         assert await store.last_seen([]) == {}
+
+
+def sqlite_index_progress(path: Path) -> tuple[int, int]:
+    """(indexed_pos, last_pos) of a SQLite store's file: how far its search index has come."""
+    conn = sqlite3.connect(path)
+    try:
+        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
+        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
+        return int(indexed), int(last)
+    finally:
+        conn.close()

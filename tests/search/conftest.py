@@ -5,13 +5,13 @@ everything is indexed, which in step it already is)."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from services import fresh_schema, postgres_database
+from store_suite import sqlite_index_progress as progress
 
 import relay.store.sqlite.search as sqlite_search
 from relay.search import parse_query
@@ -86,17 +86,6 @@ async def store(
     await made.open()
     yield made
     await made.close()
-
-
-def progress(path: Path) -> tuple[int, int]:
-    """(indexed_pos, last_pos) of a SQLite store's file."""
-    conn = sqlite3.connect(path)
-    try:
-        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
-        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
-        return int(indexed), int(last)
-    finally:
-        conn.close()
 
 
 async def _wait_indexed(path: Path) -> None:

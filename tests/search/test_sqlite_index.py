@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 from store_suite import AB, fast_append, msg, put
+from store_suite import sqlite_index_progress as progress
 
 from relay.search import parse_query
 from relay.store.migrations import MIGRATIONS, _statements
@@ -91,16 +92,6 @@ async def test_a_writer_that_is_never_idle_indexes_once_it_lags(tmp_path: Path) 
         assert await texts_found(store, "b", "batch") == [f"batch {i} one" for i in (3, 2, 1, 0)]
     finally:
         await store.close()
-
-
-def progress(path: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(path)
-    try:
-        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
-        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
-        return int(indexed), int(last)
-    finally:
-        conn.close()
 
 
 async def test_in_step_each_batch_is_indexed_in_its_own_transaction(tmp_path: Path) -> None:

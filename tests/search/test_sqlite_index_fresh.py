@@ -9,6 +9,7 @@ from pathlib import Path
 
 import trio
 from store_suite import AB, msg, put
+from store_suite import sqlite_index_progress as progress
 
 from relay.search import index_text, parse_query
 from relay.store.base import Appended
@@ -22,16 +23,6 @@ def rows(path: Path) -> list[tuple[int, str, str]]:
         return conn.execute(
             "SELECT rowid, body, conv FROM message_search ORDER BY rowid"
         ).fetchall()
-    finally:
-        conn.close()
-
-
-def progress(path: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(path)
-    try:
-        (indexed,) = conn.execute("SELECT indexed_pos FROM search_progress").fetchone()
-        (last,) = conn.execute("SELECT last_pos FROM positions").fetchone()
-        return int(indexed), int(last)
     finally:
         conn.close()
 
