@@ -1193,7 +1193,7 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         + b"}",
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"\xed\xa0\x80"}}',
-        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"\ud800"}}',
+        b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"\\ud800"}}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":1',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{"a":"x}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","meta":{},"meta":{"a":1}}',
@@ -1201,9 +1201,9 @@ def test_decode_message_agrees_on_anything(compiled: ModuleType, payload: bytes 
         b'{"type":"message","id":"m1","recipientId":"bob","attachments":[]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":{"fileId":"f"}}',
         b'{"type":"message","id":"m1","recipientId":"bob","e2e":{"v":1,"suite":"hpke-x25519-sha256'
-        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD","b\u00e9":"QQ=="}}}',
+        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD","b\\u00e9":"QQ=="}}}',
         b'{"type":"message","id":"m1","recipientId":"bob","e2e":{"v":1,"suite":"hpke-x25519-sha256'
-        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD\u003d"}}}',
+        b'-aes256gcm","senderDevice":"d","boxes":{"a":"QUJD\\u003d"}}}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","e2e":[1]}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":"f1"}',
         b'{"type":"message","id":"m1","recipientId":"bob","text":"hi","attachments":null}',
