@@ -235,7 +235,8 @@ class RelayConfig:
         default=0.002,
         validator=_non_negative,
         metadata=_help(
-            "SQLite store: seconds the writer waits to group more messages into one commit"
+            "SQLite and PostgreSQL stores: seconds the writer waits to group more messages into"
+            " one commit"
         ),
     )
 

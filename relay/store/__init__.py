@@ -35,6 +35,7 @@ def store_from_config(config: RelayConfig) -> Store:
 
         return PostgresStore(
             config.db_path,
+            commit_interval=config.commit_interval,
             retention_days=config.retention_days,
             retention_max_messages=config.retention_max_messages,
         )

@@ -14,7 +14,9 @@ import trio
 from services import fresh_schema, postgres_database
 from store_suite import AB, StoreSuite, msg, put
 
+from relay.config import RelayConfig
 from relay.errors import StoreError, StoreUnavailable
+from relay.store import store_from_config
 from relay.store.base import Appended, Store
 from relay.store.postgres import PostgresStore
 from relay.store.postgres.schema import SCHEMA_VERSION
@@ -37,6 +39,14 @@ async def store(pg_url: str) -> AsyncIterator[Store]:
     await postgres.open()
     yield postgres
     await postgres.close()
+
+
+def test_store_from_config_passes_the_commit_interval(pg_url: str) -> None:
+    made = store_from_config(
+        RelayConfig(db_path=pg_url, commit_interval=0.0, retention_max_messages=9)
+    )
+    assert isinstance(made, PostgresStore)
+    assert (made.commit_interval, made.retention.max_messages) == (0.0, 9)
 
 
 class TestPostgresStore(StoreSuite):
