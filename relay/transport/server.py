@@ -151,6 +151,9 @@ class Server:
     _health: HealthReporting | None = field(init=False, default=None)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
+    #: `add_dirty` bound once: every connection's `wake` shares it (a bound method per
+    #: connection was 64 bytes of each)
+    _wake: Callable[[WsConnection], None] = field(init=False)
     #: permessage-deflate's shared compressors (relay.transport.deflate)
     deflaters: Deflaters = field(init=False)
     #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
@@ -161,6 +164,7 @@ class Server:
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
+        self._wake = self.add_dirty
         self.stats = self.metrics.stats
         self.deflaters = Deflaters(self.config.compress_min_bytes, self.stats)
         self._origins = self.config.origins
@@ -525,7 +529,7 @@ class Server:
             "outbox": Outbox(config.outbox_max_bytes, config.outbox_max_frames),
             "parser": FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES)),
             "stats": stats,
-            "wake": self.add_dirty,
+            "wake": self._wake,
             "last_rx": trio.current_time(),
             "message_limit": config.max_message_bytes,
             "id": next(_ids),
