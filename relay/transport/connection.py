@@ -6,9 +6,13 @@ calls, the close deadline, the life cycle (`run`). Its two drivers:
 - `RawConnection` (ws://): a plain non-blocking stdlib socket read by the server's poller
   (relay.transport.poller), which hands the connection's task only what must wait; writes
   are non-blocking `send`s, and a writer task exists only while the kernel buffer is full.
-  No nursery and no cancel scope per connection (memory per idle connection counts): every
-  wait is on the socket, so `_mark_broken` (a failed write, or the close deadline through
-  the server's expirer) ends them all with `notify_closing`.
+  No task, nursery or cancel scope per idle connection (memory per idle connection counts;
+  a parked task with its coroutine frames cost about 3 kB of the 6.7): after its opening, a
+  connection waiting for nothing is *dormant*, registered in the poller and owned by no
+  task; what needs waiting (an `on_messages` the poller cannot finish, the close) gets a task
+  per hand-off (`_hand_off` starts `_resume`). Every wait is on the socket, so `_mark_broken`
+  (a failed write, or the close deadline through the server's expirer) ends them all with
+  `notify_closing`, and hands a dormant connection to a task that ends it.
 - `TlsConnection` (wss://): a trio.SSLStream read by the connection's task; every write is
   made by a writer task in the connection's nursery, whose scope carries the close deadline
   and is cancelled when the transport breaks.
@@ -19,6 +23,8 @@ Invariants:
   peer's FIN share one deadline, CLOSE_TIMEOUT after closing began.
 - A connection whose writer task is active is skipped by the flusher (the writer owns its
   outbox then).
+- ws://: a connection is in the poller exactly while no task handles it (dormant); a
+  hand-off unregisters it and starts one task, so at most one task reads or ends it.
 
 Logging (relay.logs; logger relay.transport): one INFO line when a connection opens and one
 when it ends (its close code, the reason, and who closed: relay, peer, or network when no
@@ -29,13 +35,11 @@ request path (a token may ride in it) nor anything the client sent but the peer'
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-import outcome
 import trio
 from attrs import define
 
@@ -79,8 +83,8 @@ _ENDED = WsState.ENDED
 _Work = tuple[list[bytes], int, bytes]
 
 
-class _Slot(enum.Enum):
-    EMPTY = "empty"
+#: The name of every hand-off task (a constant: trio would otherwise build one per task).
+_RESUME_TASK = "relay.transport connection hand-off"
 
 
 @define(eq=False, kw_only=True)
@@ -103,6 +107,9 @@ class WsConnection(WebSocket):
     #: and who sent it first ("relay", "peer"; "" while none was exchanged)
     close_reason: str = ""
     closed_by: str = ""
+    #: the peer address whose admission (relay.transport.admission) this connection holds
+    #: until the server forgets it; None when uncapped
+    admitted: str | None = None
 
     # --- the Connection port (called by the core) ------------------------------------------
 
@@ -243,6 +250,15 @@ class WsConnection(WebSocket):
             await self._teardown()
 
     async def _serve(self, trailing: bytes) -> None:
+        self._open()
+        if self.ws_state is _OPEN and not (trailing and await self._process(trailing)):
+            await self._read()
+        await self._close_down()
+
+    def _open(self) -> None:
+        """Log the opening and tell the handler. A plain function, not inline in a coroutine:
+        logging's caller lookup (f_back) would give the coroutine a frame object (216 bytes)
+        that then lives as long as the connection."""
         self._opened = True
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -256,8 +272,10 @@ class WsConnection(WebSocket):
         except Exception:
             log.exception("handler.on_open failed on connection %d", self.id)
             self.close(1011, "internal error")
-        if self.ws_state is _OPEN and not (trailing and await self._process(trailing)):
-            await self._read()
+
+    async def _close_down(self) -> None:
+        """Reading ended: once closing, write up to our close frame and linger (bounded by
+        the close deadline)."""
         if self.closing and not self._broken:
             await self._wait_flushed()
             await self._linger()
@@ -278,6 +296,10 @@ class WsConnection(WebSocket):
         self.end()
         self.count_dropped()
         await self._close_transport()
+        self._ended()
+
+    def _ended(self) -> None:
+        """The transport is closed: forget the connection and tell the handler."""
         self.server.forget(self)
         if self._opened:
             self._log_closed()
@@ -298,11 +320,6 @@ class RawConnection(WsConnection):
 
     sock: socket.socket
     fd: int  # sock.fileno(), kept: the poller's key, valid until the socket is closed
-    # The poller's hand-off to the connection's task. Invariant: the socket is in the poller
-    # only while the task waits for a hand-off, and `_reader_task` is set only while the task
-    # is parked waiting for one; `_handed` holds a hand-off made before the task parked.
-    _reader_task: trio.lowlevel.Task | None = None
-    _handed: _Work | _Slot | None = _Slot.EMPTY
 
     def _bound_close(self) -> None:
         self.server.expire_at(self, self.close_deadline)
@@ -315,9 +332,9 @@ class RawConnection(WsConnection):
     def _mark_broken(self) -> None:
         self._broken = True
         if self.ws_state is not _ENDED:
-            # Wakes the linger and the writer task (ClosedResourceError), and the reader
-            # through a hand-off; the flag keeps them from waiting again.
-            if self._reader_task is not None or self.server.poller.holds(self.fd, self):
+            # Wakes the linger and the writer task (ClosedResourceError); a dormant connection
+            # gets a task that ends it (a hand-off); the flag keeps them from waiting again.
+            if self.server.poller.holds(self.fd, self):
                 self._hand_off(None)
             trio.lowlevel.notify_closing(self.sock)
 
@@ -396,7 +413,7 @@ class RawConnection(WsConnection):
 
     def on_readable(self, now: float) -> None:
         """The poller saw the socket readable: one read, handled at once as far as the handler
-        can without waiting; the rest goes to the connection's task (_read)."""
+        can without waiting; the rest goes to a task (`_hand_off`)."""
         server = self.server
         try:
             n = self.sock.recv_into(server.recv_buffer)
@@ -431,42 +448,66 @@ class RawConnection(WsConnection):
         self._hand_off(None)
 
     def _hand_off(self, work: _Work | None) -> None:
-        """Stop polling this socket and give the connection's task `work` (None: stop reading)."""
-        self.server.poller.unregister(self.fd, self)
-        task = self._reader_task
-        if task is None:
-            self._handed = work
-        else:
-            self._reader_task = None
-            trio.lowlevel.reschedule(task, outcome.Value(work))
-
-    async def _next_hand_off(self) -> _Work | None:
-        handed = self._handed
-        if handed is not _Slot.EMPTY:
-            self._handed = _Slot.EMPTY
-            return handed
-        self._reader_task = trio.lowlevel.current_task()
-
-        def abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
-            self._reader_task = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        return cast("_Work | None", await trio.lowlevel.wait_task_rescheduled(abort))
-
-    async def _read(self) -> None:
-        """The poller reads and handles what needs no waiting (on_readable); this task waits
-        for what it hands off, then polling resumes."""
-        poller = self.server.poller
+        """Stop polling this socket and start a task that handles `work` (None: end the
+        connection). Called only while the connection is dormant (in the poller, no task)."""
+        server = self.server
+        poller = server.poller
+        if not poller.holds(self.fd, self):
+            return  # handed off already (its task ends the connection, or will see `_broken`)
+        poller.unregister(self.fd, self)
+        nursery = server.host_nursery
         try:
-            while not self._broken:
-                poller.register(self.fd, self)
-                work = await self._next_hand_off()
-                if work is None or self._broken:
-                    return
-                if await self._handle_events(*work):
-                    return
+            if nursery is None:
+                raise RuntimeError("the server is not serving")
+            nursery.start_soon(self._resume, work, name=_RESUME_TASK)
+        except RuntimeError:  # the host nursery is closed: the server is stopping
+            self.abandon()
+
+    def _dormant(self) -> bool:
+        """Hand the socket back to the poller, unless it broke. True: the connection is
+        dormant, the calling task ends, and the poller's next hand-off starts another."""
+        if self._broken:
+            return False
+        self.server.poller.register(self.fd, self)
+        return True
+
+    async def run(self, trailing: bytes) -> None:
+        """Open the connection and handle `trailing`; then, while nothing needs waiting, it
+        is dormant: in the poller with no task (an idle connection costs no task, coroutine
+        frames or cancel state), until `_hand_off` starts `_resume`."""
+        dormant = False
+        try:
+            self._open()
+            if self.ws_state is _OPEN and not (trailing and await self._process(trailing)):
+                dormant = self._dormant()
+            if not dormant:
+                await self._close_down()
         finally:
-            poller.unregister(self.fd, self)
+            if not dormant:
+                await self._teardown()
+
+    async def _resume(self, work: _Work | None) -> None:
+        """The task of one hand-off: handle what the poller could not handle without
+        waiting, then go dormant again, or close and end the connection."""
+        dormant = False
+        try:
+            try:
+                if work is not None and not self._broken and not await self._handle_events(*work):
+                    dormant = self._dormant()
+                if not dormant:
+                    await self._close_down()
+            finally:
+                if not dormant:
+                    await self._teardown()
+        except Exception:
+            log.exception("connection %d failed", self.id)
+
+    def abandon(self) -> None:
+        """End a dormant connection at once, without a task (the server stopped serving)."""
+        if self.ws_state is _ENDED:
+            return
+        self._broken = True
+        self._finish()
 
     async def _linger(self) -> None:
         """After our close frame: half-close; unless the peer's close frame was read, wait for
@@ -504,9 +545,19 @@ class RawConnection(WsConnection):
                 while self.writer_active:
                     self._idle = trio.Event()
                     await self._idle.wait()
-        await super()._teardown()
+        self._finish()
+
+    def _finish(self) -> None:
+        """The teardown once no writer task is active (it needs no waiting)."""
+        self.end()
+        self.count_dropped()
+        self._close_socket()
+        self._ended()
 
     async def _close_transport(self) -> None:
+        self._close_socket()
+
+    def _close_socket(self) -> None:
         self.server.poller.unregister(self.fd, self)
         trio.lowlevel.notify_closing(self.sock)
         self.sock.close()

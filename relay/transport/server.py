@@ -13,7 +13,9 @@ Shape of one server (every task lives in a visible nursery):
            ├─ expirer: ends ws:// connections whose close deadline passed
            │  (relay.transport.deadlines)
            ├─ per connection: its task (handshake, then RawConnection/TlsConnection.run);
-           │  wss:// adds a nursery for its writer task
+           │  wss:// adds a nursery for its writer task. A ws:// connection's task ends once
+           │  nothing needs waiting (the connection is then dormant in the poller); the
+           │  poller starts a task per hand-off (RawConnection._resume)
            └─ ws:// writer tasks: one per connection only while its kernel send buffer is full
 
 Invariants:
@@ -149,6 +151,9 @@ class Server:
     _health: HealthReporting | None = field(init=False, default=None)
     #: metrics.stats, held here: the shell bumps it on every read and write
     stats: Stats = field(init=False)
+    #: `add_dirty` bound once: every connection's `wake` shares it (a bound method per
+    #: connection was 64 bytes of each)
+    _wake: Callable[[WsConnection], None] = field(init=False)
     #: permessage-deflate's shared compressors (relay.transport.deflate)
     deflaters: Deflaters = field(init=False)
     #: routed plain HTTP (relay.transport.httpserver): the paths it claims are served there,
@@ -159,6 +164,7 @@ class Server:
 
     def __attrs_post_init__(self) -> None:
         self.recv_view = memoryview(self.recv_buffer)
+        self._wake = self.add_dirty
         self.stats = self.metrics.stats
         self.deflaters = Deflaters(self.config.compress_min_bytes, self.stats)
         self._origins = self.config.origins
@@ -243,7 +249,12 @@ class Server:
                     task_status.started(nursery)
                     await trio.sleep_forever()
         finally:
-            self.poller.close()  # every connection (all in this nursery) has ended
+            # Every task of this nursery has ended: what is left are dormant ws:// connections
+            # (no task of their own; relay.transport.connection), ended here.
+            for conn in list(self.conns.values()):
+                if isinstance(conn, RawConnection):
+                    conn.abandon()
+            self.poller.close()
 
     async def _accept(
         self,
@@ -394,6 +405,8 @@ class Server:
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:
             self.stats.connections_open -= 1
+            if conn.admitted is not None:
+                self.admission.release(conn.admitted)
         if not self.conns:
             self._all_closed.set()
 
@@ -406,23 +419,22 @@ class Server:
             await trio.aclose_forcefully(tcp)
             return
         address = str(peer[0])
-        capped = self.config.limit_loopback or not is_loopback_peer(address)
-        if capped:
+        admitted: str | None = None
+        if self.config.limit_loopback or not is_loopback_peer(address):
             refusal = self.admission.admit(address, trio.current_time())
             if refusal is not None:
                 log.debug("refused %s: %s", address, refusal)
                 await self.plain.refuse(tcp, HttpFailure(429, refusal))
                 return
-        try:
-            await self._serve_tcp(tcp, f"{address}:{peer[1]}")
-        finally:
-            if capped:
-                self.admission.release(address)
+            admitted = address
+        await self._serve_tcp(tcp, f"{address}:{peer[1]}", admitted)
 
-    async def _serve_tcp(self, tcp: trio.SocketStream, remote: str) -> None:
+    async def _serve_tcp(self, tcp: trio.SocketStream, remote: str, admitted: str | None) -> None:
         # The handshake runs in its own frame, so that none of its state (h11 and wsproto
         # objects, the request) stays referenced while the WebSocket lives; nor does `tcp`
         # (ws:// detached its socket, wss://'s stream wraps it).
+        # `admitted`: the admission this connection holds; released here when no WebSocket
+        # opened, else when the server forgets the connection (a ws:// one outlives its task).
         opened: tuple[WsConnection, bytes] | None = None
         try:
             opened = await self._handle(tcp, remote)
@@ -430,11 +442,14 @@ class Server:
             log.exception("connection task failed")
         finally:
             if opened is None:
+                if admitted is not None:
+                    self.admission.release(admitted)
                 await trio.aclose_forcefully(tcp)
         del tcp
         if opened is not None:
             conn, trailing = opened
             del opened
+            conn.admitted = admitted
             try:
                 await conn.run(trailing)
             except Exception:
@@ -514,7 +529,7 @@ class Server:
             "outbox": Outbox(config.outbox_max_bytes, config.outbox_max_frames),
             "parser": FrameParser(min(config.max_message_bytes, PREAUTH_MESSAGE_BYTES)),
             "stats": stats,
-            "wake": self.add_dirty,
+            "wake": self._wake,
             "last_rx": trio.current_time(),
             "message_limit": config.max_message_bytes,
             "id": next(_ids),

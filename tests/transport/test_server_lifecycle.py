@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from attrs import define, field
 from support import RawWs, http_get, http_request, mask_frame, start_relay, ws_connect
 from trio.testing import MockClock
@@ -87,6 +88,66 @@ async def test_draining_answers_503_and_refuses_upgrades_until_drain_timeout(
     await stubborn.aclose()
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", address.port)
+
+
+@define(eq=False)
+class Recorder(EchoHandler):
+    """Echoes; records every close the handler is told of."""
+
+    closes: list[tuple[int, int]] = field(factory=list)
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        self.closes.append((conn.id, code))
+
+
+async def test_drain_timeout_ends_a_dormant_connection_and_tells_the_handler(
+    autojump_clock: MockClock,
+) -> None:
+    handler = Recorder()
+    async with trio.open_nursery() as relay_nursery:
+        relay = await start_echo(relay_nursery, handler=handler, drain_timeout=1.0)
+        stubborn = await RawWs.connect(relay)  # never answers the close
+        await stubborn.send_text("hi")
+        assert await stubborn.recv_frame() == (OP_TEXT, b"hi")
+        relay_nursery.cancel_scope.cancel()
+    # The drain gave up before the close deadline: the connection, waiting in the poller
+    # with no task of its own, was still ended, its socket closed and the handler told once.
+    assert [code for _id, code in handler.closes] == [1012]
+    with trio.fail_after(1):
+        assert await stubborn.expect_close() == (1012, "service restart")
+        await stubborn.wait_eof()
+    await stubborn.aclose()
+
+
+def _tasks_named(name: str) -> int:
+    """How many tasks of this trio run are named `name`."""
+    count = 0
+    todo = [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        if task is None:
+            continue
+        count += task.name == name
+        todo.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return count
+
+
+async def test_an_idle_ws_connection_holds_no_task(nursery: trio.Nursery) -> None:
+    # Memory per idle connection is a budget (bench c100k): a parked task with its coroutine
+    # chain cost more than everything else an idle connection holds.
+    relay = await start_echo(nursery)
+    clients = [await RawWs.connect(relay) for _ in range(10)]
+    for i, ws in enumerate(clients):  # each message is a hand-off to a task (on_messages)
+        await ws.send_text(f"m{i}")
+        assert await ws.recv_frame() == (OP_TEXT, f"m{i}".encode())
+    await trio.testing.wait_all_tasks_blocked()
+    assert _tasks_named("relay.transport connection") == 0
+    assert _tasks_named("relay.transport connection hand-off") == 0
+    # and each still answers, through a new hand-off
+    for ws in clients:
+        await ws.send_text("again")
+        assert await ws.recv_frame() == (OP_TEXT, b"again")
+        await ws.aclose()
 
 
 # --- heartbeat ----------------------------------------------------------------------------------
