@@ -68,6 +68,14 @@ token stays once its messages are gone), written in the transaction that indexes
 (sqlite/indexer.py). A prefix query (`run*`) is expanded through it to an OR of the tokens
 (sqlite/search.py): FTS5's own prefix query merges the whole posting lists of every such token
 before it returns a row (27 ms for `run*` over 1M messages, against 0.2 ms for the OR).
+
+Version 13: `message_search` rebuilt with `columnsize=0`: FTS5 keeps no per-row token counts
+(its `_docsize` table, one B-tree row written per indexed message), which only ranking
+functions (bm25, the `rank` column) read; no read of the store ranks, they all order by pos.
+The rows of the old table are not copied: `search_progress.indexed_pos` goes back to 0 and the
+writer's indexer works through the stored messages again (as after version 7), while searches
+match the unindexed tail by a scan, so they stay exact meanwhile. `search_terms` stays as it is
+(a superset of the tokens indexed, which is all the prefix expansion needs).
 """
 
 from __future__ import annotations
@@ -236,6 +244,16 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT OR IGNORE INTO search_terms (term)
         SELECT term FROM temp.search_terms_by_column WHERE col = 'body';
     DROP TABLE temp.search_terms_by_column;
+    """,
+    # 13: the search index without per-row column sizes, re-indexed (see the module docstring)
+    """
+    DROP TABLE message_search_terms;
+    DROP TABLE message_search;
+    CREATE VIRTUAL TABLE message_search USING fts5(
+        body, conv, tokenize = 'unicode61 remove_diacritics 0', columnsize = 0
+    );
+    CREATE VIRTUAL TABLE message_search_terms USING fts5vocab(message_search, row);
+    UPDATE search_progress SET indexed_pos = 0;
     """,
 )
 

@@ -219,3 +219,74 @@ async def test_a_version_6_database_is_indexed_once_opened(
     finally:
         await store.close()
     assert [pos for pos, _ in index_rows(path)][:2] == [1, 3]
+
+
+async def test_a_version_12_index_is_rebuilt_without_column_sizes(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    # Migration 13 replaces the index by one with columnsize=0 and indexes every message again;
+    # searches are exact before the indexer has caught up (the tail is scanned) and after.
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for script in MIGRATIONS[:12]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 12")
+    texts = ["see you at the café", "you see", "東京タワー"]
+    for pos, text in enumerate(texts, start=1):
+        conn.execute(
+            "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
+            " recipient_id) VALUES (?, ?, ?, ?, 'a', ?, '2026-01-01T00:00:00.000Z', 'b')",
+            (pos, AB, pos, f"m{pos}", text),
+        )
+    conn.execute(
+        "INSERT INTO conversations VALUES (?, NULL, 3, 3, '2026-01-01T00:00:00.000Z')", (AB,)
+    )
+    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
+    conn.execute("UPDATE positions SET last_pos = 3")
+    # the version-12 index, written as that relay's indexer did (a stale row too: the rebuild
+    # must not keep it)
+    conn.execute(
+        "INSERT INTO message_search (rowid, body, conv) VALUES (1, 'see you at the cafe', 'c0'),"
+        " (2, 'stale', 'c0')"
+    )
+    conn.execute("UPDATE search_progress SET indexed_pos = 2")
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0  # nothing indexed until the test says so
+    store.indexer.in_step = False
+    await store.open()
+    try:
+        assert indexed_pos(path) == 0
+        assert index_rows(path) == []
+        assert await texts_found(store, "b", '"see you"') == ["see you at the café"]
+        assert await texts_found(store, "b", "stale") == []
+        store.indexer.idle = 0.0
+        store.indexer.in_step = True
+        await put(store, msg("b", "a", text="see you soon"))
+        await wait_indexed(path)
+        assert indexed_pos(path) == 4
+        assert await texts_found(store, "b", '"see you"') == ["see you soon", "see you at the café"]
+        assert await texts_found(store, "a", "you") == [
+            "see you soon",
+            "you see",
+            "see you at the café",
+        ]
+        assert await texts_found(store, "a", "タワー") == ["東京タワー"]
+    finally:
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4]
+    check = sqlite3.connect(path)
+    try:
+        (sql,) = check.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'message_search'"
+        ).fetchone()
+        assert "columnsize = 0" in sql
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master")}
+        assert "message_search_docsize" not in tables
+    finally:
+        check.close()
