@@ -763,3 +763,30 @@ def sqlite_index_progress(path: Path) -> tuple[int, int]:
         return int(indexed), int(last)
     finally:
         conn.close()
+
+
+def sqlite_index_rows(path: Path) -> list[tuple[int, str, str]]:
+    """(rowid, body, conv) of every row of a SQLite store's search index, as the index itself
+    holds them (it is contentless: migration 13): each column's tokens in order, joined by a
+    space, which is how the indexer wrote them (relay.search.index_text)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "CREATE VIRTUAL TABLE temp.index_instances "
+            "USING fts5vocab(main, message_search, instance)"
+        )
+        rows: dict[int, dict[str, list[tuple[int, str]]]] = {}
+        for term, doc, col, offset in conn.execute(
+            "SELECT term, doc, col, offset FROM temp.index_instances"
+        ):
+            rows.setdefault(doc, {"body": [], "conv": []})[col].append((offset, term))
+        return [
+            (
+                doc,
+                " ".join(term for _, term in sorted(columns["body"])),
+                " ".join(term for _, term in sorted(columns["conv"])),
+            )
+            for doc, columns in sorted(rows.items())
+        ]
+    finally:
+        conn.close()

@@ -68,6 +68,24 @@ token stays once its messages are gone), written in the transaction that indexes
 (sqlite/indexer.py). A prefix query (`run*`) is expanded through it to an OR of the tokens
 (sqlite/search.py): FTS5's own prefix query merges the whole posting lists of every such token
 before it returns a row (27 ms for `run*` over 1M messages, against 0.2 ms for the OR).
+
+Version 13: `message_search` rebuilt contentless (`content=''`) and with `columnsize=0`. FTS5
+then keeps only the index: no copy of each row's body and conv (the `_content` table) and no
+per-row token counts (`_docsize`), one B-tree row each per indexed message, which only reading
+columns back and ranking (bm25, `rank`) need; no read of the store does either (searches take
+the rowid and order by pos). A contentless row is removed by FTS5's 'delete' command given
+exactly the values it was indexed with, so the trigger `messages_search_gone` recomputes them
+from the message with `relay_index_text` and `relay_conversation_token`, SQL functions every
+connection that deletes messages must have (sqlite/search.py `register_functions`; without them
+the DELETE fails whole), and only for a message that is indexed: pos <= indexed_pos and a body
+with a token (a 'delete' of a row that is not there would corrupt the index). So
+`relay.search.index_text` and `conversation_token` are part of this schema: changing what
+either gives for a text needs a migration that rebuilds the index (as queries, tokenized the
+same way, need anyway). The rows of the old table are not copied: `search_progress.indexed_pos`
+goes back to 0 and the writer's indexer works through the stored messages again (as after
+version 7), while searches match the unindexed tail by a scan, so they stay exact meanwhile.
+`search_terms` stays as it is (a superset of the tokens indexed is all the prefix expansion
+needs).
 """
 
 from __future__ import annotations
@@ -236,6 +254,26 @@ MIGRATIONS: tuple[str, ...] = (
     INSERT OR IGNORE INTO search_terms (term)
         SELECT term FROM temp.search_terms_by_column WHERE col = 'body';
     DROP TABLE temp.search_terms_by_column;
+    """,
+    # 13: the search index contentless, without per-row sizes, re-indexed (see the docstring)
+    """
+    DROP TRIGGER messages_search_gone;
+    DROP TABLE message_search_terms;
+    DROP TABLE message_search;
+    CREATE VIRTUAL TABLE message_search USING fts5(
+        body, conv, tokenize = 'unicode61 remove_diacritics 0', content = '', columnsize = 0
+    );
+    CREATE VIRTUAL TABLE message_search_terms USING fts5vocab(message_search, row);
+    CREATE TRIGGER messages_search_gone AFTER DELETE ON messages
+    WHEN old.pos <= (SELECT indexed_pos FROM search_progress)
+        AND relay_index_text(old.text) != ''
+    BEGIN
+        INSERT INTO message_search (message_search, rowid, body, conv) VALUES (
+            'delete', old.pos, relay_index_text(old.text),
+            relay_conversation_token(old.conversation)
+        );
+    END;
+    UPDATE search_progress SET indexed_pos = 0;
     """,
 )
 

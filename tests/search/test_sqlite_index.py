@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
-from store_suite import AB, fast_append, msg, put
+from store_suite import AB, fast_append, msg, put, sqlite_index_rows
 from store_suite import sqlite_index_progress as progress
 
 from relay.search import parse_query
@@ -21,11 +21,7 @@ Wait = Callable[[Path], Awaitable[None]]
 
 
 def index_rows(path: Path) -> list[tuple[int, str]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute("SELECT rowid, body FROM message_search ORDER BY rowid").fetchall()
-    finally:
-        conn.close()
+    return [(pos, body) for pos, body, _ in sqlite_index_rows(path)]
 
 
 def indexed_pos(path: Path) -> int:
@@ -178,6 +174,48 @@ async def test_retention_deletes_from_the_index(tmp_path: Path, wait_indexed: Wa
     finally:
         await store.close()
     assert index_rows(path) == [(5, "word 4"), (6, "word 5")]
+    check = sqlite3.connect(path)
+    try:  # the 'delete' commands the trigger issued left a sound index
+        check.execute("INSERT INTO message_search (message_search) VALUES ('integrity-check')")
+    finally:
+        check.close()
+
+
+async def test_retention_of_unindexed_and_tokenless_messages_leaves_the_index_sound(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    # The trigger removes only indexed rows: a message with no token (e2e, attachments only)
+    # has none, nor has one above indexed_pos. A 'delete' for either would corrupt the index.
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path, retention_interval=0.05)
+    store.indexer.idle = 0.0
+    await store.open()
+    try:
+        await put(store, msg("a", "b", text="kept one"), msg("a", "b", text="!!"))
+        await wait_indexed(path)
+        store.indexer.in_step = False
+        store.indexer.idle = 3600.0
+        await put(store, msg("a", "b", text="unindexed"), msg("a", "b", text="kept two"))
+        store.retention.max_messages = 1
+        await put(store, msg("a", "b", text="last"))
+
+        async def trimmed() -> bool:
+            page, _ = await store.history(AB)
+            return [m.seq for m in page] == [5]
+
+        with trio.fail_after(5):
+            while not await trimmed():  # noqa: ASYNC110 (retention runs in the writer thread)
+                await trio.sleep(0.01)
+        assert await texts_found(store, "a", "kept") == []
+        assert await texts_found(store, "a", "last") == ["last"]
+    finally:
+        await store.close()
+    assert index_rows(path) == []
+    check = sqlite3.connect(path)
+    try:
+        check.execute("INSERT INTO message_search (message_search) VALUES ('integrity-check')")
+    finally:
+        check.close()
 
 
 async def test_a_version_6_database_is_indexed_once_opened(
@@ -219,3 +257,75 @@ async def test_a_version_6_database_is_indexed_once_opened(
     finally:
         await store.close()
     assert [pos for pos, _ in index_rows(path)][:2] == [1, 3]
+
+
+async def test_a_version_12_index_is_rebuilt_contentless(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    # Migration 13 replaces the index by a contentless one with columnsize=0 and indexes every
+    # message again; searches are exact before the indexer has caught up (the tail is scanned)
+    # and after.
+    path = tmp_path / "relay.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("BEGIN")
+    for script in MIGRATIONS[:12]:
+        for statement in _statements(script):
+            conn.execute(statement)
+    conn.execute("PRAGMA user_version = 12")
+    texts = ["see you at the café", "you see", "東京タワー"]
+    for pos, text in enumerate(texts, start=1):
+        conn.execute(
+            "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
+            " recipient_id) VALUES (?, ?, ?, ?, 'a', ?, '2026-01-01T00:00:00.000Z', 'b')",
+            (pos, AB, pos, f"m{pos}", text),
+        )
+    conn.execute(
+        "INSERT INTO conversations VALUES (?, NULL, 3, 3, '2026-01-01T00:00:00.000Z')", (AB,)
+    )
+    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
+    conn.execute("UPDATE positions SET last_pos = 3")
+    # the version-12 index, written as that relay's indexer did (a stale row too: the rebuild
+    # must not keep it)
+    conn.execute(
+        "INSERT INTO message_search (rowid, body, conv) VALUES (1, 'see you at the cafe', 'c0'),"
+        " (2, 'stale', 'c0')"
+    )
+    conn.execute("UPDATE search_progress SET indexed_pos = 2")
+    conn.execute("COMMIT")
+    conn.close()
+
+    store = SqliteStore(path)
+    store.indexer.idle = 3600.0  # nothing indexed until the test says so
+    store.indexer.in_step = False
+    await store.open()
+    try:
+        assert indexed_pos(path) == 0
+        assert index_rows(path) == []
+        assert await texts_found(store, "b", '"see you"') == ["see you at the café"]
+        assert await texts_found(store, "b", "stale") == []
+        store.indexer.idle = 0.0
+        store.indexer.in_step = True
+        await put(store, msg("b", "a", text="see you soon"))
+        await wait_indexed(path)
+        assert indexed_pos(path) == 4
+        assert await texts_found(store, "b", '"see you"') == ["see you soon", "see you at the café"]
+        assert await texts_found(store, "a", "you") == [
+            "see you soon",
+            "you see",
+            "see you at the café",
+        ]
+        assert await texts_found(store, "a", "タワー") == ["東京タワー"]
+    finally:
+        await store.close()
+    assert [pos for pos, _ in index_rows(path)] == [1, 2, 3, 4]
+    check = sqlite3.connect(path)
+    try:
+        (sql,) = check.execute(
+            "SELECT sql FROM sqlite_master WHERE name = 'message_search'"
+        ).fetchone()
+        assert "content = ''" in sql and "columnsize = 0" in sql
+        tables = {name for (name,) in check.execute("SELECT name FROM sqlite_master")}
+        assert not {"message_search_content", "message_search_docsize"} & tables
+    finally:
+        check.close()

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import trio
-from store_suite import AB, msg, put
+from store_suite import AB, msg, put, sqlite_index_rows
 from store_suite import sqlite_index_progress as progress
 
 from relay.search import index_text, parse_query
@@ -18,13 +18,7 @@ from relay.store.sqlite.search import conversation_token
 
 
 def rows(path: Path) -> list[tuple[int, str, str]]:
-    conn = sqlite3.connect(path)
-    try:
-        return conn.execute(
-            "SELECT rowid, body, conv FROM message_search ORDER BY rowid"
-        ).fetchall()
-    finally:
-        conn.close()
+    return sqlite_index_rows(path)
 
 
 def expected_rows(path: Path) -> list[tuple[int, str, str]]:

@@ -33,7 +33,7 @@ import hashlib
 import sqlite3
 from typing import Any, Final
 
-from relay.search.normalize import tokens
+from relay.search.normalize import index_text, tokens
 from relay.search.query import SearchQuery
 from relay.store.base import Watermarks
 from relay.store.sql_search import marked_read, page_read, selected
@@ -63,6 +63,14 @@ NAMED: Final = 20_000
 def conversation_token(conversation: str) -> str:
     """The `conv` token of a conversation: letters and digits only (an FTS5 token)."""
     return "c" + hashlib.blake2b(conversation.encode(), digest_size=10).hexdigest()
+
+
+def register_functions(conn: sqlite3.Connection) -> None:
+    """The SQL functions the trigger `messages_search_gone` (migration 13) removes an indexed
+    message's row with: the same body and conv it was indexed with (sqlite/indexer.py). Every
+    connection that deletes messages needs them; a DELETE without them fails whole."""
+    conn.create_function("relay_index_text", 1, index_text, deterministic=True)
+    conn.create_function("relay_conversation_token", 1, conversation_token, deterministic=True)
 
 
 # :q the MATCH expression, :u the user, :high the pos bound (exclusive), :low the lower bound

@@ -152,6 +152,8 @@ class SqliteStore:
             self._checkpoint_thread.start()
         for reader in connections.readers:
             self._readers.put(reader)
+        # the writer deletes messages (retention): the search index's trigger needs these
+        searches.register_functions(connections.writer)
         writer = Writer(
             conn=connections.writer,
             requests=self._requests,
