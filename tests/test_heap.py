@@ -8,6 +8,8 @@ import time
 
 import pytest
 import trio
+from support import start_relay
+from trio.testing import MockClock
 
 from relay import heap
 
@@ -64,4 +66,19 @@ async def test_the_periodic_trimmer_gives_the_memory_back_while_it_runs() -> Non
             assert time.monotonic() < deadline, "no trim within 10 s"
             await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+    assert len(kept) == BLOCKS // 16
+
+
+async def test_a_serving_relay_trims_once_a_minute(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    await start_relay(nursery)
+    kept = fragment_an_arena()
+    before = rss_kb()
+    await trio.sleep(heap.TRIM_EVERY / 2)
+    assert before - rss_kb() < 30 << 10  # not trimmed before the minute is up
+    deadline = time.monotonic() + 10  # the trim itself runs in a thread, in real time
+    while before - rss_kb() < 30 << 10:
+        assert time.monotonic() < deadline, "the relay did not trim"
+        await trio.sleep(heap.TRIM_EVERY / 2)
     assert len(kept) == BLOCKS // 16
