@@ -27,6 +27,7 @@ from relay.api.keys import enabled as api_enabled
 from relay.config import RelayConfig
 from relay.errors import ConfigError, RelayError
 from relay.files.service import CarriesFiles, FileService, IssuesHttpTokens
+from relay.heap import trim_periodically
 from relay.metrics import RelayMetrics
 from relay.ports import ConnectionHandler, Lifecycle, Publisher
 from relay.store.base import Store
@@ -146,6 +147,9 @@ class Relay:
                         await nursery.start(link.run)
                     if webhooks is not None:
                         await nursery.start(webhooks.run)
+                    # free C heap back to the system while serving (relay.heap: the
+                    # store's threads' arenas keep what they free)
+                    nursery.start_soon(trim_periodically)
                     await server.serve(task_status=task_status)
                     nursery.cancel_scope.cancel()
             finally:

@@ -1,0 +1,84 @@
+"""relay.heap: a trim gives a thread arena's free pages back to the system, and the periodic
+trimmer does so while it runs (real allocations, RSS read from /proc)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import trio
+from support import start_relay
+from trio.testing import MockClock
+
+from relay import heap
+
+pytestmark = pytest.mark.skipif(not heap.available(), reason="no glibc malloc_trim here")
+
+#: 64 MiB in 4000-byte blocks: each under glibc's mmap threshold, so they come from the arena
+BLOCK = 4000
+BLOCKS = (64 << 20) // BLOCK
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def fragment_an_arena() -> list[bytearray]:
+    """In a thread of its own (its own malloc arena), 64 MiB of blocks of which one in 16 is
+    kept, the last one among them: the freed 60 MiB lie below a live block, where free()
+    alone never returns them. Returns the kept blocks."""
+    kept: list[bytearray] = []
+
+    def work() -> None:
+        blocks = [bytearray(b"x" * BLOCK) for _ in range(BLOCKS)]
+        kept.extend(blocks[15::16])  # the last block is kept: the heap's top stays in use
+        blocks.clear()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    return kept
+
+
+def test_a_trim_returns_the_free_pages_below_a_live_block() -> None:
+    kept = fragment_an_arena()
+    before = rss_kb()
+    released = heap.trim()
+    after = rss_kb()
+    assert released is True
+    # 60 MiB were free in whole pages (4000-byte blocks: 15 of 16 free in each run of 64 KB)
+    assert before - after > 30 << 10, (before, after)
+    assert all(b[0] == ord("x") and b[-1] == ord("x") for b in kept)  # live data untouched
+
+
+async def test_the_periodic_trimmer_gives_the_memory_back_while_it_runs() -> None:
+    kept = fragment_an_arena()
+    before = rss_kb()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(heap.trim_periodically, 0.05)
+        deadline = time.monotonic() + 10
+        while before - rss_kb() < 30 << 10:
+            assert time.monotonic() < deadline, "no trim within 10 s"
+            await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert len(kept) == BLOCKS // 16
+
+
+async def test_a_serving_relay_trims_once_a_minute(
+    nursery: trio.Nursery, autojump_clock: MockClock
+) -> None:
+    await start_relay(nursery)
+    kept = fragment_an_arena()
+    before = rss_kb()
+    await trio.sleep(heap.TRIM_EVERY / 2)
+    assert before - rss_kb() < 30 << 10  # not trimmed before the minute is up
+    deadline = time.monotonic() + 10  # the trim itself runs in a thread, in real time
+    while before - rss_kb() < 30 << 10:
+        assert time.monotonic() < deadline, "the relay did not trim"
+        await trio.sleep(heap.TRIM_EVERY / 2)
+    assert len(kept) == BLOCKS // 16
