@@ -835,3 +835,50 @@ async def test_reader_connections_cache_at_most_reader_cache_kib(tmp_path: Path)
             conns.readers[0].close()
     finally:
         await store.close()
+
+
+# --- the backlog read's cost -----------------------------------------------------------------------
+
+
+async def test_a_backlog_page_costs_a_page_not_the_backlog(tmp_path: Path) -> None:
+    # A device far behind reads its backlog a page at a time; each page must cost about the
+    # same however much is owed (counted in SQLite VM steps, not time). Sorting the whole
+    # backlog for each page made a reconnect cost grow with what was owed, without bound.
+    from relay.store.sqlite import reads
+
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    await store.open()
+    sent = 0
+
+    async def owe(upto: int) -> None:
+        nonlocal sent
+        while sent < upto:
+            batch = [msg("a", "b", id=f"m{sent + i}") for i in range(500)]
+            await put(store, *batch)
+            sent += len(batch)
+
+    def steps_for_a_page(device: str) -> tuple[int, list[int]]:
+        ticks = 0
+
+        def tick() -> int:
+            nonlocal ticks
+            ticks += 1
+            return 0
+
+        with closing(sqlite3.connect(path)) as conn:
+            conn.set_progress_handler(tick, 100)
+            page = reads.undelivered(conn, "b", device, 20)
+        return ticks, [m.seq for m in page]
+
+    try:
+        await store.register_device("b", "phone")  # owed all from here; "" is b's anonymous one
+        await owe(500)
+        small = [steps_for_a_page(device) for device in ("", "phone")]
+        await owe(10_000)
+        large = [steps_for_a_page(device) for device in ("", "phone")]
+    finally:
+        await store.close()
+    for (few, first), (many, again) in zip(small, large, strict=True):
+        assert first == again == list(range(1, 21))  # the oldest 20, in order, both times
+        assert many < 2 * few, (few, many)
