@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any
 
 from attrs import define, field
@@ -162,9 +163,11 @@ class MemoryStore:
                 start = self._device_start(conversation, user_id, device_id)
             # never what was said before the user (last) joined the group
             start = max(start, self._joined.get((conversation, user_id), 0))
-            found.extend(
-                r for r in self._messages.get(conversation, [])[start:] if r[_SENDER] != user_id
-            )
+            # at most a page from each conversation: a device far behind costs a page per
+            # call, not its whole backlog (seq order is acceptance order within one)
+            rows = self._messages.get(conversation, [])
+            owed = (rows[i] for i in range(start, len(rows)) if rows[i][_SENDER] != user_id)
+            found.extend(islice(owed, max(limit, 0)))
         found.sort(key=lambda r: self._order[r[0]][r[_SEQ] - 1])
         return [_message(row) for row in found[: max(limit, 0)]]
 
