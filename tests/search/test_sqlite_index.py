@@ -218,31 +218,41 @@ async def test_retention_of_unindexed_and_tokenless_messages_leaves_the_index_so
         check.close()
 
 
-async def test_a_version_6_database_is_indexed_once_opened(
-    tmp_path: Path, wait_indexed: Wait
-) -> None:
-    path = tmp_path / "relay.db"
+def old_database(path: Path, version: int, texts: list[str], *statements: str) -> None:
+    """A database of schema `version` holding `texts` as 1:1 messages a -> b (seq and pos
+    1, 2, ...), then `statements`, in one transaction."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("BEGIN")
-    for script in MIGRATIONS[:6]:
+    for script in MIGRATIONS[:version]:
         for statement in _statements(script):
             conn.execute(statement)
-    conn.execute("PRAGMA user_version = 6")
-    # messages stored by the version-6 schema (no index yet)
-    for pos, text in enumerate(["Grüße aus Köln", "", "東京タワー"], start=1):
+    conn.execute(f"PRAGMA user_version = {version}")
+    for pos, text in enumerate(texts, start=1):
         conn.execute(
             "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
             " recipient_id) VALUES (?, ?, ?, ?, 'a', ?, '2026-01-01T00:00:00.000Z', 'b')",
             (pos, AB, pos, f"m{pos}", text),
         )
+    last = len(texts)
     conn.execute(
-        "INSERT INTO conversations VALUES (?, NULL, 3, 3, '2026-01-01T00:00:00.000Z')", (AB,)
+        "INSERT INTO conversations VALUES (?, NULL, ?, ?, '2026-01-01T00:00:00.000Z')",
+        (AB, last, last),
     )
     conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
-    conn.execute("UPDATE positions SET last_pos = 3")
+    conn.execute("UPDATE positions SET last_pos = ?", (last,))
+    for statement in statements:
+        conn.execute(statement)
     conn.execute("COMMIT")
     conn.close()
+
+
+async def test_a_version_6_database_is_indexed_once_opened(
+    tmp_path: Path, wait_indexed: Wait
+) -> None:
+    path = tmp_path / "relay.db"
+    # messages stored by the version-6 schema (no index yet)
+    old_database(path, 6, ["Grüße aus Köln", "", "東京タワー"])
 
     store = SqliteStore(path)
     store.indexer.idle = 0.0
@@ -266,34 +276,17 @@ async def test_a_version_12_index_is_rebuilt_contentless(
     # message again; searches are exact before the indexer has caught up (the tail is scanned)
     # and after.
     path = tmp_path / "relay.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("BEGIN")
-    for script in MIGRATIONS[:12]:
-        for statement in _statements(script):
-            conn.execute(statement)
-    conn.execute("PRAGMA user_version = 12")
     texts = ["see you at the café", "you see", "東京タワー"]
-    for pos, text in enumerate(texts, start=1):
-        conn.execute(
-            "INSERT INTO messages (pos, conversation, seq, id, sender_id, text, server_timestamp,"
-            " recipient_id) VALUES (?, ?, ?, ?, 'a', ?, '2026-01-01T00:00:00.000Z', 'b')",
-            (pos, AB, pos, f"m{pos}", text),
-        )
-    conn.execute(
-        "INSERT INTO conversations VALUES (?, NULL, 3, 3, '2026-01-01T00:00:00.000Z')", (AB,)
-    )
-    conn.execute("INSERT INTO participants VALUES ('a', ?, 'b', 0), ('b', ?, 'a', 0)", (AB, AB))
-    conn.execute("UPDATE positions SET last_pos = 3")
     # the version-12 index, written as that relay's indexer did (a stale row too: the rebuild
     # must not keep it)
-    conn.execute(
+    old_database(
+        path,
+        12,
+        texts,
         "INSERT INTO message_search (rowid, body, conv) VALUES (1, 'see you at the cafe', 'c0'),"
-        " (2, 'stale', 'c0')"
+        " (2, 'stale', 'c0')",
+        "UPDATE search_progress SET indexed_pos = 2",
     )
-    conn.execute("UPDATE search_progress SET indexed_pos = 2")
-    conn.execute("COMMIT")
-    conn.close()
 
     store = SqliteStore(path)
     store.indexer.idle = 3600.0  # nothing indexed until the test says so
