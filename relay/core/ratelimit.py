@@ -1,12 +1,16 @@
 """Token buckets per key (user id): `rate` tokens per second, holding at most `burst`.
 
 Sans-IO: the caller passes the monotonic time. A key's bucket starts full; a bucket that has
-refilled completely carries no information and is pruned, so memory follows active users only.
+refilled completely carries no information and is pruned, so memory follows active users only:
+`prune` examines a bounded slice of the buckets per call (relay.rounds), so a bucket full again
+is dropped within one pass over the table, and no call's work grows with the users.
 """
 
 from __future__ import annotations
 
 from attrs import define, field
+
+from relay.rounds import Rounds
 
 
 @define
@@ -37,6 +41,7 @@ class RateLimiter:
     rate: float
     burst: float
     _buckets: dict[str, TokenBucket] = field(factory=dict, init=False)
+    _rounds: Rounds[str] = field(factory=Rounds, init=False)
 
     def allow(self, key: str, now: float, cost: float = 1.0) -> bool:
         """TokenBucket.take for `key`'s bucket, inlined: it runs once per message."""
@@ -54,15 +59,19 @@ class RateLimiter:
         return False
 
     def prune(self, now: float) -> int:
-        """Forget buckets that are full again; returns how many were dropped."""
-        full = []
-        for key, bucket in self._buckets.items():
+        """Forget the buckets full again among the next slice of a pass over them (at most
+        Rounds.size examined); returns how many were dropped."""
+        buckets = self._buckets
+        dropped = 0
+        for key in self._rounds.next(buckets):
+            bucket = buckets.get(key)
+            if bucket is None:
+                continue
             bucket.refill(now)
             if bucket.tokens >= bucket.burst:
-                full.append(key)
-        for key in full:
-            del self._buckets[key]
-        return len(full)
+                del buckets[key]
+                dropped += 1
+        return dropped
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from attrs import define, field
 
 from relay.ports import Connection
+from relay.rounds import Rounds
 from relay.store.base import StoredMessage
 
 log = logging.getLogger("relay.core")
@@ -49,6 +50,7 @@ class Sequencer:
     _released: dict[str, int] = field(factory=dict)
     _held: dict[str, dict[int, Delivery]] = field(factory=dict)
     _used: dict[str, float] = field(factory=dict)
+    _rounds: Rounds[str] = field(factory=Rounds, init=False)
 
     def begin(self, conversations: Iterable[str], now: float) -> None:
         inflight = self._inflight
@@ -139,12 +141,19 @@ class Sequencer:
                 log.exception("delivery of %s #%d failed", conversation, seq)
 
     def prune(self, now: float) -> None:
-        """Forget conversations idle for SEQUENCER_IDLE seconds (nothing in flight or held)."""
-        idle = [
-            c
-            for c, used in self._used.items()
-            if now - used >= SEQUENCER_IDLE and c not in self._inflight and c not in self._held
-        ]
-        for conversation in idle:
-            del self._used[conversation]
-            self._released.pop(conversation, None)
+        """Forget the conversations idle for SEQUENCER_IDLE seconds (nothing in flight or
+        held) among the next slice of a pass over them (relay.rounds: the work per call is
+        bounded, whatever the number of conversations)."""
+        used = self._used
+        inflight = self._inflight
+        held = self._held
+        for conversation in self._rounds.next(used):
+            last = used.get(conversation)
+            if (
+                last is not None
+                and now - last >= SEQUENCER_IDLE
+                and conversation not in inflight
+                and conversation not in held
+            ):
+                del used[conversation]
+                self._released.pop(conversation, None)

@@ -3,8 +3,9 @@ token bucket of handshakes per address (`max_connections_per_address`,
 `handshake_rate_per_address`; loopback peers are exempt unless `limit_loopback`).
 
 Invariants: an admitted connection is counted until `release`; an address is remembered only
-while it has an open connection or a bucket not yet full again (`prune`), so the table is
-bounded by the addresses recently seen, not by every address ever seen.
+while it has an open connection or a bucket not yet full again (`prune`, a bounded slice of the
+table per call: relay.rounds), so the table is bounded by the addresses recently seen, not by
+every address ever seen.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 
 from attrs import define, field
+
+from relay.rounds import Rounds
 
 #: A peer address may open this many seconds' worth of handshake_rate_per_address at once.
 HANDSHAKE_BURST_SECONDS = 10.0
@@ -47,6 +50,7 @@ class Admission:
     rate: float  # handshakes per second per address
     #: the addresses with open connections or a bucket not yet full
     addresses: dict[str, AddressUse] = field(factory=dict)
+    _rounds: Rounds[str] = field(factory=Rounds, init=False)
 
     @property
     def capacity(self) -> float:
@@ -74,12 +78,15 @@ class Admission:
         self.addresses[address].open -= 1
 
     def prune(self, now: float) -> None:
-        """Forget the addresses with no connection whose bucket has refilled."""
+        """Forget the addresses with no connection whose bucket has refilled, among the next
+        slice of a pass over the table."""
         rate, capacity = self.rate, self.capacity
-        idle = [
-            address
-            for address, use in self.addresses.items()
-            if not use.open and use.tokens + (now - use.stamp) * rate >= capacity
-        ]
-        for address in idle:
-            del self.addresses[address]
+        addresses = self.addresses
+        for address in self._rounds.next(addresses):
+            use = addresses.get(address)
+            if (
+                use is not None
+                and not use.open
+                and use.tokens + (now - use.stamp) * rate >= capacity
+            ):
+                del addresses[address]

@@ -389,6 +389,7 @@ class Server:
                     self.handler.tick(_monotonic())
                 except Exception:
                     log.exception("handler.tick failed")
+                self.admission.prune(t)
                 # store work the handler's sync callbacks queued (MessagingService.maintain),
                 # pausing so that the poller and flusher run between its slices
                 maintain = self._maintain
@@ -399,8 +400,7 @@ class Server:
                         log.exception("handler.maintain failed")
             if t >= next_sweep:
                 next_sweep = t + every
-                sweep(self.conns.values(), config, self.stats, t)
-                self.admission.prune(t)
+                await sweep(self.conns.values(), config, self.stats, t, trio.lowlevel.checkpoint)
 
     def forget(self, conn: WsConnection) -> None:
         if self.conns.pop(conn.id, None) is not None:

@@ -15,11 +15,17 @@ outbox_budget_bytes, the biggest are closed with 1013 until the rest fit. Both c
 The sweep also flushes any outbox it finds pending with no write coming (not dirty, not
 deferred by `send_later`, no writer task), counted as relay_late_flushes_total, which stays 0
 unless something pushed to an outbox directly.
+
+It pauses (lets every other task run) after each SWEEP_SLICE connections: a sweep costs about
+0.24 µs per connection (measured on the 2-core VM), so in one go it held the event loop 2.4 ms
+at 10,000 connections and 24 ms at 100,000, every few seconds, with no message moving. A
+connection that closed during a pause is skipped; the outbox budget is checked against the
+bytes summed over the sweep.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 
 from relay.config import RelayConfig
 from relay.metrics import Stats
@@ -27,6 +33,9 @@ from relay.transport.connection import WsConnection
 from relay.transport.websocket import WsState
 
 _OPEN = WsState.OPEN
+
+#: Connections the sweep examines between two pauses (about 0.25 ms of work).
+SWEEP_SLICE = 1000
 
 
 def sweep_every(config: RelayConfig) -> float:
@@ -37,16 +46,25 @@ def sweep_every(config: RelayConfig) -> float:
     )
 
 
-def sweep(conns: Collection[WsConnection], config: RelayConfig, stats: Stats, now: float) -> None:
+async def sweep(
+    conns: Collection[WsConnection],
+    config: RelayConfig,
+    stats: Stats,
+    now: float,
+    pause: Callable[[], Awaitable[None]],
+) -> None:
     """Heartbeat every open connection of `conns` (the server's, a live view: read again after
     the closes), close slow consumers and hold the outbox budget; also flush outboxes filled
-    without a write coming (see the module docstring)."""
+    without a write coming (see the module docstring). Awaits `pause` after each
+    SWEEP_SLICE connections."""
     interval = config.heartbeat_interval
     timeout = config.heartbeat_timeout
     mark = config.slow_consumer_bytes
     patience = config.slow_consumer_timeout
     total = 0
-    for conn in list(conns):
+    for i, conn in enumerate(list(conns)):
+        if i and not i % SWEEP_SLICE:
+            await pause()
         if conn.ws_state is not _OPEN:
             continue
         if (
