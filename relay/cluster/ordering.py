@@ -37,6 +37,7 @@ from collections.abc import Callable, Sequence
 from attrs import define, field
 
 from relay.ports import Connection
+from relay.rounds import Rounds
 from relay.store.base import StoredMessage
 
 #: release(message, users, left out): deliver to these users' local devices
@@ -61,6 +62,7 @@ class Orderer:
     _held: dict[Key, dict[int, tuple[StoredMessage, Connection | None]]] = field(factory=dict)
     _since: dict[Key, float] = field(factory=dict)  # when the key's oldest hold began
     _used: dict[Key, float] = field(factory=dict)
+    _rounds: Rounds[Key] = field(factory=Rounds, init=False)
 
     def offer(
         self,
@@ -213,8 +215,12 @@ class Orderer:
             self.on_blind()
 
     def prune(self, now: float) -> None:
-        for key in [k for k, t in self._used.items() if now - t > self.idle]:
-            if key not in self._held:
+        """Forget the keys idle for `idle` seconds without holds, among the next slice of a
+        pass over them (relay.rounds: the work per call does not grow with the keys)."""
+        used = self._used
+        for key in self._rounds.next(used):
+            last = used.get(key)
+            if last is not None and now - last > self.idle and key not in self._held:
                 self._drop(key)
 
     def _drop(self, key: Key) -> None:

@@ -9,6 +9,7 @@ from store_suite import msg
 
 from relay.cluster.ordering import Orderer
 from relay.ports import Connection
+from relay.rounds import Rounds
 from relay.store.base import StoredMessage
 
 
@@ -199,3 +200,16 @@ def test_a_senders_own_message_takes_its_turn_without_a_hold() -> None:
     o.offer(stored(6), ["b"], None, 0.3)  # and 5
     assert [seq for seq, _ in released] == [1, 2, 4, 6]
     assert o.due(10.0) == [] and o.blind() == []
+
+
+def test_idle_keys_are_forgotten_a_slice_per_prune_and_all_within_a_pass() -> None:
+    o, released = orderer()
+    o._rounds = Rounds(100)
+    users = [f"u{i}" for i in range(250)]
+    o.offer(stored(1), users, None, 0.0)
+    assert len(released) == 1 and len(o._used) == 250
+    remaining = []
+    for _ in range(3):
+        o.prune(o.idle + 1.0)
+        remaining.append(len(o._used))
+    assert remaining == [150, 50, 0]
