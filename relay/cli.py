@@ -362,6 +362,10 @@ def _chat(argv: list[str]) -> int:
 def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     import trio
 
+    from relay.heap import limit_arenas
+
+    limit_arenas()  # a serving process only, before the store's threads start (relay.heap)
+
     try:
         trio.run(_serve_until_signal, config, authenticator)
     except (BaseExceptionGroup, RelayError, OSError) as exc:

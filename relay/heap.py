@@ -15,6 +15,12 @@ the top of each heap. `trim_periodically` calls it every `TRIM_EVERY` seconds fr
 thread (it takes each arena's lock in turn, so other threads' allocations wait on it briefly;
 the event loop's thread is never blocked by the walk of the other arenas).
 
+`relay serve` also caps glibc's arenas at ARENA_MAX (`limit_arenas`, before any thread starts;
+a `MALLOC_ARENA_MAX` in the environment wins). Without a cap glibc makes up to 8 per core as
+threads come and go: in a 30-minute soak a sixth thread appeared after 16 minutes, its new
+arena took 2.3 MB while the one it replaced kept its pages, and RSS grew +3.6% over the last
+20 minutes with Python's objects flat.
+
 Invariants:
 - where the C library has no `malloc_trim` (musl, macOS, Windows), `trim` is a no-op that
   returns None and `trim_periodically` returns at once: nothing else depends on it;
@@ -28,6 +34,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 from collections.abc import Callable
 from typing import Final
 
@@ -42,14 +49,42 @@ log = logging.getLogger("relay.heap")
 TRIM_EVERY: Final = 60.0
 
 
+#: glibc malloc arenas in a serving relay: the event loop's own and three for the store's threads
+#: (writer, checkpointer, readers). mallopt's parameter number for it is M_ARENA_MAX.
+ARENA_MAX: Final = 4
+_M_ARENA_MAX: Final = -8
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
+
+
+def limit_arenas(most: int = ARENA_MAX) -> bool:
+    """Cap glibc's malloc arenas at `most` for this process (call it before threads start);
+    False where there is no glibc `mallopt` or `MALLOC_ARENA_MAX` is set (the operator's
+    choice stands)."""
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return False
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None) if libc is not None else None
+    if mallopt is None or _malloc_trim() is None:  # not glibc
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(_M_ARENA_MAX, most))
+
+
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None where the C library has none."""
-    name = ctypes.util.find_library("c")
+    libc = _libc()
     try:
-        libc = ctypes.CDLL(name)
-        fn = libc.malloc_trim
-    except (OSError, AttributeError, TypeError):
+        fn = libc.malloc_trim  # type: ignore[union-attr]
+    except AttributeError:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int

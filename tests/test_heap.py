@@ -3,6 +3,9 @@ trimmer does so while it runs (real allocations, RSS read from /proc)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -82,3 +85,58 @@ async def test_a_serving_relay_trims_once_a_minute(
         assert time.monotonic() < deadline, "the relay did not trim"
         await trio.sleep(heap.TRIM_EVERY / 2)
     assert len(kept) == BLOCKS // 16
+
+
+ARENA_PROBE = """
+import ctypes, ctypes.util, os, sys, tempfile, threading
+from relay import heap
+if sys.argv[1] == "capped":
+    assert heap.limit_arenas(2)
+barrier = threading.Barrier(8)
+kept = []
+def work():
+    barrier.wait()  # all eight allocate at once: each wants an arena of its own
+    kept.append([bytes(1000 + i % 7) for i in range(2000)])
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+path = tempfile.mktemp()
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, fp)
+libc.fclose(fp)
+print(open(path).read().count("<heap nr="))
+os.unlink(path)
+"""
+
+
+@pytest.mark.parametrize("mode", ["capped", "uncapped"])
+def test_limit_arenas_caps_the_arenas_threads_get(mode: str) -> None:
+    # eight threads allocating at once get arenas of their own unless capped (glibc: up to
+    # 8 per core); `relay serve` caps them (relay.heap.limit_arenas)
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    out = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    count = int(out.stdout)
+    if mode == "capped":
+        assert count <= 2
+    else:
+        assert count > 2  # the premise: without the cap this machine makes more
+
+
+def test_an_operators_malloc_arena_max_stands() -> None:
+    env = {**os.environ, "MALLOC_ARENA_MAX": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", "from relay import heap; print(heap.limit_arenas(2))"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.stdout.strip() == "False", out.stderr
