@@ -329,3 +329,28 @@ async def test_a_backlog_page_costs_a_page_not_the_backlog(pg_url: str) -> None:
         assert first == list(range(10_001, 10_021))  # the oldest 20 owed, in order
         assert again == list(range(1, 21))
         assert all(max(a, b) < 2 * min(a, b) for a, b in zip(few, many, strict=True)), (few, many)
+
+
+async def test_a_new_devices_start_costs_a_bisection_not_the_history_before_it(
+    pg_url: str,
+) -> None:
+    # A device registered after the user's other device had everything delivered is owed what
+    # came after it registered: finding where that starts must not cost what the conversation
+    # held before (500 then 11,000 here), only a search of it.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _send(store, AB, 500)
+        await store.register_device("b", "tablet")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 1_000))
+        early = _page_cost(pg_url, "b", "tablet")
+        await _send(store, AB, 11_000)
+        await store.register_device("b", "laptop")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 11_500))
+        late = _page_cost(pg_url, "b", "laptop")
+    finally:
+        await store.close()
+    (few, first), (many, again) = early, late
+    assert first == list(range(501, 521))  # the oldest 20 after it registered, in order
+    assert again == list(range(11_001, 11_021))
+    assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
