@@ -5,19 +5,20 @@ refused at open with a clear reason."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import cast
+from typing import Any, cast
 
 import psycopg
 import pytest
 import trio
 from services import fresh_schema, postgres_database
-from store_suite import AB, StoreSuite, msg, put
+from store_suite import AB, StoreSuite, group, msg, put
 
 from relay.config import RelayConfig
 from relay.errors import StoreError, StoreUnavailable
 from relay.store import store_from_config
-from relay.store.base import Appended, Store
+from relay.store.base import Appended, Store, group_conversation
 from relay.store.postgres import PostgresStore
 from relay.store.postgres.schema import SCHEMA_VERSION
 
@@ -260,3 +261,96 @@ async def test_marks_batched_in_rounds_answer_as_the_memory_store(pg_url: str) -
     finally:
         await postgres.close()
         await memory.close()
+
+
+# --- the backlog read's cost -----------------------------------------------------------------------
+
+
+def _page_cost(pg_url: str, user: str, device: str) -> tuple[tuple[int, int], list[int]]:
+    """What reading the device's oldest 20 owed costs, as PostgreSQL counts it (not time): the
+    shared buffers its plan touched (hit or read) and the rows its plan's nodes produced; and
+    the seqs of that page. Planned on fresh statistics, as autovacuum keeps them, so the plan
+    measured does not depend on when autovacuum last ran."""
+    from relay.store.postgres import reads
+
+    def produced(node: dict[str, Any]) -> int:
+        here = int(node["Actual Rows"] * node["Actual Loops"])
+        return here + sum(produced(child) for child in node.get("Plans", ()))
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("ANALYZE messages, participants, watermarks, device_cursors, devices")
+        [(explained,)] = conn.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + reads._UNDELIVERED,
+            {"u": user, "d": device, "n": 20},
+        ).fetchall()
+        page = reads.undelivered(conn, user, device, 20)
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    blocks = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]  # the plan's, children's too
+    return (blocks, produced(plan)), [m.seq for m in page]
+
+
+async def _send(store: Store, conversation: str, upto: int) -> int:
+    """a's messages in `conversation` (AB, or the group "g") until it holds `upto`."""
+    sent = await store.last_seq(conversation)
+    while sent < upto:
+        n = min(500, upto - sent)
+        if conversation == AB:
+            await put(store, *(msg("a", "b") for _ in range(n)))
+        else:
+            await put(store, *(msg("a", group="g") for _ in range(n)))
+        sent = await store.last_seq(conversation)
+    return sent
+
+
+async def test_a_backlog_page_costs_a_page_not_the_backlog(pg_url: str) -> None:
+    # A device far behind reads its backlog a page at a time; each page must cost about the
+    # same however much is owed and however much came before it. Sorting the whole backlog
+    # for each page costs what is owed; walking all messages in pos order until a page is found
+    # costs what came before the page: measured together, one of each pair below catches
+    # either. Pairs: b's and c's anonymous devices, owed 500 and 10,500 in the group; b's
+    # registered watch and phone, likewise.
+    g = group_conversation("g")
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await store.create_group(group("g", ["a", "b", "c"]))
+        await store.register_device("b", "phone")
+        await _send(store, g, 10_000)
+        await store.register_device("b", "watch")
+        await store.mark_delivered(g, "b", "desk", 10_000)
+        await _send(store, g, 10_500)
+        pairs = [
+            (_page_cost(pg_url, "b", ""), _page_cost(pg_url, "c", "")),
+            (_page_cost(pg_url, "b", "watch"), _page_cost(pg_url, "b", "phone")),
+        ]
+    finally:
+        await store.close()
+    for (few, first), (many, again) in pairs:
+        assert first == list(range(10_001, 10_021))  # the oldest 20 owed, in order
+        assert again == list(range(1, 21))
+        assert all(max(a, b) < 2 * min(a, b) for a, b in zip(few, many, strict=True)), (few, many)
+
+
+async def test_a_new_devices_start_costs_a_bisection_not_the_history_before_it(
+    pg_url: str,
+) -> None:
+    # A device registered after the user's other device had everything delivered is owed what
+    # came after it registered: finding where that starts must not cost what the conversation
+    # held before (500 then 11,000 here), only a search of it.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _send(store, AB, 500)
+        await store.register_device("b", "tablet")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 1_000))
+        early = _page_cost(pg_url, "b", "tablet")
+        await _send(store, AB, 11_000)
+        await store.register_device("b", "laptop")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 11_500))
+        late = _page_cost(pg_url, "b", "laptop")
+    finally:
+        await store.close()
+    (few, first), (many, again) = early, late
+    assert first == list(range(501, 521))  # the oldest 20 after it registered, in order
+    assert again == list(range(11_001, 11_021))
+    assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
