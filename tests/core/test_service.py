@@ -148,6 +148,30 @@ async def test_frames_before_auth_are_unauthenticated_and_the_connection_stays()
     assert h.store.batches == []  # nothing was stored before auth
 
 
+async def test_an_auth_sent_in_time_is_not_closed_while_the_relay_works_on_it() -> None:
+    # auth_timeout bounds the client's sending of `auth`, not the relay's handling of it: in a
+    # reconnect storm the relay may take longer than that to get to everyone's sign-in, and
+    # closing those clients 1008 only brings them back for another try
+    h = Harness(auth_timeout=2.0)
+    release = trio.Event()
+    inner = h.svc.authenticator
+
+    class Slow:
+        async def authenticate(self, frame: AuthFrame) -> Any:
+            await release.wait()
+            return await inner.authenticate(frame)
+
+    h.svc.authenticator = Slow()  # type: ignore[assignment]
+    conn = h.open()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(h.send, conn, {"type": "auth", "userId": "u"})
+        await trio.testing.wait_all_tasks_blocked()
+        await h.advance(5.0)  # past the deadline, the sign-in still under way
+        assert conn.closed is None
+        release.set()
+    assert h.frames(conn)[0]["type"] == "auth_ok"
+
+
 async def test_no_auth_within_the_timeout_closes_1008() -> None:
     h = Harness(auth_timeout=2.0)
     slow = h.open()
