@@ -4,6 +4,8 @@ reaches every entry within one pass. Counted in entries examined and pauses take
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +18,7 @@ from relay.metrics import Stats
 from relay.rounds import Rounds
 from relay.transport.admission import Admission
 from relay.transport.connection import RawConnection
+from relay.transport.later import LATER_SLICE, write_deferred
 from relay.transport.sweep import SWEEP_SLICE, sweep
 from relay.transport.websocket import WsState
 
@@ -84,17 +87,18 @@ def test_admission_forgets_idle_addresses_a_slice_per_call() -> None:
     assert remaining == [150, 50, 0]
 
 
-async def test_the_sweep_pauses_between_slices_and_still_pings_every_silent_connection() -> None:
-    config = RelayConfig()
+def open_connections(n: int, config: RelayConfig, woken: list[int] | None = None) -> list[Any]:
+    """`n` open ws:// connections with no socket (what the sweep and the ticker look at);
+    each one handed to the writers is appended to `woken`."""
     stats = Stats()
-    conns = [
+    return [
         RawConnection(
             sock=None,
             fd=-1,
             outbox=Outbox(config.outbox_max_bytes, config.outbox_max_frames),
             parser=FrameParser(1024),
             stats=stats,
-            wake=lambda conn: None,
+            wake=lambda conn: None if woken is None else woken.append(conn.id),
             last_rx=0.0,
             message_limit=1024,
             id=i,
@@ -102,17 +106,46 @@ async def test_the_sweep_pauses_between_slices_and_still_pings_every_silent_conn
             path="/",
             server=None,
         )
-        for i in range(2 * SWEEP_SLICE + 1)
+        for i in range(n)
     ]
-    assert all(conn.ws_state is WsState.OPEN for conn in conns)
-    pauses = 0
 
-    async def pause() -> None:
-        nonlocal pauses
-        pauses += 1
+
+class Pauses:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self) -> None:
+        self.count += 1
         await trio.lowlevel.checkpoint()
 
+
+async def test_the_sweep_pauses_between_slices_and_still_pings_every_silent_connection() -> None:
+    config = RelayConfig()
+    conns = open_connections(2 * SWEEP_SLICE + 1, config)
+    assert all(conn.ws_state is WsState.OPEN for conn in conns)
+    pause = Pauses()
     # silent for the heartbeat interval, not yet for interval + timeout: each gets a ping
-    await sweep(conns, config, stats, config.heartbeat_interval, pause)
-    assert pauses == 2
+    await sweep(conns, config, Stats(), config.heartbeat_interval, pause)
+    assert pause.count == 2
     assert all(conn.outbox.pending_frames == 1 for conn in conns)
+
+
+async def test_deferred_frames_go_to_the_writers_a_slice_between_pauses() -> None:
+    # a tick's `delivered` receipts that found no write to ride: handed to the writers
+    # LATER_SLICE connections at a time, so the event loop runs between the slices' writes
+    config = RelayConfig()
+    woken: list[int] = []
+    conns = open_connections(2 * LATER_SLICE + 1, config, woken)
+    for conn in conns:
+        assert conn.queue_quietly(b"receipt")  # what send_later queues, its server's list aside
+        conn.deferred = True
+    seen: list[int] = []
+
+    async def pause() -> None:
+        seen.append(len(woken))  # how many were handed over before each pause
+        await trio.lowlevel.checkpoint()
+
+    await write_deferred(conns, pause)
+    assert seen == [LATER_SLICE, 2 * LATER_SLICE]
+    assert woken == [conn.id for conn in conns]
+    assert not any(conn.deferred for conn in conns)

@@ -384,7 +384,7 @@ class Server:
                 later = self.later
                 if later:
                     self.later = []
-                    write_deferred(later)
+                    await write_deferred(later, trio.lowlevel.checkpoint)
                 try:
                     self.handler.tick(_monotonic())
                 except Exception:
