@@ -21,7 +21,7 @@ def test_a_session_authenticates_then_closes() -> None:
     session = Session(auth_deadline=10.0)
     assert session.phase is Phase.AWAITING_AUTH and session.auth_expired(10.0)
     assert session.handle(Event.AUTH_BEGIN) is Phase.AUTHENTICATING
-    assert session.auth_expired(10.0) and not session.auth_expired(9.9)
+    assert not session.auth_expired(99.0)  # auth arrived in time: the relay's work is not timed
     session.activate("ann", BacklogState(), device_id=None, acks=False)
     assert session.active and session.registered and session.backlog is not None
     assert session.device_id.startswith("anon-") and session.store_device == ""
