@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -15,6 +16,8 @@ from support import start_relay
 from trio.testing import MockClock
 
 from relay import heap
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(not heap.available(), reason="no glibc malloc_trim here")
 
@@ -88,7 +91,9 @@ async def test_a_serving_relay_trims_once_a_minute(
 
 
 ARENA_PROBE = """
-import ctypes, ctypes.util, os, sys, tempfile, threading
+import sys, tempfile, threading
+from pathlib import Path
+from bench.soak_probe import _malloc_info, arenas
 from relay import heap
 if sys.argv[1] == "capped":
     assert heap.limit_arenas(2)
@@ -101,17 +106,10 @@ def work():
 threads = [threading.Thread(target=work) for _ in range(8)]
 for t in threads: t.start()
 for t in threads: t.join()
-libc = ctypes.CDLL(ctypes.util.find_library("c"))
-libc.fopen.restype = ctypes.c_void_p
-libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
-libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
-libc.fclose.argtypes = [ctypes.c_void_p]
-path = tempfile.mktemp()
-fp = libc.fopen(path.encode(), b"w")
-libc.malloc_info(0, fp)
-libc.fclose(fp)
-print(open(path).read().count("<heap nr="))
-os.unlink(path)
+with tempfile.TemporaryDirectory() as scratch:
+    path = Path(scratch) / "malloc.xml"
+    _malloc_info(path)
+    print(len(arenas(path)))
 """
 
 
@@ -121,7 +119,11 @@ def test_limit_arenas_caps_the_arenas_threads_get(mode: str) -> None:
     # 8 per core); `relay serve` caps them (relay.heap.limit_arenas)
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
     out = subprocess.run(
-        [sys.executable, "-c", ARENA_PROBE, mode], capture_output=True, text=True, env=env
+        [sys.executable, "-c", ARENA_PROBE, mode],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,  # bench.soak_probe reads malloc_info
     )
     assert out.returncode == 0, out.stderr
     count = int(out.stdout)
