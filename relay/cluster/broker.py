@@ -94,7 +94,7 @@ class ClusterBroker:
             conns = table.get(user)
             if conns is None:
                 continue
-            if exclude is not None and len(conns) == 1 and exclude.id in conns:
+            if exclude is not None and len(conns) == 1 and conns[0] is exclude:
                 # the sender's own message from their only device here: nothing to deliver
                 self.orderer.passed(message.conversation, message.seq, user, now)
             else:
@@ -137,7 +137,7 @@ class ClusterBroker:
         when a device has none (or the user has no device taking live deliveries)."""
         conns = self.ctx.router.table().get(user)
         lowest: int | None = None
-        for conn in conns.values() if conns is not None else ():
+        for conn in conns if conns is not None else ():
             session = conn.state
             if not isinstance(session, Session) or session.backlog is not None:
                 continue  # a device in its backlog gets the conversation from the store
@@ -155,9 +155,7 @@ class ClusterBroker:
         conns = self.ctx.router.table().get(user)
         if conns is None:
             return []
-        return sorted(
-            {c.state.store_device for c in conns.values() if isinstance(c.state, Session)}
-        )
+        return sorted({c.state.store_device for c in conns if isinstance(c.state, Session)})
 
     # --- users' devices on every node (the HTTP API, the webhooks) -------------------------------
     def local_devices(self, user: str) -> int:

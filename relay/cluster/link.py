@@ -225,7 +225,7 @@ class RedisLink:
         # (messages): the devices closed here read their backlog when they reconnect
         self.broker.outgoing.clear()
         for conns in list(self.broker.ctx.router.table().values()):
-            for conn in list(conns.values()):
+            for conn in conns:
                 session = conn.state
                 if isinstance(session, Session):
                     session.close()
@@ -333,7 +333,7 @@ class RedisLink:
         for user, conns in list(broker.ctx.router.table().items()):
             if users is not None and user not in users:
                 continue
-            for conn in list(conns.values()):
+            for conn in conns:
                 session = conn.state
                 if isinstance(session, Session):
                     devices.add((user, session.store_device))

@@ -117,7 +117,7 @@ class LocalBroker:
             conns = table.get(user)
             if conns is None:
                 continue
-            for conn in conns.values():
+            for conn in conns:
                 if conn is exclude:
                     continue
                 session = conn.state
@@ -163,7 +163,7 @@ class LocalBroker:
             conns = table.get(user)
             if conns is None:
                 continue
-            for conn in list(conns.values()):
+            for conn in conns:
                 if conn is exclude:
                     continue
                 session = conn.state
@@ -179,7 +179,7 @@ class LocalBroker:
             conns = table.get(user)
             if conns is None:
                 continue
-            for conn in list(conns.values()):
+            for conn in conns:
                 session = conn.state
                 if session.__class__ is not Session or session.phase is not _ACTIVE:
                     continue
