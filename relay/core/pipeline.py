@@ -67,7 +67,7 @@ log = logging.getLogger("relay.core")
 
 _ACTIVE = Phase.ACTIVE
 _CLOSING = Phase.CLOSING
-#: bound of the remembered 1:1 conversation keys (cleared when reached)
+#: bound of the remembered 1:1 and group conversation keys, each (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
 _monotonic = time.monotonic
 
@@ -134,6 +134,12 @@ class Pipeline:
     _broker: Broker
     _sequencer: Sequencer = field(init=False)
     _direct_keys: dict[tuple[str, str], str] = field(factory=dict)
+    #: group id -> its conversation key, one string object per group while remembered: the
+    #: devices' `sent_upto` and `pending_marks` are keyed by it, and delivery reads or writes
+    #: them three times per recipient device; a key identical to the dict's own is found
+    #: without comparing characters (about 60 instructions less per dict operation,
+    #: callgrind, CPython 3.11)
+    _group_keys: dict[str, str] = field(factory=dict)
     # the store's ways to append without awaiting (relay.store.base), decided once
     _inline: InlineAppend | None = field(init=False)
     _queued: QueuedAppend | None = field(init=False)
@@ -440,7 +446,7 @@ class Pipeline:
             if user not in group.members:
                 return _refuse(frame, "forbidden", "not a member of this group", "groupId")
             audience = group.members
-            conversation = group_conversation(group_id)
+            conversation = self._group_keys.get(group_id) or self._group_key(group_id)
         if limited and not self._ctx.limiter.allow(user, now):
             return _refuse(frame, "rate_limited", "too many messages; slow down")
         sender_name = frame.sender_name
@@ -466,6 +472,14 @@ class Pipeline:
             ),
         )
         return message, audience
+
+    def _group_key(self, group_id: str) -> str:
+        """group_conversation(group_id), remembered (bounded) for the hot path."""
+        keys = self._group_keys
+        if len(keys) >= DIRECT_KEYS_MAX:
+            keys.clear()
+        key = keys[group_id] = group_conversation(group_id)
+        return key
 
     def _direct_key(self, user: str, peer: str) -> str:
         """direct_conversation(user, peer), remembered (bounded) for the hot path."""
