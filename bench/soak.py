@@ -18,7 +18,7 @@ clients of its own (RFC 6455 framing on trio sockets):
 Every `sample_every` seconds it prints the relay's RSS (VmRSS), CPU and the traffic so far;
 at the end it fits a line to the RSS samples of the last `window` minutes and reports the
 growth over that window (budget: under `budget_pct`, 1%). Everything is written to
-bench/results/soak-<UTC time>.json (or --json). Load is bounded: a fixed number of clients, a
+bench/results/soak-<UTC time>-<pid>.json (or --json). Load is bounded: a fixed number of clients, a
 fixed rate, a fixed duration; the relay is stopped at the end.
 
 `--trace` samples the relay's heap from inside too (the relay runs under
@@ -83,6 +83,7 @@ class Settings:
     seed: int = 1
     trace: bool = False
     trace_python: bool = False
+    trace_objects: bool = False
     # The relay keeps an ended session's httpToken `http_token_ttl` (1 h by default, the
     # contract's "valid ... after") and then forgets it: a table bounded by sign-ins per ttl,
     # ~200 B each, that fills for a whole hour at the soak's ~110 sign-ins a minute (the steady
@@ -131,6 +132,13 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
         "tracemalloc's own tables add to the heap)",
     )
     p.add_argument(
+        "--trace-objects",
+        action="store_true",
+        help="--trace with each SQLite connection's heap and the Python objects over 128 kB, "
+        "found by walking every object once a sample (its transient ~10 MB moves glibc's "
+        "mmap threshold: a run with it says where memory is, not how much)",
+    )
+    p.add_argument(
         "--http-token-ttl",
         type=float,
         default=d.http_token_ttl,
@@ -141,7 +149,7 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.sample_every <= 0 or args.users < 2 or args.rate <= 0:
         p.error("--minutes, --sample-every and --rate must be positive, --users at least 2")
-    args.trace = args.trace or args.trace_python
+    args.trace = args.trace or args.trace_python or args.trace_objects
     settings = Settings(**{name: getattr(args, name) for name in Settings.__dataclass_fields__})
     return settings, args
 
@@ -637,8 +645,9 @@ async def drive(
 def main(argv: list[str]) -> int:
     settings, args = parse_args(argv)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    json_path = args.json or RESULTS / f"soak-{stamp}.json"
-    log_path = RESULTS / "logs" / f"soak-{stamp}.log"
+    json_path = args.json or RESULTS / f"soak-{stamp}-{os.getpid()}.json"
+    # the pid too: soaks started in the same second (A/B runs side by side) keep their own logs
+    log_path = RESULTS / "logs" / f"soak-{stamp}-{os.getpid()}.log"
     say(
         f"soak: {settings.minutes:g} min, {settings.users} users at {settings.rate:g} msg/s, "
         f"{min(settings.groups, settings.users)} groups of {settings.group_size}, "
@@ -661,6 +670,8 @@ def main(argv: list[str]) -> int:
             env[soak_probe.TRACE_DIR_ENV] = str(trace_dir)
             if settings.trace_python:
                 env[soak_probe.TRACE_PYTHON_ENV] = "1"
+            if settings.trace_objects:
+                env[soak_probe.TRACE_OBJECTS_ENV] = "1"
         doc["relay_argv"] = argv_relay
         try:
             server = servers.start(servers.ServerSpec("relay", argv_relay, env), log_path, None)
@@ -797,6 +808,23 @@ def trace_lines(trace: dict[str, Any]) -> list[str]:
             f"{h['python_arenas']} arenas, blocks {h['python_blocks'] / 1e6:6.2f} used / "
             f"{h['python_free_blocks'] / 1e6:5.2f} free"
         )
+    h0, h1 = trace["heap"][trace["from_sample"]], trace["heap"][trace["to_sample"]]
+    if h1.get("sqlite_connections"):
+        lines.append("SQLite connections (kB: page cache / schema / statements, start -> end):")
+        for n, (a, b) in enumerate(
+            itertools.zip_longest(h0.get("sqlite_connections", []), h1["sqlite_connections"])
+        ):
+            a = a or {"cache": 0, "schema": 0, "stmt": 0}
+            b = b or {"cache": 0, "schema": 0, "stmt": 0}
+            lines.append(
+                f"  {n}: {a['cache'] / 1e3:7.1f} / {a['schema'] / 1e3:5.1f} / "
+                f"{a['stmt'] / 1e3:6.1f} -> {b['cache'] / 1e3:7.1f} / {b['schema'] / 1e3:5.1f} "
+                f"/ {b['stmt'] / 1e3:6.1f}"
+            )
+    if h1.get("big_objects"):
+        lines.append("Python objects over 128 kB at the end (bytes, length, held by):")
+        for o in h1["big_objects"][:12]:
+            lines.append(f"  {o['type']:10s} {o['bytes']:>10,} {o['len']:>9,}  {o['owner']}")
     return lines
 
 

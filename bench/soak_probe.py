@@ -33,6 +33,8 @@ TRACE_FRAMES = 12
 TRACE_DIR_ENV = "SOAK_TRACE_DIR"
 #: set (to anything) for tracemalloc snapshots as well as the heap figures
 TRACE_PYTHON_ENV = "SOAK_TRACE_PYTHON"
+#: set (to anything) for each SQLite connection's heap and the Python objects over BIG_OBJECT
+TRACE_OBJECTS_ENV = "SOAK_TRACE_OBJECTS"
 
 _MAPPING = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \S+\s*(.*)$")
 
@@ -120,6 +122,107 @@ def _sqlite_memory() -> tuple[int, int]:
     return now.value, high.value
 
 
+#: sqlite3_db_status verbs: bytes of a connection's page cache, schema and prepared statements
+_DB_STATUS = {"cache": 1, "schema": 2, "stmt": 3}
+
+
+def _sqlite_connections(objects: list[object]) -> list[dict[str, int]]:
+    """Each open sqlite3.Connection of `objects`: its own heap, bytes (sqlite3_db_status), biggest page cache
+    first. The `sqlite3 *` is read from the Connection object (CPython 3.11's
+    pysqlite_Connection: the handle is the first field after the object header)."""
+    import sqlite3
+
+    lib = ctypes.CDLL("libsqlite3.so.0")
+    lib.sqlite3_db_status.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.POINTER(ctypes.c_int),
+        ctypes.c_int,
+    ]
+    found = []
+    for conn in objects:
+        if not isinstance(conn, sqlite3.Connection):
+            continue
+        db = ctypes.c_void_p.from_address(id(conn) + object.__basicsize__).value
+        if not db:  # closed
+            continue
+        now, high = ctypes.c_int(), ctypes.c_int()
+        figures = {}
+        for name, op in _DB_STATUS.items():
+            lib.sqlite3_db_status(db, op, ctypes.byref(now), ctypes.byref(high), 0)
+            figures[name] = now.value
+        found.append(figures)
+    return sorted(found, key=lambda f: -f["cache"])
+
+
+#: a Python object whose own allocation is at least this many bytes is listed by
+#: `_big_objects` (glibc serves an allocation this big from a direct mmap or a whole free run)
+BIG_OBJECT = 128 * 1024
+
+
+def _reachable() -> tuple[list[object], dict[int, object]]:
+    """Every object reachable from the modules and from what the collector tracks, and for each
+    object of at least BIG_OBJECT bytes the object it was first reached from. `relay serve`
+    moves what exists at startup into the collector's permanent generation (gc.freeze), which
+    gc.get_objects() and gc.get_referrers() leave out, so its tables and store connections are
+    found through referents."""
+    import gc
+
+    seen: set[int] = set()
+    found: list[object] = []
+    parents: dict[int, object] = {}
+    todo: list[tuple[object, object]] = [(sys.modules, None)]
+    todo.extend((obj, None) for obj in gc.get_objects())
+    own = {id(seen), id(found), id(parents), id(todo)}
+    while todo:
+        obj, parent = todo.pop()
+        if id(obj) in seen or id(obj) in own:
+            continue
+        seen.add(id(obj))
+        found.append(obj)
+        if parent is not None and _size(obj) >= BIG_OBJECT:
+            parents[id(obj)] = parent
+        todo.extend((child, obj) for child in gc.get_referents(obj))
+    return found, parents
+
+
+def _size(obj: object) -> int:
+    try:
+        return sys.getsizeof(obj)
+    except TypeError:
+        return 0
+
+
+def _owner(obj: object, parent: object) -> str:
+    """How `parent` holds `obj`: `Class.attribute` (slots or __dict__), `dict[key]` of a
+    table, or the parent's type."""
+    if isinstance(parent, dict):
+        key = next((k for k, v in parent.items() if v is obj), None)
+        return f"dict of {len(parent):,} [{key!r:.60}]"
+    names = list(getattr(type(parent), "__slots__", ())) + list(getattr(parent, "__dict__", ()))
+    attr = next((n for n in names if getattr(parent, n, None) is obj), None)
+    return f"{type(parent).__qualname__}.{attr}" if attr else type(parent).__qualname__
+
+
+def _big_objects(objects: list[object], parents: dict[int, object]) -> list[dict[str, Any]]:
+    """The objects of `objects` of at least BIG_OBJECT bytes, biggest first: type, size, length
+    and holder (the walk's own set and lists excepted)."""
+    found = []
+    for obj in objects:
+        size = _size(obj)
+        if size >= BIG_OBJECT and id(obj) in parents:
+            found.append(
+                {
+                    "type": type(obj).__qualname__,
+                    "bytes": size,
+                    "len": len(obj) if hasattr(obj, "__len__") else -1,
+                    "owner": _owner(obj, parents[id(obj)]),
+                }
+            )
+    return sorted(found, key=lambda f: -f["bytes"])
+
+
 _OBMALLOC = {
     b"# arenas allocated current": "python_arenas",
     b"# bytes in allocated blocks": "python_blocks",
@@ -150,14 +253,19 @@ def _obmalloc(scratch: Path) -> dict[str, int]:
     return found
 
 
-def heap_figures(scratch: Path) -> dict[str, int]:
+def heap_figures(scratch: Path) -> dict[str, Any]:
     """This process's heap by owner, bytes: glibc's view (`mallinfo2`: in use in the arenas,
     free in them, in direct mmaps), SQLite's own use, and the Python allocations tracemalloc
-    follows (0 when it is off), and Python's own small-object allocator."""
+    follows (0 when it is off), Python's own small-object allocator, and each SQLite
+    connection's page cache, schema and statements."""
     libc = ctypes.CDLL(None)
     libc.mallinfo2.restype = _Mallinfo2
     info = libc.mallinfo2()
     sqlite_now, sqlite_high = _sqlite_memory()
+    # the walk allocates a set and a list of every object (~10 MB, a direct mmap each): their
+    # free raises glibc's dynamic mmap threshold, which changes where the relay's own large
+    # buffers go, so it runs only when asked for
+    objects, parents = _reachable() if TRACE_OBJECTS_ENV in os.environ else ([], {})
     return {
         "malloc_used": info.uordblks,
         "malloc_free": info.fordblks,
@@ -166,6 +274,8 @@ def heap_figures(scratch: Path) -> dict[str, int]:
         "sqlite_high": sqlite_high,
         "python_traced": tracemalloc.get_traced_memory()[0],
         **_obmalloc(scratch),
+        "sqlite_connections": _sqlite_connections(objects),
+        "big_objects": _big_objects(objects, parents),
     }
 
 
@@ -260,7 +370,7 @@ def growth_by_line(first: Path, last: Path, limit: int = 15) -> list[dict[str, A
     ]
 
 
-def heap_series(directory: Path, count: int) -> list[dict[str, int]]:
+def heap_series(directory: Path, count: int) -> list[dict[str, Any]]:
     """The heap figures written at samples 0..count-1."""
     return [json.loads((directory / f"heap-{n:04d}.json").read_text()) for n in range(count)]
 
