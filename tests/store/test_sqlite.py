@@ -27,7 +27,13 @@ from relay.clock import iso_utc
 from relay.config import RelayConfig
 from relay.errors import StoreError, StoreUnavailable
 from relay.store import MemoryStore, store_from_config
-from relay.store.base import NewMessage, Store, Watermarks, group_conversation
+from relay.store.base import (
+    NewMessage,
+    Store,
+    Watermarks,
+    direct_conversation,
+    group_conversation,
+)
 from relay.store.migrations import MIGRATIONS, SCHEMA_VERSION, _statements
 from relay.store.sqlite import SqliteStore
 from relay.store.sqlite.connect import READER_CACHE_KIB, Connector
@@ -882,3 +888,55 @@ async def test_a_backlog_page_costs_a_page_not_the_backlog(tmp_path: Path) -> No
     for (few, first), (many, again) in zip(small, large, strict=True):
         assert first == again == list(range(1, 21))  # the oldest 20, in order, both times
         assert many < 2 * few, (few, many)
+
+
+# --- the readers' statement cache ------------------------------------------------------------------
+
+
+class _Recording:
+    """A connection that remembers the text of every statement executed on it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.texts: set[str] = set()
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.texts.add(sql)
+        return self.conn.execute(sql, params)
+
+
+async def test_a_read_taking_a_list_is_one_statement_whatever_the_lists_length(
+    tmp_path: Path,
+) -> None:
+    # sqlite3 prepares and caches a statement per distinct text (256 a connection): a `?` per
+    # value made one per list length, and a long-running relay's readers grew their cached
+    # statements as backlog pages of new lengths came (0.5 -> 1.2 MB each in 8 minutes of
+    # `python -m bench soak`). Each list-taking read must use one text for every length, and
+    # still answer for exactly the values given.
+    from relay.store.sqlite import reads, search
+
+    path = tmp_path / "relay.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        await put(store, *[msg("a", "b", id=f"m{i}") for i in range(40)])
+        await put(store, msg("a", "c", id="to-c"))
+        await store.set_last_seen("u3", "2026-12-06T00:00:00.000Z")
+    finally:
+        await store.close()
+    ab, ac = direct_conversation("a", "b"), direct_conversation("a", "c")
+    with closing(sqlite3.connect(path)) as raw:
+        conn: Any = _Recording(raw)
+        first: set[str] = set()
+        for n in range(1, 41):
+            page = reads.undelivered(conn, "b", "", n)
+            assert [m.seq for m in page] == list(range(1, n + 1))
+            seen = reads.last_seen(conn, [f"u{i}" for i in range(n)] + ["u0"])
+            assert seen == ({"u3": "2026-12-06T00:00:00.000Z"} if n > 3 else {})
+            asked = [ab, ac][: 1 + n % 2]
+            marks = search.member_watermarks(conn, asked)
+            assert sorted(marks) == sorted(asked)
+            assert set(marks[ab]) == {"a", "b"}
+            if n == 1:
+                first = set(conn.texts)
+        assert conn.texts == first

@@ -24,7 +24,7 @@ from relay.store.base import (
     direct_users,
     group_conversation,
 )
-from relay.store.sqlite.rows import COLUMNS, message
+from relay.store.sqlite.rows import COLUMNS, IN_LIST, json_list, message
 
 
 def last_seq(conn: sqlite3.Connection, conversation: str) -> int:
@@ -137,9 +137,8 @@ def undelivered(
         return []
     positions.sort()
     del positions[limit:]
-    marks = ", ".join("?" * len(positions))
     rows = conn.execute(
-        f"SELECT {COLUMNS} FROM messages WHERE pos IN ({marks}) ORDER BY pos", positions
+        f"SELECT {COLUMNS} FROM messages WHERE pos {IN_LIST} ORDER BY pos", (json_list(positions),)
     ).fetchall()
     return [message(r) for r in rows]
 
@@ -218,16 +217,13 @@ def contacts(conn: sqlite3.Connection, user_id: str) -> set[str]:
 
 
 def last_seen(conn: sqlite3.Connection, user_ids: Sequence[str]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    unique = list(dict.fromkeys(user_ids))
-    for start in range(0, len(unique), 500):
-        chunk = unique[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT user_id, timestamp FROM last_seen WHERE user_id IN ({marks})", chunk
-        ).fetchall()
-        found.update({r[0]: r[1] for r in rows})
-    return found
+    if not user_ids:
+        return {}
+    rows = conn.execute(
+        f"SELECT user_id, timestamp FROM last_seen WHERE user_id {IN_LIST}",
+        (json_list(user_ids),),
+    )
+    return {r[0]: r[1] for r in rows}
 
 
 def member_watermarks(conn: sqlite3.Connection, conversation: str) -> dict[str, Watermarks]:

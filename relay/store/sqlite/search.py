@@ -37,7 +37,7 @@ from relay.search.normalize import index_text, tokens
 from relay.search.query import SearchQuery
 from relay.store.base import Watermarks
 from relay.store.sql_search import marked_read, page_read, selected
-from relay.store.sqlite.rows import COLUMNS, message
+from relay.store.sqlite.rows import COLUMNS, IN_LIST, json_list, message
 
 _M_COLUMNS, _TEXT = selected(COLUMNS)
 #: beyond this many conversations the MATCH does not name them (the join still filters)
@@ -282,9 +282,8 @@ def member_watermarks(
         "SELECT p.conversation, p.user_id, COALESCE(w.delivered_seq, 0), "
         "COALESCE(w.read_seq, 0) FROM participants AS p LEFT JOIN watermarks AS w "
         "ON w.conversation = p.conversation AND w.user_id = p.user_id "
-        f"WHERE p.conversation IN ({', '.join('?' * len(conversations))}) "
-        "ORDER BY p.conversation, p.user_id",
-        conversations,
+        f"WHERE p.conversation {IN_LIST} ORDER BY p.conversation, p.user_id",
+        (json_list(conversations),),
     )
     for key, user, delivered, read in rows:
         found[key][user] = Watermarks(delivered, read)
