@@ -940,3 +940,16 @@ async def test_a_read_taking_a_list_is_one_statement_whatever_the_lists_length(
             if n == 1:
                 first = set(conn.texts)
         assert conn.texts == first
+
+
+def test_a_sqlite_without_json_functions_is_refused_by_name() -> None:
+    # SQLite before 3.38 may be built without json_each; the store says so at open, not as a
+    # failed read later (the real library here has it, so only the check itself is exercised)
+    from relay.store.sqlite.connect import _require_json
+
+    class NoJson:
+        def execute(self, sql: str) -> None:
+            raise sqlite3.OperationalError("no such table: json_each")
+
+    with pytest.raises(StoreUnavailable, match=r"has no JSON functions \(json_each\)"):
+        _require_json(NoJson(), "cannot open the database 'x'")  # type: ignore[arg-type]

@@ -47,6 +47,18 @@ _JOURNAL_SIZE_LIMIT: Final = 64 << 20  # the WAL file is cut back to this when i
 READER_CACHE_KIB: Final = 256
 
 
+def _require_json(conn: sqlite3.Connection, where: str) -> None:
+    """Refuse at open a SQLite without json_each (built in since 3.38; an option before), which
+    the reads use to take a list as one parameter (rows.IN_LIST), rather than fail each read."""
+    try:
+        conn.execute("SELECT value FROM json_each('[]')").fetchall()
+    except sqlite3.OperationalError as exc:
+        raise StoreUnavailable(
+            f"{where}: this SQLite ({sqlite3.sqlite_version}) has no JSON functions (json_each), "
+            "which the store's reads use; SQLite 3.38 or later has them built in"
+        ) from exc
+
+
 @frozen
 class Connections:
     """A store's open connections: the writer's, the readers', the checkpointer's (if any)."""
@@ -86,6 +98,7 @@ class Connector:
             conn = self._connection()
             opened.append(conn)
             self._prepare_writer(conn, where)
+            _require_json(conn, where)
             readers_open = []
             for _ in range(readers):
                 reader = self._connection()
