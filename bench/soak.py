@@ -15,9 +15,14 @@ clients of its own (RFC 6455 framing on trio sockets):
   of their groups' history and then never read, sending only WebSocket pings, for `slow_hold`
   seconds or until the relay closes them; then they come back.
 
-Every `sample_every` seconds it prints the relay's RSS (VmRSS), CPU and the traffic so far;
-at the end it fits a line to the RSS samples of the last `window` minutes and reports the
-growth over that window (budget: under `budget_pct`, 1%). Everything is written to
+Every `sample_every` seconds (10) it samples the relay's RSS (VmRSS); every `report_every`
+(60) it prints it with CPU and the traffic so far; at the end it fits a line to the RSS samples
+of the last `window` minutes and reports the growth over that window (budget: under
+`budget_pct`, 1%). The samples are 10 s apart, not a minute: the relay trims its heap once a
+minute (relay/heap.py) and slow readers hold ~1 MB for up to 45 s, so RSS swings by ~1 MB
+within a minute; sampled once a minute, the phase against the trim drifts slowly and a few
+low samples at one end of the window tilted the fitted line (2026-12-06, 21 samples: +1.2%
+from dips of 1 MB at minutes 11 and 13 while the mappings other than the heap were flat). Everything is written to
 bench/results/soak-<UTC time>-<pid>.json (or --json). Load is bounded: a fixed number of clients, a
 fixed rate, a fixed duration; the relay is stopped at the end.
 
@@ -48,6 +53,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +76,8 @@ CONNECT_TIMEOUT = 10.0
 @dataclass(frozen=True)
 class Settings:
     minutes: float = 30.0
-    sample_every: float = 60.0
+    sample_every: float = 10.0
+    report_every: float = 60.0
     users: int = 20
     groups: int = 4
     group_size: int = 8
@@ -100,7 +107,16 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     )
     p.add_argument("--minutes", type=float, default=d.minutes, help="duration (default 30)")
     p.add_argument(
-        "--sample-every", type=float, default=d.sample_every, help="seconds between RSS samples"
+        "--sample-every",
+        type=float,
+        default=d.sample_every,
+        help="seconds between RSS samples, all of them fitted (10)",
+    )
+    p.add_argument(
+        "--report-every",
+        type=float,
+        default=d.report_every,
+        help="seconds between progress lines and, with --trace, heap probes (60)",
     )
     p.add_argument("--users", type=int, default=d.users, help="steady users (20)")
     p.add_argument("--groups", type=int, default=d.groups, help="groups among them (4)")
@@ -147,8 +163,17 @@ def parse_args(argv: list[str]) -> tuple[Settings, argparse.Namespace]:
     )
     p.add_argument("--json", type=Path, help="where to write the results")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.sample_every <= 0 or args.users < 2 or args.rate <= 0:
-        p.error("--minutes, --sample-every and --rate must be positive, --users at least 2")
+    if (
+        args.minutes <= 0
+        or args.sample_every <= 0
+        or args.report_every < args.sample_every
+        or args.users < 2
+        or args.rate <= 0
+    ):
+        p.error(
+            "--minutes, --sample-every and --rate must be positive, --report-every at least "
+            "--sample-every, --users at least 2"
+        )
     args.trace = args.trace or args.trace_python or args.trace_objects
     settings = Settings(**{name: getattr(args, name) for name in Settings.__dataclass_fields__})
     return settings, args
@@ -582,11 +607,14 @@ def sample(pid: int, started: float, db: Path) -> dict[str, float]:
     }
 
 
-async def probe(pid: int, trace_dir: Path | None, n: int) -> None:
-    """With --trace: the relay's n-th tracemalloc snapshot and malloc_info, written when it
-    handles SIGUSR1 (waited for, at most a minute)."""
+async def probe(
+    pid: int, trace_dir: Path | None, at: dict[str, float], probes: Iterator[int]
+) -> None:
+    """With --trace: the relay's next tracemalloc snapshot and malloc_info, written when it
+    handles SIGUSR1 (waited for, at most a minute); the sample `at` records its number."""
     if trace_dir is None:
         return
+    n = at["probe"] = next(probes)
     os.kill(pid, signal.SIGUSR1)
     with trio.fail_after(60):
         while not (trace_dir / f"done-{n:04d}").exists():  # noqa: ASYNC110 - another process
@@ -603,23 +631,30 @@ async def drive(
     soak = Soak(settings, server.port)
     await soak.setup_groups()
     started = time.monotonic()
-    samples.append(sample(server.pid, started, db))
-    await probe(server.pid, trace_dir, 0)
+    probes = itertools.count()
+    samples.append(sample(server.pid, started, db) | {"reported": 1})
+    await probe(server.pid, trace_dir, samples[-1], probes)
     total = _clock(settings.minutes * 60)
     say(f"[{_clock(0)}/{total}] relay RSS {samples[0]['rss_kb'] / 1024:.1f} MB")
+    per_report = max(1, round(settings.report_every / settings.sample_every))
+    first = trio.current_time()
     with trio.move_on_after(settings.minutes * 60):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(soak.traffic)
-            while server.alive():
-                await trio.sleep(settings.sample_every)
+            reported = samples[0]
+            for k in itertools.count(1):
+                await trio.sleep_until(first + k * settings.sample_every)
                 if not server.alive():
                     break
-                prev = samples[-1]
                 now = sample(server.pid, started, db)
                 samples.append(now)
-                await probe(server.pid, trace_dir, len(samples) - 1)
+                if k % per_report:
+                    continue
+                now["reported"] = 1
+                await probe(server.pid, trace_dir, now, probes)
                 c = soak.counts
-                cpu = (now["cpu_s"] - prev["cpu_s"]) / max(now["t"] - prev["t"], 1e-9)
+                cpu = (now["cpu_s"] - reported["cpu_s"]) / max(now["t"] - reported["t"], 1e-9)
+                reported = now
                 say(
                     f"[{_clock(now['t'])}/{total}] relay RSS "
                     f"{now['rss_kb'] / 1024:.1f} MB (anon {now['anon_kb'] / 1024:.1f}, file "
@@ -635,10 +670,13 @@ async def drive(
             nursery.cancel_scope.cancel()  # the relay died
     if not server.alive():
         raise servers.ServerError("the relay died during the soak")
-    end = sample(server.pid, started, db)
+    end = sample(server.pid, started, db) | {"reported": 1}
     if end["t"] - samples[-1]["t"] >= 1.0:
         samples.append(end)
-        await probe(server.pid, trace_dir, len(samples) - 1)
+    else:
+        samples[-1]["reported"] = 1
+    if "probe" not in samples[-1]:
+        await probe(server.pid, trace_dir, samples[-1], probes)
     return soak
 
 
@@ -745,12 +783,13 @@ _TRACED_RELAY = (
 def trace_report(
     samples: list[dict[str, float]], trace_dir: Path, settings: Settings
 ) -> dict[str, Any]:
-    """What grew between the sample at the window's start and the last one: Python allocation
+    """What grew between the probe at the window's start and the last one: Python allocation
     sites (tracemalloc), each malloc arena's used and free bytes, glibc's direct mmaps."""
     end = samples[-1]["t"]
     window_s = settings.window * 60 if settings.window < settings.minutes else float("inf")
-    first = next(i for i, s in enumerate(samples) if s["t"] >= end - window_s - 1e-9)
-    last = len(samples) - 1
+    probed = [s for s in samples if "probe" in s]
+    first = int(next(s["probe"] for s in probed if s["t"] >= end - window_s - 1e-9))
+    last = int(probed[-1]["probe"])
     info = [trace_dir / f"malloc-{i:04d}.xml" for i in (first, last)]
     python: dict[str, Any] = {}
     if settings.trace_python:
@@ -766,12 +805,12 @@ def trace_report(
         **python,
         "arenas": [soak_probe.arenas(p) for p in info],
         "mmapped": [soak_probe.mmapped(p) for p in info],
-        "heap": soak_probe.heap_series(trace_dir, len(samples)),
+        "heap": soak_probe.heap_series(trace_dir, len(probed)),
     }
 
 
 def trace_lines(trace: dict[str, Any]) -> list[str]:
-    lines = [f"what grew from sample {trace['from_sample']} to sample {trace['to_sample']}:"]
+    lines = [f"what grew from probe {trace['from_sample']} to probe {trace['to_sample']}:"]
     if "traced_bytes" in trace:
         old, new = trace["traced_bytes"]
         lines.append(
@@ -797,7 +836,7 @@ def trace_lines(trace: dict[str, Any]) -> list[str]:
     m0, m1 = trace["mmapped"]
     lines.append(f"  direct mmaps: {m0 / 1e6:.2f} -> {m1 / 1e6:.2f} MB")
     lines.append(
-        "heap by owner, MB each sample: malloc in use / free in the arenas / mmapped, "
+        "heap by owner, MB each probe: malloc in use / free in the arenas / mmapped, "
         "SQLite's (now, high-water), Python's (traced; its allocator's 1 MiB arenas):"
     )
     for n, h in enumerate(trace["heap"]):
@@ -829,10 +868,11 @@ def trace_lines(trace: dict[str, Any]) -> list[str]:
 
 
 def curve_lines(samples: list[dict[str, float]]) -> list[str]:
-    """The sampled curve, one line a sample: time, RSS, its anonymous and file-backed parts,
-    the database's size on disk, the machine's 1-minute load average."""
+    """The sampled curve, one line a reported sample (each if none is marked): time, RSS, its
+    anonymous and file-backed parts, the database's size on disk, the machine's 1-minute load
+    average."""
     lines = ["   time   RSS MB  RssAnon MB  RssFile MB   DB MB   load"]
-    for s in samples:
+    for s in [s for s in samples if "reported" in s] or samples:
         lines.append(
             f"{_clock(s['t'])}   {s['rss_kb'] / 1024:6.1f}  {s['anon_kb'] / 1024:10.1f}  "
             f"{s['file_kb'] / 1024:10.1f}  {s['db_bytes'] / 1e6:6.1f}  {s['load1']:5.2f}"

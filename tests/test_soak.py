@@ -60,6 +60,8 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
             "--minutes",
             "0.3",
             "--sample-every",
+            "1",
+            "--report-every",
             "3",
             "--users",
             "6",
@@ -92,17 +94,22 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert doc["budget"] == {"growth_pct_below": -1000, "met": False}
     samples = doc["samples"]
-    assert len(samples) >= 6 and all(s["rss_kb"] > 10_000 for s in samples)
+    assert len(samples) >= 15 and all(s["rss_kb"] > 10_000 for s in samples)
+    reported = [s for s in samples if "reported" in s]
+    # sampled every second, reported every third: the first, every third, the last
+    assert samples[0] in reported and samples[-1] in reported
+    assert 6 <= len(reported) <= len(samples) // 3 + 2
     for s in samples:
         # VmRSS is RssAnon + RssFile + RssShmem (none here), each rounded to a kB
         assert s["anon_kb"] > 0 and s["file_kb"] > 0
         assert abs(s["rss_kb"] - s["anon_kb"] - s["file_kb"]) <= 2, s
     assert samples[-1]["db_bytes"] > samples[0]["db_bytes"] > 0
-    # the curve: a header, then one line per sample, in order
+    # the curve: a header, then one line per reported sample, in order
     lines = proc.stdout.splitlines()
     head = lines.index("   time   RSS MB  RssAnon MB  RssFile MB   DB MB   load")
-    rows = lines[head + 1 : head + 1 + len(samples)]
-    for s, row in zip(samples, rows, strict=True):
+    rows = lines[head + 1 : head + 1 + len(reported)]
+    assert not lines[head + 1 + len(reported)].strip()  # the table ends there
+    for s, row in zip(reported, rows, strict=True):
         assert row.split()[1:] == [
             f"{s['rss_kb'] / 1024:.1f}",
             f"{s['anon_kb'] / 1024:.1f}",
@@ -111,6 +118,7 @@ def test_a_short_soak_runs_every_kind_of_traffic(tmp_path: Path) -> None:
             f"{s['load1']:.2f}",
         ]
     assert any(line.startswith("RssAnon over the last") for line in lines)
+    # the line is fitted to every sample, not only the reported ones
     assert doc["trend_anon"]["samples"] == len(samples)
     counts = doc["counts"]
     for kind in (
