@@ -20,7 +20,8 @@ a `MALLOC_ARENA_MAX` in the environment wins). Without a cap glibc makes up to 8
 threads come and go: in a 30-minute soak a sixth thread appeared after 16 minutes, its new
 arena took 2.3 MB while the one it replaced kept its pages, and RSS grew +3.6% over the last
 20 minutes with Python's objects flat. With the cap the next run kept four arenas and grew
-+2.4%: the rest follows the database's size and the main arena's fragmentation.
++2.4%; most of that rest was SQLite's, not glibc's: each reader connection cached a prepared
+statement per backlog page length (store/sqlite/rows.py `IN_LIST` ends it).
 
 Invariants:
 - where the C library has no `malloc_trim` (musl, macOS, Windows), `trim` is a no-op that
