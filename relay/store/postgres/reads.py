@@ -76,6 +76,41 @@ def history(
     return [message(r) for r in reversed(rows[:limit])], len(rows) > limit
 
 
+def before_first_after(conversation: str, since_pos: str, low: str, high: str) -> str:
+    """A scalar SQL expression: the seq before the first message of `conversation` accepted
+    after pos `since_pos`, held between `low` and `high` (each argument an SQL expression; the
+    bounds are taken as bigint, seq's type). With f that first seq (none: f is infinite), it is
+    GREATEST(low, LEAST(high, f - 1)).
+
+    Found by bisection: a probe takes the last message at or below a seq through
+    messages_by_seq (one index descent) and asks whether it came after since_pos, which splits
+    the conversation in two because seq and pos grow together in it (a seq freed by retention
+    splits it the same way). It costs at most log2(high - low) + 1 probes: 14 at 10,000, 3
+    shared buffers each. MIN(seq) WHERE pos > since_pos has no index to bound it (none is on
+    (conversation, pos)): it walks messages_by_seq over all the conversation held before
+    since_pos (tests/store/test_postgres.py measures both)."""
+    return f"""(
+            -- invariant: lo = low or no message at or below lo came after since_pos;
+            -- hi = high + 1 or one at or below hi did
+            WITH RECURSIVE half(lo, hi) AS (
+                VALUES (CAST({low} AS bigint), CAST({high} AS bigint) + 1)
+                UNION ALL
+                SELECT CASE WHEN t.before THEN t.mid ELSE h.lo END,
+                       CASE WHEN t.before THEN h.hi ELSE t.mid END
+                FROM half AS h CROSS JOIN LATERAL (
+                    SELECT (h.lo + h.hi) / 2 AS mid, COALESCE(
+                        (SELECT a.pos <= {since_pos} FROM messages AS a
+                         WHERE a.conversation = {conversation} AND a.seq <= (h.lo + h.hi) / 2
+                         ORDER BY a.seq DESC LIMIT 1),
+                        TRUE) AS before
+                    OFFSET 0  -- not pulled up into the CASEs, where each `before` would probe
+                ) AS t
+                WHERE h.hi - h.lo > 1
+            )
+            SELECT MAX(lo) FROM half
+        )"""
+
+
 # Where a device's backlog starts in each of its user's conversations: its cursor; without one,
 # the user's delivered watermark, or lower when messages came after the device registered
 # (the seq before the first of them); never at or below the seq where the user (last) joined a
@@ -84,39 +119,16 @@ def history(
 #
 # "The seq before the first message after the device registered" is only looked for between
 # joined_seq and the watermark (outside, the clamp decides) and only for a registered device
-# without a cursor, by bisection: a probe takes the last message at or below a seq through
-# messages_by_seq (one index descent) and asks whether it came after since_pos, which splits
-# the conversation in two because seq and pos grow together in it. It costs at most
-# log2(watermark - joined_seq) + 1 probes: 14 at a watermark of 10,000, 3 shared buffers each.
-# MIN(seq) WHERE pos > since_pos has no index to bound it (none is on (conversation, pos)): it
-# walks messages_by_seq over all the conversation held before the device registered (a page
-# of a device registered after 11,000 messages: 308 shared buffers, after 500: 23; bisecting,
-# 47 and 35: tests/store/test_postgres.py).
-_START: Final = """
+# without a cursor, by bisection (before_first_after): at most log2(watermark - joined_seq) + 1
+# probes. Walking messages_by_seq instead costs all the conversation held before the device
+# registered (a page of a device registered after 11,000 messages: 308 shared buffers, after
+# 500: 23; bisecting, 47 and 35: tests/store/test_postgres.py).
+_START: Final = f"""
     GREATEST(p.joined_seq, COALESCE(
         c.seq,
         CASE WHEN v.since_pos IS NULL OR COALESCE(w.delivered_seq, 0) <= p.joined_seq
         THEN COALESCE(w.delivered_seq, 0)
-        ELSE (
-            -- invariant: lo = joined_seq or no message at or below lo came after since_pos;
-            -- hi = watermark + 1 or one at or below hi did
-            WITH RECURSIVE half(lo, hi) AS (
-                VALUES (p.joined_seq, w.delivered_seq + 1)
-                UNION ALL
-                SELECT CASE WHEN t.before THEN t.mid ELSE h.lo END,
-                       CASE WHEN t.before THEN h.hi ELSE t.mid END
-                FROM half AS h CROSS JOIN LATERAL (
-                    SELECT (h.lo + h.hi) / 2 AS mid, COALESCE(
-                        (SELECT a.pos <= v.since_pos FROM messages AS a
-                         WHERE a.conversation = p.conversation AND a.seq <= (h.lo + h.hi) / 2
-                         ORDER BY a.seq DESC LIMIT 1),
-                        TRUE) AS before
-                    OFFSET 0  -- not pulled up into the CASEs, where each `before` would probe
-                ) AS t
-                WHERE h.hi - h.lo > 1
-            )
-            SELECT MAX(lo) FROM half
-        )
+        ELSE {before_first_after("p.conversation", "v.since_pos", "p.joined_seq", "w.delivered_seq")}
         END))
 """
 
