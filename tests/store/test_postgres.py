@@ -18,7 +18,7 @@ from store_suite import AB, StoreSuite, group, msg, put
 from relay.config import RelayConfig
 from relay.errors import StoreError, StoreUnavailable
 from relay.store import store_from_config
-from relay.store.base import Appended, Store, group_conversation
+from relay.store.base import Appended, Store, Watermarks, group_conversation
 from relay.store.postgres import PostgresStore
 from relay.store.postgres.schema import SCHEMA_VERSION
 
@@ -266,27 +266,44 @@ async def test_marks_batched_in_rounds_answer_as_the_memory_store(pg_url: str) -
 # --- the backlog read's cost -----------------------------------------------------------------------
 
 
-def _page_cost(pg_url: str, user: str, device: str) -> tuple[tuple[int, int], list[int]]:
-    """What reading the device's oldest 20 owed costs, as PostgreSQL counts it (not time): the
-    shared buffers its plan touched (hit or read) and the rows its plan's nodes produced; and
-    the seqs of that page. Planned on fresh statistics, as autovacuum keeps them, so the plan
-    measured does not depend on when autovacuum last ran."""
-    from relay.store.postgres import reads
+def _plan_cost(
+    conn: psycopg.Connection[Any], query: str, params: Any, *, discarded: bool = False
+) -> tuple[int, int]:
+    """What running `query` costs, as PostgreSQL counts it (not time): the shared buffers its
+    plan touched (hit or read) and the rows its plan's nodes produced; with `discarded`, the
+    rows they read and threw away by a filter too (a scan that filters produces only what
+    passes, however much it walked)."""
 
     def produced(node: dict[str, Any]) -> int:
-        here = int(node["Actual Rows"] * node["Actual Loops"])
+        kept = node["Actual Rows"] + (node.get("Rows Removed by Filter", 0) if discarded else 0)
+        here = int(kept * node["Actual Loops"])
         return here + sum(produced(child) for child in node.get("Plans", ()))
 
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("ANALYZE messages, participants, watermarks, device_cursors, devices")
-        [(explained,)] = conn.execute(
-            "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + reads._UNDELIVERED,
-            {"u": user, "d": device, "n": 20},
-        ).fetchall()
-        page = reads.undelivered(conn, user, device, 20)
+    [(explained,)] = conn.execute(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + query, params
+    ).fetchall()
     plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
     blocks = plan["Shared Hit Blocks"] + plan["Shared Read Blocks"]  # the plan's, children's too
-    return (blocks, produced(plan)), [m.seq for m in page]
+    return blocks, produced(plan)
+
+
+def _analyzed(pg_url: str) -> psycopg.Connection[Any]:
+    """A connection to the store's database, its statistics fresh, as autovacuum keeps them, so
+    the plans measured do not depend on when autovacuum last ran."""
+    conn = psycopg.connect(pg_url, autocommit=True)
+    conn.execute("ANALYZE messages, participants, watermarks, device_cursors, devices")
+    return conn
+
+
+def _page_cost(pg_url: str, user: str, device: str) -> tuple[tuple[int, int], list[int]]:
+    """What reading the device's oldest 20 owed costs (_plan_cost), and the seqs of that
+    page."""
+    from relay.store.postgres import reads
+
+    with _analyzed(pg_url) as conn:
+        cost = _plan_cost(conn, reads._UNDELIVERED, {"u": user, "d": device, "n": 20})
+        page = reads.undelivered(conn, user, device, 20)
+    return cost, [m.seq for m in page]
 
 
 async def _send(store: Store, conversation: str, upto: int) -> int:
@@ -353,4 +370,67 @@ async def test_a_new_devices_start_costs_a_bisection_not_the_history_before_it(
     (few, first), (many, again) = early, late
     assert first == list(range(501, 521))  # the oldest 20 after it registered, in order
     assert again == list(range(11_001, 11_021))
+    assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
+
+
+class _Measured:
+    """A connection that runs each statement under EXPLAIN (ANALYZE, BUFFERS) before running it,
+    and adds up their costs (_plan_cost, the rows filtered out counted): what a write
+    function's reads cost, whatever statements it sends."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.cost = (0, 0)
+
+    def execute(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
+        blocks, rows = _plan_cost(self.conn, query, params, discarded=True)
+        self.cost = (self.cost[0] + blocks, self.cost[1] + rows)
+        return self.conn.execute(query, params)
+
+
+def _start_cost(pg_url: str, user: str, device: str) -> tuple[tuple[int, int], int]:
+    """What the first delivery mark of a device in AB costs to find where the device starts
+    (writes._device_start, the lookup run once per device and conversation), and that start."""
+    from relay.store.postgres import writes
+
+    with _analyzed(pg_url) as conn:
+        [(delivered, read)] = conn.execute(
+            "SELECT delivered_seq, read_seq FROM watermarks "
+            "WHERE conversation = %s AND user_id = %s",
+            (AB, user),
+        ).fetchall()
+        measured = _Measured(conn)
+        start = writes._device_start(
+            cast(Any, measured), AB, user, device, Watermarks(delivered, read)
+        )
+    return measured.cost, start
+
+
+async def test_a_devices_first_mark_costs_a_bisection_not_the_history_before_it(
+    pg_url: str,
+) -> None:
+    # A device's first delivery mark in a conversation looks for where the device starts: the
+    # seq before the first message accepted after it registered, when below the watermark. That
+    # must not cost what the conversation held before the device registered (500 then 11,000
+    # here), only a search of it.
+    store = PostgresStore(pg_url)
+    await store.open()
+    try:
+        await _send(store, AB, 500)
+        await store.register_device("b", "tablet")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 1_000))
+        few, early = _start_cost(pg_url, "b", "tablet")
+        await _send(store, AB, 11_000)
+        await store.register_device("b", "laptop")
+        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 11_500))
+        many, late = _start_cost(pg_url, "b", "laptop")
+        # and the store's own mark starts each where that lookup said
+        await store.mark_delivered(AB, "b", "tablet", 0)
+        await store.mark_delivered(AB, "b", "laptop", 0)
+        tablet = [m.seq for m in await store.undelivered("b", "tablet", limit=1)]
+        laptop = [m.seq for m in await store.undelivered("b", "laptop", limit=1)]
+    finally:
+        await store.close()
+    assert (early, late) == (500, 11_000)
+    assert (tablet, laptop) == ([501], [11_001])
     assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
