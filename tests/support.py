@@ -346,3 +346,33 @@ class JsonClient:
                     await self.ws.get_message()
             except ConnectionClosed as exc:
                 return exc.reason.code  # type: ignore[no-any-return]
+
+
+class CountingNow(float):
+    """A logical time that counts the comparisons made with it (`compared`): passed as `now`,
+    it counts how many deadlines a call examined, whichever side of the operator it is on
+    (`deadline <= now` calls this subclass's reflected `__ge__` before float's `__le__`).
+    Arithmetic on it gives plain floats, which count nothing."""
+
+    compared: int
+
+    def __new__(cls, value: float) -> CountingNow:
+        self = super().__new__(cls, value)
+        self.compared = 0
+        return self
+
+    def __lt__(self, other: float) -> bool:
+        self.compared += 1
+        return float(self) < other
+
+    def __le__(self, other: float) -> bool:
+        self.compared += 1
+        return float(self) <= other
+
+    def __gt__(self, other: float) -> bool:
+        self.compared += 1
+        return float(self) > other
+
+    def __ge__(self, other: float) -> bool:
+        self.compared += 1
+        return float(self) >= other

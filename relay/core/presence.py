@@ -8,7 +8,9 @@ Invariants:
 - the interest scope of U is U's contacts (store.contacts: everyone sharing a 1:1 conversation
   or a group with U); the tracker caches it for online users and drops it when they go offline;
 - an online user's status is `online` unless they announced `away` or `busy`; it resets to
-  `online` when they go offline.
+  `online` when they go offline;
+- `expired(now)` examines only the graces due by `now` (relay.core.expiry), not every user
+  within one.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ from collections.abc import Iterable
 
 from attrs import define, field
 
+from relay.core.expiry import Expiries
+
 
 @define
 class PresenceTracker:
     grace: float
     _devices: dict[str, int] = field(factory=dict, init=False)
     _status: dict[str, str] = field(factory=dict, init=False)
-    # user -> (deadline of the offline announcement, lastSeen timestamp)
-    _leaving: dict[str, tuple[float, str]] = field(factory=dict, init=False)
+    # user -> lastSeen timestamp, due at the end of the grace (the offline announcement)
+    _leaving: Expiries[str, str] = field(factory=Expiries, init=False)
     _contacts: dict[str, set[str]] = field(factory=dict, init=False)
 
     # --- connections ------------------------------------------------------------------------------
@@ -34,7 +38,7 @@ class PresenceTracker:
         self._devices[user_id] = count + 1
         if count:
             return False
-        return self._leaving.pop(user_id, None) is None
+        return not self._leaving.remove(user_id)
 
     def disconnect(self, user_id: str, now: float, left_at: str) -> bool:
         """An authenticated connection closed; True when the user is offline at once (no grace).
@@ -45,16 +49,13 @@ class PresenceTracker:
             return False
         self._devices.pop(user_id, None)
         if self.grace > 0:
-            self._leaving[user_id] = (now + self.grace, left_at)
+            self._leaving.put(user_id, now + self.grace, left_at)
             return False
         return True
 
     def expired(self, now: float) -> list[tuple[str, str]]:
         """Users whose grace ended: (user id, lastSeen). They are offline from now on."""
-        gone = [(user, seen) for user, (deadline, seen) in self._leaving.items() if deadline <= now]
-        for user, _ in gone:
-            del self._leaving[user]
-        return gone
+        return self._leaving.due(now)
 
     def forget(self, user_id: str) -> None:
         """Drop what is kept for an online user (status, contacts) once `offline` was announced;
@@ -85,8 +86,7 @@ class PresenceTracker:
 
     def leaving_since(self, user_id: str) -> str | None:
         """lastSeen of a user within the grace (None otherwise)."""
-        entry = self._leaving.get(user_id)
-        return entry[1] if entry else None
+        return self._leaving.value(user_id)
 
     # --- interest scope ---------------------------------------------------------------------------
     def has_contacts(self, user_id: str) -> bool:

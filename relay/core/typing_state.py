@@ -6,7 +6,8 @@ A target is a 1:1 peer (`recipient_id`) or a group (`group_id`). Invariants:
 - `start` frames are rate-limited per user (`rate` per second, bursts of `burst`); a start over
   the limit is dropped entirely (nothing forwarded, no refresh);
 - `stop` is never rate-limited but is forwarded only for an active pair, so every forwarded
-  `start` is followed by exactly one `stop` (from the user, the lapse, or the disconnect).
+  `start` is followed by exactly one `stop` (from the user, the lapse, or the disconnect);
+- `lapsed(now)` examines only the pairs due by `now` (relay.core.expiry), not every active one.
 Typing is never stored.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from attrs import define, field, frozen
 
+from relay.core.expiry import Expiries
 from relay.core.ratelimit import RateLimiter
 
 
@@ -29,7 +31,7 @@ class TypingTracker:
     lapse: float
     rate: float
     burst: float = field(default=0.0)
-    _deadlines: dict[TypingKey, float] = field(factory=dict, init=False)
+    _deadlines: Expiries[TypingKey, None] = field(factory=Expiries, init=False)
     _limiter: RateLimiter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -40,18 +42,16 @@ class TypingTracker:
         """A `start` from the user; True when it is to be forwarded (within the rate limit)."""
         if not self._limiter.allow(key.user_id, now):
             return False
-        self._deadlines[key] = now + self.lapse
+        self._deadlines.put(key, now + self.lapse, None)
         return True
 
     def stop(self, key: TypingKey) -> bool:
         """A `stop` from the user; True when the pair was active (the stop is to be forwarded)."""
-        return self._deadlines.pop(key, None) is not None
+        return self._deadlines.remove(key)
 
     def lapsed(self, now: float) -> list[TypingKey]:
         """Pairs whose `start` was not refreshed in time; they are no longer active."""
-        gone = [key for key, deadline in self._deadlines.items() if deadline <= now]
-        for key in gone:
-            del self._deadlines[key]
+        gone = [key for key, _ in self._deadlines.due(now)]
         self._limiter.prune(now)
         return gone
 
@@ -59,7 +59,7 @@ class TypingTracker:
         """The user left: every pair of theirs ends (recipients get `stop`)."""
         gone = [key for key in self._deadlines if key.user_id == user_id]
         for key in gone:
-            del self._deadlines[key]
+            self._deadlines.remove(key)
         return gone
 
     def keys_of(self, user_id: str) -> list[TypingKey]:

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
-from support import FakeConn, decode_server_frames, watermarks_of
+from support import CountingNow, FakeConn, decode_server_frames, watermarks_of
 
 from relay.config import RelayConfig
 from relay.core import MessagingService
@@ -871,6 +871,57 @@ async def test_typing_stop_and_disconnect_end_the_indicator() -> None:
     h.frames(b)
     h.close(a)
     assert h.frames(b) == [{"type": "typing", "userId": "alice", "state": "stop"}]
+
+
+async def test_a_tick_examines_no_pending_typing_or_grace_until_one_is_due() -> None:
+    """n typing pairs and n users within their grace, none due: the tick compares the same
+    few deadlines with `now` whatever n is (a scan of both tables compared 2n more); each
+    table's n entries end at the tick their deadline is reached, not before."""
+
+    async def compared(n: int) -> int:
+        h = Harness(presence_grace=60.0, typing_lapse=10.0, typing_rate_limit=1e9)
+        a = await h.connect("alice")
+        for i in range(n):
+            await h.send(a, {"type": "typing", "recipientId": f"r{i}", "state": "start"})
+            h.close(await h.connect(f"u{i}"))
+        presence, typing = h.svc.ctx.presence, h.svc.ctx.typing
+
+        def leaving() -> int:
+            return sum(presence.leaving_since(f"u{i}") is not None for i in range(n))
+
+        now = CountingNow(h.now + 9.9)
+        h.svc.tick(now)
+        assert leaving() == n and len(typing.keys_of("alice")) == n
+        h.svc.tick(h.now + 10.0)
+        assert typing.keys_of("alice") == [] and leaving() == n
+        h.svc.tick(h.now + 59.9)
+        assert leaving() == n
+        h.svc.tick(h.now + 60.0)
+        assert leaving() == 0
+        return now.compared
+
+    few, many = await compared(1), await compared(2000)
+    assert few == many <= 4, (few, many)
+
+
+async def test_indicators_that_lapse_in_one_tick_stop_in_the_order_they_began() -> None:
+    """Pairs that lapse in the same tick stop in the order they became active (a refresh
+    keeps its place), not by deadline."""
+    h = Harness(typing_lapse=10.0)
+    a = await h.connect("alice")
+    c = await h.connect("carol")
+    b = await h.connect("bob")
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})
+    h.now += 1.0
+    await h.send(c, {"type": "typing", "recipientId": "bob", "state": "start"})
+    h.now += 1.0
+    await h.send(a, {"type": "typing", "recipientId": "bob", "state": "start"})  # lapses last
+    h.frames(b)
+    await h.advance(20.0)
+    assert [(f["userId"], f["state"]) for f in h.frames(b)] == [
+        ("alice", "stop"),
+        ("carol", "stop"),
+    ]
 
 
 async def test_typing_is_rate_limited_per_user() -> None:
