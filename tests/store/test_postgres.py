@@ -348,31 +348,6 @@ async def test_a_backlog_page_costs_a_page_not_the_backlog(pg_url: str) -> None:
         assert all(max(a, b) < 2 * min(a, b) for a, b in zip(few, many, strict=True)), (few, many)
 
 
-async def test_a_new_devices_start_costs_a_bisection_not_the_history_before_it(
-    pg_url: str,
-) -> None:
-    # A device registered after the user's other device had everything delivered is owed what
-    # came after it registered: finding where that starts must not cost what the conversation
-    # held before (500 then 11,000 here), only a search of it.
-    store = PostgresStore(pg_url)
-    await store.open()
-    try:
-        await _send(store, AB, 500)
-        await store.register_device("b", "tablet")
-        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 1_000))
-        early = _page_cost(pg_url, "b", "tablet")
-        await _send(store, AB, 11_000)
-        await store.register_device("b", "laptop")
-        await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 11_500))
-        late = _page_cost(pg_url, "b", "laptop")
-    finally:
-        await store.close()
-    (few, first), (many, again) = early, late
-    assert first == list(range(501, 521))  # the oldest 20 after it registered, in order
-    assert again == list(range(11_001, 11_021))
-    assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
-
-
 class _Measured:
     """A connection that runs each statement under EXPLAIN (ANALYZE, BUFFERS) before running it,
     and adds up their costs (_plan_cost, the rows filtered out counted): what a write
@@ -406,31 +381,38 @@ def _start_cost(pg_url: str, user: str, device: str) -> tuple[tuple[int, int], i
     return measured.cost, start
 
 
-async def test_a_devices_first_mark_costs_a_bisection_not_the_history_before_it(
+async def test_a_new_devices_start_costs_a_bisection_not_the_history_before_it(
     pg_url: str,
 ) -> None:
-    # A device's first delivery mark in a conversation looks for where the device starts: the
-    # seq before the first message accepted after it registered, when below the watermark. That
-    # must not cost what the conversation held before the device registered (500 then 11,000
-    # here), only a search of it.
+    # A device registered after the user's other device had everything delivered is owed what
+    # came after it registered. Finding where that starts, for its backlog page and for its
+    # first delivery mark (writes._device_start, once per device and conversation), must not
+    # cost what the conversation held before (500 then 11,000 here), only a search of it.
     store = PostgresStore(pg_url)
     await store.open()
     try:
         await _send(store, AB, 500)
         await store.register_device("b", "tablet")
         await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 1_000))
-        few, early = _start_cost(pg_url, "b", "tablet")
+        page_early = _page_cost(pg_url, "b", "tablet")
+        mark_early = _start_cost(pg_url, "b", "tablet")
         await _send(store, AB, 11_000)
         await store.register_device("b", "laptop")
         await store.mark_delivered(AB, "b", "desk", await _send(store, AB, 11_500))
-        many, late = _start_cost(pg_url, "b", "laptop")
-        # and the store's own mark starts each where that lookup said
+        page_late = _page_cost(pg_url, "b", "laptop")
+        mark_late = _start_cost(pg_url, "b", "laptop")
+        # and the store's own first mark starts each where that lookup said
         await store.mark_delivered(AB, "b", "tablet", 0)
         await store.mark_delivered(AB, "b", "laptop", 0)
         tablet = [m.seq for m in await store.undelivered("b", "tablet", limit=1)]
         laptop = [m.seq for m in await store.undelivered("b", "laptop", limit=1)]
     finally:
         await store.close()
+    (few, first), (many, again) = page_early, page_late
+    assert first == list(range(501, 521))  # the oldest 20 after it registered, in order
+    assert again == list(range(11_001, 11_021))
+    assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
+    (few, early), (many, late) = mark_early, mark_late
     assert (early, late) == (500, 11_000)
     assert (tablet, laptop) == ([501], [11_001])
     assert all(m < 2 * f for f, m in zip(few, many, strict=True)), (few, many)
