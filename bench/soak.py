@@ -840,12 +840,19 @@ def trace_lines(trace: dict[str, Any]) -> list[str]:
         "SQLite's (now, high-water), Python's (traced; its allocator's 1 MiB arenas):"
     )
     for n, h in enumerate(trace["heap"]):
+        # with tracemalloc on, Python's allocator is wrapped and sys._debugmallocstats prints
+        # none of its figures
+        pymalloc = (
+            f"{h['python_arenas']} arenas, blocks {h['python_blocks'] / 1e6:6.2f} used / "
+            f"{h['python_free_blocks'] / 1e6:5.2f} free"
+            if "python_blocks" in h
+            else "(its allocator's figures hidden by tracemalloc)"
+        )
         lines.append(
             f"  {n:3d}: {h['malloc_used'] / 1e6:6.2f} / {h['malloc_free'] / 1e6:5.2f} / "
             f"{h['malloc_mmapped'] / 1e6:5.2f}   sqlite {h['sqlite_used'] / 1e6:6.2f} "
             f"({h['sqlite_high'] / 1e6:6.2f})   python traced {h['python_traced'] / 1e6:6.2f}, "
-            f"{h['python_arenas']} arenas, blocks {h['python_blocks'] / 1e6:6.2f} used / "
-            f"{h['python_free_blocks'] / 1e6:5.2f} free"
+            f"{pymalloc}"
         )
     h0, h1 = trace["heap"][trace["from_sample"]], trace["heap"][trace["to_sample"]]
     if h1.get("sqlite_connections"):
