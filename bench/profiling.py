@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,11 @@ _LINE = re.compile(r":\d+\)$")
 
 
 def available() -> str | None:
+    """py-spy's path: beside this interpreter first (`pip install py-spy` into the venv that
+    runs the bench puts it there, on PATH or not), else on PATH; None when neither has it."""
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
     return shutil.which("py-spy")
 
 
