@@ -35,12 +35,19 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a whole process (all its threads), in seconds."""
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a whole process (all its threads), in seconds: its own code's CPU
+    and the kernel's on its behalf (system calls: for a relay, mostly the sockets')."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         stat = f.read()
     fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all its threads), in seconds."""
+    user, system = proc_cpu_times(pid)
+    return user + system
 
 
 def runqueue_wait_s(pid: int | str) -> float:
@@ -92,10 +99,12 @@ def make_snapshot(
             calls.pop()()  # the window opens: e.g. start the profiler
             calls.append(None)
         t = os.times()
+        server = [proc_cpu_times(p) for p in pids]
         return {
             "t": time.monotonic(),
             "loadgen_cpu_s": t.user + t.system,
-            "server_cpu_s": sum(proc_cpu_seconds(p) for p in pids),
+            "server_cpu_s": sum(user + system for user, system in server),
+            "server_sys_s": sum(system for _user, system in server),
             "server_rss_kb": sum(proc_rss_kb(p) for p in pids),
             "server_runq_s": sum(runqueue_wait_s(p) for p in pids),
             "loadgen_runq_s": runqueue_wait_s("self"),

@@ -23,7 +23,7 @@ def _num(v: Any, fmt: str) -> str:
 def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> str:
     head = (
         f"{'scenario':<12} {'server':<15} {'msg/s':>10} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'p99.9 ms':>9} {'srv cpu':>7} {'µs/msg':>6} {'lg cpu':>6}  notes"
+        f"{'p99.9 ms':>9} {'srv cpu':>7} {'µs/msg':>6} {'of sys':>6} {'lg cpu':>6}  notes"
     )
     lines = [head, "-" * len(head)]
     for key in order:
@@ -81,6 +81,7 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                 f"{_num(fig.get('p50_ms'), '.3f'):>8} {_num(fig.get('p99_ms'), '.3f'):>8} "
                 f"{_num(fig.get('p999_ms'), '.3f'):>9} {_num(fig.get('server_cpu'), '.0%'):>7} "
                 f"{_num(fig.get('cpu_us_per_msg'), '.1f'):>6} "
+                f"{_num(fig.get('sys_us_per_msg'), '.1f'):>6} "
                 f"{_num(fig.get('loadgen_cpu'), '.0%'):>6}  {'; '.join(notes)}"
             )
     return "\n".join(lines)

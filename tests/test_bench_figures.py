@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
-from bench import budgets, scenarios
+from bench import budgets, loadgen, profiling, scenarios
 
 
 def _rate_run() -> scenarios.Run:
@@ -128,3 +130,46 @@ def test_core_steal_is_read_from_proc_stat(tmp_path: Path) -> None:
     assert core_steal_s(1, str(stat)) == 500 / tck  # not cpu10's line
     assert core_steal_s(7, str(stat)) == 0.0  # no such core: nothing reported
     assert core_steal_s(0) >= 0.0  # the real file parses
+
+
+def test_kernel_share_of_cpu_per_message_comes_from_the_servers_stime() -> None:
+    # the server spent 4.5 s of CPU in the 5 s window, 3 s of it in the kernel, delivering
+    # 20,000 msg/s: 45 µs per message, 30 of them system calls
+    raw = _raw()
+    raw["before"] = {**raw["before"], "server_sys_s": 1.0}
+    raw["after"] = {**raw["after"], "server_sys_s": 4.0}
+    fig, problems = scenarios.figures(_rate_run(), raw)
+    assert not problems
+    assert fig["cpu_us_per_msg"] == 45.0
+    assert fig["sys_us_per_msg"] == 30.0
+
+
+def test_cpu_times_of_a_process_split_its_own_code_from_the_kernels() -> None:
+    # this process burns CPU in Python (user) and in read() system calls (kernel)
+    user0, sys0 = loadgen.proc_cpu_times(os.getpid())
+    x = 0
+    for i in range(3_000_000):
+        x += i
+    with open("/dev/zero", "rb", buffering=0) as f:
+        for _ in range(20_000):
+            f.read(65536)
+    user1, sys1 = loadgen.proc_cpu_times(os.getpid())
+    assert user1 > user0
+    assert sys1 > sys0
+    assert loadgen.proc_cpu_seconds(os.getpid()) >= user1 + sys1
+
+
+def test_profiler_is_found_beside_the_interpreter_when_not_on_path(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # `pip install py-spy` into a venv whose bin/ is not on PATH (python run by its path)
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    spy = bin_dir / "py-spy"
+    spy.write_text("#!/bin/sh\n")
+    spy.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert profiling.available() == str(spy)
+    spy.unlink()
+    assert profiling.available() is None
