@@ -7,7 +7,9 @@ A target is a 1:1 peer (`recipient_id`) or a group (`group_id`). Invariants:
   the limit is dropped entirely (nothing forwarded, no refresh);
 - `stop` is never rate-limited but is forwarded only for an active pair, so every forwarded
   `start` is followed by exactly one `stop` (from the user, the lapse, or the disconnect);
-- `lapsed(now)` examines only the pairs due by `now` (relay.core.expiry), not every active one.
+- `lapsed(now)` examines only the pairs due by `now` (relay.core.expiry), not every active one;
+  `clear_user` and `keys_of` only the user's own: `_by_user[u]` holds exactly u's active pairs
+  (in the order they became active), and no user without one has an entry.
 Typing is never stored.
 """
 
@@ -32,6 +34,7 @@ class TypingTracker:
     rate: float
     burst: float = field(default=0.0)
     _deadlines: Expiries[TypingKey, None] = field(factory=Expiries, init=False)
+    _by_user: dict[str, dict[TypingKey, None]] = field(factory=dict, init=False)
     _limiter: RateLimiter = field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -43,27 +46,43 @@ class TypingTracker:
         if not self._limiter.allow(key.user_id, now):
             return False
         self._deadlines.put(key, now + self.lapse, None)
+        self._by_user.setdefault(key.user_id, {})[key] = None
         return True
 
     def stop(self, key: TypingKey) -> bool:
         """A `stop` from the user; True when the pair was active (the stop is to be forwarded)."""
-        return self._deadlines.remove(key)
+        if not self._deadlines.remove(key):
+            return False
+        self._forget(key)
+        return True
 
     def lapsed(self, now: float) -> list[TypingKey]:
         """Pairs whose `start` was not refreshed in time; they are no longer active."""
         gone = [key for key, _ in self._deadlines.due(now)]
+        for key in gone:
+            self._forget(key)
         self._limiter.prune(now)
         return gone
 
     def clear_user(self, user_id: str) -> list[TypingKey]:
         """The user left: every pair of theirs ends (recipients get `stop`)."""
-        gone = [key for key in self._deadlines if key.user_id == user_id]
-        for key in gone:
+        keys = self._by_user.pop(user_id, None)
+        if keys is None:
+            return []
+        for key in keys:
             self._deadlines.remove(key)
-        return gone
+        return list(keys)
 
     def keys_of(self, user_id: str) -> list[TypingKey]:
-        return [key for key in self._deadlines if key.user_id == user_id]
+        return list(self._by_user.get(user_id, ()))
+
+    def _forget(self, key: TypingKey) -> None:
+        """`key` is no longer active: out of its user's pairs (and the user out when it was
+        the last)."""
+        keys = self._by_user[key.user_id]
+        del keys[key]
+        if not keys:
+            del self._by_user[key.user_id]
 
     def active(self, key: TypingKey) -> bool:
         return key in self._deadlines
