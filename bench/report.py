@@ -102,7 +102,12 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install -e '.[bench]')"
 
-    keys = [k for k in order if not k.startswith(("idle", "c100k", "storm")) and summary.get(k)]
+    keys = [
+        k
+        for k in order
+        if not k.startswith(("idle", "c100k", "storm"))
+        and any(f.get("delivered_per_s") or f.get("p99_ms") for f in summary.get(k, {}).values())
+    ]
     if not keys:
         return "chart skipped: no throughput or latency figures"
     servers: list[str] = []
@@ -112,40 +117,50 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
                 servers.append(s)
     by_conns = [k for k in keys if k.startswith(BY_CONNECTIONS)]
     rows = 3 if by_conns else 2
-    fig, axes = plt.subplots(
-        rows, 1, figsize=(max(8, 1.6 * len(keys) * len(servers) / 2), 4.5 * rows)
-    )
+    # each scenario's slot holds only the servers that ran it (at most four of the nine), so
+    # the width follows the scenarios: a full run's 26 stay readable at 100 dpi
+    fig, axes = plt.subplots(rows, 1, figsize=(min(28.0, max(8.0, 0.9 * len(keys))), 4.5 * rows))
     ax_t, ax_l = axes[0], axes[1]
     if by_conns:
         _by_connections(axes[2], summary, by_conns, servers)
-    width = 0.8 / len(servers)
-    for i, server in enumerate(servers):
-        xs = [j + i * width for j in range(len(keys))]
-        ys = [summary[k].get(server, {}).get("delivered_per_s") or 0 for k in keys]
-        ax_t.bar(xs, ys, width, label=server)
-        for pct, marker in (("p50_ms", "o"), ("p99_ms", "^"), ("p999_ms", "s")):
-            ly = [summary[k].get(server, {}).get(pct) for k in keys]
-            pts = [
-                (x, y) for x, y in zip(xs, ly, strict=True) if isinstance(y, (int, float)) and y > 0
-            ]
-            if pts:
-                ax_l.scatter(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    marker=marker,
-                    color=f"C{i}",
-                    label=f"{server} {pct[:-3]}",
-                )
+    labelled: set[str] = set()
+    for j, key in enumerate(keys):
+        present = [s for s in servers if s in summary[key]]
+        width = 0.8 / len(present)
+        for n, server in enumerate(present):
+            i = servers.index(server)
+            x = j - 0.4 + (n + 0.5) * width
+            f = summary[key][server]
+            first = server not in labelled
+            labelled.add(server)
+            y = f.get("delivered_per_s")
+            if isinstance(y, (int, float)) and y > 0:
+                ax_t.bar([x], [y], width, color=f"C{i}", label=server if first else None)
+            for pct, marker in (("p50_ms", "o"), ("p99_ms", "^"), ("p999_ms", "s")):
+                ly = f.get(pct)
+                if isinstance(ly, (int, float)) and ly > 0:
+                    ax_l.scatter(
+                        [x],
+                        [ly],
+                        marker=marker,
+                        color=f"C{i}",
+                        label=f"{server} {pct[:-3]}" if first else None,
+                    )
     for ax in (ax_t, ax_l):
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
-        ax.set_xticklabels(keys)
-    ax_t.set_ylabel("delivered messages / s")
+        ax.set_xticks(list(range(len(keys))))
+        ax.set_xticklabels(keys, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(keys) - 0.4)
+    ax_t.set_yscale("log")
+    ax_t.set_ylabel("delivered messages / s (log)")
     ax_t.set_title("throughput (fan-out: deliveries/s)")
-    ax_t.legend()
     ax_l.set_yscale("log")
     ax_l.set_ylabel("latency, ms (log)")
     ax_l.set_title("latency p50 / p99 / p99.9 (fan-out: to the last member)")
-    ax_l.legend(fontsize=7, ncol=len(servers))
+    # the legends go in a band of decades added above the data, not over it
+    for ax, decades, size in ((ax_t, 10, 8), (ax_l, 1000, 7)):
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high * decades)
+        ax.legend(fontsize=size, ncol=len(servers), loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import budgets, loadgen, profiling, scenarios
+from bench import budgets, loadgen, profiling, report, scenarios
 
 
 def _rate_run() -> scenarios.Run:
@@ -173,3 +173,28 @@ def test_profiler_is_found_beside_the_interpreter_when_not_on_path(
     assert profiling.available() == str(spy)
     spy.unlink()
     assert profiling.available() is None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_a_full_runs_chart_stays_readable(tmp_path: Path) -> None:
+    # a full run: 22 charted scenarios, nine servers, each scenario run by two to four of
+    # them; the chart's width follows the scenarios, not scenarios x servers
+    servers = ["relay", "node-ws", "trio-websocket", "null", "relay-sqlite"]
+    servers += ["relay-postgres", "relay-cluster", "relay-no-compression", "other"]
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    for j in range(22):
+        ran = servers[j % 6 : j % 6 + 2 + j % 3]
+        summary[f"s{j}"] = {
+            s: {"delivered_per_s": 1000.0 * (j + 1), "p50_ms": 0.1, "p99_ms": 1.0} for s in ran
+        }
+    summary["idle"] = {"relay": {"kb_per_conn": 2.5}}  # memory only: not charted
+    summary["deflate"] = {"relay": {"pages_per_s": 3000.0}}  # no message figures
+    path = tmp_path / "chart.png"
+    assert report.chart(path, summary, list(summary)) == f"chart: {path}"
+    width, height = _png_size(path)
+    assert 800 <= width <= 2800 and height <= 1400, (width, height)
