@@ -122,7 +122,7 @@ def before_first_after(conversation: str, since_pos: str, low: str, high: str) -
 # without a cursor, by bisection (before_first_after): at most log2(watermark - joined_seq) + 1
 # probes. Walking messages_by_seq instead costs all the conversation held before the device
 # registered (a page of a device registered after 11,000 messages: 308 shared buffers, after
-# 500: 23; bisecting, 47 and 35: tests/store/test_postgres.py).
+# 500: 23; bisecting, 46 and 34: tests/store/test_postgres.py).
 _START: Final = f"""
     GREATEST(p.joined_seq, COALESCE(
         c.seq,
