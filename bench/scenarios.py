@@ -525,8 +525,8 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         # the floor's says how much of the machine the server's own work takes
         fig["cpu_us_per_msg"] = fig["server_cpu"] * 1e6 / raw["delivered_per_s"]
         if "server_sys_s" in after:
-            # of which the kernel's (system calls): what the floor's CPU per message is made
-            # of, so the rest of a server's is its own code (user time)
+            # of which the kernel's (stime: its system calls); the rest is the server's own
+            # code, which the null floor has next to none of
             sys_share = (after["server_sys_s"] - before["server_sys_s"]) / window
             fig["sys_us_per_msg"] = sys_share * 1e6 / raw["delivered_per_s"]
     if run.extra.get("connections"):
