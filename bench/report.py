@@ -118,7 +118,7 @@ def chart(path: Path, summary: dict[str, dict[str, dict[str, Any]]], order: list
     by_conns = [k for k in keys if k.startswith(BY_CONNECTIONS)]
     rows = 3 if by_conns else 2
     # each scenario's slot holds only the servers that ran it (at most four of the nine), so
-    # the width follows the scenarios: a full run's 26 stay readable at 100 dpi
+    # the width follows the scenarios: a full run's 21 charted ones stay readable at 100 dpi
     fig, axes = plt.subplots(rows, 1, figsize=(min(28.0, max(8.0, 0.9 * len(keys))), 4.5 * rows))
     ax_t, ax_l = axes[0], axes[1]
     if by_conns:
