@@ -4,6 +4,7 @@ trimmer does so while it runs (real allocations, RSS read from /proc)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -142,3 +143,73 @@ def test_an_operators_malloc_arena_max_stands() -> None:
         env=env,
     )
     assert out.stdout.strip() == "False", out.stderr
+
+
+#: `relay serve` (its own CLI entry, embedded SQLite store) in a process that, on SIGUSR1, has
+#: eight threads allocate at once, then writes how many malloc arenas the process has
+SERVE_PROBE = """
+import signal, sys, threading
+from pathlib import Path
+from bench.soak_probe import _malloc_info, arenas
+from relay.cli import main
+
+scratch = Path(sys.argv[1])
+
+def allocate(signum, frame):
+    barrier = threading.Barrier(8)
+    kept = []
+    def work():
+        barrier.wait()  # all eight allocate at once: each wants an arena of its own
+        kept.append([bytes(1000 + i % 7) for i in range(2000)])
+        barrier.wait()
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    _malloc_info(scratch / "malloc.xml")
+    (scratch / "arenas.tmp").write_text(str(len(arenas(scratch / "malloc.xml"))))
+    (scratch / "arenas.tmp").rename(scratch / "arenas")
+
+signal.signal(signal.SIGUSR1, allocate)
+raise SystemExit(main(["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(scratch / "relay.db")]))
+"""
+
+
+@pytest.mark.parametrize("operator_max", [None, "64"])
+def test_relay_serve_caps_its_arenas(tmp_path: Path, operator_max: str | None) -> None:
+    """The cap holds in a process started by `relay serve` itself (not only when
+    limit_arenas is called by hand); an operator's MALLOC_ARENA_MAX replaces it, which the
+    same load shows makes more arenas than the cap."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env.pop("MALLOC_ARENA_MAX", None)
+    if operator_max is not None:
+        env["MALLOC_ARENA_MAX"] = operator_max
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_PROBE, str(tmp_path)],
+        cwd=REPO,  # bench.soak_probe reads malloc_info
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()  # the URL line: the store's threads have started
+        assert "server running on ws://" in line, (line, process.poll())
+        process.send_signal(signal.SIGUSR1)
+        written = tmp_path / "arenas"
+        deadline = time.monotonic() + 20
+        while not written.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "no arena count"
+            time.sleep(0.05)
+        count = int(written.read_text())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        stderr = process.communicate()[1]
+    assert "Traceback" not in stderr, stderr
+    if operator_max is None:
+        assert count <= heap.ARENA_MAX
+    else:
+        assert count > heap.ARENA_MAX
