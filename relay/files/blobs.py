@@ -25,12 +25,13 @@ import re
 import secrets
 import shutil
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import orjson
 import trio
-from attrs import asdict, frozen
+from attrs import asdict, define, field, frozen
 
 from relay.errors import StoreUnavailable
 
@@ -111,13 +112,47 @@ class ForgetsUncarried(Protocol):
         ...
 
 
+@define(eq=False)
+class _Turn:
+    lock: trio.Lock = field(factory=trio.Lock)
+    users: int = 0  # tasks holding or waiting for the lock
+
+
+@define(eq=False)
+class _FileTurns:
+    """One lock per file id, kept only while a task holds or waits for it: the grants of one
+    file take turns, those of different files run at once. A message's answer waits for its
+    grant (two fsyncs): with one lock for every file, a hundred senders' first attachments
+    queued behind one another and the `mix` bench's p99.9 was 2.2-2.5 s (2026-12-06)."""
+
+    _turns: dict[str, _Turn] = field(factory=dict)
+
+    @asynccontextmanager
+    async def turn(self, file_id: str) -> AsyncIterator[None]:
+        turns = self._turns
+        turn = turns.get(file_id)
+        if turn is None:
+            turn = turns[file_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                yield
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del turns[file_id]
+
+    def __len__(self) -> int:
+        return len(self._turns)
+
+
 class LocalBlobStore:
     """A BlobStore in a local directory (see the module docstring)."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._tmp = self.directory / "tmp"
-        self._granting = trio.Lock()  # a grant reads, then replaces, the readers file
+        self._granting = _FileTurns()  # a grant reads, then replaces, the file's readers file
 
     async def open(self) -> None:
         # the directory itself is made by the first upload (a relay nobody uploads to makes none)
@@ -235,7 +270,7 @@ class LocalBlobStore:
         return await trio.to_thread.run_sync(scan)
 
     async def grant(self, file_id: str, readers: Sequence[str]) -> None:
-        async with self._granting:
+        async with self._granting.turn(file_id):
             known = await self.readers(file_id)
             if known.issuperset(readers):
                 return

@@ -7,6 +7,7 @@ the uploads sweep also deletes the files of messages retention deleted."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import trio.lowlevel
 from services import fresh_schema, postgres_database
 from store_suite import msg, put
 from support import TEST_DEFAULTS
+from trio.testing import wait_all_tasks_blocked
 
 from relay.config import RelayConfig
 from relay.files.blobs import BlobStore, FileRecord, LocalBlobStore, new_file_id
@@ -161,6 +163,52 @@ async def test_delete_age_scan_and_readers(blobs: BlobStore) -> None:
     assert await blobs.readers(ids[1]) == frozenset()
     assert no_bytes(blobs, ids[1]) and not no_bytes(blobs, ids[0])
     assert await blobs.created_before("2026-01-03T00:00:00.000Z") == [ids[0]]
+
+
+async def test_concurrent_grants_of_one_file_keep_every_reader(blobs: BlobStore) -> None:
+    """Messages carrying one file to different people, granted at once: no grant's readers
+    are lost to another's (each reads, then replaces, the file's readers)."""
+    file_id = new_file_id()
+    size, sha = await blobs.write(file_id, pieces(b"photo"))
+    await blobs.save(record(file_id, size, sha))
+    users = [f"user{i}" for i in range(12)]
+    async with trio.open_nursery() as nursery:
+        for user in users:
+            nursery.start_soon(blobs.grant, file_id, [user, "bob"])
+    assert await blobs.readers(file_id) == {*users, "bob"}
+    if isinstance(blobs, LocalBlobStore):
+        assert len(blobs._granting) == 0  # no lock is kept for a file nobody grants
+
+
+async def test_a_grant_does_not_wait_for_another_files_grant(tmp_path: Path) -> None:
+    """The grants of one file take turns, not those of every file: a grant held up in the
+    file system (its readers file is a FIFO nobody writes to yet) holds up no other file's
+    grant, so no other message's answer waits for it."""
+    blobs = LocalBlobStore(tmp_path / "files")
+    await blobs.open()
+    stuck, free = new_file_id(), new_file_id()
+    for file_id in (stuck, free):
+        size, sha = await blobs.write(file_id, pieces(b"photo"))
+        await blobs.save(record(file_id, size, sha))
+    fifo = blobs.directory / f"{stuck}.readers"
+    os.mkfifo(fifo)
+
+    def feed() -> None:  # the writer the stuck read waits for
+        with open(fifo, "wb") as out:
+            out.write(b'["ann"]')
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(blobs.grant, stuck, ["bob"])
+        await wait_all_tasks_blocked()  # the stuck grant holds its file's turn
+        try:
+            with trio.fail_after(10):
+                await blobs.grant(free, ["cy"])
+        finally:
+            await trio.to_thread.run_sync(feed)
+    assert await blobs.readers(free) == {"cy"}
+    assert await blobs.readers(stuck) == {"ann", "bob"}
+    assert fifo.is_file()  # replaced whole by the grant
+    assert len(blobs._granting) == 0
 
 
 async def test_postgres_sweep_deletes_the_files_of_deleted_messages(pg_database: str) -> None:
