@@ -1284,6 +1284,47 @@ def untracked(obj):
     return obj
 
 
+#: how deep untracked_json goes: the protocol's values nest at most 16 deep (META_DEPTH_MAX);
+#: a container deeper than this stays tracked, which is always safe
+cdef int _JSON_DEPTH = 64
+
+
+def untracked_json(obj):
+    """`obj`, a JSON value (dicts, lists, strings, numbers, booleans, None: what a stored
+    message's meta, e2e, attachments and call record are), with every container in it out of
+    the collector's sight, itself included. A JSON value holds no cycle, so no collection
+    could free anything in it; untracked, a full collection no longer walks it. The caller
+    keeps it as it is from now on (a cycle put into it later would never be freed). Values
+    are untouched (the twin does nothing)."""
+    _untrack_json(obj, _JSON_DEPTH)
+    return obj
+
+
+cdef int _untrack_json(object obj, int depth) except -1:
+    """untracked_json() down to `depth` levels (deeper containers stay tracked)."""
+    cdef type t = type(obj)
+    if depth <= 0:
+        return 0
+    if t is dict:
+        for value in (<dict>obj).values():
+            if PyObject_IS_GC(value):
+                _untrack_json(value, depth - 1)
+        if PyObject_GC_IsTracked(obj):
+            PyObject_GC_UnTrack(<void*>obj)
+    elif t is list:
+        for value in <list>obj:
+            if PyObject_IS_GC(value):
+                _untrack_json(value, depth - 1)
+        if PyObject_GC_IsTracked(obj):
+            PyObject_GC_UnTrack(<void*>obj)
+    elif t is tuple:
+        for value in <tuple>obj:
+            if PyObject_IS_GC(value):
+                _untrack_json(value, depth - 1)
+        _untrack_tuple(<tuple>obj)
+    return 0
+
+
 cdef inline void _untrack_tuple(tuple obj):
     """untracked() of an exact tuple."""
     cdef Py_ssize_t i
@@ -1406,6 +1447,7 @@ cdef class MemoryAppender:
     def append(self, messages):
         cdef list results = []
         cdef tuple m, row
+        cdef Py_ssize_t i
         cdef dict sent
         cdef list log
         # objects, never inferred C values: each reference a row steals must be the variable's own
@@ -1447,6 +1489,13 @@ cdef class MemoryAppender:
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
                 row = tuple(stored)
+                # kept for the store's life: its JSON values out of the collector's sight, then
+                # the row (what keeps full collections short with millions of such rows)
+                for i in range(_F_META + 1, _F_CALL + 2):  # a row's fields: seq comes second
+                    item = <object>PyTuple_GET_ITEM(row, i)
+                    if item is not None:
+                        _untrack_json(item, _JSON_DEPTH)
+                _untrack_tuple(row)
             log.append(row)
             sent[ident] = row
             self._last_order += 1

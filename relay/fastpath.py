@@ -53,6 +53,7 @@ __all__ = [
     "record",
     "sqlite_rows",
     "untracked",
+    "untracked_json",
 ]
 
 IMPLEMENTATION: Literal["cython", "python"]
@@ -113,6 +114,7 @@ if TYPE_CHECKING:
         record,
         sqlite_rows,
         untracked,
+        untracked_json,
     )
 else:
     _implementation, IMPLEMENTATION = _choose()

@@ -47,7 +47,7 @@ from relay._fastpath_py.messages import (
     message_fault,
 )
 from relay._fastpath_py.outbox import Outbox
-from relay._fastpath_py.records import record, untracked
+from relay._fastpath_py.records import record, untracked, untracked_json
 from relay._fastpath_py.stores import ROW_OPTIONAL, MemoryAppender, sqlite_rows
 
 __all__ = [
@@ -84,4 +84,5 @@ __all__ = [
     "record",
     "sqlite_rows",
     "untracked",
+    "untracked_json",
 ]

@@ -16,6 +16,12 @@ def untracked(obj: T) -> T:
     return obj
 
 
+def untracked_json(obj: T) -> T:
+    """`obj`, unchanged: the compiled module takes every container of a JSON value out of the
+    cyclic collector's sight (only the cost of full collections changes); Python cannot."""
+    return obj
+
+
 # --- records --------------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from relay._fastpath_py.records import record, untracked
+from relay._fastpath_py.records import record, untracked, untracked_json
 
 # --- the in-memory store's append -----------------------------------------------------------------
 
@@ -101,7 +101,9 @@ class MemoryAppender:
                 stored = record(stored_cls, row)
             else:
                 stored = message.stored(seq)  # its own copy of `meta`
-                row = tuple(stored)
+                for value in (stored.meta, stored.e2e, stored.attachments, stored.call):
+                    untracked_json(value)  # kept for the store's life (the compiled twin hides
+                row = untracked(tuple(stored))  # them and the row from full collections)
             log.append(row)
             sent[message.id] = row
             self._last_order += 1

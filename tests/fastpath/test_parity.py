@@ -1304,6 +1304,38 @@ def test_untracked_changes_no_value_and_hides_only_what_cannot_hide_a_cycle(
         assert keep == [{"k": ["v"]}]
 
 
+def test_untracked_json_changes_no_value_and_hides_every_container(compiled: ModuleType) -> None:
+    import gc
+
+    def value() -> dict[str, Any]:
+        return {"k": [1, 2.5, None, True, {"deep": ["v", ("t", [])]}], "e": {}, "s": "x"}
+
+    for module in (compiled, pure):
+        got = module.untracked_json(value())
+        assert got == value()
+        assert module.untracked_json(None) is None and module.untracked_json("s") == "s"
+        gc.collect()
+        assert got == value()  # nothing in it was freed
+    if not PURE_RUN:
+        got = compiled.untracked_json(value())
+        inner = got["k"][4]
+        containers = [got, got["k"], got["e"], inner, inner["deep"]]
+        assert not any(gc.is_tracked(c) for c in containers)
+        # a tuple is hidden only when nothing in it is tracked; ("t", []) holds an empty list,
+        # hidden first, so the tuple too
+        assert not gc.is_tracked(inner["deep"][1])
+        # deeper than the protocol allows (16): the containers below 64 levels stay tracked,
+        # which is always safe
+        deep: list[Any] = []
+        top = deep
+        for _ in range(80):
+            nested: list[Any] = []
+            deep.append(nested)
+            deep = nested
+        compiled.untracked_json(top)
+        assert not gc.is_tracked(top) and gc.is_tracked(deep)
+
+
 # --- depth: what neither may store, and what neither may read -------------------------------------
 
 
