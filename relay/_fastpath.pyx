@@ -1306,22 +1306,18 @@ cdef int _untrack_json(object obj, int depth) except -1:
     if depth <= 0:
         return 0
     if t is dict:
-        for value in (<dict>obj).values():
-            if PyObject_IS_GC(value):
-                _untrack_json(value, depth - 1)
-        if PyObject_GC_IsTracked(obj):
-            PyObject_GC_UnTrack(<void*>obj)
-    elif t is list:
-        for value in <list>obj:
-            if PyObject_IS_GC(value):
-                _untrack_json(value, depth - 1)
-        if PyObject_GC_IsTracked(obj):
-            PyObject_GC_UnTrack(<void*>obj)
-    elif t is tuple:
-        for value in <tuple>obj:
-            if PyObject_IS_GC(value):
-                _untrack_json(value, depth - 1)
-        _untrack_tuple(<tuple>obj)
+        items = (<dict>obj).values()
+    elif t is list or t is tuple:
+        items = obj
+    else:
+        return 0
+    for value in items:
+        if PyObject_IS_GC(value):
+            _untrack_json(value, depth - 1)
+    if t is tuple:
+        _untrack_tuple(<tuple>obj)  # only when nothing in it is tracked
+    elif PyObject_GC_IsTracked(obj):
+        PyObject_GC_UnTrack(<void*>obj)
     return 0
 
 
