@@ -4,19 +4,26 @@
 - `ws_connect(url)`: a trio-websocket client connection (async context manager).
 - `RawWs`: a WebSocket client on a raw socket, for frames no polite client would send.
 - `http_get(relay, path)`: a plain HTTP/1.1 request on a raw socket.
+- `served(command, cwd=...)`: a `relay serve` process (or a program that runs one) from its
+  URL line until SIGTERM stops it.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
 import trio
+from attrs import define
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from relay import Relay, RelayConfig
@@ -31,6 +38,55 @@ TEST_DEFAULTS: dict[str, Any] = {
     "handshake_timeout": 2.0,
     "drain_timeout": 1.0,
 }
+
+
+@define
+class Served:
+    """A relay process started by `served`: its URL line, and its stderr once it stopped."""
+
+    process: subprocess.Popen[str]
+    line: str
+    stderr: str = ""
+
+
+@contextmanager
+def served(
+    command: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], Any] | None = None,
+) -> Iterator[Served]:
+    """`command` (one that runs `relay serve`) from the moment it prints its URL line (within
+    20 s) until the block ends; then SIGTERM, on which it must exit 0 within 15 s (killed
+    otherwise, and after a failure in the block). `stderr` is filled once it stopped."""
+    process = subprocess.Popen(
+        list(command),
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
+    found = Served(process, "")
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 20
+        line = ""
+        while "running on" not in line and time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+        assert "running on" in line, f"no URL line; stderr: {process.communicate()[1]}"
+        found.line = line
+        yield found
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        found.stderr = process.communicate()[1]
 
 
 async def start_relay(nursery: trio.Nursery, **config_overrides: Any) -> Relay:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import start_relay
+from support import served, start_relay
 from trio.testing import MockClock
 
 from relay import heap
@@ -91,27 +91,39 @@ async def test_a_serving_relay_trims_once_a_minute(
     assert len(kept) == BLOCKS // 16
 
 
-ARENA_PROBE = """
-import sys, tempfile, threading
+#: a program's function: eight threads allocate at once (each wants an arena of its own), then
+#: the number of malloc arenas the process has
+COUNT_ARENAS = """
+import tempfile, threading
 from pathlib import Path
 from bench.soak_probe import _malloc_info, arenas
+
+def count_arenas():
+    barrier = threading.Barrier(8)
+    kept = []
+    def work():
+        barrier.wait()
+        kept.append([bytes(1000 + i % 7) for i in range(2000)])
+        barrier.wait()
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "malloc.xml"
+        _malloc_info(path)
+        return len(arenas(path))
+"""
+
+ARENA_PROBE = (
+    COUNT_ARENAS
+    + """
+import sys
 from relay import heap
 if sys.argv[1] == "capped":
     assert heap.limit_arenas(2)
-barrier = threading.Barrier(8)
-kept = []
-def work():
-    barrier.wait()  # all eight allocate at once: each wants an arena of its own
-    kept.append([bytes(1000 + i % 7) for i in range(2000)])
-    barrier.wait()
-threads = [threading.Thread(target=work) for _ in range(8)]
-for t in threads: t.start()
-for t in threads: t.join()
-with tempfile.TemporaryDirectory() as scratch:
-    path = Path(scratch) / "malloc.xml"
-    _malloc_info(path)
-    print(len(arenas(path)))
+print(count_arenas())
 """
+)
 
 
 @pytest.mark.parametrize("mode", ["capped", "uncapped"])
@@ -147,31 +159,22 @@ def test_an_operators_malloc_arena_max_stands() -> None:
 
 #: `relay serve` (its own CLI entry, embedded SQLite store) in a process that, on SIGUSR1, has
 #: eight threads allocate at once, then writes how many malloc arenas the process has
-SERVE_PROBE = """
-import signal, sys, threading
-from pathlib import Path
-from bench.soak_probe import _malloc_info, arenas
+SERVE_PROBE = (
+    COUNT_ARENAS
+    + """
+import signal, sys
 from relay.cli import main
 
 scratch = Path(sys.argv[1])
 
-def allocate(signum, frame):
-    barrier = threading.Barrier(8)
-    kept = []
-    def work():
-        barrier.wait()  # all eight allocate at once: each wants an arena of its own
-        kept.append([bytes(1000 + i % 7) for i in range(2000)])
-        barrier.wait()
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads: t.start()
-    for t in threads: t.join()
-    _malloc_info(scratch / "malloc.xml")
-    (scratch / "arenas.tmp").write_text(str(len(arenas(scratch / "malloc.xml"))))
+def count(signum, frame):
+    (scratch / "arenas.tmp").write_text(str(count_arenas()))
     (scratch / "arenas.tmp").rename(scratch / "arenas")
 
-signal.signal(signal.SIGUSR1, allocate)
+signal.signal(signal.SIGUSR1, count)
 raise SystemExit(main(["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(scratch / "relay.db")]))
 """
+)
 
 
 @pytest.mark.parametrize("operator_max", [None, "64"])
@@ -183,32 +186,18 @@ def test_relay_serve_caps_its_arenas(tmp_path: Path, operator_max: str | None) -
     env.pop("MALLOC_ARENA_MAX", None)
     if operator_max is not None:
         env["MALLOC_ARENA_MAX"] = operator_max
-    process = subprocess.Popen(
-        [sys.executable, "-c", SERVE_PROBE, str(tmp_path)],
-        cwd=REPO,  # bench.soak_probe reads malloc_info
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline()  # the URL line: the store's threads have started
-        assert "server running on ws://" in line, (line, process.poll())
-        process.send_signal(signal.SIGUSR1)
+    command = [sys.executable, "-c", SERVE_PROBE, str(tmp_path)]
+    # cwd: bench.soak_probe reads malloc_info
+    with served(command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}) as relay:
+        relay.process.send_signal(signal.SIGUSR1)  # the store's threads have started
         written = tmp_path / "arenas"
         deadline = time.monotonic() + 20
         while not written.exists():
-            assert process.poll() is None and time.monotonic() < deadline, "no arena count"
+            assert relay.process.poll() is None, relay.process.communicate()[1]
+            assert time.monotonic() < deadline, "no arena count"
             time.sleep(0.05)
         count = int(written.read_text())
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-        stderr = process.communicate()[1]
-    assert "Traceback" not in stderr, stderr
+    assert "Traceback" not in relay.stderr, relay.stderr
     if operator_max is None:
         assert count <= heap.ARENA_MAX
     else:

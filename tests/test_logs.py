@@ -13,7 +13,6 @@ import io
 import logging
 import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import jwt
 import orjson
 import pytest
 import trio
-from support import JsonClient, RawWs, mask_frame, slow_reader, start_relay
+from support import JsonClient, RawWs, mask_frame, served, slow_reader, start_relay
 from trio_websocket import open_websocket_url
 
 from relay import Relay
@@ -241,23 +240,10 @@ URL_LINE = re.compile(r"WebSocket server running on ws://\S+:(\d+)")
 
 
 def test_relay_serve_writes_json_lines(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "--port", "0", "--memory", "--log-format", "json"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        match = None
-        deadline = time.monotonic() + 20
-        while match is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-            match = URL_LINE.search(line)
-        assert match is not None, "relay serve printed no URL line"
+    command = [sys.executable, "-m", "relay", "serve", "--port", "0", "--memory"]
+    with served([*command, "--log-format", "json"], cwd=tmp_path) as relay:
+        match = URL_LINE.search(relay.line)
+        assert match is not None, relay.line
         port = int(match.group(1))
 
         async def visit() -> None:
@@ -266,12 +252,7 @@ def test_relay_serve_writes_json_lines(tmp_path: Path) -> None:
                 assert orjson.loads(await ws.get_message())["type"] == "auth_ok"
 
         trio.run(visit)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-    stderr = process.communicate()[1]
+    stderr = relay.stderr
     lines = json_lines(stderr)
     messages = [line["msg"] for line in lines]
     assert any(m.startswith("listening on ws://") for m in messages), messages

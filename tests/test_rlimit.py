@@ -7,11 +7,11 @@ process may lower its hard limit, never raise it), so the test process keeps its
 from __future__ import annotations
 
 import resource
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from support import served
 
 from relay.rlimit import RESERVED
 
@@ -49,31 +49,11 @@ def test_a_hard_limit_below_max_connections_is_one_line_naming_what_to_raise(
     tmp_path: Path,
 ) -> None:
     hard = 2000
-    process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "--memory", "--port", "0"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_limited(512, hard),  # type: ignore[arg-type]
-    )
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + 20
-        line = ""
-        while "running on" not in line and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line and process.poll() is not None:
-                break
-        assert "running on" in line, process.communicate()[1]
+    command = [sys.executable, "-m", "relay", "serve", "--memory", "--port", "0"]
+    with served(command, cwd=tmp_path, preexec_fn=_limited(512, hard)) as relay:
         # the soft limit was raised as far as it can go
-        assert _soft_limit(process.pid) == hard
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=15) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-    stderr = process.communicate()[1]
+        assert _soft_limit(relay.process.pid) == hard
+    stderr = relay.stderr
     warnings = [ln for ln in stderr.splitlines() if "descriptor limit" in ln]
     assert len(warnings) == 1, stderr
     assert f"allows about {hard - RESERVED:,} connections" in warnings[0]
