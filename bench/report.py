@@ -50,7 +50,9 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], order: list[str]) -> st
                 notes.append(
                     f"{_num(fig.get('devices'), ',.0f')} devices: backlogs in "
                     f"{_num(fig.get('storm_s'), '.2f')} s, peak RSS "
-                    f"{_num(fig.get('peak_rss_mb'), '.0f')} MB; latency: the canary's"
+                    f"{_num(fig.get('peak_rss_mb'), '.0f')} MB; latency: the canary's, "
+                    # one message in flight: a message held up for seconds is one sample of p99
+                    f"max {_num(fig.get('max_ms'), ',.0f')} ms"
                 )
             if key == "fanout":
                 notes.append(

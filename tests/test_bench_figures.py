@@ -198,3 +198,12 @@ def test_a_full_runs_chart_stays_readable(tmp_path: Path) -> None:
     assert report.chart(path, summary, list(summary)) == f"chart: {path}"
     width, height = _png_size(path)
     assert 800 <= width <= 2800 and height <= 1400, (width, height)
+
+
+def test_the_table_shows_the_storm_canarys_worst_message() -> None:
+    # the canary has one message in flight, so a stall of seconds is one sample of its p99:
+    # the summary says the worst one too
+    fig = {"devices": 19_798, "storm_s": 20.2, "peak_rss_mb": 254.0, "p50_ms": 2.3}
+    fig |= {"p99_ms": 18.1, "max_ms": 6597.8}
+    text = report.table({"storm@uniform": {"relay-sqlite": fig}}, ["storm@uniform"])
+    assert "latency: the canary's, max 6,598 ms" in text
