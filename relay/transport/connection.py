@@ -468,7 +468,7 @@ class RawConnection(WsConnection):
         dormant, the calling task ends, and the poller's next hand-off starts another."""
         if self._broken:
             return False
-        self.server.poller.register(self.fd, self)
+        self.server.poller.register(self.fd, self, newcomer=not self.established)
         return True
 
     async def run(self, trailing: bytes) -> None:

@@ -136,6 +136,9 @@ class WebSocket:
     pinged_at: float = 0.0
     #: the parser's limit once the session authenticated (see `authenticated`)
     message_limit: int = 0
+    #: the session authenticated: a ws:// connection is polled with the sessions, no longer
+    #: with the newcomers (relay.transport.poller)
+    established: bool = False
     #: bytes a driver took from the outbox and is still waiting to write (wss://)
     in_flight: int = 0
     backed_up_since: float | None = None
@@ -325,6 +328,7 @@ class WebSocket:
     def authenticated(self) -> None:
         """The session authenticated (the Connection port): take messages up to
         `message_limit` from now on."""
+        self.established = True
         parser = self.parser
         parser.max_message_bytes = max(parser.max_message_bytes, self.message_limit)
 
