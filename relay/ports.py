@@ -32,6 +32,9 @@ class Connection(Protocol):
     path: str  # request target of the opening handshake
     outbox: Outbox  # read-only for the core: its fill level decides flow control
     state: Any  # the core's slot (its Session); None until on_open
+    #: frames of this connection reached the relay and wait, not yet given to the handler,
+    #: in the shell's line for joining work (relay.transport.turns): the client is not late
+    input_queued: bool
 
     def send(self, frame: bytes, droppable: bool = False) -> bool:
         """Queue an encoded WebSocket frame. Droppable frames (typing, presence) give way first

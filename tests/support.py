@@ -291,6 +291,7 @@ class FakeConn:
         self.path = "/"
         self.outbox = Outbox(max_bytes, max_frames)
         self.state: Any = None
+        self.input_queued = False
         self.closed: tuple[int, str] | None = None
         self.sends = 0
         self.authenticated_calls = 0

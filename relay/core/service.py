@@ -336,7 +336,12 @@ class MessagingService:
             self.status.offline(user, left_at)
 
     def tick(self, now: float) -> None:
-        for conn in [c for c in self._awaiting.values() if c.state.auth_expired(now)]:
+        # A connection whose frames wait in the shell's line is not late: its `auth` may be
+        # among them (a reconnect storm's sign-ins wait there, in order).
+        expired = [
+            c for c in self._awaiting.values() if c.state.auth_expired(now) and not c.input_queued
+        ]
+        for conn in expired:
             self._awaiting.pop(conn.id, None)
             conn.state.close()
             self._log_refusal(conn, "timeout", "authentication timeout", None)

@@ -5,7 +5,9 @@
     http.py        the plain-HTTP answers: /healthz, /metrics, the web chat, errors  (sans-IO)
     websocket.py   WebSocket: close handshake, parser, outbox, heartbeat            (sans-IO)
     connection.py  the WebSocket driven over ws:// (RawConnection) or wss:// (TlsConnection)
-    poller.py      the one epoll and task that read every ws:// connection
+    poller.py      the epolls and the one task that read every ws:// connection
+                   (signed-in sessions before newcomers)
+    turns.py       the line for joining work: handshakes and sign-ins, 64 at a time
 
 The core sees a connection only through relay.ports.Connection. This package module imports
 nothing, so that importing the sans-IO modules does not import trio.

@@ -46,6 +46,7 @@ from attrs import define
 from relay.fastpath import OP_CLOSE, parse_close
 from relay.ports import Connection, ConnectionHandler
 from relay.transport.poller import Poller
+from relay.transport.turns import Turns
 from relay.transport.websocket import WebSocket, WsState
 
 
@@ -54,6 +55,7 @@ class Host(Protocol):
 
     handler: ConnectionHandler
     poller: Poller
+    turns: Turns  # the line for joining work (handshakes, sign-ins)
     recv_buffer: bytearray  # the poller's shared read buffer
     recv_view: memoryview
     host_nursery: trio.Nursery | None
@@ -492,7 +494,7 @@ class RawConnection(WsConnection):
         dormant = False
         try:
             try:
-                if work is not None and not self._broken and not await self._handle_events(*work):
+                if work is not None and not self._broken and not await self._joined(work):
                     dormant = self._dormant()
                 if not dormant:
                     await self._close_down()
@@ -501,6 +503,21 @@ class RawConnection(WsConnection):
                     await self._teardown()
         except Exception:
             log.exception("connection %d failed", self.id)
+
+    async def _joined(self, work: _Work) -> bool:
+        """`_handle_events(*work)`; a connection not yet signed in waits for a turn first
+        (relay.transport.turns): a storm's sign-ins go through a few at a time."""
+        if self.established:
+            return await self._handle_events(*work)
+        self.input_queued = True
+        try:
+            await self.server.turns.limiter.acquire_on_behalf_of(self)
+        finally:
+            self.input_queued = False
+        try:
+            return await self._handle_events(*work)
+        finally:
+            self.server.turns.limiter.release_on_behalf_of(self)
 
     def abandon(self) -> None:
         """End a dormant connection at once, without a task (the server stopped serving)."""

@@ -13,6 +13,7 @@ permessage-deflate (relay.transport.deflate), when the caller agreed to an offer
 from __future__ import annotations
 
 import binascii
+from collections.abc import Awaitable, Callable
 
 import h11
 import trio
@@ -66,9 +67,12 @@ class OpeningRequest:
         return next((v for n, v in self.headers if n == name), None)
 
 
-async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
+async def read_request(
+    stream: trio.abc.Stream, readable: Callable[[], Awaitable[None]] | None = None
+) -> OpeningRequest | None:
     """Read the opening HTTP request (bounded by MAX_REQUEST_BYTES); None when the peer closed
-    first. Raises HttpFailure for a request h11 rejects."""
+    first. Raises HttpFailure for a request h11 rejects. `readable`, when given, is awaited
+    before each read (relay.transport.turns: it waits for the bytes, then for a turn)."""
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
     raw = bytearray()
     while True:
@@ -80,6 +84,8 @@ async def read_request(stream: trio.abc.Stream) -> OpeningRequest | None:
             room = MAX_REQUEST_BYTES - len(raw)
             if room <= 0:
                 raise HttpFailure(431, f"request head over {MAX_REQUEST_BYTES} bytes")
+            if readable is not None:
+                await readable()
             data = await stream.receive_some(room)
             raw += data
             parser.receive_data(bytes(data))

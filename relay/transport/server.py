@@ -4,7 +4,8 @@ Shape of one server (every task lives in a visible nursery):
 
     Server.serve ── root nursery
       └─ host (shielded, so a cancelled serve can still drain) ── host nursery
-           ├─ accept loops (one per listener), starting one task per TCP connection here
+           ├─ accept loops (one per listener), starting one task per TCP connection here;
+           │  handshakes and sign-ins take turns (relay.transport.turns)
            ├─ poller: ONE task reading every ws:// connection (relay.transport.poller)
            ├─ flusher: ONE task writing every other dirty outbox, one `send` per connection
            │  per tick
@@ -62,6 +63,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -90,6 +92,7 @@ from relay.transport.later import write_deferred
 from relay.transport.plain import PlainHttp
 from relay.transport.poller import Poller
 from relay.transport.sweep import sweep, sweep_every
+from relay.transport.turns import Turn, Turns
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
@@ -102,6 +105,15 @@ TICK_INTERVAL = 0.25
 ACCEPT_RETRY = 0.1
 #: accept() errors that mean "out of resources for now" (as trio.serve_listeners has them).
 _ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: accept() errors about one connection that is already gone: skip it (as trio does).
+_ACCEPT_SKIP_ERRNOS = frozenset({errno.ECONNABORTED, errno.EPERM, errno.EPROTO})
+#: Most connections taken from the kernel's accept queue per wake-up of an accept loop.
+#: trio's own `accept` takes one per pass of the scheduler. In the bench's storm (19,798
+#: devices within a second) the kernel's queue (somaxconn, 4,096 on that VM) then overflowed
+#: about 230,000 times per run: SYNs were dropped and retransmitted, and 1,000-2,600
+#: connections completed by SYN cookies were reset. Draining the queue per wake-up: about
+#: 3,000 overflows per run, no connection lost.
+ACCEPT_BATCH = 512
 
 _CONNECTION_TASK = "relay.transport connection"
 _ids = itertools.count(1)
@@ -132,6 +144,8 @@ class Server:
     recv_buffer: bytearray = field(factory=lambda: bytearray(RECV_SIZE))
     recv_view: memoryview = field(init=False)
     poller: Poller = field(factory=Poller)
+    #: the line for joining work: handshakes and sign-ins (relay.transport.turns)
+    turns: Turns = field(factory=Turns)
     _ssl: ssl.SSLContext | None = None
     _lot: trio.lowlevel.ParkingLot = field(factory=trio.lowlevel.ParkingLot)
     _flusher_parked: bool = False
@@ -281,28 +295,41 @@ class Server:
         # freed: one warning per such episode, and one line when it ends.
         failures = 0
         async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    if not failures:
-                        log.warning(
-                            "cannot accept connections: %s (%s); retrying every %s s",
-                            errno.errorcode[exc.errno],
-                            os.strerror(exc.errno),
-                            ACCEPT_RETRY,
-                        )
-                    failures += 1
-                    await trio.sleep(ACCEPT_RETRY)
-                    continue
-                if failures:
-                    log.info("accepting connections again after %d failed attempts", failures)
-                    failures = 0
-                # A constant name: trio would otherwise build one string per task.
-                nursery.start_soon(handle, stream, name=_CONNECTION_TASK)
-                del stream
+            # The listening socket as a plain stdlib socket (a second descriptor of it): up to
+            # ACCEPT_BATCH non-blocking accepts per wake-up, with no scheduler pass between.
+            with socket.socket(fileno=os.dup(listener.socket.fileno())) as raw:
+                raw.setblocking(False)
+                while True:
+                    await trio.lowlevel.wait_readable(listener.socket)
+                    for _ in range(ACCEPT_BATCH):
+                        try:
+                            sock, _peer = raw.accept()
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            if exc.errno in _ACCEPT_SKIP_ERRNOS:
+                                continue
+                            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                                raise
+                            if not failures:
+                                log.warning(
+                                    "cannot accept connections: %s (%s); retrying every %s s",
+                                    errno.errorcode[exc.errno],
+                                    os.strerror(exc.errno),
+                                    ACCEPT_RETRY,
+                                )
+                            failures += 1
+                            await trio.sleep(ACCEPT_RETRY)
+                            break
+                        if failures:
+                            log.info(
+                                "accepting connections again after %d failed attempts", failures
+                            )
+                            failures = 0
+                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                        # A constant name: trio would otherwise build one string per task.
+                        nursery.start_soon(handle, stream, name=_CONNECTION_TASK)
+                        del stream, sock
 
     async def _drain(self) -> None:
         self.draining = True
@@ -436,11 +463,15 @@ class Server:
         # `admitted`: the admission this connection holds; released here when no WebSocket
         # opened, else when the server forgets the connection (a ws:// one outlives its task).
         opened: tuple[WsConnection, bytes] | None = None
+        # wss:// takes no turn: its reads go through TLS, which a turn cannot see readable
+        turn = self.turns.turn() if self._ssl is None else None
         try:
-            opened = await self._handle(tcp, remote)
+            opened = await self._handle(tcp, remote, turn)
         except Exception:
             log.exception("connection task failed")
         finally:
+            if turn is not None:
+                turn.release()
             if opened is None:
                 if admitted is not None:
                     self.admission.release(admitted)
@@ -456,10 +487,12 @@ class Server:
                 log.exception("connection %d failed", conn.id)
 
     async def _handle(
-        self, tcp: trio.SocketStream, remote: str
+        self, tcp: trio.SocketStream, remote: str, turn: Turn | None
     ) -> tuple[WsConnection, bytes] | None:
         """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
-        returns its registered connection and the bytes that followed the request."""
+        returns its registered connection and the bytes that followed the request. `turn`
+        (ws://): held while the request is parsed and the upgrade made, not while waiting
+        for the client (relay.transport.turns), nor while answering plain HTTP."""
         stats = self.stats
         stream: trio.abc.Stream = tcp
         request: OpeningRequest | None = None
@@ -470,13 +503,17 @@ class Server:
                     tls = trio.SSLStream(tcp, self._ssl, server_side=True, https_compatible=True)
                     stream = tls
                     await tls.do_handshake()
-                request = await read_request(stream)
+                request = await read_request(
+                    stream, None if turn is None else partial(turn.readable, tcp.socket)
+                )
             except HttpFailure as exc:
                 failure = exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 stats.handshake_failures += 1
                 await trio.aclose_forcefully(stream)
                 return None
+        if turn is not None and not (request is not None and request.is_upgrade):
+            turn.release()
         if timeout.cancelled_caught:
             log.debug("handshake timeout from %s", remote)
             stats.handshake_failures += 1
@@ -491,13 +528,18 @@ class Server:
         if not request.is_upgrade:
             await self.plain.answer(stream, request, remote)
             return None
-        return await self._upgrade(tcp, stream, request, remote)
+        return await self._upgrade(tcp, stream, request, remote, turn)
 
     def _problem(self) -> str | None:
         return None if self._health is None else self._health.problem()
 
     async def _upgrade(
-        self, tcp: trio.SocketStream, stream: trio.abc.Stream, request: OpeningRequest, remote: str
+        self,
+        tcp: trio.SocketStream,
+        stream: trio.abc.Stream,
+        request: OpeningRequest,
+        remote: str,
+        turn: Turn | None,
     ) -> tuple[WsConnection, bytes] | None:
         stats = self.stats
         config = self.config
@@ -511,6 +553,8 @@ class Server:
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
+            if turn is not None:
+                turn.release()
             await self.plain.refuse(stream, exc)
             return None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:

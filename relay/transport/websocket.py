@@ -139,6 +139,8 @@ class WebSocket:
     #: the session authenticated: a ws:// connection is polled with the sessions, no longer
     #: with the newcomers (relay.transport.poller)
     established: bool = False
+    #: the Connection port's `input_queued` (set by the driver while a read waits its turn)
+    input_queued: bool = False
     #: bytes a driver took from the outbox and is still waiting to write (wss://)
     in_flight: int = 0
     backed_up_since: float | None = None

@@ -1372,3 +1372,30 @@ async def test_a_ticks_marks_are_one_store_write_and_one_read() -> None:
     await h.svc.maintain()
     assert calls == [("write", 5), ("read", 5)]
     assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(5)]
+
+
+async def test_a_connection_whose_frames_wait_in_the_shells_line_is_not_closed_for_auth() -> None:
+    # In a reconnect storm the shell holds sign-ins' frames in its line for joining work;
+    # auth_timeout is the client's time to send `auth`, not the relay's time to get to it.
+    h = Harness(auth_timeout=10.0)
+    waiting, silent = h.open(), h.open()
+    waiting.input_queued = True
+    h.svc.tick(h.now + 30.0)
+    assert waiting.closed is None
+    assert silent.closed == (1008, "authentication timeout")
+    # its turn came: the frames it held were not `auth`, so the deadline, long past, applies
+    waiting.input_queued = False
+    h.svc.tick(h.now + 30.25)
+    assert waiting.closed == (1008, "authentication timeout")
+
+
+async def test_a_queued_auth_frame_signs_in_once_its_turn_comes() -> None:
+    h = Harness(auth_timeout=10.0)
+    conn = h.open()
+    conn.input_queued = True
+    h.svc.tick(h.now + 30.0)
+    conn.input_queued = False
+    await h.send(conn, {"type": "auth", "userId": "late"})
+    assert h.frames(conn)[0]["type"] == "auth_ok"
+    h.svc.tick(h.now + 30.25)
+    assert conn.closed is None

@@ -1,24 +1,27 @@
 """What the relay shows and logs to whom: /metrics on loopback or its own address, and one
-warning (no traceback flood) while the process is out of descriptors."""
+warning (no traceback flood) while the process is out of descriptors; and what a client that
+trickles its handshake cannot take from others."""
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import logging
-from typing import Any
+import os
+import resource
+import socket
 
 import pytest
 import trio
-from support import http_get, http_request, start_relay
+from support import RawWs, http_get, http_request, mask_frame, start_relay
 from trio.testing import MockClock
 
 from relay import RelayConfig
 from relay.echo import EchoHandler
 from relay.errors import ConfigError
 from relay.metrics import RelayMetrics
-from relay.transport import http
+from relay.transport import http, turns
 from relay.transport.admission import is_loopback_peer
-from relay.transport.server import ACCEPT_RETRY, Server
+from relay.transport.server import ACCEPT_RETRY
 
 
 async def test_metrics_on_the_main_port_answer_loopback_peers(nursery: trio.Nursery) -> None:
@@ -82,34 +85,61 @@ def test_metrics_listen_takes_ipv6_in_brackets() -> None:
     assert RelayConfig(metrics_listen="[::1]:9090").metrics_address == ("::1", 9090)
 
 
-class StarvedListener:
-    """A listener whose accept fails with EMFILE `failures` times, then waits forever."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-
-    async def __aenter__(self) -> StarvedListener:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        pass
-
-    async def accept(self) -> Any:
-        if self.failures:
-            self.failures -= 1
-            raise OSError(errno.EMFILE, "Too many open files")
-        await trio.sleep_forever()
-
-
 async def test_out_of_descriptors_logs_one_warning_without_a_traceback(
-    autojump_clock: MockClock, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = Server(RelayConfig(), EchoHandler())
-    listener = StarvedListener(failures=50)
-    with trio.move_on_after(50 * ACCEPT_RETRY + 1):
-        async with trio.open_nursery() as nursery:
-            await server._accept_loop(listener, nursery, server._handle_tcp)  # type: ignore[arg-type]
+    # A real descriptor shortage: the process's soft limit is lowered to its lowest free
+    # descriptor, so accept() fails with EMFILE until the limit is raised again.
+    caplog.set_level(logging.INFO, logger="relay.transport")
+    relay = await start_relay(nursery, handler=EchoHandler())
+    assert relay.address is not None
+    client = socket.socket()  # made while descriptors are left; its connect needs none
+    client.setblocking(False)
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+    try:
+        with contextlib.suppress(BlockingIOError):
+            client.connect(("127.0.0.1", relay.address.port))
+        await trio.sleep(10 * ACCEPT_RETRY)  # about 10 failed attempts
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+        await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            assert (await stream.receive_some(4096)).startswith(b"HTTP/1.1 200")
+        await stream.aclose()
+    finally:
+        client.close()
     records = [r for r in caplog.records if r.name == "relay.transport"]
-    assert [r.levelno for r in records] == [logging.WARNING]
-    assert "EMFILE" in records[0].getMessage()
-    assert records[0].exc_info is None
+    warnings = [r for r in records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "EMFILE" in warnings[0].getMessage()
+    assert warnings[0].exc_info is None
+    again = [r.getMessage() for r in records if "accepting connections again" in r.getMessage()]
+    assert len(again) == 1
+
+
+async def test_clients_that_trickle_their_request_hold_no_turn(
+    nursery: trio.Nursery, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Handshakes do their parsing holding one of JOINING_TURNS; one that waits for the rest of
+    # its request gives its turn back, so slow clients cannot keep the others out.
+    monkeypatch.setattr(turns, "JOINING_TURNS", 2)
+    relay = await start_relay(nursery, handler=EchoHandler(), handshake_timeout=30.0)
+    assert relay.address is not None
+    slow = []
+    for _ in range(8):
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.address.port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        slow.append(stream)
+    await trio.testing.wait_all_tasks_blocked()
+    started = trio.current_time()
+    raw = await RawWs.connect(relay)
+    assert trio.current_time() - started < 1.0  # not after the slow ones' handshake_timeout
+    await raw.send(mask_frame(0x1, b"hi"))
+    assert await raw.recv_frame() == (1, b"hi")
+    await raw.aclose()
+    for stream in slow:
+        await stream.aclose()
