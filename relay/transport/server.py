@@ -92,7 +92,7 @@ from relay.transport.later import write_deferred
 from relay.transport.plain import PlainHttp
 from relay.transport.poller import Poller
 from relay.transport.sweep import sweep, sweep_every
-from relay.transport.turns import Turn, Turns
+from relay.transport.turns import Turn, Turns, TurnsCollector
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
@@ -200,6 +200,7 @@ class Server:
             self._ssl = ctx
         if self.routes is not None:
             self.metrics.registry.register(RouteCollector(self.routes))
+        self.metrics.registry.register(TurnsCollector(self.turns))
         self.plain = PlainHttp(
             self.config,
             self.metrics,

@@ -25,9 +25,12 @@ wss:// handshakes take no turn: their reads go through TLS, whose readiness a tu
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import trio
 from attrs import define, field
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 #: Connections doing joining work at once (see the module docstring for what 64 measured).
 JOINING_TURNS = 64
@@ -65,3 +68,25 @@ class Turn:
         if self.held:
             self.held = False
             self._limiter.release_on_behalf_of(self)
+
+
+@define(eq=False)
+class TurnsCollector(Collector):
+    """`relay_joining_active` and `relay_joining_waiting`: handshakes and sign-ins holding a
+    turn, and waiting in line for one (a line that stays long: the relay cannot keep up with
+    the devices joining)."""
+
+    turns: Turns
+
+    def collect(self) -> Iterator[Metric]:
+        statistics = self.turns.limiter.statistics()
+        yield GaugeMetricFamily(
+            "relay_joining_active",
+            "Handshakes and sign-ins doing their work (at most 64 at once)",
+            value=statistics.borrowed_tokens,
+        )
+        yield GaugeMetricFamily(
+            "relay_joining_waiting",
+            "Handshakes and sign-ins waiting in line for their turn",
+            value=statistics.tasks_waiting,
+        )

@@ -1276,3 +1276,22 @@ async def test_e2e_search_as_documented(nursery: trio.Nursery) -> None:
         await alice.expect("group", ref="g")
         await bob.send({"type": "search", "query": "x", "groupId": "g", "ref": "q6"})
         await bob.expect("error", code="forbidden", ref="q6")
+
+
+async def test_every_metric_the_relay_exports_is_in_the_metrics_table(
+    nursery: trio.Nursery,
+) -> None:
+    # An operator's dashboard is built from the table: a family missing from it is invisible.
+    relay = await relay_on(nursery)
+    text = relay.metrics.render().decode()
+    families = set(re.findall(r"^# TYPE (relay_\w+) (\w+)$", text, re.M))
+    assert ("relay_joining_waiting", "gauge") in families
+    table = set(re.findall(r"^\| `(relay_\w+)(?:\{[\w,]+\})?` \| (\w+) \|", DOC_TEXT, re.M))
+    missing = {
+        (name, kind)
+        for name, kind in families
+        if (name, kind) not in table
+        and (name.removesuffix("_total"), kind) not in table
+        and (f"{name}_total", kind) not in table
+    }
+    assert not missing, f"exported but not in docs/PROTOCOL.md's metrics table: {sorted(missing)}"

@@ -1,0 +1,78 @@
+"""The line for joining work (relay.transport.turns): sign-ins of ws:// connections go
+through JOINING_TURNS at a time, in arrival order; one waiting in line tells the core its
+frames are here (`input_queued`), and /metrics shows the line.
+
+Users rely on: a storm's sign-ins are each handled, in order, none lost; a device whose
+`auth` waits in the relay's line is not closed for lateness; operators can see the line.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from attrs import define, field
+from support import RawWs, mask_frame, start_relay
+from trio.testing import MockClock
+
+from relay.ports import Connection
+from relay.transport import turns
+
+
+@define(eq=False)
+class Gate:
+    """A handler that never signs anyone in: every read is joining work. A payload b"hold"
+    is handled once `release` is set (as a slow sign-in's store round trip would be)."""
+
+    release: trio.Event = field(factory=trio.Event)
+    seen: list[bytes] = field(factory=list)
+    conns: list[Connection] = field(factory=list)
+
+    def on_open(self, conn: Connection) -> None:
+        self.conns.append(conn)
+
+    async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
+        for payload in payloads:
+            self.seen.append(payload)
+            if payload == b"hold":
+                await self.release.wait()
+            assert conn.send(b"\x81" + bytes([len(payload)]) + payload)
+
+    def on_flushed(self, conn: Connection) -> None:
+        pass
+
+    def on_close(self, conn: Connection, code: int) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
+
+
+async def test_sign_ins_take_turns_in_order_and_the_line_is_visible(
+    nursery: trio.Nursery, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
+    handler = Gate()
+    relay = await start_relay(nursery, handler=handler)
+    first, second, third = [await RawWs.connect(relay) for _ in range(3)]
+    await first.send(mask_frame(0x1, b"hold"))
+    await trio.testing.wait_all_tasks_blocked()
+    await second.send(mask_frame(0x1, b"two"))
+    await trio.testing.wait_all_tasks_blocked()
+    await third.send(mask_frame(0x1, b"three"))
+    await trio.testing.wait_all_tasks_blocked()
+
+    assert handler.seen == [b"hold"]  # the others wait for the one turn
+    assert [c.input_queued for c in handler.conns] == [False, True, True]
+    metric = relay.metrics.registry.get_sample_value
+    assert metric("relay_joining_active") == 1
+    assert metric("relay_joining_waiting") == 2
+
+    handler.release.set()
+    assert await first.recv_frame() == (1, b"hold")
+    assert await second.recv_frame() == (1, b"two")
+    assert await third.recv_frame() == (1, b"three")
+    assert handler.seen == [b"hold", b"two", b"three"]  # in arrival order
+    assert [c.input_queued for c in handler.conns] == [False, False, False]
+    assert metric("relay_joining_waiting") == 0
+    for raw in (first, second, third):
+        await raw.aclose()
