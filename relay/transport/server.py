@@ -499,6 +499,8 @@ class Server:
         request: OpeningRequest | None = None
         failure: HttpFailure | None = None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:
+            if turn is not None:
+                turn.deadline = timeout
             try:
                 if self._ssl is not None:
                     tls = trio.SSLStream(tcp, self._ssl, server_side=True, https_compatible=True)

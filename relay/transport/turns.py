@@ -13,7 +13,8 @@ and 158 ms; every backlog arrived in 22 s and 24 s.
 
 A turn is never held while waiting on the peer: a handshake takes its turn once its request
 bytes are readable, and gives it back while it waits for more of them (`Turn.readable`), so a
-client that trickles its request (slowloris) holds no turn and keeps no one out. A sign-in
+client that trickles its request (slowloris) holds no turn and keeps no one out. Its wait in
+line moves its `handshake_timeout` later: that timeout is the client's time, not the relay's. A sign-in
 (the hand-off of a ws:// connection not yet signed in, relay.transport.connection) holds its
 turn while the handler works on its frames, store round trip included: that is the relay's
 own work. While it waits in line the connection's `input_queued` is set, and the core does
@@ -24,6 +25,7 @@ wss:// handshakes take no turn: their reads go through TLS, whose readiness a tu
 
 from __future__ import annotations
 
+import math
 import socket
 from collections.abc import Iterator
 
@@ -54,13 +56,25 @@ class Turn:
 
     _limiter: trio.CapacityLimiter
     held: bool = False
+    #: the handshake's deadline (`handshake_timeout`, the client's time): stopped while the
+    #: handshake waits in line, which is the relay's time
+    deadline: trio.CancelScope | None = None
 
     async def readable(self, sock: socket.socket | trio.socket.SocketType) -> None:
         """Wait until `sock` has bytes to read (or its peer closed) holding no turn; then
         take one."""
         self.release()
         await trio.lowlevel.wait_readable(sock)
-        await self._limiter.acquire_on_behalf_of(self)
+        scope = self.deadline
+        if scope is None:
+            await self._limiter.acquire_on_behalf_of(self)
+        else:  # the client's clock stops while it waits in line
+            left = scope.deadline - trio.current_time()
+            scope.deadline = math.inf
+            try:
+                await self._limiter.acquire_on_behalf_of(self)
+            finally:
+                scope.deadline = trio.current_time() + left
         self.held = True
 
     def release(self) -> None:

@@ -76,3 +76,32 @@ async def test_sign_ins_take_turns_in_order_and_the_line_is_visible(
     assert metric("relay_joining_waiting") == 0
     for raw in (first, second, third):
         await raw.aclose()
+
+
+async def test_a_handshake_waiting_in_line_is_not_cut_by_handshake_timeout(
+    nursery: trio.Nursery, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # handshake_timeout is the client's time to send its request; a wait for a turn behind
+    # the relay's own joining work does not count against it.
+    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
+    handler = Gate()
+    relay = await start_relay(nursery, handler=handler, handshake_timeout=5.0)
+    holder = await RawWs.connect(relay)
+    await holder.send(mask_frame(0x1, b"hold"))  # its sign-in holds the one turn
+    await trio.testing.wait_all_tasks_blocked()
+    joined: list[RawWs] = []
+
+    async def join() -> None:
+        joined.append(await RawWs.connect(relay))
+
+    nursery.start_soon(join)
+    await trio.sleep(20.0)  # four handshake timeouts, in line
+    assert joined == []
+    assert relay.metrics.registry.get_sample_value("relay_joining_waiting") == 1
+    handler.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(joined) == 1
+    await joined[0].send(mask_frame(0x1, b"in"))
+    assert await joined[0].recv_frame() == (1, b"in")
+    await holder.aclose()
+    await joined[0].aclose()
