@@ -7,7 +7,7 @@
     connection.py  the WebSocket driven over ws:// (RawConnection) or wss:// (TlsConnection)
     poller.py      the epolls and the one task that read every ws:// connection
                    (signed-in sessions before newcomers)
-    turns.py       the line for joining work: handshakes and sign-ins, 64 at a time
+    turns.py       the line for joining work: handshakes and sign-ins, 32 at a time
 
 The core sees a connection only through relay.ports.Connection. This package module imports
 nothing, so that importing the sans-IO modules does not import trio.

@@ -9,7 +9,10 @@ holding one of JOINING_TURNS; the rest wait in line (first come, first served), 
 nothing while they wait. Measured in the bench's storm (19,798 devices reconnecting within a
 second to a relay on SQLite, 2-core VM), with the accept loop draining the kernel's queue:
 the canary pair's p99 was 406 ms without turns and 26 ms with 64; its worst message 1,046 ms
-and 158 ms; every backlog arrived in 22 s and 24 s.
+and 158 ms; every backlog arrived in 22 s and 24 s. Then alternating runs of both schedules
+an hour later on the same VM, slower by then: with 64 turns p99 37.8, 28.5, 38.0, 40.6 ms and
+backlogs in 28-39 s; with 32 turns 28.7, 30.7, 24.0, 33.6 ms and 27-32 s; with 16, 22.1 and
+31.0 ms and 38 and 29 s (one run each).
 
 A turn is never held while waiting on the peer: a handshake takes its turn once its request
 bytes are readable, and gives it back while it waits for more of them (`Turn.readable`), so a
@@ -34,8 +37,8 @@ from attrs import define, field
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-#: Connections doing joining work at once (see the module docstring for what 64 measured).
-JOINING_TURNS = 64
+#: Connections doing joining work at once (see the module docstring for what was measured).
+JOINING_TURNS = 32
 
 
 @define(eq=False)
@@ -96,7 +99,7 @@ class TurnsCollector(Collector):
         statistics = self.turns.limiter.statistics()
         yield GaugeMetricFamily(
             "relay_joining_active",
-            "Handshakes and sign-ins doing their work (at most 64 at once)",
+            f"Handshakes and sign-ins doing their work (at most {JOINING_TURNS} at once)",
             value=statistics.borrowed_tokens,
         )
         yield GaugeMetricFamily(
