@@ -14,37 +14,29 @@ from attrs import define, field
 from support import RawWs, mask_frame, start_relay
 from trio.testing import MockClock
 
+from relay.echo import EchoHandler
 from relay.ports import Connection
 from relay.transport import turns
 
 
 @define(eq=False)
-class Gate:
-    """A handler that never signs anyone in: every read is joining work. A payload b"hold"
-    is handled once `release` is set (as a slow sign-in's store round trip would be)."""
+class Gate(EchoHandler):
+    """An echo that never signs anyone in: every read is joining work. A payload b"hold" is
+    echoed once `release` is set (as a slow sign-in's store round trip would end)."""
 
     release: trio.Event = field(factory=trio.Event)
     seen: list[bytes] = field(factory=list)
     conns: list[Connection] = field(factory=list)
 
     def on_open(self, conn: Connection) -> None:
-        self.conns.append(conn)
+        self.conns.append(conn)  # and no conn.authenticated()
 
     async def on_messages(self, conn: Connection, payloads: list[bytes]) -> None:
         for payload in payloads:
             self.seen.append(payload)
             if payload == b"hold":
                 await self.release.wait()
-            assert conn.send(b"\x81" + bytes([len(payload)]) + payload)
-
-    def on_flushed(self, conn: Connection) -> None:
-        pass
-
-    def on_close(self, conn: Connection, code: int) -> None:
-        pass
-
-    def tick(self, now: float) -> None:
-        pass
+            await super().on_messages(conn, [payload])
 
 
 async def test_sign_ins_take_turns_in_order_and_the_line_is_visible(
