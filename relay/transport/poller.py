@@ -182,13 +182,8 @@ class Poller:
                             newcomers_ready = True
                             continue
                         reader = readers.get(fd)
-                        if reader is None:
-                            continue  # unregistered by an earlier event of this batch
-                        try:
-                            reader.on_readable(now)
-                        except Exception:
-                            log.exception("reading fd %d failed", fd)
-                            reader.read_failed()
+                        if reader is not None:  # else unregistered by an earlier event
+                            _read(fd, reader, now)
                     if newcomers_ready:
                         for fd, _events in newcomers.poll(0, POLL_EVENTS):
                             reader = readers.get(fd)
@@ -203,6 +198,7 @@ class Poller:
 
 
 def _read(fd: int, reader: Readable, now: float) -> None:
+    """One socket of a batch: a failure ends only its own connection."""
     try:
         reader.on_readable(now)
     except Exception:
