@@ -124,11 +124,18 @@ class Receipts:
         self.status_receipts(newest, reader, status, group_id)
 
     def status_receipts(
-        self, newest: list[StoredMessage], reader: str, status: str, group_id: str | None
+        self,
+        newest: list[StoredMessage],
+        reader: str,
+        status: str,
+        group_id: str | None,
+        timestamp: str | None = None,
     ) -> None:
         """A `status` receipt from `reader` to the sender of each of `newest` (each its
-        sender's newest message the reader's watermark covers, as latest_by_sender gives)."""
-        timestamp = self._ctx.now_iso()
+        sender's newest message the reader's watermark covers, as latest_by_sender gives),
+        stamped `timestamp` (default: now)."""
+        if timestamp is None:
+            timestamp = self._ctx.now_iso()
         # `delivered` rides the sender's next write: measured at 1,000 connections and one
         # message per wake-up, a receipt of its own was 0.6 socket writes per message more
         send = self._to_users_later if status == "delivered" else self._broker.to_users
@@ -182,9 +189,11 @@ class Receipts:
                     # senders' next connections
                     log.exception("finding the senders of %d deliveries failed", len(moved))
                 else:
+                    # one stamp per chunk: the chunk's marks were flushed within one tick
+                    timestamp = self._ctx.now_iso()
                     for (_c, _a, _u, user, group_id), messages in zip(moved, newest, strict=True):
                         await breathe()
-                        self.status_receipts(messages, user, "delivered", group_id)
+                        self.status_receipts(messages, user, "delivered", group_id, timestamp)
                 for key, _mark in chunk:
                     del marks[key]
         finally:

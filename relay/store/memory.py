@@ -191,7 +191,12 @@ class MemoryStore:
     async def latest_by_sender(
         self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
     ) -> list[StoredMessage]:
-        log = self._messages.get(conversation, [])
+        return self._latest_by_sender(conversation, after_seq, upto_seq, exclude_sender)
+
+    def _latest_by_sender(
+        self, conversation: str, after_seq: int, upto_seq: int, exclude_sender: str
+    ) -> list[StoredMessage]:
+        log = self._messages.get(conversation, ())
         low = max(after_seq, 0)
         people = self._direct.get(conversation)
         if people is not None and exclude_sender in people:
@@ -211,7 +216,9 @@ class MemoryStore:
     async def latest_by_sender_many(
         self, queries: Sequence[tuple[str, int, int, str]]
     ) -> list[list[StoredMessage]]:
-        return [await self.latest_by_sender(*query) for query in queries]
+        # one pass without a coroutine per query: one query per moved delivery watermark
+        latest = self._latest_by_sender
+        return [latest(*query) for query in queries]
 
     async def last_seq(self, conversation: str) -> int:
         return len(self._messages.get(conversation, []))
@@ -226,20 +233,32 @@ class MemoryStore:
     async def mark_delivered(
         self, conversation: str, user_id: str, device_id: str, seq: int
     ) -> Watermarks:
-        before = self._marks_of(conversation, user_id)
-        seq = min(seq, len(self._messages.get(conversation, [])))
-        devices = self._cursors.setdefault((conversation, user_id), {})
+        return self._mark_delivered(conversation, user_id, device_id, seq)
+
+    def _mark_delivered(
+        self, conversation: str, user_id: str, device_id: str, seq: int
+    ) -> Watermarks:
+        key = (conversation, user_id)
+        before = self._marks.get(key, _NO_MARKS)
+        log = self._messages.get(conversation)
+        seq = min(seq, len(log) if log is not None else 0)
+        devices = self._cursors.get(key)
+        if devices is None:
+            devices = self._cursors[key] = {}
         cursor = devices.get(device_id)
         if cursor is None:
             cursor = self._device_start(conversation, user_id, device_id)
-        devices[device_id] = max(cursor, seq)
-        self._set_marks(conversation, user_id, max(before.delivered_seq, seq), before.read_seq)
+        devices[device_id] = seq if seq > cursor else cursor
+        if seq > before.delivered_seq:
+            self._marks[key] = Watermarks(seq, before.read_seq)
         return before
 
     async def mark_delivered_many(
         self, marks: Sequence[tuple[str, str, str, int]]
     ) -> list[Watermarks]:
-        return [await self.mark_delivered(*mark) for mark in marks]
+        # one pass without a coroutine per mark: one mark per device and conversation flushed
+        mark = self._mark_delivered
+        return [mark(*m) for m in marks]
 
     async def mark_read(self, conversation: str, user_id: str, seq: int) -> Watermarks:
         before = self._marks_of(conversation, user_id)

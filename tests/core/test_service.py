@@ -1231,17 +1231,15 @@ import trio.testing  # noqa: E402  (used above; kept next to its only user)
 
 
 class SlowWritesStore(MemoryStore):
-    """mark_delivered and set_last_seen wait for a gate (a durable store mid-commit)."""
+    """mark_delivered_many and set_last_seen wait for a gate (a durable store mid-commit)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gate = trio.Event()
 
-    async def mark_delivered(
-        self, conversation: str, user_id: str, device_id: str, seq: int
-    ) -> Any:
+    async def mark_delivered_many(self, marks: Sequence[tuple[str, str, str, int]]) -> Any:
         await self.gate.wait()
-        return await super().mark_delivered(conversation, user_id, device_id, seq)
+        return await super().mark_delivered_many(marks)
 
     async def set_last_seen(self, user_id: str, timestamp: str) -> None:
         await self.gate.wait()
