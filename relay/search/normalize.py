@@ -55,9 +55,16 @@ def _mark_ranges() -> list[tuple[int, int]]:
     return found
 
 
+@functools.cache
+def _marks() -> re.Pattern[str]:
+    """The combining marks' expression, made when a text that is not ASCII first needs it:
+    finding the marks walks every code point, 0.18 s that every process importing relay
+    (each `relay` command, each started relay) paid at import, searching or not."""
+    return re.compile(f"[{_char_class(_mark_ranges())}]+")
+
+
 # The work is done by compiled regular expressions, not a loop over characters: the writer
 # indexes every message it stores, and the loop cost about 100 us for a 50-character message.
-_MARKS = re.compile(f"[{_char_class(_mark_ranges())}]+")
 _CJK = _char_class(list(_CJK_RANGES))
 _HAS_CJK = re.compile(f"[{_CJK}]")
 _CJK_RUNS = re.compile(f"([{_CJK}]+)")
@@ -71,7 +78,7 @@ def fold(text: str) -> str:
     if text.isascii():
         return text.lower()
     decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return unicodedata.normalize("NFC", _MARKS.sub("", decomposed))
+    return unicodedata.normalize("NFC", _marks().sub("", decomposed))
 
 
 def _bigrams(run: str) -> list[str]:
