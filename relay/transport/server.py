@@ -509,6 +509,8 @@ class Server:
                 request = await read_request(
                     stream, None if turn is None else partial(turn.readable, tcp.socket)
                 )
+                if turn is not None and request is not None and request.is_upgrade:
+                    await turn.take()  # an upgrade never skips the line, whatever its path
             except HttpFailure as exc:
                 failure = exc
             except (trio.BrokenResourceError, trio.ClosedResourceError):

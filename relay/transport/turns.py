@@ -16,7 +16,8 @@ backlogs in 28-39 s; with 32 turns 28.7, 30.7, 24.0, 33.6 ms and 27-32 s; with 1
 
 A turn is never held while waiting on the peer: a handshake takes its turn once its request
 bytes are readable, and gives it back while it waits for more of them (`Turn.readable`), so a
-client that trickles its request (slowloris) holds no turn and keeps no one out. Its wait in
+client that trickles its request (slowloris) holds no turn and keeps no one out. While the
+line is full, a health probe (PROBES: its first bytes, peeked) skips it. Its wait in
 line moves its `handshake_timeout` later: that timeout is the client's time, not the relay's. A sign-in
 (the hand-off of a ws:// connection not yet signed in, relay.transport.connection) holds its
 turn while the handler works on its frames, store round trip included: that is the relay's
@@ -31,6 +32,7 @@ from __future__ import annotations
 import math
 import socket
 from collections.abc import Iterator
+from typing import Final
 
 import trio
 from attrs import define, field
@@ -39,6 +41,21 @@ from prometheus_client.registry import Collector
 
 #: Connections doing joining work at once (see the module docstring for what was measured).
 JOINING_TURNS = 32
+#: How the requests that skip the line begin: health probes (GET or HEAD /healthz). In a
+#: storm the line can be seconds long, and a load balancer whose probe times out takes the
+#: node out of service just as its devices come back. Answering one is a few bytes, and
+#: nothing of it stays; a WebSocket upgrade never skips the line, whatever its path.
+PROBES: Final = (b"GET /healthz ", b"GET /healthz?", b"HEAD /healthz ", b"HEAD /healthz?")
+_PROBE_HEAD: Final = max(len(probe) for probe in PROBES)
+
+
+async def _probe(sock: trio.socket.SocketType) -> bool:
+    """Whether the bytes waiting on `sock` begin a health probe (looked at, not read)."""
+    try:
+        head = await sock.recv(_PROBE_HEAD, socket.MSG_PEEK)
+    except OSError:
+        return False  # the read that follows says what is wrong
+    return head.startswith(PROBES)
 
 
 @define(eq=False)
@@ -63,11 +80,20 @@ class Turn:
     #: handshake waits in line, which is the relay's time
     deadline: trio.CancelScope | None = None
 
-    async def readable(self, sock: socket.socket | trio.socket.SocketType) -> None:
+    async def readable(self, sock: trio.socket.SocketType) -> None:
         """Wait until `sock` has bytes to read (or its peer closed) holding no turn; then
-        take one."""
+        take one, unless the line is full and the bytes begin a health probe (PROBES)."""
         self.release()
         await trio.lowlevel.wait_readable(sock)
+        if self._limiter.available_tokens < 1 and await _probe(sock):
+            return
+        await self.take()
+
+    async def take(self) -> None:
+        """Take a turn (if not holding one), waiting in line with the client's clock
+        stopped."""
+        if self.held:
+            return
         scope = self.deadline
         if scope is None:
             await self._limiter.acquire_on_behalf_of(self)

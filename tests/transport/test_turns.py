@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 from attrs import define, field
-from support import RawWs, mask_frame, start_relay
+from support import RawWs, http_get, mask_frame, start_relay
 from trio.testing import MockClock
 
 from relay.echo import EchoHandler
@@ -93,6 +93,46 @@ async def test_a_handshake_waiting_in_line_is_not_cut_by_handshake_timeout(
     handler.release.set()
     await trio.testing.wait_all_tasks_blocked()
     assert len(joined) == 1
+    await joined[0].send(mask_frame(0x1, b"in"))
+    assert await joined[0].recv_frame() == (1, b"in")
+    await holder.aclose()
+    await joined[0].aclose()
+
+
+async def test_a_health_probe_skips_the_line_and_an_upgrade_at_its_path_does_not(
+    nursery: trio.Nursery, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A load balancer's probe during a storm: the line can be seconds long, and a probe that
+    # times out takes the node out of service as its devices come back.
+    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
+    handler = Gate()
+    relay = await start_relay(nursery, handler=handler, handshake_timeout=60.0)
+    holder = await RawWs.connect(relay)
+    await holder.send(mask_frame(0x1, b"hold"))  # its sign-in holds the one turn
+    await trio.testing.wait_all_tasks_blocked()
+    joined: list[RawWs] = []
+    pages: list[tuple[int, bytes]] = []
+
+    async def join() -> None:  # an upgrade at the probe's path
+        joined.append(await RawWs.connect(relay, path="/healthz"))
+
+    async def page() -> None:  # plain HTTP, but not a probe
+        pages.append(await http_get(relay, "/nowhere"))
+
+    nursery.start_soon(join)
+    nursery.start_soon(page)
+    await trio.testing.wait_all_tasks_blocked()
+    assert relay.metrics.registry.get_sample_value("relay_joining_waiting") == 2
+
+    with trio.fail_after(1.0):  # answered at once, in front of the line
+        assert await http_get(relay, "/healthz") == (200, b"ok")
+        assert (await http_get(relay, "/healthz?from=lb"))[0] == 200
+        assert (await http_get(relay, "/healthz", method="HEAD"))[0] == 200
+    assert joined == [] and pages == []  # still in line
+
+    handler.release.set()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(joined) == 1 and [status for status, _ in pages] == [404]
     await joined[0].send(mask_frame(0x1, b"in"))
     assert await joined[0].recv_frame() == (1, b"in")
     await holder.aclose()
