@@ -305,7 +305,9 @@ def one_line(run: scenarios.Run, fig: dict[str, Any]) -> str:
         return (
             f"{fig['devices']:,} devices reconnected over {fig['schedule_s']:.2f} s: every "
             f"backlog delivered in {took:.2f} s, peak RSS {fig['peak_rss_mb']:.0f} MB, canary "
-            f"p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms max {fig['max_ms']} ms"
+            f"p50 {fig['p50_ms']} ms p99 {fig['p99_ms']} ms max {fig['max_ms']} ms; "
+            f"/healthz p99 {fig['healthz_p99_ms']} ms max {fig['healthz_max_ms']} ms over "
+            f"{fig.get('healthz_probes') or 0:,} probes"
         )
     if run.scenario in ("idle", "c100k"):
         text = (
@@ -639,10 +641,13 @@ def main(argv: list[str] | None = None) -> int:
             if profile and srv.startswith("relay"):
                 prof_path = RESULTS / f"{stamp}-profiles" / f"{run.key}-{srv}-{rep}.txt"
                 cfg["profile"] = str(prof_path)
+            prober = storm.HealthProber(server.port) if storm_run else None
             if index is not None and "error" in index:
                 raw: dict[str, Any] = {"error": index["error"]}
             else:
                 raw = run_loadgen(cfg, lg_core)
+            if prober is not None:
+                raw["healthz"] = prober.finish()
             if index is not None:
                 if "error" not in index:
                     # searches scan the messages not indexed yet (relay/store/sqlite/search.py):

@@ -11,7 +11,7 @@ import resource
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import mix
+from bench import mix, storm
 
 ALL_SCENARIOS = (
     "pairwise",
@@ -483,7 +483,18 @@ def figures(run: Run, raw: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             p99_ms=canary.get("p99_ms"),
             max_ms=canary.get("max_ms"),
         )
+        health = raw.get("healthz") or {}
+        fig.update(
+            healthz_probes=health.get("probes"),
+            healthz_p99_ms=health.get("p99_ms"),
+            healthz_max_ms=health.get("max_ms"),
+        )
         fig["client_bound"] = False
+        if health.get("failed"):
+            problems.append(
+                f"{health['failed']} of {health['probes']} /healthz probes got no 200 within "
+                f"{storm.PROBE_TIMEOUT:g} s during the storm (first: {health['first_error']})"
+            )
         if raw["storm_s"] is None:
             problems.append(
                 f"only {raw['backlogs_complete']:,} of {raw['storm_clients']:,} backlogs arrived "

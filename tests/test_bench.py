@@ -120,6 +120,8 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
                 assert fig["devices"] == 200 and fig["backlogs_complete"] == 200, fig
                 assert fig["storm_s"] > 0 and fig["peak_rss_mb"] > 0, fig
                 assert fig["canary_messages"] > 0 and 0 < fig["p50_ms"] <= fig["p99_ms"], fig
+                # a load balancer's probes were answered throughout (else the run has an error)
+                assert fig["healthz_probes"] >= 1 and fig["healthz_max_ms"] > 0, fig
                 continue
             if key == "deflate":
                 # the 50-message page went out compressed, and much smaller, only when on

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from bench import budgets, loadgen, profiling, report, scenarios
+from bench import budgets, loadgen, profiling, report, scenarios, storm
 
 
 def _rate_run() -> scenarios.Run:
@@ -207,3 +209,61 @@ def test_the_table_shows_the_storm_canarys_worst_message() -> None:
     fig |= {"p99_ms": 18.1, "max_ms": 6597.8}
     text = report.table({"storm@uniform": {"relay-sqlite": fig}}, ["storm@uniform"])
     assert "latency: the canary's, max 6,598 ms" in text
+
+
+def _storm_run() -> scenarios.Run:
+    s = scenarios.settings(_Args())
+    return next(r for r in scenarios.plan(["storm"], s) if r.key == "storm@uniform")
+
+
+def _storm_raw(healthz: dict[str, Any]) -> dict[str, Any]:
+    return _raw(
+        storm_clients=19_798,
+        backlogs_complete=19_798,
+        storm_s=20.0,
+        schedule_s=1.0,
+        peak_rss_kb=200_000,
+        canary={"count": 2_000, "p50_ms": 3.0, "p99_ms": 25.0, "max_ms": 150.0},
+        healthz=healthz,
+    )
+
+
+def test_a_storm_with_unanswered_health_probes_is_not_a_result() -> None:
+    # a load balancer whose probe times out takes the node out of service mid-storm
+    answered = {"probes": 150, "failed": 0, "first_error": None, "p99_ms": 300.0, "max_ms": 640.0}
+    fig, problems = scenarios.figures(_storm_run(), _storm_raw(answered))
+    assert problems == []
+    assert (fig["healthz_probes"], fig["healthz_p99_ms"], fig["healthz_max_ms"]) == (150, 300, 640)
+    lost = answered | {"probes": 7, "failed": 4, "first_error": "TimeoutError('timed out')"}
+    _, problems = scenarios.figures(_storm_run(), _storm_raw(lost))
+    assert problems == [
+        "4 of 7 /healthz probes got no 200 within 5 s during the storm "
+        "(first: TimeoutError('timed out'))"
+    ]
+
+
+def test_the_health_prober_asks_a_real_relay_as_a_load_balancer_does(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--memory", "--port", "0", "--host", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as relay:
+        try:
+            assert relay.stdout is not None
+            line = relay.stdout.readline()
+            port = int(line.rsplit(":", 1)[1].split()[0])
+            prober = storm.HealthProber(port)
+            deadline = time.monotonic() + 30
+            while prober.answered() < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            found = prober.finish()
+        finally:
+            relay.terminate()
+    assert found["failed"] == 0 and found["probes"] >= 3, found
+    assert 0 < found["p99_ms"] <= found["max_ms"] < 5000, found
+    closed = storm.HealthProber(port)  # nothing listens there any more
+    while closed.failures() < 1:
+        time.sleep(0.05)
+    found = closed.finish()
+    assert found["failed"] >= 1 and "Connection" in found["first_error"], found
