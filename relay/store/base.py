@@ -310,7 +310,9 @@ AppendDone = Callable[[list[Appended] | None, BaseException | None], None]
 @runtime_checkable
 class InlineAppend(Protocol):
     """A store whose append completes without waiting (MemoryStore): the core stores messages
-    inline, in the shell's poller, as it reads them."""
+    inline, in the shell's poller, as it reads them. Its other calls do not wait either, so
+    the core sizes the work it hands one call to a slice of the event loop (delivery marks:
+    relay.core.receipts.MARKS_PER_INLINE_WRITE)."""
 
     def append_now(self, messages: Sequence[NewMessage]) -> list[Appended]:
         """append_many made synchronously: the same results, the same invariants."""

@@ -1334,7 +1334,7 @@ async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_n
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("relay.core.service.MAINTAIN_SLICE", 0.0)
-    monkeypatch.setattr("relay.core.receipts.MARKS_PER_WRITE", 2)
+    monkeypatch.setattr("relay.core.receipts.MARKS_PER_INLINE_WRITE", 2)
     h = Harness()
     senders = await _flushed_to_many(h, 4)
     # the 4th pause comes before the second write (the first one's two receipts went out);
@@ -1370,6 +1370,53 @@ async def test_a_ticks_marks_are_one_store_write_and_one_read() -> None:
     await h.svc.maintain()
     assert calls == [("write", 5), ("read", 5)]
     assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(5)]
+
+
+class _RecordingStore(CountingStore):
+    """Records the sizes of the marks' store writes and reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, int]] = []
+
+    async def mark_delivered_many(self, marks: Sequence[Any]) -> Any:
+        self.calls.append(("write", len(marks)))
+        return await super().mark_delivered_many(marks)
+
+    async def latest_by_sender_many(self, queries: Sequence[Any]) -> Any:
+        self.calls.append(("read", len(queries)))
+        return await super().latest_by_sender_many(queries)
+
+
+class _WaitingStore(_RecordingStore):
+    """The same store, as the core sees a durable one: no append_now (InlineAppend)."""
+
+    append_now = None  # type: ignore[assignment]
+
+    async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
+        return MemoryStore.append_now(self, messages)
+
+
+@pytest.mark.parametrize(
+    ("store", "writes"),
+    [(_RecordingStore, [32, 32, 6]), (_WaitingStore, [70])],
+    ids=["inline", "waiting"],
+)
+async def test_a_store_that_never_waits_gets_the_marks_a_slice_at_a_time(
+    store: type[_RecordingStore], writes: list[int]
+) -> None:
+    # An in-memory store's write of a chunk runs in one go: 256 marks held the event loop
+    # 1.5 ms, and every message arriving meanwhile waited. A durable store's write waits (the
+    # loop runs meanwhile), and fewer, larger writes keep up with more marks.
+    h = Harness()
+    h.store = store()
+    h.svc = MessagingService(h.config, h.store, clock=lambda: h.now, wall=lambda: h.wall)
+    senders = await _flushed_to_many(h, 70)
+    h.store.calls.clear()
+    await h.svc.maintain()
+    assert [n for kind, n in h.store.calls if kind == "write"] == writes
+    assert [n for kind, n in h.store.calls if kind == "read"] == writes
+    assert [_delivered_ids(s, h) for s in senders] == [[f"m{i}"] for i in range(70)]
 
 
 async def test_a_connection_whose_frames_wait_in_the_shells_line_is_not_closed_for_auth() -> None:
