@@ -419,9 +419,11 @@ class Server:
                     log.exception("handler.tick failed")
                 self.admission.prune(t)
                 # store work the handler's sync callbacks queued (MessagingService.maintain),
-                # pausing so that the poller and flusher run between its slices
+                # pausing so that the poller and flusher run between its slices, and before
+                # its first: tick() alone is some tenths of a millisecond
                 maintain = self._maintain
                 if maintain is not None:
+                    await trio.lowlevel.checkpoint()
                     try:
                         await maintain(trio.lowlevel.checkpoint)
                     except Exception:
