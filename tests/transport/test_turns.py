@@ -8,12 +8,15 @@ Users rely on: a storm's sign-ins are each handled, in order, none lost; a devic
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import trio
 from attrs import define, field
 from support import RawWs, http_get, mask_frame, start_relay
 from trio.testing import MockClock
 
+from relay.app import Relay
 from relay.echo import EchoHandler
 from relay.ports import Connection
 from relay.transport import turns
@@ -70,17 +73,26 @@ async def test_sign_ins_take_turns_in_order_and_the_line_is_visible(
         await raw.aclose()
 
 
+async def _one_turn_held(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, **config: Any
+) -> tuple[Relay, Gate, RawWs]:
+    """A relay with one turn, and a connection whose sign-in holds it until the handler's
+    `release` is set."""
+    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
+    handler = Gate()
+    relay = await start_relay(nursery, handler=handler, **config)
+    holder = await RawWs.connect(relay)
+    await holder.send(mask_frame(0x1, b"hold"))
+    await trio.testing.wait_all_tasks_blocked()
+    return relay, handler, holder
+
+
 async def test_a_handshake_waiting_in_line_is_not_cut_by_handshake_timeout(
     nursery: trio.Nursery, autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # handshake_timeout is the client's time to send its request; a wait for a turn behind
     # the relay's own joining work does not count against it.
-    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
-    handler = Gate()
-    relay = await start_relay(nursery, handler=handler, handshake_timeout=5.0)
-    holder = await RawWs.connect(relay)
-    await holder.send(mask_frame(0x1, b"hold"))  # its sign-in holds the one turn
-    await trio.testing.wait_all_tasks_blocked()
+    relay, handler, holder = await _one_turn_held(nursery, monkeypatch, handshake_timeout=5.0)
     joined: list[RawWs] = []
 
     async def join() -> None:
@@ -104,12 +116,7 @@ async def test_a_health_probe_skips_the_line_and_an_upgrade_at_its_path_does_not
 ) -> None:
     # A load balancer's probe during a storm: the line can be seconds long, and a probe that
     # times out takes the node out of service as its devices come back.
-    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
-    handler = Gate()
-    relay = await start_relay(nursery, handler=handler, handshake_timeout=60.0)
-    holder = await RawWs.connect(relay)
-    await holder.send(mask_frame(0x1, b"hold"))  # its sign-in holds the one turn
-    await trio.testing.wait_all_tasks_blocked()
+    relay, handler, holder = await _one_turn_held(nursery, monkeypatch, handshake_timeout=60.0)
     joined: list[RawWs] = []
     pages: list[tuple[int, bytes]] = []
 
