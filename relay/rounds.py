@@ -3,8 +3,9 @@
 Upkeep that examined every key of a table in one call (idle rate-limit buckets, idle
 conversations, idle addresses) stalls the event loop in proportion to the table: measured on
 the 2-core VM, about 0.4 ms per 1,000 rate-limit buckets, four times a second, so tens of
-milliseconds per tick at 100,000 devices during which no message moves. A Rounds hands the keys of a pass out `size` at a time instead: the work per call
-is bounded, and a key is examined once per pass, not once per tick.
+milliseconds per tick at 100,000 devices during which no message moves. A Rounds hands the
+keys of a pass out `size` at a time instead: the work per call is bounded, and a key is
+examined once per pass, not once per tick.
 
 Invariants:
 - a pass is a snapshot of the table's keys taken when the previous pass is used up: a key added

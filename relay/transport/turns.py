@@ -16,13 +16,14 @@ backlogs in 28-39 s; with 32 turns 28.7, 30.7, 24.0, 33.6 ms and 27-32 s; with 1
 
 A turn is never held while waiting on the peer: a handshake takes its turn once its request
 bytes are readable, and gives it back while it waits for more of them (`Turn.readable`), so a
-client that trickles its request (slowloris) holds no turn and keeps no one out. While the
-line is full, a health probe (PROBES: its first bytes, peeked) skips it. Its wait in
-line moves its `handshake_timeout` later: that timeout is the client's time, not the relay's. A sign-in
-(the hand-off of a ws:// connection not yet signed in, relay.transport.connection) holds its
-turn while the handler works on its frames, store round trip included: that is the relay's
-own work. While it waits in line the connection's `input_queued` is set, and the core does
-not count that wait against the client's `auth_timeout`.
+client that trickles its request (slowloris) holds no turn and keeps no one out. A
+handshake's wait in line moves its `handshake_timeout` later: that timeout is the client's
+time, not the relay's. While the line is full, a health probe (PROBES: its first bytes,
+peeked) skips it. A sign-in (the hand-off of a ws:// connection not yet signed in,
+relay.transport.connection) holds its turn while the handler works on its frames, store round
+trip included: that is the relay's own work. While it waits in line the connection's
+`input_queued` is set, and the core does not count that wait against the client's
+`auth_timeout`.
 
 wss:// handshakes take no turn: their reads go through TLS, whose readiness a turn cannot see.
 """
