@@ -167,7 +167,10 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
             assert 0 < fig["p50_ms"] <= fig["p99_ms"] <= fig["p999_ms"], (key, server, fig)
             if key.startswith(("rate", "sparse", "conns")):
                 assert fig["sent_per_s"] > 0 and isinstance(fig["kept_up"], bool)
-                assert fig["cpu_us_per_msg"] > 0, (key, server, fig)
+                # CPU is read from /proc in 10 ms ticks: the null floor's few milliseconds in a
+                # quick window (500 messages) can round to none; every relay's cannot
+                cpu = fig["cpu_us_per_msg"]
+                assert cpu > 0 or (server == "null" and cpu == 0), (key, server, fig)
             if key.startswith(("sparse", "conns")):
                 assert fig["connections"] == int(key.split("@")[1]), (key, fig)
             if key in ("cluster@one-node", "cluster@three-nodes"):
