@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.prefill import now_stamp, store_messages
+from bench.searcher import percentile
 from relay.client.backoff import ReconnectPolicy
 from relay.store.base import NewMessage, direct_conversation
 
@@ -119,6 +120,6 @@ class HealthProber:
             "probes": len(took) + self._failed,
             "failed": self._failed,
             "first_error": self._first_error,
-            "p99_ms": round(took[min(len(took) - 1, int(len(took) * 0.99))], 1) if took else None,
-            "max_ms": round(took[-1], 1) if took else None,
+            "p99_ms": percentile(took, 0.99),
+            "max_ms": percentile(took, 1.0),
         }
