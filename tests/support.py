@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import ssl
 import struct
 import subprocess
 import time
@@ -141,28 +142,41 @@ def _xor(payload: bytes, key: bytes) -> bytes:
 class RawWs:
     """A WebSocket client speaking raw bytes on a trio socket stream."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buf = bytearray()
         self.eof = False
 
     @classmethod
-    async def connect(cls, relay: Relay, path: str = "/", extra: bytes = b"") -> RawWs:
-        """Connect and complete the opening handshake; `extra` is sent with the request."""
+    async def connect(
+        cls,
+        relay: Relay,
+        path: str = "/",
+        extra: bytes = b"",
+        tls: ssl.SSLContext | None = None,
+    ) -> RawWs:
+        """Connect and complete the opening handshake; `extra` is sent with the request.
+        `tls`: over TLS (wss://) with this context."""
         address = relay.address
         assert address is not None
-        stream = await trio.open_tcp_stream("127.0.0.1", address.port)
+        stream: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", address.port)
+        if tls is not None:
+            stream = trio.SSLStream(stream, tls, server_hostname="127.0.0.1")
         ws = cls(stream)
+        await ws.upgrade(address.port, path, extra)
+        return ws
+
+    async def upgrade(self, port: int, path: str = "/", extra: bytes = b"") -> None:
+        """The opening handshake on this stream, to the relay on `port`."""
         request = (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{address.port}\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
-        await stream.send_all(request + extra)
-        head = await ws._read_until(b"\r\n\r\n")
+        await self.stream.send_all(request + extra)
+        head = await self._read_until(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 101"):
             raise AssertionError(f"handshake refused: {head!r}")
-        return ws
 
     async def _fill(self) -> bool:
         data = await self.stream.receive_some(65536)

@@ -268,23 +268,6 @@ async def test_browser_chat_with_python_user(
         shutil.rmtree(tmp / "profile", ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
 async def test_browser_over_tls_pages_history_and_lists_groups(
     nursery: trio.Nursery, browser_node: str, certificate: tuple[str, str], tmp_path: Path
 ) -> None:

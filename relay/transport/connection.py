@@ -190,6 +190,21 @@ class WsConnection(WebSocket):
                 self.close(1011, "internal error")
         return self._end_of_read(stop_op, stop_payload)
 
+    async def _joined(self, work: _Work) -> bool:
+        """`_handle_events(*work)`; a connection not yet signed in waits for a turn first
+        (relay.transport.turns): a storm's sign-ins go through a few at a time."""
+        if self.established:
+            return await self._handle_events(*work)
+        self.input_queued = True
+        try:
+            await self.server.turns.limiter.acquire_on_behalf_of(self)
+        finally:
+            self.input_queued = False
+        try:
+            return await self._handle_events(*work)
+        finally:
+            self.server.turns.limiter.release_on_behalf_of(self)
+
     def _end_of_read(self, stop_op: int, stop_payload: bytes) -> bool:
         peer_closing = stop_op == OP_CLOSE and self.ws_state is _OPEN
         stop, began_closing = self.end_of_read(stop_op, stop_payload)
@@ -504,21 +519,6 @@ class RawConnection(WsConnection):
         except Exception:
             log.exception("connection %d failed", self.id)
 
-    async def _joined(self, work: _Work) -> bool:
-        """`_handle_events(*work)`; a connection not yet signed in waits for a turn first
-        (relay.transport.turns): a storm's sign-ins go through a few at a time."""
-        if self.established:
-            return await self._handle_events(*work)
-        self.input_queued = True
-        try:
-            await self.server.turns.limiter.acquire_on_behalf_of(self)
-        finally:
-            self.input_queued = False
-        try:
-            return await self._handle_events(*work)
-        finally:
-            self.server.turns.limiter.release_on_behalf_of(self)
-
     def abandon(self) -> None:
         """End a dormant connection at once, without a task (the server stopped serving)."""
         if self.ws_state is _ENDED:
@@ -662,7 +662,7 @@ class TlsConnection(WsConnection):
                 return
             stats.bytes_in += len(data)
             self.last_rx = trio.current_time()
-            if await self._process(data):
+            if await self._joined(self.receive(data)):
                 return
 
     async def _close_transport(self) -> None:

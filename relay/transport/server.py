@@ -92,7 +92,7 @@ from relay.transport.later import write_deferred
 from relay.transport.plain import PlainHttp
 from relay.transport.poller import Poller
 from relay.transport.sweep import sweep, sweep_every
-from relay.transport.turns import Turn, Turns, TurnsCollector
+from relay.transport.turns import Turn, Turns, TurnsCollector, TurnStream
 from relay.transport.websocket import PREAUTH_MESSAGE_BYTES, WsState
 
 log = logging.getLogger("relay.transport")
@@ -466,15 +466,13 @@ class Server:
         # `admitted`: the admission this connection holds; released here when no WebSocket
         # opened, else when the server forgets the connection (a ws:// one outlives its task).
         opened: tuple[WsConnection, bytes] | None = None
-        # wss:// takes no turn: its reads go through TLS, which a turn cannot see readable
-        turn = self.turns.turn() if self._ssl is None else None
+        turn = self.turns.turn()
         try:
             opened = await self._handle(tcp, remote, turn)
         except Exception:
             log.exception("connection task failed")
         finally:
-            if turn is not None:
-                turn.release()
+            turn.release()
             if opened is None:
                 if admitted is not None:
                     self.admission.release(admitted)
@@ -490,28 +488,34 @@ class Server:
                 log.exception("connection %d failed", conn.id)
 
     async def _handle(
-        self, tcp: trio.SocketStream, remote: str, turn: Turn | None
+        self, tcp: trio.SocketStream, remote: str, turn: Turn
     ) -> tuple[WsConnection, bytes] | None:
         """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
-        returns its registered connection and the bytes that followed the request. `turn`
-        (ws://): held while the request is parsed and the upgrade made, not while waiting
-        for the client (relay.transport.turns), nor while answering plain HTTP."""
+        returns its registered connection and the bytes that followed the request. `turn`:
+        held while the TLS handshake (wss://) and the request's parsing work and the upgrade
+        is made, not while waiting for the client (relay.transport.turns), nor while
+        answering plain HTTP."""
         stats = self.stats
         stream: trio.abc.Stream = tcp
+        under_tls: TurnStream | None = None
         request: OpeningRequest | None = None
         failure: HttpFailure | None = None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:
-            if turn is not None:
-                turn.deadline = timeout
+            turn.deadline = timeout
             try:
-                if self._ssl is not None:
-                    tls = trio.SSLStream(tcp, self._ssl, server_side=True, https_compatible=True)
+                if self._ssl is None:
+                    request = await read_request(tcp, partial(turn.readable, tcp.socket))
+                else:
+                    # the turns are taken beneath the TLS: bytes it has already decrypted
+                    # leave the socket unreadable, so a wait above it could hang
+                    under_tls = TurnStream(tcp, turn)
+                    tls = trio.SSLStream(
+                        under_tls, self._ssl, server_side=True, https_compatible=True
+                    )
                     stream = tls
                     await tls.do_handshake()
-                request = await read_request(
-                    stream, None if turn is None else partial(turn.readable, tcp.socket)
-                )
-                if turn is not None and request is not None and request.is_upgrade:
+                    request = await read_request(tls)
+                if request is not None and request.is_upgrade:
                     await turn.take()  # an upgrade never skips the line, whatever its path
             except HttpFailure as exc:
                 failure = exc
@@ -519,7 +523,10 @@ class Server:
                 stats.handshake_failures += 1
                 await trio.aclose_forcefully(stream)
                 return None
-        if turn is not None and not (request is not None and request.is_upgrade):
+            finally:
+                if under_tls is not None:
+                    under_tls.turn = None  # the connection's own reads take no turns
+        if not (request is not None and request.is_upgrade):
             turn.release()
         if timeout.cancelled_caught:
             log.debug("handshake timeout from %s", remote)
@@ -546,7 +553,7 @@ class Server:
         stream: trio.abc.Stream,
         request: OpeningRequest,
         remote: str,
-        turn: Turn | None,
+        turn: Turn,
     ) -> tuple[WsConnection, bytes] | None:
         stats = self.stats
         config = self.config
@@ -560,8 +567,7 @@ class Server:
             if not origin_allowed(request, self._origins, config.web_chat):
                 raise HttpFailure(403, "this origin may not open WebSockets here")
         except HttpFailure as exc:
-            if turn is not None:
-                turn.release()
+            turn.release()
             await self.plain.refuse(stream, exc)
             return None
         with trio.move_on_after(self.config.handshake_timeout) as timeout:

@@ -19,13 +19,17 @@ bytes are readable, and gives it back while it waits for more of them (`Turn.rea
 client that trickles its request (slowloris) holds no turn and keeps no one out. A
 handshake's wait in line moves its `handshake_timeout` later: that timeout is the client's
 time, not the relay's. While the line is full, a health probe (PROBES: its first bytes,
-peeked) skips it. A sign-in (the hand-off of a ws:// connection not yet signed in,
+peeked) skips it. A sign-in (the read of a connection not yet signed in,
 relay.transport.connection) holds its turn while the handler works on its frames, store round
 trip included: that is the relay's own work. While it waits in line the connection's
 `input_queued` is set, and the core does not count that wait against the client's
 `auth_timeout`.
 
-wss:// handshakes take no turn: their reads go through TLS, whose readiness a turn cannot see.
+A wss:// handshake takes its turns the same way under its TLS (TurnStream): each read of the
+TCP stream beneath waits for the peer's bytes holding no turn, then takes one, so the TLS
+handshake's key exchange, the heaviest joining work there is, also goes a few at a time. Its
+health probes wait in line with the rest: their bytes are encrypted, so none can be peeked.
+A wss:// sign-in holds a turn like a ws:// one.
 """
 
 from __future__ import annotations
@@ -112,6 +116,33 @@ class Turn:
         if self.held:
             self.held = False
             self._limiter.release_on_behalf_of(self)
+
+
+@define(eq=False)
+class TurnStream(trio.abc.Stream):
+    """The TCP stream under a wss:// handshake's TLS: while `turn` is set, each read waits
+    for the peer's bytes holding no turn and then takes it (Turn.readable), so the TLS
+    handshake's work and the request's parsing run holding a turn and a client that trickles
+    its bytes holds none. Once the request is read, `turn` is cleared and the stream only
+    passes through (the connection's reads take no turns; its sign-in does, elsewhere)."""
+
+    transport: trio.SocketStream
+    turn: Turn | None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        turn = self.turn
+        if turn is not None:
+            await turn.readable(self.transport.socket)
+        return await self.transport.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
 
 
 @define(eq=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -85,22 +84,6 @@ async def test_the_blocking_client(nursery: trio.Nursery) -> None:
             return first.seq, again.seq, group["createdBy"]
 
     assert await trio.to_thread.run_sync(backend) == (1, 1, "bob")
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(cert), str(key)
 
 
 async def test_the_api_over_tls_on_the_wss_port(

@@ -8,6 +8,7 @@ Users rely on: a storm's sign-ins are each handled, in order, none lost; a devic
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import pytest
@@ -144,3 +145,56 @@ async def test_a_health_probe_skips_the_line_and_an_upgrade_at_its_path_does_not
     assert await joined[0].recv_frame() == (1, b"in")
     await holder.aclose()
     await joined[0].aclose()
+
+
+async def test_wss_handshakes_and_sign_ins_take_turns_and_a_silent_tls_client_holds_none(
+    nursery: trio.Nursery,
+    autojump_clock: MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    certificate: tuple[str, str],
+) -> None:
+    # Over wss:// the TLS handshake is the heaviest joining work of all: in a storm it waits
+    # in the same line, and a client that opens TCP and says nothing keeps no one out.
+    cert, key = certificate
+    tls = ssl.create_default_context(cafile=cert)
+    monkeypatch.setattr(turns, "JOINING_TURNS", 1)
+    handler = Gate()
+    relay = await start_relay(
+        nursery, handler=handler, certfile=cert, keyfile=key, handshake_timeout=600.0
+    )
+    metric = relay.metrics.registry.get_sample_value
+    address = relay.address
+    assert address is not None
+    silent = await trio.open_tcp_stream("127.0.0.1", address.port)
+    await trio.testing.wait_all_tasks_blocked()
+    assert metric("relay_joining_active") == 0  # waiting for its ClientHello, no turn held
+
+    holder = await RawWs.connect(relay, tls=tls)  # in, though the silent one came first
+    await holder.send(mask_frame(0x1, b"hold"))  # a sign-in that holds the one turn
+    await trio.testing.wait_all_tasks_blocked()
+    assert handler.seen == [b"hold"]
+    assert metric("relay_joining_active") == 1
+    tcp = await trio.open_tcp_stream("127.0.0.1", address.port)
+    waiting = trio.SSLStream(tcp, tls, server_hostname="127.0.0.1")
+    handshaken = trio.Event()
+
+    async def handshake() -> None:
+        await waiting.do_handshake()
+        handshaken.set()
+
+    nursery.start_soon(handshake)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not handshaken.is_set()  # its TLS handshake waits for the turn
+    assert metric("relay_joining_waiting") == 1
+
+    handler.release.set()
+    assert await holder.recv_frame() == (1, b"hold")
+    await handshaken.wait()
+    joined = RawWs(waiting)
+    await joined.upgrade(address.port)
+    await joined.send(mask_frame(0x1, b"in"))
+    assert await joined.recv_frame() == (1, b"in")
+    assert metric("relay_joining_waiting") == 0
+    for raw in (holder, joined):
+        await raw.aclose()
+    await silent.aclose()
