@@ -492,9 +492,9 @@ class Server:
     ) -> tuple[WsConnection, bytes] | None:
         """The opening handshake: plain HTTP is answered here; an accepted WebSocket upgrade
         returns its registered connection and the bytes that followed the request. `turn`:
-        held while the TLS handshake (wss://) and the request's parsing work and the upgrade
-        is made, not while waiting for the client (relay.transport.turns), nor while
-        answering plain HTTP."""
+        held while the relay works on the handshake (wss://'s TLS handshake, the request, the
+        upgrade), not while it waits for the client (relay.transport.turns), nor while it
+        answers plain HTTP."""
         stats = self.stats
         stream: trio.abc.Stream = tcp
         under_tls: TurnStream | None = None
