@@ -314,8 +314,8 @@ class RelayConfig:
     metrics_listen: str | None = field(
         default=None,
         metadata=_help(
-            "HOST:PORT serving GET /metrics alone (none: /metrics on the main port, to "
-            "loopback peers only)"
+            "HOST:PORT serving GET /metrics and /healthz alone, outside the joining line "
+            "(none: /metrics on the main port, to loopback peers only)"
         ),
     )
     # --- bounds on what one client may cause: group changes, token lifetime ---

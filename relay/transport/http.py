@@ -1,5 +1,5 @@
 """The plain-HTTP side of the relay's port: /healthz, /metrics, the web chat, errors; and the
-metrics listener's one page (`respond_metrics`).
+metrics listener's pages (`respond_side`).
 
 Sans-IO: `respond()` maps a parsed request onto a complete HTTP/1.1 response (bytes); the
 shell writes it and closes the connection. Invariant: every response carries
@@ -135,6 +135,11 @@ def respond(
         ]
         body = web_file(name)
         return 200, render(200, body, content_type=content_type, headers=security, head=head)
+    return _health(head, draining, problem)
+
+
+def _health(head: bool, draining: bool, problem: str | None) -> tuple[int, bytes]:
+    """/healthz's answer (see `respond`)."""
     if draining:
         return 503, render(503, b"draining", head=head)
     if problem is not None:
@@ -142,9 +147,22 @@ def respond(
     return 200, render(200, b"ok", head=head)
 
 
+def respond_side(
+    method: str, target: str, metrics: RelayMetrics, *, draining: bool, problem: str | None
+) -> tuple[int, bytes]:
+    """(status, response bytes) for a request to the metrics listener: GET /metrics and
+    GET /healthz (and HEAD), nothing else. Its connections take no turns, so a load
+    balancer's probe there is answered during a storm even when the main port speaks TLS
+    (where a probe's TLS handshake waits in the joining line like any other)."""
+    if target.split("?", 1)[0] == "/healthz":
+        if method not in ("GET", "HEAD"):
+            return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
+        return _health(method == "HEAD", draining, problem)
+    return respond_metrics(method, target, metrics)
+
+
 def respond_metrics(method: str, target: str, metrics: RelayMetrics) -> tuple[int, bytes]:
-    """(status, response bytes) for a request to the metrics listener, which serves
-    GET /metrics (and HEAD) alone."""
+    """(status, response bytes) for GET /metrics (and HEAD); 404 for any other path."""
     if target.split("?", 1)[0] != "/metrics":
         return 404, error(404)
     if method not in ("GET", "HEAD"):

@@ -6,7 +6,7 @@ relay.transport.http (sans-IO responses) and relay.transport.httpserver (routed 
   is answered by `http.respond` (/healthz, /metrics to loopback peers, the web chat, 404) and
   the connection closed. Both answer from the same `respond`, so a path means the same on
   either.
-- The metrics listener (config.metrics_listen) answers GET /metrics and nothing else.
+- The metrics listener (config.metrics_listen) answers GET /metrics and /healthz, nothing else.
 - Every status answered is counted in relay_http_requests_total (`count`); a refusal before
   or instead of an upgrade (`refuse`) is also a handshake failure.
 """
@@ -70,7 +70,7 @@ class PlainHttp:
         await answer_and_close(stream, response)
 
     async def serve_metrics(self, tcp: trio.SocketStream) -> None:
-        """A connection to the metrics listener: GET /metrics, nothing else."""
+        """A connection to the metrics listener: GET /metrics and /healthz, nothing else."""
         try:
             request: OpeningRequest | None = None
             with trio.move_on_after(self.config.handshake_timeout):
@@ -82,8 +82,12 @@ class PlainHttp:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
             if request is not None:
-                status, response = http.respond_metrics(
-                    request.method, request.target, self.metrics
+                status, response = http.respond_side(
+                    request.method,
+                    request.target,
+                    self.metrics,
+                    draining=self.draining(),
+                    problem=self.problem(),
                 )
                 self.count(status)
                 await answer_and_close(tcp, response)

@@ -28,7 +28,8 @@ trip included: that is the relay's own work. While it waits in line the connecti
 A wss:// handshake takes its turns the same way under its TLS (TurnStream): each read of the
 TCP stream beneath waits for the peer's bytes holding no turn, then takes one, so the TLS
 handshake's key exchange, the heaviest joining work there is, also goes a few at a time. Its
-health probes wait in line with the rest: their bytes are encrypted, so none can be peeked.
+health probes wait in line with the rest: their bytes are encrypted, so none can be peeked
+(the metrics listener answers /healthz outside the line: relay.transport.http.respond_side).
 A wss:// sign-in holds a turn like a ws:// one.
 """
 

@@ -71,7 +71,11 @@ async def test_metrics_listen_moves_metrics_to_their_own_address(nursery: trio.N
     request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
     status, body = await http_request(own.port, request)
     assert status == 200 and b"relay_connections_open" in body
-    assert (await http_request(own.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 404
+    probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert await http_request(own.port, probe) == (200, b"ok")  # a probe that takes no line
+    assert (await http_request(own.port, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 200
+    assert (await http_request(own.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 404
+    assert (await http_request(own.port, b"POST /healthz HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 405
     assert (await http_request(own.port, b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 405
 
 

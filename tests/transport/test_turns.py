@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from attrs import define, field
-from support import RawWs, http_get, mask_frame, start_relay
+from support import RawWs, http_get, http_request, mask_frame, start_relay
 from trio.testing import MockClock
 
 from relay.app import Relay
@@ -160,7 +160,12 @@ async def test_wss_handshakes_and_sign_ins_take_turns_and_a_silent_tls_client_ho
     monkeypatch.setattr(turns, "JOINING_TURNS", 1)
     handler = Gate()
     relay = await start_relay(
-        nursery, handler=handler, certfile=cert, keyfile=key, handshake_timeout=600.0
+        nursery,
+        handler=handler,
+        certfile=cert,
+        keyfile=key,
+        handshake_timeout=600.0,
+        metrics_listen="127.0.0.1:0",
     )
     metric = relay.metrics.registry.get_sample_value
     address = relay.address
@@ -186,6 +191,12 @@ async def test_wss_handshakes_and_sign_ins_take_turns_and_a_silent_tls_client_ho
     await trio.testing.wait_all_tasks_blocked()
     assert not handshaken.is_set()  # its TLS handshake waits for the turn
     assert metric("relay_joining_waiting") == 1
+    # a probe's TLS handshake would wait too: on the metrics listener it takes no line
+    side = relay.metrics_address
+    assert side is not None
+    with trio.fail_after(1.0):
+        probe = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert await http_request(side.port, probe) == (200, b"ok")
 
     handler.release.set()
     assert await holder.recv_frame() == (1, b"hold")
