@@ -1,9 +1,11 @@
-"""The line for joining work (relay.transport.turns): sign-ins of ws:// connections go
-through JOINING_TURNS at a time, in arrival order; one waiting in line tells the core its
-frames are here (`input_queued`), and /metrics shows the line.
+"""The line for joining work (relay.transport.turns): handshakes and sign-ins, over ws:// and
+wss://, go through JOINING_TURNS at a time, in arrival order; one waiting in line tells the core
+its frames are here (`input_queued`), and /metrics shows the line.
 
 Users rely on: a storm's sign-ins are each handled, in order, none lost; a device whose
-`auth` waits in the relay's line is not closed for lateness; operators can see the line.
+`auth` waits in the relay's line is not closed for lateness; a client that connects and says
+nothing keeps no one out; a load balancer's health probe is answered during a storm;
+operators can see the line.
 """
 
 from __future__ import annotations
