@@ -124,7 +124,7 @@ def respond(
     if web is None and path != "/healthz":
         return 404, error(404)
     if method not in ("GET", "HEAD"):
-        return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
+        return _get_or_head_only()
     head = method == "HEAD"
     if web is not None:
         name, content_type = web
@@ -136,6 +136,11 @@ def respond(
         body = web_file(name)
         return 200, render(200, body, content_type=content_type, headers=security, head=head)
     return _health(head, draining, problem)
+
+
+def _get_or_head_only() -> tuple[int, bytes]:
+    """The answer to another method on a path served to GET and HEAD."""
+    return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
 
 
 def _health(head: bool, draining: bool, problem: str | None) -> tuple[int, bytes]:
@@ -156,7 +161,7 @@ def respond_side(
     (where a probe's TLS handshake waits in the joining line like any other)."""
     if target.split("?", 1)[0] == "/healthz":
         if method not in ("GET", "HEAD"):
-            return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
+            return _get_or_head_only()
         return _health(method == "HEAD", draining, problem)
     return respond_metrics(method, target, metrics)
 
@@ -166,6 +171,6 @@ def respond_metrics(method: str, target: str, metrics: RelayMetrics) -> tuple[in
     if target.split("?", 1)[0] != "/metrics":
         return 404, error(404)
     if method not in ("GET", "HEAD"):
-        return 405, render(405, b"Method Not Allowed\n", headers=[(b"Allow", b"GET, HEAD")])
+        return _get_or_head_only()
     body = metrics.render()
     return 200, render(200, body, content_type=METRICS_CONTENT_TYPE, head=method == "HEAD")
