@@ -8,11 +8,10 @@
 - A page is at most `limit` items, newest first, and at most half of `outbox_max_bytes`
   encoded: a page that would be larger keeps its newest items (at least one) and says
   `hasMore: true`, with `next` after the last item kept, so paging on loses nothing.
-- One search reads the store at a time; the others wait their turn (FIFO), so searches
-  never hold more than one of the store's reader threads, which share the relay's core with
-  the event loop. Measured (bench `search`, 4 closed-loop searches in flight during pairwise
-  messaging): messaging at 0.58x of its throughput without searches with two at a time
-  (median of 3), 0.62x with one (one run); search p99 28 -> 36 ms.
+- How many searches run at once is the store's to decide: the SQL stores run one at a time,
+  first come first served, in a thread of their own (relay/store/searcher.py), since their
+  threads share the relay's core with the event loop; the memory store's search takes no
+  thread and does not wait.
 - Each item is a message frame with the `status` history gives it: the user's own messages
   `read` / `delivered` / `sent` as every other current participant's watermarks cover them,
   everyone else's `delivered`.
@@ -24,7 +23,6 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import orjson
-import trio
 from attrs import define, field
 
 from relay.core.context import Context
@@ -67,13 +65,10 @@ class SearchesMarked(Protocol):
 class Search:
     _ctx: Context
     _store: Searchable | None = field(default=None)
-    # one search reads the store at a time (see the module docstring)
-    _turn: trio.Lock = field(factory=trio.Lock)
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self._store = ctx.store if isinstance(ctx.store, Searchable) else None
-        self._turn = trio.Lock()
 
     async def on_search(self, conn: Connection, session: Session, frame: SearchFrame) -> None:
         ctx = self._ctx
@@ -92,23 +87,22 @@ class Search:
             conversation = direct_conversation(user, frame.peer_id)
         store = self._store
         known: dict[str, dict[str, Watermarks]] = {}
-        async with self._turn:
-            if isinstance(store, SearchesMarked):
-                page, known = await store.search_marked(
-                    user,
-                    frame.terms,
-                    conversation=conversation,
-                    before=frame.before,
-                    limit=frame.limit,
-                )
-            else:
-                page = await store.search(
-                    user,
-                    frame.terms,
-                    conversation=conversation,
-                    before=frame.before,
-                    limit=frame.limit,
-                )
+        if isinstance(store, SearchesMarked):
+            page, known = await store.search_marked(
+                user,
+                frame.terms,
+                conversation=conversation,
+                before=frame.before,
+                limit=frame.limit,
+            )
+        else:
+            page = await store.search(
+                user,
+                frame.terms,
+                conversation=conversation,
+                before=frame.before,
+                limit=frame.limit,
+            )
         messages, positions, has_more = page.messages, page.positions, page.has_more
         statuses = await self._statuses(user, messages, known)
         answer = encode_search_result(

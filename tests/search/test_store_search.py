@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import trio
 from store_suite import AB, fast_append, group, msg, put
 
 from relay.search import parse_query
@@ -152,3 +153,25 @@ async def test_messages_appended_without_awaiting_are_found(store: Store, found:
     )
     assert await found("a", "fox") == ["fox den", "quick brown fox"]
     assert await found("b", "fox") == ["quick brown fox"]
+
+
+async def test_searches_asked_at_once_each_get_their_own_answer(
+    store: Store, settle: Settle
+) -> None:
+    """A store may run searches one at a time (the SQL stores' searcher): every one of a burst
+    asked together is answered, with its own page, whatever order they run in."""
+    await texts(store, *(f"word{i} shared" for i in range(20)))
+    await settle(store)
+    assert isinstance(store, Searchable)
+    pages: dict[int, list[str]] = {}
+
+    async def one(i: int) -> None:
+        page = await store.search("a", parse_query(f"word{i}"))
+        pages[i] = [m.text for m in page.messages]
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(one, i)
+    assert pages == {i: [f"word{i} shared"] for i in range(20)}
+    shared = await store.search("b", parse_query("shared"), limit=50)
+    assert len(shared.messages) == 20

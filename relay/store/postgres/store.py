@@ -4,8 +4,9 @@ The SQLite store's shape (relay/store/sqlite/store.py) on psycopg 3's sync API: 
 ONE writer thread (writer.py) as Requests through a bounded queue (`_slots`, a trio.Semaphore
 of `max_pending`, is taken before a request is queued and given back when it is answered);
 reads run on a pool of connections in Trio worker threads (`trio.to_thread.run_sync`, at most
-`readers` at once), each inside one read-only REPEATABLE READ transaction. The event loop never
-waits on the database. (psycopg's async API needs asyncio; threads are how it runs under Trio.)
+`readers` at once), each inside one read-only REPEATABLE READ transaction; searches run one at a
+time on a connection of their own, in the searcher's thread (relay/store/searcher.py). The event
+loop never waits on the database. (psycopg's async API needs asyncio; threads are how it runs under Trio.)
 
 Several nodes share one database: seq, pos and idempotency are decided inside PostgreSQL under
 the `positions` row lock (schema.py), never from a node's memory.
@@ -58,6 +59,7 @@ from relay.store.postgres.retention import PostgresRetention
 from relay.store.postgres.rows import Conn, describe
 from relay.store.postgres.schema import SchemaMismatch, migrate
 from relay.store.postgres.writer import EVERY_LOCK, MARKS, POSITIONS, STOP, Request, Writer
+from relay.store.searcher import Searcher
 
 log = logging.getLogger("relay.store")
 
@@ -114,6 +116,7 @@ class PostgresStore:
         self._readers: queue.SimpleQueue[Conn | None] = queue.SimpleQueue()
         self._read_limiter = trio.CapacityLimiter(readers)
         self._thread: threading.Thread | None = None
+        self._searcher: Searcher[queue.SimpleQueue[Conn | None]] | None = None
         self._closed = trio.Event()
         self._write_problem: str | None = None
         # this store's name in the webhook scanner's lease (webhooks.py): one per node
@@ -158,6 +161,12 @@ class PostgresStore:
             raise StoreUnavailable(f"cannot open the PostgreSQL store: {describe(exc)}") from None
         for _ in range(self._reader_count):
             self._readers.put(None)
+        own: queue.SimpleQueue[Conn | None] = queue.SimpleQueue()  # the searcher's one slot
+        own.put(None)
+        self._searcher = Searcher(
+            own, self._read_from, _close_slots, name="relay-postgres-searcher"
+        )
+        self._searcher.start()
         writer = Writer(
             connect=self._connect,
             requests=self._requests,
@@ -205,17 +214,12 @@ class PostgresStore:
         assert self._thread is not None
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._thread.join)
+            if self._searcher is not None:
+                await self._searcher.stop()
             borrowers = [object() for _ in range(self._reader_count)]
             for borrower in borrowers:  # every read connection is back in the pool
                 await self._read_limiter.acquire_on_behalf_of(borrower)
-            while True:
-                try:
-                    conn = self._readers.get_nowait()
-                except queue.Empty:
-                    break
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        conn.close()
+            _close_slots(self._readers)
             for borrower in borrowers:
                 self._read_limiter.release_on_behalf_of(borrower)
         self._state = "closed"
@@ -290,8 +294,20 @@ class PostgresStore:
         )
 
     def _read_sync(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return self._read_from(self._readers, work, args)
+
+    async def _search(self, work: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        assert self._searcher is not None
+        return await self._searcher.run(work, *args)
+
+    def _read_from(
+        self, slots: queue.SimpleQueue[Conn | None], work: Callable[..., T], args: tuple[Any, ...]
+    ) -> T:
+        """`work(conn, *args)` in one read transaction on a connection of `slots` (the pool's:
+        the limiter guarantees a slot while open; the searcher's one)."""
         try:
-            conn = self._readers.get_nowait()  # the limiter guarantees a slot while open
+            conn = slots.get_nowait()
         except queue.Empty:
             raise StoreError("the store is closed") from None
         try:
@@ -321,7 +337,7 @@ class PostgresStore:
                 conn = None
             raise StoreError(f"store read failed: {reason}") from exc
         finally:
-            self._readers.put(conn)
+            slots.put(conn)
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
@@ -485,7 +501,7 @@ class PostgresStore:
         before: int | None = None,
         limit: int = 20,
     ) -> SearchPage:
-        return await self._read(searches.search, user_id, query, conversation, before, limit)
+        return await self._search(searches.search, user_id, query, conversation, before, limit)
 
     async def search_marked(
         self,
@@ -497,7 +513,9 @@ class PostgresStore:
         limit: int = 20,
     ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
-        return await self._read(searches.search_marked, user_id, query, conversation, before, limit)
+        return await self._search(
+            searches.search_marked, user_id, query, conversation, before, limit
+        )
 
 
 def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:
@@ -511,3 +529,15 @@ def _append_alone(batch: list[NewMessage]) -> Callable[[Conn], list[Appended]]:
         return answers[0]
 
     return work
+
+
+def _close_slots(slots: queue.SimpleQueue[Conn | None]) -> None:
+    """Close every connection `slots` holds (a slot may hold none)."""
+    while True:
+        try:
+            conn = slots.get_nowait()
+        except queue.Empty:
+            return
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()

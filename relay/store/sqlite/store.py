@@ -4,8 +4,9 @@ Writes go to the writer thread (writer.py) as Requests through a bounded queue: 
 trio.Semaphore of `max_pending`, is taken before a request is queued and given back when it is
 answered, so the queue (one slot larger, for close's STOP) is never full and the event loop
 never blocks putting to it. Reads run on a pool of read-only connections in Trio worker threads
-(`trio.to_thread.run_sync`, at most `readers` at once), each inside one read transaction.
-The event loop never waits on the database.
+(`trio.to_thread.run_sync`, at most `readers` at once), each inside one read transaction;
+searches run one at a time on a read connection of their own, in the searcher's thread
+(relay/store/searcher.py). The event loop never waits on the database.
 
 Invariants:
 - every call between open() and close() comes from one Trio run: the writer answers through
@@ -50,6 +51,7 @@ from relay.store.base import (
     WebhookCandidate,
 )
 from relay.store.retention import RetentionJob
+from relay.store.searcher import Searcher
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
@@ -117,6 +119,7 @@ class SqliteStore:
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._read_limiter = trio.CapacityLimiter(readers)
         self._thread: threading.Thread | None = None
+        self._searcher: Searcher[sqlite3.Connection] | None = None
         self._checkpointer: Checkpointer | None = None
         self._checkpoint_thread: threading.Thread | None = None
         self._closed = trio.Event()
@@ -138,8 +141,13 @@ class SqliteStore:
         token = trio.lowlevel.current_trio_token()
         connector = Connector(self.path, self.busy_timeout, self._pragmas, self.check_on_open)
         connections = await trio.to_thread.run_sync(
-            connector.connect, self._reader_count, self.checkpoint_interval is not None
+            connector.connect, self._reader_count + 1, self.checkpoint_interval is not None
         )
+        readers = list(connections.readers)
+        self._searcher = Searcher(
+            readers.pop(), _read_on, sqlite3.Connection.close, name="relay-sqlite-searcher"
+        )
+        self._searcher.start()
         checkpointer = None
         if connections.checkpoint is not None:
             assert self.checkpoint_interval is not None
@@ -150,7 +158,7 @@ class SqliteStore:
                 target=checkpointer.run, name="relay-sqlite-checkpointer", daemon=True
             )
             self._checkpoint_thread.start()
-        for reader in connections.readers:
+        for reader in readers:
             self._readers.put(reader)
         # the writer deletes messages (retention): the search index's trigger needs these
         searches.register_functions(connections.writer)
@@ -187,6 +195,8 @@ class SqliteStore:
             if self._checkpointer is not None and self._checkpoint_thread is not None:
                 self._checkpointer.stop()
                 await trio.to_thread.run_sync(self._checkpoint_thread.join)
+            if self._searcher is not None:
+                await self._searcher.stop()
             borrowers = [object() for _ in range(self._reader_count)]
             for borrower in borrowers:  # every read connection is back in the pool
                 await self._read_limiter.acquire_on_behalf_of(borrower)
@@ -261,15 +271,14 @@ class SqliteStore:
         except queue.Empty:
             raise StoreError("the store is closed") from None
         try:
-            conn.execute("BEGIN")  # one snapshot for the whole read
-            try:
-                return work(conn, *args)
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store read failed: {describe(exc)}") from exc
+            return _read_on(conn, work, args)
         finally:
             self._readers.put(conn)
+
+    async def _search(self, work: Callable[..., T], *args: Any) -> T:
+        self._check_open()
+        assert self._searcher is not None
+        return await self._searcher.run(work, *args)
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
@@ -410,7 +419,7 @@ class SqliteStore:
         before: int | None = None,
         limit: int = 20,
     ) -> SearchPage:
-        return await self._read(searches.search, user_id, query, conversation, before, limit)
+        return await self._search(searches.search, user_id, query, conversation, before, limit)
 
     async def search_marked(
         self,
@@ -422,4 +431,18 @@ class SqliteStore:
         limit: int = 20,
     ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
-        return await self._read(searches.search_marked, user_id, query, conversation, before, limit)
+        return await self._search(
+            searches.search_marked, user_id, query, conversation, before, limit
+        )
+
+
+def _read_on(conn: sqlite3.Connection, work: Callable[..., T], args: tuple[Any, ...]) -> T:
+    """`work(conn, *args)` inside one read transaction (one snapshot for the whole read)."""
+    try:
+        conn.execute("BEGIN")
+        try:
+            return work(conn, *args)
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"store read failed: {describe(exc)}") from exc
