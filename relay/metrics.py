@@ -48,6 +48,10 @@ DELIVERY_BUCKETS: tuple[float, ...] = (
 COMMIT_SECONDS_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
+#: Bucket bounds of a search's time in the relay (its frame handled to its answer queued), s.
+SEARCH_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)  # fmt: skip
 #: Bucket bounds of a SQLite commit's size, requests (an append of n messages weighs n).
 COMMIT_SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
@@ -81,6 +85,10 @@ class Histogram:
 
 def _delivery_histogram() -> Histogram:
     return Histogram(DELIVERY_BUCKETS)
+
+
+def _search_histogram() -> Histogram:
+    return Histogram(SEARCH_BUCKETS)
 
 
 def _commit_size_histogram() -> Histogram:
@@ -124,6 +132,7 @@ class Stats:
     #: last flush was accepted (0.0: none); the flush observes it into `delivery_seconds`
     delivery_mark: float = 0.0
     delivery_seconds: Histogram = field(factory=_delivery_histogram)
+    search_seconds: Histogram = field(factory=_search_histogram)  # each search answered
     # --- the SQLite store's writer thread ---
     commit_size: Histogram = field(factory=_commit_size_histogram)
     commit_seconds: Histogram = field(factory=_commit_seconds_histogram)
@@ -232,6 +241,11 @@ class _StatsCollector(Collector):
             "relay_delivery_seconds",
             "Seconds from accepting a message to the flush writing its sent answer and "
             "deliveries to the kernel (one observation per flush: its oldest message)",
+        )
+        yield s.search_seconds.family(
+            "relay_search_seconds",
+            "Seconds from handling a search frame to queueing its answer (its wait for the "
+            "store's searcher included), per search answered with a page",
         )
         yield s.commit_size.family(
             "relay_store_commit_batch_size",

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +40,8 @@ from relay.store.base import (
     direct_conversation,
     group_conversation,
 )
+
+_monotonic = time.monotonic
 
 
 @runtime_checkable
@@ -71,6 +74,7 @@ class Search:
         self._store = ctx.store if isinstance(ctx.store, Searchable) else None
 
     async def on_search(self, conn: Connection, session: Session, frame: SearchFrame) -> None:
+        began = _monotonic()
         ctx = self._ctx
         user = session.user_id
         if self._store is None:
@@ -126,6 +130,7 @@ class Search:
                 ref=frame.ref,
             )
         ctx.send(conn, session, answer)
+        ctx.stats.search_seconds.observe(_monotonic() - began)
 
     async def _statuses(
         self,

@@ -100,6 +100,10 @@ async def test_search_over_the_users_own_conversations(store: Store) -> None:
                 assert [m.text for m in (await bob.search("club")).messages] == []
                 with pytest.raises(RequestFailed, match="forbidden"):
                     await bob.search("cafe", conversation=ConversationId.group("club"))
+            # every search answered with a page was timed (relay_search_seconds); the refusal not
+            timed = relay.metrics.stats.search_seconds
+            assert sum(timed.counts) == 7
+            assert 0 < timed.total < 7 * TIMEOUT
         nursery.cancel_scope.cancel()
 
 
