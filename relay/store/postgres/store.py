@@ -6,7 +6,8 @@ of `max_pending`, is taken before a request is queued and given back when it is 
 reads run on a pool of connections in Trio worker threads (`trio.to_thread.run_sync`, at most
 `readers` at once), each inside one read-only REPEATABLE READ transaction; searches run one at a
 time on a connection of their own, in the searcher's thread (relay/store/searcher.py). The event
-loop never waits on the database. (psycopg's async API needs asyncio; threads are how it runs under Trio.)
+loop never waits on the database. (psycopg's async API needs asyncio; threads are how it runs
+under Trio.)
 
 Several nodes share one database: seq, pos and idempotency are decided inside PostgreSQL under
 the `positions` row lock (schema.py), never from a node's memory.
