@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 from relay.core.context import Context
-from relay.core.session import Phase, Session
+from relay.core.session import Mark, Phase, Session
 from relay.fastpath import encode_delivery
 from relay.ports import Connection
 from relay.store.base import StoredMessage
@@ -84,7 +84,7 @@ def queue_message(
         return False
     session.sent_upto[conversation] = message.seq
     if not session.acks and message.sender_id != session.user_id:
-        session.pending_marks[conversation] = (message.seq, message.group_id)
+        session.pending_marks[conversation] = (message.seq, message.group_id, None)
     return True
 
 
@@ -109,7 +109,7 @@ class LocalBroker:
         frame = encode_delivery(message)
         conversation = message.conversation
         seq = message.seq
-        mark: tuple[int, str | None] | None = None
+        mark: Mark | None = None
         failed: list[tuple[Connection, Session]] | None = None
         table = self._table
         queued = 0
@@ -141,8 +141,9 @@ class LocalBroker:
                 sent_upto[conversation] = seq
                 queued += 1
                 if not session.acks and sender != session.user_id:
-                    if mark is None:
-                        mark = (seq, message.group_id)
+                    if mark is None:  # a 1:1's sender is told at the flush (core.marks)
+                        group_id = message.group_id
+                        mark = (seq, group_id, message if group_id is None else None)
                     session.pending_marks[conversation] = mark
         self._ctx.stats.messages_delivered += queued
         if failed:  # did not fit: the connection ends (its marks are dropped with it)

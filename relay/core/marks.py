@@ -7,42 +7,68 @@ kernel. The shell's flush callback is synchronous, so the marks wait here until 
 - a mark is in `_flushed` until a write takes it, then in `_persisting` until that write ended
   (written, or failed and dropped); a cancelled write puts what it did not write back;
 - while a mark is in either, the store may not know it yet: the backlog skips what it covers
-  (`marked_upto`) and waits for it before deciding it is done (`unpersisted`).
+  (`marked_upto`) and waits for it before deciding it is done (`unpersisted`);
+- a live 1:1 delivery's mark carries its message, whose sender is told at the flush
+  (`note_flushed` returns it) rather than after the store write: in a 1:1 every message from
+  others is the peer's, so the newest the mark covers is that message. `_told[(conversation,
+  reader)]` is the highest seq so told, and each seq is told once per reader (the first of the
+  reader's devices to flush it); maintain()'s receipts leave out what was told
+  (`told_upto`). It is bounded by TOLD_MAX entries (cleared when reached: a mark flushed again
+  after that may be told twice, and a receipt repeated changes nothing, its status only moves
+  forward).
 """
 
 from __future__ import annotations
 
 from attrs import define, field
 
-from relay.core.session import Session
+from relay.core.session import Mark, Session
+from relay.store.base import StoredMessage
 
 #: (conversation, user, store device)
 MarkKey = tuple[str, str, str]
-#: (seq, group id)
-Mark = tuple[int, str | None]
+#: the (conversation, reader) pairs whose senders were told at the flush, at most
+TOLD_MAX = 100_000
 
 
 @define(eq=False)
 class DeliveryMarks:
     _flushed: dict[MarkKey, Mark] = field(factory=dict)
     _persisting: dict[MarkKey, Mark] = field(factory=dict)
+    _told: dict[tuple[str, str], int] = field(factory=dict)
 
     def __bool__(self) -> bool:
         """Whether marks wait to be written (not counting a write under way)."""
         return bool(self._flushed)
 
-    def note_flushed(self, session: Session) -> None:
-        """The session's pending marks reached the kernel: queue them for the store."""
+    def note_flushed(self, session: Session) -> list[StoredMessage]:
+        """The session's pending marks reached the kernel: queue them for the store. Returns
+        the live 1:1 messages whose senders are to be told now (see the module doc)."""
         marks = session.pending_marks
         flushed = self._flushed
+        told = self._told
         user = session.user_id
         device = session.store_device
+        tell: list[StoredMessage] = []
         for conversation, mark in marks.items():
+            seq = mark[0]
             key = (conversation, user, device)
             known = flushed.get(key)
-            if known is None or known[0] < mark[0]:
+            if known is None or known[0] < seq:
                 flushed[key] = mark
+            message = mark[2]
+            if message is not None and told.get((conversation, user), 0) < seq:
+                if len(told) >= TOLD_MAX:
+                    told.clear()
+                told[(conversation, user)] = seq
+                tell.append(message)
         marks.clear()
+        return tell
+
+    def told_upto(self, conversation: str, user: str) -> int:
+        """The highest seq of `conversation` whose sender was told at the flush that `user`
+        has it (0: none)."""
+        return self._told.get((conversation, user), 0)
 
     def take(self) -> dict[MarkKey, Mark]:
         """The queued marks, now being written; the caller deletes each written (or dropped)

@@ -11,7 +11,8 @@
 - append: the accepted messages of one read in ONE store append, made the way the store
   allows: `append_now` inline (InlineAppend), `append_soon` answered from the store's callback
   (QueuedAppend, while it has room), or an awaited `append_many`.
-- answer: only once the append returned does the sender get `sent` (with seq), in frame order;
+- answer: only once the append returned does the sender get `sent` (with seq), in frame order,
+  queued after the deliveries (the shell then writes the recipients first: see `_answer`);
   a duplicate (senderId, id) gets the same `sent` and seq and is not delivered again; a store
   failure answers every message of the append failed/internal.
 - sequence: deliveries are released in seq order per conversation whatever order appends
@@ -42,7 +43,7 @@ from relay.core.context import Context
 from relay.core.sequencer import Ready, Sequencer
 from relay.core.session import Phase, Session
 from relay.errors import FrameError
-from relay.fastpath import encode_sent_frame, record
+from relay.fastpath import OP_TEXT, encode_frame, encode_sent_frame, record
 from relay.ports import Connection
 from relay.protocol import (
     MESSAGE_ID_MAX,
@@ -66,7 +67,6 @@ from relay.store.base import (
 log = logging.getLogger("relay.core")
 
 _ACTIVE = Phase.ACTIVE
-_CLOSING = Phase.CLOSING
 #: bound of the remembered 1:1 and group conversation keys, each (cleared when reached)
 DIRECT_KEYS_MAX = 100_000
 _monotonic = time.monotonic
@@ -180,10 +180,12 @@ class Pipeline:
                 log.exception("storing %d message(s) failed", len(pending.accepted))
                 results = None
             deliveries: list[Ready] = []
+            answers: list[bytes] = []
             try:
-                self._answer(conn, session, pending, results, deliveries)
+                answers = self._answer(conn, session, pending, results, deliveries)
             finally:
                 self._sequencer.run(pending.conversations, deliveries, now)
+            self._reply(conn, session, answers)
             return len(batch)
 
         def stored(results: list[Appended] | None, error: BaseException | None) -> None:
@@ -496,13 +498,15 @@ class Pipeline:
         pending: _Pending,
         results: list[Appended] | None,
     ) -> None:
-        """Answer, then release the new messages to the sequencer; the append's turn ends
-        whatever happens."""
+        """Release the new messages to the sequencer, then queue the answers; the append's
+        turn ends whatever happens."""
         deliveries: list[Ready] = []
+        answers: list[bytes] = []
         try:
-            self._answer(conn, session, pending, results, deliveries)
+            answers = self._answer(conn, session, pending, results, deliveries)
         finally:
             self._sequencer.end(pending.conversations, deliveries)
+        self._reply(conn, session, answers)
 
     def _answer(
         self,
@@ -511,10 +515,16 @@ class Pipeline:
         pending: _Pending,
         results: list[Appended] | None,
         deliveries: list[Ready],
-    ) -> None:
-        """The sender's answers in frame order (`sent`, or `failed` when `results` is None:
-        the store failed; none without a connection); the new messages' deliveries go to
-        `deliveries` for the sequencer."""
+    ) -> list[bytes]:
+        """The sender's answers in frame order, framed (`sent`, or `failed` when `results` is
+        None: the store failed; none without a connection); the new messages' deliveries go to
+        `deliveries` for the sequencer.
+
+        The callers queue the answers (`_reply`) after the sequencer has queued the
+        deliveries, so that the shell, which writes connections in the order they got frames,
+        writes a message's recipients before its sender: the `delivered` receipt their flush
+        causes (relay.core.marks) then joins the `sent` in the sender's write rather than
+        costing a write of its own. Each connection's own frames keep their order."""
         ctx = self._ctx
         stats = ctx.stats
         if results is None:
@@ -530,36 +540,44 @@ class Pipeline:
             problem = self.health()  # why, when the node knows (PostgreSQL lost)
             if problem is not None:
                 unstored = f"{unstored}: {problem}"
+        answers: list[bytes] = []
+        answering = conn is not None and session is not None
         for entry in pending.entries:
             if entry.__class__ is not tuple:
                 assert isinstance(entry, MessageRefused)
                 stats.message_failed(entry.code)
-                if conn is not None and session is not None:
-                    ctx.send(conn, session, _refusal_frame(entry))
+                if answering:
+                    answers.append(encode_frame(OP_TEXT, _refusal_frame(entry)))
                 continue
             assert isinstance(entry, tuple)
             message, audience = entry
             if results is None:
-                if conn is not None and session is not None:
-                    ctx.send(
-                        conn,
-                        session,
-                        encode_receipt_failed(
-                            message.id,
-                            "internal",
-                            peer_id=message.recipient_id,
-                            group_id=message.group_id,
-                            detail=unstored,
-                        ),
+                if answering:
+                    failed = encode_receipt_failed(
+                        message.id,
+                        "internal",
+                        peer_id=message.recipient_id,
+                        group_id=message.group_id,
+                        detail=unstored,
                     )
+                    answers.append(encode_frame(OP_TEXT, failed))
                 continue
             appended = next(stored)
             done = appended.message
-            if conn is not None and session is not None and session.phase is not _CLOSING:
-                sent = encode_sent_frame(
-                    done.id, done.recipient_id, done.group_id, done.seq, timestamp
+            if answering:
+                answers.append(
+                    encode_sent_frame(
+                        done.id, done.recipient_id, done.group_id, done.seq, timestamp
+                    )
                 )
-                if not conn.send(sent):
-                    ctx.slow(conn, session)
             if not appended.duplicate:
                 deliveries.append((message.conversation, done.seq, done, audience, conn))
+        return answers
+
+    def _reply(self, conn: Connection, session: Session, answers: list[bytes]) -> None:
+        """Queue the sender's framed answers, in order (none once it is closing; a full
+        outbox closes it with 1013)."""
+        send_wire = self._ctx.send_wire
+        for frame in answers:
+            if not send_wire(conn, session, frame):
+                return

@@ -5,8 +5,14 @@
   next `maintain()` (within a tick). Either way the store records it, and each sender whose
   messages the reader's watermark newly covers gets a `receipt` (id and seq of its newest
   covered message, `userId` the reader); a `read` also reaches the reader's other devices.
+  A live 1:1 message's sender is told at the recipient's flush (relay.core.marks), and
+  `write_marks` leaves out what was told so.
 - `delivered` receipts go out by `Connection.send_later`: with whatever the sender's
   connection writes next, within a tick (no socket write of their own); `read` ones at once.
+  One told at the flush joins the sender's `sent`: the pipeline queues the answers after the
+  deliveries, so the shell writes the recipient first. Measured at 10,000 connections each
+  sending a message a second: 2.61 -> 1.79 socket writes and 71.9 -> 67.0 us of CPU per
+  message (sparse@10000, 2026-12-07, one run each).
 - Receipts are clamped to the conversation's last seq; one for a conversation the user is not
   in gets error `forbidden`; stale ones are ignored.
 - Catch-up: once a device's backlog is done it gets the `delivered`/`read` receipts that the
@@ -182,7 +188,7 @@ class Receipts:
                 await breathe()  # before the write: a chunk cancelled here stays in `marks`
                 try:
                     befores = await store.mark_delivered_many(
-                        [(c, user, device, seq) for (c, user, device), (seq, _) in chunk]
+                        [(c, user, device, seq) for (c, user, device), (seq, _, _) in chunk]
                     )
                 except Exception:
                     log.exception("recording %d deliveries failed", len(chunk))
@@ -190,12 +196,14 @@ class Receipts:
                         del marks[key]
                     continue
                 # receipts to the senders whose messages the moved watermarks now cover
+                # those whose senders were not told at the flush (core.marks)
+                told_upto = self._marks.told_upto
                 moved = [
                     (conversation, before.delivered_seq, seq, user, group_id)
-                    for ((conversation, user, _device), (seq, group_id)), before in zip(
+                    for ((conversation, user, _device), (seq, group_id, _)), before in zip(
                         chunk, befores, strict=True
                     )
-                    if seq > before.delivered_seq
+                    if seq > before.delivered_seq and told_upto(conversation, user) < seq
                 ]
                 try:
                     newest = await store.latest_by_sender_many(

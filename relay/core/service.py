@@ -298,7 +298,9 @@ class MessagingService:
         if conn.outbox.pending_frames:
             return  # frames queued after this flush began: their marks wait for the next one
         if session.pending_marks:
-            self._marks.note_flushed(session)
+            tell = self._marks.note_flushed(session)
+            if tell:
+                self.receipts.status_receipts(tell, session.user_id, "delivered", None)
         backlog = session.backlog
         if backlog is not None:
             self.backlog.flushed(conn, session, backlog)

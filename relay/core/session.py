@@ -19,8 +19,9 @@ Delivery bookkeeping (the invariants the core keeps):
 - `sent_upto[c]` is the highest seq of conversation c queued to this connection; nothing at or
   below it is queued again, so a device sees each conversation in seq order without repeats;
 - `pending_marks[c]` (acks=false only) is the highest seq from others queued but not yet
-  flushed to the socket, with its group id; on flush it is handed to the delivery marks, on
-  close it is dropped (those messages stay undelivered and come again with the next backlog);
+  flushed to the socket, with its group id (and, for a live 1:1 delivery, the message: its
+  sender is told at the flush, relay.core.marks); on flush it is handed to the delivery marks,
+  on close it is dropped (those messages stay undelivered and come again with the next backlog);
 - `backlog` is the backlog's state (relay.core.backlog) from auth_ok until the backlog is done,
   then None: while it is set, live messages from others are not delivered (the backlog brings
   them in seq order) and own messages from other devices wait in it.
@@ -35,11 +36,14 @@ from typing import TYPE_CHECKING
 from attrs import define, field
 
 from relay.errors import RelayError
+from relay.store.base import StoredMessage
 
 if TYPE_CHECKING:
     from relay.core.backlog_state import BacklogState
 
 ANONYMOUS_DEVICE = ""
+#: a delivery mark: (seq, group id, the message when its sender is told at the flush)
+Mark = tuple[int, str | None, StoredMessage | None]
 
 
 class SessionError(RelayError):
@@ -90,7 +94,7 @@ class Session:
     acks: bool = False
     registered: bool = False  # counted in the router and presence
     sent_upto: dict[str, int] = field(factory=dict)
-    pending_marks: dict[str, tuple[int, str | None]] = field(factory=dict)  # conv -> (seq, group)
+    pending_marks: dict[str, Mark] = field(factory=dict)  # conversation -> its mark
     backlog: BacklogState | None = None
 
     @property

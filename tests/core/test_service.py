@@ -18,7 +18,7 @@ from relay.config import RelayConfig
 from relay.core import MessagingService
 from relay.errors import FrameError, StoreError
 from relay.protocol import AuthFrame, MessageRefused
-from relay.store.base import Appended, NewMessage
+from relay.store.base import Appended, NewMessage, group_conversation
 from relay.store.memory import MemoryStore
 
 
@@ -294,7 +294,9 @@ async def test_resend_of_the_same_id_gets_the_same_seq_and_no_second_delivery() 
     assert [r["seq"] for r in first] == [1, 2]
     assert len(of_type(h.frames(b), "message")) == 2
     await h.send(a, msg("m1", "bob", "changed"))
-    (again,) = h.frames(a)
+    # bob's flush above told alice at once (a 1:1's `delivered` rides the next write)
+    delivered, again = h.frames(a)
+    assert (delivered["status"], delivered["seq"], delivered["id"]) == ("delivered", 2, "m2")
     assert (again["status"], again["seq"], again["id"]) == ("sent", 1, "m1")
     assert of_type(h.frames(b), "message") == []
 
@@ -824,6 +826,7 @@ async def test_status_frames_are_passed_on_to_contacts_and_must_be_own() -> None
     b = await h.connect("bob")
     await h.send(a, msg("m1", "bob"))
     h.frames(a), h.frames(b)
+    assert [r["status"] for r in h.frames(a)] == ["delivered"]  # told at bob's flush
     await h.send(a, {"type": "status", "status": "away", "userId": "alice", "timestamp": "t"})
     (st,) = h.frames(b)
     assert (st["type"], st["status"], st["userId"]) == ("status", "away", "alice")
@@ -1268,16 +1271,23 @@ async def test_what_was_flushed_is_not_sent_again_while_its_marks_are_being_writ
 
 
 async def _flushed_to_many(h: Harness, pairs: int) -> list[FakeConn]:
-    """`pairs` senders who each wrote one message to their own reader, which was flushed:
-    a delivery mark per reader waits for maintain(). Returns the senders."""
+    """`pairs` senders who each wrote one message to their own reader in a group of the two
+    (`g{i}`), which was flushed: a delivery mark per reader waits for maintain() (a 1:1's
+    sender is told at the flush). Returns the senders."""
     senders = [await h.connect(f"s{i}") for i in range(pairs)]
     readers = [await h.connect(f"r{i}") for i in range(pairs)]
     for i, sender in enumerate(senders):
-        await h.send(sender, msg(f"m{i}", f"r{i}"))
+        await _pair_group(h, sender, readers[i], f"g{i}", f"r{i}")
+        await h.send(sender, msg(f"m{i}", groupId=f"g{i}"))
         h.frames(sender)
     for reader in readers:
         assert len(of_type(h.frames(reader), "message")) == 1  # flushed
     return senders
+
+
+async def _pair_group(h: Harness, sender: FakeConn, reader: FakeConn, group: str, to: str) -> None:
+    await h.send(sender, {"type": "group_create", "groupId": group, "members": [to]})
+    assert of_type(h.frames(sender), "group") and of_type(h.frames(reader), "group")
 
 
 class Pauses:
@@ -1316,9 +1326,10 @@ async def test_a_flush_during_maintain_is_marked_by_the_next_call() -> None:
     late = await h.connect("late")
     reader = await h.connect("late-reader")
     [early] = await _flushed_to_many(h, 1)
+    await _pair_group(h, late, reader, "lg", "late-reader")
 
     async def pause() -> None:
-        await h.send(late, msg("l1", "late-reader"))
+        await h.send(late, msg("l1", groupId="lg"))
         h.frames(reader)  # flushed while maintain() runs
 
     with pytest.MonkeyPatch.context() as patch:
@@ -1342,7 +1353,7 @@ async def test_marks_not_written_when_maintain_is_cancelled_are_written_by_the_n
     with trio.move_on_after(0.05):
         await h.svc.maintain(Pauses(hang_at=4))
     assert [len(_delivered_ids(s, h)) for s in senders] == [1, 1, 0, 0]
-    marks = [await watermarks_of(h.store, _conv(f"s{i}", f"r{i}"), f"r{i}") for i in range(4)]
+    marks = [await watermarks_of(h.store, group_conversation(f"g{i}"), f"r{i}") for i in range(4)]
     assert [m.delivered_seq for m in marks] == [1, 1, 0, 0]
     await h.svc.maintain()
     assert [len(_delivered_ids(s, h)) for s in senders] == [0, 0, 1, 1]
@@ -1444,3 +1455,37 @@ async def test_a_queued_auth_frame_signs_in_once_its_turn_comes() -> None:
     assert h.frames(conn)[0]["type"] == "auth_ok"
     h.svc.tick(h.now + 30.25)
     assert conn.closed is None
+
+
+async def test_a_direct_messages_sender_is_told_once_at_the_first_devices_flush() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    phone = await h.connect("bob", deviceId="phone")
+    tablet = await h.connect("bob", deviceId="tablet")
+    await h.send(a, msg("m1", "bob"))
+    assert [r["status"] for r in h.frames(a)] == ["sent"]
+    assert h.frames(a) == []  # nothing flushed to bob yet: nothing to tell
+    h.frames(phone, flush=False)
+    assert h.frames(a) == []  # queued to the phone but not written: not delivered
+    h.svc.on_flushed(phone)
+    (told,) = h.frames(a)
+    assert (told["status"], told["id"], told["seq"]) == ("delivered", "m1", 1)
+    assert (told["userId"], told["peerId"]) == ("bob", "bob")
+    h.frames(tablet)  # bob's second device: alice knows already
+    await h.settle()  # the marks are stored; the receipts they cause were told
+    assert h.frames(a) == []
+    marks = await watermarks_of(h.store, _conv("alice", "bob"), "bob")
+    assert marks.delivered_seq == 1
+
+
+async def test_a_device_with_acks_tells_the_sender_by_its_receipt_not_at_the_flush() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob", acks=True)
+    await h.send(a, msg("m1", "bob"))
+    h.frames(a), h.frames(b)
+    await h.settle()
+    assert h.frames(a) == []
+    await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 1, "status": "delivered"})
+    (told,) = h.frames(a)
+    assert (told["status"], told["id"], told["seq"]) == ("delivered", "m1", 1)
