@@ -11,8 +11,9 @@
   connection writes next, within a tick (no socket write of their own); `read` ones at once.
   One told at the flush joins the sender's `sent`: the pipeline queues the answers after the
   deliveries, so the shell writes the recipient first. Measured at 10,000 connections each
-  sending a message a second: 2.61 -> 1.79 socket writes and 71.9 -> 67.0 us of CPU per
-  message (sparse@10000, 2026-12-07, one run each).
+  sending a message a second (sparse@10000, 2026-12-07, two alternating runs each): 2.61 ->
+  1.79 socket writes, 72.2 -> 68.6 us of CPU and p99 1.93 -> 1.37 ms per message; at 1,000
+  connections (ten a second each) and in pairwise, within the runs' spread (+1.5 us, -1%).
 - Receipts are clamped to the conversation's last seq; one for a conversation the user is not
   in gets error `forbidden`; stale ones are ignored.
 - Catch-up: once a device's backlog is done it gets the `delivered`/`read` receipts that the

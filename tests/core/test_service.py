@@ -1489,3 +1489,25 @@ async def test_a_device_with_acks_tells_the_sender_by_its_receipt_not_at_the_flu
     await h.send(b, {"type": "receipt", "peerId": "alice", "seq": 1, "status": "delivered"})
     (told,) = h.frames(a)
     assert (told["status"], told["id"], told["seq"]) == ("delivered", "m1", 1)
+
+
+async def test_a_busy_direct_conversation_is_told_at_the_flush_once_a_tick() -> None:
+    h = Harness()
+    a = await h.connect("alice")
+    b = await h.connect("bob")
+
+    async def exchange(ident: str) -> list[tuple[str, str]]:
+        await h.send(a, msg(ident, "bob"))
+        h.frames(b)
+        return [(r["status"], r["id"]) for r in h.frames(a)]
+
+    assert await exchange("m1") == [("sent", "m1"), ("delivered", "m1")]
+    # within the same tick: the rest of the conversation's receipts come with the tick
+    assert await exchange("m2") == [("sent", "m2")]
+    assert await exchange("m3") == [("sent", "m3")]
+    await h.settle()
+    (told,) = h.frames(a)
+    assert (told["status"], told["id"], told["seq"]) == ("delivered", "m3", 3)
+    assert await exchange("m4") == [("sent", "m4"), ("delivered", "m4")]
+    await h.settle()
+    assert h.frames(a) == []
