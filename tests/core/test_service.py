@@ -1511,3 +1511,22 @@ async def test_a_busy_direct_conversation_is_told_at_the_flush_once_a_tick() -> 
     assert await exchange("m4") == [("sent", "m4"), ("delivered", "m4")]
     await h.settle()
     assert h.frames(a) == []
+
+
+async def test_what_the_flush_told_is_remembered_for_a_bounded_number_of_conversations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.core.marks.TOLD_MAX", 2)
+    h = Harness()
+    b = await h.connect("bob")
+    senders = [await h.connect(user) for user in ("alice", "carol", "dave")]
+    for i, sender in enumerate(senders):
+        await h.send(sender, msg(f"m{i}", "bob"))
+        h.frames(b)
+        assert [r["status"] for r in h.frames(sender)] == ["sent", "delivered"]
+        assert len(h.svc._marks._told) <= 2  # the bound is the point
+    await h.settle()
+    # what the bound forgot may be told again, the same receipt: its status only moves forward
+    for i, sender in enumerate(senders):
+        again = [(r["status"], r["id"], r["seq"]) for r in h.frames(sender)]
+        assert again in ([], [("delivered", f"m{i}", 1)])
