@@ -180,7 +180,6 @@ class Pipeline:
                 log.exception("storing %d message(s) failed", len(pending.accepted))
                 results = None
             deliveries: list[Ready] = []
-            answers: list[bytes] = []
             try:
                 answers = self._answer(conn, session, pending, results, deliveries)
             finally:
@@ -501,7 +500,6 @@ class Pipeline:
         """Release the new messages to the sequencer, then queue the answers; the append's
         turn ends whatever happens."""
         deliveries: list[Ready] = []
-        answers: list[bytes] = []
         try:
             answers = self._answer(conn, session, pending, results, deliveries)
         finally:

@@ -196,8 +196,8 @@ class Receipts:
                     for key, _mark in chunk:
                         del marks[key]
                     continue
-                # receipts to the senders whose messages the moved watermarks now cover
-                # those whose senders were not told at the flush (core.marks)
+                # receipts to the senders whose messages the moved watermarks now cover, but for
+                # what the flush told them already (core.marks)
                 told_upto = self._marks.told_upto
                 moved = [
                     (conversation, before.delivered_seq, seq, user, group_id)
