@@ -19,8 +19,9 @@ import orjson
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
-from cpython.ref cimport Py_INCREF
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Realloc
+from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.list cimport PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.type cimport PyType_GenericAlloc
@@ -1399,11 +1400,61 @@ cdef object _stored_fields(type cls, tuple m, object seq):
     return result
 
 
+# The idempotency index: every stored row by (sender_id, id), in one open-addressing table of
+# 16-byte slots (a fingerprint of the pair and the row), probed linearly. A dict per sender does
+# the same job, but at a million rows each lookup of a new id (nearly every lookup) misses the
+# cache two to four times (the dict's index, then each entry it probes); here the probe of a new
+# id reads one or two adjacent lines, and append() asks for a request's slots before it probes
+# them, so their misses overlap. Measured with the pairwise load (100 connections, 16 in flight,
+# relay pinned to one core of the 2-core Intel VM, 2026-12-07): the per-sender dicts' lookups
+# were 8% of the relay's CPU (perf, DWARF call graphs); this table gave +6.3% msg/s (median of
+# eight alternating pairs, every pair faster) for +24 bytes per stored message (597 against 573
+# peak RSS per message); dropping the index altogether would give +11%.
+# Invariants: a slot is empty exactly when its fingerprint is 0; the table is at most half
+# full; a fingerprint only selects candidates: a row is the answer only when its own id and
+# sender_id equal the pair asked for; the table holds a reference of its own to each row.
+
+ctypedef struct _Slot:
+    uint64_t fp
+    PyObject *row
+
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define RELAY_PREFETCH(p) __builtin_prefetch(p)
+    #else
+    #define RELAY_PREFETCH(p) ((void)0)
+    #endif
+    """
+    void RELAY_PREFETCH(const void *p) noexcept nogil
+
+cdef Py_ssize_t _ROW_ID = 2  # a row's id (StoredMessage: conversation, seq, id, sender_id, ...)
+cdef Py_ssize_t _ROW_SENDER = 3
+cdef Py_ssize_t _INDEX_FIRST = 64  # slots of a new table (a power of two)
+
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer: every bit of x moves every bit of the result."""
+    x ^= x >> 30
+    x *= 0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= 0x94D049BB133111EBULL
+    x ^= x >> 31
+    return x
+
+
+cdef inline uint64_t _fingerprint(object sender, object ident) except? 0:
+    cdef uint64_t fp = _mix(<uint64_t>PyObject_Hash(ident) ^ _mix(<uint64_t>PyObject_Hash(sender)))
+    return fp if fp != 0 else 1  # 0 marks an empty slot
+
+
 cdef class MemoryAppender:
     """MemoryStore.append_now's per-message work, in C (relay._fastpath_py.MemoryAppender is
     the reference: same containers, same views, same results)."""
 
-    cdef dict _by_sender
+    cdef _Slot *_slots
+    cdef Py_ssize_t _mask  # slots - 1
+    cdef Py_ssize_t _rows  # rows in the idempotency index
     cdef dict _logs
     cdef dict _orders
     cdef long long _last_order
@@ -1412,10 +1463,26 @@ cdef class MemoryAppender:
     cdef type _stored_cls
     cdef type _appended_cls
 
+    def __cinit__(self):
+        self._slots = <_Slot *>PyMem_Calloc(_INDEX_FIRST, sizeof(_Slot))
+        if self._slots == NULL:
+            raise MemoryError()
+        self._mask = _INDEX_FIRST - 1
+        self._rows = 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self._slots == NULL:
+            return
+        for i in range(self._mask + 1):
+            if self._slots[i].fp != 0:
+                Py_DECREF(<object>self._slots[i].row)
+        PyMem_Free(self._slots)
+        self._slots = NULL
+
     def __init__(self, direct, note_direct, type stored_cls, type appended_cls):
         if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
             raise TypeError("MemoryAppender needs tuple classes (NamedTuples)")
-        self._by_sender = {}
         self._logs = {}
         self._orders = {}
         self._last_order = 0
@@ -1425,10 +1492,6 @@ cdef class MemoryAppender:
         self._appended_cls = appended_cls
 
     @property
-    def by_sender(self):
-        return self._by_sender
-
-    @property
     def logs(self):
         return self._logs
 
@@ -1436,32 +1499,82 @@ cdef class MemoryAppender:
     def orders(self):
         return self._orders
 
+    def find(self, sender_id, ident):
+        """The stored row of (sender_id, id), or None."""
+        cdef Py_ssize_t at = self._probe(_fingerprint(sender_id, ident), sender_id, ident)
+        return <object>self._slots[at].row if self._slots[at].fp != 0 else None
+
     def take_order(self):
         self._last_order += 1
         return self._last_order
 
+    cdef Py_ssize_t _probe(self, uint64_t fp, object sender, object ident) except -1:
+        """The slot holding (sender, ident)'s row, else the empty slot where it would go."""
+        cdef Py_ssize_t at = <Py_ssize_t>(fp & <uint64_t>self._mask)
+        cdef _Slot *slot
+        cdef object row
+        while True:
+            slot = &self._slots[at]
+            if slot.fp == 0:
+                return at
+            if slot.fp == fp:
+                row = <object>slot.row
+                if (
+                    PyObject_RichCompareBool(<object>PyTuple_GET_ITEM(row, _ROW_ID), ident, Py_EQ)
+                    and PyObject_RichCompareBool(
+                        <object>PyTuple_GET_ITEM(row, _ROW_SENDER), sender, Py_EQ
+                    )
+                ):
+                    return at
+            at = (at + 1) & self._mask
+
+    cdef int _grow(self) except -1:
+        """Twice the slots, every row moved by its fingerprint (no Python object is read)."""
+        cdef Py_ssize_t size = (self._mask + 1) * 2
+        cdef Py_ssize_t i, at
+        cdef _Slot *old = self._slots
+        cdef _Slot *slots = <_Slot *>PyMem_Calloc(size, sizeof(_Slot))
+        if slots == NULL:
+            raise MemoryError()
+        for i in range(self._mask + 1):
+            if old[i].fp != 0:
+                at = <Py_ssize_t>(old[i].fp & <uint64_t>(size - 1))
+                while slots[at].fp != 0:
+                    at = (at + 1) & (size - 1)
+                slots[at] = old[i]
+        self._slots = slots
+        self._mask = size - 1
+        PyMem_Free(old)
+        return 0
+
     def append(self, messages):
         cdef list results = []
         cdef tuple m, row
-        cdef Py_ssize_t i
-        cdef dict sent
+        cdef Py_ssize_t i, at
+        cdef uint64_t fp
         cdef list log
         # objects, never inferred C values: each reference a row steals must be the variable's own
         cdef object seq, conversation
+        if type(messages) is list and len(<list>messages) > 1:
+            # Each probe of a big table misses the cache: ask for every slot of the request
+            # first, so that the misses overlap instead of coming one per message.
+            for message in <list>messages:
+                if isinstance(message, tuple) and PyTuple_GET_SIZE(message) == _NEW_FIELDS:
+                    fp = _fingerprint(
+                        <object>PyTuple_GET_ITEM(<tuple>message, _F_SENDER),
+                        <object>PyTuple_GET_ITEM(<tuple>message, _F_ID),
+                    )
+                    RELAY_PREFETCH(&self._slots[fp & <uint64_t>self._mask])
         for message in messages:
             if not isinstance(message, tuple) or PyTuple_GET_SIZE(message) != _NEW_FIELDS:
                 raise TypeError(f"MemoryAppender.append needs NewMessages, not {message!r}")
             m = <tuple>message
             sender = <object>PyTuple_GET_ITEM(m, _F_SENDER)
             ident = <object>PyTuple_GET_ITEM(m, _F_ID)
-            found = self._by_sender.get(sender)
-            if found is None:
-                sent = {}
-                self._by_sender[sender] = sent
-            else:
-                sent = <dict?>found
-            existing = sent.get(ident)
-            if existing is not None:
+            fp = _fingerprint(sender, ident)
+            at = self._probe(fp, sender, ident)
+            if self._slots[at].fp != 0:
+                existing = <object>self._slots[at].row
                 results.append(
                     _record(self._appended_cls, (_record(self._stored_cls, <tuple?>existing), True))
                 )
@@ -1493,7 +1606,13 @@ cdef class MemoryAppender:
                         _untrack_json(item, _JSON_DEPTH)
                 _untrack_tuple(row)
             log.append(row)
-            sent[ident] = row
+            if (self._rows + 1) * 2 > self._mask + 1:
+                self._grow()
+                at = self._probe(fp, sender, ident)
+            Py_INCREF(row)
+            self._slots[at].row = <PyObject *>row
+            self._slots[at].fp = fp
+            self._rows += 1
             self._last_order += 1
             (<list>self._orders[conversation]).append(self._last_order)
             if <object>PyTuple_GET_ITEM(m, _F_GROUP) is None and conversation not in self._direct:

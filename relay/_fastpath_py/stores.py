@@ -17,8 +17,8 @@ class MemoryAppender:
     containers it owns and returns their Appended. The store reads them through the read-only
     views below and never writes them.
 
-    - `by_sender[sender_id][id]` -> the stored row: the idempotency check (a known id is
-      answered with the stored message, `duplicate=True`, and nothing changes);
+    - `find(sender_id, id)` -> the stored row: the idempotency check (a known id is answered
+      with the stored message, `duplicate=True`, and nothing changes);
     - `logs[conversation]` -> the rows in seq order (seq = position + 1), and beside it
       `orders[conversation]` -> the acceptance order of each: a counter, shared with
       take_order(), increasing across every conversation from 1;
@@ -57,9 +57,10 @@ class MemoryAppender:
         self._stored_cls = stored_cls
         self._appended_cls = appended_cls
 
-    @property
-    def by_sender(self) -> Mapping[str, Mapping[str, tuple[Any, ...]]]:
-        return self._by_sender
+    def find(self, sender_id: str, ident: str) -> tuple[Any, ...] | None:
+        """The stored row of (sender_id, id), or None."""
+        sent = self._by_sender.get(sender_id)
+        return None if sent is None else sent.get(ident)
 
     @property
     def logs(self) -> Mapping[str, Sequence[tuple[Any, ...]]]:

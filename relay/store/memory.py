@@ -11,7 +11,7 @@ owns the containers it writes; `_messages` and `_order` are its read-only views 
 
 Invariants:
 - `_messages[c][i].seq == i + 1` for every conversation `c` (seq from 1, no gap, no reuse).
-- the appender's `by_sender[sender_id][id]` is the stored message for every stored message.
+- the appender's `find(sender_id, id)` is the stored message for every stored message.
 - `_order[c][seq - 1]` is a process-wide counter increasing with acceptance: it orders the
   undelivered backlog across conversations (a list beside `_messages[c]`, same length).
   `_devices[(u, d)]` took a value of the same counter (the appender's take_order) when the

@@ -833,7 +833,6 @@ def _appender(module: ModuleType) -> tuple[Any, dict[str, Any], list[NewMessage]
 
     appender = module.MemoryAppender(direct, note_direct, StoredMessage, Appended)
     state = {
-        "by_sender": appender.by_sender,
         "logs": appender.logs,
         "orders": appender.orders,
         "direct": direct,
@@ -854,8 +853,9 @@ def test_memory_appenders_agree(compiled: ModuleType, batches: list[list[NewMess
         assert got == want
     assert fast_state == slow_state
     assert fast_noted == slow_noted
-    for state in (fast_state, slow_state):  # the store's invariants, on both
+    for appender, state in ((fast, fast_state), (slow, slow_state)):  # the invariants, on both
         for conversation, rows in state["logs"].items():
+            assert all(appender.find(row[3], row[2]) is row for row in rows)
             assert [row[1] for row in rows] == list(range(1, len(rows) + 1))
             assert all(type(row) is tuple for row in rows)
             assert len(state["orders"][conversation]) == len(rows)
@@ -878,8 +878,49 @@ def test_memory_appender_keeps_every_seq_past_the_small_ints(compiled: ModuleTyp
         rows = state["logs"]["d:ann:bob"]
         assert [row[1] for row in rows] == list(range(1, 1201))
         assert state["orders"]["d:ann:bob"] == list(range(1, 1201))
-        assert state["by_sender"]["ann"]["m1000"] is rows[999]
+        assert appender.find("ann", "m1000") is rows[999]
+        assert appender.find("ann", "m1201") is None and appender.find("bob", "m1") is None
         assert appender.take_order() == 1201
+
+
+class _SameHash(str):
+    """An id whose hash every other one shares: each (sender_id, id) then has the same
+    fingerprint in the compiled index, which must still tell the rows apart by their ids."""
+
+    def __hash__(self) -> int:
+        return 7
+
+
+def test_memory_appender_index_holds_every_row_through_growth_and_collisions(
+    compiled: ModuleType,
+) -> None:
+    for module in (compiled, pure):
+        appender, state, _ = _appender(module)
+        ids = [f"m{n}" for n in range(5000)] + [_SameHash(f"c{n}") for n in range(40)]
+        for start in range(0, len(ids), 100):  # requests of 100, from two senders in turn
+            sender = "ann" if start % 200 else "bob"
+            peer = "bob" if sender == "ann" else "ann"
+            batch = [
+                NewMessage("d:ann:bob", ident, sender, "hi", "t", peer)
+                for ident in ids[start : start + 100]
+            ]
+            assert [a.duplicate for a in appender.append(batch)] == [False] * len(batch)
+        rows = state["logs"]["d:ann:bob"]
+        assert len(rows) == len(ids)
+        assert all(appender.find(row[3], row[2]) is row for row in rows)
+        assert appender.find("bob", "m150") is None  # ann's id, asked of bob
+        assert appender.find("bob", _SameHash("c41")) is None
+        assert appender.find("ann", _SameHash("c3")) is None  # bob's id, asked of ann
+        again = appender.append(
+            [
+                NewMessage("d:ann:bob", "m4999", "ann", "resent", "t", "bob"),
+                NewMessage("d:ann:bob", _SameHash("c3"), "bob", "resent", "t", "ann"),
+                NewMessage("d:ann:bob", "m4999", "bob", "new: bob's own id", "t", "ann"),
+            ]
+        )
+        assert [a.duplicate for a in again] == [True, True, False]
+        assert [a.message.text for a in again[:2]] == ["hi", "hi"]
+        assert [a.message.seq for a in again] == [5000, 5004, len(ids) + 1]
 
 
 def test_memory_appender_owns_its_containers(compiled: ModuleType) -> None:
