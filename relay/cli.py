@@ -363,8 +363,10 @@ def _serve(config: RelayConfig, authenticator: Authenticator) -> int:
     import trio
 
     from relay.heap import limit_arenas
+    from relay.store.sqlite.memstatus import disable_memory_statistics
 
     limit_arenas()  # a serving process only, before the store's threads start (relay.heap)
+    disable_memory_statistics()  # a serving process only, before the store opens (its doc)
 
     try:
         trio.run(_serve_until_signal, config, authenticator)
