@@ -1400,19 +1400,23 @@ cdef object _stored_fields(type cls, tuple m, object seq):
     return result
 
 
-# The idempotency index: every stored row by (sender_id, id), in one open-addressing table of
+# The idempotency index: every stored row by (sender_id, id), in open-addressing tables of
 # 16-byte slots (a fingerprint of the pair and the row), probed linearly. A dict per sender does
 # the same job, but at a million rows each lookup of a new id (nearly every lookup) misses the
 # cache two to four times (the dict's index, then each entry it probes); here the probe of a new
 # id reads one or two adjacent lines, and append() asks for a request's slots before it probes
 # them, so their misses overlap. Measured with the pairwise load (100 connections, 16 in flight,
 # relay pinned to one core of the 2-core Intel VM, 2026-12-07): the per-sender dicts' lookups
-# were 8% of the relay's CPU (perf, DWARF call graphs); this table gave +6.3% msg/s (median of
-# eight alternating pairs, every pair faster) for +24 bytes per stored message (597 against 573
-# peak RSS per message); dropping the index altogether would give +11%.
-# Invariants: a slot is empty exactly when its fingerprint is 0; the table is at most half
+# were 8% of the relay's CPU (perf, DWARF call graphs); one such table gave +6.3% msg/s (median
+# of eight alternating pairs, every pair faster) for +24 bytes per stored message (597 against
+# 573 peak RSS per message); dropping the index altogether would give +11%.
+# The rows are spread over _SHARDS tables by the fingerprint's top byte, each grown on its own:
+# one table of a million rows stalled the append that doubled it for 56 ms (its 64 MB copied
+# and faulted in at once; the dicts' worst was 7 ms), which an open loop near its core's limit
+# pays back as p99 for a hundred milliseconds more; a shard's doubling moves 1/256 of that.
+# Invariants: a slot is empty exactly when its fingerprint is 0; each table is at most half
 # full; a fingerprint only selects candidates: a row is the answer only when its own id and
-# sender_id equal the pair asked for; the table holds a reference of its own to each row.
+# sender_id equal the pair asked for; the tables hold a reference of their own to each row.
 
 ctypedef struct _Slot:
     uint64_t fp
@@ -1430,7 +1434,9 @@ cdef extern from *:
 
 cdef Py_ssize_t _ROW_ID = 2  # a row's id (StoredMessage: conversation, seq, id, sender_id, ...)
 cdef Py_ssize_t _ROW_SENDER = 3
-cdef Py_ssize_t _INDEX_FIRST = 64  # slots of a new table (a power of two)
+cdef enum:
+    _SHARDS = 256  # tables, one per value of a fingerprint's top byte
+cdef Py_ssize_t _SHARD_FIRST = 8  # slots of a new table (a power of two)
 
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
@@ -1452,9 +1458,9 @@ cdef class MemoryAppender:
     """MemoryStore.append_now's per-message work, in C (relay._fastpath_py.MemoryAppender is
     the reference: same containers, same views, same results)."""
 
-    cdef _Slot *_slots
-    cdef Py_ssize_t _mask  # slots - 1
-    cdef Py_ssize_t _rows  # rows in the idempotency index
+    cdef _Slot *_tables[_SHARDS]
+    cdef Py_ssize_t _masks[_SHARDS]  # each table's slots - 1
+    cdef Py_ssize_t _counts[_SHARDS]  # each table's rows
     cdef dict _logs
     cdef dict _orders
     cdef long long _last_order
@@ -1464,21 +1470,28 @@ cdef class MemoryAppender:
     cdef type _appended_cls
 
     def __cinit__(self):
-        self._slots = <_Slot *>PyMem_Calloc(_INDEX_FIRST, sizeof(_Slot))
-        if self._slots == NULL:
-            raise MemoryError()
-        self._mask = _INDEX_FIRST - 1
-        self._rows = 0
+        cdef Py_ssize_t k
+        for k in range(_SHARDS):
+            self._tables[k] = NULL
+        for k in range(_SHARDS):
+            self._tables[k] = <_Slot *>PyMem_Calloc(_SHARD_FIRST, sizeof(_Slot))
+            if self._tables[k] == NULL:
+                raise MemoryError()
+            self._masks[k] = _SHARD_FIRST - 1
+            self._counts[k] = 0
 
     def __dealloc__(self):
-        cdef Py_ssize_t i
-        if self._slots == NULL:
-            return
-        for i in range(self._mask + 1):
-            if self._slots[i].fp != 0:
-                Py_DECREF(<object>self._slots[i].row)
-        PyMem_Free(self._slots)
-        self._slots = NULL
+        cdef Py_ssize_t i, k
+        cdef _Slot *table
+        for k in range(_SHARDS):
+            table = self._tables[k]
+            if table == NULL:
+                continue
+            for i in range(self._masks[k] + 1):
+                if table[i].fp != 0:
+                    Py_DECREF(<object>table[i].row)
+            PyMem_Free(table)
+            self._tables[k] = NULL
 
     def __init__(self, direct, note_direct, type stored_cls, type appended_cls):
         if not (issubclass(stored_cls, tuple) and issubclass(appended_cls, tuple)):
@@ -1501,22 +1514,23 @@ cdef class MemoryAppender:
 
     def find(self, sender_id, ident):
         """The stored row of (sender_id, id), or None."""
-        cdef Py_ssize_t at = self._probe(_fingerprint(sender_id, ident), sender_id, ident)
-        return <object>self._slots[at].row if self._slots[at].fp != 0 else None
+        cdef _Slot *slot = self._probe(_fingerprint(sender_id, ident), sender_id, ident)
+        return <object>slot.row if slot.fp != 0 else None
 
     def take_order(self):
         self._last_order += 1
         return self._last_order
 
-    cdef Py_ssize_t _probe(self, uint64_t fp, object sender, object ident) except -1:
+    cdef _Slot *_probe(self, uint64_t fp, object sender, object ident) except NULL:
         """The slot holding (sender, ident)'s row, else the empty slot where it would go."""
-        cdef Py_ssize_t at = <Py_ssize_t>(fp & <uint64_t>self._mask)
+        cdef Py_ssize_t k = <Py_ssize_t>(fp >> 56)
+        cdef Py_ssize_t at = <Py_ssize_t>(fp & <uint64_t>self._masks[k])
         cdef _Slot *slot
         cdef object row
         while True:
-            slot = &self._slots[at]
+            slot = &self._tables[k][at]
             if slot.fp == 0:
-                return at
+                return slot
             if slot.fp == fp:
                 row = <object>slot.row
                 if (
@@ -1525,33 +1539,35 @@ cdef class MemoryAppender:
                         <object>PyTuple_GET_ITEM(row, _ROW_SENDER), sender, Py_EQ
                     )
                 ):
-                    return at
-            at = (at + 1) & self._mask
+                    return &self._tables[k][at]  # the comparisons ran Python: re-read the table
+            at = (at + 1) & self._masks[k]
 
-    cdef int _grow(self) except -1:
-        """Twice the slots, every row moved by its fingerprint (no Python object is read)."""
-        cdef Py_ssize_t size = (self._mask + 1) * 2
+    cdef int _grow(self, Py_ssize_t k) except -1:
+        """Table k with twice the slots, every row moved by its fingerprint (no Python object
+        is read)."""
+        cdef Py_ssize_t size = (self._masks[k] + 1) * 2
         cdef Py_ssize_t i, at
-        cdef _Slot *old = self._slots
+        cdef _Slot *old = self._tables[k]
         cdef _Slot *slots = <_Slot *>PyMem_Calloc(size, sizeof(_Slot))
         if slots == NULL:
             raise MemoryError()
-        for i in range(self._mask + 1):
+        for i in range(self._masks[k] + 1):
             if old[i].fp != 0:
                 at = <Py_ssize_t>(old[i].fp & <uint64_t>(size - 1))
                 while slots[at].fp != 0:
                     at = (at + 1) & (size - 1)
                 slots[at] = old[i]
-        self._slots = slots
-        self._mask = size - 1
+        self._tables[k] = slots
+        self._masks[k] = size - 1
         PyMem_Free(old)
         return 0
 
     def append(self, messages):
         cdef list results = []
         cdef tuple m, row
-        cdef Py_ssize_t i, at
+        cdef Py_ssize_t i, k
         cdef uint64_t fp
+        cdef _Slot *slot
         cdef list log
         # objects, never inferred C values: each reference a row steals must be the variable's own
         cdef object seq, conversation
@@ -1564,7 +1580,8 @@ cdef class MemoryAppender:
                         <object>PyTuple_GET_ITEM(<tuple>message, _F_SENDER),
                         <object>PyTuple_GET_ITEM(<tuple>message, _F_ID),
                     )
-                    RELAY_PREFETCH(&self._slots[fp & <uint64_t>self._mask])
+                    k = <Py_ssize_t>(fp >> 56)
+                    RELAY_PREFETCH(&self._tables[k][fp & <uint64_t>self._masks[k]])
         for message in messages:
             if not isinstance(message, tuple) or PyTuple_GET_SIZE(message) != _NEW_FIELDS:
                 raise TypeError(f"MemoryAppender.append needs NewMessages, not {message!r}")
@@ -1572,9 +1589,9 @@ cdef class MemoryAppender:
             sender = <object>PyTuple_GET_ITEM(m, _F_SENDER)
             ident = <object>PyTuple_GET_ITEM(m, _F_ID)
             fp = _fingerprint(sender, ident)
-            at = self._probe(fp, sender, ident)
-            if self._slots[at].fp != 0:
-                existing = <object>self._slots[at].row
+            slot = self._probe(fp, sender, ident)
+            if slot.fp != 0:
+                existing = <object>slot.row
                 results.append(
                     _record(self._appended_cls, (_record(self._stored_cls, <tuple?>existing), True))
                 )
@@ -1606,13 +1623,14 @@ cdef class MemoryAppender:
                         _untrack_json(item, _JSON_DEPTH)
                 _untrack_tuple(row)
             log.append(row)
-            if (self._rows + 1) * 2 > self._mask + 1:
-                self._grow()
-                at = self._probe(fp, sender, ident)
+            k = <Py_ssize_t>(fp >> 56)
+            if (self._counts[k] + 1) * 2 > self._masks[k] + 1:
+                self._grow(k)
+                slot = self._probe(fp, sender, ident)
             Py_INCREF(row)
-            self._slots[at].row = <PyObject *>row
-            self._slots[at].fp = fp
-            self._rows += 1
+            slot.row = <PyObject *>row
+            slot.fp = fp
+            self._counts[k] += 1
             self._last_order += 1
             (<list>self._orders[conversation]).append(self._last_order)
             if <object>PyTuple_GET_ITEM(m, _F_GROUP) is None and conversation not in self._direct:
