@@ -16,6 +16,7 @@ import signal
 import ssl
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -88,6 +89,44 @@ def served(
         if process.poll() is None:
             process.kill()
         found.stderr = process.communicate()[1]
+
+
+#: The head of a probe program (`python -c PROBE_HEAD + ... scratch`): `relay serve` on its
+#: embedded SQLite store in `scratch`, writing `report()` to `scratch/report` on SIGUSR1; the
+#: probe defines `report` (a function returning text) before `serve()` is called.
+PROBE_HEAD = """
+import signal, sys
+from pathlib import Path
+from relay.cli import main
+
+scratch = Path(sys.argv[1])
+
+def _report(signum, frame):
+    (scratch / "report.tmp").write_text(str(report()))
+    (scratch / "report.tmp").rename(scratch / "report")
+
+def serve():
+    signal.signal(signal.SIGUSR1, _report)
+    argv = ["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(scratch / "relay.db")]
+    raise SystemExit(main(argv))
+"""
+
+
+def serve_and_report(probe: str, scratch: Path, *, cwd: Path, env: dict[str, str]) -> str:
+    """Run the probe program (PROBE_HEAD's) until it serves, signal it once its store's threads
+    started, and return what it reported; it must then stop cleanly, without a traceback."""
+    command = [sys.executable, "-c", probe, str(scratch)]
+    with served(command, cwd=cwd, env={**env, "PYTHONUNBUFFERED": "1"}) as relay:
+        relay.process.send_signal(signal.SIGUSR1)
+        written = scratch / "report"
+        deadline = time.monotonic() + 20
+        while not written.exists():
+            assert relay.process.poll() is None, relay.process.communicate()[1]
+            assert time.monotonic() < deadline, "no report"
+            time.sleep(0.05)
+        text = written.read_text()
+    assert "Traceback" not in relay.stderr, relay.stderr
+    return text
 
 
 async def start_relay(nursery: trio.Nursery, **config_overrides: Any) -> Relay:

@@ -4,7 +4,6 @@ trimmer does so while it runs (real allocations, RSS read from /proc)."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from support import served, start_relay
+from support import PROBE_HEAD, serve_and_report, start_relay
 from trio.testing import MockClock
 
 from relay import heap
@@ -158,23 +157,8 @@ def test_an_operators_malloc_arena_max_stands() -> None:
 
 
 #: `relay serve` (its own CLI entry, embedded SQLite store) in a process that, on SIGUSR1, has
-#: eight threads allocate at once, then writes how many malloc arenas the process has
-SERVE_PROBE = (
-    COUNT_ARENAS
-    + """
-import signal, sys
-from relay.cli import main
-
-scratch = Path(sys.argv[1])
-
-def count(signum, frame):
-    (scratch / "arenas.tmp").write_text(str(count_arenas()))
-    (scratch / "arenas.tmp").rename(scratch / "arenas")
-
-signal.signal(signal.SIGUSR1, count)
-raise SystemExit(main(["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(scratch / "relay.db")]))
-"""
-)
+#: eight threads allocate at once, then reports how many malloc arenas the process has
+SERVE_PROBE = PROBE_HEAD + COUNT_ARENAS + "\nreport = count_arenas\nserve()\n"
 
 
 @pytest.mark.parametrize("operator_max", [None, "64"])
@@ -186,18 +170,8 @@ def test_relay_serve_caps_its_arenas(tmp_path: Path, operator_max: str | None) -
     env.pop("MALLOC_ARENA_MAX", None)
     if operator_max is not None:
         env["MALLOC_ARENA_MAX"] = operator_max
-    command = [sys.executable, "-c", SERVE_PROBE, str(tmp_path)]
     # cwd: bench.soak_probe reads malloc_info
-    with served(command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}) as relay:
-        relay.process.send_signal(signal.SIGUSR1)  # the store's threads have started
-        written = tmp_path / "arenas"
-        deadline = time.monotonic() + 20
-        while not written.exists():
-            assert relay.process.poll() is None, relay.process.communicate()[1]
-            assert time.monotonic() < deadline, "no arena count"
-            time.sleep(0.05)
-        count = int(written.read_text())
-    assert "Traceback" not in relay.stderr, relay.stderr
+    count = int(serve_and_report(SERVE_PROBE, tmp_path, cwd=REPO, env=env))
     if operator_max is None:
         assert count <= heap.ARENA_MAX
     else:

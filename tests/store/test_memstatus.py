@@ -4,15 +4,12 @@ once SQLite is in use. Each case runs in a process of its own: the switch is pro
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
-from tests.support import served
+from support import PROBE_HEAD, serve_and_report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,38 +56,21 @@ def test_memory_statistics_switch(probe: str) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
-#: `relay serve` on its embedded SQLite store, writing SQLite's memory count on SIGUSR1
-SERVE_PROBE = """
-import signal, sys
-from pathlib import Path
-from relay.cli import main
+#: `relay serve` on its embedded SQLite store, reporting SQLite's memory count on SIGUSR1
+SERVE_PROBE = (
+    PROBE_HEAD
+    + """
 from relay.store.sqlite.memstatus import memory_used
-
-scratch = Path(sys.argv[1])
-
-def report(signum, frame):
-    (scratch / "used.tmp").write_text(str(memory_used()))
-    (scratch / "used.tmp").rename(scratch / "used")
-
-signal.signal(signal.SIGUSR1, report)
-raise SystemExit(main(["serve", "--host", "127.0.0.1", "--port", "0", "--db", str(scratch / "relay.db")]))
+report = memory_used
+serve()
 """
+)
 
 
 def test_relay_serve_runs_sqlite_without_memory_statistics(tmp_path: Path) -> None:
     """With the store open (its writer, checkpointer and readers hold SQLite memory), SQLite
     counts nothing: `relay serve` turned the statistics off before opening it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    command = [sys.executable, "-c", SERVE_PROBE, str(tmp_path)]
-    with served(command, cwd=REPO, env={**env, "PYTHONUNBUFFERED": "1"}) as relay:
-        relay.process.send_signal(signal.SIGUSR1)
-        written = tmp_path / "used"
-        deadline = time.monotonic() + 20
-        while not written.exists():
-            assert relay.process.poll() is None, relay.process.communicate()[1]
-            assert time.monotonic() < deadline, "no memory count"
-            time.sleep(0.05)
-        used = int(written.read_text())
+    used = int(serve_and_report(SERVE_PROBE, tmp_path, cwd=REPO, env=env))
     assert used == 0
     assert (tmp_path / "relay.db").stat().st_size > 0  # the store was open: SQLite in use
-    assert "Traceback" not in relay.stderr, relay.stderr
