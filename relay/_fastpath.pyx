@@ -1403,17 +1403,16 @@ cdef object _stored_fields(type cls, tuple m, object seq):
 # The idempotency index: every stored row by (sender_id, id), in open-addressing tables of
 # 16-byte slots (a fingerprint of the pair and the row), probed linearly. A dict per sender does
 # the same job, but at a million rows each lookup of a new id (nearly every lookup) misses the
-# cache two to four times (the dict's index, then each entry it probes); here the probe of a new
-# id reads one or two adjacent lines, and append() asks for a request's slots before it probes
-# them, so their misses overlap. Measured with the pairwise load (100 connections, 16 in flight,
-# relay pinned to one core of the 2-core Intel VM, 2026-12-07): the per-sender dicts' lookups
-# were 8% of the relay's CPU (perf, DWARF call graphs); one such table gave +6.3% msg/s (median
-# of eight alternating pairs, every pair faster) for +24 bytes per stored message (597 against
-# 573 peak RSS per message); dropping the index altogether would give +11%.
-# The rows are spread over _SHARDS tables by the fingerprint's top byte, each grown on its own:
-# one table of a million rows stalled the append that doubled it for 56 ms (its 64 MB copied
-# and faulted in at once; the dicts' worst was 7 ms), which an open loop near its core's limit
-# pays back as p99 for a hundred milliseconds more; a shard's doubling moves 1/256 of that.
+# cache two to four times (the dict's index, then each entry it probes): 8% of the relay's CPU
+# under the pairwise load (perf, DWARF call graphs). Here the probe of a new id reads one or two
+# adjacent lines, and append() asks for a request's slots before it probes them, so that their
+# misses overlap: pairwise +9% msg/s against the dicts (median of four alternating pairs, each
+# faster; 2-core Intel VM, 2026-12-07) for about 35 more bytes of peak RSS per stored message.
+# The rows are spread over _SHARDS tables by the fingerprint's top byte, each grown on its own,
+# because a doubling stalls its append: one table of a million rows took 56 ms to double (64 MB
+# copied and faulted in at once), which an open loop near its core's limit pays back as p99; a
+# table's doubling here moves 1/256 of that (the worst append of two million rows: 7 ms, as
+# with the dicts).
 # Invariants: a slot is empty exactly when its fingerprint is 0; each table is at most half
 # full; a fingerprint only selects candidates: a row is the answer only when its own id and
 # sender_id equal the pair asked for; the tables hold a reference of their own to each row.
