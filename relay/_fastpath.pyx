@@ -1469,9 +1469,8 @@ cdef class MemoryAppender:
     cdef type _appended_cls
 
     def __cinit__(self):
+        # tp_alloc zeroed the arrays: __dealloc__ skips the tables not made when one fails
         cdef Py_ssize_t k
-        for k in range(_SHARDS):
-            self._tables[k] = NULL
         for k in range(_SHARDS):
             self._tables[k] = <_Slot *>PyMem_Calloc(_SHARD_FIRST, sizeof(_Slot))
             if self._tables[k] == NULL:
@@ -1625,11 +1624,16 @@ cdef class MemoryAppender:
             k = <Py_ssize_t>(fp >> 56)
             if (self._counts[k] + 1) * 2 > self._masks[k] + 1:
                 self._grow(k)
-                slot = self._probe(fp, sender, ident)
+            # probed again (its line is cached): Python ran since the first probe (stored() of a
+            # message with meta), so the slot found then is not trusted to still be there
+            slot = self._probe(fp, sender, ident)
             Py_INCREF(row)
+            if slot.fp != 0:  # only if that Python stored the pair: the latest row, as the twin
+                Py_DECREF(<object>slot.row)
+            else:
+                slot.fp = fp
+                self._counts[k] += 1
             slot.row = <PyObject *>row
-            slot.fp = fp
-            self._counts[k] += 1
             self._last_order += 1
             (<list>self._orders[conversation]).append(self._last_order)
             if <object>PyTuple_GET_ITEM(m, _F_GROUP) is None and conversation not in self._direct:
