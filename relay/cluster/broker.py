@@ -58,7 +58,7 @@ class ClusterBroker:
         self.node_id = node_id or secrets.token_hex(6)
         self.local = LocalBroker(ctx)
         self.orderer = Orderer(
-            self.local.deliver, gap_wait=gap_wait, position=self._position, on_blind=self._blind
+            self._deliver_here, gap_wait=gap_wait, position=self._position, on_blind=self._blind
         )
         self.wake_gaps: Callable[[], None] = lambda: None  # the link's gap filler is told
         self.outgoing: collections.deque[tuple[str, bytes]] = collections.deque(maxlen=QUEUE_MAX)
@@ -85,6 +85,15 @@ class ClusterBroker:
 
     # --- Broker ---------------------------------------------------------------------------------
     def deliver(
+        self,
+        messages: Sequence[StoredMessage],
+        audience: Sequence[str],
+        exclude: Connection | None,
+    ) -> None:
+        for message in messages:  # each is ordered and published on its own
+            self._deliver_one(message, audience, exclude)
+
+    def _deliver_one(
         self, message: StoredMessage, audience: Sequence[str], exclude: Connection | None
     ) -> None:
         table = self.ctx.router.table()
@@ -105,6 +114,12 @@ class ClusterBroker:
             self.ctx.presence.pair(message.sender_id, message.recipient_id)
         body = envelope(DELIVERY, self.node_id, encode_message(message))
         self._publish(audience, body)
+
+    def _deliver_here(
+        self, message: StoredMessage, users: Sequence[str], exclude: Connection | None
+    ) -> None:
+        """The orderer's release: one message to these users' devices on this node."""
+        self.local.deliver((message,), users, exclude)
 
     def to_users(
         self,

@@ -4,6 +4,10 @@ A store assigns seqs in its acceptance order, which need not be the order append
 in, and concurrent callers resume in any order; the sequencer holds a delivery back until every
 lower seq of its conversation was released (or can no longer come), so every device sees a
 conversation in seq order.
+
+It hands the broker runs, not single messages: the consecutive deliveries of one conversation
+to one audience that are released together (a read's several messages to one peer), so the
+broker looks the audience's devices up once per run rather than once per message.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ log = logging.getLogger("relay.core")
 Delivery = tuple[StoredMessage, Sequence[str], Connection | None]
 #: a stored message ready for the sequencer: (conversation, seq, message, audience, left out)
 Ready = tuple[str, int, StoredMessage, Sequence[str], Connection | None]
+#: how the sequencer releases a run: (one conversation's messages in seq order, audience, left out)
+Release = Callable[[Sequence[StoredMessage], Sequence[str], Connection | None], None]
 
 
 #: a conversation's last released seq is forgotten after this long without appends
@@ -43,9 +49,11 @@ class Sequencer:
       in flight (then every lower seq was accepted earlier and its caller has already resumed
       and released it); otherwise it is held. Held deliveries of c are released lowest first.
       Failed and cancelled appends only end.
+    - released deliveries reach `_release` in release order, as runs: consecutive deliveries
+      of one conversation, audience and left-out connection go in one call.
     """
 
-    _release: Callable[[StoredMessage, Sequence[str], Connection | None], None]
+    _release: Release
     _inflight: dict[str, int] = field(factory=dict)
     _released: dict[str, int] = field(factory=dict)
     _held: dict[str, dict[int, Delivery]] = field(factory=dict)
@@ -73,17 +81,17 @@ class Sequencer:
                 del inflight[conversation]
         held = self._held
         released = self._released
-        release = self._release
-        for conversation, seq, message, audience, exclude in deliveries:
+        ready: list[Ready] = []
+        for delivery in deliveries:
+            conversation, seq, message, audience, exclude = delivery
             # the common case, decided at once: the next seq of a conversation holding nothing
             if conversation not in held and released.get(conversation, 0) == seq - 1:
                 released[conversation] = seq
-                try:
-                    release(message, audience, exclude)
-                except Exception:
-                    log.exception("delivery of %s #%d failed", conversation, seq)
+                ready.append(delivery)
                 continue
             held.setdefault(conversation, {})[seq] = (message, audience, exclude)
+        if ready:
+            self._release_runs(ready)
         if held:
             for conversation in conversations:
                 if conversation in held:
@@ -103,13 +111,13 @@ class Sequencer:
                 order.append(last + len(order) + 1)
         else:
             order = sorted(held)
+        ready: list[Ready] = []
         for seq in order:
             message, audience, exclude = held.pop(seq)
             last = seq if last is None else max(last, seq)
-            try:
-                self._release(message, audience, exclude)
-            except Exception:
-                log.exception("delivery of %s #%d failed", conversation, seq)
+            ready.append((conversation, seq, message, audience, exclude))
+        if ready:
+            self._release_runs(ready)
         if last is not None:
             self._released[conversation] = last
         if not held:
@@ -131,14 +139,48 @@ class Sequencer:
             return
         released = self._released
         used = self._used
-        release = self._release
-        for conversation, seq, message, audience, exclude in deliveries:
-            released[conversation] = seq
+        for delivery in deliveries:
+            conversation = delivery[0]
+            released[conversation] = delivery[1]
             used[conversation] = now
+        self._release_runs(deliveries)
+
+    def _release_runs(self, deliveries: list[Ready]) -> None:
+        """Hand `deliveries` (released, in order) to `_release` as runs; a run that fails is
+        logged and the others still go."""
+        release = self._release
+        if len(deliveries) == 1:  # a lone message: the common case of real traffic
+            conversation, seq, message, audience, exclude = deliveries[0]
             try:
-                release(message, audience, exclude)
+                release((message,), audience, exclude)
             except Exception:
                 log.exception("delivery of %s #%d failed", conversation, seq)
+            return
+        runs: list[tuple[str, list[StoredMessage], Sequence[str], Connection | None]] = []
+        run: list[StoredMessage] = []
+        last_conversation = None
+        last_audience: Sequence[str] = ()
+        last_exclude: Connection | None = None
+        for conversation, _seq, message, audience, exclude in deliveries:
+            if (
+                conversation == last_conversation
+                and exclude is last_exclude
+                and (audience is last_audience or audience == last_audience)
+            ):
+                run.append(message)
+                continue
+            run = [message]
+            runs.append((conversation, run, audience, exclude))
+            last_conversation = conversation
+            last_audience = audience
+            last_exclude = exclude
+        for conversation, messages, audience, exclude in runs:
+            try:
+                release(messages, audience, exclude)
+            except Exception:
+                log.exception(
+                    "delivery of %s #%d-%d failed", conversation, messages[0].seq, messages[-1].seq
+                )
 
     def prune(self, now: float) -> None:
         """Forget the conversations idle for SEQUENCER_IDLE seconds (nothing in flight or

@@ -46,7 +46,10 @@ class SlowBacklogStore(MemoryStore):
 
 
 _device = st.sampled_from(sorted(DEVICES))
-_send = st.tuples(st.just("send"), _device, st.sampled_from(USERS))
+# one read of one to three messages: several to one peer are delivered as one run
+_send = st.tuples(st.just("send"), _device, st.sampled_from(USERS)).flatmap(
+    lambda op: st.lists(st.sampled_from(USERS), max_size=2).map(lambda more: (*op, *more))
+)
 operations = st.lists(
     st.one_of(
         _send,
@@ -128,24 +131,28 @@ class World:
         conn = self.conns[device]
         return None if conn is None or device in self.authing else conn
 
-    async def send(self, device: str, to: str) -> None:
+    async def send(self, device: str, *recipients: str) -> None:
+        """One read holding a message to each of `recipients`, in order."""
         conn = self._ready(device)
         if conn is None:
             return
-        self.sent += 1
-        ident = f"{device}-{self.sent}"
         user = DEVICES[device]
-        # the user's other devices past auth now must get it on their current connection
-        for other, other_conn in self.conns.items():
-            if (
-                other != device
-                and DEVICES[other] == user
-                and other_conn is not None
-                and other_conn.state.phase is Phase.ACTIVE
-            ):
-                self.live_due[other_conn.id].add(ident)
-        frame = {"type": "message", "id": ident, "recipientId": to, "text": f"hello {ident}"}
-        await self.svc.on_messages(conn, [orjson.dumps(frame)])
+        frames = []
+        for to in recipients:
+            self.sent += 1
+            ident = f"{device}-{self.sent}"
+            # the user's other devices past auth now must get it on their current connection
+            for other, other_conn in self.conns.items():
+                if (
+                    other != device
+                    and DEVICES[other] == user
+                    and other_conn is not None
+                    and other_conn.state.phase is Phase.ACTIVE
+                ):
+                    self.live_due[other_conn.id].add(ident)
+            frame = {"type": "message", "id": ident, "recipientId": to, "text": f"hello {ident}"}
+            frames.append(orjson.dumps(frame))
+        await self.svc.on_messages(conn, frames)
         await trio.testing.wait_all_tasks_blocked()
 
     def flush(self, device: str) -> None:

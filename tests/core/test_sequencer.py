@@ -16,7 +16,7 @@ def _message(conversation: str, seq: int) -> StoredMessage:
 def _recorder() -> tuple[_Sequencer, list[tuple[str, int]]]:
     out: list[tuple[str, int]] = []
     return _Sequencer(
-        lambda message, audience, exclude: out.append((message.conversation, message.seq))
+        lambda messages, audience, exclude: out.extend((m.conversation, m.seq) for m in messages)
     ), out
 
 
