@@ -31,6 +31,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket
 from relay import Relay, RelayConfig
 from relay.fastpath import Outbox
 from relay.store.base import Store, Watermarks
+from relay.store.memory import MemoryStore
 
 #: Settings every test relay gets unless a test overrides them: short waits, no files.
 TEST_DEFAULTS: dict[str, Any] = {
@@ -364,6 +365,20 @@ class FakeConn:
 
     def authenticated(self) -> None:
         self.authenticated_calls += 1
+
+
+class SlowBacklogStore(MemoryStore):
+    """`undelivered` for a device in `gates` waits until its gate is set (a slow backlog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: dict[str, trio.Event] = {}
+
+    async def undelivered(self, user_id: str, device_id: str, *, limit: int = 1000) -> Any:
+        gate = self.gates.get(device_id)
+        if gate is not None:
+            await gate.wait()
+        return await super().undelivered(user_id, device_id, limit=limit)
 
 
 async def watermarks_of(store: Store, conversation: str, user: str) -> Watermarks:

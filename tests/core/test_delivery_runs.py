@@ -13,7 +13,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
-from support import FakeConn, decode_server_frames
+from support import FakeConn, SlowBacklogStore, decode_server_frames
 
 from relay.config import RelayConfig
 from relay.core import MessagingService
@@ -22,20 +22,6 @@ from relay.store.base import StoredMessage, direct_conversation
 from relay.store.memory import MemoryStore
 
 ANN_BOB = direct_conversation("ann", "bob")
-
-
-class GatedStore(MemoryStore):
-    """`undelivered` for a device in `gates` waits until its gate is set (a slow backlog)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gates: dict[str, trio.Event] = {}
-
-    async def undelivered(self, user_id: str, device_id: str, *, limit: int = 1000) -> Any:
-        gate = self.gates.get(device_id)
-        if gate is not None:
-            await gate.wait()
-        return await super().undelivered(user_id, device_id, limit=limit)
 
 
 def service(store: MemoryStore | None = None) -> MessagingService:
@@ -128,7 +114,7 @@ async def test_a_run_goes_to_a_device_that_has_its_head_from_the_tail_on() -> No
 
 
 async def test_own_messages_of_a_run_wait_for_a_slow_backlog_and_follow_it() -> None:
-    store = GatedStore()
+    store = SlowBacklogStore()
     svc = service(store)
     ann1 = await connect(svc, "ann", "a1")
     bob = await connect(svc, "bob", "b1")

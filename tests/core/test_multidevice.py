@@ -19,30 +19,15 @@ import trio
 import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import FakeConn, decode_server_frames
+from support import FakeConn, SlowBacklogStore, decode_server_frames
 
 from relay.config import RelayConfig
 from relay.core import MessagingService
 from relay.core.session import Phase
 from relay.store.base import direct_conversation
-from relay.store.memory import MemoryStore
 
 DEVICES = {"a1": "alice", "a2": "alice", "b1": "bob", "b2": "bob", "c1": "cy"}
 USERS = sorted(set(DEVICES.values()))
-
-
-class SlowBacklogStore(MemoryStore):
-    """`undelivered` for a device in `gated` waits until its gate is set (a slow backlog)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gates: dict[str, trio.Event] = {}
-
-    async def undelivered(self, user_id: str, device_id: str, *, limit: int = 1000) -> Any:
-        gate = self.gates.get(device_id)
-        if gate is not None:
-            await gate.wait()
-        return await super().undelivered(user_id, device_id, limit=limit)
 
 
 _device = st.sampled_from(sorted(DEVICES))
