@@ -106,6 +106,77 @@ async def test_a_cancelled_waiters_search_is_skipped(
     assert ran == ["first"]
 
 
+async def test_then_runs_in_trio_with_the_result_before_the_waiter_resumes(
+    searcher: Searcher[sqlite3.Connection],
+) -> None:
+    """What the search frame's answer relies on: the callback queues the answer from the
+    store's wake-up itself, not from the waiting task once it is scheduled again."""
+    events: list[Any] = []
+    waiter = None
+
+    def then(result: int) -> None:
+        events.append(("then", result, trio.lowlevel.current_task() is waiter))
+
+    async def ask() -> None:
+        nonlocal waiter
+        waiter = trio.lowlevel.current_task()
+        events.append(("answer", await searcher.run(lambda conn, n: n * 2, 21, then=then)))
+
+    await ask()
+    assert events == [("then", 42, False), ("answer", 42)]
+
+
+async def test_then_is_not_called_for_a_failed_search(
+    searcher: Searcher[sqlite3.Connection],
+) -> None:
+    called: list[Any] = []
+
+    def fails(conn: sqlite3.Connection) -> None:
+        conn.execute("SELECT * FROM no_such_table")
+
+    with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+        await searcher.run(fails, then=called.append)
+    assert called == []
+
+
+async def test_what_then_raises_is_the_waiters_error_and_the_searcher_goes_on(
+    searcher: Searcher[sqlite3.Connection],
+) -> None:
+    def then(result: int) -> None:
+        raise ValueError(f"cannot answer {result}")
+
+    with pytest.raises(ValueError, match="cannot answer 7"):
+        await searcher.run(lambda conn: 7, then=then)
+    assert await searcher.run(lambda conn: 8) == 8
+
+
+async def test_then_is_not_called_once_its_waiter_was_cancelled(
+    searcher: Searcher[sqlite3.Connection],
+) -> None:
+    started = threading.Event()
+    gate = threading.Event()
+    called: list[Any] = []
+
+    def hold(conn: sqlite3.Connection) -> str:
+        started.set()
+        gate.wait(5)
+        return "held"
+
+    with trio.CancelScope() as scope:
+
+        async def cancel_once_running() -> None:
+            await trio.to_thread.run_sync(started.wait, 5)
+            scope.cancel()  # the search is running: its waiter goes, its answer must not
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_once_running)
+            await searcher.run(hold, then=called.append)
+    assert scope.cancelled_caught
+    gate.set()
+    assert await searcher.run(lambda conn: "next") == "next"  # after `hold` ended
+    assert called == []
+
+
 async def test_stopping_runs_what_is_queued_then_refuses_and_closes_the_connection() -> None:
     conn = sqlite3.connect(":memory:", check_same_thread=False)
     closed = threading.Event()

@@ -61,6 +61,7 @@ from relay.store.postgres.rows import Conn, describe
 from relay.store.postgres.schema import SchemaMismatch, migrate
 from relay.store.postgres.writer import EVERY_LOCK, MARKS, POSITIONS, STOP, Request, Writer
 from relay.store.searcher import Searcher
+from relay.store.sql_search import Marked
 
 log = logging.getLogger("relay.store")
 
@@ -297,10 +298,12 @@ class PostgresStore:
     def _read_sync(self, work: Callable[..., T], args: tuple[Any, ...]) -> T:
         return self._read_from(self._readers, work, args)
 
-    async def _search(self, work: Callable[..., T], *args: Any) -> T:
+    async def _search(
+        self, work: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None
+    ) -> T:
         self._check_open()
         assert self._searcher is not None
-        return await self._searcher.run(work, *args)
+        return await self._searcher.run(work, *args, then=then)
 
     def _read_from(
         self, slots: queue.SimpleQueue[Conn | None], work: Callable[..., T], args: tuple[Any, ...]
@@ -512,10 +515,11 @@ class PostgresStore:
         conversation: str | None = None,
         before: int | None = None,
         limit: int = 20,
-    ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+        then: Callable[[Marked], None] | None = None,
+    ) -> Marked:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
         return await self._search(
-            searches.search_marked, user_id, query, conversation, before, limit
+            searches.search_marked, user_id, query, conversation, before, limit, then=then
         )
 
 

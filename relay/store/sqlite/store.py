@@ -52,6 +52,7 @@ from relay.store.base import (
 )
 from relay.store.retention import RetentionJob
 from relay.store.searcher import Searcher
+from relay.store.sql_search import Marked
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
@@ -275,10 +276,12 @@ class SqliteStore:
         finally:
             self._readers.put(conn)
 
-    async def _search(self, work: Callable[..., T], *args: Any) -> T:
+    async def _search(
+        self, work: Callable[..., T], *args: Any, then: Callable[[T], None] | None = None
+    ) -> T:
         self._check_open()
         assert self._searcher is not None
-        return await self._searcher.run(work, *args)
+        return await self._searcher.run(work, *args, then=then)
 
     # --- messages -------------------------------------------------------------------------------
     async def append_many(self, messages: Sequence[NewMessage]) -> list[Appended]:
@@ -429,10 +432,11 @@ class SqliteStore:
         conversation: str | None = None,
         before: int | None = None,
         limit: int = 20,
-    ) -> tuple[SearchPage, dict[str, dict[str, Watermarks]]]:
+        then: Callable[[Marked], None] | None = None,
+    ) -> Marked:
         """relay.core.search.SearchesMarked: the page and its statuses' watermarks, one read."""
         return await self._search(
-            searches.search_marked, user_id, query, conversation, before, limit
+            searches.search_marked, user_id, query, conversation, before, limit, then=then
         )
 
 
