@@ -19,6 +19,11 @@ kernel. The shell's flush callback is synchronous, so the marks wait here until 
   devices to flush it), and maintain()'s receipts leave out what was told (`told_upto`). It
   is bounded by TOLD_MAX entries (cleared when reached: a mark flushed again after that may be
   told twice, and a receipt repeated changes nothing, its status only moves forward).
+- a queued mark (in `_flushed`, `_persisting`) holds no message: the store write needs only
+  its seq, so a told message is freed at its flush rather than a tick later. Kept, each was
+  one more object for the collector's young generation to walk and promote: at 10,000
+  connections and 10k msg/s (bench `sparse`), four alternating runs each, the young
+  collections' time in the measured window was 101-124 ms with it and 82-100 ms without.
 """
 
 from __future__ import annotations
@@ -58,9 +63,9 @@ class DeliveryMarks:
             seq = mark[0]
             key = (conversation, user, device)
             known = flushed.get(key)
-            if known is None or known[0] < seq:
-                flushed[key] = mark
             message = mark[2]
+            if known is None or known[0] < seq:
+                flushed[key] = mark if message is None else (seq, mark[1], None)
             if message is not None:
                 pair = (conversation, user)
                 last = told.get(pair)
