@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.core.ratelimit import RateLimiter, TokenBucket
 from relay.errors import FrameError
@@ -91,3 +95,50 @@ def test_inlined_rate_limiter_matches_the_token_bucket() -> None:
     bucket = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, updated=0.0)
     times = [0.0, 0.0, 0.0, 0.0, 0.1, 0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 3.0, 2.0, 10.0]
     assert [limiter.allow("u", t) for t in times] == [bucket.take(t) for t in times]
+
+
+_USES = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.floats(min_value=0.0, max_value=20.0, allow_nan=False),
+        st.sampled_from([0.5, 1.0, 2.0, 4.0]),  # 4: more than the burst, never allowed
+        st.booleans(),  # prune at this time instead of using the key
+    ),
+    max_size=60,
+)
+
+
+@given(uses=_USES)
+def test_the_rate_limiter_is_the_token_bucket_per_key_pruned_when_full(
+    uses: list[tuple[str, float, float, bool]],
+) -> None:
+    """Any order of uses (clocks going back too), costs and prunes: the same answers as a
+    TokenBucket per key, and a prune forgets exactly the keys whose bucket is full again."""
+    limiter = RateLimiter(rate=2.0, burst=3.0)
+    models: dict[str, TokenBucket] = {}
+    for key, now, cost, prune in uses:
+        if prune:
+            full = set()
+            for name, model in models.items():
+                model.refill(now)
+                if model.tokens >= model.burst:
+                    full.add(name)
+            assert limiter.prune(now) == len(full)  # the default slice holds all three
+            for name in full:
+                del models[name]
+            assert len(limiter) == len(models)
+            continue
+        model = models.get(key)
+        if model is None:
+            model = models[key] = TokenBucket(rate=2.0, burst=3.0, tokens=3.0, updated=now)
+        assert limiter.allow(key, now, cost) == model.take(now, cost)
+
+
+def test_the_rate_limiters_buckets_are_out_of_the_collectors_sight() -> None:
+    """A bucket is two floats, which the collector never walks (see relay.core.ratelimit)."""
+    limiter = RateLimiter(rate=2.0, burst=3.0)
+    limiter.allow("u", 0.0)
+    limiter.allow("v", 0.0)
+    limiter.allow("u", 1.0)
+    values = [*limiter._tokens.values(), *limiter._updated.values()]
+    assert values and not any(gc.is_tracked(value) for value in values)
