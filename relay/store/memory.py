@@ -85,7 +85,13 @@ class MemoryStore:
     _groups: dict[str, Group] = field(factory=dict, init=False)
     # user -> ids of the groups they belong to
     _groups_by_user: dict[str, set[str]] = field(factory=dict, init=False)
-    _marks: dict[tuple[str, str], Watermarks] = field(factory=dict, init=False)
+    # A user's watermarks, (conversation, user) -> seq, as two tables of ints, which the
+    # collector never walks: a Watermarks kept per key, replaced as the watermark moves (per
+    # reader and conversation each tick), was walked by the next young collection and
+    # promoted; at 10,000 connections (bench `sparse`) they were a third of each young
+    # collection. Every key of `_read` is in `_delivered` (read_seq <= delivered_seq).
+    _delivered: dict[tuple[str, str], int] = field(factory=dict, init=False)
+    _read: dict[tuple[str, str], int] = field(factory=dict, init=False)
     # (conversation, user) -> device id -> that device's delivered cursor
     _cursors: dict[tuple[str, str], dict[str, int]] = field(factory=dict, init=False)
     # (group conversation, user) -> the group's last seq when the user joined
@@ -225,10 +231,19 @@ class MemoryStore:
 
     # --- watermarks -----------------------------------------------------------------------------
     def _marks_of(self, conversation: str, user_id: str) -> Watermarks:
-        return self._marks.get((conversation, user_id), _NO_MARKS)
+        key = (conversation, user_id)
+        delivered = self._delivered.get(key)
+        if delivered is None:
+            return _NO_MARKS
+        return Watermarks(delivered, self._read.get(key, 0))
 
     def _set_marks(self, conversation: str, user_id: str, delivered: int, read: int) -> None:
-        self._marks[(conversation, user_id)] = Watermarks(delivered, read)
+        key = (conversation, user_id)
+        self._delivered[key] = delivered
+        if read:
+            self._read[key] = read
+        else:
+            self._read.pop(key, None)
 
     async def mark_delivered(
         self, conversation: str, user_id: str, device_id: str, seq: int
@@ -239,7 +254,7 @@ class MemoryStore:
         self, conversation: str, user_id: str, device_id: str, seq: int
     ) -> Watermarks:
         key = (conversation, user_id)
-        before = self._marks.get(key, _NO_MARKS)
+        delivered = self._delivered.get(key, 0)
         log = self._messages.get(conversation)
         seq = min(seq, len(log) if log is not None else 0)
         devices = self._cursors.get(key)
@@ -249,9 +264,11 @@ class MemoryStore:
         if cursor is None:
             cursor = self._device_start(conversation, user_id, device_id)
         devices[device_id] = seq if seq > cursor else cursor
-        if seq > before.delivered_seq:
-            self._marks[key] = Watermarks(seq, before.read_seq)
-        return before
+        if seq > delivered:
+            self._delivered[key] = seq
+        if not delivered:
+            return _NO_MARKS
+        return Watermarks(delivered, self._read.get(key, 0))
 
     async def mark_delivered_many(
         self, marks: Sequence[tuple[str, str, str, int]]
