@@ -254,7 +254,7 @@ class MemoryStore:
         self, conversation: str, user_id: str, device_id: str, seq: int
     ) -> Watermarks:
         key = (conversation, user_id)
-        delivered = self._delivered.get(key, 0)
+        before = self._marks_of(conversation, user_id)
         log = self._messages.get(conversation)
         seq = min(seq, len(log) if log is not None else 0)
         devices = self._cursors.get(key)
@@ -264,11 +264,9 @@ class MemoryStore:
         if cursor is None:
             cursor = self._device_start(conversation, user_id, device_id)
         devices[device_id] = seq if seq > cursor else cursor
-        if seq > delivered:
+        if seq > before.delivered_seq:
             self._delivered[key] = seq
-        if not delivered:
-            return _NO_MARKS
-        return Watermarks(delivered, self._read.get(key, 0))
+        return before
 
     async def mark_delivered_many(
         self, marks: Sequence[tuple[str, str, str, int]]
