@@ -37,8 +37,8 @@ from relay.ports import Connection
 from relay.protocol import SearchFrame, encode_search_result
 from relay.search.query import SearchQuery
 from relay.store.base import (
+    Marked,
     Searchable,
-    SearchPage,
     StoredMessage,
     Watermarks,
     direct_conversation,
@@ -46,10 +46,6 @@ from relay.store.base import (
 )
 
 _monotonic = time.monotonic
-
-
-#: a page and the watermarks of the conversations of the user's own messages in it
-Marked = tuple[SearchPage, dict[str, dict[str, Watermarks]]]
 
 
 @runtime_checkable

@@ -461,6 +461,11 @@ class SearchPage(NamedTuple):
         return self.positions[-1] if self.has_more and self.positions else None
 
 
+#: a search page and the watermarks of the conversations of the user's own messages in it,
+#: (conversation -> user -> Watermarks): what relay.core.search.SearchesMarked answers
+Marked = tuple[SearchPage, dict[str, dict[str, Watermarks]]]
+
+
 @runtime_checkable
 class Searchable(Protocol):
     """A store that answers message searches (relay.search). Every implementation normalizes

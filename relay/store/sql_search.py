@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 from relay.search.query import SearchQuery
-from relay.store.base import SearchPage, StoredMessage, Watermarks
+from relay.store.base import Marked, SearchPage, StoredMessage, Watermarks
 
 C = TypeVar("C")
 P = ParamSpec("P")
@@ -27,8 +27,6 @@ Rows = Callable[[C, str, SearchQuery, str | None, int, int], list[Any]]
 #: Searchable.search as a read on one connection: (conn, user_id, query, conversation,
 #: before, limit)
 PageRead = Callable[[C, str, SearchQuery, str | None, int | None, int], SearchPage]
-#: what SearchesMarked.search_marked answers
-Marked = tuple[SearchPage, dict[str, dict[str, Watermarks]]]
 
 
 def selected(columns: str) -> tuple[str, int]:

@@ -48,6 +48,7 @@ from relay.store.base import (
     Coverage,
     DeviceKeys,
     Group,
+    Marked,
     NewMessage,
     OutboxEvent,
     SearchPage,
@@ -61,7 +62,6 @@ from relay.store.postgres.rows import Conn, describe
 from relay.store.postgres.schema import SchemaMismatch, migrate
 from relay.store.postgres.writer import EVERY_LOCK, MARKS, POSITIONS, STOP, Request, Writer
 from relay.store.searcher import Searcher
-from relay.store.sql_search import Marked
 
 log = logging.getLogger("relay.store")
 

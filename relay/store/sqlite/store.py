@@ -43,6 +43,7 @@ from relay.store.base import (
     Coverage,
     DeviceKeys,
     Group,
+    Marked,
     NewMessage,
     OutboxEvent,
     SearchPage,
@@ -52,7 +53,6 @@ from relay.store.base import (
 )
 from relay.store.retention import RetentionJob
 from relay.store.searcher import Searcher
-from relay.store.sql_search import Marked
 from relay.store.sqlite.appends import append
 from relay.store.sqlite.checkpointer import Checkpointer
 from relay.store.sqlite.connect import Connector
