@@ -16,6 +16,8 @@ relay.fastpath.
 
 import orjson
 
+cimport cython
+
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.exc cimport PyErr_Clear, PyErr_Occurred
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -157,8 +159,12 @@ cdef int _close_violation(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     return 0
 
 
+@cython.no_gc
 cdef class FrameParser:
     """Parses masked client frames from a byte stream, reassembling fragmented messages.
+
+    Not tracked by the collector (`no_gc`): it refers only to a str and a list of bytes, so it
+    is never part of a reference cycle, and every idle connection keeps one.
 
     Invariants: `_buf[_start:_end]` holds only bytes of frames not yet complete (frames are
     parsed straight from the caller's bytes when nothing is buffered); `_frag_op` is 0 exactly
@@ -463,8 +469,20 @@ def parse_close(payload):
     return (p[0] << 8) | p[1], raw[2:].decode("utf-8")
 
 
+cdef inline list _untracked(list items):
+    """`items` out of the collector's sight (as `untracked` does a list): CPython never
+    tracks a list again by itself, and these hold only bytes and bools."""
+    PyObject_GC_UnTrack(<void*>items)
+    return items
+
+
+@cython.no_gc
 cdef class Outbox:
     """The bounded queue of encoded frames for one connection.
+
+    Neither it nor its lists are tracked by the collector (`no_gc`, `_untracked`): they hold
+    only frames (bytes) and flags, so they are never part of a reference cycle, and every idle
+    connection keeps them.
 
     Invariants: `pending_bytes`/`pending_frames` are the sums over `_chunks`; `_droppable` is
     None only while no queued frame is droppable, else `_droppable[i]` says whether
@@ -489,7 +507,7 @@ cdef class Outbox:
         self.max_frames = max_frames
         self.pending_bytes = 0
         self.pending_frames = 0
-        self._chunks = []
+        self._chunks = _untracked([])
         self._droppable = None
         self._droppable_bytes = 0
         self._droppable_frames = 0
@@ -518,7 +536,7 @@ cdef class Outbox:
                 self.dropped += 1
                 return False
             if self._droppable is None:
-                self._droppable = [False] * len(self._chunks)
+                self._droppable = _untracked([False] * len(self._chunks))
             self._droppable_bytes += n
             self._droppable_frames += 1
         elif new_bytes > self.max_bytes or new_frames > self.max_frames:
@@ -554,8 +572,8 @@ cdef class Outbox:
                 continue
             chunks.append(chunk)
             flags.append(drop)
-        self._chunks = chunks
-        self._droppable = flags
+        self._chunks = _untracked(chunks)
+        self._droppable = _untracked(flags)
         self.pending_bytes -= freed_bytes
         self.pending_frames -= freed_frames
         self._droppable_bytes -= freed_bytes
@@ -1278,8 +1296,7 @@ def untracked(obj):
     collector itself would do to it later). Anything else is returned as it is. Values are
     untouched; only the cost of full collections changes (the twin does nothing)."""
     if type(obj) is list:
-        if PyObject_GC_IsTracked(obj):
-            PyObject_GC_UnTrack(<void*>obj)
+        _untracked(<list>obj)
     elif type(obj) is tuple:
         _untrack_tuple(<tuple>obj)
     return obj

@@ -11,15 +11,21 @@ Invariants:
   `online` when they go offline;
 - `expired(now)` examines only the graces due by `now` (relay.core.expiry), not every user
   within one.
+
+A cached scope is a `dict` of user ids to None, used as a set: a dict holding only strings is
+not tracked by CPython's collector (a set always is, and each collection of its generation
+visits every member), so an online user's contacts cost the collector nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 
 from attrs import define, field
 
 from relay.core.expiry import Expiries
+
+_NONE: frozenset[str] = frozenset()
 
 
 @define
@@ -29,7 +35,7 @@ class PresenceTracker:
     _status: dict[str, str] = field(factory=dict, init=False)
     # user -> lastSeen timestamp, due at the end of the grace (the offline announcement)
     _leaving: Expiries[str, str] = field(factory=Expiries, init=False)
-    _contacts: dict[str, set[str]] = field(factory=dict, init=False)
+    _contacts: dict[str, dict[str, None]] = field(factory=dict, init=False)
 
     # --- connections ------------------------------------------------------------------------------
     def connect(self, user_id: str) -> bool:
@@ -93,10 +99,13 @@ class PresenceTracker:
         return user_id in self._contacts
 
     def set_contacts(self, user_id: str, contacts: Iterable[str]) -> None:
-        self._contacts[user_id] = set(contacts) - {user_id}
+        known = dict.fromkeys(contacts)
+        known.pop(user_id, None)
+        self._contacts[user_id] = known
 
-    def contacts_of(self, user_id: str) -> set[str]:
-        return self._contacts.get(user_id, set())
+    def contacts_of(self, user_id: str) -> Set[str]:
+        known = self._contacts.get(user_id)
+        return _NONE if known is None else known.keys()
 
     def link(self, users: Iterable[str], others: Iterable[str]) -> None:
         """Each of `users` now shares a conversation with each of `others` (kept for cached ones)."""
@@ -105,11 +114,13 @@ class PresenceTracker:
         for user in users:
             known = self._contacts.get(user)
             if known is not None:
-                known.update(others - {user})
+                known.update(dict.fromkeys(others))
+                known.pop(user, None)
         for other in others:
             known = self._contacts.get(other)
             if known is not None:
-                known.update(users - {other})
+                known.update(dict.fromkeys(users))
+                known.pop(other, None)
 
     def pair(self, a: str, b: str) -> None:
         """`a` and `b` share a 1:1 conversation (cheap when already known: the hot path)."""
@@ -117,18 +128,18 @@ class PresenceTracker:
             return
         known = self._contacts.get(a)
         if known is not None and b not in known:
-            known.add(b)
+            known[b] = None
         known = self._contacts.get(b)
         if known is not None and a not in known:
-            known.add(a)
+            known[a] = None
 
     def unlink(self, user_id: str, others: Iterable[str]) -> None:
         """`user_id` and each of `others` no longer share any conversation."""
         others = set(others)
         known = self._contacts.get(user_id)
-        if known is not None:
-            known.difference_update(others)
         for other in others:
+            if known is not None:
+                known.pop(other, None)
             theirs = self._contacts.get(other)
             if theirs is not None:
-                theirs.discard(user_id)
+                theirs.pop(user_id, None)
