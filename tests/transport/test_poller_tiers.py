@@ -2,7 +2,9 @@
 
 Users rely on: after a restart, a signed-in device's message is read in the poller's next
 batch, not behind every newcomer's `auth` frame that arrived before it; and every newcomer is
-still read, at most POLL_EVENTS per batch. Real sockets (socketpairs) in the real epolls.
+still read, at most POLL_EVENTS per batch; and what a batch's reads queue is written after
+every FLUSH_READS of them, so a message read early in a batch of hundreds does not wait for
+the last. Real sockets (socketpairs) in the real epolls.
 """
 
 from __future__ import annotations
@@ -111,3 +113,23 @@ async def test_a_connection_moves_between_the_tiers_and_leaves_either(
         await poller.run(lambda: None)
     assert log == []  # registered nowhere: never read
     poller.close()
+
+
+async def test_a_batch_writes_after_every_flush_reads_reads(
+    pairs: list[tuple[socket.socket, socket.socket]],
+) -> None:
+    poller = Poller()
+    log: list[str] = []
+    for i in range(80):  # one batch: 40 sessions, then 40 newcomers
+        ours, peer = socket.socketpair()
+        pairs.append((ours, peer))
+        ours.setblocking(False)
+        poller.register(ours.fileno(), Reader(f"c{i}", ours, log), newcomer=i >= 40)
+        peer.send(b"x")
+    await _serve_until(poller, log, 80)
+    poller.close()
+    reads = [entry for entry in log if entry != "|"]
+    assert sorted(reads) == sorted(f"c{i}" for i in range(80))
+    assert log.index("|") == poller_module.FLUSH_READS  # the first write, not after all 80
+    runs = "".join("x" if entry != "|" else "|" for entry in log).split("|")
+    assert max(len(run) for run in runs) <= poller_module.FLUSH_READS
