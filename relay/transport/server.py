@@ -599,8 +599,8 @@ class Server:
         if self._ssl is None:
             # From here on the socket is ours: no trio wrapper on the data path.
             # The C socket type, given what it is: no system call to ask, and not tracked by
-            # the collector (socket.socket is), whose collections walk what every idle
-            # connection keeps (test_an_idle_connection_keeps_few_tracked_objects).
+            # the collector as socket.socket is (what an idle connection keeps is walked by
+            # every collection of its generation; test_an_idle_connection_keeps_few_objects...).
             raw = tcp.socket
             sock = _socket.socket(raw.family, raw.type, raw.proto, raw.detach())
             sock.setblocking(False)

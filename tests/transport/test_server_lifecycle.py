@@ -170,6 +170,7 @@ async def _authenticated(relay: Relay, users: list[str]) -> list[_socket.socket]
         sock.sendall(upgrade + mask_frame(0x1, b'{"type":"auth","userId":"%s"}' % user.encode()))
         sock.setblocking(False)
         clients.append(sock)
+        await trio.lowlevel.checkpoint()  # the relay accepts meanwhile: the backlog never fills
     for sock in clients:
         got = b""
         while b"auth_ok" not in got:
