@@ -109,17 +109,17 @@ class PresenceTracker:
 
     def link(self, users: Iterable[str], others: Iterable[str]) -> None:
         """Each of `users` now shares a conversation with each of `others` (kept for cached ones)."""
-        users = set(users)
-        others = set(others)
-        for user in users:
+        user_ids = dict.fromkeys(users)
+        other_ids = dict.fromkeys(others)
+        for user in user_ids:
             known = self._contacts.get(user)
             if known is not None:
-                known.update(dict.fromkeys(others))
+                known.update(other_ids)
                 known.pop(user, None)
-        for other in others:
+        for other in other_ids:
             known = self._contacts.get(other)
             if known is not None:
-                known.update(dict.fromkeys(users))
+                known.update(user_ids)
                 known.pop(other, None)
 
     def pair(self, a: str, b: str) -> None:
