@@ -238,8 +238,23 @@ def machine_info() -> dict[str, Any]:
         "loadavg": [float(x) for x in load],
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # the relay runs on this interpreter too (bench.servers): its build moves every
+        # CPU-bound figure by about a tenth (docs/BENCHMARKS.md, "The interpreter's build")
+        "python_executable": os.path.realpath(sys.executable),
+        "libpython_shared": libpython_shared(),
         "relay_pure": os.environ.get("RELAY_PURE") == "1",
     }
+
+
+def libpython_shared(maps: str = "/proc/self/maps") -> bool | None:
+    """Whether this interpreter runs from a shared libpython (`--enable-shared`, as pyenv
+    builds by default) rather than from one linked into its executable (Debian's `python3`);
+    None where unknown."""
+    try:
+        with open(maps) as f:
+            return any("/libpython3" in line for line in f)
+    except OSError:
+        return None
 
 
 def cores() -> tuple[int | None, int | None]:
@@ -431,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
         f"server core {srv_core}, load generator core {lg_core}, ulimit -n {machine['nofile_soft']}"
         f" (both processes raise it to the hard limit {machine['nofile_hard']})"
         + (", RELAY_PURE=1" if machine["relay_pure"] else "")
+    )
+    say(
+        f"bench: python {machine['python']} ({machine['python_executable']}"
+        + {True: ", shared libpython", False: ", libpython in the executable", None: ""}[
+            machine["libpython_shared"]
+        ]
+        + "): the relay runs on it"
     )
 
     specs: dict[str, servers.ServerSpec] = {}

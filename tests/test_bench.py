@@ -84,6 +84,12 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     assert doc["errors"] == []
+    # the interpreter the relay ran on, and its build's libpython, are part of the result
+    machine = doc["machine"]
+    assert machine["python_executable"] == os.path.realpath(sys.executable)
+    with open("/proc/self/maps") as maps:  # this process runs the same executable
+        assert machine["libpython_shared"] is any("/libpython3" in line for line in maps)
+    assert f"python {machine['python']} ({machine['python_executable']}" in proc.stdout
 
     available = set(doc["servers_available"])
     # the machine's PostgreSQL and redis-server are required, as for the several-node tests
@@ -207,3 +213,22 @@ def test_quick_run_measures_every_scenario_on_every_server(tmp_path: Path) -> No
     assert all(b["status"] in {"pass", "FAIL", "skipped"} for b in doc["budgets"])
     # The summary table is printed at the end.
     assert "scenario" in proc.stdout and "budgets" in proc.stdout
+
+
+def test_the_interpreter_build_is_read_from_the_mapped_libraries(tmp_path: Path) -> None:
+    from bench.__main__ import libpython_shared
+
+    shared = tmp_path / "shared"
+    shared.write_text(
+        "55d0c0a00000-55d0c0a01000 r--p 00000000 08:01 1 /root/.pyenv/versions/3.11.7/bin/python3.11\n"
+        "7f1e2c000000-7f1e2c100000 r-xp 00000000 08:01 2 "
+        "/root/.pyenv/versions/3.11.7/lib/libpython3.11.so.1.0\n"
+    )
+    static = tmp_path / "static"
+    static.write_text(
+        "55d0c0a00000-55d0c0c00000 r-xp 00000000 08:01 1 /usr/bin/python3.11\n"
+        "7f1e2c000000-7f1e2c100000 r-xp 00000000 08:01 3 /lib/x86_64-linux-gnu/libc.so.6\n"
+    )
+    assert libpython_shared(str(shared)) is True
+    assert libpython_shared(str(static)) is False
+    assert libpython_shared(str(tmp_path / "missing")) is None
