@@ -553,6 +553,16 @@ cdef class Outbox:
         self.pending_frames += 1
         return True
 
+    cpdef Py_ssize_t push_all(self, frames) except -1:
+        """`push` each of `frames` (a list or tuple; none droppable), in order, stopping at the
+        first that does not fit: returns how many were queued."""
+        cdef Py_ssize_t i
+        cdef Py_ssize_t count = len(frames)
+        for i in range(count):
+            if not self.push(frames[i]):
+                return i
+        return count
+
     cdef void _drop_until(self, Py_ssize_t excess_bytes, Py_ssize_t excess_frames) except *:
         """Drop droppable frames, oldest first, until `excess_*` (<= their sums) are freed."""
         cdef list chunks = []

@@ -9,7 +9,7 @@ embedding API test for them once with `isinstance`, never by probing attributes.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from relay.fastpath import Outbox
@@ -40,6 +40,11 @@ class Connection(Protocol):
         """Queue an encoded WebSocket frame. Droppable frames (typing, presence) give way first
         when the outbox is over half full. False: it did not fit, or the connection is closing
         (a refused frame that must not be dropped obliges the caller to close with 1013)."""
+        ...
+
+    def send_all(self, frames: Sequence[bytes]) -> bool:
+        """`send` each of `frames` (none droppable), in order, stopping at the first that does
+        not fit; False then, as for `send` (the frames before it stay queued)."""
         ...
 
     def send_later(self, frame: bytes) -> bool:

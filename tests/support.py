@@ -356,6 +356,9 @@ class FakeConn:
             return False
         return self.outbox.push(frame, droppable)
 
+    def send_all(self, frames: Sequence[bytes]) -> bool:
+        return all(self.send(frame) for frame in frames)
+
     def send_later(self, frame: bytes) -> bool:
         return self.send(frame)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from attrs import define, field
 
 
@@ -67,6 +69,15 @@ class Outbox:
         self.pending_bytes += n
         self.pending_frames += 1
         return True
+
+    def push_all(self, frames: Sequence[bytes]) -> int:
+        """`push` each of `frames` (a list or tuple; none droppable), in order, stopping at the
+        first that does not fit: returns how many were queued."""
+        push = self.push
+        for i, frame in enumerate(frames):
+            if not push(frame):
+                return i
+        return len(frames)
 
     def _drop_until(self, excess_bytes: int, excess_frames: int) -> None:
         """Drop droppable frames, oldest first, until `excess_*` (<= their sums) are freed."""

@@ -95,13 +95,6 @@ def queue_message(
     return True
 
 
-def _send_all(conn: Connection, frames: list[bytes]) -> bool:
-    """Queue `frames` on `conn` in order; False at the first that does not fit (the caller
-    then closes the connection with 1013)."""
-    send = conn.send
-    return all(send(frame) for frame in frames)
-
-
 class LocalBroker:
     """Delivery to this process's connections (the router's table)."""
 
@@ -166,11 +159,11 @@ class LocalBroker:
                 if seq <= upto:
                     continue
                 if lone or first_seq > upto:
-                    fits = conn.send(frame) if lone else _send_all(conn, frames)
+                    fits = conn.send(frame) if lone else conn.send_all(frames)
                     count = len(messages)
                 else:  # the device has the run's head already (a backlog's overlap)
                     tail = [f for m, f in zip(messages, frames, strict=True) if m.seq > upto]
-                    fits = _send_all(conn, tail)
+                    fits = conn.send_all(tail)
                     count = len(tail)
                 if not fits:
                     if failed is None:

@@ -10,7 +10,7 @@ presence, typing) holds it and nothing of the others but what it is handed. Its 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from attrs import define, field
 
@@ -86,6 +86,16 @@ class Context:
         if session.phase is _CLOSING:
             return False
         if conn.send(frame):
+            return True
+        self.slow(conn, session)
+        return False
+
+    def send_wire_all(self, conn: Connection, session: Session, frames: Sequence[bytes]) -> bool:
+        """`send_wire` of each of `frames`, in order, stopping at the first that does not fit
+        (one call into the connection for all of them: a read's answers)."""
+        if session.phase is _CLOSING:
+            return False
+        if conn.send_all(frames):
             return True
         self.slow(conn, session)
         return False

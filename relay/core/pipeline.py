@@ -575,7 +575,4 @@ class Pipeline:
     def _reply(self, conn: Connection, session: Session, answers: list[bytes]) -> None:
         """Queue the sender's framed answers, in order (none once it is closing; a full
         outbox closes it with 1013)."""
-        send_wire = self._ctx.send_wire
-        for frame in answers:
-            if not send_wire(conn, session, frame):
-                return
+        self._ctx.send_wire_all(conn, session, answers)

@@ -47,7 +47,7 @@ Invariants:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define
@@ -179,6 +179,21 @@ class WebSocket:
             self.dirty = True
             self.wake(self)
         return True
+
+    def send_all(self, frames: Sequence[bytes]) -> bool:
+        """`send` each of `frames` (none droppable), in order, stopping at the first that does
+        not fit (the Connection port's `send_all`): a read's answers, a run of messages to one
+        device. One state check and one call into the outbox for all of them."""
+        if self.ws_state is not _OPEN:
+            return False
+        if self.deflater is not None:  # each frame is compressed or not by its own size
+            send = self.send
+            return all(send(frame) for frame in frames)
+        queued = self.outbox.push_all(frames)
+        if queued and not self.dirty:
+            self.dirty = True
+            self.wake(self)
+        return queued == len(frames)
 
     def queue_quietly(self, frame: bytes) -> bool:
         """Queue a frame like `send` (never droppable) without waking the driver: it is written

@@ -206,3 +206,23 @@ def test_droppable_frames_after_a_take_and_an_unsend_keep_their_places() -> None
     assert outbox.push(frame("n", 55))  # 110: "t" (the oldest droppable) goes, "u" stays
     assert outbox.take() == frame("r", 30) + frame("q", 10) + frame("u", 5) + frame("n", 55)
     assert state(outbox) == (0, 0) and outbox.take() == b""
+
+
+def test_push_all_queues_in_order_and_stops_at_the_first_that_does_not_fit() -> None:
+    outbox = Outbox(100, 100)
+    assert outbox.push_all([frame("a", 40), frame("b", 40)]) == 2
+    assert outbox.push_all((frame("c", 10), frame("d", 30), frame("e", 5))) == 1  # d: 120 > 100
+    assert state(outbox) == (90, 3)
+    assert outbox.take() == frame("a", 40) + frame("b", 40) + frame("c", 10)
+    assert outbox.push_all([]) == 0
+    assert state(outbox) == (0, 0)
+
+
+def test_push_all_is_never_droppable_and_makes_room_like_push() -> None:
+    outbox = Outbox(100, 100)
+    assert outbox.push(frame("t", 30), droppable=True)
+    assert outbox.push(frame("a", 40))
+    # 40 more do not fit beside the 70 queued: the droppable frame gives way, as for push
+    assert outbox.push_all([frame("b", 40)]) == 1
+    assert outbox.dropped == 1
+    assert outbox.take() == frame("a", 40) + frame("b", 40)

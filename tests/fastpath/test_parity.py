@@ -375,6 +375,7 @@ operations = st.lists(
     st.one_of(
         st.tuples(st.just("push"), st.integers(0, 120), st.booleans()),
         st.tuples(st.just("take"), st.floats(0, 1), st.booleans()),
+        st.tuples(st.just("push_all"), st.lists(st.integers(0, 120), max_size=4), st.booleans()),
     ),
     max_size=40,
 )
@@ -390,6 +391,10 @@ def test_outboxes_agree(
         if op == "push":
             frame = bytes([i % 256]) * arg
             assert fast.push(frame, flag) == slow.push(frame, flag)
+        elif op == "push_all":
+            frames = [bytes([(i + j) % 256]) * size for j, size in enumerate(arg)]
+            batch = tuple(frames) if flag else frames
+            assert fast.push_all(batch) == slow.push_all(batch)
         else:
             data = fast.take()
             assert data == slow.take()

@@ -283,3 +283,48 @@ def test_backed_up_counts_from_the_first_sample_over_the_mark() -> None:
     ws.in_flight = 150  # bytes a wss:// writer holds count too
     ws.outbox.take()
     assert ws.backed_up(70.0, mark=100, timeout=30.0)
+
+
+def test_send_all_queues_a_run_in_order_and_wakes_the_driver_once() -> None:
+    ws, woken = make_ws()
+    frames = [encode_frame(OP_TEXT, b"one"), encode_frame(OP_TEXT, b"two")]
+    assert ws.send_all(frames)
+    assert ws.send_all((encode_frame(OP_TEXT, b"three"),))
+    assert woken == [ws]
+    assert ws.outbox.take() == b"".join(frames) + encode_frame(OP_TEXT, b"three")
+
+
+def test_send_all_stops_at_the_first_frame_that_does_not_fit_and_keeps_those_before() -> None:
+    ws, woken = make_ws(max_bytes=30, max_frames=10)
+    fits = encode_frame(OP_TEXT, b"x" * 10)  # 12 bytes
+    assert not ws.send_all([fits, fits, fits, fits])  # the third would make 36 > 30
+    assert woken == [ws]
+    assert ws.outbox.take() == fits + fits
+    full, full_woken = make_ws(max_bytes=5)
+    assert not full.send_all([fits])  # nothing fits: nothing queued, the driver not woken
+    assert full_woken == [] and full.outbox.pending_frames == 0
+
+
+def test_send_all_queues_nothing_once_closing() -> None:
+    ws, _ = make_ws()
+    assert ws.begin_close(1000)
+    before = ws.outbox.pending_bytes
+    assert not ws.send_all([encode_frame(OP_TEXT, b"late")])
+    assert ws.outbox.pending_bytes == before
+
+
+def test_send_all_compresses_each_frame_as_send_does() -> None:
+    from relay.transport.deflate import FrameDeflater
+
+    large = encode_frame(OP_TEXT, b'{"type":"message","text":"' + b"hello " * 400 + b'"}')
+    small = encode_frame(OP_TEXT, b'{"type":"receipt"}')
+    one, _ = make_ws()
+    one.deflater = FrameDeflater(1024, one.stats)
+    assert one.send_all([large, small])
+    other, _ = make_ws()
+    other.deflater = FrameDeflater(1024, other.stats)
+    assert other.send(large) and other.send(small)
+    data = one.outbox.take()
+    assert data == other.outbox.take()
+    assert len(data) < len(large)  # the large frame went out compressed, the small one as is
+    assert data.endswith(small)
