@@ -83,16 +83,12 @@ class Context:
 
     def send_wire(self, conn: Connection, session: Session, frame: bytes) -> bool:
         """`send` of an already framed server frame."""
-        if session.phase is _CLOSING:
-            return False
-        if conn.send(frame):
-            return True
-        self.slow(conn, session)
-        return False
+        return self.send_wire_all(conn, session, (frame,))
 
     def send_wire_all(self, conn: Connection, session: Session, frames: Sequence[bytes]) -> bool:
-        """`send_wire` of each of `frames`, in order, stopping at the first that does not fit
-        (one call into the connection for all of them: a read's answers)."""
+        """Queue already framed server frames, in order, stopping at the first that does not
+        fit (a full outbox closes the connection with 1013); nothing once it is closing. One call
+        into the connection for all of them: a read's answers."""
         if session.phase is _CLOSING:
             return False
         if conn.send_all(frames):
